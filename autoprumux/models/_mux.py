@@ -1,0 +1,252 @@
+"""Data multiplexing (DataMUX / MUX-PLMs) around the compact encoder, plus the task head.
+
+Shapes: B examples form G = B / N groups; instance i of group g is row g*N + i. Each instance is
+prefixed with N index positions (position i holds index embedding i, the others the shared
+"no-index" embedding), embedded, its padding zeroed, then the N instances are mixed into one
+sequence (G, N + L, H). After the encoder, instance i is read back by the index-embedding
+demultiplexer: demux(h_t, h_i) = LN(GELU(W [h_t ; h_i])) where h_i is the output at prefix
+position i. N = 1 bypasses all of this and is exactly the plain BERT classifier.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprumux.errors import ConfigError
+from autoprumux.models._encoder import Encoder, EncoderConfig, init_weights
+
+MUX_VARIANTS = ("gaussian", "orthogonal")
+
+
+@dataclass(frozen=True)
+class MuxConfig:
+    n: int = 1
+    variant: str = "gaussian"
+    seed: int = 0  # seed of the fixed (not trained) mixing vectors / matrices
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ConfigError(f"mux width N ({self.n!r}) must be a positive integer (1 = no multiplexing)")
+        if self.variant not in MUX_VARIANTS:
+            raise ConfigError(f"mux variant {self.variant!r} is not one of {list(MUX_VARIANTS)}")
+
+
+class Multiplexer(nn.Module):
+    """Mixes N embedded instances (G, N, T, H) into one sequence (G, T, H) with fixed transforms."""
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:  # (G, N, T, H) -> (G, N, T, H)
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        return self.transform(x).sum(dim=1) / n
+
+
+class GaussianHadamardMux(Multiplexer):
+    """PruMUX/DataMUX: instance i is multiplied elementwise by a fixed vector v_i ~ N(0, I)."""
+
+    def __init__(self, n: int, hidden: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("vectors", torch.randn(n, hidden, generator=g))  # (N, H)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.vectors[None, :, None, :]
+
+
+class OrthogonalMux(Multiplexer):
+    """Instance i is rotated by a fixed random orthogonal matrix W_i (H, H)."""
+
+    def __init__(self, n: int, hidden: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        q, r = torch.linalg.qr(torch.randn(n, hidden, hidden, generator=g))
+        # sign fix makes the draw uniform (Haar) over orthogonal matrices
+        q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+        self.register_buffer("matrices", q)  # (N, H, H)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("gnth,nhk->gntk", x, self.matrices)
+
+
+def make_multiplexer(cfg: MuxConfig, hidden: int) -> Multiplexer:
+    if cfg.variant == "gaussian":
+        return GaussianHadamardMux(cfg.n, hidden, cfg.seed)
+    return OrthogonalMux(cfg.n, hidden, cfg.seed)
+
+
+class IndexDemultiplexer(nn.Module):
+    """demux(h_t, k_i) = LN(GELU(W [h_t ; k_i] + b)), k_i the output at prefix position i."""
+
+    def __init__(self, hidden: int, eps: float):
+        super().__init__()
+        self.proj = nn.Linear(2 * hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, tokens: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        # tokens (G, 1, P, H), keys (G, N, 1, H) -> (G, N, P, H)
+        g, n = keys.shape[0], keys.shape[1]
+        p = tokens.shape[2]
+        cat = torch.cat([tokens.expand(g, n, p, -1), keys.expand(g, n, p, -1)], dim=-1)
+        return self.norm(F.gelu(self.proj(cat)))
+
+
+class RetrievalHead(nn.Module):
+    """Predicts an instance's token from its demuxed state; decoder tied to the word embeddings."""
+
+    def __init__(self, hidden: int, vocab: int, eps: float):
+        super().__init__()
+        self.transform = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.transform(states))), word_embeddings, self.bias)
+
+
+class MuxSequenceClassifier(nn.Module):
+    """Encoder + (optional) N-way multiplexing + per-instance classification head."""
+
+    def __init__(self, encoder: Encoder, *, num_labels: int, mux: MuxConfig | None = None):
+        super().__init__()
+        mux = mux or MuxConfig()
+        cfg = encoder.config
+        h = cfg.hidden_size
+        self.encoder = encoder
+        self.mux_config = mux
+        self.num_labels = num_labels
+        self.n = mux.n
+        # sparsity's denominator: the unpruned encoder's layer parameters (kept through pruning)
+        self.original_prunable_params = encoder.prunable_parameters()
+        if self.n > 1:
+            self.index_embeddings = nn.Embedding(self.n + 1, h)  # row N: shared "no index"
+            self.multiplexer = make_multiplexer(mux, h)
+            self.demux = IndexDemultiplexer(h, cfg.layer_norm_eps)
+            self.retrieval_head = RetrievalHead(h, cfg.vocab_size, cfg.layer_norm_eps)
+            init_weights(self.index_embeddings)
+            init_weights(self.demux)
+            init_weights(self.retrieval_head)
+            # index rows in the word-embedding scale so the prefix is not drowned out
+            with torch.no_grad():
+                self.index_embeddings.weight.normal_(0.0, float(encoder.embeddings.word.weight.std()))
+            self.register_buffer("_prefix_index", self._prefix_table(self.n), persistent=False)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.classifier = nn.Linear(h, num_labels)
+        init_weights(self.classifier)
+
+    @staticmethod
+    def _prefix_table(n: int) -> torch.Tensor:
+        # (N, N): row i is instance i's prefix: index i at position i, "no index" (N) elsewhere
+        t = torch.full((n, n), n, dtype=torch.long)
+        t[torch.arange(n), torch.arange(n)] = torch.arange(n)
+        return t
+
+    # ---- forward ---------------------------------------------------------------------------
+    def _pad_rows(self, *tensors: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+        """Append dummy rows (fully masked) so B is a multiple of N; returns tensors and real B."""
+        b = tensors[0].shape[0]
+        extra = (-b) % self.n
+        if not extra:
+            return list(tensors), b
+        out = [torch.cat([t, torch.zeros((extra, *t.shape[1:]), dtype=t.dtype, device=t.device)]) for t in tensors]
+        return out, b
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        positions: str = "cls",
+    ) -> torch.Tensor:
+        """Per-instance final states: (B, H) for positions="cls", (B, L, H) for positions="all"."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        enc = self.encoder
+        if self.n == 1:
+            x = enc.embeddings(input_ids, token_type_ids)
+            h = enc.run_layers(x, attention_mask)
+            return h[:, 0] if positions == "cls" else h
+        (input_ids, attention_mask, token_type_ids), b = self._pad_rows(input_ids, attention_mask, token_type_ids)
+        n = self.n
+        bb, length = input_ids.shape
+        g = bb // n
+        prefix_ids = self._prefix_index.repeat(g, 1)  # (B', N)
+        prefix = self.index_embeddings(prefix_ids)  # (B', N, H)
+        x = enc.embeddings(input_ids, token_type_ids, prefix=prefix)  # (B', N+L, H)
+        real = (attention_mask.sum(dim=1, keepdim=True) > 0).to(attention_mask.dtype)  # dummy rows: 0
+        full_mask = torch.cat([real.expand(bb, n), attention_mask], dim=1)  # (B', N+L)
+        x = x * full_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
+        t = n + length
+        mixed = self.multiplexer(x.view(g, n, t, -1))  # (G, T, H)
+        group_mask = full_mask.view(g, n, t).amax(dim=1)  # a position is real if any instance has it
+        h = enc.run_layers(mixed, group_mask)  # (G, T, H)
+        keys = h[:, :n].unsqueeze(2)  # (G, N, 1, H)
+        if positions == "cls":
+            out = self.demux(h[:, n : n + 1].unsqueeze(1), keys)  # (G, N, 1, H)
+            return out.reshape(bb, -1)[:b]
+        out = self.demux(h[:, n:].unsqueeze(1), keys)  # (G, N, L, H)
+        return out.reshape(bb, length, -1)[:b]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, num_labels)."""
+        cls = self.hidden_states(input_ids, attention_mask, token_type_ids, positions="cls")
+        return self.classifier(self.dropout(self.encoder.pool(cls)))
+
+    def retrieval_logits(self, states: torch.Tensor) -> torch.Tensor:
+        if self.n == 1:
+            raise ValueError("retrieval is defined for multiplexed models only (N > 1)")
+        return self.retrieval_head(states, self.encoder.embeddings.word.weight)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {
+            "format": "autoprumux.MuxSequenceClassifier/1",
+            "encoder": self.encoder.config.to_dict(),
+            "num_labels": self.num_labels,
+            "mux": asdict(self.mux_config),
+            "original_prunable_params": self.original_prunable_params,
+        }
+
+    def save(self, directory: str | Path, *, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self.config_dict()
+        if extra:
+            cfg["extra"] = extra
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(sd, str(d / "model.safetensors"))
+        (d / "autoprumux_config.json").write_text(json.dumps(cfg, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> MuxSequenceClassifier:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg_path = d / "autoprumux_config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{str(d)!r} holds no autoprumux model (no autoprumux_config.json)")
+        cfg = json.loads(cfg_path.read_text())
+        enc = Encoder(EncoderConfig.from_dict(cfg["encoder"]))
+        model = cls(enc, num_labels=int(cfg["num_labels"]), mux=MuxConfig(**cfg["mux"]))
+        model.load_state_dict(load_file(str(d / "model.safetensors"), device=map_location), strict=True)
+        model.original_prunable_params = int(cfg.get("original_prunable_params", model.original_prunable_params))
+        return model
+
+    def sparsity(self) -> float:
+        """Counted sparsity of the physical model (see DESIGN.md)."""
+        return 1.0 - self.encoder.prunable_parameters() / self.original_prunable_params
