@@ -34,7 +34,9 @@ class BaseModel:
 
     def build_encoder(self) -> Encoder:
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         hf = AutoModel.from_pretrained(self.path)
         enc = Encoder(self.config)
         enc.load_bert_state_dict(hf.state_dict())

@@ -1,0 +1,127 @@
+"""Throughput as DESIGN.md defines it, and an analytic FLOP count for the ideal speedup.
+
+throughput = examples / second at a fixed batch of examples and a fixed padded sequence length,
+after warm-up passes, median over repeated timed passes, CUDA-synchronised on a GPU. A mux model
+with a batch not divisible by N pads dummy rows internally; only real rows are counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxSequenceClassifier
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    batch_size: int = 64
+    seq_len: int = 128
+    warmup: int = 3
+    repeats: int = 10
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.seq_len < 8 or self.repeats < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"throughput config invalid (batch {self.batch_size}, seq_len {self.seq_len}, "
+                f"repeats {self.repeats}, warmup {self.warmup}); use batch >= 1, seq_len >= 8, repeats >= 1"
+            )
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    examples_per_second: float
+    median_batch_seconds: float
+    batch_seconds: tuple[float, ...]
+    batch_size: int
+    seq_len: int
+    device: str
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000 * self.median_batch_seconds
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device {device!r} is not 'cpu' or 'cuda'; pick one of them")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return torch.device(device)
+
+
+def fixed_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor, cfg: ThroughputConfig) -> dict[str, torch.Tensor]:
+    """Cut/pad real inputs to exactly (batch_size, seq_len); rows are cycled if too few."""
+    if input_ids.shape[0] == 0:
+        raise ConfigError("throughput needs at least one input example")
+    reps = -(-cfg.batch_size // input_ids.shape[0])
+
+    def fit(t: torch.Tensor) -> torch.Tensor:
+        t = t.repeat(reps, 1)[: cfg.batch_size, : cfg.seq_len]
+        if t.shape[1] < cfg.seq_len:
+            t = torch.cat([t, torch.zeros(t.shape[0], cfg.seq_len - t.shape[1], dtype=t.dtype)], 1)
+        return t
+
+    return {"input_ids": fit(input_ids), "attention_mask": fit(attention_mask), "token_type_ids": fit(token_type_ids)}
+
+
+def time_callable(fn: Callable[[], object], *, examples: int, cfg: ThroughputConfig) -> ThroughputResult:
+    dev = resolve_device(cfg.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(cfg.warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(cfg.repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return ThroughputResult(examples / med, med, tuple(times), cfg.batch_size, cfg.seq_len, str(dev))
+
+
+def measure_throughput(model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], cfg: ThroughputConfig) -> ThroughputResult:
+    dev = resolve_device(cfg.device)
+    model.to(dev).eval()
+    b = {k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    n_real = b["input_ids"].shape[0]
+
+    def run() -> torch.Tensor:
+        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+
+    return time_callable(run, examples=n_real, cfg=cfg)
+
+
+def model_flops(model: MuxSequenceClassifier, batch_size: int, seq_len: int) -> float:
+    """Multiply-add FLOPs (x2) of one forward pass over `batch_size` examples of `seq_len` tokens.
+
+    Counts the encoder matmuls and attention, the mux/demux and the heads; embeddings lookups,
+    LayerNorms and activations are ignored (they are memory-bound and small).
+    """
+    cfg = model.encoder.config
+    h, d = cfg.hidden_size, cfg.head_dim
+    n = model.n
+    rows = -(-batch_size // n)  # mixed sequences per pass
+    t = seq_len + (n if n > 1 else 0)
+    per_seq = 0.0
+    for heads, ffn, ap, fp in zip(cfg.heads, cfg.ffn, cfg.attn_present, cfg.ffn_present, strict=True):
+        if ap and heads:
+            per_seq += 2 * t * h * 3 * heads * d  # qkv
+            per_seq += 2 * 2 * t * t * heads * d  # scores + context
+            per_seq += 2 * t * heads * d * h  # out proj
+        if fp and ffn:
+            per_seq += 2 * 2 * t * h * ffn
+    total = rows * per_seq
+    if n > 1:
+        total += rows * n * t * h  # mixing
+        total += batch_size * 2 * (2 * h) * h  # demux of the CLS position
+    total += batch_size * 2 * (h * h + h * model.num_labels)  # pooler + classifier
+    return float(total)

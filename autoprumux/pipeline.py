@@ -1,0 +1,400 @@
+"""Evaluate one PruMUX configuration end to end, beside its baseline.
+
+    baseline  = base model fine-tuned on the task (N=1, sparsity 0)          [cached]
+    mux model = base model + retrieval warm-up(N) + task fine-tune (N)        [cached per N]
+    candidate = (baseline | mux model) pruned to the sparsity + recovery fine-tune with
+                distillation from the baseline                               [cached]
+Accuracy is measured on the dev split; throughput of baseline and candidate side by side in the
+same process on the same device, so speedup is a ratio from one run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from autoprumux._cache import ArtifactCache
+from autoprumux.data import Encoded, TaskData, collate, encode, get_task, load_task
+from autoprumux.errors import ConfigError
+from autoprumux.evaluation import (
+    ThroughputConfig,
+    fixed_batch,
+    measure_throughput,
+    model_flops,
+    resolve_device,
+    task_metrics,
+)
+from autoprumux.models import (
+    MuxConfig,
+    MuxSequenceClassifier,
+    apply_plan,
+    compute_importance,
+    resolve_model,
+    search_plan,
+)
+from autoprumux.models._loading import BaseModel
+from autoprumux.training import TrainConfig, predict, retrieval_warmup, train_classifier
+
+log = logging.getLogger("autoprumux")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training budget of a baseline and its candidates (part of every cache key)."""
+
+    max_seq_len: int = 64
+    max_train_examples: int | None = 8000
+    batch_size: int = 32
+    lr: float = 1e-4
+    finetune_steps: int = 200  # baseline and N>1 task fine-tune
+    mux_warmup_steps: int = 300  # token-retrieval warm-up per N (0 = none)
+    mux_warmup_lr: float = 2e-4
+    mux_finetune_steps: int = 300
+    retrieval_weight: float = 0.1  # kept during the mux task fine-tune (DataMUX: 0.9 task + 0.1)
+    distill_weight: float = 0.5  # KD from the baseline during mux fine-tune and pruning recovery
+    recovery_steps: int = 150
+    prune_stages: int = 2
+    importance_examples: int = 256
+    freeze_word_embeddings: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_seq_len", "batch_size", "importance_examples", "prune_stages"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"recipe field {name} ({v!r}) must be a positive integer")
+        for name in ("finetune_steps", "mux_warmup_steps", "mux_finetune_steps", "recovery_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"recipe field {name} ({v!r}) must be an integer >= 0")
+        if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
+            raise ConfigError(
+                f"max_train_examples ({self.max_train_examples}) must be >= batch_size ({self.batch_size})"
+            )
+
+
+def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
+    try:
+        s = float(sparsity)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"sparsity {sparsity!r} is not a number; use a fraction in [0, 1), e.g. 0.7") from None
+    if not math.isfinite(s) or not 0.0 <= s < 1.0:
+        raise ConfigError(f"sparsity ({sparsity!r}) must be in [0, 1); e.g. --sparsity 0.7 removes 70% of the encoder")
+    if isinstance(n, bool) or not isinstance(n, int):
+        try:
+            fn = float(n)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)") from None
+        if not fn.is_integer():
+            raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+        n = int(fn)
+    if n < 1:
+        raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+    return s, n
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One evaluated model: dev metrics (points), throughput and size."""
+
+    name: str
+    sparsity: float
+    n: int
+    metric: float
+    accuracy: float
+    throughput: float  # examples / s
+    latency_ms: float  # median time of one batch
+    encoder_params: int
+    flops: float  # per batch of the throughput config
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    task: str
+    metric_name: str
+    device: str
+    baseline: Measured
+    candidate: Measured
+    throughput_config: ThroughputConfig
+
+    @property
+    def accuracy_loss(self) -> float:
+        return self.baseline.metric - self.candidate.metric
+
+    @property
+    def speedup(self) -> float:
+        return self.candidate.throughput / self.baseline.throughput
+
+    @property
+    def ideal_speedup(self) -> float:
+        """Speedup implied by the FLOP reduction alone."""
+        return self.baseline.flops / self.candidate.flops
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task,
+            "metric_name": self.metric_name,
+            "device": self.device,
+            "baseline": asdict(self.baseline),
+            "candidate": asdict(self.candidate),
+            "accuracy_loss": self.accuracy_loss,
+            "speedup": self.speedup,
+            "ideal_speedup": self.ideal_speedup,
+            "throughput_config": asdict(self.throughput_config),
+        }
+
+
+class PruMuxPipeline:
+    """Builds, caches and measures the baseline and PruMUX candidates for one (model, task, recipe)."""
+
+    def __init__(
+        self,
+        *,
+        task: str = "sst2",
+        model: str | None = None,
+        recipe: Recipe | None = None,
+        device: str = "cpu",
+        data_dir: str | None = None,
+        data_source: str = "local",
+        cache_dir: str | Path | None = None,
+        mux_variant: str = "gaussian",
+    ):
+        self.task = get_task(task)
+        self.recipe = recipe or Recipe()
+        self.device = resolve_device(device)
+        self.mux_variant = MuxConfig(n=1, variant=mux_variant).variant
+        self.base: BaseModel = resolve_model(model)
+        self.cache = ArtifactCache(cache_dir)
+        self.data: TaskData = load_task(
+            self.task.name,
+            data_dir=data_dir,
+            source=data_source,
+            max_train_examples=self.recipe.max_train_examples,
+            seed=self.recipe.seed,
+        )
+        self.tokenizer = self.base.tokenizer()
+        self.train_items = encode(self.data.train, self.tokenizer, self.recipe.max_seq_len)
+        self.dev_items = encode(self.data.dev, self.tokenizer, self.recipe.max_seq_len)
+        self.special_ids = tuple(
+            i for i in (self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id) if i is not None
+        )
+        self._baseline: MuxSequenceClassifier | None = None
+
+    # ---- cache keys --------------------------------------------------------------------------
+    def _key(self, **extra: object) -> dict:
+        r = self.recipe
+        return {
+            "model": self.base.model_id,
+            "task": self.task.name,
+            "data": self.data.fingerprint(),
+            "max_seq_len": r.max_seq_len,
+            "batch_size": r.batch_size,
+            "lr": r.lr,
+            "finetune_steps": r.finetune_steps,
+            "freeze_word_embeddings": r.freeze_word_embeddings,
+            "seed": r.seed,
+            **extra,
+        }
+
+    def _mux_key(self, n: int) -> dict:
+        r = self.recipe
+        return self._key(
+            n=n,
+            variant=self.mux_variant,
+            mux_warmup_steps=r.mux_warmup_steps,
+            mux_warmup_lr=r.mux_warmup_lr,
+            mux_finetune_steps=r.mux_finetune_steps,
+            retrieval_weight=r.retrieval_weight,
+            distill_weight=r.distill_weight,
+        )
+
+    def _fresh(self, n: int) -> MuxSequenceClassifier:
+        torch.manual_seed(self.recipe.seed)
+        m = MuxSequenceClassifier(
+            self.base.build_encoder(), num_labels=self.task.num_labels, mux=MuxConfig(n=n, variant=self.mux_variant, seed=self.recipe.seed)
+        )
+        if self.recipe.freeze_word_embeddings:
+            m.encoder.embeddings.word.weight.requires_grad_(False)
+        return m
+
+    def _train_cfg(self, steps: int, **kw: object) -> TrainConfig:
+        r = self.recipe
+        return TrainConfig(steps=steps, batch_size=r.batch_size, lr=r.lr, seed=r.seed, **kw)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _load(entry: Path, freeze_words: bool) -> MuxSequenceClassifier:
+        m = MuxSequenceClassifier.load(entry / "model")
+        if freeze_words:
+            m.encoder.embeddings.word.weight.requires_grad_(False)
+        return m.eval()
+
+    # ---- stages ------------------------------------------------------------------------------
+    def baseline(self) -> MuxSequenceClassifier:
+        if self._baseline is not None:
+            return self._baseline
+
+        def build(tmp: Path) -> dict:
+            m = self._fresh(1)
+            stats = train_classifier(m, self.train_items, self._train_cfg(self.recipe.finetune_steps), desc="baseline fine-tune", device=self.device)
+            m.save(tmp / "model")
+            return {"train": stats}
+
+        entry, hit = self.cache.get_or_build("baseline", self._key(), build)
+        log.info("baseline %s (%s)", "cache hit" if hit else "trained", entry)
+        self._baseline = self._load(entry, self.recipe.freeze_word_embeddings)
+        return self._baseline
+
+    def warmup_sentences(self) -> list[Encoded]:
+        """Unlabeled sentences for the retrieval warm-up: the task's training text, one per row."""
+        texts = []
+        for ex in self.data.train:
+            texts.append(ex.text_a)
+            if ex.text_b:
+                texts.append(ex.text_b)
+        from autoprumux.data import Example
+
+        return encode([Example(t, None, 0) for t in texts], self.tokenizer, self.recipe.max_seq_len)
+
+    def mux_model(self, n: int) -> MuxSequenceClassifier:
+        """Unpruned N-way multiplexed model trained on the task (cached per N, reused across sparsities)."""
+        if n == 1:
+            return self.baseline()
+        teacher = self.baseline()
+        r = self.recipe
+
+        def build(tmp: Path) -> dict:
+            m = self._fresh(n)
+            meta: dict = {}
+            if r.mux_warmup_steps:
+                meta["warmup"] = retrieval_warmup(
+                    m,
+                    self.warmup_sentences(),
+                    TrainConfig(steps=r.mux_warmup_steps, batch_size=r.batch_size, lr=r.mux_warmup_lr, seed=r.seed),
+                    special_ids=self.special_ids,
+                    desc=f"mux warm-up N={n}",
+                    device=self.device,
+                )
+            meta["train"] = train_classifier(
+                m,
+                self.train_items,
+                self._train_cfg(r.mux_finetune_steps, retrieval_weight=r.retrieval_weight, distill_weight=r.distill_weight),
+                teacher=teacher,
+                special_ids=self.special_ids,
+                desc=f"mux fine-tune N={n}",
+                device=self.device,
+            )
+            m.save(tmp / "model")
+            return meta
+
+        entry, hit = self.cache.get_or_build("mux", self._mux_key(n), build)
+        log.info("mux N=%d %s (%s)", n, "cache hit" if hit else "trained", entry)
+        return self._load(entry, r.freeze_word_embeddings)
+
+    def prune(self, model: MuxSequenceClassifier, sparsity: float, *, desc: str = "") -> dict:
+        """Prune `model` in place to `sparsity` in `prune_stages` steps, each followed by recovery
+        fine-tuning with distillation from the baseline. Returns per-stage stats."""
+        r = self.recipe
+        teacher = self.baseline()
+        stats: list[dict] = []
+        n = model.n
+        gen = torch.Generator().manual_seed(r.seed)
+        for stage in range(1, r.prune_stages + 1):
+            target = sparsity * stage / r.prune_stages
+            order = torch.randperm(len(self.train_items), generator=gen).tolist()
+            fisher_items = [self.train_items[i] for i in order[: r.importance_examples]]
+            fisher_batches = [collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)]
+            abl_items = [self.train_items[i] for i in order[r.importance_examples : r.importance_examples + 128]]
+            abl_batches = [collate(abl_items[s : s + 32]) for s in range(0, len(abl_items), 32)]
+
+            def loss_fn(b: dict[str, torch.Tensor]) -> torch.Tensor:
+                b = {k: v.to(self.device) for k, v in b.items()}
+                return F.cross_entropy(model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"])
+
+            model.to(self.device)
+            imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
+            plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
+            apply_plan(model.encoder, plan)
+            steps = r.recovery_steps // r.prune_stages + (r.recovery_steps % r.prune_stages if stage == r.prune_stages else 0)
+            tr = train_classifier(
+                model,
+                self.train_items,
+                self._train_cfg(steps, distill_weight=r.distill_weight, retrieval_weight=r.retrieval_weight if n > 1 else 0.0),
+                teacher=teacher,
+                special_ids=self.special_ids,
+                desc=f"recover{desc} stage {stage}/{r.prune_stages}",
+                device=self.device,
+            )
+            stats.append({"target": target, "sparsity": model.sparsity(), "heads": list(model.encoder.config.heads), "ffn": list(model.encoder.config.ffn), "train": tr})
+        return {"stages": stats}
+
+    def candidate(self, sparsity: float, n: int) -> MuxSequenceClassifier:
+        sparsity, n = validate_candidate(sparsity, n)
+        if sparsity == 0.0:
+            return self.mux_model(n)
+        r = self.recipe
+        key = {
+            **self._mux_key(n),
+            "sparsity": sparsity,
+            "recovery_steps": r.recovery_steps,
+            "prune_stages": r.prune_stages,
+            "importance_examples": r.importance_examples,
+        }
+
+        def build(tmp: Path) -> dict:
+            m = copy.deepcopy(self.mux_model(n))
+            meta = self.prune(m, sparsity, desc=f" s={sparsity:g} N={n}")
+            got = m.sparsity()
+            if abs(got - sparsity) > 0.02:
+                raise RuntimeError(f"pruning reached sparsity {got:.3f}, not within 2 points of the target {sparsity}")
+            m.save(tmp / "model")
+            return meta
+
+        entry, hit = self.cache.get_or_build("candidate", key, build)
+        log.info("candidate s=%g N=%d %s (%s)", sparsity, n, "cache hit" if hit else "built", entry)
+        return self._load(entry, r.freeze_word_embeddings)
+
+    # ---- measurement -------------------------------------------------------------------------
+    def dev_metrics(self, model: MuxSequenceClassifier) -> dict[str, float]:
+        logits = predict(model, self.dev_items, batch_size=64, device=self.device)
+        return task_metrics(self.task.metric, logits, [x.label for x in self.dev_items])
+
+    def throughput_batch(self, cfg: ThroughputConfig) -> dict[str, torch.Tensor]:
+        b = collate(self.dev_items[: cfg.batch_size], pad_to=cfg.seq_len)
+        return fixed_batch(b["input_ids"], b["attention_mask"], b["token_type_ids"], cfg)
+
+    def measure(self, name: str, model: MuxSequenceClassifier, tp: ThroughputConfig, metrics: dict[str, float] | None = None) -> Measured:
+        metrics = metrics or self.dev_metrics(model)
+        res = measure_throughput(model, self.throughput_batch(tp), tp)
+        return Measured(
+            name=name,
+            sparsity=round(model.sparsity(), 4),
+            n=model.n,
+            metric=metrics["metric"],
+            accuracy=metrics["accuracy"],
+            throughput=res.examples_per_second,
+            latency_ms=res.latency_ms,
+            encoder_params=model.encoder.prunable_parameters(),
+            flops=model_flops(model, tp.batch_size, tp.seq_len),
+            extra={"metrics": metrics, "layers": len(model.encoder.layers), "heads": list(model.encoder.config.heads), "ffn": list(model.encoder.config.ffn)},
+        )
+
+    def evaluate(self, sparsity: float, n: int, *, throughput: ThroughputConfig | None = None) -> Evaluation:
+        sparsity, n = validate_candidate(sparsity, n)
+        tp = throughput or ThroughputConfig(device=str(self.device))
+        base = self.baseline()
+        cand = self.candidate(sparsity, n)
+        return Evaluation(
+            task=self.task.name,
+            metric_name=self.task.metric,
+            device=str(self.device),
+            baseline=self.measure("baseline", base, tp),
+            candidate=self.measure(f"s={sparsity:g},N={n}", cand, tp),
+            throughput_config=tp,
+        )
