@@ -192,31 +192,29 @@ def search_plan(encoder: Encoder, importance: Importance, target_sparsity: float
     removed = 0.0
     attn_left = [sublayer_params(x, "attn") for x in layers]
     ffn_left = [sublayer_params(x, "ffn") for x in layers]
+    # FFN units are many and cheap: take them in chunks of at most 0.25% of the encoder
+    chunk_size = max(1, min(8, int(0.0025 * original_params) // up))
     while removed < need:
-        best: tuple[float, str, int, int] | None = None
+        cands: list[tuple[float, str, int, int]] = []
         for i in range(len(layers)):
-            cands: list[tuple[float, str, int, int]] = []
             if not drop_attn[i]:
                 if hpos[i] < len(head_order[i]):
                     h = head_order[i][hpos[i]]
                     cands.append((float(importance.heads[i][h]) / hp, "head", i, hp))
-                if removed + attn_left[i] <= need + slack:
-                    cost = max(importance.attn_sublayer[i] - paid_attn[i], 0.0)
-                    cands.append((cost / max(attn_left[i], 1), "attn", i, attn_left[i]))
+                cost = max(importance.attn_sublayer[i] - paid_attn[i], 0.0)
+                cands.append((cost / max(attn_left[i], 1), "attn", i, attn_left[i]))
             if not drop_ffn[i]:
                 if upos[i] < len(ffn_order[i]):
-                    # units are cheap and many: take them in chunks of 8 to keep the loop short
-                    chunk = ffn_order[i][upos[i] : upos[i] + 8]
+                    chunk = ffn_order[i][upos[i] : upos[i] + chunk_size]
                     cost = float(importance.ffn[i][chunk].sum())
                     cands.append((cost / (up * len(chunk)), "ffn", i, up * len(chunk)))
-                if removed + ffn_left[i] <= need + slack:
-                    cost = max(importance.ffn_sublayer[i] - paid_ffn[i], 0.0)
-                    cands.append((cost / max(ffn_left[i], 1), "ffnblock", i, ffn_left[i]))
-            for c in cands:
-                if best is None or c[0] < best[0]:
-                    best = c
-        if best is None:
+                cost = max(importance.ffn_sublayer[i] - paid_ffn[i], 0.0)
+                cands.append((cost / max(ffn_left[i], 1), "ffnblock", i, ffn_left[i]))
+        if not cands:
             break
+        # never overshoot the target by more than the slack when a smaller step exists
+        fitting = [c for c in cands if removed + c[3] <= need + slack]
+        best = min(fitting) if fitting else min(cands, key=lambda c: c[3])
         _, kind, i, params = best
         if kind == "head":
             h = head_order[i][hpos[i]]
@@ -224,7 +222,7 @@ def search_plan(encoder: Encoder, importance: Importance, target_sparsity: float
             hpos[i] += 1
             attn_left[i] -= hp
         elif kind == "ffn":
-            chunk = ffn_order[i][upos[i] : upos[i] + 8]
+            chunk = ffn_order[i][upos[i] : upos[i] + chunk_size]
             paid_ffn[i] += float(importance.ffn[i][chunk].sum())
             upos[i] += len(chunk)
             ffn_left[i] -= up * len(chunk)

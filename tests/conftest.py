@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random BERTs keep the unit tests fast."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("AUTOPRUMUX_PROGRESS", "0")
+
+
+def tiny_bert_config(**kw):
+    from transformers import BertConfig
+
+    base = dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    base.update(kw)
+    return BertConfig(**base)
+
+
+def tiny_encoder(seed: int = 0, **kw):
+    """An Encoder with the weights of a random transformers BertModel (returned too)."""
+    from transformers import BertModel
+
+    from autoprumux.models import Encoder, EncoderConfig
+
+    torch.manual_seed(seed)
+    cfg = tiny_bert_config(**kw)
+    hf = BertModel(cfg).eval()
+    enc = Encoder(EncoderConfig.from_bert_config(cfg))
+    enc.load_bert_state_dict(hf.state_dict())
+    return enc.eval(), hf
+
+
+def random_batch(b: int, length: int, *, vocab: int = 99, seed: int = 0, min_len: int = 3):
+    """Token ids with varied real lengths, [CLS]=2 first, padding 0 after each row's length."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (b, length), generator=g)
+    lens = torch.randint(min_len, length + 1, (b,), generator=g)
+    lens[0] = length
+    mask = (torch.arange(length)[None] < lens[:, None]).long()
+    ids[:, 0] = 2
+    ids = ids * mask
+    return ids, mask, torch.zeros_like(ids)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_encoder()
