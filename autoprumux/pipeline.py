@@ -65,7 +65,9 @@ class Recipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_seq_len", "batch_size", "importance_examples", "prune_stages"):
+        if not isinstance(self.max_seq_len, int) or self.max_seq_len < 8:
+            raise ConfigError(f"max_seq_len ({self.max_seq_len!r}) must be an integer >= 8 (e.g. --max-seq-len 64)")
+        for name in ("batch_size", "importance_examples", "prune_stages"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"recipe field {name} ({v!r}) must be a positive integer")
@@ -96,7 +98,12 @@ def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
         n = int(fn)
     if n < 1:
         raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+    if n > MAX_MUX:
+        raise ConfigError(f"mux width N ({n}) must be at most {MAX_MUX}; DataMUX reports usable accuracy up to N=40")
     return s, n
+
+
+MAX_MUX = 64
 
 
 @dataclass(frozen=True)
@@ -336,6 +343,7 @@ class PruMuxPipeline:
 
     def candidate(self, sparsity: float, n: int) -> MuxSequenceClassifier:
         sparsity, n = validate_candidate(sparsity, n)
+        self.check_lengths(n)
         if sparsity == 0.0:
             return self.mux_model(n)
         r = self.recipe
@@ -385,9 +393,21 @@ class PruMuxPipeline:
             extra={"metrics": metrics, "layers": len(model.encoder.layers), "heads": list(model.encoder.config.heads), "ffn": list(model.encoder.config.ffn)},
         )
 
+    def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None:
+        """Sequence lengths (+ the N-token mux prefix) must fit the model's position embeddings."""
+        limit = self.base.config.max_position_embeddings
+        prefix = n if n > 1 else 0
+        for name, length in (("max_seq_len", self.recipe.max_seq_len), ("throughput seq_len", tp.seq_len if tp else 0)):
+            if length + prefix > limit:
+                raise ConfigError(
+                    f"{name} ({length}) + mux prefix ({prefix}) exceeds the model's {limit} positions; "
+                    f"use at most {limit - prefix}"
+                )
+
     def evaluate(self, sparsity: float, n: int, *, throughput: ThroughputConfig | None = None) -> Evaluation:
         sparsity, n = validate_candidate(sparsity, n)
         tp = throughput or ThroughputConfig(device=str(self.device))
+        self.check_lengths(n, tp)
         base = self.baseline()
         cand = self.candidate(sparsity, n)
         return Evaluation(

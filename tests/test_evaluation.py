@@ -18,7 +18,13 @@ from autoprumux.evaluation import (
     task_metrics,
 )
 from autoprumux.models import Importance, MuxConfig, MuxSequenceClassifier, apply_plan, search_plan
-from autoprumux.training import TrainConfig, evaluate_retrieval, predict, retrieval_warmup, train_classifier
+from autoprumux.training import (
+    TrainConfig,
+    evaluate_retrieval,
+    predict,
+    retrieval_warmup,
+    train_classifier,
+)
 
 
 def make(n: int = 1, layers: int = 2) -> MuxSequenceClassifier:

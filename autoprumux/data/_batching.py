@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from autoprumux.data._glue import Example
+from autoprumux.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Encoded:
 def encode(examples: Sequence[Example], tokenizer, max_seq_len: int) -> list[Encoded]:
     """Tokenise examples (pairs as [CLS] a [SEP] b [SEP]) truncated to `max_seq_len` tokens."""
     if max_seq_len < 8:
-        raise ValueError(f"max_seq_len ({max_seq_len}) must be at least 8")
+        raise ConfigError(f"max_seq_len ({max_seq_len}) must be at least 8 (e.g. --max-seq-len 64)")
     a = [e.text_a for e in examples]
     b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
     enc = tokenizer(a, b, truncation=True, max_length=max_seq_len, padding=False)

@@ -1,6 +1,12 @@
 """Training: the standard loop (fine-tune, distil, retrieval) and the mux warm-up."""
 
-from autoprumux.training._loop import TrainConfig, kd_loss, predict, retrieval_loss, train_classifier
+from autoprumux.training._loop import (
+    TrainConfig,
+    kd_loss,
+    predict,
+    retrieval_loss,
+    train_classifier,
+)
 from autoprumux.training._warmup import evaluate_retrieval, retrieval_warmup
 
 __all__ = [
