@@ -32,7 +32,9 @@ class ArtifactCache:
     def has(self, kind: str, key: dict[str, Any]) -> bool:
         return (self.entry(kind, key) / "COMPLETE").is_file()
 
-    def get_or_build(self, kind: str, key: dict[str, Any], build: Callable[[Path], dict[str, Any] | None]) -> tuple[Path, bool]:
+    def get_or_build(
+        self, kind: str, key: dict[str, Any], build: Callable[[Path], dict[str, Any] | None]
+    ) -> tuple[Path, bool]:
         """Return (entry dir, hit). On a miss `build(tmp_dir)` fills a temporary directory, which
         is then renamed to the entry; whatever `build` returns is stored as `meta.json`."""
         final = self.entry(kind, key)

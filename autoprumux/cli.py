@@ -17,18 +17,37 @@ EXIT_BAD_INPUT = 2
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="sst2", help="sst2 | cola | mrpc | qnli (default: sst2)")
-    p.add_argument("--model", default=None, help="BERT checkpoint directory or hub name (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="BERT checkpoint directory or hub name (default: packaged all-MiniLM-L6-v2)",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
-    p.add_argument("--data-dir", default=None, help="GLUE-format directory (default: $AUTOPRUMUX_DATA or ../shared/data/glue)")
-    p.add_argument("--data-source", default="local", choices=["local", "hf"], help="local GLUE files or Hugging Face datasets")
-    p.add_argument("--cache-dir", default=None, help="artefact cache (default: $AUTOPRUMUX_CACHE or ./.autoprumux/cache)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="GLUE-format directory (default: $AUTOPRUMUX_DATA or ../shared/data/glue)",
+    )
+    p.add_argument(
+        "--data-source",
+        default="local",
+        choices=["local", "hf"],
+        help="local GLUE files or Hugging Face datasets",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="artefact cache (default: $AUTOPRUMUX_CACHE or ./.autoprumux/cache)",
+    )
     p.add_argument("--mux-variant", default="gaussian", help="gaussian | orthogonal")
     g = p.add_argument_group("recipe (training budget; part of every cache key)")
     g.add_argument("--max-train-examples", type=int, default=8000)
     g.add_argument("--max-seq-len", type=int, default=64)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--finetune-steps", type=int, default=200, help="baseline fine-tune steps")
-    g.add_argument("--mux-warmup-steps", type=int, default=300, help="token-retrieval warm-up steps per N")
+    g.add_argument(
+        "--mux-warmup-steps", type=int, default=300, help="token-retrieval warm-up steps per N"
+    )
     g.add_argument("--mux-finetune-steps", type=int, default=300)
     g.add_argument("--recovery-steps", type=int, default=150, help="fine-tune steps after pruning")
     g.add_argument("--prune-stages", type=int, default=2)
@@ -40,13 +59,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoprumux", description="Fast-inference AutoML for BERT-like models (PruMUX).")
+    p = argparse.ArgumentParser(
+        prog="autoprumux", description="Fast-inference AutoML for BERT-like models (PruMUX)."
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("evaluate", help="train and measure one (sparsity, N) configuration beside the baseline")
-    ev.add_argument("--sparsity", default="0.7", help="fraction of encoder parameters to remove, in [0, 1)")
+    ev = sub.add_parser(
+        "evaluate", help="train and measure one (sparsity, N) configuration beside the baseline"
+    )
+    ev.add_argument(
+        "--sparsity", default="0.7", help="fraction of encoder parameters to remove, in [0, 1)"
+    )
     ev.add_argument("--mux", default="2", help="multiplexing width N >= 1 (1 = none)")
-    ev.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON to this file")
+    ev.add_argument(
+        "--json", dest="json_out", default=None, help="also write the result as JSON to this file"
+    )
     _add_common(ev)
     return p
 
@@ -80,7 +107,9 @@ def format_table(ev) -> str:
             f"{meas.name:<16}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{loss:>10.2f}{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
         )
     tp = ev.throughput_config
-    rows.append(f"(task {ev.task}, device {ev.device}, throughput at batch {tp.batch_size} x {tp.seq_len} tokens, median of {tp.repeats})")
+    rows.append(
+        f"(task {ev.task}, device {ev.device}, throughput at batch {tp.batch_size} x {tp.seq_len} tokens, median of {tp.repeats})"
+    )
     return "\n".join(rows)
 
 
@@ -91,9 +120,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # validate everything cheap before any work starts
     sparsity, n = validate_candidate(args.sparsity, args.mux)
     recipe = _recipe(args)
-    tp = ThroughputConfig(batch_size=args.tp_batch, seq_len=args.tp_seq_len, repeats=args.tp_repeats, device=args.device)
+    tp = ThroughputConfig(
+        batch_size=args.tp_batch,
+        seq_len=args.tp_seq_len,
+        repeats=args.tp_repeats,
+        device=args.device,
+    )
     if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
-        raise AutoPruMuxError(f"--json {args.json_out!r}: its directory does not exist; create it or choose another path")
+        raise AutoPruMuxError(
+            f"--json {args.json_out!r}: its directory does not exist; create it or choose another path"
+        )
     pipe = PruMuxPipeline(
         task=args.task,
         model=args.model,
@@ -121,7 +157,10 @@ def _atomic_write(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         if args.command == "evaluate":
             return cmd_evaluate(args)

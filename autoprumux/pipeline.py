@@ -66,7 +66,9 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_seq_len, int) or self.max_seq_len < 8:
-            raise ConfigError(f"max_seq_len ({self.max_seq_len!r}) must be an integer >= 8 (e.g. --max-seq-len 64)")
+            raise ConfigError(
+                f"max_seq_len ({self.max_seq_len!r}) must be an integer >= 8 (e.g. --max-seq-len 64)"
+            )
         for name in ("batch_size", "importance_examples", "prune_stages"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -85,21 +87,31 @@ def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
     try:
         s = float(sparsity)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"sparsity {sparsity!r} is not a number; use a fraction in [0, 1), e.g. 0.7") from None
+        raise ConfigError(
+            f"sparsity {sparsity!r} is not a number; use a fraction in [0, 1), e.g. 0.7"
+        ) from None
     if not math.isfinite(s) or not 0.0 <= s < 1.0:
-        raise ConfigError(f"sparsity ({sparsity!r}) must be in [0, 1); e.g. --sparsity 0.7 removes 70% of the encoder")
+        raise ConfigError(
+            f"sparsity ({sparsity!r}) must be in [0, 1); e.g. --sparsity 0.7 removes 70% of the encoder"
+        )
     if isinstance(n, bool) or not isinstance(n, int):
         try:
             fn = float(n)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)") from None
+            raise ConfigError(
+                f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)"
+            ) from None
         if not fn.is_integer():
-            raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+            raise ConfigError(
+                f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)"
+            )
         n = int(fn)
     if n < 1:
         raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
     if n > MAX_MUX:
-        raise ConfigError(f"mux width N ({n}) must be at most {MAX_MUX}; DataMUX reports usable accuracy up to N=40")
+        raise ConfigError(
+            f"mux width N ({n}) must be at most {MAX_MUX}; DataMUX reports usable accuracy up to N=40"
+        )
     return s, n
 
 
@@ -190,7 +202,13 @@ class PruMuxPipeline:
         self.train_items = encode(self.data.train, self.tokenizer, self.recipe.max_seq_len)
         self.dev_items = encode(self.data.dev, self.tokenizer, self.recipe.max_seq_len)
         self.special_ids = tuple(
-            i for i in (self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id) if i is not None
+            i
+            for i in (
+                self.tokenizer.cls_token_id,
+                self.tokenizer.sep_token_id,
+                self.tokenizer.pad_token_id,
+            )
+            if i is not None
         )
         self._baseline: MuxSequenceClassifier | None = None
 
@@ -225,7 +243,9 @@ class PruMuxPipeline:
     def _fresh(self, n: int) -> MuxSequenceClassifier:
         torch.manual_seed(self.recipe.seed)
         m = MuxSequenceClassifier(
-            self.base.build_encoder(), num_labels=self.task.num_labels, mux=MuxConfig(n=n, variant=self.mux_variant, seed=self.recipe.seed)
+            self.base.build_encoder(),
+            num_labels=self.task.num_labels,
+            mux=MuxConfig(n=n, variant=self.mux_variant, seed=self.recipe.seed),
         )
         if self.recipe.freeze_word_embeddings:
             m.encoder.embeddings.word.weight.requires_grad_(False)
@@ -249,7 +269,13 @@ class PruMuxPipeline:
 
         def build(tmp: Path) -> dict:
             m = self._fresh(1)
-            stats = train_classifier(m, self.train_items, self._train_cfg(self.recipe.finetune_steps), desc="baseline fine-tune", device=self.device)
+            stats = train_classifier(
+                m,
+                self.train_items,
+                self._train_cfg(self.recipe.finetune_steps),
+                desc="baseline fine-tune",
+                device=self.device,
+            )
             m.save(tmp / "model")
             return {"train": stats}
 
@@ -283,7 +309,12 @@ class PruMuxPipeline:
                 meta["warmup"] = retrieval_warmup(
                     m,
                     self.warmup_sentences(),
-                    TrainConfig(steps=r.mux_warmup_steps, batch_size=r.batch_size, lr=r.mux_warmup_lr, seed=r.seed),
+                    TrainConfig(
+                        steps=r.mux_warmup_steps,
+                        batch_size=r.batch_size,
+                        lr=r.mux_warmup_lr,
+                        seed=r.seed,
+                    ),
                     special_ids=self.special_ids,
                     desc=f"mux warm-up N={n}",
                     device=self.device,
@@ -291,7 +322,11 @@ class PruMuxPipeline:
             meta["train"] = train_classifier(
                 m,
                 self.train_items,
-                self._train_cfg(r.mux_finetune_steps, retrieval_weight=r.retrieval_weight, distill_weight=r.distill_weight),
+                self._train_cfg(
+                    r.mux_finetune_steps,
+                    retrieval_weight=r.retrieval_weight,
+                    distill_weight=r.distill_weight,
+                ),
                 teacher=teacher,
                 special_ids=self.special_ids,
                 desc=f"mux fine-tune N={n}",
@@ -316,29 +351,50 @@ class PruMuxPipeline:
             target = sparsity * stage / r.prune_stages
             order = torch.randperm(len(self.train_items), generator=gen).tolist()
             fisher_items = [self.train_items[i] for i in order[: r.importance_examples]]
-            fisher_batches = [collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)]
-            abl_items = [self.train_items[i] for i in order[r.importance_examples : r.importance_examples + 128]]
+            fisher_batches = [
+                collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)
+            ]
+            abl_items = [
+                self.train_items[i]
+                for i in order[r.importance_examples : r.importance_examples + 128]
+            ]
             abl_batches = [collate(abl_items[s : s + 32]) for s in range(0, len(abl_items), 32)]
 
             def loss_fn(b: dict[str, torch.Tensor]) -> torch.Tensor:
                 b = {k: v.to(self.device) for k, v in b.items()}
-                return F.cross_entropy(model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"])
+                return F.cross_entropy(
+                    model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"]
+                )
 
             model.to(self.device)
             imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
             plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
             apply_plan(model.encoder, plan)
-            steps = r.recovery_steps // r.prune_stages + (r.recovery_steps % r.prune_stages if stage == r.prune_stages else 0)
+            steps = r.recovery_steps // r.prune_stages + (
+                r.recovery_steps % r.prune_stages if stage == r.prune_stages else 0
+            )
             tr = train_classifier(
                 model,
                 self.train_items,
-                self._train_cfg(steps, distill_weight=r.distill_weight, retrieval_weight=r.retrieval_weight if n > 1 else 0.0),
+                self._train_cfg(
+                    steps,
+                    distill_weight=r.distill_weight,
+                    retrieval_weight=r.retrieval_weight if n > 1 else 0.0,
+                ),
                 teacher=teacher,
                 special_ids=self.special_ids,
                 desc=f"recover{desc} stage {stage}/{r.prune_stages}",
                 device=self.device,
             )
-            stats.append({"target": target, "sparsity": model.sparsity(), "heads": list(model.encoder.config.heads), "ffn": list(model.encoder.config.ffn), "train": tr})
+            stats.append(
+                {
+                    "target": target,
+                    "sparsity": model.sparsity(),
+                    "heads": list(model.encoder.config.heads),
+                    "ffn": list(model.encoder.config.ffn),
+                    "train": tr,
+                }
+            )
         return {"stages": stats}
 
     def candidate(self, sparsity: float, n: int) -> MuxSequenceClassifier:
@@ -360,7 +416,9 @@ class PruMuxPipeline:
             meta = self.prune(m, sparsity, desc=f" s={sparsity:g} N={n}")
             got = m.sparsity()
             if abs(got - sparsity) > 0.02:
-                raise RuntimeError(f"pruning reached sparsity {got:.3f}, not within 2 points of the target {sparsity}")
+                raise RuntimeError(
+                    f"pruning reached sparsity {got:.3f}, not within 2 points of the target {sparsity}"
+                )
             m.save(tmp / "model")
             return meta
 
@@ -377,7 +435,13 @@ class PruMuxPipeline:
         b = collate(self.dev_items[: cfg.batch_size], pad_to=cfg.seq_len)
         return fixed_batch(b["input_ids"], b["attention_mask"], b["token_type_ids"], cfg)
 
-    def measure(self, name: str, model: MuxSequenceClassifier, tp: ThroughputConfig, metrics: dict[str, float] | None = None) -> Measured:
+    def measure(
+        self,
+        name: str,
+        model: MuxSequenceClassifier,
+        tp: ThroughputConfig,
+        metrics: dict[str, float] | None = None,
+    ) -> Measured:
         metrics = metrics or self.dev_metrics(model)
         res = measure_throughput(model, self.throughput_batch(tp), tp)
         return Measured(
@@ -390,21 +454,31 @@ class PruMuxPipeline:
             latency_ms=res.latency_ms,
             encoder_params=model.encoder.prunable_parameters(),
             flops=model_flops(model, tp.batch_size, tp.seq_len),
-            extra={"metrics": metrics, "layers": len(model.encoder.layers), "heads": list(model.encoder.config.heads), "ffn": list(model.encoder.config.ffn)},
+            extra={
+                "metrics": metrics,
+                "layers": len(model.encoder.layers),
+                "heads": list(model.encoder.config.heads),
+                "ffn": list(model.encoder.config.ffn),
+            },
         )
 
     def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None:
         """Sequence lengths (+ the N-token mux prefix) must fit the model's position embeddings."""
         limit = self.base.config.max_position_embeddings
         prefix = n if n > 1 else 0
-        for name, length in (("max_seq_len", self.recipe.max_seq_len), ("throughput seq_len", tp.seq_len if tp else 0)):
+        for name, length in (
+            ("max_seq_len", self.recipe.max_seq_len),
+            ("throughput seq_len", tp.seq_len if tp else 0),
+        ):
             if length + prefix > limit:
                 raise ConfigError(
                     f"{name} ({length}) + mux prefix ({prefix}) exceeds the model's {limit} positions; "
                     f"use at most {limit - prefix}"
                 )
 
-    def evaluate(self, sparsity: float, n: int, *, throughput: ThroughputConfig | None = None) -> Evaluation:
+    def evaluate(
+        self, sparsity: float, n: int, *, throughput: ThroughputConfig | None = None
+    ) -> Evaluation:
         sparsity, n = validate_candidate(sparsity, n)
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(n, tp)

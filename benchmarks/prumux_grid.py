@@ -23,20 +23,30 @@ from autoprumux.evaluation import ThroughputConfig, measure_throughput, time_cal
 from autoprumux.pipeline import PruMuxPipeline, Recipe
 
 
-def hf_throughput(pipe: PruMuxPipeline, batch: dict[str, torch.Tensor], tp: ThroughputConfig) -> float:
+def hf_throughput(
+    pipe: PruMuxPipeline, batch: dict[str, torch.Tensor], tp: ThroughputConfig
+) -> float:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    m = AutoModelForSequenceClassification.from_pretrained(pipe.base.path, num_labels=pipe.task.num_labels).to(tp.device).eval()
+    m = (
+        AutoModelForSequenceClassification.from_pretrained(
+            pipe.base.path, num_labels=pipe.task.num_labels
+        )
+        .to(tp.device)
+        .eval()
+    )
     b = {k: v.to(tp.device) for k, v in batch.items()}
     res = time_callable(lambda: m(**b).logits, examples=b["input_ids"].shape[0], cfg=tp)
     return res.examples_per_second
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.7, 0.9])
     ap.add_argument("--mux", type=int, nargs="+", default=[1, 2, 4])
@@ -45,15 +55,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tp-seq-len", type=int, default=128)
     ap.add_argument("--tp-repeats", type=int, default=10)
     ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/prumux_grid_<task>_<device>.json)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default benchmarks/results/prumux_grid_<task>_<device>.json)",
+    )
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    pipe = PruMuxPipeline(task=args.task, recipe=Recipe(), device=args.device, cache_dir=args.cache_dir)
-    tp = ThroughputConfig(batch_size=args.tp_batch, seq_len=args.tp_seq_len, repeats=args.tp_repeats, device=args.device)
+    pipe = PruMuxPipeline(
+        task=args.task, recipe=Recipe(), device=args.device, cache_dir=args.cache_dir
+    )
+    tp = ThroughputConfig(
+        batch_size=args.tp_batch,
+        seq_len=args.tp_seq_len,
+        repeats=args.tp_repeats,
+        device=args.device,
+    )
     base = pipe.baseline()
     base_metrics = pipe.dev_metrics(base)
-    print(f"baseline dev {pipe.task.metric}: {base_metrics['metric']:.2f}", file=sys.stderr, flush=True)
+    print(
+        f"baseline dev {pipe.task.metric}: {base_metrics['metric']:.2f}",
+        file=sys.stderr,
+        flush=True,
+    )
 
     # 1) build every candidate (cached) and measure its dev metric
     built = {}
@@ -61,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.sparsities:
             m = pipe.candidate(s, n)
             built[(s, n)] = (m, pipe.dev_metrics(m))
-            print(f"built s={s} N={n}: {built[(s, n)][1]['metric']:.2f} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+            print(
+                f"built s={s} N={n}: {built[(s, n)][1]['metric']:.2f} ({time.time() - t0:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # 2) throughput side by side in this process
     batch = pipe.throughput_batch(tp)
@@ -104,10 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2))
 
     m = pipe.task.metric
-    print(f"\nbaseline {m} {base_meas.metric:.2f}, {base_meas.throughput:.1f} ex/s; "
-          f"plain transformers AutoModelForSequenceClassification {hf_tp:.1f} ex/s "
-          f"(ours/HF = {base_meas.throughput / hf_tp:.2f}x, repeat {own_n1 / hf_tp:.2f}x)\n")
-    print(f"| sparsity (target) | counted | N | dev {m} | acc. loss | ex/s | speedup | FLOP-ideal | layers |")
+    print(
+        f"\nbaseline {m} {base_meas.metric:.2f}, {base_meas.throughput:.1f} ex/s; "
+        f"plain transformers AutoModelForSequenceClassification {hf_tp:.1f} ex/s "
+        f"(ours/HF = {base_meas.throughput / hf_tp:.2f}x, repeat {own_n1 / hf_tp:.2f}x)\n"
+    )
+    print(
+        f"| sparsity (target) | counted | N | dev {m} | acc. loss | ex/s | speedup | FLOP-ideal | layers |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(

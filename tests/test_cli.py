@@ -66,7 +66,9 @@ def test_mux_error_message_mentions_the_rule(tmp_path):
     assert "positive integer" in r.stderr
 
 
-def _measured(name: str, sparsity: float, n: int, metric: float, throughput: float, flops: float) -> Measured:
+def _measured(
+    name: str, sparsity: float, n: int, metric: float, throughput: float, flops: float
+) -> Measured:
     return Measured(
         name=name,
         sparsity=sparsity,

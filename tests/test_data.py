@@ -25,7 +25,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 def _need_data() -> Path:
     if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA} (expected ../shared/data/glue beside the project)")
+        pytest.skip(
+            f"shared GLUE data not found at {DATA} (expected ../shared/data/glue beside the project)"
+        )
     return DATA
 
 
@@ -97,7 +99,9 @@ def test_mrpc_pairs_and_bom_header_handled():
         assert not ex.text_a.startswith("\ufeff")
         assert ex.text_a != "#1 String"  # header row not read as data
     # the first train row of the file (after the BOM header line)
-    first = (DATA / "MRPC" / "train.tsv").read_text(encoding="utf-8-sig").splitlines()[1].split("\t")
+    first = (
+        (DATA / "MRPC" / "train.tsv").read_text(encoding="utf-8-sig").splitlines()[1].split("\t")
+    )
     assert td.train[0] == Example(first[3].strip(), first[4].strip(), int(first[0]))
 
 
@@ -153,7 +157,14 @@ def test_max_train_examples_nonpositive_rejected(tmp_path):
 
 @pytest.mark.parametrize(
     "alias,name",
-    [("SST-2", "sst2"), ("sst-2", "sst2"), (" SST2 ", "sst2"), ("CoLA", "cola"), ("MRPC", "mrpc"), ("QNLI", "qnli")],
+    [
+        ("SST-2", "sst2"),
+        ("sst-2", "sst2"),
+        (" SST2 ", "sst2"),
+        ("CoLA", "cola"),
+        ("MRPC", "mrpc"),
+        ("QNLI", "qnli"),
+    ],
 )
 def test_get_task_aliases(alias, name):
     assert get_task(alias) is TASKS[name]
@@ -265,7 +276,11 @@ def test_env_var_pointing_nowhere_is_reported(tmp_path, monkeypatch):
 
 def _items(lengths, start=100):
     return [
-        Encoded(tuple(range(start + 10 * i, start + 10 * i + n)), tuple([0] * (n // 2) + [1] * (n - n // 2)), i % 2)
+        Encoded(
+            tuple(range(start + 10 * i, start + 10 * i + n)),
+            tuple([0] * (n // 2) + [1] * (n - n // 2)),
+            i % 2,
+        )
         for i, n in enumerate(lengths)
     ]
 
@@ -349,7 +364,9 @@ def test_encode_single_sentences(tokenizer):
     enc = encode(exs, tokenizer, 128)
     for e in enc:
         assert set(e.token_type_ids) == {0}
-        assert e.input_ids[0] == tokenizer.cls_token_id and e.input_ids[-1] == tokenizer.sep_token_id
+        assert (
+            e.input_ids[0] == tokenizer.cls_token_id and e.input_ids[-1] == tokenizer.sep_token_id
+        )
 
 
 @pytest.mark.parametrize("name", ["sst2", "mrpc"])

@@ -44,7 +44,11 @@ def test_fixed_batch_has_exact_shape_and_cycles_rows():
 def test_throughput_counts_only_real_rows(n, b):
     model = make(n)
     ids, mask, tt = random_batch(b, 16)
-    res = measure_throughput(model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}, ThroughputConfig(batch_size=b, seq_len=16, repeats=3, warmup=1))
+    res = measure_throughput(
+        model,
+        {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt},
+        ThroughputConfig(batch_size=b, seq_len=16, repeats=3, warmup=1),
+    )
     assert res.examples_per_second == pytest.approx(b / res.median_batch_seconds)
     assert len(res.batch_seconds) == 3 and all(t > 0 for t in res.batch_seconds)
 
@@ -55,7 +59,11 @@ def test_throughput_config_and_device_errors():
     model = make()
     ids, mask, tt = random_batch(2, 8)
     with pytest.raises(ConfigError, match="tpu"):
-        measure_throughput(model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}, ThroughputConfig(batch_size=2, seq_len=8, device="tpu"))
+        measure_throughput(
+            model,
+            {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt},
+            ThroughputConfig(batch_size=2, seq_len=8, device="tpu"),
+        )
 
 
 def test_flops_fall_with_pruning_and_mux():
@@ -78,7 +86,11 @@ def test_metrics():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
     m = task_metrics("mcc", logits, [0, 1, 0, 0])
     assert m["accuracy"] == 75.0
-    assert m["metric"] == m["mcc"] == pytest.approx(100 * matthews_corrcoef([0, 1, 1, 0], [0, 1, 0, 0]))
+    assert (
+        m["metric"]
+        == m["mcc"]
+        == pytest.approx(100 * matthews_corrcoef([0, 1, 1, 0], [0, 1, 0, 0]))
+    )
     assert matthews_corrcoef([1, 1], [1, 1]) == 0.0  # degenerate: no negatives
     assert task_metrics("accuracy", logits, [0, 1, 1, 0])["metric"] == 100.0
 
@@ -102,20 +114,30 @@ def test_training_learns_a_toy_task(n):
     torch.manual_seed(0)
     model = make(n)
     train, dev = toy_items(512), toy_items(128, seed=1)
-    acc0 = float((predict(model, dev).argmax(-1) == torch.tensor([x.label for x in dev])).float().mean())
+    acc0 = float(
+        (predict(model, dev).argmax(-1) == torch.tensor([x.label for x in dev])).float().mean()
+    )
     if n == 1:
         train_classifier(model, train, TrainConfig(steps=150, batch_size=16, lr=2e-3))
     else:  # a multiplexed model learns the task only after the retrieval warm-up (DESIGN.md)
         train = toy_items(1024)
-        retrieval_warmup(model, train, TrainConfig(steps=300, batch_size=16, lr=1e-3), special_ids=(2, 3))
-        train_classifier(model, train, TrainConfig(steps=300, batch_size=16, lr=1e-3, retrieval_weight=0.1))
-    acc = float((predict(model, dev).argmax(-1) == torch.tensor([x.label for x in dev])).float().mean())
+        retrieval_warmup(
+            model, train, TrainConfig(steps=300, batch_size=16, lr=1e-3), special_ids=(2, 3)
+        )
+        train_classifier(
+            model, train, TrainConfig(steps=300, batch_size=16, lr=1e-3, retrieval_weight=0.1)
+        )
+    acc = float(
+        (predict(model, dev).argmax(-1) == torch.tensor([x.label for x in dev])).float().mean()
+    )
     assert acc >= 0.85 and acc > acc0 + 0.2, (acc0, acc)
 
 
 def test_distillation_needs_a_teacher():
     with pytest.raises(ConfigError, match="teacher"):
-        train_classifier(make(), toy_items(64), TrainConfig(steps=2, batch_size=8, distill_weight=0.5))
+        train_classifier(
+            make(), toy_items(64), TrainConfig(steps=2, batch_size=8, distill_weight=0.5)
+        )
 
 
 def test_retrieval_warmup_lowers_held_out_loss():
@@ -123,7 +145,9 @@ def test_retrieval_warmup_lowers_held_out_loss():
     model = make(2)
     train, held = toy_items(512), toy_items(64, seed=2)
     before = evaluate_retrieval(model, held, special_ids=(2, 3), batch_size=16)
-    stats = retrieval_warmup(model, train, TrainConfig(steps=120, batch_size=16, lr=2e-3), special_ids=(2, 3))
+    stats = retrieval_warmup(
+        model, train, TrainConfig(steps=120, batch_size=16, lr=2e-3), special_ids=(2, 3)
+    )
     after = evaluate_retrieval(model, held, special_ids=(2, 3), batch_size=16)
     assert after["retrieval_loss"] < before["retrieval_loss"] - 0.5, (before, after, stats)
     with pytest.raises(ConfigError, match="N > 1"):

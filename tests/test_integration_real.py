@@ -26,7 +26,9 @@ def pipe(tmp_path_factory):
         prune_stages=1,
         importance_examples=32,
     )
-    return PruMuxPipeline(task="sst2", recipe=recipe, data_dir=str(DATA), cache_dir=tmp_path_factory.mktemp("cache"))
+    return PruMuxPipeline(
+        task="sst2", recipe=recipe, data_dir=str(DATA), cache_dir=tmp_path_factory.mktemp("cache")
+    )
 
 
 def test_real_baseline_well_above_chance_and_cached(pipe):
@@ -34,7 +36,9 @@ def test_real_baseline_well_above_chance_and_cached(pipe):
     acc = pipe.dev_metrics(base)["accuracy"]
     assert acc >= 75.0, acc
     # a second pipeline with the same recipe reuses the cached baseline (no retraining)
-    again = PruMuxPipeline(task="sst2", recipe=pipe.recipe, data_dir=str(DATA), cache_dir=pipe.cache.root)
+    again = PruMuxPipeline(
+        task="sst2", recipe=pipe.recipe, data_dir=str(DATA), cache_dir=pipe.cache.root
+    )
     assert again.cache.has("baseline", again._key())
     assert pipe.dev_metrics(again.baseline())["accuracy"] == acc
 

@@ -44,7 +44,12 @@ def test_n1_equals_plain_sequence_classifier():
         model.classifier.bias.copy_(hf.classifier.bias)
     ids, mask, tt = random_batch(5, 10)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, mask, tt), hf(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model(ids, mask, tt),
+            hf(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
     assert not hasattr(model, "multiplexer")  # N=1 is the plain path, no mux parameters
 
 
@@ -57,7 +62,9 @@ def test_padding_length_does_not_change_outputs(n, variant):
     ids2 = torch.cat([ids, torch.zeros(ids.shape[0], pad, dtype=torch.long)], 1)
     mask2 = torch.cat([mask, torch.zeros_like(ids2[:, :pad])], 1)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, mask, tt), model(ids2, mask2, torch.zeros_like(ids2)), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            model(ids, mask, tt), model(ids2, mask2, torch.zeros_like(ids2)), atol=1e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -68,7 +75,9 @@ def test_padding_tokens_contribute_nothing(n):
     assert (mask == 0).any()
     noisy = torch.where(mask.bool(), ids, torch.randint(5, 99, ids.shape))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, mask, tt), model(noisy, mask, tt), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            model(ids, mask, tt), model(noisy, mask, tt), atol=1e-6, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("variant", ["gaussian", "orthogonal"])

@@ -28,7 +28,9 @@ def make(n: int = 1, layers: int = 2, seed: int = 0) -> MuxSequenceClassifier:
     return MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=n)).eval()
 
 
-def random_importance(model: MuxSequenceClassifier, seed: int = 0, layer_cost: float = 10.0) -> Importance:
+def random_importance(
+    model: MuxSequenceClassifier, seed: int = 0, layer_cost: float = 10.0
+) -> Importance:
     g = torch.Generator().manual_seed(seed)
     cfg = model.encoder.config
     return Importance(
@@ -75,14 +77,18 @@ def test_sparsity_zero_leaves_outputs_unchanged(n):
 def test_physical_pruning_equals_masking(n, target):
     model = make(n)
     batch = random_batch(4, 9, seed=2)
-    plan = search_plan(model.encoder, random_importance(model), target, model.original_prunable_params)
+    plan = search_plan(
+        model.encoder, random_importance(model), target, model.original_prunable_params
+    )
     assert any(len(k) < 4 for k in plan.keep_heads) or any(len(k) < 37 for k in plan.keep_ffn)
     ref = masked_logits(model, plan, batch)
     apply_plan(model.encoder, plan)
     with torch.no_grad():
         torch.testing.assert_close(model(*batch), ref, atol=1e-5, rtol=1e-4)
     # the module's own size fields were updated and agree with the weights
-    for layer, heads, ffn in zip(model.encoder.layers, model.encoder.config.heads, model.encoder.config.ffn, strict=True):
+    for layer, heads, ffn in zip(
+        model.encoder.layers, model.encoder.config.heads, model.encoder.config.ffn, strict=True
+    ):
         assert layer.num_heads == heads and layer.ffn_size == ffn
         if heads:
             assert layer.qkv.weight.shape == (3 * heads * 8, 32)
@@ -146,11 +152,17 @@ def test_counted_sparsity_within_two_points_and_round_trip(tmp_path, target):
     def loss_fn(b):
         return F.cross_entropy(model(*b[:3]), b[3])
 
-    fisher = [(batch[0][i : i + 1], batch[1][i : i + 1], batch[2][i : i + 1], labels[i : i + 1]) for i in range(6)]
+    fisher = [
+        (batch[0][i : i + 1], batch[1][i : i + 1], batch[2][i : i + 1], labels[i : i + 1])
+        for i in range(6)
+    ]
     imp = compute_importance(model.encoder, loss_fn, fisher, [(*batch, labels)])
     plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
     apply_plan(model.encoder, plan)
-    counted = 1 - sum(p.numel() for p in model.encoder.layers.parameters()) / model.original_prunable_params
+    counted = (
+        1
+        - sum(p.numel() for p in model.encoder.layers.parameters()) / model.original_prunable_params
+    )
     assert counted == pytest.approx(model.sparsity())
     assert abs(counted - target) <= 0.02, (counted, target)
     with torch.no_grad():
@@ -175,7 +187,10 @@ def test_fisher_importance_is_zero_for_a_dead_head_and_positive_elsewhere():
     def loss_fn(b):
         return F.cross_entropy(model(*b[:3]), b[3])
 
-    fisher = [(batch[0][i : i + 1], batch[1][i : i + 1], batch[2][i : i + 1], labels[i : i + 1]) for i in range(4)]
+    fisher = [
+        (batch[0][i : i + 1], batch[1][i : i + 1], batch[2][i : i + 1], labels[i : i + 1])
+        for i in range(4)
+    ]
     imp = compute_importance(model.encoder, loss_fn, fisher, [(*batch, labels)])
     assert float(imp.heads[0][2]) == 0.0
     assert float(imp.heads[0].sum()) > 0 and float(imp.ffn[1].sum()) > 0

@@ -35,7 +35,9 @@ def encode(examples: Sequence[Example], tokenizer, max_seq_len: int) -> list[Enc
     ]
 
 
-def collate(items: Sequence[Encoded], pad_id: int = 0, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+def collate(
+    items: Sequence[Encoded], pad_id: int = 0, pad_to: int | None = None
+) -> dict[str, torch.Tensor]:
     """Pad to the longest item (or to `pad_to`); returns input_ids, attention_mask, token_type_ids, labels."""
     length = max(len(x.input_ids) for x in items)
     if pad_to is not None:

@@ -76,7 +76,10 @@ class TaskData:
 def _project_default_dirs() -> list[Path]:
     here = Path(__file__).resolve()
     # ../shared/data/glue relative to the project root, and relative to the working directory
-    cands = [here.parents[2].parent / "shared" / "data" / "glue", Path.cwd().parent / "shared" / "data" / "glue"]
+    cands = [
+        here.parents[2].parent / "shared" / "data" / "glue",
+        Path.cwd().parent / "shared" / "data" / "glue",
+    ]
     cands.append(Path.cwd() / "shared" / "data" / "glue")
     out: list[Path] = []
     for c in cands:
@@ -129,23 +132,31 @@ def _parse_rows(task: TaskSpec, path: Path) -> list[Example]:
     if task.name == "sst2":
         for i, r in enumerate(_read_tsv(path, True), start=2):
             if len(r) != 2 or r[1] not in ("0", "1"):
-                raise DataNotFoundError(f"{path}:{i}: expected 'sentence<TAB>label(0/1)', got {r!r}")
+                raise DataNotFoundError(
+                    f"{path}:{i}: expected 'sentence<TAB>label(0/1)', got {r!r}"
+                )
             out.append(Example(r[0].strip(), None, int(r[1])))
     elif task.name == "cola":
         for i, r in enumerate(_read_tsv(path, False), start=1):
             if len(r) != 4 or r[1] not in ("0", "1"):
-                raise DataNotFoundError(f"{path}:{i}: expected 4 CoLA columns with label 0/1, got {r!r}")
+                raise DataNotFoundError(
+                    f"{path}:{i}: expected 4 CoLA columns with label 0/1, got {r!r}"
+                )
             out.append(Example(r[3].strip(), None, int(r[1])))
     elif task.name == "mrpc":
         for i, r in enumerate(_read_tsv(path, True), start=2):
             if len(r) != 5 or r[0] not in ("0", "1"):
-                raise DataNotFoundError(f"{path}:{i}: expected 5 MRPC columns with quality 0/1, got {r!r}")
+                raise DataNotFoundError(
+                    f"{path}:{i}: expected 5 MRPC columns with quality 0/1, got {r!r}"
+                )
             out.append(Example(r[3].strip(), r[4].strip(), int(r[0])))
     elif task.name == "qnli":
         labels = {"entailment": 0, "not_entailment": 1}
         for i, r in enumerate(_read_tsv(path, True), start=2):
             if len(r) != 4 or r[3] not in labels:
-                raise DataNotFoundError(f"{path}:{i}: expected 4 QNLI columns with an entailment label, got {r!r}")
+                raise DataNotFoundError(
+                    f"{path}:{i}: expected 4 QNLI columns with an entailment label, got {r!r}"
+                )
             out.append(Example(r[1].strip(), r[2].strip(), labels[r[3]]))
     else:  # pragma: no cover - guarded by get_task
         raise ConfigError(f"no parser for task {task.name!r}")
@@ -156,7 +167,9 @@ def _subsample(rows: Sequence[Example], n: int | None, seed: int) -> tuple[Examp
     if n is None or n >= len(rows):
         return tuple(rows)
     if n <= 0:
-        raise ConfigError(f"max_train_examples ({n}) must be a positive integer or None for all rows")
+        raise ConfigError(
+            f"max_train_examples ({n}) must be a positive integer or None for all rows"
+        )
     idx = sorted(random.Random(seed).sample(range(len(rows)), n))
     return tuple(rows[i] for i in idx)
 
@@ -211,9 +224,11 @@ def load_task(
 
 def _load_hf(spec: TaskSpec) -> tuple[list[Example], list[Example], str]:
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ConfigError("--data-source hf needs the `datasets` package: pip install 'autoprumux[hf]'") from e
+        raise ConfigError(
+            "--data-source hf needs the `datasets` package: pip install 'autoprumux[hf]'"
+        ) from e
     ds = datasets.load_dataset("glue", spec.hf_config)
     cols = {
         "sst2": ("sentence", None),

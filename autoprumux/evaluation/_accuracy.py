@@ -10,7 +10,9 @@ import torch
 
 def accuracy(pred: Sequence[int], gold: Sequence[int]) -> float:
     if len(pred) != len(gold) or not gold:
-        raise ValueError(f"need equal, non-empty predictions ({len(pred)}) and labels ({len(gold)})")
+        raise ValueError(
+            f"need equal, non-empty predictions ({len(pred)}) and labels ({len(gold)})"
+        )
     return sum(int(p == g) for p, g in zip(pred, gold, strict=True)) / len(gold)
 
 
@@ -33,6 +35,10 @@ def f1_binary(pred: Sequence[int], gold: Sequence[int]) -> float:
 def task_metrics(metric: str, logits: torch.Tensor, gold: Sequence[int]) -> dict[str, float]:
     """All metrics in points (x100); 'metric' holds the task's primary one."""
     pred = logits.argmax(-1).tolist()
-    out = {"accuracy": 100 * accuracy(pred, gold), "f1": 100 * f1_binary(pred, gold), "mcc": 100 * matthews_corrcoef(pred, gold)}
+    out = {
+        "accuracy": 100 * accuracy(pred, gold),
+        "f1": 100 * f1_binary(pred, gold),
+        "mcc": 100 * matthews_corrcoef(pred, gold),
+    }
     out["metric"] = out[metric]
     return out

@@ -52,11 +52,18 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"device {device!r} is not 'cpu' or 'cuda'; pick one of them")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available here; use --device cpu"
+        )
     return torch.device(device)
 
 
-def fixed_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor, cfg: ThroughputConfig) -> dict[str, torch.Tensor]:
+def fixed_batch(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    cfg: ThroughputConfig,
+) -> dict[str, torch.Tensor]:
     """Cut/pad real inputs to exactly (batch_size, seq_len); rows are cycled if too few."""
     if input_ids.shape[0] == 0:
         raise ConfigError("throughput needs at least one input example")
@@ -68,10 +75,16 @@ def fixed_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_typ
             t = torch.cat([t, torch.zeros(t.shape[0], cfg.seq_len - t.shape[1], dtype=t.dtype)], 1)
         return t
 
-    return {"input_ids": fit(input_ids), "attention_mask": fit(attention_mask), "token_type_ids": fit(token_type_ids)}
+    return {
+        "input_ids": fit(input_ids),
+        "attention_mask": fit(attention_mask),
+        "token_type_ids": fit(token_type_ids),
+    }
 
 
-def time_callable(fn: Callable[[], object], *, examples: int, cfg: ThroughputConfig) -> ThroughputResult:
+def time_callable(
+    fn: Callable[[], object], *, examples: int, cfg: ThroughputConfig
+) -> ThroughputResult:
     dev = resolve_device(cfg.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with torch.inference_mode():
@@ -85,13 +98,21 @@ def time_callable(fn: Callable[[], object], *, examples: int, cfg: ThroughputCon
             sync()
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return ThroughputResult(examples / med, med, tuple(times), cfg.batch_size, cfg.seq_len, str(dev))
+    return ThroughputResult(
+        examples / med, med, tuple(times), cfg.batch_size, cfg.seq_len, str(dev)
+    )
 
 
-def measure_throughput(model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], cfg: ThroughputConfig) -> ThroughputResult:
+def measure_throughput(
+    model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], cfg: ThroughputConfig
+) -> ThroughputResult:
     dev = resolve_device(cfg.device)
     model.to(dev).eval()
-    b = {k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    b = {
+        k: v.to(dev)
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
     n_real = b["input_ids"].shape[0]
 
     def run() -> torch.Tensor:
@@ -112,7 +133,9 @@ def model_flops(model: MuxSequenceClassifier, batch_size: int, seq_len: int) -> 
     rows = -(-batch_size // n)  # mixed sequences per pass
     t = seq_len + (n if n > 1 else 0)
     per_seq = 0.0
-    for heads, ffn, ap, fp in zip(cfg.heads, cfg.ffn, cfg.attn_present, cfg.ffn_present, strict=True):
+    for heads, ffn, ap, fp in zip(
+        cfg.heads, cfg.ffn, cfg.attn_present, cfg.ffn_present, strict=True
+    ):
         if ap and heads:
             per_seq += 2 * t * h * 3 * heads * d  # qkv
             per_seq += 2 * 2 * t * t * heads * d  # scores + context

@@ -39,7 +39,9 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         n = len(self.heads)
         if len(self.ffn) != n:
-            raise ValueError(f"heads ({n} layers) and ffn ({len(self.ffn)} layers) differ in length")
+            raise ValueError(
+                f"heads ({n} layers) and ffn ({len(self.ffn)} layers) differ in length"
+            )
         if not self.attn_present:
             object.__setattr__(self, "attn_present", (True,) * n)
         if not self.ffn_present:
@@ -221,7 +223,9 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(
             EncoderLayer(cfg, h, f, a, p)
-            for h, f, a, p in zip(cfg.heads, cfg.ffn, cfg.attn_present, cfg.ffn_present, strict=True)
+            for h, f, a, p in zip(
+                cfg.heads, cfg.ffn, cfg.attn_present, cfg.ffn_present, strict=True
+            )
         )
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.has_pooler else None
 
@@ -273,8 +277,12 @@ class Encoder(nn.Module):
             p = f"encoder.layer.{i}."
             assert layer.qkv is not None and layer.attn_out is not None
             assert layer.ffn_in is not None and layer.ffn_out is not None
-            qkv_w = torch.cat([sd[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")])
-            qkv_b = torch.cat([sd[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
+            qkv_w = torch.cat(
+                [sd[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]
+            )
+            qkv_b = torch.cat(
+                [sd[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")]
+            )
             with torch.no_grad():
                 layer.qkv.weight.copy_(qkv_w)
                 layer.qkv.bias.copy_(qkv_b)
@@ -292,17 +300,24 @@ class Encoder(nn.Module):
             ]
         if self.pooler is not None:
             if "pooler.dense.weight" in sd:
-                pairs += [(self.pooler.weight, "pooler.dense.weight"), (self.pooler.bias, "pooler.dense.bias")]
+                pairs += [
+                    (self.pooler.weight, "pooler.dense.weight"),
+                    (self.pooler.bias, "pooler.dense.bias"),
+                ]
             else:
                 nn.init.normal_(self.pooler.weight, std=0.02)
                 nn.init.zeros_(self.pooler.bias)
         missing = [k for _, k in pairs if k not in sd]
         if missing:
-            raise KeyError(f"checkpoint is not BERT-compatible: missing {missing[:5]} (and {max(0, len(missing) - 5)} more)")
+            raise KeyError(
+                f"checkpoint is not BERT-compatible: missing {missing[:5]} (and {max(0, len(missing) - 5)} more)"
+            )
         with torch.no_grad():
             for param, key in pairs:
                 if tuple(param.shape) != tuple(sd[key].shape):
-                    raise ValueError(f"shape mismatch for {key}: model {tuple(param.shape)} vs checkpoint {tuple(sd[key].shape)}")
+                    raise ValueError(
+                        f"shape mismatch for {key}: model {tuple(param.shape)} vs checkpoint {tuple(sd[key].shape)}"
+                    )
                 param.copy_(sd[key])
 
 
@@ -327,4 +342,3 @@ def head_param_count(cfg: EncoderConfig) -> int:
 
 def ffn_unit_param_count(cfg: EncoderConfig) -> int:
     return 2 * cfg.hidden_size + 1
-

@@ -52,6 +52,7 @@ def resolve_model(name: str | None = None) -> BaseModel:
     """Resolve `name`: None / "packaged:..." -> the packaged MiniLM; a directory; or a hub name."""
     from transformers import AutoConfig
 
+    path: Path | None
     if name is None or name == DEFAULT_MODEL or name.startswith("packaged:"):
         path = packaged_model_dir()
         name = DEFAULT_MODEL
@@ -64,7 +65,7 @@ def resolve_model(name: str | None = None) -> BaseModel:
                 "(config.json + weights), a hub name when online, or omit --model to use the packaged "
                 "all-MiniLM-L6-v2"
             )
-        path = p if p.is_dir() else None
+        path = p if p.is_dir() else None  # None: a hub name
     try:
         cfg = AutoConfig.from_pretrained(str(path) if path is not None else name)
     except Exception as e:  # hub lookups fail offline with several exception types
@@ -85,11 +86,18 @@ def resolve_model(name: str | None = None) -> BaseModel:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}".encode())
     return BaseModel(
-        name=name, path=resolved, model_id=f"{Path(name).name}-{h.hexdigest()[:10]}", config=EncoderConfig.from_bert_config(cfg)
+        name=name,
+        path=resolved,
+        model_id=f"{Path(name).name}-{h.hexdigest()[:10]}",
+        config=EncoderConfig.from_bert_config(cfg),
     )
 
 
 def json_dumps(d: dict) -> str:
     import json
 
-    return json.dumps({k: v for k, v in d.items() if not k.startswith("_") and k != "transformers_version"}, sort_keys=True, default=str)
+    return json.dumps(
+        {k: v for k, v in d.items() if not k.startswith("_") and k != "transformers_version"},
+        sort_keys=True,
+        default=str,
+    )

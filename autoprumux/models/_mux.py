@@ -32,7 +32,9 @@ class MuxConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ConfigError(f"mux width N ({self.n!r}) must be a positive integer (1 = no multiplexing)")
+            raise ConfigError(
+                f"mux width N ({self.n!r}) must be a positive integer (1 = no multiplexing)"
+            )
         if self.variant not in MUX_VARIANTS:
             raise ConfigError(f"mux variant {self.variant!r} is not one of {list(MUX_VARIANTS)}")
 
@@ -54,6 +56,7 @@ class GaussianHadamardMux(Multiplexer):
     def __init__(self, n: int, hidden: int, seed: int):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
+        self.vectors: torch.Tensor
         self.register_buffer("vectors", torch.randn(n, hidden, generator=g))  # (N, H)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +72,7 @@ class OrthogonalMux(Multiplexer):
         q, r = torch.linalg.qr(torch.randn(n, hidden, hidden, generator=g))
         # sign fix makes the draw uniform (Haar) over orthogonal matrices
         q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+        self.matrices: torch.Tensor
         self.register_buffer("matrices", q)  # (N, H, H)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +138,9 @@ class MuxSequenceClassifier(nn.Module):
             init_weights(self.retrieval_head)
             # index rows in the word-embedding scale so the prefix is not drowned out
             with torch.no_grad():
-                self.index_embeddings.weight.normal_(0.0, float(encoder.embeddings.word.weight.std()))
+                self.index_embeddings.weight.normal_(
+                    0.0, float(encoder.embeddings.word.weight.std())
+                )
             self.register_buffer("_prefix_index", self._prefix_table(self.n), persistent=False)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.classifier = nn.Linear(h, num_labels)
@@ -154,7 +160,10 @@ class MuxSequenceClassifier(nn.Module):
         extra = (-b) % self.n
         if not extra:
             return list(tensors), b
-        out = [torch.cat([t, torch.zeros((extra, *t.shape[1:]), dtype=t.dtype, device=t.device)]) for t in tensors]
+        out = [
+            torch.cat([t, torch.zeros((extra, *t.shape[1:]), dtype=t.dtype, device=t.device)])
+            for t in tensors
+        ]
         return out, b
 
     def hidden_states(
@@ -173,19 +182,25 @@ class MuxSequenceClassifier(nn.Module):
             x = enc.embeddings(input_ids, token_type_ids)
             h = enc.run_layers(x, attention_mask)
             return h[:, 0] if positions == "cls" else h
-        (input_ids, attention_mask, token_type_ids), b = self._pad_rows(input_ids, attention_mask, token_type_ids)
+        (input_ids, attention_mask, token_type_ids), b = self._pad_rows(
+            input_ids, attention_mask, token_type_ids
+        )
         n = self.n
         bb, length = input_ids.shape
         g = bb // n
-        prefix_ids = self._prefix_index.repeat(g, 1)  # (B', N)
+        prefix_ids = self.get_buffer("_prefix_index").repeat(g, 1)  # (B', N)
         prefix = self.index_embeddings(prefix_ids)  # (B', N, H)
         x = enc.embeddings(input_ids, token_type_ids, prefix=prefix)  # (B', N+L, H)
-        real = (attention_mask.sum(dim=1, keepdim=True) > 0).to(attention_mask.dtype)  # dummy rows: 0
+        real = (attention_mask.sum(dim=1, keepdim=True) > 0).to(
+            attention_mask.dtype
+        )  # dummy rows: 0
         full_mask = torch.cat([real.expand(bb, n), attention_mask], dim=1)  # (B', N+L)
         x = x * full_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
         t = n + length
         mixed = self.multiplexer(x.view(g, n, t, -1))  # (G, T, H)
-        group_mask = full_mask.view(g, n, t).amax(dim=1)  # a position is real if any instance has it
+        group_mask = full_mask.view(g, n, t).amax(
+            dim=1
+        )  # a position is real if any instance has it
         h = enc.run_layers(mixed, group_mask)  # (G, T, H)
         keys = h[:, :n].unsqueeze(2)  # (G, N, 1, H)
         if positions == "cls":
@@ -239,12 +254,18 @@ class MuxSequenceClassifier(nn.Module):
         d = Path(directory)
         cfg_path = d / "autoprumux_config.json"
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"{str(d)!r} holds no autoprumux model (no autoprumux_config.json)")
+            raise FileNotFoundError(
+                f"{str(d)!r} holds no autoprumux model (no autoprumux_config.json)"
+            )
         cfg = json.loads(cfg_path.read_text())
         enc = Encoder(EncoderConfig.from_dict(cfg["encoder"]))
         model = cls(enc, num_labels=int(cfg["num_labels"]), mux=MuxConfig(**cfg["mux"]))
-        model.load_state_dict(load_file(str(d / "model.safetensors"), device=map_location), strict=True)
-        model.original_prunable_params = int(cfg.get("original_prunable_params", model.original_prunable_params))
+        model.load_state_dict(
+            load_file(str(d / "model.safetensors"), device=map_location), strict=True
+        )
+        model.original_prunable_params = int(
+            cfg.get("original_prunable_params", model.original_prunable_params)
+        )
         return model
 
     def sparsity(self) -> float:

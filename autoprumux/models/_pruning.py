@@ -152,7 +152,8 @@ def _ablation(
         return float(sum(float(loss_fn(b)) for b in batches) / len(batches))
 
     base = mean_loss()
-    attn, ffn = [], []
+    attn: list[float] = []
+    ffn: list[float] = []
     for m in encoder.layers:
         x = _layer(m)
         for flag, out in (("attn_present", attn), ("ffn_present", ffn)):
@@ -168,7 +169,9 @@ def _ablation(
 
 
 # ---- mask search ------------------------------------------------------------------------------
-def search_plan(encoder: Encoder, importance: Importance, target_sparsity: float, original_params: int) -> PruningPlan:
+def search_plan(
+    encoder: Encoder, importance: Importance, target_sparsity: float, original_params: int
+) -> PruningPlan:
     """Greedy: repeatedly remove the structure with the least estimated loss per parameter saved.
 
     `target_sparsity` is relative to `original_params` (the unpruned encoder's layer parameters),
@@ -181,8 +184,14 @@ def search_plan(encoder: Encoder, importance: Importance, target_sparsity: float
     need = target_sparsity * original_params - (original_params - current)
     slack = 0.01 * original_params  # a sub-layer removal may overshoot the target by <= 1 point
     # per layer: structures ordered by importance (ascending)
-    head_order = [list(torch.argsort(importance.heads[i]).tolist()) if x.attn_present else [] for i, x in enumerate(layers)]
-    ffn_order = [list(torch.argsort(importance.ffn[i]).tolist()) if x.ffn_present else [] for i, x in enumerate(layers)]
+    head_order = [
+        list(torch.argsort(importance.heads[i]).tolist()) if x.attn_present else []
+        for i, x in enumerate(layers)
+    ]
+    ffn_order = [
+        list(torch.argsort(importance.ffn[i]).tolist()) if x.ffn_present else []
+        for i, x in enumerate(layers)
+    ]
     hpos = [0] * len(layers)
     upos = [0] * len(layers)
     paid_attn = [0.0] * len(layers)
@@ -244,13 +253,20 @@ def search_plan(encoder: Encoder, importance: Importance, target_sparsity: float
 
 # ---- surgery ----------------------------------------------------------------------------------
 @torch.no_grad()
-def _pruned_layer(old: EncoderLayer, cfg, heads: tuple[int, ...], units: tuple[int, ...], attn: bool, ffn: bool) -> EncoderLayer:
+def _pruned_layer(
+    old: EncoderLayer, cfg, heads: tuple[int, ...], units: tuple[int, ...], attn: bool, ffn: bool
+) -> EncoderLayer:
     new = EncoderLayer(cfg, len(heads) if attn else 0, len(units) if ffn else 0, attn, ffn)
     d, nh = old.head_dim, old.num_heads
     if attn:
         assert old.attn_present
         if heads:
-            assert old.qkv is not None and old.attn_out is not None and new.qkv is not None and new.attn_out is not None
+            assert (
+                old.qkv is not None
+                and old.attn_out is not None
+                and new.qkv is not None
+                and new.attn_out is not None
+            )
             idx = torch.tensor(heads)
             cols = (idx[:, None] * d + torch.arange(d)[None]).reshape(-1)  # (kept*d,)
             rows = torch.cat([blk * nh * d + cols for blk in range(3)])  # q | k | v
@@ -267,7 +283,12 @@ def _pruned_layer(old: EncoderLayer, cfg, heads: tuple[int, ...], units: tuple[i
     if ffn:
         assert old.ffn_present
         if units:
-            assert old.ffn_in is not None and old.ffn_out is not None and new.ffn_in is not None and new.ffn_out is not None
+            assert (
+                old.ffn_in is not None
+                and old.ffn_out is not None
+                and new.ffn_in is not None
+                and new.ffn_out is not None
+            )
             u = torch.tensor(units)
             new.ffn_in.weight.copy_(old.ffn_in.weight[u])
             new.ffn_in.bias.copy_(old.ffn_in.bias[u])
@@ -296,7 +317,9 @@ def apply_plan(encoder: Encoder, plan: PruningPlan) -> None:
         heads = plan.keep_heads[i] if attn else ()
         units = plan.keep_ffn[i] if ffn else ()
         if attn and any(h >= old.num_heads for h in heads):
-            raise ValueError(f"layer {i}: plan keeps head {max(heads)} but the layer has {old.num_heads}")
+            raise ValueError(
+                f"layer {i}: plan keeps head {max(heads)} but the layer has {old.num_heads}"
+            )
         new_layers.append(_pruned_layer(old, encoder.config, heads, units, attn, ffn))
     param = next(encoder.parameters())
     encoder.layers = nn.ModuleList(x.to(param.device) for x in new_layers)
@@ -306,4 +329,3 @@ def apply_plan(encoder: Encoder, plan: PruningPlan) -> None:
 def counted_sparsity(encoder: Encoder, original_params: int) -> float:
     """Share of the original encoder-layer parameters that the physical model no longer has."""
     return 1.0 - encoder.prunable_parameters() / original_params
-

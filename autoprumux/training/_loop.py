@@ -46,14 +46,20 @@ def _progress_enabled() -> bool:
     return os.environ.get("AUTOPRUMUX_PROGRESS", "1") != "0"
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay, no_decay = [], []
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
     )
     warm = max(1, int(cfg.warmup_ratio * cfg.steps))
@@ -68,7 +74,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.opti
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
     """KL(teacher || student) at temperature t, scaled by t^2 (Hinton et al.)."""
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True, reduction="batchmean") * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, -1),
+            F.log_softmax(teacher / t, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )
 
 
 def retrieval_loss(
@@ -87,7 +102,9 @@ def retrieval_loss(
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if states is None:
-        states = model.hidden_states(ids, mask, batch.get("token_type_ids"), positions="all")  # (B, L, H)
+        states = model.hidden_states(
+            ids, mask, batch.get("token_type_ids"), positions="all"
+        )  # (B, L, H)
     valid = mask.bool()
     for s in special_ids:
         valid &= ids != s
@@ -135,11 +152,22 @@ def train_classifier(
     it = infinite_batches(train, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
     ema = None
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not _progress_enabled(), leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        range(cfg.steps),
+        desc=desc,
+        disable=not _progress_enabled(),
+        leave=False,
+        dynamic_ncols=True,
+    )
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
         if use_retrieval:
-            states = model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], positions="all")
+            states = model.hidden_states(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["token_type_ids"],
+                positions="all",
+            )
             logits = model.classifier(model.dropout(model.encoder.pool(states[:, 0])))
         else:
             states = None
@@ -147,10 +175,21 @@ def train_classifier(
         loss = F.cross_entropy(logits, batch["labels"])
         if teacher is not None and cfg.distill_weight > 0:
             with torch.no_grad():
-                t_logits = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(logits, t_logits, cfg.temperature)
+                t_logits = teacher(
+                    batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+                )
+            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
+                logits, t_logits, cfg.temperature
+            )
         if use_retrieval:
-            r_loss, _ = retrieval_loss(model, batch, special_ids=special_ids, positions=cfg.retrieval_positions, generator=gen, states=states)
+            r_loss, _ = retrieval_loss(
+                model,
+                batch,
+                special_ids=special_ids,
+                positions=cfg.retrieval_positions,
+                generator=gen,
+                states=states,
+            )
             loss = (1 - cfg.retrieval_weight) * loss + cfg.retrieval_weight * r_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -160,22 +199,40 @@ def train_classifier(
         sched.step()
         lv = float(loss.detach())
         if not math.isfinite(lv):
-            raise FloatingPointError(f"training loss became {lv}; lower the learning rate ({cfg.lr})")
+            raise FloatingPointError(
+                f"training loss became {lv}; lower the learning rate ({cfg.lr})"
+            )
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
         bar.set_postfix(loss=f"{ema:.3f}")
     bar.close()
     model.eval()
-    return {"steps": float(cfg.steps), "seconds": time.perf_counter() - t0, "final_loss": float(ema or 0.0)}
+    return {
+        "steps": float(cfg.steps),
+        "seconds": time.perf_counter() - t0,
+        "final_loss": float(ema or 0.0),
+    }
 
 
 @torch.no_grad()
 def predict(
-    model: MuxSequenceClassifier, items: Sequence[Encoded], *, batch_size: int = 64, device: str | torch.device = "cpu"
+    model: MuxSequenceClassifier,
+    items: Sequence[Encoded],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Logits for every item, in order (dummy rows for N are handled by the model)."""
     model.to(device).eval()
     out = []
     for s in range(0, len(items), batch_size):
         b = collate(items[s : s + batch_size])
-        out.append(model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device)).float().cpu())
+        out.append(
+            model(
+                b["input_ids"].to(device),
+                b["attention_mask"].to(device),
+                b["token_type_ids"].to(device),
+            )
+            .float()
+            .cpu()
+        )
     return torch.cat(out) if out else torch.zeros((0, model.num_labels))

@@ -41,10 +41,18 @@ def retrieval_warmup(
     losses: list[float] = []
     accs: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not _progress_enabled(), leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        range(cfg.steps),
+        desc=desc,
+        disable=not _progress_enabled(),
+        leave=False,
+        dynamic_ncols=True,
+    )
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
-        loss, acc = retrieval_loss(model, batch, special_ids=special_ids, positions=cfg.retrieval_positions, generator=gen)
+        loss, acc = retrieval_loss(
+            model, batch, special_ids=special_ids, positions=cfg.retrieval_positions, generator=gen
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -79,7 +87,9 @@ def evaluate_retrieval(
     tot_loss, tot_acc, n = 0.0, 0.0, 0
     for s in range(0, len(sentences) - batch_size + 1, batch_size):
         b = collate(sentences[s : s + batch_size])
-        loss, acc = retrieval_loss(model, b, special_ids=special_ids, positions=positions, generator=gen)
+        loss, acc = retrieval_loss(
+            model, b, special_ids=special_ids, positions=positions, generator=gen
+        )
         tot_loss += float(loss)
         tot_acc += acc
         n += 1
