@@ -142,6 +142,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     ev = pipe.evaluate(sparsity, n, throughput=tp)
     print(format_table(ev))
+    r = pipe.recipe
+    print(
+        f"(budget: {len(pipe.train_items)} training examples, batch {r.batch_size}; baseline {r.finetune_steps} steps"
+        + (
+            f"; mux warm-up {r.mux_warmup_steps} + fine-tune {r.mux_finetune_steps} steps"
+            if n > 1
+            else ""
+        )
+        + (
+            f"; pruning in {r.prune_stages} stages + {r.recovery_steps} recovery steps"
+            if sparsity > 0
+            else ""
+        )
+        + f"; cache {pipe.cache.root})"
+    )
     if args.json_out:
         _atomic_write(Path(args.json_out), json.dumps(ev.to_dict(), indent=2))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
     ThroughputConfig,
     fixed_batch,
-    measure_throughput,
     model_flops,
+    model_runner,
     resolve_device,
     task_metrics,
+    time_interleaved,
 )
 from autoprumux.models import (
     MuxConfig,
@@ -435,6 +437,43 @@ class PruMuxPipeline:
         b = collate(self.dev_items[: cfg.batch_size], pad_to=cfg.seq_len)
         return fixed_batch(b["input_ids"], b["attention_mask"], b["token_type_ids"], cfg)
 
+    def measure_many(
+        self,
+        models: dict[str, tuple[MuxSequenceClassifier, dict[str, float] | None]],
+        tp: ThroughputConfig,
+        extra_callables: dict[str, tuple[Callable[[], object], int]] | None = None,
+    ) -> tuple[dict[str, Measured], dict[str, float]]:
+        """Dev metrics of each model, and throughputs of all of them timed side by side
+        (interleaved rounds, see `time_interleaved`). `extra_callables` are timed in the same
+        rounds (e.g. a reference implementation); their throughputs are returned separately."""
+        batch = self.throughput_batch(tp)
+        fns = {name: model_runner(m, batch, tp.device) for name, (m, _) in models.items()}
+        fns.update(extra_callables or {})
+        timed = time_interleaved(fns, cfg=tp)
+        out = {}
+        for name, (model, metrics) in models.items():
+            metrics = metrics or self.dev_metrics(model)
+            res = timed[name]
+            out[name] = Measured(
+                name=name,
+                sparsity=round(model.sparsity(), 4),
+                n=model.n,
+                metric=metrics["metric"],
+                accuracy=metrics["accuracy"],
+                throughput=res.examples_per_second,
+                latency_ms=res.latency_ms,
+                encoder_params=model.encoder.prunable_parameters(),
+                flops=model_flops(model, tp.batch_size, tp.seq_len),
+                extra={
+                    "metrics": metrics,
+                    "layers": len(model.encoder.layers),
+                    "heads": list(model.encoder.config.heads),
+                    "ffn": list(model.encoder.config.ffn),
+                },
+            )
+        others = {k: timed[k].examples_per_second for k in (extra_callables or {})}
+        return out, others
+
     def measure(
         self,
         name: str,
@@ -442,25 +481,7 @@ class PruMuxPipeline:
         tp: ThroughputConfig,
         metrics: dict[str, float] | None = None,
     ) -> Measured:
-        metrics = metrics or self.dev_metrics(model)
-        res = measure_throughput(model, self.throughput_batch(tp), tp)
-        return Measured(
-            name=name,
-            sparsity=round(model.sparsity(), 4),
-            n=model.n,
-            metric=metrics["metric"],
-            accuracy=metrics["accuracy"],
-            throughput=res.examples_per_second,
-            latency_ms=res.latency_ms,
-            encoder_params=model.encoder.prunable_parameters(),
-            flops=model_flops(model, tp.batch_size, tp.seq_len),
-            extra={
-                "metrics": metrics,
-                "layers": len(model.encoder.layers),
-                "heads": list(model.encoder.config.heads),
-                "ffn": list(model.encoder.config.ffn),
-            },
-        )
+        return self.measure_many({name: (model, metrics)}, tp)[0][name]
 
     def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None:
         """Sequence lengths (+ the N-token mux prefix) must fit the model's position embeddings."""
@@ -484,11 +505,13 @@ class PruMuxPipeline:
         self.check_lengths(n, tp)
         base = self.baseline()
         cand = self.candidate(sparsity, n)
+        name = f"s={sparsity:g},N={n}"
+        measured, _ = self.measure_many({"baseline": (base, None), name: (cand, None)}, tp)
         return Evaluation(
             task=self.task.name,
             metric_name=self.task.metric,
             device=str(self.device),
-            baseline=self.measure("baseline", base, tp),
-            candidate=self.measure(f"s={sparsity:g},N={n}", cand, tp),
+            baseline=measured["baseline"],
+            candidate=measured[name],
             throughput_config=tp,
         )

@@ -7,8 +7,10 @@ from autoprumux.evaluation._throughput import (
     fixed_batch,
     measure_throughput,
     model_flops,
+    model_runner,
     resolve_device,
     time_callable,
+    time_interleaved,
 )
 
 __all__ = [
@@ -20,7 +22,9 @@ __all__ = [
     "matthews_corrcoef",
     "measure_throughput",
     "model_flops",
+    "model_runner",
     "resolve_device",
     "task_metrics",
     "time_callable",
+    "time_interleaved",
 ]

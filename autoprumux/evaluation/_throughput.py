@@ -103,6 +103,54 @@ def time_callable(
     )
 
 
+def time_interleaved(
+    fns: dict[str, tuple[Callable[[], object], int]], *, cfg: ThroughputConfig
+) -> dict[str, ThroughputResult]:
+    """Time several callables side by side: each round runs every callable once, in turn, so
+    slow drifts of the machine (frequency, other load) hit all of them alike. `fns` maps a name
+    to (callable, examples per call). Median over `cfg.repeats` rounds."""
+    dev = resolve_device(cfg.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for _ in range(cfg.warmup):
+            for fn, _n in fns.values():
+                fn()
+        sync()
+        names = list(fns)
+        for r in range(cfg.repeats):
+            # rotate the order each round so no callable always runs right after the same one
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                fn = fns[name][0]
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, (_fn, n) in fns.items():
+        med = statistics.median(times[name])
+        out[name] = ThroughputResult(
+            n / med, med, tuple(times[name]), cfg.batch_size, cfg.seq_len, str(dev)
+        )
+    return out
+
+
+def model_runner(
+    model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], device: str
+) -> tuple[Callable[[], object], int]:
+    """(callable, real examples) for timing `model` on `batch`."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    b = {
+        k: v.to(dev)
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    return (lambda: model(b["input_ids"], b["attention_mask"], b["token_type_ids"])), b[
+        "input_ids"
+    ].shape[0]
+
+
 def measure_throughput(
     model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], cfg: ThroughputConfig
 ) -> ThroughputResult:

@@ -172,7 +172,7 @@ class EncoderLayer(nn.Module):
         self.ffn_gate: torch.Tensor | None = None
 
     def attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, T, H); mask (B, 1, 1, T) bool, True = attend. Returns the sub-layer output."""
+        """x (B, T, H); mask (B, 1, 1, T) additive (0 = attend). Returns the sub-layer output."""
         if not self.attn_present:
             return x
         if self.num_heads == 0:
@@ -209,9 +209,14 @@ class EncoderLayer(nn.Module):
         return self.feed_forward(self.attention(x, mask))
 
 
-def attention_bias(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B, 1, 1, T) bool mask for scaled_dot_product_attention."""
-    return attention_mask.bool()[:, None, None, :]
+def attention_bias(
+    attention_mask: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """(B, T) 0/1 mask -> (B, 1, 1, T) additive mask for scaled_dot_product_attention.
+
+    Built once per forward: a bool mask would be converted to this inside every layer."""
+    bias = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+    return bias.masked_fill(~attention_mask.bool(), torch.finfo(dtype).min)[:, None, None, :]
 
 
 class Encoder(nn.Module):
@@ -248,7 +253,7 @@ class Encoder(nn.Module):
         )
 
     def run_layers(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_bias(attention_mask)
+        mask = attention_bias(attention_mask, x.dtype)
         for layer in self.layers:
             x = layer(x, mask)
         return x
