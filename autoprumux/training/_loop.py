@@ -46,6 +46,13 @@ def _progress_enabled() -> bool:
     return os.environ.get("AUTOPRUMUX_PROGRESS", "1") != "0"
 
 
+def progress(steps: int, desc: str) -> tqdm:
+    """A transient progress bar over training steps (off with AUTOPRUMUX_PROGRESS=0)."""
+    return tqdm(
+        range(steps), desc=desc, disable=not _progress_enabled(), leave=False, dynamic_ncols=True
+    )
+
+
 def make_optimizer(
     model: torch.nn.Module, cfg: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -152,13 +159,7 @@ def train_classifier(
     it = infinite_batches(train, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
     ema = None
-    bar = tqdm(
-        range(cfg.steps),
-        desc=desc,
-        disable=not _progress_enabled(),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = progress(cfg.steps, desc)
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
         if use_retrieval:

@@ -15,7 +15,7 @@ import torch
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
-from autoprumux.training._loop import TrainConfig, _progress_enabled, make_optimizer, retrieval_loss
+from autoprumux.training._loop import TrainConfig, make_optimizer, progress, retrieval_loss
 
 
 def retrieval_warmup(
@@ -30,7 +30,6 @@ def retrieval_warmup(
     """Train the retrieval objective for `cfg.steps` steps; returns loss/accuracy of the last 10%."""
     if model.n == 1:
         raise ConfigError("the retrieval warm-up is for multiplexed models (N > 1); N=1 needs none")
-    from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -41,13 +40,7 @@ def retrieval_warmup(
     losses: list[float] = []
     accs: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(
-        range(cfg.steps),
-        desc=desc,
-        disable=not _progress_enabled(),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = progress(cfg.steps, desc)
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
         loss, acc = retrieval_loss(
