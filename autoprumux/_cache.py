@@ -41,7 +41,8 @@ class ArtifactCache:
         if (final / "COMPLETE").is_file():
             return final, True
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        self._remove_stale(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-{os.getpid()}-", dir=final.parent))
         try:
             meta = build(tmp) or {}
             (tmp / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True, default=str))
@@ -57,6 +58,24 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final, False
+
+    @staticmethod
+    def _remove_stale(final: Path) -> None:
+        """Delete temporary folders of writers of this entry that died (killed, crashed)."""
+        for d in final.parent.glob(f".tmp-{final.name}-*"):
+            parts = d.name[len(f".tmp-{final.name}-") :].split("-", 1)
+            try:
+                pid = int(parts[0])
+            except ValueError:
+                continue
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                shutil.rmtree(d, ignore_errors=True)
+            except PermissionError:
+                pass
 
     @staticmethod
     def meta(entry: Path) -> dict[str, Any]:

@@ -40,6 +40,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="artefact cache (default: $AUTOPRUMUX_CACHE or ./.autoprumux/cache)",
     )
     p.add_argument("--mux-variant", default="gaussian", help="gaussian | orthogonal")
+    p.add_argument(
+        "--warmup-corpus",
+        default="shared",
+        help="mux warm-up text: 'shared' (SST-2+CoLA+MRPC training text), 'task', or a text file",
+    )
     g = p.add_argument_group("recipe (training budget; part of every cache key)")
     g.add_argument("--max-train-examples", type=int, default=8000)
     g.add_argument("--max-seq-len", type=int, default=64)
@@ -75,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", dest="json_out", default=None, help="also write the result as JSON to this file"
     )
     _add_common(ev)
+    wu = sub.add_parser(
+        "warmup",
+        help="run (or reuse) the cached token-retrieval warm-up for one or more N, task-independent",
+    )
+    wu.add_argument("--mux", nargs="+", default=["2"], help="one or more widths N >= 2")
+    _add_common(wu)
     return p
 
 
@@ -139,6 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data_source=args.data_source,
         cache_dir=args.cache_dir,
         mux_variant=args.mux_variant,
+        warmup_corpus=args.warmup_corpus,
     )
     ev = pipe.evaluate(sparsity, n, throughput=tp)
     print(format_table(ev))
@@ -162,6 +174,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from autoprumux.pipeline import PruMuxPipeline, validate_candidate
+
+    widths = [validate_candidate(0.0, n)[1] for n in args.mux]
+    if any(n < 2 for n in widths):
+        raise AutoPruMuxError(f"--mux {args.mux}: the warm-up is for N >= 2 (N=1 needs none)")
+    recipe = _recipe(args)
+    if recipe.mux_warmup_steps < 1:
+        raise AutoPruMuxError("--mux-warmup-steps must be >= 1 for `autoprumux warmup`")
+    pipe = PruMuxPipeline(
+        task=args.task,
+        model=args.model,
+        recipe=recipe,
+        device=args.device,
+        data_dir=args.data_dir,
+        data_source=args.data_source,
+        cache_dir=args.cache_dir,
+        mux_variant=args.mux_variant,
+        warmup_corpus=args.warmup_corpus,
+    )
+    print(f"{'N':>3}{'steps':>7}{'seconds':>9}{'retrieval acc':>15}  cache")
+    for n in widths:
+        entry, meta = pipe.mux_warmup(n)
+        w = meta["warmup"]
+        print(
+            f"{n:>3}{int(w['steps']):>7}{w['seconds']:>9.0f}{w['retrieval_accuracy']:>15.3f}  "
+            f"{'hit' if meta['cache_hit'] else 'built'} {entry}"
+        )
+    return 0
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -179,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "warmup":
+            return cmd_warmup(args)
     except AutoPruMuxError as e:
         print(f"autoprumux: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

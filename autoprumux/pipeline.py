@@ -11,6 +11,7 @@ same process on the same device, so speedup is a ratio from one run.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -20,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from autoprumux._cache import ArtifactCache
-from autoprumux.data import Encoded, TaskData, collate, encode, get_task, load_task
-from autoprumux.errors import ConfigError
+from autoprumux._cache import ArtifactCache, key_hash
+from autoprumux.data import Encoded, Example, TaskData, collate, encode, get_task, load_task
+from autoprumux.errors import ConfigError, DataNotFoundError
 from autoprumux.evaluation import (
     ThroughputConfig,
     fixed_batch,
@@ -57,6 +58,7 @@ class Recipe:
     finetune_steps: int = 200  # baseline and N>1 task fine-tune
     mux_warmup_steps: int = 300  # token-retrieval warm-up per N (0 = none)
     mux_warmup_lr: float = 2e-4
+    warmup_corpus_size: int = 20000  # unlabeled sentences for the warm-up (deterministic subsample)
     mux_finetune_steps: int = 300
     retrieval_weight: float = 0.1  # kept during the mux task fine-tune (DataMUX: 0.9 task + 0.1)
     distill_weight: float = 0.5  # KD from the baseline during mux fine-tune and pruning recovery
@@ -186,8 +188,11 @@ class PruMuxPipeline:
         data_source: str = "local",
         cache_dir: str | Path | None = None,
         mux_variant: str = "gaussian",
+        warmup_corpus: str = "shared",
     ):
         self.task = get_task(task)
+        self.data_dir = data_dir
+        self.warmup_corpus = warmup_corpus
         self.recipe = recipe or Recipe()
         self.device = resolve_device(device)
         self.mux_variant = MuxConfig(n=1, variant=mux_variant).variant
@@ -213,6 +218,7 @@ class PruMuxPipeline:
             if i is not None
         )
         self._baseline: MuxSequenceClassifier | None = None
+        self._warmup_items: list[Encoded] | None = None
 
     # ---- cache keys --------------------------------------------------------------------------
     def _key(self, **extra: object) -> dict:
@@ -287,15 +293,119 @@ class PruMuxPipeline:
         return self._baseline
 
     def warmup_sentences(self) -> list[Encoded]:
-        """Unlabeled sentences for the retrieval warm-up: the task's training text, one per row."""
-        texts = []
-        for ex in self.data.train:
-            texts.append(ex.text_a)
-            if ex.text_b:
-                texts.append(ex.text_b)
-        from autoprumux.data import Example
+        """Unlabeled sentences for the retrieval warm-up (each side of a pair is one sentence).
 
-        return encode([Example(t, None, 0) for t in texts], self.tokenizer, self.recipe.max_seq_len)
+        `warmup_corpus`: "shared" (default) = the training text of SST-2, CoLA and MRPC found in
+        the GLUE directory (the current task's text when reading from the hub); "task" = this
+        task's training text; anything else = a UTF-8 text file, one sentence per line.
+        """
+        if self._warmup_items is not None:
+            return self._warmup_items
+        texts: list[str] = []
+        src = self.warmup_corpus
+        if src in ("shared", "task"):
+            sets = [self.data]
+            if src == "shared" and not self.data.source.startswith("hf:"):
+                sets = []
+                for name in ("sst2", "cola", "mrpc"):
+                    try:
+                        sets.append(load_task(name, data_dir=self.data_dir))
+                    except DataNotFoundError:
+                        log.info("warm-up corpus: %s not found, skipped", name)
+                if not sets:
+                    sets = [self.data]
+            for td in sets:
+                for ex in td.train:
+                    texts.append(ex.text_a)
+                    if ex.text_b:
+                        texts.append(ex.text_b)
+        else:
+            path = Path(src).expanduser()
+            if not path.is_file():
+                raise ConfigError(
+                    f"warm-up corpus {src!r} is not 'shared', 'task' or an existing text file "
+                    "(one sentence per line)"
+                )
+            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        texts = sorted({t for t in texts if t})  # dedup; sorted so the sample is reproducible
+        if not texts:
+            raise ConfigError(f"warm-up corpus {src!r} holds no sentences")
+        k = min(self.recipe.warmup_corpus_size, len(texts))
+        rng = torch.Generator().manual_seed(self.recipe.seed)
+        pick = torch.randperm(len(texts), generator=rng)[:k].tolist()
+        self._warmup_items = encode(
+            [Example(texts[i], None, 0) for i in pick], self.tokenizer, self.recipe.max_seq_len
+        )
+        return self._warmup_items
+
+    def _warmup_key(self, n: int, sentences: list[Encoded]) -> dict:
+        r = self.recipe
+        h = hashlib.sha256()
+        for x in sentences:
+            h.update(repr(x.input_ids).encode())
+        return {
+            "model": self.base.model_id,
+            "n": n,
+            "variant": self.mux_variant,
+            "steps": r.mux_warmup_steps,
+            "lr": r.mux_warmup_lr,
+            "batch_size": r.batch_size,
+            "max_seq_len": r.max_seq_len,
+            "freeze_word_embeddings": r.freeze_word_embeddings,
+            "seed": r.seed,
+            "corpus": h.hexdigest()[:16],
+        }
+
+    def mux_warmup(self, n: int) -> tuple[Path, dict]:
+        """The token-retrieval warm-up for width N: task-independent, cached per
+        (base model, N, mux variant, recipe, corpus) and reused by every task and sparsity.
+        Returns (cache entry, its metadata incl. cost in seconds and final retrieval accuracy)."""
+        if n < 2:
+            raise ConfigError(f"the warm-up is for N >= 2, got N={n}")
+        r = self.recipe
+        sentences = self.warmup_sentences()
+        key = self._warmup_key(n, sentences)
+
+        def build(tmp: Path) -> dict:
+            m = self._fresh(n)
+            stats = retrieval_warmup(
+                m,
+                sentences,
+                TrainConfig(
+                    steps=r.mux_warmup_steps,
+                    batch_size=r.batch_size,
+                    lr=r.mux_warmup_lr,
+                    seed=r.seed,
+                ),
+                special_ids=self.special_ids,
+                desc=f"mux warm-up N={n}",
+                device=self.device,
+            )
+            m.save(tmp / "model")
+            return {"warmup": stats, "corpus_sentences": len(sentences)}
+
+        entry, hit = self.cache.get_or_build("warmup", key, build)
+        meta = ArtifactCache.meta(entry)
+        log.info(
+            "warm-up N=%d %s (%s): %.0fs, retrieval accuracy %.3f",
+            n,
+            "cache hit" if hit else "trained",
+            entry,
+            meta["warmup"]["seconds"],
+            meta["warmup"]["retrieval_accuracy"],
+        )
+        return entry, {**meta, "key": key, "cache_hit": hit}
+
+    def _start_model(self, n: int) -> tuple[MuxSequenceClassifier, dict]:
+        """An N-way model to fine-tune: warmed up (cached) when the recipe asks for it."""
+        if not self.recipe.mux_warmup_steps:
+            return self._fresh(n), {}
+        entry, meta = self.mux_warmup(n)
+        m = self._load(entry, self.recipe.freeze_word_embeddings)
+        if m.num_labels != self.task.num_labels:  # the warm-up never trains the task head
+            m.num_labels = self.task.num_labels
+            m.classifier = torch.nn.Linear(m.classifier.in_features, self.task.num_labels)
+        return m, meta
 
     def mux_model(self, n: int) -> MuxSequenceClassifier:
         """Unpruned N-way multiplexed model trained on the task (cached per N, reused across sparsities)."""
@@ -303,24 +413,13 @@ class PruMuxPipeline:
             return self.baseline()
         teacher = self.baseline()
         r = self.recipe
+        warm_key = (
+            key_hash(self._warmup_key(n, self.warmup_sentences())) if r.mux_warmup_steps else None
+        )
 
         def build(tmp: Path) -> dict:
-            m = self._fresh(n)
-            meta: dict = {}
-            if r.mux_warmup_steps:
-                meta["warmup"] = retrieval_warmup(
-                    m,
-                    self.warmup_sentences(),
-                    TrainConfig(
-                        steps=r.mux_warmup_steps,
-                        batch_size=r.batch_size,
-                        lr=r.mux_warmup_lr,
-                        seed=r.seed,
-                    ),
-                    special_ids=self.special_ids,
-                    desc=f"mux warm-up N={n}",
-                    device=self.device,
-                )
+            m, warm = self._start_model(n)
+            meta: dict = {"warmup": warm.get("warmup"), "warmup_cache_hit": warm.get("cache_hit")}
             meta["train"] = train_classifier(
                 m,
                 self.train_items,
@@ -337,7 +436,7 @@ class PruMuxPipeline:
             m.save(tmp / "model")
             return meta
 
-        entry, hit = self.cache.get_or_build("mux", self._mux_key(n), build)
+        entry, hit = self.cache.get_or_build("mux", {**self._mux_key(n), "warmup": warm_key}, build)
         log.info("mux N=%d %s (%s)", n, "cache hit" if hit else "trained", entry)
         return self._load(entry, r.freeze_word_embeddings)
 

@@ -56,3 +56,18 @@ def random_batch(b: int, length: int, *, vocab: int = 99, seed: int = 0, min_len
 @pytest.fixture
 def tiny():
     return tiny_encoder()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random BERT saved as a checkpoint directory, with the packaged model's tokenizer,
+    so the whole pipeline runs in seconds."""
+    from transformers import BertModel
+
+    from autoprumux.models import resolve_model
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config(vocab_size=30522, max_position_embeddings=128)).save_pretrained(d)
+    resolve_model(None).tokenizer().save_pretrained(d)
+    return str(d)
