@@ -124,9 +124,25 @@ def format_table(ev) -> str:
     return "\n".join(rows)
 
 
+def _pipeline(args: argparse.Namespace, recipe):
+    from autoprumux.pipeline import PruMuxPipeline
+
+    return PruMuxPipeline(
+        task=args.task,
+        model=args.model,
+        recipe=recipe,
+        device=args.device,
+        data_dir=args.data_dir,
+        data_source=args.data_source,
+        cache_dir=args.cache_dir,
+        mux_variant=args.mux_variant,
+        warmup_corpus=args.warmup_corpus,
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from autoprumux.evaluation import ThroughputConfig
-    from autoprumux.pipeline import PruMuxPipeline, validate_candidate
+    from autoprumux.pipeline import validate_candidate
 
     # validate everything cheap before any work starts
     sparsity, n = validate_candidate(args.sparsity, args.mux)
@@ -141,17 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise AutoPruMuxError(
             f"--json {args.json_out!r}: its directory does not exist; create it or choose another path"
         )
-    pipe = PruMuxPipeline(
-        task=args.task,
-        model=args.model,
-        recipe=recipe,
-        device=args.device,
-        data_dir=args.data_dir,
-        data_source=args.data_source,
-        cache_dir=args.cache_dir,
-        mux_variant=args.mux_variant,
-        warmup_corpus=args.warmup_corpus,
-    )
+    pipe = _pipeline(args, recipe)
     ev = pipe.evaluate(sparsity, n, throughput=tp)
     print(format_table(ev))
     r = pipe.recipe
@@ -175,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
-    from autoprumux.pipeline import PruMuxPipeline, validate_candidate
+    from autoprumux.pipeline import validate_candidate
 
     widths = [validate_candidate(0.0, n)[1] for n in args.mux]
     if any(n < 2 for n in widths):
@@ -183,17 +189,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     recipe = _recipe(args)
     if recipe.mux_warmup_steps < 1:
         raise AutoPruMuxError("--mux-warmup-steps must be >= 1 for `autoprumux warmup`")
-    pipe = PruMuxPipeline(
-        task=args.task,
-        model=args.model,
-        recipe=recipe,
-        device=args.device,
-        data_dir=args.data_dir,
-        data_source=args.data_source,
-        cache_dir=args.cache_dir,
-        mux_variant=args.mux_variant,
-        warmup_corpus=args.warmup_corpus,
-    )
+    pipe = _pipeline(args, recipe)
     print(f"{'N':>3}{'steps':>7}{'seconds':>9}{'retrieval acc':>15}  cache")
     for n in widths:
         entry, meta = pipe.mux_warmup(n)

@@ -39,7 +39,9 @@ def _need_data():
 
 
 def pipe(tiny_checkpoint, cache, task="sst2", recipe=RECIPE, **kw) -> PruMuxPipeline:
-    return PruMuxPipeline(task=task, model=tiny_checkpoint, recipe=recipe, data_dir=str(DATA), cache_dir=cache, **kw)
+    return PruMuxPipeline(
+        task=task, model=tiny_checkpoint, recipe=recipe, data_dir=str(DATA), cache_dir=cache, **kw
+    )
 
 
 def test_warmup_is_cached_and_shared_across_tasks(tiny_checkpoint, tmp_path):
@@ -59,7 +61,9 @@ def test_warmup_is_cached_and_shared_across_tasks(tiny_checkpoint, tmp_path):
 
 def test_warmup_cache_invalidated_by_recipe_n_and_variant(tiny_checkpoint, tmp_path):
     e1, _ = pipe(tiny_checkpoint, tmp_path).mux_warmup(2)
-    e2, m2 = pipe(tiny_checkpoint, tmp_path, recipe=replace(RECIPE, mux_warmup_steps=4)).mux_warmup(2)
+    e2, m2 = pipe(tiny_checkpoint, tmp_path, recipe=replace(RECIPE, mux_warmup_steps=4)).mux_warmup(
+        2
+    )
     e3, m3 = pipe(tiny_checkpoint, tmp_path).mux_warmup(4)
     e4, m4 = pipe(tiny_checkpoint, tmp_path, mux_variant="orthogonal").mux_warmup(2)
     assert len({e1, e2, e3, e4}) == 4
@@ -102,9 +106,41 @@ def test_killed_warmup_leaves_no_entry_and_restarts_cleanly(tiny_checkpoint, tmp
         if proc.poll() is None:
             proc.kill()
     assert not any((d / "COMPLETE").exists() for d in (tmp_path / "warmup").iterdir())
-    assert list((tmp_path / "warmup").glob(".tmp-*")), "the killed writer's temp dir should be there"
+    assert list((tmp_path / "warmup").glob(".tmp-*")), (
+        "the killed writer's temp dir should be there"
+    )
     # the same warm-up again: the dead writer's leftovers are removed, the entry completes
     r = subprocess.run([sys.executable, "-c", script], env=env, timeout=600)
     assert r.returncode == 0
     entries = list((tmp_path / "warmup").iterdir())
     assert len(entries) == 1 and (entries[0] / "COMPLETE").exists()
+
+
+def test_warmup_command_builds_then_hits(tiny_checkpoint, tmp_path):
+    env = {**os.environ, "AUTOPRUMUX_PROGRESS": "0", "AUTOPRUMUX_CACHE": str(tmp_path / "c")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "autoprumux.cli",
+        "warmup",
+        "--mux",
+        "2",
+        "3",
+        "--model",
+        tiny_checkpoint,
+        "--data-dir",
+        str(DATA),
+        "--mux-warmup-steps",
+        "2",
+        "--max-seq-len",
+        "32",
+        "--batch-size",
+        "12",
+    ]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("built") == 2
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and second.stdout.count("hit") == 2
+    bad = subprocess.run([*cmd[:5], "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "N >= 2" in bad.stderr and "Traceback" not in bad.stderr
