@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("AUTOPRUMUX_PROGRESS", "0")
+
+# the shared GLUE data, beside the project root
+GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 
 def tiny_bert_config(**kw):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import GLUE_DIR as DATA  # noqa: E402
 
 from autoprumux.data import (
     TASKS,
@@ -19,8 +20,6 @@ from autoprumux.data import (
     resolve_data_dir,
 )
 from autoprumux.errors import AutoPruMuxError, ConfigError, DataNotFoundError
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 
 def _need_data() -> Path:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import GLUE_DIR as DATA  # noqa: E402
 
 from autoprumux import MuxSequenceClassifier, PruMuxPipeline, Recipe, ThroughputConfig
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 pytestmark = pytest.mark.slow
 

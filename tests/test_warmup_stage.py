@@ -9,14 +9,12 @@ import sys
 import textwrap
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from conftest import GLUE_DIR as DATA  # noqa: E402
 
 from autoprumux import PruMuxPipeline, Recipe
 from autoprumux.errors import ConfigError
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 RECIPE = Recipe(
     max_train_examples=64,

@@ -85,22 +85,8 @@ def fixed_batch(
 def time_callable(
     fn: Callable[[], object], *, examples: int, cfg: ThroughputConfig
 ) -> ThroughputResult:
-    dev = resolve_device(cfg.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    with torch.inference_mode():
-        for _ in range(cfg.warmup):
-            fn()
-        sync()
-        times = []
-        for _ in range(cfg.repeats):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return ThroughputResult(
-        examples / med, med, tuple(times), cfg.batch_size, cfg.seq_len, str(dev)
-    )
+    """Throughput of one callable (`time_interleaved` with a single entry)."""
+    return time_interleaved({"fn": (fn, examples)}, cfg=cfg)["fn"]
 
 
 def time_interleaved(
@@ -154,19 +140,8 @@ def model_runner(
 def measure_throughput(
     model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], cfg: ThroughputConfig
 ) -> ThroughputResult:
-    dev = resolve_device(cfg.device)
-    model.to(dev).eval()
-    b = {
-        k: v.to(dev)
-        for k, v in batch.items()
-        if k in ("input_ids", "attention_mask", "token_type_ids")
-    }
-    n_real = b["input_ids"].shape[0]
-
-    def run() -> torch.Tensor:
-        return model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-
-    return time_callable(run, examples=n_real, cfg=cfg)
+    fn, examples = model_runner(model, batch, cfg.device)
+    return time_callable(fn, examples=examples, cfg=cfg)
 
 
 def model_flops(model: MuxSequenceClassifier, batch_size: int, seq_len: int) -> float:
