@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import GLUE_DIR
 
 from autoprumux.cli import format_table
 from autoprumux.evaluation import ThroughputConfig
@@ -48,6 +49,10 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize("args,value", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
 def test_evaluate_bad_input_exits_2_without_side_effects(tmp_path, args, value):
+    if "--tp-seq-len" in args and not GLUE_DIR.is_dir():
+        pytest.skip(
+            f"the length check runs after the data loads; shared GLUE data not at {GLUE_DIR}"
+        )
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     value = value.replace("{tmp}", str(tmp_path))
     r = _run(tmp_path, *args)
