@@ -219,6 +219,7 @@ class PruMuxPipeline:
         )
         self._baseline: MuxSequenceClassifier | None = None
         self._warmup_items: list[Encoded] | None = None
+        self._baseline_metrics: dict[str, float] | None = None
 
     # ---- cache keys --------------------------------------------------------------------------
     def _key(self, **extra: object) -> dict:
@@ -440,9 +441,19 @@ class PruMuxPipeline:
         log.info("mux N=%d %s (%s)", n, "cache hit" if hit else "trained", entry)
         return self._load(entry, r.freeze_word_embeddings)
 
-    def prune(self, model: MuxSequenceClassifier, sparsity: float, *, desc: str = "") -> dict:
+    def prune(
+        self,
+        model: MuxSequenceClassifier,
+        sparsity: float,
+        *,
+        desc: str = "",
+        on_stage: Callable[[int, MuxSequenceClassifier], None] | None = None,
+    ) -> dict:
         """Prune `model` in place to `sparsity` in `prune_stages` steps, each followed by recovery
-        fine-tuning with distillation from the baseline. Returns per-stage stats."""
+        fine-tuning with distillation from the baseline. Returns per-stage stats.
+
+        `on_stage(stage, model)` is called after each stage's recovery (e.g. to report an
+        intermediate accuracy to a search pruner; it may raise to abandon the candidate)."""
         r = self.recipe
         teacher = self.baseline()
         stats: list[dict] = []
@@ -496,9 +507,19 @@ class PruMuxPipeline:
                     "train": tr,
                 }
             )
+            if on_stage is not None:
+                on_stage(stage, model)
         return {"stages": stats}
 
-    def candidate(self, sparsity: float, n: int) -> MuxSequenceClassifier:
+    def candidate(
+        self,
+        sparsity: float,
+        n: int,
+        *,
+        on_stage: Callable[[int, MuxSequenceClassifier], None] | None = None,
+    ) -> MuxSequenceClassifier:
+        """The pruned (and, for N > 1, multiplexed) candidate, built or taken from the cache.
+        `on_stage` is passed to `prune` (not called on a cache hit)."""
         sparsity, n = validate_candidate(sparsity, n)
         self.check_lengths(n)
         if sparsity == 0.0:
@@ -514,7 +535,7 @@ class PruMuxPipeline:
 
         def build(tmp: Path) -> dict:
             m = copy.deepcopy(self.mux_model(n))
-            meta = self.prune(m, sparsity, desc=f" s={sparsity:g} N={n}")
+            meta = self.prune(m, sparsity, desc=f" s={sparsity:g} N={n}", on_stage=on_stage)
             got = m.sparsity()
             if abs(got - sparsity) > 0.02:
                 raise RuntimeError(
@@ -596,16 +617,29 @@ class PruMuxPipeline:
                     f"use at most {limit - prefix}"
                 )
 
+    def baseline_metrics(self) -> dict[str, float]:
+        """Dev metrics of the baseline (computed once per pipeline)."""
+        if self._baseline_metrics is None:
+            self._baseline_metrics = self.dev_metrics(self.baseline())
+        return self._baseline_metrics
+
     def evaluate(
-        self, sparsity: float, n: int, *, throughput: ThroughputConfig | None = None
+        self,
+        sparsity: float,
+        n: int,
+        *,
+        throughput: ThroughputConfig | None = None,
+        on_stage: Callable[[int, MuxSequenceClassifier], None] | None = None,
     ) -> Evaluation:
         sparsity, n = validate_candidate(sparsity, n)
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(n, tp)
         base = self.baseline()
-        cand = self.candidate(sparsity, n)
+        cand = self.candidate(sparsity, n, on_stage=on_stage)
         name = f"s={sparsity:g},N={n}"
-        measured, _ = self.measure_many({"baseline": (base, None), name: (cand, None)}, tp)
+        measured, _ = self.measure_many(
+            {"baseline": (base, self.baseline_metrics()), name: (cand, None)}, tp
+        )
         return Evaluation(
             task=self.task.name,
             metric_name=self.task.metric,

@@ -7,7 +7,7 @@ import torch
 from conftest import random_batch, tiny_encoder
 
 from autoprumux._cache import ArtifactCache
-from autoprumux.data import Encoded
+from autoprumux.data import Encoded, collate
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
     ThroughputConfig,
@@ -21,6 +21,7 @@ from autoprumux.models import Importance, MuxConfig, MuxSequenceClassifier, appl
 from autoprumux.training import (
     TrainConfig,
     evaluate_retrieval,
+    hidden_distill_loss,
     predict,
     retrieval_warmup,
     train_classifier,
@@ -152,6 +153,37 @@ def test_retrieval_warmup_lowers_held_out_loss():
     assert after["retrieval_loss"] < before["retrieval_loss"] - 0.5, (before, after, stats)
     with pytest.raises(ConfigError, match="N > 1"):
         retrieval_warmup(make(1), train, TrainConfig(steps=1, batch_size=8))
+
+
+def test_hidden_state_distillation_in_the_warmup_pulls_states_towards_the_teacher():
+    """With a teacher, the warm-up lowers the held-out distance of each instance's demuxed states
+    to the states the N=1 model computes for that instance alone (and keeps learning retrieval)."""
+    torch.manual_seed(0)
+    teacher, student = make(1), make(2)
+    student.encoder.load_state_dict(teacher.encoder.state_dict())
+    train, held = toy_items(512), toy_items(64, seed=2)
+    b = collate(held)
+
+    def distance() -> float:
+        with torch.no_grad():
+            s = student.hidden_states(b["input_ids"], b["attention_mask"], positions="all")
+            t = teacher.hidden_states(b["input_ids"], b["attention_mask"], positions="all")
+        return float(hidden_distill_loss(s, t, b["attention_mask"]))
+
+    before = distance()
+    stats = retrieval_warmup(
+        student,
+        train,
+        TrainConfig(steps=120, batch_size=16, lr=2e-3),
+        special_ids=(2, 3),
+        teacher=teacher,
+        hidden_distill_weight=1.0,
+    )
+    after = distance()
+    assert after < 0.6 * before, (before, after, stats)
+    assert "hidden_distill_loss" in stats
+    with pytest.raises(ConfigError, match="N=1 teacher"):
+        retrieval_warmup(student, train, TrainConfig(steps=1), hidden_distill_weight=1.0)
 
 
 def test_cache_is_atomic_and_hit_on_second_call(tmp_path):

@@ -12,10 +12,14 @@ from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, OrthogonalMux
 
 
-def make(n: int, variant: str = "gaussian", seed: int = 0) -> MuxSequenceClassifier:
+def make(
+    n: int, variant: str = "gaussian", seed: int = 0, pooling: str = "cls"
+) -> MuxSequenceClassifier:
     enc, _ = tiny_encoder(seed)
     torch.manual_seed(seed + 1)
-    return MuxSequenceClassifier(enc, num_labels=3, mux=MuxConfig(n=n, variant=variant)).eval()
+    return MuxSequenceClassifier(
+        enc, num_labels=3, mux=MuxConfig(n=n, variant=variant, pooling=pooling)
+    ).eval()
 
 
 def test_encoder_matches_transformers_bert():
@@ -55,8 +59,9 @@ def test_n1_equals_plain_sequence_classifier():
 
 @pytest.mark.parametrize("n", [1, 2, 4])
 @pytest.mark.parametrize("variant", ["gaussian", "orthogonal"])
-def test_padding_length_does_not_change_outputs(n, variant):
-    model = make(n, variant)
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_padding_length_does_not_change_outputs(n, variant, pooling):
+    model = make(n, variant, pooling=pooling)
     ids, mask, tt = random_batch(2 * n, 9)
     pad = 7
     ids2 = torch.cat([ids, torch.zeros(ids.shape[0], pad, dtype=torch.long)], 1)
@@ -68,9 +73,10 @@ def test_padding_length_does_not_change_outputs(n, variant):
 
 
 @pytest.mark.parametrize("n", [2, 4])
-def test_padding_tokens_contribute_nothing(n):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_padding_tokens_contribute_nothing(n, pooling):
     """Garbage ids under an instance's padding must not leak into the mix (the reference code's bug)."""
-    model = make(n)
+    model = make(n, pooling=pooling)
     ids, mask, tt = random_batch(2 * n, 10, seed=3)
     assert (mask == 0).any()
     noisy = torch.where(mask.bool(), ids, torch.randint(5, 99, ids.shape))
@@ -81,11 +87,12 @@ def test_padding_tokens_contribute_nothing(n):
 
 
 @pytest.mark.parametrize("variant", ["gaussian", "orthogonal"])
-def test_permuting_inputs_with_their_indices_permutes_outputs(variant):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_permuting_inputs_with_their_indices_permutes_outputs(variant, pooling):
     """Swapping instances together with their index embedding, prefix position and mixing transform
     swaps the outputs exactly: the demultiplexer reads instance i from index i and nowhere else."""
     n = 3
-    model = make(n, variant)
+    model = make(n, variant, pooling=pooling)
     ids, mask, tt = random_batch(n, 8, seed=5)
     perm = torch.tensor([2, 0, 1])
     permuted = copy.deepcopy(model)
@@ -173,3 +180,30 @@ def test_retrieval_states_shape_and_logits():
     assert logits.shape == (3, 6, 99)
     with pytest.raises(ValueError, match="N > 1"):
         make(1).retrieval_logits(states)
+
+
+def test_demux_split_product_equals_the_concatenated_linear():
+    """The demultiplexer computes W [h_t ; k_i] as W_t h_t + W_k k_i (shared across instances)."""
+    model = make(3)
+    tokens, keys = torch.randn(2, 1, 5, 32), torch.randn(2, 3, 1, 32)
+    d = model.demux
+    cat = torch.cat([tokens.expand(2, 3, 5, 32), keys.expand(2, 3, 5, 32)], dim=-1)
+    ref = d.norm(torch.nn.functional.gelu(d.proj(cat)))
+    with torch.no_grad():
+        torch.testing.assert_close(d(tokens, keys), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_mean_pooling_reads_the_mean_of_the_instance_token_states(n):
+    model = make(n, pooling="mean")
+    ids, mask, tt = random_batch(2 * n, 9, seed=4)
+    with torch.no_grad():
+        states = model.hidden_states(ids, mask, tt, positions="all")
+        m = mask.unsqueeze(-1).float()
+        pooled = (states * m).sum(1) / m.sum(1)
+        torch.testing.assert_close(model(ids, mask, tt), model.head(pooled))
+        cls_model = copy.deepcopy(model)
+        cls_model.mux_config = MuxConfig(n=n, pooling="cls")
+        assert not torch.allclose(cls_model(ids, mask, tt), model(ids, mask, tt), atol=1e-4)
+    with pytest.raises(ConfigError, match="pooling"):
+        MuxConfig(n=2, pooling="max")

@@ -168,6 +168,8 @@ def model_flops(model: MuxSequenceClassifier, batch_size: int, seq_len: int) -> 
     total = rows * per_seq
     if n > 1:
         total += rows * n * t * h  # mixing
-        total += batch_size * 2 * (2 * h) * h  # demux of the CLS position
+        # demux: the token half once per read position, the key half once per instance
+        read = 1 if model.mux_config.pooling == "cls" else seq_len
+        total += rows * read * 2 * h * h + batch_size * 2 * h * h
     total += batch_size * 2 * (h * h + h * model.num_labels)  # pooler + classifier
     return float(total)

@@ -22,6 +22,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import Encoder, EncoderConfig, init_weights
 
 MUX_VARIANTS = ("gaussian", "orthogonal")
+POOLINGS = ("cls", "mean")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class MuxConfig:
     n: int = 1
     variant: str = "gaussian"
     seed: int = 0  # seed of the fixed (not trained) mixing vectors / matrices
+    # what the task head reads: the (demuxed) [CLS] state, or the mean of the instance's
+    # (demuxed) token states over its real tokens
+    pooling: str = "cls"
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -37,6 +41,8 @@ class MuxConfig:
             )
         if self.variant not in MUX_VARIANTS:
             raise ConfigError(f"mux variant {self.variant!r} is not one of {list(MUX_VARIANTS)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling {self.pooling!r} is not one of {list(POOLINGS)}")
 
 
 class Multiplexer(nn.Module):
@@ -86,19 +92,26 @@ def make_multiplexer(cfg: MuxConfig, hidden: int) -> Multiplexer:
 
 
 class IndexDemultiplexer(nn.Module):
-    """demux(h_t, k_i) = LN(GELU(W [h_t ; k_i] + b)), k_i the output at prefix position i."""
+    """demux(h_t, k_i) = LN(GELU(W [h_t ; k_i] + b)), k_i the output at prefix position i.
+
+    W [h_t ; k_i] = W_t h_t + W_k k_i: the token half is computed once per mixed position and
+    shared by the N instances, the key half once per instance, so reading back all N instances
+    costs one H x H product per position whatever N is (plus N element-wise GELU + LayerNorms).
+    """
 
     def __init__(self, hidden: int, eps: float):
         super().__init__()
+        self.hidden = hidden
         self.proj = nn.Linear(2 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, tokens: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         # tokens (G, 1, P, H), keys (G, N, 1, H) -> (G, N, P, H)
-        g, n = keys.shape[0], keys.shape[1]
-        p = tokens.shape[2]
-        cat = torch.cat([tokens.expand(g, n, p, -1), keys.expand(g, n, p, -1)], dim=-1)
-        return self.norm(F.gelu(self.proj(cat)))
+        h = self.hidden
+        w = self.proj.weight
+        return self.norm(
+            F.gelu(F.linear(tokens, w[:, :h]) + F.linear(keys, w[:, h:], self.proj.bias))
+        )
 
 
 class RetrievalHead(nn.Module):
@@ -112,6 +125,15 @@ class RetrievalHead(nn.Module):
 
     def forward(self, states: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(F.gelu(self.transform(states))), word_embeddings, self.bias)
+
+
+def _last_layer_norm(encoder: Encoder) -> nn.LayerNorm | None:
+    for layer in reversed(encoder.layers):
+        for name in ("ffn_norm", "attn_norm"):
+            norm = getattr(layer, name, None)
+            if isinstance(norm, nn.LayerNorm):
+                return norm
+    return None
 
 
 class MuxSequenceClassifier(nn.Module):
@@ -141,6 +163,11 @@ class MuxSequenceClassifier(nn.Module):
                 self.index_embeddings.weight.normal_(
                     0.0, float(encoder.embeddings.word.weight.std())
                 )
+                # demuxed states start in the scale of the encoder's own output states
+                last = _last_layer_norm(encoder)
+                if last is not None:
+                    self.demux.norm.weight.copy_(last.weight)
+                    self.demux.norm.bias.copy_(last.bias)
             self.register_buffer("_prefix_index", self._prefix_table(self.n), persistent=False)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.classifier = nn.Linear(h, num_labels)
@@ -216,8 +243,28 @@ class MuxSequenceClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, num_labels)."""
-        cls = self.hidden_states(input_ids, attention_mask, token_type_ids, positions="cls")
-        return self.classifier(self.dropout(self.encoder.pool(cls)))
+        if self.mux_config.pooling == "cls":
+            cls = self.hidden_states(input_ids, attention_mask, token_type_ids, positions="cls")
+            return self.head(cls)
+        states = self.hidden_states(input_ids, attention_mask, token_type_ids, positions="all")
+        return self.logits_from_states(states, attention_mask)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Task logits from pooled per-instance states (B, H)."""
+        return self.classifier(self.dropout(self.encoder.pool(pooled)))
+
+    def pool_states(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) per-instance states -> (B, H) by the configured pooling."""
+        if self.mux_config.pooling == "cls":
+            return states[:, 0]
+        m = attention_mask.to(states.dtype).unsqueeze(-1)
+        return (states * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+    def logits_from_states(
+        self, states: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Task logits from the per-instance states of `hidden_states(positions="all")`."""
+        return self.head(self.pool_states(states, attention_mask))
 
     def retrieval_logits(self, states: torch.Tensor) -> torch.Tensor:
         if self.n == 1:

@@ -2,6 +2,7 @@
 
 from autoprumux.training._loop import (
     TrainConfig,
+    hidden_distill_loss,
     kd_loss,
     predict,
     retrieval_loss,
@@ -12,6 +13,7 @@ from autoprumux.training._warmup import evaluate_retrieval, retrieval_warmup
 __all__ = [
     "TrainConfig",
     "evaluate_retrieval",
+    "hidden_distill_loss",
     "kd_loss",
     "predict",
     "retrieval_loss",

@@ -30,6 +30,9 @@ class TrainConfig:
     temperature: float = 2.0
     retrieval_weight: float = 0.0  # mux models: weight of the token-retrieval term
     retrieval_positions: int = 16  # sampled token positions per instance for retrieval
+    # weight of hidden-state distillation: each instance's (demuxed) token states against the
+    # teacher's states for that instance (added to the loss; needs a teacher)
+    hidden_distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -40,6 +43,10 @@ class TrainConfig:
             raise ConfigError(f"distill_weight ({self.distill_weight}) must be in [0, 1]")
         if not 0.0 <= self.retrieval_weight <= 1.0:
             raise ConfigError(f"retrieval_weight ({self.retrieval_weight}) must be in [0, 1]")
+        if not (self.hidden_distill_weight >= 0.0 and math.isfinite(self.hidden_distill_weight)):
+            raise ConfigError(
+                f"hidden_distill_weight ({self.hidden_distill_weight}) must be a number >= 0"
+            )
 
 
 def _progress_enabled() -> bool:
@@ -93,6 +100,17 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Ten
     )
 
 
+def hidden_distill_loss(
+    states: torch.Tensor, target: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error over real token positions, relative to the target's mean square."""
+    m = attention_mask.to(states.dtype).unsqueeze(-1)
+    denom = m.sum().clamp_min(1.0) * states.shape[-1]
+    mse = ((states - target) ** 2 * m).sum() / denom
+    scale = ((target**2) * m).sum().detach() / denom
+    return mse / scale.clamp_min(1e-6)
+
+
 def retrieval_loss(
     model: MuxSequenceClassifier,
     batch: dict[str, torch.Tensor],
@@ -143,12 +161,13 @@ def train_classifier(
 ) -> dict[str, float]:
     """Fine-tune `model` on the task for `cfg.steps` steps.
 
-    loss = (1 - w_r) * [(1 - w_d) * CE + w_d * KD(teacher)] + w_r * retrieval. Returns summary stats.
+    loss = (1 - w_r) * [(1 - w_d) * CE + w_d * KD(teacher)] + w_r * retrieval
+           + w_h * hidden-state distillation(teacher). Returns summary stats.
     """
     if cfg.steps == 0:
         return {"steps": 0.0, "seconds": 0.0}
-    if cfg.distill_weight > 0 and teacher is None:
-        raise ConfigError("distill_weight > 0 needs a teacher model")
+    if (cfg.distill_weight > 0 or cfg.hidden_distill_weight > 0) and teacher is None:
+        raise ConfigError("distill_weight / hidden_distill_weight > 0 need a teacher model")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
@@ -156,29 +175,29 @@ def train_classifier(
         teacher.to(device).eval()
     opt, sched = make_optimizer(model, cfg)
     use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
+    use_hidden = cfg.hidden_distill_weight > 0
     it = infinite_batches(train, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
     ema = None
     bar = progress(cfg.steps, desc)
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
-        if use_retrieval:
-            states = model.hidden_states(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["token_type_ids"],
-                positions="all",
-            )
-            logits = model.classifier(model.dropout(model.encoder.pool(states[:, 0])))
+        ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+        if use_retrieval or use_hidden:
+            states = model.hidden_states(ids, mask, tt, positions="all")
+            logits = model.logits_from_states(states, mask)
         else:
             states = None
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            logits = model(ids, mask, tt)
         loss = F.cross_entropy(logits, batch["labels"])
-        if teacher is not None and cfg.distill_weight > 0:
+        t_states = None
+        if teacher is not None and (cfg.distill_weight > 0 or use_hidden):
             with torch.no_grad():
-                t_logits = teacher(
-                    batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-                )
+                if use_hidden:
+                    t_states = teacher.hidden_states(ids, mask, tt, positions="all")
+                    t_logits = teacher.logits_from_states(t_states, mask)
+                else:
+                    t_logits = teacher(ids, mask, tt)
             loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
                 logits, t_logits, cfg.temperature
             )
@@ -192,6 +211,9 @@ def train_classifier(
                 states=states,
             )
             loss = (1 - cfg.retrieval_weight) * loss + cfg.retrieval_weight * r_loss
+        if use_hidden:
+            assert states is not None and t_states is not None
+            loss = loss + cfg.hidden_distill_weight * hidden_distill_loss(states, t_states, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

@@ -1,8 +1,11 @@
 """Token-retrieval warm-up for multiplexed models (DataMUX's retrieval pre-training objective).
 
 The multiplexed encoder learns to recover every instance's tokens from the mixed representation,
-on unlabeled sentences. Only the encoder, index embeddings, demultiplexer and retrieval head are
-trained; the task head is untouched.
+on unlabeled sentences. Optionally (`hidden_distill_weight` > 0) each instance's demuxed token
+states are also pulled towards the states the plain (N=1) base model computes for that instance
+alone, so the multiplexed model learns to give every instance what the base model would have given
+it (task-independent, like retrieval). Only the encoder, index embeddings, demultiplexer and
+retrieval head are trained; the task head is untouched.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import torch
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
-from autoprumux.training._loop import TrainConfig, make_optimizer, progress, retrieval_loss
+from autoprumux.training._loop import (
+    TrainConfig,
+    hidden_distill_loss,
+    make_optimizer,
+    progress,
+    retrieval_loss,
+)
 
 
 def retrieval_warmup(
@@ -26,10 +35,17 @@ def retrieval_warmup(
     special_ids: Sequence[int] = (),
     desc: str = "mux warm-up",
     device: str | torch.device = "cpu",
+    teacher: MuxSequenceClassifier | None = None,
+    hidden_distill_weight: float = 0.0,
 ) -> dict[str, float]:
-    """Train the retrieval objective for `cfg.steps` steps; returns loss/accuracy of the last 10%."""
+    """Train the retrieval objective (+ `hidden_distill_weight` x hidden-state distillation from
+    the N=1 `teacher`) for `cfg.steps` steps; returns loss/accuracy averaged over the last 10%."""
     if model.n == 1:
         raise ConfigError("the retrieval warm-up is for multiplexed models (N > 1); N=1 needs none")
+    if hidden_distill_weight > 0 and (teacher is None or teacher.n != 1):
+        raise ConfigError("hidden-state distillation in the warm-up needs an N=1 teacher model")
+    if teacher is not None:
+        teacher.to(device).eval()
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -39,19 +55,34 @@ def retrieval_warmup(
     tail = max(1, cfg.steps // 10)
     losses: list[float] = []
     accs: list[float] = []
+    hid: list[float] = []
     t0 = time.perf_counter()
     bar = progress(cfg.steps, desc)
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
+        ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
+        states = model.hidden_states(ids, mask, tt, positions="all")
         loss, acc = retrieval_loss(
-            model, batch, special_ids=special_ids, positions=cfg.retrieval_positions, generator=gen
+            model,
+            batch,
+            special_ids=special_ids,
+            positions=cfg.retrieval_positions,
+            generator=gen,
+            states=states,
         )
+        losses.append(float(loss.detach()))
+        if hidden_distill_weight > 0:
+            assert teacher is not None
+            with torch.no_grad():
+                target = teacher.hidden_states(ids, mask, tt, positions="all")
+            h_loss = hidden_distill_loss(states, target, mask)
+            loss = loss + hidden_distill_weight * h_loss
+            hid.append(float(h_loss.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
         accs.append(acc)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
     bar.close()
@@ -61,6 +92,7 @@ def retrieval_warmup(
         "seconds": time.perf_counter() - t0,
         "retrieval_loss": sum(losses[-tail:]) / len(losses[-tail:]) if losses else float("nan"),
         "retrieval_accuracy": sum(accs[-tail:]) / len(accs[-tail:]) if accs else float("nan"),
+        **({"hidden_distill_loss": sum(hid[-tail:]) / len(hid[-tail:])} if hid else {}),
     }
 
 

@@ -1,0 +1,28 @@
+"""The Auto-PruMUX search service: search spaces, the Optuna/MLflow study, the meta-model,
+recommendations and serving."""
+
+from autoprumux.search._meta import FEATURES, MetaModel
+from autoprumux.search._recommend import Recommendation, load_trials, recommend
+from autoprumux.search._space import ParamSpec, SearchSpace
+from autoprumux.search._study import (
+    Searcher,
+    SearchSettings,
+    check_budget,
+    default_storage,
+    pareto_points,
+)
+
+__all__ = [
+    "FEATURES",
+    "MetaModel",
+    "ParamSpec",
+    "Recommendation",
+    "SearchSettings",
+    "SearchSpace",
+    "Searcher",
+    "check_budget",
+    "default_storage",
+    "load_trials",
+    "pareto_points",
+    "recommend",
+]

@@ -1,0 +1,177 @@
+"""The meta-model: LightGBM regressors predicting (accuracy loss, speedup) of a configuration.
+
+Features describe the configuration (sparsity, N, mux variant) and its context (task, base model,
+device, baseline accuracy), so one model serves several studies. Monotone constraints encode what
+holds by construction: removing more parameters or multiplexing more inputs never lowers the
+accuracy loss or the speedup. LightGBM refuses monotone constraints with its quantile objective,
+so the uncertainty is a jackknife interval instead: the point models are refitted leaving each
+trial out, and the interval is the point prediction +- the `coverage` quantile of those
+leave-one-out errors (wider with few or noisy trials, narrower as the study grows). A
+recommendation demands that the pessimistic loss (the interval's top) stays inside the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+FEATURES = (
+    "sparsity",
+    "log2_mux",
+    "variant_orthogonal",
+    "task_num_labels",
+    "task_pair",
+    "task_mcc",
+    "task_log_train",
+    "baseline_metric",
+    "model_layers",
+    "model_hidden",
+    "model_log_params",
+    "device_cuda",
+)
+# +1: the target does not decrease as the feature rises
+MONOTONE_LOSS = {"sparsity": 1, "log2_mux": 1}
+MONOTONE_SPEEDUP = {"sparsity": 1, "log2_mux": 1}
+TARGETS = ("accuracy_loss", "speedup")
+
+
+def features(config: dict[str, Any], context: dict[str, Any]) -> list[float]:
+    """One feature row from a configuration and its study context (see `context_of`)."""
+    return [
+        float(config["sparsity"]),
+        math.log2(int(config["mux"])),
+        1.0 if config.get("mux_variant", "gaussian") == "orthogonal" else 0.0,
+        float(context["task_num_labels"]),
+        float(context["task_pair"]),
+        float(context["task_mcc"]),
+        float(context["task_log_train"]),
+        float(context["baseline_metric"]),
+        float(context["model_layers"]),
+        float(context["model_hidden"]),
+        float(context["model_log_params"]),
+        float(context["device_cuda"]),
+    ]
+
+
+class MetaModel(RegressorMixin, BaseEstimator):
+    """(accuracy loss, speedup) regressor pair with jackknife intervals (scikit-learn contract).
+
+    `fit(X, y)`: X (n, len(FEATURES)), y (n, 2) = [accuracy loss in points, speedup].
+    `predict(X)` -> (n, 2); `predict_interval(X)` -> (low, high), each (n, 2).
+    Speedup is modelled in log space (positive, multiplicative).
+    """
+
+    def __init__(
+        self,
+        *,
+        coverage: float = 0.8,
+        n_estimators: int = 150,
+        learning_rate: float = 0.1,
+        num_leaves: int = 7,
+        min_child_samples: int = 2,
+        monotone: bool = True,
+        random_state: int = 0,
+    ):
+        self.coverage = coverage
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.monotone = monotone
+        self.random_state = random_state
+
+    def _make(self, monotone: dict[str, int]) -> Any:
+        import lightgbm as lgb
+
+        cons = [monotone.get(f, 0) if self.monotone else 0 for f in FEATURES]
+        return lgb.LGBMRegressor(
+            objective="regression",
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            min_child_weight=0.0,
+            min_data_in_bin=1,
+            min_split_gain=0.0,
+            monotone_constraints=cons,
+            monotone_constraints_method="advanced",
+            random_state=self.random_state,
+            verbose=-1,
+        )
+
+    def fit(self, X: Any, y: Any) -> MetaModel:
+        X = _as_matrix(X)
+        y = np.asarray(y, dtype=float)
+        if y.ndim != 2 or y.shape[1] != 2 or y.shape[0] != X.shape[0]:
+            raise ValueError(f"y must be (n, 2) = [accuracy loss, speedup], got {y.shape}")
+        if X.shape[0] < 2:
+            raise ValueError(
+                f"need at least 2 finished trials to fit the meta-model, got {X.shape[0]}"
+            )
+        if (y[:, 1] <= 0).any():
+            raise ValueError("speedups must be positive")
+        if not 0.0 < self.coverage < 1.0:
+            raise ValueError(f"coverage ({self.coverage}) must be in (0, 1)")
+        targets = (y[:, 0], np.log(y[:, 1]))
+        n = X.shape[0]
+        self.models_: list[Any] = []
+        self.half_width_: list[float] = []
+        for t, mono in zip(targets, (MONOTONE_LOSS, MONOTONE_SPEEDUP), strict=True):
+            self.models_.append(self._make(mono).fit(X, t))
+            errs = []
+            for i in range(n):
+                keep = np.arange(n) != i
+                m = self._make(mono).fit(X[keep], t[keep])
+                errs.append(abs(float(m.predict(X[i : i + 1])[0]) - float(t[i])))
+            # finite-sample (jackknife+) level: the ceil(coverage * (n + 1))-th smallest error
+            k = min(n, math.ceil(self.coverage * (n + 1)))
+            self.half_width_.append(float(np.sort(errs)[k - 1]))
+        self.n_features_in_ = X.shape[1]
+        self.n_train_ = n
+        return self
+
+    def _point(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "models_")
+        X = _as_matrix(X)
+        return np.stack([m.predict(X) for m in self.models_], axis=1)  # (n, 2): loss, log speedup
+
+    def predict(self, X: Any) -> np.ndarray:
+        p = self._point(X)
+        return np.stack([p[:, 0], np.exp(p[:, 1])], axis=1)
+
+    def predict_interval(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        p = self._point(X)
+        w_loss, w_speed = self.half_width_
+        low = np.stack([p[:, 0] - w_loss, np.exp(p[:, 1] - w_speed)], axis=1)
+        high = np.stack([p[:, 0] + w_loss, np.exp(p[:, 1] + w_speed)], axis=1)
+        return low, high
+
+
+def _as_matrix(X: Any) -> np.ndarray:
+    if hasattr(X, "to_numpy"):
+        cols = getattr(X, "columns", None)
+        if cols is not None and set(FEATURES) <= set(cols):
+            X = X[list(FEATURES)]
+        X = X.to_numpy()
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[1] != len(FEATURES):
+        raise ValueError(
+            f"X must be (n, {len(FEATURES)}) with columns {list(FEATURES)}, got {X.shape}"
+        )
+    return X
+
+
+def training_table(
+    rows: Sequence[tuple[dict[str, Any], dict[str, Any], float, float]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(config, context, accuracy loss, speedup) rows -> X, y."""
+    X = np.array([features(c, ctx) for c, ctx, _, _ in rows], dtype=float).reshape(
+        len(rows), len(FEATURES)
+    )
+    y = np.array([[loss, sp] for _, _, loss, sp in rows], dtype=float).reshape(len(rows), 2)
+    return X, y

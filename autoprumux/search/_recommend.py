@@ -1,0 +1,251 @@
+"""Recommend: the fastest configuration predicted (or measured) to stay within an accuracy budget.
+
+The meta-model is trained on every finished trial of the studies in a storage (several tasks,
+models and devices can share one model: the context is in the features). A configuration is
+feasible when its pessimistic (high-quantile) predicted accuracy loss is within the budget; a
+configuration that was measured uses its measured loss instead. Among feasible configurations the
+one with the highest predicted (or measured) speedup wins; N=1 at sparsity 0 (the baseline) is
+always feasible, so a recommendation always exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autoprumux.errors import ConfigError
+from autoprumux.search._meta import MetaModel, training_table
+from autoprumux.search._study import check_budget, default_storage
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class MeasuredTrial:
+    study: str
+    number: int
+    accuracy_loss: float
+    speedup: float
+    mlflow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    budget: float
+    task: str
+    model: str
+    device: str
+    sparsity: float
+    mux: int
+    mux_variant: str
+    predicted_accuracy_loss: float
+    accuracy_loss_interval: Interval
+    predicted_speedup: float
+    speedup_interval: Interval
+    measured: MeasuredTrial | None
+    trials_used: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        lo, hi = self.accuracy_loss_interval, self.speedup_interval
+        m = self.measured
+        meas = (
+            f"\n  measured (trial {m.number} of {m.study}): loss {m.accuracy_loss:.2f} pts, "
+            f"speedup {m.speedup:.2f}x"
+            if m
+            else "\n  not measured yet: run `autoprumux evaluate` with this configuration"
+        )
+        return (
+            f"budget {self.budget:g} pts on {self.task} ({self.model}, {self.device}):\n"
+            f"  sparsity {self.sparsity:g}, N={self.mux}, mux variant {self.mux_variant}\n"
+            f"  predicted accuracy loss {self.predicted_accuracy_loss:.2f} pts "
+            f"[{lo.low:.2f}, {lo.high:.2f}], speedup {self.predicted_speedup:.2f}x "
+            f"[{hi.low:.2f}, {hi.high:.2f}] (meta-model on {self.trials_used} trials)" + meas
+        )
+
+
+def context_of(study_attrs: dict[str, Any], baseline_metric: float) -> dict[str, Any]:
+    d = study_attrs.get("descriptors", {})
+    return {**d, "baseline_metric": baseline_metric}
+
+
+def load_trials(storage: str | None, study_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Finished (COMPLETE) trials of every study in `storage` as flat records."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage or default_storage()
+    try:
+        summaries = optuna.get_all_study_summaries(storage=url, include_best_trial=False)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"cannot read the Optuna storage {url!r}: {type(e).__name__}: {e}"
+        ) from None
+    out = []
+    for summ in summaries:
+        if study_names and summ.study_name not in study_names:
+            continue
+        st = optuna.load_study(study_name=summ.study_name, storage=url)
+        attrs = st.user_attrs
+        if "space" not in attrs:
+            continue  # not an autoprumux study
+        for t in st.get_trials(deepcopy=False):
+            if t.state.name != "COMPLETE" or "accuracy_loss" not in t.user_attrs:
+                continue
+            ua = t.user_attrs
+            out.append(
+                {
+                    "study": summ.study_name,
+                    "number": t.number,
+                    "task": attrs["task"],
+                    "model": attrs["model"],
+                    "device": attrs["device"],
+                    "space": attrs["space"],
+                    "config": dict(ua["config"]),
+                    "context": context_of(attrs, float(ua["baseline_accuracy"])),
+                    "accuracy_loss": float(ua["accuracy_loss"]),
+                    "speedup": float(ua["speedup"]),
+                    "mlflow_run_id": ua.get("mlflow_run_id"),
+                }
+            )
+    return out
+
+
+def fit_meta_model(trials: list[dict[str, Any]], **kw: Any) -> MetaModel:
+    X, y = training_table(
+        [(t["config"], t["context"], t["accuracy_loss"], t["speedup"]) for t in trials]
+    )
+    return MetaModel(**kw).fit(X, y)
+
+
+def candidates_for(space: dict[str, Any]) -> list[dict[str, Any]]:
+    from autoprumux.search._space import SearchSpace
+
+    return SearchSpace.from_dict(space).grid()
+
+
+def choose(
+    budget: float,
+    meta: MetaModel,
+    cands: list[dict[str, Any]],
+    context: dict[str, Any],
+    measured: dict[tuple, dict[str, Any]],
+) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Best candidate for `budget`: returns (config, median, low, high) predictions."""
+    import numpy as np
+
+    from autoprumux.search._meta import features
+
+    X = np.array([features(c, context) for c in cands], dtype=float)
+    med = meta.predict(X)
+    lo, hi = meta.predict_interval(X)
+    best, best_speed = None, -math.inf
+    for i, c in enumerate(cands):
+        m = measured.get(_ckey(c))
+        baseline_cfg = c["sparsity"] == 0.0 and c["mux"] == 1
+        if m is not None:
+            loss_ok = m["accuracy_loss"] <= budget and hi[i, 0] <= budget + 0.5 * max(1.0, budget)
+            speed = m["speedup"]
+        else:
+            loss_ok = hi[i, 0] <= budget
+            speed = med[i, 1]
+        if baseline_cfg:
+            loss_ok, speed = True, (m["speedup"] if m else 1.0)
+        if loss_ok and speed > best_speed:
+            best, best_speed = i, speed
+    assert best is not None
+    return cands[best], med[best], lo[best], hi[best]
+
+
+def _measured_means(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """Per configuration: the latest trial, with loss and speedup averaged over repeats."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for t in sorted(rows, key=lambda r: r["number"]):
+        groups.setdefault(_ckey(t["config"]), []).append(t)
+    return {
+        k: {
+            **g[-1],
+            "accuracy_loss": sum(x["accuracy_loss"] for x in g) / len(g),
+            "speedup": sum(x["speedup"] for x in g) / len(g),
+        }
+        for k, g in groups.items()
+    }
+
+
+def _ckey(c: dict[str, Any]) -> tuple:
+    return (round(float(c["sparsity"]), 6), int(c["mux"]), c.get("mux_variant", "gaussian"))
+
+
+def recommend(
+    budget: float = 2.0,
+    task: str | None = None,
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+) -> Recommendation:
+    """The fastest configuration predicted to stay within `budget` accuracy-loss points.
+
+    Trains the meta-model on every finished trial in `storage` (default: ./autoprumux.db) and
+    picks among the search-space grid of the matching study (task/model/device filters narrow
+    the studies considered when several exist)."""
+    budget = check_budget(budget)
+    trials = load_trials(storage, [study] if study else None)
+    if not trials:
+        where = storage or default_storage()
+        raise ConfigError(
+            f"no finished trials in {where}"
+            + (f" for study {study!r}" if study else "")
+            + "; run a search first, e.g. `autoprumux search --space search_spaces/prumux.yaml "
+            "--task sst2 --trials 12`"
+        )
+    target = [
+        t
+        for t in trials
+        if (task is None or t["task"] == task)
+        and (model is None or model in t["model"])
+        and (device is None or t["device"] == device)
+    ]
+    if not target:
+        seen = sorted({(t["task"], t["device"]) for t in trials})
+        raise ConfigError(
+            f"no finished trials for task={task!r}, model={model!r}, device={device!r}; "
+            f"the storage has (task, device) {seen}. Run a search for it first."
+        )
+    meta = fit_meta_model(trials)
+    # the context and candidate grid of the most populated matching study
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for t in target:
+        by_study.setdefault(t["study"], []).append(t)
+    name, rows = max(by_study.items(), key=lambda kv: len(kv[1]))
+    context = rows[0]["context"]
+    measured = _measured_means(rows)
+    cfg, med, lo, hi = choose(budget, meta, candidates_for(rows[0]["space"]), context, measured)
+    m = measured.get(_ckey(cfg))
+    return Recommendation(
+        budget=budget,
+        task=rows[0]["task"],
+        model=rows[0]["model"],
+        device=rows[0]["device"],
+        sparsity=float(cfg["sparsity"]),
+        mux=int(cfg["mux"]),
+        mux_variant=str(cfg["mux_variant"]),
+        predicted_accuracy_loss=float(med[0]),
+        accuracy_loss_interval=Interval(float(lo[0]), float(hi[0])),
+        predicted_speedup=float(med[1]),
+        speedup_interval=Interval(float(lo[1]), float(hi[1])),
+        measured=MeasuredTrial(
+            name, int(m["number"]), m["accuracy_loss"], m["speedup"], m["mlflow_run_id"]
+        )
+        if m
+        else None,
+        trials_used=len(trials),
+    )

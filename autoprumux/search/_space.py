@@ -1,0 +1,265 @@
+"""Search spaces as data: a YAML file -> validated fixed fields + Optuna distributions.
+
+    name: prumux
+    task: sst2
+    model: null                 # packaged MiniLM
+    recipe: {recovery_steps: 150}
+    params:
+      sparsity: {low: 0.0, high: 0.95, step: 0.05}
+      mux: {choices: [1, 2, 4]}
+      mux_variant: {choices: [gaussian]}
+
+Every error names the offending key (as a dotted path) and what is allowed there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoprumux.data import TASKS
+from autoprumux.errors import ConfigError
+from autoprumux.models._mux import MUX_VARIANTS
+from autoprumux.pipeline import MAX_MUX, Recipe
+
+TOP_LEVEL_KEYS = ("name", "task", "model", "recipe", "params")
+PARAMS = ("sparsity", "mux", "mux_variant")
+RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched dimension: a stepped float range (sparsity) or a list of choices."""
+
+    name: str
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+
+    @property
+    def is_range(self) -> bool:
+        return self.low is not None
+
+    def values(self) -> list[Any]:
+        """All values of the dimension (a range is enumerated on its step)."""
+        if not self.is_range:
+            return list(self.choices)
+        assert self.low is not None and self.high is not None and self.step is not None
+        k = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        return [round(self.low + i * self.step, 10) for i in range(k + 1)]
+
+    def distribution(self) -> Any:
+        import optuna
+
+        if self.is_range:
+            return optuna.distributions.FloatDistribution(self.low, self.high, step=self.step)  # type: ignore[arg-type]
+        return optuna.distributions.CategoricalDistribution(list(self.choices))
+
+    def to_dict(self) -> dict:
+        if self.is_range:
+            return {"low": self.low, "high": self.high, "step": self.step}
+        return {"choices": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    task: str
+    model: str | None
+    recipe: Recipe
+    recipe_overrides: dict = field(default_factory=dict)
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    source: str = "<dict>"
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(
+                f"search space file {str(path)!r} does not exist; "
+                "pass --space with a YAML file such as search_spaces/prumux.yaml"
+            )
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"search space {str(p)!r} is not valid YAML{where}: {e}") from None
+        return cls.from_dict(data, source=str(p))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<dict>") -> SearchSpace:
+        where = f"search space {source!r}"
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{where} must be a mapping with keys {list(TOP_LEVEL_KEYS)}, got {type(data).__name__}"
+            )
+        unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key {unknown[0]!r}; allowed keys are {list(TOP_LEVEL_KEYS)}"
+            )
+        name = data.get("name", "prumux")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: 'name' must be a non-empty string, got {name!r}")
+        task = data.get("task", "sst2")
+        if task not in TASKS:
+            raise ConfigError(f"{where}: 'task' is {task!r}; allowed values are {sorted(TASKS)}")
+        model = data.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ConfigError(
+                f"{where}: 'model' must be null (packaged MiniLM) or a string, got {model!r}"
+            )
+        overrides = data.get("recipe") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}: 'recipe' must be a mapping of Recipe fields")
+        for k in overrides:
+            if k not in RECIPE_FIELDS:
+                raise ConfigError(
+                    f"{where}: unknown key 'recipe.{k}'; allowed keys are {list(RECIPE_FIELDS)}"
+                )
+        try:
+            recipe = Recipe(**overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: bad 'recipe': {e}") from None
+        raw = data.get("params")
+        if not isinstance(raw, dict) or not raw:
+            raise ConfigError(
+                f"{where}: 'params' must be a non-empty mapping with keys from {list(PARAMS)}"
+            )
+        params: dict[str, ParamSpec] = {}
+        for k, spec in raw.items():
+            if k not in PARAMS:
+                raise ConfigError(
+                    f"{where}: unknown key 'params.{k}'; allowed keys are {list(PARAMS)}"
+                )
+            params[k] = _param(k, spec, where)
+        return cls(
+            name=name.strip(),
+            task=task,
+            model=model,
+            recipe=recipe,
+            recipe_overrides=dict(overrides),
+            params=params,
+            source=source,
+        )
+
+    # ---- use -------------------------------------------------------------------------------
+    def with_task(self, task: str | None) -> SearchSpace:
+        if task is None or task == self.task:
+            return self
+        if task not in TASKS:
+            raise ConfigError(f"task {task!r} is not one of {sorted(TASKS)}")
+        return SearchSpace(**{**self.__dict__, "task": task})
+
+    def values(self, key: str) -> list[Any]:
+        """The values a dimension takes: searched values, or its one default."""
+        return self.params[key].values() if key in self.params else [self.defaults()[key]]
+
+    def distributions(self) -> dict[str, Any]:
+        return {k: p.distribution() for k, p in self.params.items()}
+
+    def defaults(self) -> dict[str, Any]:
+        """Values of dimensions that are not searched."""
+        return {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian"}
+
+    def config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A full configuration (sparsity, mux, mux_variant) from sampled params."""
+        out = {**self.defaults(), **params}
+        out["sparsity"] = round(float(out["sparsity"]), 6)
+        out["mux"] = int(out["mux"])
+        return out
+
+    def grid(self) -> list[dict[str, Any]]:
+        keys = list(self.params)
+        return [
+            self.config(dict(zip(keys, combo, strict=True)))
+            for combo in itertools.product(*(self.params[k].values() for k in keys))
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "model": self.model,
+            "recipe": dict(self.recipe_overrides),
+            "params": {k: p.to_dict() for k, p in self.params.items()},
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _param(key: str, spec: Any, where: str) -> ParamSpec:
+    path = f"params.{key}"
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"{where}: '{path}' must be a mapping: either 'choices: [...]' or 'low/high/step'"
+        )
+    allowed = ("choices",) if key != "sparsity" else ("low", "high", "step", "choices")
+    for k in spec:
+        if k not in allowed:
+            raise ConfigError(
+                f"{where}: unknown key '{path}.{k}'; allowed keys are {list(allowed)}"
+            )
+    if "choices" in spec:
+        if len(spec) != 1:
+            raise ConfigError(
+                f"{where}: '{path}' takes either 'choices' or 'low/high/step', not both"
+            )
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: '{path}.choices' must be a non-empty list")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(f"{where}: '{path}.choices' has duplicates: {choices}")
+        for c in choices:
+            _check_value(key, c, f"{path}.choices", where)
+        return ParamSpec(key, choices=tuple(choices))
+    missing = [k for k in ("low", "high", "step") if k not in spec]
+    if missing:
+        raise ConfigError(f"{where}: '{path}' is missing {missing} (or give 'choices')")
+    vals = {}
+    for k in ("low", "high", "step"):
+        v = spec[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{where}: '{path}.{k}' must be a number, got {v!r}")
+        vals[k] = float(v)
+    _check_value(key, vals["low"], f"{path}.low", where)
+    _check_value(key, vals["high"], f"{path}.high", where)
+    if vals["high"] < vals["low"]:
+        raise ConfigError(
+            f"{where}: '{path}.high' ({vals['high']}) is below '{path}.low' ({vals['low']})"
+        )
+    if vals["step"] <= 0:
+        raise ConfigError(f"{where}: '{path}.step' must be > 0, got {vals['step']}")
+    span = (vals["high"] - vals["low"]) / vals["step"]
+    if abs(span - round(span)) > 1e-6:
+        raise ConfigError(
+            f"{where}: '{path}': high - low ({vals['high'] - vals['low']:g}) must be a multiple of "
+            f"step ({vals['step']:g})"
+        )
+    return ParamSpec(key, low=vals["low"], high=vals["high"], step=vals["step"])
+
+
+def _check_value(key: str, v: Any, path: str, where: str) -> None:
+    if key == "sparsity":
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise ConfigError(f"{where}: '{path}' ({v!r}) must be a number in [0, 1)")
+    elif key == "mux":
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_MUX:
+            raise ConfigError(f"{where}: '{path}' ({v!r}) must be an integer in [1, {MAX_MUX}]")
+    elif key == "mux_variant" and v not in MUX_VARIANTS:
+        raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(MUX_VARIANTS)}")

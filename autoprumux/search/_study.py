@@ -1,0 +1,546 @@
+"""The Auto-PruMUX search loop: an Optuna study over a search space, every trial tracked in MLflow.
+
+* storage: any SQLAlchemy URL (default: `sqlite:///autoprumux.db` in the working directory);
+  re-running the same command resumes the same study until it holds `trials` finished trials;
+  more workers (`autoprumux worker`) join the same study through a shared database.
+* objective: maximise the measured speedup subject to accuracy loss <= budget (TPE's constraint);
+  every finished trial records accuracy loss, speedup, throughput, latency and size.
+* early stopping: the accuracy loss of the unpruned N-way model (step 0) and after each pruning
+  stage is reported; a trial whose intermediate loss is above `prune_above` points stops.
+* failures (e.g. out of memory) mark the trial failed and the study goes on; a worker killed
+  mid-trial leaves a stale RUNNING trial that the heartbeat marks failed and retries once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from autoprumux.errors import ConfigError
+from autoprumux.evaluation import ThroughputConfig
+from autoprumux.search import _tracking as tracking
+from autoprumux.search._space import SearchSpace
+
+log = logging.getLogger("autoprumux")
+
+DEFAULT_STORAGE_FILE = "autoprumux.db"
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def default_storage(workdir: str | Path | None = None) -> str:
+    return f"sqlite:///{Path(workdir or os.getcwd()).resolve() / DEFAULT_STORAGE_FILE}"
+
+
+@dataclass
+class SearchSettings:
+    space: SearchSpace
+    trials: int = 24
+    storage: str | None = None
+    study_name: str | None = None
+    tracking_uri: str | None = None
+    budget: float = 2.0  # accuracy-loss budget (points) of the TPE constraint
+    sampler: str = "tpe"  # tpe | random | grid
+    seed: int = 0
+    device: str = "cpu"
+    cache_dir: str | None = None
+    data_dir: str | None = None
+    data_source: str = "local"
+    warmup_corpus: str = "shared"
+    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
+    prune_above: float = 15.0  # intermediate accuracy loss (points) that stops a trial
+    heartbeat: int = 60  # seconds; a RUNNING trial silent for 2x this is failed and retried
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise ConfigError(f"--trials ({self.trials!r}) must be a positive integer")
+        check_budget(self.budget)
+        if self.sampler not in ("tpe", "random", "grid"):
+            raise ConfigError(f"sampler {self.sampler!r} is not one of ['tpe', 'random', 'grid']")
+        if not (self.prune_above > 0):
+            raise ConfigError(
+                f"prune_above ({self.prune_above!r}) must be a positive number of points"
+            )
+        if self.heartbeat < 1:
+            raise ConfigError(f"heartbeat ({self.heartbeat!r}) must be >= 1 second")
+
+
+def check_budget(budget: object) -> float:
+    """An accuracy-loss budget in points: a finite number in [0, 100]."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        try:
+            budget = float(budget)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
+            ) from None
+    b = float(budget)
+    if math.isnan(b) or not 0.0 <= b <= 100.0:
+        raise ConfigError(
+            f"budget ({budget!r}) must be an accuracy loss in points between 0 and 100, e.g. 2.0"
+        )
+    return b
+
+
+def study_name_for(space: SearchSpace, model_id: str) -> str:
+    short = Path(model_id.rstrip("/")).name or model_id
+    return f"{space.name}-{space.task}-{short}"
+
+
+def make_storage(url: str | None, heartbeat: int = 60) -> Any:
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = url or default_storage()
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+        )
+    except (optuna.exceptions.StorageInternalError, Exception) as e:  # noqa: BLE001
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(
+            f"cannot open the Optuna storage {url!r}: {type(e).__name__}: {e}. "
+            "Use a SQLAlchemy URL such as sqlite:///autoprumux.db or "
+            "postgresql://user@127.0.0.1:5432/dbname"
+        ) from None
+
+
+def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any:
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        grid = {k: p.values() for k, p in space.params.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+
+    def constraints(t: Any) -> list[float]:
+        return [float(t.user_attrs.get("accuracy_loss", 1e9)) - budget]
+
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=min(5, len(space.grid())), constraints_func=constraints
+    )
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    seconds: float
+
+
+class Searcher:
+    """Runs (or joins) one study. Build once, then `run()`; `summary()` any time."""
+
+    def __init__(self, settings: SearchSettings):
+        import optuna
+
+        from autoprumux.pipeline import PruMuxPipeline
+
+        self.s = settings
+        space = settings.space
+        self.space = space
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # validate everything the trials need before any study or run is created
+        self.variants = space.values("mux_variant")
+        self.muxes = sorted({int(v) for v in space.values("mux")})
+        self._pipes: dict[str, PruMuxPipeline] = {}
+        self._factory: Callable[[str], PruMuxPipeline] = lambda variant: PruMuxPipeline(
+            task=space.task,
+            model=space.model,
+            recipe=space.recipe,
+            device=settings.device,
+            data_dir=settings.data_dir,
+            data_source=settings.data_source,
+            cache_dir=settings.cache_dir,
+            mux_variant=variant,
+            warmup_corpus=settings.warmup_corpus,
+        )
+        first = self.pipeline(self.variants[0])
+        for n in self.muxes:
+            first.check_lengths(n, settings.throughput)
+        self.model_id = first.base.model_id
+        self.name = settings.study_name or study_name_for(space, self.model_id)
+        self.storage_url = settings.storage or default_storage()
+        self.storage = make_storage(self.storage_url, settings.heartbeat)
+        self.tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
+        self.client = tracking.client(self.tracking_uri)
+        self.study = optuna.create_study(
+            study_name=self.name,
+            storage=self.storage,
+            direction="maximize",
+            sampler=make_sampler(settings.sampler, space, settings.seed, settings.budget),
+            pruner=optuna.pruners.NopPruner(),  # the threshold depends on the baseline, see _report
+            load_if_exists=True,
+        )
+        self._check_study_matches()
+        self.experiment_id = tracking.experiment_id(
+            self.client, f"{tracking.EXPERIMENT_PREFIX}/{self.name}", self.tracking_uri
+        )
+        self.parent_run_id = self._parent_run()
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def pipeline(self, variant: str) -> Any:
+        if variant not in self._pipes:
+            self._pipes[variant] = self._factory(variant)
+        return self._pipes[variant]
+
+    def _study_attrs(self) -> dict[str, Any]:
+        pipe = self.pipeline(self.variants[0])
+        cfg = pipe.base.config
+        from autoprumux.models._encoder import Encoder
+
+        enc_params = Encoder(cfg).prunable_parameters()
+        return {
+            "descriptors": {
+                "task_num_labels": pipe.task.num_labels,
+                "task_pair": int(pipe.task.pair),
+                "task_mcc": int(pipe.task.metric == "mcc"),
+                "task_log_train": round(math.log(max(1, len(pipe.data.train))), 6),
+                "model_layers": len(cfg.heads),
+                "model_hidden": cfg.hidden_size,
+                "model_log_params": round(math.log(enc_params), 6),
+                "device_cuda": int(str(pipe.device).startswith("cuda")),
+            },
+            "space": self.space.to_dict(),
+            "task": self.space.task,
+            "model": self.model_id,
+            "device": self.s.device,
+            "throughput": {
+                "batch_size": self.s.throughput.batch_size,
+                "seq_len": self.s.throughput.seq_len,
+            },
+        }
+
+    def _check_study_matches(self) -> None:
+        want = self._study_attrs()
+        have = self.study.user_attrs
+        if not have:
+            for k, v in want.items():
+                self.study.set_user_attr(k, v)
+            self.study.set_user_attr("tracking_uri", self.tracking_uri)
+            return
+        for k, v in want.items():
+            if k in have and have[k] != v:
+                raise ConfigError(
+                    f"study {self.name!r} in {self.storage_url} was created with a different {k} "
+                    f"({have[k]!r}, now {v!r}); pass another --study-name to start a new study"
+                )
+
+    def _parent_run(self) -> str:
+        q = "tags.`autoprumux.role` = 'study'"
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=q, order_by=["attributes.start_time ASC"]
+        )
+        if runs:
+            return str(runs[0].info.run_id)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.name,
+            tags={"autoprumux.role": "study", "autoprumux.study": self.name},
+        )
+        rid = str(run.info.run_id)
+        tracking.log_run_data(
+            self.client,
+            rid,
+            params={
+                "task": self.space.task,
+                "model": self.model_id,
+                "device": self.s.device,
+                "budget": self.s.budget,
+                "sampler": self.s.sampler,
+                "storage": _redact(self.storage_url),
+                **{f"recipe.{k}": v for k, v in self.space.recipe.__dict__.items()},
+            },
+        )
+        tracking.log_text(self.client, rid, self.space.to_yaml(), "search_space.yaml")
+        # two workers may have raced: keep the earliest parent, drop ours
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=q, order_by=["attributes.start_time ASC"]
+        )
+        first = str(runs[0].info.run_id)
+        if first != rid:
+            self.client.delete_run(rid)
+        self.study.set_user_attr("mlflow_parent_run_id", first)
+        return first
+
+    # ---- trials ------------------------------------------------------------------------------
+    def _suggest(self, trial: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for k, p in self.space.params.items():
+            if p.is_range:
+                params[k] = trial.suggest_float(k, p.low, p.high, step=p.step)
+            else:
+                params[k] = trial.suggest_categorical(k, list(p.choices))
+        return self.space.config(params)
+
+    def _report(self, trial: Any, pipe: Any, step: int, model: Any, run_id: str) -> None:
+        import optuna
+
+        loss = pipe.baseline_metrics()["metric"] - pipe.dev_metrics(model)["metric"]
+        trial.report(loss, step)
+        trial.set_user_attr("intermediate_loss", loss)
+        tracking.log_run_data(self.client, run_id, metrics={"intermediate_accuracy_loss": loss})
+        self.client.log_metric(run_id, "intermediate_accuracy_loss_step", loss, step=step)
+        if loss > self.s.prune_above:
+            trial.set_user_attr("accuracy_loss", loss)
+            raise optuna.TrialPruned(
+                f"accuracy loss {loss:.2f} > {self.s.prune_above} points at step {step}"
+            )
+
+    def objective(self, trial: Any) -> float:
+        import optuna
+
+        t0 = time.perf_counter()
+        cfg = self._suggest(trial)
+        trial.set_user_attr("config", cfg)
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.number}",
+            tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                "autoprumux.role": "trial",
+                "autoprumux.study": self.name,
+                "autoprumux.trial_number": trial.number,
+                "autoprumux.trial_id": trial._trial_id,
+            },
+        )
+        run_id = str(run.info.run_id)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        tracking.log_run_data(
+            self.client,
+            run_id,
+            params={
+                **cfg,
+                "task": self.space.task,
+                "model": self.model_id,
+                "device": self.s.device,
+            },
+        )
+        tracking.log_json(self.client, run_id, {"trial": trial.number, **cfg}, "config.json")
+        tracking.log_text(self.client, run_id, self.space.to_yaml(), "search_space.yaml")
+        overhead = time.perf_counter() - t0
+        try:
+            pipe = self.pipeline(cfg["mux_variant"])
+            s, n = cfg["sparsity"], cfg["mux"]
+            w0 = time.perf_counter()
+            if n > 1:  # step 0: the unpruned multiplexed model
+                self._report(trial, pipe, 0, pipe.mux_model(n), run_id)
+            ev = pipe.evaluate(
+                s,
+                n,
+                throughput=self.s.throughput,
+                on_stage=lambda stage, m: self._report(trial, pipe, stage, m, run_id),
+            )
+            work = time.perf_counter() - w0
+            t1 = time.perf_counter()
+            metrics = {
+                "accuracy": ev.candidate.metric,
+                "baseline_accuracy": ev.baseline.metric,
+                "accuracy_loss": ev.accuracy_loss,
+                "throughput": ev.candidate.throughput,
+                "baseline_throughput": ev.baseline.throughput,
+                "speedup": ev.speedup,
+                "ideal_speedup": ev.ideal_speedup,
+                "latency_ms": ev.candidate.latency_ms,
+                "encoder_params": float(ev.candidate.encoder_params),
+                "measured_sparsity": ev.candidate.sparsity,
+            }
+            for k, v in metrics.items():
+                trial.set_user_attr(k, v)
+            trial.set_user_attr("metric_name", ev.metric_name)
+            tracking.log_run_data(self.client, run_id, metrics=metrics)
+            tracking.log_json(self.client, run_id, ev.to_dict(), "evaluation.json")
+            self.client.set_terminated(run_id, "FINISHED")
+            overhead += time.perf_counter() - t1
+            trial.set_user_attr("trial_seconds", work + overhead)
+            trial.set_user_attr("tracking_overhead_seconds", overhead)
+            return float(ev.speedup)
+        except optuna.TrialPruned as e:
+            tracking.log_run_data(self.client, run_id, tags={"autoprumux.state": "PRUNED"})
+            tracking.log_text(self.client, run_id, str(e), "pruned.txt")
+            self.client.set_terminated(run_id, "KILLED")
+            raise
+        except Exception as e:
+            tracking.log_run_data(
+                self.client,
+                run_id,
+                tags={
+                    "autoprumux.state": "FAIL",
+                    "autoprumux.error": f"{type(e).__name__}: {e}"[:500],
+                },
+            )
+            tracking.log_text(self.client, run_id, traceback.format_exc(), "error.txt")
+            self.client.set_terminated(run_id, "FAILED")
+            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            raise
+
+    # ---- loop --------------------------------------------------------------------------------
+    def finished(self) -> list[Any]:
+        return [t for t in self.study.get_trials(deepcopy=False) if t.state.name in FINISHED]
+
+    def best_feasible(self, budget: float | None = None) -> Any | None:
+        b = self.s.budget if budget is None else budget
+        ok = [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and t.user_attrs.get("accuracy_loss", 1e9) <= b
+        ]
+        return max(ok, key=lambda t: float(t.value or 0.0)) if ok else None
+
+    def run(self) -> list[TrialOutcome]:
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+        from tqdm.auto import tqdm
+
+        # the baseline first: every trial's loss and the pruner's threshold are relative to it
+        self.pipeline(self.variants[0]).baseline_metrics()
+        done = len(self.finished())
+        remaining = max(0, self.s.trials - done)
+        if remaining == 0:
+            log.info("study %s already holds %d finished trials", self.name, done)
+            self._update_parent()
+            return []
+        bar = tqdm(
+            total=self.s.trials,
+            initial=done,
+            desc=f"search {self.name}",
+            unit="trial",
+            disable=not self.s.show_progress,
+            dynamic_ncols=True,
+        )
+        outcomes: list[TrialOutcome] = []
+
+        def after(study: Any, t: Any) -> None:
+            outcomes.append(
+                TrialOutcome(
+                    t.number,
+                    t.state.name,
+                    dict(t.user_attrs.get("config", t.params)),
+                    {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))},
+                    (t.datetime_complete - t.datetime_start).total_seconds()
+                    if t.datetime_complete and t.datetime_start
+                    else 0.0,
+                )
+            )
+            best = self.best_feasible()
+            bar.update(1)
+            bar.set_postfix_str(
+                f"last: {_describe(t)} | best within {self.s.budget:g} pts: "
+                + (_describe(best) if best else "none yet")
+            )
+            self._update_parent()
+
+        try:
+            self.study.optimize(
+                self.objective,
+                n_trials=remaining,
+                catch=(Exception,),
+                callbacks=[
+                    MaxTrialsCallback(
+                        self.s.trials,
+                        states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL),
+                    ),
+                    after,
+                ],
+                gc_after_trial=True,
+                show_progress_bar=False,
+            )
+        finally:
+            bar.close()
+        return outcomes
+
+    def _update_parent(self) -> None:
+        """Best feasible trial as parent metrics, and the Pareto front plot as an artefact."""
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        metrics: dict[str, float] = {"finished_trials": float(len(self.finished()))}
+        best = self.best_feasible()
+        if best is not None:
+            metrics.update(
+                best_feasible_speedup=float(best.value),
+                best_feasible_accuracy_loss=float(best.user_attrs["accuracy_loss"]),
+                best_feasible_trial=float(best.number),
+            )
+        tracking.log_run_data(self.client, self.parent_run_id, metrics=metrics)
+        if trials:
+            try:
+                fig = pareto_figure(trials, self.s.budget, title=self.name)
+                tracking.log_figure_png(self.client, self.parent_run_id, fig, "pareto_front.png")
+                import matplotlib.pyplot as plt
+
+                plt.close(fig)
+            except Exception as e:  # noqa: BLE001 - a plot never fails a study
+                log.warning("pareto plot skipped: %s", e)
+
+
+def _describe(t: Any) -> str:
+    cfg = t.user_attrs.get("config", t.params)
+    head = f"#{t.number} s={cfg.get('sparsity', 0):g} N={cfg.get('mux', 1)}"
+    if t.state.name == "COMPLETE":
+        return f"{head} loss {t.user_attrs['accuracy_loss']:.2f} {t.value:.2f}x"
+    return f"{head} {t.state.name.lower()}"
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def pareto_points(rows: list[tuple[float, float]]) -> list[int]:
+    """Indices of (loss, speedup) rows not dominated (lower loss and higher speedup are better)."""
+    keep = []
+    for i, (li, si) in enumerate(rows):
+        dominated = any(
+            (lj <= li and sj >= si) and (lj < li or sj > si)
+            for j, (lj, sj) in enumerate(rows)
+            if j != i
+        )
+        if not dominated:
+            keep.append(i)
+    return keep
+
+
+def pareto_figure(trials: list[Any], budget: float, title: str = "") -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(float(t.user_attrs["accuracy_loss"]), float(t.value)) for t in trials]
+    front = sorted((rows[i] for i in pareto_points(rows)), key=lambda r: r[0])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=18, alpha=0.6, label="trials")
+    ax.plot([r[0] for r in front], [r[1] for r in front], "o-", color="C3", label="Pareto front")
+    ax.axvline(budget, color="gray", ls="--", label=f"budget {budget:g} pts")
+    ax.set_xlabel("accuracy loss (points)")
+    ax.set_ylabel("speedup (x)")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def replace_settings(s: SearchSettings, **kw: Any) -> SearchSettings:
+    return replace(s, **kw)
