@@ -1,4 +1,6 @@
-"""Command line: `autoprumux evaluate ...`. Bad input exits with code 2 and a message naming the value."""
+"""Command line: evaluate, warmup, search, worker, recommend, ui, serve.
+
+Bad input exits with code 2 and a message naming the value."""
 
 from __future__ import annotations
 
@@ -86,7 +88,93 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wu.add_argument("--mux", nargs="+", default=["2"], help="one or more widths N >= 2")
     _add_common(wu)
+
+    se = sub.add_parser(
+        "search", help="run (or resume) an Optuna study over a search space, tracked in MLflow"
+    )
+    se.add_argument("--space", default="search_spaces/prumux.yaml", help="search space YAML file")
+    se.add_argument("--task", default=None, help="overrides the space's task")
+    se.add_argument("--trials", type=int, default=24, help="finished trials the study should hold")
+    se.add_argument(
+        "--sampler", default="tpe", choices=["tpe", "random", "grid"], help="default: tpe"
+    )
+    _add_search_common(se)
+
+    wk = sub.add_parser(
+        "worker", help="one more worker on an existing study (shared storage, e.g. PostgreSQL)"
+    )
+    wk.add_argument("--trials", type=int, default=None, help="default: the study's own target")
+    wk.add_argument(
+        "--sampler", default="tpe", choices=["tpe", "random", "grid"], help="default: tpe"
+    )
+    _add_search_common(wk)
+
+    rc = sub.add_parser(
+        "recommend", help="the fastest configuration predicted to stay within an accuracy budget"
+    )
+    rc.add_argument("--budget", required=True, help="accepted accuracy loss in points, e.g. 2.0")
+    rc.add_argument("--task", default=None)
+    rc.add_argument("--model", default=None, help="filter studies by model id (substring)")
+    rc.add_argument("--device", default=None)
+    rc.add_argument("--storage", default=None, help="Optuna storage URL (default: ./autoprumux.db)")
+    rc.add_argument("--study-name", default=None, help="use only this study")
+    rc.add_argument("--json", dest="json_out", action="store_true", help="print JSON")
+
+    ui = sub.add_parser("ui", help="MLflow dashboard over the tracking store (127.0.0.1)")
+    ui.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlflow.db here")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+
+    sv = sub.add_parser("serve", help="serve the registered recommender (mlflow models serve)")
+    sv.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlflow.db here")
+    sv.add_argument(
+        "--model-uri", default=None, help="default: models:/autoprumux-recommender/latest"
+    )
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=5001)
     return p
+
+
+def _add_search_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: sqlite:///autoprumux.db here)"
+    )
+    p.add_argument("--study-name", default=None, help="default: <space>-<task>-<model>")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)",
+    )
+    p.add_argument(
+        "--budget", default="2.0", help="accuracy-loss budget in points for TPE's constraint"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-source", default="local", choices=["local", "hf"])
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--warmup-corpus", default="shared")
+    p.add_argument(
+        "--prune-above",
+        type=float,
+        default=15.0,
+        help="stop a trial whose intermediate accuracy loss exceeds this many points",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between trial heartbeats; a silent trial is failed and retried after 2x",
+    )
+    p.add_argument(
+        "--no-register",
+        action="store_true",
+        help="do not fit and register the meta-model recommender at the end",
+    )
+    t = p.add_argument_group("throughput measurement")
+    t.add_argument("--tp-batch", type=int, default=64)
+    t.add_argument("--tp-seq-len", type=int, default=128)
+    t.add_argument("--tp-repeats", type=int, default=10)
 
 
 def _recipe(args: argparse.Namespace):
@@ -201,6 +289,140 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_settings(args: argparse.Namespace, space, trials: int):
+    from autoprumux.evaluation import ThroughputConfig
+    from autoprumux.search import SearchSettings, check_budget
+
+    return SearchSettings(
+        space=space,
+        trials=trials,
+        storage=args.storage,
+        study_name=args.study_name,
+        tracking_uri=args.tracking_uri,
+        budget=check_budget(args.budget),
+        sampler=args.sampler,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        data_dir=args.data_dir,
+        data_source=args.data_source,
+        warmup_corpus=args.warmup_corpus,
+        throughput=ThroughputConfig(
+            batch_size=args.tp_batch,
+            seq_len=args.tp_seq_len,
+            repeats=args.tp_repeats,
+            device=args.device,
+        ),
+        prune_above=args.prune_above,
+        heartbeat=args.heartbeat,
+    )
+
+
+def _run_search(args: argparse.Namespace, settings) -> int:
+    from autoprumux.search import Searcher
+
+    searcher = Searcher(settings)
+    print(
+        f"study {searcher.name} in {searcher.storage_url}; MLflow {searcher.tracking_uri} "
+        f"(experiment autoprumux/{searcher.name})",
+        flush=True,
+    )
+    searcher.run()
+    print(searcher.report())
+    if not args.no_register:
+        uri = searcher.register()
+        if uri:
+            print(f"recommender registered as {uri} (serve it: autoprumux serve)")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autoprumux.search import SearchSpace, check_budget
+
+    check_budget(args.budget)
+    space = SearchSpace.from_yaml(args.space).with_task(args.task)
+    return _run_search(args, _search_settings(args, space, args.trials))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from autoprumux.search import SearchSpace, check_budget
+    from autoprumux.search._study import load_study_attrs
+
+    check_budget(args.budget)
+    if not args.study_name:
+        raise AutoPruMuxError("worker: --study-name is required (the study to join)")
+    attrs = load_study_attrs(args.storage, args.study_name)
+    space = SearchSpace.from_dict(attrs["space"], source=f"study {args.study_name}")
+    trials = args.trials or int(attrs.get("target_trials", 24))
+    return _run_search(args, _search_settings(args, space, trials))
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from autoprumux.search import check_budget, recommend
+
+    budget = check_budget(args.budget)
+    rec = recommend(
+        budget,
+        args.task,
+        model=args.model,
+        device=args.device,
+        storage=args.storage,
+        study=args.study_name,
+    )
+    print(json.dumps(rec.to_dict(), indent=2) if args.json_out else rec.describe())
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from autoprumux.search import _tracking as tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    root = tracking.artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    cmd += ["--host", args.host, "--port", str(args.port)]
+    print(f"MLflow dashboard on http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)")
+    return _exec(cmd, {})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from autoprumux.search import _tracking as tracking
+    from autoprumux.search._serving import REGISTERED_NAME
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    model_uri = args.model_uri or f"models:/{REGISTERED_NAME}/latest"
+    if model_uri.startswith("models:/"):
+        name = model_uri.split("/")[1]
+        cl = tracking.client(uri)
+        try:
+            versions = cl.search_model_versions(f"name='{name}'")
+        except Exception:  # noqa: BLE001
+            versions = []
+        if not versions:
+            raise AutoPruMuxError(
+                f"no registered model {name!r} in {uri}; run `autoprumux search` first "
+                "(it registers the recommender at the end)"
+            )
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    cmd += ["--env-manager", "local", "--host", args.host, "--port", str(args.port)]
+    print(f"serving {model_uri} on http://{args.host}:{args.port}/invocations (Ctrl-C stops it)")
+    return _exec(cmd, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
+
+
+def _exec(cmd: list[str], env: dict[str, str]) -> int:
+    import subprocess
+
+    # mlflow starts uvicorn/gunicorn by name: make this interpreter's bin directory findable
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    proc = subprocess.Popen(cmd, env={**os.environ, **env, "PATH": path})
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()
+
+
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -220,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "warmup":
             return cmd_warmup(args)
+        commands = {
+            "search": cmd_search,
+            "worker": cmd_worker,
+            "recommend": cmd_recommend,
+            "ui": cmd_ui,
+            "serve": cmd_serve,
+        }
+        if args.command in commands:
+            return commands[args.command](args)
     except AutoPruMuxError as e:
         print(f"autoprumux: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -183,6 +183,101 @@ def _ckey(c: dict[str, Any]) -> tuple:
     return (round(float(c["sparsity"]), 6), int(c["mux"]), c.get("mux_variant", "gaussian"))
 
 
+@dataclass
+class StudyEntry:
+    study: str
+    task: str
+    model: str
+    device: str
+    context: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    measured: dict[tuple, dict[str, Any]]
+
+
+class Recommender:
+    """A fitted meta-model plus, per study, its context, candidate grid and measured trials.
+    Picklable: the served MLflow model is this object."""
+
+    def __init__(self, trials: list[dict[str, Any]], **meta_kw: Any):
+        if not trials:
+            raise ConfigError("no finished trials to build a recommender from; run a search first")
+        self.meta = fit_meta_model(trials, **meta_kw)
+        self.trials_used = len(trials)
+        by_study: dict[str, list[dict[str, Any]]] = {}
+        for t in trials:
+            by_study.setdefault(t["study"], []).append(t)
+        self.entries = [
+            StudyEntry(
+                study=name,
+                task=rows[0]["task"],
+                model=rows[0]["model"],
+                device=rows[0]["device"],
+                context=rows[0]["context"],
+                candidates=candidates_for(rows[0]["space"]),
+                measured=_measured_means(rows),
+            )
+            for name, rows in by_study.items()
+        ]
+
+    def recommend(
+        self,
+        budget: float,
+        task: str | None = None,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+    ) -> Recommendation:
+        budget = check_budget(budget)
+        match = [
+            e
+            for e in self.entries
+            if (task is None or e.task == task)
+            and (model is None or model in e.model)
+            and (device is None or e.device == device)
+        ]
+        if not match:
+            seen = sorted({(e.task, e.device) for e in self.entries})
+            raise ConfigError(
+                f"no finished trials for task={task!r}, model={model!r}, device={device!r}; "
+                f"the studies cover (task, device) {seen}. Run a search for it first."
+            )
+        e = max(match, key=lambda x: len(x.measured))
+        cfg, med, lo, hi = choose(budget, self.meta, e.candidates, e.context, e.measured)
+        m = e.measured.get(_ckey(cfg))
+        return Recommendation(
+            budget=budget,
+            task=e.task,
+            model=e.model,
+            device=e.device,
+            sparsity=float(cfg["sparsity"]),
+            mux=int(cfg["mux"]),
+            mux_variant=str(cfg["mux_variant"]),
+            predicted_accuracy_loss=float(med[0]),
+            accuracy_loss_interval=Interval(float(lo[0]), float(hi[0])),
+            predicted_speedup=float(med[1]),
+            speedup_interval=Interval(float(lo[1]), float(hi[1])),
+            measured=MeasuredTrial(
+                e.study, int(m["number"]), m["accuracy_loss"], m["speedup"], m["mlflow_run_id"]
+            )
+            if m
+            else None,
+            trials_used=self.trials_used,
+        )
+
+
+def build_recommender(storage: str | None = None, study: str | None = None) -> Recommender:
+    trials = load_trials(storage, [study] if study else None)
+    if not trials:
+        where = storage or default_storage()
+        raise ConfigError(
+            f"no finished trials in {where}"
+            + (f" for study {study!r}" if study else "")
+            + "; run a search first, e.g. `autoprumux search --space search_spaces/prumux.yaml "
+            "--task sst2 --trials 12`"
+        )
+    return Recommender(trials)
+
+
 def recommend(
     budget: float = 2.0,
     task: str | None = None,
@@ -198,54 +293,4 @@ def recommend(
     picks among the search-space grid of the matching study (task/model/device filters narrow
     the studies considered when several exist)."""
     budget = check_budget(budget)
-    trials = load_trials(storage, [study] if study else None)
-    if not trials:
-        where = storage or default_storage()
-        raise ConfigError(
-            f"no finished trials in {where}"
-            + (f" for study {study!r}" if study else "")
-            + "; run a search first, e.g. `autoprumux search --space search_spaces/prumux.yaml "
-            "--task sst2 --trials 12`"
-        )
-    target = [
-        t
-        for t in trials
-        if (task is None or t["task"] == task)
-        and (model is None or model in t["model"])
-        and (device is None or t["device"] == device)
-    ]
-    if not target:
-        seen = sorted({(t["task"], t["device"]) for t in trials})
-        raise ConfigError(
-            f"no finished trials for task={task!r}, model={model!r}, device={device!r}; "
-            f"the storage has (task, device) {seen}. Run a search for it first."
-        )
-    meta = fit_meta_model(trials)
-    # the context and candidate grid of the most populated matching study
-    by_study: dict[str, list[dict[str, Any]]] = {}
-    for t in target:
-        by_study.setdefault(t["study"], []).append(t)
-    name, rows = max(by_study.items(), key=lambda kv: len(kv[1]))
-    context = rows[0]["context"]
-    measured = _measured_means(rows)
-    cfg, med, lo, hi = choose(budget, meta, candidates_for(rows[0]["space"]), context, measured)
-    m = measured.get(_ckey(cfg))
-    return Recommendation(
-        budget=budget,
-        task=rows[0]["task"],
-        model=rows[0]["model"],
-        device=rows[0]["device"],
-        sparsity=float(cfg["sparsity"]),
-        mux=int(cfg["mux"]),
-        mux_variant=str(cfg["mux_variant"]),
-        predicted_accuracy_loss=float(med[0]),
-        accuracy_loss_interval=Interval(float(lo[0]), float(hi[0])),
-        predicted_speedup=float(med[1]),
-        speedup_interval=Interval(float(lo[1]), float(hi[1])),
-        measured=MeasuredTrial(
-            name, int(m["number"]), m["accuracy_loss"], m["speedup"], m["mlflow_run_id"]
-        )
-        if m
-        else None,
-        trials_used=len(trials),
-    )
+    return build_recommender(storage, study).recommend(budget, task, model=model, device=device)

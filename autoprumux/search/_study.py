@@ -239,6 +239,8 @@ class Searcher:
             for k, v in want.items():
                 self.study.set_user_attr(k, v)
             self.study.set_user_attr("tracking_uri", self.tracking_uri)
+            self.study.set_user_attr("target_trials", self.s.trials)
+            self.study.set_user_attr("budget", self.s.budget)
             return
         for k, v in want.items():
             if k in have and have[k] != v:
@@ -491,6 +493,67 @@ class Searcher:
                 plt.close(fig)
             except Exception as e:  # noqa: BLE001 - a plot never fails a study
                 log.warning("pareto plot skipped: %s", e)
+
+    # ---- results -----------------------------------------------------------------------------
+    def report(self) -> str:
+        """A table of the study's trials and its best feasible one."""
+        trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
+        head = f"{'trial':>5} {'state':<9}{'sparsity':>9}{'N':>4} {'variant':<11}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
+        lines = [head, "-" * len(head)]
+        for t in trials:
+            cfg = t.user_attrs.get("config", t.params)
+            ua = t.user_attrs
+            loss = ua.get("accuracy_loss")
+            lines.append(
+                f"{t.number:>5} {t.state.name:<9}{cfg.get('sparsity', 0):>9.3g}{cfg.get('mux', 1):>4} "
+                f"{cfg.get('mux_variant', 'gaussian'):<11}"
+                + (f"{loss:>9.2f}" if loss is not None else f"{'-':>9}")
+                + (f"{t.value:>8.2f}x" if t.value is not None else f"{'-':>9}")
+                + f"{ua.get('trial_seconds', 0.0):>9.0f}"
+            )
+        best = self.best_feasible()
+        lines.append(
+            f"best within {self.s.budget:g} points: "
+            + (_describe(best) if best else "none (loosen --budget or add trials)")
+        )
+        return "\n".join(lines)
+
+    def register(self) -> str | None:
+        """Fit the meta-model on every finished trial in the storage and register it in MLflow
+        (logged under this study's parent run). Returns the model URI, None if too few trials."""
+        from autoprumux.search._recommend import Recommender, load_trials
+        from autoprumux.search._serving import register_recommender
+
+        trials = load_trials(self.storage_url)
+        if len(trials) < 2:
+            log.warning("only %d finished trials: recommender not registered", len(trials))
+            return None
+        return register_recommender(
+            Recommender(trials), tracking_uri=self.tracking_uri, run_id=self.parent_run_id
+        )
+
+
+def load_study_attrs(storage: str | None, study_name: str) -> dict[str, Any]:
+    """User attributes of an existing autoprumux study (a worker joins with these)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage or default_storage()
+    try:
+        st = optuna.load_study(study_name=study_name, storage=url)
+    except KeyError:
+        raise ConfigError(
+            f"no study {study_name!r} in {url}; start it with `autoprumux search --study-name "
+            f"{study_name} --storage {url}`"
+        ) from None
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(
+            f"cannot open the Optuna storage {url!r}: {type(e).__name__}: {e}"
+        ) from None
+    attrs = dict(st.user_attrs)
+    if "space" not in attrs:
+        raise ConfigError(f"study {study_name!r} in {url} was not created by autoprumux search")
+    return attrs
 
 
 def _describe(t: Any) -> str:
