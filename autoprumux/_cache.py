@@ -53,7 +53,13 @@ class ArtifactCache:
                     shutil.rmtree(tmp, ignore_errors=True)
                     return final, True
                 shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # a concurrent writer renamed its entry in between
+                if not (final / "COMPLETE").is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final, True
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -394,11 +394,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model_uri = args.model_uri or f"models:/{REGISTERED_NAME}/latest"
     if model_uri.startswith("models:/"):
         name = model_uri.split("/")[1]
-        cl = tracking.client(uri)
-        try:
-            versions = cl.search_model_versions(f"name='{name}'")
-        except Exception:  # noqa: BLE001
-            versions = []
+        versions = []
+        if not tracking.missing_sqlite_file(uri):
+            try:
+                versions = tracking.client(uri).search_model_versions(f"name='{name}'")
+            except Exception:  # noqa: BLE001
+                versions = []
         if not versions:
             raise AutoPruMuxError(
                 f"no registered model {name!r} in {uri}; run `autoprumux search` first "

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -63,6 +63,11 @@ class Recipe:
     retrieval_weight: float = 0.1  # kept during the mux task fine-tune (DataMUX: 0.9 task + 0.1)
     distill_weight: float = 0.5  # KD from the baseline during mux fine-tune and pruning recovery
     recovery_steps: int = 150
+    # mux options (issue 6 experiments; defaults are the measured best so far)
+    mux_pooling: str = "cls"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
+    warmup_hidden_distill: float = 0.0  # + weight x hidden-state distillation from the N=1 base
+    mux_hidden_distill: float = 0.0  # + weight x hidden-state KD from the baseline in fine-tune
+    warmup_from_smaller: bool = False  # N >= 4 starts its warm-up from the N/2 warm-up
     prune_stages: int = 2
     importance_examples: int = 256
     freeze_word_embeddings: bool = True
@@ -81,6 +86,12 @@ class Recipe:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ConfigError(f"recipe field {name} ({v!r}) must be an integer >= 0")
+        if self.mux_pooling not in ("cls", "mean"):
+            raise ConfigError(f"mux_pooling ({self.mux_pooling!r}) must be 'cls' or 'mean'")
+        for name in ("warmup_hidden_distill", "mux_hidden_distill"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"recipe field {name} ({v!r}) must be a number >= 0")
         if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
             raise ConfigError(
                 f"max_train_examples ({self.max_train_examples}) must be >= batch_size ({self.batch_size})"
@@ -120,6 +131,23 @@ def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
 
 
 MAX_MUX = 64
+
+
+def warm_start_from(model: MuxSequenceClassifier, smaller: MuxSequenceClassifier) -> None:
+    """Initialise an N-way model from an N/2-way one: encoder, demultiplexer and retrieval head
+    are copied; index embeddings 0..N/2-1 and the shared "no index" row are copied, the new
+    indices keep their fresh draws. The fixed mixing transforms are not parameters."""
+    if smaller.n >= model.n or smaller.n < 2:
+        raise ConfigError(
+            f"warm start needs a smaller multiplexed model, got N={smaller.n} -> {model.n}"
+        )
+    model.encoder.load_state_dict(smaller.encoder.state_dict())
+    model.demux.load_state_dict(smaller.demux.state_dict())
+    model.retrieval_head.load_state_dict(smaller.retrieval_head.state_dict())
+    with torch.no_grad():
+        k = smaller.n
+        model.index_embeddings.weight[:k] = smaller.index_embeddings.weight[:k]
+        model.index_embeddings.weight[model.n] = smaller.index_embeddings.weight[k]
 
 
 @dataclass(frozen=True)
@@ -247,14 +275,17 @@ class PruMuxPipeline:
             mux_finetune_steps=r.mux_finetune_steps,
             retrieval_weight=r.retrieval_weight,
             distill_weight=r.distill_weight,
+            mux_pooling=r.mux_pooling,
+            mux_hidden_distill=r.mux_hidden_distill,
         )
 
     def _fresh(self, n: int) -> MuxSequenceClassifier:
         torch.manual_seed(self.recipe.seed)
+        pooling = self.recipe.mux_pooling if n > 1 else "cls"
         m = MuxSequenceClassifier(
             self.base.build_encoder(),
             num_labels=self.task.num_labels,
-            mux=MuxConfig(n=n, variant=self.mux_variant, seed=self.recipe.seed),
+            mux=MuxConfig(n=n, variant=self.mux_variant, seed=self.recipe.seed, pooling=pooling),
         )
         if self.recipe.freeze_word_embeddings:
             m.encoder.embeddings.word.weight.requires_grad_(False)
@@ -344,7 +375,13 @@ class PruMuxPipeline:
         h = hashlib.sha256()
         for x in sentences:
             h.update(repr(x.input_ids).encode())
+        extra: dict = {}
+        if r.warmup_hidden_distill:
+            extra["hidden_distill"] = r.warmup_hidden_distill
+        if r.warmup_from_smaller and n >= 4:
+            extra["start_from"] = key_hash(self._warmup_key(n // 2, sentences))
         return {
+            **extra,
             "model": self.base.model_id,
             "n": n,
             "variant": self.mux_variant,
@@ -369,6 +406,12 @@ class PruMuxPipeline:
 
         def build(tmp: Path) -> dict:
             m = self._fresh(n)
+            started = None
+            if r.warmup_from_smaller and n >= 4:
+                smaller, _ = self.mux_warmup(n // 2)
+                warm_start_from(m, MuxSequenceClassifier.load(smaller / "model"))
+                started = n // 2
+            teacher = self._fresh(1) if r.warmup_hidden_distill else None
             stats = retrieval_warmup(
                 m,
                 sentences,
@@ -381,9 +424,11 @@ class PruMuxPipeline:
                 special_ids=self.special_ids,
                 desc=f"mux warm-up N={n}",
                 device=self.device,
+                teacher=teacher,
+                hidden_distill_weight=r.warmup_hidden_distill,
             )
             m.save(tmp / "model")
-            return {"warmup": stats, "corpus_sentences": len(sentences)}
+            return {"warmup": stats, "corpus_sentences": len(sentences), "started_from_n": started}
 
         entry, hit = self.cache.get_or_build("warmup", key, build)
         meta = ArtifactCache.meta(entry)
@@ -403,6 +448,7 @@ class PruMuxPipeline:
             return self._fresh(n), {}
         entry, meta = self.mux_warmup(n)
         m = self._load(entry, self.recipe.freeze_word_embeddings)
+        m.mux_config = replace(m.mux_config, pooling=self.recipe.mux_pooling)
         if m.num_labels != self.task.num_labels:  # the warm-up never trains the task head
             m.num_labels = self.task.num_labels
             m.classifier = torch.nn.Linear(m.classifier.in_features, self.task.num_labels)
@@ -428,6 +474,7 @@ class PruMuxPipeline:
                     r.mux_finetune_steps,
                     retrieval_weight=r.retrieval_weight,
                     distill_weight=r.distill_weight,
+                    hidden_distill_weight=r.mux_hidden_distill,
                 ),
                 teacher=teacher,
                 special_ids=self.special_ids,

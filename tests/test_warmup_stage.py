@@ -68,6 +68,29 @@ def test_warmup_cache_invalidated_by_recipe_n_and_variant(tiny_checkpoint, tmp_p
     assert not (m2["cache_hit"] or m3["cache_hit"] or m4["cache_hit"])
 
 
+def test_warm_start_from_smaller_n_and_hidden_distillation_options(tiny_checkpoint, tmp_path):
+    from autoprumux.models import MuxSequenceClassifier
+
+    r = replace(RECIPE, warmup_from_smaller=True, warmup_hidden_distill=1.0, mux_pooling="mean")
+    p = pipe(tiny_checkpoint, tmp_path, recipe=r)
+    e4, m4 = p.mux_warmup(4)
+    assert m4["started_from_n"] == 2 and "hidden_distill_loss" in m4["warmup"]
+    e2, m2 = p.mux_warmup(2)  # built on the way, as its own cache entry
+    assert m2["cache_hit"] and m2["started_from_n"] is None
+    w2 = MuxSequenceClassifier.load(e2 / "model")
+    w4 = MuxSequenceClassifier.load(e4 / "model")
+    assert w4.index_embeddings.weight.shape[0] == 5 and w2.index_embeddings.weight.shape[0] == 3
+    # the N=4 entry differs from a cold start of the same recipe
+    cold, _ = pipe(
+        tiny_checkpoint, tmp_path, recipe=replace(r, warmup_from_smaller=False)
+    ).mux_warmup(4)
+    assert cold != e4
+    m = p.mux_model(2)
+    assert m.mux_config.pooling == "mean"
+    with pytest.raises(ConfigError, match="mux_pooling"):
+        replace(RECIPE, mux_pooling="max")
+
+
 def test_warmup_corpus_from_a_text_file(tiny_checkpoint, tmp_path):
     f = tmp_path / "corpus.txt"
     f.write_text("\n".join(f"sentence number {i} is here ." for i in range(40)) + "\n\n")

@@ -80,8 +80,12 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
     """Finished (COMPLETE) trials of every study in `storage` as flat records."""
     import optuna
 
+    from autoprumux.search._tracking import missing_sqlite_file
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or default_storage()
+    if missing_sqlite_file(url):
+        return []
     try:
         summaries = optuna.get_all_study_summaries(storage=url, include_best_trial=False)
     except Exception as e:  # noqa: BLE001

@@ -8,9 +8,12 @@ answers with HTTP 400.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +62,9 @@ class RecommenderModel(_Base):
         with open(context.artifacts["recommender"], "rb") as f:
             self.recommender = pickle.load(f)
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
+    # no type hints here: MLflow reads them as a (list-based) input schema; the signature logged
+    # with the model is the schema
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import pandas as pd
 
         rec = self.recommender
@@ -115,6 +120,30 @@ def _opt_str(v: Any) -> str | None:
     return str(v)
 
 
+@contextlib.contextmanager
+def _mlflow_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for the block only: mlflow.set_tracking_uri also
+    exports MLFLOW_TRACKING_URI, which would leak into later calls and child processes."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as reg_utils
+    from mlflow.tracking._tracking_service import utils as trk_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {k: os.environ.get(k) for k in names}
+    saved = (trk_utils._tracking_uri, reg_utils._registry_uri)
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield
+    finally:
+        trk_utils._tracking_uri, reg_utils._registry_uri = saved
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def register_recommender(
     recommender: Any,
     *,
@@ -132,8 +161,6 @@ def register_recommender(
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     cl = tracking.client(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     if run_id is None:
         exp_id = tracking.experiment_id(cl, experiment, uri)
         run_id = str(cl.create_run(exp_id, run_name="recommender").info.run_id)
@@ -148,7 +175,7 @@ def register_recommender(
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "recommender.pkl"
         path.write_bytes(pickle.dumps(recommender))
-        with mlflow.start_run(run_id=run_id):
+        with _mlflow_uris(uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="recommender",
                 python_model=RecommenderModel(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -94,7 +95,9 @@ def study_name_for(space: SearchSpace, model_id: str) -> str:
     return f"{space.name}-{space.task}-{short}"
 
 
-def make_storage(url: str | None, heartbeat: int = 60) -> Any:
+def make_storage(
+    url: str | None, heartbeat: int = 60, on_stale: Callable[[Any, Any], None] | None = None
+) -> Any:
     import warnings
 
     import optuna
@@ -111,7 +114,7 @@ def make_storage(url: str | None, heartbeat: int = 60) -> Any:
             engine_kwargs=kwargs,
             heartbeat_interval=heartbeat,
             grace_period=2 * heartbeat,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            failed_trial_callback=_chain(RetryFailedTrialCallback(max_retry=1), on_stale),
         )
     except (optuna.exceptions.StorageInternalError, Exception) as e:  # noqa: BLE001
         if isinstance(e, ConfigError):
@@ -121,6 +124,15 @@ def make_storage(url: str | None, heartbeat: int = 60) -> Any:
             "Use a SQLAlchemy URL such as sqlite:///autoprumux.db or "
             "postgresql://user@127.0.0.1:5432/dbname"
         ) from None
+
+
+def _chain(*callbacks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any], None]:
+    def run(study: Any, trial: Any) -> None:
+        for cb in callbacks:
+            if cb is not None:
+                cb(study, trial)
+
+    return run
 
 
 def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any:
@@ -182,7 +194,7 @@ class Searcher:
         self.model_id = first.base.model_id
         self.name = settings.study_name or study_name_for(space, self.model_id)
         self.storage_url = settings.storage or default_storage()
-        self.storage = make_storage(self.storage_url, settings.heartbeat)
+        self.storage = make_storage(self.storage_url, settings.heartbeat, self._on_stale)
         self.tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
         self.client = tracking.client(self.tracking_uri)
         self.study = optuna.create_study(
@@ -286,6 +298,24 @@ class Searcher:
         self.study.set_user_attr("mlflow_parent_run_id", first)
         return first
 
+    def _on_stale(self, study: Any, trial: Any) -> None:
+        """A RUNNING trial whose worker died: close its MLflow run as failed (it is retried)."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            return
+        try:
+            tracking.log_run_data(
+                self.client,
+                run_id,
+                tags={
+                    "autoprumux.state": "FAIL",
+                    "autoprumux.error": "stale: its worker stopped sending heartbeats",
+                },
+            )
+            self.client.set_terminated(run_id, "FAILED")
+        except Exception as e:  # noqa: BLE001 - never block the retry
+            log.warning("could not close the MLflow run of stale trial %d: %s", trial.number, e)
+
     # ---- trials ------------------------------------------------------------------------------
     def _suggest(self, trial: Any) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -316,6 +346,7 @@ class Searcher:
         t0 = time.perf_counter()
         cfg = self._suggest(trial)
         trial.set_user_attr("config", cfg)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial.number}",
@@ -323,8 +354,8 @@ class Searcher:
                 "mlflow.parentRunId": self.parent_run_id,
                 "autoprumux.role": "trial",
                 "autoprumux.study": self.name,
-                "autoprumux.trial_number": trial.number,
-                "autoprumux.trial_id": trial._trial_id,
+                "autoprumux.trial_number": str(trial.number),
+                "autoprumux.trial_id": str(trial._trial_id),
             },
         )
         run_id = str(run.info.run_id)
@@ -488,9 +519,6 @@ class Searcher:
             try:
                 fig = pareto_figure(trials, self.s.budget, title=self.name)
                 tracking.log_figure_png(self.client, self.parent_run_id, fig, "pareto_front.png")
-                import matplotlib.pyplot as plt
-
-                plt.close(fig)
             except Exception as e:  # noqa: BLE001 - a plot never fails a study
                 log.warning("pareto plot skipped: %s", e)
 
@@ -539,6 +567,11 @@ def load_study_attrs(storage: str | None, study_name: str) -> dict[str, Any]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or default_storage()
+    if tracking.missing_sqlite_file(url):
+        raise ConfigError(
+            f"no study {study_name!r}: the storage file of {url} does not exist; start the study "
+            f"with `autoprumux search --study-name {study_name}` or pass --storage"
+        )
     try:
         st = optuna.load_study(study_name=study_name, storage=url)
     except KeyError:
@@ -587,14 +620,12 @@ def pareto_points(rows: list[tuple[float, float]]) -> list[int]:
 
 
 def pareto_figure(trials: list[Any], budget: float, title: str = "") -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     rows = [(float(t.user_attrs["accuracy_loss"]), float(t.value)) for t in trials]
     front = sorted((rows[i] for i in pareto_points(rows)), key=lambda r: r[0])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=18, alpha=0.6, label="trials")
     ax.plot([r[0] for r in front], [r[1] for r in front], "o-", color="C3", label="Pareto front")
     ax.axvline(budget, color="gray", ls="--", label=f"budget {budget:g} pts")

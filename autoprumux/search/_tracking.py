@@ -40,6 +40,15 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """For a sqlite:/// URL whose file does not exist: the path (reading must not create it)."""
+    if url.startswith("sqlite:///"):
+        p = Path(url[len("sqlite:///") :])
+        if not p.is_file():
+            return p
+    return None
+
+
 def artifact_root(tracking_uri: str) -> str | None:
     """Artefact location for experiments created on a local SQLite store (beside the file)."""
     if tracking_uri.startswith("sqlite:///"):

@@ -1,0 +1,283 @@
+"""The search service end to end on a tiny random BERT: real Optuna RDB storage (SQLite here,
+PostgreSQL in test_search_workers.py), a real MLflow tracking store, the real pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import GLUE_DIR as DATA
+
+from autoprumux.cli import main
+from autoprumux.errors import ConfigError
+from autoprumux.evaluation import ThroughputConfig
+from autoprumux.search import Searcher, SearchSettings, SearchSpace, recommend
+from autoprumux.search import _tracking as tracking
+
+TINY_RECIPE = {
+    "max_train_examples": 64,
+    "batch_size": 16,
+    "max_seq_len": 32,
+    "finetune_steps": 2,
+    "mux_warmup_steps": 3,
+    "mux_finetune_steps": 2,
+    "warmup_corpus_size": 64,
+    "recovery_steps": 2,
+    "prune_stages": 1,
+    "importance_examples": 16,
+}
+TP = ThroughputConfig(batch_size=8, seq_len=32, repeats=2, warmup=1)
+TP_ARGS = ["--tp-batch", "8", "--tp-seq-len", "32", "--tp-repeats", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _need_data():
+    if not DATA.is_dir():
+        pytest.skip(f"shared GLUE data not found at {DATA}")
+
+
+def tiny_space(model: str, **params) -> SearchSpace:
+    return SearchSpace.from_dict(
+        {
+            "name": "tiny",
+            "task": "sst2",
+            "model": model,
+            "recipe": TINY_RECIPE,
+            "params": params
+            or {"sparsity": {"low": 0.0, "high": 0.6, "step": 0.3}, "mux": {"choices": [1, 2]}},
+        }
+    )
+
+
+def settings(space: SearchSpace, tmp: Path, **kw) -> SearchSettings:
+    base = {
+        "space": space,
+        "trials": 3,
+        "storage": f"sqlite:///{tmp / 'study.db'}",
+        "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "cache_dir": str(tmp / "cache"),
+        "data_dir": str(DATA),
+        "throughput": TP,
+        "budget": 50.0,
+        "show_progress": False,
+    }
+    return SearchSettings(**{**base, **kw})
+
+
+def mlflow_trial_runs(tracking_uri: str, study: str) -> list:
+    cl = tracking.client(tracking_uri)
+    exp = cl.get_experiment_by_name(f"autoprumux/{study}")
+    return cl.search_runs([exp.experiment_id], filter_string="tags.`autoprumux.role` = 'trial'")
+
+
+def test_search_tracks_every_trial_resumes_and_recommends(tiny_checkpoint, tmp_path):
+    s = settings(tiny_space(tiny_checkpoint), tmp_path)
+    searcher = Searcher(s)
+    searcher.run()
+    assert len(searcher.finished()) == 3
+    # re-running the same search resumes the same study up to the new target
+    again = Searcher(settings(tiny_space(tiny_checkpoint), tmp_path, trials=5))
+    assert again.name == searcher.name and again.parent_run_id == searcher.parent_run_id
+    again.run()
+    trials = again.study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+    runs = mlflow_trial_runs(s.tracking_uri, searcher.name)
+    by_number = {int(r.data.tags["autoprumux.trial_number"]): r for r in runs}
+    assert sorted(by_number) == [0, 1, 2, 3, 4] and len(runs) == 5
+    cl = tracking.client(s.tracking_uri)
+    for t in trials:
+        r = by_number[t.number]
+        assert t.user_attrs["mlflow_run_id"] == r.info.run_id
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == searcher.parent_run_id
+        assert float(r.data.params["sparsity"]) == t.params["sparsity"]
+        for m in ("accuracy", "accuracy_loss", "throughput", "speedup", "latency_ms"):
+            assert m in r.data.metrics
+        assert r.data.metrics["speedup"] == pytest.approx(t.value)
+        arts = {a.path for a in cl.list_artifacts(r.info.run_id)}
+        assert {"config.json", "search_space.yaml", "evaluation.json"} <= arts
+    parent_arts = {a.path for a in cl.list_artifacts(searcher.parent_run_id)}
+    assert {"pareto_front.png", "search_space.yaml"} <= parent_arts
+    # overhead of Optuna + MLflow is recorded per trial
+    assert all(t.user_attrs["tracking_overhead_seconds"] > 0 for t in trials)
+
+    rec = recommend(50.0, "sst2", storage=s.storage)
+    assert rec.task == "sst2" and rec.trials_used == 5
+    assert rec.measured is not None  # the recommended configuration was measured
+    assert rec.accuracy_loss_interval.low <= rec.predicted_accuracy_loss
+    with pytest.raises(ConfigError, match="task='cola'"):
+        recommend(2.0, "cola", storage=s.storage)
+    # a different space under the same study name is refused, not mixed in
+    other = tiny_space(tiny_checkpoint, mux={"choices": [1]})
+    with pytest.raises(ConfigError, match="different space"):
+        Searcher(settings(other, tmp_path, study_name=searcher.name))
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_checkpoint, tmp_path):
+    searcher = Searcher(settings(tiny_space(tiny_checkpoint), tmp_path, trials=4))
+    pipe = searcher.pipeline("gaussian")
+    real = pipe.evaluate
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):  # fault injection: the second evaluation runs out of memory
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(*a, **kw)
+
+    pipe.evaluate = flaky
+    searcher.run()
+    states = [t.state.name for t in searcher.study.get_trials()]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 3, states
+    runs = mlflow_trial_runs(searcher.tracking_uri, searcher.name)
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 1
+    assert "out of memory" in failed[0].data.tags["autoprumux.error"]
+
+
+def test_hopeless_trials_stop_early(tiny_checkpoint, tmp_path):
+    space = tiny_space(tiny_checkpoint, sparsity={"choices": [0.3]}, mux={"choices": [2]})
+    searcher = Searcher(settings(space, tmp_path, trials=1, prune_above=1e-6))
+    searcher.pipeline("gaussian")._baseline_metrics = {"metric": 100.0, "accuracy": 100.0}
+    searcher.run()
+    (t,) = searcher.study.get_trials()
+    assert t.state.name == "PRUNED"
+    assert t.intermediate_values and 0 in t.intermediate_values  # the unpruned N=2 model
+    (run,) = mlflow_trial_runs(searcher.tracking_uri, searcher.name)
+    assert run.data.tags["autoprumux.state"] == "PRUNED" and run.info.status == "KILLED"
+
+
+def test_cli_search_registers_a_recommender_that_serves(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space(tiny_checkpoint).to_dict()))
+    rc = main(
+        [
+            "search",
+            "--space",
+            str(space),
+            "--trials",
+            "3",
+            "--budget",
+            "50",
+            "--data-dir",
+            str(DATA),
+        ]
+        + ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
+    )
+    assert rc == 0
+    assert (tmp_path / "autoprumux.db").is_file() and (tmp_path / "mlflow.db").is_file()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # registering leaks no global MLflow state
+    out = subprocess.run(
+        [sys.executable, "-m", "autoprumux.cli", "recommend", "--budget", "50", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout)
+    assert rec["task"] == "sst2" and rec["mux"] in (1, 2)
+
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoprumux.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/ping", proc)
+        ok = _post(port, {"dataframe_records": [{"budget": 50.0}, {"budget": 0.0}]})
+        assert ok[0] == 200
+        preds = json.loads(ok[1])["predictions"]
+        assert len(preds) == 2 and preds[0]["task"] == "sst2"
+        assert preds[1]["accuracy_loss_high"] <= 0.0 or (
+            preds[1]["sparsity"] == 0.0 and preds[1]["mux"] == 1
+        )
+        for bad in (
+            {"dataframe_records": [{"budget": -1}]},
+            {"dataframe_records": [{"budget": "abc"}]},
+            {"dataframe_records": [{"task": "sst2"}]},
+            {"dataframe_records": [{"budget": 2, "task": "cola"}]},
+            {"nothing": 1},
+            "not json",
+        ):
+            code, body = _post(port, bad)
+            assert 400 <= code < 500, (bad, code, body)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_cli_refuses_bad_input_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for argv, msg in (
+        (["recommend", "--budget", "-1"], "budget"),
+        (["recommend", "--budget", "nan"], "budget"),
+        (["recommend", "--budget", "101"], "budget"),
+        (["recommend", "--budget", "two"], "not a number"),
+        (["recommend", "--budget", "2"], "run a search first"),
+        (["search", "--space", "missing.yaml"], "does not exist"),
+        (["search", "--budget", "-3"], "budget"),
+        (["worker", "--study-name", "nope"], "no study 'nope'"),
+        (["serve"], "no registered model"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert msg in err, (argv, err)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nparams:\n  sparsity: {low: 0, high: 0.5, stepp: 0.1}\n")
+    assert main(["search", "--space", str(bad)]) == 2
+    assert "params.sparsity.stepp" in capsys.readouterr().err
+    # nothing was created by the refused commands
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def _post(port: int, payload) -> tuple[int, str]:
+    data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=data,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

@@ -1,0 +1,165 @@
+"""Search spaces as data, the meta-model's contract and budget validation (no training)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from autoprumux.errors import ConfigError
+from autoprumux.search import FEATURES, MetaModel, SearchSpace, check_budget, pareto_points
+from autoprumux.search._meta import features
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = {
+    "name": "t",
+    "task": "sst2",
+    "params": {"sparsity": {"low": 0.0, "high": 0.9, "step": 0.3}, "mux": {"choices": [1, 2]}},
+}
+
+
+def test_the_shipped_space_loads_into_optuna_distributions():
+    import optuna
+
+    space = SearchSpace.from_yaml(REPO / "search_spaces" / "prumux.yaml")
+    d = space.distributions()
+    assert isinstance(d["sparsity"], optuna.distributions.FloatDistribution)
+    assert d["sparsity"].step == pytest.approx(0.05) and d["sparsity"].high == pytest.approx(0.95)
+    assert d["mux"].choices == (1, 2, 4)
+    grid = space.grid()
+    assert len(grid) == 20 * 3 * 1
+    assert {g["mux"] for g in grid} == {1, 2, 4}
+    assert max(g["sparsity"] for g in grid) == pytest.approx(0.95)
+    # round trip through its own dict form
+    assert SearchSpace.from_dict(space.to_dict()).grid() == grid
+
+
+def test_a_space_fixes_task_model_and_recipe():
+    space = SearchSpace.from_dict({**GOOD, "recipe": {"recovery_steps": 7}, "model": "x"})
+    assert space.recipe.recovery_steps == 7 and space.model == "x"
+    assert space.with_task("cola").task == "cola"
+    assert space.grid()[0] == {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian"}
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        ({"colour": 1}, r"unknown key 'colour'; allowed keys are \['name', 'task'"),
+        ({"task": "imdb"}, r"'task' is 'imdb'; allowed values are \['cola', 'mrpc'"),
+        ({"recipe": {"lr2": 1}}, r"unknown key 'recipe.lr2'; allowed keys are"),
+        ({"recipe": {"batch_size": 0}}, r"batch_size"),
+        ({"params": {"depth": {"choices": [1]}}}, r"unknown key 'params.depth'"),
+        (
+            {"params": {"mux": {"choices": [0, 2]}}},
+            r"'params.mux.choices' \(0\) must be an integer",
+        ),
+        ({"params": {"mux": {"choices": []}}}, r"'params.mux.choices' must be a non-empty list"),
+        ({"params": {"mux": {"low": 1}}}, r"unknown key 'params.mux.low'"),
+        (
+            {"params": {"sparsity": {"low": 0.0, "high": 1.0, "step": 0.1}}},
+            r"'params.sparsity.high' \(1.0\) must be a number in \[0, 1\)",
+        ),
+        (
+            {"params": {"sparsity": {"low": 0.0, "high": 0.5, "step": 0.2}}},
+            r"must be a multiple of step",
+        ),
+        ({"params": {"sparsity": {"low": 0.0, "high": 0.5}}}, r"is missing \['step'\]"),
+        ({"params": {"mux_variant": {"choices": ["fft"]}}}, r"must be one of \['gaussian'"),
+        ({"params": {}}, r"'params' must be a non-empty mapping"),
+    ],
+)
+def test_bad_spaces_name_the_key_and_the_allowed_values(patch, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchSpace.from_dict({**GOOD, **patch})
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: x\nparams:\n  mux: {choices: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        SearchSpace.from_yaml(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        SearchSpace.from_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), 100.5, "abc", None, [2]])
+def test_bad_budgets_are_refused(bad):
+    with pytest.raises(ConfigError, match="budget"):
+        check_budget(bad)
+
+
+def test_good_budgets_pass():
+    assert check_budget("2.5") == 2.5 and check_budget(0) == 0.0 and check_budget(100) == 100.0
+
+
+def test_pareto_points():
+    rows = [(0.0, 1.0), (1.0, 2.0), (2.0, 1.5), (0.5, 0.9), (3.0, 4.0)]
+    assert pareto_points(rows) == [0, 1, 4]
+
+
+CTX = {
+    "task_num_labels": 2,
+    "task_pair": 0,
+    "task_mcc": 0,
+    "task_log_train": math.log(8000),
+    "baseline_metric": 83.0,
+    "model_layers": 6,
+    "model_hidden": 384,
+    "model_log_params": math.log(1.8e7),
+    "device_cuda": 0,
+}
+
+
+def _synthetic(n_points: int = 30, seed: int = 0):
+    """A known response surface: loss and speedup rise with sparsity and N, plus noise."""
+    rng = np.random.default_rng(seed)
+    rows, y = [], []
+    for _ in range(n_points):
+        s = float(rng.choice(np.arange(0, 0.95, 0.05)))
+        n = int(rng.choice([1, 2, 4]))
+        loss = 10 * s**3 + 4 * math.log2(n) + rng.normal(0, 0.2)
+        speed = (1 / (1 - 0.9 * s)) * (1 + 0.8 * math.log2(n)) * math.exp(rng.normal(0, 0.03))
+        rows.append(features({"sparsity": s, "mux": n}, CTX))
+        y.append([loss, speed])
+    return np.array(rows), np.array(y)
+
+
+def test_meta_model_follows_the_estimator_contract_and_learns_a_surface():
+    X, y = _synthetic()
+    m = MetaModel(n_estimators=100)
+    assert clone(m).get_params() == m.get_params()
+    with pytest.raises(Exception, match="not fitted"):
+        m.predict(X)
+    assert m.fit(X, y) is m
+    Xt, yt = _synthetic(40, seed=1)
+    pred = m.predict(Xt)
+    assert pred.shape == (40, 2)
+    assert np.mean(np.abs(pred[:, 0] - yt[:, 0])) < 1.5  # loss in points
+    assert np.mean(np.abs(np.log(pred[:, 1] / yt[:, 1]))) < 0.2
+    lo, hi = m.predict_interval(Xt)
+    assert (lo <= pred + 1e-9).all() and (pred <= hi + 1e-9).all()
+    inside = ((yt >= lo) & (yt <= hi)).mean(axis=0)
+    assert inside.min() >= 0.5, inside
+
+
+def test_meta_model_is_monotone_in_sparsity_and_n():
+    X, y = _synthetic()
+    m = MetaModel().fit(X, y)
+    grid = np.array([features({"sparsity": s, "mux": 2}, CTX) for s in np.arange(0, 0.95, 0.05)])
+    p = m.predict(grid)
+    assert (np.diff(p[:, 0]) >= -1e-9).all() and (np.diff(p[:, 1]) >= -1e-9).all()
+    by_n = m.predict(np.array([features({"sparsity": 0.5, "mux": n}, CTX) for n in (1, 2, 4)]))
+    assert (np.diff(by_n, axis=0) >= -1e-9).all()
+
+
+def test_meta_model_refuses_bad_targets():
+    X, y = _synthetic(5)
+    with pytest.raises(ValueError, match=r"\(n, 2\)"):
+        MetaModel().fit(X, y[:, 0])
+    with pytest.raises(ValueError, match="at least 2"):
+        MetaModel().fit(X[:1], y[:1])
+    with pytest.raises(ValueError, match=rf"X must be \(n, {len(FEATURES)}\) with columns"):
+        MetaModel().fit(X[:, :3], y)
