@@ -10,11 +10,44 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autoprumux.errors import AutoPruMuxError
 
 EXIT_BAD_INPUT = 2
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{v!r} is not a boolean (use true or false)")
+
+
+def _recipe_help(field: str, text: str) -> str:
+    from autoprumux.pipeline import Recipe
+
+    return f"{text} (default: {getattr(Recipe(), field)})"
+
+
+RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("--max-train-examples", int, "training examples (seeded subsample)"),
+    ("--max-seq-len", int, "max tokens per example"),
+    ("--batch-size", int, "examples per step"),
+    ("--finetune-steps", int, "baseline fine-tune steps"),
+    ("--mux-warmup-steps", int, "token-retrieval warm-up steps per N"),
+    ("--mux-finetune-steps", int, "task fine-tune steps per N > 1"),
+    ("--recovery-steps", int, "fine-tune steps after pruning, all stages"),
+    ("--prune-stages", int, "pruning stages"),
+    ("--mux-pooling", str, "N > 1 head reads the demuxed [CLS] ('cls') or token mean ('mean')"),
+    ("--warmup-hidden-distill", float, "weight of hidden-state distillation in the warm-up"),
+    ("--mux-hidden-distill", float, "weight of hidden-state KD in the N > 1 fine-tune"),
+    ("--warmup-from-smaller", _bool, "N >= 4 warm-up starts from the N/2 warm-up (true/false)"),
+    ("--seed", int, "seed of sampling, initialisation and data order"),
+]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,18 +80,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default="shared",
         help="mux warm-up text: 'shared' (SST-2+CoLA+MRPC training text), 'task', or a text file",
     )
-    g = p.add_argument_group("recipe (training budget; part of every cache key)")
-    g.add_argument("--max-train-examples", type=int, default=8000)
-    g.add_argument("--max-seq-len", type=int, default=64)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--finetune-steps", type=int, default=200, help="baseline fine-tune steps")
-    g.add_argument(
-        "--mux-warmup-steps", type=int, default=300, help="token-retrieval warm-up steps per N"
-    )
-    g.add_argument("--mux-finetune-steps", type=int, default=300)
-    g.add_argument("--recovery-steps", type=int, default=150, help="fine-tune steps after pruning")
-    g.add_argument("--prune-stages", type=int, default=2)
-    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("recipe (training budget; part of every cache key; defaults: Recipe)")
+    for flag, typ, hlp in RECIPE_FLAGS:
+        g.add_argument(
+            flag, type=typ, default=None, help=_recipe_help(flag[2:].replace("-", "_"), hlp)
+        )
     t = p.add_argument_group("throughput measurement")
     t.add_argument("--tp-batch", type=int, default=64, help="examples per timed pass")
     t.add_argument("--tp-seq-len", type=int, default=128, help="fixed padded sequence length")
@@ -178,19 +204,16 @@ def _add_search_common(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe(args: argparse.Namespace):
+    """A Recipe from the recipe flags given; the others keep Recipe's defaults."""
     from autoprumux.pipeline import Recipe
 
-    return Recipe(
-        max_seq_len=args.max_seq_len,
-        max_train_examples=args.max_train_examples,
-        batch_size=args.batch_size,
-        finetune_steps=args.finetune_steps,
-        mux_warmup_steps=args.mux_warmup_steps,
-        mux_finetune_steps=args.mux_finetune_steps,
-        recovery_steps=args.recovery_steps,
-        prune_stages=args.prune_stages,
-        seed=args.seed,
-    )
+    given = {}
+    for flag, _, _ in RECIPE_FLAGS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name)
+        if value is not None:
+            given[name] = value
+    return Recipe(**given)
 
 
 def format_table(ev) -> str:

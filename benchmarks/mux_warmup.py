@@ -30,7 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--recipe",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="Recipe overrides, e.g. mux_pooling=mean warmup_hidden_distill=1 mux_finetune_steps=600",
+    )
     args = ap.parse_args(argv)
+    overrides = {}
+    for kv in args.recipe:
+        k, _, v = kv.partition("=")
+        field_type = type(getattr(Recipe(), k))
+        overrides[k] = (v.lower() in ("1", "true", "yes")) if field_type is bool else field_type(v)
 
     t0 = time.time()
     rows = []
@@ -39,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         for steps in args.steps:
             pipe = PruMuxPipeline(
                 task=args.task,
-                recipe=replace(Recipe(), mux_warmup_steps=steps),
+                recipe=replace(Recipe(), **overrides, mux_warmup_steps=steps),
                 device=args.device,
                 cache_dir=args.cache_dir,
                 mux_variant=args.variant,
@@ -62,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out or f"benchmarks/results/mux_warmup_{args.task}_{args.variant}_{args.device}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"task": args.task, "baseline": base_metric, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"task": args.task, "baseline": base_metric, "recipe": overrides, "rows": rows},
+            indent=2,
+        )
+    )
     print(f"baseline (N=1) {base_metric:.2f}\n")
     print("| N | warm-up steps | warm-up s | retrieval acc. | dev metric | gap to N=1 |")
     print("|---|---|---|---|---|---|")

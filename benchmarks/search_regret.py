@@ -132,9 +132,7 @@ def meta_pick(
         "loss_mae": float(np.mean([abs(pred[i, 0] - rows[i]["loss"]) for i in unseen]))
         if unseen
         else 0.0,
-        "speedup_mape": float(
-            np.mean([abs(pred[i, 1] / rows[i]["speedup"] - 1) for i in unseen])
-        )
+        "speedup_mape": float(np.mean([abs(pred[i, 1] / rows[i]["speedup"] - 1) for i in unseen]))
         if unseen
         else 0.0,
     }
@@ -214,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ov = overhead(args.study_storage) if args.study_storage else None
     out = Path(args.out or f"benchmarks/results/search_regret_{args.grid.stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"grid": str(args.grid), "results": results, "overhead": ov}, indent=2))
+    out.write_text(
+        json.dumps({"grid": str(args.grid), "results": results, "overhead": ov}, indent=2)
+    )
     print(f"grid {args.grid} ({len(rows)} points), {args.seeds} seeds\n")
     print("| budget | evals | strategy | mean regret | max regret | violations |")
     print("|---|---|---|---|---|---|")
@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| budget | evals | meta-model loss MAE (pts) | speedup MAPE |\n|---|---|---|---|")
     for r in results:
         if r["strategy"] == "meta-error":
-            print(f"| {r['budget']:g} | {r['evals']} | {r['loss_mae']:.2f} | {r['speedup_mape']:.1%} |")
+            print(
+                f"| {r['budget']:g} | {r['evals']} | {r['loss_mae']:.2f} | {r['speedup_mape']:.1%} |"
+            )
     if ov:
         print(
             f"\nOptuna + MLflow overhead: median {ov['median']:.2%}, max {ov['max']:.2%} of trial "

@@ -1,0 +1,107 @@
+"""Issue 3 reference grid, built point by point and resumable across sessions and machines.
+
+    python benchmarks/reference_grid.py --task sst2 \
+        --sparsities 0 0.3 0.5 0.6 0.7 0.8 0.9 0.95 --mux 1 2 4
+
+Each point is `PruMuxPipeline.evaluate(s, N)`: the candidate's dev metric and its throughput
+timed side by side with the baseline in the same process (so every speedup is a ratio from one
+run). After every point the JSON (benchmarks/results/reference_grid_<task>_<device>.json) is
+rewritten atomically, and points already in it are skipped: a killed run, or a new session on a
+fresh machine, continues where the last one stopped (trained models are rebuilt only for the
+points still missing). The file's rows feed benchmarks/search_regret.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from autoprumux.evaluation import ThroughputConfig
+from autoprumux.pipeline import PruMuxPipeline, Recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument(
+        "--sparsities", type=float, nargs="+", default=[0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    )
+    ap.add_argument("--mux", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tp-batch", type=int, default=64)
+    ap.add_argument("--tp-seq-len", type=int, default=128)
+    ap.add_argument("--tp-repeats", type=int, default=10)
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    out = Path(args.out or f"benchmarks/results/reference_grid_{args.task}_{args.device}.json")
+    data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    done = {(r["target_sparsity"], r["n"]) for r in data["rows"]}
+    todo = [(s, n) for n in args.mux for s in args.sparsities if (s, n) not in done]
+    print(f"{len(done)} points already measured, {len(todo)} to go", file=sys.stderr, flush=True)
+    if not todo:
+        return 0
+    pipe = PruMuxPipeline(
+        task=args.task, recipe=Recipe(), device=args.device, cache_dir=args.cache_dir
+    )
+    tp = ThroughputConfig(
+        batch_size=args.tp_batch,
+        seq_len=args.tp_seq_len,
+        repeats=args.tp_repeats,
+        device=args.device,
+    )
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
+    data.update(
+        task=pipe.task.name,
+        metric=pipe.task.metric,
+        device=args.device,
+        recipe=pipe.recipe.__dict__,
+        throughput_config=tp.__dict__,
+    )
+    for s, n in todo:
+        t0 = time.time()
+        ev = pipe.evaluate(s, n, throughput=tp)
+        data["baseline"] = {"metric": ev.baseline.metric}
+        data["rows"].append(
+            {
+                "target_sparsity": s,
+                "n": n,
+                "sparsity": ev.candidate.sparsity,
+                "metric": ev.candidate.metric,
+                "accuracy_loss": ev.accuracy_loss,
+                "throughput": ev.candidate.throughput,
+                "baseline_throughput": ev.baseline.throughput,
+                "speedup": ev.speedup,
+                "ideal_speedup": ev.ideal_speedup,
+                "seconds": time.time() - t0,
+                "machine": machine,
+            }
+        )
+        tmp = out.with_suffix(".tmp")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, out)
+        print(
+            f"s={s:g} N={n}: loss {ev.accuracy_loss:.2f}, speedup {ev.speedup:.2f}x "
+            f"({time.time() - t0:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
