@@ -56,16 +56,17 @@ class Recipe:
     batch_size: int = 32
     lr: float = 1e-4
     finetune_steps: int = 200  # baseline and N>1 task fine-tune
-    mux_warmup_steps: int = 300  # token-retrieval warm-up per N (0 = none)
+    mux_warmup_steps: int = 400  # token-retrieval warm-up per N (0 = none)
     mux_warmup_lr: float = 2e-4
     warmup_corpus_size: int = 20000  # unlabeled sentences for the warm-up (deterministic subsample)
-    mux_finetune_steps: int = 300
+    mux_finetune_steps: int = 1000
+    mux_finetune_lr: float = 3e-4  # the N > 1 encoder must learn to demultiplex: more, faster steps
     retrieval_weight: float = 0.1  # kept during the mux task fine-tune (DataMUX: 0.9 task + 0.1)
     distill_weight: float = 0.5  # KD from the baseline during mux fine-tune and pruning recovery
     recovery_steps: int = 150
     # mux options (issue 6 experiments; defaults are the measured best so far)
-    mux_pooling: str = "cls"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
-    warmup_hidden_distill: float = 0.0  # + weight x hidden-state distillation from the N=1 base
+    mux_pooling: str = "mean"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
+    warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
     mux_hidden_distill: float = 0.0  # + weight x hidden-state KD from the baseline in fine-tune
     warmup_from_smaller: bool = False  # N >= 4 starts its warm-up from the N/2 warm-up
     prune_stages: int = 2
@@ -273,6 +274,7 @@ class PruMuxPipeline:
             mux_warmup_steps=r.mux_warmup_steps,
             mux_warmup_lr=r.mux_warmup_lr,
             mux_finetune_steps=r.mux_finetune_steps,
+            mux_finetune_lr=r.mux_finetune_lr,
             retrieval_weight=r.retrieval_weight,
             distill_weight=r.distill_weight,
             mux_pooling=r.mux_pooling,
@@ -293,7 +295,8 @@ class PruMuxPipeline:
 
     def _train_cfg(self, steps: int, **kw: object) -> TrainConfig:
         r = self.recipe
-        return TrainConfig(steps=steps, batch_size=r.batch_size, lr=r.lr, seed=r.seed, **kw)  # type: ignore[arg-type]
+        kw.setdefault("lr", r.lr)
+        return TrainConfig(steps=steps, batch_size=r.batch_size, seed=r.seed, **kw)  # type: ignore[arg-type]
 
     @staticmethod
     def _load(entry: Path, freeze_words: bool) -> MuxSequenceClassifier:
@@ -475,6 +478,7 @@ class PruMuxPipeline:
                     retrieval_weight=r.retrieval_weight,
                     distill_weight=r.distill_weight,
                     hidden_distill_weight=r.mux_hidden_distill,
+                    lr=r.mux_finetune_lr,
                 ),
                 teacher=teacher,
                 special_ids=self.special_ids,
