@@ -129,7 +129,7 @@ def _synthetic(n_points: int = 30, seed: int = 0):
 
 def test_meta_model_follows_the_estimator_contract_and_learns_a_surface():
     X, y = _synthetic()
-    m = MetaModel(n_estimators=100)
+    m = MetaModel(n_estimators=60, learning_rate=0.2)
     assert clone(m).get_params() == m.get_params()
     with pytest.raises(Exception, match="not fitted"):
         m.predict(X)
@@ -147,7 +147,7 @@ def test_meta_model_follows_the_estimator_contract_and_learns_a_surface():
 
 def test_meta_model_is_monotone_in_sparsity_and_n():
     X, y = _synthetic()
-    m = MetaModel().fit(X, y)
+    m = MetaModel(n_estimators=60, learning_rate=0.2).fit(X, y)
     grid = np.array([features({"sparsity": s, "mux": 2}, CTX) for s in np.arange(0, 0.95, 0.05)])
     p = m.predict(grid)
     assert (np.diff(p[:, 0]) >= -1e-9).all() and (np.diff(p[:, 1]) >= -1e-9).all()
