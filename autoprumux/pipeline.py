@@ -248,6 +248,7 @@ class PruMuxPipeline:
         )
         self._baseline: MuxSequenceClassifier | None = None
         self._warmup_items: list[Encoded] | None = None
+        self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
 
     # ---- cache keys --------------------------------------------------------------------------
@@ -373,16 +374,22 @@ class PruMuxPipeline:
         )
         return self._warmup_items
 
-    def _warmup_key(self, n: int, sentences: list[Encoded]) -> dict:
+    def _corpus_hash(self) -> str:
+        """Content hash of the warm-up sentences (computed once; part of every warm-up key)."""
+        if self._corpus_digest is None:
+            h = hashlib.sha256()
+            for x in self.warmup_sentences():
+                h.update(repr(x.input_ids).encode())
+            self._corpus_digest = h.hexdigest()[:16]
+        return self._corpus_digest
+
+    def _warmup_key(self, n: int) -> dict:
         r = self.recipe
-        h = hashlib.sha256()
-        for x in sentences:
-            h.update(repr(x.input_ids).encode())
         extra: dict = {}
         if r.warmup_hidden_distill:
             extra["hidden_distill"] = r.warmup_hidden_distill
         if r.warmup_from_smaller and n >= 4:
-            extra["start_from"] = key_hash(self._warmup_key(n // 2, sentences))
+            extra["start_from"] = key_hash(self._warmup_key(n // 2))
         return {
             **extra,
             "model": self.base.model_id,
@@ -394,7 +401,7 @@ class PruMuxPipeline:
             "max_seq_len": r.max_seq_len,
             "freeze_word_embeddings": r.freeze_word_embeddings,
             "seed": r.seed,
-            "corpus": h.hexdigest()[:16],
+            "corpus": self._corpus_hash(),
         }
 
     def mux_warmup(self, n: int) -> tuple[Path, dict]:
@@ -405,7 +412,7 @@ class PruMuxPipeline:
             raise ConfigError(f"the warm-up is for N >= 2, got N={n}")
         r = self.recipe
         sentences = self.warmup_sentences()
-        key = self._warmup_key(n, sentences)
+        key = self._warmup_key(n)
 
         def build(tmp: Path) -> dict:
             m = self._fresh(n)
@@ -463,9 +470,7 @@ class PruMuxPipeline:
             return self.baseline()
         teacher = self.baseline()
         r = self.recipe
-        warm_key = (
-            key_hash(self._warmup_key(n, self.warmup_sentences())) if r.mux_warmup_steps else None
-        )
+        warm_key = key_hash(self._warmup_key(n)) if r.mux_warmup_steps else None
 
         def build(tmp: Path) -> dict:
             m, warm = self._start_model(n)

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mlflow.pyfunc import PythonModel
+
 from autoprumux.errors import ConfigError
 from autoprumux.search import _tracking as tracking
 
@@ -40,13 +42,6 @@ OUTPUT_COLUMNS = (
     "measured_speedup",
 )
 
-try:
-    import mlflow.pyfunc as _pyfunc
-
-    _Base: Any = _pyfunc.PythonModel
-except Exception:  # noqa: BLE001 - mlflow is a dependency; keep import errors readable
-    _Base = object
-
 
 def _bad(msg: str) -> Exception:
     from mlflow.exceptions import MlflowException
@@ -55,7 +50,7 @@ def _bad(msg: str) -> Exception:
     return MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)
 
 
-class RecommenderModel(_Base):
+class RecommenderModel(PythonModel):
     """pyfunc wrapper around a pickled `Recommender`."""
 
     def load_context(self, context: Any) -> None:

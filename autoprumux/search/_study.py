@@ -20,7 +20,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +116,7 @@ def make_storage(
             grace_period=2 * heartbeat,
             failed_trial_callback=_chain(RetryFailedTrialCallback(max_retry=1), on_stale),
         )
-    except (optuna.exceptions.StorageInternalError, Exception) as e:  # noqa: BLE001
-        if isinstance(e, ConfigError):
-            raise
+    except Exception as e:  # noqa: BLE001 - any driver/URL error becomes a readable ConfigError
         raise ConfigError(
             f"cannot open the Optuna storage {url!r}: {type(e).__name__}: {e}. "
             "Use a SQLAlchemy URL such as sqlite:///autoprumux.db or "
@@ -210,6 +208,7 @@ class Searcher:
             self.client, f"{tracking.EXPERIMENT_PREFIX}/{self.name}", self.tracking_uri
         )
         self.parent_run_id = self._parent_run()
+        self._mux_loss: dict[tuple[str, int], float] = {}  # step-0 loss of each unpruned mux model
 
     # ---- set-up ------------------------------------------------------------------------------
     def pipeline(self, variant: str) -> Any:
@@ -327,13 +326,15 @@ class Searcher:
         return self.space.config(params)
 
     def _report(self, trial: Any, pipe: Any, step: int, model: Any, run_id: str) -> None:
+        loss = pipe.baseline_metrics()["metric"] - pipe.dev_metrics(model)["metric"]
+        self._report_loss(trial, step, loss, run_id)
+
+    def _report_loss(self, trial: Any, step: int, loss: float, run_id: str) -> None:
         import optuna
 
-        loss = pipe.baseline_metrics()["metric"] - pipe.dev_metrics(model)["metric"]
         trial.report(loss, step)
         trial.set_user_attr("intermediate_loss", loss)
-        tracking.log_run_data(self.client, run_id, metrics={"intermediate_accuracy_loss": loss})
-        self.client.log_metric(run_id, "intermediate_accuracy_loss_step", loss, step=step)
+        self.client.log_metric(run_id, "intermediate_accuracy_loss", loss, step=step)
         if loss > self.s.prune_above:
             trial.set_user_attr("accuracy_loss", loss)
             raise optuna.TrialPruned(
@@ -377,8 +378,14 @@ class Searcher:
             pipe = self.pipeline(cfg["mux_variant"])
             s, n = cfg["sparsity"], cfg["mux"]
             w0 = time.perf_counter()
-            if n > 1:  # step 0: the unpruned multiplexed model
-                self._report(trial, pipe, 0, pipe.mux_model(n), run_id)
+            if n > 1:  # step 0: the unpruned multiplexed model, evaluated once per (variant, N)
+                key = (cfg["mux_variant"], n)
+                if key not in self._mux_loss:
+                    self._mux_loss[key] = (
+                        pipe.baseline_metrics()["metric"]
+                        - pipe.dev_metrics(pipe.mux_model(n))["metric"]
+                    )
+                self._report_loss(trial, 0, self._mux_loss[key], run_id)
             ev = pipe.evaluate(
                 s,
                 n,
@@ -634,7 +641,3 @@ def pareto_figure(trials: list[Any], budget: float, title: str = "") -> Any:
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
     return fig
-
-
-def replace_settings(s: SearchSettings, **kw: Any) -> SearchSettings:
-    return replace(s, **kw)
