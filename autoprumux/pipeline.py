@@ -34,15 +34,25 @@ from autoprumux.evaluation import (
     time_interleaved,
 )
 from autoprumux.models import (
+    AnyModel,
     MuxConfig,
     MuxSequenceClassifier,
+    StudentConfig,
+    StudentEnsemble,
     apply_plan,
     compute_importance,
     resolve_model,
     search_plan,
 )
 from autoprumux.models._loading import BaseModel
-from autoprumux.training import TrainConfig, predict, retrieval_warmup, train_classifier
+from autoprumux.training import (
+    StudentTrainConfig,
+    TrainConfig,
+    distill_students,
+    predict,
+    retrieval_warmup,
+    train_classifier,
+)
 
 log = logging.getLogger("autoprumux")
 
@@ -69,6 +79,10 @@ class Recipe:
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
     mux_hidden_distill: float = 0.0  # + weight x hidden-state KD from the baseline in fine-tune
     warmup_from_smaller: bool = False  # N >= 4 starts its warm-up from the N/2 warm-up
+    # Academus students: boosting steps per student, then joint stacking distillation
+    student_steps: int = 400
+    student_stacking_steps: int = 200
+    student_lr: float = 2e-4
     prune_stages: int = 2
     importance_examples: int = 256
     freeze_word_embeddings: bool = True
@@ -83,7 +97,14 @@ class Recipe:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"recipe field {name} ({v!r}) must be a positive integer")
-        for name in ("finetune_steps", "mux_warmup_steps", "mux_finetune_steps", "recovery_steps"):
+        for name in (
+            "finetune_steps",
+            "mux_warmup_steps",
+            "mux_finetune_steps",
+            "recovery_steps",
+            "student_steps",
+            "student_stacking_steps",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ConfigError(f"recipe field {name} ({v!r}) must be an integer >= 0")
@@ -201,6 +222,23 @@ class Evaluation:
             "ideal_speedup": self.ideal_speedup,
             "throughput_config": asdict(self.throughput_config),
         }
+
+
+def describe_model(model: AnyModel) -> dict:
+    """The shape of a measured model, for reports and MLflow."""
+    if isinstance(model, StudentEnsemble):
+        return {
+            "technique": "students",
+            "students": model.k,
+            "active_students": model.active_students,
+            "depth": model.depth,
+        }
+    return {
+        "technique": "prumux",
+        "layers": len(model.encoder.layers),
+        "heads": list(model.encoder.config.heads),
+        "ffn": list(model.encoder.config.ffn),
+    }
 
 
 class PruMuxPipeline:
@@ -604,8 +642,73 @@ class PruMuxPipeline:
         log.info("candidate s=%g N=%d %s (%s)", sparsity, n, "cache hit" if hit else "built", entry)
         return self._load(entry, r.freeze_word_embeddings)
 
+    # ---- Academus students --------------------------------------------------------------------
+    def students(self, k: int, depth: int) -> StudentEnsemble:
+        """K boosted students of `depth` layers distilled from the baseline, built or cached."""
+        cfg = StudentConfig(k=k, depth=depth)
+        r = self.recipe
+        key = self._key(
+            technique="students",
+            k=cfg.k,
+            depth=cfg.depth,
+            student_steps=r.student_steps,
+            student_stacking_steps=r.student_stacking_steps,
+            student_lr=r.student_lr,
+        )
+
+        def build(tmp: Path) -> dict:
+            ens, stats = distill_students(
+                self.baseline(),
+                self.train_items,
+                cfg,
+                StudentTrainConfig(
+                    steps_per_student=r.student_steps,
+                    stacking_steps=r.student_stacking_steps,
+                    batch_size=r.batch_size,
+                    lr=r.student_lr,
+                    stacking_lr=r.student_lr / 4,
+                    seed=r.seed,
+                ),
+                device=self.device,
+                heldout=self.dev_items[:256],
+            )
+            ens.save(tmp / "model", extra={"distillation": stats})
+            return {"distillation": stats}
+
+        entry, hit = self.cache.get_or_build("students", key, build)
+        log.info("students K=%d d=%d %s (%s)", k, depth, "cache hit" if hit else "built", entry)
+        return StudentEnsemble.load(entry / "model").to(self.device)
+
+    def evaluate_students(
+        self,
+        k: int,
+        depth: int,
+        *,
+        active: int | None = None,
+        throughput: ThroughputConfig | None = None,
+    ) -> Evaluation:
+        """K students of `depth` layers (the first `active` of them) beside the baseline."""
+        tp = throughput or ThroughputConfig(device=str(self.device))
+        self.check_lengths(1, tp)
+        base = self.baseline()
+        ens = self.students(k, depth)
+        if active is not None:
+            ens.active_students = active
+        name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
+        measured, _ = self.measure_many(
+            {"baseline": (base, self.baseline_metrics()), name: (ens, None)}, tp
+        )
+        return Evaluation(
+            task=self.task.name,
+            metric_name=self.task.metric,
+            device=str(self.device),
+            baseline=measured["baseline"],
+            candidate=measured[name],
+            throughput_config=tp,
+        )
+
     # ---- measurement -------------------------------------------------------------------------
-    def dev_metrics(self, model: MuxSequenceClassifier) -> dict[str, float]:
+    def dev_metrics(self, model: AnyModel) -> dict[str, float]:
         logits = predict(model, self.dev_items, batch_size=64, device=self.device)
         return task_metrics(self.task.metric, logits, [x.label for x in self.dev_items])
 
@@ -615,7 +718,7 @@ class PruMuxPipeline:
 
     def measure_many(
         self,
-        models: dict[str, tuple[MuxSequenceClassifier, dict[str, float] | None]],
+        models: dict[str, tuple[AnyModel, dict[str, float] | None]],
         tp: ThroughputConfig,
         extra_callables: dict[str, tuple[Callable[[], object], int]] | None = None,
     ) -> tuple[dict[str, Measured], dict[str, float]]:
@@ -638,14 +741,11 @@ class PruMuxPipeline:
                 accuracy=metrics["accuracy"],
                 throughput=res.examples_per_second,
                 latency_ms=res.latency_ms,
-                encoder_params=model.encoder.prunable_parameters(),
+                encoder_params=model.prunable_parameters()
+                if isinstance(model, StudentEnsemble)
+                else model.encoder.prunable_parameters(),
                 flops=model_flops(model, tp.batch_size, tp.seq_len),
-                extra={
-                    "metrics": metrics,
-                    "layers": len(model.encoder.layers),
-                    "heads": list(model.encoder.config.heads),
-                    "ffn": list(model.encoder.config.ffn),
-                },
+                extra={"metrics": metrics, **describe_model(model)},
             )
         others = {k: timed[k].examples_per_second for k in (extra_callables or {})}
         return out, others

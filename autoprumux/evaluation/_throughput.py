@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from autoprumux.errors import ConfigError
-from autoprumux.models import MuxSequenceClassifier
+from autoprumux.models import AnyModel, StudentEnsemble
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def time_interleaved(
 
 
 def model_runner(
-    model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], device: str
+    model: AnyModel, batch: dict[str, torch.Tensor], device: str
 ) -> tuple[Callable[[], object], int]:
     """(callable, real examples) for timing `model` on `batch`."""
     dev = resolve_device(device)
@@ -138,34 +138,49 @@ def model_runner(
 
 
 def measure_throughput(
-    model: MuxSequenceClassifier, batch: dict[str, torch.Tensor], cfg: ThroughputConfig
+    model: AnyModel, batch: dict[str, torch.Tensor], cfg: ThroughputConfig
 ) -> ThroughputResult:
     fn, examples = model_runner(model, batch, cfg.device)
     return time_callable(fn, examples=examples, cfg=cfg)
 
 
-def model_flops(model: MuxSequenceClassifier, batch_size: int, seq_len: int) -> float:
-    """Multiply-add FLOPs (x2) of one forward pass over `batch_size` examples of `seq_len` tokens.
-
-    Counts the encoder matmuls and attention, the mux/demux and the heads; embeddings lookups,
-    LayerNorms and activations are ignored (they are memory-bound and small).
-    """
-    cfg = model.encoder.config
+def _layer_flops(cfg, t: int, layers: range | None = None) -> float:
+    """FLOPs of the encoder layers (all, or the indices in `layers`) over one sequence of t."""
     h, d = cfg.hidden_size, cfg.head_dim
-    n = model.n
-    rows = -(-batch_size // n)  # mixed sequences per pass
-    t = seq_len + (n if n > 1 else 0)
     per_seq = 0.0
-    for heads, ffn, ap, fp in zip(
-        cfg.heads, cfg.ffn, cfg.attn_present, cfg.ffn_present, strict=True
+    for i, (heads, ffn, ap, fp) in enumerate(
+        zip(cfg.heads, cfg.ffn, cfg.attn_present, cfg.ffn_present, strict=True)
     ):
+        if layers is not None and i not in layers:
+            continue
         if ap and heads:
             per_seq += 2 * t * h * 3 * heads * d  # qkv
             per_seq += 2 * 2 * t * t * heads * d  # scores + context
             per_seq += 2 * t * heads * d * h  # out proj
         if fp and ffn:
             per_seq += 2 * 2 * t * h * ffn
-    total = rows * per_seq
+    return per_seq
+
+
+def model_flops(model: AnyModel, batch_size: int, seq_len: int) -> float:
+    """Multiply-add FLOPs (x2) of one forward pass over `batch_size` examples of `seq_len` tokens.
+
+    Counts the encoder matmuls and attention, the mux/demux and the heads; embeddings lookups,
+    LayerNorms and activations are ignored (they are memory-bound and small). Students: each
+    active student's layers (shaped like the teacher's lower layers), pooler and classifier.
+    """
+    if isinstance(model, StudentEnsemble):
+        cfg = model.encoder_config
+        h = cfg.hidden_size
+        per_student = batch_size * _layer_flops(cfg, seq_len, range(model.depth))
+        per_student += batch_size * 2 * (h * h + h * model.num_labels)
+        return float(model.active_students * per_student)
+    cfg = model.encoder.config
+    h = cfg.hidden_size
+    n = model.n
+    rows = -(-batch_size // n)  # mixed sequences per pass
+    t = seq_len + (n if n > 1 else 0)
+    total = rows * _layer_flops(cfg, t)
     if n > 1:
         total += rows * n * t * h  # mixing
         # demux: the token half once per read position, the key half once per instance

@@ -18,8 +18,13 @@ from autoprumux.models._pruning import (
     counted_sparsity,
     search_plan,
 )
+from autoprumux.models._students import Student, StudentConfig, StudentEnsemble
+
+AnyModel = MuxSequenceClassifier | StudentEnsemble
+"""What the pipeline measures: a (pruned, multiplexed) classifier or a student ensemble."""
 
 __all__ = [
+    "AnyModel",
     "DEFAULT_MODEL",
     "MUX_VARIANTS",
     "BaseModel",
@@ -33,6 +38,9 @@ __all__ = [
     "MuxSequenceClassifier",
     "OrthogonalMux",
     "PruningPlan",
+    "Student",
+    "StudentConfig",
+    "StudentEnsemble",
     "apply_plan",
     "compute_importance",
     "counted_sparsity",

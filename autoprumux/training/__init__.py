@@ -8,13 +8,23 @@ from autoprumux.training._loop import (
     retrieval_loss,
     train_classifier,
 )
+from autoprumux.training._students import (
+    StudentTrainConfig,
+    distill_students,
+    ensemble_outputs,
+    prefix_mse,
+)
 from autoprumux.training._warmup import evaluate_retrieval, retrieval_warmup
 
 __all__ = [
+    "StudentTrainConfig",
     "TrainConfig",
+    "distill_students",
+    "ensemble_outputs",
     "evaluate_retrieval",
     "hidden_distill_loss",
     "kd_loss",
+    "prefix_mse",
     "predict",
     "retrieval_loss",
     "retrieval_warmup",

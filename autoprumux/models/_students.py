@@ -1,0 +1,398 @@
+"""Student parallelism (Academus): K shallow students whose logits add up to the teacher's.
+
+Each student is `depth` encoder layers (initialised from the teacher's lower layers), a pooler
+and a classifier; all students read the teacher's (frozen) embeddings. Boosting trains them one
+after another on the residual the earlier ones left, so the sum of any prefix of k <= K students
+is itself a model: `active_students` can be lowered at run time without retraining.
+
+At inference the active students run as ONE batched computation: their weights are stacked
+along a leading student axis and every projection is a batched matrix product, attention folds
+the student axis into the batch of a single `scaled_dot_product_attention` call. Training runs
+the students as ordinary modules; the stacked copy is rebuilt after any change.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprumux.errors import ConfigError
+from autoprumux.models._encoder import (
+    Embeddings,
+    Encoder,
+    EncoderConfig,
+    EncoderLayer,
+    attention_bias,
+)
+from autoprumux.models._mux import MuxSequenceClassifier
+
+MAX_STUDENTS = 16
+STUDENT_DEPTHS = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """K students of `depth` layers each."""
+
+    k: int = 4
+    depth: int = 2
+
+    def __post_init__(self) -> None:
+        for name, v in (("students K", self.k), ("student depth", self.depth)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name} ({v!r}) must be an integer")
+        if not 1 <= self.k <= MAX_STUDENTS:
+            raise ConfigError(
+                f"students K ({self.k}) must be between 1 and {MAX_STUDENTS}; e.g. --students 4"
+            )
+        if self.depth not in STUDENT_DEPTHS:
+            raise ConfigError(
+                f"student depth ({self.depth}) must be one of {list(STUDENT_DEPTHS)} "
+                "(shallow students; the teacher keeps the full depth)"
+            )
+
+
+class Student(nn.Module):
+    """`depth` encoder layers + pooler + classifier over shared embedding states."""
+
+    def __init__(self, layers: Sequence[EncoderLayer], pooler: nn.Linear, classifier: nn.Linear):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.pooler = pooler
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x: embedding states (B, T, H); bias: additive mask (B, 1, 1, T). Returns logits."""
+        for layer in self.layers:
+            x = layer(x, bias)
+        return self.classifier(torch.tanh(self.pooler(x[:, 0])))
+
+
+def _check_uniform(teacher: Encoder, depth: int) -> None:
+    cfg = teacher.config
+    if depth >= len(teacher.layers):
+        raise ConfigError(
+            f"student depth ({depth}) must be below the teacher's {len(teacher.layers)} layers"
+        )
+    for i in range(depth):
+        if not (cfg.attn_present[i] and cfg.ffn_present[i] and cfg.heads[i] and cfg.ffn[i]):
+            raise ConfigError(
+                f"teacher layer {i} is pruned away; students start from an unpruned teacher"
+            )
+    if len({cfg.heads[i] for i in range(depth)}) > 1 or len({cfg.ffn[i] for i in range(depth)}) > 1:
+        raise ConfigError("students need the teacher's lower layers to share one shape (unpruned)")
+
+
+def _stacked_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
+    # x (K, M, H); w, b (K, 1, H)
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * w + b
+
+
+class StudentEnsemble(nn.Module):
+    """Embeddings (shared, from the teacher) + K boosted students; logits = sum of the active ones.
+
+    Quacks like `MuxSequenceClassifier` where measurement needs it (`n`, `num_labels`,
+    `sparsity()`, `prunable_parameters()`), so it is timed and scored by the same code.
+    """
+
+    n = 1
+
+    def __init__(
+        self,
+        embeddings: Embeddings,
+        students: Sequence[Student],
+        *,
+        encoder_config: EncoderConfig,
+        num_labels: int,
+        teacher_prunable_params: int,
+    ):
+        super().__init__()
+        if not students:
+            raise ConfigError("a student ensemble needs at least one student")
+        self.embeddings = embeddings
+        self.students = nn.ModuleList(students)
+        self.encoder_config = encoder_config
+        self.num_labels = num_labels
+        self.teacher_prunable_params = teacher_prunable_params
+        self._active = len(students)
+        self._stack: dict[str, torch.Tensor] | None = None
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_teacher(
+        cls, teacher: MuxSequenceClassifier, cfg: StudentConfig, *, first_only: bool = False
+    ) -> StudentEnsemble:
+        """K students initialised from the teacher's lower `depth` layers, pooler and classifier.
+
+        Students after the first start with a zero classifier: they add nothing until trained,
+        so adding a student never changes the sum before it has learnt its residual.
+        With `first_only`, only the first student is created (boosting appends the rest)."""
+        if teacher.n != 1:
+            raise ConfigError("the students' teacher must be an N=1 model")
+        enc = teacher.encoder
+        _check_uniform(enc, cfg.depth)
+        ens = cls(
+            copy.deepcopy(enc.embeddings),
+            [_student_from(teacher, cfg.depth, zero_head=False)],
+            encoder_config=enc.config,
+            num_labels=teacher.num_labels,
+            teacher_prunable_params=enc.prunable_parameters(),
+        )
+        ens.embeddings.requires_grad_(False)
+        if not first_only:
+            for _ in range(cfg.k - 1):
+                ens.add_student(teacher, cfg.depth)
+        return ens
+
+    def add_student(self, teacher: MuxSequenceClassifier, depth: int) -> Student:
+        s = _student_from(teacher, depth, zero_head=True).to(self.embeddings.word.weight.device)
+        self.students.append(s)
+        self._active = len(self.students)
+        self._stack = None
+        return s
+
+    @property
+    def k(self) -> int:
+        return len(self.students)
+
+    @property
+    def depth(self) -> int:
+        first = self.students[0]
+        assert isinstance(first, Student)
+        return len(first.layers)
+
+    # ---- active prefix ---------------------------------------------------------------------
+    @property
+    def active_students(self) -> int:
+        return self._active
+
+    @active_students.setter
+    def active_students(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.students):
+            raise ConfigError(
+                f"active students ({k!r}) must be an integer between 1 and {len(self.students)}"
+            )
+        self._active = k
+
+    # ---- forward -----------------------------------------------------------------------------
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embeddings(input_ids, token_type_ids)
+        return x, attention_bias(attention_mask, x.dtype)
+
+    def student_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        active: int | None = None,
+        parallel: bool | None = None,
+    ) -> torch.Tensor:
+        """Each active student's logits, (k, B, C). `parallel` defaults to True in eval mode."""
+        k = self._active if active is None else active
+        if not 1 <= k <= len(self.students):
+            raise ConfigError(f"active ({k}) must be between 1 and {len(self.students)}")
+        x, bias = self.embed(input_ids, attention_mask, token_type_ids)
+        if parallel is None:
+            parallel = not self.training
+        if parallel:
+            return self._parallel(x, bias, k)
+        return torch.stack([s(x, bias) for s in list(self.students)[:k]])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        active: int | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, C): the sum of the first `active` (default `active_students`) students."""
+        return self.student_logits(input_ids, attention_mask, token_type_ids, active=active).sum(0)
+
+    # ---- the batched path --------------------------------------------------------------------
+    def train(self, mode: bool = True) -> StudentEnsemble:
+        self._stack = None  # weights may change: rebuild the stacked copy on the next eval call
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._stack = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _stacked(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        st = self._stack
+        if st is not None and st["_probe"].device == device and st["_probe"].dtype == dtype:
+            return st
+        per = [_student_tensors(s) for s in self.students if isinstance(s, Student)]
+        out = {name: torch.stack([t[name] for t in per]).to(device, dtype) for name in per[0]}
+        out["_probe"] = torch.zeros((), device=device, dtype=dtype)
+        self._stack = out
+        return out
+
+    def _parallel(self, x: torch.Tensor, bias: torch.Tensor, k: int) -> torch.Tensor:
+        st = self._stacked(x.device, x.dtype)
+        first = self.students[0]
+        assert isinstance(first, Student)
+        first = first.layers[0]
+        assert isinstance(first, EncoderLayer)
+        heads, hd, eps = first.num_heads, first.head_dim, self.encoder_config.layer_norm_eps
+        act = first.act
+        b, t, h = x.shape
+        h_all = x.reshape(1, b * t, h)  # shared input: broadcast over the student axis
+        mask = bias.repeat(k, 1, 1, 1)  # (k*B, 1, 1, T)
+        for i in range(self.depth):
+            p = f"l{i}."
+            qkv = torch.baddbmm(st[p + "qkv_b"][:k], h_all.expand(k, -1, -1), st[p + "qkv_w"][:k])
+            qkv = qkv.view(k * b, t, 3, heads, hd).permute(2, 0, 3, 1, 4)
+            ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
+            ctx = ctx.transpose(1, 2).reshape(k, b * t, heads * hd)
+            a = torch.baddbmm(st[p + "out_b"][:k], ctx, st[p + "out_w"][:k])
+            h_all = _stacked_layer_norm(
+                h_all + a, st[p + "ln1_w"][:k], st[p + "ln1_b"][:k], eps
+            )  # (k, B*T, H)
+            f = act(torch.baddbmm(st[p + "in_b"][:k], h_all, st[p + "in_w"][:k]))
+            f = torch.baddbmm(st[p + "ff_b"][:k], f, st[p + "ff_w"][:k])
+            h_all = _stacked_layer_norm(h_all + f, st[p + "ln2_w"][:k], st[p + "ln2_b"][:k], eps)
+        cls = h_all.view(k, b, t, h)[:, :, 0]  # (k, B, H)
+        pooled = torch.tanh(torch.baddbmm(st["pool_b"][:k], cls, st["pool_w"][:k]))
+        return torch.baddbmm(st["cls_b"][:k], pooled, st["cls_w"][:k])  # (k, B, C)
+
+    # ---- size ----------------------------------------------------------------------------------
+    def prunable_parameters(self, active: int | None = None) -> int:
+        """Layer parameters of the active students (embeddings, poolers and heads excluded)."""
+        k = self._active if active is None else active
+        return sum(
+            p.numel()
+            for s in list(self.students)[:k]
+            if isinstance(s, Student)
+            for p in s.layers.parameters()
+        )
+
+    def sparsity(self) -> float:
+        """1 - (active students' layer parameters) / (teacher's layer parameters).
+
+        Negative when the students together hold more layer parameters than the teacher
+        (e.g. 4 students of depth 2 against 6 layers: -0.33)."""
+        return 1.0 - self.prunable_parameters() / self.teacher_prunable_params
+
+    # ---- persistence -------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {
+            "format": "autoprumux.StudentEnsemble/1",
+            "encoder": self.encoder_config.to_dict(),
+            "num_labels": self.num_labels,
+            "students": asdict(StudentConfig(k=self.k, depth=self.depth)),
+            "teacher_prunable_params": self.teacher_prunable_params,
+        }
+
+    def save(self, directory: str | Path, *, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self.config_dict()
+        if extra:
+            cfg["extra"] = extra
+        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(sd, str(d / "model.safetensors"))
+        (d / "autoprumux_config.json").write_text(json.dumps(cfg, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> StudentEnsemble:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg_path = d / "autoprumux_config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(
+                f"{str(d)!r} holds no autoprumux model (no autoprumux_config.json)"
+            )
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("format") != "autoprumux.StudentEnsemble/1":
+            raise ValueError(f"{str(d)!r} holds a {cfg.get('format')!r}, not a student ensemble")
+        ecfg = EncoderConfig.from_dict(cfg["encoder"])
+        sc = StudentConfig(**cfg["students"])
+        shell = Encoder(
+            ecfg.with_layers(
+                heads=ecfg.heads[: sc.depth],
+                ffn=ecfg.ffn[: sc.depth],
+                attn_present=ecfg.attn_present[: sc.depth],
+                ffn_present=ecfg.ffn_present[: sc.depth],
+            )
+        )
+        h = ecfg.hidden_size
+        students = [
+            Student(
+                [EncoderLayer(ecfg, ecfg.heads[i], ecfg.ffn[i]) for i in range(sc.depth)],
+                nn.Linear(h, h),
+                nn.Linear(h, int(cfg["num_labels"])),
+            )
+            for _ in range(sc.k)
+        ]
+        ens = cls(
+            shell.embeddings,
+            students,
+            encoder_config=ecfg,
+            num_labels=int(cfg["num_labels"]),
+            teacher_prunable_params=int(cfg["teacher_prunable_params"]),
+        )
+        ens.load_state_dict(load_file(str(d / "model.safetensors"), device=map_location))
+        ens.embeddings.requires_grad_(False)
+        return ens.eval()
+
+
+def _student_tensors(s: Student) -> dict[str, torch.Tensor]:
+    """One student's weights laid out for batched products: x @ W (H_in, H_out), bias (1, H)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def lin(name: str, m: nn.Linear | None) -> None:
+        assert m is not None
+        out[name + "_w"] = m.weight.detach().t()
+        out[name + "_b"] = m.bias.detach()[None]
+
+    def norm(name: str, m: nn.LayerNorm) -> None:
+        out[name + "_w"] = m.weight.detach()[None]
+        out[name + "_b"] = m.bias.detach()[None]
+
+    for i, layer in enumerate(s.layers):
+        assert isinstance(layer, EncoderLayer)
+        lin(f"l{i}.qkv", layer.qkv)
+        lin(f"l{i}.out", layer.attn_out)
+        norm(f"l{i}.ln1", layer.attn_norm)
+        lin(f"l{i}.in", layer.ffn_in)
+        lin(f"l{i}.ff", layer.ffn_out)
+        norm(f"l{i}.ln2", layer.ffn_norm)
+    lin("pool", s.pooler)
+    lin("cls", s.classifier)
+    return out
+
+
+def _student_from(teacher: MuxSequenceClassifier, depth: int, *, zero_head: bool) -> Student:
+    enc = teacher.encoder
+    h = enc.config.hidden_size
+    layers = [copy.deepcopy(enc.layers[i]) for i in range(depth)]
+    pooler = nn.Linear(h, h)
+    if enc.pooler is not None:
+        pooler.load_state_dict(enc.pooler.state_dict())
+    else:  # no pooler in the teacher: start at the identity-like tanh(x)
+        with torch.no_grad():
+            pooler.weight.copy_(torch.eye(h))
+            pooler.bias.zero_()
+    classifier = copy.deepcopy(teacher.classifier)
+    if zero_head:
+        with torch.no_grad():
+            classifier.weight.zero_()
+            classifier.bias.zero_()
+    return Student(
+        [layer for layer in layers if isinstance(layer, EncoderLayer)], pooler, classifier
+    )

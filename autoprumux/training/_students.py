@@ -1,0 +1,208 @@
+"""Training the Academus students: boosting on the teacher's residual, then stacking distillation.
+
+1. The teacher's logits t are computed once over the distillation set.
+2. Student j (j = 0..K-1) is trained with MSE on the residual r_j = t - sum_{i<j} s_i, which is
+   recomputed over the whole set after each student (so no earlier student runs per step).
+3. Stacking distillation fine-tunes all students together on the mean over k of
+   MSE(sum_{i<k} s_i, t): the full sum moves to the teacher while every prefix stays a model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from autoprumux.data import Encoded, collate, infinite_batches
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.models._students import Student, StudentConfig, StudentEnsemble
+from autoprumux.training._loop import TrainConfig, make_optimizer, predict, progress
+
+
+@dataclass(frozen=True)
+class StudentTrainConfig:
+    steps_per_student: int = 400
+    stacking_steps: int = 200
+    batch_size: int = 32
+    lr: float = 2e-4
+    stacking_lr: float = 5e-5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps_per_student", "stacking_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} ({v!r}) must be an integer >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size ({self.batch_size}) must be a positive integer")
+        for name in ("lr", "stacking_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} ({getattr(self, name)!r}) must be > 0")
+
+
+def _indexed(items: Sequence[Encoded]) -> list[Encoded]:
+    # the label field carries the row index into the target table
+    return [Encoded(x.input_ids, x.token_type_ids, i) for i, x in enumerate(items)]
+
+
+@torch.no_grad()
+def ensemble_outputs(
+    ens: StudentEnsemble,
+    items: Sequence[Encoded],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Every student's logits over `items`: (K, len(items), C), on the CPU."""
+    ens.to(device).eval()
+    out = []
+    for s in range(0, len(items), batch_size):
+        b = collate(items[s : s + batch_size])
+        out.append(
+            ens.student_logits(
+                b["input_ids"].to(device),
+                b["attention_mask"].to(device),
+                b["token_type_ids"].to(device),
+                active=ens.k,
+            )
+            .float()
+            .cpu()
+        )
+    return torch.cat(out, dim=1)
+
+
+def prefix_mse(per_student: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """MSE between the sum of the first k students and the target, for k = 1..K."""
+    sums = per_student.cumsum(0)
+    return [float(F.mse_loss(sums[k], target)) for k in range(per_student.shape[0])]
+
+
+def _train_steps(
+    ens: StudentEnsemble,
+    items: list[Encoded],
+    targets: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    student: int | None,
+    desc: str,
+    device: torch.device,
+) -> float:
+    """`cfg.steps` steps of MSE: one student on `targets` (the residual), or (student=None) all
+    students jointly with every prefix sum on `targets` (the teacher)."""
+    params_of = ens.students if student is None else ens.students[student]
+    opt, sched = make_optimizer(params_of, cfg)
+    it = infinite_batches(items, cfg.batch_size, seed=cfg.seed)
+    targets = targets.to(device)
+    ens.train()
+    ens.embeddings.eval()  # frozen and shared: no dropout noise in the students' input
+    ema = None
+    bar = progress(cfg.steps, desc)
+    for _ in bar:
+        b = {k: v.to(device) for k, v in next(it).items()}
+        with torch.no_grad():
+            x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        y = targets[b["labels"]]
+        if student is None:
+            per = torch.stack([s(x, bias) for s in ens.students])  # (K, B, C)
+            loss = F.mse_loss(per.cumsum(0), y.expand_as(per))
+        else:
+            s = ens.students[student]
+            assert isinstance(s, Student)
+            loss = F.mse_loss(s(x, bias), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params_of.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        lv = float(loss.detach())
+        if not torch.isfinite(torch.tensor(lv)):
+            raise FloatingPointError(
+                f"student loss became {lv}; lower the learning rate ({cfg.lr})"
+            )
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+        bar.set_postfix(mse=f"{ema:.4f}")
+    bar.close()
+    ens.eval()
+    return float(ema or 0.0)
+
+
+def distill_students(
+    teacher: MuxSequenceClassifier,
+    items: Sequence[Encoded],
+    cfg: StudentConfig,
+    tcfg: StudentTrainConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    heldout: Sequence[Encoded] = (),
+) -> tuple[StudentEnsemble, dict]:
+    """Distil `teacher` into K boosted students of `cfg.depth` layers. Returns the ensemble and
+    stats: the residual MSE on the distillation set (and on `heldout`) after each student, before
+    and after stacking, and the seconds spent."""
+    tcfg = tcfg or StudentTrainConfig()
+    if len(items) < tcfg.batch_size:
+        raise ConfigError(
+            f"the distillation set has {len(items)} examples, fewer than the batch size "
+            f"({tcfg.batch_size}); lower the batch size or give more examples"
+        )
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    torch.manual_seed(tcfg.seed)
+    target = predict(teacher, items, device=device)  # (M, C)
+    held_target = predict(teacher, heldout, device=device) if heldout else None
+    indexed = _indexed(items)
+    ens = StudentEnsemble.from_teacher(teacher, cfg, first_only=True).to(device)
+    residual = target.clone()
+    stats: dict = {"residual_mse": [], "heldout_residual_mse": [], "student_seconds": []}
+    for j in range(cfg.k):
+        ts = time.perf_counter()
+        if j > 0:
+            ens.add_student(teacher, cfg.depth)
+        step_cfg = TrainConfig(
+            steps=tcfg.steps_per_student,
+            batch_size=tcfg.batch_size,
+            lr=tcfg.lr,
+            seed=tcfg.seed + j,
+        )
+        if step_cfg.steps:
+            _train_steps(
+                ens,
+                indexed,
+                residual,
+                step_cfg,
+                student=j,
+                desc=f"student {j + 1}/{cfg.k}",
+                device=device,
+            )
+        mine = ensemble_outputs(ens, items, device=device)[j]
+        residual = residual - mine
+        stats["residual_mse"].append(float(residual.pow(2).mean()))
+        if held_target is not None:
+            per = ensemble_outputs(ens, heldout, device=device)
+            stats["heldout_residual_mse"].append(float((held_target - per.sum(0)).pow(2).mean()))
+        stats["student_seconds"].append(time.perf_counter() - ts)
+    stats["prefix_mse_before_stacking"] = prefix_mse(
+        ensemble_outputs(ens, items, device=device), target
+    )
+    if tcfg.stacking_steps:
+        _train_steps(
+            ens,
+            indexed,
+            target,
+            TrainConfig(
+                steps=tcfg.stacking_steps,
+                batch_size=tcfg.batch_size,
+                lr=tcfg.stacking_lr,
+                seed=tcfg.seed + cfg.k,
+            ),
+            student=None,
+            desc="stacking distillation",
+            device=device,
+        )
+    stats["prefix_mse"] = prefix_mse(ensemble_outputs(ens, items, device=device), target)
+    stats["seconds"] = time.perf_counter() - t0
+    ens.active_students = ens.k
+    return ens.eval(), stats

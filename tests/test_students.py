@@ -1,0 +1,207 @@
+"""Academus students: batched parallel execution, boosting, prefixes, persistence, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import random_batch, tiny_encoder
+
+from autoprumux.data import Encoded
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxConfig, MuxSequenceClassifier, StudentConfig, StudentEnsemble
+from autoprumux.training import StudentTrainConfig, distill_students, ensemble_outputs
+
+
+def teacher(layers: int = 4, seed: int = 0, scale: float = 1.0) -> MuxSequenceClassifier:
+    enc, _ = tiny_encoder(seed=seed, num_hidden_layers=layers)
+    m = MuxSequenceClassifier(enc, num_labels=3, mux=MuxConfig(n=1))
+    with torch.no_grad():
+        m.classifier.weight.normal_(0.0, scale)
+    return m.eval()
+
+
+def hard_teacher() -> MuxSequenceClassifier:
+    """A teacher whose upper layers matter, so shallow students cannot copy it exactly."""
+    t = teacher(layers=4, scale=3.0)
+    with torch.no_grad():
+        for layer in list(t.encoder.layers)[1:]:
+            for p in layer.parameters():
+                if p.ndim == 2:
+                    p.mul_(4.0)
+    return t
+
+
+def perturbed(ens: StudentEnsemble, seed: int = 1) -> StudentEnsemble:
+    """Make every student different (fresh students start as copies / with zero heads)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ens.students.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return ens
+
+
+def items(n: int, length: int = 12, seed: int = 0) -> list[Encoded]:
+    ids, mask, tt = random_batch(n, length, seed=seed)
+    return [
+        Encoded(tuple(ids[i, : int(mask[i].sum())].tolist()), (0,) * int(mask[i].sum()), 0)
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_parallel_equals_sequential_sum(depth):
+    ens = perturbed(StudentEnsemble.from_teacher(teacher(), StudentConfig(k=4, depth=depth))).eval()
+    ids, mask, tt = random_batch(5, 16, seed=3)
+    with torch.no_grad():
+        x, bias = ens.embed(ids, mask, tt)
+        seq = torch.stack([s(x, bias) for s in ens.students])
+        for k in range(1, 5):
+            par = ens.student_logits(ids, mask, tt, active=k, parallel=True)
+            assert par.shape == (k, 5, 3)
+            torch.testing.assert_close(par, seq[:k], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(
+                ens(ids, mask, tt, active=k), seq[:k].sum(0), rtol=1e-4, atol=1e-5
+            )
+    # the stacked copy follows weight changes made through train()
+    ens.train()
+    with torch.no_grad():
+        ens.students[2].classifier.bias.add_(1.0)
+    ens.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ens(ids, mask, tt), seq.sum(0) + 1.0, rtol=1e-4, atol=1e-4)
+
+
+def test_first_student_starts_as_truncated_teacher_and_others_add_nothing():
+    t = teacher(layers=3)
+    ens = StudentEnsemble.from_teacher(t, StudentConfig(k=3, depth=2)).eval()
+    ids, mask, tt = random_batch(4, 10, seed=1)
+    with torch.no_grad():
+        per = ens.student_logits(ids, mask, tt)
+        assert torch.count_nonzero(per[1:]) == 0
+        h = t.encoder.embeddings(ids, tt)
+        from autoprumux.models._encoder import attention_bias
+
+        b = attention_bias(mask)
+        for layer in list(t.encoder.layers)[:2]:
+            h = layer(h, b)
+        torch.testing.assert_close(per[0], t.head(h[:, 0]), rtol=1e-4, atol=1e-5)
+
+
+def test_boosting_lowers_the_residual_with_each_student_and_prefixes_degrade_gracefully():
+    t = hard_teacher()
+    train = items(256, seed=0)
+    held = items(64, seed=9)
+    ens, stats = distill_students(
+        t,
+        train,
+        StudentConfig(k=3, depth=1),
+        StudentTrainConfig(
+            steps_per_student=60, stacking_steps=30, batch_size=32, lr=3e-3, stacking_lr=1e-3
+        ),
+        heldout=held,
+    )
+    r = stats["residual_mse"]
+    assert len(r) == 3
+    assert all(b < a for a, b in zip(r, r[1:], strict=False)), r
+    h = stats["heldout_residual_mse"]
+    assert h[-1] < h[0], h
+    # after stacking every prefix is still a model: its error falls as students are added
+    p = stats["prefix_mse"]
+    assert all(b <= a * 1.02 for a, b in zip(p, p[1:], strict=False)), p
+    # and agreement with the teacher's decision degrades gracefully, not to chance, with fewer students
+    with torch.no_grad():
+        from autoprumux.training import predict
+
+        tl = predict(t, held).argmax(-1)
+        per = ensemble_outputs(ens, held)
+        agree = [float((per[:k].sum(0).argmax(-1) == tl).float().mean()) for k in range(1, 4)]
+    assert agree[0] > 0.5 and agree[-1] >= agree[0] - 0.05, agree
+
+
+def test_save_load_roundtrip(tmp_path):
+    ens = perturbed(StudentEnsemble.from_teacher(teacher(), StudentConfig(k=3, depth=2))).eval()
+    ens.save(tmp_path / "m")
+    back = StudentEnsemble.load(tmp_path / "m")
+    ids, mask, tt = random_batch(3, 9, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, mask, tt), ens(ids, mask, tt))
+    assert (back.k, back.depth) == (3, 2)
+    assert back.sparsity() == pytest.approx(ens.sparsity())
+    # 3 students x 2 layers hold 1.5x the 4-layer teacher's layer parameters
+    assert ens.sparsity() == pytest.approx(1 - 6 / 4)
+    ens.active_students = 2
+    assert ens.sparsity() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"k": 0}, "students K"),
+        ({"k": 17}, "students K"),
+        ({"depth": 4}, "student depth"),
+        ({"depth": "two"}, "student depth"),
+        ({"k": 2.5}, "students K"),
+    ],
+)
+def test_bad_student_config(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        StudentConfig(**kw)
+
+
+def test_bad_teacher_and_active():
+    with pytest.raises(ConfigError, match="below the teacher"):
+        StudentEnsemble.from_teacher(teacher(layers=2), StudentConfig(k=2, depth=2))
+    enc, _ = tiny_encoder(num_hidden_layers=3)
+    mux = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=2))
+    with pytest.raises(ConfigError, match="N=1"):
+        StudentEnsemble.from_teacher(mux, StudentConfig(k=2, depth=1))
+    ens = StudentEnsemble.from_teacher(teacher(), StudentConfig(k=2, depth=1))
+    for bad in (0, 3, "1", 1.0):
+        with pytest.raises(ConfigError, match="active students"):
+            ens.active_students = bad  # type: ignore[assignment]
+
+
+def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoint, tmp_path):
+    from conftest import GLUE_DIR
+
+    from autoprumux import PruMuxPipeline, Recipe
+    from autoprumux.evaluation import ThroughputConfig
+
+    if not GLUE_DIR.is_dir():
+        pytest.fail(f"shared GLUE data not found at {GLUE_DIR}")
+    recipe = Recipe(
+        max_train_examples=64,
+        batch_size=16,
+        max_seq_len=32,
+        finetune_steps=2,
+        student_steps=3,
+        student_stacking_steps=2,
+    )
+
+    def pipe() -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=recipe,
+            data_dir=str(GLUE_DIR),
+            cache_dir=tmp_path,
+        )
+
+    tp = ThroughputConfig(batch_size=8, seq_len=16, repeats=2, warmup=1)
+    ev = pipe().evaluate_students(2, 1, throughput=tp)
+    c = ev.candidate
+    assert c.extra["technique"] == "students" and c.extra["students"] == 2
+    assert c.extra["depth"] == 1 and c.extra["active_students"] == 2
+    # two 1-layer students against the 2-layer tiny teacher: the same layer parameters
+    assert c.sparsity == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 <= c.metric <= 100.0 and c.throughput > 0 and ev.baseline.throughput > 0
+    assert ev.ideal_speedup == pytest.approx(ev.baseline.flops / c.flops)
+    entry = next((tmp_path / "students").iterdir())
+    mtime = (entry / "model" / "model.safetensors").stat().st_mtime
+    # a new pipeline hits the cache; a prefix of the students is measured without retraining
+    one = pipe().evaluate_students(2, 1, active=1, throughput=tp)
+    assert (entry / "model" / "model.safetensors").stat().st_mtime == mtime
+    assert one.candidate.extra["active_students"] == 1
+    assert one.candidate.flops == pytest.approx(c.flops / 2)
+    with pytest.raises(ConfigError, match="active students"):
+        pipe().evaluate_students(2, 1, active=3, throughput=tp)
