@@ -46,6 +46,9 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--warmup-hidden-distill", float, "weight of hidden-state distillation in the warm-up"),
     ("--mux-hidden-distill", float, "weight of hidden-state KD in the N > 1 fine-tune"),
     ("--warmup-from-smaller", _bool, "N >= 4 warm-up starts from the N/2 warm-up (true/false)"),
+    ("--student-steps", int, "boosting steps per Academus student"),
+    ("--student-stacking-steps", int, "joint stacking-distillation steps of all students"),
+    ("--student-lr", float, "learning rate of the student boosting steps"),
     ("--seed", int, "seed of sampling, initialisation and data order"),
 ]
 
@@ -104,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--sparsity", default="0.7", help="fraction of encoder parameters to remove, in [0, 1)"
     )
     ev.add_argument("--mux", default="2", help="multiplexing width N >= 1 (1 = none)")
+    ev.add_argument(
+        "--students",
+        default=None,
+        help="evaluate K Academus students instead of PruMUX (K in 1..16; --sparsity/--mux ignored)",
+    )
+    ev.add_argument("--student-depth", default="2", help="layers per student: 1, 2 or 3")
+    ev.add_argument(
+        "--active", default=None, help="run only the first k of the K students (default: all)"
+    )
     ev.add_argument(
         "--json", dest="json_out", default=None, help="also write the result as JSON to this file"
     )
@@ -219,14 +231,14 @@ def _recipe(args: argparse.Namespace):
 def format_table(ev) -> str:
     """A readable two-row table: baseline and candidate with accuracy loss and speedup."""
     m = ev.metric_name
-    head = f"{'config':<16}{'sparsity':>9}{'N':>4}{m:>9}{'acc loss':>10}{'ex/s':>10}{'speedup':>9}{'ideal':>7}"
+    head = f"{'config':<20}{'sparsity':>9}{'N':>4}{m:>9}{'acc loss':>10}{'ex/s':>10}{'speedup':>9}{'ideal':>7}"
     rows = [head, "-" * len(head)]
     for meas, loss, sp, ideal in (
         (ev.baseline, 0.0, 1.0, 1.0),
         (ev.candidate, ev.accuracy_loss, ev.speedup, ev.ideal_speedup),
     ):
         rows.append(
-            f"{meas.name:<16}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{loss:>10.2f}{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
+            f"{meas.name:<20}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{loss:>10.2f}{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
         )
     tp = ev.throughput_config
     rows.append(
@@ -256,7 +268,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from autoprumux.pipeline import validate_candidate
 
     # validate everything cheap before any work starts
-    sparsity, n = validate_candidate(args.sparsity, args.mux)
+    students = _student_args(args) if args.students is not None else None
+    sparsity, n = (0.0, 1) if students else validate_candidate(args.sparsity, args.mux)
     recipe = _recipe(args)
     tp = ThroughputConfig(
         batch_size=args.tp_batch,
@@ -269,11 +282,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"--json {args.json_out!r}: its directory does not exist; create it or choose another path"
         )
     pipe = _pipeline(args, recipe)
-    ev = pipe.evaluate(sparsity, n, throughput=tp)
+    if students:
+        k, depth, active = students
+        ev = pipe.evaluate_students(k, depth, active=active, throughput=tp)
+    else:
+        ev = pipe.evaluate(sparsity, n, throughput=tp)
     print(format_table(ev))
     r = pipe.recipe
     print(
         f"(budget: {len(pipe.train_items)} training examples, batch {r.batch_size}; baseline {r.finetune_steps} steps"
+        + (
+            f"; {r.student_steps} boosting steps per student + {r.student_stacking_steps} "
+            "stacking steps"
+            if students
+            else ""
+        )
         + (
             f"; mux warm-up {r.mux_warmup_steps} + fine-tune {r.mux_finetune_steps} steps"
             if n > 1
@@ -289,6 +312,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json_out:
         _atomic_write(Path(args.json_out), json.dumps(ev.to_dict(), indent=2))
     return 0
+
+
+def _student_args(args: argparse.Namespace) -> tuple[int, int, int | None]:
+    """(K, depth, active) from --students/--student-depth/--active, validated."""
+    from autoprumux.models import StudentConfig
+
+    def as_int(flag: str, v: str) -> int:
+        try:
+            return int(v)
+        except ValueError:
+            raise AutoPruMuxError(f"{flag} ({v!r}) must be an integer") from None
+
+    cfg = StudentConfig(
+        k=as_int("--students", args.students), depth=as_int("--student-depth", args.student_depth)
+    )
+    active = None if args.active is None else as_int("--active", args.active)
+    if active is not None and not 1 <= active <= cfg.k:
+        raise AutoPruMuxError(f"--active ({active}) must be between 1 and --students ({cfg.k})")
+    return cfg.k, cfg.depth, active
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:

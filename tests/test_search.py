@@ -281,3 +281,49 @@ def _post(port: int, payload) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def test_a_search_across_techniques_tracks_students_and_recommends_across_them(
+    tiny_checkpoint, tmp_path
+):
+    space = SearchSpace.from_dict(
+        {
+            "name": "tiny-combined",
+            "task": "sst2",
+            "model": tiny_checkpoint,
+            "recipe": {**TINY_RECIPE, "student_steps": 2, "student_stacking_steps": 1},
+            "params": {
+                "technique": {"choices": ["prumux", "students"]},
+                "sparsity": {"choices": [0.0]},
+                "mux": {"choices": [1]},
+                "students": {"choices": [1, 2]},
+                "student_depth": {"choices": [1]},
+            },
+        }
+    )
+    assert len(space.grid()) == 3  # baseline + two student configurations
+    s = settings(space, tmp_path, trials=3, sampler="grid")
+    searcher = Searcher(s)
+    searcher.run()
+    done = searcher.finished()
+    assert sorted(json.dumps(t.user_attrs["config"], sort_keys=True) for t in done) == sorted(
+        json.dumps(c, sort_keys=True) for c in space.grid()
+    )
+    runs = {r.info.run_id: r for r in mlflow_trial_runs(s.tracking_uri, searcher.name)}
+    for t in done:
+        cfg = t.user_attrs["config"]
+        r = runs[t.user_attrs["mlflow_run_id"]]
+        assert r.data.params["technique"] == cfg["technique"]
+        assert r.data.metrics["speedup"] == pytest.approx(t.value)
+        if cfg["technique"] == "students":
+            # K 1-layer students against the 2-layer tiny teacher
+            assert t.user_attrs["measured_sparsity"] == pytest.approx(1 - cfg["students"] / 2)
+    assert "students K=2 d=1" in searcher.report()
+    # the recommendation ranges over both techniques: with a loose budget it is the fastest
+    # measured configuration, whatever its technique
+    rec = recommend(50.0, "sst2", storage=s.storage)
+    fastest = max(done, key=lambda t: t.value)
+    assert rec.technique == fastest.user_attrs["config"]["technique"]
+    assert rec.measured is not None and rec.measured.number == fastest.number
+    if rec.technique == "students":
+        assert rec.students == fastest.user_attrs["config"]["students"]

@@ -11,7 +11,7 @@ from sklearn.base import clone
 
 from autoprumux.errors import ConfigError
 from autoprumux.search import FEATURES, MetaModel, SearchSpace, check_budget, pareto_points
-from autoprumux.search._meta import features
+from autoprumux.search._meta import features, training_table
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {
@@ -41,7 +41,14 @@ def test_a_space_fixes_task_model_and_recipe():
     space = SearchSpace.from_dict({**GOOD, "recipe": {"recovery_steps": 7}, "model": "x"})
     assert space.recipe.recovery_steps == 7 and space.model == "x"
     assert space.with_task("cola").task == "cola"
-    assert space.grid()[0] == {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian"}
+    assert space.grid()[0] == {
+        "technique": "prumux",
+        "sparsity": 0.0,
+        "mux": 1,
+        "mux_variant": "gaussian",
+        "students": 0,
+        "student_depth": 0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -163,3 +170,67 @@ def test_meta_model_refuses_bad_targets():
         MetaModel().fit(X[:1], y[:1])
     with pytest.raises(ValueError, match=rf"X must be \(n, {len(FEATURES)}\) with columns"):
         MetaModel().fit(X[:, :3], y)
+
+
+def test_spaces_across_techniques_load_and_keep_each_techniques_dimensions_apart():
+    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    combined = SearchSpace.from_yaml(root / "combined.yaml")
+    grid = combined.grid()
+    prumux = [g for g in grid if g["technique"] == "prumux"]
+    students = [g for g in grid if g["technique"] == "students"]
+    assert len(prumux) == 20 * 3 and len(students) == 4 * 3 and len(grid) == 72
+    assert all(g["sparsity"] == 0.0 and g["mux"] == 1 for g in students)
+    assert all(g["students"] == 0 and g["student_depth"] == 0 for g in prumux)
+    only = SearchSpace.from_yaml(root / "students.yaml")
+    assert {(g["students"], g["student_depth"]) for g in only.grid()} == {
+        (k, d) for k in (1, 2, 3, 4) for d in (1, 2, 3)
+    }
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"students": {"choices": [2]}}, r"params.students.*technique 'students'"),
+        ({"technique": {"choices": ["prumux", "quantize"]}}, r"params.technique.choices"),
+        (
+            {"technique": {"choices": ["students"]}, "students": {"choices": [0]}},
+            r"params.students.choices.*\[1, 16\]",
+        ),
+        (
+            {"technique": {"choices": ["students"]}, "student_depth": {"choices": [4]}},
+            r"params.student_depth.choices.*\[1, 2, 3\]",
+        ),
+        (
+            {"technique": {"choices": ["students"]}, "sparsity": {"choices": [0.5]}},
+            r"params.sparsity.*technique 'prumux'",
+        ),
+    ],
+)
+def test_bad_technique_dimensions_name_the_key(params, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchSpace.from_dict({**GOOD, "params": params})
+
+
+def test_meta_model_keeps_students_monotone():
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(40):
+        k, d = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+        loss = 6.0 / (k * d) + rng.normal(0, 0.3)
+        speed = 6.0 / (k * d) * (1 + rng.normal(0, 0.05))
+        rows.append(
+            ({"technique": "students", "students": k, "student_depth": d}, CTX, loss, speed)
+        )
+    X, y = training_table(rows)
+    m = MetaModel().fit(X, y)
+    for d in (1, 2, 3):
+        p = m.predict(
+            np.array(
+                [
+                    features({"technique": "students", "students": k, "student_depth": d}, CTX)
+                    for k in (1, 2, 3, 4)
+                ]
+            )
+        )
+        assert all(np.diff(p[:, 0]) <= 1e-9) and all(np.diff(p[:, 1]) <= 1e-9), p

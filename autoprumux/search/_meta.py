@@ -1,9 +1,10 @@
 """The meta-model: LightGBM regressors predicting (accuracy loss, speedup) of a configuration.
 
-Features describe the configuration (sparsity, N, mux variant) and its context (task, base model,
+Features describe the configuration (technique; sparsity, N, mux variant for PruMUX; K and depth
+for Academus students) and its context (task, base model,
 device, baseline accuracy), so one model serves several studies. Monotone constraints encode what
 holds by construction: removing more parameters or multiplexing more inputs never lowers the
-accuracy loss or the speedup. LightGBM refuses monotone constraints with its quantile objective,
+accuracy loss or the speedup; more or deeper students never raise the loss or the speedup. LightGBM refuses monotone constraints with its quantile objective,
 so the uncertainty is a jackknife interval instead: the point models are refitted leaving each
 trial out, and the interval is the point prediction +- the `coverage` quantile of those
 leave-one-out errors (wider with few or noisy trials, narrower as the study grows). A
@@ -21,9 +22,12 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 FEATURES = (
+    "technique_students",
     "sparsity",
     "log2_mux",
     "variant_orthogonal",
+    "students",
+    "student_depth",
     "task_num_labels",
     "task_pair",
     "task_mcc",
@@ -34,18 +38,23 @@ FEATURES = (
     "model_log_params",
     "device_cuda",
 )
-# +1: the target does not decrease as the feature rises
-MONOTONE_LOSS = {"sparsity": 1, "log2_mux": 1}
-MONOTONE_SPEEDUP = {"sparsity": 1, "log2_mux": 1}
+# +1: the target does not decrease as the feature rises; -1: it does not increase
+MONOTONE_LOSS = {"sparsity": 1, "log2_mux": 1, "students": -1, "student_depth": -1}
+MONOTONE_SPEEDUP = {"sparsity": 1, "log2_mux": 1, "students": -1, "student_depth": -1}
 TARGETS = ("accuracy_loss", "speedup")
 
 
 def features(config: dict[str, Any], context: dict[str, Any]) -> list[float]:
-    """One feature row from a configuration and its study context (see `context_of`)."""
+    """One feature row from a configuration and its study context (see `context_of`).
+    Configurations recorded before students existed are PruMUX ones."""
+    students = config.get("technique", "prumux") == "students"
     return [
-        float(config["sparsity"]),
-        math.log2(int(config["mux"])),
+        1.0 if students else 0.0,
+        float(config.get("sparsity", 0.0)),
+        math.log2(int(config.get("mux", 1))),
         1.0 if config.get("mux_variant", "gaussian") == "orthogonal" else 0.0,
+        float(config.get("students", 0)) if students else 0.0,
+        float(config.get("student_depth", 0)) if students else 0.0,
         float(context["task_num_labels"]),
         float(context["task_pair"]),
         float(context["task_mcc"]),

@@ -3,9 +3,10 @@
 The meta-model is trained on every finished trial of the studies in a storage (several tasks,
 models and devices can share one model: the context is in the features). A configuration is
 feasible when its pessimistic (high-quantile) predicted accuracy loss is within the budget; a
-configuration that was measured uses its measured loss instead. Among feasible configurations the
-one with the highest predicted (or measured) speedup wins; N=1 at sparsity 0 (the baseline) is
-always feasible, so a recommendation always exists.
+configuration that was measured uses its measured loss instead. Among feasible configurations of
+every technique in the study's space (PruMUX and/or students) the one with the highest predicted
+(or measured) speedup wins; N=1 at sparsity 0 (the baseline) is always feasible, so a
+recommendation always exists.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ class Recommendation:
     task: str
     model: str
     device: str
+    technique: str
     sparsity: float
     mux: int
     mux_variant: str
+    students: int
+    student_depth: int
     predicted_accuracy_loss: float
     accuracy_loss_interval: Interval
     predicted_speedup: float
@@ -52,6 +56,11 @@ class Recommendation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def config_line(self) -> str:
+        if self.technique == "students":
+            return f"  {self.students} students of depth {self.student_depth} (Academus)"
+        return f"  sparsity {self.sparsity:g}, N={self.mux}, mux variant {self.mux_variant}"
 
     def describe(self) -> str:
         lo, hi = self.accuracy_loss_interval, self.speedup_interval
@@ -64,7 +73,8 @@ class Recommendation:
         )
         return (
             f"budget {self.budget:g} pts on {self.task} ({self.model}, {self.device}):\n"
-            f"  sparsity {self.sparsity:g}, N={self.mux}, mux variant {self.mux_variant}\n"
+            + self.config_line()
+            + "\n"
             f"  predicted accuracy loss {self.predicted_accuracy_loss:.2f} pts "
             f"[{lo.low:.2f}, {lo.high:.2f}], speedup {self.predicted_speedup:.2f}x "
             f"[{hi.low:.2f}, {hi.high:.2f}] (meta-model on {self.trials_used} trials)" + meas
@@ -153,7 +163,9 @@ def choose(
     best, best_speed = None, -math.inf
     for i, c in enumerate(cands):
         m = measured.get(_ckey(c))
-        baseline_cfg = c["sparsity"] == 0.0 and c["mux"] == 1
+        baseline_cfg = (
+            c.get("technique", "prumux") == "prumux" and c["sparsity"] == 0.0 and c["mux"] == 1
+        )
         if m is not None:
             loss_ok = m["accuracy_loss"] <= budget and hi[i, 0] <= budget + 0.5 * max(1.0, budget)
             speed = m["speedup"]
@@ -184,7 +196,14 @@ def _measured_means(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
 
 
 def _ckey(c: dict[str, Any]) -> tuple:
-    return (round(float(c["sparsity"]), 6), int(c["mux"]), c.get("mux_variant", "gaussian"))
+    return (
+        c.get("technique", "prumux"),
+        round(float(c.get("sparsity", 0.0)), 6),
+        int(c.get("mux", 1)),
+        c.get("mux_variant", "gaussian"),
+        int(c.get("students", 0)),
+        int(c.get("student_depth", 0)),
+    )
 
 
 @dataclass
@@ -253,9 +272,12 @@ class Recommender:
             task=e.task,
             model=e.model,
             device=e.device,
+            technique=str(cfg.get("technique", "prumux")),
             sparsity=float(cfg["sparsity"]),
             mux=int(cfg["mux"]),
             mux_variant=str(cfg["mux_variant"]),
+            students=int(cfg.get("students", 0)),
+            student_depth=int(cfg.get("student_depth", 0)),
             predicted_accuracy_loss=float(med[0]),
             accuracy_loss_interval=Interval(float(lo[0]), float(hi[0])),
             predicted_speedup=float(med[1]),

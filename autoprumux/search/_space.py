@@ -9,6 +9,12 @@
       mux: {choices: [1, 2, 4]}
       mux_variant: {choices: [gaussian]}
 
+A space may span techniques: `technique: {choices: [prumux, students]}` adds Academus students
+(`students`: K, `student_depth`: d) beside PruMUX (`sparsity`, `mux`, `mux_variant`); each
+trial samples the technique first, then only that technique's dimensions. A configuration always
+carries every key: a PruMUX one has students = student_depth = 0, a students one has sparsity 0
+and N = 1.
+
 Every error names the offending key (as a dotted path) and what is allowed there.
 """
 
@@ -26,10 +32,21 @@ import yaml
 from autoprumux.data import TASKS
 from autoprumux.errors import ConfigError
 from autoprumux.models._mux import MUX_VARIANTS
+from autoprumux.models._students import MAX_STUDENTS, STUDENT_DEPTHS
 from autoprumux.pipeline import MAX_MUX, Recipe
 
 TOP_LEVEL_KEYS = ("name", "task", "model", "recipe", "params")
-PARAMS = ("sparsity", "mux", "mux_variant")
+PARAMS = ("technique", "sparsity", "mux", "mux_variant", "students", "student_depth")
+TECHNIQUES = ("prumux", "students")
+# the dimensions each technique samples (the others take their neutral values)
+TECHNIQUE_PARAMS = {
+    "prumux": ("sparsity", "mux", "mux_variant"),
+    "students": ("students", "student_depth"),
+}
+NEUTRAL: dict[str, dict[str, Any]] = {
+    "prumux": {"students": 0, "student_depth": 0},
+    "students": {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian"},
+}
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 
 
@@ -142,6 +159,15 @@ class SearchSpace:
                     f"{where}: unknown key 'params.{k}'; allowed keys are {list(PARAMS)}"
                 )
             params[k] = _param(k, spec, where)
+        techniques = params["technique"].values() if "technique" in params else ["prumux"]
+        for k in params:
+            owner = next((t for t, ks in TECHNIQUE_PARAMS.items() if k in ks), None)
+            if owner is not None and owner not in techniques:
+                raise ConfigError(
+                    f"{where}: 'params.{k}' belongs to technique {owner!r}, which the space never "
+                    f"samples (technique is {techniques}); add it to 'params.technique.choices' "
+                    "or remove the key"
+                )
         return cls(
             name=name.strip(),
             task=task,
@@ -169,21 +195,41 @@ class SearchSpace:
 
     def defaults(self) -> dict[str, Any]:
         """Values of dimensions that are not searched."""
-        return {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian"}
+        return {
+            "technique": "prumux",
+            "sparsity": 0.0,
+            "mux": 1,
+            "mux_variant": "gaussian",
+            "students": 4,
+            "student_depth": 2,
+        }
+
+    def techniques(self) -> list[str]:
+        return [str(t) for t in self.values("technique")]
 
     def config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """A full configuration (sparsity, mux, mux_variant) from sampled params."""
+        """A full configuration (every key of `defaults`) from sampled params; the dimensions of
+        the technique not chosen take their neutral values."""
         out = {**self.defaults(), **params}
+        out.update(NEUTRAL[out["technique"]])
         out["sparsity"] = round(float(out["sparsity"]), 6)
         out["mux"] = int(out["mux"])
+        out["students"] = int(out["students"])
+        out["student_depth"] = int(out["student_depth"])
         return out
 
     def grid(self) -> list[dict[str, Any]]:
+        """Every distinct configuration of the space (each technique's own product)."""
         keys = list(self.params)
-        return [
-            self.config(dict(zip(keys, combo, strict=True)))
-            for combo in itertools.product(*(self.params[k].values() for k in keys))
-        ]
+        seen: set[str] = set()
+        out = []
+        for combo in itertools.product(*(self.params[k].values() for k in keys)):
+            cfg = self.config(dict(zip(keys, combo, strict=True)))
+            key = json.dumps(cfg, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out.append(cfg)
+        return out
 
     def to_dict(self) -> dict:
         return {
@@ -254,6 +300,13 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
     return ParamSpec(key, low=vals["low"], high=vals["high"], step=vals["step"])
 
 
+def describe_config(cfg: dict[str, Any]) -> str:
+    """A short label: "s=0.5 N=2" or "students K=4 d=2"."""
+    if cfg.get("technique", "prumux") == "students":
+        return f"students K={cfg['students']} d={cfg['student_depth']}"
+    return f"s={float(cfg.get('sparsity', 0)):g} N={cfg.get('mux', 1)}"
+
+
 def _check_value(key: str, v: Any, path: str, where: str) -> None:
     if key == "sparsity":
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
@@ -263,3 +316,12 @@ def _check_value(key: str, v: Any, path: str, where: str) -> None:
             raise ConfigError(f"{where}: '{path}' ({v!r}) must be an integer in [1, {MAX_MUX}]")
     elif key == "mux_variant" and v not in MUX_VARIANTS:
         raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(MUX_VARIANTS)}")
+    elif key == "technique" and v not in TECHNIQUES:
+        raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(TECHNIQUES)}")
+    elif key == "students":
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_STUDENTS:
+            raise ConfigError(
+                f"{where}: '{path}' ({v!r}) must be an integer in [1, {MAX_STUDENTS}]"
+            )
+    elif key == "student_depth" and (isinstance(v, bool) or v not in STUDENT_DEPTHS):
+        raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(STUDENT_DEPTHS)}")

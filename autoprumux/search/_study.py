@@ -27,7 +27,7 @@ from typing import Any
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.search import _tracking as tracking
-from autoprumux.search._space import SearchSpace
+from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace, describe_config
 
 log = logging.getLogger("autoprumux")
 
@@ -133,14 +133,16 @@ def _chain(*callbacks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any]
     return run
 
 
+GRID_PARAM = "grid_point"
+
+
 def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any:
     import optuna
 
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "grid":
-        grid = {k: p.values() for k, p in space.params.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+    if kind == "grid":  # one categorical over the distinct configurations (see Searcher._suggest)
+        return optuna.samplers.GridSampler({GRID_PARAM: list(range(len(space.grid())))}, seed=seed)
 
     def constraints(t: Any) -> list[float]:
         return [float(t.user_attrs.get("accuracy_loss", 1e9)) - budget]
@@ -209,6 +211,7 @@ class Searcher:
         )
         self.parent_run_id = self._parent_run()
         self._mux_loss: dict[tuple[str, int], float] = {}  # step-0 loss of each unpruned mux model
+        self._grid_ids = list(range(len(space.grid())))
 
     # ---- set-up ------------------------------------------------------------------------------
     def pipeline(self, variant: str) -> Any:
@@ -317,12 +320,26 @@ class Searcher:
 
     # ---- trials ------------------------------------------------------------------------------
     def _suggest(self, trial: Any) -> dict[str, Any]:
+        """Sample a configuration: the technique first, then only that technique's dimensions
+        (define-by-run, so TPE models each technique's dimensions where they apply)."""
+        if self.s.sampler == "grid":
+            return self.space.grid()[trial.suggest_categorical(GRID_PARAM, self._grid_ids)]
         params: dict[str, Any] = {}
-        for k, p in self.space.params.items():
+        space = self.space.params
+
+        def suggest(k: str) -> None:
+            p = space[k]
             if p.is_range:
                 params[k] = trial.suggest_float(k, p.low, p.high, step=p.step)
             else:
                 params[k] = trial.suggest_categorical(k, list(p.choices))
+
+        if "technique" in space:
+            suggest("technique")
+        technique = params.get("technique", self.space.defaults()["technique"])
+        for k in TECHNIQUE_PARAMS[technique]:
+            if k in space:
+                suggest(k)
         return self.space.config(params)
 
     def _report(self, trial: Any, pipe: Any, step: int, model: Any, run_id: str) -> None:
@@ -340,6 +357,24 @@ class Searcher:
             raise optuna.TrialPruned(
                 f"accuracy loss {loss:.2f} > {self.s.prune_above} points at step {step}"
             )
+
+    def _evaluate_prumux(self, trial: Any, pipe: Any, cfg: dict[str, Any], run_id: str) -> Any:
+        """A PruMUX candidate, reporting its loss after each stage (a hopeless one is pruned)."""
+        s, n = cfg["sparsity"], cfg["mux"]
+        if n > 1:  # step 0: the unpruned multiplexed model, evaluated once per (variant, N)
+            key = (cfg["mux_variant"], n)
+            if key not in self._mux_loss:
+                self._mux_loss[key] = (
+                    pipe.baseline_metrics()["metric"]
+                    - pipe.dev_metrics(pipe.mux_model(n))["metric"]
+                )
+            self._report_loss(trial, 0, self._mux_loss[key], run_id)
+        return pipe.evaluate(
+            s,
+            n,
+            throughput=self.s.throughput,
+            on_stage=lambda stage, m: self._report(trial, pipe, stage, m, run_id),
+        )
 
     def objective(self, trial: Any) -> float:
         import optuna
@@ -376,22 +411,13 @@ class Searcher:
         overhead = time.perf_counter() - t0
         try:
             pipe = self.pipeline(cfg["mux_variant"])
-            s, n = cfg["sparsity"], cfg["mux"]
             w0 = time.perf_counter()
-            if n > 1:  # step 0: the unpruned multiplexed model, evaluated once per (variant, N)
-                key = (cfg["mux_variant"], n)
-                if key not in self._mux_loss:
-                    self._mux_loss[key] = (
-                        pipe.baseline_metrics()["metric"]
-                        - pipe.dev_metrics(pipe.mux_model(n))["metric"]
-                    )
-                self._report_loss(trial, 0, self._mux_loss[key], run_id)
-            ev = pipe.evaluate(
-                s,
-                n,
-                throughput=self.s.throughput,
-                on_stage=lambda stage, m: self._report(trial, pipe, stage, m, run_id),
-            )
+            if cfg["technique"] == "students":
+                ev = pipe.evaluate_students(
+                    cfg["students"], cfg["student_depth"], throughput=self.s.throughput
+                )
+            else:
+                ev = self._evaluate_prumux(trial, pipe, cfg, run_id)
             work = time.perf_counter() - w0
             t1 = time.perf_counter()
             metrics = {
@@ -533,15 +559,14 @@ class Searcher:
     def report(self) -> str:
         """A table of the study's trials and its best feasible one."""
         trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
-        head = f"{'trial':>5} {'state':<9}{'sparsity':>9}{'N':>4} {'variant':<11}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
+        head = f"{'trial':>5} {'state':<9} {'configuration':<22}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
         lines = [head, "-" * len(head)]
         for t in trials:
             cfg = t.user_attrs.get("config", t.params)
             ua = t.user_attrs
             loss = ua.get("accuracy_loss")
             lines.append(
-                f"{t.number:>5} {t.state.name:<9}{cfg.get('sparsity', 0):>9.3g}{cfg.get('mux', 1):>4} "
-                f"{cfg.get('mux_variant', 'gaussian'):<11}"
+                f"{t.number:>5} {t.state.name:<9} {_label(cfg):<22}"
                 + (f"{loss:>9.2f}" if loss is not None else f"{'-':>9}")
                 + (f"{t.value:>8.2f}x" if t.value is not None else f"{'-':>9}")
                 + f"{ua.get('trial_seconds', 0.0):>9.0f}"
@@ -598,10 +623,17 @@ def load_study_attrs(storage: str | None, study_name: str) -> dict[str, Any]:
 
 def _describe(t: Any) -> str:
     cfg = t.user_attrs.get("config", t.params)
-    head = f"#{t.number} s={cfg.get('sparsity', 0):g} N={cfg.get('mux', 1)}"
+    head = f"#{t.number} {describe_config(cfg)}"
     if t.state.name == "COMPLETE":
         return f"{head} loss {t.user_attrs['accuracy_loss']:.2f} {t.value:.2f}x"
     return f"{head} {t.state.name.lower()}"
+
+
+def _label(cfg: dict[str, Any]) -> str:
+    label = describe_config(cfg)
+    if cfg.get("technique", "prumux") == "prumux" and cfg.get("mux", 1) > 1:
+        label += f" {cfg.get('mux_variant', 'gaussian')}"
+    return label
 
 
 def _redact(url: str) -> str:
