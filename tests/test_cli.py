@@ -44,6 +44,11 @@ BAD_INPUT = [
     (["--max-seq-len", "4"], "4"),
     (["--tp-seq-len", "600"], "600"),
     (["--mux", "1000"], "1000"),
+    (["--students", "0"], "(0)"),
+    (["--students", "17"], "(17)"),
+    (["--students", "four"], "four"),
+    (["--students", "2", "--student-depth", "5"], "(5)"),
+    (["--students", "2", "--active", "3"], "(3)"),
 ]
 
 

@@ -1,0 +1,164 @@
+"""Issue 4 benchmark: Academus students against the full-depth baseline, latency and throughput.
+
+    python benchmarks/students_latency.py --task sst2 --students 4 --depth 2 [--device cuda]
+
+Builds (or takes from the cache) the fine-tuned baseline and K boosted students of `depth`
+layers, then for every prefix k = 1..K of the students measures the dev metric and, side by side
+with the baseline in the same rounds (`time_interleaved`):
+  * latency at batch 1 and batch 8 (median of --repeats timed passes),
+  * throughput at --tp-batch examples of --tp-seq-len tokens,
+and, as a check that the batched execution is what runs, the same K students executed one after
+another (a Python loop over students). Prints a markdown table; JSON to
+benchmarks/results/students_latency_<task>_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from autoprumux.evaluation import ThroughputConfig, model_runner, time_interleaved
+from autoprumux.pipeline import PruMuxPipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--students", type=int, default=4)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seq-len", type=int, default=64, help="tokens per example, latency runs")
+    ap.add_argument("--tp-batch", type=int, default=64)
+    ap.add_argument("--tp-seq-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    pipe = PruMuxPipeline(task=args.task, device=args.device, cache_dir=args.cache_dir)
+    t0 = time.time()
+    base = pipe.baseline()
+    ens = pipe.students(args.students, args.depth)
+    print(f"models ready in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    base_metric = pipe.baseline_metrics()["metric"]
+
+    def sequential(batch: dict[str, torch.Tensor], k: int):
+        dev = torch.device(args.device)
+        b = {n: batch[n].to(dev) for n in ("input_ids", "attention_mask", "token_type_ids")}
+
+        def run() -> torch.Tensor:
+            x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            out = ens.students[0](x, bias)
+            for s in list(ens.students)[1:k]:
+                out = out + s(x, bias)
+            return out
+
+        return run, b["input_ids"].shape[0]
+
+    rows = []
+    timings: dict[str, dict[str, float]] = {}
+    for label, batch_size, seq_len in (
+        ("latency_b1_ms", 1, args.seq_len),
+        ("latency_b8_ms", 8, args.seq_len),
+        ("throughput", args.tp_batch, args.tp_seq_len),
+    ):
+        cfg = ThroughputConfig(
+            batch_size=batch_size,
+            seq_len=seq_len,
+            repeats=args.repeats if batch_size < 64 else max(5, args.repeats // 3),
+            warmup=3,
+            device=args.device,
+        )
+        batch = pipe.throughput_batch(cfg)
+        fns = {"baseline": model_runner(base, batch, args.device)}
+        trip = _triple(batch, args.device)
+        for k in range(1, ens.k + 1):
+            fns[f"k={k}"] = ((lambda k=k, t=trip: ens(*t, active=k)), batch_size)
+        fns[f"k={ens.k} sequential"] = sequential(batch, ens.k)
+        ens.eval()
+        res = time_interleaved(fns, cfg=cfg)
+        for name, r in res.items():
+            d = timings.setdefault(name, {})
+            if label == "throughput":
+                d[label] = r.examples_per_second
+            else:
+                d[label] = r.latency_ms
+    metrics = {"baseline": base_metric}
+    for k in range(1, ens.k + 1):
+        ens.active_students = k
+        metrics[f"k={k}"] = pipe.dev_metrics(ens)["metric"]
+    ens.active_students = ens.k
+    metrics[f"k={ens.k} sequential"] = metrics[f"k={ens.k}"]
+    b = timings["baseline"]
+    for name, t in timings.items():
+        rows.append(
+            {
+                "model": name,
+                "metric": metrics[name],
+                "accuracy_loss": base_metric - metrics[name],
+                **t,
+                "latency_b1_speedup": b["latency_b1_ms"] / t["latency_b1_ms"],
+                "latency_b8_speedup": b["latency_b8_ms"] / t["latency_b8_ms"],
+                "throughput_speedup": t["throughput"] / b["throughput"],
+            }
+        )
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "")
+    )
+    out = Path(args.out or f"benchmarks/results/students_latency_{args.task}_{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "task": args.task,
+                "metric": pipe.task.metric,
+                "students": args.students,
+                "depth": args.depth,
+                "device": args.device,
+                "machine": machine,
+                "recipe": pipe.recipe.__dict__,
+                "seq_len": args.seq_len,
+                "tp_batch": args.tp_batch,
+                "tp_seq_len": args.tp_seq_len,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+    os.replace(tmp, out)
+    m = pipe.task.metric
+    print(
+        f"| model | {m} | loss | lat. b=1 ms | lat. b=8 ms | ex/s b={args.tp_batch} "
+        "| b=1 speedup | b=8 speedup | tput speedup |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['metric']:.2f} | {r['accuracy_loss']:.2f} | "
+            f"{r['latency_b1_ms']:.2f} | {r['latency_b8_ms']:.2f} | {r['throughput']:.1f} | "
+            f"{r['latency_b1_speedup']:.2f}x | {r['latency_b8_speedup']:.2f}x | "
+            f"{r['throughput_speedup']:.2f}x |"
+        )
+    print(f"\n({machine}; latency at {args.seq_len} tokens, throughput at {args.tp_seq_len})")
+    return 0
+
+
+def _triple(b: dict[str, torch.Tensor], device: str) -> tuple[torch.Tensor, ...]:
+    dev = torch.device(device)
+    return tuple(b[n].to(dev) for n in ("input_ids", "attention_mask", "token_type_ids"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
