@@ -101,7 +101,7 @@ def make_storage(
     import warnings
 
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = url or default_storage()
@@ -114,7 +114,9 @@ def make_storage(
             engine_kwargs=kwargs,
             heartbeat_interval=heartbeat,
             grace_period=2 * heartbeat,
-            failed_trial_callback=_chain(RetryFailedTrialCallback(max_retry=1), on_stale),
+            heartbeat_stale_trial_callback=_chain(
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1), on_stale
+            ),
         )
     except Exception as e:  # noqa: BLE001 - any driver/URL error becomes a readable ConfigError
         raise ConfigError(
