@@ -10,7 +10,6 @@ position i. N = 1 bypasses all of this and is exactly the plain BERT classifier.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import Encoder, EncoderConfig, init_weights
+from autoprumux.models._persist import read_model_dir, write_model_dir
 
 MUX_VARIANTS = ("gaussian", "orthogonal")
 POOLINGS = ("cls", "mean")
@@ -282,34 +282,14 @@ class MuxSequenceClassifier(nn.Module):
         }
 
     def save(self, directory: str | Path, *, extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = self.config_dict()
-        if extra:
-            cfg["extra"] = extra
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(sd, str(d / "model.safetensors"))
-        (d / "autoprumux_config.json").write_text(json.dumps(cfg, indent=2))
-        return d
+        return write_model_dir(self, directory, self.config_dict(), extra)
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> MuxSequenceClassifier:
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        cfg_path = d / "autoprumux_config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"{str(d)!r} holds no autoprumux model (no autoprumux_config.json)"
-            )
-        cfg = json.loads(cfg_path.read_text())
+        cfg, sd = read_model_dir(directory, map_location)
         enc = Encoder(EncoderConfig.from_dict(cfg["encoder"]))
         model = cls(enc, num_labels=int(cfg["num_labels"]), mux=MuxConfig(**cfg["mux"]))
-        model.load_state_dict(
-            load_file(str(d / "model.safetensors"), device=map_location), strict=True
-        )
+        model.load_state_dict(sd, strict=True)
         model.original_prunable_params = int(
             cfg.get("original_prunable_params", model.original_prunable_params)
         )

@@ -14,7 +14,6 @@ the students as ordinary modules; the stacked copy is rebuilt after any change.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from autoprumux.models._encoder import (
     attention_bias,
 )
 from autoprumux.models._mux import MuxSequenceClassifier
+from autoprumux.models._persist import read_model_dir, write_model_dir
 
 MAX_STUDENTS = 16
 STUDENT_DEPTHS = (1, 2, 3)
@@ -295,31 +295,15 @@ class StudentEnsemble(nn.Module):
         }
 
     def save(self, directory: str | Path, *, extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = self.config_dict()
-        if extra:
-            cfg["extra"] = extra
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(sd, str(d / "model.safetensors"))
-        (d / "autoprumux_config.json").write_text(json.dumps(cfg, indent=2))
-        return d
+        return write_model_dir(self, directory, self.config_dict(), extra)
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str = "cpu") -> StudentEnsemble:
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        cfg_path = d / "autoprumux_config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(
-                f"{str(d)!r} holds no autoprumux model (no autoprumux_config.json)"
-            )
-        cfg = json.loads(cfg_path.read_text())
+        cfg, sd = read_model_dir(directory, map_location)
         if cfg.get("format") != "autoprumux.StudentEnsemble/1":
-            raise ValueError(f"{str(d)!r} holds a {cfg.get('format')!r}, not a student ensemble")
+            raise ValueError(
+                f"{str(directory)!r} holds a {cfg.get('format')!r}, not a student ensemble"
+            )
         ecfg = EncoderConfig.from_dict(cfg["encoder"])
         sc = StudentConfig(**cfg["students"])
         shell = Encoder(
@@ -346,7 +330,7 @@ class StudentEnsemble(nn.Module):
             num_labels=int(cfg["num_labels"]),
             teacher_prunable_params=int(cfg["teacher_prunable_params"]),
         )
-        ens.load_state_dict(load_file(str(d / "model.safetensors"), device=map_location))
+        ens.load_state_dict(sd)
         ens.embeddings.requires_grad_(False)
         return ens.eval()
 
