@@ -87,6 +87,12 @@ class Recipe:
     importance_examples: int = 256
     freeze_word_embeddings: bool = True
     seed: int = 0
+    # task fine-tunes and pruning recovery: "standard" loop or "l2l" (layer-to-layer relay:
+    # model in host memory, one stage on the device at a time, batch_size / l2l_micro_batches
+    # examples per micro-batch, boundary activations stashed on the "device" or the "host")
+    trainer: str = "standard"
+    l2l_micro_batches: int = 4
+    l2l_stash: str = "device"
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_seq_len, int) or self.max_seq_len < 8:
@@ -118,6 +124,18 @@ class Recipe:
             raise ConfigError(
                 f"max_train_examples ({self.max_train_examples}) must be >= batch_size ({self.batch_size})"
             )
+        try:  # the trainer fields, checked by the config they feed
+            TrainConfig(
+                steps=0,
+                batch_size=self.batch_size,
+                trainer=self.trainer,
+                micro_batches=self.l2l_micro_batches,
+                stash=self.l2l_stash,
+            )
+        except ConfigError as e:
+            raise ConfigError(
+                f"recipe fields trainer / l2l_micro_batches / l2l_stash: {e}"
+            ) from None
 
 
 def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
@@ -302,6 +320,13 @@ class PruMuxPipeline:
             "finetune_steps": r.finetune_steps,
             "freeze_word_embeddings": r.freeze_word_embeddings,
             "seed": r.seed,
+            # L2L equals gradient accumulation over its micro-batches (own dropout streams):
+            # keyed only when used, so the standard loop's cache entries keep their keys
+            **(
+                {"trainer": r.trainer, "l2l_micro_batches": r.l2l_micro_batches}
+                if r.trainer != "standard"
+                else {}
+            ),
             **extra,
         }
 
@@ -335,7 +360,15 @@ class PruMuxPipeline:
     def _train_cfg(self, steps: int, **kw: object) -> TrainConfig:
         r = self.recipe
         kw.setdefault("lr", r.lr)
-        return TrainConfig(steps=steps, batch_size=r.batch_size, seed=r.seed, **kw)  # type: ignore[arg-type]
+        return TrainConfig(
+            steps=steps,
+            batch_size=r.batch_size,
+            seed=r.seed,
+            trainer=r.trainer,
+            micro_batches=r.l2l_micro_batches,
+            stash=r.l2l_stash,
+            **kw,  # type: ignore[arg-type]
+        )
 
     @staticmethod
     def _load(entry: Path, freeze_words: bool) -> MuxSequenceClassifier:
@@ -690,22 +723,12 @@ class PruMuxPipeline:
         """K students of `depth` layers (the first `active` of them) beside the baseline."""
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(1, tp)
-        base = self.baseline()
+        self.baseline()  # first: the students distil it
         ens = self.students(k, depth)
         if active is not None:
             ens.active_students = active
         name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
-        measured, _ = self.measure_many(
-            {"baseline": (base, self.baseline_metrics()), name: (ens, None)}, tp
-        )
-        return Evaluation(
-            task=self.task.name,
-            metric_name=self.task.metric,
-            device=str(self.device),
-            baseline=measured["baseline"],
-            candidate=measured[name],
-            throughput_config=tp,
-        )
+        return self.beside_baseline(name, ens, tp)
 
     # ---- measurement -------------------------------------------------------------------------
     def dev_metrics(self, model: AnyModel) -> dict[str, float]:
@@ -790,11 +813,14 @@ class PruMuxPipeline:
         sparsity, n = validate_candidate(sparsity, n)
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(n, tp)
-        base = self.baseline()
+        self.baseline()  # first: the candidate distils from it
         cand = self.candidate(sparsity, n, on_stage=on_stage)
-        name = f"s={sparsity:g},N={n}"
+        return self.beside_baseline(f"s={sparsity:g},N={n}", cand, tp)
+
+    def beside_baseline(self, name: str, model: AnyModel, tp: ThroughputConfig) -> Evaluation:
+        """Dev metric of `model` and its throughput timed side by side with the baseline."""
         measured, _ = self.measure_many(
-            {"baseline": (base, self.baseline_metrics()), name: (cand, None)}, tp
+            {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, None)}, tp
         )
         return Evaluation(
             task=self.task.name,

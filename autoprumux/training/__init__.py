@@ -1,5 +1,7 @@
-"""Training: the standard loop (fine-tune, distil, retrieval) and the mux warm-up."""
+"""Training: the standard loop (fine-tune, distil, retrieval), the L2L layer-to-layer executor
+and the mux warm-up."""
 
+from autoprumux.training._l2l import DeviceLedger, L2LExecutor, L2LStats
 from autoprumux.training._loop import (
     TrainConfig,
     hidden_distill_loss,
@@ -17,6 +19,9 @@ from autoprumux.training._students import (
 from autoprumux.training._warmup import evaluate_retrieval, retrieval_warmup
 
 __all__ = [
+    "DeviceLedger",
+    "L2LExecutor",
+    "L2LStats",
     "StudentTrainConfig",
     "TrainConfig",
     "distill_students",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,10 @@ from tqdm.auto import tqdm
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
+
+TRAINERS = ("standard", "l2l")
+STASH_PLACES = ("device", "host")
+L2L_CLIP_MODES = ("global", "stage")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,17 @@ class TrainConfig:
     # weight of hidden-state distillation: each instance's (demuxed) token states against the
     # teacher's states for that instance (added to the loss; needs a teacher)
     hidden_distill_weight: float = 0.0
+    # "standard": one forward/backward over the whole batch, model on the device; "l2l": the
+    # layer-to-layer relay (`L2LExecutor`): the model lives in host memory, the device holds one
+    # stage at a time, the batch runs as `micro_batches` micro-batches (equal to gradient
+    # accumulation over them), boundary activations stashed on the "device" or the "host"
+    trainer: str = "standard"
+    micro_batches: int = 1
+    stash: str = "device"
+    # L2L only, with grad_clip > 0: "global" clips the global norm exactly like the standard
+    # loop (the host optimizer steps then wait for the whole backward); "stage" clips each
+    # stage's gradient to grad_clip on its own, so its step overlaps the backward below it
+    l2l_clip: str = "global"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -47,6 +63,38 @@ class TrainConfig:
             raise ConfigError(
                 f"hidden_distill_weight ({self.hidden_distill_weight}) must be a number >= 0"
             )
+        validate_trainer(self.trainer, self.micro_batches, self.stash, self.batch_size)
+        if self.l2l_clip not in L2L_CLIP_MODES:
+            raise ConfigError(
+                f"l2l_clip ({self.l2l_clip!r}) must be one of {list(L2L_CLIP_MODES)}; 'global' "
+                "clips exactly like the standard loop, 'stage' clips each stage on its own"
+            )
+
+
+def validate_trainer(
+    trainer: object, micro_batches: object, stash: object, batch_size: int
+) -> None:
+    """Check the trainer choice (shared by `TrainConfig` and `L2LExecutor`)."""
+    if trainer not in TRAINERS:
+        raise ConfigError(
+            f"trainer ({trainer!r}) must be one of {list(TRAINERS)}; use 'l2l' for the "
+            "layer-to-layer trainer with constant device memory"
+        )
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
+        raise ConfigError(
+            f"micro_batches ({micro_batches!r}) must be a positive integer, e.g. 4 (1 = the "
+            "whole batch at once)"
+        )
+    if stash not in STASH_PLACES:
+        raise ConfigError(
+            f"stash ({stash!r}) must be one of {list(STASH_PLACES)}; 'host' keeps device "
+            "memory independent of depth, 'device' avoids the copies"
+        )
+    if trainer == "l2l" and batch_size % micro_batches:
+        raise ConfigError(
+            f"batch size ({batch_size}) must be a multiple of the L2L micro-batch count "
+            f"({micro_batches}); choose a divisor of {batch_size} or another batch size"
+        )
 
 
 def _progress_enabled() -> bool:
@@ -60,22 +108,24 @@ def progress(steps: int, desc: str) -> tqdm:
     )
 
 
-def make_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]], cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters: no weight decay for biases and LayerNorms."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
+    for name, p in named:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-    )
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up over `warmup_ratio` of the steps, then linear decay."""
     warm = max(1, int(cfg.warmup_ratio * cfg.steps))
 
     def sched(step: int) -> float:
@@ -83,7 +133,14 @@ def make_optimizer(
             return (step + 1) / warm
         return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, sched)
+    return sched
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg), lr=cfg.lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
@@ -149,6 +206,47 @@ def retrieval_loss(
     return loss, acc
 
 
+def classifier_loss(
+    model: MuxSequenceClassifier,
+    batch: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    *,
+    logits: torch.Tensor,
+    states: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
+    teacher_states: torch.Tensor | None,
+    special_ids: Sequence[int],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The loss `train_classifier` minimises, from the model's outputs on `batch`.
+
+    logits (B, labels); states (B, L, H) per-instance token states, needed by the retrieval and
+    hidden-distillation terms; teacher_logits / teacher_states the teacher's (no grad), or None.
+    Shared by the standard loop and the L2L executor (which calls it once per micro-batch).
+    """
+    loss = F.cross_entropy(logits, batch["labels"])
+    if teacher_logits is not None:
+        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
+            logits, teacher_logits, cfg.temperature
+        )
+    if cfg.retrieval_weight > 0 and model.n > 1:
+        r_loss, _ = retrieval_loss(
+            model,
+            batch,
+            special_ids=special_ids,
+            positions=cfg.retrieval_positions,
+            generator=generator,
+            states=states,
+        )
+        loss = (1 - cfg.retrieval_weight) * loss + cfg.retrieval_weight * r_loss
+    if cfg.hidden_distill_weight > 0:
+        assert states is not None and teacher_states is not None
+        loss = loss + cfg.hidden_distill_weight * hidden_distill_loss(
+            states, teacher_states, batch["attention_mask"]
+        )
+    return loss
+
+
 def train_classifier(
     model: MuxSequenceClassifier,
     train: Sequence[Encoded],
@@ -163,11 +261,21 @@ def train_classifier(
 
     loss = (1 - w_r) * [(1 - w_d) * CE + w_d * KD(teacher)] + w_r * retrieval
            + w_h * hidden-state distillation(teacher). Returns summary stats.
+    With ``cfg.trainer == "l2l"`` the same loss is trained by the layer-to-layer executor
+    (`L2LExecutor`: model in host memory, `cfg.micro_batches` micro-batches per step; the model
+    ends in host memory and the stats add ``peak_device_bytes``).
     """
     if cfg.steps == 0:
         return {"steps": 0.0, "seconds": 0.0}
     if (cfg.distill_weight > 0 or cfg.hidden_distill_weight > 0) and teacher is None:
         raise ConfigError("distill_weight / hidden_distill_weight > 0 need a teacher model")
+    if cfg.trainer == "l2l":
+        # imported here: the L2L module builds on this one
+        from autoprumux.training._l2l import train_classifier_l2l
+
+        return train_classifier_l2l(
+            model, train, cfg, teacher=teacher, special_ids=special_ids, desc=desc, device=device
+        )
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
@@ -189,8 +297,7 @@ def train_classifier(
         else:
             states = None
             logits = model(ids, mask, tt)
-        loss = F.cross_entropy(logits, batch["labels"])
-        t_states = None
+        t_logits = t_states = None
         if teacher is not None and (cfg.distill_weight > 0 or use_hidden):
             with torch.no_grad():
                 if use_hidden:
@@ -198,22 +305,17 @@ def train_classifier(
                     t_logits = teacher.logits_from_states(t_states, mask)
                 else:
                     t_logits = teacher(ids, mask, tt)
-            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
-                logits, t_logits, cfg.temperature
-            )
-        if use_retrieval:
-            r_loss, _ = retrieval_loss(
-                model,
-                batch,
-                special_ids=special_ids,
-                positions=cfg.retrieval_positions,
-                generator=gen,
-                states=states,
-            )
-            loss = (1 - cfg.retrieval_weight) * loss + cfg.retrieval_weight * r_loss
-        if use_hidden:
-            assert states is not None and t_states is not None
-            loss = loss + cfg.hidden_distill_weight * hidden_distill_loss(states, t_states, mask)
+        loss = classifier_loss(
+            model,
+            batch,
+            cfg,
+            logits=logits,
+            states=states,
+            teacher_logits=t_logits,
+            teacher_states=t_states,
+            special_ids=special_ids,
+            generator=gen,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -238,7 +340,7 @@ def train_classifier(
 
 @torch.no_grad()
 def predict(
-    model: MuxSequenceClassifier,
+    model: torch.nn.Module,  # MuxSequenceClassifier or StudentEnsemble
     items: Sequence[Encoded],
     *,
     batch_size: int = 64,
@@ -258,4 +360,4 @@ def predict(
             .float()
             .cpu()
         )
-    return torch.cat(out) if out else torch.zeros((0, model.num_labels))
+    return torch.cat(out) if out else torch.zeros((0, int(getattr(model, "num_labels", 0))))

@@ -1,0 +1,774 @@
+"""L2L: layer-to-layer relay training with constant device memory (Pudipeddi et al. 2020).
+
+The model's fp32 master parameters, their gradients and the AdamW state stay in host memory
+(pinned when the device is CUDA). The model is cut into stages:
+
+    stage 0        embeddings (+ for N > 1: index embeddings, padding mask, multiplexer)
+    stage 1 .. L   one stage per encoder layer
+    stage L + 1    head: (N > 1: demultiplexer), pooler, classifier, (retrieval head), the loss
+
+One training step on a mini-batch of B examples:
+
+1. The batch is split into M micro-batches of B / M examples.
+2. Forward relay: for each stage but the last, in order, its parameters are copied to the
+   device, it runs over all M micro-batches without autograd, each output (the next stage's
+   input, the "boundary activation") is stashed on the device or in host memory, and the stage's
+   device copy is freed.
+3. Backward relay: for each stage in reverse, its parameters are copied to the device again;
+   per micro-batch its forward is recomputed from the stashed input with autograd, under the same
+   RNG state as in the forward (so dropout draws the same masks), and the gradient that came
+   down from the stage above is back-propagated (the last stage computes loss_m / M instead:
+   the sum over micro-batches is the mini-batch mean). Parameter gradients accumulate over the
+   micro-batches on the device; the input gradients go down to the next stage. Then the stage's
+   gradients are copied to the host and its device copy is freed, and its AdamW step runs on the
+   host in a worker thread while the device recomputes the stages below.
+
+The result equals gradient accumulation over the same micro-batches (sum of loss_m / M, one
+AdamW step) when micro-batch m's forward draws its randomness from its own stream: at each step
+the executor draws M seeds, ``torch.randint(2**62, (M,))``, from the global generator, and the
+dropout of micro-batch m in every stage continues the stream seeded by ``seeds[m]``. The
+retrieval term samples its positions from one generator seeded by ``cfg.seed``, micro-batch after
+micro-batch, as the standard loop does batch after batch.
+
+Parameters used by two stages (the word-embedding matrix: stage 0 looks tokens up, the retrieval
+head decodes with it) are "owned" by the lowest stage that uses it: the gradient of the upper
+stage is added on the host and the step runs only when the owner's backward has completed it.
+Frozen parameters (``requires_grad`` False) are copied to the device but get no gradient, no
+optimizer state and no step. One AdamW per stage, with the standard loop's groups (no weight
+decay for biases and LayerNorms) and LR schedule, equals one AdamW over all parameters.
+
+Gradient clipping (``TrainConfig.grad_clip > 0``): the standard loop clips the global norm,
+which needs every gradient before any step. ``l2l_clip="global"`` (the default) does exactly
+that: the host steps wait until the whole backward relay is done, then the global norm is
+clipped (with the same ``clip_grad_norm_``) and the stages step; the result equals the standard
+loop's but the steps no longer overlap the backward. ``l2l_clip="stage"`` clips each stage's own
+gradient norm to ``grad_clip`` (a weaker bound: the global norm can reach grad_clip * sqrt(stages))
+and keeps the overlap. With ``grad_clip=0`` nothing is clipped and the steps always overlap.
+
+Device memory: `DeviceLedger` counts what the executor holds on the device: the loaded stage's
+parameters (and buffers), its gradient, the stashed boundary activations and boundary gradients,
+the micro-batches' inputs, and the tensors autograd saves while one stage recomputes one
+micro-batch (counted by storage in a ``saved_tensors_hooks`` pack hook; temporaries autograd
+does not save are not counted). The device copies are real separate tensors even on the CPU, so
+on a CPU run the ledger is the device-memory figure; on CUDA compare it with
+``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprumux.data import Encoded, infinite_batches
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.models._encoder import attention_bias
+from autoprumux.training._loop import (
+    TrainConfig,
+    classifier_loss,
+    lr_schedule,
+    param_groups,
+    progress,
+    validate_trainer,
+)
+
+LEDGER_KINDS = ("params", "grads", "stash", "work", "inputs")
+
+# CPU generator state, and the CUDA generator state when the device is CUDA
+_RngState = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class DeviceLedger:
+    """Bytes the L2L executor holds on the training device, by kind, and the peak of their sum.
+
+    Kinds: ``params`` (the loaded stage's working copy, buffers included), ``grads`` (its
+    gradient), ``stash`` (boundary activations and gradients kept between stages, the teacher's
+    outputs), ``work`` (what autograd saves while one stage recomputes one micro-batch) and
+    ``inputs`` (the micro-batches' token ids, masks and labels).
+    """
+
+    def __init__(self) -> None:
+        self.current: dict[str, int] = dict.fromkeys(LEDGER_KINDS, 0)
+        self.peak = 0
+        self.peak_by_kind: dict[str, int] = dict.fromkeys(LEDGER_KINDS, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.current.values())
+
+    def add(self, kind: str, nbytes: int) -> None:
+        self.current[kind] += nbytes
+        self.peak_by_kind[kind] = max(self.peak_by_kind[kind], self.current[kind])
+        self.peak = max(self.peak, self.total)
+
+    def sub(self, kind: str, nbytes: int) -> None:
+        self.current[kind] -= nbytes
+        if self.current[kind] < 0:
+            raise RuntimeError(f"L2L ledger: {kind} went negative ({self.current[kind]} bytes)")
+
+    def reset_peak(self) -> None:
+        self.peak = self.total
+        self.peak_by_kind = dict(self.current)
+
+
+@dataclass(frozen=True)
+class L2LStats:
+    """A snapshot of the executor's device-memory ledger (bytes)."""
+
+    current_bytes: int
+    peak_bytes: int
+    peak_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Inputs:
+    """One micro-batch on the device and what the stages need from it (no parameters)."""
+
+    batch: dict[str, torch.Tensor]  # input_ids, attention_mask, token_type_ids, labels (b, L)
+    ids: torch.Tensor  # (b', L): rows padded with dummies to a multiple of N
+    token_types: torch.Tensor  # (b', L)
+    token_mask: torch.Tensor  # (b', N + L): prefix + token mask of each instance (N > 1 only)
+    bias: torch.Tensor  # (rows, 1, 1, T) additive attention mask of the encoder's rows
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.batch.values(), self.ids, self.token_types, self.token_mask, self.bias]
+
+
+def _layout(model: MuxSequenceClassifier, batch: dict[str, torch.Tensor]) -> _Inputs:
+    """The parameter-free part of `MuxSequenceClassifier.hidden_states` for one micro-batch."""
+    ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    dtype = model.encoder.embeddings.word.weight.dtype
+    if model.n == 1:
+        return _Inputs(batch, ids, tt, mask, attention_bias(mask, dtype))
+    n = model.n
+    (ids, mask, tt), _ = model._pad_rows(ids, mask, tt)
+    rows, length = ids.shape
+    real = (mask.sum(dim=1, keepdim=True) > 0).to(mask.dtype)  # dummy rows: 0
+    token_mask = torch.cat([real.expand(rows, n), mask], dim=1)  # (b', N + L)
+    group_mask = token_mask.view(rows // n, n, n + length).amax(dim=1)  # (G, N + L)
+    return _Inputs(batch, ids, tt, token_mask, attention_bias(group_mask, dtype))
+
+
+def _embed(model: MuxSequenceClassifier, inp: _Inputs) -> torch.Tensor:
+    """Stage 0: (rows, T, H) input of the first layer (mirrors `hidden_states`)."""
+    enc = model.encoder
+    if model.n == 1:
+        return enc.embeddings(inp.ids, inp.token_types)
+    n = model.n
+    rows, length = inp.ids.shape
+    prefix = model.index_embeddings(model.get_buffer("_prefix_index").repeat(rows // n, 1))
+    x = enc.embeddings(inp.ids, inp.token_types, prefix=prefix)  # (b', N + L, H)
+    x = x * inp.token_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
+    return model.multiplexer(x.view(rows // n, n, n + length, -1))  # (G, N + L, H)
+
+
+def _readout(
+    model: MuxSequenceClassifier, inp: _Inputs, h: torch.Tensor, positions: str
+) -> torch.Tensor:
+    """Per-instance states from the last layer's output h (mirrors `hidden_states`)."""
+    b = inp.batch["input_ids"].shape[0]
+    if model.n == 1:
+        return h if positions == "all" else h[:, 0]
+    n = model.n
+    rows, length = inp.ids.shape
+    keys = h[:, :n].unsqueeze(2)  # (G, N, 1, H)
+    if positions == "cls":
+        return model.demux(h[:, n : n + 1].unsqueeze(1), keys).reshape(rows, -1)[:b]
+    return model.demux(h[:, n:].unsqueeze(1), keys).reshape(rows, length, -1)[:b]
+
+
+class _Runner(nn.Module):
+    """Calls a stage function on the model with the stage's device tensors swapped in."""
+
+    def __init__(self, model: MuxSequenceClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.model, *args)
+
+
+# fn(model, inputs of the micro-batch, stage input (None for stage 0), micro-batch index)
+_StageFn = Callable[[MuxSequenceClassifier, _Inputs, torch.Tensor | None, int], Any]
+
+
+@dataclass
+class _Stage:
+    name: str
+    fn: _StageFn
+    tensors: dict[str, torch.Tensor]  # the host master parameters and buffers it reads, by name
+    runner: _Runner
+    owned: list[str] = field(default_factory=list)  # trainable parameters it steps
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+
+def _host_tensors(
+    model: nn.Module, prefixes: Sequence[str], names: Sequence[str] = ()
+) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers under `prefixes` (submodule names), plus `names`."""
+    out = {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if name in names or any(name.startswith(p + ".") for p in prefixes):
+            out[name] = t
+    return out
+
+
+def _check_model(model: object, role: str) -> MuxSequenceClassifier:
+    layers = getattr(getattr(model, "encoder", None), "layers", None)
+    if not isinstance(model, MuxSequenceClassifier) or not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"the L2L trainer needs the {role} to be a MuxSequenceClassifier whose encoder has a "
+            f"list of layers (encoder.layers, an nn.ModuleList); got {type(model).__name__} "
+            f"with encoder.layers of type {type(layers).__name__}; use trainer='standard'"
+        )
+    return model
+
+
+class _SavedBytes:
+    """Counts, by storage, the tensors autograd saves for backward (in the ledger's "work")."""
+
+    def __init__(
+        self, ledger: DeviceLedger, counted: Sequence[torch.Tensor], host: set[tuple[str, int]]
+    ):
+        self.ledger = ledger
+        self.seen = {(str(t.device), t.untyped_storage().data_ptr()) for t in counted}
+        self.host = host
+        self.bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = (str(t.device), storage.data_ptr())
+        if key in self.host:
+            raise RuntimeError(
+                f"an L2L stage computed with a host master tensor of shape {tuple(t.shape)}: "
+                "its module is missing from the stage's tensors"
+            )
+        if key not in self.seen:
+            self.seen.add(key)
+            self.bytes += storage.nbytes()
+            self.ledger.add("work", storage.nbytes())
+        return t
+
+    def __enter__(self) -> _SavedBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._hooks.__exit__(exc_type, exc, tb)
+
+    def release(self) -> None:
+        """After the backward: autograd has freed what it saved."""
+        self.ledger.sub("work", self.bytes)
+        self.bytes = 0
+
+
+class L2LExecutor:
+    """Layer-to-layer relay trainer for a `MuxSequenceClassifier` (see the module docstring).
+
+    ``with L2LExecutor(model, cfg, device="cuda") as ex: loss = ex.step(batch)`` runs one
+    training step (the relay, then every stage's host AdamW step) on a collated batch of
+    ``cfg.batch_size`` examples and returns its loss (the mean over the mini-batch). The model
+    (and the teacher) are moved to host memory and stay there; ``ex.stats`` is the device ledger.
+    """
+
+    def __init__(
+        self,
+        model: MuxSequenceClassifier,
+        cfg: TrainConfig,
+        *,
+        device: str | torch.device = "cpu",
+        teacher: MuxSequenceClassifier | None = None,
+        special_ids: Sequence[int] = (),
+    ):
+        self.model = _check_model(model, "model")
+        if teacher is not None:
+            _check_model(teacher, "teacher")
+        validate_trainer("l2l", cfg.micro_batches, cfg.stash, cfg.batch_size)
+        if (cfg.distill_weight > 0 or cfg.hidden_distill_weight > 0) and teacher is None:
+            raise ConfigError("distill_weight / hidden_distill_weight > 0 need a teacher model")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        if self._cuda and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.special_ids = tuple(special_ids)
+        self.ledger = DeviceLedger()
+        self._use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
+        self._use_hidden = cfg.hidden_distill_weight > 0
+        self.teacher = (
+            teacher
+            if teacher is not None and (cfg.distill_weight > 0 or self._use_hidden)
+            else None
+        )
+        self._to_host(model).train()
+        if self.teacher is not None:
+            self._to_host(self.teacher).eval()
+        self._gen = torch.Generator().manual_seed(cfg.seed)  # retrieval position sampling
+        self.stages = self._build_stages(model, teacher=False)
+        self.teacher_stages = (
+            self._build_stages(self.teacher, teacher=True) if self.teacher is not None else []
+        )
+        self._host_ptrs = {
+            (str(t.device), t.untyped_storage().data_ptr())
+            for stage in [*self.stages, *self.teacher_stages]
+            for t in stage.tensors.values()
+        }
+        self._trainable: list[nn.Parameter] = []
+        self._setup_optimizers()
+        self._grad_buffers: dict[str, torch.Tensor] = {}  # host gradients (pinned on CUDA)
+        # the teacher's outputs for the micro-batch the head is computing (device tensors)
+        self._teacher_now: tuple[torch.Tensor, ...] = ()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2l-optim")
+
+    # ---- set-up ----------------------------------------------------------------------------
+    def _to_host(self, model: MuxSequenceClassifier) -> MuxSequenceClassifier:
+        model.to("cpu")
+        if self._cuda:  # pinned host memory: asynchronous copies to and from the device
+            for t in [*model.parameters(), *model.buffers()]:
+                if not t.is_pinned():
+                    t.data = t.data.pin_memory()
+        return model
+
+    def _build_stages(self, model: MuxSequenceClassifier, *, teacher: bool) -> list[_Stage]:
+        runner = _Runner(model)
+        mux = ["index_embeddings", "multiplexer"] if model.n > 1 else []
+        first = _host_tensors(
+            model, ["encoder.embeddings", *mux], ["_prefix_index"] if model.n > 1 else []
+        )
+        stages = [_Stage("embeddings", self._stage0, first, runner)]
+        for i in range(len(model.encoder.layers)):
+            stages.append(
+                _Stage(
+                    f"layer {i}",
+                    self._layer_fn(i),
+                    _host_tensors(model, [f"encoder.layers.{i}"]),
+                    runner,
+                )
+            )
+        head = ["encoder.pooler", "classifier", *(["demux"] if model.n > 1 else [])]
+        shared: list[str] = []
+        if not teacher and self._use_retrieval:
+            head.append("retrieval_head")
+            shared.append("encoder.embeddings.word.weight")  # the tied decoder
+        fn = self._teacher_head if teacher else self._loss_head
+        stages.append(_Stage("head", fn, _host_tensors(model, head, shared), runner))
+        return stages
+
+    def _setup_optimizers(self) -> None:
+        owner: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):  # the lowest stage using a parameter owns it
+            for name, t in stage.tensors.items():
+                if isinstance(t, nn.Parameter) and t.requires_grad:
+                    owner[name] = min(owner.get(name, i), i)
+        for i, stage in enumerate(self.stages):
+            named = [
+                (name, p)
+                for name, s in owner.items()
+                if s == i and isinstance(p := stage.tensors[name], nn.Parameter)
+            ]
+            stage.owned = [name for name, _ in named]
+            if not named:
+                continue
+            groups = [g for g in param_groups(named, self.cfg) if g["params"]]
+            stage.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr)
+            stage.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                stage.optimizer, lr_schedule(self.cfg)
+            )
+            self._trainable += [p for _, p in named]
+
+    # ---- stage functions -------------------------------------------------------------------
+    @staticmethod
+    def _stage0(
+        model: MuxSequenceClassifier, inp: _Inputs, x: torch.Tensor | None, m: int
+    ) -> torch.Tensor:
+        return _embed(model, inp)
+
+    @staticmethod
+    def _layer_fn(i: int) -> _StageFn:
+        def run(
+            model: MuxSequenceClassifier, inp: _Inputs, x: torch.Tensor | None, m: int
+        ) -> torch.Tensor:
+            return model.encoder.layers[i](x, inp.bias)
+
+        return run
+
+    @staticmethod
+    def _positions(model: MuxSequenceClassifier, states_needed: bool) -> str:
+        """What the head reads: all token states, or only the [CLS] state (as `forward`)."""
+        return "all" if states_needed or model.mux_config.pooling == "mean" else "cls"
+
+    def _teacher_head(
+        self, model: MuxSequenceClassifier, inp: _Inputs, h: torch.Tensor | None, m: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        assert h is not None
+        positions = self._positions(model, self._use_hidden)
+        states = _readout(model, inp, h, positions)
+        mask = inp.batch["attention_mask"]
+        logits = (
+            model.logits_from_states(states, mask) if positions == "all" else model.head(states)
+        )
+        return logits, states if self._use_hidden else None
+
+    def _loss_head(
+        self, model: MuxSequenceClassifier, inp: _Inputs, h: torch.Tensor | None, m: int
+    ) -> torch.Tensor:
+        assert h is not None
+        positions = self._positions(model, self._use_retrieval or self._use_hidden)
+        states = _readout(model, inp, h, positions)
+        mask = inp.batch["attention_mask"]
+        logits = (
+            model.logits_from_states(states, mask) if positions == "all" else model.head(states)
+        )
+        t_logits = self._teacher_now[0] if self._teacher_now else None
+        t_states = self._teacher_now[1] if len(self._teacher_now) > 1 else None
+        return classifier_loss(
+            model,
+            inp.batch,
+            self.cfg,
+            logits=logits,
+            states=states if positions == "all" else None,
+            teacher_logits=t_logits,
+            teacher_states=t_states,
+            special_ids=self.special_ids,
+            generator=self._gen,
+        )
+
+    # ---- device residency ------------------------------------------------------------------
+    def _load(self, stage: _Stage, *, grads: bool) -> dict[str, torch.Tensor]:
+        """Device working copies of the stage's parameters and buffers (keys for the runner)."""
+        dev: dict[str, torch.Tensor] = {}
+        for name, host in stage.tensors.items():
+            t = host.detach().to(self.device, copy=True, non_blocking=True)
+            self.ledger.add("params", _nbytes(t))
+            if grads and isinstance(host, nn.Parameter) and host.requires_grad:
+                t.requires_grad_()
+                self.ledger.add("grads", _nbytes(t))  # accumulated over the micro-batches
+            dev["model." + name] = t
+        return dev
+
+    def _unload(self, dev: dict[str, torch.Tensor]) -> None:
+        for t in dev.values():
+            self.ledger.sub("params", _nbytes(t))
+            if t.requires_grad:
+                self.ledger.sub("grads", _nbytes(t))
+        dev.clear()
+
+    def _stash(self, t: torch.Tensor) -> torch.Tensor:
+        """Keep a boundary tensor just computed on the device: there, or copied to the host."""
+        t = t.detach()
+        if self.cfg.stash == "device":
+            self.ledger.add("stash", _nbytes(t))
+            return t
+        self.ledger.add("work", _nbytes(t))  # on the device until the copy is made
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=self._cuda)
+        host.copy_(t, non_blocking=True)
+        self.ledger.sub("work", _nbytes(t))
+        return host
+
+    def _unstash(self, kept: torch.Tensor) -> torch.Tensor:
+        """A device tensor to compute with (for a host stash, a fresh device copy)."""
+        if self.cfg.stash == "device":
+            return kept
+        t = kept.to(self.device, copy=True, non_blocking=True)
+        self.ledger.add("stash", _nbytes(t))
+        return t
+
+    def _done(self, kept: torch.Tensor, used: torch.Tensor, *, last: bool) -> None:
+        """`used` (from `_unstash`) is no longer needed; with `last`, neither is `kept`."""
+        if self.cfg.stash == "host":
+            self.ledger.sub("stash", _nbytes(used))
+        elif last:
+            self.ledger.sub("stash", _nbytes(kept))
+
+    # ---- randomness ------------------------------------------------------------------------
+    def _rng_state(self) -> _RngState:
+        cuda = torch.cuda.get_rng_state(self.device) if self._cuda else None
+        return torch.get_rng_state(), cuda
+
+    def _stream(self, seed: int) -> _RngState:
+        """The state of a fresh stream seeded with `seed` (what `torch.manual_seed` gives)."""
+        cpu = torch.Generator().manual_seed(seed).get_state()
+        cuda = None
+        if self._cuda:
+            cuda = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        return cpu, cuda
+
+    @contextmanager
+    def _rng(self, state: _RngState) -> Iterator[None]:
+        """Run under `state` (one micro-batch's stream); the global RNG is restored after."""
+        with torch.random.fork_rng(devices=[self.device] if self._cuda else []):
+            torch.set_rng_state(state[0])
+            if state[1] is not None:
+                torch.cuda.set_rng_state(state[1], self.device)
+            yield
+
+    # ---- the relay -------------------------------------------------------------------------
+    def _run(
+        self,
+        stage: _Stage,
+        dev: dict[str, torch.Tensor],
+        inp: _Inputs,
+        x: torch.Tensor | None,
+        m: int,
+    ) -> Any:
+        return torch.func.functional_call(stage.runner, dev, (stage.fn, inp, x, m), strict=False)
+
+    def _teacher_outputs(self, inputs: list[_Inputs]) -> list[tuple[torch.Tensor, ...]]:
+        """Forward-only relay of the teacher (no grad): its logits (and states) per micro-batch."""
+        kept: list[Any] = [None] * len(inputs)
+        for s, stage in enumerate(self.teacher_stages):
+            dev = self._load(stage, grads=False)
+            for m, inp in enumerate(inputs):
+                x = self._unstash(kept[m]) if s else None
+                with torch.no_grad():
+                    out = self._run(stage, dev, inp, x, m)
+                if x is not None:
+                    self._done(kept[m], x, last=True)
+                if isinstance(out, tuple):  # the head: logits, states or None
+                    kept[m] = tuple(self._stash(t) for t in out if t is not None)
+                else:
+                    kept[m] = self._stash(out)
+            self._unload(dev)
+        return kept
+
+    def _offload_grads(self, stage: _Stage, dev: dict[str, torch.Tensor], done: set[str]) -> None:
+        """Add the stage's device gradients into the host buffers (`done`: names already there)."""
+        for name in stage.tensors:
+            g = dev["model." + name].grad
+            if g is None:
+                continue
+            buf = self._grad_buffers.get(name)
+            if buf is None:
+                buf = torch.empty(g.shape, dtype=g.dtype, pin_memory=self._cuda)
+                self._grad_buffers[name] = buf
+            if name in done:  # a shared parameter: a stage above already gave its part
+                buf.add_(g.to("cpu"))
+            else:
+                buf.copy_(g, non_blocking=True)
+                done.add(name)
+
+    def _host_step(self, stage: _Stage, ready: torch.cuda.Event | None, clip: bool) -> None:
+        """The stage's AdamW step on the host (runs in the worker thread)."""
+        assert stage.optimizer is not None and stage.scheduler is not None
+        if ready is not None:
+            ready.synchronize()  # the gradient copies from the device have landed
+        if clip:
+            torch.nn.utils.clip_grad_norm_(
+                [stage.tensors[n] for n in stage.owned], self.cfg.grad_clip
+            )
+        stage.optimizer.step()
+        stage.scheduler.step()
+
+    def _split(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        b, m = batch["input_ids"].shape[0], self.cfg.micro_batches
+        if b % m:
+            raise ConfigError(
+                f"batch size ({b}) must be a multiple of the L2L micro-batch count ({m}); "
+                "choose a divisor of the batch size as micro_batches"
+            )
+        size = b // m
+        return [
+            {
+                k: v[i * size : (i + 1) * size].to(self.device, copy=True, non_blocking=True)
+                for k, v in batch.items()
+            }
+            for i in range(m)
+        ]
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One training step on a collated batch; returns the loss (mean over the batch)."""
+        cfg = self.cfg
+        micro = self._split(batch)
+        inputs = [_layout(self.model, mb) for mb in micro]
+        teacher_inputs = [_layout(self.teacher, mb) for mb in micro] if self.teacher else []
+        storages = {
+            (str(t.device), t.untyped_storage().data_ptr()): t.untyped_storage().nbytes()
+            for inp in inputs + teacher_inputs
+            for t in inp.tensors()
+        }
+        held = sum(storages.values())
+        self.ledger.add("inputs", held)
+        teacher_out = self._teacher_outputs(teacher_inputs) if self.teacher else []
+        seeds = torch.randint(2**62, (len(micro),)).tolist()  # one dropout stream per micro-batch
+        for p in self._trainable:
+            p.grad = None
+        pending: list[Future[None]] = []
+        try:
+            loss = self._relay(inputs, [self._stream(s) for s in seeds], teacher_out, pending)
+            if cfg.grad_clip > 0 and cfg.l2l_clip == "global":
+                # nothing has stepped yet and every gradient is on the host: clip the global norm
+                if self._cuda:
+                    torch.cuda.synchronize(self.device)
+                torch.nn.utils.clip_grad_norm_(self._trainable, cfg.grad_clip)
+                pending += [
+                    self._pool.submit(self._host_step, st, None, False)
+                    for st in self.stages
+                    if st.optimizer is not None
+                ]
+        finally:
+            for f in pending:
+                f.result()
+        self.ledger.sub("inputs", held)
+        return loss
+
+    def _relay(
+        self,
+        inputs: list[_Inputs],
+        streams: list[_RngState],
+        teacher_out: list[tuple[torch.Tensor, ...]],
+        pending: list[Future[None]],
+    ) -> float:
+        """Forward then backward relay over the stages; submits the host steps to `pending`.
+
+        streams[m]: the RNG state micro-batch m starts from; teacher_out[m]: the teacher's
+        stashed outputs for it (empty without a teacher)."""
+        cfg, stages, mb = self.cfg, self.stages, len(inputs)
+        last = len(stages) - 1
+        # kept[s][m]: the input of stage s for micro-batch m (s >= 1); rng[s][m]: its RNG state
+        kept: list[list[Any]] = [[None] * mb for _ in stages]
+        rng: list[list[_RngState]] = [list(streams)] + [[] for _ in range(last)]
+        for s in range(last):
+            dev = self._load(stages[s], grads=False)
+            for m, inp in enumerate(inputs):
+                x = self._unstash(kept[s][m]) if s else None
+                with torch.no_grad(), self._rng(rng[s][m]):
+                    out = self._run(stages[s], dev, inp, x, m)
+                    rng[s + 1].append(self._rng_state())
+                if x is not None:
+                    self._done(kept[s][m], x, last=False)
+                kept[s + 1][m] = self._stash(out)
+                del out
+            self._unload(dev)
+
+        overlap = cfg.grad_clip == 0 or cfg.l2l_clip == "stage"
+        grads_in: list[Any] = [None] * mb  # gradient w.r.t. the output of the current stage
+        done: set[str] = set()
+        total = 0.0
+        for s in range(last, -1, -1):
+            stage = stages[s]
+            dev = self._load(stage, grads=True)
+            for m, inp in enumerate(inputs):
+                x = self._unstash(kept[s][m]).detach().requires_grad_() if s else None
+                if s == last and teacher_out:
+                    self._teacher_now = tuple(self._unstash(t) for t in teacher_out[m])
+                counted = [*dev.values(), *inp.tensors(), *([x] if x is not None else [])]
+                with self._rng(rng[s][m]), _SavedBytes(self.ledger, counted, self._host_ptrs) as sb:
+                    out = self._run(stage, dev, inp, x, m)
+                if x is not None:  # x.grad appears during the backward
+                    self.ledger.add("work", _nbytes(x))
+                if s == last:
+                    total += float(out.detach())
+                    (out / mb).backward()
+                    for kept_t, used in zip(
+                        teacher_out[m] if teacher_out else (), self._teacher_now, strict=True
+                    ):
+                        self._done(kept_t, used, last=True)
+                    self._teacher_now = ()
+                else:
+                    g = self._unstash(grads_in[m])
+                    if out.requires_grad:  # False only for a fully frozen stage 0
+                        out.backward(g)
+                    self._done(grads_in[m], g, last=True)
+                sb.release()
+                del out
+                if x is not None:
+                    assert x.grad is not None
+                    self.ledger.sub("work", _nbytes(x))
+                    grads_in[m] = self._stash(x.grad)
+                    x.grad = None
+                    self._done(kept[s][m], x, last=True)
+                    kept[s][m] = None
+            self._offload_grads(stage, dev, done)
+            self._unload(dev)
+            ready = None
+            if self._cuda:
+                ready = torch.cuda.Event()
+                ready.record(torch.cuda.current_stream(self.device))
+            for name in stage.owned:  # complete: every stage using it is done
+                if name in done:
+                    stage.tensors[name].grad = self._grad_buffers[name]
+            if overlap and stage.optimizer is not None:
+                pending.append(self._pool.submit(self._host_step, stage, ready, cfg.grad_clip > 0))
+        return total / mb
+
+    # ---- public ----------------------------------------------------------------------------
+    @property
+    def stats(self) -> L2LStats:
+        return L2LStats(
+            current_bytes=self.ledger.total,
+            peak_bytes=self.ledger.peak,
+            peak_by_kind=dict(self.ledger.peak_by_kind),
+        )
+
+    def close(self) -> None:
+        """Stop the optimizer worker thread."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> L2LExecutor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def train_classifier_l2l(
+    model: MuxSequenceClassifier,
+    train: Sequence[Encoded],
+    cfg: TrainConfig,
+    *,
+    teacher: MuxSequenceClassifier | None = None,
+    special_ids: Sequence[int] = (),
+    desc: str = "fine-tune",
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """`train_classifier` with the L2L executor (``cfg.trainer == "l2l"``); the model ends in
+    host memory. The stats add ``peak_device_bytes``, the executor's ledger peak."""
+    torch.manual_seed(cfg.seed)
+    it = infinite_batches(train, cfg.batch_size, seed=cfg.seed)
+    t0 = time.perf_counter()
+    ema = None
+    with L2LExecutor(
+        model, cfg, device=device, teacher=teacher, special_ids=special_ids
+    ) as executor:
+        bar = progress(cfg.steps, desc)
+        for _ in bar:
+            lv = executor.step(next(it))
+            if not math.isfinite(lv):
+                raise FloatingPointError(
+                    f"training loss became {lv}; lower the learning rate ({cfg.lr})"
+                )
+            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+            bar.set_postfix(loss=f"{ema:.3f}")
+        bar.close()
+    model.eval()
+    return {
+        "steps": float(cfg.steps),
+        "seconds": time.perf_counter() - t0,
+        "final_loss": float(ema or 0.0),
+        "peak_device_bytes": float(executor.stats.peak_bytes),
+    }
