@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprumux.errors import ConfigError
-from autoprumux.models._encoder import Encoder, EncoderConfig, init_weights
+from autoprumux.models._encoder import Encoder, EncoderConfig, attention_bias, init_weights
 from autoprumux.models._persist import read_model_dir, write_model_dir
 
 MUX_VARIANTS = ("gaussian", "orthogonal")
@@ -136,6 +136,20 @@ def _last_layer_norm(encoder: Encoder) -> nn.LayerNorm | None:
     return None
 
 
+@dataclass(frozen=True)
+class MuxLayout:
+    """What `MuxSequenceClassifier.layout` derives from a batch (no parameters involved)."""
+
+    ids: torch.Tensor  # (B', L): rows padded with dummies to a multiple of N
+    token_types: torch.Tensor  # (B', L)
+    token_mask: torch.Tensor  # (B', N + L) prefix + token mask per instance; (B, L) for N=1
+    bias: torch.Tensor  # (rows, 1, 1, T) additive attention mask of the encoder's rows
+    batch_size: int  # real examples B
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.ids, self.token_types, self.token_mask, self.bias]
+
+
 class MuxSequenceClassifier(nn.Module):
     """Encoder + (optional) N-way multiplexing + per-instance classification head."""
 
@@ -193,6 +207,57 @@ class MuxSequenceClassifier(nn.Module):
         ]
         return out, b
 
+    def layout(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> MuxLayout:
+        """The parameter-free part of a forward pass: rows padded to a multiple of N, each
+        instance's prefix + token mask and the encoder rows' additive attention mask."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        dtype = self.encoder.embeddings.word.weight.dtype
+        b = input_ids.shape[0]
+        if self.n == 1:
+            return MuxLayout(
+                input_ids, token_type_ids, attention_mask, attention_bias(attention_mask, dtype), b
+            )
+        n = self.n
+        (ids, mask, tt), _ = self._pad_rows(input_ids, attention_mask, token_type_ids)
+        rows, length = ids.shape
+        real = (mask.sum(dim=1, keepdim=True) > 0).to(mask.dtype)  # dummy rows: 0
+        token_mask = torch.cat([real.expand(rows, n), mask], dim=1)  # (B', N + L)
+        # a position of a mixed row is real if any of its instances has it
+        group_mask = token_mask.view(rows // n, n, n + length).amax(dim=1)  # (G, N + L)
+        return MuxLayout(ids, tt, token_mask, attention_bias(group_mask, dtype), b)
+
+    def embed(self, lay: MuxLayout) -> torch.Tensor:
+        """Input of the first encoder layer: (B, L, H), or (G, N + L, H) mixed rows for N > 1."""
+        enc = self.encoder
+        if self.n == 1:
+            return enc.embeddings(lay.ids, lay.token_types)
+        n = self.n
+        rows, length = lay.ids.shape
+        prefix = self.index_embeddings(self.get_buffer("_prefix_index").repeat(rows // n, 1))
+        x = enc.embeddings(lay.ids, lay.token_types, prefix=prefix)  # (B', N + L, H)
+        x = x * lay.token_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
+        return self.multiplexer(x.view(rows // n, n, n + length, -1))  # (G, N + L, H)
+
+    def readout(self, lay: MuxLayout, h: torch.Tensor, positions: str = "cls") -> torch.Tensor:
+        """Per-instance states from the last layer's output: (B, H) for positions="cls",
+        (B, L, H) for positions="all" (demultiplexed for N > 1)."""
+        if self.n == 1:
+            return h[:, 0] if positions == "cls" else h
+        n = self.n
+        rows, length = lay.ids.shape
+        keys = h[:, :n].unsqueeze(2)  # (G, N, 1, H)
+        if positions == "cls":
+            out = self.demux(h[:, n : n + 1].unsqueeze(1), keys)  # (G, N, 1, H)
+            return out.reshape(rows, -1)[: lay.batch_size]
+        out = self.demux(h[:, n:].unsqueeze(1), keys)  # (G, N, L, H)
+        return out.reshape(rows, length, -1)[: lay.batch_size]
+
     def hidden_states(
         self,
         input_ids: torch.Tensor,
@@ -202,39 +267,11 @@ class MuxSequenceClassifier(nn.Module):
         positions: str = "cls",
     ) -> torch.Tensor:
         """Per-instance final states: (B, H) for positions="cls", (B, L, H) for positions="all"."""
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        enc = self.encoder
-        if self.n == 1:
-            x = enc.embeddings(input_ids, token_type_ids)
-            h = enc.run_layers(x, attention_mask)
-            return h[:, 0] if positions == "cls" else h
-        (input_ids, attention_mask, token_type_ids), b = self._pad_rows(
-            input_ids, attention_mask, token_type_ids
-        )
-        n = self.n
-        bb, length = input_ids.shape
-        g = bb // n
-        prefix_ids = self.get_buffer("_prefix_index").repeat(g, 1)  # (B', N)
-        prefix = self.index_embeddings(prefix_ids)  # (B', N, H)
-        x = enc.embeddings(input_ids, token_type_ids, prefix=prefix)  # (B', N+L, H)
-        real = (attention_mask.sum(dim=1, keepdim=True) > 0).to(
-            attention_mask.dtype
-        )  # dummy rows: 0
-        full_mask = torch.cat([real.expand(bb, n), attention_mask], dim=1)  # (B', N+L)
-        x = x * full_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
-        t = n + length
-        mixed = self.multiplexer(x.view(g, n, t, -1))  # (G, T, H)
-        group_mask = full_mask.view(g, n, t).amax(
-            dim=1
-        )  # a position is real if any instance has it
-        h = enc.run_layers(mixed, group_mask)  # (G, T, H)
-        keys = h[:, :n].unsqueeze(2)  # (G, N, 1, H)
-        if positions == "cls":
-            out = self.demux(h[:, n : n + 1].unsqueeze(1), keys)  # (G, N, 1, H)
-            return out.reshape(bb, -1)[:b]
-        out = self.demux(h[:, n:].unsqueeze(1), keys)  # (G, N, L, H)
-        return out.reshape(bb, length, -1)[:b]
+        lay = self.layout(input_ids, attention_mask, token_type_ids)
+        h = self.embed(lay)
+        for layer in self.encoder.layers:
+            h = layer(h, lay.bias)
+        return self.readout(lay, h, positions)
 
     def forward(
         self,

@@ -71,7 +71,7 @@ from torch import nn
 from autoprumux.data import Encoded, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
-from autoprumux.models._encoder import attention_bias
+from autoprumux.models._mux import MuxLayout
 from autoprumux.training._loop import (
     TrainConfig,
     classifier_loss,
@@ -135,59 +135,18 @@ class L2LStats:
 
 @dataclass
 class _Inputs:
-    """One micro-batch on the device and what the stages need from it (no parameters)."""
+    """One micro-batch on the device and its mux layout (what the stages read besides weights)."""
 
     batch: dict[str, torch.Tensor]  # input_ids, attention_mask, token_type_ids, labels (b, L)
-    ids: torch.Tensor  # (b', L): rows padded with dummies to a multiple of N
-    token_types: torch.Tensor  # (b', L)
-    token_mask: torch.Tensor  # (b', N + L): prefix + token mask of each instance (N > 1 only)
-    bias: torch.Tensor  # (rows, 1, 1, T) additive attention mask of the encoder's rows
+    lay: MuxLayout
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.batch.values(), self.ids, self.token_types, self.token_mask, self.bias]
+        return [*self.batch.values(), *self.lay.tensors()]
 
 
-def _layout(model: MuxSequenceClassifier, batch: dict[str, torch.Tensor]) -> _Inputs:
-    """The parameter-free part of `MuxSequenceClassifier.hidden_states` for one micro-batch."""
-    ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-    dtype = model.encoder.embeddings.word.weight.dtype
-    if model.n == 1:
-        return _Inputs(batch, ids, tt, mask, attention_bias(mask, dtype))
-    n = model.n
-    (ids, mask, tt), _ = model._pad_rows(ids, mask, tt)
-    rows, length = ids.shape
-    real = (mask.sum(dim=1, keepdim=True) > 0).to(mask.dtype)  # dummy rows: 0
-    token_mask = torch.cat([real.expand(rows, n), mask], dim=1)  # (b', N + L)
-    group_mask = token_mask.view(rows // n, n, n + length).amax(dim=1)  # (G, N + L)
-    return _Inputs(batch, ids, tt, token_mask, attention_bias(group_mask, dtype))
-
-
-def _embed(model: MuxSequenceClassifier, inp: _Inputs) -> torch.Tensor:
-    """Stage 0: (rows, T, H) input of the first layer (mirrors `hidden_states`)."""
-    enc = model.encoder
-    if model.n == 1:
-        return enc.embeddings(inp.ids, inp.token_types)
-    n = model.n
-    rows, length = inp.ids.shape
-    prefix = model.index_embeddings(model.get_buffer("_prefix_index").repeat(rows // n, 1))
-    x = enc.embeddings(inp.ids, inp.token_types, prefix=prefix)  # (b', N + L, H)
-    x = x * inp.token_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
-    return model.multiplexer(x.view(rows // n, n, n + length, -1))  # (G, N + L, H)
-
-
-def _readout(
-    model: MuxSequenceClassifier, inp: _Inputs, h: torch.Tensor, positions: str
-) -> torch.Tensor:
-    """Per-instance states from the last layer's output h (mirrors `hidden_states`)."""
-    b = inp.batch["input_ids"].shape[0]
-    if model.n == 1:
-        return h if positions == "all" else h[:, 0]
-    n = model.n
-    rows, length = inp.ids.shape
-    keys = h[:, :n].unsqueeze(2)  # (G, N, 1, H)
-    if positions == "cls":
-        return model.demux(h[:, n : n + 1].unsqueeze(1), keys).reshape(rows, -1)[:b]
-    return model.demux(h[:, n:].unsqueeze(1), keys).reshape(rows, length, -1)[:b]
+def _inputs(model: MuxSequenceClassifier, batch: dict[str, torch.Tensor]) -> _Inputs:
+    lay = model.layout(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return _Inputs(batch, lay)
 
 
 class _Runner(nn.Module):
@@ -401,14 +360,14 @@ class L2LExecutor:
     def _stage0(
         model: MuxSequenceClassifier, inp: _Inputs, x: torch.Tensor | None, m: int
     ) -> torch.Tensor:
-        return _embed(model, inp)
+        return model.embed(inp.lay)
 
     @staticmethod
     def _layer_fn(i: int) -> _StageFn:
         def run(
             model: MuxSequenceClassifier, inp: _Inputs, x: torch.Tensor | None, m: int
         ) -> torch.Tensor:
-            return model.encoder.layers[i](x, inp.bias)
+            return model.encoder.layers[i](x, inp.lay.bias)
 
         return run
 
@@ -422,7 +381,7 @@ class L2LExecutor:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert h is not None
         positions = self._positions(model, self._use_hidden)
-        states = _readout(model, inp, h, positions)
+        states = model.readout(inp.lay, h, positions)
         mask = inp.batch["attention_mask"]
         logits = (
             model.logits_from_states(states, mask) if positions == "all" else model.head(states)
@@ -434,7 +393,7 @@ class L2LExecutor:
     ) -> torch.Tensor:
         assert h is not None
         positions = self._positions(model, self._use_retrieval or self._use_hidden)
-        states = _readout(model, inp, h, positions)
+        states = model.readout(inp.lay, h, positions)
         mask = inp.batch["attention_mask"]
         logits = (
             model.logits_from_states(states, mask) if positions == "all" else model.head(states)
@@ -599,8 +558,8 @@ class L2LExecutor:
         """One training step on a collated batch; returns the loss (mean over the batch)."""
         cfg = self.cfg
         micro = self._split(batch)
-        inputs = [_layout(self.model, mb) for mb in micro]
-        teacher_inputs = [_layout(self.teacher, mb) for mb in micro] if self.teacher else []
+        inputs = [_inputs(self.model, mb) for mb in micro]
+        teacher_inputs = [_inputs(self.teacher, mb) for mb in micro] if self.teacher else []
         storages = {
             (str(t.device), t.untyped_storage().data_ptr()): t.untyped_storage().nbytes()
             for inp in inputs + teacher_inputs
