@@ -205,3 +205,51 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
     assert one.candidate.flops == pytest.approx(c.flops / 2)
     with pytest.raises(ConfigError, match="active students"):
         pipe().evaluate_students(2, 1, active=3, throughput=tp)
+
+
+def test_student_view_computes_the_student_and_trains_it_in_place():
+    from autoprumux.training._students import student_view
+
+    ens = perturbed(StudentEnsemble.from_teacher(hard_teacher(), StudentConfig(k=2, depth=2)))
+    ens.eval()
+    view = student_view(ens, 1).eval()
+    ids, mask, tt = random_batch(4, 11, seed=5)
+    with torch.no_grad():
+        x, bias = ens.embed(ids, mask, tt)
+        torch.testing.assert_close(view(ids, mask, tt), ens.students[1](x, bias))
+    # the view's trainable parameters are exactly student 1's: the embeddings stay frozen
+    trainable = {id(p) for p in view.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in ens.students[1].parameters()}
+
+
+@pytest.mark.parametrize("stash", ["device", "host"])
+def test_boosting_with_the_l2l_trainer_equals_the_standard_loop(stash):
+    t = hard_teacher()
+    train = items(64, seed=0)
+    out = {}
+    for trainer in ("standard", "l2l"):
+        ens, stats = distill_students(
+            t,
+            train,
+            StudentConfig(k=2, depth=2),
+            StudentTrainConfig(
+                steps_per_student=3,
+                stacking_steps=0,
+                batch_size=16,
+                lr=1e-3,
+                trainer=trainer,
+                micro_batches=4 if trainer == "l2l" else 1,
+                stash=stash,
+            ),
+        )
+        out[trainer] = (ens, stats)
+    (a, sa), (b, sb) = out["standard"], out["l2l"]
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+    assert sb["student_train"][0]["peak_device_bytes"] > 0
+    assert sa["residual_mse"] == pytest.approx(sb["residual_mse"], rel=1e-4)
+
+
+def test_l2l_students_reject_a_bad_micro_batch_count():
+    with pytest.raises(ConfigError, match="micro"):
+        StudentTrainConfig(batch_size=16, trainer="l2l", micro_batches=3)

@@ -78,6 +78,7 @@ from autoprumux.training._loop import (
     lr_schedule,
     param_groups,
     progress,
+    target_batches,
     validate_trainer,
 )
 
@@ -704,11 +705,12 @@ def train_classifier_l2l(
     special_ids: Sequence[int] = (),
     desc: str = "fine-tune",
     device: str | torch.device = "cpu",
+    logit_targets: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """`train_classifier` with the L2L executor (``cfg.trainer == "l2l"``); the model ends in
     host memory. The stats add ``peak_device_bytes``, the executor's ledger peak."""
     torch.manual_seed(cfg.seed)
-    it = infinite_batches(train, cfg.batch_size, seed=cfg.seed)
+    it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
     t0 = time.perf_counter()
     ema = None
     with L2LExecutor(

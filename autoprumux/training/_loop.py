@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,7 +223,11 @@ def classifier_loss(
     logits (B, labels); states (B, L, H) per-instance token states, needed by the retrieval and
     hidden-distillation terms; teacher_logits / teacher_states the teacher's (no grad), or None.
     Shared by the standard loop and the L2L executor (which calls it once per micro-batch).
+    A batch carrying "logit_targets" (see `train_classifier(logit_targets=...)`) is trained by
+    MSE between the logits and those targets alone.
     """
+    if "logit_targets" in batch:  # regression distillation (students): MSE on given logits
+        return F.mse_loss(logits, batch["logit_targets"])
     loss = F.cross_entropy(logits, batch["labels"])
     if teacher_logits is not None:
         loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
@@ -247,6 +251,16 @@ def classifier_loss(
     return loss
 
 
+def target_batches(
+    it: Iterator[dict[str, torch.Tensor]], logit_targets: torch.Tensor | None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches with "logit_targets" added (the labels are row indices into `logit_targets`)."""
+    for batch in it:
+        if logit_targets is not None:
+            batch["logit_targets"] = logit_targets[batch["labels"]]
+        yield batch
+
+
 def train_classifier(
     model: MuxSequenceClassifier,
     train: Sequence[Encoded],
@@ -256,6 +270,7 @@ def train_classifier(
     special_ids: Sequence[int] = (),
     desc: str = "fine-tune",
     device: str | torch.device = "cpu",
+    logit_targets: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Fine-tune `model` on the task for `cfg.steps` steps.
 
@@ -264,6 +279,8 @@ def train_classifier(
     With ``cfg.trainer == "l2l"`` the same loss is trained by the layer-to-layer executor
     (`L2LExecutor`: model in host memory, `cfg.micro_batches` micro-batches per step; the model
     ends in host memory and the stats add ``peak_device_bytes``).
+    With `logit_targets` (M, labels), the items' labels are row indices into it and the loss is
+    the MSE between the logits and those rows (regression distillation of the students).
     """
     if cfg.steps == 0:
         return {"steps": 0.0, "seconds": 0.0}
@@ -274,7 +291,14 @@ def train_classifier(
         from autoprumux.training._l2l import train_classifier_l2l
 
         return train_classifier_l2l(
-            model, train, cfg, teacher=teacher, special_ids=special_ids, desc=desc, device=device
+            model,
+            train,
+            cfg,
+            teacher=teacher,
+            special_ids=special_ids,
+            desc=desc,
+            device=device,
+            logit_targets=logit_targets,
         )
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -284,7 +308,7 @@ def train_classifier(
     opt, sched = make_optimizer(model, cfg)
     use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
     use_hidden = cfg.hidden_distill_weight > 0
-    it = infinite_batches(train, cfg.batch_size, seed=cfg.seed)
+    it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
     t0 = time.perf_counter()
     ema = None
     bar = progress(cfg.steps, desc)

@@ -9,18 +9,29 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
+from autoprumux.models._encoder import Embeddings, Encoder
+from autoprumux.models._mux import MuxConfig
 from autoprumux.models._students import Student, StudentConfig, StudentEnsemble
-from autoprumux.training._loop import TrainConfig, make_optimizer, predict, progress
+from autoprumux.training._loop import (
+    TrainConfig,
+    make_optimizer,
+    predict,
+    progress,
+    train_classifier,
+    validate_trainer,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,11 @@ class StudentTrainConfig:
     lr: float = 2e-4
     stacking_lr: float = 5e-5
     seed: int = 0
+    # the loop of the boosting steps: "standard" or "l2l" (see TrainConfig); the joint stacking
+    # step, which runs every student at once, always uses the standard loop
+    trainer: str = "standard"
+    micro_batches: int = 1
+    stash: str = "device"
 
     def __post_init__(self) -> None:
         for name in ("steps_per_student", "stacking_steps"):
@@ -42,6 +58,7 @@ class StudentTrainConfig:
         for name in ("lr", "stacking_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} ({getattr(self, name)!r}) must be > 0")
+        validate_trainer(self.trainer, self.micro_batches, self.stash, self.batch_size)
 
 
 def _indexed(items: Sequence[Encoded]) -> list[Encoded]:
@@ -81,45 +98,70 @@ def prefix_mse(per_student: torch.Tensor, target: torch.Tensor) -> list[float]:
     return [float(F.mse_loss(sums[k], target)) for k in range(per_student.shape[0])]
 
 
-def _train_steps(
+def student_view(ens: StudentEnsemble, j: int) -> MuxSequenceClassifier:
+    """Student j as an N=1 classifier sharing its modules (training the view trains the
+    student): the ensemble's frozen embeddings without dropout, the student's layers and pooler,
+    its classifier read without head dropout, so the view computes exactly `Student.forward`."""
+    s = ens.students[j]
+    assert isinstance(s, Student)
+    src = ens.embeddings
+    emb = Embeddings.__new__(Embeddings)
+    nn.Module.__init__(emb)
+    emb.word, emb.position, emb.token_type, emb.norm = (
+        src.word,
+        src.position,
+        src.token_type,
+        src.norm,
+    )
+    emb.dropout = nn.Identity()  # type: ignore[assignment]
+    d = len(s.layers)
+    cfg = ens.encoder_config
+    enc = Encoder(
+        cfg.with_layers(
+            heads=cfg.heads[:d],
+            ffn=cfg.ffn[:d],
+            attn_present=cfg.attn_present[:d],
+            ffn_present=cfg.ffn_present[:d],
+            vocab_size=1,  # the shell's own embeddings are replaced below
+        )
+    )
+    enc.embeddings, enc.layers, enc.pooler = emb, s.layers, s.pooler
+    view = MuxSequenceClassifier(enc, num_labels=ens.num_labels, mux=MuxConfig(n=1))
+    view.classifier = s.classifier
+    view.dropout = nn.Identity()  # type: ignore[assignment]
+    return view
+
+
+def _stack_steps(
     ens: StudentEnsemble,
     items: list[Encoded],
     targets: torch.Tensor,
     cfg: TrainConfig,
     *,
-    student: int | None,
-    desc: str,
     device: torch.device,
 ) -> float:
-    """`cfg.steps` steps of MSE: one student on `targets` (the residual), or (student=None) all
-    students jointly with every prefix sum on `targets` (the teacher)."""
-    params_of = ens.students if student is None else ens.students[student]
-    opt, sched = make_optimizer(params_of, cfg)
+    """Stacking distillation: all students jointly, every prefix sum on the teacher's logits."""
+    opt, sched = make_optimizer(ens.students, cfg)
     it = infinite_batches(items, cfg.batch_size, seed=cfg.seed)
     targets = targets.to(device)
     ens.train()
     ens.embeddings.eval()  # frozen and shared: no dropout noise in the students' input
     ema = None
-    bar = progress(cfg.steps, desc)
+    bar = progress(cfg.steps, "stacking distillation")
     for _ in bar:
         b = {k: v.to(device) for k, v in next(it).items()}
         with torch.no_grad():
             x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
         y = targets[b["labels"]]
-        if student is None:
-            per = torch.stack([s(x, bias) for s in ens.students])  # (K, B, C)
-            loss = F.mse_loss(per.cumsum(0), y.expand_as(per))
-        else:
-            s = ens.students[student]
-            assert isinstance(s, Student)
-            loss = F.mse_loss(s(x, bias), y)
+        per = torch.stack([s(x, bias) for s in ens.students])  # (K, B, C)
+        loss = F.mse_loss(per.cumsum(0), y.expand_as(per))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params_of.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(ens.students.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
         lv = float(loss.detach())
-        if not torch.isfinite(torch.tensor(lv)):
+        if not math.isfinite(lv):
             raise FloatingPointError(
                 f"student loss became {lv}; lower the learning rate ({cfg.lr})"
             )
@@ -156,7 +198,12 @@ def distill_students(
     indexed = _indexed(items)
     ens = StudentEnsemble.from_teacher(teacher, cfg, first_only=True).to(device)
     residual = target.clone()
-    stats: dict = {"residual_mse": [], "heldout_residual_mse": [], "student_seconds": []}
+    stats: dict = {
+        "residual_mse": [],
+        "heldout_residual_mse": [],
+        "student_seconds": [],
+        "student_train": [],
+    }
     for j in range(cfg.k):
         ts = time.perf_counter()
         if j > 0:
@@ -166,17 +213,21 @@ def distill_students(
             batch_size=tcfg.batch_size,
             lr=tcfg.lr,
             seed=tcfg.seed + j,
+            trainer=tcfg.trainer,
+            micro_batches=tcfg.micro_batches,
+            stash=tcfg.stash,
         )
-        if step_cfg.steps:
-            _train_steps(
-                ens,
+        stats["student_train"].append(
+            train_classifier(
+                student_view(ens, j),
                 indexed,
-                residual,
                 step_cfg,
-                student=j,
+                logit_targets=residual,
                 desc=f"student {j + 1}/{cfg.k}",
                 device=device,
             )
+        )
+        ens.to(device)  # L2L leaves the student's weights in host memory
         mine = ensemble_outputs(ens, items, device=device)[j]
         residual = residual - mine
         stats["residual_mse"].append(float(residual.pow(2).mean()))
@@ -188,7 +239,7 @@ def distill_students(
         ensemble_outputs(ens, items, device=device), target
     )
     if tcfg.stacking_steps:
-        _train_steps(
+        _stack_steps(
             ens,
             indexed,
             target,
@@ -198,8 +249,6 @@ def distill_students(
                 lr=tcfg.stacking_lr,
                 seed=tcfg.seed + cfg.k,
             ),
-            student=None,
-            desc="stacking distillation",
             device=device,
         )
     stats["prefix_mse"] = prefix_mse(ensemble_outputs(ens, items, device=device), target)
