@@ -1,15 +1,17 @@
 """Issue 3 benchmark: how good are the recommendations for a given number of evaluated trials?
 
-    python benchmarks/search_regret.py --grid benchmarks/results/prumux_grid_sst2_cpu.json \
+    python benchmarks/search_regret.py --grid benchmarks/results/reference_grid_sst2_cpu.json \
         --budgets 0.5 1 2 3 5 --evals 6 10 --seeds 5 [--study-storage sqlite:///autoprumux.db]
 
-The reference grid (measured by benchmarks/prumux_grid.py: every sparsity x N) is the ground
+The reference grid (measured by benchmarks/reference_grid.py: every sparsity x N) is the ground
 truth. For each budget and number of evaluations k, each strategy sees k grid points:
   tpe      Optuna TPE with the budget as constraint, best feasible trial after k trials
   random   Optuna random search, best feasible trial
   grid     a coarse grid of k points spread over the space, best feasible point
   meta     the LightGBM meta-model trained on the k random-search points, recommending over
            the whole grid (it may pick a point it never evaluated)
+  meta-tpe the same meta-model trained on the k points TPE chose (what `autoprumux search`
+           followed by `autoprumux recommend` does)
 Regret = 1 - (true speedup of the choice) / (best feasible speedup in the full grid); a violation
 is a choice whose measured loss exceeds the budget. Also: the meta-model's error on the grid
 points it did not see, and (with --study-storage) the Optuna + MLflow overhead per trial of a real
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         truth = best_feasible(rows, budget)
         assert truth is not None
         for k in args.evals:
-            acc: dict[str, list] = {s: [] for s in ("tpe", "random", "grid", "meta")}
+            acc: dict[str, list] = {s: [] for s in ("tpe", "random", "grid", "meta", "meta-tpe")}
             errs = []
             for seed in range(args.seeds):
                 picks = {
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 choice, err = meta_pick(picks["random"], rows, ctx, budget)
                 acc["meta"].append(choice)
                 errs.append(err)
+                acc["meta-tpe"].append(meta_pick(picks["tpe"], rows, ctx, budget)[0])
             for name, chosen in acc.items():
                 regrets = [1 - c["speedup"] / truth["speedup"] for c in chosen]
                 results.append(
