@@ -1,4 +1,4 @@
-"""Command line: evaluate, warmup, search, worker, recommend, ui, serve.
+"""Command line: evaluate, warmup, search, worker, recommend, ui, serve, serve-students.
 
 Bad input exits with code 2 and a message naming the value."""
 
@@ -173,7 +173,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=5001)
+    _add_serve_students(sub)
     return p
+
+
+def _add_serve_students(sub: Any) -> None:
+    ss = sub.add_parser(
+        "serve-students",
+        help="serve K boosted students over HTTP (127.0.0.1), lowering K under load bursts",
+    )
+    ss.add_argument("--students", type=int, default=4, help="K students (default: 4)")
+    ss.add_argument("--depth", type=int, default=2, help="layers per student (default: 2)")
+    ss.add_argument("--task", default="sst2", help="sst2 | cola | mrpc | qnli (default: sst2)")
+    ss.add_argument("--model", default=None, help="default: packaged all-MiniLM-L6-v2")
+    ss.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+    ss.add_argument("--data-dir", default=None)
+    ss.add_argument("--data-source", default="local", choices=["local", "hf"])
+    ss.add_argument("--cache-dir", default=None)
+    ss.set_defaults(mux_variant="gaussian", warmup_corpus="shared")
+    g = ss.add_argument_group("recipe (finds or builds the cached ensemble; defaults: Recipe)")
+    for flag, typ, hlp in RECIPE_FLAGS:
+        g.add_argument(
+            flag, type=typ, default=None, help=_recipe_help(flag[2:].replace("-", "_"), hlp)
+        )
+    s = ss.add_argument_group("serving")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="default: 127.0.0.1 (another host is warned about)"
+    )
+    s.add_argument("--port", type=int, default=8008, help="default: 8008 (0: a free port)")
+    s.add_argument(
+        "--slo-ms", type=float, default=100.0, help="latency objective of the queue (default: 100)"
+    )
+    s.add_argument("--max-batch", type=int, default=32, help="texts per batch (default: 32)")
+    s.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="wait for a batch to fill (default: 5)"
+    )
+    s.add_argument(
+        "--fixed-k", type=int, default=None, help="always run this many students (no adaptation)"
+    )
+    s.add_argument(
+        "--hold-s", type=float, default=2.0, help="quiet seconds before K is raised (default: 2)"
+    )
+    s.add_argument("--max-chars", type=int, default=10_000, help="per text (default: 10000)")
+    s.add_argument("--max-texts", type=int, default=64, help="per request (default: 64)")
+    s.add_argument(
+        "--skip-dev-eval",
+        action="store_true",
+        help="do not measure each k's dev accuracy at start-up (more students = more accurate)",
+    )
 
 
 def _add_search_common(p: argparse.ArgumentParser) -> None:
@@ -479,6 +526,98 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _exec(cmd, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
 
 
+def cmd_serve_students(args: argparse.Namespace) -> int:
+    from autoprumux.errors import ConfigError
+    from autoprumux.models import StudentConfig
+    from autoprumux.serving import (
+        AdaptivePolicy,
+        FixedPolicy,
+        KPolicy,
+        PolicyConfig,
+        ServingConfig,
+        StudentServer,
+        check_loopback,
+        profile_operating_points,
+        student_accuracy_losses,
+    )
+
+    # validate everything cheap before any data is read or any student trained
+    cfg = StudentConfig(k=args.students, depth=args.depth)
+    if args.fixed_k is not None and not 1 <= args.fixed_k <= cfg.k:
+        raise ConfigError(f"--fixed-k ({args.fixed_k}) must be between 1 and --students ({cfg.k})")
+    policy_cfg = PolicyConfig(slo_ms=args.slo_ms, hold_s=args.hold_s)
+    recipe = _recipe(args)
+    serving = ServingConfig(
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_seq_len=recipe.max_seq_len,
+        max_chars=args.max_chars,
+        max_texts=args.max_texts,
+    )
+    try:
+        check_loopback(args.host)
+    except ConfigError:
+        print(
+            f"autoprumux: warning: {args.host} is not loopback; the endpoint is reachable from the network",
+            file=sys.stderr,
+        )
+    pipe = _pipeline(args, recipe)
+    layers = len(pipe.base.config.heads)
+    if cfg.depth >= layers:
+        raise ConfigError(f"--depth ({cfg.depth}) must be below the base model's {layers} layers")
+    ens = pipe.students(cfg.k, cfg.depth)
+    losses = None if args.skip_dev_eval else student_accuracy_losses(pipe, ens)
+    texts = [
+        (e.text_a, e.text_b) if e.text_b is not None else e.text_a for e in pipe.data.dev[:256]
+    ]
+    points = profile_operating_points(
+        ens,
+        pipe.tokenizer,
+        texts,
+        max_batch=serving.max_batch,
+        max_seq_len=serving.max_seq_len,
+        device=args.device,
+        accuracy_loss=losses,
+    )
+    policy: KPolicy = (
+        FixedPolicy(args.fixed_k, points=points)
+        if args.fixed_k is not None
+        else AdaptivePolicy(points, policy_cfg)
+    )
+    server = StudentServer(
+        ens,
+        pipe.tokenizer,
+        policy,
+        config=serving,
+        pair=pipe.task.pair,
+        device=args.device,
+        info={"task": pipe.task.name, "model": pipe.base.model_id},
+    ).start()
+    print(f"{'k':>3}{'ex/s':>10}{'acc loss':>10}   (profiled at batch {serving.max_batch})")
+    for p in points.values():
+        loss = "-" if p.accuracy_loss is None else f"{p.accuracy_loss:.2f}"
+        print(f"{p.k:>3}{p.examples_per_second:>10.1f}{loss:>10}")
+    mode = (
+        f"fixed k={args.fixed_k}"
+        if args.fixed_k is not None
+        else f"adaptive, objective {args.slo_ms:g} ms"
+    )
+    print(
+        f"serving K={cfg.k} students of depth {cfg.depth} ({pipe.task.name}, {mode}) on "
+        f"{server.url}/predict (Ctrl-C stops it)",
+        flush=True,
+    )
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    finally:
+        server.close()
+    return 0
+
+
 def _exec(cmd: list[str], env: dict[str, str]) -> int:
     import subprocess
 
@@ -517,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             "recommend": cmd_recommend,
             "ui": cmd_ui,
             "serve": cmd_serve,
+            "serve-students": cmd_serve_students,
         }
         if args.command in commands:
             return commands[args.command](args)

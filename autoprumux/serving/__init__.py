@@ -1,0 +1,59 @@
+"""Burst-adaptive serving of Academus student ensembles (issue 4).
+
+A loopback HTTP endpoint (`StudentServer`) classifies texts through a dynamic batcher
+(`DynamicBatcher`); a policy (`AdaptivePolicy`, or `FixedPolicy` for comparison) picks how many
+students run from a table of operating points (predicted throughput and accuracy loss per k),
+lowering k when the queue's delay exceeds the latency objective and restoring it when the load
+falls. `run_load` replays a bounded steady/burst schedule against a loopback server.
+"""
+
+from autoprumux.serving._batcher import DynamicBatcher, Prediction, ServingError, Text
+from autoprumux.serving._config import ServingConfig
+from autoprumux.serving._http import StudentServer, parse_predict_request
+from autoprumux.serving._loadgen import (
+    LoadReport,
+    LoadSchedule,
+    Phase,
+    PhaseReport,
+    burst_schedule,
+    check_loopback,
+    run_load,
+)
+from autoprumux.serving._policy import (
+    AdaptivePolicy,
+    FixedPolicy,
+    KChange,
+    KPolicy,
+    Observation,
+    OperatingPoint,
+    PolicyConfig,
+    operating_points,
+)
+from autoprumux.serving._profile import profile_operating_points, student_accuracy_losses
+
+__all__ = [
+    "AdaptivePolicy",
+    "DynamicBatcher",
+    "FixedPolicy",
+    "KChange",
+    "KPolicy",
+    "LoadReport",
+    "LoadSchedule",
+    "Observation",
+    "OperatingPoint",
+    "Phase",
+    "PhaseReport",
+    "PolicyConfig",
+    "Prediction",
+    "ServingConfig",
+    "ServingError",
+    "StudentServer",
+    "Text",
+    "burst_schedule",
+    "check_loopback",
+    "operating_points",
+    "parse_predict_request",
+    "profile_operating_points",
+    "run_load",
+    "student_accuracy_losses",
+]

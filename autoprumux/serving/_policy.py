@@ -1,0 +1,328 @@
+"""How many students run: a pure policy over a table of operating points.
+
+An operating point is one active-student count k with its predicted examples/second (at the
+server's max batch) and predicted accuracy loss (points below the baseline). The adaptive policy
+watches the queue and estimates the queueing delay a request arriving now would see at the
+current k, `queue / (rate(k) - arrival rate)`. When that exceeds the latency objective it steps
+down at once to the most accurate point that drains the queue within the objective (the fastest
+point when none does). It steps back up one point at a time, and only after the load has been
+low for `hold_s` seconds without a break: at the more accurate point the arrivals would use at
+most `restore_utilization` (70%) of its rate, its queueing delay and the oldest request's wait
+would stay within `restore_fraction` of the objective (all of it by default). The margin
+between stepping down (the queue exceeds what the current point drains in time) and stepping up
+(spare capacity at the higher point), and a hold period per step up, keep the policy from
+flapping.
+
+The policy holds no clock and does no I/O: every decision takes an `Observation` and the time
+`now` from its caller, which makes it testable with synthetic values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from autoprumux.errors import ConfigError
+
+MAX_CHANGES_KEPT = 1000  # recent k changes kept for reports; `change_count` counts them all
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """k active students, their predicted examples/second and accuracy loss (points)."""
+
+    k: int
+    examples_per_second: float
+    accuracy_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"operating point k ({self.k!r}) must be a positive integer")
+        _number(
+            f"operating point k={self.k}: examples/second",
+            self.examples_per_second,
+            lambda v: v > 0,
+            "a positive number",
+        )
+        if self.accuracy_loss is not None:
+            _number(
+                f"operating point k={self.k}: accuracy loss",
+                self.accuracy_loss,
+                lambda v: True,
+                "a finite number of points or None",
+            )
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {
+            "k": self.k,
+            "examples_per_second": self.examples_per_second,
+            "accuracy_loss": self.accuracy_loss,
+        }
+
+
+PointTable = Mapping[int, "OperatingPoint | tuple[float | None, float]"]
+"""{k: OperatingPoint} or {k: (predicted accuracy loss in points or None, examples/second)}."""
+
+
+def operating_points(table: PointTable) -> tuple[OperatingPoint, ...]:
+    """The table as operating points, most accurate first, dominated points removed.
+
+    Order: lower predicted accuracy loss first; without losses (all None) more students first
+    (every prefix of the boosted sum is a model, and more students fit the teacher better). A
+    point that another beats on both accuracy and throughput is never worth choosing and is
+    dropped, so along the result accuracy falls and throughput rises."""
+    if not table:
+        raise ConfigError("the operating-point table is empty; give at least one k")
+    points = []
+    for k, v in table.items():
+        if isinstance(v, OperatingPoint):
+            if v.k != k:
+                raise ConfigError(f"operating point under key {k} says k={v.k}; make them agree")
+            points.append(v)
+        else:
+            try:
+                loss, eps = v
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"operating point k={k}: {v!r} is not (accuracy loss, examples/second)"
+                ) from None
+            points.append(OperatingPoint(k=k, examples_per_second=eps, accuracy_loss=loss))
+    known = [p.accuracy_loss is not None for p in points]
+    if any(known) and not all(known):
+        missing = [p.k for p in points if p.accuracy_loss is None]
+        raise ConfigError(f"accuracy loss missing for k={missing}; give it for every k or for none")
+
+    if all(known):
+        ordered = sorted(points, key=lambda p: (p.accuracy_loss, -p.examples_per_second))
+    else:
+        ordered = sorted(points, key=lambda p: -p.k)
+    kept: list[OperatingPoint] = []
+    for p in ordered:  # a later point is no more accurate: keep it only if it is faster
+        if not kept or p.examples_per_second > kept[-1].examples_per_second:
+            kept.append(p)
+    return tuple(kept)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the server sees when it takes the next batch.
+
+    queue_length: examples waiting, including the batch about to run.
+    oldest_wait_s: how long the oldest waiting example has waited.
+    arrival_rate: examples/second that arrived recently (None: unknown, taken as 0).
+    service_rate: examples/second measured on the last full batch at the current k (None: no
+        full batch since the last observation). It corrects the predicted rates for the machine's
+        current speed."""
+
+    queue_length: int
+    oldest_wait_s: float = 0.0
+    arrival_rate: float | None = None
+    service_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class KChange:
+    """One change of the active students at time `t` (the caller's clock)."""
+
+    t: float
+    from_k: int
+    to_k: int
+    reason: str
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {"t": self.t, "from": self.from_k, "to": self.to_k, "reason": self.reason}
+
+
+class KPolicy(Protocol):
+    """What the batcher needs from a policy: the current k, a decision per observation, the
+    recent changes (oldest first, at most `MAX_CHANGES_KEPT`), their total count and a JSON-able
+    description."""
+
+    mode: str
+    changes: deque[KChange]
+    change_count: int
+
+    @property
+    def k(self) -> int: ...
+
+    def observe(self, obs: Observation, now: float) -> int: ...
+
+    def describe(self) -> dict: ...
+
+
+class FixedPolicy:
+    """Always `k` students (the baseline of the burst comparison)."""
+
+    mode = "fixed"
+
+    def __init__(self, k: int, *, points: PointTable | None = None):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"fixed k ({k!r}) must be a positive integer")
+        self._k = k
+        self._points = operating_points(points) if points else ()
+        self.changes: deque[KChange] = deque(maxlen=MAX_CHANGES_KEPT)
+        self.change_count = 0
+
+    @property
+    def k(self) -> int:
+        return self._k
+
+    def observe(self, obs: Observation, now: float) -> int:
+        return self._k
+
+    def describe(self) -> dict:
+        return {
+            "mode": self.mode,
+            "k": self._k,
+            "operating_points": [p.to_dict() for p in self._points],
+        }
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Settings of the adaptive policy.
+
+    slo_ms: latency objective for the queueing delay. hold_s: how long the load must stay low
+    before k is raised by one point (and the least time between a change and a raise).
+    restore_utilization: a raise needs the arrival rate to use at most this fraction of the
+    higher k's rate; restore_fraction: ... the queue to drain at the higher k, and the oldest
+    waiting request to have waited, within this fraction of the objective.
+    rate_smoothing: weight of each new measured/predicted rate ratio in its running average."""
+
+    slo_ms: float = 100.0
+    hold_s: float = 2.0
+    restore_fraction: float = 1.0
+    restore_utilization: float = 0.7
+    rate_smoothing: float = 0.3
+
+    def __post_init__(self) -> None:
+        _number("slo_ms", self.slo_ms, lambda v: v > 0, "a positive number of milliseconds")
+        _number("hold_s", self.hold_s, lambda v: v >= 0, "a number of seconds >= 0")
+        for name in ("restore_fraction", "restore_utilization", "rate_smoothing"):
+            _number(name, getattr(self, name), lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+class AdaptivePolicy:
+    """Lowers the active students when the queue's delay exceeds the objective, restores them
+    when the load has stayed low (see the module docstring for the rules)."""
+
+    mode = "adaptive"
+
+    def __init__(
+        self,
+        points: PointTable,
+        config: PolicyConfig | None = None,
+        *,
+        start_k: int | None = None,
+    ):
+        self.points = operating_points(points)
+        self.config = config or PolicyConfig()
+        self.slo_s = self.config.slo_ms / 1000.0
+        ks = [p.k for p in self.points]
+        if start_k is None:
+            self._i = 0
+        elif start_k in ks:
+            self._i = ks.index(start_k)
+        else:
+            raise ConfigError(f"start k ({start_k!r}) must be one of the operating points {ks}")
+        self._scale = 1.0  # measured / predicted rate, smoothed
+        self._quiet_since: float | None = None
+        self._last_change = -math.inf
+        self.changes: deque[KChange] = deque(maxlen=MAX_CHANGES_KEPT)
+        self.change_count = 0
+
+    @property
+    def k(self) -> int:
+        return self.points[self._i].k
+
+    @property
+    def rate_scale(self) -> float:
+        """Measured over predicted throughput (1.0 until a full batch has been timed)."""
+        return self._scale
+
+    def rate(self, i: int) -> float:
+        """Expected examples/second of point `i`: its prediction times the measured correction."""
+        return self.points[i].examples_per_second * self._scale
+
+    def drain_seconds(self, i: int, queue_length: int, arrival_rate: float | None) -> float:
+        """Seconds to serve `queue_length` examples at point `i` while arrivals go on."""
+        if queue_length <= 0:
+            return 0.0
+        spare = self.rate(i) - (arrival_rate or 0.0)
+        return queue_length / spare if spare > 0 else math.inf
+
+    def observe(self, obs: Observation, now: float) -> int:
+        """Update with one observation at time `now` (seconds); returns the k to run."""
+        if obs.service_rate is not None and obs.service_rate > 0:
+            ratio = obs.service_rate / self.points[self._i].examples_per_second
+            a = self.config.rate_smoothing
+            self._scale = min(20.0, max(0.05, (1 - a) * self._scale + a * ratio))
+        q, lam = obs.queue_length, obs.arrival_rate
+        delay = self.drain_seconds(self._i, q, lam)
+        if delay > self.slo_s:
+            self._quiet_since = None
+            target = next(
+                (i for i in range(len(self.points)) if self.drain_seconds(i, q, lam) <= self.slo_s),
+                len(self.points) - 1,
+            )
+            if target > self._i:
+                self._change(
+                    now,
+                    target,
+                    f"queue of {q} examples needs {_ms(delay)} at k={self.k} "
+                    f"(objective {_ms(self.slo_s)})",
+                )
+            return self.k
+        if self._i == 0 or not self._is_quiet(obs):
+            self._quiet_since = None
+            return self.k
+        if self._quiet_since is None:
+            self._quiet_since = now
+        hold = self.config.hold_s
+        if now - self._quiet_since >= hold and now - self._last_change >= hold:
+            self._change(now, self._i - 1, f"load low for {now - self._quiet_since:.1f} s")
+            self._quiet_since = now  # the next step up waits a hold period of its own
+        return self.k
+
+    def _is_quiet(self, obs: Observation) -> bool:
+        up = self._i - 1
+        limit = self.config.restore_fraction * self.slo_s
+        lam = obs.arrival_rate or 0.0
+        return (
+            self.drain_seconds(up, obs.queue_length, obs.arrival_rate) <= limit
+            and obs.oldest_wait_s <= limit
+            and lam <= self.config.restore_utilization * self.rate(up)
+        )
+
+    def _change(self, now: float, i: int, reason: str) -> None:
+        self.changes.append(KChange(now, self.k, self.points[i].k, reason))
+        self.change_count += 1
+        self._i = i
+        self._last_change = now
+
+    def describe(self) -> dict:
+        return {
+            "mode": self.mode,
+            "k": self.k,
+            **asdict(self.config),
+            "rate_scale": self._scale,
+            "operating_points": [p.to_dict() for p in self.points],
+        }
+
+
+def _number(name: str, v: object, ok: Callable[[float], bool], rule: str) -> float:
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, int | float)
+        or not math.isfinite(v)
+        or not ok(float(v))
+    ):
+        raise ConfigError(f"{name} ({v!r}) must be {rule}")
+    return float(v)
+
+
+def _ms(seconds: float) -> str:
+    return "an unbounded time" if math.isinf(seconds) else f"{seconds * 1000:.0f} ms"
