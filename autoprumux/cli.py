@@ -221,6 +221,17 @@ def _add_serve_students(sub: Any) -> None:
         action="store_true",
         help="do not measure each k's dev accuracy at start-up (more students = more accurate)",
     )
+    s.add_argument(
+        "--accuracy-from",
+        choices=["dev", "meta", "none"],
+        default=None,
+        help="each k's accuracy loss in the policy table: measured on dev at start-up ('dev', "
+        "the default), the meta-model's pessimistic prediction from the study in --storage "
+        "('meta'), or none ('none', as --skip-dev-eval)",
+    )
+    s.add_argument(
+        "--storage", default=None, help="with --accuracy-from meta: Optuna storage of the study"
+    )
 
 
 def _add_search_common(p: argparse.ArgumentParser) -> None:
@@ -537,6 +548,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
         ServingConfig,
         StudentServer,
         check_loopback,
+        meta_accuracy_losses,
         profile_operating_points,
         student_accuracy_losses,
     )
@@ -546,6 +558,9 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     if args.fixed_k is not None and not 1 <= args.fixed_k <= cfg.k:
         raise ConfigError(f"--fixed-k ({args.fixed_k}) must be between 1 and --students ({cfg.k})")
     policy_cfg = PolicyConfig(slo_ms=args.slo_ms, hold_s=args.hold_s)
+    source = args.accuracy_from or ("none" if args.skip_dev_eval else "dev")
+    if args.skip_dev_eval and source != "none":
+        raise ConfigError(f"--skip-dev-eval contradicts --accuracy-from {source}; give one of them")
     recipe = _recipe(args)
     serving = ServingConfig(
         host=args.host,
@@ -568,7 +583,19 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     if cfg.depth >= layers:
         raise ConfigError(f"--depth ({cfg.depth}) must be below the base model's {layers} layers")
     ens = pipe.students(cfg.k, cfg.depth)
-    losses = None if args.skip_dev_eval else student_accuracy_losses(pipe, ens)
+    losses: dict[int, float] | None = None
+    if source == "meta":
+        from autoprumux.search import build_recommender
+
+        losses = meta_accuracy_losses(
+            build_recommender(args.storage),
+            k=cfg.k,
+            depth=cfg.depth,
+            task=pipe.task.name,
+            device=args.device,
+        )
+    elif source == "dev":
+        losses = student_accuracy_losses(pipe, ens)
     texts = [
         (e.text_a, e.text_b) if e.text_b is not None else e.text_a for e in pipe.data.dev[:256]
     ]

@@ -614,6 +614,7 @@ CLI_BAD = [
     (["--slo-ms", "0"], "slo_ms (0.0)"),
     (["--port", "70000"], "port (70000)"),
     (["--max-batch", "0"], "max batch (0)"),
+    (["--skip-dev-eval", "--accuracy-from", "meta"], "--skip-dev-eval contradicts"),
 ]
 
 
@@ -666,3 +667,52 @@ def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_policy_table_can_come_from_the_meta_model():
+    """Accuracy losses per k predicted by a meta-model fitted on student trials: defined for
+    every k, pessimistic above the median, and never rising with k (monotone constraint)."""
+    from pathlib import Path
+
+    from autoprumux.search import Recommender, SearchSpace
+    from autoprumux.serving import meta_accuracy_losses
+
+    space = SearchSpace.from_yaml(
+        Path(__file__).resolve().parents[1] / "search_spaces" / "students.yaml"
+    ).to_dict()
+    ctx = {
+        "task_num_labels": 2,
+        "task_pair": 0,
+        "task_mcc": 0,
+        "task_log_train": 9.0,
+        "model_layers": 6,
+        "model_hidden": 384,
+        "model_log_params": 16.7,
+        "device_cuda": 0,
+        "baseline_metric": 83.0,
+    }
+    trials = [
+        {
+            "study": "s",
+            "number": i,
+            "task": "sst2",
+            "model": "m",
+            "device": "cpu",
+            "space": space,
+            "config": {"technique": "students", "students": k, "student_depth": d},
+            "context": ctx,
+            "accuracy_loss": 8.0 / (k * d) + 0.1 * (i % 3),
+            "speedup": 6.0 / (k * d),
+            "mlflow_run_id": None,
+        }
+        for i, (k, d) in enumerate((k, d) for k in (1, 2, 3, 4) for d in (1, 2, 3))
+    ]
+    rec = Recommender(trials)
+    hi = meta_accuracy_losses(rec, k=4, depth=2, task="sst2")
+    med = meta_accuracy_losses(rec, k=4, depth=2, task="sst2", pessimistic=False)
+    assert sorted(hi) == [1, 2, 3, 4]
+    assert all(hi[k] >= med[k] for k in hi)
+    assert all(med[k + 1] <= med[k] + 1e-9 for k in (1, 2, 3)), med
+    assert med[1] > med[4] + 1.0  # it learnt that more students lose less
+    with pytest.raises(ConfigError, match="task='cola'"):
+        meta_accuracy_losses(rec, k=4, depth=2, task="cola")

@@ -2,7 +2,13 @@
 recommendations and serving."""
 
 from autoprumux.search._meta import FEATURES, MetaModel
-from autoprumux.search._recommend import Recommendation, load_trials, recommend
+from autoprumux.search._recommend import (
+    Recommendation,
+    Recommender,
+    build_recommender,
+    load_trials,
+    recommend,
+)
 from autoprumux.search._space import ParamSpec, SearchSpace
 from autoprumux.search._study import (
     Searcher,
@@ -17,9 +23,11 @@ __all__ = [
     "MetaModel",
     "ParamSpec",
     "Recommendation",
+    "Recommender",
     "SearchSettings",
     "SearchSpace",
     "Searcher",
+    "build_recommender",
     "check_budget",
     "default_storage",
     "load_trials",

@@ -242,15 +242,8 @@ class Recommender:
             for name, rows in by_study.items()
         ]
 
-    def recommend(
-        self,
-        budget: float,
-        task: str | None = None,
-        *,
-        model: str | None = None,
-        device: str | None = None,
-    ) -> Recommendation:
-        budget = check_budget(budget)
+    def _entry(self, task: str | None, model: str | None, device: str | None) -> StudyEntry:
+        """The study matching the filters that measured the most configurations."""
         match = [
             e
             for e in self.entries
@@ -264,7 +257,37 @@ class Recommender:
                 f"no finished trials for task={task!r}, model={model!r}, device={device!r}; "
                 f"the studies cover (task, device) {seen}. Run a search for it first."
             )
-        e = max(match, key=lambda x: len(x.measured))
+        return max(match, key=lambda x: len(x.measured))
+
+    def predict(
+        self,
+        configs: list[dict[str, Any]],
+        task: str | None = None,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+    ) -> tuple[Any, Any, Any]:
+        """The meta-model's (median, low, high) predictions, each (n, 2) = [accuracy loss,
+        speedup], for any configurations in the context of the matching study."""
+        import numpy as np
+
+        from autoprumux.search._meta import features
+
+        e = self._entry(task, model, device)
+        X = np.array([features(c, e.context) for c in configs], dtype=float)
+        lo, hi = self.meta.predict_interval(X)
+        return self.meta.predict(X), lo, hi
+
+    def recommend(
+        self,
+        budget: float,
+        task: str | None = None,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+    ) -> Recommendation:
+        budget = check_budget(budget)
+        e = self._entry(task, model, device)
         cfg, med, lo, hi = choose(budget, self.meta, e.candidates, e.context, e.measured)
         m = e.measured.get(_ckey(cfg))
         return Recommendation(

@@ -29,7 +29,11 @@ from autoprumux.serving._policy import (
     PolicyConfig,
     operating_points,
 )
-from autoprumux.serving._profile import profile_operating_points, student_accuracy_losses
+from autoprumux.serving._profile import (
+    meta_accuracy_losses,
+    profile_operating_points,
+    student_accuracy_losses,
+)
 
 __all__ = [
     "AdaptivePolicy",
@@ -53,6 +57,7 @@ __all__ = [
     "check_loopback",
     "operating_points",
     "parse_predict_request",
+    "meta_accuracy_losses",
     "profile_operating_points",
     "run_load",
     "student_accuracy_losses",

@@ -3,7 +3,7 @@
 Throughput per k is timed for the server's whole batch step (tokenise + one ensemble call) at
 its max batch, on real texts, k = 1..K side by side (`time_interleaved`), so the table reflects
 the machine the server runs on. Accuracy loss per k, when wanted, comes from the dev set
-(`student_accuracy_losses`) or from any other prediction (e.g. the meta-model's) passed in.
+(`student_accuracy_losses`) or from the meta-model's predictions (`meta_accuracy_losses`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from autoprumux.serving._policy import OperatingPoint
 
 if TYPE_CHECKING:
     from autoprumux.pipeline import PruMuxPipeline
+    from autoprumux.search import Recommender
 
 
 def profile_operating_points(
@@ -85,3 +86,23 @@ def student_accuracy_losses(pipe: PruMuxPipeline, ensemble: StudentEnsemble) -> 
     finally:
         ensemble.active_students = keep
     return out
+
+
+def meta_accuracy_losses(
+    recommender: Recommender,
+    *,
+    k: int,
+    depth: int,
+    task: str,
+    model: str | None = None,
+    device: str | None = None,
+    pessimistic: bool = True,
+) -> dict[int, float]:
+    """{k: the meta-model's accuracy loss for k students of `depth`} for k = 1..K, in the
+    context of the study on `task` (the top of the interval when `pessimistic`)."""
+    configs = [
+        {"technique": "students", "students": j, "student_depth": depth} for j in range(1, k + 1)
+    ]
+    med, _, hi = recommender.predict(configs, task, model=model, device=device)
+    pick = hi if pessimistic else med
+    return {j: float(pick[j - 1, 0]) for j in range(1, k + 1)}
