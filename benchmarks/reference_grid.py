@@ -42,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tp-repeats", type=int, default=10)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--table", action="store_true", help="print the measured points as markdown and exit"
+    )
     args = ap.parse_args(argv)
 
     out = Path(args.out or f"benchmarks/results/reference_grid_{args.task}_{args.device}.json")
     data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    if args.table:
+        print(markdown_table(data))
+        return 0
     done = {(r["target_sparsity"], r["n"]) for r in data["rows"]}
     todo = [(s, n) for n in args.mux for s in args.sparsities if (s, n) not in done]
     print(f"{len(done)} points already measured, {len(todo)} to go", file=sys.stderr, flush=True)
@@ -101,6 +107,24 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+def markdown_table(data: dict) -> str:
+    """The grid's points, sorted by N then sparsity, as a markdown table."""
+    base = data.get("baseline", {}).get("metric")
+    lines = [
+        f"baseline {data.get('metric', 'metric')}: " + (f"{base:.2f}" if base is not None else "-"),
+        "",
+        "| N | target s | measured s | metric | loss | speedup | ideal | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(data["rows"], key=lambda r: (r["n"], r["target_sparsity"])):
+        lines.append(
+            f"| {r['n']} | {r['target_sparsity']:g} | {r['sparsity']:.3f} | {r['metric']:.2f} | "
+            f"{r['accuracy_loss']:.2f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | "
+            f"{r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
