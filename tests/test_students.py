@@ -253,3 +253,14 @@ def test_boosting_with_the_l2l_trainer_equals_the_standard_loop(stash):
 def test_l2l_students_reject_a_bad_micro_batch_count():
     with pytest.raises(ConfigError, match="micro"):
         StudentTrainConfig(batch_size=16, trainer="l2l", micro_batches=3)
+
+
+def test_a_diverging_loss_stops_training_and_names_the_learning_rate():
+    t = hard_teacher()
+    with pytest.raises(FloatingPointError, match=r"learning rate \(1e\+30\)"):
+        distill_students(
+            t,
+            items(32, seed=0),
+            StudentConfig(k=1, depth=1),
+            StudentTrainConfig(steps_per_student=20, stacking_steps=0, batch_size=16, lr=1e30),
+        )

@@ -56,7 +56,6 @@ on a CPU run the ledger is the device-memory figure; on CUDA compare it with
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +72,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.models._mux import MuxLayout
 from autoprumux.training._loop import (
+    LossMeter,
     TrainConfig,
     classifier_loss,
     lr_schedule,
@@ -712,24 +712,18 @@ def train_classifier_l2l(
     torch.manual_seed(cfg.seed)
     it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
     t0 = time.perf_counter()
-    ema = None
     with L2LExecutor(
         model, cfg, device=device, teacher=teacher, special_ids=special_ids
     ) as executor:
         bar = progress(cfg.steps, desc)
+        meter = LossMeter(bar, cfg.lr)
         for _ in bar:
-            lv = executor.step(next(it))
-            if not math.isfinite(lv):
-                raise FloatingPointError(
-                    f"training loss became {lv}; lower the learning rate ({cfg.lr})"
-                )
-            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-            bar.set_postfix(loss=f"{ema:.3f}")
+            meter.update(executor.step(next(it)))
         bar.close()
     model.eval()
     return {
         "steps": float(cfg.steps),
         "seconds": time.perf_counter() - t0,
-        "final_loss": float(ema or 0.0),
+        "final_loss": meter.final,
         "peak_device_bytes": float(executor.stats.peak_bytes),
     }

@@ -101,6 +101,27 @@ def _progress_enabled() -> bool:
     return os.environ.get("AUTOPRUMUX_PROGRESS", "1") != "0"
 
 
+class LossMeter:
+    """Moving average of a training loss shown on the progress bar; a non-finite loss stops
+    training with a message naming the learning rate."""
+
+    def __init__(self, bar: tqdm, lr: float, label: str = "loss"):
+        self.bar, self.lr, self.label = bar, lr, label
+        self.value: float | None = None
+
+    def update(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training {self.label} became {loss}; lower the learning rate ({self.lr})"
+            )
+        self.value = loss if self.value is None else 0.95 * self.value + 0.05 * loss
+        self.bar.set_postfix({self.label: f"{self.value:.4g}"})
+
+    @property
+    def final(self) -> float:
+        return float(self.value or 0.0)
+
+
 def progress(steps: int, desc: str) -> tqdm:
     """A transient progress bar over training steps (off with AUTOPRUMUX_PROGRESS=0)."""
     return tqdm(
@@ -310,8 +331,8 @@ def train_classifier(
     use_hidden = cfg.hidden_distill_weight > 0
     it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
     t0 = time.perf_counter()
-    ema = None
     bar = progress(cfg.steps, desc)
+    meter = LossMeter(bar, cfg.lr)
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
         ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
@@ -346,19 +367,13 @@ def train_classifier(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(
-                f"training loss became {lv}; lower the learning rate ({cfg.lr})"
-            )
-        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-        bar.set_postfix(loss=f"{ema:.3f}")
+        meter.update(float(loss.detach()))
     bar.close()
     model.eval()
     return {
         "steps": float(cfg.steps),
         "seconds": time.perf_counter() - t0,
-        "final_loss": float(ema or 0.0),
+        "final_loss": meter.final,
     }
 
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from autoprumux.models._encoder import Embeddings, Encoder
 from autoprumux.models._mux import MuxConfig
 from autoprumux.models._students import Student, StudentConfig, StudentEnsemble
 from autoprumux.training._loop import (
+    LossMeter,
     TrainConfig,
     make_optimizer,
     predict,
@@ -146,8 +146,8 @@ def _stack_steps(
     targets = targets.to(device)
     ens.train()
     ens.embeddings.eval()  # frozen and shared: no dropout noise in the students' input
-    ema = None
     bar = progress(cfg.steps, "stacking distillation")
+    meter = LossMeter(bar, cfg.lr, "mse")
     for _ in bar:
         b = {k: v.to(device) for k, v in next(it).items()}
         with torch.no_grad():
@@ -160,16 +160,10 @@ def _stack_steps(
         torch.nn.utils.clip_grad_norm_(ens.students.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        lv = float(loss.detach())
-        if not math.isfinite(lv):
-            raise FloatingPointError(
-                f"student loss became {lv}; lower the learning rate ({cfg.lr})"
-            )
-        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-        bar.set_postfix(mse=f"{ema:.4f}")
+        meter.update(float(loss.detach()))
     bar.close()
     ens.eval()
-    return float(ema or 0.0)
+    return meter.final
 
 
 def distill_students(
