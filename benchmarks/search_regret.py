@@ -71,6 +71,17 @@ def load_grid(path: Path) -> tuple[list[dict], dict]:
     return rows, ctx
 
 
+def complete_rectangle(rows: list[dict]) -> tuple[list[dict], int]:
+    """The points whose sparsity was measured for every N (the samplers search the product of
+    sparsities and N), and how many were left out."""
+    ns = {r["mux"] for r in rows}
+    by_s: dict[float, set[int]] = {}
+    for r in rows:
+        by_s.setdefault(r["sparsity"], set()).add(r["mux"])
+    keep = [r for r in rows if by_s[r["sparsity"]] == ns]
+    return keep, len(rows) - len(keep)
+
+
 def best_feasible(rows: list[dict], budget: float) -> dict | None:
     ok = [r for r in rows if r["loss"] <= budget]
     return max(ok, key=lambda r: r["speedup"]) if ok else None
@@ -169,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     rows, ctx = load_grid(args.grid)
+    rows, dropped = complete_rectangle(rows)
+    if dropped:
+        print(
+            f"note: {dropped} points left out so that every N has the same sparsities "
+            "(the grid is not complete yet)",
+            file=sys.stderr,
+        )
     results = []
     for budget in args.budgets:
         truth = best_feasible(rows, budget)
