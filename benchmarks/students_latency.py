@@ -9,7 +9,7 @@ with the baseline in the same rounds (`time_interleaved`):
   * throughput at --tp-batch examples of --tp-seq-len tokens,
 and, as a check that the batched execution is what runs, the same K students executed one after
 another (a Python loop over students). Prints a markdown table; JSON to
-benchmarks/results/students_latency_<task>_<device>.json.
+benchmarks/results/students_latency_<task>_k<K>d<depth>_<device>.json.
 """
 
 from __future__ import annotations
@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "")
     )
-    out = Path(args.out or f"benchmarks/results/students_latency_{args.task}_{args.device}.json")
+    out = Path(
+        args.out
+        or f"benchmarks/results/students_latency_{args.task}_k{args.students}d{args.depth}_{args.device}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(
