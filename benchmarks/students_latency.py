@@ -26,6 +26,7 @@ import torch
 
 from autoprumux.evaluation import ThroughputConfig, model_runner, time_interleaved
 from autoprumux.pipeline import PruMuxPipeline
+from autoprumux.serving import student_accuracy_losses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,19 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"models ready in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     base_metric = pipe.baseline_metrics()["metric"]
 
-    def sequential(batch: dict[str, torch.Tensor], k: int):
-        dev = torch.device(args.device)
-        b = {n: batch[n].to(dev) for n in ("input_ids", "attention_mask", "token_type_ids")}
-
-        def run() -> torch.Tensor:
-            x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-            out = ens.students[0](x, bias)
-            for s in list(ens.students)[1:k]:
-                out = out + s(x, bias)
-            return out
-
-        return run, b["input_ids"].shape[0]
-
     rows = []
     timings: dict[str, dict[str, float]] = {}
     for label, batch_size, seq_len in (
@@ -83,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         trip = _triple(batch, args.device)
         for k in range(1, ens.k + 1):
             fns[f"k={k}"] = ((lambda k=k, t=trip: ens(*t, active=k)), batch_size)
-        fns[f"k={ens.k} sequential"] = sequential(batch, ens.k)
+        # the same students one after another (the training path), for comparison
+        fns[f"k={ens.k} sequential"] = (
+            (lambda t=trip: ens.student_logits(*t, parallel=False).sum(0)),
+            batch_size,
+        )
         ens.eval()
         res = time_interleaved(fns, cfg=cfg)
         for name, r in res.items():
@@ -93,10 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 d[label] = r.latency_ms
     metrics = {"baseline": base_metric}
-    for k in range(1, ens.k + 1):
-        ens.active_students = k
-        metrics[f"k={k}"] = pipe.dev_metrics(ens)["metric"]
-    ens.active_students = ens.k
+    for k, loss in student_accuracy_losses(pipe, ens).items():
+        metrics[f"k={k}"] = base_metric - loss
     metrics[f"k={ens.k} sequential"] = metrics[f"k={ens.k}"]
     b = timings["baseline"]
     for name, t in timings.items():

@@ -306,14 +306,6 @@ class StudentEnsemble(nn.Module):
             )
         ecfg = EncoderConfig.from_dict(cfg["encoder"])
         sc = StudentConfig(**cfg["students"])
-        shell = Encoder(
-            ecfg.with_layers(
-                heads=ecfg.heads[: sc.depth],
-                ffn=ecfg.ffn[: sc.depth],
-                attn_present=ecfg.attn_present[: sc.depth],
-                ffn_present=ecfg.ffn_present[: sc.depth],
-            )
-        )
         h = ecfg.hidden_size
         students = [
             Student(
@@ -324,7 +316,7 @@ class StudentEnsemble(nn.Module):
             for _ in range(sc.k)
         ]
         ens = cls(
-            shell.embeddings,
+            Embeddings(ecfg),
             students,
             encoder_config=ecfg,
             num_labels=int(cfg["num_labels"]),

@@ -213,7 +213,7 @@ class Searcher:
         )
         self.parent_run_id = self._parent_run()
         self._mux_loss: dict[tuple[str, int], float] = {}  # step-0 loss of each unpruned mux model
-        self._grid_ids = list(range(len(space.grid())))
+        self._grid = space.grid()  # the grid sampler's configurations, by index
 
     # ---- set-up ------------------------------------------------------------------------------
     def pipeline(self, variant: str) -> Any:
@@ -325,7 +325,7 @@ class Searcher:
         """Sample a configuration: the technique first, then only that technique's dimensions
         (define-by-run, so TPE models each technique's dimensions where they apply)."""
         if self.s.sampler == "grid":
-            return self.space.grid()[trial.suggest_categorical(GRID_PARAM, self._grid_ids)]
+            return self._grid[trial.suggest_categorical(GRID_PARAM, list(range(len(self._grid))))]
         params: dict[str, Any] = {}
         space = self.space.params
 

@@ -188,7 +188,7 @@ def distill_students(
     t0 = time.perf_counter()
     torch.manual_seed(tcfg.seed)
     target = predict(teacher, items, device=device)  # (M, C)
-    held_target = predict(teacher, heldout, device=device) if heldout else None
+    held_residual = predict(teacher, heldout, device=device) if heldout else None
     indexed = _indexed(items)
     ens = StudentEnsemble.from_teacher(teacher, cfg, first_only=True).to(device)
     residual = target.clone()
@@ -222,16 +222,16 @@ def distill_students(
             )
         )
         ens.to(device)  # L2L leaves the student's weights in host memory
-        mine = ensemble_outputs(ens, items, device=device)[j]
-        residual = residual - mine
+        # only student j is new: the earlier ones are fixed until stacking
+        view = student_view(ens, j)
+        residual = residual - predict(view, items, device=device)
         stats["residual_mse"].append(float(residual.pow(2).mean()))
-        if held_target is not None:
-            per = ensemble_outputs(ens, heldout, device=device)
-            stats["heldout_residual_mse"].append(float((held_target - per.sum(0)).pow(2).mean()))
+        if held_residual is not None:
+            held_residual = held_residual - predict(view, heldout, device=device)
+            stats["heldout_residual_mse"].append(float(held_residual.pow(2).mean()))
         stats["student_seconds"].append(time.perf_counter() - ts)
-    stats["prefix_mse_before_stacking"] = prefix_mse(
-        ensemble_outputs(ens, items, device=device), target
-    )
+    # residual after k students = teacher - (sum of the first k): the prefix errors already
+    stats["prefix_mse_before_stacking"] = list(stats["residual_mse"])
     if tcfg.stacking_steps:
         _stack_steps(
             ens,
