@@ -136,18 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--space", default="search_spaces/prumux.yaml", help="search space YAML file")
     se.add_argument("--task", default=None, help="overrides the space's task")
     se.add_argument("--trials", type=int, default=24, help="finished trials the study should hold")
-    se.add_argument(
-        "--sampler", default="tpe", choices=["tpe", "random", "grid"], help="default: tpe"
-    )
+    _add_sampler(se)
     _add_search_common(se)
 
     wk = sub.add_parser(
         "worker", help="one more worker on an existing study (shared storage, e.g. PostgreSQL)"
     )
     wk.add_argument("--trials", type=int, default=None, help="default: the study's own target")
-    wk.add_argument(
-        "--sampler", default="tpe", choices=["tpe", "random", "grid"], help="default: tpe"
-    )
+    _add_sampler(wk)
     _add_search_common(wk)
 
     rc = sub.add_parser(
@@ -231,6 +227,16 @@ def _add_serve_students(sub: Any) -> None:
     )
     s.add_argument(
         "--storage", default=None, help="with --accuracy-from meta: Optuna storage of the study"
+    )
+
+
+def _add_sampler(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=["tpe", "guided", "random", "grid"],
+        help="tpe (default); guided: spend the trials where they can still change the fastest "
+        "configuration within --budget (see README); random, grid: baselines",
     )
 
 

@@ -12,6 +12,10 @@ truth. For each budget and number of evaluations k, each strategy sees k grid po
            the whole grid (it may pick a point it never evaluated)
   meta-tpe the same meta-model trained on the k points TPE chose (what `autoprumux search`
            followed by `autoprumux recommend` does)
+  guided   the budget-guided sampler (`autoprumux search --sampler guided`): dominance, bisection,
+           then constrained expected improvement on the meta-model; best feasible trial. It stops
+           early when no open point can beat its best trial, so it may use fewer than k
+  meta-guided  the meta-model trained on the guided points, recommending over the whole grid
 Regret = 1 - (true speedup of the choice) / (best feasible speedup in the full grid); a violation
 is a choice whose measured loss exceeds the budget. Also: the meta-model's error on the grid
 points it did not see, and (with --study-storage) the Optuna + MLflow overhead per trial of a real
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from autoprumux.search._guided import Measured, propose
 from autoprumux.search._meta import MetaModel, features
 
 CTX_KEYS = (
@@ -108,6 +113,17 @@ def optuna_pick(rows: list[dict], k: int, budget: float, seed: int, kind: str) -
         study.tell(t, r["speedup"])
         seen.append(r)
     return seen
+
+
+def guided_pick(rows: list[dict], k: int, budget: float) -> list[dict]:
+    cands = [{"sparsity": r["sparsity"], "mux": r["mux"]} for r in rows]
+    seen: list[dict] = []
+    for _ in range(k):
+        i = propose(cands, [Measured(c, r["loss"], r["speedup"]) for c, r in seen], budget)
+        if i is None:
+            break
+        seen.append((cands[i], rows[i]))
+    return [r for _, r in seen]
 
 
 def coarse_grid(rows: list[dict], k: int) -> list[dict]:
@@ -192,14 +208,20 @@ def main(argv: list[str] | None = None) -> int:
         truth = best_feasible(rows, budget)
         assert truth is not None
         for k in args.evals:
-            acc: dict[str, list] = {s: [] for s in ("tpe", "random", "grid", "meta", "meta-tpe")}
+            acc: dict[str, list] = {
+                s: []
+                for s in ("tpe", "random", "grid", "meta", "meta-tpe", "guided", "meta-guided")
+            }
             errs = []
+            used: list[int] = []
             for seed in range(args.seeds):
                 picks = {
                     "tpe": optuna_pick(rows, k, budget, seed, "tpe"),
                     "random": optuna_pick(rows, k, budget, seed, "random"),
                     "grid": coarse_grid(rows, k),
+                    "guided": guided_pick(rows, k, budget),
                 }
+                used.append(len(picks["guided"]))
                 for name, seen in picks.items():
                     b = best_feasible(seen, budget) or {"speedup": 1.0, "loss": 0.0}
                     acc[name].append(b)
@@ -207,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 acc["meta"].append(choice)
                 errs.append(err)
                 acc["meta-tpe"].append(meta_pick(picks["tpe"], rows, ctx, budget)[0])
+                acc["meta-guided"].append(meta_pick(picks["guided"], rows, ctx, budget)[0])
             for name, chosen in acc.items():
                 regrets = [1 - c["speedup"] / truth["speedup"] for c in chosen]
                 results.append(
@@ -218,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                         "regret_max": max(regrets),
                         "violations": sum(c["loss"] > budget for c in chosen),
                         "runs": len(chosen),
+                        "evals_used": statistics.mean(used) if "guided" in name else k,
                         "best_speedup": truth["speedup"],
                     }
                 )
@@ -237,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"grid": str(args.grid), "results": results, "overhead": ov}, indent=2)
     )
     print(f"grid {args.grid} ({len(rows)} points), {args.seeds} seeds\n")
-    print("| budget | evals | strategy | mean regret | max regret | violations |")
-    print("|---|---|---|---|---|---|")
+    print("| budget | evals | strategy | evals used | mean regret | max regret | violations |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         if r["strategy"] == "meta-error":
             continue
         print(
-            f"| {r['budget']:g} | {r['evals']} | {r['strategy']} | {r['regret_mean']:.1%} | "
+            f"| {r['budget']:g} | {r['evals']} | {r['strategy']} | {r['evals_used']:g} | "
+            f"{r['regret_mean']:.1%} | "
             f"{r['regret_max']:.1%} | {r['violations']}/{r['runs']} |"
         )
     print("\n| budget | evals | meta-model loss MAE (pts) | speedup MAPE |\n|---|---|---|---|")

@@ -327,3 +327,19 @@ def test_a_search_across_techniques_tracks_students_and_recommends_across_them(
     assert rec.measured is not None and rec.measured.number == fastest.number
     if rec.technique == "students":
         assert rec.students == fastest.user_attrs["config"]["students"]
+
+
+def test_a_guided_search_bisects_then_anchors_each_mux(tiny_checkpoint, tmp_path):
+    """`--sampler guided` through the real searcher: with a loose budget every trial is
+    feasible, so the sampler bisects the N=1 sparsities first (upper middle, then what is left
+    open above it), and never measures a point twice."""
+    s = settings(tiny_space(tiny_checkpoint), tmp_path, trials=3, sampler="guided")
+    searcher = Searcher(s)
+    searcher.run()
+    done = searcher.study.get_trials()
+    cfgs = [(t.user_attrs["config"]["sparsity"], t.user_attrs["config"]["mux"]) for t in done]
+    assert all(t.state.name == "COMPLETE" for t in done)
+    assert cfgs[:2] == [(0.3, 1), (0.6, 1)], cfgs
+    assert len(set(cfgs)) == 3
+    with pytest.raises(ConfigError, match="sampler"):
+        settings(tiny_space(tiny_checkpoint), tmp_path, sampler="bayes")

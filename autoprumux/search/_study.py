@@ -47,7 +47,7 @@ class SearchSettings:
     study_name: str | None = None
     tracking_uri: str | None = None
     budget: float = 2.0  # accuracy-loss budget (points) of the TPE constraint
-    sampler: str = "tpe"  # tpe | random | grid
+    sampler: str = "tpe"  # tpe | guided | random | grid
     seed: int = 0
     device: str = "cpu"
     cache_dir: str | None = None
@@ -63,8 +63,8 @@ class SearchSettings:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
             raise ConfigError(f"--trials ({self.trials!r}) must be a positive integer")
         check_budget(self.budget)
-        if self.sampler not in ("tpe", "random", "grid"):
-            raise ConfigError(f"sampler {self.sampler!r} is not one of ['tpe', 'random', 'grid']")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
         if not (self.prune_above > 0):
             raise ConfigError(
                 f"prune_above ({self.prune_above!r}) must be a positive number of points"
@@ -136,6 +136,7 @@ def _chain(*callbacks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any]
 
 
 GRID_PARAM = "grid_point"
+SAMPLERS = ("tpe", "guided", "random", "grid")
 
 
 def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any:
@@ -145,6 +146,10 @@ def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "grid":  # one categorical over the distinct configurations (see Searcher._suggest)
         return optuna.samplers.GridSampler({GRID_PARAM: list(range(len(space.grid())))}, seed=seed)
+    if kind == "guided":  # budget-guided: dominance, bisection, constrained EI (see _guided.py)
+        from autoprumux.search._guided import make_guided_sampler
+
+        return make_guided_sampler(space.grid(), budget, GRID_PARAM, seed=seed)
 
     def constraints(t: Any) -> list[float]:
         return [float(t.user_attrs.get("accuracy_loss", 1e9)) - budget]
@@ -324,7 +329,7 @@ class Searcher:
     def _suggest(self, trial: Any) -> dict[str, Any]:
         """Sample a configuration: the technique first, then only that technique's dimensions
         (define-by-run, so TPE models each technique's dimensions where they apply)."""
-        if self.s.sampler == "grid":
+        if self.s.sampler in ("grid", "guided"):
             return self._grid[trial.suggest_categorical(GRID_PARAM, list(range(len(self._grid))))]
         params: dict[str, Any] = {}
         space = self.space.params

@@ -1,0 +1,297 @@
+"""Budget-guided search: which configuration to evaluate next for one accuracy-loss budget.
+
+A user asks "the fastest configuration within my budget", so the trials worth paying for are
+the ones that can still change that answer. Two facts hold by construction (the same ones the
+meta-model's monotone constraints encode): within one technique, a more aggressive configuration
+(higher sparsity and N; fewer or shallower students) loses at least as much accuracy and runs at
+least as fast. So after each trial:
+
+1. **Dominance.** A candidate at least as aggressive as a measured trial whose loss exceeds the
+   budget by more than `margin` points is ruled out (it cannot be feasible); a candidate no more
+   aggressive than a measured feasible trial is ruled out (it cannot be faster).
+2. **Bisection** while fewer than `min_model_trials` trials are measured: the middle of the
+   least aggressive open axis (e.g. the sparsities still open at the smallest N). Then one
+   **anchor** per row not measured yet (its least aggressive open point, e.g. N=4 at sparsity 0):
+   a tree model cannot extrapolate into an unseen N, and one miss there rules the row out.
+3. **Constrained expected improvement** afterwards: the meta-model (fitted on the measured trials)
+   gives each open candidate a probability of staying inside the budget and an expected
+   improvement of log-speedup over the best feasible trial; the product picks the next trial.
+
+`propose` is pure (configurations in, an index out): `GuidedSampler` feeds it from an Optuna
+study, benchmarks/search_regret.py from a reference grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autoprumux.search._meta import MetaModel, features
+
+# a constant context: within one study the task, model and device do not vary
+_CTX = {
+    k: 0.0
+    for k in (
+        "task_num_labels",
+        "task_pair",
+        "task_mcc",
+        "task_log_train",
+        "baseline_metric",
+        "model_layers",
+        "model_hidden",
+        "model_log_params",
+        "device_cuda",
+    )
+}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One evaluated configuration: its loss (points) and speedup (None if it was pruned early,
+    when only a loss is known)."""
+
+    config: dict[str, Any]
+    loss: float
+    speedup: float | None = None
+
+
+def family(cfg: dict[str, Any]) -> tuple:
+    """Configurations comparable by aggressiveness share a family."""
+    if cfg.get("technique", "prumux") == "students":
+        return ("students",)
+    return ("prumux", cfg.get("mux_variant", "gaussian"))
+
+
+def aggressiveness(cfg: dict[str, Any]) -> tuple[float, ...]:
+    """Coordinates that never lower the loss or the speedup as they rise (within a family)."""
+    if cfg.get("technique", "prumux") == "students":
+        return (-float(cfg.get("students", 0)), -float(cfg.get("student_depth", 0)))
+    return (float(cfg.get("sparsity", 0.0)), math.log2(int(cfg.get("mux", 1))))
+
+
+def _le(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y + 1e-9 for x, y in zip(a, b, strict=True))
+
+
+def _key(cfg: dict[str, Any]) -> tuple:
+    return (family(cfg), aggressiveness(cfg))
+
+
+def open_candidates(
+    candidates: Sequence[dict[str, Any]],
+    measured: Sequence[Measured],
+    budget: float,
+    margin: float = 1.0,
+    busy: Sequence[dict[str, Any]] = (),
+) -> list[int]:
+    """Indices of the candidates not yet measured (nor in flight) that could still beat the best
+    feasible trial, by the dominance rules above."""
+    seen = {_key(m.config) for m in measured} | {_key(c) for c in busy}
+    out = []
+    for i, c in enumerate(candidates):
+        if _key(c) in seen:
+            continue
+        fam, a = family(c), aggressiveness(c)
+        ruled_out = False
+        for m in measured:
+            if family(m.config) != fam:
+                continue
+            am = aggressiveness(m.config)
+            if m.loss > budget + margin and _le(am, a):
+                ruled_out = True  # at least as aggressive as a clearly infeasible trial
+            elif m.loss <= budget and m.speedup is not None and _le(a, am):
+                ruled_out = True  # no more aggressive than a feasible trial: cannot be faster
+            if ruled_out:
+                break
+        if not ruled_out:
+            out.append(i)
+    return out
+
+
+def _bisect(
+    candidates: Sequence[dict[str, Any]],
+    open_idx: list[int],
+    measured: Sequence[Measured],
+    budget: float,
+) -> int:
+    """The middle of the least aggressive open axis of the first open family (the upper middle:
+    the least aggressive point is rarely the answer). Points beyond a near miss (over the budget
+    by less than the margin) stay open but are bisected last."""
+
+    def beyond_miss(i: int) -> bool:
+        a = aggressiveness(candidates[i])
+        return any(
+            m.loss > budget
+            and family(m.config) == family(candidates[i])
+            and _le(aggressiveness(m.config), a)
+            for m in measured
+        )
+
+    open_idx = [i for i in open_idx if not beyond_miss(i)] or open_idx
+    fam = min(family(candidates[i]) for i in open_idx)
+    same = [i for i in open_idx if family(candidates[i]) == fam]
+    rest = min(aggressiveness(candidates[i])[1:] for i in same)
+    axis = sorted(
+        (i for i in same if aggressiveness(candidates[i])[1:] == rest),
+        key=lambda i: aggressiveness(candidates[i]),
+    )
+    return axis[len(axis) // 2]
+
+
+def _row(cfg: dict[str, Any]) -> tuple:
+    return (family(cfg), aggressiveness(cfg)[1:])
+
+
+def _row_anchor(
+    candidates: Sequence[dict[str, Any]], open_idx: list[int], measured: Sequence[Measured]
+) -> int | None:
+    """The least aggressive open point of the least aggressive row (e.g. N=4 at the lowest open
+    sparsity) that holds no measurement yet: the meta-model cannot extrapolate into an unseen N,
+    and one point there often rules the whole row out."""
+    touched = {_row(m.config) for m in measured}
+    fresh = [i for i in open_idx if _row(candidates[i]) not in touched]
+    if not fresh:
+        return None
+    return min(fresh, key=lambda i: (family(candidates[i]), aggressiveness(candidates[i])[::-1]))
+
+
+def _norm_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+
+
+def _norm_pdf(z: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def acquisition(
+    candidates: Sequence[dict[str, Any]],
+    open_idx: list[int],
+    measured: Sequence[Measured],
+    budget: float,
+    context: dict[str, Any] | None = None,
+    min_sigma: float = 0.5,
+    noise: float = 0.5,
+) -> np.ndarray:
+    """Constrained expected improvement of each open candidate (same order as `open_idx`).
+    `noise`: the spread (points) of a measured loss, e.g. from the dev set's size."""
+    ctx = context or _CTX
+    done = [m for m in measured if m.speedup is not None]
+    X = np.array([features(m.config, ctx) for m in done], dtype=float)
+    y = np.array([[m.loss, m.speedup] for m in done], dtype=float)
+    meta = MetaModel().fit(X, y)
+    Xc = np.array([features(candidates[i], ctx) for i in open_idx], dtype=float)
+    med = meta.predict(Xc)
+    # clamp the predictions into what the measurements imply by monotonicity: a candidate loses
+    # at least what any less aggressive trial lost, at most what any more aggressive one lost
+    # the jackknife half-widths cover `coverage` of the errors: as a normal scale
+    z80 = 1.2816
+    s_loss = np.full(len(open_idx), max(min_sigma, meta.half_width_[0] / z80))
+    s_speed = max(0.05, meta.half_width_[1] / z80)
+    for row, i in enumerate(open_idx):
+        fam, a = family(candidates[i]), aggressiveness(candidates[i])
+        for m in measured:
+            if family(m.config) != fam:
+                continue
+            am = aggressiveness(m.config)
+            if _le(am, a):
+                if m.loss > budget:  # bounded below by a measured miss: only its noise is left
+                    s_loss[row] = min(s_loss[row], noise)
+                med[row, 0] = max(med[row, 0], m.loss)
+                if m.speedup is not None:
+                    med[row, 1] = max(med[row, 1], m.speedup)
+            elif _le(a, am):
+                med[row, 0] = min(med[row, 0], m.loss)
+                if m.speedup is not None:
+                    med[row, 1] = min(med[row, 1], m.speedup)
+    feasible = [m.speedup for m in done if m.loss <= budget]
+    best = math.log(max(feasible)) if feasible else 0.0  # the unpruned model: speedup 1
+    p_ok = _norm_cdf((budget - med[:, 0]) / s_loss)
+    z = (np.log(med[:, 1]) - best) / s_speed
+    ei = s_speed * (z * _norm_cdf(z) + _norm_pdf(z))
+    return p_ok * ei
+
+
+def propose(
+    candidates: Sequence[dict[str, Any]],
+    measured: Sequence[Measured],
+    budget: float,
+    *,
+    busy: Sequence[dict[str, Any]] = (),
+    margin: float = 1.0,
+    min_model_trials: int = 3,
+    context: dict[str, Any] | None = None,
+) -> int | None:
+    """Index of the candidate to evaluate next for `budget`, or None when no open candidate can
+    beat the best feasible trial any more (the search has converged for this budget)."""
+    open_idx = open_candidates(candidates, measured, budget, margin, busy)
+    if not open_idx:
+        return None
+    if sum(m.speedup is not None for m in measured) < max(2, min_model_trials):
+        return _bisect(candidates, open_idx, measured, budget)
+    anchor = _row_anchor(candidates, open_idx, measured)
+    if anchor is not None:
+        return anchor
+    score = acquisition(candidates, open_idx, measured, budget, context, noise=margin / 2)
+    return open_idx[int(np.argmax(score))]
+
+
+def study_evidence(
+    trials: Sequence[Any], exclude_number: int | None = None
+) -> tuple[list[Measured], list[dict[str, Any]]]:
+    """Measured trials and in-flight configurations of an Optuna study: a finished trial gives
+    (loss, speedup), a pruned one its loss so far (a lower bound, enough to rule candidates out),
+    a running one (another worker's) is `busy` so two workers do not pick the same point."""
+    measured: list[Measured] = []
+    busy: list[dict[str, Any]] = []
+    for t in trials:
+        cfg = t.user_attrs.get("config")
+        if cfg is None or t.number == exclude_number:
+            continue
+        state = t.state.name
+        loss = t.user_attrs.get("accuracy_loss")
+        if state == "COMPLETE" and loss is not None and t.user_attrs.get("speedup"):
+            measured.append(Measured(cfg, float(loss), float(t.user_attrs["speedup"])))
+        elif state == "PRUNED" and loss is not None:
+            measured.append(Measured(cfg, float(loss)))
+        elif state == "RUNNING":
+            busy.append(cfg)
+    return measured, busy
+
+
+def make_guided_sampler(
+    grid: Sequence[dict[str, Any]], budget: float, param: str, seed: int = 0
+) -> Any:
+    """An Optuna sampler that answers the categorical `param` (an index into `grid`) with
+    `propose`; once the search has converged for `budget` it samples an unmeasured point at
+    random (more data for the meta-model), and any other parameter at random."""
+    import optuna
+
+    class GuidedSampler(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._random = optuna.samplers.RandomSampler(seed=seed)
+            self._rng = np.random.default_rng(seed)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return {}
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+            return {}
+
+        def sample_independent(
+            self, study: Any, trial: Any, param_name: str, param_distribution: Any
+        ) -> Any:
+            if param_name != param:
+                return self._random.sample_independent(study, trial, param_name, param_distribution)
+            measured, busy = study_evidence(study.get_trials(deepcopy=False), trial.number)
+            i = propose(grid, measured, budget, busy=busy)
+            if i is None:
+                seen = {_key(m.config) for m in measured} | {_key(c) for c in busy}
+                rest = [j for j, c in enumerate(grid) if _key(c) not in seen]
+                i = int(self._rng.choice(rest)) if rest else int(self._rng.integers(len(grid)))
+            return i
+
+    return GuidedSampler()
