@@ -207,7 +207,7 @@ def acquisition(
                 med[row, 0] = min(med[row, 0], m.loss)
                 if m.speedup is not None:
                     med[row, 1] = min(med[row, 1], m.speedup)
-    feasible = [m.speedup for m in done if m.loss <= budget]
+    feasible = [m.speedup for m in done if m.loss <= budget and m.speedup is not None]
     best = math.log(max(feasible)) if feasible else 0.0  # the unpruned model: speedup 1
     p_ok = _norm_cdf((budget - med[:, 0]) / s_loss)
     z = (np.log(med[:, 1]) - best) / s_speed
