@@ -35,18 +35,7 @@ import numpy as np
 import optuna
 
 from autoprumux.search._guided import Measured, propose
-from autoprumux.search._meta import MetaModel, features
-
-CTX_KEYS = (
-    "task_num_labels",
-    "task_pair",
-    "task_mcc",
-    "task_log_train",
-    "model_layers",
-    "model_hidden",
-    "model_log_params",
-    "device_cuda",
-)
+from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
 
 
 def load_grid(path: Path) -> tuple[list[dict], dict]:
@@ -61,7 +50,7 @@ def load_grid(path: Path) -> tuple[list[dict], dict]:
         for r in d["rows"]
     ]
     task = d["task"]
-    ctx = {k: 0.0 for k in CTX_KEYS}
+    ctx = dict.fromkeys(CONTEXT_KEYS, 0.0)
     ctx.update(
         task_num_labels=3 if task == "qnli_" else 2,
         task_pair=int(task in ("mrpc", "qnli")),
@@ -98,9 +87,7 @@ def optuna_pick(rows: list[dict], k: int, budget: float, seed: int, kind: str) -
     table = {(r["sparsity"], r["mux"]): r for r in rows}
     if kind == "tpe":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=min(5, k),
-            constraints_func=lambda t: [t.user_attrs["loss"] - budget],
+            seed=seed, n_startup_trials=min(5, k)
         )
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -109,7 +96,7 @@ def optuna_pick(rows: list[dict], k: int, budget: float, seed: int, kind: str) -
     for _ in range(k):
         t = study.ask()
         r = table[(t.suggest_categorical("sparsity", sp), t.suggest_categorical("mux", ns))]
-        t.set_user_attr("loss", r["loss"])
+        t.set_constraint("loss", r["loss"] - budget)
         study.tell(t, r["speedup"])
         seen.append(r)
     return seen

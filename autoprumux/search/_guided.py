@@ -30,23 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from autoprumux.search._meta import MetaModel, features
+from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
 
 # a constant context: within one study the task, model and device do not vary
-_CTX = {
-    k: 0.0
-    for k in (
-        "task_num_labels",
-        "task_pair",
-        "task_mcc",
-        "task_log_train",
-        "baseline_metric",
-        "model_layers",
-        "model_hidden",
-        "model_log_params",
-        "device_cuda",
-    )
-}
+_CTX = dict.fromkeys(CONTEXT_KEYS, 0.0)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ FEATURES = (
     "model_log_params",
     "device_cuda",
 )
+CONTEXT_KEYS = FEATURES[6:]  # what `features` reads from the study context
 # +1: the target does not decrease as the feature rises; -1: it does not increase
 MONOTONE_LOSS = {"sparsity": 1, "log2_mux": 1, "students": -1, "student_depth": -1}
 MONOTONE_SPEEDUP = {"sparsity": 1, "log2_mux": 1, "students": -1, "student_depth": -1}

@@ -151,12 +151,8 @@ def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any
 
         return make_guided_sampler(space.grid(), budget, GRID_PARAM, seed=seed)
 
-    def constraints(t: Any) -> list[float]:
-        return [float(t.user_attrs.get("accuracy_loss", 1e9)) - budget]
-
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=min(5, len(space.grid())), constraints_func=constraints
-    )
+    # the budget constraint is set on each trial (Trial.set_constraint, see Searcher)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, len(space.grid())))
 
 
 @dataclass
@@ -361,6 +357,7 @@ class Searcher:
         self.client.log_metric(run_id, "intermediate_accuracy_loss", loss, step=step)
         if loss > self.s.prune_above:
             trial.set_user_attr("accuracy_loss", loss)
+            trial.set_constraint("accuracy_loss", loss - self.s.budget)
             raise optuna.TrialPruned(
                 f"accuracy loss {loss:.2f} > {self.s.prune_above} points at step {step}"
             )
@@ -441,6 +438,8 @@ class Searcher:
             }
             for k, v in metrics.items():
                 trial.set_user_attr(k, v)
+            # TPE's constraint: feasible when the loss is within the budget (<= 0)
+            trial.set_constraint("accuracy_loss", ev.accuracy_loss - self.s.budget)
             trial.set_user_attr("metric_name", ev.metric_name)
             tracking.log_run_data(self.client, run_id, metrics=metrics)
             tracking.log_json(self.client, run_id, ev.to_dict(), "evaluation.json")
