@@ -125,3 +125,25 @@ def test_the_sampler_drives_a_real_optuna_study(tmp_path):
     assert busy == [cands[3]] and len(measured) == 8
     best = max(sp for loss, sp in truth.values() if loss <= budget)
     assert max(m.speedup for m in measured if m.speedup and m.loss <= budget) == pytest.approx(best)
+
+
+def test_the_sampler_says_when_it_has_converged(caplog):
+    cands = [{"sparsity": s, "mux": 1} for s in (0.0, 0.5, 0.9)]
+    loss = {0.0: 0.0, 0.5: 9.0, 0.9: 20.0}
+    study = optuna.create_study(
+        direction="maximize", sampler=make_guided_sampler(cands, 1.0, "grid_point", seed=0)
+    )
+    picked = []
+    for _ in range(3):
+        t = study.ask()
+        i = t.suggest_categorical("grid_point", [0, 1, 2])
+        c = cands[i]
+        t.set_user_attr("config", c)
+        t.set_user_attr("accuracy_loss", loss[c["sparsity"]])
+        t.set_user_attr("speedup", 1.0 + c["sparsity"])
+        study.tell(t, 1.0 + c["sparsity"])
+        picked.append(i)
+    # 0.5 is 8 points over: 0.9 is ruled out, 0.0 is the answer; the third trial is a random
+    # point not measured yet, and the user is told why
+    assert picked[:2] == [1, 0] and picked[2] == 2
+    assert "converged for budget 1" in caplog.text

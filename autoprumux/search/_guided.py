@@ -23,6 +23,7 @@ study, benchmarks/search_regret.py from a reference grid.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
+
+log = logging.getLogger("autoprumux.search")
 
 # a constant context: within one study the task, model and device do not vary
 _CTX = dict.fromkeys(CONTEXT_KEYS, 0.0)
@@ -261,6 +264,7 @@ def make_guided_sampler(
         def __init__(self) -> None:
             self._random = optuna.samplers.RandomSampler(seed=seed)
             self._rng = np.random.default_rng(seed)
+            self._converged = False
 
         def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
             return {}
@@ -276,6 +280,14 @@ def make_guided_sampler(
             measured, busy = study_evidence(study.get_trials(deepcopy=False), trial.number)
             i = propose(grid, measured, budget, busy=busy)
             if i is None:
+                if not self._converged:
+                    self._converged = True
+                    log.warning(
+                        "guided search converged for budget %g: no open configuration can beat "
+                        "the best trial within it; further trials sample unmeasured points at "
+                        "random (more data for the meta-model)",
+                        budget,
+                    )
                 seen = {_key(m.config) for m in measured} | {_key(c) for c in busy}
                 rest = [j for j, c in enumerate(grid) if _key(c) not in seen]
                 i = int(self._rng.choice(rest)) if rest else int(self._rng.integers(len(grid)))
