@@ -175,12 +175,12 @@ def acquisition(
     meta = MetaModel().fit(X, y)
     Xc = np.array([features(candidates[i], ctx) for i in open_idx], dtype=float)
     med = meta.predict(Xc)
-    # clamp the predictions into what the measurements imply by monotonicity: a candidate loses
-    # at least what any less aggressive trial lost, at most what any more aggressive one lost
     # the jackknife half-widths cover `coverage` of the errors: as a normal scale
     z80 = 1.2816
     s_loss = np.full(len(open_idx), max(min_sigma, meta.half_width_[0] / z80))
     s_speed = max(0.05, meta.half_width_[1] / z80)
+    # clamp the predictions into what the measurements imply by monotonicity: a candidate loses
+    # at least what any less aggressive trial lost, at most what any more aggressive one lost
     for row, i in enumerate(open_idx):
         fam, a = family(candidates[i]), aggressiveness(candidates[i])
         for m in measured:
