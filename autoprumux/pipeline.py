@@ -78,7 +78,7 @@ class Recipe:
     mux_pooling: str = "mean"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
     mux_hidden_distill: float = 0.0  # + weight x hidden-state KD from the baseline in fine-tune
-    warmup_from_smaller: bool = False  # N >= 4 starts its warm-up from the N/2 warm-up
+    warmup_from_smaller: bool = True  # N >= 4 starts its warm-up from the N/2 warm-up
     # Academus students: boosting steps per student, then joint stacking distillation
     student_steps: int = 400
     student_stacking_steps: int = 200
