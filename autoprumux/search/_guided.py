@@ -67,6 +67,11 @@ def _le(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y + 1e-9 for x, y in zip(a, b, strict=True))
 
 
+def _below(x: dict[str, Any], y: dict[str, Any]) -> bool:
+    """x and y share a family and x is no more aggressive than y (so x loses no more than y)."""
+    return family(x) == family(y) and _le(aggressiveness(x), aggressiveness(y))
+
+
 def _key(cfg: dict[str, Any]) -> tuple:
     return (family(cfg), aggressiveness(cfg))
 
@@ -85,18 +90,13 @@ def open_candidates(
     for i, c in enumerate(candidates):
         if _key(c) in seen:
             continue
-        fam, a = family(c), aggressiveness(c)
-        ruled_out = False
-        for m in measured:
-            if family(m.config) != fam:
-                continue
-            am = aggressiveness(m.config)
-            if m.loss > budget + margin and _le(am, a):
-                ruled_out = True  # at least as aggressive as a clearly infeasible trial
-            elif m.loss <= budget and m.speedup is not None and _le(a, am):
-                ruled_out = True  # no more aggressive than a feasible trial: cannot be faster
-            if ruled_out:
-                break
+        ruled_out = any(
+            # at least as aggressive as a clearly infeasible trial
+            (m.loss > budget + margin and _below(m.config, c))
+            # no more aggressive than a feasible trial: cannot be faster
+            or (m.loss <= budget and m.speedup is not None and _below(c, m.config))
+            for m in measured
+        )
         if not ruled_out:
             out.append(i)
     return out
@@ -113,13 +113,7 @@ def _bisect(
     by less than the margin) stay open but are bisected last."""
 
     def beyond_miss(i: int) -> bool:
-        a = aggressiveness(candidates[i])
-        return any(
-            m.loss > budget
-            and family(m.config) == family(candidates[i])
-            and _le(aggressiveness(m.config), a)
-            for m in measured
-        )
+        return any(m.loss > budget and _below(m.config, candidates[i]) for m in measured)
 
     open_idx = [i for i in open_idx if not beyond_miss(i)] or open_idx
     fam = min(family(candidates[i]) for i in open_idx)
@@ -182,18 +176,14 @@ def acquisition(
     # clamp the predictions into what the measurements imply by monotonicity: a candidate loses
     # at least what any less aggressive trial lost, at most what any more aggressive one lost
     for row, i in enumerate(open_idx):
-        fam, a = family(candidates[i]), aggressiveness(candidates[i])
         for m in measured:
-            if family(m.config) != fam:
-                continue
-            am = aggressiveness(m.config)
-            if _le(am, a):
+            if _below(m.config, candidates[i]):
                 if m.loss > budget:  # bounded below by a measured miss: only its noise is left
                     s_loss[row] = min(s_loss[row], noise)
                 med[row, 0] = max(med[row, 0], m.loss)
                 if m.speedup is not None:
                     med[row, 1] = max(med[row, 1], m.speedup)
-            elif _le(a, am):
+            elif _below(candidates[i], m.config):
                 med[row, 0] = min(med[row, 0], m.loss)
                 if m.speedup is not None:
                     med[row, 1] = min(med[row, 1], m.speedup)
