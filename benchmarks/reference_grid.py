@@ -52,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(markdown_table(data))
         return 0
+    stored = data.get("recipe")
+    if data["rows"] and stored is not None:
+        diff = {k: (stored.get(k), v) for k, v in Recipe().__dict__.items() if stored.get(k) != v}
+        if diff:  # resuming would mix points of two recipes in one grid
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            print(
+                f"{out} was measured with another recipe ({changes}); "
+                "measure into a new file with --out",
+                file=sys.stderr,
+            )
+            return 2
     done = {(r["target_sparsity"], r["n"]) for r in data["rows"]}
     todo = [(s, n) for n in args.mux for s in args.sparsities if (s, n) not in done]
     print(f"{len(done)} points already measured, {len(todo)} to go", file=sys.stderr, flush=True)
