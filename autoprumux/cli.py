@@ -56,6 +56,20 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
 ]
 
 
+def _add_recipe_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--preset",
+        default="fast",
+        choices=["fast", "accurate"],
+        help="named recipe the flags below start from: fast (Recipe's defaults) or accurate "
+        "(longer mux warm-up and fine-tune, more examples; see README) (default: fast)",
+    )
+    for flag, typ, hlp in RECIPE_FLAGS:
+        g.add_argument(
+            flag, type=typ, default=None, help=_recipe_help(flag[2:].replace("-", "_"), hlp)
+        )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="sst2", help="sst2 | cola | mrpc | qnli (default: sst2)")
     p.add_argument(
@@ -87,10 +101,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="mux warm-up text: 'shared' (SST-2+CoLA+MRPC training text), 'task', or a text file",
     )
     g = p.add_argument_group("recipe (training budget; part of every cache key; defaults: Recipe)")
-    for flag, typ, hlp in RECIPE_FLAGS:
-        g.add_argument(
-            flag, type=typ, default=None, help=_recipe_help(flag[2:].replace("-", "_"), hlp)
-        )
+    _add_recipe_flags(g)
     t = p.add_argument_group("throughput measurement")
     t.add_argument("--tp-batch", type=int, default=64, help="examples per timed pass")
     t.add_argument("--tp-seq-len", type=int, default=128, help="fixed padded sequence length")
@@ -188,10 +199,7 @@ def _add_serve_students(sub: Any) -> None:
     ss.add_argument("--cache-dir", default=None)
     ss.set_defaults(mux_variant="gaussian", warmup_corpus="shared")
     g = ss.add_argument_group("recipe (finds or builds the cached ensemble; defaults: Recipe)")
-    for flag, typ, hlp in RECIPE_FLAGS:
-        g.add_argument(
-            flag, type=typ, default=None, help=_recipe_help(flag[2:].replace("-", "_"), hlp)
-        )
+    _add_recipe_flags(g)
     s = ss.add_argument_group("serving")
     s.add_argument(
         "--host", default="127.0.0.1", help="default: 127.0.0.1 (another host is warned about)"
@@ -283,7 +291,7 @@ def _add_search_common(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe(args: argparse.Namespace):
-    """A Recipe from the recipe flags given; the others keep Recipe's defaults."""
+    """A Recipe from the preset and the recipe flags given (the flags win)."""
     from autoprumux.pipeline import Recipe
 
     given = {}
@@ -292,7 +300,7 @@ def _recipe(args: argparse.Namespace):
         value = getattr(args, name)
         if value is not None:
             given[name] = value
-    return Recipe(**given)
+    return Recipe.preset(args.preset, **given)
 
 
 def format_table(ev) -> str:

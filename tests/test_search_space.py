@@ -234,3 +234,25 @@ def test_meta_model_keeps_students_monotone():
             )
         )
         assert all(np.diff(p[:, 0]) <= 1e-9) and all(np.diff(p[:, 1]) <= 1e-9), p
+
+
+def test_recipe_presets_in_the_api_the_cli_and_a_space():
+    from autoprumux.cli import _recipe, build_parser
+    from autoprumux.pipeline import RECIPE_PRESETS, Recipe
+
+    assert Recipe.preset() == Recipe()
+    acc = Recipe.preset("accurate")
+    assert acc != Recipe() and all(
+        getattr(acc, k) == v for k, v in RECIPE_PRESETS["accurate"].items()
+    )
+    # explicit fields win over the preset, in the API, the CLI and a space file
+    assert Recipe.preset("accurate", mux_finetune_steps=7).mux_finetune_steps == 7
+    args = build_parser().parse_args(["evaluate", "--preset", "accurate", "--seed", "3"])
+    assert _recipe(args) == Recipe.preset("accurate", seed=3)
+    assert _recipe(build_parser().parse_args(["evaluate"])) == Recipe()
+    space = SearchSpace.from_dict({**GOOD, "recipe": {"preset": "accurate", "recovery_steps": 7}})
+    assert space.recipe == Recipe.preset("accurate", recovery_steps=7)
+    with pytest.raises(ConfigError, match=r"preset 'slow' is unknown; use one of \['accurate'"):
+        Recipe.preset("slow")
+    with pytest.raises(ConfigError, match=r"bad 'recipe'.*preset 'slow'"):
+        SearchSpace.from_dict({**GOOD, "recipe": {"preset": "slow"}})

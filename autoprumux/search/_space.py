@@ -139,12 +139,14 @@ class SearchSpace:
         if not isinstance(overrides, dict):
             raise ConfigError(f"{where}: 'recipe' must be a mapping of Recipe fields")
         for k in overrides:
-            if k not in RECIPE_FIELDS:
+            if k not in RECIPE_FIELDS and k != "preset":
                 raise ConfigError(
-                    f"{where}: unknown key 'recipe.{k}'; allowed keys are {list(RECIPE_FIELDS)}"
+                    f"{where}: unknown key 'recipe.{k}'; allowed keys are "
+                    f"{['preset', *RECIPE_FIELDS]}"
                 )
         try:
-            recipe = Recipe(**overrides)
+            fields_ = {k: v for k, v in overrides.items() if k != "preset"}
+            recipe = Recipe.preset(overrides.get("preset", "fast"), **fields_)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: bad 'recipe': {e}") from None
         raw = data.get("params")
