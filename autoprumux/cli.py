@@ -62,7 +62,7 @@ def _add_recipe_flags(g: argparse._ArgumentGroup) -> None:
         default="fast",
         choices=["fast", "accurate"],
         help="named recipe the flags below start from: fast (Recipe's defaults) or accurate "
-        "(longer mux warm-up and fine-tune, more examples; see README) (default: fast)",
+        "(2.5x longer N > 1 fine-tune on 4x the examples; see README) (default: fast)",
     )
     for flag, typ, hlp in RECIPE_FLAGS:
         g.add_argument(
