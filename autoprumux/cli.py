@@ -57,10 +57,12 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
 
 
 def _add_recipe_flags(g: argparse._ArgumentGroup) -> None:
+    from autoprumux.pipeline import RECIPE_PRESETS  # already loaded by _recipe_help below
+
     g.add_argument(
         "--preset",
         default="fast",
-        choices=["fast", "accurate"],
+        choices=sorted(RECIPE_PRESETS),
         help="named recipe the flags below start from: fast (Recipe's defaults) or accurate "
         "(2.5x longer N > 1 fine-tune on 4x the examples; see README) (default: fast)",
     )
