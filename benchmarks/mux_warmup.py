@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from autoprumux.pipeline import PruMuxPipeline, Recipe
 
@@ -35,18 +39,46 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="FIELD=VALUE",
-        help="Recipe overrides, e.g. mux_pooling=mean warmup_hidden_distill=1 mux_finetune_steps=600",
+        help="Recipe overrides, e.g. mux_pooling=mean warmup_hidden_distill=1 mux_finetune_steps=600"
+        " (max_train_examples=none: the whole training set)",
     )
     args = ap.parse_args(argv)
     overrides = {}
     for kv in args.recipe:
         k, _, v = kv.partition("=")
+        if not hasattr(Recipe(), k):
+            ap.error(f"--recipe {kv}: Recipe has no field {k!r}")
         field_type = type(getattr(Recipe(), k))
-        overrides[k] = (v.lower() in ("1", "true", "yes")) if field_type is bool else field_type(v)
+        if v.lower() == "none":
+            overrides[k] = None
+        elif field_type is bool:
+            overrides[k] = v.lower() in ("1", "true", "yes")
+        else:
+            overrides[k] = field_type(v)
+    out = Path(
+        args.out or f"benchmarks/results/mux_warmup_{args.task}_{args.variant}_{args.device}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, torch {torch.__version__}" + (
+        f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    )
+
+    def save() -> None:  # after every row, so a run stopped at a time limit keeps what it measured
+        tmp = out.with_suffix(".tmp")
+        doc = {
+            "task": args.task,
+            "device": args.device,
+            "machine": machine,
+            "baseline": base_metric,
+            "recipe": overrides,
+            "rows": rows,
+        }
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, out)
 
     t0 = time.time()
-    rows = []
     base_metric = None
+    rows: list[dict] = []
     for n in args.mux:
         for steps in args.steps:
             pipe = PruMuxPipeline(
@@ -56,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir=args.cache_dir,
                 mux_variant=args.variant,
             )
+            t_row = time.time()
             if base_metric is None:
                 base_metric = pipe.dev_metrics(pipe.baseline())["metric"]
+                print(
+                    json.dumps({"n": 1, "metric": base_metric, "seconds": time.time() - t_row}),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                t_row = time.time()
             _, warm = pipe.mux_warmup(n)
             metric = pipe.dev_metrics(pipe.mux_model(n))["metric"]
             row = {
@@ -67,19 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 "retrieval_accuracy": warm["warmup"]["retrieval_accuracy"],
                 "metric": metric,
                 "gap": base_metric - metric,
+                "seconds": time.time() - t_row,  # warm-up (unless cached) + fine-tune + dev
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    out = Path(
-        args.out or f"benchmarks/results/mux_warmup_{args.task}_{args.variant}_{args.device}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"task": args.task, "baseline": base_metric, "recipe": overrides, "rows": rows},
-            indent=2,
-        )
-    )
+            save()
     print(f"baseline (N=1) {base_metric:.2f}\n")
     print("| N | warm-up steps | warm-up s | retrieval acc. | dev metric | gap to N=1 |")
     print("|---|---|---|---|---|---|")

@@ -104,12 +104,13 @@ def compute_importance(
         p.requires_grad_(False)
     head_f = [torch.zeros(x.num_heads) for x in layers]
     ffn_f = [torch.zeros(x.ffn_size) for x in layers]
+    dev = next(encoder.parameters()).device  # gates live beside the activations they scale
     try:
         for x in layers:
             if x.attn_present and x.num_heads:
-                x.head_gate = torch.ones(x.num_heads, requires_grad=True)
+                x.head_gate = torch.ones(x.num_heads, device=dev, requires_grad=True)
             if x.ffn_present and x.ffn_size:
-                x.ffn_gate = torch.ones(x.ffn_size, requires_grad=True)
+                x.ffn_gate = torch.ones(x.ffn_size, device=dev, requires_grad=True)
         for batch in fisher_batches:
             loss = loss_fn(batch)
             gates = [g for x in layers for g in (x.head_gate, x.ffn_gate) if g is not None]
@@ -119,11 +120,11 @@ def compute_importance(
                 if x.head_gate is not None:
                     g = next(it)
                     if g is not None:
-                        head_f[i] += g.detach().float() ** 2
+                        head_f[i] += g.detach().float().cpu() ** 2
                 if x.ffn_gate is not None:
                     g = next(it)
                     if g is not None:
-                        ffn_f[i] += g.detach().float() ** 2
+                        ffn_f[i] += g.detach().float().cpu() ** 2
     finally:
         for x in layers:
             x.head_gate = None
