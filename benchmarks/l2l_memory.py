@@ -21,8 +21,9 @@ How device memory is measured:
   previous gradients only after the forward) + the tensors autograd saves during the forward of
   the whole batch, counted by storage with `torch.autograd.graph.saved_tensors_hooks`, parameters
   excluded. Temporaries that autograd does not save are counted in neither.
-- CUDA: `torch.cuda.max_memory_allocated` over the timed steps (after one warm-up step, so the
-  AdamW state exists) for both; the L2L ledger is reported beside it.
+- CUDA: `torch.cuda.max_memory_allocated` of each trainer alone on the device (built from
+  nothing, one warm-up step so the AdamW state exists, then the peak of one more step, minus what
+  was allocated before it was built); the L2L ledger is reported beside it.
 
 Step time: one warm-up step each, then `--steps` timed steps of the three trainers interleaved
 (standard, L2L device stash, L2L host stash, standard, ...) so that load from other processes
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -146,6 +148,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cuda_footprint(make: Callable[[], Standard | L2LExecutor], batch, device) -> int:
+    """Peak device bytes of one trainer alone: built from nothing, one warm-up step (so the
+    optimizer state exists), then the peak of one more step, minus what was allocated before it
+    was built. Measured one trainer at a time: in one process `max_memory_allocated` also counts
+    whatever another trainer keeps resident (the standard loop's parameters, gradients and AdamW
+    moments), which is how a first version of this benchmark charged them to L2L."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated(device)
+    trainer = make()
+    trainer.step(batch)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    trainer.step(batch)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    if isinstance(trainer, L2LExecutor):
+        trainer.close()
+    del trainer
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
+
+
 def run_depth(depth: int, args: argparse.Namespace, device: torch.device) -> dict:
     batch = make_batch(args)
     base = build(depth, args)
@@ -159,22 +185,29 @@ def run_depth(depth: int, args: argparse.Namespace, device: torch.device) -> dic
     )
     cuda = device.type == "cuda"
     row: dict = {"depth": depth, "params_m": n_params / 1e6}
-    std = Standard(copy.deepcopy(base), cfg, device)
-    relays = {
-        stash: L2LExecutor(copy.deepcopy(base), replace(cfg, stash=stash), device=device)
-        for stash in ("device", "host")
+
+    def relay(stash: str) -> Callable[[], L2LExecutor]:
+        return lambda: L2LExecutor(copy.deepcopy(base), replace(cfg, stash=stash), device=device)
+
+    makers: dict[str, Callable[[], Standard | L2LExecutor]] = {
+        "standard": lambda: Standard(copy.deepcopy(base), cfg, device),
+        "device": relay("device"),
+        "host": relay("host"),
     }
-    del base
+    if cuda:  # memory first, each trainer alone on the device
+        row["cuda_max_allocated_mb"] = {
+            name: cuda_footprint(make, batch, device) / MB for name, make in makers.items()
+        }
+    std = makers["standard"]()
+    assert isinstance(std, Standard)
+    relays = {stash: makers[stash]() for stash in ("device", "host")}
     # warm-up: optimizer state allocated; the standard step is the one that counts activations
     std.step(batch, count=True)
     for ex in relays.values():
         ex.step(batch)
-    cuda_peak: dict[str, int] = {}
     times: dict[str, list[float]] = {"standard": [], "device": [], "host": []}
     for _ in range(args.steps):
         for name in ("standard", "device", "host"):
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
             sync(device)
             t0 = time.perf_counter()
             if name == "standard":
@@ -183,18 +216,13 @@ def run_depth(depth: int, args: argparse.Namespace, device: torch.device) -> dic
                 relays[name].step(batch)
             sync(device)
             times[name].append(time.perf_counter() - t0)
-            if cuda:
-                cuda_peak[name] = max(
-                    cuda_peak.get(name, 0), torch.cuda.max_memory_allocated(device)
-                )
     row["standard_mb"] = std.counted_bytes() / MB
     row["standard_activations_mb"] = std.activations / MB
     for stash, ex in relays.items():
+        assert isinstance(ex, L2LExecutor)
         row[f"l2l_{stash}_mb"] = ex.stats.peak_bytes / MB
         row[f"l2l_{stash}_by_kind_mb"] = {k: v / MB for k, v in ex.stats.peak_by_kind.items()}
         ex.close()
-    if cuda:
-        row["cuda_max_allocated_mb"] = {k: v / MB for k, v in cuda_peak.items()}
     for name, ts in times.items():
         row[f"{name}_s"] = statistics.median(ts)
     row["time_ratio_device"] = row["device_s"] / row["standard_s"]
