@@ -428,6 +428,9 @@ def cmd_warmup(args: argparse.Namespace) -> int:
             f"{n:>3}{int(w['steps']):>7}{w['seconds']:>9.0f}{w['retrieval_accuracy']:>15.3f}  "
             f"{'hit' if meta['cache_hit'] else 'built'} {entry}"
         )
+        if w.get("curve"):  # training-batch retrieval accuracy over each tenth of the warm-up
+            pts = " ".join(f"{int(c['step'])}:{c['retrieval_accuracy']:.2f}" for c in w["curve"])
+            print(f"{'':>3}  retrieval accuracy by step  {pts}")
     return 0
 
 

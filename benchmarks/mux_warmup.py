@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 "metric": metric,
                 "gap": base_metric - metric,
                 "seconds": time.time() - t_row,  # warm-up (unless cached) + fine-tune + dev
+                "curve": warm["warmup"].get("curve"),  # retrieval acc. per tenth of the warm-up
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)

@@ -151,6 +151,12 @@ def test_retrieval_warmup_lowers_held_out_loss():
     )
     after = evaluate_retrieval(model, held, special_ids=(2, 3), batch_size=16)
     assert after["retrieval_loss"] < before["retrieval_loss"] - 0.5, (before, after, stats)
+    # the curve: one point per tenth of the run, falling loss, its last tenth = the summary
+    curve = stats["curve"]
+    assert [c["step"] for c in curve] == [12.0 * i for i in range(1, 11)]
+    assert curve[-1]["retrieval_loss"] < curve[0]["retrieval_loss"] - 0.5, curve
+    assert curve[-1]["retrieval_accuracy"] == pytest.approx(stats["retrieval_accuracy"])
+    assert curve[-1]["retrieval_loss"] == pytest.approx(stats["retrieval_loss"])
     with pytest.raises(ConfigError, match="N > 1"):
         retrieval_warmup(make(1), train, TrainConfig(steps=1, batch_size=8))
 

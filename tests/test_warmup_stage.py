@@ -161,6 +161,8 @@ def test_warmup_command_builds_then_hits(tiny_checkpoint, tmp_path):
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("built") == 2
+    # each width's accuracy-against-steps curve (2 steps: one point per step)
+    assert first.stdout.count("retrieval accuracy by step  1:") == 2, first.stdout
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and second.stdout.count("hit") == 2
     bad = subprocess.run([*cmd[:5], "1"], env=env, capture_output=True, text=True, timeout=300)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -37,9 +38,10 @@ def retrieval_warmup(
     device: str | torch.device = "cpu",
     teacher: MuxSequenceClassifier | None = None,
     hidden_distill_weight: float = 0.0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Train the retrieval objective (+ `hidden_distill_weight` x hidden-state distillation from
-    the N=1 `teacher`) for `cfg.steps` steps; returns loss/accuracy averaged over the last 10%."""
+    the N=1 `teacher`) for `cfg.steps` steps; returns loss/accuracy averaged over the last 10%,
+    and `curve`: the same averages over each tenth of the run (accuracy against steps)."""
     if model.n == 1:
         raise ConfigError("the retrieval warm-up is for multiplexed models (N > 1); N=1 needs none")
     if hidden_distill_weight > 0 and (teacher is None or teacher.n != 1):
@@ -88,12 +90,31 @@ def retrieval_warmup(
     bar.close()
     model.eval()
     return {
+        "curve": _curve(losses, accs),
         "steps": float(cfg.steps),
         "seconds": time.perf_counter() - t0,
         "retrieval_loss": sum(losses[-tail:]) / len(losses[-tail:]) if losses else float("nan"),
         "retrieval_accuracy": sum(accs[-tail:]) / len(accs[-tail:]) if accs else float("nan"),
         **({"hidden_distill_loss": sum(hid[-tail:]) / len(hid[-tail:])} if hid else {}),
     }
+
+
+def _curve(losses: Sequence[float], accs: Sequence[float]) -> list[dict[str, float]]:
+    """Training-batch retrieval loss and accuracy averaged over each tenth of the run (fewer
+    segments for runs under 10 steps); `step` is the segment's last step."""
+    n = len(accs)
+    bounds = sorted({round(n * i / 10) for i in range(1, 11)} - {0})
+    out, lo = [], 0
+    for hi in bounds:
+        out.append(
+            {
+                "step": float(hi),
+                "retrieval_loss": sum(losses[lo:hi]) / (hi - lo),
+                "retrieval_accuracy": sum(accs[lo:hi]) / (hi - lo),
+            }
+        )
+        lo = hi
+    return out
 
 
 @torch.no_grad()
