@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoprumux._constants import SAMPLERS
 from autoprumux.errors import AutoPruMuxError
 
 EXIT_BAD_INPUT = 2
@@ -244,7 +245,7 @@ def _add_sampler(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sampler",
         default="tpe",
-        choices=["tpe", "guided", "random", "grid"],
+        choices=SAMPLERS,
         help="tpe (default); guided: spend the trials where they can still change the fastest "
         "configuration within --budget (see README); random, grid: baselines",
     )

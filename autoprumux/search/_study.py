@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprumux._constants import SAMPLERS
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.search import _tracking as tracking
@@ -136,7 +137,6 @@ def _chain(*callbacks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any]
 
 
 GRID_PARAM = "grid_point"
-SAMPLERS = ("tpe", "guided", "random", "grid")
 
 
 def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any:
