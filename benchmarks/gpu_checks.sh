@@ -1,43 +1,66 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 4, 5 and 6 in one run on a lent, offline GPU machine (see BENCHMARKS.md).
+# GPU checks of issues 2, 4, 5 and 6 on a lent, offline GPU machine (see BENCHMARKS.md).
 #
-#   here:  python benchmarks/gpu_bundle.py pack .gpu          # model (fp16) + data, 51 MiB
-#   there: bash benchmarks/gpu_checks.sh OUT_DIR [SECONDS]    # with .gpu carried beside the code
+#   here:  python benchmarks/gpu_bundle.py pack .gpu                  # model (fp16) + data, 51 MiB
+#   there: bash benchmarks/gpu_checks.sh OUT_DIR [SECONDS [PART...]]  # with .gpu carried
 #
+# PARTs, run in this order (default: l2l grid mux10):
+#   l2l      issue 5: L2L vs standard device memory and step time at BERT-base width (~1 min)
+#   students issue 4: Academus students' latency and throughput (~1 min)
+#   grid     issue 2: PruMUX sparsity x N grid, throughput on CUDA (~3 min)
+#   mux      issue 6: 10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
+#   mux10    issue 6: N=2 with a 10x task fine-tune (10000 steps on 32,000 examples) (~4 min)
 # Uses the machine's own python3 (torch, transformers); our other dependencies are not imported
 # by these benchmarks. Each part has its own time limit, so one that fails or runs long does not
-# take the rest with it; the issue 6 runs write their JSON after every row.
+# take the rest with it; the mux runs write their JSON after every row. Timings come from parts
+# that run alone; the two `mux` runs share the GPU (accuracies only).
 set -u
 out=${1:?OUT_DIR}
 budget=${2:-500}
+shift $(($# < 2 ? $# : 2))
+parts=${*:-l2l grid mux10}
 start=$(date +%s)
 left() { echo $((budget - ($(date +%s) - start))); }
+cap() { local l; l=$(left); echo $((l < $1 ? l : $1)); }  # a part's limit, within the budget
 mkdir -p "$out"
 python3 benchmarks/gpu_bundle.py unpack .gpu /tmp/site || exit 1
 export PYTHONPATH=/tmp/site:$PWD AUTOPRUMUX_DATA=$PWD/.gpu/glue AUTOPRUMUX_PROGRESS=0
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 nvidia-smi -L
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+mw=benchmarks/mux_warmup.py
 
-# issue 5: L2L device memory at BERT-base width (timings alone on the GPU)
-timeout 90 python3 benchmarks/l2l_memory.py --device cuda --width 768 --heads 12 --ffn 3072 \
-  --steps 5 --out "$out/l2l_memory_cuda.json" >"$out/l2l.log" 2>&1
-echo "l2l rc=$? ($(left) s left)"; tail -n 12 "$out/l2l.log"
-
-# issue 4: students latency on CUDA (alone on the GPU, it is a timing)
-timeout 150 python3 benchmarks/students_latency.py --device cuda --cache-dir /tmp/cache-students \
-  --out "$out/students_latency_cuda.json" >"$out/students.log" 2>&1
-echo "students rc=$? ($(left) s left)"; tail -n 12 "$out/students.log"
-
-# issue 6: 10x the CPU warm-up, two fine-tune lengths, side by side (accuracies, not timings)
-t=$(( $(left) - 15 ))
-timeout "$t" python3 benchmarks/mux_warmup.py --device cuda --task sst2 --mux 2 4 --steps 4000 \
-  --recipe mux_finetune_steps=2500 max_train_examples=32000 --cache-dir /tmp/cache-a \
-  --out "$out/mux_warmup_sst2_gpu_w4000_ft2500.json" >"$out/mux_a.log" 2>&1 &
-timeout "$t" python3 benchmarks/mux_warmup.py --device cuda --task sst2 --mux 2 4 --steps 4000 \
-  --recipe mux_finetune_steps=10000 finetune_steps=2000 max_train_examples=none \
-  --cache-dir /tmp/cache-b --out "$out/mux_warmup_sst2_gpu_w4000_ft10000_full.json" \
-  >"$out/mux_b.log" 2>&1 &
-wait
-echo "mux runs done ($(left) s left)"
-tail -n 8 "$out/mux_a.log" "$out/mux_b.log"
+for part in $parts; do
+  if [ "$(left)" -lt 30 ]; then echo "$part: skipped, $(left) s left"; continue; fi
+  case $part in
+  l2l)
+    timeout "$(cap 120)" python3 benchmarks/l2l_memory.py --device cuda --width 768 --heads 12 \
+      --ffn 3072 --steps 5 --out "$out/l2l_memory_cuda.json" >"$out/l2l.log" 2>&1 ;;
+  students)
+    timeout "$(cap 150)" python3 benchmarks/students_latency.py --device cuda \
+      --cache-dir /tmp/cache-students --out "$out/students_latency_cuda.json" \
+      >"$out/students.log" 2>&1 ;;
+  grid)
+    timeout "$(cap 240)" python3 benchmarks/prumux_grid.py --device cuda --sparsities 0 0.7 0.9 \
+      --mux 1 2 4 --cache-dir /tmp/cache-grid --out "$out/prumux_grid_cuda.json" \
+      >"$out/grid.log" 2>&1 ;;
+  mux)
+    t=$(cap 400)
+    timeout "$t" python3 $mw --device cuda --task sst2 --mux 2 4 --steps 4000 \
+      --recipe mux_finetune_steps=2500 max_train_examples=32000 --cache-dir /tmp/cache-a \
+      --out "$out/mux_warmup_sst2_gpu_w4000_ft2500.json" >"$out/mux_a.log" 2>&1 &
+    timeout "$t" python3 $mw --device cuda --task sst2 --mux 2 4 --steps 4000 \
+      --recipe mux_finetune_steps=10000 finetune_steps=2000 max_train_examples=none \
+      --cache-dir /tmp/cache-b --out "$out/mux_warmup_sst2_gpu_w4000_ft10000_full.json" \
+      >"$out/mux_b.log" 2>&1 &
+    wait ;;
+  mux10)
+    timeout "$(cap 300)" python3 $mw --device cuda --task sst2 --mux 2 --steps 2000 \
+      --recipe mux_finetune_steps=10000 max_train_examples=32000 --cache-dir /tmp/cache-c \
+      --out "$out/mux_warmup_sst2_gpu_w2000_ft10000.json" >"$out/mux10.log" 2>&1 ;;
+  *)
+    echo "unknown part $part (l2l students grid mux mux10)"; exit 2 ;;
+  esac
+  echo "$part rc=$? ($(left) s left)"
+  tail -n 14 "$out/$part"*.log 2>/dev/null
+done

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "task": pipe.task.name,
         "metric": pipe.task.metric,
         "device": args.device,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         "recipe": pipe.recipe.__dict__,
         "throughput_config": tp.__dict__,
         "baseline": {"metric": base_meas.metric, "throughput": base_meas.throughput},
