@@ -150,8 +150,9 @@ class Recipe:
 
 # Named training budgets. "fast" is Recipe's defaults (minutes per candidate on a CPU);
 # "accurate" spends issue 6's measured lever on the N > 1 models: a 2.5x longer task fine-tune
-# on 4x more training examples (N=2 on SST-2: gap 4.0 points instead of 7.6). A longer warm-up
-# measured no gain at N=2 or N=4, so it keeps the cached 400-step one (BENCHMARKS.md).
+# on 4x more training examples (SST-2 gap: N=2 4.0 points instead of 7.6, N=4 10.3 instead of
+# 16.2). It keeps the cached 400-step warm-up: longer ones measured no gain at N=2, and at N=4
+# only 10x the steps gained (2.3 points, on a GPU), too slow for a CPU default (BENCHMARKS.md).
 RECIPE_PRESETS: dict[str, dict[str, Any]] = {
     "fast": {},
     "accurate": {"mux_finetune_steps": 2500, "max_train_examples": 32000},
