@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         " (max_train_examples=none: the whole training set)",
     )
     args = ap.parse_args(argv)
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for kv in args.recipe:
         k, _, v = kv.partition("=")
         if not hasattr(Recipe(), k):
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, out)
 
     t0 = time.time()
-    base_metric = None
+    base_metric: float | None = None
     rows: list[dict] = []
     for n in args.mux:
         for steps in args.steps:
