@@ -17,6 +17,7 @@ Prints one RESULT line per fine-tune.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -31,13 +32,41 @@ from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.training import TrainConfig, retrieval_warmup, train_classifier
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("n", type=int, help="mux width N (>= 2)")
+    ap.add_argument("warmup_steps", type=int)
+    ap.add_argument("warmups", help='comma-separated: "retrieval" and/or "distill"')
+    ap.add_argument("poolings", help='comma-separated: "mean" and/or "cls"')
+    ap.add_argument("ft_steps", type=int, help="task fine-tune steps")
+    ap.add_argument("warmup_hidden_w", type=float, nargs="?", default=1.0)
+    ap.add_argument("ft_hidden_ws", nargs="?", default="0", help="comma-separated weights")
+    ap.add_argument("tag", nargs="?", default="", help="suffix of the saved warm-up folders")
+    ap.add_argument("ft_lr", type=float, nargs="?", default=1e-4)
+    args = ap.parse_args(argv)
+    args.warmups = args.warmups.split(",")
+    args.poolings = args.poolings.split(",")
+    bad = [v for v in args.warmups if v not in ("retrieval", "distill")]
+    bad += [p for p in args.poolings if p not in ("mean", "cls")]
+    if bad:
+        ap.error(
+            f"unknown warm-up or pooling {bad}: warm-ups are retrieval/distill, poolings mean/cls"
+        )
+    if args.n < 2:
+        ap.error(f"N ({args.n}) must be >= 2: the ablation is about multiplexed models")
+    try:
+        args.ft_hidden_ws = [float(x) for x in args.ft_hidden_ws.split(",")]
+    except ValueError:
+        ap.error(f"FT_HIDDEN_WS {args.ft_hidden_ws!r} must be comma-separated numbers, e.g. 1.0,0")
+    return args
+
+
 def main(argv: list[str]) -> int:
-    n, w = int(argv[0]), int(argv[1])
-    warmups, poolings, ft = argv[2].split(","), argv[3].split(","), int(argv[4])
-    hw = float(argv[5]) if len(argv) > 5 else 1.0
-    hks = [float(x) for x in argv[6].split(",")] if len(argv) > 6 else [0.0]
-    tag = argv[7] if len(argv) > 7 else ""
-    ft_lr = float(argv[8]) if len(argv) > 8 else 1e-4
+    a = parse_args(argv)
+    n, w, warmups, poolings, ft = a.n, a.warmup_steps, a.warmups, a.poolings, a.ft_steps
+    hw, hks, tag, ft_lr = a.warmup_hidden_w, a.ft_hidden_ws, a.tag, a.ft_lr
     out_dir = os.environ.get("ABLATION_DIR", ".autoprumux/ablation")
     pipe = PruMuxPipeline(task="sst2")
     base = pipe.baseline()

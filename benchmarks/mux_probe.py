@@ -10,7 +10,9 @@ regression; prints its SST-2 dev accuracy. No fine-tuning is involved.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +40,17 @@ def features(model: MuxSequenceClassifier, items: list, pool: str) -> np.ndarray
     return np.concatenate(out)
 
 
-def main(paths: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "models", nargs="*", default=["base"], help='"base" or saved MuxSequenceClassifier folders'
+    )
+    paths = ap.parse_args(argv).models
+    missing = [p for p in paths if p != "base" and not Path(p).is_dir()]
+    if missing:
+        ap.error(f"no saved model folder at {missing}; pass 'base' or a folder a warm-up saved")
     pipe = PruMuxPipeline(task="sst2")
     train, dev = pipe.train_items[:3000], pipe.dev_items
     y_train = [x.label for x in train]
@@ -53,4 +65,4 @@ def main(paths: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or ["base"]))
+    sys.exit(main(sys.argv[1:]))

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from _results import machine, write_json
 
 from autoprumux.pipeline import PruMuxPipeline, Recipe
 
@@ -60,22 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         args.out or f"benchmarks/results/mux_warmup_{args.task}_{args.variant}_{args.device}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, torch {torch.__version__}" + (
-        f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
-    )
+    where = machine(args.device)
 
     def save() -> None:  # after every row, so a run stopped at a time limit keeps what it measured
-        tmp = out.with_suffix(".tmp")
         doc = {
             "task": args.task,
             "device": args.device,
-            "machine": machine,
+            "machine": where,
             "baseline": base_metric,
             "recipe": overrides,
             "rows": rows,
         }
-        tmp.write_text(json.dumps(doc, indent=2))
-        os.replace(tmp, out)
+        write_json(out, doc)
 
     t0 = time.time()
     base_metric: float | None = None

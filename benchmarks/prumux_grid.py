@@ -11,13 +11,12 @@ Prints a markdown table and writes JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _results import machine, write_json
 
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import PruMuxPipeline, Recipe
@@ -119,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "task": pipe.task.name,
         "metric": pipe.task.metric,
         "device": args.device,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
+        "machine": machine(args.device),
         "recipe": pipe.recipe.__dict__,
         "throughput_config": tp.__dict__,
         "baseline": {"metric": base_meas.metric, "throughput": base_meas.throughput},
@@ -129,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.time() - t0,
     }
     out = Path(args.out or f"benchmarks/results/prumux_grid_{pipe.task.name}_{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
 
     m = pipe.task.metric
     print(

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+from _results import machine, write_json
 
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import PruMuxPipeline, Recipe
@@ -77,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.tp_repeats,
         device=args.device,
     )
-    machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}"
-    )
+    where = machine(args.device)
     data.update(
         task=pipe.task.name,
         metric=pipe.task.metric,
@@ -104,13 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                 "speedup": ev.speedup,
                 "ideal_speedup": ev.ideal_speedup,
                 "seconds": time.time() - t0,
-                "machine": machine,
+                "machine": where,
             }
         )
-        tmp = out.with_suffix(".tmp")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, out)
+        write_json(out, data)
         print(
             f"s={s:g} N={n}: loss {ev.accuracy_loss:.2f}, speedup {ev.speedup:.2f}x "
             f"({time.time() - t0:.0f}s)",

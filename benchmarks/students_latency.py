@@ -15,14 +15,12 @@ benchmarks/results/students_latency_<task>_k<K>d<depth>_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _results import machine, write_json
 
 from autoprumux.evaluation import ThroughputConfig, model_runner, time_interleaved
 from autoprumux.pipeline import PruMuxPipeline
@@ -101,36 +99,27 @@ def main(argv: list[str] | None = None) -> int:
                 "throughput_speedup": t["throughput"] / b["throughput"],
             }
         )
-    machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else "")
-    )
+    where = machine(args.device)
     out = Path(
         args.out
         or f"benchmarks/results/students_latency_{args.task}_k{args.students}d{args.depth}_{args.device}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "task": args.task,
-                "metric": pipe.task.metric,
-                "students": args.students,
-                "depth": args.depth,
-                "device": args.device,
-                "machine": machine,
-                "recipe": pipe.recipe.__dict__,
-                "seq_len": args.seq_len,
-                "tp_batch": args.tp_batch,
-                "tp_seq_len": args.tp_seq_len,
-                "rows": rows,
-            },
-            indent=2,
-        )
+    write_json(
+        out,
+        {
+            "task": args.task,
+            "metric": pipe.task.metric,
+            "students": args.students,
+            "depth": args.depth,
+            "device": args.device,
+            "machine": where,
+            "recipe": pipe.recipe.__dict__,
+            "seq_len": args.seq_len,
+            "tp_batch": args.tp_batch,
+            "tp_seq_len": args.tp_seq_len,
+            "rows": rows,
+        },
     )
-    os.replace(tmp, out)
     m = pipe.task.metric
     print(
         f"| model | {m} | loss | lat. b=1 ms | lat. b=8 ms | ex/s b={args.tp_batch} "
@@ -144,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['latency_b1_speedup']:.2f}x | {r['latency_b8_speedup']:.2f}x | "
             f"{r['throughput_speedup']:.2f}x |"
         )
-    print(f"\n({machine}; latency at {args.seq_len} tokens, throughput at {args.tp_seq_len})")
+    print(f"\n({where}; latency at {args.seq_len} tokens, throughput at {args.tp_seq_len})")
     return 0
 
 
