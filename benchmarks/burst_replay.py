@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         help="Recipe overrides (int fields), e.g. student_steps=400",
     )
     args = ap.parse_args(argv)
-    recipe = replace(Recipe(), **{k: int(v) for k, v in (kv.split("=", 1) for kv in args.recipe)})
+    overrides: dict[str, Any] = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.recipe)}
+    recipe = replace(Recipe(), **overrides)
 
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -193,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{fmt(burst.examples_per_second)} | {fmt(rep.accuracy, 2)} | "
             f"{rep.error_count}/{rep.requests} | {timeline_summary(rep)} |"
         )
-    table = "\n".join(lines)
-    print(table)
+    markdown = "\n".join(lines)
+    print(markdown)
     print(
         f"\n(K={big} students of depth {args.depth}, {args.task} dev sentences, {tpr} per "
         f"request; steady {steady_ex:.1f} ex/s for {args.steady_s:g} s, burst {burst_ex:.1f} "
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"mode": r["mode"], "report": r["report"].to_dict(), "server": r["server"]}
                     for r in runs
                 ],
-                "table": table,
+                "table": markdown,
             },
             indent=2,
         )

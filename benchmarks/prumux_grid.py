@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _results import machine, write_json
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2) throughput side by side in this process: interleaved rounds over every model, the
     #    baseline and the plain transformers model included, on identical inputs
     batch = pipe.throughput_batch(tp)
-    models = {"baseline": (base, base_metrics)}
+    models: dict[str, tuple[Any, dict[str, float] | None]] = {"baseline": (base, base_metrics)}
     models.update({f"s={s:g},N={n}": (m, met) for (s, n), (m, met) in built.items()})
     measured, others = pipe.measure_many(
         models, tp, {"transformers": hf_runner(pipe, batch, args.device)}
@@ -129,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"benchmarks/results/prumux_grid_{pipe.task.name}_{args.device}.json")
     write_json(out, result)
 
-    m = pipe.task.metric
+    metric_name = pipe.task.metric
     print(
-        f"\nbaseline {m} {base_meas.metric:.2f}, {base_meas.throughput:.1f} ex/s; "
+        f"\nbaseline {metric_name} {base_meas.metric:.2f}, {base_meas.throughput:.1f} ex/s; "
         f"plain transformers AutoModelForSequenceClassification {hf_tp:.1f} ex/s "
         f"(ours/HF = {base_meas.throughput / hf_tp:.2f}x; the same N=1 model timed again as the "
         f"s=0,N=1 row: {measured.get('s=0,N=1', base_meas).throughput / hf_tp:.2f}x)\n"
     )
     print(
-        f"| sparsity (target) | counted | N | dev {m} | acc. loss | ex/s | speedup | FLOP-ideal | layers |"
+        f"| sparsity (target) | counted | N | dev {metric_name} | acc. loss | ex/s | speedup | FLOP-ideal | layers |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -104,7 +104,7 @@ def optuna_pick(rows: list[dict], k: int, budget: float, seed: int, kind: str) -
 
 def guided_pick(rows: list[dict], k: int, budget: float) -> list[dict]:
     cands = [{"sparsity": r["sparsity"], "mux": r["mux"]} for r in rows]
-    seen: list[dict] = []
+    seen: list[tuple[dict, dict]] = []
     for _ in range(k):
         i = propose(cands, [Measured(c, r["loss"], r["speedup"]) for c, r in seen], budget)
         if i is None:

@@ -15,6 +15,7 @@ benchmarks/results/students_latency_<task>_k<K>d<depth>_<device>.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -68,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         fns = {"baseline": model_runner(base, batch, args.device)}
         trip = _triple(batch, args.device)
         for k in range(1, ens.k + 1):
-            fns[f"k={k}"] = ((lambda k=k, t=trip: ens(*t, active=k)), batch_size)
+            fns[f"k={k}"] = (functools.partial(ens, *trip, active=k), batch_size)
+
         # the same students one after another (the training path), for comparison
-        fns[f"k={ens.k} sequential"] = (
-            (lambda t=trip: ens.student_logits(*t, parallel=False).sum(0)),
-            batch_size,
-        )
+        def sequential(t: tuple[torch.Tensor, ...] = trip) -> torch.Tensor:
+            return ens.student_logits(*t, parallel=False).sum(0)
+
+        fns[f"k={ens.k} sequential"] = (sequential, batch_size)
         ens.eval()
         res = time_interleaved(fns, cfg=cfg)
         for name, r in res.items():
@@ -86,17 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     for k, loss in student_accuracy_losses(pipe, ens).items():
         metrics[f"k={k}"] = base_metric - loss
     metrics[f"k={ens.k} sequential"] = metrics[f"k={ens.k}"]
-    b = timings["baseline"]
-    for name, t in timings.items():
+    base_t = timings["baseline"]
+    for name, tm in timings.items():
         rows.append(
             {
                 "model": name,
                 "metric": metrics[name],
                 "accuracy_loss": base_metric - metrics[name],
-                **t,
-                "latency_b1_speedup": b["latency_b1_ms"] / t["latency_b1_ms"],
-                "latency_b8_speedup": b["latency_b8_ms"] / t["latency_b8_ms"],
-                "throughput_speedup": t["throughput"] / b["throughput"],
+                **tm,
+                "latency_b1_speedup": base_t["latency_b1_ms"] / tm["latency_b1_ms"],
+                "latency_b8_speedup": base_t["latency_b8_ms"] / tm["latency_b8_ms"],
+                "throughput_speedup": tm["throughput"] / base_t["throughput"],
             }
         )
     where = machine(args.device)
@@ -120,18 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
         },
     )
-    m = pipe.task.metric
+    metric_name = pipe.task.metric
     print(
-        f"| model | {m} | loss | lat. b=1 ms | lat. b=8 ms | ex/s b={args.tp_batch} "
+        f"| model | {metric_name} | loss | lat. b=1 ms | lat. b=8 ms | ex/s b={args.tp_batch} "
         "| b=1 speedup | b=8 speedup | tput speedup |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    for row in rows:
         print(
-            f"| {r['model']} | {r['metric']:.2f} | {r['accuracy_loss']:.2f} | "
-            f"{r['latency_b1_ms']:.2f} | {r['latency_b8_ms']:.2f} | {r['throughput']:.1f} | "
-            f"{r['latency_b1_speedup']:.2f}x | {r['latency_b8_speedup']:.2f}x | "
-            f"{r['throughput_speedup']:.2f}x |"
+            f"| {row['model']} | {row['metric']:.2f} | {row['accuracy_loss']:.2f} | "
+            f"{row['latency_b1_ms']:.2f} | {row['latency_b8_ms']:.2f} | {row['throughput']:.1f} | "
+            f"{row['latency_b1_speedup']:.2f}x | {row['latency_b8_speedup']:.2f}x | "
+            f"{row['throughput_speedup']:.2f}x |"
         )
     print(f"\n({where}; latency at {args.seq_len} tokens, throughput at {args.tp_seq_len})")
     return 0
