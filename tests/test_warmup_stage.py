@@ -167,3 +167,15 @@ def test_warmup_command_builds_then_hits(tiny_checkpoint, tmp_path):
     assert second.returncode == 0 and second.stdout.count("hit") == 2
     bad = subprocess.run([*cmd[:5], "1"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "N >= 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_baseline_shorter_than_mux_finetune_is_warned(tiny_checkpoint, tmp_path, caplog):
+    """A baseline fine-tuned for fewer steps than the N > 1 model understates its loss: warned."""
+    short = replace(RECIPE, finetune_steps=1, mux_finetune_steps=2, mux_warmup_steps=0)
+    with caplog.at_level("WARNING", logger="autoprumux"):
+        pipe(tiny_checkpoint, tmp_path, recipe=short).mux_model(2)
+    assert "finetune_steps=1" in caplog.text and "mux_finetune_steps=2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="autoprumux"):
+        pipe(tiny_checkpoint, tmp_path, recipe=replace(short, finetune_steps=2)).mux_model(2)
+    assert "understated" not in caplog.text
