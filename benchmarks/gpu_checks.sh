@@ -9,7 +9,9 @@
 #   students issue 4: Academus students' latency and throughput (~1 min)
 #   grid     issue 2: PruMUX sparsity x N grid, throughput on CUDA (~3 min)
 #   mux      issue 6: 10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
-#   mux10    issue 6: N=2 with a 10x task fine-tune (10000 steps on 32,000 examples) (~4 min)
+#   mux10    issue 6: N=2 with a 10x task fine-tune (10000 steps on 32,000 examples) (~6 min)
+# The baseline (N=1) is fine-tuned for as many steps as N > 1 in every mux run, so gaps compare
+# like with like (BENCHMARKS.md, issue 6, third session of 2026-11-26).
 # Uses the machine's own python3 (torch, transformers); our other dependencies are not imported
 # by these benchmarks. Each part has its own time limit, so one that fails or runs long does not
 # take the rest with it; the mux runs write their JSON after every row. Timings come from parts
@@ -47,16 +49,16 @@ for part in $parts; do
   mux)
     t=$(cap 400)
     timeout "$t" python3 $mw --device cuda --task sst2 --mux 2 4 --steps 4000 \
-      --recipe mux_finetune_steps=2500 max_train_examples=32000 --cache-dir /tmp/cache-a \
+      --recipe finetune_steps=2500 mux_finetune_steps=2500 max_train_examples=32000 --cache-dir /tmp/cache-a \
       --out "$out/mux_warmup_sst2_gpu_w4000_ft2500.json" >"$out/mux_a.log" 2>&1 &
     timeout "$t" python3 $mw --device cuda --task sst2 --mux 2 4 --steps 4000 \
-      --recipe mux_finetune_steps=10000 finetune_steps=2000 max_train_examples=none \
+      --recipe mux_finetune_steps=10000 finetune_steps=10000 max_train_examples=none \
       --cache-dir /tmp/cache-b --out "$out/mux_warmup_sst2_gpu_w4000_ft10000_full.json" \
       >"$out/mux_b.log" 2>&1 &
     wait ;;
   mux10)
-    timeout "$(cap 300)" python3 $mw --device cuda --task sst2 --mux 2 --steps 2000 \
-      --recipe mux_finetune_steps=10000 max_train_examples=32000 --cache-dir /tmp/cache-c \
+    timeout "$(cap 420)" python3 $mw --device cuda --task sst2 --mux 2 --steps 2000 \
+      --recipe finetune_steps=10000 mux_finetune_steps=10000 max_train_examples=32000 --cache-dir /tmp/cache-c \
       --out "$out/mux_warmup_sst2_gpu_w2000_ft10000.json" >"$out/mux10.log" 2>&1 ;;
   *)
     echo "unknown part $part (l2l students grid mux mux10)"; exit 2 ;;
