@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+                save()  # a run stopped before its first N > 1 row keeps the baseline
                 t_row = time.time()
             _, warm = pipe.mux_warmup(n)
             metric = pipe.dev_metrics(pipe.mux_model(n))["metric"]
