@@ -17,7 +17,6 @@ Prints a markdown table; JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import write_json
 
 from autoprumux.pipeline import PruMuxPipeline, Recipe
 from autoprumux.serving import (
@@ -205,45 +205,42 @@ def main(argv: list[str] | None = None) -> int:
         f"profiled capacity k={big} {cap_big:.1f} ex/s, k=1 {cap_one:.1f} ex/s)"
     )
     out = Path(args.out or f"benchmarks/results/burst_replay_{args.task}_cpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "task": args.task,
-                "model": pipe.base.model_id,
-                "students": big,
-                "depth": args.depth,
-                "baseline_metric": base,
-                "operating_points": {k: p.to_dict() for k, p in points.items()},
-                "schedule": {
-                    "phases": [
-                        {"name": p.name, "rps": p.requests_per_second, "seconds": p.duration_s}
-                        for p in sched.phases
-                    ],
-                    "texts_per_request": tpr,
-                    "request_timeout_s": args.timeout_s,
-                },
-                "serving": {
-                    "max_batch": args.max_batch,
-                    "max_wait_ms": args.max_wait_ms,
-                    "slo_ms": slo_ms,
-                    "hold_s": args.hold_s,
-                },
-                "machine": {
-                    "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__,
-                },
-                "seconds": {"build": t_built - t_start, "total": time.time() - t_start},
-                "runs": [
-                    {"mode": r["mode"], "report": r["report"].to_dict(), "server": r["server"]}
-                    for r in runs
+    write_json(
+        out,
+        {
+            "task": args.task,
+            "model": pipe.base.model_id,
+            "students": big,
+            "depth": args.depth,
+            "baseline_metric": base,
+            "operating_points": {k: p.to_dict() for k, p in points.items()},
+            "schedule": {
+                "phases": [
+                    {"name": p.name, "rps": p.requests_per_second, "seconds": p.duration_s}
+                    for p in sched.phases
                 ],
-                "table": markdown,
+                "texts_per_request": tpr,
+                "request_timeout_s": args.timeout_s,
             },
-            indent=2,
-        )
+            "serving": {
+                "max_batch": args.max_batch,
+                "max_wait_ms": args.max_wait_ms,
+                "slo_ms": slo_ms,
+                "hold_s": args.hold_s,
+            },
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            },
+            "seconds": {"build": t_built - t_start, "total": time.time() - t_start},
+            "runs": [
+                {"mode": r["mode"], "report": r["report"].to_dict(), "server": r["server"]}
+                for r in runs
+            ],
+            "table": markdown,
+        },
     )
     print(f"wrote {out}", file=sys.stderr)
     return 0

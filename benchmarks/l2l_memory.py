@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _results import write_json
 
 from autoprumux.models import Encoder, EncoderConfig, MuxSequenceClassifier
 from autoprumux.training import L2LExecutor, TrainConfig
@@ -282,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"depth {depth}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(table(rows, device.type == "cuda"))
     out = Path(args.out or f"benchmarks/results/l2l_memory_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "args": vars(args),
         "torch": torch.__version__,
@@ -292,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    write_json(out, {"meta": meta, "rows": rows})
     print(f"wrote {out}")
     return 0
 

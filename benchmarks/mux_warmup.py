@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(
         args.out or f"benchmarks/results/mux_warmup_{args.task}_{args.variant}_{args.device}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     where = machine(args.device)
 
     def save() -> None:  # after every row, so a run stopped at a time limit keeps what it measured

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from _results import write_json
 
 from autoprumux.search._guided import Measured, propose
 from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
@@ -243,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     ov = overhead(args.study_storage) if args.study_storage else None
     out = Path(args.out or f"benchmarks/results/search_regret_{args.grid.stem}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"grid": str(args.grid), "results": results, "overhead": ov}, indent=2)
-    )
+    write_json(out, {"grid": str(args.grid), "results": results, "overhead": ov})
     print(f"grid {args.grid} ({len(rows)} points), {args.seeds} seeds\n")
     print("| budget | evals | strategy | evals used | mean regret | max regret | violations |")
     print("|---|---|---|---|---|---|---|")
