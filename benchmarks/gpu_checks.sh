@@ -9,7 +9,10 @@
 #   students issue 4: Academus students' latency and throughput (~1 min)
 #   grid     issue 2: PruMUX sparsity x N grid, throughput on CUDA (~3 min)
 #   mux      issue 6: 10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
-#   mux10    issue 6: N=2 with a 10x task fine-tune (10000 steps on 32,000 examples) (~6 min)
+#   mux10    issue 6: N=2 with a long task fine-tune, $MUX10_STEPS steps (default 10000) on
+#            $MUX10_EXAMPLES training examples (default 32000; `none` = all 67,349) (~6 min)
+# PARTs joined by '+' run side by side on the GPU (e.g. `grid l2l+mux10`): use it only where the
+# seconds of the joined parts are not reported (l2l's memory figures are per process).
 # The baseline (N=1) is fine-tuned for as many steps as N > 1 in every mux run, so gaps compare
 # like with like (BENCHMARKS.md, issue 6, third session of 2026-11-26).
 # Uses the machine's own python3 (torch, transformers); our other dependencies are not imported
@@ -31,9 +34,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREAD
 nvidia-smi -L
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 mw=benchmarks/mux_warmup.py
+m10s=${MUX10_STEPS:-10000} m10x=${MUX10_EXAMPLES:-32000}
 
-for part in $parts; do
-  if [ "$(left)" -lt 30 ]; then echo "$part: skipped, $(left) s left"; continue; fi
+run_part() {  # one PART, within what is left of the budget
+  local part=$1 t
   case $part in
   l2l)
     timeout "$(cap 120)" python3 benchmarks/l2l_memory.py --device cuda --width 768 --heads 12 \
@@ -58,11 +62,17 @@ for part in $parts; do
     wait ;;
   mux10)
     timeout "$(cap 420)" python3 $mw --device cuda --task sst2 --mux 2 --steps 2000 \
-      --recipe finetune_steps=10000 mux_finetune_steps=10000 max_train_examples=32000 --cache-dir /tmp/cache-c \
-      --out "$out/mux_warmup_sst2_gpu_w2000_ft10000.json" >"$out/mux10.log" 2>&1 ;;
+      --recipe finetune_steps=$m10s mux_finetune_steps=$m10s max_train_examples=$m10x \
+      --cache-dir /tmp/cache-c --out "$out/mux_warmup_sst2_gpu_w2000_ft${m10s}_$m10x.json" >"$out/mux10.log" 2>&1 ;;
   *)
-    echo "unknown part $part (l2l students grid mux mux10)"; exit 2 ;;
+    echo "unknown part $part (l2l students grid mux mux10)"; return 2 ;;
   esac
-  echo "$part rc=$? ($(left) s left)"
-  tail -n 14 "$out/$part"*.log 2>/dev/null
+}
+
+for group in $parts; do
+  if [ "$(left)" -lt 30 ]; then echo "$group: skipped, $(left) s left"; continue; fi
+  for part in ${group//+/ }; do
+    ( run_part "$part"; echo "$part rc=$? ($(left) s left)"; tail -n 14 "$out/$part"*.log 2>/dev/null ) &
+  done
+  wait
 done
