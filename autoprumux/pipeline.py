@@ -331,6 +331,7 @@ class PruMuxPipeline:
         self._warmup_items: list[Encoded] | None = None
         self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
+        self._warned_short_baseline = False
 
     # ---- cache keys --------------------------------------------------------------------------
     def _key(self, **extra: object) -> dict:
@@ -566,13 +567,13 @@ class PruMuxPipeline:
             return self.baseline()
         teacher = self.baseline()
         r = self.recipe
-        if r.finetune_steps < r.mux_finetune_steps:
+        if r.finetune_steps < r.mux_finetune_steps and not self._warned_short_baseline:
+            self._warned_short_baseline = True  # once per pipeline: a search asks per trial
             log.warning(
-                "the baseline's fine-tune (finetune_steps=%d) is shorter than the N=%d model's "
-                "(mux_finetune_steps=%d): its accuracy loss is understated against a baseline "
+                "the baseline's fine-tune (finetune_steps=%d) is shorter than the N > 1 models' "
+                "(mux_finetune_steps=%d): their accuracy loss is understated against a baseline "
                 "trained as long; give the baseline at least as many steps",
                 r.finetune_steps,
-                n,
                 r.mux_finetune_steps,
             )
         warm_key = key_hash(self._warmup_key(n)) if r.mux_warmup_steps else None

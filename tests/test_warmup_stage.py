@@ -172,9 +172,12 @@ def test_warmup_command_builds_then_hits(tiny_checkpoint, tmp_path):
 def test_baseline_shorter_than_mux_finetune_is_warned(tiny_checkpoint, tmp_path, caplog):
     """A baseline fine-tuned for fewer steps than the N > 1 model understates its loss: warned."""
     short = replace(RECIPE, finetune_steps=1, mux_finetune_steps=2, mux_warmup_steps=0)
+    p = pipe(tiny_checkpoint, tmp_path, recipe=short)
     with caplog.at_level("WARNING", logger="autoprumux"):
-        pipe(tiny_checkpoint, tmp_path, recipe=short).mux_model(2)
+        p.mux_model(2)
+        p.mux_model(2)  # cached now; a search asks once per trial: warned once per pipeline
     assert "finetune_steps=1" in caplog.text and "mux_finetune_steps=2" in caplog.text
+    assert caplog.text.count("understated") == 1
     caplog.clear()
     with caplog.at_level("WARNING", logger="autoprumux"):
         pipe(tiny_checkpoint, tmp_path, recipe=replace(short, finetune_steps=2)).mux_model(2)

@@ -11,7 +11,7 @@ retrieval head are trained; the task head is untouched.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,7 +54,6 @@ def retrieval_warmup(
     model.to(device).train()
     opt, sched = make_optimizer(model, cfg)
     it = infinite_batches(sentences, cfg.batch_size, seed=cfg.seed)
-    tail = max(1, cfg.steps // 10)
     losses: list[float] = []
     accs: list[float] = []
     hid: list[float] = []
@@ -89,30 +88,30 @@ def retrieval_warmup(
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
     bar.close()
     model.eval()
+    series = {"retrieval_loss": losses, "retrieval_accuracy": accs}
+    if hid:
+        series["hidden_distill_loss"] = hid
+    curve = _curve(series)
+    # the summary is the curve's last segment: the mean over the last tenth of the run
+    last = curve[-1] if curve else dict.fromkeys(series, float("nan"))
     return {
-        "curve": _curve(losses, accs),
+        "curve": curve,
         "steps": float(cfg.steps),
         "seconds": time.perf_counter() - t0,
-        "retrieval_loss": sum(losses[-tail:]) / len(losses[-tail:]) if losses else float("nan"),
-        "retrieval_accuracy": sum(accs[-tail:]) / len(accs[-tail:]) if accs else float("nan"),
-        **({"hidden_distill_loss": sum(hid[-tail:]) / len(hid[-tail:])} if hid else {}),
+        **{k: v for k, v in last.items() if k != "step"},
     }
 
 
-def _curve(losses: Sequence[float], accs: Sequence[float]) -> list[dict[str, float]]:
-    """Training-batch retrieval loss and accuracy averaged over each tenth of the run (fewer
+def _curve(series: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """Each training-batch series (equal lengths) averaged over each tenth of the run (fewer
     segments for runs under 10 steps); `step` is the segment's last step."""
-    n = len(accs)
+    n = min((len(v) for v in series.values()), default=0)
     bounds = sorted({round(n * i / 10) for i in range(1, 11)} - {0})
     out, lo = [], 0
     for hi in bounds:
-        out.append(
-            {
-                "step": float(hi),
-                "retrieval_loss": sum(losses[lo:hi]) / (hi - lo),
-                "retrieval_accuracy": sum(accs[lo:hi]) / (hi - lo),
-            }
-        )
+        point = {"step": float(hi)}
+        point.update({k: sum(v[lo:hi]) / (hi - lo) for k, v in series.items()})
+        out.append(point)
         lo = hi
     return out
 
