@@ -271,10 +271,11 @@ def _add_search_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--warmup-corpus", default="shared")
     p.add_argument(
-        "--prune-above",
+        "--prune-margin",
         type=float,
-        default=15.0,
-        help="stop a trial whose intermediate accuracy loss exceeds this many points",
+        default=5.0,
+        help="stop a trial whose accuracy loss after a pruning stage (never the last) exceeds "
+        "the budget by more than this many points (default: 5)",
     )
     p.add_argument(
         "--heartbeat",
@@ -459,7 +460,7 @@ def _search_settings(args: argparse.Namespace, space, trials: int):
             repeats=args.tp_repeats,
             device=args.device,
         ),
-        prune_above=args.prune_above,
+        prune_margin=args.prune_margin,
         heartbeat=args.heartbeat,
     )
 

@@ -57,6 +57,9 @@ from autoprumux.training import (
 
 log = logging.getLogger("autoprumux")
 
+# seeded orders of the dev set a multiplexed model is scored on (see `dev_metrics`)
+DEV_PAIRINGS = 5
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -331,6 +334,7 @@ class PruMuxPipeline:
         self._warmup_items: list[Encoded] | None = None
         self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
+        self._mux_metrics: dict[int, dict[str, float]] = {}
         self._warned_short_baseline = False
 
     # ---- cache keys --------------------------------------------------------------------------
@@ -609,13 +613,14 @@ class PruMuxPipeline:
         sparsity: float,
         *,
         desc: str = "",
-        on_stage: Callable[[int, MuxSequenceClassifier], None] | None = None,
+        on_stage: Callable[[int, float], None] | None = None,
     ) -> dict:
         """Prune `model` in place to `sparsity` in `prune_stages` steps, each followed by recovery
         fine-tuning with distillation from the baseline. Returns per-stage stats.
 
-        `on_stage(stage, model)` is called after each stage's recovery (e.g. to report an
-        intermediate accuracy to a search pruner; it may raise to abandon the candidate)."""
+        Each stage's dev metric is recorded in its stats; `on_stage(stage, metric)` is called
+        with it after the stage's recovery (e.g. to report an intermediate accuracy to a search
+        pruner; it may raise to abandon the candidate)."""
         r = self.recipe
         teacher = self.baseline()
         stats: list[dict] = []
@@ -667,10 +672,11 @@ class PruMuxPipeline:
                     "heads": list(model.encoder.config.heads),
                     "ffn": list(model.encoder.config.ffn),
                     "train": tr,
+                    "dev_metric": self.dev_metrics(model)["metric"],
                 }
             )
             if on_stage is not None:
-                on_stage(stage, model)
+                on_stage(stage, stats[-1]["dev_metric"])
         return {"stages": stats}
 
     def candidate(
@@ -678,12 +684,17 @@ class PruMuxPipeline:
         sparsity: float,
         n: int,
         *,
-        on_stage: Callable[[int, MuxSequenceClassifier], None] | None = None,
+        on_stage: Callable[[int, float], None] | None = None,
     ) -> MuxSequenceClassifier:
         """The pruned (and, for N > 1, multiplexed) candidate, built or taken from the cache.
-        `on_stage` is passed to `prune` (not called on a cache hit)."""
+        `on_stage(stage, dev metric)` is called for stage 0 (the unpruned model, N > 1 only) and
+        after each pruning stage, the same way on a cache hit (the stages' metrics are recorded
+        with the entry), so a search stops or keeps a configuration whether it was cached or
+        not."""
         sparsity, n = validate_candidate(sparsity, n)
         self.check_lengths(n)
+        if n > 1 and on_stage is not None:
+            on_stage(0, self.mux_metrics(n)["metric"])
         if sparsity == 0.0:
             return self.mux_model(n)
         r = self.recipe
@@ -708,7 +719,16 @@ class PruMuxPipeline:
 
         entry, hit = self.cache.get_or_build("candidate", key, build)
         log.info("candidate s=%g N=%d %s (%s)", sparsity, n, "cache hit" if hit else "built", entry)
-        return self._load(entry, r.freeze_word_embeddings)
+        model = self._load(entry, r.freeze_word_embeddings)
+        if hit and on_stage is not None:
+            stages = self.cache.meta(entry).get("stages", [])
+            for stage, st in enumerate(stages, start=1):
+                metric = st.get("dev_metric")
+                if metric is None:  # an entry written before stage metrics were recorded
+                    metric = self.dev_metrics(model)["metric"] if stage == len(stages) else None
+                if metric is not None:
+                    on_stage(stage, float(metric))
+        return model
 
     # ---- Academus students --------------------------------------------------------------------
     def students(self, k: int, depth: int) -> StudentEnsemble:
@@ -770,8 +790,57 @@ class PruMuxPipeline:
 
     # ---- measurement -------------------------------------------------------------------------
     def dev_metrics(self, model: AnyModel) -> dict[str, float]:
-        logits = predict(model, self.dev_items, batch_size=64, device=self.device)
-        return task_metrics(self.task.metric, logits, [x.label for x in self.dev_items])
+        """Dev metrics in points. A multiplexed model (N > 1) mixes the examples of each group
+        of N, so its predictions depend on which examples share a group: its metrics are the
+        mean over `DEV_PAIRINGS` seeded shufflings of the dev set, with `metric_std` their spread
+        (0 for N=1, whose predictions do not depend on the order)."""
+        gold = [x.label for x in self.dev_items]
+        n = getattr(model, "n", 1)
+        if n == 1:
+            logits = predict(model, self.dev_items, batch_size=64, device=self.device)
+            return {**task_metrics(self.task.metric, logits, gold), "metric_std": 0.0}
+        runs = []
+        for seed in range(DEV_PAIRINGS):
+            order = torch.randperm(len(self.dev_items), generator=torch.Generator().manual_seed(seed))
+            logits = predict(
+                model, [self.dev_items[i] for i in order], batch_size=64, device=self.device
+            )
+            restored = torch.empty_like(logits)
+            restored[order] = logits
+            runs.append(task_metrics(self.task.metric, restored, gold))
+        out = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+        out["metric_std"] = float(torch.tensor([r["metric"] for r in runs]).std().item())
+        return out
+
+    def mux_metrics(self, n: int) -> dict[str, float]:
+        """Dev metrics of the unpruned N-way model (computed once per pipeline and N)."""
+        if n not in self._mux_metrics:
+            self._mux_metrics[n] = self.dev_metrics(self.mux_model(n))
+        return self._mux_metrics[n]
+
+    @property
+    def model_id(self) -> str:
+        return self.base.model_id
+
+    @property
+    def dev_size(self) -> int:
+        return len(self.dev_items)
+
+    def descriptors(self) -> dict[str, float]:
+        """What the meta-model knows of the task, the base model and the device."""
+        from autoprumux.models import Encoder
+
+        cfg = self.base.config
+        return {
+            "task_num_labels": self.task.num_labels,
+            "task_pair": int(self.task.pair),
+            "task_mcc": int(self.task.metric == "mcc"),
+            "task_log_train": round(math.log(max(1, len(self.data.train))), 6),
+            "model_layers": len(cfg.heads),
+            "model_hidden": cfg.hidden_size,
+            "model_log_params": round(math.log(Encoder(cfg).prunable_parameters()), 6),
+            "device_cuda": int(str(self.device).startswith("cuda")),
+        }
 
     def throughput_batch(self, cfg: ThroughputConfig) -> dict[str, torch.Tensor]:
         b = collate(self.dev_items[: cfg.batch_size], pad_to=cfg.seq_len)
@@ -846,7 +915,7 @@ class PruMuxPipeline:
         n: int,
         *,
         throughput: ThroughputConfig | None = None,
-        on_stage: Callable[[int, MuxSequenceClassifier], None] | None = None,
+        on_stage: Callable[[int, float], None] | None = None,
     ) -> Evaluation:
         sparsity, n = validate_candidate(sparsity, n)
         tp = throughput or ThroughputConfig(device=str(self.device))

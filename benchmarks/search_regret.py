@@ -1,173 +1,195 @@
-"""Issue 3 benchmark: how good are the recommendations for a given number of evaluated trials?
+"""Regret of what a user gets from `autoprumux search` then `autoprumux recommend`, replayed
+on a measured reference grid.
 
     python benchmarks/search_regret.py --grid benchmarks/results/reference_grid_sst2_cpu.json \
-        --budgets 0.5 1 2 3 5 --evals 6 10 --seeds 5 [--study-storage sqlite:///autoprumux.db]
+        --budgets 0.5 1 2 3 5 10 --trials 8 --samplers guided tpe random --seeds 3
 
-The reference grid (measured by benchmarks/reference_grid.py: every sparsity x N) is the ground
-truth. For each budget and number of evaluations k, each strategy sees k grid points:
-  tpe      Optuna TPE with the budget as constraint, best feasible trial after k trials
-  random   Optuna random search, best feasible trial
-  grid     a coarse grid of k points spread over the space, best feasible point
-  meta     the LightGBM meta-model trained on the k random-search points, recommending over
-           the whole grid (it may pick a point it never evaluated)
-  meta-tpe the same meta-model trained on the k points TPE chose (what `autoprumux search`
-           followed by `autoprumux recommend` does)
-  guided   the budget-guided sampler (`autoprumux search --sampler guided`): dominance, bisection,
-           then constrained expected improvement on the meta-model; best feasible trial. It stops
-           early when no open point can beat its best trial, so it may use fewer than k
-  meta-guided  the meta-model trained on the guided points, recommending over the whole grid
-Regret = 1 - (true speedup of the choice) / (best feasible speedup in the full grid); a violation
-is a choice whose measured loss exceeds the budget. Also: the meta-model's error on the grid
-points it did not see, and (with --study-storage) the Optuna + MLflow overhead per trial of a real
-search. Prints markdown; JSON to benchmarks/results/.
+For every budget, sampler and seed this runs the real search service: `Searcher` over the CLI's
+own search space (`--space`, default search_spaces/prumux.yaml: sparsity 0 to 0.95 in steps of
+0.05 x N in {1, 2, 4}), a real SQLite Optuna study, a real MLflow store, early stopping with
+the CLI's default margin, and `--trials` trials (pruned and failed trials count). Only a trial's
+evaluation is replayed: instead of training, it answers with the grid's measured loss and
+speedup (linearly interpolated in sparsity between the grid's measured points for the space's
+points in between; the unpruned N-way model's loss is reported at step 0, as the real pipeline
+does, so hopeless trials are pruned as they would be). Then `recommend()`, the function the CLI
+and the served model call, answers the budget from the study.
+
+Regret = 1 - (grid speedup of the answer) / (best grid speedup within the budget over the whole
+space, the baseline's 1.00x included); a violation is an answer whose grid loss exceeds the
+budget. Prints markdown; JSON to benchmarks/results/search_regret_<grid>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
-import math
+import logging
 import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import optuna
-from _results import write_json
+from _results import machine, write_json
 
-from autoprumux.search._guided import Measured, propose
-from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
+from autoprumux.evaluation import ThroughputConfig
+from autoprumux.pipeline import Evaluation, Measured
+from autoprumux.search import SearchSettings, SearchSpace, Searcher, recommend
+from autoprumux.search._meta import is_baseline
 
 
-def load_grid(path: Path) -> tuple[list[dict], dict]:
-    d = json.loads(path.read_text())
-    rows = [
-        {
-            "sparsity": round(float(r["target_sparsity"]), 4),
-            "mux": int(r["n"]),
-            "loss": float(r["accuracy_loss"]),
-            "speedup": float(r["speedup"]),
+class GridTable:
+    """The reference grid's measured (loss, speedup) per (sparsity, N), interpolated linearly in
+    sparsity between measured points of the same N."""
+
+    def __init__(self, path: Path):
+        d = json.loads(path.read_text())
+        self.task: str = d["task"]
+        self.device: str = str(d.get("device", "cpu"))
+        self.baseline_metric = float(d["baseline"]["metric"])
+        self.rows: dict[int, list[tuple[float, float, float]]] = {}
+        for r in d["rows"]:
+            self.rows.setdefault(int(r["n"]), []).append(
+                (float(r["target_sparsity"]), float(r["accuracy_loss"]), float(r["speedup"]))
+            )
+        for pts in self.rows.values():
+            pts.sort()
+
+    def covers(self, sparsity: float, n: int) -> bool:
+        pts = self.rows.get(n)
+        return bool(pts) and pts[0][0] - 1e-9 <= sparsity <= pts[-1][0] + 1e-9
+
+    def at(self, sparsity: float, n: int) -> tuple[float, float]:
+        """(accuracy loss, speedup); the baseline is loss 0, 1.00x by definition."""
+        if n == 1 and sparsity == 0.0:
+            return 0.0, 1.0
+        pts = self.rows[n]
+        xs = [p[0] for p in pts]
+        j = bisect.bisect_left(xs, sparsity - 1e-9)
+        if j < len(xs) and abs(xs[j] - sparsity) < 1e-9:
+            return pts[j][1], pts[j][2]
+        lo, hi = pts[j - 1], pts[j]
+        w = (sparsity - lo[0]) / (hi[0] - lo[0])
+        return lo[1] + w * (hi[1] - lo[1]), lo[2] * (hi[2] / lo[2]) ** w
+
+
+class ReplayEvaluator:
+    """A trial evaluator (see `autoprumux.search.TrialEvaluator`) that answers from the grid."""
+
+    def __init__(self, table: GridTable, dev_size: int, train_size: int, prune_stages: int):
+        self.table = table
+        self.model_id = "replay-all-MiniLM-L6-v2"
+        self.dev_size = dev_size
+        self.train_size = train_size
+        self.prune_stages = prune_stages
+
+    def descriptors(self) -> dict[str, float]:
+        import math
+
+        task = self.table.task
+        return {
+            "task_num_labels": 2,
+            "task_pair": int(task in ("mrpc", "qnli")),
+            "task_mcc": int(task == "cola"),
+            "task_log_train": round(math.log(self.train_size), 6),
+            "model_layers": 6,
+            "model_hidden": 384,
+            "model_log_params": round(math.log(1.78e7), 6),
+            "device_cuda": int(self.table.device.startswith("cuda")),
         }
-        for r in d["rows"]
-    ]
-    task = d["task"]
-    ctx = dict.fromkeys(CONTEXT_KEYS, 0.0)
-    ctx.update(
-        task_num_labels=3 if task == "qnli_" else 2,
-        task_pair=int(task in ("mrpc", "qnli")),
-        task_mcc=int(task == "cola"),
-        task_log_train=math.log(8000),
-        model_layers=6,
-        model_hidden=384,
-        model_log_params=math.log(1.78e7),
-        device_cuda=int(str(d.get("device", "cpu")).startswith("cuda")),
-        baseline_metric=float(d["baseline"]["metric"]),
-    )
-    return rows, ctx
 
-
-def complete_rectangle(rows: list[dict]) -> tuple[list[dict], int]:
-    """The points whose sparsity was measured for every N (the samplers search the product of
-    sparsities and N), and how many were left out."""
-    ns = {r["mux"] for r in rows}
-    by_s: dict[float, set[int]] = {}
-    for r in rows:
-        by_s.setdefault(r["sparsity"], set()).add(r["mux"])
-    keep = [r for r in rows if by_s[r["sparsity"]] == ns]
-    return keep, len(rows) - len(keep)
-
-
-def best_feasible(rows: list[dict], budget: float) -> dict | None:
-    ok = [r for r in rows if r["loss"] <= budget]
-    return max(ok, key=lambda r: r["speedup"]) if ok else None
-
-
-def optuna_pick(rows: list[dict], k: int, budget: float, seed: int, kind: str) -> list[dict]:
-    sp = sorted({r["sparsity"] for r in rows})
-    ns = sorted({r["mux"] for r in rows})
-    table = {(r["sparsity"], r["mux"]): r for r in rows}
-    if kind == "tpe":
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=min(5, k)
-        )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    seen = []
-    for _ in range(k):
-        t = study.ask()
-        r = table[(t.suggest_categorical("sparsity", sp), t.suggest_categorical("mux", ns))]
-        t.set_constraint("loss", r["loss"] - budget)
-        study.tell(t, r["speedup"])
-        seen.append(r)
-    return seen
-
-
-def guided_pick(rows: list[dict], k: int, budget: float) -> list[dict]:
-    cands = [{"sparsity": r["sparsity"], "mux": r["mux"]} for r in rows]
-    seen: list[tuple[dict, dict]] = []
-    for _ in range(k):
-        i = propose(cands, [Measured(c, r["loss"], r["speedup"]) for c, r in seen], budget)
-        if i is None:
-            break
-        seen.append((cands[i], rows[i]))
-    return [r for _, r in seen]
-
-
-def coarse_grid(rows: list[dict], k: int) -> list[dict]:
-    ns = sorted({r["mux"] for r in rows})
-    sp = sorted({r["sparsity"] for r in rows})
-    per_n = max(1, k // len(ns))
-    idx = np.unique(np.linspace(0, len(sp) - 1, per_n).round().astype(int))
-    pts = [r for r in rows if r["mux"] in ns and r["sparsity"] in {sp[i] for i in idx}]
-    return pts[:k]
-
-
-def meta_pick(
-    seen: list[dict], rows: list[dict], ctx: dict, budget: float
-) -> tuple[dict, dict[str, float]]:
-    X = np.array([features(r, ctx) for r in seen])
-    y = np.array([[r["loss"], r["speedup"]] for r in seen])
-    m = MetaModel().fit(X, y)
-    Xall = np.array([features(r, ctx) for r in rows])
-    pred = m.predict(Xall)
-    _, hi = m.predict_interval(Xall)
-    measured = {(r["sparsity"], r["mux"]): r for r in seen}
-    best, best_s = None, -1.0
-    for i, r in enumerate(rows):
-        meas = measured.get((r["sparsity"], r["mux"]))
-        if r["sparsity"] == 0 and r["mux"] == 1:
-            ok, s = True, (meas["speedup"] if meas else 1.0)
-        elif meas is not None:
-            ok, s = meas["loss"] <= budget, meas["speedup"]
-        else:
-            ok, s = hi[i, 0] <= budget, pred[i, 1]
-        if ok and s > best_s:
-            best, best_s = r, s
-    unseen = [i for i, r in enumerate(rows) if (r["sparsity"], r["mux"]) not in measured]
-    err = {
-        "loss_mae": float(np.mean([abs(pred[i, 0] - rows[i]["loss"]) for i in unseen]))
-        if unseen
-        else 0.0,
-        "speedup_mape": float(np.mean([abs(pred[i, 1] / rows[i]["speedup"] - 1) for i in unseen]))
-        if unseen
-        else 0.0,
-    }
-    assert best is not None
-    return best, err
-
-
-def overhead(storage: str) -> dict | None:
-    fr = []
-    for s in optuna.get_all_study_summaries(storage):
-        st = optuna.load_study(study_name=s.study_name, storage=storage)
-        for t in st.get_trials():
-            ua = t.user_attrs
-            if t.state.name == "COMPLETE" and ua.get("trial_seconds"):
-                fr.append(ua["tracking_overhead_seconds"] / ua["trial_seconds"])
-    if not fr:
+    def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None:
         return None
-    return {"trials": len(fr), "median": statistics.median(fr), "max": max(fr)}
+
+    def baseline_metrics(self) -> dict[str, float]:
+        m = self.table.baseline_metric
+        return {"metric": m, "accuracy": m}
+
+    def evaluate(
+        self,
+        sparsity: float,
+        n: int,
+        *,
+        throughput: ThroughputConfig | None = None,
+        on_stage: Any = None,
+    ) -> Evaluation:
+        base = self.table.baseline_metric
+        if on_stage is not None and n > 1:
+            on_stage(0, base - self.table.at(0.0, n)[0])
+        loss, speed = self.table.at(sparsity, n)
+        if on_stage is not None and sparsity > 0:
+            on_stage(self.prune_stages, base - loss)
+        return self._evaluation(sparsity, n, loss, speed, throughput)
+
+    def evaluate_students(self, k: int, depth: int, *, throughput: Any = None) -> Evaluation:
+        raise RuntimeError("the reference grids hold no students")
+
+    def _evaluation(
+        self, sparsity: float, n: int, loss: float, speed: float, tp: ThroughputConfig | None
+    ) -> Evaluation:
+        base = self.table.baseline_metric
+
+        def measured(name: str, s: float, nn: int, metric: float, rate: float) -> Measured:
+            # replayed: throughput relative to the baseline's 1.0, FLOPs as their inverse
+            return Measured(name, s, nn, metric, metric, rate, 1.0 / rate, 0, 1.0 / rate)
+
+        return Evaluation(
+            task=self.table.task,
+            metric_name="accuracy",
+            device=self.table.device,
+            baseline=measured("baseline", 0.0, 1, base, 1.0),
+            candidate=measured(f"s={sparsity:g},N={n}", sparsity, n, base - loss, speed),
+            throughput_config=tp or ThroughputConfig(),
+        )
+
+
+def dataset_sizes(task: str, max_train: int) -> tuple[int, int]:
+    """(dev, train) sizes of the task as the pipeline loads them."""
+    from autoprumux.data import load_task
+
+    data = load_task(task, max_train_examples=max_train)
+    return len(data.dev), len(data.train)
+
+
+def run_one(
+    space: SearchSpace,
+    evaluator: ReplayEvaluator,
+    work: Path,
+    name: str,
+    sampler: str,
+    budget: float,
+    trials: int,
+    seed: int,
+) -> dict[str, Any]:
+    settings = SearchSettings(
+        space=space,
+        trials=trials,
+        storage=f"sqlite:///{work / 'optuna.db'}",
+        study_name=name,
+        tracking_uri=f"sqlite:///{work / 'mlflow.db'}",
+        budget=budget,
+        sampler=sampler,
+        seed=seed,
+        show_progress=False,
+    )
+    t0 = time.perf_counter()
+    searcher = Searcher(settings, evaluator=lambda variant: evaluator)
+    searcher.run()
+    seconds = time.perf_counter() - t0
+    states = [t.state.name for t in searcher.study.get_trials()]
+    rec = recommend(budget, storage=settings.storage, study=name)
+    loss, speed = evaluator.table.at(rec.sparsity, rec.mux)
+    return {
+        "answer": {"sparsity": rec.sparsity, "mux": rec.mux, "source": rec.source},
+        "grid_loss": loss,
+        "grid_speedup": speed,
+        "evaluations": len(states),
+        "pruned": states.count("PRUNED"),
+        "failed": states.count("FAIL"),
+        "search_seconds": seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,99 +197,105 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--grid", required=True, type=Path)
-    ap.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1, 2, 3, 5])
-    ap.add_argument("--evals", type=int, nargs="+", default=[6, 10])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--study-storage", default=None)
+    ap.add_argument("--space", type=Path, default=Path("search_spaces/prumux.yaml"))
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10])
+    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--samplers", nargs="+", default=["guided", "tpe", "random"])
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("autoprumux").setLevel(logging.ERROR)
+    logging.getLogger("autoprumux.search").setLevel(logging.ERROR)
 
-    rows, ctx = load_grid(args.grid)
-    rows, dropped = complete_rectangle(rows)
-    if dropped:
+    table = GridTable(args.grid)
+    space = SearchSpace.from_yaml(args.space).with_task(table.task)
+    grid = [c for c in space.grid() if c["technique"] == "prumux"]
+    outside = [c for c in grid if not table.covers(c["sparsity"], c["mux"])]
+    if outside:
         print(
-            f"note: {dropped} points left out so that every N has the same sparsities "
-            "(the grid is not complete yet)",
+            f"the space {args.space} has {len(outside)} configurations outside the grid "
+            f"{args.grid} (e.g. {outside[0]}); measure them or narrow the space",
             file=sys.stderr,
         )
+        return 2
+    dev, train = dataset_sizes(table.task, space.recipe.max_train_examples)
+    evaluator = ReplayEvaluator(table, dev, train, space.recipe.prune_stages)
+    truth_points = [(c["sparsity"], c["mux"], *table.at(c["sparsity"], c["mux"])) for c in grid]
+
     results = []
-    for budget in args.budgets:
-        truth = best_feasible(rows, budget)
-        assert truth is not None
-        for k in args.evals:
-            acc: dict[str, list] = {
-                s: []
-                for s in ("tpe", "random", "grid", "meta", "meta-tpe", "guided", "meta-guided")
-            }
-            errs = []
-            used: list[int] = []
-            for seed in range(args.seeds):
-                picks = {
-                    "tpe": optuna_pick(rows, k, budget, seed, "tpe"),
-                    "random": optuna_pick(rows, k, budget, seed, "random"),
-                    "grid": coarse_grid(rows, k),
-                    "guided": guided_pick(rows, k, budget),
-                }
-                used.append(len(picks["guided"]))
-                for name, seen in picks.items():
-                    b = best_feasible(seen, budget) or {"speedup": 1.0, "loss": 0.0}
-                    acc[name].append(b)
-                choice, err = meta_pick(picks["random"], rows, ctx, budget)
-                acc["meta"].append(choice)
-                errs.append(err)
-                acc["meta-tpe"].append(meta_pick(picks["tpe"], rows, ctx, budget)[0])
-                acc["meta-guided"].append(meta_pick(picks["guided"], rows, ctx, budget)[0])
-            for name, chosen in acc.items():
-                regrets = [1 - c["speedup"] / truth["speedup"] for c in chosen]
+    with tempfile.TemporaryDirectory(prefix="search-regret-") as d:
+        work = Path(d)
+        for budget in args.budgets:
+            best = max(sp for s, n, loss, sp in truth_points if loss <= budget)
+            for sampler in args.samplers:
+                seeds = 1 if sampler == "guided" else args.seeds  # guided is deterministic
+                runs = []
+                for seed in range(seeds):
+                    name = f"{sampler}-b{budget:g}-s{seed}"
+                    r = run_one(space, evaluator, work, name, sampler, budget, args.trials, seed)
+                    r["regret"] = 1.0 - r["grid_speedup"] / best
+                    r["violation"] = r["grid_loss"] > budget + 1e-9
+                    runs.append(r)
+                    print(
+                        f"budget {budget:g} {sampler} seed {seed}: answer "
+                        f"s={r['answer']['sparsity']:g} N={r['answer']['mux']} "
+                        f"({r['grid_speedup']:.2f}x, loss {r['grid_loss']:.2f}; best "
+                        f"{best:.2f}x) regret {r['regret']:.1%}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 results.append(
                     {
                         "budget": budget,
-                        "evals": k,
-                        "strategy": name,
-                        "regret_mean": statistics.mean(regrets),
-                        "regret_max": max(regrets),
-                        "violations": sum(c["loss"] > budget for c in chosen),
-                        "runs": len(chosen),
-                        "evals_used": statistics.mean(used) if "guided" in name else k,
-                        "best_speedup": truth["speedup"],
+                        "sampler": sampler,
+                        "trials": args.trials,
+                        "best_speedup": best,
+                        "regret_mean": statistics.mean(r["regret"] for r in runs),
+                        "regret_max": max(r["regret"] for r in runs),
+                        "violations": sum(r["violation"] for r in runs),
+                        "runs": runs,
                     }
                 )
-            results.append(
-                {
-                    "budget": budget,
-                    "evals": k,
-                    "strategy": "meta-error",
-                    "loss_mae": statistics.mean(e["loss_mae"] for e in errs),
-                    "speedup_mape": statistics.mean(e["speedup_mape"] for e in errs),
-                }
-            )
-    ov = overhead(args.study_storage) if args.study_storage else None
     out = Path(args.out or f"benchmarks/results/search_regret_{args.grid.stem}.json")
-    write_json(out, {"grid": str(args.grid), "results": results, "overhead": ov})
-    print(f"grid {args.grid} ({len(rows)} points), {args.seeds} seeds\n")
-    print("| budget | evals | strategy | evals used | mean regret | max regret | violations |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        if r["strategy"] == "meta-error":
-            continue
-        print(
-            f"| {r['budget']:g} | {r['evals']} | {r['strategy']} | {r['evals_used']:g} | "
-            f"{r['regret_mean']:.1%} | "
-            f"{r['regret_max']:.1%} | {r['violations']}/{r['runs']} |"
-        )
-    print("\n| budget | evals | meta-model loss MAE (pts) | speedup MAPE |\n|---|---|---|---|")
-    for r in results:
-        if r["strategy"] == "meta-error":
-            print(
-                f"| {r['budget']:g} | {r['evals']} | {r['loss_mae']:.2f} | {r['speedup_mape']:.1%} |"
-            )
-    if ov:
-        print(
-            f"\nOptuna + MLflow overhead: median {ov['median']:.2%}, max {ov['max']:.2%} of trial "
-            f"time over {ov['trials']} trials"
-        )
+    write_json(
+        out,
+        {
+            "grid": str(args.grid),
+            "space": str(args.space),
+            "candidates": len(grid),
+            "machine": machine(),
+            "command": "python benchmarks/search_regret.py " + " ".join(argv or sys.argv[1:]),
+            "results": results,
+        },
+    )
+    print(f"grid {args.grid} over the {len(grid)} configurations of {args.space}\n")
+    print(markdown(results))
     return 0
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| budget | sampler | best within budget | mean regret | max regret | violations | "
+        "trials (pruned) | answers |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        runs = r["runs"]
+        answers = sorted(
+            {
+                "baseline"
+                if is_baseline({"sparsity": x["answer"]["sparsity"], "mux": x["answer"]["mux"]})
+                else f"s={x['answer']['sparsity']:g} N={x['answer']['mux']}"
+                for x in runs
+            }
+        )
+        pruned = statistics.mean(x["pruned"] for x in runs)
+        lines.append(
+            f"| {r['budget']:g} | {r['sampler']} | {r['best_speedup']:.2f}x | "
+            f"{r['regret_mean']:.1%} | {r['regret_max']:.1%} | {r['violations']}/{len(runs)} | "
+            f"{r['trials']} ({pruned:g}) | {', '.join(answers)} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -182,7 +182,9 @@ def model_flops(model: AnyModel, batch_size: int, seq_len: int) -> float:
     t = seq_len + (n if n > 1 else 0)
     total = rows * _layer_flops(cfg, t)
     if n > 1:
-        total += rows * n * t * h  # mixing
+        # mixing: an element-wise product per instance (Gaussian), an H x H product (orthogonal)
+        per_token = 2 * h * h if model.mux_config.variant == "orthogonal" else h
+        total += rows * n * t * per_token
         # demux: the token half once per read position, the key half once per instance
         read = 1 if model.mux_config.pooling == "cls" else seq_len
         total += rows * read * 2 * h * h + batch_size * 2 * h * h

@@ -13,6 +13,7 @@ from autoprumux.search._space import ParamSpec, SearchSpace
 from autoprumux.search._study import (
     Searcher,
     SearchSettings,
+    TrialEvaluator,
     check_budget,
     default_storage,
     pareto_points,
@@ -27,6 +28,7 @@ __all__ = [
     "SearchSettings",
     "SearchSpace",
     "Searcher",
+    "TrialEvaluator",
     "build_recommender",
     "check_budget",
     "default_storage",

@@ -6,9 +6,14 @@ meta-model's monotone constraints encode): within one technique, a more aggressi
 (higher sparsity and N; fewer or shallower students) loses at least as much accuracy and runs at
 least as fast. So after each trial:
 
-1. **Dominance.** A candidate at least as aggressive as a measured trial whose loss exceeds the
-   budget by more than `margin` points is ruled out (it cannot be feasible); a candidate no more
-   aggressive than a measured feasible trial is ruled out (it cannot be faster).
+1. **Dominance.** A candidate no more aggressive than a measured trial that is no faster than
+   the best feasible one is ruled out (it cannot be faster). A candidate at least as aggressive as a measured miss is *shadowed*
+   by it: measured losses are noisy (training and the dev set's size), so a miss only lowers
+   its priority. Shadowed by no more than `noise` points it stays an ordinary candidate (bisected
+   last); shadowed further it becomes a long shot, scored by constrained expected improvement
+   with the chance that two measurements `noise` apart differ by the shadow, and dropped once
+   that chance is below `LONG_SHOT_P`. The baseline is known (loss 0, 1.00x) and never proposed;
+   a configuration that failed twice is not proposed again.
 2. **Bisection** while fewer than `min_model_trials` trials are measured: the middle of the
    least aggressive open axis (e.g. the sparsities still open at the smallest N). Then one
    **anchor** per row not measured yet (its least aggressive open point, e.g. N=4 at sparsity 0):
@@ -31,12 +36,24 @@ from typing import Any
 
 import numpy as np
 
-from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
+from autoprumux.search._meta import BASELINE_CONFIG, CONTEXT_KEYS, MetaModel, features, is_baseline
 
 log = logging.getLogger("autoprumux.search")
 
 # a constant context: within one study the task, model and device do not vary
 _CTX = dict.fromkeys(CONTEXT_KEYS, 0.0)
+# a long shot whose chance of being within the budget is below this is not worth a trial
+LONG_SHOT_P = 1e-3
+# a configuration that failed this many times is not proposed again (one retry)
+MAX_FAILURES = 2
+
+
+def loss_noise(dev_size: int | None) -> float:
+    """Standard deviation (points) of one measured accuracy on a dev set of `dev_size` examples
+    at about 80% accuracy: the binomial spread, at least half a point."""
+    if not dev_size:
+        return 1.0
+    return max(0.5, 100.0 * math.sqrt(0.16 / dev_size))
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,7 @@ def _le(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y + 1e-9 for x, y in zip(a, b, strict=True))
 
 
-def _below(x: dict[str, Any], y: dict[str, Any]) -> bool:
+def below(x: dict[str, Any], y: dict[str, Any]) -> bool:
     """x and y share a family and x is no more aggressive than y (so x loses no more than y)."""
     return family(x) == family(y) and _le(aggressiveness(x), aggressiveness(y))
 
@@ -76,30 +93,48 @@ def _key(cfg: dict[str, Any]) -> tuple:
     return (family(cfg), aggressiveness(cfg))
 
 
+def shadow(cfg: dict[str, Any], measured: Sequence[Measured], budget: float) -> float:
+    """How far (points) the worst measured miss no more aggressive than `cfg` exceeds the budget
+    (0 when there is none): a lower bound on cfg's loss beyond the budget, up to noise."""
+    return max(
+        (m.loss - budget for m in measured if m.loss > budget and below(m.config, cfg)),
+        default=0.0,
+    )
+
+
+def long_shot_chance(depth: float, noise: float) -> float:
+    """The chance that a configuration shadowed `depth` points beyond the budget measures within
+    it: two independent measurements, each with spread `noise`, differ by at least `depth`."""
+    return float(_norm_cdf(np.array([-depth / (noise * math.sqrt(2.0))]))[0])
+
+
 def open_candidates(
     candidates: Sequence[dict[str, Any]],
     measured: Sequence[Measured],
     budget: float,
-    margin: float = 1.0,
+    noise: float = 1.0,
     busy: Sequence[dict[str, Any]] = (),
-) -> list[int]:
-    """Indices of the candidates not yet measured (nor in flight) that could still beat the best
-    feasible trial, by the dominance rules above."""
+    failed: Sequence[dict[str, Any]] = (),
+) -> tuple[list[int], list[int]]:
+    """(ordinary, long shots): indices of the candidates not yet measured, in flight, nor failed
+    twice, that could still beat the best feasible trial (see the module docstring)."""
     seen = {_key(m.config) for m in measured} | {_key(c) for c in busy}
-    out = []
+    fails: dict[tuple, int] = {}
+    for c in failed:
+        fails[_key(c)] = fails.get(_key(c), 0) + 1
+    best = max((m.speedup for m in measured if m.loss <= budget and m.speedup), default=1.0)
+    ordinary, long_shots = [], []
     for i, c in enumerate(candidates):
-        if _key(c) in seen:
+        if _key(c) in seen or fails.get(_key(c), 0) >= MAX_FAILURES or is_baseline(c):
             continue
-        ruled_out = any(
-            # at least as aggressive as a clearly infeasible trial
-            (m.loss > budget + margin and _below(m.config, c))
-            # no more aggressive than a feasible trial: cannot be faster
-            or (m.loss <= budget and m.speedup is not None and _below(c, m.config))
-            for m in measured
-        )
-        if not ruled_out:
-            out.append(i)
-    return out
+        if any(m.speedup is not None and m.speedup <= best and below(c, m.config) for m in measured):
+            continue  # no more aggressive than a trial no faster than the best: cannot be faster
+        depth = shadow(c, measured, budget)
+        if depth <= noise:
+            ordinary.append(i)
+        elif long_shot_chance(depth, noise) >= LONG_SHOT_P:
+            long_shots.append(i)
+    return ordinary, long_shots
 
 
 def _bisect(
@@ -113,7 +148,7 @@ def _bisect(
     by less than the margin) stay open but are bisected last."""
 
     def beyond_miss(i: int) -> bool:
-        return any(m.loss > budget and _below(m.config, candidates[i]) for m in measured)
+        return any(m.loss > budget and below(m.config, candidates[i]) for m in measured)
 
     open_idx = [i for i in open_idx if not beyond_miss(i)] or open_idx
     fam = min(family(candidates[i]) for i in open_idx)
@@ -158,14 +193,15 @@ def acquisition(
     budget: float,
     context: dict[str, Any] | None = None,
     min_sigma: float = 0.5,
-    noise: float = 0.5,
+    noise: float = 1.0,
 ) -> np.ndarray:
     """Constrained expected improvement of each open candidate (same order as `open_idx`).
-    `noise`: the spread (points) of a measured loss, e.g. from the dev set's size."""
+    `noise`: the spread (points) of one measured loss, e.g. from the dev set's size."""
+    from autoprumux.search._meta import training_table
+
     ctx = context or _CTX
     done = [m for m in measured if m.speedup is not None]
-    X = np.array([features(m.config, ctx) for m in done], dtype=float)
-    y = np.array([[m.loss, m.speedup] for m in done], dtype=float)
+    X, y = training_table([(m.config, ctx, m.loss, float(m.speedup or 1.0)) for m in done])
     meta = MetaModel().fit(X, y)
     Xc = np.array([features(candidates[i], ctx) for i in open_idx], dtype=float)
     med = meta.predict(Xc)
@@ -177,13 +213,13 @@ def acquisition(
     # at least what any less aggressive trial lost, at most what any more aggressive one lost
     for row, i in enumerate(open_idx):
         for m in measured:
-            if _below(m.config, candidates[i]):
-                if m.loss > budget:  # bounded below by a measured miss: only its noise is left
-                    s_loss[row] = min(s_loss[row], noise)
+            if below(m.config, candidates[i]):
+                if m.loss > budget:  # bounded below by a measured miss, up to two measurements'
+                    s_loss[row] = min(s_loss[row], noise * math.sqrt(2.0))  # noise
                 med[row, 0] = max(med[row, 0], m.loss)
                 if m.speedup is not None:
                     med[row, 1] = max(med[row, 1], m.speedup)
-            elif _below(candidates[i], m.config):
+            elif below(candidates[i], m.config):
                 med[row, 0] = min(med[row, 0], m.loss)
                 if m.speedup is not None:
                     med[row, 1] = min(med[row, 1], m.speedup)
@@ -201,32 +237,44 @@ def propose(
     budget: float,
     *,
     busy: Sequence[dict[str, Any]] = (),
-    margin: float = 1.0,
+    failed: Sequence[dict[str, Any]] = (),
+    noise: float = 1.0,
     min_model_trials: int = 3,
     context: dict[str, Any] | None = None,
 ) -> int | None:
     """Index of the candidate to evaluate next for `budget`, or None when no open candidate can
-    beat the best feasible trial any more (the search has converged for this budget)."""
-    open_idx = open_candidates(candidates, measured, budget, margin, busy)
-    if not open_idx:
+    beat the best feasible trial any more (the search has converged for this budget).
+    `failed`: one configuration per failed trial; `noise`: see `loss_noise`."""
+    known = list(measured)
+    if not any(is_baseline(m.config) for m in known):
+        known.append(Measured(dict(BASELINE_CONFIG), 0.0, 1.0))
+    ordinary, long_shots = open_candidates(candidates, known, budget, noise, busy, failed)
+    if not ordinary and not long_shots:
         return None
-    if sum(m.speedup is not None for m in measured) < max(2, min_model_trials):
-        return _bisect(candidates, open_idx, measured, budget)
-    anchor = _row_anchor(candidates, open_idx, measured)
-    if anchor is not None:
-        return anchor
-    score = acquisition(candidates, open_idx, measured, budget, context, noise=margin / 2)
-    return open_idx[int(np.argmax(score))]
+    trials = sum(m.speedup is not None and not is_baseline(m.config) for m in measured)
+    if ordinary:
+        if trials < max(2, min_model_trials):
+            return _bisect(candidates, ordinary, known, budget)
+        anchor = _row_anchor(candidates, ordinary, known)
+        if anchor is not None:
+            return anchor
+    elif trials == 0:  # nothing to fit a model on: the least shadowed long shot
+        return min(long_shots, key=lambda i: shadow(candidates[i], known, budget))
+    pool = ordinary + long_shots
+    score = acquisition(candidates, pool, known, budget, context, noise=noise)
+    return pool[int(np.argmax(score))]
 
 
 def study_evidence(
     trials: Sequence[Any], exclude_number: int | None = None
-) -> tuple[list[Measured], list[dict[str, Any]]]:
-    """Measured trials and in-flight configurations of an Optuna study: a finished trial gives
-    (loss, speedup), a pruned one its loss so far (a lower bound, enough to rule candidates out),
-    a running one (another worker's) is `busy` so two workers do not pick the same point."""
+) -> tuple[list[Measured], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(measured, busy, failed) from an Optuna study's trials: a finished trial gives (loss,
+    speedup), a pruned one its loss so far (a lower bound, enough to shadow candidates), a
+    running one (another worker's) is `busy` so two workers do not pick the same point, a failed
+    one adds its configuration to `failed` (retried once, then left alone)."""
     measured: list[Measured] = []
     busy: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     for t in trials:
         cfg = t.user_attrs.get("config")
         if cfg is None or t.number == exclude_number:
@@ -239,11 +287,13 @@ def study_evidence(
             measured.append(Measured(cfg, float(loss)))
         elif state == "RUNNING":
             busy.append(cfg)
-    return measured, busy
+        elif state == "FAIL":
+            failed.append(cfg)
+    return measured, busy, failed
 
 
 def make_guided_sampler(
-    grid: Sequence[dict[str, Any]], budget: float, param: str, seed: int = 0
+    grid: Sequence[dict[str, Any]], budget: float, param: str, seed: int = 0, noise: float = 1.0
 ) -> Any:
     """An Optuna sampler that answers the categorical `param` (an index into `grid`) with
     `propose`; once the search has converged for `budget` it samples an unmeasured point at
@@ -267,8 +317,10 @@ def make_guided_sampler(
         ) -> Any:
             if param_name != param:
                 return self._random.sample_independent(study, trial, param_name, param_distribution)
-            measured, busy = study_evidence(study.get_trials(deepcopy=False), trial.number)
-            i = propose(grid, measured, budget, busy=busy)
+            measured, busy, failed = study_evidence(
+                study.get_trials(deepcopy=False), trial.number
+            )
+            i = propose(grid, measured, budget, busy=busy, failed=failed, noise=noise)
             if i is None:
                 if not self._converged:
                     self._converged = True
@@ -279,7 +331,12 @@ def make_guided_sampler(
                         budget,
                     )
                 seen = {_key(m.config) for m in measured} | {_key(c) for c in busy}
-                rest = [j for j, c in enumerate(grid) if _key(c) not in seen]
+                fails = [_key(c) for c in failed]
+                rest = [
+                    j
+                    for j, c in enumerate(grid)
+                    if _key(c) not in seen and fails.count(_key(c)) < MAX_FAILURES
+                ]
                 i = int(self._rng.choice(rest)) if rest else int(self._rng.integers(len(grid)))
             return i
 

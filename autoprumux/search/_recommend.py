@@ -1,23 +1,28 @@
-"""Recommend: the fastest configuration predicted (or measured) to stay within an accuracy budget.
+"""Recommend: the fastest configuration measured to stay within an accuracy budget.
 
-The meta-model is trained on every finished trial of the studies in a storage (several tasks,
-models and devices can share one model: the context is in the features). A configuration is
-feasible when its pessimistic (high-quantile) predicted accuracy loss is within the budget; a
-configuration that was measured uses its measured loss instead. Among feasible configurations of
-every technique in the study's space (PruMUX and/or students) the one with the highest predicted
-(or measured) speedup wins; N=1 at sparsity 0 (the baseline) is always feasible, so a
-recommendation always exists.
+The answer is a measurement, never a prediction: among the configurations a search evaluated
+(repeats averaged), the fastest whose measured accuracy loss is within the budget; the baseline
+(sparsity 0, N=1) qualifies at every budget with loss 0 and speedup 1.00x by definition. The
+meta-model, trained on every finished trial of the studies in a storage (several tasks, models
+and devices can share one model: the context is in the features), adds two things: its
+prediction for the answer (shown beside the measurement), and a *suggestion*, the fastest
+configuration not measured yet whose pessimistic (interval top) predicted loss is within the
+budget and whose predicted speedup beats the answer by `SUGGEST_GAIN`, with the command that
+would measure it. A model fitted on a handful of trials cannot overrule a measurement, and a
+prediction is never handed out as if it were one.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from autoprumux.errors import ConfigError
-from autoprumux.search._meta import MetaModel, training_table
+from autoprumux.search._meta import BASELINE_CONFIG, MetaModel, is_baseline, training_table
 from autoprumux.search._study import check_budget, default_storage
+
+# a suggestion must be predicted this much faster than the measured answer to be worth a trial
+SUGGEST_GAIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -28,11 +33,49 @@ class Interval:
 
 @dataclass(frozen=True)
 class MeasuredTrial:
+    """The latest trial of the answer's configuration; loss and speedup are the means over its
+    `repeats` finished trials."""
+
     study: str
     number: int
     accuracy_loss: float
     speedup: float
+    repeats: int
     mlflow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """An unmeasured configuration the meta-model predicts to be faster than the answer and
+    within the budget even at its interval's top: worth measuring, not yet an answer."""
+
+    config: dict[str, Any]
+    predicted_accuracy_loss: float
+    accuracy_loss_interval: Interval
+    predicted_speedup: float
+    speedup_interval: Interval
+
+    def describe(self) -> str:
+        lo, hi = self.accuracy_loss_interval, self.speedup_interval
+        return (
+            f"  worth measuring next: {config_line(self.config).strip()} - predicted loss "
+            f"{self.predicted_accuracy_loss:.2f} pts [{lo.low:.2f}, {lo.high:.2f}], speedup "
+            f"{self.predicted_speedup:.2f}x [{hi.low:.2f}, {hi.high:.2f}]; not measured, so "
+            f"not the answer: `{evaluate_command(self.config)}` (or more search trials) "
+            "measures it"
+        )
+
+
+def config_line(c: dict[str, Any]) -> str:
+    if c.get("technique", "prumux") == "students":
+        return f"  {c['students']} students of depth {c['student_depth']} (Academus)"
+    return f"  sparsity {c['sparsity']:g}, N={c['mux']}, mux variant {c['mux_variant']}"
+
+
+def evaluate_command(c: dict[str, Any]) -> str:
+    if c.get("technique", "prumux") == "students":
+        return f"autoprumux evaluate --students {c['students']} --student-depth {c['student_depth']}"
+    return f"autoprumux evaluate --sparsity {c['sparsity']:g} --mux {c['mux']}"
 
 
 @dataclass(frozen=True)
@@ -47,38 +90,55 @@ class Recommendation:
     mux_variant: str
     students: int
     student_depth: int
-    predicted_accuracy_loss: float
+    source: str  # "measured" (a finished trial) or "baseline" (loss 0, 1.00x by definition)
+    accuracy_loss: float  # the answer's measured loss (0 for the baseline)
+    speedup: float  # the answer's measured speedup (1.0 for the baseline)
+    measured: MeasuredTrial | None
+    predicted_accuracy_loss: float  # the meta-model's view of the answer, for comparison
     accuracy_loss_interval: Interval
     predicted_speedup: float
     speedup_interval: Interval
-    measured: MeasuredTrial | None
+    suggestion: Suggestion | None
     trials_used: int
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def config_line(self) -> str:
-        if self.technique == "students":
-            return f"  {self.students} students of depth {self.student_depth} (Academus)"
-        return f"  sparsity {self.sparsity:g}, N={self.mux}, mux variant {self.mux_variant}"
+    def config(self) -> dict[str, Any]:
+        return {
+            "technique": self.technique,
+            "sparsity": self.sparsity,
+            "mux": self.mux,
+            "mux_variant": self.mux_variant,
+            "students": self.students,
+            "student_depth": self.student_depth,
+        }
 
     def describe(self) -> str:
         lo, hi = self.accuracy_loss_interval, self.speedup_interval
         m = self.measured
-        meas = (
-            f"\n  measured (trial {m.number} of {m.study}): loss {m.accuracy_loss:.2f} pts, "
-            f"speedup {m.speedup:.2f}x"
-            if m
-            else "\n  not measured yet: run `autoprumux evaluate` with this configuration"
-        )
-        return (
-            f"budget {self.budget:g} pts on {self.task} ({self.model}, {self.device}):\n"
-            + self.config_line()
-            + "\n"
-            f"  predicted accuracy loss {self.predicted_accuracy_loss:.2f} pts "
-            f"[{lo.low:.2f}, {lo.high:.2f}], speedup {self.predicted_speedup:.2f}x "
-            f"[{hi.low:.2f}, {hi.high:.2f}] (meta-model on {self.trials_used} trials)" + meas
-        )
+        if m is not None:
+            rep = f", mean of {m.repeats} trials" if m.repeats > 1 else ""
+            what = (
+                f"  measured (trial {m.number} of {m.study}{rep}): accuracy loss "
+                f"{m.accuracy_loss:.2f} pts, speedup {m.speedup:.2f}x"
+            )
+        else:
+            what = (
+                "  the baseline: accuracy loss 0, speedup 1.00x by definition (no measured "
+                "configuration is within the budget)"
+            )
+        lines = [
+            f"budget {self.budget:g} pts on {self.task} ({self.model}, {self.device}):",
+            config_line(self.config()),
+            what,
+            f"  meta-model ({self.trials_used} trials) for it: loss "
+            f"{self.predicted_accuracy_loss:.2f} pts [{lo.low:.2f}, {lo.high:.2f}], speedup "
+            f"{self.predicted_speedup:.2f}x [{hi.low:.2f}, {hi.high:.2f}]",
+        ]
+        if self.suggestion is not None:
+            lines.append(self.suggestion.describe())
+        return "\n".join(lines)
 
 
 def context_of(study_attrs: dict[str, Any], baseline_metric: float) -> dict[str, Any]:
@@ -123,7 +183,9 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
                     "device": attrs["device"],
                     "space": attrs["space"],
                     "config": dict(ua["config"]),
-                    "context": context_of(attrs, float(ua["baseline_accuracy"])),
+                    "context": context_of(
+                        attrs, float(ua.get("baseline_metric", ua.get("baseline_accuracy")))
+                    ),
                     "accuracy_loss": float(ua["accuracy_loss"]),
                     "speedup": float(ua["speedup"]),
                     "mlflow_run_id": ua.get("mlflow_run_id"),
@@ -151,33 +213,52 @@ def choose(
     cands: list[dict[str, Any]],
     context: dict[str, Any],
     measured: dict[tuple, dict[str, Any]],
-) -> tuple[dict[str, Any], Any, Any, Any]:
-    """Best candidate for `budget`: returns (config, median, low, high) predictions."""
+) -> tuple[dict[str, Any], dict[str, Any] | None, Suggestion | None]:
+    """The answer for `budget`: (config, its measured means or None for the baseline, a
+    suggestion). The fastest measured configuration whose mean measured loss is within the
+    budget, else the baseline; see the module docstring for the suggestion."""
     import numpy as np
 
+    from autoprumux.search._guided import below
     from autoprumux.search._meta import features
 
-    X = np.array([features(c, context) for c in cands], dtype=float)
-    med = meta.predict(X)
-    lo, hi = meta.predict_interval(X)
-    best, best_speed = None, -math.inf
-    for i, c in enumerate(cands):
-        m = measured.get(_ckey(c))
-        baseline_cfg = (
-            c.get("technique", "prumux") == "prumux" and c["sparsity"] == 0.0 and c["mux"] == 1
-        )
-        if m is not None:
-            loss_ok = m["accuracy_loss"] <= budget and hi[i, 0] <= budget + 0.5 * max(1.0, budget)
-            speed = m["speedup"]
-        else:
-            loss_ok = hi[i, 0] <= budget
-            speed = med[i, 1]
-        if baseline_cfg:
-            loss_ok, speed = True, (m["speedup"] if m else 1.0)
-        if loss_ok and speed > best_speed:
-            best, best_speed = i, speed
-    assert best is not None
-    return cands[best], med[best], lo[best], hi[best]
+    answer: dict[str, Any] = dict(BASELINE_CONFIG)
+    answer_m: dict[str, Any] | None = None
+    best_speed = 1.0
+    for m in measured.values():
+        if is_baseline(m["config"]) or m["accuracy_loss"] > budget:
+            continue
+        if m["speedup"] > best_speed:
+            answer, answer_m, best_speed = dict(m["config"]), m, m["speedup"]
+    misses = [m["config"] for m in measured.values() if m["accuracy_loss"] > budget]
+    open_ = [
+        c
+        for c in cands
+        if _ckey(c) not in measured
+        and not is_baseline(c)
+        # at least as aggressive as a measured miss: expected outside the budget too
+        and not any(below(x, c) for x in misses)
+    ]
+    suggestion = None
+    if open_:
+        X = np.array([features(c, context) for c in open_], dtype=float)
+        med = meta.predict(X)
+        lo, hi = meta.predict_interval(X)
+        ok = [
+            i
+            for i in range(len(open_))
+            if hi[i, 0] <= budget and med[i, 1] >= SUGGEST_GAIN * best_speed
+        ]
+        if ok:
+            i = max(ok, key=lambda j: med[j, 1])
+            suggestion = Suggestion(
+                config=dict(open_[i]),
+                predicted_accuracy_loss=float(med[i, 0]),
+                accuracy_loss_interval=Interval(float(lo[i, 0]), float(hi[i, 0])),
+                predicted_speedup=float(med[i, 1]),
+                speedup_interval=Interval(float(lo[i, 1]), float(hi[i, 1])),
+            )
+    return answer, answer_m, suggestion
 
 
 def _measured_means(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -190,6 +271,7 @@ def _measured_means(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
             **g[-1],
             "accuracy_loss": sum(x["accuracy_loss"] for x in g) / len(g),
             "speedup": sum(x["speedup"] for x in g) / len(g),
+            "repeats": len(g),
         }
         for k, g in groups.items()
     }
@@ -269,11 +351,13 @@ class Recommender:
     ) -> tuple[Any, Any, Any]:
         """The meta-model's (median, low, high) predictions, each (n, 2) = [accuracy loss,
         speedup], for any configurations in the context of the matching study."""
+        return self._predict_in(self._entry(task, model, device), configs)
+
+    def _predict_in(self, e: StudyEntry, configs: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
         import numpy as np
 
         from autoprumux.search._meta import features
 
-        e = self._entry(task, model, device)
         X = np.array([features(c, e.context) for c in configs], dtype=float)
         lo, hi = self.meta.predict_interval(X)
         return self.meta.predict(X), lo, hi
@@ -288,8 +372,8 @@ class Recommender:
     ) -> Recommendation:
         budget = check_budget(budget)
         e = self._entry(task, model, device)
-        cfg, med, lo, hi = choose(budget, self.meta, e.candidates, e.context, e.measured)
-        m = e.measured.get(_ckey(cfg))
+        cfg, m, suggestion = choose(budget, self.meta, e.candidates, e.context, e.measured)
+        med, lo, hi = self._predict_in(e, [cfg])
         return Recommendation(
             budget=budget,
             task=e.task,
@@ -298,18 +382,27 @@ class Recommender:
             technique=str(cfg.get("technique", "prumux")),
             sparsity=float(cfg["sparsity"]),
             mux=int(cfg["mux"]),
-            mux_variant=str(cfg["mux_variant"]),
+            mux_variant=str(cfg.get("mux_variant", "gaussian")),
             students=int(cfg.get("students", 0)),
             student_depth=int(cfg.get("student_depth", 0)),
-            predicted_accuracy_loss=float(med[0]),
-            accuracy_loss_interval=Interval(float(lo[0]), float(hi[0])),
-            predicted_speedup=float(med[1]),
-            speedup_interval=Interval(float(lo[1]), float(hi[1])),
+            source="measured" if m else "baseline",
+            accuracy_loss=float(m["accuracy_loss"]) if m else 0.0,
+            speedup=float(m["speedup"]) if m else 1.0,
             measured=MeasuredTrial(
-                e.study, int(m["number"]), m["accuracy_loss"], m["speedup"], m["mlflow_run_id"]
+                e.study,
+                int(m["number"]),
+                float(m["accuracy_loss"]),
+                float(m["speedup"]),
+                int(m["repeats"]),
+                m["mlflow_run_id"],
             )
             if m
             else None,
+            predicted_accuracy_loss=float(med[0, 0]),
+            accuracy_loss_interval=Interval(float(lo[0, 0]), float(hi[0, 0])),
+            predicted_speedup=float(med[0, 1]),
+            speedup_interval=Interval(float(lo[0, 1]), float(hi[0, 1])),
+            suggestion=suggestion,
             trials_used=self.trials_used,
         )
 
@@ -336,10 +429,12 @@ def recommend(
     storage: str | None = None,
     study: str | None = None,
 ) -> Recommendation:
-    """The fastest configuration predicted to stay within `budget` accuracy-loss points.
+    """The fastest configuration measured to stay within `budget` accuracy-loss points (the
+    baseline when none is), with the meta-model's view of it and a suggestion of what to measure
+    next.
 
-    Trains the meta-model on every finished trial in `storage` (default: ./autoprumux.db) and
-    picks among the search-space grid of the matching study (task/model/device filters narrow
-    the studies considered when several exist)."""
+    Trains the meta-model on every finished trial in `storage` (default: ./autoprumux.db); the
+    answer comes from the matching study (task/model/device filters narrow the studies
+    considered when several exist)."""
     budget = check_budget(budget)
     return build_recommender(storage, study).recommend(budget, task, model=model, device=device)

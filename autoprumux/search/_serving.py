@@ -1,7 +1,9 @@
 """The recommender as an MLflow pyfunc model: logged, registered and served.
 
 Input: a table with a `budget` column (accuracy-loss points) and optional `task`, `model`,
-`device` columns. Output: one row per budget with the configuration and its predictions.
+`device` columns. Output: one row per budget with the answer (`source` "measured" or
+"baseline", its measured `accuracy_loss` and `speedup`), the meta-model's predictions for it,
+and the suggested configuration to measure next (`suggested_*`; -1 / NaN when there is none).
 A bad payload raises an MlflowException with INVALID_PARAMETER_VALUE, which the scoring server
 answers with HTTP 400.
 """
@@ -34,6 +36,9 @@ OUTPUT_COLUMNS = (
     "mux_variant",
     "students",
     "student_depth",
+    "source",
+    "accuracy_loss",
+    "speedup",
     "predicted_accuracy_loss",
     "accuracy_loss_low",
     "accuracy_loss_high",
@@ -43,6 +48,12 @@ OUTPUT_COLUMNS = (
     "measured_trial",
     "measured_accuracy_loss",
     "measured_speedup",
+    "suggested_sparsity",
+    "suggested_mux",
+    "suggested_technique",
+    "suggested_predicted_accuracy_loss",
+    "suggested_accuracy_loss_high",
+    "suggested_predicted_speedup",
 )
 
 
@@ -101,6 +112,9 @@ class RecommenderModel(PythonModel):
                     "mux_variant": rec_.mux_variant,
                     "students": rec_.students,
                     "student_depth": rec_.student_depth,
+                    "source": rec_.source,
+                    "accuracy_loss": rec_.accuracy_loss,
+                    "speedup": rec_.speedup,
                     "predicted_accuracy_loss": rec_.predicted_accuracy_loss,
                     "accuracy_loss_low": rec_.accuracy_loss_interval.low,
                     "accuracy_loss_high": rec_.accuracy_loss_interval.high,
@@ -110,9 +124,30 @@ class RecommenderModel(PythonModel):
                     "measured_trial": m.number if m else -1,
                     "measured_accuracy_loss": m.accuracy_loss if m else math.nan,
                     "measured_speedup": m.speedup if m else math.nan,
+                    **_suggestion_columns(rec_.suggestion),
                 }
             )
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def _suggestion_columns(sg: Any) -> dict[str, Any]:
+    if sg is None:
+        return {
+            "suggested_sparsity": math.nan,
+            "suggested_mux": -1,
+            "suggested_technique": "",
+            "suggested_predicted_accuracy_loss": math.nan,
+            "suggested_accuracy_loss_high": math.nan,
+            "suggested_predicted_speedup": math.nan,
+        }
+    return {
+        "suggested_sparsity": float(sg.config.get("sparsity", 0.0)),
+        "suggested_mux": int(sg.config.get("mux", 1)),
+        "suggested_technique": str(sg.config.get("technique", "prumux")),
+        "suggested_predicted_accuracy_loss": sg.predicted_accuracy_loss,
+        "suggested_accuracy_loss_high": sg.accuracy_loss_interval.high,
+        "suggested_predicted_speedup": sg.predicted_speedup,
+    }
 
 
 def _opt_str(v: Any) -> str | None:

@@ -6,7 +6,10 @@
 * objective: maximise the measured speedup subject to accuracy loss <= budget (TPE's constraint);
   every finished trial records accuracy loss, speedup, throughput, latency and size.
 * early stopping: the accuracy loss of the unpruned N-way model (step 0) and after each pruning
-  stage is reported; a trial whose intermediate loss is above `prune_above` points stops.
+  stage is reported, the same way whether the candidate was built or cached; a trial stops at an
+  intermediate step when its loss there exceeds the budget by more than `prune_margin` points
+  (more pruning rarely wins accuracy back). The last step is never cut short: a finished
+  candidate is measured, feasible or not (the meta-model learns from it).
 * failures (e.g. out of memory) mark the trial failed and the study goes on; a worker killed
   mid-trial leaves a stale RUNNING trial that the heartbeat marks failed and retries once.
 """
@@ -22,12 +25,13 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from autoprumux._constants import SAMPLERS
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.search import _tracking as tracking
+from autoprumux.search._guided import loss_noise
 from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace, describe_config
 
 log = logging.getLogger("autoprumux")
@@ -56,7 +60,7 @@ class SearchSettings:
     data_source: str = "local"
     warmup_corpus: str = "shared"
     throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
-    prune_above: float = 15.0  # intermediate accuracy loss (points) that stops a trial
+    prune_margin: float = 5.0  # points above the budget at an intermediate step that stop a trial
     heartbeat: int = 60  # seconds; a RUNNING trial silent for 2x this is failed and retried
     show_progress: bool = True
 
@@ -66,9 +70,10 @@ class SearchSettings:
         check_budget(self.budget)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
-        if not (self.prune_above > 0):
+        if not (self.prune_margin >= 0) or math.isinf(self.prune_margin):
             raise ConfigError(
-                f"prune_above ({self.prune_above!r}) must be a positive number of points"
+                f"prune margin ({self.prune_margin!r}) must be a finite number of points >= 0 "
+                "above the budget, e.g. 5"
             )
         if self.heartbeat < 1:
             raise ConfigError(f"heartbeat ({self.heartbeat!r}) must be >= 1 second")
@@ -139,7 +144,9 @@ def _chain(*callbacks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any]
 GRID_PARAM = "grid_point"
 
 
-def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any:
+def make_sampler(
+    kind: str, space: SearchSpace, seed: int, budget: float, noise: float = 1.0
+) -> Any:
     import optuna
 
     if kind == "random":
@@ -149,7 +156,7 @@ def make_sampler(kind: str, space: SearchSpace, seed: int, budget: float) -> Any
     if kind == "guided":  # budget-guided: dominance, bisection, constrained EI (see _guided.py)
         from autoprumux.search._guided import make_guided_sampler
 
-        return make_guided_sampler(space.grid(), budget, GRID_PARAM, seed=seed)
+        return make_guided_sampler(space.grid(), budget, GRID_PARAM, seed=seed, noise=noise)
 
     # the budget constraint is set on each trial (Trial.set_constraint, see Searcher)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, len(space.grid())))
@@ -164,13 +171,42 @@ class TrialOutcome:
     seconds: float
 
 
+class TrialEvaluator(Protocol):
+    """What a trial needs from the pipeline (PruMuxPipeline is one; a benchmark can replay
+    recorded measurements through the real search with another)."""
+
+    model_id: str
+    dev_size: int
+
+    def descriptors(self) -> dict[str, float]: ...
+    def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None: ...
+    def baseline_metrics(self) -> dict[str, float]: ...
+    def evaluate(
+        self,
+        sparsity: float,
+        n: int,
+        *,
+        throughput: ThroughputConfig | None = None,
+        on_stage: Callable[[int, float], None] | None = None,
+    ) -> Any: ...
+    def evaluate_students(
+        self, k: int, depth: int, *, throughput: ThroughputConfig | None = None
+    ) -> Any: ...
+
+
 class Searcher:
-    """Runs (or joins) one study. Build once, then `run()`; `summary()` any time."""
+    """Runs (or joins) one study. Build once, then `run()`; `summary()` any time.
 
-    def __init__(self, settings: SearchSettings):
+    `evaluator(variant)` builds the trial evaluator of a mux variant (default: the real
+    `PruMuxPipeline` of the space's task, model and recipe)."""
+
+    def __init__(
+        self,
+        settings: SearchSettings,
+        *,
+        evaluator: Callable[[str], TrialEvaluator] | None = None,
+    ):
         import optuna
-
-        from autoprumux.pipeline import PruMuxPipeline
 
         self.s = settings
         space = settings.space
@@ -179,22 +215,12 @@ class Searcher:
         # validate everything the trials need before any study or run is created
         self.variants = space.values("mux_variant")
         self.muxes = sorted({int(v) for v in space.values("mux")})
-        self._pipes: dict[str, PruMuxPipeline] = {}
-        self._factory: Callable[[str], PruMuxPipeline] = lambda variant: PruMuxPipeline(
-            task=space.task,
-            model=space.model,
-            recipe=space.recipe,
-            device=settings.device,
-            data_dir=settings.data_dir,
-            data_source=settings.data_source,
-            cache_dir=settings.cache_dir,
-            mux_variant=variant,
-            warmup_corpus=settings.warmup_corpus,
-        )
+        self._pipes: dict[str, TrialEvaluator] = {}
+        self._factory = evaluator or self._pipeline_factory
         first = self.pipeline(self.variants[0])
         for n in self.muxes:
             first.check_lengths(n, settings.throughput)
-        self.model_id = first.base.model_id
+        self.model_id = first.model_id
         self.name = settings.study_name or study_name_for(space, self.model_id)
         self.storage_url = settings.storage or default_storage()
         self.storage = make_storage(self.storage_url, settings.heartbeat, self._on_stale)
@@ -204,7 +230,13 @@ class Searcher:
             study_name=self.name,
             storage=self.storage,
             direction="maximize",
-            sampler=make_sampler(settings.sampler, space, settings.seed, settings.budget),
+            sampler=make_sampler(
+                settings.sampler,
+                space,
+                settings.seed,
+                settings.budget,
+                noise=loss_noise(first.dev_size),
+            ),
             pruner=optuna.pruners.NopPruner(),  # the threshold depends on the baseline, see _report
             load_if_exists=True,
         )
@@ -213,10 +245,25 @@ class Searcher:
             self.client, f"{tracking.EXPERIMENT_PREFIX}/{self.name}", self.tracking_uri
         )
         self.parent_run_id = self._parent_run()
-        self._mux_loss: dict[tuple[str, int], float] = {}  # step-0 loss of each unpruned mux model
         self._grid = space.grid()  # the grid sampler's configurations, by index
 
     # ---- set-up ------------------------------------------------------------------------------
+    def _pipeline_factory(self, variant: str) -> TrialEvaluator:
+        from autoprumux.pipeline import PruMuxPipeline
+
+        s = self.s
+        return PruMuxPipeline(
+            task=self.space.task,
+            model=self.space.model,
+            recipe=self.space.recipe,
+            device=s.device,
+            data_dir=s.data_dir,
+            data_source=s.data_source,
+            cache_dir=s.cache_dir,
+            mux_variant=variant,
+            warmup_corpus=s.warmup_corpus,
+        )
+
     def pipeline(self, variant: str) -> Any:
         if variant not in self._pipes:
             self._pipes[variant] = self._factory(variant)
@@ -224,21 +271,8 @@ class Searcher:
 
     def _study_attrs(self) -> dict[str, Any]:
         pipe = self.pipeline(self.variants[0])
-        cfg = pipe.base.config
-        from autoprumux.models._encoder import Encoder
-
-        enc_params = Encoder(cfg).prunable_parameters()
         return {
-            "descriptors": {
-                "task_num_labels": pipe.task.num_labels,
-                "task_pair": int(pipe.task.pair),
-                "task_mcc": int(pipe.task.metric == "mcc"),
-                "task_log_train": round(math.log(max(1, len(pipe.data.train))), 6),
-                "model_layers": len(cfg.heads),
-                "model_hidden": cfg.hidden_size,
-                "model_log_params": round(math.log(enc_params), 6),
-                "device_cuda": int(str(pipe.device).startswith("cuda")),
-            },
+            "descriptors": pipe.descriptors(),
             "space": self.space.to_dict(),
             "task": self.space.task,
             "model": self.model_id,
@@ -345,40 +379,32 @@ class Searcher:
                 suggest(k)
         return self.space.config(params)
 
-    def _report(self, trial: Any, pipe: Any, step: int, model: Any, run_id: str) -> None:
-        loss = pipe.baseline_metrics()["metric"] - pipe.dev_metrics(model)["metric"]
-        self._report_loss(trial, step, loss, run_id)
-
-    def _report_loss(self, trial: Any, step: int, loss: float, run_id: str) -> None:
+    def _report_loss(self, trial: Any, step: int, loss: float, run_id: str, last: bool) -> None:
+        """Report an intermediate loss; stop the trial when it is beyond the budget by more than
+        the margin at a step that is not the last (see the module docstring)."""
         import optuna
 
         trial.report(loss, step)
         trial.set_user_attr("intermediate_loss", loss)
         self.client.log_metric(run_id, "intermediate_accuracy_loss", loss, step=step)
-        if loss > self.s.prune_above:
+        if not last and loss > self.s.budget + self.s.prune_margin:
             trial.set_user_attr("accuracy_loss", loss)
             trial.set_constraint("accuracy_loss", loss - self.s.budget)
             raise optuna.TrialPruned(
-                f"accuracy loss {loss:.2f} > {self.s.prune_above} points at step {step}"
+                f"accuracy loss {loss:.2f} at step {step} is more than {self.s.prune_margin:g} "
+                f"points above the budget ({self.s.budget:g})"
             )
 
     def _evaluate_prumux(self, trial: Any, pipe: Any, cfg: dict[str, Any], run_id: str) -> Any:
         """A PruMUX candidate, reporting its loss after each stage (a hopeless one is pruned)."""
         s, n = cfg["sparsity"], cfg["mux"]
-        if n > 1:  # step 0: the unpruned multiplexed model, evaluated once per (variant, N)
-            key = (cfg["mux_variant"], n)
-            if key not in self._mux_loss:
-                self._mux_loss[key] = (
-                    pipe.baseline_metrics()["metric"]
-                    - pipe.dev_metrics(pipe.mux_model(n))["metric"]
-                )
-            self._report_loss(trial, 0, self._mux_loss[key], run_id)
-        return pipe.evaluate(
-            s,
-            n,
-            throughput=self.s.throughput,
-            on_stage=lambda stage, m: self._report(trial, pipe, stage, m, run_id),
-        )
+        base = pipe.baseline_metrics()["metric"]
+        last = 0 if s == 0.0 else self.space.recipe.prune_stages
+
+        def on_stage(stage: int, metric: float) -> None:
+            self._report_loss(trial, stage, base - metric, run_id, last=stage >= last)
+
+        return pipe.evaluate(s, n, throughput=self.s.throughput, on_stage=on_stage)
 
     def objective(self, trial: Any) -> float:
         import optuna
@@ -425,8 +451,10 @@ class Searcher:
             work = time.perf_counter() - w0
             t1 = time.perf_counter()
             metrics = {
-                "accuracy": ev.candidate.metric,
-                "baseline_accuracy": ev.baseline.metric,
+                "metric": ev.candidate.metric,  # the task's metric (accuracy, MCC for CoLA, ...)
+                "baseline_metric": ev.baseline.metric,
+                "accuracy": ev.candidate.accuracy,
+                "baseline_accuracy": ev.baseline.accuracy,
                 "accuracy_loss": ev.accuracy_loss,
                 "throughput": ev.candidate.throughput,
                 "baseline_throughput": ev.baseline.throughput,
@@ -574,7 +602,8 @@ class Searcher:
             lines.append(
                 f"{t.number:>5} {t.state.name:<9} {_label(cfg):<22}"
                 + (f"{loss:>9.2f}" if loss is not None else f"{'-':>9}")
-                + (f"{t.value:>8.2f}x" if t.value is not None else f"{'-':>9}")
+                # a pruned trial's value is its last intermediate loss, not a speedup
+                + (f"{t.value:>8.2f}x" if t.state.name == "COMPLETE" else f"{'-':>9}")
                 + f"{ua.get('trial_seconds', 0.0):>9.0f}"
             )
         best = self.best_feasible()
