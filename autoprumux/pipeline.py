@@ -792,16 +792,22 @@ class PruMuxPipeline:
     def dev_metrics(self, model: AnyModel) -> dict[str, float]:
         """Dev metrics in points. A multiplexed model (N > 1) mixes the examples of each group
         of N, so its predictions depend on which examples share a group: its metrics are the
-        mean over `DEV_PAIRINGS` seeded shufflings of the dev set, with `metric_std` their spread
-        (0 for N=1, whose predictions do not depend on the order)."""
+        mean over `DEV_PAIRINGS` seeded shufflings of the dev set (taken from a canonical order,
+        so the file's order does not matter), with `metric_std` their spread (0 for N=1, whose
+        predictions do not depend on the order)."""
         gold = [x.label for x in self.dev_items]
         n = getattr(model, "n", 1)
         if n == 1:
             logits = predict(model, self.dev_items, batch_size=64, device=self.device)
             return {**task_metrics(self.task.metric, logits, gold), "metric_std": 0.0}
+        canonical = sorted(
+            range(len(self.dev_items)),
+            key=lambda i: (self.dev_items[i].input_ids, self.dev_items[i].token_type_ids, gold[i]),
+        )
         runs = []
         for seed in range(DEV_PAIRINGS):
-            order = torch.randperm(len(self.dev_items), generator=torch.Generator().manual_seed(seed))
+            g = torch.Generator().manual_seed(seed)
+            order = torch.tensor(canonical)[torch.randperm(len(canonical), generator=g)]
             logits = predict(
                 model, [self.dev_items[i] for i in order], batch_size=64, device=self.device
             )

@@ -36,7 +36,7 @@ from _results import machine, write_json
 
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import Evaluation, Measured
-from autoprumux.search import SearchSettings, SearchSpace, Searcher, recommend
+from autoprumux.search import Searcher, SearchSettings, SearchSpace, recommend
 from autoprumux.search._meta import is_baseline
 
 
@@ -58,7 +58,7 @@ class GridTable:
             pts.sort()
 
     def covers(self, sparsity: float, n: int) -> bool:
-        pts = self.rows.get(n)
+        pts = self.rows.get(n, [])
         return bool(pts) and pts[0][0] - 1e-9 <= sparsity <= pts[-1][0] + 1e-9
 
     def at(self, sparsity: float, n: int) -> tuple[float, float]:
@@ -145,7 +145,7 @@ class ReplayEvaluator:
         )
 
 
-def dataset_sizes(task: str, max_train: int) -> tuple[int, int]:
+def dataset_sizes(task: str, max_train: int | None) -> tuple[int, int]:
     """(dev, train) sizes of the task as the pipeline loads them."""
     from autoprumux.data import load_task
 

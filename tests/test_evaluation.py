@@ -219,3 +219,16 @@ def test_cache_is_atomic_and_hit_on_second_call(tmp_path):
     assert [p.name for p in (tmp_path / "k").iterdir()] == [e1.name]  # no leftovers
     _, hit3 = cache.get_or_build("k", {"a": 2}, build)
     assert not hit3 and cache.has("k", {"a": 2})
+
+
+def test_orthogonal_mux_flops_count_an_h_by_h_product_per_instance():
+    enc, _ = tiny_encoder(0)
+    gauss = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=2)).eval()
+    enc2, _ = tiny_encoder(0)
+    orth = MuxSequenceClassifier(
+        enc2, num_labels=2, mux=MuxConfig(n=2, variant="orthogonal")
+    ).eval()
+    b, t, h = 64, 32, 32
+    rows, tokens = b // 2, t + 2  # mixed sequences, each with its N-token prefix
+    extra = model_flops(orth, b, t) - model_flops(gauss, b, t)
+    assert extra == rows * 2 * tokens * (2 * h * h - h)

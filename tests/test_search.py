@@ -462,3 +462,60 @@ def test_the_users_sequence_search_then_recommend_and_the_served_model(
         out = served.predict(pd.DataFrame({"budget": budgets}))
     for b, row in zip(budgets, out.to_dict(orient="records"), strict=True):
         assert (row["sparsity"], row["mux"]) == answers[b], b
+
+
+def test_a_multiplexed_models_dev_metric_is_a_mean_over_pairings_whatever_the_file_order(
+    tiny_checkpoint, tmp_path
+):
+    """N > 1 mixes the examples that share a group: one grouping is one arbitrary pairing. The
+    dev metric is the mean over seeded pairings from a canonical order, so reordering the dev
+    file changes nothing, and the spread is reported."""
+    from autoprumux.pipeline import DEV_PAIRINGS, PruMuxPipeline, Recipe
+
+    pipe = PruMuxPipeline(
+        task="sst2",
+        model=tiny_checkpoint,
+        recipe=Recipe(**TINY_RECIPE),
+        data_dir=str(DATA),
+        cache_dir=tmp_path / "cache",
+    )
+    pipe.dev_items = pipe.dev_items[:96]
+    model = pipe._fresh(2)
+    first = pipe.dev_metrics(model)
+    pipe.dev_items = pipe.dev_items[::-1]
+    again = pipe.dev_metrics(model)
+    assert again == first
+    assert first["metric_std"] >= 0.0 and DEV_PAIRINGS >= 3
+    # the mean is over pairings that do differ: a single pass in file order is one of many
+    from autoprumux.evaluation import task_metrics
+    from autoprumux.training import predict
+
+    single = task_metrics(
+        "accuracy", predict(model, pipe.dev_items), [x.label for x in pipe.dev_items]
+    )
+    assert first["metric_std"] > 0.0 or single["metric"] == first["metric"]
+    assert pipe.dev_metrics(pipe._fresh(1))["metric_std"] == 0.0
+
+
+def test_cola_trials_log_the_task_metric_apart_from_accuracy(tiny_checkpoint, tmp_path):
+    space = SearchSpace.from_dict(
+        {
+            **tiny_space(
+                tiny_checkpoint, sparsity={"choices": [0.3]}, mux={"choices": [1]}
+            ).to_dict(),
+            "task": "cola",
+        }  # fmt: skip
+    )
+    searcher = Searcher(settings(space, tmp_path, trials=1))
+    searcher.run()
+    (t,) = searcher.study.get_trials()
+    (run,) = mlflow_trial_runs(searcher.tracking_uri, searcher.name)
+    m = run.data.metrics
+    assert t.user_attrs["metric_name"] == "mcc"
+    cl = tracking.client(searcher.tracking_uri)
+    path = cl.download_artifacts(run.info.run_id, "evaluation.json", str(tmp_path))
+    ev = json.loads(Path(path).read_text())
+    assert m["metric"] == pytest.approx(ev["candidate"]["metric"])  # MCC
+    assert m["accuracy"] == pytest.approx(ev["candidate"]["accuracy"])  # plain accuracy
+    assert m["baseline_metric"] == pytest.approx(ev["baseline"]["metric"])
+    assert m["accuracy_loss"] == pytest.approx(m["baseline_metric"] - m["metric"])

@@ -256,3 +256,82 @@ def test_recipe_presets_in_the_api_the_cli_and_a_space():
         Recipe.preset("slow")
     with pytest.raises(ConfigError, match=r"bad 'recipe'.*preset 'slow'"):
         SearchSpace.from_dict({**GOOD, "recipe": {"preset": "slow"}})
+
+
+def _issue_trials() -> list[dict]:
+    """The five trials of a guided SST-2 search (loss in points, speedup), as load_trials gives
+    them."""
+    ctx = {**CTX, "baseline_metric": 85.21}
+    measured = {(0.5, 1): (0.46, 2.00), (0.6, 1): (2.52, 2.52), (0.65, 1): (4.93, 2.73),
+                (0.75, 1): (7.57, 3.77), (0.0, 2): (9.40, 2.14)}  # fmt: skip
+    space = {
+        "name": "prumux",
+        "task": "sst2",
+        "model": None,
+        "recipe": {},
+        "params": {
+            "sparsity": {"low": 0.0, "high": 0.95, "step": 0.05},
+            "mux": {"choices": [1, 2, 4]},
+        },
+    }
+    return [
+        {
+            "study": "s",
+            "number": i,
+            "task": "sst2",
+            "model": "m",
+            "device": "cpu",
+            "space": space,
+            "config": {
+                "technique": "prumux",
+                "sparsity": s,
+                "mux": n,
+                "mux_variant": "gaussian",
+                "students": 0,
+                "student_depth": 0,
+            },  # fmt: skip
+            "context": ctx,
+            "accuracy_loss": loss,
+            "speedup": sp,
+            "mlflow_run_id": None,
+        }
+        for i, ((s, n), (loss, sp)) in enumerate(measured.items())
+    ]
+
+
+def test_recommend_answers_with_the_fastest_measured_configuration_within_each_budget():
+    from autoprumux.search import Recommender
+
+    rec = Recommender(_issue_trials())
+    want = {0.3: (0.0, 1), 0.5: (0.5, 1), 1: (0.5, 1), 2: (0.5, 1), 3: (0.6, 1), 5: (0.65, 1),
+            8: (0.75, 1), 10: (0.75, 1)}  # fmt: skip
+    for budget, cfg in want.items():
+        r = rec.recommend(budget)
+        assert (r.sparsity, r.mux) == cfg, budget
+        if cfg == (0.0, 1):  # the baseline is what it is by definition
+            assert r.source == "baseline" and r.measured is None
+            assert (r.accuracy_loss, r.speedup) == (0.0, 1.0)
+            assert "by definition" in r.describe()
+        else:
+            assert r.source == "measured" and r.accuracy_loss <= budget
+            assert r.speedup == r.measured.speedup and "measured (trial" in r.describe()
+        sg = r.suggestion
+        if sg is not None:  # a suggestion is unmeasured, pessimistically within the budget
+            assert sg.accuracy_loss_interval.high <= budget
+            assert sg.predicted_speedup >= 1.1 * r.speedup
+            assert "not the answer" in r.describe()
+
+
+def test_the_meta_model_knows_the_baseline_and_that_n_and_sparsity_cost_and_pay():
+    from autoprumux.search import Recommender
+
+    rec = Recommender(_issue_trials())
+    cfg = {"technique": "prumux", "mux_variant": "gaussian", "students": 0, "student_depth": 0}
+    pts = [{**cfg, "sparsity": s, "mux": n} for s, n in
+           ((0.0, 1), (0.3, 1), (0.5, 1), (0.75, 1), (0.0, 2), (0.0, 4))]  # fmt: skip
+    med, _, _ = rec.predict(pts)
+    base, s3, s5, s75, n2, n4 = med
+    assert abs(base[0]) < 0.5 and base[1] == pytest.approx(1.0, rel=0.1)
+    assert s3[1] < s5[1] < s75[1] and s3[0] <= s5[0] < s75[0]  # sparsity: faster, less accurate
+    assert n2[0] > base[0] + 3 and n2[1] > base[1] * 1.3  # N has an effect
+    assert n4[0] >= n2[0] and n4[1] >= n2[1]

@@ -127,7 +127,9 @@ def open_candidates(
     for i, c in enumerate(candidates):
         if _key(c) in seen or fails.get(_key(c), 0) >= MAX_FAILURES or is_baseline(c):
             continue
-        if any(m.speedup is not None and m.speedup <= best and below(c, m.config) for m in measured):
+        if any(
+            m.speedup is not None and m.speedup <= best and below(c, m.config) for m in measured
+        ):
             continue  # no more aggressive than a trial no faster than the best: cannot be faster
         depth = shadow(c, measured, budget)
         if depth <= noise:
@@ -317,9 +319,7 @@ def make_guided_sampler(
         ) -> Any:
             if param_name != param:
                 return self._random.sample_independent(study, trial, param_name, param_distribution)
-            measured, busy, failed = study_evidence(
-                study.get_trials(deepcopy=False), trial.number
-            )
+            measured, busy, failed = study_evidence(study.get_trials(deepcopy=False), trial.number)
             i = propose(grid, measured, budget, busy=busy, failed=failed, noise=noise)
             if i is None:
                 if not self._converged:

@@ -1,6 +1,7 @@
 """The meta-model: LightGBM regressors predicting (accuracy loss, speedup) of a configuration.
 
-Features describe the configuration (technique; sparsity, N, mux variant for PruMUX; K and depth
+Each target is a non-negative least-squares prior on the shape of the ideal speedup
+(-log(1 - sparsity), log2 N) plus LightGBM trees on what the prior leaves. Features describe the configuration (technique; sparsity, N, mux variant for PruMUX; K and depth
 for Academus students) and its context (task, base model,
 device, baseline accuracy), so one model serves several studies. Monotone constraints encode what
 holds by construction: removing more parameters or multiplexing more inputs never lowers the
@@ -104,6 +105,7 @@ class MetaModel(RegressorMixin, BaseEstimator):
         num_leaves: int = 7,
         min_child_samples: int = 1,
         monotone: bool = True,
+        prior: bool = True,
         random_state: int = 0,
     ):
         self.coverage = coverage
@@ -112,6 +114,7 @@ class MetaModel(RegressorMixin, BaseEstimator):
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
         self.monotone = monotone
+        self.prior = prior
         self.random_state = random_state
 
     def _make(self, monotone: dict[str, int]) -> Any:
@@ -152,14 +155,18 @@ class MetaModel(RegressorMixin, BaseEstimator):
         targets = (y[:, 0], np.log(y[:, 1]))
         n = X.shape[0]
         self.models_: list[Any] = []
+        self.prior_coef_: list[np.ndarray] = []
         self.half_width_: list[float] = []
         for t, mono in zip(targets, (MONOTONE_LOSS, MONOTONE_SPEEDUP), strict=True):
-            self.models_.append(self._make(mono).fit(X, t))
+            coef, model = self._fit_one(X, t, mono)
+            self.prior_coef_.append(coef)
+            self.models_.append(model)
             errs = []
             for i in range(n):
                 keep = np.arange(n) != i
                 if n > 2:
-                    guess = float(self._make(mono).fit(X[keep], t[keep]).predict(X[i : i + 1])[0])
+                    c, m = self._fit_one(X[keep], t[keep], mono)
+                    guess = float(self._predict_one(c, m, X[i : i + 1])[0])
                 else:  # one trial left: LightGBM needs two, the left-out guess is its value
                     guess = float(t[keep].mean())
                 errs.append(abs(guess - float(t[i])))
@@ -170,21 +177,66 @@ class MetaModel(RegressorMixin, BaseEstimator):
         self.n_train_ = n
         return self
 
+    def _fit_one(self, X: np.ndarray, t: np.ndarray, mono: dict[str, int]) -> tuple[Any, Any]:
+        """A non-negative least-squares prior on the PruMUX shape features (see `_prior`), then
+        the monotone trees on what it leaves."""
+        from scipy.optimize import nnls
+
+        P = _prior_features(X)
+        coef = nnls(P, t)[0] if self.prior and P.any() else np.zeros(P.shape[1])
+        return coef, self._make(mono).fit(X, t - P @ coef)
+
+    @staticmethod
+    def _predict_one(coef: np.ndarray, model: Any, X: np.ndarray) -> np.ndarray:
+        return np.asarray(_prior_features(X) @ coef + model.predict(X))
+
     def _point(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "models_")
         X = _as_matrix(X)
-        return np.stack([m.predict(X) for m in self.models_], axis=1)  # (n, 2): loss, log speedup
+        return np.stack(
+            [
+                self._predict_one(c, m, X)
+                for c, m in zip(self.prior_coef_, self.models_, strict=True)
+            ],
+            axis=1,
+        )  # (n, 2): loss, log speedup
 
     def predict(self, X: Any) -> np.ndarray:
         p = self._point(X)
-        return np.stack([p[:, 0], np.exp(p[:, 1])], axis=1)
+        return _known(X, np.stack([p[:, 0], np.exp(p[:, 1])], axis=1))
 
     def predict_interval(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         p = self._point(X)
         w_loss, w_speed = self.half_width_
         low = np.stack([p[:, 0] - w_loss, np.exp(p[:, 1] - w_speed)], axis=1)
         high = np.stack([p[:, 0] + w_loss, np.exp(p[:, 1] + w_speed)], axis=1)
-        return low, high
+        return _known(X, low), _known(X, high)
+
+
+def _known(X: Any, pred: np.ndarray) -> np.ndarray:
+    """The baseline's loss 0 and speedup 1 are definitions, not predictions."""
+    X = _as_matrix(X)
+    i_students, i_s, i_n = (
+        FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux")
+    )
+    base = (X[:, i_students] == 0.0) & (X[:, i_s] == 0.0) & (X[:, i_n] == 0.0)
+    pred = pred.copy()
+    pred[base] = (0.0, 1.0)
+    return pred
+
+
+def _prior_features(X: np.ndarray) -> np.ndarray:
+    """(n, 2): -log(1 - sparsity) and log2 N for PruMUX rows (0 for students): the log of the
+    ideal speedup of removing a fraction of the work and of serving N inputs per pass. Both
+    targets get a non-negative combination of them as a prior, fitted by least squares, so the
+    model rises smoothly in sparsity and N between and beyond the few measured points (a tree
+    alone is flat between them and cannot tell N apart from one N > 1 trial)."""
+    i_students, i_s, i_n = (
+        FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux")
+    )
+    prumux = X[:, i_students] == 0.0
+    s = np.clip(X[:, i_s], 0.0, 0.99)
+    return np.stack([-np.log1p(-s) * prumux, X[:, i_n] * prumux], axis=1)
 
 
 def _as_matrix(X: Any) -> np.ndarray:

@@ -54,6 +54,7 @@ class Suggestion:
     accuracy_loss_interval: Interval
     predicted_speedup: float
     speedup_interval: Interval
+    command: str  # the command that measures it
 
     def describe(self) -> str:
         lo, hi = self.accuracy_loss_interval, self.speedup_interval
@@ -61,7 +62,7 @@ class Suggestion:
             f"  worth measuring next: {config_line(self.config).strip()} - predicted loss "
             f"{self.predicted_accuracy_loss:.2f} pts [{lo.low:.2f}, {lo.high:.2f}], speedup "
             f"{self.predicted_speedup:.2f}x [{hi.low:.2f}, {hi.high:.2f}]; not measured, so "
-            f"not the answer: `{evaluate_command(self.config)}` (or more search trials) "
+            f"not the answer: `{self.command}` (or more search trials) "
             "measures it"
         )
 
@@ -72,10 +73,11 @@ def config_line(c: dict[str, Any]) -> str:
     return f"  sparsity {c['sparsity']:g}, N={c['mux']}, mux variant {c['mux_variant']}"
 
 
-def evaluate_command(c: dict[str, Any]) -> str:
+def evaluate_command(c: dict[str, Any], task: str) -> str:
+    head = f"autoprumux evaluate --task {task}"
     if c.get("technique", "prumux") == "students":
-        return f"autoprumux evaluate --students {c['students']} --student-depth {c['student_depth']}"
-    return f"autoprumux evaluate --sparsity {c['sparsity']:g} --mux {c['mux']}"
+        return f"{head} --students {c['students']} --student-depth {c['student_depth']}"
+    return f"{head} --sparsity {c['sparsity']:g} --mux {c['mux']}"
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
                     "space": attrs["space"],
                     "config": dict(ua["config"]),
                     "context": context_of(
-                        attrs, float(ua.get("baseline_metric", ua.get("baseline_accuracy")))
+                        attrs, float(ua.get("baseline_metric", ua.get("baseline_accuracy", 0.0)))
                     ),
                     "accuracy_loss": float(ua["accuracy_loss"]),
                     "speedup": float(ua["speedup"]),
@@ -213,6 +215,7 @@ def choose(
     cands: list[dict[str, Any]],
     context: dict[str, Any],
     measured: dict[tuple, dict[str, Any]],
+    task: str,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, Suggestion | None]:
     """The answer for `budget`: (config, its measured means or None for the baseline, a
     suggestion). The fastest measured configuration whose mean measured loss is within the
@@ -257,6 +260,7 @@ def choose(
                 accuracy_loss_interval=Interval(float(lo[i, 0]), float(hi[i, 0])),
                 predicted_speedup=float(med[i, 1]),
                 speedup_interval=Interval(float(lo[i, 1]), float(hi[i, 1])),
+                command=evaluate_command(open_[i], task),
             )
     return answer, answer_m, suggestion
 
@@ -372,7 +376,7 @@ class Recommender:
     ) -> Recommendation:
         budget = check_budget(budget)
         e = self._entry(task, model, device)
-        cfg, m, suggestion = choose(budget, self.meta, e.candidates, e.context, e.measured)
+        cfg, m, suggestion = choose(budget, self.meta, e.candidates, e.context, e.measured, e.task)
         med, lo, hi = self._predict_in(e, [cfg])
         return Recommendation(
             budget=budget,
