@@ -5,6 +5,7 @@ Bad input exits with code 2 and a message naming the value."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -176,13 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
 
-    sv = sub.add_parser("serve", help="serve the registered recommender (mlflow models serve)")
+    sv = sub.add_parser(
+        "serve", help="serve the registered recommender (MLflow scoring server, 127.0.0.1)"
+    )
     sv.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlflow.db here")
     sv.add_argument(
-        "--model-uri", default=None, help="default: models:/autoprumux-recommender/latest"
+        "--model-uri",
+        default=None,
+        help="models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/PATH or a model directory "
+        "(default: models:/autoprumux-recommender/latest)",
     )
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=5001)
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="default: 127.0.0.1 (another host is warned about)"
+    )
+    sv.add_argument("--port", type=int, default=5001, help="1..65535 (default: 5001)")
     _add_serve_students(sub)
     return p
 
@@ -326,9 +334,64 @@ def format_table(ev) -> str:
     return "\n".join(rows)
 
 
+def _check_output_file(flag: str, value: str) -> None:
+    """An output file named on the command line must be writable before the work starts."""
+    p = Path(value).expanduser()
+    if p.is_dir():
+        raise AutoPruMuxError(f"{flag} {value!r} is a directory; name a file in it")
+    if not p.resolve().parent.is_dir():
+        raise AutoPruMuxError(
+            f"{flag} {value!r}: its directory does not exist; create it or choose another path"
+        )
+    if not os.access(p if p.exists() else p.resolve().parent, os.W_OK):
+        raise AutoPruMuxError(f"{flag} {value!r} is not writable; choose another path")
+
+
+def _check_cache_dir(value: str | None) -> None:
+    """The artefact cache (--cache-dir, $AUTOPRUMUX_CACHE, or ./.autoprumux/cache) must be a
+    directory this process can create and write, before any work starts."""
+    from autoprumux._cache import default_cache_dir
+
+    where = "--cache-dir" if value else "the cache directory ($AUTOPRUMUX_CACHE or the default)"
+    root = Path(value).expanduser() if value else default_cache_dir()
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise AutoPruMuxError(
+            f"{where} {str(root)!r}: {str(existing)!r} is a file, not a directory; "
+            "choose another --cache-dir"
+        )
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise AutoPruMuxError(
+            f"{where} {str(root)!r} is not writable ({str(existing)!r} is read-only); "
+            "pass a writable --cache-dir or set AUTOPRUMUX_CACHE"
+        )
+
+
+def _check_port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise AutoPruMuxError(f"--port ({port}) must be between 1 and 65535 (e.g. 5000)")
+    return port
+
+
+def _warn_non_loopback(host: str) -> None:
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        print(
+            f"autoprumux: warning: --host {host} makes the server reachable from other machines; "
+            "it has no authentication (the default 127.0.0.1 keeps it local)",
+            file=sys.stderr,
+        )
+
+
 def _pipeline(args: argparse.Namespace, recipe):
     from autoprumux.pipeline import PruMuxPipeline
 
+    _check_cache_dir(args.cache_dir)
     return PruMuxPipeline(
         task=args.task,
         model=args.model,
@@ -356,10 +419,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         repeats=args.tp_repeats,
         device=args.device,
     )
-    if args.json_out and not Path(args.json_out).resolve().parent.is_dir():
-        raise AutoPruMuxError(
-            f"--json {args.json_out!r}: its directory does not exist; create it or choose another path"
-        )
+    if args.json_out:
+        _check_output_file("--json", args.json_out)
     pipe = _pipeline(args, recipe)
     if students:
         k, depth, active = students
@@ -440,6 +501,7 @@ def _search_settings(args: argparse.Namespace, space, trials: int):
     from autoprumux.evaluation import ThroughputConfig
     from autoprumux.search import SearchSettings, check_budget
 
+    _check_cache_dir(args.cache_dir)
     return SearchSettings(
         space=space,
         trials=trials,
@@ -492,16 +554,24 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from autoprumux.search import SearchSpace, check_budget
     from autoprumux.search._study import load_study_attrs
 
     check_budget(args.budget)
     if not args.study_name:
         raise AutoPruMuxError("worker: --study-name is required (the study to join)")
+    if args.trials is not None and args.trials < 1:
+        raise AutoPruMuxError(
+            f"--trials ({args.trials}) must be a positive integer (omit it for the study's target)"
+        )
     attrs = load_study_attrs(args.storage, args.study_name)
     space = SearchSpace.from_dict(attrs["space"], source=f"study {args.study_name}")
-    trials = args.trials or int(attrs.get("target_trials", 24))
-    return _run_search(args, _search_settings(args, space, trials))
+    trials = args.trials if args.trials is not None else int(attrs.get("target_trials", 24))
+    # joined workers seed their samplers apart, or they propose the same configurations
+    settings = replace(_search_settings(args, space, trials), worker_offset=os.getpid())
+    return _run_search(args, settings)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -523,6 +593,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from autoprumux.search import _tracking as tracking
 
+    _check_port(args.port)
+    _warn_non_loopback(args.host)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     root = tracking.artifact_root(uri)
@@ -534,28 +606,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """The registered recommender behind MLflow's scoring app, in this process (so Ctrl-C or
+    SIGTERM stops the listener with it), with a request guard in front (see _serving)."""
+    from autoprumux.search import _serving
     from autoprumux.search import _tracking as tracking
-    from autoprumux.search._serving import REGISTERED_NAME
 
+    # everything cheap first: no store is opened and nothing fetched for a bad argument
+    _check_port(args.port)
+    model_uri = args.model_uri or f"models:/{_serving.REGISTERED_NAME}/latest"
+    _serving.check_model_uri(model_uri)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    model_uri = args.model_uri or f"models:/{REGISTERED_NAME}/latest"
-    if model_uri.startswith("models:/"):
-        name = model_uri.split("/")[1]
-        versions = []
-        if not tracking.missing_sqlite_file(uri):
-            try:
-                versions = tracking.client(uri).search_model_versions(f"name='{name}'")
-            except Exception:  # noqa: BLE001
-                versions = []
-        if not versions:
-            raise AutoPruMuxError(
-                f"no registered model {name!r} in {uri}; run `autoprumux search` first "
-                "(it registers the recommender at the end)"
-            )
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
-    cmd += ["--env-manager", "local", "--host", args.host, "--port", str(args.port)]
-    print(f"serving {model_uri} on http://{args.host}:{args.port}/invocations (Ctrl-C stops it)")
-    return _exec(cmd, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri})
+    if uri.startswith(("http://", "https://")):
+        tracking.check_reachable(uri, timeout=3.0)  # MLflow's client retries for minutes
+    _warn_non_loopback(args.host)
+    return _serving.serve(model_uri, tracking_uri=uri, host=args.host, port=args.port)
 
 
 def cmd_serve_students(args: argparse.Namespace) -> int:
@@ -667,16 +731,34 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
 
 
 def _exec(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a server child in its own process group until it exits; Ctrl-C or SIGTERM to this
+    process stop the whole group (mlflow's server forks workers that would outlive a plain
+    terminate)."""
+    import signal
     import subprocess
 
     # mlflow starts uvicorn/gunicorn by name: make this interpreter's bin directory findable
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    proc = subprocess.Popen(cmd, env={**os.environ, **env, "PATH": path})
+    proc = subprocess.Popen(cmd, env={**os.environ, **env, "PATH": path}, start_new_session=True)
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -14,8 +14,9 @@ import copy
 import hashlib
 import logging
 import math
+import numbers
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,117 @@ from autoprumux.training import (
     retrieval_warmup,
     train_classifier,
 )
+from autoprumux.training._loop import STASH_PLACES, TRAINERS
 
 log = logging.getLogger("autoprumux")
 
 # seeded orders of the dev set a multiplexed model is scored on (see `dev_metrics`)
 DEV_PAIRINGS = 5
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """The type and range of one `Recipe` field."""
+
+    kind: type  # int, float, bool or str
+    low: float | None = None  # inclusive lower bound (exclusive with `above`)
+    above: bool = False
+    high: float | None = None  # inclusive upper bound
+    choices: tuple[str, ...] = ()
+    none: str = ""  # when set, None is allowed and means this
+
+    def check(self, v: object) -> tuple[bool, object]:
+        """(valid, the value normalised to the field's type: int fields int, float fields
+        float). bool is an int subclass and NaN a float: both are rejected by hand."""
+        if v is None:
+            return bool(self.none), v
+        if self.kind is bool:
+            return isinstance(v, bool), v
+        if self.kind is str:
+            return isinstance(v, str) and v in self.choices, v
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return False, v
+        if self.kind is int:
+            if not isinstance(v, numbers.Integral):
+                return False, v
+            x: float = int(v)
+        else:
+            x = float(v)
+            if not math.isfinite(x):
+                return False, v
+        if self.low is not None and (x <= self.low if self.above else x < self.low):
+            return False, v
+        if self.high is not None and x > self.high:
+            return False, v
+        return True, x
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false (a boolean, not a string)"
+        if self.kind is str:
+            return f"one of {list(self.choices)}"
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            what += f" in [{_num(self.low)}, {_num(self.high)}]"
+        elif self.low is not None:
+            what += f" {'>' if self.above else '>='} {_num(self.low)}"
+        return f"None ({self.none}) or {what}" if self.none else what
+
+    def message(self, name: str, value: object, default: object) -> str:
+        hint = ""
+        if isinstance(value, str) and self.kind in (int, float):
+            try:
+                float(value)
+                hint = " (it is a string: drop the quotes; YAML reads 1e-4 as text, write 1.0e-4)"
+            except ValueError:
+                pass
+        return (
+            f"recipe field {name} ({value!r}) must be {self.describe()}, e.g. {default!r} "
+            f"(the default){hint}"
+        )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+_STEPS = _Rule(int, low=0)  # 0 = skip the stage
+_COUNT = _Rule(int, low=1)
+_LR = _Rule(float, low=0.0, above=True)
+_WEIGHT = _Rule(float, low=0.0)  # a loss term's weight; 0 = off
+_FRACTION = _Rule(float, low=0.0, high=1.0)  # a weight mixed with the task loss (TrainConfig)
+_FLAG = _Rule(bool)
+
+# one rule per Recipe field (`Recipe.__post_init__` fails on a field without one)
+_RECIPE_RULES: dict[str, _Rule] = {
+    "max_seq_len": _Rule(int, low=8),
+    "max_train_examples": _Rule(int, low=1, none="all examples"),
+    "batch_size": _COUNT,
+    "lr": _LR,
+    "finetune_steps": _STEPS,
+    "mux_warmup_steps": _STEPS,
+    "mux_warmup_lr": _LR,
+    "warmup_corpus_size": _Rule(int, low=0),
+    "mux_finetune_steps": _STEPS,
+    "mux_finetune_lr": _LR,
+    "retrieval_weight": _FRACTION,
+    "distill_weight": _FRACTION,
+    "recovery_steps": _STEPS,
+    "mux_pooling": _Rule(str, choices=("cls", "mean")),
+    "warmup_hidden_distill": _WEIGHT,
+    "mux_hidden_distill": _WEIGHT,
+    "warmup_from_smaller": _FLAG,
+    "student_steps": _STEPS,
+    "student_stacking_steps": _STEPS,
+    "student_lr": _LR,
+    "prune_stages": _COUNT,
+    "importance_examples": _COUNT,
+    "freeze_word_embeddings": _FLAG,
+    "seed": _Rule(int, low=0, high=2**32 - 1),  # numpy-compatible seed range
+    "trainer": _Rule(str, choices=TRAINERS),
+    "l2l_micro_batches": _COUNT,
+    "l2l_stash": _Rule(str, choices=STASH_PLACES),
+}
 
 
 @dataclass(frozen=True)
@@ -102,36 +209,29 @@ class Recipe:
     l2l_stash: str = "device"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_seq_len, int) or self.max_seq_len < 8:
-            raise ConfigError(
-                f"max_seq_len ({self.max_seq_len!r}) must be an integer >= 8 (e.g. --max-seq-len 64)"
-            )
-        for name in ("batch_size", "importance_examples", "prune_stages"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"recipe field {name} ({v!r}) must be a positive integer")
-        for name in (
-            "finetune_steps",
-            "mux_warmup_steps",
-            "mux_finetune_steps",
-            "recovery_steps",
-            "student_steps",
-            "student_stacking_steps",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ConfigError(f"recipe field {name} ({v!r}) must be an integer >= 0")
-        if self.mux_pooling not in ("cls", "mean"):
-            raise ConfigError(f"mux_pooling ({self.mux_pooling!r}) must be 'cls' or 'mean'")
-        for name in ("warmup_hidden_distill", "mux_hidden_distill"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"recipe field {name} ({v!r}) must be a number >= 0")
+        # every field's type and range, from one table, before any data, study or MLflow run
+        # exists; numbers are normalised (YAML `lr: 1` -> 1.0) so equal recipes key equally
+        for f in fields(self):
+            value = getattr(self, f.name)
+            ok, normalised = _RECIPE_RULES[f.name].check(value)
+            if not ok:
+                raise ConfigError(_RECIPE_RULES[f.name].message(f.name, value, f.default))
+            if normalised is not value:
+                object.__setattr__(self, f.name, normalised)
+        # the rules between fields: each training loop draws full batches
         if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
             raise ConfigError(
-                f"max_train_examples ({self.max_train_examples}) must be >= batch_size ({self.batch_size})"
+                f"recipe field max_train_examples ({self.max_train_examples!r}) must be >= "
+                f"batch_size ({self.batch_size}) or None (all examples); raise it or lower "
+                "batch_size"
             )
-        try:  # the trainer fields, checked by the config they feed
+        if self.mux_warmup_steps > 0 and self.warmup_corpus_size < self.batch_size:
+            raise ConfigError(
+                f"recipe field warmup_corpus_size ({self.warmup_corpus_size!r}) must be >= "
+                f"batch_size ({self.batch_size}) when mux_warmup_steps > 0 (the warm-up draws "
+                "full batches), e.g. 20000; or set mux_warmup_steps to 0"
+            )
+        try:  # L2L micro-batches must divide the batch: checked by the config they feed
             TrainConfig(
                 steps=0,
                 batch_size=self.batch_size,
@@ -287,6 +387,16 @@ def describe_model(model: AnyModel) -> dict:
     }
 
 
+def _read_text_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}); pass a text file with one "
+            "sentence per line"
+        ) from None
+
+
 class PruMuxPipeline:
     """Builds, caches and measures the baseline and PruMUX candidates for one (model, task, recipe)."""
 
@@ -306,6 +416,14 @@ class PruMuxPipeline:
         self.task = get_task(task)
         self.data_dir = data_dir
         self.warmup_corpus = warmup_corpus
+        if warmup_corpus not in ("shared", "task"):  # a file: checked before any work
+            corpus = Path(warmup_corpus).expanduser()
+            if not corpus.is_file():
+                raise ConfigError(
+                    f"warm-up corpus {warmup_corpus!r} is not 'shared', 'task' or an existing "
+                    "text file (one sentence per line)"
+                )
+            _read_text_file(corpus, "warm-up corpus")
         self.recipe = recipe or Recipe()
         self.device = resolve_device(device)
         self.mux_variant = MuxConfig(n=1, variant=mux_variant).variant
@@ -463,7 +581,7 @@ class PruMuxPipeline:
                     f"warm-up corpus {src!r} is not 'shared', 'task' or an existing text file "
                     "(one sentence per line)"
                 )
-            texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            texts = [line.strip() for line in _read_text_file(path, "warm-up corpus").splitlines()]
         texts = sorted({t for t in texts if t})  # dedup; sorted so the sample is reproducible
         if not texts:
             raise ConfigError(f"warm-up corpus {src!r} holds no sentences")
@@ -672,7 +790,7 @@ class PruMuxPipeline:
                     "heads": list(model.encoder.config.heads),
                     "ffn": list(model.encoder.config.ffn),
                     "train": tr,
-                    "dev_metric": self.dev_metrics(model)["metric"],
+                    "dev_metric": self.dev_metrics(model, pairings=1)["metric"],
                 }
             )
             if on_stage is not None:
@@ -725,7 +843,8 @@ class PruMuxPipeline:
             for stage, st in enumerate(stages, start=1):
                 metric = st.get("dev_metric")
                 if metric is None:  # an entry written before stage metrics were recorded
-                    metric = self.dev_metrics(model)["metric"] if stage == len(stages) else None
+                    last = stage == len(stages)
+                    metric = self.dev_metrics(model, pairings=1)["metric"] if last else None
                 if metric is not None:
                     on_stage(stage, float(metric))
         return model
@@ -789,12 +908,13 @@ class PruMuxPipeline:
         return self.beside_baseline(name, ens, tp)
 
     # ---- measurement -------------------------------------------------------------------------
-    def dev_metrics(self, model: AnyModel) -> dict[str, float]:
+    def dev_metrics(self, model: AnyModel, pairings: int = DEV_PAIRINGS) -> dict[str, float]:
         """Dev metrics in points. A multiplexed model (N > 1) mixes the examples of each group
         of N, so its predictions depend on which examples share a group: its metrics are the
         mean over `DEV_PAIRINGS` seeded shufflings of the dev set (taken from a canonical order,
         so the file's order does not matter), with `metric_std` their spread (0 for N=1, whose
-        predictions do not depend on the order)."""
+        predictions do not depend on the order). Intermediate reports to a search pruner use
+        one pairing (`pairings=1`): they only decide whether to go on."""
         gold = [x.label for x in self.dev_items]
         n = getattr(model, "n", 1)
         if n == 1:
@@ -805,7 +925,7 @@ class PruMuxPipeline:
             key=lambda i: (self.dev_items[i].input_ids, self.dev_items[i].token_type_ids, gold[i]),
         )
         runs = []
-        for seed in range(DEV_PAIRINGS):
+        for seed in range(pairings):
             g = torch.Generator().manual_seed(seed)
             order = torch.tensor(canonical)[torch.randperm(len(canonical), generator=g)]
             logits = predict(
@@ -815,13 +935,15 @@ class PruMuxPipeline:
             restored[order] = logits
             runs.append(task_metrics(self.task.metric, restored, gold))
         out = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-        out["metric_std"] = float(torch.tensor([r["metric"] for r in runs]).std().item())
+        spread = torch.tensor([r["metric"] for r in runs]).std() if len(runs) > 1 else 0.0
+        out["metric_std"] = float(spread)
         return out
 
     def mux_metrics(self, n: int) -> dict[str, float]:
-        """Dev metrics of the unpruned N-way model (computed once per pipeline and N)."""
+        """Dev metrics (one pairing) of the unpruned N-way model, for a search pruner's step 0
+        (computed once per pipeline and N)."""
         if n not in self._mux_metrics:
-            self._mux_metrics[n] = self.dev_metrics(self.mux_model(n))
+            self._mux_metrics[n] = self.dev_metrics(self.mux_model(n), pairings=1)
         return self._mux_metrics[n]
 
     @property

@@ -519,3 +519,42 @@ def test_cola_trials_log_the_task_metric_apart_from_accuracy(tiny_checkpoint, tm
     assert m["accuracy"] == pytest.approx(ev["candidate"]["accuracy"])  # plain accuracy
     assert m["baseline_metric"] == pytest.approx(ev["baseline"]["metric"])
     assert m["accuracy_loss"] == pytest.approx(m["baseline_metric"] - m["metric"])
+
+
+def test_reruns_register_nothing_new_and_close_the_study_run(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space(tiny_checkpoint).to_dict()))
+    argv = ["search", "--space", str(space), "--budget", "50", "--study-name", "rerun"]
+    argv += ["--data-dir", str(DATA), "--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cl = tracking.client(uri)
+
+    def parent_status() -> str:
+        exp = cl.get_experiment_by_name("autoprumux/rerun")
+        (run,) = cl.search_runs([exp.experiment_id], "tags.`autoprumux.role` = 'study'")
+        return str(run.info.status)
+
+    assert main([*argv, "--trials", "2", "--no-register"]) == 0
+    assert parent_status() == "FINISHED"  # not left RUNNING without a registration
+    assert main([*argv, "--trials", "2"]) == 0
+    assert main([*argv, "--trials", "2"]) == 0  # nothing new measured: nothing new registered
+    versions = cl.search_model_versions("name='autoprumux-recommender'")
+    assert len(versions) == 1 and parent_status() == "FINISHED"
+    assert main([*argv, "--trials", "3"]) == 0  # a new trial: a new version
+    assert len(cl.search_model_versions("name='autoprumux-recommender'")) == 2
+
+
+def test_a_resumed_tpe_search_does_not_repeat_its_first_configuration(tiny_checkpoint, tmp_path):
+    space = tiny_space(
+        tiny_checkpoint, sparsity={"low": 0.0, "high": 0.9, "step": 0.1}, mux={"choices": [1]}
+    )
+    firsts = []
+    for trials in (1, 2):
+        searcher = Searcher(settings(space, tmp_path, trials=trials, sampler="tpe"))
+        searcher.run()
+        firsts.append(searcher.study.get_trials()[-1].user_attrs["config"]["sparsity"])
+    assert firsts[0] != firsts[1], firsts

@@ -144,7 +144,8 @@ def test_three_workers_share_a_postgresql_study_and_one_mlflow_server(
         assert len(numbers) == len(set(numbers))
         done = [t for t in trials if t.state.name == "COMPLETE"]
         assert not [t for t in trials if t.state.name == "FAIL"]
-        assert len(done) >= 9
+        # the workers count each other's running trials: the study ends at its target exactly
+        assert len(done) == 9, [t.state.name for t in trials]
         assert len({t.user_attrs["worker"] for t in done}) == 3  # every process ran trials
         cl = tracking.client(mlflow_uri)
         exp = cl.get_experiment_by_name("autoprumux/shared")
@@ -164,14 +165,23 @@ def test_three_workers_share_a_postgresql_study_and_one_mlflow_server(
         server.wait(timeout=30)
 
 
-def test_a_worker_killed_mid_trial_loses_no_finished_trial(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    "heartbeat, wait",
+    [
+        ("1", 2.5),  # the rerun starts after the heartbeat's grace period (2 x 1 s)
+        ("60", 0.0),  # it starts at once: the dead worker's pid tells, not the heartbeat
+    ],
+)
+def test_a_worker_killed_mid_trial_loses_no_finished_trial(
+    tiny_checkpoint, tmp_path, heartbeat, wait
+):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     slow = {**TINY_RECIPE, "recovery_steps": 400}  # a pruned trial takes seconds: room to kill
     space = _space_file(tmp_path, tiny_checkpoint, slow)
     args = ["search", "--space", str(space), "--trials", "6", "--storage", storage]
     args += ["--tracking-uri", mlflow_uri, "--study-name", "killme", "--budget", "50"]
-    args += ["--heartbeat", "1", "--no-register", "--data-dir", str(DATA)]
+    args += ["--heartbeat", heartbeat, "--no-register", "--data-dir", str(DATA)]
     args += ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
     proc = _cli(*args, cwd=tmp_path)
     _wait_for_study(storage, "killme", [proc])
@@ -194,7 +204,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(tiny_checkpoint, tmp_
         if t.state.name == "COMPLETE"
     }
     assert before
-    time.sleep(2.5)  # past the heartbeat's grace period (2 x 1 s)
+    time.sleep(wait)
     _finish([_cli(*args, cwd=tmp_path)])
 
     st = optuna.load_study(study_name="killme", storage=storage)
@@ -212,3 +222,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(tiny_checkpoint, tmp_
     for n, rid in done.items():
         mine = [r for r in runs if r.data.tags["autoprumux.trial_number"] == str(n)]
         assert len(mine) == 1 and mine[0].info.run_id == rid
+    # the killed trial's run is closed as failed, nothing is left RUNNING
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    (dead,) = [r for r in runs if r.info.run_id == failed[0].user_attrs["mlflow_run_id"]]
+    assert dead.info.status == "FAILED"

@@ -7,10 +7,25 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoprumux._cache import file_sha256
 from autoprumux.errors import ModelNotFoundError
 from autoprumux.models._encoder import Encoder, EncoderConfig
 
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+# every tokenizer file `AutoTokenizer` may read from a BERT(-like) checkpoint directory
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def packaged_model_dir() -> Path:
@@ -29,7 +44,9 @@ class BaseModel:
 
     name: str
     path: str
-    model_id: str  # stable identity for caches: name + content hash of the config/weights header
+    # identity for cache keys: name + hash of the config and, for a local checkpoint, the
+    # contents of its weight and tokenizer files
+    model_id: str
     config: EncoderConfig
 
     def build_encoder(self) -> Encoder:
@@ -82,15 +99,24 @@ def resolve_model(name: str | None = None) -> BaseModel:
     resolved = str(path) if path is not None else name
     h = hashlib.sha256(json_dumps(cfg.to_dict()).encode())
     if path is not None:
-        for f in sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}".encode())
+        # contents, not names and sizes: re-saving other weights of the same shape (or another
+        # vocabulary) at the same path must not hit the old model's cache entries. Memoised per
+        # process by each file's stat (`file_sha256`), so repeated resolves do not rehash.
+        for f in checkpoint_files(path):
+            h.update(f"{f.name}:{file_sha256(f)}\n".encode())
     return BaseModel(
         name=name,
         path=resolved,
         model_id=f"{Path(name).name}-{h.hexdigest()[:10]}",
         config=EncoderConfig.from_bert_config(cfg),
     )
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The weight and tokenizer files of a checkpoint directory that exist, in a fixed order."""
+    d = Path(path)
+    weights = [f for pat in WEIGHT_PATTERNS for f in sorted(d.glob(pat))]
+    return [f for f in weights + [d / n for n in TOKENIZER_FILES] if f.is_file()]
 
 
 def json_dumps(d: dict) -> str:

@@ -212,6 +212,97 @@ class MetaModel(RegressorMixin, BaseEstimator):
         high = np.stack([p[:, 0] + w_loss, np.exp(p[:, 1] + w_speed)], axis=1)
         return _known(X, low), _known(X, high)
 
+    # ---- serialization as data (no pickle): JSON-able state + LightGBM text models -----------
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as JSON-able data: the hyper-parameters, the priors' coefficients,
+        the jackknife half-widths and each target's trees as LightGBM's text model format.
+        `from_dict` rebuilds a model that predicts identically; nothing in it is code."""
+        check_is_fitted(self, "models_")
+        return {
+            "format": META_MODEL_FORMAT,
+            "features": list(FEATURES),
+            "targets": ["accuracy_loss", "log_speedup"],
+            "params": self.get_params(),
+            "prior_coef": [[float(c) for c in coef] for coef in self.prior_coef_],
+            "half_width": [float(w) for w in self.half_width_],
+            "n_features_in": int(self.n_features_in_),
+            "n_train": int(self.n_train_),
+            "trees": [_booster_of(m).model_to_string() for m in self.models_],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MetaModel:
+        """The model `to_dict` described. Refuses (ValueError) anything of another format or
+        shape rather than predicting from it."""
+        import lightgbm as lgb
+
+        if not isinstance(d, dict) or d.get("format") != META_MODEL_FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a {META_MODEL_FORMAT} meta-model (format {got!r})")
+        if d.get("features") != list(FEATURES):
+            raise ValueError(
+                "the meta-model was fitted on other features than this version of autoprumux "
+                "computes; fit it again (rerun the search or register_recommender)"
+            )
+        params = d.get("params")
+        allowed = set(cls().get_params())
+        if not isinstance(params, dict) or not set(params) <= allowed:
+            raise ValueError(f"meta-model params must be a dict with keys in {sorted(allowed)}")
+        coefs, widths, trees = d.get("prior_coef"), d.get("half_width"), d.get("trees")
+        if not (
+            isinstance(coefs, list)
+            and isinstance(widths, list)
+            and isinstance(trees, list)
+            and len(coefs) == len(widths) == len(trees) == len(TARGETS)
+            and all(isinstance(c, list) and len(c) == 2 for c in coefs)
+            and all(isinstance(t, str) for t in trees)
+        ):
+            raise ValueError(
+                "meta-model state must hold two prior_coef pairs, two half_width values and two "
+                "LightGBM text models"
+            )
+        m = cls(**params)
+        m.prior_coef_ = [_finite_array(c, "prior_coef") for c in coefs]
+        m.half_width_ = [float(_finite_array([w], "half_width")[0]) for w in widths]
+        m.models_ = [_TextTrees(lgb.Booster(model_str=t)) for t in trees]
+        for t in m.models_:
+            if t.booster.num_feature() != len(FEATURES):
+                raise ValueError(
+                    f"a LightGBM model reads {t.booster.num_feature()} features, not "
+                    f"{len(FEATURES)}"
+                )
+        m.n_features_in_ = int(d.get("n_features_in", len(FEATURES)))
+        m.n_train_ = int(d.get("n_train", 0))
+        return m
+
+
+META_MODEL_FORMAT = "autoprumux.meta_model/1"
+
+
+class _TextTrees:
+    """A LightGBM booster rebuilt from its text model, predicting like the fitted
+    `LGBMRegressor` it came from (on one thread, as the fits run; see `MetaModel._make`)."""
+
+    def __init__(self, booster: Any):
+        self.booster = booster
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(X, num_threads=1))
+
+
+def _booster_of(m: Any) -> Any:
+    return m.booster if isinstance(m, _TextTrees) else m.booster_
+
+
+def _finite_array(v: Any, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"meta-model {name} must be numbers, got {str(v)[:80]}") from None
+    if not np.isfinite(a).all():
+        raise ValueError(f"meta-model {name} must be finite numbers, got {a.tolist()}")
+    return a
+
 
 def _known(X: Any, pred: np.ndarray) -> np.ndarray:
     """The baseline's loss 0 and speedup 1 are definitions, not predictions."""

@@ -305,7 +305,8 @@ class StudyEntry:
 
 class Recommender:
     """A fitted meta-model plus, per study, its context, candidate grid and measured trials.
-    Picklable: the served MLflow model is this object."""
+    Stored as data (`to_dict` / `from_dict`: JSON and LightGBM text models) for the served
+    MLflow model; still picklable for in-process use."""
 
     def __init__(self, trials: list[dict[str, Any]], **meta_kw: Any):
         if not trials:
@@ -327,6 +328,53 @@ class Recommender:
             )
             for name, rows in by_study.items()
         ]
+
+    # ---- serialization as data (no pickle) --------------------------------------------------
+    def to_dict(self, *, include_trees: bool = True) -> dict[str, Any]:
+        """Everything `recommend` reads, as JSON-able data: the meta-model (`MetaModel.to_dict`;
+        its LightGBM text models left out with `include_trees=False`, for storing them as
+        separate files) and per study its context, candidate grid and measured means."""
+        meta = self.meta.to_dict()
+        if not include_trees:
+            meta.pop("trees")
+        return {
+            "format": RECOMMENDER_FORMAT,
+            "trials_used": int(self.trials_used),
+            "meta": meta,
+            "entries": [
+                {
+                    "study": e.study,
+                    "task": e.task,
+                    "model": e.model,
+                    "device": e.device,
+                    "context": dict(e.context),
+                    "candidates": [dict(c) for c in e.candidates],
+                    "measured": [dict(m) for m in e.measured.values()],
+                }
+                for e in self.entries
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], trees: list[str] | None = None) -> Recommender:
+        """The recommender `to_dict` described (with `trees`, the meta-model's LightGBM text
+        models, when they were stored apart). Refuses (ValueError) any other shape."""
+        if not isinstance(d, dict) or d.get("format") != RECOMMENDER_FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a {RECOMMENDER_FORMAT} recommender (format {got!r})")
+        meta_d = d.get("meta")
+        if not isinstance(meta_d, dict):
+            raise ValueError("the recommender has no meta-model")
+        if trees is not None:
+            meta_d = {**meta_d, "trees": trees}
+        entries = d.get("entries")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("the recommender must hold at least one study entry")
+        rec = cls.__new__(cls)
+        rec.meta = MetaModel.from_dict(meta_d)
+        rec.trials_used = int(d.get("trials_used", 0))
+        rec.entries = [_entry_from_dict(e) for e in entries]
+        return rec
 
     def _entry(self, task: str | None, model: str | None, device: str | None) -> StudyEntry:
         """The study matching the filters that measured the most configurations."""
@@ -409,6 +457,63 @@ class Recommender:
             suggestion=suggestion,
             trials_used=self.trials_used,
         )
+
+
+RECOMMENDER_FORMAT = "autoprumux.recommender/1"
+_MEASURED_KEYS = ("config", "accuracy_loss", "speedup", "number", "repeats")
+
+
+def _entry_from_dict(e: Any) -> StudyEntry:
+    """One study entry of `Recommender.to_dict`, its types checked: what `choose` and
+    `recommend` read must be there and be of the right kind."""
+    import math
+
+    if not isinstance(e, dict):
+        raise ValueError(f"a study entry must be an object, got {type(e).__name__}")
+    for k in ("study", "task", "model", "device"):
+        if not isinstance(e.get(k), str):
+            raise ValueError(f"study entry field {k!r} must be a string")
+    ctx, cands, measured = e.get("context"), e.get("candidates"), e.get("measured")
+    if not isinstance(ctx, dict):
+        raise ValueError(f"study {e['study']!r}: context must be an object")
+    if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
+        raise ValueError(f"study {e['study']!r}: candidates must be a list of objects")
+    if not isinstance(measured, list):
+        raise ValueError(f"study {e['study']!r}: measured must be a list of objects")
+    out: dict[tuple, dict[str, Any]] = {}
+    for m in measured:
+        if not isinstance(m, dict) or not all(k in m for k in _MEASURED_KEYS):
+            raise ValueError(
+                f"study {e['study']!r}: each measured configuration needs {list(_MEASURED_KEYS)}"
+            )
+        if not isinstance(m["config"], dict) or not all(
+            isinstance(m[k], int | float) and math.isfinite(m[k])
+            for k in ("accuracy_loss", "speedup")
+        ):
+            raise ValueError(
+                f"study {e['study']!r}: a measured configuration has a bad config or "
+                "non-numeric loss/speedup"
+            )
+        out[_ckey(m["config"])] = {"mlflow_run_id": None, **m}
+    from autoprumux.search._meta import features
+
+    try:  # every configuration the entry can be asked about must give a feature row
+        for c in [BASELINE_CONFIG, *cands, *(m["config"] for m in out.values())]:
+            features(c, ctx)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"study {e['study']!r}: a configuration or the context cannot be featurised: "
+            f"{type(err).__name__}: {str(err)[:80]}"
+        ) from None
+    return StudyEntry(
+        study=e["study"],
+        task=e["task"],
+        model=e["model"],
+        device=e["device"],
+        context=dict(ctx),
+        candidates=[dict(c) for c in cands],
+        measured=out,
+    )
 
 
 def build_recommender(storage: str | None = None, study: str | None = None) -> Recommender:

@@ -1,21 +1,49 @@
 """The recommender as an MLflow pyfunc model: logged, registered and served.
 
 Input: a table with a `budget` column (accuracy-loss points) and optional `task`, `model`,
-`device` columns. Output: one row per budget with the answer (`source` "measured" or
-"baseline", its measured `accuracy_loss` and `speedup`), the meta-model's predictions for it,
-and the suggested configuration to measure next (`suggested_*`; -1 / NaN when there is none).
-A bad payload raises an MlflowException with INVALID_PARAMETER_VALUE, which the scoring server
-answers with HTTP 400.
+`device` columns, at most `MAX_ROWS` rows. Output: one row per budget with the answer (`source`
+"measured" or "baseline", its measured `accuracy_loss` and `speedup`), the meta-model's
+predictions for it, and the suggested configuration to measure next (`suggested_*`; -1 / NaN
+when there is none). A bad payload raises an MlflowException with INVALID_PARAMETER_VALUE, which
+the scoring server answers with HTTP 400; values it echoes are cut to `ECHO_CHARS` characters.
+
+What is stored, and what `autoprumux serve` trusts
+--------------------------------------------------
+The recommender is stored as data, never as a pickle: `recommender.json` (the study entries:
+study, task, model, device, context, candidate configurations, measured means; the
+meta-model's hyper-parameters, prior coefficients and interval half-widths) and one LightGBM
+text model per target (`accuracy_loss.txt`, `log_speedup.txt`). The pyfunc is logged as
+"models from code": its `python_model` is the file `_recommender_code.py`, so MLflow writes no
+cloudpickled PythonModel either. Loading rebuilds the `Recommender` with `from_dict`, which
+checks every field's type and shape.
+
+`autoprumux serve` downloads the model to a private temporary directory and, before MLflow
+loads anything, refuses it (`verify_model_dir`) unless its only flavor is python_function with
+the models-from-code loader, no extra code paths, exactly the three artefacts above, no pickle
+file anywhere, and a code file byte-identical to this installed autoprumux's. So write access to
+the artefact store no longer means code execution in the server. Still trusted: this package's
+code (the code file runs with the server's rights: it is compared, not sandboxed), the MLmodel
+YAML (read with `yaml.safe_load`), the JSON (parsed by `json`, then validated: a forged file can
+change the answers, not run code) and LightGBM's C++ parser of the text models (a forged model
+can change the predictions; LightGBM is trusted not to be exploitable by its own text format).
+
+The HTTP front (`RequestGuard`) sits before MLflow's scoring app, which parses and echoes JSON
+without limits: it answers 415 to anything but `Content-Type: application/json`, 413 to a body
+over `MAX_BODY_BYTES`, 400 to invalid JSON, JSON nested deeper than `MAX_JSON_DEPTH`, more than
+`MAX_ROWS` rows, or a boolean where a value belongs (JSON `true` is not a budget).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
-import pickle
+import re
+import socket
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -56,49 +84,147 @@ OUTPUT_COLUMNS = (
     "suggested_predicted_speedup",
 )
 
+# one row costs a few milliseconds of CPU (a 10,000-row request took about 25 s): cap a request
+MAX_ROWS = 1000
+# 1,000 rows of {"budget": ..., "task": ..., "model": ..., "device": ...} fit many times over
+MAX_BODY_BYTES = 1 << 20
+# the deepest valid payload is {"dataframe_split": {"data": [[...]]}} (4); MLflow and pandas
+# recurse on what they parse, and Python's json gives up (RecursionError) near 1,000
+MAX_JSON_DEPTH = 10
+# a task, model or device filter longer than this names nothing a search recorded
+MAX_FIELD_CHARS = 1000
+# values echoed in error messages are cut to this many characters
+ECHO_CHARS = 80
+MAX_MESSAGE_CHARS = 2000
+
+CODE_FILE = Path(__file__).with_name("_recommender_code.py")
+CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+# artefact name -> file name inside the logged model
+ARTIFACTS = {
+    "recommender": "recommender.json",
+    "accuracy_loss_trees": "accuracy_loss.txt",
+    "log_speedup_trees": "log_speedup.txt",
+}
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
+FORMAT_TAG = "autoprumux.recommender_format"
+
 
 def _bad(msg: str) -> Exception:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    return MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)
+    return MlflowException(_cap(msg), error_code=INVALID_PARAMETER_VALUE)
+
+
+def _short(v: Any, n: int = ECHO_CHARS) -> str:
+    """`repr(v)` cut to about `n` characters: what an error message may echo of a value."""
+    if isinstance(v, str) and len(v) > n:
+        return f"{v[:n]!r}... ({len(v):,} characters)"
+    s = repr(v)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _cap(msg: str) -> str:
+    return msg if len(msg) <= MAX_MESSAGE_CHARS else msg[:MAX_MESSAGE_CHARS] + "..."
+
+
+def _clip_values(msg: str, values: tuple[Any, ...]) -> str:
+    """`msg` (written by code that echoes values whole) with every long value cut short."""
+    for v in values:
+        if isinstance(v, str) and len(v) > ECHO_CHARS:
+            msg = msg.replace(repr(v), _short(v)).replace(v, _short(v))
+    return msg
+
+
+def save_recommender(recommender: Any, directory: str | Path) -> dict[str, str]:
+    """Write the recommender as data into `directory`: its JSON and the meta-model's LightGBM
+    text models. Returns the MLflow artefacts mapping (name -> path)."""
+    d = Path(directory)
+    state = recommender.to_dict(include_trees=False)
+    trees = recommender.meta.to_dict()["trees"]
+    paths = {name: d / fname for name, fname in ARTIFACTS.items()}
+    paths["recommender"].write_text(json.dumps(state, allow_nan=False))
+    paths["accuracy_loss_trees"].write_text(trees[0])
+    paths["log_speedup_trees"].write_text(trees[1])
+    return {k: str(p) for k, p in paths.items()}
+
+
+def load_recommender(paths: dict[str, str]) -> Any:
+    """The `Recommender` `save_recommender` wrote (ValueError for anything else)."""
+    from autoprumux.search._recommend import Recommender
+
+    missing = sorted(set(ARTIFACTS) - set(paths))
+    if missing:
+        raise ValueError(f"the model lacks the artefacts {missing}")
+    state = json.loads(Path(paths["recommender"]).read_text())
+    trees = [
+        Path(paths["accuracy_loss_trees"]).read_text(),
+        Path(paths["log_speedup_trees"]).read_text(),
+    ]
+    return Recommender.from_dict(state, trees=trees)
 
 
 class RecommenderModel(PythonModel):
-    """pyfunc wrapper around a pickled `Recommender`."""
+    """pyfunc wrapper around a `Recommender` rebuilt from data (see the module docstring)."""
+
+    def __init__(self, recommender: Any = None):
+        self.recommender = recommender
 
     def load_context(self, context: Any) -> None:
-        with open(context.artifacts["recommender"], "rb") as f:
-            self.recommender = pickle.load(f)
+        self.recommender = load_recommender(dict(context.artifacts))
 
     # no type hints here: MLflow reads them as a (list-based) input schema; the signature logged
     # with the model is the schema
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        import numpy as np
         import pandas as pd
 
         rec = self.recommender
         df = model_input
         if isinstance(df, dict):
-            df = pd.DataFrame(df)
+            try:
+                df = pd.DataFrame(df)
+            except ValueError as e:
+                raise _bad(f"cannot read the input as a table: {e}") from None
         if not isinstance(df, pd.DataFrame):
             raise _bad(f"expected a table with a 'budget' column, got {type(model_input).__name__}")
         if "budget" not in df.columns:
+            cols = [_short(c, 30) for c in list(df.columns)[:10]]
+            more = f" and {len(df.columns) - 10} more" if len(df.columns) > 10 else ""
             raise _bad(
-                f"input has no 'budget' column (columns: {list(df.columns)}); "
+                f"input has no 'budget' column (columns: {cols}{more}); "
                 'send e.g. {"dataframe_records": [{"budget": 2.0}]}'
             )
+        if len(df) > MAX_ROWS:
+            raise _bad(
+                f"the input has {len(df):,} rows, more than the limit of {MAX_ROWS:,} per "
+                "request; split it into several requests"
+            )
         rows = []
+        answers: dict[tuple, Any] = {}  # equal rows are answered once
         for i, r in enumerate(df.to_dict(orient="records")):
             b = r.get("budget")
-            try:
-                rec_ = rec.recommend(
-                    b,
-                    _opt_str(r.get("task")),
-                    model=_opt_str(r.get("model")),
-                    device=_opt_str(r.get("device")),
+            if isinstance(b, bool | np.bool_):
+                raise _bad(
+                    f"row {i}: budget {b} is a boolean, not a number; give the accepted "
+                    "accuracy loss in points, e.g. 2.0"
                 )
-            except ConfigError as e:
-                raise _bad(f"row {i}: {e}") from None
+            task, model, device = (_opt_str(r.get(k)) for k in ("task", "model", "device"))
+            for name, v in (("task", task), ("model", model), ("device", device)):
+                if v is not None and len(v) > MAX_FIELD_CHARS:
+                    raise _bad(
+                        f"row {i}: {name} {_short(v)} is longer than {MAX_FIELD_CHARS:,} "
+                        "characters; give a name a search recorded (or leave it out)"
+                    )
+            key = (repr(b), task, model, device)
+            if key not in answers:
+                try:
+                    answers[key] = rec.recommend(b, task, model=model, device=device)
+                except ConfigError as e:
+                    raise _bad(
+                        f"row {i}: {_clip_values(str(e), (b, task, model, device))}"
+                    ) from None
+            rec_ = answers[key]
             m = rec_.measured
             rows.append(
                 {
@@ -189,7 +315,8 @@ def register_recommender(
     name: str = REGISTERED_NAME,
 ) -> str:
     """Log the recommender as a pyfunc model (under `run_id`, or a new run in `experiment`) and
-    register it as `name`. Returns the model URI of the new registered version."""
+    register it as `name`: data artefacts plus the code file, no pickle (module docstring).
+    Returns the model URI of the new registered version."""
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature, infer_signature
@@ -201,25 +328,442 @@ def register_recommender(
         exp_id = tracking.experiment_id(cl, experiment, uri)
         run_id = str(cl.create_run(exp_id, run_name="recommender").info.run_id)
     example = pd.DataFrame({"budget": [2.0]})
-    out = RecommenderModel()
-    out.recommender = recommender
     cols: list[Any] = [ColSpec("double", "budget")]
     cols += [ColSpec("string", c, required=False) for c in ("task", "model", "device")]
     inputs = Schema(cols)
-    outputs = infer_signature(example, out.predict(None, example)).outputs
+    outputs = infer_signature(example, RecommenderModel(recommender).predict(None, example)).outputs
     signature = ModelSignature(inputs=inputs, outputs=outputs)
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "recommender.pkl"
-        path.write_bytes(pickle.dumps(recommender))
+        artifacts = save_recommender(recommender, d)
         with _mlflow_uris(uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="recommender",
-                python_model=RecommenderModel(),
-                artifacts={"recommender": str(path)},
+                python_model=str(CODE_FILE),  # models from code: nothing is pickled
+                artifacts=artifacts,
                 signature=signature,
                 input_example=example,
                 registered_model_name=name,
                 pip_requirements=["autoprumux", "lightgbm", "scikit-learn", "pandas"],
             )
     version = info.registered_model_version
+    cl.set_model_version_tag(name, str(version), FORMAT_TAG, "data/1")
     return f"models:/{name}/{version}"
+
+
+# ---- what `autoprumux serve` checks before it loads anything ------------------------------
+
+
+_MODELS_URI = re.compile(r"models:/[^/@]+(/[^/]+|@[^/]+)|models:/m-[0-9a-f]+")
+
+
+def check_model_uri(model_uri: str) -> None:
+    """Refuse, before any work, a model URI that cannot name a model: a malformed `models:` or
+    `runs:` URI, or a local path that is not an MLflow model directory."""
+    u = model_uri.strip()
+    example = f"e.g. models:/{REGISTERED_NAME}/latest, models:/{REGISTERED_NAME}/3"
+    if u.startswith("models:"):
+        if not _MODELS_URI.fullmatch(u):
+            raise ConfigError(
+                f"--model-uri {_short(u)} is not a registered-model URI; give "
+                f"models:/<name>/<version or latest> or models:/<name>@<alias> ({example})"
+            )
+        return
+    if u.startswith("runs:"):
+        if not re.fullmatch(r"runs:/[^/]+/.+", u):
+            raise ConfigError(
+                f"--model-uri {_short(u)} is not a run model URI; give runs:/<run id>/<path>"
+            )
+        return
+    if "://" in u and not u.startswith("file://"):
+        return  # s3://, gs://, ...: the artefact repository says what is wrong
+    p = Path(u[len("file://") :] if u.startswith("file://") else u).expanduser()
+    if not p.exists():
+        raise ConfigError(
+            f"--model-uri {_short(u)}: no such file or directory; give a registered model "
+            f"({example}) or the directory of a logged model"
+        )
+    if not (p / "MLmodel").is_file():
+        raise ConfigError(
+            f"--model-uri {_short(u)} is not an MLflow model directory (it has no MLmodel file)"
+        )
+
+
+def verify_model_dir(path: str | Path, model_uri: str) -> None:
+    """Refuse (ConfigError) a downloaded model unless it is a recommender stored as data that
+    loads through this installed code only (see the module docstring); nothing in it is
+    executed or unpickled before this passes."""
+    import yaml
+
+    root = Path(path).resolve()
+    what = f"model {_short(model_uri)}"
+    rerun = (
+        "register it again with this autoprumux (rerun `autoprumux search`, or call "
+        "autoprumux.search._serving.register_recommender)"
+    )
+    pickles = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES
+    )
+    if pickles:
+        raise ConfigError(
+            f"{what} holds pickle files {pickles[:5]}; autoprumux serve loads only recommenders "
+            f"stored as data (unpickling runs arbitrary code): {rerun}"
+        )
+    try:
+        meta = yaml.safe_load((root / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{what} has no readable MLmodel file ({type(e).__name__})") from None
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    if not isinstance(flavors, dict) or set(flavors) != {"python_function"}:
+        got = sorted(flavors) if isinstance(flavors, dict) else flavors
+        raise ConfigError(
+            f"{what} is not an autoprumux recommender (flavors {_short(got)}, expected only "
+            f"python_function): {rerun}"
+        )
+    pf = flavors["python_function"]
+    pf = pf if isinstance(pf, dict) else {}
+    code_name = os.path.basename(str(pf.get("model_code_path") or ""))
+    if (
+        pf.get("loader_module") != CODE_LOADER
+        or "python_model" in pf
+        or pf.get("code")
+        or code_name != CODE_FILE.name
+    ):
+        raise ConfigError(
+            f"{what} is not a recommender logged from autoprumux's code file (a pickled "
+            f"PythonModel or extra code paths would run arbitrary code): {rerun}"
+        )
+    code = root / code_name
+    if not code.is_file() or code.read_bytes() != CODE_FILE.read_bytes():
+        raise ConfigError(
+            f"{what}: its code file {code_name} differs from this autoprumux's "
+            f"({CODE_FILE}); it is not executed: {rerun}"
+        )
+    arts = pf.get("artifacts")
+    if not isinstance(arts, dict) or set(arts) != set(ARTIFACTS):
+        got = sorted(arts) if isinstance(arts, dict) else arts
+        raise ConfigError(
+            f"{what} has the artefacts {_short(got)}, expected {sorted(ARTIFACTS)}: {rerun}"
+        )
+    for name, a in arts.items():
+        rel = a.get("path") if isinstance(a, dict) else None
+        p = (root / str(rel)).resolve() if rel else None
+        if p is None or not p.is_relative_to(root) or not p.is_file():
+            raise ConfigError(f"{what}: artefact {name!r} is not a file inside the model")
+
+
+# ---- the HTTP front: a guard before MLflow's scoring app --------------------------------
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class RequestGuard:
+    """ASGI middleware that checks a POST /invocations before MLflow's scoring app sees it.
+
+    MLflow parses the body with `json.loads` (a RecursionError on deep nesting is a 500), echoes
+    unparsable bodies whole in its 400, takes any Content-Type header as a string (a missing one
+    is a 500) and converts JSON `true` to 1.0 for a double column. This reads the body up to
+    `max_body_bytes`, parses it once itself, and refuses with a JSON `{"error_code",
+    "message"}` as MLflow does: 415 for a Content-Type that is not application/json, 413 for a
+    larger body, 400 for invalid JSON, nesting deeper than `max_depth`, more than `max_rows`
+    rows or a boolean value. A body that passes is handed on unchanged."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_depth: int = MAX_JSON_DEPTH,
+        max_rows: int = MAX_ROWS,
+    ):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_depth = max_depth
+        self.max_rows = max_rows
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/") != "/invocations":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._checked_body(scope, receive)
+        except _Refusal as r:
+            await _answer(send, r.status, str(r))
+            return
+        if body is None:  # the client left
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _checked_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope.get("method") != "POST":
+            raise _Refusal(405, "/invocations takes POST with a JSON body")
+        ctype = headers.get("content-type", "").strip()
+        if ctype.split(";", 1)[0].strip().lower() != "application/json":
+            got = f"Content-Type {_short(ctype)}" if ctype else "no Content-Type"
+            raise _Refusal(
+                415,
+                f"{got}: this server reads JSON; send 'Content-Type: application/json' and e.g. "
+                '{"dataframe_records": [{"budget": 2.0}]}',
+            )
+        raw_len = headers.get("content-length")
+        if raw_len is not None:
+            if not re.fullmatch(r"\s*[0-9]+\s*", raw_len):
+                raise _Refusal(400, f"Content-Length {_short(raw_len)} is not a number")
+            if int(raw_len) > self.max_body_bytes:
+                raise _Refusal(413, self._too_large(int(raw_len)))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _Refusal(413, self._too_large(size, at_least=True))
+            chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        self._check_json(body)
+        return body
+
+    def _too_large(self, n: int, *, at_least: bool = False) -> str:
+        return (
+            f"the body has {'over ' if at_least else ''}{n:,} bytes, more than the limit of "
+            f"{self.max_body_bytes:,}; send at most {self.max_rows:,} rows per request"
+        )
+
+    def _check_json(self, body: bytes) -> None:
+        try:
+            data = json.loads(body)
+        except RecursionError:
+            raise _Refusal(
+                400, f"the JSON is nested too deeply (the limit is {self.max_depth} levels)"
+            ) from None
+        except UnicodeDecodeError:
+            raise _Refusal(400, "the body is not UTF-8 text; send JSON") from None
+        except json.JSONDecodeError as e:
+            raise _Refusal(
+                400,
+                f"the body is not valid JSON ({e.msg} at character {e.pos}); send e.g. "
+                '{"dataframe_records": [{"budget": 2.0}]}',
+            ) from None
+        except ValueError as e:  # e.g. an integer of more than 4,300 digits
+            raise _Refusal(400, f"the body is not usable JSON ({_short(str(e))})") from None
+        depth = _depth(data, self.max_depth)
+        if depth > self.max_depth:
+            raise _Refusal(
+                400,
+                f"the JSON is nested more than {self.max_depth} levels deep; a request is e.g. "
+                '{"dataframe_records": [{"budget": 2.0}]}',
+            )
+        if not isinstance(data, dict):
+            return  # MLflow's own 400 names the expected format
+        n = _rows(data)
+        if n > self.max_rows:
+            raise _Refusal(
+                400,
+                f"the request has {n:,} rows, more than the limit of {self.max_rows:,} per "
+                "request; split it into several requests",
+            )
+        where = _first_bool({k: v for k, v in data.items() if k != "params"}, "")
+        if where is not None:
+            raise _Refusal(
+                400,
+                f"{where} is a boolean; a budget is a number of accuracy-loss points (e.g. "
+                "2.0) and task, model and device are strings",
+            )
+
+
+def _depth(v: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, without recursion; stops counting past `limit`."""
+    deepest = 0
+    stack = [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict | list):
+            deepest = max(deepest, d)
+            if d > limit:
+                return d
+            stack.extend((c, d + 1) for c in (x.values() if isinstance(x, dict) else x))
+    return deepest
+
+
+def _rows(data: dict[str, Any]) -> int:
+    """The number of rows an MLflow payload holds (0 when its shape is not one of MLflow's)."""
+    n = 0
+    for key in ("dataframe_records", "instances", "inputs"):
+        v = data.get(key)
+        if isinstance(v, list):
+            n = max(n, len(v))
+        elif isinstance(v, dict):  # columns of values
+            n = max(n, *(len(c) for c in v.values() if isinstance(c, list)), 0)
+    split = data.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        n = max(n, len(split["data"]))
+    return n
+
+
+def _first_bool(v: Any, path: str) -> str | None:
+    """The JSON path of the first boolean in `v` (depth already bounded), else None."""
+    if isinstance(v, bool):
+        return path or "the value"
+    if isinstance(v, dict):
+        for k, c in v.items():
+            got = _first_bool(c, f"{path}.{_short(k, 30)}" if path else str(_short(k, 30)))
+            if got:
+                return got
+    elif isinstance(v, list):
+        for i, c in enumerate(v):
+            got = _first_bool(c, f"{path}[{i}]")
+            if got:
+                return got
+    return None
+
+
+async def _answer(send: Send, status: int, message: str) -> None:
+    # MLflow's error codes, as its scoring server answers
+    code = {400: "INVALID_PARAMETER_VALUE", 413: "REQUEST_LIMIT_EXCEEDED"}.get(
+        status, "BAD_REQUEST"
+    )
+    body = json.dumps({"error_code": code, "message": _cap(message)}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # the unread rest of a refused body makes the connection unusable
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- `autoprumux serve` ------------------------------------------------------------------
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """Bind `host:port` now (a busy port fails before the model is fetched); uvicorn listens on
+    it once the model is loaded."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {_short(host)} cannot be resolved ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port"
+        ) from None
+    return sock
+
+
+class _Stop(BaseException):
+    """SIGTERM: stop serving, clean up and exit 0."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Stop
+
+
+def fetch_model(model_uri: str, tracking_uri: str, dst: str | Path) -> Path:
+    """Download the model at `model_uri` into `dst` (ConfigError when it cannot)."""
+    import mlflow
+
+    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
+        name = re.split(r"[/@]", model_uri[len("models:/") :], maxsplit=1)[0]
+        versions = []
+        if not tracking.missing_sqlite_file(tracking_uri):
+            try:
+                versions = tracking.client(tracking_uri).search_model_versions(f"name='{name}'")
+            except Exception:  # noqa: BLE001 - no registry yet
+                versions = []
+        if not versions:
+            raise ConfigError(
+                f"no registered model {_short(name)} in {tracking_uri}; run `autoprumux search` "
+                "first (it registers the recommender at the end)"
+            )
+    try:
+        with _mlflow_uris(tracking_uri):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst))
+    except Exception as e:  # noqa: BLE001 - MlflowException, OSError, ...: say what and where
+        msg = str(getattr(e, "message", e)).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot fetch {_short(model_uri)} from {tracking_uri}: {_cap(msg)}")
+    return Path(local)
+
+
+def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
+    """Serve the recommender at `model_uri` on http://host:port (/invocations, /ping, /health,
+    /version) in this process until Ctrl-C or SIGTERM; the arguments are already checked."""
+    import signal
+
+    import uvicorn
+    from mlflow.pyfunc import load_model, scoring_server
+
+    # nothing in a served model may be unpickled, whatever the environment says
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    sock = _listen_socket(host, port)
+    try:
+        with tempfile.TemporaryDirectory(prefix="autoprumux-serve-") as d:
+            local = fetch_model(model_uri, tracking_uri, d)
+            verify_model_dir(local, model_uri)
+            try:
+                model = load_model(str(local))
+            except Exception as e:  # noqa: BLE001 - a bad JSON or tree file: name it
+                raise ConfigError(
+                    f"cannot load {_short(model_uri)}: {_cap(str(e).splitlines()[0])}"
+                ) from None
+            app = RequestGuard(scoring_server.init(model))
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    log_level="warning",
+                    timeout_keep_alive=5,
+                    limit_concurrency=64,  # more open requests get 503
+                    timeout_graceful_shutdown=5,
+                )
+            )
+            bound = sock.getsockname()[1]
+            print(
+                f"serving {model_uri} on http://{host}:{bound}/invocations "
+                "(Ctrl-C or SIGTERM stops it)",
+                flush=True,
+            )
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:
+                print("stopping", file=sys.stderr)
+    except _Stop:
+        print("stopping (SIGTERM)", file=sys.stderr)
+    finally:
+        sock.close()
+        signal.signal(signal.SIGTERM, previous)
+    return 0

@@ -106,6 +106,11 @@ class SearchSpace:
             )
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"search space {str(p)!r} is not UTF-8 text (byte {e.start}); pass a YAML file "
+                "such as search_spaces/prumux.yaml"
+            ) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -128,7 +133,7 @@ class SearchSpace:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{where}: 'name' must be a non-empty string, got {name!r}")
         task = data.get("task", "sst2")
-        if task not in TASKS:
+        if not isinstance(task, str) or task not in TASKS:
             raise ConfigError(f"{where}: 'task' is {task!r}; allowed values are {sorted(TASKS)}")
         model = data.get("model")
         if model is not None and not isinstance(model, str):

@@ -63,6 +63,7 @@ class SearchSettings:
     prune_margin: float = 5.0  # points above the budget at an intermediate step that stop a trial
     heartbeat: int = 60  # seconds; a RUNNING trial silent for 2x this is failed and retried
     show_progress: bool = True
+    worker_offset: int = 0  # added to the sampler seed, so that joined workers differ
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -75,8 +76,36 @@ class SearchSettings:
                 f"prune margin ({self.prune_margin!r}) must be a finite number of points >= 0 "
                 "above the budget, e.g. 5"
             )
-        if self.heartbeat < 1:
-            raise ConfigError(f"heartbeat ({self.heartbeat!r}) must be >= 1 second")
+        if isinstance(self.heartbeat, bool) or not isinstance(self.heartbeat, int):
+            raise ConfigError(f"heartbeat ({self.heartbeat!r}) must be a whole number of seconds")
+        if not 1 <= self.heartbeat <= MAX_HEARTBEAT:
+            raise ConfigError(
+                f"heartbeat ({self.heartbeat!r}) must be between 1 and {MAX_HEARTBEAT} seconds "
+                "(default 60)"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed ({self.seed!r}) must be an integer")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed ({self.seed!r}) must be between 0 and 2**32 - 1")
+        if self.study_name is not None:
+            check_study_name(self.study_name)
+
+
+# a heartbeat longer than a day is a mistake (and overflows the heartbeat thread's timer)
+MAX_HEARTBEAT = 86_400
+# Optuna's study names and MLflow's experiment names are limited columns (MLflow's run names too)
+MAX_STUDY_NAME = 200
+
+
+def check_study_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"study name ({name!r}) must be a non-empty string")
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(
+            f"study name ({name[:40]!r}..., {len(name)} characters) is longer than "
+            f"{MAX_STUDY_NAME} characters; pass a shorter --study-name"
+        )
+    return name
 
 
 def check_budget(budget: object) -> float:
@@ -214,7 +243,9 @@ class Searcher:
         space = settings.space
         self.space = space
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # validate everything the trials need before any study or run is created
+        # validate everything the trials need before any study or run is created, the tracking
+        # store first (cheap, and an unreachable server would otherwise hang for minutes)
+        self.tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
         self.variants = space.values("mux_variant")
         self.muxes = sorted({int(v) for v in space.values("mux")})
         self._pipes: dict[str, TrialEvaluator] = {}
@@ -223,11 +254,13 @@ class Searcher:
         for n in self.muxes:
             first.check_lengths(n, settings.throughput)
         self.model_id = first.model_id
-        self.name = settings.study_name or study_name_for(space, self.model_id)
+        self.name = check_study_name(settings.study_name or study_name_for(space, self.model_id))
         self.storage_url = settings.storage or default_storage()
         self.storage = make_storage(self.storage_url, settings.heartbeat, self._on_stale)
-        self.tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
         self.client = tracking.client(self.tracking_uri)
+        # a sampler seeded the same way on every rerun or worker proposes the same first
+        # configurations again: mix in how far the study is (and, for a worker, which one)
+        existing = _trial_count(self.storage, self.name)
         self.study = optuna.create_study(
             study_name=self.name,
             storage=self.storage,
@@ -235,7 +268,7 @@ class Searcher:
             sampler=make_sampler(
                 settings.sampler,
                 space,
-                settings.seed,
+                (settings.seed + existing + settings.worker_offset) % 2**32,
                 settings.budget,
                 noise=loss_noise(first.dev_size),
             ),
@@ -511,17 +544,19 @@ class Searcher:
         return max(ok, key=lambda t: float(t.value or 0.0)) if ok else None
 
     def run(self) -> list[TrialOutcome]:
-        from optuna.study import MaxTrialsCallback
-        from optuna.trial import TrialState
+        """Run trials until the study holds `trials` finished ones (counting the trials other
+        workers are running, so that joined workers do not overshoot), then close the parent
+        run. Trials of dead workers are failed and retried first (see `_fail_dead_trials`)."""
         from tqdm.auto import tqdm
 
         # the baseline first: every trial's loss and the pruner's threshold are relative to it
         self.pipeline(self.variants[0]).baseline_metrics()
+        self._fail_dead_trials()
         done = len(self.finished())
-        remaining = max(0, self.s.trials - done)
-        if remaining == 0:
+        if done >= self.s.trials and not self._pending():
             log.info("study %s already holds %d finished trials", self.name, done)
             self._update_parent()
+            self._close_parent()
             return []
         bar = tqdm(
             total=self.s.trials,
@@ -554,23 +589,63 @@ class Searcher:
             self._update_parent()
 
         try:
-            self.study.optimize(
-                self.objective,
-                n_trials=remaining,
-                catch=(Exception,),
-                callbacks=[
-                    MaxTrialsCallback(
-                        self.s.trials,
-                        states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL),
-                    ),
-                    after,
-                ],
-                gc_after_trial=True,
-                show_progress_bar=False,
-            )
+            while True:
+                self._fail_dead_trials()
+                running = len(self._trials("RUNNING"))
+                # a retry of a failed stale trial waits in the queue: it runs even at the target
+                if len(self.finished()) + running >= self.s.trials and not self._pending():
+                    break
+                self.study.optimize(
+                    self.objective,
+                    n_trials=1,
+                    catch=(Exception,),
+                    callbacks=[after],
+                    gc_after_trial=True,
+                    show_progress_bar=False,
+                )
         finally:
             bar.close()
+        self._close_parent()
         return outcomes
+
+    def _trials(self, *states: str) -> list[Any]:
+        return [t for t in self.study.get_trials(deepcopy=False) if t.state.name in states]
+
+    def _pending(self) -> bool:
+        return bool(self._trials("WAITING"))
+
+    def _fail_dead_trials(self) -> None:
+        """Fail (and retry once) RUNNING trials whose worker is gone: those whose heartbeat is
+        older than the grace period, and, without waiting for it, those of a worker process on
+        this host that no longer exists (a rerun right after a kill would otherwise leave its
+        trial RUNNING for ever)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        optuna.storages.fail_stale_trials(self.study)
+        host = socket.gethostname()
+        callback = self.storage.get_heartbeat_stale_trial_callback()
+        for t in self._trials("RUNNING"):
+            w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+            if w_host != host or not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            if _process_alive(int(pid)):
+                continue
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    continue
+            except RuntimeError:  # finished meanwhile
+                continue
+            log.warning("trial %d: its worker (pid %s) is gone; failed and retried", t.number, pid)
+            if callback is not None:
+                callback(self.study, self.study._storage.get_trial(t._trial_id))
+
+    def _close_parent(self) -> None:
+        """The parent run ends with each run of the command (a rerun reopens it)."""
+        try:
+            self.client.set_terminated(self.parent_run_id, "FINISHED")
+        except Exception as e:  # noqa: BLE001 - bookkeeping never fails a finished search
+            log.warning("could not close the study's MLflow run: %s", e)
 
     def _update_parent(self) -> None:
         """Best feasible trial as parent metrics, and the Pareto front plot as an artefact."""
@@ -617,17 +692,59 @@ class Searcher:
 
     def register(self) -> str | None:
         """Fit the meta-model on every finished trial in the storage and register it in MLflow
-        (logged under this study's parent run). Returns the model URI, None if too few trials."""
+        (logged under this study's parent run). Returns the model URI, None if too few trials.
+        When the latest registered version was fitted on the same trials, it is returned as it
+        is: a rerun that measured nothing new registers nothing new."""
+        import hashlib
+        import json
+
         from autoprumux.search._recommend import Recommender, load_trials
-        from autoprumux.search._serving import register_recommender
+        from autoprumux.search._serving import REGISTERED_NAME, register_recommender
 
         trials = load_trials(self.storage_url)
         if len(trials) < 2:
             log.warning("only %d finished trials: recommender not registered", len(trials))
             return None
-        return register_recommender(
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                sorted((t["study"], t["number"], t["accuracy_loss"], t["speedup"]) for t in trials),
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
+        tag = "autoprumux.trials_fingerprint"
+        try:
+            versions = self.client.search_model_versions(f"name='{REGISTERED_NAME}'")
+        except Exception:  # noqa: BLE001 - no registry yet
+            versions = []
+        if versions:
+            latest = max(versions, key=lambda v: int(v.version))
+            if latest.tags.get(tag) == fingerprint:
+                return f"models:/{REGISTERED_NAME}/{latest.version}"
+        uri = register_recommender(
             Recommender(trials), tracking_uri=self.tracking_uri, run_id=self.parent_run_id
         )
+        self.client.set_model_version_tag(REGISTERED_NAME, uri.rsplit("/", 1)[1], tag, fingerprint)
+        self._close_parent()  # logging the model reopened the run
+        return uri
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _trial_count(storage: Any, name: str) -> int:
+    """Trials of study `name` in `storage` so far (0 for a new study)."""
+    try:
+        sid = storage.get_study_id_from_name(name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(sid, deepcopy=False))
 
 
 def load_study_attrs(storage: str | None, study_name: str) -> dict[str, Any]:

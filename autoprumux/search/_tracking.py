@@ -27,17 +27,73 @@ def default_tracking_uri(workdir: str | Path | None = None) -> str:
     return f"sqlite:///{d / DEFAULT_DB}"
 
 
+# the tracking stores MLflow accepts that a user here would name
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file in the working directory."""
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the SQLite file in the working directory;
+    checked (see `check_tracking_uri`) before anything is created."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if "://" not in uri and not uri.startswith("databricks"):
         # a bare path: a directory store is deprecated in MLflow 3, use a SQLite file there
         p = Path(uri).expanduser().resolve()
+        if p.is_file() and p.suffix != ".db":
+            raise ConfigError(
+                f"tracking URI {uri!r} is a file, not an MLflow store; pass a directory, a "
+                "sqlite:///path.db URL or an http://host:port server"
+            )
         if p.suffix != ".db":
-            p.mkdir(parents=True, exist_ok=True)
             p = p / DEFAULT_DB
         uri = f"sqlite:///{p}"
+    check_tracking_uri(uri)
     return uri
+
+
+def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
+    """Refuse, before any work, a tracking URI that cannot work: an unknown scheme, a SQLite
+    file under a missing or read-only directory, or a path that is a directory, or a server that
+    does not answer within `timeout` seconds (MLflow's client would retry for minutes)."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else uri
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"tracking URI {uri!r} has an unknown scheme {scheme!r}; use one of "
+            f"{', '.join(s + '://' for s in TRACKING_SCHEMES[:-1])} (e.g. sqlite:///mlflow.db)"
+        )
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if db.is_dir():
+            raise ConfigError(f"tracking URI {uri!r} names a directory; name a .db file in it")
+        if not db.parent.is_dir():
+            raise ConfigError(
+                f"tracking URI {uri!r}: the directory {str(db.parent)!r} does not exist; "
+                "create it or choose another --tracking-uri"
+            )
+        if not os.access(db if db.exists() else db.parent, os.W_OK):
+            raise ConfigError(
+                f"tracking URI {uri!r} is not writable here; choose another --tracking-uri"
+            )
+    if scheme in ("http", "https"):
+        check_reachable(uri, timeout)
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """An http(s) tracking server must answer its /health endpoint within `timeout` seconds."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: a server is there (it may not expose /health)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"MLflow tracking server {uri} is not reachable ({reason}); start one "
+            "(`autoprumux ui`) or pass another --tracking-uri"
+        ) from None
 
 
 def missing_sqlite_file(url: str) -> Path | None:
