@@ -102,9 +102,10 @@ def write_manifest(entry: Path) -> None:
 def verify_entry(entry: Path) -> str | None:
     """None when `entry` matches its manifest, else the first problem, naming the file.
 
-    Entries written before manifests existed (marker "ok") fail too: they cannot be checked,
-    and item 1 of issue 17 changed every local model's id, so their keys are unreachable
-    anyway; rebuilding the few hub-model ones once is cheaper than trusting them forever."""
+    Entries written before manifests existed (marker "ok") fail too, so they are rebuilt once:
+    nothing can tell an intact one from an edited one, and the model id of every local
+    checkpoint (the packaged model included) changed with content hashing in the same release,
+    so their keys are unreachable anyway; only hub-model entries pay the one-time rebuild."""
     try:
         text = (entry / MARKER).read_text()
     except FileNotFoundError:
@@ -112,7 +113,7 @@ def verify_entry(entry: Path) -> str | None:
     except (OSError, UnicodeDecodeError) as e:
         return f"{MARKER}: unreadable ({type(e).__name__})"
     if text.strip() == "ok":
-        return f"{MARKER}: written by an older autoprumux without a manifest (rebuilt once)"
+        return f"{MARKER}: written by an older autoprumux, without file digests"
     try:
         manifest = json.loads(text)
         files = manifest["files"]
@@ -238,7 +239,7 @@ class ArtifactCache:
         `get_or_build`). A broken entry is moved aside and raises: this call cannot rebuild
         it, the next `get_or_build` will."""
         p = entry / "meta.json"
-        if not (entry / MARKER).is_file():
+        if not (entry / MARKER).is_file():  # not a finished entry (e.g. a build's own folder)
             return json.loads(p.read_text()) if p.is_file() else {}
         problem = verify_entry(entry)
         if problem is not None:

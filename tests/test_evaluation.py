@@ -12,7 +12,6 @@ from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
     ThroughputConfig,
     fixed_batch,
-    matthews_corrcoef,
     measure_throughput,
     model_flops,
     task_metrics,
@@ -85,15 +84,16 @@ def test_flops_fall_with_pruning_and_mux():
 
 def test_metrics():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
-    m = task_metrics("mcc", logits, [0, 1, 0, 0])
+    m = task_metrics("mcc", logits, [0, 1, 0, 0])  # predictions 0, 1, 1, 0
     assert m["accuracy"] == 75.0
-    assert (
-        m["metric"]
-        == m["mcc"]
-        == pytest.approx(100 * matthews_corrcoef([0, 1, 1, 0], [0, 1, 0, 0]))
-    )
-    assert matthews_corrcoef([1, 1], [1, 1]) == 0.0  # degenerate: no negatives
+    # tp=1 tn=2 fp=1 fn=0: MCC = (1*2 - 1*0) / sqrt(2*1*3*2) = 2/sqrt(12)
+    assert m["metric"] == m["mcc"] == pytest.approx(100 * 2 / 12**0.5)
+    assert m["f1"] == pytest.approx(100 * 2 / 3)  # precision 1/2, recall 1
+    ones = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    assert task_metrics("mcc", ones, [1, 1])["mcc"] == 0.0  # degenerate: no negatives
     assert task_metrics("accuracy", logits, [0, 1, 1, 0])["metric"] == 100.0
+    with pytest.raises(ValueError, match="non-empty"):
+        task_metrics("accuracy", logits[:0], [])
 
 
 def toy_items(count: int, seed: int = 0) -> list[Encoded]:

@@ -92,7 +92,7 @@ def test_malformed_yaml_names_the_line(tmp_path):
         SearchSpace.from_yaml(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("bad", [-0.5, float("nan"), 100.5, "abc", None, [2]])
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), 100.5, "abc", None, [2], True, False])
 def test_bad_budgets_are_refused(bad):
     with pytest.raises(ConfigError, match="budget"):
         check_budget(bad)

@@ -1,6 +1,6 @@
 """Evaluation: dev metrics, throughput and FLOPs."""
 
-from autoprumux.evaluation._accuracy import accuracy, f1_binary, matthews_corrcoef, task_metrics
+from autoprumux.evaluation._accuracy import task_metrics
 from autoprumux.evaluation._throughput import (
     ThroughputConfig,
     ThroughputResult,
@@ -16,10 +16,7 @@ from autoprumux.evaluation._throughput import (
 __all__ = [
     "ThroughputConfig",
     "ThroughputResult",
-    "accuracy",
-    "f1_binary",
     "fixed_batch",
-    "matthews_corrcoef",
     "measure_throughput",
     "model_flops",
     "model_runner",

@@ -107,6 +107,7 @@ ARTIFACTS = {
 }
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 FORMAT_TAG = "autoprumux.recommender_format"
+FORMAT = "data/1"  # the recommender stored as JSON + LightGBM text models, nothing pickled
 
 
 def _bad(msg: str) -> Exception:
@@ -346,7 +347,7 @@ def register_recommender(
                 pip_requirements=["autoprumux", "lightgbm", "scikit-learn", "pandas"],
             )
     version = info.registered_model_version
-    cl.set_model_version_tag(name, str(version), FORMAT_TAG, "data/1")
+    cl.set_model_version_tag(name, str(version), FORMAT_TAG, FORMAT)
     return f"models:/{name}/{version}"
 
 
@@ -630,7 +631,8 @@ def _first_bool(v: Any, path: str) -> str | None:
         return path or "the value"
     if isinstance(v, dict):
         for k, c in v.items():
-            got = _first_bool(c, f"{path}.{_short(k, 30)}" if path else str(_short(k, 30)))
+            name = k if len(k) <= 30 else k[:30] + "..."
+            got = _first_bool(c, f"{path}.{name}" if path else name)
             if got:
                 return got
     elif isinstance(v, list):
@@ -656,6 +658,7 @@ async def _answer(send: Send, status: int, message: str) -> None:
                 (b"content-length", str(len(body)).encode()),
                 # the unread rest of a refused body makes the connection unusable
                 (b"connection", b"close"),
+                *([(b"allow", b"POST")] if status == 405 else []),
             ],
         }
     )
@@ -714,8 +717,10 @@ def fetch_model(model_uri: str, tracking_uri: str, dst: str | Path) -> Path:
         with _mlflow_uris(tracking_uri):
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst))
     except Exception as e:  # noqa: BLE001 - MlflowException, OSError, ...: say what and where
-        msg = str(getattr(e, "message", e)).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"cannot fetch {_short(model_uri)} from {tracking_uri}: {_cap(msg)}")
+        msg = (str(getattr(e, "message", e)).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"cannot fetch {_short(model_uri)} from {tracking_uri}: {_cap(msg)}"
+        ) from None
     return Path(local)
 
 
@@ -723,13 +728,18 @@ def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
     """Serve the recommender at `model_uri` on http://host:port (/invocations, /ping, /health,
     /version) in this process until Ctrl-C or SIGTERM; the arguments are already checked."""
     import signal
+    import threading
 
     import uvicorn
     from mlflow.pyfunc import load_model, scoring_server
 
     # nothing in a served model may be unpickled, whatever the environment says
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # SIGTERM while the model loads stops as cleanly as while it serves (uvicorn handles it
+    # then, and re-raises it here once it has shut down)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     sock = _listen_socket(host, port)
     try:
         with tempfile.TemporaryDirectory(prefix="autoprumux-serve-") as d:
@@ -738,9 +748,8 @@ def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
             try:
                 model = load_model(str(local))
             except Exception as e:  # noqa: BLE001 - a bad JSON or tree file: name it
-                raise ConfigError(
-                    f"cannot load {_short(model_uri)}: {_cap(str(e).splitlines()[0])}"
-                ) from None
+                first = (str(e).splitlines() or [type(e).__name__])[0]
+                raise ConfigError(f"cannot load {_short(model_uri)}: {_cap(first)}") from None
             app = RequestGuard(scoring_server.init(model))
             server = uvicorn.Server(
                 uvicorn.Config(
@@ -757,13 +766,13 @@ def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
                 "(Ctrl-C or SIGTERM stops it)",
                 flush=True,
             )
-            try:
-                server.run(sockets=[sock])
-            except KeyboardInterrupt:
-                print("stopping", file=sys.stderr)
+            server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
     except _Stop:
         print("stopping (SIGTERM)", file=sys.stderr)
     finally:
         sock.close()
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return 0

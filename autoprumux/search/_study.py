@@ -110,7 +110,11 @@ def check_study_name(name: str) -> str:
 
 def check_budget(budget: object) -> float:
     """An accuracy-loss budget in points: a finite number in [0, 100]."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+    if isinstance(budget, bool):
+        raise ConfigError(
+            f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
+        )
+    if not isinstance(budget, (int, float)):
         try:
             budget = float(budget)  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -699,7 +703,12 @@ class Searcher:
         import json
 
         from autoprumux.search._recommend import Recommender, load_trials
-        from autoprumux.search._serving import REGISTERED_NAME, register_recommender
+        from autoprumux.search._serving import (
+            FORMAT,
+            FORMAT_TAG,
+            REGISTERED_NAME,
+            register_recommender,
+        )
 
         trials = load_trials(self.storage_url)
         if len(trials) < 2:
@@ -718,7 +727,8 @@ class Searcher:
             versions = []
         if versions:
             latest = max(versions, key=lambda v: int(v.version))
-            if latest.tags.get(tag) == fingerprint:
+            # a version in the format `serve` loads (data, not pickles) fitted on these trials
+            if latest.tags.get(tag) == fingerprint and latest.tags.get(FORMAT_TAG) == FORMAT:
                 return f"models:/{REGISTERED_NAME}/{latest.version}"
         uri = register_recommender(
             Recommender(trials), tracking_uri=self.tracking_uri, run_id=self.parent_run_id

@@ -6,9 +6,10 @@
     GET  /stats    -> queue length, active k, counts, recent k changes, the policy
 
 Pair tasks take each text as ["first sentence", "second sentence"]. Every refusal is a JSON
-`{"error": "..."}` that names the value and the fix: 400 for a bad body, 404 for an unknown
-path, 405 for a wrong method, 411 / 413 for a missing or too large body, 503 when overloaded,
-500 only when inference itself fails. No request can stop the server or its worker.
+`{"error": "..."}` that names the value and the fix: 400 for a bad body (JSON nested deeper
+than `MAX_JSON_DEPTH` included), 404 for an unknown path, 405 for a wrong method, 411 / 413 for
+a missing or too large body, 503 when overloaded, 500 only when inference itself fails. Echoed
+values are cut to `ECHO_CHARS` characters. No request can stop the server or its worker.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/stats": ("GET",),
 }
 EXAMPLE = '{"texts": ["a gripping, funny film", "dull"]}'
+# the deepest valid body is {"texts": [["first", "second"]]} (3); Python's json gives up with a
+# RecursionError near 1,000 levels, and json.dumps of an echoed value recurses too
+MAX_JSON_DEPTH = 8
+# values echoed in error messages (a path, a header) are cut to this many characters
+ECHO_CHARS = 80
 
 
 def parse_predict_request(
@@ -51,15 +57,29 @@ def parse_predict_request(
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise ServingError(f"the body is not UTF-8 text; send JSON like {EXAMPLE}", 400) from None
+    except RecursionError:
+        raise ServingError(
+            f"the JSON is nested too deeply (the limit is {MAX_JSON_DEPTH} levels); send e.g. "
+            f"{EXAMPLE}",
+            400,
+        ) from None
     except json.JSONDecodeError as e:
         raise ServingError(
             f"the body is not valid JSON ({e.msg} at character {e.pos}); send e.g. {EXAMPLE}", 400
         ) from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise ServingError(
+            f"the body is not usable JSON ({_cut(str(e))}); send e.g. {EXAMPLE}", 400
+        ) from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ServingError(
+            f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep; send e.g. {EXAMPLE}", 400
+        )
     if not isinstance(data, dict):
         raise ServingError(
             f"the body must be a JSON object, got a {_json_type(data)}; send e.g. {EXAMPLE}", 400
         )
-    unknown = sorted(set(data) - {"texts", "text"})
+    unknown = sorted(_cut(k, 30) for k in set(data) - {"texts", "text"})[:5]
     if unknown:
         raise ServingError(
             f'unknown field(s) {unknown}; the body takes "texts" (a list) or "text" (one); '
@@ -148,8 +168,29 @@ def _json_type(v: Any) -> str:
 
 
 def _short(v: Any) -> str:
+    if isinstance(v, str) and len(v) > 40:  # no need to encode a long text to cut it
+        v = v[:40]
     s = json.dumps(v)
     return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _cut(s: str, n: int = ECHO_CHARS) -> str:
+    """`s` cut to `n` characters, for an error message that echoes it."""
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _depth(v: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion; stops counting past MAX_JSON_DEPTH."""
+    deepest = 0
+    stack = [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict | list):
+            deepest = max(deepest, d)
+            if d > MAX_JSON_DEPTH:
+                return d
+            stack.extend((c, d + 1) for c in (x.values() if isinstance(x, dict) else x))
+    return deepest
 
 
 class _Server(ThreadingHTTPServer):
@@ -204,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if allow is None:
             raise ServingError(
-                f"no endpoint {path!r}; use POST /predict, GET /health or GET /stats", 404
+                f"no endpoint {_cut(path)!r}; use POST /predict, GET /health or GET /stats", 404
             )
         if self.command not in allow:
             raise ServingError(
@@ -241,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             raise ServingError(
-                f"Content-Length {raw!r} is not a non-negative integer", 400
+                f"Content-Length {_cut(raw)!r} is not a non-negative integer", 400
             ) from None
         limit = self.server.app.config.max_body_bytes
         if n > limit:
@@ -280,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
         answered as JSON. An unknown method is a 405, not the base class's 501."""
         if code == HTTPStatus.NOT_IMPLEMENTED:
             method = getattr(self, "command", None)
-            code, message = 405, f"method {method!r} is not allowed; use GET or POST"
+            code, message = 405, f"method {_cut(str(method))!r} is not allowed; use GET or POST"
         self.close_connection = True
         msg = message or explain or HTTPStatus(code).phrase
         with contextlib.suppress(OSError):  # the client may be gone
