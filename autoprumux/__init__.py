@@ -1,23 +1,50 @@
 """autoprumux: fast inference for BERT-like models by structured pruning x data multiplexing.
 
-Definitions (baseline, sparsity, N, throughput, accuracy loss) follow the project's DESIGN notes
-and the README.
+Definitions (baseline, sparsity, N, throughput, accuracy loss) are in the README. The names below
+are imported on first use (PEP 562), so `import autoprumux.search` to read a search space, or the
+CLI's `--help`, does not load torch.
 """
 
-from typing import Any
+from __future__ import annotations
 
-from autoprumux.data import TASKS, load_task
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from autoprumux.config import Candidate, Recipe, check_budget
 from autoprumux.errors import AutoPruMuxError, ConfigError, DataNotFoundError, ModelNotFoundError
-from autoprumux.evaluation import ThroughputConfig, measure_throughput, model_flops
-from autoprumux.models import MuxConfig, MuxSequenceClassifier, resolve_model
-from autoprumux.pipeline import Evaluation, Measured, PruMuxPipeline, Recipe
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "TASKS": "autoprumux.data",
+    "load_task": "autoprumux.data",
+    "ThroughputConfig": "autoprumux.evaluation",
+    "measure_throughput": "autoprumux.evaluation",
+    "model_flops": "autoprumux.evaluation",
+    "MuxConfig": "autoprumux.models",
+    "MuxSequenceClassifier": "autoprumux.models",
+    "resolve_model": "autoprumux.models",
+    "Evaluation": "autoprumux.pipeline",
+    "Measured": "autoprumux.pipeline",
+    "PruMuxPipeline": "autoprumux.pipeline",
+}
+
+if TYPE_CHECKING:
+    from autoprumux.data import TASKS, load_task
+    from autoprumux.evaluation import ThroughputConfig, measure_throughput, model_flops
+    from autoprumux.models import MuxConfig, MuxSequenceClassifier, resolve_model
+    from autoprumux.pipeline import Evaluation, Measured, PruMuxPipeline
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autoprumux' has no attribute {name!r}")
+
 
 def recommend(budget: float = 2.0, task: str | None = None, **kw: Any) -> Any:
-    """The fastest configuration predicted to stay within `budget` accuracy-loss points
-    (see `autoprumux.search.recommend`; imported lazily, it needs LightGBM and Optuna)."""
+    """The fastest configuration measured to stay within `budget` accuracy-loss points (see
+    `autoprumux.search.recommend`)."""
     from autoprumux.search import recommend as _recommend
 
     return _recommend(budget, task, **kw)
@@ -26,6 +53,7 @@ def recommend(budget: float = 2.0, task: str | None = None, **kw: Any) -> Any:
 __all__ = [
     "TASKS",
     "AutoPruMuxError",
+    "Candidate",
     "ConfigError",
     "DataNotFoundError",
     "Evaluation",
@@ -36,6 +64,7 @@ __all__ = [
     "PruMuxPipeline",
     "Recipe",
     "ThroughputConfig",
+    "check_budget",
     "load_task",
     "measure_throughput",
     "model_flops",

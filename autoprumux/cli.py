@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoprumux._constants import SAMPLERS
+from autoprumux.config import SAMPLERS
 from autoprumux.errors import AutoPruMuxError
 
 EXIT_BAD_INPUT = 2
@@ -30,7 +30,7 @@ def _bool(v: str) -> bool:
 
 
 def _recipe_help(field: str, text: str) -> str:
-    from autoprumux.pipeline import Recipe
+    from autoprumux.config import Recipe
 
     return f"{text} (default: {getattr(Recipe(), field)})"
 
@@ -59,7 +59,7 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
 
 
 def _add_recipe_flags(g: argparse._ArgumentGroup) -> None:
-    from autoprumux.pipeline import RECIPE_PRESETS  # already loaded by _recipe_help below
+    from autoprumux.config import RECIPE_PRESETS
 
     g.add_argument(
         "--preset",
@@ -304,7 +304,7 @@ def _add_search_common(p: argparse.ArgumentParser) -> None:
 
 def _recipe(args: argparse.Namespace):
     """A Recipe from the preset and the recipe flags given (the flags win)."""
-    from autoprumux.pipeline import Recipe
+    from autoprumux.config import Recipe
 
     given = {}
     for flag, _, _ in RECIPE_FLAGS:
@@ -406,8 +406,8 @@ def _pipeline(args: argparse.Namespace, recipe):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from autoprumux.config import validate_candidate
     from autoprumux.evaluation import ThroughputConfig
-    from autoprumux.pipeline import validate_candidate
 
     # validate everything cheap before any work starts
     students = _student_args(args) if args.students is not None else None
@@ -474,7 +474,7 @@ def _student_args(args: argparse.Namespace) -> tuple[int, int, int | None]:
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
-    from autoprumux.pipeline import validate_candidate
+    from autoprumux.config import validate_candidate
 
     widths = [validate_candidate(0.0, n)[1] for n in args.mux]
     if any(n < 2 for n in widths):

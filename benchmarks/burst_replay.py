@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from _results import write_json
 
-from autoprumux.pipeline import PruMuxPipeline, Recipe
+from autoprumux.config import Recipe
+from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.serving import (
     AdaptivePolicy,
     FixedPolicy,

@@ -19,7 +19,8 @@ from typing import Any
 
 from _results import machine, write_json
 
-from autoprumux.pipeline import PruMuxPipeline, Recipe
+from autoprumux.config import Recipe
+from autoprumux.pipeline import PruMuxPipeline
 
 
 def main(argv: list[str] | None = None) -> int:

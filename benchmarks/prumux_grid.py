@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from _results import machine, write_json
 
+from autoprumux.config import Recipe
 from autoprumux.evaluation import ThroughputConfig
-from autoprumux.pipeline import PruMuxPipeline, Recipe
+from autoprumux.pipeline import PruMuxPipeline
 
 
 def hf_runner(pipe: PruMuxPipeline, batch: dict[str, torch.Tensor], device: str):

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from _results import machine, write_json
 
+from autoprumux.config import Recipe
 from autoprumux.evaluation import ThroughputConfig
-from autoprumux.pipeline import PruMuxPipeline, Recipe
+from autoprumux.pipeline import PruMuxPipeline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,10 +34,10 @@ from typing import Any
 
 from _results import machine, write_json
 
+from autoprumux.config import Candidate
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import Evaluation, Measured
 from autoprumux.search import Searcher, SearchSettings, SearchSpace, recommend
-from autoprumux.search._meta import is_baseline
 
 
 class GridTable:
@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     table = GridTable(args.grid)
     space = SearchSpace.from_yaml(args.space).with_task(table.task)
-    grid = [c for c in space.grid() if c["technique"] == "prumux"]
-    outside = [c for c in grid if not table.covers(c["sparsity"], c["mux"])]
+    grid = [c for c in space.grid() if c.technique == "prumux"]
+    outside = [c for c in grid if not table.covers(c.sparsity, c.mux)]
     if outside:
         print(
             f"the space {args.space} has {len(outside)} configurations outside the grid "
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dev, train = dataset_sizes(table.task, space.recipe.max_train_examples)
     evaluator = ReplayEvaluator(table, dev, train, space.recipe.prune_stages)
-    truth_points = [(c["sparsity"], c["mux"], *table.at(c["sparsity"], c["mux"])) for c in grid]
+    truth_points = [(c.sparsity, c.mux, *table.at(c.sparsity, c.mux)) for c in grid]
 
     results = []
     with tempfile.TemporaryDirectory(prefix="search-regret-") as d:
@@ -284,7 +284,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         answers = sorted(
             {
                 "baseline"
-                if is_baseline({"sparsity": x["answer"]["sparsity"], "mux": x["answer"]["mux"]})
+                if Candidate(sparsity=x["answer"]["sparsity"], mux=x["answer"]["mux"]).is_baseline
                 else f"s={x['answer']['sparsity']:g} N={x['answer']['mux']}"
                 for x in runs
             }

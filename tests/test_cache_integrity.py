@@ -17,9 +17,10 @@ from conftest import GLUE_DIR, tiny_bert_config
 
 from autoprumux import _cache
 from autoprumux._cache import ArtifactCache, CacheEntryError, file_sha256, verify_entry
+from autoprumux.config import RECIPE_PRESETS, Recipe
 from autoprumux.errors import ConfigError
 from autoprumux.models import resolve_model
-from autoprumux.pipeline import RECIPE_PRESETS, PruMuxPipeline, Recipe
+from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.search import SearchSpace
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]

@@ -8,6 +8,7 @@ import math
 import optuna
 import pytest
 
+from autoprumux.config import Candidate
 from autoprumux.search._guided import (
     Measured,
     make_guided_sampler,
@@ -20,8 +21,11 @@ SPARSITIES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
 def prumux_grid(loss_at, speed_at) -> tuple[list[dict], dict]:
-    cands = [{"sparsity": s, "mux": n} for n in (1, 2, 4) for s in SPARSITIES]
-    truth = {(c["sparsity"], c["mux"]): (loss_at(**c), speed_at(**c)) for c in cands}
+    cands = [Candidate(sparsity=s, mux=n) for n in (1, 2, 4) for s in SPARSITIES]
+    truth = {
+        (c.sparsity, c.mux): (loss_at(c.sparsity, c.mux), speed_at(c.sparsity, c.mux))
+        for c in cands
+    }
     return cands, truth
 
 
@@ -39,7 +43,7 @@ def run_guided(cands, truth, budget, evals):
         i = propose(cands, seen, budget)
         if i is None:
             break
-        loss, sp = truth[(cands[i]["sparsity"], cands[i]["mux"])]
+        loss, sp = truth[(cands[i].sparsity, cands[i].mux)]
         seen.append(Measured(cands[i], loss, sp))
     return seen
 
@@ -51,7 +55,7 @@ def test_guided_finds_the_fastest_feasible_point_in_a_third_of_the_grid(budget):
     seen = run_guided(cands, truth, budget, evals=len(cands) // 3)
     found = max(m.speedup for m in seen if m.loss <= budget)
     assert found == pytest.approx(best), [(m.config, m.loss) for m in seen]
-    assert len({(m.config["sparsity"], m.config["mux"]) for m in seen}) == len(seen)
+    assert len({(m.config.sparsity, m.config.mux) for m in seen}) == len(seen)
 
 
 def test_the_boundary_at_a_wider_mux_is_found_too():
@@ -65,41 +69,41 @@ def test_the_boundary_at_a_wider_mux_is_found_too():
     assert best[0][1] > 1
     seen = run_guided(cands, truth, budget, evals=len(cands) // 3)
     found = max((m for m in seen if m.loss <= budget), key=lambda m: m.speedup)
-    assert (found.config["sparsity"], found.config["mux"]) == best[0]
+    assert (found.config.sparsity, found.config.mux) == best[0]
 
 
 def _cfgs(cands, idx):
-    return [(cands[i]["sparsity"], cands[i]["mux"]) for i in idx]
+    return [(cands[i].sparsity, cands[i].mux) for i in idx]
 
 
 def test_dominance_shadows_what_measurements_make_unlikely():
-    cands = [{"sparsity": s, "mux": n} for n in (1, 2) for s in (0.0, 0.3, 0.6)]
+    cands = [Candidate(sparsity=s, mux=n) for n in (1, 2) for s in (0.0, 0.3, 0.6)]
     # (0.3, N=1) is 4 points over a 1-point budget: everything at least as aggressive becomes a
     # long shot (measured losses are noisy), not removed; the baseline is never proposed
-    over = [Measured({"sparsity": 0.3, "mux": 1}, 5.0, 1.5)]
+    over = [Measured(Candidate(sparsity=0.3, mux=1), 5.0, 1.5)]
     ordinary, long_shots = open_candidates(cands, over, budget=1.0, noise=1.0)
     assert _cfgs(cands, ordinary) == [(0.0, 2)]
     assert _cfgs(cands, long_shots) == [(0.6, 1), (0.3, 2), (0.6, 2)]
     # far beyond any noise (19 points over) they are dropped
-    far = [Measured({"sparsity": 0.3, "mux": 1}, 20.0, 1.5)]
+    far = [Measured(Candidate(sparsity=0.3, mux=1), 20.0, 1.5)]
     ordinary, long_shots = open_candidates(cands, far, budget=1.0, noise=1.0)
     assert _cfgs(cands, ordinary) == [(0.0, 2)] and long_shots == []
     # within the noise a near miss shadows nothing
-    near = [Measured({"sparsity": 0.3, "mux": 1}, 1.5, 1.5)]
+    near = [Measured(Candidate(sparsity=0.3, mux=1), 1.5, 1.5)]
     ordinary, long_shots = open_candidates(cands, near, budget=1.0, noise=1.0)
     assert len(ordinary) == 4 and long_shots == []
     # a feasible (0.3, N=1) makes (0, N=1) pointless: it cannot be faster
-    ok = [Measured({"sparsity": 0.3, "mux": 1}, 0.5, 1.5)]
+    ok = [Measured(Candidate(sparsity=0.3, mux=1), 0.5, 1.5)]
     left = _cfgs(cands, open_candidates(cands, ok, budget=1.0)[0])
     assert (0.0, 1) not in left and (0.6, 1) in left
     # and so is anything below a measured point no faster than the best feasible one
-    slow = [*ok, Measured({"sparsity": 0.3, "mux": 2}, 9.0, 1.2)]
+    slow = [*ok, Measured(Candidate(sparsity=0.3, mux=2), 9.0, 1.2)]
     left = _cfgs(cands, sum(open_candidates(cands, slow, budget=1.0), []))
     assert (0.0, 2) not in left and (0.6, 1) in left
     # students: fewer or shallower is more aggressive
-    studs = [{"technique": "students", "students": k, "student_depth": 2} for k in (1, 2, 3)]
+    studs = [Candidate(technique="students", students=k, student_depth=2) for k in (1, 2, 3)]
     bad = [Measured(studs[1], 9.0, 3.0)]
-    assert [studs[i]["students"] for i in open_candidates(studs, bad, budget=1.0)[0]] == [3]
+    assert [studs[i].students for i in open_candidates(studs, bad, budget=1.0)[0]] == [3]
     # a configuration in flight on another worker is not proposed twice
     assert propose(cands, [], 1.0, busy=[cands[2]]) != 2
 
@@ -114,18 +118,18 @@ def test_a_lucky_point_beyond_a_miss_is_still_found():
         (0.0, 2): (7.6, 1.7), (0.5, 2): (10.7, 3.5), (0.9, 2): (19.5, 15.9),
         (0.95, 2): (21.0, 21.8),
     }  # fmt: skip
-    cands = [{"sparsity": s, "mux": n} for s, n in table]
+    cands = [Candidate(sparsity=s, mux=n) for s, n in table]
     seen: list[Measured] = []
     for _ in range(len(cands)):
         i = propose(cands, seen, 10.0, noise=1.35)
         if i is None:
             break
-        seen.append(Measured(cands[i], *table[(cands[i]["sparsity"], cands[i]["mux"])]))
-    assert (0.95, 1) in [(m.config["sparsity"], m.config["mux"]) for m in seen]
+        seen.append(Measured(cands[i], *table[(cands[i].sparsity, cands[i].mux)]))
+    assert (0.95, 1) in [(m.config.sparsity, m.config.mux) for m in seen]
 
 
 def test_a_failing_configuration_is_retried_once_then_left_alone():
-    cands = [{"sparsity": s, "mux": 1} for s in (0.0, 0.3, 0.6, 0.9)]
+    cands = [Candidate(sparsity=s, mux=1) for s in (0.0, 0.3, 0.6, 0.9)]
     first = propose(cands, [], 2.0)
     assert first is not None
     # one failure: it may be proposed again (a retry)
@@ -141,7 +145,7 @@ def test_a_failing_configuration_is_retried_once_then_left_alone():
     for _ in range(5):
         t = study.ask()
         i = t.suggest_categorical("grid_point", list(range(len(cands))))
-        t.set_user_attr("config", cands[i])
+        t.set_user_attr("config", cands[i].to_dict())
         study.tell(t, state=optuna.trial.TrialState.FAIL)
         picked.append(i)
     assert max(picked.count(i) for i in set(picked)) <= 2, picked
@@ -149,7 +153,7 @@ def test_a_failing_configuration_is_retried_once_then_left_alone():
 
 
 def test_converged_search_says_so():
-    cands = [{"sparsity": s, "mux": 1} for s in (0.0, 0.5)]
+    cands = [Candidate(sparsity=s, mux=1) for s in (0.0, 0.5)]
     seen = [Measured(cands[1], 9.0, 2.0)]  # the baseline is known without a trial
     assert propose(cands, seen, budget=1.0) is None
 
@@ -163,14 +167,14 @@ def test_the_sampler_drives_a_real_optuna_study(tmp_path):
     idx = list(range(len(cands)))
     # another worker holds a trial: its configuration is busy
     other = study.ask()
-    other.set_user_attr("config", cands[3])
+    other.set_user_attr("config", cands[3].to_dict())
     picked = []
     for k in range(8):
         t = study.ask()
         i = t.suggest_categorical("grid_point", idx)
         cfg = cands[i]
-        t.set_user_attr("config", cfg)
-        loss, sp = truth[(cfg["sparsity"], cfg["mux"])]
+        t.set_user_attr("config", cfg.to_dict())
+        loss, sp = truth[(cfg.sparsity, cfg.mux)]
         t.set_user_attr("accuracy_loss", loss)
         if k == 0 or loss <= 15:
             t.set_user_attr("speedup", sp)
@@ -187,7 +191,7 @@ def test_the_sampler_drives_a_real_optuna_study(tmp_path):
 
 
 def test_the_sampler_says_when_it_has_converged(caplog):
-    cands = [{"sparsity": s, "mux": 1} for s in (0.0, 0.5, 0.9)]
+    cands = [Candidate(sparsity=s, mux=1) for s in (0.0, 0.5, 0.9)]
     loss = {0.0: 0.0, 0.5: 9.0, 0.9: 20.0}
     study = optuna.create_study(
         direction="maximize", sampler=make_guided_sampler(cands, 1.0, "grid_point", seed=0)
@@ -197,10 +201,10 @@ def test_the_sampler_says_when_it_has_converged(caplog):
         t = study.ask()
         i = t.suggest_categorical("grid_point", [0, 1, 2])
         c = cands[i]
-        t.set_user_attr("config", c)
-        t.set_user_attr("accuracy_loss", loss[c["sparsity"]])
-        t.set_user_attr("speedup", 1.0 + c["sparsity"])
-        study.tell(t, 1.0 + c["sparsity"])
+        t.set_user_attr("config", c.to_dict())
+        t.set_user_attr("accuracy_loss", loss[c.sparsity])
+        t.set_user_attr("speedup", 1.0 + c.sparsity)
+        study.tell(t, 1.0 + c.sparsity)
         picked.append(i)
     # the baseline (0.0) is known; 0.9 (the upper middle) is 19 points over, 0.5 is 8 over: no
     # open point is left, so the third trial is a random point not measured yet (the baseline),

@@ -12,9 +12,9 @@ import torch
 from conftest import GLUE_DIR, random_batch, tiny_encoder
 from torch import nn
 
+from autoprumux.config import Recipe
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier
-from autoprumux.pipeline import Recipe
 from autoprumux.search import SearchSpace
 from autoprumux.training import L2LExecutor, TrainConfig, predict, train_classifier
 from autoprumux.training._loop import classifier_loss, make_optimizer

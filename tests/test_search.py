@@ -359,7 +359,7 @@ def test_a_search_across_techniques_tracks_students_and_recommends_across_them(
     searcher.run()
     done = searcher.finished()
     assert sorted(json.dumps(t.user_attrs["config"], sort_keys=True) for t in done) == sorted(
-        json.dumps(c, sort_keys=True) for c in space.grid()
+        json.dumps(c.to_dict(), sort_keys=True) for c in space.grid()
     )
     runs = {r.info.run_id: r for r in mlflow_trial_runs(s.tracking_uri, searcher.name)}
     for t in done:
@@ -470,7 +470,8 @@ def test_a_multiplexed_models_dev_metric_is_a_mean_over_pairings_whatever_the_fi
     """N > 1 mixes the examples that share a group: one grouping is one arbitrary pairing. The
     dev metric is the mean over seeded pairings from a canonical order, so reordering the dev
     file changes nothing, and the spread is reported."""
-    from autoprumux.pipeline import DEV_PAIRINGS, PruMuxPipeline, Recipe
+    from autoprumux.config import Recipe
+    from autoprumux.pipeline import DEV_PAIRINGS, PruMuxPipeline
 
     pipe = PruMuxPipeline(
         task="sst2",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
+from autoprumux.config import Candidate
 from autoprumux.errors import ConfigError
 from autoprumux.search import FEATURES, MetaModel, SearchSpace, check_budget, pareto_points
 from autoprumux.search._meta import features, training_table
@@ -31,8 +32,8 @@ def test_the_shipped_space_loads_into_optuna_distributions():
     assert d["mux"].choices == (1, 2, 4)
     grid = space.grid()
     assert len(grid) == 20 * 3 * 1
-    assert {g["mux"] for g in grid} == {1, 2, 4}
-    assert max(g["sparsity"] for g in grid) == pytest.approx(0.95)
+    assert {g.mux for g in grid} == {1, 2, 4}
+    assert max(g.sparsity for g in grid) == pytest.approx(0.95)
     # round trip through its own dict form
     assert SearchSpace.from_dict(space.to_dict()).grid() == grid
 
@@ -41,7 +42,8 @@ def test_a_space_fixes_task_model_and_recipe():
     space = SearchSpace.from_dict({**GOOD, "recipe": {"recovery_steps": 7}, "model": "x"})
     assert space.recipe.recovery_steps == 7 and space.model == "x"
     assert space.with_task("cola").task == "cola"
-    assert space.grid()[0] == {
+    assert space.grid()[0] == Candidate()  # the baseline first
+    assert space.grid()[0].to_dict() == {
         "technique": "prumux",
         "sparsity": 0.0,
         "mux": 1,
@@ -129,7 +131,7 @@ def _synthetic(n_points: int = 30, seed: int = 0):
         n = int(rng.choice([1, 2, 4]))
         loss = 10 * s**3 + 4 * math.log2(n) + rng.normal(0, 0.2)
         speed = (1 / (1 - 0.9 * s)) * (1 + 0.8 * math.log2(n)) * math.exp(rng.normal(0, 0.03))
-        rows.append(features({"sparsity": s, "mux": n}, CTX))
+        rows.append(features(Candidate(sparsity=s, mux=n), CTX))
         y.append([loss, speed])
     return np.array(rows), np.array(y)
 
@@ -155,10 +157,10 @@ def test_meta_model_follows_the_estimator_contract_and_learns_a_surface():
 def test_meta_model_is_monotone_in_sparsity_and_n():
     X, y = _synthetic()
     m = MetaModel(n_estimators=60, learning_rate=0.2).fit(X, y)
-    grid = np.array([features({"sparsity": s, "mux": 2}, CTX) for s in np.arange(0, 0.95, 0.05)])
+    grid = np.array([features(Candidate(sparsity=s, mux=2), CTX) for s in np.arange(0, 0.95, 0.05)])
     p = m.predict(grid)
     assert (np.diff(p[:, 0]) >= -1e-9).all() and (np.diff(p[:, 1]) >= -1e-9).all()
-    by_n = m.predict(np.array([features({"sparsity": 0.5, "mux": n}, CTX) for n in (1, 2, 4)]))
+    by_n = m.predict(np.array([features(Candidate(sparsity=0.5, mux=n), CTX) for n in (1, 2, 4)]))
     assert (np.diff(by_n, axis=0) >= -1e-9).all()
 
 
@@ -176,13 +178,13 @@ def test_spaces_across_techniques_load_and_keep_each_techniques_dimensions_apart
     root = Path(__file__).resolve().parents[1] / "search_spaces"
     combined = SearchSpace.from_yaml(root / "combined.yaml")
     grid = combined.grid()
-    prumux = [g for g in grid if g["technique"] == "prumux"]
-    students = [g for g in grid if g["technique"] == "students"]
+    prumux = [g for g in grid if g.technique == "prumux"]
+    students = [g for g in grid if g.technique == "students"]
     assert len(prumux) == 20 * 3 and len(students) == 4 * 3 and len(grid) == 72
-    assert all(g["sparsity"] == 0.0 and g["mux"] == 1 for g in students)
-    assert all(g["students"] == 0 and g["student_depth"] == 0 for g in prumux)
+    assert all(g.sparsity == 0.0 and g.mux == 1 for g in students)
+    assert all(g.students == 0 and g.student_depth == 0 for g in prumux)
     only = SearchSpace.from_yaml(root / "students.yaml")
-    assert {(g["students"], g["student_depth"]) for g in only.grid()} == {
+    assert {(g.students, g.student_depth) for g in only.grid()} == {
         (k, d) for k in (1, 2, 3, 4) for d in (1, 2, 3)
     }
 
@@ -220,7 +222,7 @@ def test_meta_model_keeps_students_monotone():
         loss = 6.0 / (k * d) + rng.normal(0, 0.3)
         speed = 6.0 / (k * d) * (1 + rng.normal(0, 0.05))
         rows.append(
-            ({"technique": "students", "students": k, "student_depth": d}, CTX, loss, speed)
+            (Candidate(technique="students", students=k, student_depth=d), CTX, loss, speed)
         )
     X, y = training_table(rows)
     m = MetaModel().fit(X, y)
@@ -228,7 +230,7 @@ def test_meta_model_keeps_students_monotone():
         p = m.predict(
             np.array(
                 [
-                    features({"technique": "students", "students": k, "student_depth": d}, CTX)
+                    features(Candidate(technique="students", students=k, student_depth=d), CTX)
                     for k in (1, 2, 3, 4)
                 ]
             )
@@ -238,7 +240,7 @@ def test_meta_model_keeps_students_monotone():
 
 def test_recipe_presets_in_the_api_the_cli_and_a_space():
     from autoprumux.cli import _recipe, build_parser
-    from autoprumux.pipeline import RECIPE_PRESETS, Recipe
+    from autoprumux.config import RECIPE_PRESETS, Recipe
 
     assert Recipe.preset() == Recipe()
     acc = Recipe.preset("accurate")
@@ -282,14 +284,7 @@ def _issue_trials() -> list[dict]:
             "model": "m",
             "device": "cpu",
             "space": space,
-            "config": {
-                "technique": "prumux",
-                "sparsity": s,
-                "mux": n,
-                "mux_variant": "gaussian",
-                "students": 0,
-                "student_depth": 0,
-            },  # fmt: skip
+            "config": Candidate(sparsity=s, mux=n),
             "context": ctx,
             "accuracy_loss": loss,
             "speedup": sp,
@@ -326,8 +321,7 @@ def test_the_meta_model_knows_the_baseline_and_that_n_and_sparsity_cost_and_pay(
     from autoprumux.search import Recommender
 
     rec = Recommender(_issue_trials())
-    cfg = {"technique": "prumux", "mux_variant": "gaussian", "students": 0, "student_depth": 0}
-    pts = [{**cfg, "sparsity": s, "mux": n} for s, n in
+    pts = [Candidate(sparsity=s, mux=n) for s, n in
            ((0.0, 1), (0.3, 1), (0.5, 1), (0.75, 1), (0.0, 2), (0.0, 4))]  # fmt: skip
     med, _, _ = rec.predict(pts)
     base, s3, s5, s75, n2, n4 = med

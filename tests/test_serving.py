@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import GLUE_DIR, tiny_encoder
 
+from autoprumux.config import Candidate
 from autoprumux.errors import ConfigError
 from autoprumux.models import (
     MuxConfig,
@@ -699,7 +700,7 @@ def test_the_policy_table_can_come_from_the_meta_model():
             "model": "m",
             "device": "cpu",
             "space": space,
-            "config": {"technique": "students", "students": k, "student_depth": d},
+            "config": Candidate(technique="students", students=k, student_depth=d),
             "context": ctx,
             "accuracy_loss": 8.0 / (k * d) + 0.1 * (i % 3),
             "speedup": 6.0 / (k * d),

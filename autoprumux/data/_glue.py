@@ -36,7 +36,7 @@ class TaskSpec:
     hf_config: str  # config name of the `glue` dataset on the hub
 
 
-TASKS: dict[str, TaskSpec] = {
+TASKS: dict[str, TaskSpec] = {  # one spec per name in autoprumux.config.TASK_NAMES
     "sst2": TaskSpec("sst2", "SST-2", 2, False, "accuracy", "sst2"),
     "cola": TaskSpec("cola", "CoLA", 2, False, "mcc", "cola"),
     "mrpc": TaskSpec("mrpc", "MRPC", 2, True, "accuracy", "mrpc"),

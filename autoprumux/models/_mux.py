@@ -17,12 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprumux.config import MUX_VARIANTS, POOLINGS
 from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import Encoder, EncoderConfig, attention_bias, init_weights
 from autoprumux.models._persist import read_model_dir, write_model_dir
-
-MUX_VARIANTS = ("gaussian", "orthogonal")
-POOLINGS = ("cls", "mean")
 
 
 @dataclass(frozen=True)

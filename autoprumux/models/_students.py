@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprumux.config import MAX_STUDENTS, STUDENT_DEPTHS
 from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import (
     Embeddings,
@@ -32,9 +33,6 @@ from autoprumux.models._encoder import (
 )
 from autoprumux.models._mux import MuxSequenceClassifier
 from autoprumux.models._persist import read_model_dir, write_model_dir
-
-MAX_STUDENTS = 16
-STUDENT_DEPTHS = (1, 2, 3)
 
 
 @dataclass(frozen=True)

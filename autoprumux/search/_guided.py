@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from autoprumux.search._meta import BASELINE_CONFIG, CONTEXT_KEYS, MetaModel, features, is_baseline
+from autoprumux.config import BASELINE, Candidate
+from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
 
 log = logging.getLogger("autoprumux.search")
 
@@ -61,39 +62,35 @@ class Measured:
     """One evaluated configuration: its loss (points) and speedup (None if it was pruned early,
     when only a loss is known)."""
 
-    config: dict[str, Any]
+    config: Candidate
     loss: float
     speedup: float | None = None
 
 
-def family(cfg: dict[str, Any]) -> tuple:
+def family(cfg: Candidate) -> tuple:
     """Configurations comparable by aggressiveness share a family."""
-    if cfg.get("technique", "prumux") == "students":
+    if cfg.technique == "students":
         return ("students",)
-    return ("prumux", cfg.get("mux_variant", "gaussian"))
+    return ("prumux", cfg.mux_variant)
 
 
-def aggressiveness(cfg: dict[str, Any]) -> tuple[float, ...]:
+def aggressiveness(cfg: Candidate) -> tuple[float, ...]:
     """Coordinates that never lower the loss or the speedup as they rise (within a family)."""
-    if cfg.get("technique", "prumux") == "students":
-        return (-float(cfg.get("students", 0)), -float(cfg.get("student_depth", 0)))
-    return (float(cfg.get("sparsity", 0.0)), math.log2(int(cfg.get("mux", 1))))
+    if cfg.technique == "students":
+        return (-float(cfg.students), -float(cfg.student_depth))
+    return (cfg.sparsity, math.log2(cfg.mux))
 
 
 def _le(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x <= y + 1e-9 for x, y in zip(a, b, strict=True))
 
 
-def below(x: dict[str, Any], y: dict[str, Any]) -> bool:
+def below(x: Candidate, y: Candidate) -> bool:
     """x and y share a family and x is no more aggressive than y (so x loses no more than y)."""
     return family(x) == family(y) and _le(aggressiveness(x), aggressiveness(y))
 
 
-def _key(cfg: dict[str, Any]) -> tuple:
-    return (family(cfg), aggressiveness(cfg))
-
-
-def shadow(cfg: dict[str, Any], measured: Sequence[Measured], budget: float) -> float:
+def shadow(cfg: Candidate, measured: Sequence[Measured], budget: float) -> float:
     """How far (points) the worst measured miss no more aggressive than `cfg` exceeds the budget
     (0 when there is none): a lower bound on cfg's loss beyond the budget, up to noise."""
     return max(
@@ -109,23 +106,23 @@ def long_shot_chance(depth: float, noise: float) -> float:
 
 
 def open_candidates(
-    candidates: Sequence[dict[str, Any]],
+    candidates: Sequence[Candidate],
     measured: Sequence[Measured],
     budget: float,
     noise: float = 1.0,
-    busy: Sequence[dict[str, Any]] = (),
-    failed: Sequence[dict[str, Any]] = (),
+    busy: Sequence[Candidate] = (),
+    failed: Sequence[Candidate] = (),
 ) -> tuple[list[int], list[int]]:
     """(ordinary, long shots): indices of the candidates not yet measured, in flight, nor failed
     twice, that could still beat the best feasible trial (see the module docstring)."""
-    seen = {_key(m.config) for m in measured} | {_key(c) for c in busy}
-    fails: dict[tuple, int] = {}
+    seen = {m.config for m in measured} | set(busy)
+    fails: dict[Candidate, int] = {}
     for c in failed:
-        fails[_key(c)] = fails.get(_key(c), 0) + 1
+        fails[c] = fails.get(c, 0) + 1
     best = max((m.speedup for m in measured if m.loss <= budget and m.speedup), default=1.0)
     ordinary, long_shots = [], []
     for i, c in enumerate(candidates):
-        if _key(c) in seen or fails.get(_key(c), 0) >= MAX_FAILURES or is_baseline(c):
+        if c in seen or fails.get(c, 0) >= MAX_FAILURES or c.is_baseline:
             continue
         if any(
             m.speedup is not None and m.speedup <= best and below(c, m.config) for m in measured
@@ -140,7 +137,7 @@ def open_candidates(
 
 
 def _bisect(
-    candidates: Sequence[dict[str, Any]],
+    candidates: Sequence[Candidate],
     open_idx: list[int],
     measured: Sequence[Measured],
     budget: float,
@@ -163,12 +160,12 @@ def _bisect(
     return axis[len(axis) // 2]
 
 
-def _row(cfg: dict[str, Any]) -> tuple:
+def _row(cfg: Candidate) -> tuple:
     return (family(cfg), aggressiveness(cfg)[1:])
 
 
 def _row_anchor(
-    candidates: Sequence[dict[str, Any]], open_idx: list[int], measured: Sequence[Measured]
+    candidates: Sequence[Candidate], open_idx: list[int], measured: Sequence[Measured]
 ) -> int | None:
     """The least aggressive open point of the least aggressive row (e.g. N=4 at the lowest open
     sparsity) that holds no measurement yet: the meta-model cannot extrapolate into an unseen N,
@@ -189,7 +186,7 @@ def _norm_pdf(z: np.ndarray) -> np.ndarray:
 
 
 def acquisition(
-    candidates: Sequence[dict[str, Any]],
+    candidates: Sequence[Candidate],
     open_idx: list[int],
     measured: Sequence[Measured],
     budget: float,
@@ -234,12 +231,12 @@ def acquisition(
 
 
 def propose(
-    candidates: Sequence[dict[str, Any]],
+    candidates: Sequence[Candidate],
     measured: Sequence[Measured],
     budget: float,
     *,
-    busy: Sequence[dict[str, Any]] = (),
-    failed: Sequence[dict[str, Any]] = (),
+    busy: Sequence[Candidate] = (),
+    failed: Sequence[Candidate] = (),
     noise: float = 1.0,
     min_model_trials: int = 3,
     context: dict[str, Any] | None = None,
@@ -248,12 +245,12 @@ def propose(
     beat the best feasible trial any more (the search has converged for this budget).
     `failed`: one configuration per failed trial; `noise`: see `loss_noise`."""
     known = list(measured)
-    if not any(is_baseline(m.config) for m in known):
-        known.append(Measured(dict(BASELINE_CONFIG), 0.0, 1.0))
+    if not any(m.config.is_baseline for m in known):
+        known.append(Measured(BASELINE, 0.0, 1.0))
     ordinary, long_shots = open_candidates(candidates, known, budget, noise, busy, failed)
     if not ordinary and not long_shots:
         return None
-    trials = sum(m.speedup is not None and not is_baseline(m.config) for m in measured)
+    trials = sum(m.speedup is not None and not m.config.is_baseline for m in measured)
     if ordinary:
         if trials < max(2, min_model_trials):
             return _bisect(candidates, ordinary, known, budget)
@@ -269,18 +266,19 @@ def propose(
 
 def study_evidence(
     trials: Sequence[Any], exclude_number: int | None = None
-) -> tuple[list[Measured], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[Measured], list[Candidate], list[Candidate]]:
     """(measured, busy, failed) from an Optuna study's trials: a finished trial gives (loss,
     speedup), a pruned one its loss so far (a lower bound, enough to shadow candidates), a
     running one (another worker's) is `busy` so two workers do not pick the same point, a failed
     one adds its configuration to `failed` (retried once, then left alone)."""
     measured: list[Measured] = []
-    busy: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    busy: list[Candidate] = []
+    failed: list[Candidate] = []
     for t in trials:
-        cfg = t.user_attrs.get("config")
-        if cfg is None or t.number == exclude_number:
+        record = t.user_attrs.get("config")
+        if record is None or t.number == exclude_number:
             continue
+        cfg = Candidate.from_dict(record)
         state = t.state.name
         loss = t.user_attrs.get("accuracy_loss")
         if state == "COMPLETE" and loss is not None and t.user_attrs.get("speedup"):
@@ -295,7 +293,7 @@ def study_evidence(
 
 
 def make_guided_sampler(
-    grid: Sequence[dict[str, Any]], budget: float, param: str, seed: int = 0, noise: float = 1.0
+    grid: Sequence[Candidate], budget: float, param: str, seed: int = 0, noise: float = 1.0
 ) -> Any:
     """An Optuna sampler that answers the categorical `param` (an index into `grid`) with
     `propose`; once the search has converged for `budget` it samples an unmeasured point at
@@ -330,12 +328,11 @@ def make_guided_sampler(
                         "random (more data for the meta-model)",
                         budget,
                     )
-                seen = {_key(m.config) for m in measured} | {_key(c) for c in busy}
-                fails = [_key(c) for c in failed]
+                seen = {m.config for m in measured} | set(busy)
                 rest = [
                     j
                     for j, c in enumerate(grid)
-                    if _key(c) not in seen and fails.count(_key(c)) < MAX_FAILURES
+                    if c not in seen and failed.count(c) < MAX_FAILURES
                 ]
                 i = int(self._rng.choice(rest)) if rest else int(self._rng.integers(len(grid)))
             return i

@@ -23,6 +23,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from autoprumux.config import BASELINE, Candidate
+
 FEATURES = (
     "technique_students",
     "sparsity",
@@ -49,36 +51,16 @@ TARGETS = ("accuracy_loss", "speedup")
 MAX_FOLDS = 10
 
 
-# the unmodified model: accuracy loss 0 and speedup 1 by definition (see README, "baseline")
-BASELINE_CONFIG: dict[str, Any] = {
-    "technique": "prumux",
-    "sparsity": 0.0,
-    "mux": 1,
-    "mux_variant": "gaussian",
-    "students": 0,
-    "student_depth": 0,
-}
-
-
-def is_baseline(config: dict[str, Any]) -> bool:
-    return (
-        config.get("technique", "prumux") == "prumux"
-        and float(config.get("sparsity", 0.0)) == 0.0
-        and int(config.get("mux", 1)) == 1
-    )
-
-
-def features(config: dict[str, Any], context: dict[str, Any]) -> list[float]:
-    """One feature row from a configuration and its study context (see `context_of`).
-    Configurations recorded before students existed are PruMUX ones."""
-    students = config.get("technique", "prumux") == "students"
+def features(c: Candidate, context: dict[str, Any]) -> list[float]:
+    """One feature row from a configuration and its study context (see `context_of`)."""
+    students = c.technique == "students"
     return [
         1.0 if students else 0.0,
-        float(config.get("sparsity", 0.0)),
-        math.log2(int(config.get("mux", 1))),
-        1.0 if config.get("mux_variant", "gaussian") == "orthogonal" else 0.0,
-        float(config.get("students", 0)) if students else 0.0,
-        float(config.get("student_depth", 0)) if students else 0.0,
+        c.sparsity,
+        math.log2(c.mux),
+        1.0 if c.mux_variant == "orthogonal" else 0.0,
+        float(c.students),
+        float(c.student_depth),
         float(context["task_num_labels"]),
         float(context["task_pair"]),
         float(context["task_mcc"]),
@@ -351,7 +333,7 @@ def _as_matrix(X: Any) -> np.ndarray:
 
 
 def training_table(
-    rows: Sequence[tuple[dict[str, Any], dict[str, Any], float, float]],
+    rows: Sequence[tuple[Candidate, dict[str, Any], float, float]],
 ) -> tuple[np.ndarray, np.ndarray]:
     """(config, context, accuracy loss, speedup) rows -> X, y, plus one baseline row (loss 0,
     speedup 1: known by definition, never measured as a trial) for each distinct context, so the
@@ -360,8 +342,8 @@ def training_table(
     for _, ctx, _, _ in rows:
         contexts.setdefault(repr(sorted(ctx.items())), ctx)
     rows = [
-        *(r for r in rows if not is_baseline(r[0])),
-        *((BASELINE_CONFIG, ctx, 0.0, 1.0) for ctx in contexts.values()),
+        *(r for r in rows if not r[0].is_baseline),
+        *((BASELINE, ctx, 0.0, 1.0) for ctx in contexts.values()),
     ]
     X = np.array([features(c, ctx) for c, ctx, _, _ in rows], dtype=float).reshape(
         len(rows), len(FEATURES)

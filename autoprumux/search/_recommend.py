@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from autoprumux.config import BASELINE, Candidate, check_budget
 from autoprumux.errors import ConfigError
-from autoprumux.search._meta import BASELINE_CONFIG, MetaModel, is_baseline, training_table
-from autoprumux.search._study import check_budget, default_storage
+from autoprumux.search._meta import MetaModel, training_table
+from autoprumux.search._study import default_storage
 
 # a suggestion must be predicted this much faster than the measured answer to be worth a trial
 SUGGEST_GAIN = 1.1
@@ -49,7 +50,7 @@ class Suggestion:
     """An unmeasured configuration the meta-model predicts to be faster than the answer and
     within the budget even at its interval's top: worth measuring, not yet an answer."""
 
-    config: dict[str, Any]
+    config: Candidate
     predicted_accuracy_loss: float
     accuracy_loss_interval: Interval
     predicted_speedup: float
@@ -67,17 +68,17 @@ class Suggestion:
         )
 
 
-def config_line(c: dict[str, Any]) -> str:
-    if c.get("technique", "prumux") == "students":
-        return f"  {c['students']} students of depth {c['student_depth']} (Academus)"
-    return f"  sparsity {c['sparsity']:g}, N={c['mux']}, mux variant {c['mux_variant']}"
+def config_line(c: Candidate) -> str:
+    if c.technique == "students":
+        return f"  {c.students} students of depth {c.student_depth} (Academus)"
+    return f"  sparsity {c.sparsity:g}, N={c.mux}, mux variant {c.mux_variant}"
 
 
-def evaluate_command(c: dict[str, Any], task: str) -> str:
+def evaluate_command(c: Candidate, task: str) -> str:
     head = f"autoprumux evaluate --task {task}"
-    if c.get("technique", "prumux") == "students":
-        return f"{head} --students {c['students']} --student-depth {c['student_depth']}"
-    return f"{head} --sparsity {c['sparsity']:g} --mux {c['mux']}"
+    if c.technique == "students":
+        return f"{head} --students {c.students} --student-depth {c.student_depth}"
+    return f"{head} --sparsity {c.sparsity:g} --mux {c.mux} --mux-variant {c.mux_variant}"
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,15 @@ class Recommendation:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "technique": self.technique,
-            "sparsity": self.sparsity,
-            "mux": self.mux,
-            "mux_variant": self.mux_variant,
-            "students": self.students,
-            "student_depth": self.student_depth,
-        }
+    def config(self) -> Candidate:
+        return Candidate(
+            technique=self.technique,
+            sparsity=self.sparsity,
+            mux=self.mux,
+            mux_variant=self.mux_variant,
+            students=self.students,
+            student_depth=self.student_depth,
+        )
 
     def describe(self) -> str:
         lo, hi = self.accuracy_loss_interval, self.speedup_interval
@@ -184,7 +185,7 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
                     "model": attrs["model"],
                     "device": attrs["device"],
                     "space": attrs["space"],
-                    "config": dict(ua["config"]),
+                    "config": Candidate.from_dict(ua["config"]),
                     "context": context_of(
                         attrs, float(ua.get("baseline_metric", ua.get("baseline_accuracy", 0.0)))
                     ),
@@ -203,7 +204,7 @@ def fit_meta_model(trials: list[dict[str, Any]], **kw: Any) -> MetaModel:
     return MetaModel(**kw).fit(X, y)
 
 
-def candidates_for(space: dict[str, Any]) -> list[dict[str, Any]]:
+def candidates_for(space: dict[str, Any]) -> list[Candidate]:
     from autoprumux.search._space import SearchSpace
 
     return SearchSpace.from_dict(space).grid()
@@ -212,11 +213,11 @@ def candidates_for(space: dict[str, Any]) -> list[dict[str, Any]]:
 def choose(
     budget: float,
     meta: MetaModel,
-    cands: list[dict[str, Any]],
+    cands: list[Candidate],
     context: dict[str, Any],
-    measured: dict[tuple, dict[str, Any]],
+    measured: dict[Candidate, dict[str, Any]],
     task: str,
-) -> tuple[dict[str, Any], dict[str, Any] | None, Suggestion | None]:
+) -> tuple[Candidate, dict[str, Any] | None, Suggestion | None]:
     """The answer for `budget`: (config, its measured means or None for the baseline, a
     suggestion). The fastest measured configuration whose mean measured loss is within the
     budget, else the baseline; see the module docstring for the suggestion."""
@@ -225,20 +226,20 @@ def choose(
     from autoprumux.search._guided import below
     from autoprumux.search._meta import features
 
-    answer: dict[str, Any] = dict(BASELINE_CONFIG)
+    answer = BASELINE
     answer_m: dict[str, Any] | None = None
     best_speed = 1.0
     for m in measured.values():
-        if is_baseline(m["config"]) or m["accuracy_loss"] > budget:
+        if m["config"].is_baseline or m["accuracy_loss"] > budget:
             continue
         if m["speedup"] > best_speed:
-            answer, answer_m, best_speed = dict(m["config"]), m, m["speedup"]
+            answer, answer_m, best_speed = m["config"], m, m["speedup"]
     misses = [m["config"] for m in measured.values() if m["accuracy_loss"] > budget]
     open_ = [
         c
         for c in cands
-        if _ckey(c) not in measured
-        and not is_baseline(c)
+        if c not in measured
+        and not c.is_baseline
         # at least as aggressive as a measured miss: expected outside the budget too
         and not any(below(x, c) for x in misses)
     ]
@@ -255,7 +256,7 @@ def choose(
         if ok:
             i = max(ok, key=lambda j: med[j, 1])
             suggestion = Suggestion(
-                config=dict(open_[i]),
+                config=open_[i],
                 predicted_accuracy_loss=float(med[i, 0]),
                 accuracy_loss_interval=Interval(float(lo[i, 0]), float(hi[i, 0])),
                 predicted_speedup=float(med[i, 1]),
@@ -265,11 +266,11 @@ def choose(
     return answer, answer_m, suggestion
 
 
-def _measured_means(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+def _measured_means(rows: list[dict[str, Any]]) -> dict[Candidate, dict[str, Any]]:
     """Per configuration: the latest trial, with loss and speedup averaged over repeats."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    groups: dict[Candidate, list[dict[str, Any]]] = {}
     for t in sorted(rows, key=lambda r: r["number"]):
-        groups.setdefault(_ckey(t["config"]), []).append(t)
+        groups.setdefault(t["config"], []).append(t)
     return {
         k: {
             **g[-1],
@@ -281,17 +282,6 @@ def _measured_means(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     }
 
 
-def _ckey(c: dict[str, Any]) -> tuple:
-    return (
-        c.get("technique", "prumux"),
-        round(float(c.get("sparsity", 0.0)), 6),
-        int(c.get("mux", 1)),
-        c.get("mux_variant", "gaussian"),
-        int(c.get("students", 0)),
-        int(c.get("student_depth", 0)),
-    )
-
-
 @dataclass
 class StudyEntry:
     study: str
@@ -299,8 +289,8 @@ class StudyEntry:
     model: str
     device: str
     context: dict[str, Any]
-    candidates: list[dict[str, Any]]
-    measured: dict[tuple, dict[str, Any]]
+    candidates: list[Candidate]
+    measured: dict[Candidate, dict[str, Any]]
 
 
 class Recommender:
@@ -348,8 +338,10 @@ class Recommender:
                     "model": e.model,
                     "device": e.device,
                     "context": dict(e.context),
-                    "candidates": [dict(c) for c in e.candidates],
-                    "measured": [dict(m) for m in e.measured.values()],
+                    "candidates": [c.to_dict() for c in e.candidates],
+                    "measured": [
+                        {**m, "config": m["config"].to_dict()} for m in e.measured.values()
+                    ],
                 }
                 for e in self.entries
             ],
@@ -395,7 +387,7 @@ class Recommender:
 
     def predict(
         self,
-        configs: list[dict[str, Any]],
+        configs: list[Candidate],
         task: str | None = None,
         *,
         model: str | None = None,
@@ -405,7 +397,7 @@ class Recommender:
         speedup], for any configurations in the context of the matching study."""
         return self._predict_in(self._entry(task, model, device), configs)
 
-    def _predict_in(self, e: StudyEntry, configs: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
+    def _predict_in(self, e: StudyEntry, configs: list[Candidate]) -> tuple[Any, Any, Any]:
         import numpy as np
 
         from autoprumux.search._meta import features
@@ -431,12 +423,12 @@ class Recommender:
             task=e.task,
             model=e.model,
             device=e.device,
-            technique=str(cfg.get("technique", "prumux")),
-            sparsity=float(cfg["sparsity"]),
-            mux=int(cfg["mux"]),
-            mux_variant=str(cfg.get("mux_variant", "gaussian")),
-            students=int(cfg.get("students", 0)),
-            student_depth=int(cfg.get("student_depth", 0)),
+            technique=cfg.technique,
+            sparsity=cfg.sparsity,
+            mux=cfg.mux,
+            mux_variant=cfg.mux_variant,
+            students=cfg.students,
+            student_depth=cfg.student_depth,
             source="measured" if m else "baseline",
             accuracy_loss=float(m["accuracy_loss"]) if m else 0.0,
             speedup=float(m["speedup"]) if m else 1.0,
@@ -480,7 +472,7 @@ def _entry_from_dict(e: Any) -> StudyEntry:
         raise ValueError(f"study {e['study']!r}: candidates must be a list of objects")
     if not isinstance(measured, list):
         raise ValueError(f"study {e['study']!r}: measured must be a list of objects")
-    out: dict[tuple, dict[str, Any]] = {}
+    out: dict[Candidate, dict[str, Any]] = {}
     for m in measured:
         if not isinstance(m, dict) or not all(k in m for k in _MEASURED_KEYS):
             raise ValueError(
@@ -494,13 +486,18 @@ def _entry_from_dict(e: Any) -> StudyEntry:
                 f"study {e['study']!r}: a measured configuration has a bad config or "
                 "non-numeric loss/speedup"
             )
-        out[_ckey(m["config"])] = {"mlflow_run_id": None, **m}
+        try:
+            cfg = Candidate.from_dict(m["config"])
+        except ConfigError as err:
+            raise ValueError(f"study {e['study']!r}: a measured configuration: {err}") from None
+        out[cfg] = {"mlflow_run_id": None, **m, "config": cfg}
     from autoprumux.search._meta import features
 
     try:  # every configuration the entry can be asked about must give a feature row
-        for c in [BASELINE_CONFIG, *cands, *(m["config"] for m in out.values())]:
+        candidates = [Candidate.from_dict(c) for c in cands]
+        for c in [BASELINE, *candidates, *out]:
             features(c, ctx)
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, ConfigError) as err:
         raise ValueError(
             f"study {e['study']!r}: a configuration or the context cannot be featurised: "
             f"{type(err).__name__}: {str(err)[:80]}"
@@ -511,7 +508,7 @@ def _entry_from_dict(e: Any) -> StudyEntry:
         model=e["model"],
         device=e["device"],
         context=dict(ctx),
-        candidates=[dict(c) for c in cands],
+        candidates=candidates,
         measured=out,
     )
 

@@ -268,9 +268,9 @@ def _suggestion_columns(sg: Any) -> dict[str, Any]:
             "suggested_predicted_speedup": math.nan,
         }
     return {
-        "suggested_sparsity": float(sg.config.get("sparsity", 0.0)),
-        "suggested_mux": int(sg.config.get("mux", 1)),
-        "suggested_technique": str(sg.config.get("technique", "prumux")),
+        "suggested_sparsity": sg.config.sparsity,
+        "suggested_mux": sg.config.mux,
+        "suggested_technique": sg.config.technique,
         "suggested_predicted_accuracy_loss": sg.predicted_accuracy_loss,
         "suggested_accuracy_loss_high": sg.accuracy_loss_interval.high,
         "suggested_predicted_speedup": sg.predicted_speedup,

@@ -29,15 +29,20 @@ from typing import Any
 
 import yaml
 
-from autoprumux.data import TASKS
+from autoprumux.config import (
+    MAX_MUX,
+    MAX_STUDENTS,
+    MUX_VARIANTS,
+    STUDENT_DEPTHS,
+    TASK_NAMES,
+    TECHNIQUES,
+    Candidate,
+    Recipe,
+)
 from autoprumux.errors import ConfigError
-from autoprumux.models._mux import MUX_VARIANTS
-from autoprumux.models._students import MAX_STUDENTS, STUDENT_DEPTHS
-from autoprumux.pipeline import MAX_MUX, Recipe
 
 TOP_LEVEL_KEYS = ("name", "task", "model", "recipe", "params")
 PARAMS = ("technique", "sparsity", "mux", "mux_variant", "students", "student_depth")
-TECHNIQUES = ("prumux", "students")
 # the dimensions each technique samples (the others take their neutral values)
 TECHNIQUE_PARAMS = {
     "prumux": ("sparsity", "mux", "mux_variant"),
@@ -133,8 +138,8 @@ class SearchSpace:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{where}: 'name' must be a non-empty string, got {name!r}")
         task = data.get("task", "sst2")
-        if not isinstance(task, str) or task not in TASKS:
-            raise ConfigError(f"{where}: 'task' is {task!r}; allowed values are {sorted(TASKS)}")
+        if not isinstance(task, str) or task not in TASK_NAMES:
+            raise ConfigError(f"{where}: 'task' is {task!r}; allowed values are {list(TASK_NAMES)}")
         model = data.get("model")
         if model is not None and not isinstance(model, str):
             raise ConfigError(
@@ -189,8 +194,8 @@ class SearchSpace:
     def with_task(self, task: str | None) -> SearchSpace:
         if task is None or task == self.task:
             return self
-        if task not in TASKS:
-            raise ConfigError(f"task {task!r} is not one of {sorted(TASKS)}")
+        if task not in TASK_NAMES:
+            raise ConfigError(f"task {task!r} is not one of {list(TASK_NAMES)}")
         return SearchSpace(**{**self.__dict__, "task": task})
 
     def values(self, key: str) -> list[Any]:
@@ -214,29 +219,27 @@ class SearchSpace:
     def techniques(self) -> list[str]:
         return [str(t) for t in self.values("technique")]
 
-    def config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """A full configuration (every key of `defaults`) from sampled params; the dimensions of
-        the technique not chosen take their neutral values."""
+    def config(self, params: dict[str, Any]) -> Candidate:
+        """The configuration of sampled params; the dimensions not searched take their defaults
+        and those of the technique not chosen their neutral values."""
         out = {**self.defaults(), **params}
         out.update(NEUTRAL[out["technique"]])
-        out["sparsity"] = round(float(out["sparsity"]), 6)
-        out["mux"] = int(out["mux"])
-        out["students"] = int(out["students"])
-        out["student_depth"] = int(out["student_depth"])
-        return out
+        return Candidate(
+            technique=str(out["technique"]),
+            sparsity=float(out["sparsity"]),
+            mux=int(out["mux"]),
+            mux_variant=str(out["mux_variant"]),
+            students=int(out["students"]),
+            student_depth=int(out["student_depth"]),
+        )
 
-    def grid(self) -> list[dict[str, Any]]:
+    def grid(self) -> list[Candidate]:
         """Every distinct configuration of the space (each technique's own product)."""
         keys = list(self.params)
-        seen: set[str] = set()
-        out = []
+        out: dict[Candidate, None] = {}  # insertion-ordered set
         for combo in itertools.product(*(self.params[k].values() for k in keys)):
-            cfg = self.config(dict(zip(keys, combo, strict=True)))
-            key = json.dumps(cfg, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                out.append(cfg)
-        return out
+            out.setdefault(self.config(dict(zip(keys, combo, strict=True))))
+        return list(out)
 
     def to_dict(self) -> dict:
         return {
@@ -305,13 +308,6 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
             f"step ({vals['step']:g})"
         )
     return ParamSpec(key, low=vals["low"], high=vals["high"], step=vals["step"])
-
-
-def describe_config(cfg: dict[str, Any]) -> str:
-    """A short label: "s=0.5 N=2" or "students K=4 d=2"."""
-    if cfg.get("technique", "prumux") == "students":
-        return f"students K={cfg['students']} d={cfg['student_depth']}"
-    return f"s={float(cfg.get('sparsity', 0)):g} N={cfg.get('mux', 1)}"
 
 
 def _check_value(key: str, v: Any, path: str, where: str) -> None:

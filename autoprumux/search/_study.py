@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from autoprumux._constants import SAMPLERS
+from autoprumux.config import SAMPLERS, Candidate, check_budget
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.search import _tracking as tracking
 from autoprumux.search._guided import loss_noise
-from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace, describe_config
+from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace
 
 log = logging.getLogger("autoprumux")
 
@@ -108,27 +108,6 @@ def check_study_name(name: str) -> str:
     return name
 
 
-def check_budget(budget: object) -> float:
-    """An accuracy-loss budget in points: a finite number in [0, 100]."""
-    if isinstance(budget, bool):
-        raise ConfigError(
-            f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
-        )
-    if not isinstance(budget, (int, float)):
-        try:
-            budget = float(budget)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
-            ) from None
-    b = float(budget)
-    if math.isnan(b) or not 0.0 <= b <= 100.0:
-        raise ConfigError(
-            f"budget ({budget!r}) must be an accuracy loss in points between 0 and 100, e.g. 2.0"
-        )
-    return b
-
-
 def study_name_for(space: SearchSpace, model_id: str) -> str:
     short = Path(model_id.rstrip("/")).name or model_id
     return f"{space.name}-{space.task}-{short}"
@@ -199,7 +178,7 @@ def make_sampler(
 class TrialOutcome:
     number: int
     state: str
-    config: dict[str, Any]
+    config: Candidate | None
     metrics: dict[str, float]
     seconds: float
 
@@ -395,7 +374,7 @@ class Searcher:
             log.warning("could not close the MLflow run of stale trial %d: %s", trial.number, e)
 
     # ---- trials ------------------------------------------------------------------------------
-    def _suggest(self, trial: Any) -> dict[str, Any]:
+    def _suggest(self, trial: Any) -> Candidate:
         """Sample a configuration: the technique first, then only that technique's dimensions
         (define-by-run, so TPE models each technique's dimensions where they apply)."""
         if self.s.sampler in ("grid", "guided"):
@@ -434,9 +413,9 @@ class Searcher:
                 f"points above the budget ({self.s.budget:g})"
             )
 
-    def _evaluate_prumux(self, trial: Any, pipe: Any, cfg: dict[str, Any], run_id: str) -> Any:
+    def _evaluate_prumux(self, trial: Any, pipe: Any, cfg: Candidate, run_id: str) -> Any:
         """A PruMUX candidate, reporting its loss after each stage (a hopeless one is pruned)."""
-        s, n = cfg["sparsity"], cfg["mux"]
+        s, n = cfg.sparsity, cfg.mux
         base = pipe.baseline_metrics()["metric"]
         last = 0 if s == 0.0 else self.space.recipe.prune_stages
 
@@ -450,7 +429,7 @@ class Searcher:
 
         t0 = time.perf_counter()
         cfg = self._suggest(trial)
-        trial.set_user_attr("config", cfg)
+        trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         run = self.client.create_run(
             self.experiment_id,
@@ -469,21 +448,23 @@ class Searcher:
             self.client,
             run_id,
             params={
-                **cfg,
+                **cfg.to_dict(),
                 "task": self.space.task,
                 "model": self.model_id,
                 "device": self.s.device,
             },
         )
-        tracking.log_json(self.client, run_id, {"trial": trial.number, **cfg}, "config.json")
+        tracking.log_json(
+            self.client, run_id, {"trial": trial.number, **cfg.to_dict()}, "config.json"
+        )
         tracking.log_text(self.client, run_id, self.space.to_yaml(), "search_space.yaml")
         overhead = time.perf_counter() - t0
         try:
-            pipe = self.pipeline(cfg["mux_variant"])
+            pipe = self.pipeline(cfg.mux_variant)
             w0 = time.perf_counter()
-            if cfg["technique"] == "students":
+            if cfg.technique == "students":
                 ev = pipe.evaluate_students(
-                    cfg["students"], cfg["student_depth"], throughput=self.s.throughput
+                    cfg.students, cfg.student_depth, throughput=self.s.throughput
                 )
             else:
                 ev = self._evaluate_prumux(trial, pipe, cfg, run_id)
@@ -577,7 +558,7 @@ class Searcher:
                 TrialOutcome(
                     t.number,
                     t.state.name,
-                    dict(t.user_attrs.get("config", t.params)),
+                    trial_candidate(t),
                     {k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float))},
                     (t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start
@@ -677,7 +658,7 @@ class Searcher:
         head = f"{'trial':>5} {'state':<9} {'configuration':<22}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
         lines = [head, "-" * len(head)]
         for t in trials:
-            cfg = t.user_attrs.get("config", t.params)
+            cfg = trial_candidate(t)
             ua = t.user_attrs
             loss = ua.get("accuracy_loss")
             lines.append(
@@ -785,18 +766,26 @@ def load_study_attrs(storage: str | None, study_name: str) -> dict[str, Any]:
     return attrs
 
 
+def trial_candidate(t: Any) -> Candidate | None:
+    """The configuration a trial recorded (None before it sampled one)."""
+    record = t.user_attrs.get("config")
+    return Candidate.from_dict(record) if record is not None else None
+
+
 def _describe(t: Any) -> str:
-    cfg = t.user_attrs.get("config", t.params)
-    head = f"#{t.number} {describe_config(cfg)}"
+    cfg = trial_candidate(t)
+    head = f"#{t.number} {cfg.describe() if cfg else '-'}"
     if t.state.name == "COMPLETE":
         return f"{head} loss {t.user_attrs['accuracy_loss']:.2f} {t.value:.2f}x"
     return f"{head} {t.state.name.lower()}"
 
 
-def _label(cfg: dict[str, Any]) -> str:
-    label = describe_config(cfg)
-    if cfg.get("technique", "prumux") == "prumux" and cfg.get("mux", 1) > 1:
-        label += f" {cfg.get('mux_variant', 'gaussian')}"
+def _label(cfg: Candidate | None) -> str:
+    if cfg is None:
+        return "-"
+    label = cfg.describe()
+    if cfg.technique == "prumux" and cfg.mux > 1:
+        label += f" {cfg.mux_variant}"
     return label
 
 

@@ -100,8 +100,10 @@ def meta_accuracy_losses(
 ) -> dict[int, float]:
     """{k: the meta-model's accuracy loss for k students of `depth`} for k = 1..K, in the
     context of the study on `task` (the top of the interval when `pessimistic`)."""
+    from autoprumux.config import Candidate
+
     configs = [
-        {"technique": "students", "students": j, "student_depth": depth} for j in range(1, k + 1)
+        Candidate(technique="students", students=j, student_depth=depth) for j in range(1, k + 1)
     ]
     med, _, hi = recommender.predict(configs, task, model=model, device=device)
     pick = hi if pessimistic else med

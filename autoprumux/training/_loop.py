@@ -13,13 +13,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from autoprumux.config import L2L_CLIP_MODES, validate_trainer
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
-
-TRAINERS = ("standard", "l2l")
-STASH_PLACES = ("device", "host")
-L2L_CLIP_MODES = ("global", "stage")
 
 
 @dataclass(frozen=True)
@@ -69,32 +66,6 @@ class TrainConfig:
                 f"l2l_clip ({self.l2l_clip!r}) must be one of {list(L2L_CLIP_MODES)}; 'global' "
                 "clips exactly like the standard loop, 'stage' clips each stage on its own"
             )
-
-
-def validate_trainer(
-    trainer: object, micro_batches: object, stash: object, batch_size: int
-) -> None:
-    """Check the trainer choice (shared by `TrainConfig` and `L2LExecutor`)."""
-    if trainer not in TRAINERS:
-        raise ConfigError(
-            f"trainer ({trainer!r}) must be one of {list(TRAINERS)}; use 'l2l' for the "
-            "layer-to-layer trainer with constant device memory"
-        )
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
-        raise ConfigError(
-            f"micro_batches ({micro_batches!r}) must be a positive integer, e.g. 4 (1 = the "
-            "whole batch at once)"
-        )
-    if stash not in STASH_PLACES:
-        raise ConfigError(
-            f"stash ({stash!r}) must be one of {list(STASH_PLACES)}; 'host' keeps device "
-            "memory independent of depth, 'device' avoids the copies"
-        )
-    if trainer == "l2l" and batch_size % micro_batches:
-        raise ConfigError(
-            f"batch size ({batch_size}) must be a multiple of the L2L micro-batch count "
-            f"({micro_batches}); choose a divisor of {batch_size} or another batch size"
-        )
 
 
 def _progress_enabled() -> bool:

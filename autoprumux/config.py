@@ -1,0 +1,384 @@
+"""Configuration: what a user chooses, each value checked once where it enters.
+
+Torch-free on purpose: the CLI, the search space and the meta-model read these without loading
+the models. `Recipe` is the training budget (part of every cache key); `Candidate` one
+configuration the search can evaluate (technique; sparsity, N and mux variant for PruMUX; K and
+depth for Academus students); `check_budget` the accuracy-loss budget. Everything after this
+module trusts them: dicts appear only at the edges (YAML, MLflow params, JSON).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from autoprumux.errors import ConfigError
+
+# ---- names and limits shared across the package ---------------------------------------------
+TASK_NAMES = ("cola", "mrpc", "qnli", "sst2")  # the built-in GLUE tasks (see autoprumux.data)
+TECHNIQUES = ("prumux", "students")
+MUX_VARIANTS = ("gaussian", "orthogonal")
+POOLINGS = ("cls", "mean")
+MAX_MUX = 64  # DataMUX reports usable accuracy up to N=40
+MAX_STUDENTS = 16
+STUDENT_DEPTHS = (1, 2, 3)
+SAMPLERS = ("tpe", "guided", "random", "grid")
+TRAINERS = ("standard", "l2l")
+STASH_PLACES = ("device", "host")
+L2L_CLIP_MODES = ("global", "stage")
+
+
+def validate_trainer(
+    trainer: object, micro_batches: object, stash: object, batch_size: int
+) -> None:
+    """Check the trainer choice (shared by `Recipe`, `TrainConfig` and `L2LExecutor`)."""
+    if trainer not in TRAINERS:
+        raise ConfigError(
+            f"trainer ({trainer!r}) must be one of {list(TRAINERS)}; use 'l2l' for the "
+            "layer-to-layer trainer with constant device memory"
+        )
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
+        raise ConfigError(
+            f"micro_batches ({micro_batches!r}) must be a positive integer, e.g. 4 (1 = the "
+            "whole batch at once)"
+        )
+    if stash not in STASH_PLACES:
+        raise ConfigError(
+            f"stash ({stash!r}) must be one of {list(STASH_PLACES)}; 'host' keeps device "
+            "memory independent of depth, 'device' avoids the copies"
+        )
+    if trainer == "l2l" and batch_size % micro_batches:
+        raise ConfigError(
+            f"batch size ({batch_size}) must be a multiple of the L2L micro-batch count "
+            f"({micro_batches}); choose a divisor of {batch_size} or another batch size"
+        )
+
+
+# ---- the training budget ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Rule:
+    """The type and range of one `Recipe` field."""
+
+    kind: type  # int, float, bool or str
+    low: float | None = None  # inclusive lower bound (exclusive with `above`)
+    above: bool = False
+    high: float | None = None  # inclusive upper bound
+    choices: tuple[str, ...] = ()
+    none: str = ""  # when set, None is allowed and means this
+
+    def check(self, v: object) -> tuple[bool, object]:
+        """(valid, the value normalised to the field's type: int fields int, float fields
+        float). bool is an int subclass and NaN a float: both are rejected by hand."""
+        if v is None:
+            return bool(self.none), v
+        if self.kind is bool:
+            return isinstance(v, bool), v
+        if self.kind is str:
+            return isinstance(v, str) and v in self.choices, v
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return False, v
+        if self.kind is int:
+            if not isinstance(v, numbers.Integral):
+                return False, v
+            x: float = int(v)
+        else:
+            x = float(v)
+            if not math.isfinite(x):
+                return False, v
+        if self.low is not None and (x <= self.low if self.above else x < self.low):
+            return False, v
+        if self.high is not None and x > self.high:
+            return False, v
+        return True, x
+
+    def describe(self) -> str:
+        if self.kind is bool:
+            return "true or false (a boolean, not a string)"
+        if self.kind is str:
+            return f"one of {list(self.choices)}"
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            what += f" in [{_num(self.low)}, {_num(self.high)}]"
+        elif self.low is not None:
+            what += f" {'>' if self.above else '>='} {_num(self.low)}"
+        return f"None ({self.none}) or {what}" if self.none else what
+
+    def message(self, name: str, value: object, default: object) -> str:
+        hint = ""
+        if isinstance(value, str) and self.kind in (int, float):
+            try:
+                float(value)
+                hint = " (it is a string: drop the quotes; YAML reads 1e-4 as text, write 1.0e-4)"
+            except ValueError:
+                pass
+        return (
+            f"recipe field {name} ({value!r}) must be {self.describe()}, e.g. {default!r} "
+            f"(the default){hint}"
+        )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+_STEPS = _Rule(int, low=0)  # 0 = skip the stage
+_COUNT = _Rule(int, low=1)
+_LR = _Rule(float, low=0.0, above=True)
+_WEIGHT = _Rule(float, low=0.0)  # a loss term's weight; 0 = off
+_FRACTION = _Rule(float, low=0.0, high=1.0)  # a weight mixed with the task loss (TrainConfig)
+_FLAG = _Rule(bool)
+
+# one rule per Recipe field (`Recipe.__post_init__` fails on a field without one)
+_RECIPE_RULES: dict[str, _Rule] = {
+    "max_seq_len": _Rule(int, low=8),
+    "max_train_examples": _Rule(int, low=1, none="all examples"),
+    "batch_size": _COUNT,
+    "lr": _LR,
+    "finetune_steps": _STEPS,
+    "mux_warmup_steps": _STEPS,
+    "mux_warmup_lr": _LR,
+    "warmup_corpus_size": _Rule(int, low=0),
+    "mux_finetune_steps": _STEPS,
+    "mux_finetune_lr": _LR,
+    "retrieval_weight": _FRACTION,
+    "distill_weight": _FRACTION,
+    "recovery_steps": _STEPS,
+    "mux_pooling": _Rule(str, choices=("cls", "mean")),
+    "warmup_hidden_distill": _WEIGHT,
+    "mux_hidden_distill": _WEIGHT,
+    "warmup_from_smaller": _FLAG,
+    "student_steps": _STEPS,
+    "student_stacking_steps": _STEPS,
+    "student_lr": _LR,
+    "prune_stages": _COUNT,
+    "importance_examples": _COUNT,
+    "freeze_word_embeddings": _FLAG,
+    "seed": _Rule(int, low=0, high=2**32 - 1),  # numpy-compatible seed range
+    "trainer": _Rule(str, choices=TRAINERS),
+    "l2l_micro_batches": _COUNT,
+    "l2l_stash": _Rule(str, choices=STASH_PLACES),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training budget of a baseline and its candidates (part of every cache key)."""
+
+    max_seq_len: int = 64
+    max_train_examples: int | None = 8000
+    batch_size: int = 32
+    lr: float = 1e-4
+    # the baseline's task fine-tune, as long as the N > 1 fine-tune: a baseline trained for
+    # fewer steps than its candidates understates their accuracy loss
+    finetune_steps: int = 1000
+    mux_warmup_steps: int = 400  # token-retrieval warm-up per N (0 = none)
+    mux_warmup_lr: float = 2e-4
+    warmup_corpus_size: int = 20000  # unlabeled sentences for the warm-up (deterministic subsample)
+    mux_finetune_steps: int = 1000
+    mux_finetune_lr: float = 3e-4  # the N > 1 encoder must learn to demultiplex: more, faster steps
+    retrieval_weight: float = 0.1  # kept during the mux task fine-tune (DataMUX: 0.9 task + 0.1)
+    distill_weight: float = 0.5  # KD from the baseline during mux fine-tune and pruning recovery
+    recovery_steps: int = 150
+    # mux options (defaults: the best measured, see BENCHMARKS.md)
+    mux_pooling: str = "mean"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
+    warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
+    mux_hidden_distill: float = 0.0  # + weight x hidden-state KD from the baseline in fine-tune
+    warmup_from_smaller: bool = True  # N >= 4 starts its warm-up from the N/2 warm-up
+    # Academus students: boosting steps per student, then joint stacking distillation
+    student_steps: int = 400
+    student_stacking_steps: int = 200
+    student_lr: float = 2e-4
+    prune_stages: int = 2
+    importance_examples: int = 256
+    freeze_word_embeddings: bool = True
+    seed: int = 0
+    # task fine-tunes and pruning recovery: "standard" loop or "l2l" (layer-to-layer relay:
+    # model in host memory, one stage on the device at a time, batch_size / l2l_micro_batches
+    # examples per micro-batch, boundary activations stashed on the "device" or the "host")
+    trainer: str = "standard"
+    l2l_micro_batches: int = 4
+    l2l_stash: str = "device"
+
+    def __post_init__(self) -> None:
+        # every field's type and range, from one table, before any data, study or MLflow run
+        # exists; numbers are normalised (YAML `lr: 1` -> 1.0) so equal recipes key equally
+        for f in fields(self):
+            value = getattr(self, f.name)
+            ok, normalised = _RECIPE_RULES[f.name].check(value)
+            if not ok:
+                raise ConfigError(_RECIPE_RULES[f.name].message(f.name, value, f.default))
+            if normalised is not value:
+                object.__setattr__(self, f.name, normalised)
+        # the rules between fields: each training loop draws full batches
+        if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
+            raise ConfigError(
+                f"recipe field max_train_examples ({self.max_train_examples!r}) must be >= "
+                f"batch_size ({self.batch_size}) or None (all examples); raise it or lower "
+                "batch_size"
+            )
+        if self.mux_warmup_steps > 0 and self.warmup_corpus_size < self.batch_size:
+            raise ConfigError(
+                f"recipe field warmup_corpus_size ({self.warmup_corpus_size!r}) must be >= "
+                f"batch_size ({self.batch_size}) when mux_warmup_steps > 0 (the warm-up draws "
+                "full batches), e.g. 20000; or set mux_warmup_steps to 0"
+            )
+        try:  # L2L micro-batches must divide the batch (the rule the training loops share)
+            validate_trainer(self.trainer, self.l2l_micro_batches, self.l2l_stash, self.batch_size)
+        except ConfigError as e:
+            raise ConfigError(
+                f"recipe fields trainer / l2l_micro_batches / l2l_stash: {e}"
+            ) from None
+
+    @classmethod
+    def preset(cls, name: str = "fast", **overrides: Any) -> Recipe:
+        """A named recipe (see `RECIPE_PRESETS`) with `overrides` applied on top."""
+        if name not in RECIPE_PRESETS:
+            raise ConfigError(
+                f"recipe preset {name!r} is unknown; use one of {sorted(RECIPE_PRESETS)}"
+            )
+        return cls(**{**RECIPE_PRESETS[name], **overrides})
+
+
+# Named training budgets. "fast" is Recipe's defaults (minutes per candidate on a CPU);
+# "accurate" spends the lever measured to help N > 1 most: a 2.5x longer task fine-tune on 4x
+# more training examples, with the baseline fine-tuned as long. It keeps the default warm-up
+# (longer ones measured little gain for their cost; BENCHMARKS.md, multiplexing).
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "accurate": {"finetune_steps": 2500, "mux_finetune_steps": 2500, "max_train_examples": 32000},
+}
+
+
+def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
+    try:
+        s = float(sparsity)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"sparsity {sparsity!r} is not a number; use a fraction in [0, 1), e.g. 0.7"
+        ) from None
+    if not math.isfinite(s) or not 0.0 <= s < 1.0:
+        raise ConfigError(
+            f"sparsity ({sparsity!r}) must be in [0, 1); e.g. --sparsity 0.7 removes 70% of the encoder"
+        )
+    if isinstance(n, bool):
+        raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+    if not isinstance(n, int):
+        try:
+            fn = float(n)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)"
+            ) from None
+        if not fn.is_integer():
+            raise ConfigError(
+                f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)"
+            )
+        n = int(fn)
+    if n < 1:
+        raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+    if n > MAX_MUX:
+        raise ConfigError(
+            f"mux width N ({n}) must be at most {MAX_MUX}; DataMUX reports usable accuracy up to N=40"
+        )
+    return s, n
+
+
+# ---- one configuration -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration of the search: a PruMUX model (sparsity, N, mux variant; students and
+    student_depth 0) or K Academus students of a depth (sparsity 0, N=1). Validated and
+    normalised once here (sparsity rounded to 6 places, so equal configurations are equal and
+    hash alike); frozen, so it is a dictionary key. `Candidate()` is the baseline."""
+
+    technique: str = "prumux"
+    sparsity: float = 0.0
+    mux: int = 1
+    mux_variant: str = "gaussian"
+    students: int = 0
+    student_depth: int = 0
+
+    def __post_init__(self) -> None:
+        if self.technique not in TECHNIQUES:
+            raise ConfigError(f"technique ({self.technique!r}) must be one of {list(TECHNIQUES)}")
+        s, n = validate_candidate(self.sparsity, self.mux)
+        object.__setattr__(self, "sparsity", round(s, 6))
+        object.__setattr__(self, "mux", n)
+        if self.mux_variant not in MUX_VARIANTS:
+            raise ConfigError(
+                f"mux variant ({self.mux_variant!r}) must be one of {list(MUX_VARIANTS)}"
+            )
+        for name in ("students", "student_depth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ConfigError(f"{name} ({v!r}) must be an integer")
+            object.__setattr__(self, name, int(v))
+        if self.technique == "students":
+            if not 1 <= self.students <= MAX_STUDENTS:
+                raise ConfigError(
+                    f"students ({self.students!r}) must be an integer in [1, {MAX_STUDENTS}]"
+                )
+            if self.student_depth not in STUDENT_DEPTHS:
+                raise ConfigError(
+                    f"student_depth ({self.student_depth!r}) must be one of {list(STUDENT_DEPTHS)}"
+                )
+            if self.sparsity != 0.0 or self.mux != 1:
+                raise ConfigError(
+                    f"a students configuration has sparsity 0 and N=1, got sparsity "
+                    f"{self.sparsity:g} and N={self.mux}"
+                )
+        elif self.students or self.student_depth:
+            raise ConfigError(
+                f"a PruMUX configuration has no students, got students={self.students} and "
+                f"student_depth={self.student_depth}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Candidate:
+        """From a stored record (YAML, JSON, an Optuna attribute); a record written before
+        students existed is a PruMUX one."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a configuration must be a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown configuration key {unknown[0]!r}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.technique == "prumux" and self.sparsity == 0.0 and self.mux == 1
+
+    def describe(self) -> str:
+        if self.technique == "students":
+            return f"students K={self.students} d={self.student_depth}"
+        return f"s={self.sparsity:g} N={self.mux}"
+
+
+BASELINE = Candidate()
+
+
+# ---- the accuracy-loss budget ----------------------------------------------------------------
+def check_budget(budget: object) -> float:
+    """An accuracy-loss budget in points: a finite number in [0, 100] (not a boolean)."""
+    if isinstance(budget, bool):
+        raise ConfigError(
+            f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
+        )
+    if not isinstance(budget, (int, float)):
+        try:
+            budget = float(budget)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
+            ) from None
+    b = float(budget)
+    if math.isnan(b) or not 0.0 <= b <= 100.0:
+        raise ConfigError(
+            f"budget ({budget!r}) must be an accuracy loss in points between 0 and 100, e.g. 2.0"
+        )
+    return b

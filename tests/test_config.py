@@ -1,0 +1,92 @@
+"""The configuration types: every bad value of a `Candidate` once, with its message; the
+constants shared with the data and models; and a search space read without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoprumux.config import (
+    BASELINE,
+    MAX_MUX,
+    TASK_NAMES,
+    Candidate,
+    check_budget,
+)
+from autoprumux.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"technique": "quantize"}, r"technique \('quantize'\) must be one of \['prumux', 'students'\]"),
+        ({"sparsity": 1.0}, r"sparsity \(1.0\) must be in \[0, 1\)"),
+        ({"sparsity": -0.1}, r"sparsity \(-0.1\) must be in \[0, 1\)"),
+        ({"sparsity": float("nan")}, r"sparsity \(nan\) must be in \[0, 1\)"),
+        ({"sparsity": "half"}, r"sparsity 'half' is not a number"),
+        ({"mux": 0}, r"mux width N \(0\) must be a positive integer"),
+        ({"mux": 2.5}, r"mux width N \(2.5\) must be a positive integer"),
+        ({"mux": True}, r"mux width N \(True\) must be a positive integer"),
+        ({"mux": MAX_MUX + 1}, rf"mux width N \({MAX_MUX + 1}\) must be at most {MAX_MUX}"),
+        ({"mux_variant": "hadamard"}, r"mux variant \('hadamard'\) must be one of"),
+        ({"students": 1.5}, r"students \(1.5\) must be an integer"),
+        ({"student_depth": True}, r"student_depth \(True\) must be an integer"),
+        ({"students": 2}, r"a PruMUX configuration has no students"),
+        ({"technique": "students", "students": 0, "student_depth": 2}, r"students \(0\) must be an integer in \[1, 16\]"),
+        ({"technique": "students", "students": 17, "student_depth": 2}, r"students \(17\) must be an integer in \[1, 16\]"),
+        ({"technique": "students", "students": 2, "student_depth": 4}, r"student_depth \(4\) must be one of \[1, 2, 3\]"),
+        ({"technique": "students", "students": 2, "student_depth": 2, "mux": 2}, r"students configuration has sparsity 0 and N=1"),
+    ],
+)  # fmt: skip
+def test_every_bad_candidate_value_is_refused_with_its_rule(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        Candidate(**fields)
+
+
+def test_a_candidate_is_normalised_hashable_and_round_trips():
+    a = Candidate(sparsity=0.30000000001, mux=2.0)  # type: ignore[arg-type]
+    assert (a.sparsity, a.mux) == (0.3, 2) and isinstance(a.mux, int)
+    assert a == Candidate(sparsity=0.3, mux=2) and len({a, Candidate(sparsity=0.3, mux=2)}) == 1
+    assert Candidate.from_dict(a.to_dict()) == a
+    assert Candidate.from_dict({"sparsity": 0.5}) == Candidate(sparsity=0.5)  # older records
+    with pytest.raises(ConfigError, match="unknown configuration key 'colour'"):
+        Candidate.from_dict({"colour": 1})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        Candidate.from_dict([0.5])
+    assert BASELINE.is_baseline and not a.is_baseline
+    assert Candidate(technique="students", students=4, student_depth=2).describe() == (
+        "students K=4 d=2"
+    )
+    assert a.describe() == "s=0.3 N=2"
+
+
+def test_budgets_are_numbers_in_points():
+    assert check_budget("2") == 2.0 and check_budget(0) == 0.0
+    for bad in (True, -1, 101, float("nan"), "two", None):
+        with pytest.raises(ConfigError, match="budget"):
+            check_budget(bad)
+
+
+def test_the_task_names_are_the_data_layers_tasks():
+    from autoprumux.data import TASKS
+
+    assert sorted(TASKS) == sorted(TASK_NAMES)
+
+
+def test_reading_a_search_space_does_not_import_torch_or_the_search_libraries():
+    code = (
+        "import sys\n"
+        "from autoprumux.search import SearchSpace\n"
+        f"s = SearchSpace.from_yaml({str(REPO / 'search_spaces' / 'combined.yaml')!r})\n"
+        "assert len(s.grid()) == 72\n"
+        "heavy = [m for m in ('torch', 'transformers', 'optuna', 'mlflow', 'lightgbm') "
+        "if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
