@@ -24,16 +24,22 @@ _LAZY = {
     "MuxConfig": "autoprumux.models",
     "MuxSequenceClassifier": "autoprumux.models",
     "resolve_model": "autoprumux.models",
-    "Evaluation": "autoprumux.pipeline",
-    "Measured": "autoprumux.pipeline",
+    "Evaluation": "autoprumux.evaluation",
+    "Measured": "autoprumux.evaluation",
     "PruMuxPipeline": "autoprumux.pipeline",
 }
 
 if TYPE_CHECKING:
     from autoprumux.data import TASKS, load_task
-    from autoprumux.evaluation import ThroughputConfig, measure_throughput, model_flops
+    from autoprumux.evaluation import (
+        Evaluation,
+        Measured,
+        ThroughputConfig,
+        measure_throughput,
+        model_flops,
+    )
     from autoprumux.models import MuxConfig, MuxSequenceClassifier, resolve_model
-    from autoprumux.pipeline import Evaluation, Measured, PruMuxPipeline
+    from autoprumux.pipeline import PruMuxPipeline
 
 
 def __getattr__(name: str) -> Any:

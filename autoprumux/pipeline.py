@@ -15,24 +15,33 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from autoprumux._cache import ArtifactCache, key_hash
 from autoprumux.config import Recipe, validate_candidate
-from autoprumux.data import Encoded, Example, TaskData, collate, encode, get_task, load_task
-from autoprumux.errors import ConfigError, DataNotFoundError
+from autoprumux.data import (
+    Encoded,
+    Example,
+    TaskData,
+    check_corpus,
+    collate,
+    encode,
+    get_task,
+    load_task,
+    warmup_texts,
+)
+from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
+    Evaluation,
+    Measured,
     ThroughputConfig,
     fixed_batch,
-    model_flops,
-    model_runner,
+    measure_side_by_side,
+    paired_dev_metrics,
     resolve_device,
-    task_metrics,
-    time_interleaved,
 )
 from autoprumux.models import (
     AnyModel,
@@ -40,17 +49,15 @@ from autoprumux.models import (
     MuxSequenceClassifier,
     StudentConfig,
     StudentEnsemble,
-    apply_plan,
-    compute_importance,
     resolve_model,
-    search_plan,
+    warm_start_from,
 )
 from autoprumux.models._loading import BaseModel
 from autoprumux.training import (
     StudentTrainConfig,
     TrainConfig,
     distill_students,
-    predict,
+    prune_in_stages,
     retrieval_warmup,
     train_classifier,
 )
@@ -59,102 +66,6 @@ log = logging.getLogger("autoprumux")
 
 # seeded orders of the dev set a multiplexed model is scored on (see `dev_metrics`)
 DEV_PAIRINGS = 5
-
-
-def warm_start_from(model: MuxSequenceClassifier, smaller: MuxSequenceClassifier) -> None:
-    """Initialise an N-way model from an N/2-way one: encoder, demultiplexer and retrieval head
-    are copied; index embeddings 0..N/2-1 and the shared "no index" row are copied, the new
-    indices keep their fresh draws. The fixed mixing transforms are not parameters."""
-    if smaller.n >= model.n or smaller.n < 2:
-        raise ConfigError(
-            f"warm start needs a smaller multiplexed model, got N={smaller.n} -> {model.n}"
-        )
-    model.encoder.load_state_dict(smaller.encoder.state_dict())
-    model.demux.load_state_dict(smaller.demux.state_dict())
-    model.retrieval_head.load_state_dict(smaller.retrieval_head.state_dict())
-    with torch.no_grad():
-        k = smaller.n
-        model.index_embeddings.weight[:k] = smaller.index_embeddings.weight[:k]
-        model.index_embeddings.weight[model.n] = smaller.index_embeddings.weight[k]
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One evaluated model: dev metrics (points), throughput and size."""
-
-    name: str
-    sparsity: float
-    n: int
-    metric: float
-    accuracy: float
-    throughput: float  # examples / s
-    latency_ms: float  # median time of one batch
-    encoder_params: int
-    flops: float  # per batch of the throughput config
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    task: str
-    metric_name: str
-    device: str
-    baseline: Measured
-    candidate: Measured
-    throughput_config: ThroughputConfig
-
-    @property
-    def accuracy_loss(self) -> float:
-        return self.baseline.metric - self.candidate.metric
-
-    @property
-    def speedup(self) -> float:
-        return self.candidate.throughput / self.baseline.throughput
-
-    @property
-    def ideal_speedup(self) -> float:
-        """Speedup implied by the FLOP reduction alone."""
-        return self.baseline.flops / self.candidate.flops
-
-    def to_dict(self) -> dict:
-        return {
-            "task": self.task,
-            "metric_name": self.metric_name,
-            "device": self.device,
-            "baseline": asdict(self.baseline),
-            "candidate": asdict(self.candidate),
-            "accuracy_loss": self.accuracy_loss,
-            "speedup": self.speedup,
-            "ideal_speedup": self.ideal_speedup,
-            "throughput_config": asdict(self.throughput_config),
-        }
-
-
-def describe_model(model: AnyModel) -> dict:
-    """The shape of a measured model, for reports and MLflow."""
-    if isinstance(model, StudentEnsemble):
-        return {
-            "technique": "students",
-            "students": model.k,
-            "active_students": model.active_students,
-            "depth": model.depth,
-        }
-    return {
-        "technique": "prumux",
-        "layers": len(model.encoder.layers),
-        "heads": list(model.encoder.config.heads),
-        "ffn": list(model.encoder.config.ffn),
-    }
-
-
-def _read_text_file(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}); pass a text file with one "
-            "sentence per line"
-        ) from None
 
 
 class PruMuxPipeline:
@@ -176,14 +87,7 @@ class PruMuxPipeline:
         self.task = get_task(task)
         self.data_dir = data_dir
         self.warmup_corpus = warmup_corpus
-        if warmup_corpus not in ("shared", "task"):  # a file: checked before any work
-            corpus = Path(warmup_corpus).expanduser()
-            if not corpus.is_file():
-                raise ConfigError(
-                    f"warm-up corpus {warmup_corpus!r} is not 'shared', 'task' or an existing "
-                    "text file (one sentence per line)"
-                )
-            _read_text_file(corpus, "warm-up corpus")
+        check_corpus(warmup_corpus)  # a file: before any work
         self.recipe = recipe or Recipe()
         self.device = resolve_device(device)
         self.mux_variant = MuxConfig(n=1, variant=mux_variant).variant
@@ -314,43 +218,14 @@ class PruMuxPipeline:
         the GLUE directory (the current task's text when reading from the hub); "task" = this
         task's training text; anything else = a UTF-8 text file, one sentence per line.
         """
-        if self._warmup_items is not None:
-            return self._warmup_items
-        texts: list[str] = []
-        src = self.warmup_corpus
-        if src in ("shared", "task"):
-            sets = [self.data]
-            if src == "shared" and not self.data.source.startswith("hf:"):
-                sets = []
-                for name in ("sst2", "cola", "mrpc"):
-                    try:
-                        sets.append(load_task(name, data_dir=self.data_dir))
-                    except DataNotFoundError:
-                        log.info("warm-up corpus: %s not found, skipped", name)
-                if not sets:
-                    sets = [self.data]
-            for td in sets:
-                for ex in td.train:
-                    texts.append(ex.text_a)
-                    if ex.text_b:
-                        texts.append(ex.text_b)
-        else:
-            path = Path(src).expanduser()
-            if not path.is_file():
-                raise ConfigError(
-                    f"warm-up corpus {src!r} is not 'shared', 'task' or an existing text file "
-                    "(one sentence per line)"
-                )
-            texts = [line.strip() for line in _read_text_file(path, "warm-up corpus").splitlines()]
-        texts = sorted({t for t in texts if t})  # dedup; sorted so the sample is reproducible
-        if not texts:
-            raise ConfigError(f"warm-up corpus {src!r} holds no sentences")
-        k = min(self.recipe.warmup_corpus_size, len(texts))
-        rng = torch.Generator().manual_seed(self.recipe.seed)
-        pick = torch.randperm(len(texts), generator=rng)[:k].tolist()
-        self._warmup_items = encode(
-            [Example(texts[i], None, 0) for i in pick], self.tokenizer, self.recipe.max_seq_len
-        )
+        if self._warmup_items is None:
+            r = self.recipe
+            texts = warmup_texts(
+                self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
+            )
+            self._warmup_items = encode(
+                [Example(t, None, 0) for t in texts], self.tokenizer, r.max_seq_len
+            )
         return self._warmup_items
 
     def _corpus_hash(self) -> str:
@@ -493,69 +368,30 @@ class PruMuxPipeline:
         desc: str = "",
         on_stage: Callable[[int, float], None] | None = None,
     ) -> dict:
-        """Prune `model` in place to `sparsity` in `prune_stages` steps, each followed by recovery
-        fine-tuning with distillation from the baseline. Returns per-stage stats.
-
-        Each stage's dev metric is recorded in its stats; `on_stage(stage, metric)` is called
-        with it after the stage's recovery (e.g. to report an intermediate accuracy to a search
-        pruner; it may raise to abandon the candidate)."""
+        """Prune `model` in place to `sparsity` (see `prune_in_stages`), recovering with
+        distillation from the baseline; each stage's dev metric (one pairing) is recorded and
+        passed to `on_stage(stage, metric)`. Returns per-stage stats."""
         r = self.recipe
-        teacher = self.baseline()
-        stats: list[dict] = []
-        n = model.n
-        gen = torch.Generator().manual_seed(r.seed)
-        for stage in range(1, r.prune_stages + 1):
-            target = sparsity * stage / r.prune_stages
-            order = torch.randperm(len(self.train_items), generator=gen).tolist()
-            fisher_items = [self.train_items[i] for i in order[: r.importance_examples]]
-            fisher_batches = [
-                collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)
-            ]
-            abl_items = [
-                self.train_items[i]
-                for i in order[r.importance_examples : r.importance_examples + 128]
-            ]
-            abl_batches = [collate(abl_items[s : s + 32]) for s in range(0, len(abl_items), 32)]
-
-            def loss_fn(b: dict[str, torch.Tensor]) -> torch.Tensor:
-                b = {k: v.to(self.device) for k, v in b.items()}
-                return F.cross_entropy(
-                    model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"]
-                )
-
-            model.to(self.device)
-            imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
-            plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
-            apply_plan(model.encoder, plan)
-            steps = r.recovery_steps // r.prune_stages + (
-                r.recovery_steps % r.prune_stages if stage == r.prune_stages else 0
-            )
-            tr = train_classifier(
-                model,
-                self.train_items,
-                self._train_cfg(
-                    steps,
-                    distill_weight=r.distill_weight,
-                    retrieval_weight=r.retrieval_weight if n > 1 else 0.0,
-                ),
-                teacher=teacher,
-                special_ids=self.special_ids,
-                desc=f"recover{desc} stage {stage}/{r.prune_stages}",
-                device=self.device,
-            )
-            stats.append(
-                {
-                    "target": target,
-                    "sparsity": model.sparsity(),
-                    "heads": list(model.encoder.config.heads),
-                    "ffn": list(model.encoder.config.ffn),
-                    "train": tr,
-                    "dev_metric": self.dev_metrics(model, pairings=1)["metric"],
-                }
-            )
-            if on_stage is not None:
-                on_stage(stage, stats[-1]["dev_metric"])
-        return {"stages": stats}
+        return prune_in_stages(
+            model,
+            sparsity,
+            self.train_items,
+            teacher=self.baseline(),
+            stages=r.prune_stages,
+            recovery_steps=r.recovery_steps,
+            importance_examples=r.importance_examples,
+            seed=r.seed,
+            train_cfg=lambda steps: self._train_cfg(
+                steps,
+                distill_weight=r.distill_weight,
+                retrieval_weight=r.retrieval_weight if model.n > 1 else 0.0,
+            ),
+            dev_metric=lambda m: self.dev_metrics(m, pairings=1)["metric"],
+            special_ids=self.special_ids,
+            device=self.device,
+            desc=desc,
+            on_stage=on_stage,
+        )
 
     def candidate(
         self,
@@ -669,35 +505,11 @@ class PruMuxPipeline:
 
     # ---- measurement -------------------------------------------------------------------------
     def dev_metrics(self, model: AnyModel, pairings: int = DEV_PAIRINGS) -> dict[str, float]:
-        """Dev metrics in points. A multiplexed model (N > 1) mixes the examples of each group
-        of N, so its predictions depend on which examples share a group: its metrics are the
-        mean over `DEV_PAIRINGS` seeded shufflings of the dev set (taken from a canonical order,
-        so the file's order does not matter), with `metric_std` their spread (0 for N=1, whose
-        predictions do not depend on the order). Intermediate reports to a search pruner use
-        one pairing (`pairings=1`): they only decide whether to go on."""
-        gold = [x.label for x in self.dev_items]
-        n = getattr(model, "n", 1)
-        if n == 1:
-            logits = predict(model, self.dev_items, batch_size=64, device=self.device)
-            return {**task_metrics(self.task.metric, logits, gold), "metric_std": 0.0}
-        canonical = sorted(
-            range(len(self.dev_items)),
-            key=lambda i: (self.dev_items[i].input_ids, self.dev_items[i].token_type_ids, gold[i]),
+        """Dev metrics in points; a multiplexed model's are the mean over `pairings` seeded
+        pairings of the dev set (see `paired_dev_metrics`)."""
+        return paired_dev_metrics(
+            model, self.dev_items, self.task.metric, pairings=pairings, device=self.device
         )
-        runs = []
-        for seed in range(pairings):
-            g = torch.Generator().manual_seed(seed)
-            order = torch.tensor(canonical)[torch.randperm(len(canonical), generator=g)]
-            logits = predict(
-                model, [self.dev_items[i] for i in order], batch_size=64, device=self.device
-            )
-            restored = torch.empty_like(logits)
-            restored[order] = logits
-            runs.append(task_metrics(self.task.metric, restored, gold))
-        out = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-        spread = torch.tensor([r["metric"] for r in runs]).std() if len(runs) > 1 else 0.0
-        out["metric_std"] = float(spread)
-        return out
 
     def mux_metrics(self, n: int) -> dict[str, float]:
         """Dev metrics (one pairing) of the unpruned N-way model, for a search pruner's step 0
@@ -743,30 +555,9 @@ class PruMuxPipeline:
         """Dev metrics of each model, and throughputs of all of them timed side by side
         (interleaved rounds, see `time_interleaved`). `extra_callables` are timed in the same
         rounds (e.g. a reference implementation); their throughputs are returned separately."""
-        batch = self.throughput_batch(tp)
-        fns = {name: model_runner(m, batch, tp.device) for name, (m, _) in models.items()}
-        fns.update(extra_callables or {})
-        timed = time_interleaved(fns, cfg=tp)
-        out = {}
-        for name, (model, metrics) in models.items():
-            metrics = metrics or self.dev_metrics(model)
-            res = timed[name]
-            out[name] = Measured(
-                name=name,
-                sparsity=round(model.sparsity(), 4),
-                n=model.n,
-                metric=metrics["metric"],
-                accuracy=metrics["accuracy"],
-                throughput=res.examples_per_second,
-                latency_ms=res.latency_ms,
-                encoder_params=model.prunable_parameters()
-                if isinstance(model, StudentEnsemble)
-                else model.encoder.prunable_parameters(),
-                flops=model_flops(model, tp.batch_size, tp.seq_len),
-                extra={"metrics": metrics, **describe_model(model)},
-            )
-        others = {k: timed[k].examples_per_second for k in (extra_callables or {})}
-        return out, others
+        return measure_side_by_side(
+            models, self.throughput_batch(tp), tp, self.dev_metrics, extra_callables
+        )
 
     def measure(
         self,

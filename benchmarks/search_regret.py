@@ -35,8 +35,7 @@ from typing import Any
 from _results import machine, write_json
 
 from autoprumux.config import Candidate
-from autoprumux.evaluation import ThroughputConfig
-from autoprumux.pipeline import Evaluation, Measured
+from autoprumux.evaluation import Evaluation, Measured, ThroughputConfig
 from autoprumux.search import Searcher, SearchSettings, SearchSpace, recommend
 
 

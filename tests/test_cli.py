@@ -11,8 +11,7 @@ import pytest
 from conftest import GLUE_DIR
 
 from autoprumux.cli import format_table
-from autoprumux.evaluation import ThroughputConfig
-from autoprumux.pipeline import Evaluation, Measured
+from autoprumux.evaluation import Evaluation, Measured, ThroughputConfig
 
 
 def _run(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,7 @@
 """Task data: GLUE-format loaders and batching."""
 
 from autoprumux.data._batching import Encoded, batches, collate, encode, infinite_batches
+from autoprumux.data._corpus import check_corpus, warmup_texts
 from autoprumux.data._glue import (
     TASKS,
     Example,
@@ -18,10 +19,12 @@ __all__ = [
     "TaskData",
     "TaskSpec",
     "batches",
+    "check_corpus",
     "collate",
     "encode",
     "get_task",
     "infinite_batches",
     "load_task",
     "resolve_data_dir",
+    "warmup_texts",
 ]

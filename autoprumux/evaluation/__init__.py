@@ -1,6 +1,12 @@
 """Evaluation: dev metrics, throughput and FLOPs."""
 
-from autoprumux.evaluation._accuracy import task_metrics
+from autoprumux.evaluation._accuracy import paired_dev_metrics, task_metrics
+from autoprumux.evaluation._report import (
+    Evaluation,
+    Measured,
+    describe_model,
+    measure_side_by_side,
+)
 from autoprumux.evaluation._throughput import (
     ThroughputConfig,
     ThroughputResult,
@@ -14,6 +20,11 @@ from autoprumux.evaluation._throughput import (
 )
 
 __all__ = [
+    "Evaluation",
+    "Measured",
+    "describe_model",
+    "measure_side_by_side",
+    "paired_dev_metrics",
     "ThroughputConfig",
     "ThroughputResult",
     "fixed_batch",

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from autoprumux.data import Encoded
+
 
 def task_metrics(metric: str, logits: torch.Tensor, gold: Sequence[int]) -> dict[str, float]:
     """Accuracy, F1 of the positive class (binary tasks; macro-F1 otherwise) and Matthews
@@ -26,4 +28,42 @@ def task_metrics(metric: str, logits: torch.Tensor, gold: Sequence[int]) -> dict
         "mcc": 100 * float(matthews_corrcoef(gold, pred)),
     }
     out["metric"] = out[metric]
+    return out
+
+
+def paired_dev_metrics(
+    model: torch.nn.Module,
+    items: Sequence[Encoded],
+    metric: str,
+    *,
+    pairings: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Dev metrics of `model` on `items`, in points. A multiplexed model (N > 1) mixes the
+    examples of each group of N, so its predictions depend on which examples share a group: its
+    metrics are the mean over `pairings` seeded shufflings of the items, taken from a canonical
+    order (so the file's order does not matter), with `metric_std` their spread; 0 for N=1,
+    whose predictions do not depend on the order."""
+    from autoprumux.training import predict
+
+    gold = [x.label for x in items]
+    if getattr(model, "n", 1) == 1:
+        logits = predict(model, items, batch_size=batch_size, device=device)
+        return {**task_metrics(metric, logits, gold), "metric_std": 0.0}
+    canonical = sorted(
+        range(len(items)), key=lambda i: (items[i].input_ids, items[i].token_type_ids, gold[i])
+    )
+    runs = []
+    for seed in range(pairings):
+        g = torch.Generator().manual_seed(seed)
+        order = torch.tensor(canonical)[torch.randperm(len(canonical), generator=g)]
+        logits = predict(model, [items[i] for i in order], batch_size=batch_size, device=device)
+        restored = torch.empty_like(logits)
+        restored[order] = logits
+        runs.append(task_metrics(metric, restored, gold))
+    out = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+    out["metric_std"] = (
+        float(torch.tensor([r["metric"] for r in runs]).std()) if pairings > 1 else 0.0
+    )
     return out

@@ -9,6 +9,7 @@ from autoprumux.models._mux import (
     MuxConfig,
     MuxSequenceClassifier,
     OrthogonalMux,
+    warm_start_from,
 )
 from autoprumux.models._pruning import (
     Importance,
@@ -24,6 +25,7 @@ AnyModel = MuxSequenceClassifier | StudentEnsemble
 """What the pipeline measures: a (pruned, multiplexed) classifier or a student ensemble."""
 
 __all__ = [
+    "warm_start_from",
     "AnyModel",
     "DEFAULT_MODEL",
     "MUX_VARIANTS",

@@ -333,3 +333,20 @@ class MuxSequenceClassifier(nn.Module):
     def sparsity(self) -> float:
         """Counted sparsity of the physical model (see DESIGN.md)."""
         return 1.0 - self.encoder.prunable_parameters() / self.original_prunable_params
+
+
+def warm_start_from(model: MuxSequenceClassifier, smaller: MuxSequenceClassifier) -> None:
+    """Initialise an N-way model from an N/2-way one: encoder, demultiplexer and retrieval head
+    are copied; index embeddings 0..N/2-1 and the shared "no index" row are copied, the new
+    indices keep their fresh draws. The fixed mixing transforms are not parameters."""
+    if smaller.n >= model.n or smaller.n < 2:
+        raise ConfigError(
+            f"warm start needs a smaller multiplexed model, got N={smaller.n} -> {model.n}"
+        )
+    model.encoder.load_state_dict(smaller.encoder.state_dict())
+    model.demux.load_state_dict(smaller.demux.state_dict())
+    model.retrieval_head.load_state_dict(smaller.retrieval_head.state_dict())
+    with torch.no_grad():
+        k = smaller.n
+        model.index_embeddings.weight[:k] = smaller.index_embeddings.weight[:k]
+        model.index_embeddings.weight[model.n] = smaller.index_embeddings.weight[k]

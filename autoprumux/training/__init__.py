@@ -10,6 +10,7 @@ from autoprumux.training._loop import (
     retrieval_loss,
     train_classifier,
 )
+from autoprumux.training._prune import prune_in_stages
 from autoprumux.training._students import (
     StudentTrainConfig,
     distill_students,
@@ -30,6 +31,7 @@ __all__ = [
     "hidden_distill_loss",
     "kd_loss",
     "prefix_mse",
+    "prune_in_stages",
     "predict",
     "retrieval_loss",
     "retrieval_warmup",

@@ -1,0 +1,74 @@
+"""The unlabeled corpus of the multiplexing warm-up: sentences, deduplicated and sampled."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from autoprumux.data._glue import TaskData, load_task
+from autoprumux.errors import ConfigError, DataNotFoundError
+
+log = logging.getLogger("autoprumux")
+
+CORPORA = ("shared", "task")  # or a text file
+
+
+def read_text_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}); pass a text file with one "
+            "sentence per line"
+        ) from None
+
+
+def check_corpus(src: str) -> None:
+    """A warm-up corpus named as a file must exist and be UTF-8 text (checked before any work)."""
+    if src in CORPORA:
+        return
+    path = Path(src).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"warm-up corpus {src!r} is not 'shared', 'task' or an existing text file "
+            "(one sentence per line)"
+        )
+    read_text_file(path, "warm-up corpus")
+
+
+def warmup_texts(
+    src: str, task_data: TaskData, data_dir: str | None, size: int, seed: int
+) -> list[str]:
+    """Up to `size` sentences (each side of a pair is one), a seeded sample of the deduplicated,
+    sorted corpus. `src`: "shared" = the training text of SST-2, CoLA and MRPC found in the GLUE
+    directory (the task's own text when it comes from the hub); "task" = the task's training
+    text; anything else = a UTF-8 text file, one sentence per line."""
+    texts: list[str] = []
+    if src in CORPORA:
+        sets = [task_data]
+        if src == "shared" and not task_data.source.startswith("hf:"):
+            sets = []
+            for name in ("sst2", "cola", "mrpc"):
+                try:
+                    sets.append(load_task(name, data_dir=data_dir))
+                except DataNotFoundError:
+                    log.info("warm-up corpus: %s not found, skipped", name)
+            if not sets:
+                sets = [task_data]
+        for td in sets:
+            for ex in td.train:
+                texts.append(ex.text_a)
+                if ex.text_b:
+                    texts.append(ex.text_b)
+    else:
+        check_corpus(src)
+        raw = read_text_file(Path(src).expanduser(), "warm-up corpus")
+        texts = [line.strip() for line in raw.splitlines()]
+    texts = sorted({t for t in texts if t})  # dedup; sorted so the sample is reproducible
+    if not texts:
+        raise ConfigError(f"warm-up corpus {src!r} holds no sentences")
+    rng = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(texts), generator=rng)[: min(size, len(texts))].tolist()
+    return [texts[i] for i in pick]

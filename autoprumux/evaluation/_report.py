@@ -1,0 +1,121 @@
+"""What a measurement reports: one measured model, and a candidate beside its baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from autoprumux.evaluation._throughput import (
+    ThroughputConfig,
+    model_flops,
+    model_runner,
+    time_interleaved,
+)
+from autoprumux.models import AnyModel, StudentEnsemble
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One evaluated model: dev metrics (points), throughput and size."""
+
+    name: str
+    sparsity: float
+    n: int
+    metric: float
+    accuracy: float
+    throughput: float  # examples / s
+    latency_ms: float  # median time of one batch
+    encoder_params: int
+    flops: float  # per batch of the throughput config
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    task: str
+    metric_name: str
+    device: str
+    baseline: Measured
+    candidate: Measured
+    throughput_config: ThroughputConfig
+
+    @property
+    def accuracy_loss(self) -> float:
+        return self.baseline.metric - self.candidate.metric
+
+    @property
+    def speedup(self) -> float:
+        return self.candidate.throughput / self.baseline.throughput
+
+    @property
+    def ideal_speedup(self) -> float:
+        """Speedup implied by the FLOP reduction alone."""
+        return self.baseline.flops / self.candidate.flops
+
+    def to_dict(self) -> dict:
+        return {
+            "task": self.task,
+            "metric_name": self.metric_name,
+            "device": self.device,
+            "baseline": asdict(self.baseline),
+            "candidate": asdict(self.candidate),
+            "accuracy_loss": self.accuracy_loss,
+            "speedup": self.speedup,
+            "ideal_speedup": self.ideal_speedup,
+            "throughput_config": asdict(self.throughput_config),
+        }
+
+
+def describe_model(model: AnyModel) -> dict:
+    """The shape of a measured model, for reports and MLflow."""
+    if isinstance(model, StudentEnsemble):
+        return {
+            "technique": "students",
+            "students": model.k,
+            "active_students": model.active_students,
+            "depth": model.depth,
+        }
+    return {
+        "technique": "prumux",
+        "layers": len(model.encoder.layers),
+        "heads": list(model.encoder.config.heads),
+        "ffn": list(model.encoder.config.ffn),
+    }
+
+
+def measure_side_by_side(
+    models: dict[str, tuple[AnyModel, dict[str, float] | None]],
+    batch: dict[str, torch.Tensor],
+    tp: ThroughputConfig,
+    dev_metrics: Callable[[AnyModel], dict[str, float]],
+    extra_callables: dict[str, tuple[Callable[[], object], int]] | None = None,
+) -> tuple[dict[str, Measured], dict[str, float]]:
+    """Dev metrics of each model (given, or `dev_metrics(model)`), and throughputs of all of them
+    on `batch` timed side by side (interleaved rounds, see `time_interleaved`).
+    `extra_callables` are timed in the same rounds (e.g. a reference implementation); their
+    throughputs are returned separately."""
+    fns = {name: model_runner(m, batch, tp.device) for name, (m, _) in models.items()}
+    fns.update(extra_callables or {})
+    timed = time_interleaved(fns, cfg=tp)
+    out = {}
+    for name, (model, metrics) in models.items():
+        metrics = metrics or dev_metrics(model)
+        res = timed[name]
+        out[name] = Measured(
+            name=name,
+            sparsity=round(model.sparsity(), 4),
+            n=model.n,
+            metric=metrics["metric"],
+            accuracy=metrics["accuracy"],
+            throughput=res.examples_per_second,
+            latency_ms=res.latency_ms,
+            encoder_params=model.prunable_parameters()
+            if isinstance(model, StudentEnsemble)
+            else model.encoder.prunable_parameters(),
+            flops=model_flops(model, tp.batch_size, tp.seq_len),
+            extra={"metrics": metrics, **describe_model(model)},
+        )
+    others = {k: timed[k].examples_per_second for k in (extra_callables or {})}
+    return out, others

@@ -1,0 +1,88 @@
+"""Structured pruning in stages, each followed by recovery fine-tuning with distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from autoprumux.data import Encoded, collate
+from autoprumux.models import MuxSequenceClassifier, apply_plan, compute_importance, search_plan
+from autoprumux.training._loop import TrainConfig, train_classifier
+
+# examples per stage whose loss change ranks whole sub-layers (attention, FFN) for removal
+ABLATION_EXAMPLES = 128
+
+
+def prune_in_stages(
+    model: MuxSequenceClassifier,
+    sparsity: float,
+    train_items: Sequence[Encoded],
+    *,
+    teacher: MuxSequenceClassifier,
+    stages: int,
+    recovery_steps: int,
+    importance_examples: int,
+    seed: int,
+    train_cfg: Callable[[int], TrainConfig],
+    dev_metric: Callable[[MuxSequenceClassifier], float],
+    special_ids: tuple[int, ...],
+    device: torch.device | str,
+    desc: str = "",
+    on_stage: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Prune `model` in place to `sparsity` in `stages` equal steps. Each stage ranks heads and
+    FFN units by Fisher importance on `importance_examples` training examples (batches of N, so a
+    multiplexed model is scored as it runs) and sub-layers by the loss change of removing them,
+    removes the least important down to the stage's target, then recovers with
+    `train_cfg(steps)` (the recovery steps split over the stages) distilling from `teacher`.
+    Each stage's `dev_metric` is recorded in its stats and passed to `on_stage(stage, metric)`,
+    which may raise to abandon the candidate. Returns {"stages": [per-stage stats]}."""
+    stats: list[dict] = []
+    n = model.n
+    gen = torch.Generator().manual_seed(seed)
+    for stage in range(1, stages + 1):
+        target = sparsity * stage / stages
+        order = torch.randperm(len(train_items), generator=gen).tolist()
+        fisher_items = [train_items[i] for i in order[:importance_examples]]
+        fisher_batches = [
+            collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)
+        ]
+        ablation = order[importance_examples : importance_examples + ABLATION_EXAMPLES]
+        abl_items = [train_items[i] for i in ablation]
+        abl_batches = [collate(abl_items[s : s + 32]) for s in range(0, len(abl_items), 32)]
+
+        def loss_fn(b: dict[str, torch.Tensor]) -> torch.Tensor:
+            b = {k: v.to(device) for k, v in b.items()}
+            return F.cross_entropy(
+                model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"]
+            )
+
+        model.to(device)
+        imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
+        plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
+        apply_plan(model.encoder, plan)
+        steps = recovery_steps // stages + (recovery_steps % stages if stage == stages else 0)
+        tr = train_classifier(
+            model,
+            list(train_items),
+            train_cfg(steps),
+            teacher=teacher,
+            special_ids=special_ids,
+            desc=f"recover{desc} stage {stage}/{stages}",
+            device=device,
+        )
+        stats.append(
+            {
+                "target": target,
+                "sparsity": model.sparsity(),
+                "heads": list(model.encoder.config.heads),
+                "ffn": list(model.encoder.config.ffn),
+                "train": tr,
+                "dev_metric": dev_metric(model),
+            }
+        )
+        if on_stage is not None:
+            on_stage(stage, stats[-1]["dev_metric"])
+    return {"stages": stats}
