@@ -292,7 +292,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['budget']:g} | {r['sampler']} | {r['best_speedup']:.2f}x | "
             f"{r['regret_mean']:.1%} | {r['regret_max']:.1%} | {r['violations']}/{len(runs)} | "
-            f"{r['trials']} ({pruned:g}) | {', '.join(answers)} |"
+            f"{r['trials']} ({pruned:.1f}) | {', '.join(answers)} |"
         )
     return "\n".join(lines)
 
