@@ -66,7 +66,7 @@ def _add_recipe_flags(g: argparse._ArgumentGroup) -> None:
         default="fast",
         choices=sorted(RECIPE_PRESETS),
         help="named recipe the flags below start from: fast (Recipe's defaults) or accurate "
-        "(2.5x longer N > 1 fine-tune on 4x the examples; see README) (default: fast)",
+        "(2.5x longer N > 1 fine-tune on 4x the examples; see docs/multiplexing.md) (default: fast)",
     )
     for flag, typ, hlp in RECIPE_FLAGS:
         g.add_argument(
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_common(wk)
 
     rc = sub.add_parser(
-        "recommend", help="the fastest configuration predicted to stay within an accuracy budget"
+        "recommend", help="the fastest configuration measured within an accuracy budget"
     )
     rc.add_argument("--budget", required=True, help="accepted accuracy loss in points, e.g. 2.0")
     rc.add_argument("--task", default=None)
@@ -255,7 +255,7 @@ def _add_sampler(p: argparse.ArgumentParser) -> None:
         default="tpe",
         choices=SAMPLERS,
         help="tpe (default); guided: spend the trials where they can still change the fastest "
-        "configuration within --budget (see README); random, grid: baselines",
+        "configuration within --budget (see docs/search.md); random, grid: baselines",
     )
 
 

@@ -1,4 +1,4 @@
-"""Burst replay (issue 4): fixed K against burst-adaptive K, served over loopback HTTP.
+"""Burst replay: fixed K against burst-adaptive K, served over loopback HTTP.
 
     python benchmarks/burst_replay.py --task sst2 --students 4 --depth 2
 

@@ -5,16 +5,16 @@
 #   there: bash benchmarks/gpu_checks.sh OUT_DIR [SECONDS [PART...]]  # with .gpu carried
 #
 # PARTs, run in this order (default: l2l grid mux10):
-#   l2l      issue 5: L2L vs standard device memory and step time at BERT-base width (~1 min)
-#   students issue 4: Academus students' latency and throughput (~1 min)
-#   grid     issue 2: PruMUX sparsity x N grid, throughput on CUDA (~3 min)
-#   mux      issue 6: 10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
-#   mux10    issue 6: N=2 with a long task fine-tune, $MUX10_STEPS steps (default 10000) on
+#   l2l      L2L vs standard device memory and step time at BERT-base width (~1 min)
+#   students Academus students' latency and throughput (~1 min)
+#   grid     PruMUX sparsity x N grid, throughput on CUDA (~3 min)
+#   mux      10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
+#   mux10    N=2 with a long task fine-tune, $MUX10_STEPS steps (default 10000) on
 #            $MUX10_EXAMPLES training examples (default 32000; `none` = all 67,349) (~6 min)
 # PARTs joined by '+' run side by side on the GPU (e.g. `grid l2l+mux10`): use it only where the
 # seconds of the joined parts are not reported (l2l's memory figures are per process).
 # The baseline (N=1) is fine-tuned for as many steps as N > 1 in every mux run, so gaps compare
-# like with like (BENCHMARKS.md, issue 6, third session of 2026-11-26).
+# like with like (BENCHMARKS.md, multiplexing: why the baseline is trained as long as the candidates).
 # Uses the machine's own python3 (torch, transformers); our other dependencies are not imported
 # by these benchmarks. Each part has its own time limit, so one that fails or runs long does not
 # take the rest with it; the mux runs write their JSON after every row. Timings come from parts

@@ -1,4 +1,4 @@
-"""Peak device memory and step time against depth: the standard loop vs the L2L executor (issue 5).
+"""Peak device memory and step time against depth: the standard loop vs the L2L executor.
 
     OMP_NUM_THREADS=2 python benchmarks/l2l_memory.py                      # CPU, MiniLM width
     python benchmarks/l2l_memory.py --device cuda --width 768 --heads 12 --ffn 3072   # BERT-base

@@ -2,7 +2,7 @@
 
     python benchmarks/mux_ablation.py N WARMUP_STEPS WARMUPS POOLINGS FT_STEPS \
         [WARMUP_HIDDEN_W [FT_HIDDEN_WS [TAG [FT_LR]]]]
-    # e.g. the rows of BENCHMARKS.md's issue-6 ablation:
+    # e.g. the rows of BENCHMARKS.md's recipe ablation:
     python benchmarks/mux_ablation.py 2 400 distill,retrieval mean,cls 300 1.0
     python benchmarks/mux_ablation.py 2 400 retrieval mean 300 1.0 1.0
     python benchmarks/mux_ablation.py 2 400 distill mean 300 1.0 1.0,0 _ln

@@ -1,4 +1,4 @@
-"""Multiplexed accuracy against retrieval warm-up length, per N (issue 6).
+"""Multiplexed accuracy against retrieval warm-up length, per N.
 
     python benchmarks/mux_warmup.py --task sst2 --mux 2 4 --steps 300 1200
 

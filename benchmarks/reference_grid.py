@@ -1,4 +1,4 @@
-"""Issue 3 reference grid, built point by point and resumable across sessions and machines.
+"""The reference grid, built point by point and resumable across runs and machines.
 
     python benchmarks/reference_grid.py --task sst2 \
         --sparsities 0 0.3 0.5 0.6 0.7 0.8 0.9 0.95 --mux 1 2 4
@@ -6,7 +6,7 @@
 Each point is `PruMuxPipeline.evaluate(s, N)`: the candidate's dev metric and its throughput
 timed side by side with the baseline in the same process (so every speedup is a ratio from one
 run). After every point the JSON (benchmarks/results/reference_grid_<task>_<device>.json) is
-rewritten atomically, and points already in it are skipped: a killed run, or a new session on a
+rewritten atomically, and points already in it are skipped: a killed run, or a new run on a
 fresh machine, continues where the last one stopped (trained models are rebuilt only for the
 points still missing). The file's rows feed benchmarks/search_regret.py.
 """

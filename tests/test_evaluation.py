@@ -120,7 +120,7 @@ def test_training_learns_a_toy_task(n):
     )
     if n == 1:
         train_classifier(model, train, TrainConfig(steps=150, batch_size=16, lr=2e-3))
-    else:  # a multiplexed model learns the task only after the retrieval warm-up (DESIGN.md)
+    else:  # a multiplexed model learns the task only after the retrieval warm-up (see docs/multiplexing.md)
         train = toy_items(1024)
         retrieval_warmup(
             model, train, TrainConfig(steps=300, batch_size=16, lr=1e-3), special_ids=(2, 3)

@@ -1,4 +1,4 @@
-"""Hostile requests and arguments (issue 17, items 2, 5, 9 and 11): both HTTP servers answer
+"""Hostile requests and arguments: both HTTP servers answer
 4xx, never 500, to deep JSON, missing content types, booleans as budgets, huge values and too
 many rows, without echoing what they were sent; `autoprumux serve` refuses bad arguments and
 an unreachable store before any work, stops with SIGTERM, and loads only a recommender stored

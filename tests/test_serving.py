@@ -1,4 +1,4 @@
-"""Burst-adaptive serving (issue 4): policy logic, dynamic batching, the HTTP endpoint under
+"""Burst-adaptive serving: policy logic, dynamic batching, the HTTP endpoint under
 concurrent and bad requests, the bounded load generator and the CLI's checks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The mux warm-up as its own cached pipeline stage (issue 6), on a tiny checkpoint."""
+"""The mux warm-up as its own cached pipeline stage, on a tiny checkpoint."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Throughput as DESIGN.md defines it, and an analytic FLOP count for the ideal speedup.
+"""Throughput as the README defines it, and an analytic FLOP count for the ideal speedup.
 
 throughput = examples / second at a fixed batch of examples and a fixed padded sequence length,
 after warm-up passes, median over repeated timed passes, CUDA-synchronised on a GPU. A mux model

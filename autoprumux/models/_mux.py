@@ -331,7 +331,7 @@ class MuxSequenceClassifier(nn.Module):
         return model
 
     def sparsity(self) -> float:
-        """Counted sparsity of the physical model (see DESIGN.md)."""
+        """Counted sparsity of the physical model (see the README's definitions)."""
         return 1.0 - self.encoder.prunable_parameters() / self.original_prunable_params
 
 

@@ -1,4 +1,4 @@
-"""Burst-adaptive serving of Academus student ensembles (issue 4).
+"""Burst-adaptive serving of Academus student ensembles.
 
 A loopback HTTP endpoint (`StudentServer`) classifies texts through a dynamic batcher
 (`DynamicBatcher`); a policy (`AdaptivePolicy`, or `FixedPolicy` for comparison) picks how many
