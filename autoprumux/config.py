@@ -262,22 +262,19 @@ def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
         raise ConfigError(
             f"sparsity ({sparsity!r}) must be in [0, 1); e.g. --sparsity 0.7 removes 70% of the encoder"
         )
+    bad_n = ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
     if isinstance(n, bool):
-        raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+        raise bad_n
     if not isinstance(n, int):
         try:
             fn = float(n)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)"
-            ) from None
+            raise bad_n from None
         if not fn.is_integer():
-            raise ConfigError(
-                f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)"
-            )
+            raise bad_n
         n = int(fn)
     if n < 1:
-        raise ConfigError(f"mux width N ({n!r}) must be a positive integer (1 = no multiplexing)")
+        raise bad_n
     if n > MAX_MUX:
         raise ConfigError(
             f"mux width N ({n}) must be at most {MAX_MUX}; DataMUX reports usable accuracy up to N=40"

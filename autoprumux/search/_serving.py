@@ -49,6 +49,7 @@ from typing import Any
 
 from mlflow.pyfunc import PythonModel
 
+from autoprumux._json import json_depth
 from autoprumux.errors import ConfigError
 from autoprumux.search import _tracking as tracking
 
@@ -571,7 +572,7 @@ class RequestGuard:
             ) from None
         except ValueError as e:  # e.g. an integer of more than 4,300 digits
             raise _Refusal(400, f"the body is not usable JSON ({_short(str(e))})") from None
-        depth = _depth(data, self.max_depth)
+        depth = json_depth(data, self.max_depth)
         if depth > self.max_depth:
             raise _Refusal(
                 400,
@@ -594,20 +595,6 @@ class RequestGuard:
                 f"{where} is a boolean; a budget is a number of accuracy-loss points (e.g. "
                 "2.0) and task, model and device are strings",
             )
-
-
-def _depth(v: Any, limit: int) -> int:
-    """Nesting depth of parsed JSON, without recursion; stops counting past `limit`."""
-    deepest = 0
-    stack = [(v, 1)]
-    while stack:
-        x, d = stack.pop()
-        if isinstance(x, dict | list):
-            deepest = max(deepest, d)
-            if d > limit:
-                return d
-            stack.extend((c, d + 1) for c in (x.values() if isinstance(x, dict) else x))
-    return deepest
 
 
 def _rows(data: dict[str, Any]) -> int:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from autoprumux._json import json_depth
 from autoprumux.errors import ConfigError
 from autoprumux.models import StudentEnsemble
 from autoprumux.serving._batcher import DynamicBatcher, ServingError, Text
@@ -71,7 +72,7 @@ def parse_predict_request(
         raise ServingError(
             f"the body is not usable JSON ({_cut(str(e))}); send e.g. {EXAMPLE}", 400
         ) from None
-    if _depth(data) > MAX_JSON_DEPTH:
+    if json_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise ServingError(
             f"the JSON is nested more than {MAX_JSON_DEPTH} levels deep; send e.g. {EXAMPLE}", 400
         )
@@ -177,20 +178,6 @@ def _short(v: Any) -> str:
 def _cut(s: str, n: int = ECHO_CHARS) -> str:
     """`s` cut to `n` characters, for an error message that echoes it."""
     return s if len(s) <= n else s[:n] + "..."
-
-
-def _depth(v: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion; stops counting past MAX_JSON_DEPTH."""
-    deepest = 0
-    stack = [(v, 1)]
-    while stack:
-        x, d = stack.pop()
-        if isinstance(x, dict | list):
-            deepest = max(deepest, d)
-            if d > MAX_JSON_DEPTH:
-                return d
-            stack.extend((c, d + 1) for c in (x.values() if isinstance(x, dict) else x))
-    return deepest
 
 
 class _Server(ThreadingHTTPServer):
