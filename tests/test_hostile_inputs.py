@@ -67,3 +67,43 @@ def test_bad_input_exits_2_with_a_message_and_leaves_nothing(tmp_path, monkeypat
         assert time.perf_counter() - t0 < 20, argv
         left = {p.name for p in tmp_path.iterdir()} - {"plain.txt", "binary.yaml", "corpus.bin"}
         assert left <= {"space.yaml", "listed.yaml"}, (argv, left)
+
+
+def test_sigterm_to_ui_stops_the_mlflow_server_it_started(tmp_path):
+    """`autoprumux ui` runs `mlflow server` (which forks workers) in its own process group:
+    SIGTERM to the command must leave nothing listening."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from test_search import _free_port, _wait_http
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoprumux.cli", "ui", "--port", str(port)]
+        + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        t0 = time.time()
+        while time.time() - t0 < 15:  # the forked workers may take a moment to close
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"something still listens on port {port} after SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
