@@ -222,7 +222,9 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(
     for n, rid in done.items():
         mine = [r for r in runs if r.data.tags["autoprumux.trial_number"] == str(n)]
         assert len(mine) == 1 and mine[0].info.run_id == rid
-    # the killed trial's run is closed as failed, nothing is left RUNNING
+    # nothing is left RUNNING; the killed trial's run, if it got as far as opening one, is
+    # closed as failed
     assert not [t for t in trials if t.state.name == "RUNNING"]
-    (dead,) = [r for r in runs if r.info.run_id == failed[0].user_attrs["mlflow_run_id"]]
-    assert dead.info.status == "FAILED"
+    if "mlflow_run_id" in failed[0].user_attrs:
+        (dead,) = [r for r in runs if r.info.run_id == failed[0].user_attrs["mlflow_run_id"]]
+        assert dead.info.status == "FAILED"
