@@ -189,8 +189,10 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(
     t0 = time.time()
     while time.time() - t0 < 300:
         st = optuna.load_study(study_name="killme", storage=storage)
-        states = [t.state.name for t in st.get_trials()]
-        if "COMPLETE" in states and states[-1] == "RUNNING":
+        trials = st.get_trials()
+        states = [t.state.name for t in trials]
+        # a trial that has started its work (its configuration is recorded)
+        if "COMPLETE" in states and states[-1] == "RUNNING" and "config" in trials[-1].user_attrs:
             break
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.2)

@@ -428,9 +428,10 @@ class Searcher:
         import optuna
 
         t0 = time.perf_counter()
+        # first: a rerun recognises the trial of a killed worker by its host and pid
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = self._suggest(trial)
         trial.set_user_attr("config", cfg.to_dict())
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial.number}",
