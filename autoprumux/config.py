@@ -362,17 +362,16 @@ BASELINE = Candidate()
 # ---- the accuracy-loss budget ----------------------------------------------------------------
 def check_budget(budget: object) -> float:
     """An accuracy-loss budget in points: a finite number in [0, 100] (not a boolean)."""
+    not_a_number = ConfigError(
+        f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
+    )
     if isinstance(budget, bool):
-        raise ConfigError(
-            f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
-        )
+        raise not_a_number
     if not isinstance(budget, (int, float)):
         try:
             budget = float(budget)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
-            ) from None
+            raise not_a_number from None
     b = float(budget)
     if math.isnan(b) or not 0.0 <= b <= 100.0:
         raise ConfigError(
