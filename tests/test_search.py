@@ -175,16 +175,23 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_checkpoint, tmp_
     assert "out of memory" in failed[0].data.tags["autoprumux.error"]
 
 
+def _one_strict_trial(space: SearchSpace, tmp_path: Path, name: str) -> Searcher:
+    """One trial at budget 0 and margin 0 against a baseline forced to 100 points: any
+    intermediate step stops it."""
+    searcher = Searcher(
+        settings(space, tmp_path, trials=1, budget=0.0, prune_margin=0.0, study_name=name)
+    )
+    searcher.pipeline("gaussian")._baseline_metrics = {"metric": 100.0, "accuracy": 100.0}
+    searcher.run()
+    return searcher
+
+
 def test_hopeless_trials_stop_early_the_same_way_built_or_cached(tiny_checkpoint, tmp_path):
     """Only an intermediate step more than the margin beyond the budget stops a trial; a warm
     cache replays the recorded stage losses, so the outcome does not depend on it."""
     space = tiny_space(tiny_checkpoint, sparsity={"choices": [0.3]}, mux={"choices": [2]})
     for name in ("built", "cached"):
-        searcher = Searcher(
-            settings(space, tmp_path, trials=1, budget=0.0, prune_margin=0.0, study_name=name)
-        )
-        searcher.pipeline("gaussian")._baseline_metrics = {"metric": 100.0, "accuracy": 100.0}
-        searcher.run()
+        searcher = _one_strict_trial(space, tmp_path, name)
         (t,) = searcher.study.get_trials()
         assert t.state.name == "PRUNED", name
         assert list(t.intermediate_values) == [0], name  # the unpruned N=2 model
@@ -199,11 +206,7 @@ def test_the_last_stage_never_stops_a_trial_and_cache_hits_report_stages(tiny_ch
     space = tiny_space(tiny_checkpoint, sparsity={"choices": [0.3]}, mux={"choices": [1]})
     outcomes = []
     for name in ("built", "cached"):
-        searcher = Searcher(
-            settings(space, tmp_path, trials=1, budget=0.0, prune_margin=0.0, study_name=name)
-        )
-        searcher.pipeline("gaussian")._baseline_metrics = {"metric": 100.0, "accuracy": 100.0}
-        searcher.run()
+        searcher = _one_strict_trial(space, tmp_path, name)
         (t,) = searcher.study.get_trials()
         outcomes.append((t.state.name, dict(t.intermediate_values)))
     # one pruning stage: it is the last, so the trial completes (outside the budget, measured)
