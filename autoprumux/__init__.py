@@ -7,27 +7,30 @@ CLI's `--help`, does not load torch.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from autoprumux._lazy import lazy_exports
 from autoprumux.config import Candidate, Recipe, check_budget
 from autoprumux.errors import AutoPruMuxError, ConfigError, DataNotFoundError, ModelNotFoundError
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "TASKS": "autoprumux.data",
-    "load_task": "autoprumux.data",
-    "ThroughputConfig": "autoprumux.evaluation",
-    "measure_throughput": "autoprumux.evaluation",
-    "model_flops": "autoprumux.evaluation",
-    "MuxConfig": "autoprumux.models",
-    "MuxSequenceClassifier": "autoprumux.models",
-    "resolve_model": "autoprumux.models",
-    "Evaluation": "autoprumux.evaluation",
-    "Measured": "autoprumux.evaluation",
-    "PruMuxPipeline": "autoprumux.pipeline",
-}
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "TASKS": "autoprumux.data",
+        "load_task": "autoprumux.data",
+        "ThroughputConfig": "autoprumux.config",
+        "measure_throughput": "autoprumux.evaluation",
+        "model_flops": "autoprumux.evaluation",
+        "MuxConfig": "autoprumux.models",
+        "MuxSequenceClassifier": "autoprumux.models",
+        "resolve_model": "autoprumux.models",
+        "Evaluation": "autoprumux.evaluation",
+        "Measured": "autoprumux.evaluation",
+        "PruMuxPipeline": "autoprumux.pipeline",
+    },
+)
 
 if TYPE_CHECKING:
     from autoprumux.data import TASKS, load_task
@@ -42,16 +45,10 @@ if TYPE_CHECKING:
     from autoprumux.pipeline import PruMuxPipeline
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'autoprumux' has no attribute {name!r}")
-
-
 def recommend(budget: float = 2.0, task: str | None = None, **kw: Any) -> Any:
     """The fastest configuration measured to stay within `budget` accuracy-loss points (see
-    `autoprumux.search.recommend`)."""
-    from autoprumux.search import recommend as _recommend
+    `autoprumux.meta.recommend`)."""
+    from autoprumux.meta import recommend as _recommend
 
     return _recommend(budget, task, **kw)
 

@@ -1,7 +1,7 @@
 """Configuration: what a user chooses, each value checked once where it enters.
 
 Torch-free on purpose: the CLI, the search space and the meta-model read these without loading
-the models. `Recipe` is the training budget (part of every cache key); `Candidate` one
+the models. `Recipe` is the training recipe (steps and rates; part of every cache key); `Candidate` one
 configuration the search can evaluate (technique; sparsity, N and mux variant for PruMUX; K and
 depth for Academus students); `check_budget` the accuracy-loss budget. Everything after this
 module trusts them: dicts appear only at the edges (YAML, MLflow params, JSON).
@@ -56,7 +56,7 @@ def validate_trainer(
         )
 
 
-# ---- the training budget ----------------------------------------------------------------------
+# ---- the training recipe ------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Rule:
     """The type and range of one `Recipe` field."""
@@ -164,7 +164,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """The training budget of a baseline and its candidates (part of every cache key)."""
+    """The training recipe of a baseline and its candidates (part of every cache key)."""
 
     max_seq_len: int = 64
     max_train_examples: int | None = 8000
@@ -241,7 +241,7 @@ class Recipe:
         return cls(**{**RECIPE_PRESETS[name], **overrides})
 
 
-# Named training budgets. "fast" is Recipe's defaults (minutes per candidate on a CPU);
+# Named training recipes. "fast" is Recipe's defaults (minutes per candidate on a CPU);
 # "accurate" spends the lever measured to help N > 1 most: a 2.5x longer task fine-tune on 4x
 # more training examples, with the baseline fine-tuned as long. It keeps the default warm-up
 # (longer ones measured little gain for their cost; BENCHMARKS.md, multiplexing).
@@ -355,8 +355,52 @@ class Candidate:
             return f"students K={self.students} d={self.student_depth}"
         return f"s={self.sparsity:g} N={self.mux}"
 
+    # Within one family, a more aggressive configuration (higher sparsity and N; fewer or
+    # shallower students) loses at least as much accuracy and runs at least as fast: the
+    # guided sampler's dominance, the recommender's suggestions and the meta-model's monotone
+    # constraints all rest on this order.
+    @property
+    def family(self) -> tuple[str, ...]:
+        """Configurations comparable by aggressiveness share a family."""
+        if self.technique == "students":
+            return ("students",)
+        return ("prumux", self.mux_variant)
+
+    @property
+    def aggressiveness(self) -> tuple[float, ...]:
+        """Coordinates that never lower the loss or the speedup as they rise (within a family)."""
+        if self.technique == "students":
+            return (-float(self.students), -float(self.student_depth))
+        return (self.sparsity, math.log2(self.mux))
+
+    def below(self, other: Candidate) -> bool:
+        """Same family and no more aggressive than `other` (so it loses no more than `other`)."""
+        return self.family == other.family and all(
+            x <= y + 1e-9 for x, y in zip(self.aggressiveness, other.aggressiveness, strict=True)
+        )
+
 
 BASELINE = Candidate()
+
+
+# ---- timing -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """How throughput is timed: a fixed batch of `batch_size` x `seq_len` tokens, `warmup`
+    untimed and `repeats` timed passes on `device`."""
+
+    batch_size: int = 64
+    seq_len: int = 128
+    warmup: int = 3
+    repeats: int = 10
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.seq_len < 8 or self.repeats < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"throughput config invalid (batch {self.batch_size}, seq_len {self.seq_len}, "
+                f"repeats {self.repeats}, warmup {self.warmup}); use batch >= 1, seq_len >= 8, repeats >= 1"
+            )
 
 
 # ---- the accuracy-loss budget ----------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from autoprumux._cache import ArtifactCache, key_hash
-from autoprumux.config import Recipe, validate_candidate
+from autoprumux.config import Candidate, Recipe
 from autoprumux.data import (
     Encoded,
     Example,
@@ -394,18 +393,14 @@ class PruMuxPipeline:
         )
 
     def candidate(
-        self,
-        sparsity: float,
-        n: int,
-        *,
-        on_stage: Callable[[int, float], None] | None = None,
+        self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
     ) -> MuxSequenceClassifier:
         """The pruned (and, for N > 1, multiplexed) candidate, built or taken from the cache.
         `on_stage(stage, dev metric)` is called for stage 0 (the unpruned model, N > 1 only) and
         after each pruning stage, the same way on a cache hit (the stages' metrics are recorded
         with the entry), so a search stops or keeps a configuration whether it was cached or
         not."""
-        sparsity, n = validate_candidate(sparsity, n)
+        sparsity, n = self._prumux(config)
         self.check_lengths(n)
         if n > 1 and on_stage is not None:
             on_stage(0, self.mux_metrics(n)["metric"])
@@ -528,17 +523,9 @@ class PruMuxPipeline:
 
     def descriptors(self) -> dict[str, float]:
         """What the meta-model knows of the task, the base model and the device."""
-        from autoprumux.models import Encoder
-
-        cfg = self.base.config
         return {
-            "task_num_labels": self.task.num_labels,
-            "task_pair": int(self.task.pair),
-            "task_mcc": int(self.task.metric == "mcc"),
-            "task_log_train": round(math.log(max(1, len(self.data.train))), 6),
-            "model_layers": len(cfg.heads),
-            "model_hidden": cfg.hidden_size,
-            "model_log_params": round(math.log(Encoder(cfg).prunable_parameters()), 6),
+            **self.data.descriptors(),
+            **self.base.descriptors(),
             "device_cuda": int(str(self.device).startswith("cuda")),
         }
 
@@ -559,28 +546,10 @@ class PruMuxPipeline:
             models, self.throughput_batch(tp), tp, self.dev_metrics, extra_callables
         )
 
-    def measure(
-        self,
-        name: str,
-        model: MuxSequenceClassifier,
-        tp: ThroughputConfig,
-        metrics: dict[str, float] | None = None,
-    ) -> Measured:
-        return self.measure_many({name: (model, metrics)}, tp)[0][name]
-
     def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None:
-        """Sequence lengths (+ the N-token mux prefix) must fit the model's position embeddings."""
-        limit = self.base.config.max_position_embeddings
-        prefix = n if n > 1 else 0
-        for name, length in (
-            ("max_seq_len", self.recipe.max_seq_len),
-            ("throughput seq_len", tp.seq_len if tp else 0),
-        ):
-            if length + prefix > limit:
-                raise ConfigError(
-                    f"{name} ({length}) + mux prefix ({prefix}) exceeds the model's {limit} positions; "
-                    f"use at most {limit - prefix}"
-                )
+        self.base.check_lengths(
+            n, max_seq_len=self.recipe.max_seq_len, seq_len=tp.seq_len if tp else 0
+        )
 
     def baseline_metrics(self) -> dict[str, float]:
         """Dev metrics of the baseline (computed once per pipeline)."""
@@ -590,18 +559,31 @@ class PruMuxPipeline:
 
     def evaluate(
         self,
-        sparsity: float,
-        n: int,
+        config: Candidate,
         *,
         throughput: ThroughputConfig | None = None,
         on_stage: Callable[[int, float], None] | None = None,
     ) -> Evaluation:
-        sparsity, n = validate_candidate(sparsity, n)
+        """A PruMUX configuration beside the baseline (see `candidate` for `on_stage`)."""
+        sparsity, n = self._prumux(config)
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(n, tp)
         self.baseline()  # first: the candidate distils from it
-        cand = self.candidate(sparsity, n, on_stage=on_stage)
+        cand = self.candidate(config, on_stage=on_stage)
         return self.beside_baseline(f"s={sparsity:g},N={n}", cand, tp)
+
+    def _prumux(self, config: Candidate) -> tuple[float, int]:
+        """(sparsity, N) of a PruMUX configuration this pipeline builds (its mux variant)."""
+        if not isinstance(config, Candidate) or config.technique != "prumux":
+            raise ConfigError(
+                f"expected a PruMUX Candidate, got {config!r}; students go to evaluate_students"
+            )
+        if config.mux > 1 and config.mux_variant != self.mux_variant:
+            raise ConfigError(
+                f"{config.describe()} uses the {config.mux_variant} mux variant but this pipeline "
+                f"builds {self.mux_variant}; make one with mux_variant={config.mux_variant!r}"
+            )
+        return config.sparsity, config.mux
 
     def beside_baseline(self, name: str, model: AnyModel, tp: ThroughputConfig) -> Evaluation:
         """Dev metric of `model` and its throughput timed side by side with the baseline."""

@@ -30,7 +30,7 @@ from _results import write_json
 
 from autoprumux.config import Recipe
 from autoprumux.pipeline import PruMuxPipeline
-from autoprumux.serving import (
+from autoprumux.student_server import (
     AdaptivePolicy,
     FixedPolicy,
     KPolicy,

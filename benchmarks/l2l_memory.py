@@ -50,7 +50,7 @@ from _results import write_json
 
 from autoprumux.models import Encoder, EncoderConfig, MuxSequenceClassifier
 from autoprumux.training import L2LExecutor, TrainConfig
-from autoprumux.training._loop import make_optimizer
+from autoprumux.training._config import make_optimizer
 
 MB = 2**20
 

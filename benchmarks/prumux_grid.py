@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from _results import machine, write_json
 
-from autoprumux.config import Recipe
+from autoprumux.config import Candidate, Recipe
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import PruMuxPipeline
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     built = {}
     for n in args.mux:
         for s in args.sparsities:
-            m = pipe.candidate(s, n)
+            m = pipe.candidate(Candidate(sparsity=s, mux=n, mux_variant=pipe.mux_variant))
             built[(s, n)] = (m, pipe.dev_metrics(m))
             print(
                 f"built s={s} N={n}: {built[(s, n)][1]['metric']:.2f} ({time.time() - t0:.0f}s)",

@@ -24,7 +24,8 @@ from pathlib import Path
 from _results import machine, write_json
 from search_regret import GridTable, ReplayEvaluator, dataset_sizes
 
-from autoprumux.search import Searcher, SearchSettings, SearchSpace, recommend
+from autoprumux.meta import recommend
+from autoprumux.search import Searcher, SearchSettings, SearchSpace
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     python benchmarks/reference_grid.py --task sst2 \
         --sparsities 0 0.3 0.5 0.6 0.7 0.8 0.9 0.95 --mux 1 2 4
 
-Each point is `PruMuxPipeline.evaluate(s, N)`: the candidate's dev metric and its throughput
+Each point is `PruMuxPipeline.evaluate(Candidate(sparsity=s, mux=N))`: the candidate's dev metric and its throughput
 timed side by side with the baseline in the same process (so every speedup is a ratio from one
 run). After every point the JSON (benchmarks/results/reference_grid_<task>_<device>.json) is
 rewritten atomically, and points already in it are skipped: a killed run, or a new run on a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _results import machine, write_json
 
-from autoprumux.config import Recipe
+from autoprumux.config import Candidate, Recipe
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import PruMuxPipeline
 
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for s, n in todo:
         t0 = time.time()
-        ev = pipe.evaluate(s, n, throughput=tp)
+        ev = pipe.evaluate(
+            Candidate(sparsity=s, mux=n, mux_variant=pipe.mux_variant), throughput=tp
+        )
         data["baseline"] = {"metric": ev.baseline.metric}
         data["rows"].append(
             {

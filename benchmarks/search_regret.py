@@ -36,7 +36,8 @@ from _results import machine, write_json
 
 from autoprumux.config import Candidate
 from autoprumux.evaluation import Evaluation, Measured, ThroughputConfig
-from autoprumux.search import Searcher, SearchSettings, SearchSpace, recommend
+from autoprumux.meta import recommend
+from autoprumux.search import Searcher, SearchSettings, SearchSpace
 
 
 class GridTable:
@@ -108,12 +109,12 @@ class ReplayEvaluator:
 
     def evaluate(
         self,
-        sparsity: float,
-        n: int,
+        config: Candidate,
         *,
         throughput: ThroughputConfig | None = None,
         on_stage: Any = None,
     ) -> Evaluation:
+        sparsity, n = config.sparsity, config.mux
         base = self.table.baseline_metric
         if on_stage is not None and n > 1:
             on_stage(0, base - self.table.at(0.0, n)[0])

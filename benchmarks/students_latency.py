@@ -25,7 +25,7 @@ from _results import machine, write_json
 
 from autoprumux.evaluation import ThroughputConfig, model_runner, time_interleaved
 from autoprumux.pipeline import PruMuxPipeline
-from autoprumux.serving import student_accuracy_losses
+from autoprumux.student_server import student_accuracy_losses
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from autoprumux.config import Candidate
 from autoprumux.search._guided import (
-    Measured,
+    ScoredConfig,
     make_guided_sampler,
     open_candidates,
     propose,
@@ -38,13 +38,13 @@ def speedup(sparsity: float, mux: int) -> float:
 
 
 def run_guided(cands, truth, budget, evals):
-    seen: list[Measured] = []
+    seen: list[ScoredConfig] = []
     for _ in range(evals):
         i = propose(cands, seen, budget)
         if i is None:
             break
         loss, sp = truth[(cands[i].sparsity, cands[i].mux)]
-        seen.append(Measured(cands[i], loss, sp))
+        seen.append(ScoredConfig(cands[i], loss, sp))
     return seen
 
 
@@ -80,29 +80,29 @@ def test_dominance_shadows_what_measurements_make_unlikely():
     cands = [Candidate(sparsity=s, mux=n) for n in (1, 2) for s in (0.0, 0.3, 0.6)]
     # (0.3, N=1) is 4 points over a 1-point budget: everything at least as aggressive becomes a
     # long shot (measured losses are noisy), not removed; the baseline is never proposed
-    over = [Measured(Candidate(sparsity=0.3, mux=1), 5.0, 1.5)]
+    over = [ScoredConfig(Candidate(sparsity=0.3, mux=1), 5.0, 1.5)]
     ordinary, long_shots = open_candidates(cands, over, budget=1.0, noise=1.0)
     assert _cfgs(cands, ordinary) == [(0.0, 2)]
     assert _cfgs(cands, long_shots) == [(0.6, 1), (0.3, 2), (0.6, 2)]
     # far beyond any noise (19 points over) they are dropped
-    far = [Measured(Candidate(sparsity=0.3, mux=1), 20.0, 1.5)]
+    far = [ScoredConfig(Candidate(sparsity=0.3, mux=1), 20.0, 1.5)]
     ordinary, long_shots = open_candidates(cands, far, budget=1.0, noise=1.0)
     assert _cfgs(cands, ordinary) == [(0.0, 2)] and long_shots == []
     # within the noise a near miss shadows nothing
-    near = [Measured(Candidate(sparsity=0.3, mux=1), 1.5, 1.5)]
+    near = [ScoredConfig(Candidate(sparsity=0.3, mux=1), 1.5, 1.5)]
     ordinary, long_shots = open_candidates(cands, near, budget=1.0, noise=1.0)
     assert len(ordinary) == 4 and long_shots == []
     # a feasible (0.3, N=1) makes (0, N=1) pointless: it cannot be faster
-    ok = [Measured(Candidate(sparsity=0.3, mux=1), 0.5, 1.5)]
+    ok = [ScoredConfig(Candidate(sparsity=0.3, mux=1), 0.5, 1.5)]
     left = _cfgs(cands, open_candidates(cands, ok, budget=1.0)[0])
     assert (0.0, 1) not in left and (0.6, 1) in left
     # and so is anything below a measured point no faster than the best feasible one
-    slow = [*ok, Measured(Candidate(sparsity=0.3, mux=2), 9.0, 1.2)]
+    slow = [*ok, ScoredConfig(Candidate(sparsity=0.3, mux=2), 9.0, 1.2)]
     left = _cfgs(cands, sum(open_candidates(cands, slow, budget=1.0), []))
     assert (0.0, 2) not in left and (0.6, 1) in left
     # students: fewer or shallower is more aggressive
     studs = [Candidate(technique="students", students=k, student_depth=2) for k in (1, 2, 3)]
-    bad = [Measured(studs[1], 9.0, 3.0)]
+    bad = [ScoredConfig(studs[1], 9.0, 3.0)]
     assert [studs[i].students for i in open_candidates(studs, bad, budget=1.0)[0]] == [3]
     # a configuration in flight on another worker is not proposed twice
     assert propose(cands, [], 1.0, busy=[cands[2]]) != 2
@@ -119,12 +119,12 @@ def test_a_lucky_point_beyond_a_miss_is_still_found():
         (0.95, 2): (21.0, 21.8),
     }  # fmt: skip
     cands = [Candidate(sparsity=s, mux=n) for s, n in table]
-    seen: list[Measured] = []
+    seen: list[ScoredConfig] = []
     for _ in range(len(cands)):
         i = propose(cands, seen, 10.0, noise=1.35)
         if i is None:
             break
-        seen.append(Measured(cands[i], *table[(cands[i].sparsity, cands[i].mux)]))
+        seen.append(ScoredConfig(cands[i], *table[(cands[i].sparsity, cands[i].mux)]))
     assert (0.95, 1) in [(m.config.sparsity, m.config.mux) for m in seen]
 
 
@@ -154,7 +154,7 @@ def test_a_failing_configuration_is_retried_once_then_left_alone():
 
 def test_converged_search_says_so():
     cands = [Candidate(sparsity=s, mux=1) for s in (0.0, 0.5)]
-    seen = [Measured(cands[1], 9.0, 2.0)]  # the baseline is known without a trial
+    seen = [ScoredConfig(cands[1], 9.0, 2.0)]  # the baseline is known without a trial
     assert propose(cands, seen, budget=1.0) is None
 
 

@@ -25,12 +25,12 @@ import pytest
 from test_search_space import _issue_trials
 
 from autoprumux.cli import main
-from autoprumux.search import Recommender
-from autoprumux.search._meta import MetaModel
-from autoprumux.search._serving import (
+from autoprumux.meta import Recommender
+from autoprumux.meta._model import MetaModel
+from autoprumux.meta._pyfunc import (
     MAX_ROWS,
     RecommenderModel,
-    _mlflow_uris,
+    mlflow_uris,
     register_recommender,
 )
 
@@ -137,7 +137,7 @@ def test_the_registered_recommender_holds_no_pickle_and_answers_as_in_memory(reg
         assert not p.read_bytes().startswith(b"\x80"), p
 
     rec = registered["rec"]
-    with _mlflow_uris(registered["store"]):
+    with mlflow_uris(registered["store"]):
         loaded = mlflow.pyfunc.load_model(registered["uri"])
     frame = pd.DataFrame({"budget": BUDGETS})
     got = loaded.predict(frame)
@@ -152,7 +152,7 @@ def test_the_registered_recommender_holds_no_pickle_and_answers_as_in_memory(reg
 
 
 def test_the_meta_model_round_trips_through_json_and_predicts_identically():
-    from autoprumux.search._meta import FEATURES
+    from autoprumux.meta._model import FEATURES
 
     meta = Recommender(_issue_trials()).meta
     again = MetaModel.from_dict(json.loads(json.dumps(meta.to_dict())))
@@ -356,7 +356,7 @@ def students():
     from test_serving import SEQ, tiny_ensemble
 
     from autoprumux.models import resolve_model
-    from autoprumux.serving import FixedPolicy, ServingConfig, StudentServer
+    from autoprumux.student_server import FixedPolicy, ServingConfig, StudentServer
 
     ens = tiny_ensemble(k=2)
     cfg = ServingConfig(port=0, max_seq_len=SEQ)
@@ -393,7 +393,7 @@ def test_hostile_requests_to_the_students_get_a_short_4xx(students, path, body, 
 
 
 def test_the_students_request_parser_refuses_deep_json_without_a_server():
-    from autoprumux.serving import ServingError, parse_predict_request
+    from autoprumux.student_server import ServingError, parse_predict_request
 
     for body in (_deep(100_000), b'{"texts": ' + _deep(50) + b"}"):
         with pytest.raises(ServingError, match="nested") as e:

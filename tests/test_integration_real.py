@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import GLUE_DIR as DATA  # noqa: E402
 
-from autoprumux import MuxSequenceClassifier, PruMuxPipeline, Recipe, ThroughputConfig
+from autoprumux import Candidate, MuxSequenceClassifier, PruMuxPipeline, Recipe, ThroughputConfig
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_real_baseline_well_above_chance_and_cached(pipe):
 
 def test_real_pruned_multiplexed_candidate_trains_and_evaluates(pipe, tmp_path):
     tp = ThroughputConfig(batch_size=8, seq_len=32, repeats=2, warmup=1)
-    ev = pipe.evaluate(0.5, 2, throughput=tp)
+    ev = pipe.evaluate(Candidate(sparsity=0.5, mux=2), throughput=tp)
     cand = ev.candidate
     assert cand.n == 2
     assert abs(cand.sparsity - 0.5) <= 0.02
@@ -53,7 +53,7 @@ def test_real_pruned_multiplexed_candidate_trains_and_evaluates(pipe, tmp_path):
     assert ev.accuracy_loss == pytest.approx(ev.baseline.metric - cand.metric)
     assert cand.throughput > 0 and ev.ideal_speedup > 2.5
     # the compressed model saves and loads back with the same dev accuracy
-    model = pipe.candidate(0.5, 2)
+    model = pipe.candidate(Candidate(sparsity=0.5, mux=2))
     model.save(tmp_path / "m")
     loaded = MuxSequenceClassifier.load(tmp_path / "m")
     assert pipe.dev_metrics(loaded)["accuracy"] == pytest.approx(cand.accuracy)

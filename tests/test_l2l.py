@@ -17,7 +17,8 @@ from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier
 from autoprumux.search import SearchSpace
 from autoprumux.training import L2LExecutor, TrainConfig, predict, train_classifier
-from autoprumux.training._loop import classifier_loss, make_optimizer
+from autoprumux.training._config import make_optimizer
+from autoprumux.training._losses import classifier_loss
 
 SPECIAL = (2,)
 

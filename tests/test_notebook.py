@@ -36,4 +36,4 @@ def test_walkthrough_notebook_runs(tiny_checkpoint, tmp_path, monkeypatch):
     assert "measured (trial" in outputs or "by definition" in outputs
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the Pareto front and the predicted-vs-measured plots
-    assert (tmp_path / "autoprumux.db").is_file() and (tmp_path / "mlflow.db").is_file()
+    assert (tmp_path / "autoprumux.db").is_file() and (tmp_path / "mlruns" / "mlflow.db").is_file()

@@ -16,11 +16,12 @@ import pytest
 import yaml
 from conftest import GLUE_DIR as DATA
 
+from autoprumux import tracking
 from autoprumux.cli import main
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig
-from autoprumux.search import Searcher, SearchSettings, SearchSpace, recommend
-from autoprumux.search import _tracking as tracking
+from autoprumux.meta import recommend
+from autoprumux.search import Searcher, SearchSettings, SearchSpace
 
 TINY_RECIPE = {
     "max_train_examples": 64,
@@ -234,7 +235,9 @@ def test_cli_search_registers_a_recommender_that_serves(tiny_checkpoint, tmp_pat
         + ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
     )
     assert rc == 0
-    assert (tmp_path / "autoprumux.db").is_file() and (tmp_path / "mlflow.db").is_file()
+    # the stores sit where MLflow and Optuna users look: mlruns/ and the study beside it
+    assert (tmp_path / "autoprumux.db").is_file() and (tmp_path / "mlruns" / "mlflow.db").is_file()
+    assert any((tmp_path / "mlruns" / "artifacts").rglob("MLmodel"))
     assert "MLFLOW_TRACKING_URI" not in os.environ  # registering leaks no global MLflow state
     out = subprocess.run(
         [sys.executable, "-m", "autoprumux.cli", "recommend", "--budget", "50", "--json"],
@@ -299,7 +302,7 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, monkeypatch, capsys):
     assert main(["search", "--space", str(bad)]) == 2
     assert "params.sparsity.stepp" in capsys.readouterr().err
     # nothing was created by the refused commands
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "autoprumux.db").exists()
 
 
 def _free_port() -> int:
@@ -414,7 +417,7 @@ def test_the_users_sequence_search_then_recommend_and_the_served_model(
     import mlflow
     import optuna
 
-    from autoprumux.search._serving import REGISTERED_NAME, _mlflow_uris
+    from autoprumux.meta._pyfunc import REGISTERED_NAME, mlflow_uris
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -460,7 +463,7 @@ def test_the_users_sequence_search_then_recommend_and_the_served_model(
     # the registered (served) model answers the same
     import pandas as pd
 
-    with _mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+    with mlflow_uris(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"):
         served = mlflow.pyfunc.load_model(f"models:/{REGISTERED_NAME}/latest")
         out = served.predict(pd.DataFrame({"budget": budgets}))
     for b, row in zip(budgets, out.to_dict(orient="records"), strict=True):
@@ -562,3 +565,25 @@ def test_a_resumed_tpe_search_does_not_repeat_its_first_configuration(tiny_check
         searcher.run()
         firsts.append(searcher.study.get_trials()[-1].user_attrs["config"]["sparsity"])
     assert firsts[0] != firsts[1], firsts
+
+
+def test_an_older_store_in_the_working_directory_is_still_used_with_a_message(
+    tmp_path, monkeypatch, caplog
+):
+    from autoprumux import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    new = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert tracking.resolve_tracking_uri(None) == new
+    assert not (tmp_path / "mlruns").exists()  # made when the first run is logged, not before
+    tracking.make_store_dir(new)
+    assert (tmp_path / "mlruns").is_dir()
+    assert tracking.artifact_root(new) == (tmp_path / "mlruns" / "artifacts").as_uri()
+    (tmp_path / "mlruns").rmdir()
+    (tmp_path / "mlflow.db").write_bytes(b"")  # what an older autoprumux left here
+    with caplog.at_level("WARNING", logger="autoprumux"):
+        old = tracking.resolve_tracking_uri(None)
+    assert old == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.artifact_root(old) == (tmp_path / "mlartifacts").as_uri()
+    assert "older autoprumux" in caplog.text and "mlruns" in caplog.text

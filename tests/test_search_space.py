@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from autoprumux.config import Candidate
+from autoprumux.config import Candidate, check_budget
 from autoprumux.errors import ConfigError
-from autoprumux.search import FEATURES, MetaModel, SearchSpace, check_budget, pareto_points
-from autoprumux.search._meta import features, training_table
+from autoprumux.meta import FEATURES, MetaModel
+from autoprumux.meta._model import features, training_table
+from autoprumux.search import SearchSpace, pareto_points
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {
@@ -283,7 +284,7 @@ def _issue_trials() -> list[dict]:
             "task": "sst2",
             "model": "m",
             "device": "cpu",
-            "space": space,
+            "candidates": SearchSpace.from_dict(space).grid(),
             "config": Candidate(sparsity=s, mux=n),
             "context": ctx,
             "accuracy_loss": loss,
@@ -295,7 +296,7 @@ def _issue_trials() -> list[dict]:
 
 
 def test_recommend_answers_with_the_fastest_measured_configuration_within_each_budget():
-    from autoprumux.search import Recommender
+    from autoprumux.meta import Recommender
 
     rec = Recommender(_issue_trials())
     want = {0.3: (0.0, 1), 0.5: (0.5, 1), 1: (0.5, 1), 2: (0.5, 1), 3: (0.6, 1), 5: (0.65, 1),
@@ -318,7 +319,7 @@ def test_recommend_answers_with_the_fastest_measured_configuration_within_each_b
 
 
 def test_the_meta_model_knows_the_baseline_and_that_n_and_sparsity_cost_and_pay():
-    from autoprumux.search import Recommender
+    from autoprumux.meta import Recommender
 
     rec = Recommender(_issue_trials())
     pts = [Candidate(sparsity=s, mux=n) for s, n in

@@ -21,7 +21,7 @@ import yaml
 from conftest import GLUE_DIR as DATA
 from test_search import TINY_RECIPE, TP_ARGS, _free_port, _wait_http
 
-from autoprumux.search import _tracking as tracking
+from autoprumux import tracking
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 

@@ -28,7 +28,7 @@ from autoprumux.models import (
     StudentEnsemble,
     resolve_model,
 )
-from autoprumux.serving import (
+from autoprumux.student_server import (
     AdaptivePolicy,
     DynamicBatcher,
     FixedPolicy,
@@ -45,7 +45,7 @@ from autoprumux.serving import (
     profile_operating_points,
     run_load,
 )
-from autoprumux.serving._batcher import tokenize
+from autoprumux.student_server._batcher import tokenize
 
 TEXTS = [
     "a gripping, funny film",
@@ -675,12 +675,13 @@ def test_the_policy_table_can_come_from_the_meta_model():
     every k, pessimistic above the median, and never rising with k (monotone constraint)."""
     from pathlib import Path
 
-    from autoprumux.search import Recommender, SearchSpace
-    from autoprumux.serving import meta_accuracy_losses
+    from autoprumux.meta import Recommender
+    from autoprumux.search import SearchSpace
+    from autoprumux.student_server import meta_accuracy_losses
 
-    space = SearchSpace.from_yaml(
+    grid = SearchSpace.from_yaml(
         Path(__file__).resolve().parents[1] / "search_spaces" / "students.yaml"
-    ).to_dict()
+    ).grid()
     ctx = {
         "task_num_labels": 2,
         "task_pair": 0,
@@ -699,7 +700,7 @@ def test_the_policy_table_can_come_from_the_meta_model():
             "task": "sst2",
             "model": "m",
             "device": "cpu",
-            "space": space,
+            "candidates": grid,
             "config": Candidate(technique="students", students=k, student_depth=d),
             "context": ctx,
             "accuracy_loss": 8.0 / (k * d) + 0.1 * (i % 3),

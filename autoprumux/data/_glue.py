@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -62,6 +63,15 @@ class TaskData:
     train: tuple[Example, ...]
     dev: tuple[Example, ...]
     source: str  # where the data came from (directory or "hf:glue/<config>")
+
+    def descriptors(self) -> dict[str, float]:
+        """What the meta-model knows of the task."""
+        return {
+            "task_num_labels": self.task.num_labels,
+            "task_pair": int(self.task.pair),
+            "task_mcc": int(self.task.metric == "mcc"),
+            "task_log_train": round(math.log(max(1, len(self.train))), 6),
+        }
 
     def fingerprint(self) -> str:
         """A short content hash of the train and dev rows (cache keys depend on the data)."""

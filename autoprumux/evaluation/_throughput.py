@@ -14,24 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from autoprumux.config import ThroughputConfig
 from autoprumux.errors import ConfigError
 from autoprumux.models import AnyModel, StudentEnsemble
-
-
-@dataclass(frozen=True)
-class ThroughputConfig:
-    batch_size: int = 64
-    seq_len: int = 128
-    warmup: int = 3
-    repeats: int = 10
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.seq_len < 8 or self.repeats < 1 or self.warmup < 0:
-            raise ConfigError(
-                f"throughput config invalid (batch {self.batch_size}, seq_len {self.seq_len}, "
-                f"repeats {self.repeats}, warmup {self.warmup}); use batch >= 1, seq_len >= 8, repeats >= 1"
-            )
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoprumux._cache import file_sha256
-from autoprumux.errors import ModelNotFoundError
+from autoprumux.errors import ConfigError, ModelNotFoundError
 from autoprumux.models._encoder import Encoder, EncoderConfig
 
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
@@ -63,6 +64,25 @@ class BaseModel:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.path)
+
+    def check_lengths(self, n: int, *, max_seq_len: int, seq_len: int = 0) -> None:
+        """Sequence lengths (+ the N-token mux prefix) must fit the model's position embeddings."""
+        limit = self.config.max_position_embeddings
+        prefix = n if n > 1 else 0
+        for name, length in (("max_seq_len", max_seq_len), ("throughput seq_len", seq_len)):
+            if length + prefix > limit:
+                raise ConfigError(
+                    f"{name} ({length}) + mux prefix ({prefix}) exceeds the model's {limit} "
+                    f"positions; use at most {limit - prefix}"
+                )
+
+    def descriptors(self) -> dict[str, float]:
+        """What the meta-model knows of the base model."""
+        return {
+            "model_layers": len(self.config.heads),
+            "model_hidden": self.config.hidden_size,
+            "model_log_params": round(math.log(Encoder(self.config).prunable_parameters()), 6),
+        }
 
 
 def resolve_model(name: str | None = None) -> BaseModel:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from autoprumux.config import BASELINE, Candidate
-from autoprumux.search._meta import CONTEXT_KEYS, MetaModel, features
+from autoprumux.meta._model import CONTEXT_KEYS, MetaModel, features
 
 log = logging.getLogger("autoprumux.search")
 
@@ -58,7 +58,7 @@ def loss_noise(dev_size: int | None) -> float:
 
 
 @dataclass(frozen=True)
-class Measured:
+class ScoredConfig:
     """One evaluated configuration: its loss (points) and speedup (None if it was pruned early,
     when only a loss is known)."""
 
@@ -67,34 +67,11 @@ class Measured:
     speedup: float | None = None
 
 
-def family(cfg: Candidate) -> tuple:
-    """Configurations comparable by aggressiveness share a family."""
-    if cfg.technique == "students":
-        return ("students",)
-    return ("prumux", cfg.mux_variant)
-
-
-def aggressiveness(cfg: Candidate) -> tuple[float, ...]:
-    """Coordinates that never lower the loss or the speedup as they rise (within a family)."""
-    if cfg.technique == "students":
-        return (-float(cfg.students), -float(cfg.student_depth))
-    return (cfg.sparsity, math.log2(cfg.mux))
-
-
-def _le(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return all(x <= y + 1e-9 for x, y in zip(a, b, strict=True))
-
-
-def below(x: Candidate, y: Candidate) -> bool:
-    """x and y share a family and x is no more aggressive than y (so x loses no more than y)."""
-    return family(x) == family(y) and _le(aggressiveness(x), aggressiveness(y))
-
-
-def shadow(cfg: Candidate, measured: Sequence[Measured], budget: float) -> float:
+def shadow(cfg: Candidate, measured: Sequence[ScoredConfig], budget: float) -> float:
     """How far (points) the worst measured miss no more aggressive than `cfg` exceeds the budget
     (0 when there is none): a lower bound on cfg's loss beyond the budget, up to noise."""
     return max(
-        (m.loss - budget for m in measured if m.loss > budget and below(m.config, cfg)),
+        (m.loss - budget for m in measured if m.loss > budget and m.config.below(cfg)),
         default=0.0,
     )
 
@@ -107,7 +84,7 @@ def long_shot_chance(depth: float, noise: float) -> float:
 
 def open_candidates(
     candidates: Sequence[Candidate],
-    measured: Sequence[Measured],
+    measured: Sequence[ScoredConfig],
     budget: float,
     noise: float = 1.0,
     busy: Sequence[Candidate] = (),
@@ -124,9 +101,7 @@ def open_candidates(
     for i, c in enumerate(candidates):
         if c in seen or fails.get(c, 0) >= MAX_FAILURES or c.is_baseline:
             continue
-        if any(
-            m.speedup is not None and m.speedup <= best and below(c, m.config) for m in measured
-        ):
+        if any(m.speedup is not None and m.speedup <= best and c.below(m.config) for m in measured):
             continue  # no more aggressive than a trial no faster than the best: cannot be faster
         depth = shadow(c, measured, budget)
         if depth <= noise:
@@ -139,7 +114,7 @@ def open_candidates(
 def _bisect(
     candidates: Sequence[Candidate],
     open_idx: list[int],
-    measured: Sequence[Measured],
+    measured: Sequence[ScoredConfig],
     budget: float,
 ) -> int:
     """The middle of the least aggressive open axis of the first open family (the upper middle:
@@ -147,25 +122,25 @@ def _bisect(
     by less than the margin) stay open but are bisected last."""
 
     def beyond_miss(i: int) -> bool:
-        return any(m.loss > budget and below(m.config, candidates[i]) for m in measured)
+        return any(m.loss > budget and m.config.below(candidates[i]) for m in measured)
 
     open_idx = [i for i in open_idx if not beyond_miss(i)] or open_idx
-    fam = min(family(candidates[i]) for i in open_idx)
-    same = [i for i in open_idx if family(candidates[i]) == fam]
-    rest = min(aggressiveness(candidates[i])[1:] for i in same)
+    fam = min(candidates[i].family for i in open_idx)
+    same = [i for i in open_idx if candidates[i].family == fam]
+    rest = min(candidates[i].aggressiveness[1:] for i in same)
     axis = sorted(
-        (i for i in same if aggressiveness(candidates[i])[1:] == rest),
-        key=lambda i: aggressiveness(candidates[i]),
+        (i for i in same if candidates[i].aggressiveness[1:] == rest),
+        key=lambda i: candidates[i].aggressiveness,
     )
     return axis[len(axis) // 2]
 
 
 def _row(cfg: Candidate) -> tuple:
-    return (family(cfg), aggressiveness(cfg)[1:])
+    return (cfg.family, cfg.aggressiveness[1:])
 
 
 def _row_anchor(
-    candidates: Sequence[Candidate], open_idx: list[int], measured: Sequence[Measured]
+    candidates: Sequence[Candidate], open_idx: list[int], measured: Sequence[ScoredConfig]
 ) -> int | None:
     """The least aggressive open point of the least aggressive row (e.g. N=4 at the lowest open
     sparsity) that holds no measurement yet: the meta-model cannot extrapolate into an unseen N,
@@ -174,7 +149,7 @@ def _row_anchor(
     fresh = [i for i in open_idx if _row(candidates[i]) not in touched]
     if not fresh:
         return None
-    return min(fresh, key=lambda i: (family(candidates[i]), aggressiveness(candidates[i])[::-1]))
+    return min(fresh, key=lambda i: (candidates[i].family, candidates[i].aggressiveness[::-1]))
 
 
 def _norm_cdf(z: np.ndarray) -> np.ndarray:
@@ -188,7 +163,7 @@ def _norm_pdf(z: np.ndarray) -> np.ndarray:
 def acquisition(
     candidates: Sequence[Candidate],
     open_idx: list[int],
-    measured: Sequence[Measured],
+    measured: Sequence[ScoredConfig],
     budget: float,
     context: dict[str, Any] | None = None,
     min_sigma: float = 0.5,
@@ -196,7 +171,7 @@ def acquisition(
 ) -> np.ndarray:
     """Constrained expected improvement of each open candidate (same order as `open_idx`).
     `noise`: the spread (points) of one measured loss, e.g. from the dev set's size."""
-    from autoprumux.search._meta import training_table
+    from autoprumux.meta._model import training_table
 
     ctx = context or _CTX
     done = [m for m in measured if m.speedup is not None]
@@ -212,13 +187,13 @@ def acquisition(
     # at least what any less aggressive trial lost, at most what any more aggressive one lost
     for row, i in enumerate(open_idx):
         for m in measured:
-            if below(m.config, candidates[i]):
+            if m.config.below(candidates[i]):
                 if m.loss > budget:  # bounded below by a measured miss, up to two measurements'
                     s_loss[row] = min(s_loss[row], noise * math.sqrt(2.0))  # noise
                 med[row, 0] = max(med[row, 0], m.loss)
                 if m.speedup is not None:
                     med[row, 1] = max(med[row, 1], m.speedup)
-            elif below(candidates[i], m.config):
+            elif candidates[i].below(m.config):
                 med[row, 0] = min(med[row, 0], m.loss)
                 if m.speedup is not None:
                     med[row, 1] = min(med[row, 1], m.speedup)
@@ -232,7 +207,7 @@ def acquisition(
 
 def propose(
     candidates: Sequence[Candidate],
-    measured: Sequence[Measured],
+    measured: Sequence[ScoredConfig],
     budget: float,
     *,
     busy: Sequence[Candidate] = (),
@@ -246,7 +221,7 @@ def propose(
     `failed`: one configuration per failed trial; `noise`: see `loss_noise`."""
     known = list(measured)
     if not any(m.config.is_baseline for m in known):
-        known.append(Measured(BASELINE, 0.0, 1.0))
+        known.append(ScoredConfig(BASELINE, 0.0, 1.0))
     ordinary, long_shots = open_candidates(candidates, known, budget, noise, busy, failed)
     if not ordinary and not long_shots:
         return None
@@ -266,12 +241,12 @@ def propose(
 
 def study_evidence(
     trials: Sequence[Any], exclude_number: int | None = None
-) -> tuple[list[Measured], list[Candidate], list[Candidate]]:
+) -> tuple[list[ScoredConfig], list[Candidate], list[Candidate]]:
     """(measured, busy, failed) from an Optuna study's trials: a finished trial gives (loss,
     speedup), a pruned one its loss so far (a lower bound, enough to shadow candidates), a
     running one (another worker's) is `busy` so two workers do not pick the same point, a failed
     one adds its configuration to `failed` (retried once, then left alone)."""
-    measured: list[Measured] = []
+    measured: list[ScoredConfig] = []
     busy: list[Candidate] = []
     failed: list[Candidate] = []
     for t in trials:
@@ -282,9 +257,9 @@ def study_evidence(
         state = t.state.name
         loss = t.user_attrs.get("accuracy_loss")
         if state == "COMPLETE" and loss is not None and t.user_attrs.get("speedup"):
-            measured.append(Measured(cfg, float(loss), float(t.user_attrs["speedup"])))
+            measured.append(ScoredConfig(cfg, float(loss), float(t.user_attrs["speedup"])))
         elif state == "PRUNED" and loss is not None:
-            measured.append(Measured(cfg, float(loss)))
+            measured.append(ScoredConfig(cfg, float(loss)))
         elif state == "RUNNING":
             busy.append(cfg)
         elif state == "FAIL":

@@ -17,140 +17,25 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from autoprumux.config import SAMPLERS, Candidate, check_budget
+from autoprumux import tracking
+from autoprumux.config import Candidate, ThroughputConfig
 from autoprumux.errors import ConfigError
-from autoprumux.evaluation import ThroughputConfig
-from autoprumux.search import _tracking as tracking
 from autoprumux.search._guided import loss_noise
+from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
+from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace
 
 log = logging.getLogger("autoprumux")
 
-DEFAULT_STORAGE_FILE = "autoprumux.db"
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def default_storage(workdir: str | Path | None = None) -> str:
-    return f"sqlite:///{Path(workdir or os.getcwd()).resolve() / DEFAULT_STORAGE_FILE}"
-
-
-@dataclass
-class SearchSettings:
-    space: SearchSpace
-    trials: int = 24
-    storage: str | None = None
-    study_name: str | None = None
-    tracking_uri: str | None = None
-    budget: float = 2.0  # accuracy-loss budget (points) of the TPE constraint
-    sampler: str = "tpe"  # tpe | guided | random | grid
-    seed: int = 0
-    device: str = "cpu"
-    cache_dir: str | None = None
-    data_dir: str | None = None
-    data_source: str = "local"
-    warmup_corpus: str = "shared"
-    throughput: ThroughputConfig = field(default_factory=ThroughputConfig)
-    prune_margin: float = 5.0  # points above the budget at an intermediate step that stop a trial
-    heartbeat: int = 60  # seconds; a RUNNING trial silent for 2x this is failed and retried
-    show_progress: bool = True
-    worker_offset: int = 0  # added to the sampler seed, so that joined workers differ
-
-    def __post_init__(self) -> None:
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise ConfigError(f"--trials ({self.trials!r}) must be a positive integer")
-        check_budget(self.budget)
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
-        if not (self.prune_margin >= 0) or math.isinf(self.prune_margin):
-            raise ConfigError(
-                f"prune margin ({self.prune_margin!r}) must be a finite number of points >= 0 "
-                "above the budget, e.g. 5"
-            )
-        if isinstance(self.heartbeat, bool) or not isinstance(self.heartbeat, int):
-            raise ConfigError(f"heartbeat ({self.heartbeat!r}) must be a whole number of seconds")
-        if not 1 <= self.heartbeat <= MAX_HEARTBEAT:
-            raise ConfigError(
-                f"heartbeat ({self.heartbeat!r}) must be between 1 and {MAX_HEARTBEAT} seconds "
-                "(default 60)"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed ({self.seed!r}) must be an integer")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed ({self.seed!r}) must be between 0 and 2**32 - 1")
-        if self.study_name is not None:
-            check_study_name(self.study_name)
-
-
-# a heartbeat longer than a day is a mistake (and overflows the heartbeat thread's timer)
-MAX_HEARTBEAT = 86_400
-# Optuna's study names and MLflow's experiment names are limited columns (MLflow's run names too)
-MAX_STUDY_NAME = 200
-
-
-def check_study_name(name: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"study name ({name!r}) must be a non-empty string")
-    if len(name) > MAX_STUDY_NAME:
-        raise ConfigError(
-            f"study name ({name[:40]!r}..., {len(name)} characters) is longer than "
-            f"{MAX_STUDY_NAME} characters; pass a shorter --study-name"
-        )
-    return name
-
-
-def study_name_for(space: SearchSpace, model_id: str) -> str:
-    short = Path(model_id.rstrip("/")).name or model_id
-    return f"{space.name}-{space.task}-{short}"
-
-
-def make_storage(
-    url: str | None, heartbeat: int = 60, on_stale: Callable[[Any, Any], None] | None = None
-) -> Any:
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    url = url or default_storage()
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=_chain(
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1), on_stale
-            ),
-        )
-    except Exception as e:  # noqa: BLE001 - any driver/URL error becomes a readable ConfigError
-        raise ConfigError(
-            f"cannot open the Optuna storage {url!r}: {type(e).__name__}: {e}. "
-            "Use a SQLAlchemy URL such as sqlite:///autoprumux.db or "
-            "postgresql://user@127.0.0.1:5432/dbname"
-        ) from None
-
-
-def _chain(*callbacks: Callable[[Any, Any], None] | None) -> Callable[[Any, Any], None]:
-    def run(study: Any, trial: Any) -> None:
-        for cb in callbacks:
-            if cb is not None:
-                cb(study, trial)
-
-    return run
 
 
 GRID_PARAM = "grid_point"
@@ -197,8 +82,7 @@ class TrialEvaluator(Protocol):
     def baseline_metrics(self) -> dict[str, float]: ...
     def evaluate(
         self,
-        sparsity: float,
-        n: int,
+        config: Candidate,
         *,
         throughput: ThroughputConfig | None = None,
         on_stage: Callable[[int, float], None] | None = None,
@@ -237,13 +121,15 @@ class Searcher:
         for n in self.muxes:
             first.check_lengths(n, settings.throughput)
         self.model_id = first.model_id
-        self.name = check_study_name(settings.study_name or study_name_for(space, self.model_id))
-        self.storage_url = settings.storage or default_storage()
-        self.storage = make_storage(self.storage_url, settings.heartbeat, self._on_stale)
+        self.name = tracking.check_study_name(
+            settings.study_name or study_name_for(space, self.model_id)
+        )
+        self.storage_url = settings.storage or tracking.default_storage()
+        self.storage = tracking.make_storage(self.storage_url, settings.heartbeat, self._on_stale)
         self.client = tracking.client(self.tracking_uri)
         # a sampler seeded the same way on every rerun or worker proposes the same first
         # configurations again: mix in how far the study is (and, for a worker, which one)
-        existing = _trial_count(self.storage, self.name)
+        existing = tracking.trial_count(self.storage, self.name)
         self.study = optuna.create_study(
             study_name=self.name,
             storage=self.storage,
@@ -292,6 +178,7 @@ class Searcher:
         return {
             "descriptors": pipe.descriptors(),
             "space": self.space.to_dict(),
+            "candidates": [c.to_dict() for c in self.space.grid()],
             "task": self.space.task,
             "model": self.model_id,
             "device": self.s.device,
@@ -312,7 +199,9 @@ class Searcher:
             self.study.set_user_attr("budget", self.s.budget)
             return
         for k, v in want.items():
-            if k in have and have[k] != v:
+            if k not in have or k == "candidates":  # new since the study began; or derived
+                self.study.set_user_attr(k, v)
+            elif have[k] != v:
                 raise ConfigError(
                     f"study {self.name!r} in {self.storage_url} was created with a different {k} "
                     f"({have[k]!r}, now {v!r}); pass another --study-name to start a new study"
@@ -340,7 +229,7 @@ class Searcher:
                 "device": self.s.device,
                 "budget": self.s.budget,
                 "sampler": self.s.sampler,
-                "storage": _redact(self.storage_url),
+                "storage": tracking.redact_url(self.storage_url),
                 **{f"recipe.{k}": v for k, v in self.space.recipe.__dict__.items()},
             },
         )
@@ -415,14 +304,13 @@ class Searcher:
 
     def _evaluate_prumux(self, trial: Any, pipe: Any, cfg: Candidate, run_id: str) -> Any:
         """A PruMUX candidate, reporting its loss after each stage (a hopeless one is pruned)."""
-        s, n = cfg.sparsity, cfg.mux
         base = pipe.baseline_metrics()["metric"]
-        last = 0 if s == 0.0 else self.space.recipe.prune_stages
+        last = 0 if cfg.sparsity == 0.0 else self.space.recipe.prune_stages
 
         def on_stage(stage: int, metric: float) -> None:
             self._report_loss(trial, stage, base - metric, run_id, last=stage >= last)
 
-        return pipe.evaluate(s, n, throughput=self.s.throughput, on_stage=on_stage)
+        return pipe.evaluate(cfg, throughput=self.s.throughput, on_stage=on_stage)
 
     def objective(self, trial: Any) -> float:
         import optuna
@@ -569,8 +457,8 @@ class Searcher:
             best = self.best_feasible()
             bar.update(1)
             bar.set_postfix_str(
-                f"last: {_describe(t)} | best within {self.s.budget:g} pts: "
-                + (_describe(best) if best else "none yet")
+                f"last: {describe_trial(t)} | best within {self.s.budget:g} pts: "
+                + (describe_trial(best) if best else "none yet")
             )
             self._update_parent()
 
@@ -655,68 +543,18 @@ class Searcher:
     # ---- results -----------------------------------------------------------------------------
     def report(self) -> str:
         """A table of the study's trials and its best feasible one."""
-        trials = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
-        head = f"{'trial':>5} {'state':<9} {'configuration':<22}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
-        lines = [head, "-" * len(head)]
-        for t in trials:
-            cfg = trial_candidate(t)
-            ua = t.user_attrs
-            loss = ua.get("accuracy_loss")
-            lines.append(
-                f"{t.number:>5} {t.state.name:<9} {_label(cfg):<22}"
-                + (f"{loss:>9.2f}" if loss is not None else f"{'-':>9}")
-                # a pruned trial's value is its last intermediate loss, not a speedup
-                + (f"{t.value:>8.2f}x" if t.state.name == "COMPLETE" else f"{'-':>9}")
-                + f"{ua.get('trial_seconds', 0.0):>9.0f}"
-            )
-        best = self.best_feasible()
-        lines.append(
-            f"best within {self.s.budget:g} points: "
-            + (_describe(best) if best else "none (loosen --budget or add trials)")
+        return trials_table(
+            self.study.get_trials(deepcopy=False), self.best_feasible(), self.s.budget
         )
-        return "\n".join(lines)
 
     def register(self) -> str | None:
-        """Fit the meta-model on every finished trial in the storage and register it in MLflow
-        (logged under this study's parent run). Returns the model URI, None if too few trials.
-        When the latest registered version was fitted on the same trials, it is returned as it
-        is: a rerun that measured nothing new registers nothing new."""
-        import hashlib
-        import json
+        """Fit the recommender on every finished trial in the storage and register it in MLflow
+        under this study's parent run (see `register_if_new`). The model URI, or None."""
+        from autoprumux.meta._pyfunc import register_if_new
 
-        from autoprumux.search._recommend import Recommender, load_trials
-        from autoprumux.search._serving import (
-            FORMAT,
-            FORMAT_TAG,
-            REGISTERED_NAME,
-            register_recommender,
-        )
-
-        trials = load_trials(self.storage_url)
-        if len(trials) < 2:
-            log.warning("only %d finished trials: recommender not registered", len(trials))
-            return None
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                sorted((t["study"], t["number"], t["accuracy_loss"], t["speedup"]) for t in trials),
-                default=str,
-            ).encode()
-        ).hexdigest()[:16]
-        tag = "autoprumux.trials_fingerprint"
-        try:
-            versions = self.client.search_model_versions(f"name='{REGISTERED_NAME}'")
-        except Exception:  # noqa: BLE001 - no registry yet
-            versions = []
-        if versions:
-            latest = max(versions, key=lambda v: int(v.version))
-            # a version in the format `serve` loads (data, not pickles) fitted on these trials
-            if latest.tags.get(tag) == fingerprint and latest.tags.get(FORMAT_TAG) == FORMAT:
-                return f"models:/{REGISTERED_NAME}/{latest.version}"
-        uri = register_recommender(
-            Recommender(trials), tracking_uri=self.tracking_uri, run_id=self.parent_run_id
-        )
-        self.client.set_model_version_tag(REGISTERED_NAME, uri.rsplit("/", 1)[1], tag, fingerprint)
-        self._close_parent()  # logging the model reopened the run
+        uri = register_if_new(self.storage_url, self.tracking_uri, self.parent_run_id)
+        if uri is not None:
+            self._close_parent()  # logging the model reopened the run
         return uri
 
 
@@ -728,102 +566,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _trial_count(storage: Any, name: str) -> int:
-    """Trials of study `name` in `storage` so far (0 for a new study)."""
-    try:
-        sid = storage.get_study_id_from_name(name)
-    except KeyError:
-        return 0
-    return len(storage.get_all_trials(sid, deepcopy=False))
-
-
-def load_study_attrs(storage: str | None, study_name: str) -> dict[str, Any]:
-    """User attributes of an existing autoprumux study (a worker joins with these)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage or default_storage()
-    if tracking.missing_sqlite_file(url):
-        raise ConfigError(
-            f"no study {study_name!r}: the storage file of {url} does not exist; start the study "
-            f"with `autoprumux search --study-name {study_name}` or pass --storage"
-        )
-    try:
-        st = optuna.load_study(study_name=study_name, storage=url)
-    except KeyError:
-        raise ConfigError(
-            f"no study {study_name!r} in {url}; start it with `autoprumux search --study-name "
-            f"{study_name} --storage {url}`"
-        ) from None
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(
-            f"cannot open the Optuna storage {url!r}: {type(e).__name__}: {e}"
-        ) from None
-    attrs = dict(st.user_attrs)
-    if "space" not in attrs:
-        raise ConfigError(f"study {study_name!r} in {url} was not created by autoprumux search")
-    return attrs
-
-
-def trial_candidate(t: Any) -> Candidate | None:
-    """The configuration a trial recorded (None before it sampled one)."""
-    record = t.user_attrs.get("config")
-    return Candidate.from_dict(record) if record is not None else None
-
-
-def _describe(t: Any) -> str:
-    cfg = trial_candidate(t)
-    head = f"#{t.number} {cfg.describe() if cfg else '-'}"
-    if t.state.name == "COMPLETE":
-        return f"{head} loss {t.user_attrs['accuracy_loss']:.2f} {t.value:.2f}x"
-    return f"{head} {t.state.name.lower()}"
-
-
-def _label(cfg: Candidate | None) -> str:
-    if cfg is None:
-        return "-"
-    label = cfg.describe()
-    if cfg.technique == "prumux" and cfg.mux > 1:
-        label += f" {cfg.mux_variant}"
-    return label
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
-    return url
-
-
-def pareto_points(rows: list[tuple[float, float]]) -> list[int]:
-    """Indices of (loss, speedup) rows not dominated (lower loss and higher speedup are better)."""
-    keep = []
-    for i, (li, si) in enumerate(rows):
-        dominated = any(
-            (lj <= li and sj >= si) and (lj < li or sj > si)
-            for j, (lj, sj) in enumerate(rows)
-            if j != i
-        )
-        if not dominated:
-            keep.append(i)
-    return keep
-
-
-def pareto_figure(trials: list[Any], budget: float, title: str = "") -> Any:
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
-
-    rows = [(float(t.user_attrs["accuracy_loss"]), float(t.value)) for t in trials]
-    front = sorted((rows[i] for i in pareto_points(rows)), key=lambda r: r[0])
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=18, alpha=0.6, label="trials")
-    ax.plot([r[0] for r in front], [r[1] for r in front], "o-", color="C3", label="Pareto front")
-    ax.axvline(budget, color="gray", ls="--", label=f"budget {budget:g} pts")
-    ax.set_xlabel("accuracy loss (points)")
-    ax.set_ylabel("speedup (x)")
-    ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
-    return fig

@@ -1,15 +1,11 @@
 """Training: the standard loop (fine-tune, distil, retrieval), the L2L layer-to-layer executor
 and the mux warm-up."""
 
-from autoprumux.training._l2l import DeviceLedger, L2LExecutor, L2LStats
-from autoprumux.training._loop import (
-    TrainConfig,
-    hidden_distill_loss,
-    kd_loss,
-    predict,
-    retrieval_loss,
-    train_classifier,
-)
+from autoprumux.training._config import TrainConfig
+from autoprumux.training._l2l import L2LExecutor
+from autoprumux.training._l2l_memory import DeviceLedger, L2LStats
+from autoprumux.training._loop import predict, train_classifier
+from autoprumux.training._losses import hidden_distill_loss, kd_loss, retrieval_loss
 from autoprumux.training._prune import prune_in_stages
 from autoprumux.training._students import (
     StudentTrainConfig,

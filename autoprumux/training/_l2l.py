@@ -40,23 +40,16 @@ decay for biases and LayerNorms) and LR schedule, equals one AdamW over all para
 Gradient clipping (``TrainConfig.grad_clip > 0``): the standard loop clips the global norm,
 which needs every gradient before any step. ``l2l_clip="global"`` (the default) does exactly
 that: the host steps wait until the whole backward relay is done, then the global norm is
-clipped (with the same ``clip_grad_norm_``) and the stages step; the result equals the standard
-loop's but the steps no longer overlap the backward. ``l2l_clip="stage"`` clips each stage's own
-gradient norm to ``grad_clip`` (a weaker bound: the global norm can reach grad_clip * sqrt(stages))
-and keeps the overlap. With ``grad_clip=0`` nothing is clipped and the steps always overlap.
+clipped (with the same ``clip_grad_norm_``) and the stages step, without the overlap.
+``l2l_clip="stage"`` clips each stage's own gradient norm to ``grad_clip`` (a weaker bound: the
+global norm can reach grad_clip * sqrt(stages)) and keeps the overlap. With ``grad_clip=0``
+nothing is clipped and the steps always overlap.
 
-Device memory: `DeviceLedger` counts what the executor holds on the device: the loaded stage's
-parameters (and buffers), its gradient, the stashed boundary activations and boundary gradients,
-the micro-batches' inputs, and the tensors autograd saves while one stage recomputes one
-micro-batch (counted by storage in a ``saved_tensors_hooks`` pack hook; temporaries autograd
-does not save are not counted). The device copies are real separate tensors even on the CPU, so
-on a CPU run the ledger is the device-memory figure; on CUDA compare it with
-``torch.cuda.max_memory_allocated``.
+What the executor holds on the device is counted by a `DeviceLedger` (`_l2l_memory`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -67,71 +60,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprumux.data import Encoded, infinite_batches
+from autoprumux.config import validate_trainer
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.models._mux import MuxLayout
-from autoprumux.training._loop import (
-    LossMeter,
-    TrainConfig,
-    classifier_loss,
-    lr_schedule,
-    param_groups,
-    progress,
-    target_batches,
-    validate_trainer,
+from autoprumux.training._config import TrainConfig, lr_schedule, param_groups
+from autoprumux.training._l2l_memory import (
+    DeviceCopies,
+    DeviceLedger,
+    L2LStats,
+    SavedBytes,
+    tensor_nbytes,
 )
-
-LEDGER_KINDS = ("params", "grads", "stash", "work", "inputs")
+from autoprumux.training._losses import classifier_loss
 
 # CPU generator state, and the CUDA generator state when the device is CUDA
 _RngState = tuple[torch.Tensor, torch.Tensor | None]
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-class DeviceLedger:
-    """Bytes the L2L executor holds on the training device, by kind, and the peak of their sum.
-
-    Kinds: ``params`` (the loaded stage's working copy, buffers included), ``grads`` (its
-    gradient), ``stash`` (boundary activations and gradients kept between stages, the teacher's
-    outputs), ``work`` (what autograd saves while one stage recomputes one micro-batch) and
-    ``inputs`` (the micro-batches' token ids, masks and labels).
-    """
-
-    def __init__(self) -> None:
-        self.current: dict[str, int] = dict.fromkeys(LEDGER_KINDS, 0)
-        self.peak = 0
-        self.peak_by_kind: dict[str, int] = dict.fromkeys(LEDGER_KINDS, 0)
-
-    @property
-    def total(self) -> int:
-        return sum(self.current.values())
-
-    def add(self, kind: str, nbytes: int) -> None:
-        self.current[kind] += nbytes
-        self.peak_by_kind[kind] = max(self.peak_by_kind[kind], self.current[kind])
-        self.peak = max(self.peak, self.total)
-
-    def sub(self, kind: str, nbytes: int) -> None:
-        self.current[kind] -= nbytes
-        if self.current[kind] < 0:
-            raise RuntimeError(f"L2L ledger: {kind} went negative ({self.current[kind]} bytes)")
-
-    def reset_peak(self) -> None:
-        self.peak = self.total
-        self.peak_by_kind = dict(self.current)
-
-
-@dataclass(frozen=True)
-class L2LStats:
-    """A snapshot of the executor's device-memory ledger (bytes)."""
-
-    current_bytes: int
-    peak_bytes: int
-    peak_by_kind: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,50 +142,6 @@ def _check_model(model: object, role: str) -> MuxSequenceClassifier:
     return model
 
 
-class _SavedBytes:
-    """Counts, by storage, the tensors autograd saves for backward (in the ledger's "work")."""
-
-    def __init__(
-        self, ledger: DeviceLedger, counted: Sequence[torch.Tensor], host: set[tuple[str, int]]
-    ):
-        self.ledger = ledger
-        self.seen = {(str(t.device), t.untyped_storage().data_ptr()) for t in counted}
-        self.host = host
-        self.bytes = 0
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        key = (str(t.device), storage.data_ptr())
-        if key in self.host:
-            raise RuntimeError(
-                f"an L2L stage computed with a host master tensor of shape {tuple(t.shape)}: "
-                "its module is missing from the stage's tensors"
-            )
-        if key not in self.seen:
-            self.seen.add(key)
-            self.bytes += storage.nbytes()
-            self.ledger.add("work", storage.nbytes())
-        return t
-
-    def __enter__(self) -> _SavedBytes:
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._hooks.__exit__(exc_type, exc, tb)
-
-    def release(self) -> None:
-        """After the backward: autograd has freed what it saved."""
-        self.ledger.sub("work", self.bytes)
-        self.bytes = 0
-
-
 class L2LExecutor:
     """Layer-to-layer relay trainer for a `MuxSequenceClassifier` (see the module docstring).
 
@@ -273,6 +173,7 @@ class L2LExecutor:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.special_ids = tuple(special_ids)
         self.ledger = DeviceLedger()
+        self._copies = DeviceCopies(self.ledger, self.device, cfg.stash)
         self._use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
         self._use_hidden = cfg.hidden_distill_weight > 0
         self.teacher = (
@@ -416,49 +317,7 @@ class L2LExecutor:
     # ---- device residency ------------------------------------------------------------------
     def _load(self, stage: _Stage, *, grads: bool) -> dict[str, torch.Tensor]:
         """Device working copies of the stage's parameters and buffers (keys for the runner)."""
-        dev: dict[str, torch.Tensor] = {}
-        for name, host in stage.tensors.items():
-            t = host.detach().to(self.device, copy=True, non_blocking=True)
-            self.ledger.add("params", _nbytes(t))
-            if grads and isinstance(host, nn.Parameter) and host.requires_grad:
-                t.requires_grad_()
-                self.ledger.add("grads", _nbytes(t))  # accumulated over the micro-batches
-            dev["model." + name] = t
-        return dev
-
-    def _unload(self, dev: dict[str, torch.Tensor]) -> None:
-        for t in dev.values():
-            self.ledger.sub("params", _nbytes(t))
-            if t.requires_grad:
-                self.ledger.sub("grads", _nbytes(t))
-        dev.clear()
-
-    def _stash(self, t: torch.Tensor) -> torch.Tensor:
-        """Keep a boundary tensor just computed on the device: there, or copied to the host."""
-        t = t.detach()
-        if self.cfg.stash == "device":
-            self.ledger.add("stash", _nbytes(t))
-            return t
-        self.ledger.add("work", _nbytes(t))  # on the device until the copy is made
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=self._cuda)
-        host.copy_(t, non_blocking=True)
-        self.ledger.sub("work", _nbytes(t))
-        return host
-
-    def _unstash(self, kept: torch.Tensor) -> torch.Tensor:
-        """A device tensor to compute with (for a host stash, a fresh device copy)."""
-        if self.cfg.stash == "device":
-            return kept
-        t = kept.to(self.device, copy=True, non_blocking=True)
-        self.ledger.add("stash", _nbytes(t))
-        return t
-
-    def _done(self, kept: torch.Tensor, used: torch.Tensor, *, last: bool) -> None:
-        """`used` (from `_unstash`) is no longer needed; with `last`, neither is `kept`."""
-        if self.cfg.stash == "host":
-            self.ledger.sub("stash", _nbytes(used))
-        elif last:
-            self.ledger.sub("stash", _nbytes(kept))
+        return self._copies.load(stage.tensors, grads=grads, prefix="model.")
 
     # ---- randomness ------------------------------------------------------------------------
     def _rng_state(self) -> _RngState:
@@ -499,16 +358,16 @@ class L2LExecutor:
         for s, stage in enumerate(self.teacher_stages):
             dev = self._load(stage, grads=False)
             for m, inp in enumerate(inputs):
-                x = self._unstash(kept[m]) if s else None
+                x = self._copies.unstash(kept[m]) if s else None
                 with torch.no_grad():
                     out = self._run(stage, dev, inp, x, m)
                 if x is not None:
-                    self._done(kept[m], x, last=True)
+                    self._copies.done(kept[m], x, last=True)
                 if isinstance(out, tuple):  # the head: logits, states or None
-                    kept[m] = tuple(self._stash(t) for t in out if t is not None)
+                    kept[m] = tuple(self._copies.stash(t) for t in out if t is not None)
                 else:
-                    kept[m] = self._stash(out)
-            self._unload(dev)
+                    kept[m] = self._copies.stash(out)
+            self._copies.unload(dev)
         return kept
 
     def _offload_grads(self, stage: _Stage, dev: dict[str, torch.Tensor], done: set[str]) -> None:
@@ -610,15 +469,15 @@ class L2LExecutor:
         for s in range(last):
             dev = self._load(stages[s], grads=False)
             for m, inp in enumerate(inputs):
-                x = self._unstash(kept[s][m]) if s else None
+                x = self._copies.unstash(kept[s][m]) if s else None
                 with torch.no_grad(), self._rng(rng[s][m]):
                     out = self._run(stages[s], dev, inp, x, m)
                     rng[s + 1].append(self._rng_state())
                 if x is not None:
-                    self._done(kept[s][m], x, last=False)
-                kept[s + 1][m] = self._stash(out)
+                    self._copies.done(kept[s][m], x, last=False)
+                kept[s + 1][m] = self._copies.stash(out)
                 del out
-            self._unload(dev)
+            self._copies.unload(dev)
 
         overlap = cfg.grad_clip == 0 or cfg.l2l_clip == "stage"
         grads_in: list[Any] = [None] * mb  # gradient w.r.t. the output of the current stage
@@ -628,38 +487,38 @@ class L2LExecutor:
             stage = stages[s]
             dev = self._load(stage, grads=True)
             for m, inp in enumerate(inputs):
-                x = self._unstash(kept[s][m]).detach().requires_grad_() if s else None
+                x = self._copies.unstash(kept[s][m]).detach().requires_grad_() if s else None
                 if s == last and teacher_out:
-                    self._teacher_now = tuple(self._unstash(t) for t in teacher_out[m])
+                    self._teacher_now = tuple(self._copies.unstash(t) for t in teacher_out[m])
                 counted = [*dev.values(), *inp.tensors(), *([x] if x is not None else [])]
-                with self._rng(rng[s][m]), _SavedBytes(self.ledger, counted, self._host_ptrs) as sb:
+                with self._rng(rng[s][m]), SavedBytes(self.ledger, counted, self._host_ptrs) as sb:
                     out = self._run(stage, dev, inp, x, m)
                 if x is not None:  # x.grad appears during the backward
-                    self.ledger.add("work", _nbytes(x))
+                    self.ledger.add("work", tensor_nbytes(x))
                 if s == last:
                     total += float(out.detach())
                     (out / mb).backward()
                     for kept_t, used in zip(
                         teacher_out[m] if teacher_out else (), self._teacher_now, strict=True
                     ):
-                        self._done(kept_t, used, last=True)
+                        self._copies.done(kept_t, used, last=True)
                     self._teacher_now = ()
                 else:
-                    g = self._unstash(grads_in[m])
+                    g = self._copies.unstash(grads_in[m])
                     if out.requires_grad:  # False only for a fully frozen stage 0
                         out.backward(g)
-                    self._done(grads_in[m], g, last=True)
+                    self._copies.done(grads_in[m], g, last=True)
                 sb.release()
                 del out
                 if x is not None:
                     assert x.grad is not None
-                    self.ledger.sub("work", _nbytes(x))
-                    grads_in[m] = self._stash(x.grad)
+                    self.ledger.sub("work", tensor_nbytes(x))
+                    grads_in[m] = self._copies.stash(x.grad)
                     x.grad = None
-                    self._done(kept[s][m], x, last=True)
+                    self._copies.done(kept[s][m], x, last=True)
                     kept[s][m] = None
             self._offload_grads(stage, dev, done)
-            self._unload(dev)
+            self._copies.unload(dev)
             ready = None
             if self._cuda:
                 ready = torch.cuda.Event()
@@ -694,36 +553,3 @@ class L2LExecutor:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def train_classifier_l2l(
-    model: MuxSequenceClassifier,
-    train: Sequence[Encoded],
-    cfg: TrainConfig,
-    *,
-    teacher: MuxSequenceClassifier | None = None,
-    special_ids: Sequence[int] = (),
-    desc: str = "fine-tune",
-    device: str | torch.device = "cpu",
-    logit_targets: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """`train_classifier` with the L2L executor (``cfg.trainer == "l2l"``); the model ends in
-    host memory. The stats add ``peak_device_bytes``, the executor's ledger peak."""
-    torch.manual_seed(cfg.seed)
-    it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
-    t0 = time.perf_counter()
-    with L2LExecutor(
-        model, cfg, device=device, teacher=teacher, special_ids=special_ids
-    ) as executor:
-        bar = progress(cfg.steps, desc)
-        meter = LossMeter(bar, cfg.lr)
-        for _ in bar:
-            meter.update(executor.step(next(it)))
-        bar.close()
-    model.eval()
-    return {
-        "steps": float(cfg.steps),
-        "seconds": time.perf_counter() - t0,
-        "final_loss": meter.final,
-        "peak_device_bytes": float(executor.stats.peak_bytes),
-    }

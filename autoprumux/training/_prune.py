@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from autoprumux.data import Encoded, collate
 from autoprumux.models import MuxSequenceClassifier, apply_plan, compute_importance, search_plan
-from autoprumux.training._loop import TrainConfig, train_classifier
+from autoprumux.training._config import TrainConfig
+from autoprumux.training._loop import train_classifier
 
 # examples per stage whose loss change ranks whole sub-layers (attention, FFN) for removal
 ABLATION_EXAMPLES = 128

@@ -17,21 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprumux.config import validate_trainer
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.models._encoder import Embeddings, Encoder
 from autoprumux.models._mux import MuxConfig
 from autoprumux.models._students import Student, StudentConfig, StudentEnsemble
-from autoprumux.training._loop import (
-    LossMeter,
-    TrainConfig,
-    make_optimizer,
-    predict,
-    progress,
-    train_classifier,
-    validate_trainer,
-)
+from autoprumux.training._config import TrainConfig, make_optimizer
+from autoprumux.training._loop import predict, train_classifier
+from autoprumux.training._progress import LossMeter, progress
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ import torch
 from autoprumux.data import Example, collate, encode
 from autoprumux.errors import AutoPruMuxError, ConfigError
 from autoprumux.models import StudentEnsemble
-from autoprumux.serving._config import ServingConfig
-from autoprumux.serving._policy import KPolicy, Observation
+from autoprumux.student_server._config import ServingConfig
+from autoprumux.student_server._policy import KPolicy, Observation
 
-log = logging.getLogger("autoprumux.serving")
+log = logging.getLogger("autoprumux.student_server")
 
 Text = str | tuple[str, str]
 """One input: a sentence, or a (first, second) sentence pair for pair tasks."""

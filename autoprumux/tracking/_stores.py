@@ -1,30 +1,64 @@
-"""MLflow tracking for searches: one parent run per study, one nested run per trial.
+"""Where the local stores live and which tracking URIs are accepted.
 
-The default store is local to the working directory: `sqlite:///mlflow.db` for runs and the model
-registry, artefacts under `./mlartifacts`. Any tracking URI works (e.g. http://127.0.0.1:5000 of
-`autoprumux ui`, shared by several workers). Everything goes through an explicit `MlflowClient`, so
-several studies or workers in one process never share hidden "active run" state.
+By default everything sits in the working directory, where users of MLflow and Optuna look: the
+MLflow store (`mlruns/mlflow.db` with artefacts in `mlruns/artifacts`) and the Optuna study
+(`autoprumux.db`) beside it. Any tracking URI works (e.g. http://127.0.0.1:5000 of `autoprumux
+ui`, shared by several workers); it is checked before any work starts.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 from autoprumux.errors import ConfigError
 
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
-EXPERIMENT_PREFIX = "autoprumux"
+STORE_DIR = "mlruns"
+DB_FILE = "mlflow.db"
+# artefacts beside a SQLite file: `artifacts` inside STORE_DIR, `mlartifacts` beside any other
+# file (MLflow's own default name for a local server)
+STORE_ARTIFACTS = "artifacts"
+OTHER_ARTIFACTS = "mlartifacts"
+STUDY_FILE = "autoprumux.db"
+
+log = logging.getLogger("autoprumux")
+_told: set[Path] = set()
+# servers that answered once in this process: asked again they only cost a round trip
+_reachable: set[str] = set()
+
+
+def _workdir(workdir: str | Path | None) -> Path:
+    return Path(workdir or os.getcwd()).resolve()
+
+
+def default_storage(workdir: str | Path | None = None) -> str:
+    """The Optuna study storage: a SQLite file beside the MLflow store."""
+    return f"sqlite:///{_workdir(workdir) / STUDY_FILE}"
 
 
 def default_tracking_uri(workdir: str | Path | None = None) -> str:
-    d = Path(workdir or os.getcwd()).resolve()
-    return f"sqlite:///{d / DEFAULT_DB}"
+    """The MLflow store in the working directory: `mlruns/mlflow.db` (runs and the model
+    registry) with its artefacts in `mlruns/artifacts`. A store an older version left at
+    `./mlflow.db` (artefacts in `./mlartifacts`) is still read and written, with a message,
+    until it is moved: its runs record their artefacts' absolute paths."""
+    d = _workdir(workdir)
+    legacy = d / DB_FILE
+    if legacy.is_file() and not (d / STORE_DIR / DB_FILE).exists():
+        if legacy not in _told:
+            _told.add(legacy)
+            log.warning(
+                "using the MLflow store an older autoprumux left at %s; new stores go to %s. "
+                "To move it, start over (delete %s and %s) or keep passing --tracking-uri "
+                "sqlite:///%s",
+                legacy,
+                d / STORE_DIR / DB_FILE,
+                legacy,
+                d / OTHER_ARTIFACTS,
+                legacy,
+            )
+        return f"sqlite:///{legacy}"
+    return f"sqlite:///{d / STORE_DIR / DB_FILE}"
 
 
 # the tracking stores MLflow accepts that a user here would name
@@ -44,7 +78,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
                 "sqlite:///path.db URL or an http://host:port server"
             )
         if p.suffix != ".db":
-            p = p / DEFAULT_DB
+            p = p / DB_FILE
         uri = f"sqlite:///{p}"
     check_tracking_uri(uri)
     return uri
@@ -64,17 +98,19 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
         db = Path(uri[len("sqlite:///") :])
         if db.is_dir():
             raise ConfigError(f"tracking URI {uri!r} names a directory; name a .db file in it")
-        if not db.parent.is_dir():
+        if not db.parent.is_dir() and not _store_dir(db).parent.is_dir():
             raise ConfigError(
                 f"tracking URI {uri!r}: the directory {str(db.parent)!r} does not exist; "
                 "create it or choose another --tracking-uri"
             )
-        if not os.access(db if db.exists() else db.parent, os.W_OK):
+        here = db if db.exists() else db.parent if db.parent.is_dir() else db.parent.parent
+        if not os.access(here, os.W_OK):
             raise ConfigError(
                 f"tracking URI {uri!r} is not writable here; choose another --tracking-uri"
             )
-    if scheme in ("http", "https"):
+    if scheme in ("http", "https") and uri not in _reachable:
         check_reachable(uri, timeout)
+        _reachable.add(uri)
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
@@ -96,6 +132,19 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+def _store_dir(db: Path) -> Path:
+    """The `mlruns/` directory a SQLite file sits in (made when the first run is logged)."""
+    return db.parent if db.parent.name == STORE_DIR else db
+
+
+def make_store_dir(uri: str) -> None:
+    """Create the `mlruns/` directory of a local store before MLflow writes to it."""
+    if uri.startswith("sqlite:///"):
+        d = _store_dir(Path(uri[len("sqlite:///") :]))
+        if d.name == STORE_DIR:
+            d.mkdir(exist_ok=True)
+
+
 def missing_sqlite_file(url: str) -> Path | None:
     """For a sqlite:/// URL whose file does not exist: the path (reading must not create it)."""
     if url.startswith("sqlite:///"):
@@ -109,67 +158,6 @@ def artifact_root(tracking_uri: str) -> str | None:
     """Artefact location for experiments created on a local SQLite store (beside the file)."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///") :])
-        return (db.parent / DEFAULT_ARTIFACTS).resolve().as_uri()
+        name = STORE_ARTIFACTS if db.parent.name == STORE_DIR else OTHER_ARTIFACTS
+        return (db.parent / name).resolve().as_uri()
     return None  # a server decides
-
-
-def client(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def experiment_id(cl: Any, name: str, tracking_uri: str) -> str:
-    """Get or create the experiment `name` (race-safe across workers)."""
-    from mlflow.exceptions import MlflowException
-
-    exp = cl.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise ConfigError(
-                f"MLflow experiment {name!r} is deleted in {tracking_uri}; restore it "
-                "(mlflow experiments restore) or pass another --study-name"
-            )
-        return str(exp.experiment_id)
-    try:
-        return str(cl.create_experiment(name, artifact_location=artifact_root(tracking_uri)))
-    except MlflowException:
-        exp = cl.get_experiment_by_name(name)  # another worker created it first
-        if exp is None:
-            raise
-        return str(exp.experiment_id)
-
-
-def log_run_data(
-    cl: Any,
-    run_id: str,
-    *,
-    params: dict[str, Any] | None = None,
-    metrics: dict[str, float] | None = None,
-    tags: dict[str, Any] | None = None,
-) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
-    now = int(time.time() * 1000)
-    cl.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None],
-        params=[Param(k, str(v)) for k, v in (params or {}).items()],
-        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-        synchronous=True,
-    )
-
-
-def log_text(cl: Any, run_id: str, text: str, name: str) -> None:
-    cl.log_text(run_id, text, name)
-
-
-def log_json(cl: Any, run_id: str, obj: Any, name: str) -> None:
-    cl.log_text(run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), name)
-
-
-def log_figure_png(cl: Any, run_id: str, fig: Any, name: str) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / name
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        cl.log_artifact(run_id, str(path))

@@ -30,11 +30,11 @@ import torch
 from autoprumux._json import json_depth
 from autoprumux.errors import ConfigError
 from autoprumux.models import StudentEnsemble
-from autoprumux.serving._batcher import DynamicBatcher, ServingError, Text
-from autoprumux.serving._config import ServingConfig
-from autoprumux.serving._policy import KPolicy
+from autoprumux.student_server._batcher import DynamicBatcher, ServingError, Text
+from autoprumux.student_server._config import ServingConfig
+from autoprumux.student_server._policy import KPolicy
 
-log = logging.getLogger("autoprumux.serving")
+log = logging.getLogger("autoprumux.student_server")
 
 ROUTES: dict[str, tuple[str, ...]] = {
     "/predict": ("POST",),

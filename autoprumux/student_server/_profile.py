@@ -17,12 +17,12 @@ import torch
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig, time_interleaved
 from autoprumux.models import StudentEnsemble
-from autoprumux.serving._batcher import Text, tokenize
-from autoprumux.serving._policy import OperatingPoint
+from autoprumux.student_server._batcher import Text, tokenize
+from autoprumux.student_server._policy import OperatingPoint
 
 if TYPE_CHECKING:
+    from autoprumux.meta import Recommender
     from autoprumux.pipeline import PruMuxPipeline
-    from autoprumux.search import Recommender
 
 
 def profile_operating_points(

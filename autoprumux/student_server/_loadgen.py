@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from autoprumux.errors import ConfigError
-from autoprumux.serving._batcher import Text
+from autoprumux.student_server._batcher import Text
 
 
 def check_loopback(host: str) -> str:

@@ -7,10 +7,10 @@ lowering k when the queue's delay exceeds the latency objective and restoring it
 falls. `run_load` replays a bounded steady/burst schedule against a loopback server.
 """
 
-from autoprumux.serving._batcher import DynamicBatcher, Prediction, ServingError, Text
-from autoprumux.serving._config import ServingConfig
-from autoprumux.serving._http import StudentServer, parse_predict_request
-from autoprumux.serving._loadgen import (
+from autoprumux.student_server._batcher import DynamicBatcher, Prediction, ServingError, Text
+from autoprumux.student_server._config import ServingConfig
+from autoprumux.student_server._http import StudentServer, parse_predict_request
+from autoprumux.student_server._loadgen import (
     LoadReport,
     LoadSchedule,
     Phase,
@@ -19,7 +19,7 @@ from autoprumux.serving._loadgen import (
     check_loopback,
     run_load,
 )
-from autoprumux.serving._policy import (
+from autoprumux.student_server._policy import (
     AdaptivePolicy,
     FixedPolicy,
     KChange,
@@ -29,7 +29,7 @@ from autoprumux.serving._policy import (
     PolicyConfig,
     operating_points,
 )
-from autoprumux.serving._profile import (
+from autoprumux.student_server._profile import (
     meta_accuracy_losses,
     profile_operating_points,
     student_accuracy_losses,

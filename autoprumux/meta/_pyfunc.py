@@ -27,31 +27,28 @@ YAML (read with `yaml.safe_load`), the JSON (parsed by `json`, then validated: a
 change the answers, not run code) and LightGBM's C++ parser of the text models (a forged model
 can change the predictions; LightGBM is trusted not to be exploitable by its own text format).
 
-The HTTP front (`RequestGuard`) sits before MLflow's scoring app, which parses and echoes JSON
-without limits: it answers 415 to anything but `Content-Type: application/json`, 413 to a body
-over `MAX_BODY_BYTES`, 400 to invalid JSON, JSON nested deeper than `MAX_JSON_DEPTH`, more than
-`MAX_ROWS` rows, or a boolean where a value belongs (JSON `true` is not a budget).
+How it is served: `_server`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
-import socket
-import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow.pyfunc import PythonModel
 
-from autoprumux._json import json_depth
+from autoprumux import tracking
 from autoprumux.errors import ConfigError
-from autoprumux.search import _tracking as tracking
+
+log = logging.getLogger("autoprumux")
 
 REGISTERED_NAME = "autoprumux-recommender"
 OUTPUT_COLUMNS = (
@@ -115,10 +112,10 @@ def _bad(msg: str) -> Exception:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    return MlflowException(_cap(msg), error_code=INVALID_PARAMETER_VALUE)
+    return MlflowException(cap_message(msg), error_code=INVALID_PARAMETER_VALUE)
 
 
-def _short(v: Any, n: int = ECHO_CHARS) -> str:
+def echo(v: Any, n: int = ECHO_CHARS) -> str:
     """`repr(v)` cut to about `n` characters: what an error message may echo of a value."""
     if isinstance(v, str) and len(v) > n:
         return f"{v[:n]!r}... ({len(v):,} characters)"
@@ -126,7 +123,7 @@ def _short(v: Any, n: int = ECHO_CHARS) -> str:
     return s if len(s) <= n else s[:n] + "..."
 
 
-def _cap(msg: str) -> str:
+def cap_message(msg: str) -> str:
     return msg if len(msg) <= MAX_MESSAGE_CHARS else msg[:MAX_MESSAGE_CHARS] + "..."
 
 
@@ -134,7 +131,7 @@ def _clip_values(msg: str, values: tuple[Any, ...]) -> str:
     """`msg` (written by code that echoes values whole) with every long value cut short."""
     for v in values:
         if isinstance(v, str) and len(v) > ECHO_CHARS:
-            msg = msg.replace(repr(v), _short(v)).replace(v, _short(v))
+            msg = msg.replace(repr(v), echo(v)).replace(v, echo(v))
     return msg
 
 
@@ -153,7 +150,7 @@ def save_recommender(recommender: Any, directory: str | Path) -> dict[str, str]:
 
 def load_recommender(paths: dict[str, str]) -> Any:
     """The `Recommender` `save_recommender` wrote (ValueError for anything else)."""
-    from autoprumux.search._recommend import Recommender
+    from autoprumux.meta._recommend import Recommender
 
     missing = sorted(set(ARTIFACTS) - set(paths))
     if missing:
@@ -191,7 +188,7 @@ class RecommenderModel(PythonModel):
         if not isinstance(df, pd.DataFrame):
             raise _bad(f"expected a table with a 'budget' column, got {type(model_input).__name__}")
         if "budget" not in df.columns:
-            cols = [_short(c, 30) for c in list(df.columns)[:10]]
+            cols = [echo(c, 30) for c in list(df.columns)[:10]]
             more = f" and {len(df.columns) - 10} more" if len(df.columns) > 10 else ""
             raise _bad(
                 f"input has no 'budget' column (columns: {cols}{more}); "
@@ -215,7 +212,7 @@ class RecommenderModel(PythonModel):
             for name, v in (("task", task), ("model", model), ("device", device)):
                 if v is not None and len(v) > MAX_FIELD_CHARS:
                     raise _bad(
-                        f"row {i}: {name} {_short(v)} is longer than {MAX_FIELD_CHARS:,} "
+                        f"row {i}: {name} {echo(v)} is longer than {MAX_FIELD_CHARS:,} "
                         "characters; give a name a search recorded (or leave it out)"
                     )
             key = (repr(b), task, model, device)
@@ -285,7 +282,7 @@ def _opt_str(v: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def _mlflow_uris(uri: str) -> Iterator[None]:
+def mlflow_uris(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at `uri` for the block only: mlflow.set_tracking_uri also
     exports MLFLOW_TRACKING_URI, which would leak into later calls and child processes."""
     import mlflow
@@ -337,7 +334,7 @@ def register_recommender(
     signature = ModelSignature(inputs=inputs, outputs=outputs)
     with tempfile.TemporaryDirectory() as d:
         artifacts = save_recommender(recommender, d)
-        with _mlflow_uris(uri), mlflow.start_run(run_id=run_id):
+        with mlflow_uris(uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="recommender",
                 python_model=str(CODE_FILE),  # models from code: nothing is pickled
@@ -350,6 +347,43 @@ def register_recommender(
     version = info.registered_model_version
     cl.set_model_version_tag(name, str(version), FORMAT_TAG, FORMAT)
     return f"models:/{name}/{version}"
+
+
+# the fingerprint of the trials a registered version was fitted on
+TRIALS_TAG = "autoprumux.trials_fingerprint"
+
+
+def register_if_new(storage_url: str, tracking_uri: str, run_id: str | None) -> str | None:
+    """Fit the recommender on every finished trial in `storage_url` and register it (logged
+    under `run_id`). Returns the model URI, None with fewer than two trials. When the latest
+    registered version was fitted on the same trials and is stored in today's format, its URI
+    is returned as it is: a rerun that measured nothing new registers nothing new."""
+    import hashlib
+
+    from autoprumux.meta._recommend import Recommender, load_trials
+
+    trials = load_trials(storage_url)
+    if len(trials) < 2:
+        log.warning("only %d finished trials: recommender not registered", len(trials))
+        return None
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            sorted((t["study"], t["number"], t["accuracy_loss"], t["speedup"]) for t in trials),
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
+    cl = tracking.client(tracking_uri)
+    try:
+        versions = cl.search_model_versions(f"name='{REGISTERED_NAME}'")
+    except Exception:  # noqa: BLE001 - no registry yet
+        versions = []
+    if versions:
+        latest = max(versions, key=lambda v: int(v.version))
+        if latest.tags.get(TRIALS_TAG) == fingerprint and latest.tags.get(FORMAT_TAG) == FORMAT:
+            return f"models:/{REGISTERED_NAME}/{latest.version}"
+    uri = register_recommender(Recommender(trials), tracking_uri=tracking_uri, run_id=run_id)
+    cl.set_model_version_tag(REGISTERED_NAME, uri.rsplit("/", 1)[1], TRIALS_TAG, fingerprint)
+    return uri
 
 
 # ---- what `autoprumux serve` checks before it loads anything ------------------------------
@@ -366,14 +400,14 @@ def check_model_uri(model_uri: str) -> None:
     if u.startswith("models:"):
         if not _MODELS_URI.fullmatch(u):
             raise ConfigError(
-                f"--model-uri {_short(u)} is not a registered-model URI; give "
+                f"--model-uri {echo(u)} is not a registered-model URI; give "
                 f"models:/<name>/<version or latest> or models:/<name>@<alias> ({example})"
             )
         return
     if u.startswith("runs:"):
         if not re.fullmatch(r"runs:/[^/]+/.+", u):
             raise ConfigError(
-                f"--model-uri {_short(u)} is not a run model URI; give runs:/<run id>/<path>"
+                f"--model-uri {echo(u)} is not a run model URI; give runs:/<run id>/<path>"
             )
         return
     if "://" in u and not u.startswith("file://"):
@@ -381,12 +415,12 @@ def check_model_uri(model_uri: str) -> None:
     p = Path(u[len("file://") :] if u.startswith("file://") else u).expanduser()
     if not p.exists():
         raise ConfigError(
-            f"--model-uri {_short(u)}: no such file or directory; give a registered model "
+            f"--model-uri {echo(u)}: no such file or directory; give a registered model "
             f"({example}) or the directory of a logged model"
         )
     if not (p / "MLmodel").is_file():
         raise ConfigError(
-            f"--model-uri {_short(u)} is not an MLflow model directory (it has no MLmodel file)"
+            f"--model-uri {echo(u)} is not an MLflow model directory (it has no MLmodel file)"
         )
 
 
@@ -397,10 +431,10 @@ def verify_model_dir(path: str | Path, model_uri: str) -> None:
     import yaml
 
     root = Path(path).resolve()
-    what = f"model {_short(model_uri)}"
+    what = f"model {echo(model_uri)}"
     rerun = (
         "register it again with this autoprumux (rerun `autoprumux search`, or call "
-        "autoprumux.search._serving.register_recommender)"
+        "autoprumux.meta._pyfunc.register_recommender)"
     )
     pickles = sorted(
         str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES
@@ -418,7 +452,7 @@ def verify_model_dir(path: str | Path, model_uri: str) -> None:
     if not isinstance(flavors, dict) or set(flavors) != {"python_function"}:
         got = sorted(flavors) if isinstance(flavors, dict) else flavors
         raise ConfigError(
-            f"{what} is not an autoprumux recommender (flavors {_short(got)}, expected only "
+            f"{what} is not an autoprumux recommender (flavors {echo(got)}, expected only "
             f"python_function): {rerun}"
         )
     pf = flavors["python_function"]
@@ -444,322 +478,10 @@ def verify_model_dir(path: str | Path, model_uri: str) -> None:
     if not isinstance(arts, dict) or set(arts) != set(ARTIFACTS):
         got = sorted(arts) if isinstance(arts, dict) else arts
         raise ConfigError(
-            f"{what} has the artefacts {_short(got)}, expected {sorted(ARTIFACTS)}: {rerun}"
+            f"{what} has the artefacts {echo(got)}, expected {sorted(ARTIFACTS)}: {rerun}"
         )
     for name, a in arts.items():
         rel = a.get("path") if isinstance(a, dict) else None
         p = (root / str(rel)).resolve() if rel else None
         if p is None or not p.is_relative_to(root) or not p.is_file():
             raise ConfigError(f"{what}: artefact {name!r} is not a file inside the model")
-
-
-# ---- the HTTP front: a guard before MLflow's scoring app --------------------------------
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-class RequestGuard:
-    """ASGI middleware that checks a POST /invocations before MLflow's scoring app sees it.
-
-    MLflow parses the body with `json.loads` (a RecursionError on deep nesting is a 500), echoes
-    unparsable bodies whole in its 400, takes any Content-Type header as a string (a missing one
-    is a 500) and converts JSON `true` to 1.0 for a double column. This reads the body up to
-    `max_body_bytes`, parses it once itself, and refuses with a JSON `{"error_code",
-    "message"}` as MLflow does: 415 for a Content-Type that is not application/json, 413 for a
-    larger body, 400 for invalid JSON, nesting deeper than `max_depth`, more than `max_rows`
-    rows or a boolean value. A body that passes is handed on unchanged."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        max_body_bytes: int = MAX_BODY_BYTES,
-        max_depth: int = MAX_JSON_DEPTH,
-        max_rows: int = MAX_ROWS,
-    ):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_depth = max_depth
-        self.max_rows = max_rows
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path", "").rstrip("/") != "/invocations":
-            await self.app(scope, receive, send)
-            return
-        try:
-            body = await self._checked_body(scope, receive)
-        except _Refusal as r:
-            await _answer(send, r.status, str(r))
-            return
-        if body is None:  # the client left
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _checked_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if scope.get("method") != "POST":
-            raise _Refusal(405, "/invocations takes POST with a JSON body")
-        ctype = headers.get("content-type", "").strip()
-        if ctype.split(";", 1)[0].strip().lower() != "application/json":
-            got = f"Content-Type {_short(ctype)}" if ctype else "no Content-Type"
-            raise _Refusal(
-                415,
-                f"{got}: this server reads JSON; send 'Content-Type: application/json' and e.g. "
-                '{"dataframe_records": [{"budget": 2.0}]}',
-            )
-        raw_len = headers.get("content-length")
-        if raw_len is not None:
-            if not re.fullmatch(r"\s*[0-9]+\s*", raw_len):
-                raise _Refusal(400, f"Content-Length {_short(raw_len)} is not a number")
-            if int(raw_len) > self.max_body_bytes:
-                raise _Refusal(413, self._too_large(int(raw_len)))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return None
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _Refusal(413, self._too_large(size, at_least=True))
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        self._check_json(body)
-        return body
-
-    def _too_large(self, n: int, *, at_least: bool = False) -> str:
-        return (
-            f"the body has {'over ' if at_least else ''}{n:,} bytes, more than the limit of "
-            f"{self.max_body_bytes:,}; send at most {self.max_rows:,} rows per request"
-        )
-
-    def _check_json(self, body: bytes) -> None:
-        try:
-            data = json.loads(body)
-        except RecursionError:
-            raise _Refusal(
-                400, f"the JSON is nested too deeply (the limit is {self.max_depth} levels)"
-            ) from None
-        except UnicodeDecodeError:
-            raise _Refusal(400, "the body is not UTF-8 text; send JSON") from None
-        except json.JSONDecodeError as e:
-            raise _Refusal(
-                400,
-                f"the body is not valid JSON ({e.msg} at character {e.pos}); send e.g. "
-                '{"dataframe_records": [{"budget": 2.0}]}',
-            ) from None
-        except ValueError as e:  # e.g. an integer of more than 4,300 digits
-            raise _Refusal(400, f"the body is not usable JSON ({_short(str(e))})") from None
-        depth = json_depth(data, self.max_depth)
-        if depth > self.max_depth:
-            raise _Refusal(
-                400,
-                f"the JSON is nested more than {self.max_depth} levels deep; a request is e.g. "
-                '{"dataframe_records": [{"budget": 2.0}]}',
-            )
-        if not isinstance(data, dict):
-            return  # MLflow's own 400 names the expected format
-        n = _rows(data)
-        if n > self.max_rows:
-            raise _Refusal(
-                400,
-                f"the request has {n:,} rows, more than the limit of {self.max_rows:,} per "
-                "request; split it into several requests",
-            )
-        where = _first_bool({k: v for k, v in data.items() if k != "params"}, "")
-        if where is not None:
-            raise _Refusal(
-                400,
-                f"{where} is a boolean; a budget is a number of accuracy-loss points (e.g. "
-                "2.0) and task, model and device are strings",
-            )
-
-
-def _rows(data: dict[str, Any]) -> int:
-    """The number of rows an MLflow payload holds (0 when its shape is not one of MLflow's)."""
-    n = 0
-    for key in ("dataframe_records", "instances", "inputs"):
-        v = data.get(key)
-        if isinstance(v, list):
-            n = max(n, len(v))
-        elif isinstance(v, dict):  # columns of values
-            n = max(n, *(len(c) for c in v.values() if isinstance(c, list)), 0)
-    split = data.get("dataframe_split")
-    if isinstance(split, dict) and isinstance(split.get("data"), list):
-        n = max(n, len(split["data"]))
-    return n
-
-
-def _first_bool(v: Any, path: str) -> str | None:
-    """The JSON path of the first boolean in `v` (depth already bounded), else None."""
-    if isinstance(v, bool):
-        return path or "the value"
-    if isinstance(v, dict):
-        for k, c in v.items():
-            name = k if len(k) <= 30 else k[:30] + "..."
-            got = _first_bool(c, f"{path}.{name}" if path else name)
-            if got:
-                return got
-    elif isinstance(v, list):
-        for i, c in enumerate(v):
-            got = _first_bool(c, f"{path}[{i}]")
-            if got:
-                return got
-    return None
-
-
-async def _answer(send: Send, status: int, message: str) -> None:
-    # MLflow's error codes, as its scoring server answers
-    code = {400: "INVALID_PARAMETER_VALUE", 413: "REQUEST_LIMIT_EXCEEDED"}.get(
-        status, "BAD_REQUEST"
-    )
-    body = json.dumps({"error_code": code, "message": _cap(message)}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # the unread rest of a refused body makes the connection unusable
-                (b"connection", b"close"),
-                *([(b"allow", b"POST")] if status == 405 else []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-# ---- `autoprumux serve` ------------------------------------------------------------------
-
-
-def _listen_socket(host: str, port: int) -> socket.socket:
-    """Bind `host:port` now (a busy port fails before the model is fetched); uvicorn listens on
-    it once the model is loaded."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {_short(host)} cannot be resolved ({e.strerror})") from None
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as e:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port"
-        ) from None
-    return sock
-
-
-class _Stop(BaseException):
-    """SIGTERM: stop serving, clean up and exit 0."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Stop
-
-
-def fetch_model(model_uri: str, tracking_uri: str, dst: str | Path) -> Path:
-    """Download the model at `model_uri` into `dst` (ConfigError when it cannot)."""
-    import mlflow
-
-    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
-        name = re.split(r"[/@]", model_uri[len("models:/") :], maxsplit=1)[0]
-        versions = []
-        if not tracking.missing_sqlite_file(tracking_uri):
-            try:
-                versions = tracking.client(tracking_uri).search_model_versions(f"name='{name}'")
-            except Exception:  # noqa: BLE001 - no registry yet
-                versions = []
-        if not versions:
-            raise ConfigError(
-                f"no registered model {_short(name)} in {tracking_uri}; run `autoprumux search` "
-                "first (it registers the recommender at the end)"
-            )
-    try:
-        with _mlflow_uris(tracking_uri):
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst))
-    except Exception as e:  # noqa: BLE001 - MlflowException, OSError, ...: say what and where
-        msg = (str(getattr(e, "message", e)).splitlines() or [type(e).__name__])[0]
-        raise ConfigError(
-            f"cannot fetch {_short(model_uri)} from {tracking_uri}: {_cap(msg)}"
-        ) from None
-    return Path(local)
-
-
-def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
-    """Serve the recommender at `model_uri` on http://host:port (/invocations, /ping, /health,
-    /version) in this process until Ctrl-C or SIGTERM; the arguments are already checked."""
-    import signal
-    import threading
-
-    import uvicorn
-    from mlflow.pyfunc import load_model, scoring_server
-
-    # nothing in a served model may be unpickled, whatever the environment says
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # SIGTERM while the model loads stops as cleanly as while it serves (uvicorn handles it
-    # then, and re-raises it here once it has shut down)
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
-    sock = _listen_socket(host, port)
-    try:
-        with tempfile.TemporaryDirectory(prefix="autoprumux-serve-") as d:
-            local = fetch_model(model_uri, tracking_uri, d)
-            verify_model_dir(local, model_uri)
-            try:
-                model = load_model(str(local))
-            except Exception as e:  # noqa: BLE001 - a bad JSON or tree file: name it
-                first = (str(e).splitlines() or [type(e).__name__])[0]
-                raise ConfigError(f"cannot load {_short(model_uri)}: {_cap(first)}") from None
-            app = RequestGuard(scoring_server.init(model))
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    app,
-                    log_level="warning",
-                    timeout_keep_alive=5,
-                    limit_concurrency=64,  # more open requests get 503
-                    timeout_graceful_shutdown=5,
-                )
-            )
-            bound = sock.getsockname()[1]
-            print(
-                f"serving {model_uri} on http://{host}:{bound}/invocations "
-                "(Ctrl-C or SIGTERM stops it)",
-                flush=True,
-            )
-            server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        print("stopping", file=sys.stderr)
-    except _Stop:
-        print("stopping (SIGTERM)", file=sys.stderr)
-    finally:
-        sock.close()
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-    return 0

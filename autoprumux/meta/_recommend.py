@@ -19,8 +19,8 @@ from typing import Any
 
 from autoprumux.config import BASELINE, Candidate, check_budget
 from autoprumux.errors import ConfigError
-from autoprumux.search._meta import MetaModel, training_table
-from autoprumux.search._study import default_storage
+from autoprumux.meta._model import MetaModel, training_table
+from autoprumux.tracking import default_storage, missing_sqlite_file
 
 # a suggestion must be predicted this much faster than the measured answer to be worth a trial
 SUGGEST_GAIN = 1.1
@@ -153,8 +153,6 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
     """Finished (COMPLETE) trials of every study in `storage` as flat records."""
     import optuna
 
-    from autoprumux.search._tracking import missing_sqlite_file
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or default_storage()
     if missing_sqlite_file(url):
@@ -184,7 +182,8 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
                     "task": attrs["task"],
                     "model": attrs["model"],
                     "device": attrs["device"],
-                    "space": attrs["space"],
+                    # the grid the study recorded (a study from before it did: none)
+                    "candidates": [Candidate.from_dict(c) for c in attrs.get("candidates", [])],
                     "config": Candidate.from_dict(ua["config"]),
                     "context": context_of(
                         attrs, float(ua.get("baseline_metric", ua.get("baseline_accuracy", 0.0)))
@@ -204,12 +203,6 @@ def fit_meta_model(trials: list[dict[str, Any]], **kw: Any) -> MetaModel:
     return MetaModel(**kw).fit(X, y)
 
 
-def candidates_for(space: dict[str, Any]) -> list[Candidate]:
-    from autoprumux.search._space import SearchSpace
-
-    return SearchSpace.from_dict(space).grid()
-
-
 def choose(
     budget: float,
     meta: MetaModel,
@@ -223,8 +216,7 @@ def choose(
     budget, else the baseline; see the module docstring for the suggestion."""
     import numpy as np
 
-    from autoprumux.search._guided import below
-    from autoprumux.search._meta import features
+    from autoprumux.meta._model import features
 
     answer = BASELINE
     answer_m: dict[str, Any] | None = None
@@ -241,7 +233,7 @@ def choose(
         if c not in measured
         and not c.is_baseline
         # at least as aggressive as a measured miss: expected outside the budget too
-        and not any(below(x, c) for x in misses)
+        and not any(x.below(c) for x in misses)
     ]
     suggestion = None
     if open_:
@@ -273,7 +265,9 @@ def _measured_means(rows: list[dict[str, Any]]) -> dict[Candidate, dict[str, Any
         groups.setdefault(t["config"], []).append(t)
     return {
         k: {
-            **g[-1],
+            "config": k,
+            "number": g[-1]["number"],
+            "mlflow_run_id": g[-1].get("mlflow_run_id"),
             "accuracy_loss": sum(x["accuracy_loss"] for x in g) / len(g),
             "speedup": sum(x["speedup"] for x in g) / len(g),
             "repeats": len(g),
@@ -313,7 +307,7 @@ class Recommender:
                 model=rows[0]["model"],
                 device=rows[0]["device"],
                 context=rows[0]["context"],
-                candidates=candidates_for(rows[0]["space"]),
+                candidates=rows[0]["candidates"],
                 measured=_measured_means(rows),
             )
             for name, rows in by_study.items()
@@ -400,7 +394,7 @@ class Recommender:
     def _predict_in(self, e: StudyEntry, configs: list[Candidate]) -> tuple[Any, Any, Any]:
         import numpy as np
 
-        from autoprumux.search._meta import features
+        from autoprumux.meta._model import features
 
         X = np.array([features(c, e.context) for c in configs], dtype=float)
         lo, hi = self.meta.predict_interval(X)
@@ -491,7 +485,7 @@ def _entry_from_dict(e: Any) -> StudyEntry:
         except ConfigError as err:
             raise ValueError(f"study {e['study']!r}: a measured configuration: {err}") from None
         out[cfg] = {"mlflow_run_id": None, **m, "config": cfg}
-    from autoprumux.search._meta import features
+    from autoprumux.meta._model import features
 
     try:  # every configuration the entry can be asked about must give a feature row
         candidates = [Candidate.from_dict(c) for c in cands]

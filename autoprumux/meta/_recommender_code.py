@@ -8,6 +8,6 @@ of this file only when it is byte-identical to this one (see `_serving.verify_mo
 
 import mlflow
 
-from autoprumux.search._serving import RecommenderModel
+from autoprumux.meta._pyfunc import RecommenderModel
 
 mlflow.models.set_model(RecommenderModel())

@@ -1,0 +1,7 @@
+"""`python -m autoprumux.cli`: the `autoprumux` command."""
+
+import sys
+
+from autoprumux.cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""`autoprumux evaluate` (one configuration beside the baseline) and `autoprumux warmup` (the
+cached token-retrieval warm-up)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoprumux.cli._checks import _check_output_file, _student_args
+from autoprumux.cli._flags import _pipeline, _recipe
+from autoprumux.errors import AutoPruMuxError
+
+if TYPE_CHECKING:
+    from autoprumux.evaluation import Evaluation
+
+
+def format_table(ev: Evaluation) -> str:
+    """A readable two-row table: baseline and candidate with accuracy loss and speedup."""
+    m = ev.metric_name
+    head = f"{'config':<20}{'sparsity':>9}{'N':>4}{m:>9}{'acc loss':>10}{'ex/s':>10}{'speedup':>9}{'ideal':>7}"
+    rows = [head, "-" * len(head)]
+    for meas, loss, sp, ideal in (
+        (ev.baseline, 0.0, 1.0, 1.0),
+        (ev.candidate, ev.accuracy_loss, ev.speedup, ev.ideal_speedup),
+    ):
+        rows.append(
+            f"{meas.name:<20}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{loss:>10.2f}{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
+        )
+    tp = ev.throughput_config
+    rows.append(
+        f"(task {ev.task}, device {ev.device}, throughput at batch {tp.batch_size} x {tp.seq_len} tokens, median of {tp.repeats})"
+    )
+    return "\n".join(rows)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from autoprumux.config import Candidate, validate_candidate
+    from autoprumux.evaluation import ThroughputConfig
+
+    # validate everything cheap before any work starts
+    students = _student_args(args) if args.students is not None else None
+    sparsity, n = (0.0, 1) if students else validate_candidate(args.sparsity, args.mux)
+    recipe = _recipe(args)
+    tp = ThroughputConfig(
+        batch_size=args.tp_batch,
+        seq_len=args.tp_seq_len,
+        repeats=args.tp_repeats,
+        device=args.device,
+    )
+    if args.json_out:
+        _check_output_file("--json", args.json_out)
+    pipe = _pipeline(args, recipe)
+    if students:
+        k, depth, active = students
+        ev = pipe.evaluate_students(k, depth, active=active, throughput=tp)
+    else:
+        config = Candidate(sparsity=sparsity, mux=n, mux_variant=pipe.mux_variant)
+        ev = pipe.evaluate(config, throughput=tp)
+    print(format_table(ev))
+    r = pipe.recipe
+    print(
+        f"(data: {len(pipe.train_items)} training examples, batch {r.batch_size}; baseline {r.finetune_steps} steps"
+        + (
+            f"; {r.student_steps} boosting steps per student + {r.student_stacking_steps} "
+            "stacking steps"
+            if students
+            else ""
+        )
+        + (
+            f"; mux warm-up {r.mux_warmup_steps} + fine-tune {r.mux_finetune_steps} steps"
+            if n > 1
+            else ""
+        )
+        + (
+            f"; pruning in {r.prune_stages} stages + {r.recovery_steps} recovery steps"
+            if sparsity > 0
+            else ""
+        )
+        + f"; cache {pipe.cache.root})"
+    )
+    if args.json_out:
+        _atomic_write(Path(args.json_out), json.dumps(ev.to_dict(), indent=2))
+    return 0
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from autoprumux.config import validate_candidate
+
+    widths = [validate_candidate(0.0, n)[1] for n in args.mux]
+    if any(n < 2 for n in widths):
+        raise AutoPruMuxError(f"--mux {args.mux}: the warm-up is for N >= 2 (N=1 needs none)")
+    recipe = _recipe(args)
+    if recipe.mux_warmup_steps < 1:
+        raise AutoPruMuxError("--mux-warmup-steps must be >= 1 for `autoprumux warmup`")
+    pipe = _pipeline(args, recipe)
+    print(f"{'N':>3}{'steps':>7}{'seconds':>9}{'retrieval acc':>15}  cache")
+    for n in widths:
+        entry, meta = pipe.mux_warmup(n)
+        w = meta["warmup"]
+        print(
+            f"{n:>3}{int(w['steps']):>7}{w['seconds']:>9.0f}{w['retrieval_accuracy']:>15.3f}  "
+            f"{'hit' if meta['cache_hit'] else 'built'} {entry}"
+        )
+        if w.get("curve"):  # training-batch retrieval accuracy over each tenth of the warm-up
+            pts = " ".join(f"{int(c['step'])}:{c['retrieval_accuracy']:.2f}" for c in w["curve"])
+            print(f"{'':>3}  retrieval accuracy by step  {pts}")
+    return 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """`text` in `path`, written whole or not at all (a temporary file beside it, renamed)."""
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,258 @@
+"""The command line's flag groups, each flag declared once and shared by the commands that take
+it, and what the flags build (a Recipe, a pipeline). Torch-free: `--help` imports nothing heavy."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from autoprumux.cli._checks import _check_cache_dir
+from autoprumux.config import SAMPLERS
+
+if TYPE_CHECKING:
+    from autoprumux.config import Recipe
+    from autoprumux.pipeline import PruMuxPipeline
+
+Container = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{v!r} is not a boolean (use true or false)")
+
+
+def _recipe_help(field: str, text: str) -> str:
+    from autoprumux.config import Recipe
+
+    return f"{text} (default: {getattr(Recipe(), field)})"
+
+
+RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
+    ("--max-train-examples", int, "training examples (seeded subsample)"),
+    ("--max-seq-len", int, "max tokens per example"),
+    ("--batch-size", int, "examples per step"),
+    ("--finetune-steps", int, "baseline fine-tune steps"),
+    ("--mux-warmup-steps", int, "token-retrieval warm-up steps per N"),
+    ("--mux-finetune-steps", int, "task fine-tune steps per N > 1"),
+    ("--recovery-steps", int, "fine-tune steps after pruning, all stages"),
+    ("--prune-stages", int, "pruning stages"),
+    ("--mux-pooling", str, "N > 1 head reads the demuxed [CLS] ('cls') or token mean ('mean')"),
+    ("--warmup-hidden-distill", float, "weight of hidden-state distillation in the warm-up"),
+    ("--mux-hidden-distill", float, "weight of hidden-state KD in the N > 1 fine-tune"),
+    ("--warmup-from-smaller", _bool, "N >= 4 warm-up starts from the N/2 warm-up (true/false)"),
+    ("--student-steps", int, "boosting steps per Academus student"),
+    ("--student-stacking-steps", int, "joint stacking-distillation steps of all students"),
+    ("--student-lr", float, "learning rate of the student boosting steps"),
+    ("--seed", int, "seed of sampling, initialisation and data order"),
+    ("--trainer", str, "fine-tune loop: 'standard' or 'l2l' (layer-to-layer, constant memory)"),
+    ("--l2l-micro-batches", int, "L2L micro-batches per batch (must divide --batch-size)"),
+    ("--l2l-stash", str, "L2L boundary activations kept on the 'device' or the 'host'"),
+]
+
+
+def add_recipe_group(p: argparse.ArgumentParser, note: str) -> None:
+    """The training recipe: a preset and the Recipe fields that override it."""
+    from autoprumux.config import RECIPE_PRESETS
+
+    g = p.add_argument_group(f"training recipe ({note}; defaults: Recipe)")
+    g.add_argument(
+        "--preset",
+        default="fast",
+        choices=sorted(RECIPE_PRESETS),
+        help="named recipe the flags below start from: fast (Recipe's defaults) or accurate "
+        "(2.5x longer N > 1 fine-tune on 4x the examples; see docs/multiplexing.md) (default: fast)",
+    )
+    for flag, typ, hlp in RECIPE_FLAGS:
+        g.add_argument(
+            flag, type=typ, default=None, help=_recipe_help(flag[2:].replace("-", "_"), hlp)
+        )
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    """A Recipe from the preset and the recipe flags given (the flags win)."""
+    from autoprumux.config import Recipe
+
+    given = {}
+    for flag, _, _ in RECIPE_FLAGS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name)
+        if value is not None:
+            given[name] = value
+    return Recipe.preset(args.preset, **given)
+
+
+def add_model_flags(p: Container) -> None:
+    """--task and --model of the commands that train (evaluate, warmup, serve-students)."""
+    p.add_argument("--task", default="sst2", help="sst2 | cola | mrpc | qnli (default: sst2)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="BERT checkpoint directory or hub name (default: packaged all-MiniLM-L6-v2)",
+    )
+
+
+def add_data_flags(p: Container) -> None:
+    """Where training runs and what it reads and caches: --device, --data-dir, --data-source,
+    --cache-dir."""
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="GLUE-format directory (default: $AUTOPRUMUX_DATA or ../shared/data/glue)",
+    )
+    p.add_argument(
+        "--data-source",
+        default="local",
+        choices=["local", "hf"],
+        help="local GLUE files or Hugging Face datasets",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="artefact cache (default: $AUTOPRUMUX_CACHE or ./.autoprumux/cache)",
+    )
+
+
+def add_warmup_corpus(p: Container) -> None:
+    p.add_argument(
+        "--warmup-corpus",
+        default="shared",
+        help="mux warm-up text: 'shared' (SST-2+CoLA+MRPC training text), 'task', or a text file",
+    )
+
+
+def add_throughput_group(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group("throughput measurement")
+    t.add_argument("--tp-batch", type=int, default=64, help="examples per timed pass")
+    t.add_argument("--tp-seq-len", type=int, default=128, help="fixed padded sequence length")
+    t.add_argument("--tp-repeats", type=int, default=10)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The flags of evaluate and warmup: what to train, on what, and how to time it."""
+    add_model_flags(p)
+    add_data_flags(p)
+    p.add_argument("--mux-variant", default="gaussian", help="gaussian | orthogonal")
+    add_warmup_corpus(p)
+    add_recipe_group(p, "part of every cache key")
+    add_throughput_group(p)
+
+
+def add_storage(
+    p: Container, help_text: str = "Optuna storage URL (default: sqlite:///autoprumux.db here)"
+) -> None:
+    p.add_argument("--storage", default=None, help=help_text)
+
+
+def add_tracking_uri(p: Container) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db here)",
+    )
+
+
+def add_host(p: Container) -> None:
+    p.add_argument(
+        "--host", default="127.0.0.1", help="default: 127.0.0.1 (another host is warned about)"
+    )
+
+
+def add_sampler(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=SAMPLERS,
+        help="tpe (default); guided: spend the trials where they can still change the fastest "
+        "configuration within --budget (see docs/search.md); random, grid: baselines",
+    )
+
+
+def add_search_common(p: argparse.ArgumentParser) -> None:
+    """The flags of search and worker: the study, its tracking, and how each trial trains."""
+    add_storage(p)
+    p.add_argument("--study-name", default=None, help="default: <space>-<task>-<model>")
+    add_tracking_uri(p)
+    p.add_argument(
+        "--budget", default="2.0", help="accuracy-loss budget in points for TPE's constraint"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    add_data_flags(p)
+    add_warmup_corpus(p)
+    p.add_argument(
+        "--prune-margin",
+        type=float,
+        default=5.0,
+        help="stop a trial whose accuracy loss after a pruning stage (never the last) exceeds "
+        "the budget by more than this many points (default: 5)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between trial heartbeats; a silent trial is failed and retried after 2x",
+    )
+    p.add_argument(
+        "--no-register",
+        action="store_true",
+        help="do not fit and register the meta-model recommender at the end",
+    )
+    add_throughput_group(p)
+
+
+def add_serving_group(p: argparse.ArgumentParser) -> None:
+    """serve-students: the endpoint, its batching, and how K follows the load."""
+    s = p.add_argument_group("serving")
+    add_host(s)
+    s.add_argument("--port", type=int, default=8008, help="default: 8008 (0: a free port)")
+    s.add_argument(
+        "--slo-ms", type=float, default=100.0, help="latency objective of the queue (default: 100)"
+    )
+    s.add_argument("--max-batch", type=int, default=32, help="texts per batch (default: 32)")
+    s.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="wait for a batch to fill (default: 5)"
+    )
+    s.add_argument(
+        "--fixed-k", type=int, default=None, help="always run this many students (no adaptation)"
+    )
+    s.add_argument(
+        "--hold-s", type=float, default=2.0, help="quiet seconds before K is raised (default: 2)"
+    )
+    s.add_argument("--max-chars", type=int, default=10_000, help="per text (default: 10000)")
+    s.add_argument("--max-texts", type=int, default=64, help="per request (default: 64)")
+    s.add_argument(
+        "--skip-dev-eval",
+        action="store_true",
+        help="do not measure each k's dev accuracy at start-up (more students = more accurate)",
+    )
+    s.add_argument(
+        "--accuracy-from",
+        choices=["dev", "meta", "none"],
+        default=None,
+        help="each k's accuracy loss in the policy table: measured on dev at start-up ('dev', "
+        "the default), the meta-model's pessimistic prediction from the study in --storage "
+        "('meta'), or none ('none', as --skip-dev-eval)",
+    )
+    add_storage(s, help_text="with --accuracy-from meta: Optuna storage of the study")
+
+
+def _pipeline(args: argparse.Namespace, recipe: Recipe) -> PruMuxPipeline:
+    """The pipeline the flags describe, once the cache directory is known to be usable."""
+    from autoprumux.pipeline import PruMuxPipeline
+
+    _check_cache_dir(args.cache_dir)
+    return PruMuxPipeline(
+        task=args.task,
+        model=args.model,
+        recipe=recipe,
+        device=args.device,
+        data_dir=args.data_dir,
+        data_source=args.data_source,
+        cache_dir=args.cache_dir,
+        mux_variant=args.mux_variant,
+        warmup_corpus=args.warmup_corpus,
+    )

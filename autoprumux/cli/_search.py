@@ -1,0 +1,112 @@
+"""`autoprumux search`, `worker` (one more process on a shared study) and `recommend` (the
+fastest configuration measured within an accuracy budget)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import TYPE_CHECKING
+
+from autoprumux.cli._checks import _check_cache_dir
+from autoprumux.errors import AutoPruMuxError
+
+if TYPE_CHECKING:
+    from autoprumux.search import SearchSettings, SearchSpace
+
+
+def _search_settings(args: argparse.Namespace, space: SearchSpace, trials: int) -> SearchSettings:
+    from autoprumux.config import check_budget
+    from autoprumux.evaluation import ThroughputConfig
+    from autoprumux.search import SearchSettings
+
+    _check_cache_dir(args.cache_dir)
+    return SearchSettings(
+        space=space,
+        trials=trials,
+        storage=args.storage,
+        study_name=args.study_name,
+        tracking_uri=args.tracking_uri,
+        budget=check_budget(args.budget),
+        sampler=args.sampler,
+        seed=args.seed,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        data_dir=args.data_dir,
+        data_source=args.data_source,
+        warmup_corpus=args.warmup_corpus,
+        throughput=ThroughputConfig(
+            batch_size=args.tp_batch,
+            seq_len=args.tp_seq_len,
+            repeats=args.tp_repeats,
+            device=args.device,
+        ),
+        prune_margin=args.prune_margin,
+        heartbeat=args.heartbeat,
+    )
+
+
+def _run_search(args: argparse.Namespace, settings: SearchSettings) -> int:
+    from autoprumux.search import Searcher
+
+    searcher = Searcher(settings)
+    print(
+        f"study {searcher.name} in {searcher.storage_url}; MLflow {searcher.tracking_uri} "
+        f"(experiment autoprumux/{searcher.name})",
+        flush=True,
+    )
+    searcher.run()
+    print(searcher.report())
+    if not args.no_register:
+        uri = searcher.register()
+        if uri:
+            print(f"recommender registered as {uri} (serve it: autoprumux serve)")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autoprumux.config import check_budget
+    from autoprumux.search import SearchSpace
+
+    check_budget(args.budget)
+    space = SearchSpace.from_yaml(args.space).with_task(args.task)
+    return _run_search(args, _search_settings(args, space, args.trials))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from autoprumux.config import check_budget
+    from autoprumux.search import SearchSpace
+    from autoprumux.tracking import load_study_attrs
+
+    check_budget(args.budget)
+    if not args.study_name:
+        raise AutoPruMuxError("worker: --study-name is required (the study to join)")
+    if args.trials is not None and args.trials < 1:
+        raise AutoPruMuxError(
+            f"--trials ({args.trials}) must be a positive integer (omit it for the study's target)"
+        )
+    attrs = load_study_attrs(args.storage, args.study_name)
+    space = SearchSpace.from_dict(attrs["space"], source=f"study {args.study_name}")
+    trials = args.trials if args.trials is not None else int(attrs.get("target_trials", 24))
+    # joined workers seed their samplers apart, or they propose the same configurations
+    settings = replace(_search_settings(args, space, trials), worker_offset=os.getpid())
+    return _run_search(args, settings)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from autoprumux.config import check_budget
+    from autoprumux.meta import recommend
+
+    budget = check_budget(args.budget)
+    rec = recommend(
+        budget,
+        args.task,
+        model=args.model,
+        device=args.device,
+        storage=args.storage,
+        study=args.study_name,
+    )
+    print(json.dumps(rec.to_dict(), indent=2) if args.json_out else rec.describe())
+    return 0

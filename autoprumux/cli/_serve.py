@@ -1,0 +1,183 @@
+"""`autoprumux ui` (the MLflow dashboard), `serve` (the registered recommender) and
+`serve-students` (K boosted students behind an adaptive queue), all on 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from autoprumux.cli._checks import _check_port, _warn_non_loopback
+from autoprumux.cli._flags import _pipeline, _recipe
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from autoprumux import tracking
+
+    _check_port(args.port)
+    _warn_non_loopback(args.host)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.make_store_dir(uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    root = tracking.artifact_root(uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    cmd += ["--host", args.host, "--port", str(args.port)]
+    print(f"MLflow dashboard on http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)")
+    return _exec(cmd, {})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The registered recommender behind MLflow's scoring app, in this process (so Ctrl-C or
+    SIGTERM stops the listener with it), with a request guard in front (see meta._server)."""
+    from autoprumux import tracking
+    from autoprumux.meta import _pyfunc, _server
+
+    # everything cheap first: no store is opened and nothing fetched for a bad argument
+    _check_port(args.port)
+    model_uri = args.model_uri or f"models:/{_pyfunc.REGISTERED_NAME}/latest"
+    _pyfunc.check_model_uri(model_uri)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)  # a server must answer within 3 s
+    _warn_non_loopback(args.host)
+    return _server.serve(model_uri, tracking_uri=uri, host=args.host, port=args.port)
+
+
+def cmd_serve_students(args: argparse.Namespace) -> int:
+    from autoprumux.errors import ConfigError
+    from autoprumux.models import StudentConfig
+    from autoprumux.student_server import (
+        AdaptivePolicy,
+        FixedPolicy,
+        KPolicy,
+        PolicyConfig,
+        ServingConfig,
+        StudentServer,
+        check_loopback,
+        meta_accuracy_losses,
+        profile_operating_points,
+        student_accuracy_losses,
+    )
+
+    # validate everything cheap before any data is read or any student trained
+    cfg = StudentConfig(k=args.students, depth=args.depth)
+    if args.fixed_k is not None and not 1 <= args.fixed_k <= cfg.k:
+        raise ConfigError(f"--fixed-k ({args.fixed_k}) must be between 1 and --students ({cfg.k})")
+    policy_cfg = PolicyConfig(slo_ms=args.slo_ms, hold_s=args.hold_s)
+    source = args.accuracy_from or ("none" if args.skip_dev_eval else "dev")
+    if args.skip_dev_eval and source != "none":
+        raise ConfigError(f"--skip-dev-eval contradicts --accuracy-from {source}; give one of them")
+    recipe = _recipe(args)
+    serving = ServingConfig(
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_seq_len=recipe.max_seq_len,
+        max_chars=args.max_chars,
+        max_texts=args.max_texts,
+    )
+    try:
+        check_loopback(args.host)
+    except ConfigError:
+        print(
+            f"autoprumux: warning: {args.host} is not loopback; the endpoint is reachable from the network",
+            file=sys.stderr,
+        )
+    pipe = _pipeline(args, recipe)
+    layers = len(pipe.base.config.heads)
+    if cfg.depth >= layers:
+        raise ConfigError(f"--depth ({cfg.depth}) must be below the base model's {layers} layers")
+    ens = pipe.students(cfg.k, cfg.depth)
+    losses: dict[int, float] | None = None
+    if source == "meta":
+        from autoprumux.meta import build_recommender
+
+        losses = meta_accuracy_losses(
+            build_recommender(args.storage),
+            k=cfg.k,
+            depth=cfg.depth,
+            task=pipe.task.name,
+            device=args.device,
+        )
+    elif source == "dev":
+        losses = student_accuracy_losses(pipe, ens)
+    texts = [
+        (e.text_a, e.text_b) if e.text_b is not None else e.text_a for e in pipe.data.dev[:256]
+    ]
+    points = profile_operating_points(
+        ens,
+        pipe.tokenizer,
+        texts,
+        max_batch=serving.max_batch,
+        max_seq_len=serving.max_seq_len,
+        device=args.device,
+        accuracy_loss=losses,
+    )
+    policy: KPolicy = (
+        FixedPolicy(args.fixed_k, points=points)
+        if args.fixed_k is not None
+        else AdaptivePolicy(points, policy_cfg)
+    )
+    server = StudentServer(
+        ens,
+        pipe.tokenizer,
+        policy,
+        config=serving,
+        pair=pipe.task.pair,
+        device=args.device,
+        info={"task": pipe.task.name, "model": pipe.base.model_id},
+    ).start()
+    print(f"{'k':>3}{'ex/s':>10}{'acc loss':>10}   (profiled at batch {serving.max_batch})")
+    for p in points.values():
+        loss = "-" if p.accuracy_loss is None else f"{p.accuracy_loss:.2f}"
+        print(f"{p.k:>3}{p.examples_per_second:>10.1f}{loss:>10}")
+    mode = (
+        f"fixed k={args.fixed_k}"
+        if args.fixed_k is not None
+        else f"adaptive, objective {args.slo_ms:g} ms"
+    )
+    print(
+        f"serving K={cfg.k} students of depth {cfg.depth} ({pipe.task.name}, {mode}) on "
+        f"{server.url}/predict (Ctrl-C stops it)",
+        flush=True,
+    )
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    finally:
+        server.close()
+    return 0
+
+
+def _exec(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a server child in its own process group until it exits; Ctrl-C or SIGTERM to this
+    process stop the whole group (mlflow's server forks workers that would outlive a plain
+    terminate)."""
+    import signal
+    import subprocess
+
+    # mlflow starts uvicorn/gunicorn by name: make this interpreter's bin directory findable
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    proc = subprocess.Popen(cmd, env={**os.environ, **env, "PATH": path}, start_new_session=True)
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)

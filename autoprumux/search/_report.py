@@ -1,0 +1,83 @@
+"""What a study found: its trials as a table, the Pareto front and its plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoprumux.config import Candidate
+
+
+def trial_candidate(t: Any) -> Candidate | None:
+    """The configuration a trial recorded (None before it sampled one)."""
+    record = t.user_attrs.get("config")
+    return Candidate.from_dict(record) if record is not None else None
+
+
+def describe_trial(t: Any) -> str:
+    cfg = trial_candidate(t)
+    head = f"#{t.number} {cfg.describe() if cfg else '-'}"
+    if t.state.name == "COMPLETE":
+        return f"{head} loss {t.user_attrs['accuracy_loss']:.2f} {t.value:.2f}x"
+    return f"{head} {t.state.name.lower()}"
+
+
+def config_label(cfg: Candidate | None) -> str:
+    if cfg is None:
+        return "-"
+    label = cfg.describe()
+    if cfg.technique == "prumux" and cfg.mux > 1:
+        label += f" {cfg.mux_variant}"
+    return label
+
+
+def trials_table(trials: list[Any], best: Any | None, budget: float) -> str:
+    """The trials (by number) as a table, and the best one within `budget`."""
+    head = f"{'trial':>5} {'state':<9} {'configuration':<22}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
+    lines = [head, "-" * len(head)]
+    for t in sorted(trials, key=lambda t: t.number):
+        cfg = trial_candidate(t)
+        ua = t.user_attrs
+        loss = ua.get("accuracy_loss")
+        lines.append(
+            f"{t.number:>5} {t.state.name:<9} {config_label(cfg):<22}"
+            + (f"{loss:>9.2f}" if loss is not None else f"{'-':>9}")
+            # a pruned trial's value is its last intermediate loss, not a speedup
+            + (f"{t.value:>8.2f}x" if t.state.name == "COMPLETE" else f"{'-':>9}")
+            + f"{ua.get('trial_seconds', 0.0):>9.0f}"
+        )
+    lines.append(
+        f"best within {budget:g} points: "
+        + (describe_trial(best) if best else "none (loosen --budget or add trials)")
+    )
+    return "\n".join(lines)
+
+
+def pareto_points(rows: list[tuple[float, float]]) -> list[int]:
+    """Indices of (loss, speedup) rows not dominated (lower loss and higher speedup are better)."""
+    keep = []
+    for i, (li, si) in enumerate(rows):
+        dominated = any(
+            (lj <= li and sj >= si) and (lj < li or sj > si)
+            for j, (lj, sj) in enumerate(rows)
+            if j != i
+        )
+        if not dominated:
+            keep.append(i)
+    return keep
+
+
+def pareto_figure(trials: list[Any], budget: float, title: str = "") -> Any:
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    rows = [(float(t.user_attrs["accuracy_loss"]), float(t.value)) for t in trials]
+    front = sorted((rows[i] for i in pareto_points(rows)), key=lambda r: r[0])
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=18, alpha=0.6, label="trials")
+    ax.plot([r[0] for r in front], [r[1] for r in front], "o-", color="C3", label="Pareto front")
+    ax.axvline(budget, color="gray", ls="--", label=f"budget {budget:g} pts")
+    ax.set_xlabel("accuracy loss (points)")
+    ax.set_ylabel("speedup (x)")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    return fig

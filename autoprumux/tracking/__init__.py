@@ -1,0 +1,55 @@
+"""Tracking: where the local stores live, which URIs are accepted, the Optuna study storage and
+the MLflow runs.
+
+Imports neither torch, Optuna nor MLflow until a storage is opened or a run is logged.
+"""
+
+from autoprumux.tracking._mlflow import (
+    EXPERIMENT_PREFIX,
+    client,
+    experiment_id,
+    log_figure_png,
+    log_json,
+    log_run_data,
+    log_text,
+)
+from autoprumux.tracking._optuna import (
+    check_study_name,
+    load_study_attrs,
+    make_storage,
+    redact_url,
+    trial_count,
+)
+from autoprumux.tracking._stores import (
+    artifact_root,
+    check_reachable,
+    check_tracking_uri,
+    default_storage,
+    default_tracking_uri,
+    make_store_dir,
+    missing_sqlite_file,
+    resolve_tracking_uri,
+)
+
+__all__ = [
+    "check_study_name",
+    "load_study_attrs",
+    "make_storage",
+    "redact_url",
+    "trial_count",
+    "EXPERIMENT_PREFIX",
+    "artifact_root",
+    "check_reachable",
+    "check_tracking_uri",
+    "client",
+    "default_storage",
+    "default_tracking_uri",
+    "experiment_id",
+    "log_figure_png",
+    "log_json",
+    "log_run_data",
+    "log_text",
+    "make_store_dir",
+    "missing_sqlite_file",
+    "resolve_tracking_uri",
+]

@@ -1,0 +1,81 @@
+"""MLflow runs for searches: one parent run per study, one nested run per trial.
+
+Everything goes through an explicit `MlflowClient`, so several studies or workers in one process
+never share hidden "active run" state. Where the stores are: `_stores`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from autoprumux.errors import ConfigError
+from autoprumux.tracking._stores import artifact_root, make_store_dir
+
+EXPERIMENT_PREFIX = "autoprumux"
+
+
+def client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    make_store_dir(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def experiment_id(cl: Any, name: str, tracking_uri: str) -> str:
+    """Get or create the experiment `name` (race-safe across workers)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = cl.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(
+                f"MLflow experiment {name!r} is deleted in {tracking_uri}; restore it "
+                "(mlflow experiments restore) or pass another --study-name"
+            )
+        return str(exp.experiment_id)
+    try:
+        return str(cl.create_experiment(name, artifact_location=artifact_root(tracking_uri)))
+    except MlflowException:
+        exp = cl.get_experiment_by_name(name)  # another worker created it first
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
+def log_run_data(
+    cl: Any,
+    run_id: str,
+    *,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    cl.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        synchronous=True,
+    )
+
+
+def log_text(cl: Any, run_id: str, text: str, name: str) -> None:
+    cl.log_text(run_id, text, name)
+
+
+def log_json(cl: Any, run_id: str, obj: Any, name: str) -> None:
+    cl.log_text(run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), name)
+
+
+def log_figure_png(cl: Any, run_id: str, fig: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        cl.log_artifact(run_id, str(path))

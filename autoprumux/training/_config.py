@@ -1,0 +1,98 @@
+"""The training configuration and the optimiser set-up every trainer shares (AdamW groups and the
+LR schedule)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from autoprumux.config import L2L_CLIP_MODES, validate_trainer
+from autoprumux.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int = 32  # examples per step (a mux model sees batch_size / N mixed rows)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    seed: int = 0
+    distill_weight: float = 0.0  # weight of the KL term against the teacher (the rest is CE)
+    temperature: float = 2.0
+    retrieval_weight: float = 0.0  # mux models: weight of the token-retrieval term
+    retrieval_positions: int = 16  # sampled token positions per instance for retrieval
+    # weight of hidden-state distillation: each instance's (demuxed) token states against the
+    # teacher's states for that instance (added to the loss; needs a teacher)
+    hidden_distill_weight: float = 0.0
+    # "standard": one forward/backward over the whole batch, model on the device; "l2l": the
+    # layer-to-layer relay (`L2LExecutor`): the model lives in host memory, the device holds one
+    # stage at a time, the batch runs as `micro_batches` micro-batches (equal to gradient
+    # accumulation over them), boundary activations stashed on the "device" or the "host"
+    trainer: str = "standard"
+    micro_batches: int = 1
+    stash: str = "device"
+    # L2L only, with grad_clip > 0: "global" clips the global norm exactly like the standard
+    # loop (the host optimizer steps then wait for the whole backward); "stage" clips each
+    # stage's gradient to grad_clip on its own, so its step overlaps the backward below it
+    l2l_clip: str = "global"
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"steps ({self.steps}) must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size ({self.batch_size}) must be a positive integer")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"distill_weight ({self.distill_weight}) must be in [0, 1]")
+        if not 0.0 <= self.retrieval_weight <= 1.0:
+            raise ConfigError(f"retrieval_weight ({self.retrieval_weight}) must be in [0, 1]")
+        if not (self.hidden_distill_weight >= 0.0 and math.isfinite(self.hidden_distill_weight)):
+            raise ConfigError(
+                f"hidden_distill_weight ({self.hidden_distill_weight}) must be a number >= 0"
+            )
+        validate_trainer(self.trainer, self.micro_batches, self.stash, self.batch_size)
+        if self.l2l_clip not in L2L_CLIP_MODES:
+            raise ConfigError(
+                f"l2l_clip ({self.l2l_clip!r}) must be one of {list(L2L_CLIP_MODES)}; 'global' "
+                "clips exactly like the standard loop, 'stage' clips each stage on its own"
+            )
+
+
+def param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]], cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters: no weight decay for biases and LayerNorms."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up over `warmup_ratio` of the steps, then linear decay."""
+    warm = max(1, int(cfg.warmup_ratio * cfg.steps))
+
+    def sched(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
+
+    return sched
+
+
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg), lr=cfg.lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))

@@ -1,0 +1,131 @@
+"""The training losses: task loss with distillation, token retrieval, hidden-state distillation.
+
+`classifier_loss` is shared by the standard loop and the L2L executor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.training._config import TrainConfig
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """KL(teacher || student) at temperature t, scaled by t^2 (Hinton et al.)."""
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, -1),
+            F.log_softmax(teacher / t, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )
+
+
+def hidden_distill_loss(
+    states: torch.Tensor, target: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error over real token positions, relative to the target's mean square."""
+    m = attention_mask.to(states.dtype).unsqueeze(-1)
+    denom = m.sum().clamp_min(1.0) * states.shape[-1]
+    mse = ((states - target) ** 2 * m).sum() / denom
+    scale = ((target**2) * m).sum().detach() / denom
+    return mse / scale.clamp_min(1e-6)
+
+
+def retrieval_loss(
+    model: MuxSequenceClassifier,
+    batch: dict[str, torch.Tensor],
+    *,
+    special_ids: Sequence[int] = (),
+    positions: int = 16,
+    generator: torch.Generator | None = None,
+    states: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Token retrieval (DataMUX): each instance's demuxed states predict its own tokens.
+
+    Up to `positions` real, non-special token positions per instance are sampled (the vocabulary
+    projection is the expensive part). Returns (loss, accuracy).
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if states is None:
+        states = model.hidden_states(
+            ids, mask, batch.get("token_type_ids"), positions="all"
+        )  # (B, L, H)
+    valid = mask.bool()
+    for s in special_ids:
+        valid &= ids != s
+    scores = torch.rand(ids.shape, generator=generator).to(ids.device)
+    scores = scores.masked_fill(~valid, -1.0)
+    k = min(positions, ids.shape[1])
+    top = scores.topk(k, dim=1)
+    pick = top.indices[top.values >= 0]  # flattened positions
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand(-1, k)[top.values >= 0]
+    if pick.numel() == 0:
+        zero = states.sum() * 0.0
+        return zero, 0.0
+    logits = model.retrieval_logits(states[rows, pick])  # (P, V)
+    target = ids[rows, pick]
+    loss = F.cross_entropy(logits, target)
+    acc = float((logits.argmax(-1) == target).float().mean())
+    return loss, acc
+
+
+def classifier_loss(
+    model: MuxSequenceClassifier,
+    batch: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    *,
+    logits: torch.Tensor,
+    states: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
+    teacher_states: torch.Tensor | None,
+    special_ids: Sequence[int],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The loss `train_classifier` minimises, from the model's outputs on `batch`.
+
+    logits (B, labels); states (B, L, H) per-instance token states, needed by the retrieval and
+    hidden-distillation terms; teacher_logits / teacher_states the teacher's (no grad), or None.
+    Shared by the standard loop and the L2L executor (which calls it once per micro-batch).
+    A batch carrying "logit_targets" (see `train_classifier(logit_targets=...)`) is trained by
+    MSE between the logits and those targets alone.
+    """
+    if "logit_targets" in batch:  # regression distillation (students): MSE on given logits
+        return F.mse_loss(logits, batch["logit_targets"])
+    loss = F.cross_entropy(logits, batch["labels"])
+    if teacher_logits is not None:
+        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
+            logits, teacher_logits, cfg.temperature
+        )
+    if cfg.retrieval_weight > 0 and model.n > 1:
+        r_loss, _ = retrieval_loss(
+            model,
+            batch,
+            special_ids=special_ids,
+            positions=cfg.retrieval_positions,
+            generator=generator,
+            states=states,
+        )
+        loss = (1 - cfg.retrieval_weight) * loss + cfg.retrieval_weight * r_loss
+    if cfg.hidden_distill_weight > 0:
+        assert states is not None and teacher_states is not None
+        loss = loss + cfg.hidden_distill_weight * hidden_distill_loss(
+            states, teacher_states, batch["attention_mask"]
+        )
+    return loss
+
+
+def target_batches(
+    it: Iterator[dict[str, torch.Tensor]], logit_targets: torch.Tensor | None
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches with "logit_targets" added (the labels are row indices into `logit_targets`)."""
+    for batch in it:
+        if logit_targets is not None:
+            batch["logit_targets"] = logit_targets[batch["labels"]]
+        yield batch
