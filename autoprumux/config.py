@@ -17,6 +17,13 @@ from typing import Any
 from autoprumux.errors import ConfigError
 
 # ---- names and limits shared across the package ---------------------------------------------
+# numeric precision at inference; which a device offers (the CPU: dynamic int8 of the linear
+# layers; CUDA: TF32 matmuls, bf16, fp16)
+PRECISIONS = ("fp32", "int8", "tf32", "bf16", "fp16")
+DEVICE_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "tf32", "bf16", "fp16")}
+# how far each precision is from fp32 (loss and speed do not fall as it rises; bf16 and fp16 are
+# not ordered against each other)
+PRECISION_RANK = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 2, "int8": 3}
 TASK_NAMES = ("cola", "mrpc", "qnli", "sst2")  # the built-in GLUE tasks (see autoprumux.data)
 TECHNIQUES = ("prumux", "students")
 MUX_VARIANTS = ("gaussian", "orthogonal")
@@ -296,6 +303,7 @@ class Candidate:
     mux_variant: str = "gaussian"
     students: int = 0
     student_depth: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.technique not in TECHNIQUES:
@@ -307,6 +315,8 @@ class Candidate:
             raise ConfigError(
                 f"mux variant ({self.mux_variant!r}) must be one of {list(MUX_VARIANTS)}"
             )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision ({self.precision!r}) must be one of {list(PRECISIONS)}")
         for name in ("students", "student_depth"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -348,12 +358,19 @@ class Candidate:
 
     @property
     def is_baseline(self) -> bool:
-        return self.technique == "prumux" and self.sparsity == 0.0 and self.mux == 1
+        return (
+            self.technique == "prumux"
+            and self.sparsity == 0.0
+            and self.mux == 1
+            and self.precision == "fp32"
+        )
 
     def describe(self) -> str:
         if self.technique == "students":
-            return f"students K={self.students} d={self.student_depth}"
-        return f"s={self.sparsity:g} N={self.mux}"
+            text = f"students K={self.students} d={self.student_depth}"
+        else:
+            text = f"s={self.sparsity:g} N={self.mux}"
+        return text if self.precision == "fp32" else f"{text} {self.precision}"
 
     # Within one family, a more aggressive configuration (higher sparsity and N; fewer or
     # shallower students) loses at least as much accuracy and runs at least as fast: the
@@ -369,9 +386,10 @@ class Candidate:
     @property
     def aggressiveness(self) -> tuple[float, ...]:
         """Coordinates that never lower the loss or the speedup as they rise (within a family)."""
+        rank = float(PRECISION_RANK[self.precision])
         if self.technique == "students":
-            return (-float(self.students), -float(self.student_depth))
-        return (self.sparsity, math.log2(self.mux))
+            return (-float(self.students), -float(self.student_depth), rank)
+        return (self.sparsity, math.log2(self.mux), rank)
 
     def below(self, other: Candidate) -> bool:
         """Same family and no more aggressive than `other` (so it loses no more than `other`)."""
@@ -404,6 +422,17 @@ class ThroughputConfig:
 
 
 # ---- the accuracy-loss budget ----------------------------------------------------------------
+def check_precision(precision: str, device: str) -> str:
+    """`precision` must be one the device offers (`DEVICE_PRECISIONS`)."""
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    offered = DEVICE_PRECISIONS[kind]
+    if precision not in offered:
+        raise ConfigError(
+            f"precision {precision!r} is not offered on {device}; choose one of {list(offered)}"
+        )
+    return precision
+
+
 def check_budget(budget: object) -> float:
     """An accuracy-loss budget in points: a finite number in [0, 100] (not a boolean)."""
     not_a_number = ConfigError(

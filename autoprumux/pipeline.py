@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from autoprumux._cache import ArtifactCache, key_hash
-from autoprumux.config import Candidate, Recipe
+from autoprumux.config import Candidate, Recipe, check_precision
 from autoprumux.data import (
     Encoded,
     Example,
@@ -49,6 +49,7 @@ from autoprumux.models import (
     StudentConfig,
     StudentEnsemble,
     resolve_model,
+    to_precision,
     warm_start_from,
 )
 from autoprumux.models._loading import BaseModel
@@ -211,12 +212,8 @@ class PruMuxPipeline:
         return self._baseline
 
     def warmup_sentences(self) -> list[Encoded]:
-        """Unlabeled sentences for the retrieval warm-up (each side of a pair is one sentence).
-
-        `warmup_corpus`: "shared" (default) = the training text of SST-2, CoLA and MRPC found in
-        the GLUE directory (the current task's text when reading from the hub); "task" = this
-        task's training text; anything else = a UTF-8 text file, one sentence per line.
-        """
+        """Unlabeled sentences for the retrieval warm-up, from `warmup_corpus` (see
+        `data.warmup_texts`)."""
         if self._warmup_items is None:
             r = self.recipe
             texts = warmup_texts(
@@ -459,17 +456,7 @@ class PruMuxPipeline:
                 self.baseline(),
                 self.train_items,
                 cfg,
-                StudentTrainConfig(
-                    steps_per_student=r.student_steps,
-                    stacking_steps=r.student_stacking_steps,
-                    batch_size=r.batch_size,
-                    lr=r.student_lr,
-                    stacking_lr=r.student_lr / 4,
-                    seed=r.seed,
-                    trainer=r.trainer,
-                    micro_batches=r.l2l_micro_batches,
-                    stash=r.l2l_stash,
-                ),
+                StudentTrainConfig.from_recipe(r),
                 device=self.device,
                 heldout=self.dev_items[:256],
             )
@@ -487,8 +474,11 @@ class PruMuxPipeline:
         *,
         active: int | None = None,
         throughput: ThroughputConfig | None = None,
+        precision: str = "fp32",
     ) -> Evaluation:
-        """K students of `depth` layers (the first `active` of them) beside the baseline."""
+        """K students of `depth` layers (the first `active` of them), converted to `precision`,
+        beside the fp32 baseline."""
+        check_precision(precision, str(self.device))
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(1, tp)
         self.baseline()  # first: the students distil it
@@ -496,7 +486,7 @@ class PruMuxPipeline:
         if active is not None:
             ens.active_students = active
         name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
-        return self.beside_baseline(name, ens, tp)
+        return self.beside_baseline(_name(name, precision), to_precision(ens, precision), tp)
 
     # ---- measurement -------------------------------------------------------------------------
     def dev_metrics(self, model: AnyModel, pairings: int = DEV_PAIRINGS) -> dict[str, float]:
@@ -564,13 +554,15 @@ class PruMuxPipeline:
         throughput: ThroughputConfig | None = None,
         on_stage: Callable[[int, float], None] | None = None,
     ) -> Evaluation:
-        """A PruMUX configuration beside the baseline (see `candidate` for `on_stage`)."""
+        """A PruMUX configuration beside the fp32 baseline: built (or cached) in fp32, converted
+        to its precision, scored and timed as converted (see `candidate` for `on_stage`)."""
         sparsity, n = self._prumux(config)
+        check_precision(config.precision, str(self.device))
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(n, tp)
         self.baseline()  # first: the candidate distils from it
-        cand = self.candidate(config, on_stage=on_stage)
-        return self.beside_baseline(f"s={sparsity:g},N={n}", cand, tp)
+        cand = to_precision(self.candidate(config, on_stage=on_stage), config.precision)
+        return self.beside_baseline(_name(f"s={sparsity:g},N={n}", config.precision), cand, tp)
 
     def _prumux(self, config: Candidate) -> tuple[float, int]:
         """(sparsity, N) of a PruMUX configuration this pipeline builds (its mux variant)."""
@@ -598,3 +590,7 @@ class PruMuxPipeline:
             candidate=measured[name],
             throughput_config=tp,
         )
+
+
+def _name(name: str, precision: str) -> str:
+    return name if precision == "fp32" else f"{name},{precision}"

@@ -1,11 +1,11 @@
 """The reference grid, built point by point and resumable across runs and machines.
 
     python benchmarks/reference_grid.py --task sst2 \
-        --sparsities 0 0.3 0.5 0.6 0.7 0.8 0.9 0.95 --mux 1 2 4
+        --sparsities 0 0.3 0.5 0.6 0.7 0.8 0.9 0.95 --mux 1 2 4 [--precision fp32 int8]
 
-Each point is `PruMuxPipeline.evaluate(Candidate(sparsity=s, mux=N))`: the candidate's dev metric and its throughput
-timed side by side with the baseline in the same process (so every speedup is a ratio from one
-run). After every point the JSON (benchmarks/results/reference_grid_<task>_<device>.json) is
+Each point is `PruMuxPipeline.evaluate(Candidate(sparsity=s, mux=N, precision=p))`: the
+candidate's dev metric and its throughput timed side by side with the fp32 baseline in the same
+process (so every speedup is a ratio from one run). After every point the JSON (benchmarks/results/reference_grid_<task>_<device>.json) is
 rewritten atomically, and points already in it are skipped: a killed run, or a new run on a
 fresh machine, continues where the last one stopped (trained models are rebuilt only for the
 points still missing). The file's rows feed benchmarks/search_regret.py.
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sparsities", type=float, nargs="+", default=[0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     )
     ap.add_argument("--mux", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--precision", nargs="+", default=["fp32"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tp-batch", type=int, default=64)
     ap.add_argument("--tp-seq-len", type=int, default=128)
@@ -62,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    done = {(r["target_sparsity"], r["n"]) for r in data["rows"]}
-    todo = [(s, n) for n in args.mux for s in args.sparsities if (s, n) not in done]
+    done = {point(r) for r in data["rows"]}
+    todo = [
+        (s, n, p)
+        for p in args.precision
+        for n in args.mux
+        for s in args.sparsities
+        if (s, n, p) not in done
+    ]
     print(f"{len(done)} points already measured, {len(todo)} to go", file=sys.stderr, flush=True)
     if not todo:
         return 0
@@ -84,16 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         recipe=pipe.recipe.__dict__,
         throughput_config=tp.__dict__,
     )
-    for s, n in todo:
+    for s, n, p in todo:
         t0 = time.time()
         ev = pipe.evaluate(
-            Candidate(sparsity=s, mux=n, mux_variant=pipe.mux_variant), throughput=tp
+            Candidate(sparsity=s, mux=n, mux_variant=pipe.mux_variant, precision=p), throughput=tp
         )
         data["baseline"] = {"metric": ev.baseline.metric}
         data["rows"].append(
             {
                 "target_sparsity": s,
                 "n": n,
+                "precision": p,
                 "sparsity": ev.candidate.sparsity,
                 "metric": ev.candidate.metric,
                 "accuracy_loss": ev.accuracy_loss,
@@ -107,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_json(out, data)
         print(
-            f"s={s:g} N={n}: loss {ev.accuracy_loss:.2f}, speedup {ev.speedup:.2f}x "
+            f"s={s:g} N={n} {p}: loss {ev.accuracy_loss:.2f}, speedup {ev.speedup:.2f}x "
             f"({time.time() - t0:.0f}s)",
             file=sys.stderr,
             flush=True,
         )
     return 0
+
+
+def point(row: dict) -> tuple[float, int, str]:
+    """(target sparsity, N, precision) of a row (rows measured before precision: fp32)."""
+    return row["target_sparsity"], row["n"], row.get("precision", "fp32")
 
 
 def markdown_table(data: dict) -> str:
@@ -121,12 +134,13 @@ def markdown_table(data: dict) -> str:
     lines = [
         f"baseline {data.get('metric', 'metric')}: " + (f"{base:.2f}" if base is not None else "-"),
         "",
-        "| N | target s | measured s | metric | loss | speedup | ideal | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N | precision | target s | measured s | metric | loss | speedup | ideal | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(data["rows"], key=lambda r: (r["n"], r["target_sparsity"])):
+    for r in sorted(data["rows"], key=lambda r: (point(r)[2], r["n"], r["target_sparsity"])):
         lines.append(
-            f"| {r['n']} | {r['target_sparsity']:g} | {r['sparsity']:.3f} | {r['metric']:.2f} | "
+            f"| {r['n']} | {point(r)[2]} | {r['target_sparsity']:g} | {r['sparsity']:.3f} | "
+            f"{r['metric']:.2f} | "
             f"{r['accuracy_loss']:.2f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | "
             f"{r['seconds']:.0f} |"
         )

@@ -51,6 +51,8 @@ class GridTable:
         self.baseline_metric = float(d["baseline"]["metric"])
         self.rows: dict[int, list[tuple[float, float, float]]] = {}
         for r in d["rows"]:
+            if r.get("precision", "fp32") != "fp32":
+                continue  # the search replays the fp32 grid
             self.rows.setdefault(int(r["n"]), []).append(
                 (float(r["target_sparsity"]), float(r["accuracy_loss"]), float(r["speedup"]))
             )
@@ -209,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
 
     table = GridTable(args.grid)
     space = SearchSpace.from_yaml(args.space).with_task(table.task)
+    if "precision" in space.params:  # the reference grids were measured in fp32
+        fp32_only = space.to_dict()
+        fp32_only["params"].pop("precision")
+        space = SearchSpace.from_dict(fp32_only)
+        print("the reference grid is fp32: the space's precision dimension is left out")
     grid = [c for c in space.grid() if c.technique == "prumux"]
     outside = [c for c in grid if not table.covers(c.sparsity, c.mux)]
     if outside:

@@ -55,3 +55,51 @@ def test_script_help(script):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage:" in r.stdout
+
+
+def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("frontier", BENCH / "frontier.py")
+        assert spec is not None and spec.loader is not None
+        frontier = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(frontier)
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def row(s, n, p, loss, speed):
+        return {
+            "target_sparsity": s,
+            "n": n,
+            "precision": p,
+            "accuracy_loss": loss,
+            "speedup": speed,
+        }
+
+    rows = [
+        row(0.0, 1, "int8", 0.7, 1.5),
+        row(0.5, 1, "fp32", 0.4, 2.0),
+        row(0.5, 1, "int8", 2.9, 3.1),
+        row(0.7, 1, "fp32", 8.0, 3.0),
+        row(0.0, 2, "fp32", 9.0, 2.1),
+        {"target_sparsity": 0.3, "n": 1, "accuracy_loss": 0.2, "speedup": 1.4},  # older: fp32
+    ]
+    out = tmp_path / "frontier_sst2_cpu.json"
+    out.write_text(json.dumps({"task": "sst2", "device": "cpu", "rows": rows}))
+    assert frontier.main(["--report", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    best = data["best_within"]
+    assert set(best) == {"0.5", "1", "2", "3", "5"}
+    assert best["0.5"] == {"speedup": 2.0, "loss": 0.4, "config": "s=0.5 N=1 fp32"}
+    assert best["3"]["config"] == "s=0.5 N=1 int8" and best["5"]["speedup"] == 3.1
+    refs = data["references"]
+    assert refs["int8 of the baseline"]["1"]["speedup"] == 1.5
+    assert refs["int8 of the baseline"]["0.5"]["config"] == "baseline"
+    assert refs["pruning alone"]["1"]["config"] == "s=0.5 N=1 fp32"
+    assert refs["multiplexing alone"]["5"]["config"] == "baseline"
+    assert [p["config"] for p in data["pareto"]] == [
+        "s=0.3 N=1 fp32",
+        "s=0.5 N=1 fp32",
+        "s=0.5 N=1 int8",
+    ]
+    assert out.with_suffix(".png").stat().st_size > 0

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
         ({"technique": "students", "students": 17, "student_depth": 2}, r"students \(17\) must be an integer in \[1, 16\]"),
         ({"technique": "students", "students": 2, "student_depth": 4}, r"student_depth \(4\) must be one of \[1, 2, 3\]"),
         ({"technique": "students", "students": 2, "student_depth": 2, "mux": 2}, r"students configuration has sparsity 0 and N=1"),
+        ({"precision": "int4"}, r"precision \('int4'\) must be one of \['fp32', 'int8', 'tf32', 'bf16', 'fp16'\]"),
     ],
 )  # fmt: skip
 def test_every_bad_candidate_value_is_refused_with_its_rule(fields, match):
@@ -83,7 +84,7 @@ def test_reading_a_search_space_does_not_import_torch_or_the_search_libraries():
         "import sys\n"
         "from autoprumux.search import SearchSpace\n"
         f"s = SearchSpace.from_yaml({str(REPO / 'search_spaces' / 'combined.yaml')!r})\n"
-        "assert len(s.grid()) == 72\n"
+        "assert len(s.grid()) == 144\n"
         "heavy = [m for m in ('torch', 'transformers', 'optuna', 'mlflow', 'lightgbm') "
         "if m in sys.modules]\n"
         "print(heavy)\n"

@@ -32,8 +32,8 @@ def test_the_shipped_space_loads_into_optuna_distributions():
     assert d["sparsity"].step == pytest.approx(0.05) and d["sparsity"].high == pytest.approx(0.95)
     assert d["mux"].choices == (1, 2, 4)
     grid = space.grid()
-    assert len(grid) == 20 * 3 * 1
-    assert {g.mux for g in grid} == {1, 2, 4}
+    assert len(grid) == 20 * 3 * 2
+    assert {g.mux for g in grid} == {1, 2, 4} and {g.precision for g in grid} == {"fp32", "int8"}
     assert max(g.sparsity for g in grid) == pytest.approx(0.95)
     # round trip through its own dict form
     assert SearchSpace.from_dict(space.to_dict()).grid() == grid
@@ -51,6 +51,7 @@ def test_a_space_fixes_task_model_and_recipe():
         "mux_variant": "gaussian",
         "students": 0,
         "student_depth": 0,
+        "precision": "fp32",
     }
 
 
@@ -181,7 +182,7 @@ def test_spaces_across_techniques_load_and_keep_each_techniques_dimensions_apart
     grid = combined.grid()
     prumux = [g for g in grid if g.technique == "prumux"]
     students = [g for g in grid if g.technique == "students"]
-    assert len(prumux) == 20 * 3 and len(students) == 4 * 3 and len(grid) == 72
+    assert len(prumux) == 20 * 3 * 2 and len(students) == 4 * 3 * 2 and len(grid) == 144
     assert all(g.sparsity == 0.0 and g.mux == 1 for g in students)
     assert all(g.students == 0 and g.student_depth == 0 for g in prumux)
     only = SearchSpace.from_yaml(root / "students.yaml")

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--student-depth", default="2", help="layers per student: 1, 2 or 3")
     ev.add_argument(
+        "--precision",
+        default="fp32",
+        help="inference precision: fp32 or int8 on the CPU; fp32, tf32, bf16 or fp16 on CUDA",
+    )
+    ev.add_argument(
         "--active", default=None, help="run only the first k of the K students (default: all)"
     )
     ev.add_argument(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from autoprumux.cli._checks import _check_output_file, _student_args
 from autoprumux.cli._flags import _pipeline, _recipe
-from autoprumux.errors import AutoPruMuxError
+from autoprumux.errors import AutoPruMuxError, ConfigError
 
 if TYPE_CHECKING:
     from autoprumux.evaluation import Evaluation
@@ -38,12 +38,15 @@ def format_table(ev: Evaluation) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from autoprumux.config import Candidate, validate_candidate
+    from autoprumux.config import PRECISIONS, Candidate, check_precision, validate_candidate
     from autoprumux.evaluation import ThroughputConfig
 
     # validate everything cheap before any work starts
     students = _student_args(args) if args.students is not None else None
     sparsity, n = (0.0, 1) if students else validate_candidate(args.sparsity, args.mux)
+    if args.precision not in PRECISIONS:
+        raise ConfigError(f"--precision {args.precision!r} is not one of {list(PRECISIONS)}")
+    check_precision(args.precision, args.device)
     recipe = _recipe(args)
     tp = ThroughputConfig(
         batch_size=args.tp_batch,
@@ -56,9 +59,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pipe = _pipeline(args, recipe)
     if students:
         k, depth, active = students
-        ev = pipe.evaluate_students(k, depth, active=active, throughput=tp)
+        ev = pipe.evaluate_students(
+            k, depth, active=active, throughput=tp, precision=args.precision
+        )
     else:
-        config = Candidate(sparsity=sparsity, mux=n, mux_variant=pipe.mux_variant)
+        config = Candidate(
+            sparsity=sparsity, mux=n, mux_variant=pipe.mux_variant, precision=args.precision
+        )
         ev = pipe.evaluate(config, throughput=tp)
     print(format_table(ev))
     r = pipe.recipe

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from autoprumux.config import BASELINE, Candidate
+from autoprumux.config import BASELINE, PRECISION_RANK, Candidate
 
 FEATURES = (
     "technique_students",
@@ -32,6 +32,7 @@ FEATURES = (
     "variant_orthogonal",
     "students",
     "student_depth",
+    "precision_rank",
     "task_num_labels",
     "task_pair",
     "task_mcc",
@@ -42,11 +43,19 @@ FEATURES = (
     "model_log_params",
     "device_cuda",
 )
-CONTEXT_KEYS = FEATURES[6:]  # what `features` reads from the study context
+CONTEXT_KEYS = FEATURES[7:]  # what `features` reads from the study context
 # +1: the target does not decrease as the feature rises; -1: it does not increase
-MONOTONE_LOSS = {"sparsity": 1, "log2_mux": 1, "students": -1, "student_depth": -1}
-MONOTONE_SPEEDUP = {"sparsity": 1, "log2_mux": 1, "students": -1, "student_depth": -1}
+MONOTONE_LOSS = {
+    "sparsity": 1,
+    "log2_mux": 1,
+    "students": -1,
+    "student_depth": -1,
+    "precision_rank": 1,
+}
+MONOTONE_SPEEDUP = MONOTONE_LOSS
 TARGETS = ("accuracy_loss", "speedup")
+# the prior's terms: -log(1 - sparsity), log2 N, precision rank (see `_prior_features`)
+PRIOR_TERMS = 3
 # the interval's out-of-fold errors: leave-one-out up to this many rows, K-fold beyond
 MAX_FOLDS = 10
 
@@ -61,6 +70,7 @@ def features(c: Candidate, context: dict[str, Any]) -> list[float]:
         1.0 if c.mux_variant == "orthogonal" else 0.0,
         float(c.students),
         float(c.student_depth),
+        float(PRECISION_RANK[c.precision]),
         float(context["task_num_labels"]),
         float(context["task_pair"]),
         float(context["task_mcc"]),
@@ -242,12 +252,12 @@ class MetaModel(RegressorMixin, BaseEstimator):
             and isinstance(widths, list)
             and isinstance(trees, list)
             and len(coefs) == len(widths) == len(trees) == len(TARGETS)
-            and all(isinstance(c, list) and len(c) == 2 for c in coefs)
+            and all(isinstance(c, list) and len(c) == PRIOR_TERMS for c in coefs)
             and all(isinstance(t, str) for t in trees)
         ):
             raise ValueError(
-                "meta-model state must hold two prior_coef pairs, two half_width values and two "
-                "LightGBM text models"
+                f"meta-model state must hold two prior_coef lists of {PRIOR_TERMS}, two "
+                "half_width values and two LightGBM text models"
             )
         m = cls(**params)
         m.prior_coef_ = [_finite_array(c, "prior_coef") for c in coefs]
@@ -295,27 +305,28 @@ def _finite_array(v: Any, name: str) -> np.ndarray:
 def _known(X: Any, pred: np.ndarray) -> np.ndarray:
     """The baseline's loss 0 and speedup 1 are definitions, not predictions."""
     X = _as_matrix(X)
-    i_students, i_s, i_n = (
-        FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux")
+    i_students, i_s, i_n, i_p = (
+        FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux", "precision_rank")
     )
-    base = (X[:, i_students] == 0.0) & (X[:, i_s] == 0.0) & (X[:, i_n] == 0.0)
+    base = (X[:, i_students] == 0.0) & (X[:, i_s] == 0.0) & (X[:, i_n] == 0.0) & (X[:, i_p] == 0.0)
     pred = pred.copy()
     pred[base] = (0.0, 1.0)
     return pred
 
 
 def _prior_features(X: np.ndarray) -> np.ndarray:
-    """(n, 2): -log(1 - sparsity) and log2 N for PruMUX rows (0 for students): the log of the
-    ideal speedup of removing a fraction of the work and of serving N inputs per pass. Both
+    """(n, 3): -log(1 - sparsity) and log2 N for PruMUX rows (0 for students): the log of the
+    ideal speedup of removing a fraction of the work and of serving N inputs per pass; and the
+    precision's rank (a conversion multiplies the speed and adds to the loss of any model). Both
     targets get a non-negative combination of them as a prior, fitted by least squares, so the
     model rises smoothly in sparsity and N between and beyond the few measured points (a tree
     alone is flat between them and cannot tell N apart from one N > 1 trial)."""
-    i_students, i_s, i_n = (
-        FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux")
+    i_students, i_s, i_n, i_p = (
+        FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux", "precision_rank")
     )
     prumux = X[:, i_students] == 0.0
     s = np.clip(X[:, i_s], 0.0, 0.99)
-    return np.stack([-np.log1p(-s) * prumux, X[:, i_n] * prumux], axis=1)
+    return np.stack([-np.log1p(-s) * prumux, X[:, i_n] * prumux, X[:, i_p]], axis=1)
 
 
 def _as_matrix(X: Any) -> np.ndarray:

@@ -62,6 +62,7 @@ OUTPUT_COLUMNS = (
     "mux_variant",
     "students",
     "student_depth",
+    "precision",
     "source",
     "accuracy_loss",
     "speedup",
@@ -77,6 +78,7 @@ OUTPUT_COLUMNS = (
     "suggested_sparsity",
     "suggested_mux",
     "suggested_technique",
+    "suggested_precision",
     "suggested_predicted_accuracy_loss",
     "suggested_accuracy_loss_high",
     "suggested_predicted_speedup",
@@ -105,7 +107,7 @@ ARTIFACTS = {
 }
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 FORMAT_TAG = "autoprumux.recommender_format"
-FORMAT = "data/1"  # the recommender stored as JSON + LightGBM text models, nothing pickled
+FORMAT = "data/2"  # the recommender stored as JSON + LightGBM text models, nothing pickled
 
 
 def _bad(msg: str) -> Exception:
@@ -237,6 +239,7 @@ class RecommenderModel(PythonModel):
                     "mux_variant": rec_.mux_variant,
                     "students": rec_.students,
                     "student_depth": rec_.student_depth,
+                    "precision": rec_.precision,
                     "source": rec_.source,
                     "accuracy_loss": rec_.accuracy_loss,
                     "speedup": rec_.speedup,
@@ -261,6 +264,7 @@ def _suggestion_columns(sg: Any) -> dict[str, Any]:
             "suggested_sparsity": math.nan,
             "suggested_mux": -1,
             "suggested_technique": "",
+            "suggested_precision": "",
             "suggested_predicted_accuracy_loss": math.nan,
             "suggested_accuracy_loss_high": math.nan,
             "suggested_predicted_speedup": math.nan,
@@ -269,6 +273,7 @@ def _suggestion_columns(sg: Any) -> dict[str, Any]:
         "suggested_sparsity": sg.config.sparsity,
         "suggested_mux": sg.config.mux,
         "suggested_technique": sg.config.technique,
+        "suggested_precision": sg.config.precision,
         "suggested_predicted_accuracy_loss": sg.predicted_accuracy_loss,
         "suggested_accuracy_loss_high": sg.accuracy_loss_interval.high,
         "suggested_predicted_speedup": sg.predicted_speedup,

@@ -70,15 +70,16 @@ class Suggestion:
 
 def config_line(c: Candidate) -> str:
     if c.technique == "students":
-        return f"  {c.students} students of depth {c.student_depth} (Academus)"
-    return f"  sparsity {c.sparsity:g}, N={c.mux}, mux variant {c.mux_variant}"
+        return f"  {c.students} students of depth {c.student_depth} (Academus), {c.precision}"
+    return f"  sparsity {c.sparsity:g}, N={c.mux}, mux variant {c.mux_variant}, {c.precision}"
 
 
 def evaluate_command(c: Candidate, task: str) -> str:
     head = f"autoprumux evaluate --task {task}"
+    tail = "" if c.precision == "fp32" else f" --precision {c.precision}"
     if c.technique == "students":
-        return f"{head} --students {c.students} --student-depth {c.student_depth}"
-    return f"{head} --sparsity {c.sparsity:g} --mux {c.mux} --mux-variant {c.mux_variant}"
+        return f"{head} --students {c.students} --student-depth {c.student_depth}{tail}"
+    return f"{head} --sparsity {c.sparsity:g} --mux {c.mux} --mux-variant {c.mux_variant}{tail}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Recommendation:
     mux_variant: str
     students: int
     student_depth: int
+    precision: str
     source: str  # "measured" (a finished trial) or "baseline" (loss 0, 1.00x by definition)
     accuracy_loss: float  # the answer's measured loss (0 for the baseline)
     speedup: float  # the answer's measured speedup (1.0 for the baseline)
@@ -115,6 +117,7 @@ class Recommendation:
             mux_variant=self.mux_variant,
             students=self.students,
             student_depth=self.student_depth,
+            precision=self.precision,
         )
 
     def describe(self) -> str:
@@ -423,6 +426,7 @@ class Recommender:
             mux_variant=cfg.mux_variant,
             students=cfg.students,
             student_depth=cfg.student_depth,
+            precision=cfg.precision,
             source="measured" if m else "baseline",
             accuracy_loss=float(m["accuracy_loss"]) if m else 0.0,
             speedup=float(m["speedup"]) if m else 1.0,
@@ -445,7 +449,7 @@ class Recommender:
         )
 
 
-RECOMMENDER_FORMAT = "autoprumux.recommender/1"
+RECOMMENDER_FORMAT = "autoprumux.recommender/2"
 _MEASURED_KEYS = ("config", "accuracy_loss", "speedup", "number", "repeats")
 
 

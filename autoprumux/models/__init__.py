@@ -11,6 +11,7 @@ from autoprumux.models._mux import (
     OrthogonalMux,
     warm_start_from,
 )
+from autoprumux.models._precision import count_parameters, to_precision
 from autoprumux.models._pruning import (
     Importance,
     PruningPlan,
@@ -25,6 +26,8 @@ AnyModel = MuxSequenceClassifier | StudentEnsemble
 """What the pipeline measures: a (pruned, multiplexed) classifier or a student ensemble."""
 
 __all__ = [
+    "count_parameters",
+    "to_precision",
     "warm_start_from",
     "AnyModel",
     "DEFAULT_MODEL",

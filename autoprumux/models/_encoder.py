@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprumux.models._precision import count_parameters
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -263,7 +265,7 @@ class Encoder(nn.Module):
 
     def prunable_parameters(self) -> int:
         """Parameters of the encoder layers (embeddings and pooler excluded): sparsity's denominator."""
-        return sum(p.numel() for p in self.layers.parameters())
+        return count_parameters(self.layers)
 
     # ---- weights from a transformers BertModel state dict ------------------------------------
     def load_bert_state_dict(self, sd: dict[str, torch.Tensor]) -> None:

@@ -97,6 +97,9 @@ class IndexDemultiplexer(nn.Module):
     costs one H x H product per position whatever N is (plus N element-wise GELU + LayerNorms).
     """
 
+    # it reads halves of its weight, which a quantized Linear does not expose (see to_precision)
+    keeps_fp32_weights = True
+
     def __init__(self, hidden: int, eps: float):
         super().__init__()
         self.hidden = hidden

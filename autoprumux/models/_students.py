@@ -33,6 +33,7 @@ from autoprumux.models._encoder import (
 )
 from autoprumux.models._mux import MuxSequenceClassifier
 from autoprumux.models._persist import read_model_dir, write_model_dir
+from autoprumux.models._precision import count_parameters
 
 
 @dataclass(frozen=True)
@@ -195,13 +196,15 @@ class StudentEnsemble(nn.Module):
         active: int | None = None,
         parallel: bool | None = None,
     ) -> torch.Tensor:
-        """Each active student's logits, (k, B, C). `parallel` defaults to True in eval mode."""
+        """Each active student's logits, (k, B, C). `parallel` defaults to True in eval mode
+        (fp32 or half weights)."""
         k = self._active if active is None else active
         if not 1 <= k <= len(self.students):
             raise ConfigError(f"active ({k}) must be between 1 and {len(self.students)}")
         x, bias = self.embed(input_ids, attention_mask, token_type_ids)
         if parallel is None:
-            parallel = not self.training
+            # the batched path stacks fp32 weights; int8 students keep theirs packed
+            parallel = not self.training and not self._packed_weights()
         if parallel:
             return self._parallel(x, bias, k)
         return torch.stack([s(x, bias) for s in list(self.students)[:k]])
@@ -216,6 +219,9 @@ class StudentEnsemble(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, C): the sum of the first `active` (default `active_students`) students."""
         return self.student_logits(input_ids, attention_mask, token_type_ids, active=active).sum(0)
+
+    def _packed_weights(self) -> bool:
+        return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in self.modules())
 
     # ---- the batched path --------------------------------------------------------------------
     def train(self, mode: bool = True) -> StudentEnsemble:
@@ -269,10 +275,7 @@ class StudentEnsemble(nn.Module):
         """Layer parameters of the active students (embeddings, poolers and heads excluded)."""
         k = self._active if active is None else active
         return sum(
-            p.numel()
-            for s in list(self.students)[:k]
-            if isinstance(s, Student)
-            for p in s.layers.parameters()
+            count_parameters(s.layers) for s in list(self.students)[:k] if isinstance(s, Student)
         )
 
     def sparsity(self) -> float:

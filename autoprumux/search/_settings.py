@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoprumux import tracking
-from autoprumux.config import SAMPLERS, ThroughputConfig, check_budget
+from autoprumux.config import SAMPLERS, ThroughputConfig, check_budget, check_precision
 from autoprumux.errors import ConfigError
 from autoprumux.search._space import SearchSpace
 
@@ -57,6 +57,14 @@ class SearchSettings:
             raise ConfigError(f"seed ({self.seed!r}) must be between 0 and 2**32 - 1")
         if self.study_name is not None:
             tracking.check_study_name(self.study_name)
+        for precision in self.space.values("precision"):  # before any trial runs
+            try:
+                check_precision(precision, self.device)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"the search space {self.space.source} searches {e}; set its "
+                    "params.precision.choices to what the device offers"
+                ) from None
 
 
 # a heartbeat longer than a day is a mistake (and overflows the heartbeat thread's timer)

@@ -33,6 +33,7 @@ from autoprumux.config import (
     MAX_MUX,
     MAX_STUDENTS,
     MUX_VARIANTS,
+    PRECISIONS,
     STUDENT_DEPTHS,
     TASK_NAMES,
     TECHNIQUES,
@@ -42,7 +43,8 @@ from autoprumux.config import (
 from autoprumux.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "task", "model", "recipe", "params")
-PARAMS = ("technique", "sparsity", "mux", "mux_variant", "students", "student_depth")
+# precision applies to every technique
+PARAMS = ("technique", "sparsity", "mux", "mux_variant", "students", "student_depth", "precision")
 # the dimensions each technique samples (the others take their neutral values)
 TECHNIQUE_PARAMS = {
     "prumux": ("sparsity", "mux", "mux_variant"),
@@ -214,6 +216,7 @@ class SearchSpace:
             "mux_variant": "gaussian",
             "students": 4,
             "student_depth": 2,
+            "precision": "fp32",
         }
 
     def techniques(self) -> list[str]:
@@ -231,6 +234,7 @@ class SearchSpace:
             mux_variant=str(out["mux_variant"]),
             students=int(out["students"]),
             student_depth=int(out["student_depth"]),
+            precision=str(out["precision"]),
         )
 
     def grid(self) -> list[Candidate]:
@@ -319,6 +323,8 @@ def _check_value(key: str, v: Any, path: str, where: str) -> None:
             raise ConfigError(f"{where}: '{path}' ({v!r}) must be an integer in [1, {MAX_MUX}]")
     elif key == "mux_variant" and v not in MUX_VARIANTS:
         raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(MUX_VARIANTS)}")
+    elif key == "precision" and v not in PRECISIONS:
+        raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(PRECISIONS)}")
     elif key == "technique" and v not in TECHNIQUES:
         raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(TECHNIQUES)}")
     elif key == "students":

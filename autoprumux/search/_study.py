@@ -353,7 +353,10 @@ class Searcher:
             w0 = time.perf_counter()
             if cfg.technique == "students":
                 ev = pipe.evaluate_students(
-                    cfg.students, cfg.student_depth, throughput=self.s.throughput
+                    cfg.students,
+                    cfg.student_depth,
+                    throughput=self.s.throughput,
+                    precision=cfg.precision,
                 )
             else:
                 ev = self._evaluate_prumux(trial, pipe, cfg, run_id)

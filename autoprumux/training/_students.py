@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprumux.config import validate_trainer
+from autoprumux.config import Recipe, validate_trainer
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
@@ -54,6 +54,21 @@ class StudentTrainConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} ({getattr(self, name)!r}) must be > 0")
         validate_trainer(self.trainer, self.micro_batches, self.stash, self.batch_size)
+
+    @classmethod
+    def from_recipe(cls, r: Recipe) -> StudentTrainConfig:
+        """The students' schedule of a recipe (stacking at a quarter of the students' rate)."""
+        return cls(
+            steps_per_student=r.student_steps,
+            stacking_steps=r.student_stacking_steps,
+            batch_size=r.batch_size,
+            lr=r.student_lr,
+            stacking_lr=r.student_lr / 4,
+            seed=r.seed,
+            trainer=r.trainer,
+            micro_batches=r.l2l_micro_batches,
+            stash=r.l2l_stash,
+        )
 
 
 def _indexed(items: Sequence[Encoded]) -> list[Encoded]:

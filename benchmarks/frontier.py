@@ -1,0 +1,153 @@
+"""The frontier: the fastest configuration within each accuracy budget, over sparsity x N x
+precision, against a baseline fine-tuned as long as the candidates.
+
+    python benchmarks/frontier.py --task sst2 --sparsities 0 0.3 0.5 0.6 0.7 0.8 0.9 \
+        --mux 1 2 --precision fp32 int8
+
+Points are built and measured by benchmarks/reference_grid.py into
+benchmarks/results/frontier_<task>_<device>.json (resumable: a point already there is not
+measured again). The file then gets
+- `best_within`: for each budget ("0.5", "1", "2", "3", "5" points) the fastest point whose
+  loss is within it (its `speedup`, `loss` and configuration; the baseline, 1.00x, when none is);
+- `references` at each budget: int8 of the baseline alone, pruning alone (N=1, fp32) and
+  multiplexing alone (sparsity 0, fp32), each the fastest of its kind within the budget;
+- `pareto`: the points no other point beats in both loss and speed.
+and a PNG of the front beside it. `--report` only re-derives these from the measured points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import reference_grid
+from _results import write_json
+
+BUDGETS = ("0.5", "1", "2", "3", "5")
+REFERENCES = {
+    "int8 of the baseline": lambda r: r["target_sparsity"] == 0 and r["n"] == 1,
+    "pruning alone": lambda r: r["n"] == 1 and _precision(r) == "fp32",
+    "multiplexing alone": lambda r: r["target_sparsity"] == 0 and _precision(r) == "fp32",
+}
+
+
+def _precision(row: dict) -> str:
+    return reference_grid.point(row)[2]
+
+
+def _label(row: dict) -> str:
+    return f"s={row['target_sparsity']:g} N={row['n']} {_precision(row)}"
+
+
+def fastest_within(rows: list[dict], budget: float) -> dict:
+    """The fastest row whose loss is within `budget` (the baseline, 1.00x, when none is)."""
+    ok = [r for r in rows if r["accuracy_loss"] <= budget and r["speedup"] > 1.0]
+    if not ok:
+        return {"speedup": 1.0, "loss": 0.0, "config": "baseline"}
+    r = max(ok, key=lambda r: r["speedup"])
+    return {"speedup": r["speedup"], "loss": r["accuracy_loss"], "config": _label(r)}
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    front = [
+        r
+        for r in rows
+        if not any(
+            o["accuracy_loss"] <= r["accuracy_loss"]
+            and o["speedup"] >= r["speedup"]
+            and (o["accuracy_loss"] < r["accuracy_loss"] or o["speedup"] > r["speedup"])
+            for o in rows
+        )
+    ]
+    return sorted(front, key=lambda r: r["accuracy_loss"])
+
+
+def summarise(data: dict) -> dict:
+    rows = data["rows"]
+    data["best_within"] = {b: fastest_within(rows, float(b)) for b in BUDGETS}
+    int8_base = [r for r in rows if REFERENCES["int8 of the baseline"](r)]
+    data["references"] = {
+        name: {b: fastest_within([r for r in rows if keep(r)], float(b)) for b in BUDGETS}
+        for name, keep in REFERENCES.items()
+    }
+    if int8_base:  # the point itself, whatever its loss
+        r = int8_base[0]
+        data["int8_baseline"] = {"speedup": r["speedup"], "loss": r["accuracy_loss"]}
+    data["pareto"] = [
+        {"config": _label(r), "loss": r["accuracy_loss"], "speedup": r["speedup"]}
+        for r in pareto(rows)
+    ]
+    return data
+
+
+def table(data: dict) -> str:
+    head = "| budget (points) | frontier | " + " | ".join(REFERENCES) + " |"
+    lines = [head, "|" + "---|" * (2 + len(REFERENCES))]
+    for b in BUDGETS:
+        best = data["best_within"][b]
+        cells = [f"{best['speedup']:.2f}x at {best['loss']:.2f} ({best['config']})"]
+        for name in REFERENCES:
+            ref = data["references"][name][b]
+            cells.append(f"{ref['speedup']:.2f}x ({ref['config']})")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(data: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for precision, marker in (("fp32", "o"), ("int8", "s"), ("bf16", "^"), ("fp16", "v")):
+        pts = [r for r in data["rows"] if _precision(r) == precision]
+        if pts:
+            ax.scatter(
+                [r["accuracy_loss"] for r in pts],
+                [r["speedup"] for r in pts],
+                marker=marker,
+                alpha=0.6,
+                label=precision,
+            )
+    front = data["pareto"]
+    ax.plot(
+        [p["loss"] for p in front], [p["speedup"] for p in front], "-", color="C3", label="front"
+    )
+    for b in BUDGETS:
+        ax.axvline(float(b), color="gray", lw=0.5, ls=":")
+    ax.set_xlabel("accuracy loss (points)")
+    ax.set_ylabel("speedup over the fp32 baseline (x)")
+    ax.set_title(f"{data['task']}, {data['device']}: speedup against accuracy loss")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--report", action="store_true", help="only summarise the measured points")
+    args, grid_args = ap.parse_known_args(argv)
+    out = Path(args.out or f"benchmarks/results/frontier_{args.task}_{args.device}.json")
+    if not args.report:
+        rc = reference_grid.main(
+            [*grid_args, "--task", args.task, "--device", args.device, "--out", str(out)]
+        )
+        if rc:
+            return rc
+    if not out.is_file():
+        print(f"no measured points in {out}; run without --report first", file=sys.stderr)
+        return 2
+    data = summarise(json.loads(out.read_text()))
+    write_json(out, data)
+    figure(data, out.with_suffix(".png"))
+    print(table(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

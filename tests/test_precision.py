@@ -1,0 +1,179 @@
+"""Precision as the last step of a configuration: converted models predict like their fp32
+source, keep its size and sparsity, are refused on a device that does not offer them, and run
+through the pipeline, the search space, the meta-model and the recommendation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import random_batch, tiny_encoder
+from test_search import DATA, TINY_RECIPE, TP
+
+from autoprumux import Candidate, PruMuxPipeline, Recipe
+from autoprumux.config import PRECISIONS, check_precision
+from autoprumux.errors import ConfigError
+from autoprumux.meta._model import MetaModel, features, training_table
+from autoprumux.models import (
+    MuxConfig,
+    MuxSequenceClassifier,
+    PruningPlan,
+    Student,
+    StudentConfig,
+    StudentEnsemble,
+    apply_plan,
+    count_parameters,
+    to_precision,
+)
+from autoprumux.search import SearchSettings, SearchSpace
+
+
+def _model(n: int, *, pruned: bool) -> MuxSequenceClassifier:
+    torch.manual_seed(0)
+    enc, _ = tiny_encoder(0)
+    m = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=n)).eval()
+    if pruned:
+        layers = len(m.encoder.layers)
+        plan = PruningPlan(
+            keep_heads=((0, 2),) * layers,
+            keep_ffn=(tuple(range(16)),) * layers,
+            drop_attn=(False,) * layers,
+            drop_ffn=(False,) * layers,
+        )
+        apply_plan(m.encoder, plan)
+    return m
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("pruned", [False, True])
+@pytest.mark.parametrize("precision", ["int8", "bf16", "fp16", "tf32"])
+def test_a_converted_model_predicts_like_its_source(n, pruned, precision):
+    """int8: weights per channel and activations per batch in 8 bits; bf16 keeps 8 bits of
+    mantissa: both within a few hundredths of logits of order one on a tiny model."""
+    m = _model(n, pruned=pruned)
+    before = copy.deepcopy(m.state_dict())
+    ids, mask, tt = random_batch(8, 16, seed=1)
+    with torch.inference_mode():
+        ref = m(ids, mask, tt)
+        q = to_precision(m, precision)
+        out = q(ids, mask, tt).float()
+    tol = {"int8": 0.05, "bf16": 0.05, "fp16": 0.01, "tf32": 1e-5}[precision]
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= tol * max(1.0, float(ref.abs().max()))
+    # the source is untouched, and the converted model counts as its source does
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert q.sparsity() == pytest.approx(m.sparsity())
+    assert q.n == m.n and q.num_labels == m.num_labels
+    assert count_parameters(q.encoder.layers) == count_parameters(m.encoder.layers)
+
+
+def test_int8_really_quantizes_the_linear_layers_and_students_convert_too():
+    q = to_precision(_model(1, pruned=False), "int8")
+    kinds = {type(x).__name__ for x in q.modules()}
+    assert "Linear" in kinds and not any(isinstance(x, torch.nn.Linear) for x in q.modules())
+    assert to_precision(q, "fp32") is q  # fp32 is no conversion
+    enc, _ = tiny_encoder(0)
+    teacher = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=1)).eval()
+    ens = StudentEnsemble.from_teacher(teacher, StudentConfig(k=2, depth=1)).eval()
+    qe = to_precision(ens, "int8")
+    assert qe.prunable_parameters() == ens.prunable_parameters()
+    assert isinstance(next(iter(qe.students)), Student)
+    ids, mask, tt = random_batch(4, 12, seed=2)
+    with torch.inference_mode():
+        assert (qe(ids, mask, tt) - ens(ids, mask, tt)).abs().max() < 0.05
+
+
+@pytest.mark.parametrize(
+    "precision, device, offered",
+    [
+        ("int8", "cuda", "['fp32', 'tf32', 'bf16', 'fp16']"),
+        ("fp16", "cpu", "['fp32', 'int8']"),
+        ("bf16", "cpu", "['fp32', 'int8']"),
+        ("tf32", "cuda:0", None),
+    ],
+)
+def test_a_precision_the_device_does_not_offer_is_refused_naming_the_choices(
+    precision, device, offered
+):
+    if offered is None:
+        assert check_precision(precision, device) == precision
+        return
+    with pytest.raises(ConfigError, match=rf"precision '{precision}' is not offered on {device}"):
+        check_precision(precision, device)
+    with pytest.raises(ConfigError) as e:
+        check_precision(precision, device)
+    assert offered in str(e.value)
+
+
+def test_precision_in_the_configuration_the_space_and_the_settings(tmp_path):
+    c = Candidate(sparsity=0.5, precision="int8")
+    assert not c.is_baseline and Candidate().is_baseline
+    assert c.describe() == "s=0.5 N=1 int8"
+    assert Candidate.from_dict({"sparsity": 0.5, "mux": 1}).precision == "fp32"  # older record
+    assert Candidate(sparsity=0.5).below(c) and not c.below(Candidate(sparsity=0.5))
+    space = SearchSpace.from_dict(
+        {
+            "params": {
+                "sparsity": {"choices": [0.0, 0.5]},
+                "precision": {"choices": ["fp32", "int8"]},
+            }
+        }
+    )
+    grid = space.grid()
+    assert {g.precision for g in grid} == {"fp32", "int8"} and len(grid) == 4
+    with pytest.raises(ConfigError, match=r"params.precision.choices' \('int4'\) must be one of"):
+        SearchSpace.from_dict({"params": {"precision": {"choices": ["int4"]}}})
+    SearchSettings(space=space, device="cpu")
+    half = SearchSpace.from_dict({"params": {"precision": {"choices": ["fp32", "bf16"]}}})
+    with pytest.raises(ConfigError, match="searches precision 'bf16' is not offered on cpu"):
+        SearchSettings(space=half, device="cpu")
+
+
+def test_the_meta_model_learns_that_int8_pays_and_costs():
+    ctx = {
+        "task_num_labels": 2,
+        "task_pair": 0,
+        "task_mcc": 0,
+        "task_log_train": 9.0,
+        "baseline_metric": 85.0,
+        "model_layers": 6,
+        "model_hidden": 384,
+        "model_log_params": 16.7,
+        "device_cuda": 0,
+    }
+    rows = []
+    for s in (0.0, 0.3, 0.5, 0.7):
+        base_loss, base_speed = 10 * s**2, 1 / (1 - s)
+        rows.append((Candidate(sparsity=s), ctx, base_loss, base_speed))
+        rows.append(
+            (Candidate(sparsity=s, precision="int8"), ctx, base_loss + 0.8, base_speed * 1.5)
+        )
+    X, y = training_table(rows)
+    meta = MetaModel().fit(X, y)
+    fp32 = meta.predict([features(Candidate(sparsity=0.6), ctx)])[0]
+    int8 = meta.predict([features(Candidate(sparsity=0.6, precision="int8"), ctx)])[0]
+    assert int8[0] > fp32[0] and int8[1] > 1.3 * fp32[1]
+    # the int8 baseline is a configuration, not the baseline: it is predicted, not defined
+    q0 = meta.predict([features(Candidate(precision="int8"), ctx)])[0]
+    assert q0[1] > 1.3 and q0[0] > 0.3
+
+
+def test_the_pipeline_scores_and_times_the_converted_model(tiny_checkpoint, tmp_path):
+    pipe = PruMuxPipeline(
+        task="sst2",
+        model=tiny_checkpoint,
+        recipe=Recipe(**TINY_RECIPE),
+        data_dir=str(DATA),
+        cache_dir=tmp_path / "cache",
+    )
+    fp32 = pipe.evaluate(Candidate(sparsity=0.3), throughput=TP)
+    int8 = pipe.evaluate(Candidate(sparsity=0.3, precision="int8"), throughput=TP)
+    assert int8.candidate.name == "s=0.3,N=1,int8" and fp32.candidate.name == "s=0.3,N=1"
+    # the same cached fp32 candidate underneath, converted: the same size and sparsity
+    assert int8.candidate.sparsity == fp32.candidate.sparsity
+    assert int8.candidate.encoder_params == fp32.candidate.encoder_params
+    assert abs(int8.candidate.metric - fp32.candidate.metric) <= 10.0
+    with pytest.raises(ConfigError, match="not offered on cpu"):
+        pipe.evaluate(Candidate(sparsity=0.3, precision="fp16"), throughput=TP)
+    assert set(PRECISIONS) >= {"fp32", "int8"}
