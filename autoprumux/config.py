@@ -152,6 +152,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "retrieval_weight": _FRACTION,
     "distill_weight": _FRACTION,
     "recovery_steps": _STEPS,
+    "recovery_layer_distill": _WEIGHT,
     "mux_pooling": _Rule(str, choices=("cls", "mean")),
     "warmup_hidden_distill": _WEIGHT,
     "mux_hidden_distill": _WEIGHT,
@@ -188,6 +189,9 @@ class Recipe:
     retrieval_weight: float = 0.1  # kept during the mux task fine-tune (DataMUX: 0.9 task + 0.1)
     distill_weight: float = 0.5  # KD from the baseline during mux fine-tune and pruning recovery
     recovery_steps: int = 150
+    # + weight x layer-wise distillation in the recovery of N=1 candidates: each kept layer's
+    # token states against the baseline layer it maps to (CoFi's layer distillation)
+    recovery_layer_distill: float = 0.0
     # mux options (defaults: the best measured, see BENCHMARKS.md)
     mux_pooling: str = "mean"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
@@ -237,6 +241,11 @@ class Recipe:
             raise ConfigError(
                 f"recipe fields trainer / l2l_micro_batches / l2l_stash: {e}"
             ) from None
+        if self.recovery_layer_distill > 0 and self.trainer != "standard":
+            raise ConfigError(
+                "recipe field recovery_layer_distill > 0 needs trainer 'standard' (the L2L "
+                "executor keeps one layer at a time); set one of them differently"
+            )
 
     @classmethod
     def preset(cls, name: str = "fast", **overrides: Any) -> Recipe:

@@ -381,6 +381,7 @@ class PruMuxPipeline:
                 steps,
                 distill_weight=r.distill_weight,
                 retrieval_weight=r.retrieval_weight if model.n > 1 else 0.0,
+                layer_distill_weight=r.recovery_layer_distill if model.n == 1 else 0.0,
             ),
             dev_metric=lambda m: self.dev_metrics(m, pairings=1)["metric"],
             special_ids=self.special_ids,
@@ -410,6 +411,8 @@ class PruMuxPipeline:
             "recovery_steps": r.recovery_steps,
             "prune_stages": r.prune_stages,
             "importance_examples": r.importance_examples,
+            # keyed only when used, so earlier entries keep their keys
+            **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
         }
 
         def build(tmp: Path) -> dict:

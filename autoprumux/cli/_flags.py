@@ -39,6 +39,7 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--mux-warmup-steps", int, "token-retrieval warm-up steps per N"),
     ("--mux-finetune-steps", int, "task fine-tune steps per N > 1"),
     ("--recovery-steps", int, "fine-tune steps after pruning, all stages"),
+    ("--recovery-layer-distill", float, "weight of layer-wise KD in the recovery (N=1)"),
     ("--prune-stages", int, "pruning stages"),
     ("--mux-pooling", str, "N > 1 head reads the demuxed [CLS] ('cls') or token mean ('mean')"),
     ("--warmup-hidden-distill", float, "weight of hidden-state distillation in the warm-up"),

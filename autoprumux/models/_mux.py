@@ -266,12 +266,19 @@ class MuxSequenceClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         *,
         positions: str = "cls",
+        layers: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Per-instance final states: (B, H) for positions="cls", (B, L, H) for positions="all"."""
+        """Per-instance final states: (B, H) for positions="cls", (B, L, H) for positions="all".
+        With a list `layers` (N=1 only: inside a multiplexed model the states are mixed), each
+        encoder layer's output (B, L, H) is appended to it."""
+        if layers is not None and self.n > 1:
+            raise ValueError("per-layer states are per instance only for N=1 models")
         lay = self.layout(input_ids, attention_mask, token_type_ids)
         h = self.embed(lay)
         for layer in self.encoder.layers:
             h = layer(h, lay.bias)
+            if layers is not None:
+                layers.append(h)
         return self.readout(lay, h, positions)
 
     def forward(

@@ -30,6 +30,9 @@ class TrainConfig:
     # weight of hidden-state distillation: each instance's (demuxed) token states against the
     # teacher's states for that instance (added to the loss; needs a teacher)
     hidden_distill_weight: float = 0.0
+    # weight of layer-wise distillation (N=1 models, the standard trainer): each encoder layer's
+    # token states against the teacher layer it maps to (`layer_map`)
+    layer_distill_weight: float = 0.0
     # "standard": one forward/backward over the whole batch, model on the device; "l2l": the
     # layer-to-layer relay (`L2LExecutor`): the model lives in host memory, the device holds one
     # stage at a time, the batch runs as `micro_batches` micro-batches (equal to gradient
@@ -55,7 +58,16 @@ class TrainConfig:
             raise ConfigError(
                 f"hidden_distill_weight ({self.hidden_distill_weight}) must be a number >= 0"
             )
+        if not (self.layer_distill_weight >= 0.0 and math.isfinite(self.layer_distill_weight)):
+            raise ConfigError(
+                f"layer_distill_weight ({self.layer_distill_weight}) must be a number >= 0"
+            )
         validate_trainer(self.trainer, self.micro_batches, self.stash, self.batch_size)
+        if self.layer_distill_weight > 0 and self.trainer != "standard":
+            raise ConfigError(
+                "layer_distill_weight > 0 needs the standard trainer (the L2L executor keeps "
+                "one layer at a time); set it to 0 or use trainer='standard'"
+            )
         if self.l2l_clip not in L2L_CLIP_MODES:
             raise ConfigError(
                 f"l2l_clip ({self.l2l_clip!r}) must be one of {list(L2L_CLIP_MODES)}; 'global' "

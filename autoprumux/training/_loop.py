@@ -41,8 +41,14 @@ def train_classifier(
     """
     if cfg.steps == 0:
         return {"steps": 0.0, "seconds": 0.0}
-    if (cfg.distill_weight > 0 or cfg.hidden_distill_weight > 0) and teacher is None:
-        raise ConfigError("distill_weight / hidden_distill_weight > 0 need a teacher model")
+    if (
+        cfg.distill_weight > 0 or cfg.hidden_distill_weight > 0 or cfg.layer_distill_weight > 0
+    ) and teacher is None:
+        raise ConfigError(
+            "distill_weight / hidden_distill_weight / layer_distill_weight > 0 need a teacher"
+        )
+    if cfg.layer_distill_weight > 0 and (model.n > 1 or (teacher is not None and teacher.n > 1)):
+        raise ConfigError("layer_distill_weight > 0 is for N=1 models (N>1 states are mixed)")
     if cfg.trainer == "l2l":
         return train_classifier_l2l(
             model,
@@ -62,6 +68,7 @@ def train_classifier(
     opt, sched = make_optimizer(model, cfg)
     use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
     use_hidden = cfg.hidden_distill_weight > 0
+    use_layers = cfg.layer_distill_weight > 0
     it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
     t0 = time.perf_counter()
     bar = progress(cfg.steps, desc)
@@ -69,17 +76,22 @@ def train_classifier(
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
         ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-        if use_retrieval or use_hidden:
-            states = model.hidden_states(ids, mask, tt, positions="all")
+        layers: list[torch.Tensor] = []
+        t_layers: list[torch.Tensor] = []
+        keep = layers if use_layers else None
+        if use_retrieval or use_hidden or use_layers:
+            states = model.hidden_states(ids, mask, tt, positions="all", layers=keep)
             logits = model.logits_from_states(states, mask)
         else:
             states = None
             logits = model(ids, mask, tt)
         t_logits = t_states = None
-        if teacher is not None and (cfg.distill_weight > 0 or use_hidden):
+        if teacher is not None and (cfg.distill_weight > 0 or use_hidden or use_layers):
             with torch.no_grad():
-                if use_hidden:
-                    t_states = teacher.hidden_states(ids, mask, tt, positions="all")
+                if use_hidden or use_layers:
+                    t_states = teacher.hidden_states(
+                        ids, mask, tt, positions="all", layers=t_layers if use_layers else None
+                    )
                     t_logits = teacher.logits_from_states(t_states, mask)
                 else:
                     t_logits = teacher(ids, mask, tt)
@@ -93,6 +105,8 @@ def train_classifier(
             teacher_states=t_states,
             special_ids=special_ids,
             generator=gen,
+            layers=layers,
+            teacher_layers=t_layers,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -38,6 +38,23 @@ def hidden_distill_loss(
     return mse / scale.clamp_min(1e-6)
 
 
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """The teacher layer each student layer learns from: spread evenly, the last to the last
+    (the identity when no layer was removed)."""
+    return [
+        max(0, round((i + 1) * teacher_layers / student_layers) - 1) for i in range(student_layers)
+    ]
+
+
+def layer_distill_loss(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the student's layers of `hidden_distill_loss` against the mapped teacher layer."""
+    pairs = zip(layer_map(len(student), len(teacher)), student, strict=True)
+    losses = [hidden_distill_loss(s, teacher[j], attention_mask) for j, s in pairs]
+    return torch.stack(losses).mean()
+
+
 def retrieval_loss(
     model: MuxSequenceClassifier,
     batch: dict[str, torch.Tensor],
@@ -87,11 +104,14 @@ def classifier_loss(
     teacher_states: torch.Tensor | None,
     special_ids: Sequence[int],
     generator: torch.Generator,
+    layers: Sequence[torch.Tensor] = (),
+    teacher_layers: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
     """The loss `train_classifier` minimises, from the model's outputs on `batch`.
 
     logits (B, labels); states (B, L, H) per-instance token states, needed by the retrieval and
-    hidden-distillation terms; teacher_logits / teacher_states the teacher's (no grad), or None.
+    hidden-distillation terms; teacher_logits / teacher_states the teacher's (no grad), or None;
+    layers / teacher_layers each encoder layer's states, for the layer-distillation term.
     Shared by the standard loop and the L2L executor (which calls it once per micro-batch).
     A batch carrying "logit_targets" (see `train_classifier(logit_targets=...)`) is trained by
     MSE between the logits and those targets alone.
@@ -117,6 +137,10 @@ def classifier_loss(
         assert states is not None and teacher_states is not None
         loss = loss + cfg.hidden_distill_weight * hidden_distill_loss(
             states, teacher_states, batch["attention_mask"]
+        )
+    if cfg.layer_distill_weight > 0:
+        loss = loss + cfg.layer_distill_weight * layer_distill_loss(
+            layers, teacher_layers, batch["attention_mask"]
         )
     return loss
 

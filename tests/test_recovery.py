@@ -1,0 +1,123 @@
+"""Pruning recovery with layer-wise distillation: the layer map, the per-layer states it reads,
+its rules, and that training with it lowers the distance to the teacher's layers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import random_batch, tiny_encoder
+from test_search import DATA, TINY_RECIPE, TP
+
+from autoprumux import Candidate, PruMuxPipeline, Recipe
+from autoprumux.data import Encoded
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxConfig, MuxSequenceClassifier, PruningPlan, apply_plan
+from autoprumux.training import TrainConfig, train_classifier
+from autoprumux.training._losses import layer_distill_loss, layer_map
+
+
+def _classifier(n: int = 1, layers: int = 4, seed: int = 0) -> MuxSequenceClassifier:
+    enc, _ = tiny_encoder(seed, num_hidden_layers=layers)
+    return MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=n)).eval()
+
+
+def _items(count: int = 64) -> list[Encoded]:
+    ids, mask, _ = random_batch(count, 12, seed=3)
+    return [
+        Encoded(tuple(int(t) for t in row[: int(m.sum())]), (0,) * int(m.sum()), i % 2)
+        for i, (row, m) in enumerate(zip(ids, mask, strict=True))
+    ]
+
+
+def test_each_student_layer_maps_to_a_teacher_layer_spread_evenly():
+    assert layer_map(6, 6) == [0, 1, 2, 3, 4, 5]
+    assert layer_map(3, 6) == [1, 3, 5]
+    assert layer_map(2, 6) == [2, 5]
+    assert layer_map(1, 6) == [5]
+    assert layer_map(4, 6)[-1] == 5 and layer_map(4, 6) == sorted(layer_map(4, 6))
+
+
+def test_per_layer_states_are_read_for_n1_only():
+    m = _classifier()
+    ids, mask, tt = random_batch(4, 10)
+    layers: list[torch.Tensor] = []
+    with torch.no_grad():
+        final = m.hidden_states(ids, mask, tt, positions="all", layers=layers)
+    assert len(layers) == len(m.encoder.layers) and torch.equal(layers[-1], final)
+    with pytest.raises(ValueError, match="N=1"):
+        _classifier(n=2).hidden_states(ids, mask, tt, positions="all", layers=[])
+
+
+def test_layer_distillation_rules():
+    with pytest.raises(ConfigError, match=r"layer_distill_weight \(-1.0\) must be a number >= 0"):
+        TrainConfig(steps=1, layer_distill_weight=-1.0)
+    with pytest.raises(ConfigError, match="needs the standard trainer"):
+        TrainConfig(steps=1, layer_distill_weight=1.0, trainer="l2l", micro_batches=2)
+    with pytest.raises(ConfigError, match="recovery_layer_distill > 0 needs trainer 'standard'"):
+        Recipe(recovery_layer_distill=1.0, trainer="l2l")
+    with pytest.raises(ConfigError, match="need a teacher"):
+        train_classifier(_classifier(), _items(), TrainConfig(steps=1, layer_distill_weight=1.0))
+    with pytest.raises(ConfigError, match="for N=1 models"):
+        train_classifier(
+            _classifier(n=2),
+            _items(),
+            TrainConfig(steps=1, batch_size=8, layer_distill_weight=1.0),
+            teacher=_classifier(),
+        )
+
+
+def _layer_gap(student: MuxSequenceClassifier, teacher: MuxSequenceClassifier) -> float:
+    ids, mask, tt = random_batch(32, 12, seed=9)
+    s_layers: list[torch.Tensor] = []
+    t_layers: list[torch.Tensor] = []
+    with torch.no_grad():
+        student.eval().hidden_states(ids, mask, tt, positions="all", layers=s_layers)
+        teacher.eval().hidden_states(ids, mask, tt, positions="all", layers=t_layers)
+    return float(layer_distill_loss(s_layers, t_layers, mask))
+
+
+def test_layer_distillation_lowers_the_distance_to_the_teachers_layers():
+    teacher = _classifier(layers=4)
+    pruned = _classifier(layers=4, seed=1)  # its layers far from the teacher's
+    layers = len(pruned.encoder.layers)
+    apply_plan(  # two heads of four and half the FFN units, the last layer removed
+        pruned.encoder,
+        PruningPlan(
+            keep_heads=((0, 1),) * (layers - 1) + ((),),
+            keep_ffn=(tuple(range(18)),) * (layers - 1) + ((),),
+            drop_attn=(False,) * (layers - 1) + (True,),
+            drop_ffn=(False,) * (layers - 1) + (True,),
+        ),
+    )
+    assert len(pruned.encoder.layers) == layers - 1
+    before = _layer_gap(pruned, teacher)
+    runs = {}
+    for weight in (0.0, 1.0):
+        m = copy.deepcopy(pruned)
+        cfg = TrainConfig(
+            steps=30, batch_size=16, lr=1e-3, distill_weight=0.5, layer_distill_weight=weight
+        )
+        train_classifier(m, _items(), cfg, teacher=teacher)
+        runs[weight] = _layer_gap(m, teacher)
+    assert runs[1.0] < 0.8 * before and runs[1.0] < 0.8 * runs[0.0], (before, runs)
+
+
+def test_the_pipeline_recovers_n1_candidates_with_layer_distillation(tiny_checkpoint, tmp_path):
+    def pipe(weight: float) -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=Recipe(**TINY_RECIPE, recovery_layer_distill=weight),
+            data_dir=str(DATA),
+            cache_dir=tmp_path / "cache",
+        )
+
+    plain, layered = pipe(0.0), pipe(1.0)
+    a = plain.evaluate(Candidate(sparsity=0.3), throughput=TP)
+    b = layered.evaluate(Candidate(sparsity=0.3), throughput=TP)
+    # its own cache entry (the recipe differs), the same baseline
+    assert len(list((tmp_path / "cache").glob("candidate/*"))) == 2
+    assert len(list((tmp_path / "cache").glob("baseline/*"))) == 1
+    assert a.candidate.sparsity == pytest.approx(b.candidate.sparsity, abs=0.02)
