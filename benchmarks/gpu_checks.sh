@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of issues 2, 4, 5 and 6 on a lent, offline GPU machine (see BENCHMARKS.md).
+# GPU checks on a lent, offline GPU machine (see BENCHMARKS.md).
 #
 #   here:  python benchmarks/gpu_bundle.py pack .gpu                  # model (fp16) + data, 51 MiB
 #   there: bash benchmarks/gpu_checks.sh OUT_DIR [SECONDS [PART...]]  # with .gpu carried
@@ -8,6 +8,8 @@
 #   l2l      L2L vs standard device memory and step time at BERT-base width (~1 min)
 #   students Academus students' latency and throughput (~1 min)
 #   grid     PruMUX sparsity x N grid, throughput on CUDA (~3 min)
+#   frontier sparsity x N x precision (fp32 tf32 bf16 fp16) at 128 sequences x 128 tokens, the
+#            fastest point within 0.5-5 points and the references (~9 min)
 #   mux      10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
 #   mux10    N=2 with a long task fine-tune, $MUX10_STEPS steps (default 10000) on
 #            $MUX10_EXAMPLES training examples (default 32000; `none` = all 67,349) (~6 min)
@@ -50,6 +52,11 @@ run_part() {  # one PART, within what is left of the budget
     timeout "$(cap 240)" python3 benchmarks/prumux_grid.py --device cuda --sparsities 0 0.7 0.9 \
       --mux 1 2 4 --cache-dir /tmp/cache-grid --out "$out/prumux_grid_cuda.json" \
       >"$out/grid.log" 2>&1 ;;
+  frontier)
+    timeout "$(cap 540)" python3 benchmarks/frontier.py --task sst2 --device cuda \
+      --sparsities 0 0.5 0.7 0.9 --mux 1 2 --precision fp32 tf32 bf16 fp16 --tp-batch 128 \
+      --cache-dir /tmp/cache-frontier --out "$out/frontier_sst2_cuda.json" \
+      >"$out/frontier.log" 2>&1 ;;
   mux)
     t=$(cap 400)
     timeout "$t" python3 $mw --device cuda --task sst2 --mux 2 4 --steps 4000 \
@@ -65,7 +72,7 @@ run_part() {  # one PART, within what is left of the budget
       --recipe finetune_steps=$m10s mux_finetune_steps=$m10s max_train_examples=$m10x \
       --cache-dir /tmp/cache-c --out "$out/mux_warmup_sst2_gpu_w2000_ft${m10s}_$m10x.json" >"$out/mux10.log" 2>&1 ;;
   *)
-    echo "unknown part $part (l2l students grid mux mux10)"; return 2 ;;
+    echo "unknown part $part (l2l students grid frontier mux mux10)"; return 2 ;;
   esac
 }
 
