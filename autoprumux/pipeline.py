@@ -11,23 +11,24 @@ same process on the same device, so speedup is a ratio from one run.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from autoprumux._cache import ArtifactCache, key_hash
 from autoprumux.config import Candidate, Recipe, check_precision
 from autoprumux.data import (
     Encoded,
-    Example,
     TaskData,
     check_corpus,
     collate,
     encode,
+    encode_corpus,
     get_task,
     load_task,
     warmup_texts,
@@ -57,6 +58,7 @@ from autoprumux.training import (
     StudentTrainConfig,
     TrainConfig,
     distill_students,
+    predict,
     prune_in_stages,
     retrieval_warmup,
     train_classifier,
@@ -66,6 +68,7 @@ log = logging.getLogger("autoprumux")
 
 # seeded orders of the dev set a multiplexed model is scored on (see `dev_metrics`)
 DEV_PAIRINGS = 5
+WARMUP_LOG = ("seconds", "retrieval_accuracy")  # what a warm-up's log line reports
 
 
 class PruMuxPipeline:
@@ -116,6 +119,7 @@ class PruMuxPipeline:
         self._warmup_items: list[Encoded] | None = None
         self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
+        self._teacher_logits: torch.Tensor | None = None
         self._mux_metrics: dict[int, dict[str, float]] = {}
         self._warned_short_baseline = False
 
@@ -169,19 +173,6 @@ class PruMuxPipeline:
             m.encoder.embeddings.word.weight.requires_grad_(False)
         return m
 
-    def _train_cfg(self, steps: int, **kw: object) -> TrainConfig:
-        r = self.recipe
-        kw.setdefault("lr", r.lr)
-        return TrainConfig(
-            steps=steps,
-            batch_size=r.batch_size,
-            seed=r.seed,
-            trainer=r.trainer,
-            micro_batches=r.l2l_micro_batches,
-            stash=r.l2l_stash,
-            **kw,  # type: ignore[arg-type]
-        )
-
     @staticmethod
     def _load(entry: Path, freeze_words: bool) -> MuxSequenceClassifier:
         m = MuxSequenceClassifier.load(entry / "model")
@@ -199,7 +190,7 @@ class PruMuxPipeline:
             stats = train_classifier(
                 m,
                 self.train_items,
-                self._train_cfg(self.recipe.finetune_steps),
+                TrainConfig.from_recipe(self.recipe, self.recipe.finetune_steps),
                 desc="baseline fine-tune",
                 device=self.device,
             )
@@ -211,6 +202,24 @@ class PruMuxPipeline:
         self._baseline = self._load(entry, self.recipe.freeze_word_embeddings)
         return self._baseline
 
+    def teacher_logits(self) -> torch.Tensor | None:
+        """The baseline's logits for every training item, computed once and cached beside it,
+        so a distilling step does not run the baseline (None when the recipe does not distil)."""
+        if not self.recipe.distill_weight:
+            return None
+        if self._teacher_logits is None:
+
+            def build(tmp: Path) -> dict:
+                t0 = time.perf_counter()
+                logits = predict(self.baseline(), self.train_items, device=self.device)
+                save_file({"logits": logits.float().cpu()}, tmp / "logits.safetensors")
+                return {"items": len(self.train_items), "seconds": time.perf_counter() - t0}
+
+            entry, hit = self.cache.get_or_build("teacher", {**self._key(), "of": "logits"}, build)
+            log.info("teacher logits %s (%s)", "cache hit" if hit else "computed", entry)
+            self._teacher_logits = load_file(entry / "logits.safetensors")["logits"]
+        return self._teacher_logits
+
     def warmup_sentences(self) -> list[Encoded]:
         """Unlabeled sentences for the retrieval warm-up, from `warmup_corpus` (see
         `data.warmup_texts`)."""
@@ -219,22 +228,14 @@ class PruMuxPipeline:
             texts = warmup_texts(
                 self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
             )
-            self._warmup_items = encode(
-                [Example(t, None, 0) for t in texts], self.tokenizer, r.max_seq_len
+            self._warmup_items, self._corpus_digest = encode_corpus(
+                texts, self.tokenizer, r.max_seq_len
             )
         return self._warmup_items
 
-    def _corpus_hash(self) -> str:
-        """Content hash of the warm-up sentences (computed once; part of every warm-up key)."""
-        if self._corpus_digest is None:
-            h = hashlib.sha256()
-            for x in self.warmup_sentences():
-                h.update(repr(x.input_ids).encode())
-            self._corpus_digest = h.hexdigest()[:16]
-        return self._corpus_digest
-
     def _warmup_key(self, n: int) -> dict:
         r = self.recipe
+        self.warmup_sentences()  # sets the corpus digest
         extra: dict = {}
         if r.warmup_hidden_distill:
             extra["hidden_distill"] = r.warmup_hidden_distill
@@ -251,7 +252,7 @@ class PruMuxPipeline:
             "max_seq_len": r.max_seq_len,
             "freeze_word_embeddings": r.freeze_word_embeddings,
             "seed": r.seed,
-            "corpus": self._corpus_hash(),
+            "corpus": self._corpus_digest,
         }
 
     def mux_warmup(self, n: int) -> tuple[Path, dict]:
@@ -292,14 +293,8 @@ class PruMuxPipeline:
 
         entry, hit = self.cache.get_or_build("warmup", key, build)
         meta = ArtifactCache.meta(entry)
-        log.info(
-            "warm-up N=%d %s (%s): %.0fs, retrieval accuracy %.3f",
-            n,
-            "cache hit" if hit else "trained",
-            entry,
-            meta["warmup"]["seconds"],
-            meta["warmup"]["retrieval_accuracy"],
-        )
+        how, secs, acc = "cache hit" if hit else "trained", *(meta["warmup"][k] for k in WARMUP_LOG)
+        log.info("warm-up N=%d %s (%s): %.0fs, retrieval accuracy %.3f", n, how, entry, secs, acc)
         return entry, {**meta, "key": key, "cache_hit": hit}
 
     def _start_model(self, n: int) -> tuple[MuxSequenceClassifier, dict]:
@@ -337,7 +332,8 @@ class PruMuxPipeline:
             meta["train"] = train_classifier(
                 m,
                 self.train_items,
-                self._train_cfg(
+                TrainConfig.from_recipe(
+                    r,
                     r.mux_finetune_steps,
                     retrieval_weight=r.retrieval_weight,
                     distill_weight=r.distill_weight,
@@ -348,6 +344,7 @@ class PruMuxPipeline:
                 special_ids=self.special_ids,
                 desc=f"mux fine-tune N={n}",
                 device=self.device,
+                teacher_logits=self.teacher_logits(),
             )
             m.save(tmp / "model")
             return meta
@@ -377,7 +374,8 @@ class PruMuxPipeline:
             recovery_steps=r.recovery_steps,
             importance_examples=r.importance_examples,
             seed=r.seed,
-            train_cfg=lambda steps: self._train_cfg(
+            train_cfg=lambda steps: TrainConfig.from_recipe(
+                r,
                 steps,
                 distill_weight=r.distill_weight,
                 retrieval_weight=r.retrieval_weight if model.n > 1 else 0.0,
@@ -388,6 +386,7 @@ class PruMuxPipeline:
             device=self.device,
             desc=desc,
             on_stage=on_stage,
+            teacher_logits=self.teacher_logits(),
         )
 
     def candidate(

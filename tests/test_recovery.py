@@ -14,7 +14,7 @@ from autoprumux import Candidate, PruMuxPipeline, Recipe
 from autoprumux.data import Encoded
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, PruningPlan, apply_plan
-from autoprumux.training import TrainConfig, train_classifier
+from autoprumux.training import TrainConfig, predict, train_classifier
 from autoprumux.training._losses import layer_distill_loss, layer_map
 
 
@@ -121,3 +121,40 @@ def test_the_pipeline_recovers_n1_candidates_with_layer_distillation(tiny_checkp
     assert len(list((tmp_path / "cache").glob("candidate/*"))) == 2
     assert len(list((tmp_path / "cache").glob("baseline/*"))) == 1
     assert a.candidate.sparsity == pytest.approx(b.candidate.sparsity, abs=0.02)
+
+
+def test_cached_teacher_logits_train_like_the_running_teacher():
+    teacher = _classifier(layers=2)
+    items = _items()
+    table = predict(teacher, items)
+    cfg = TrainConfig(steps=8, batch_size=16, lr=1e-3, distill_weight=0.7)
+    a, b = _classifier(layers=2, seed=1), _classifier(layers=2, seed=1)
+    train_classifier(a, items, cfg, teacher=teacher)
+    train_classifier(b, items, cfg, teacher=teacher, teacher_logits=table)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-4), name
+    with pytest.raises(ValueError, match="rows for"):
+        train_classifier(b, items, cfg, teacher=teacher, teacher_logits=table[:10])
+
+
+def test_teacher_logits_are_cached_with_the_baseline_and_keyed_like_it(tiny_checkpoint, tmp_path):
+    def pipe(**recipe) -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=Recipe(**{**TINY_RECIPE, **recipe}),
+            data_dir=str(DATA),
+            cache_dir=tmp_path / "cache",
+        )
+
+    first = pipe()
+    logits = first.teacher_logits()
+    assert logits is not None and logits.shape == (len(first.train_items), 2)
+    assert torch.allclose(logits, predict(first.baseline(), first.train_items), atol=1e-5)
+    entries = lambda: sorted((tmp_path / "cache").glob("teacher/*"))  # noqa: E731
+    assert len(entries()) == 1
+    again = pipe().teacher_logits()  # another process would read the same entry
+    assert again is not None and torch.equal(again, logits) and len(entries()) == 1
+    pipe(finetune_steps=3).teacher_logits()  # another baseline: another entry
+    assert len(entries()) == 2
+    assert pipe(distill_weight=0.0).teacher_logits() is None  # nothing to distil

@@ -1,7 +1,7 @@
 """Task data: GLUE-format loaders and batching."""
 
 from autoprumux.data._batching import Encoded, batches, collate, encode, infinite_batches
-from autoprumux.data._corpus import check_corpus, warmup_texts
+from autoprumux.data._corpus import check_corpus, encode_corpus, warmup_texts
 from autoprumux.data._glue import (
     TASKS,
     Example,
@@ -20,6 +20,7 @@ __all__ = [
     "TaskSpec",
     "batches",
     "check_corpus",
+    "encode_corpus",
     "collate",
     "encode",
     "get_task",

@@ -67,9 +67,15 @@ def batches(
 
 
 def infinite_batches(
-    items: Sequence[Encoded], batch_size: int, *, seed: int = 0, pad_id: int = 0
+    items: Sequence[Encoded],
+    batch_size: int,
+    *,
+    seed: int = 0,
+    pad_id: int = 0,
+    with_index: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled full batches (epoch after epoch, reshuffled each epoch)."""
+    """Endless shuffled full batches (epoch after epoch, reshuffled each epoch); with
+    `with_index`, each batch's "index" holds its items' positions in `items`."""
     if len(items) < batch_size:
         raise ValueError(
             f"training set has {len(items)} examples, fewer than the batch size ({batch_size}); "
@@ -80,5 +86,9 @@ def infinite_batches(
         order = list(range(len(items)))
         random.Random(seed * 100_003 + epoch).shuffle(order)
         for s in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([items[i] for i in order[s : s + batch_size]], pad_id)
+            picked = order[s : s + batch_size]
+            batch = collate([items[i] for i in picked], pad_id)
+            if with_index:
+                batch["index"] = torch.tensor(picked)
+            yield batch
         epoch += 1

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from autoprumux.data._glue import TaskData, load_task
+from autoprumux.data._batching import Encoded, encode
+from autoprumux.data._glue import Example, TaskData, load_task
 from autoprumux.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger("autoprumux")
@@ -72,3 +76,15 @@ def warmup_texts(
     rng = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(texts), generator=rng)[: min(size, len(texts))].tolist()
     return [texts[i] for i in pick]
+
+
+def encode_corpus(
+    texts: Sequence[str], tokenizer: Any, max_seq_len: int
+) -> tuple[list[Encoded], str]:
+    """The warm-up sentences tokenised, and a short content hash of them (part of every warm-up
+    cache key)."""
+    items = encode([Example(t, None, 0) for t in texts], tokenizer, max_seq_len)
+    h = hashlib.sha256()
+    for x in items:
+        h.update(repr(x.input_ids).encode())
+    return items, h.hexdigest()[:16]

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from autoprumux.config import L2L_CLIP_MODES, validate_trainer
+from autoprumux.config import L2L_CLIP_MODES, Recipe, validate_trainer
 from autoprumux.errors import ConfigError
 
 
@@ -44,6 +44,20 @@ class TrainConfig:
     # loop (the host optimizer steps then wait for the whole backward); "stage" clips each
     # stage's gradient to grad_clip on its own, so its step overlaps the backward below it
     l2l_clip: str = "global"
+
+    @classmethod
+    def from_recipe(cls, r: Recipe, steps: int, **kw: Any) -> TrainConfig:
+        """`steps` of a recipe's task training (its batch, seed, trainer; `lr` unless given)."""
+        kw.setdefault("lr", r.lr)
+        return cls(
+            steps=steps,
+            batch_size=r.batch_size,
+            seed=r.seed,
+            trainer=r.trainer,
+            micro_batches=r.l2l_micro_batches,
+            stash=r.l2l_stash,
+            **kw,
+        )
 
     def __post_init__(self) -> None:
         if self.steps < 0:

@@ -28,6 +28,7 @@ def train_classifier(
     desc: str = "fine-tune",
     device: str | torch.device = "cpu",
     logit_targets: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Fine-tune `model` on the task for `cfg.steps` steps.
 
@@ -38,6 +39,9 @@ def train_classifier(
     ends in host memory and the stats add ``peak_device_bytes``).
     With `logit_targets` (M, labels), the items' labels are row indices into it and the loss is
     the MSE between the logits and those rows (regression distillation of the students).
+    `teacher_logits` (M, labels), the teacher's logits for every item of `train` (see
+    `predict`), stand in for running the teacher when only its logits are needed, so a step
+    costs the student's forward and backward alone.
     """
     if cfg.steps == 0:
         return {"steps": 0.0, "seconds": 0.0}
@@ -69,7 +73,13 @@ def train_classifier(
     use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
     use_hidden = cfg.hidden_distill_weight > 0
     use_layers = cfg.layer_distill_weight > 0
-    it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
+    table = None if use_hidden or use_layers else teacher_logits
+    if table is not None and len(table) != len(train):
+        raise ValueError(f"teacher_logits has {len(table)} rows for {len(train)} items")
+    it = target_batches(
+        infinite_batches(train, cfg.batch_size, seed=cfg.seed, with_index=table is not None),
+        logit_targets,
+    )
     t0 = time.perf_counter()
     bar = progress(cfg.steps, desc)
     meter = LossMeter(bar, cfg.lr)
@@ -86,7 +96,9 @@ def train_classifier(
             states = None
             logits = model(ids, mask, tt)
         t_logits = t_states = None
-        if teacher is not None and (cfg.distill_weight > 0 or use_hidden or use_layers):
+        if table is not None:
+            t_logits = table[batch["index"].cpu()].to(device)
+        elif teacher is not None and (cfg.distill_weight > 0 or use_hidden or use_layers):
             with torch.no_grad():
                 if use_hidden or use_layers:
                     t_states = teacher.hidden_states(

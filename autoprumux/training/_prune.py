@@ -32,6 +32,7 @@ def prune_in_stages(
     device: torch.device | str,
     desc: str = "",
     on_stage: Callable[[int, float], None] | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> dict:
     """Prune `model` in place to `sparsity` in `stages` equal steps. Each stage ranks heads and
     FFN units by Fisher importance on `importance_examples` training examples (batches of N, so a
@@ -39,7 +40,9 @@ def prune_in_stages(
     removes the least important down to the stage's target, then recovers with
     `train_cfg(steps)` (the recovery steps split over the stages) distilling from `teacher`.
     Each stage's `dev_metric` is recorded in its stats and passed to `on_stage(stage, metric)`,
-    which may raise to abandon the candidate. Returns {"stages": [per-stage stats]}."""
+    which may raise to abandon the candidate. `teacher_logits` (the teacher's logits for every
+    training item) spare running the teacher (see `train_classifier`). Returns {"stages":
+    [per-stage stats]}."""
     stats: list[dict] = []
     n = model.n
     gen = torch.Generator().manual_seed(seed)
@@ -73,6 +76,7 @@ def prune_in_stages(
             special_ids=special_ids,
             desc=f"recover{desc} stage {stage}/{stages}",
             device=device,
+            teacher_logits=teacher_logits,
         )
         stats.append(
             {
