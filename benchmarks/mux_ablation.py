@@ -95,8 +95,13 @@ def main(argv: list[str]) -> int:
                 m.encoder.embeddings.word.weight.requires_grad_(False)
                 m.mux_config = replace(m.mux_config, pooling=pool)
                 t0 = time.time()
-                cfg = pipe._train_cfg(
-                    ft, retrieval_weight=0.1, distill_weight=0.5, hidden_distill_weight=hk, lr=ft_lr
+                cfg = TrainConfig.from_recipe(
+                    pipe.recipe,
+                    ft,
+                    retrieval_weight=0.1,
+                    distill_weight=0.5,
+                    hidden_distill_weight=hk,
+                    lr=ft_lr,
                 )
                 train_classifier(
                     m, pipe.train_items, cfg, teacher=base, special_ids=pipe.special_ids
