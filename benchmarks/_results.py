@@ -41,3 +41,30 @@ def write_json(path: str | os.PathLike[str], doc: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+RECIPE_HELP = (
+    "Recipe overrides FIELD=VALUE, e.g. recovery_steps=600 recovery_layer_distill=1 "
+    "(max_train_examples=none: the whole training set)"
+)
+
+
+def recipe_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--recipe FIELD=VALUE ...` as Recipe keyword arguments, typed like the fields (ValueError
+    naming the pair for an unknown field)."""
+    from autoprumux.config import Recipe
+
+    defaults = Recipe()
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        if not hasattr(defaults, k):
+            raise ValueError(f"--recipe {kv}: Recipe has no field {k!r}")
+        field_type = type(getattr(defaults, k))
+        if v.lower() == "none":
+            out[k] = None
+        elif field_type is bool:
+            out[k] = v.lower() in ("1", "true", "yes")
+        else:
+            out[k] = field_type(v)
+    return out

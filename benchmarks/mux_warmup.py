@@ -15,9 +15,8 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from _results import machine, write_json
+from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
 from autoprumux.config import Recipe
 from autoprumux.pipeline import PruMuxPipeline
@@ -39,22 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="FIELD=VALUE",
-        help="Recipe overrides, e.g. mux_pooling=mean warmup_hidden_distill=1 mux_finetune_steps=600"
-        " (max_train_examples=none: the whole training set)",
+        help=RECIPE_HELP,
     )
     args = ap.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for kv in args.recipe:
-        k, _, v = kv.partition("=")
-        if not hasattr(Recipe(), k):
-            ap.error(f"--recipe {kv}: Recipe has no field {k!r}")
-        field_type = type(getattr(Recipe(), k))
-        if v.lower() == "none":
-            overrides[k] = None
-        elif field_type is bool:
-            overrides[k] = v.lower() in ("1", "true", "yes")
-        else:
-            overrides[k] = field_type(v)
+    try:
+        overrides = recipe_overrides(args.recipe)
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(
         args.out or f"benchmarks/results/mux_warmup_{args.task}_{args.variant}_{args.device}.json"
     )

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from _results import machine, write_json
+from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
 from autoprumux.config import Candidate, Recipe
 from autoprumux.evaluation import ThroughputConfig
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--mux", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--precision", nargs="+", default=["fp32"])
+    ap.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE", help=RECIPE_HELP)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tp-batch", type=int, default=64)
     ap.add_argument("--tp-seq-len", type=int, default=128)
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         "--table", action="store_true", help="print the measured points as markdown and exit"
     )
     args = ap.parse_args(argv)
+    try:
+        recipe = Recipe(**recipe_overrides(args.recipe))
+    except ValueError as e:
+        ap.error(str(e))
 
     out = Path(args.out or f"benchmarks/results/reference_grid_{args.task}_{args.device}.json")
     data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stored = data.get("recipe")
     if data["rows"] and stored is not None:
-        diff = {k: (stored.get(k), v) for k, v in Recipe().__dict__.items() if stored.get(k) != v}
+        before = {**Recipe().__dict__, **stored}  # a field added since: its default then
+        diff = {k: (before[k], v) for k, v in recipe.__dict__.items() if before[k] != v}
         if diff:  # resuming would mix points of two recipes in one grid
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             print(
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         return 0
     pipe = PruMuxPipeline(
-        task=args.task, recipe=Recipe(), device=args.device, cache_dir=args.cache_dir
+        task=args.task, recipe=recipe, device=args.device, cache_dir=args.cache_dir
     )
     tp = ThroughputConfig(
         batch_size=args.tp_batch,
