@@ -26,7 +26,7 @@ from autoprumux.models import (
     count_parameters,
     to_precision,
 )
-from autoprumux.search import SearchSettings, SearchSpace
+from autoprumux.search import Searcher, SearchSettings, SearchSpace
 
 
 def _model(n: int, *, pruned: bool) -> MuxSequenceClassifier:
@@ -177,3 +177,24 @@ def test_the_pipeline_scores_and_times_the_converted_model(tiny_checkpoint, tmp_
     with pytest.raises(ConfigError, match="not offered on cpu"):
         pipe.evaluate(Candidate(sparsity=0.3, precision="fp16"), throughput=TP)
     assert set(PRECISIONS) >= {"fp32", "int8"}
+
+
+def test_a_search_over_precision_records_it_in_each_trial_and_its_mlflow_run(
+    tiny_checkpoint, tmp_path
+):
+    from test_search import mlflow_trial_runs, settings, tiny_space
+
+    space = tiny_space(
+        tiny_checkpoint,
+        sparsity={"choices": [0.3]},
+        mux={"choices": [1]},
+        precision={"choices": ["fp32", "int8"]},
+    )
+    s = settings(space, tmp_path, trials=2, sampler="grid")
+    searcher = Searcher(s)
+    searcher.run()
+    trials = searcher.finished()
+    assert sorted(t.user_attrs["config"]["precision"] for t in trials) == ["fp32", "int8"]
+    runs = mlflow_trial_runs(s.tracking_uri, searcher.name)
+    assert sorted(r.data.params["precision"] for r in runs) == ["fp32", "int8"]
+    assert all(t.state.name == "COMPLETE" for t in trials)
