@@ -130,6 +130,7 @@ BAD_RECIPES = [
     ("distill_weight", math.inf),
     ("distill_weight", -0.1),
     ("recovery_steps", -3),
+    ("recovery_layer_distill", -1.0),
     ("mux_pooling", "max"),
     ("mux_pooling", None),
     ("warmup_hidden_distill", math.inf),

@@ -104,6 +104,7 @@ def test_layer_distillation_lowers_the_distance_to_the_teachers_layers():
     assert runs[1.0] < 0.8 * before and runs[1.0] < 0.8 * runs[0.0], (before, runs)
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 def test_the_pipeline_recovers_n1_candidates_with_layer_distillation(tiny_checkpoint, tmp_path):
     def pipe(weight: float) -> PruMuxPipeline:
         return PruMuxPipeline(
@@ -137,6 +138,7 @@ def test_cached_teacher_logits_train_like_the_running_teacher():
         train_classifier(b, items, cfg, teacher=teacher, teacher_logits=table[:10])
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 def test_teacher_logits_are_cached_with_the_baseline_and_keyed_like_it(tiny_checkpoint, tmp_path):
     def pipe(**recipe) -> PruMuxPipeline:
         return PruMuxPipeline(
