@@ -204,8 +204,9 @@ class PruMuxPipeline:
 
     def teacher_logits(self) -> torch.Tensor | None:
         """The baseline's logits for every training item, computed once and cached beside it,
-        so a distilling step does not run the baseline (None when the recipe does not distil)."""
-        if not self.recipe.distill_weight:
+        so a distilling step does not run the baseline (None when the recipe does not distil, or
+        trains with L2L, whose executor runs the teacher itself)."""
+        if not self.recipe.distill_weight or self.recipe.trainer != "standard":
             return None
         if self._teacher_logits is None:
 

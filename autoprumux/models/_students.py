@@ -221,7 +221,11 @@ class StudentEnsemble(nn.Module):
         return self.student_logits(input_ids, attention_mask, token_type_ids, active=active).sum(0)
 
     def _packed_weights(self) -> bool:
-        return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in self.modules())
+        # every student is converted alike: its first layer tells (cheap on every call)
+        first = self.students[0]
+        assert isinstance(first, Student)
+        quantized = torch.ao.nn.quantized.dynamic.Linear
+        return any(isinstance(m, quantized) for m in first.layers[0].modules())
 
     # ---- the batched path --------------------------------------------------------------------
     def train(self, mode: bool = True) -> StudentEnsemble:
