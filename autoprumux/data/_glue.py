@@ -35,13 +35,18 @@ class TaskSpec:
     pair: bool
     metric: str  # primary dev metric: "accuracy" or "mcc"
     hf_config: str  # config name of the `glue` dataset on the hub
+    label_names: tuple[str, ...]  # label_names[i] names class i (in exports and predictions)
 
 
 TASKS: dict[str, TaskSpec] = {  # one spec per name in autoprumux.config.TASK_NAMES
-    "sst2": TaskSpec("sst2", "SST-2", 2, False, "accuracy", "sst2"),
-    "cola": TaskSpec("cola", "CoLA", 2, False, "mcc", "cola"),
-    "mrpc": TaskSpec("mrpc", "MRPC", 2, True, "accuracy", "mrpc"),
-    "qnli": TaskSpec("qnli", "QNLI", 2, True, "accuracy", "qnli"),
+    "sst2": TaskSpec("sst2", "SST-2", 2, False, "accuracy", "sst2", ("negative", "positive")),
+    "cola": TaskSpec("cola", "CoLA", 2, False, "mcc", "cola", ("unacceptable", "acceptable")),
+    "mrpc": TaskSpec(
+        "mrpc", "MRPC", 2, True, "accuracy", "mrpc", ("not_equivalent", "equivalent")
+    ),
+    "qnli": TaskSpec(
+        "qnli", "QNLI", 2, True, "accuracy", "qnli", ("entailment", "not_entailment")
+    ),
 }
 
 _ALIASES = {"sst-2": "sst2", "sst": "sst2", "cola": "cola", "mrpc": "mrpc", "qnli": "qnli"}
