@@ -132,6 +132,9 @@ def test_search_tracks_every_trial_resumes_and_recommends(tiny_checkpoint, tmp_p
         assert {"config.json", "search_space.yaml", "evaluation.json"} <= arts
     parent_arts = {a.path for a in cl.list_artifacts(searcher.parent_run_id)}
     assert {"pareto_front.png", "search_space.yaml"} <= parent_arts
+    # the dashboard opens the experiment on its runs, not on MLflow 3's GenAI overview
+    exp = cl.get_experiment_by_name(f"autoprumux/{searcher.name}")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # overhead of Optuna + MLflow is recorded per trial
     assert all(t.user_attrs["tracking_overhead_seconds"] > 0 for t in trials)
 
@@ -587,3 +590,14 @@ def test_an_older_store_in_the_working_directory_is_still_used_with_a_message(
     assert old == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking.artifact_root(old) == (tmp_path / "mlartifacts").as_uri()
     assert "older autoprumux" in caplog.text and "mlruns" in caplog.text
+
+
+def test_an_experiment_made_before_the_kind_tag_gets_it_on_its_next_use(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cl = tracking.client(uri)
+    old = cl.create_experiment("autoprumux/older")  # as earlier versions made them
+    assert "mlflow.experimentKind" not in cl.get_experiment(old).tags
+    assert tracking.experiment_id(cl, "autoprumux/older", uri) == old
+    assert cl.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    new = tracking.experiment_id(cl, "autoprumux/newer", uri)
+    assert cl.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"

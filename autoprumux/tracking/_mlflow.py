@@ -16,6 +16,9 @@ from autoprumux.errors import ConfigError
 from autoprumux.tracking._stores import artifact_root, make_store_dir
 
 EXPERIMENT_PREFIX = "autoprumux"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview ("Traces 0"); a
+# model-training experiment opens on its runs, where the trials are
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def client(tracking_uri: str) -> Any:
@@ -36,9 +39,16 @@ def experiment_id(cl: Any, name: str, tracking_uri: str) -> str:
                 f"MLflow experiment {name!r} is deleted in {tracking_uri}; restore it "
                 "(mlflow experiments restore) or pass another --study-name"
             )
+        if exp.tags.get("mlflow.experimentKind") is None:  # made by an older version
+            for key, value in EXPERIMENT_KIND.items():
+                cl.set_experiment_tag(exp.experiment_id, key, value)
         return str(exp.experiment_id)
     try:
-        return str(cl.create_experiment(name, artifact_location=artifact_root(tracking_uri)))
+        return str(
+            cl.create_experiment(
+                name, artifact_location=artifact_root(tracking_uri), tags=EXPERIMENT_KIND
+            )
+        )
     except MlflowException:
         exp = cl.get_experiment_by_name(name)  # another worker created it first
         if exp is None:
