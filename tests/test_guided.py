@@ -10,6 +10,7 @@ import pytest
 
 from autoprumux.config import Candidate
 from autoprumux.search._guided import (
+    PriorTrial,
     ScoredConfig,
     make_guided_sampler,
     open_candidates,
@@ -211,3 +212,56 @@ def test_the_sampler_says_when_it_has_converged(caplog):
     # and the user is told why
     assert picked == [2, 1, 0]
     assert "converged for budget 1" in caplog.text
+
+
+def _context(task_mcc: float, baseline: float) -> dict:
+    from autoprumux.meta._model import CONTEXT_KEYS
+
+    ctx = dict.fromkeys(CONTEXT_KEYS, 1.0)
+    ctx.update(task_mcc=task_mcc, baseline_metric=baseline)
+    return ctx
+
+
+def _prior_from(truth, ctx) -> list[PriorTrial]:
+    return [
+        PriorTrial(Candidate(sparsity=s, mux=n), ctx, loss, sp)
+        for (s, n), (loss, sp) in truth.items()
+        if (s, n) != (0.0, 1)
+    ]
+
+
+def test_a_prior_from_a_similar_task_finds_the_answer_in_fewer_trials():
+    cands, truth = prumux_grid(smooth_loss, speedup)
+    # the earlier task lost a little less at every point (another task: its own context)
+    _, earlier = prumux_grid(lambda s, n: smooth_loss(s, n) - 0.3, speedup)
+    prior = _prior_from(earlier, _context(0.0, 90.0))
+    here = _context(0.0, 85.0)
+
+    def found_within_3(budget: float, **kw) -> bool:
+        seen: list[ScoredConfig] = []
+        for _ in range(3):
+            i = propose(cands, seen, budget, **kw)
+            if i is None:
+                break
+            loss, sp = truth[(cands[i].sparsity, cands[i].mux)]
+            seen.append(ScoredConfig(cands[i], loss, sp))
+        best = max(sp for loss, sp in truth.values() if loss <= budget)
+        got = max((m.speedup for m in seen if m.loss <= budget), default=1.0)
+        return got == pytest.approx(best)
+
+    budgets = [0.5, 1.0, 2.0, 3.0, 5.0]
+    with_prior = [found_within_3(b, prior=prior, context=here) for b in budgets]
+    plain = [found_within_3(b) for b in budgets]
+    assert all(with_prior), with_prior
+    assert sum(plain) < len(budgets), plain  # bisection needs more trials at some budgets
+    # the first proposal is the model's, not the middle of N=1's axis
+    first_plain = propose(cands, [], 2.0)
+    first_prior = propose(cands, [], 2.0, prior=prior, context=here)
+    assert cands[first_plain] == Candidate(sparsity=0.5, mux=1)
+    assert first_prior != first_plain
+
+
+def test_a_prior_needs_the_studys_context():
+    cands, truth = prumux_grid(smooth_loss, speedup)
+    with pytest.raises(ValueError, match="context"):
+        propose(cands, [], 2.0, prior=_prior_from(truth, _context(0.0, 90.0)))

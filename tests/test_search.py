@@ -22,6 +22,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.meta import recommend
 from autoprumux.search import Searcher, SearchSettings, SearchSpace
+from autoprumux.search._guided import propose
 
 TINY_RECIPE = {
     "max_train_examples": 64,
@@ -601,3 +602,40 @@ def test_an_experiment_made_before_the_kind_tag_gets_it_on_its_next_use(tmp_path
     assert cl.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
     new = tracking.experiment_id(cl, "autoprumux/newer", uri)
     assert cl.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_guided_search_can_start_from_an_earlier_studys_trials(tiny_checkpoint, tmp_path):
+    space = tiny_space(tiny_checkpoint, sparsity={"low": 0.0, "high": 0.8, "step": 0.2})
+    first = Searcher(settings(space, tmp_path, study_name="earlier", trials=3, sampler="guided"))
+    first.run()
+    seen: list = []
+    later = Searcher(
+        settings(
+            space,
+            tmp_path,
+            study_name="later",
+            trials=1,
+            sampler="guided",
+            budget=2.0,
+            prior=("earlier",),
+        )
+    )
+    real = later.pipeline("gaussian").evaluate
+
+    def spy(cfg, *a, **kw):
+        seen.append(cfg)
+        return real(cfg, *a, **kw)
+
+    later.pipeline("gaussian").evaluate = spy
+    later.run()
+    # the first trial came from the meta-model fitted on the earlier study, in this study's
+    # context (the baseline's metric included), not from bisection
+    plain = space.grid()[propose(space.grid(), [], 2.0)]
+    assert len(seen) == 1 and seen[0] != plain
+    baseline = later.pipeline("gaussian").baseline_metrics()["metric"]
+    assert later._context()["baseline_metric"] == baseline
+
+    with pytest.raises(ConfigError, match="nowhere.*no finished trials"):
+        Searcher(settings(space, tmp_path, study_name="x", sampler="guided", prior=("nowhere",)))
+    with pytest.raises(ConfigError, match="needs --sampler guided"):
+        settings(space, tmp_path, prior=("earlier",))

@@ -199,6 +199,15 @@ def add_search_common(p: argparse.ArgumentParser) -> None:
         help="seconds between trial heartbeats; a silent trial is failed and retried after 2x",
     )
     p.add_argument(
+        "--prior",
+        nargs="+",
+        default=(),
+        metavar="STUDY",
+        help="with --sampler guided: start from these earlier studies' finished trials (other "
+        "tasks or models, in the same --storage; 'all': every other study there) instead of "
+        "bisecting: the meta-model is fitted on them with the task descriptors as features",
+    )
+    p.add_argument(
         "--no-register",
         action="store_true",
         help="do not fit and register the meta-model recommender at the end",

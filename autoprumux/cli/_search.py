@@ -43,6 +43,7 @@ def _search_settings(args: argparse.Namespace, space: SearchSpace, trials: int) 
         ),
         prune_margin=args.prune_margin,
         heartbeat=args.heartbeat,
+        prior=tuple(args.prior),
     )
 
 

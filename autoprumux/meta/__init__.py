@@ -21,6 +21,7 @@ __getattr__ = lazy_exports(
         "Recommendation": "autoprumux.meta._recommend",
         "Recommender": "autoprumux.meta._recommend",
         "build_recommender": "autoprumux.meta._recommend",
+        "context_of": "autoprumux.meta._recommend",
         "load_trials": "autoprumux.meta._recommend",
         "recommend": "autoprumux.meta._recommend",
     },
@@ -32,12 +33,14 @@ if TYPE_CHECKING:
         Recommendation,
         Recommender,
         build_recommender,
+        context_of,
         load_trials,
         recommend,
     )
 
 __all__ = [
     "FEATURES",
+    "context_of",
     "MetaModel",
     "Recommendation",
     "Recommender",

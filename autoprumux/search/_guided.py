@@ -22,6 +22,11 @@ least as fast. So after each trial:
    gives each open candidate a probability of staying inside the budget and an expected
    improvement of log-speedup over the best feasible trial; the product picks the next trial.
 
+With a **prior** (the finished trials of earlier studies: other tasks, models or devices, each
+in its own context), the meta-model is fitted on them and this study's trials together, the task
+and model descriptors telling the contexts apart, and constrained expected improvement picks
+from the first trial on: no bisection, and no anchor for a row the prior has measured.
+
 `propose` is pure (configurations in, an index out): `GuidedSampler` feeds it from an Optuna
 study, benchmarks/search_regret.py from a reference grid.
 """
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +60,16 @@ def loss_noise(dev_size: int | None) -> float:
     if not dev_size:
         return 1.0
     return max(0.5, 100.0 * math.sqrt(0.16 / dev_size))
+
+
+@dataclass(frozen=True)
+class PriorTrial:
+    """A finished trial of an earlier study, in that study's context (see `meta.context_of`)."""
+
+    config: Candidate
+    context: dict[str, Any]
+    loss: float
+    speedup: float
 
 
 @dataclass(frozen=True)
@@ -140,12 +155,15 @@ def _row(cfg: Candidate) -> tuple:
 
 
 def _row_anchor(
-    candidates: Sequence[Candidate], open_idx: list[int], measured: Sequence[ScoredConfig]
+    candidates: Sequence[Candidate],
+    open_idx: list[int],
+    measured: Sequence[ScoredConfig],
+    prior: Sequence[PriorTrial] = (),
 ) -> int | None:
     """The least aggressive open point of the least aggressive row (e.g. N=4 at the lowest open
-    sparsity) that holds no measurement yet: the meta-model cannot extrapolate into an unseen N,
-    and one point there often rules the whole row out."""
-    touched = {_row(m.config) for m in measured}
+    sparsity) that holds no measurement yet, here or in the prior: the meta-model cannot
+    extrapolate into an unseen N, and one point there often rules the whole row out."""
+    touched = {_row(m.config) for m in measured} | {_row(p.config) for p in prior}
     fresh = [i for i in open_idx if _row(candidates[i]) not in touched]
     if not fresh:
         return None
@@ -168,14 +186,19 @@ def acquisition(
     context: dict[str, Any] | None = None,
     min_sigma: float = 0.5,
     noise: float = 1.0,
+    prior: Sequence[PriorTrial] = (),
 ) -> np.ndarray:
     """Constrained expected improvement of each open candidate (same order as `open_idx`).
-    `noise`: the spread (points) of one measured loss, e.g. from the dev set's size."""
+    `noise`: the spread (points) of one measured loss, e.g. from the dev set's size; `prior`:
+    earlier studies' trials, fitted beside this study's (which then needs its real `context`)."""
     from autoprumux.meta._model import training_table
 
     ctx = context or _CTX
     done = [m for m in measured if m.speedup is not None]
-    X, y = training_table([(m.config, ctx, m.loss, float(m.speedup or 1.0)) for m in done])
+    X, y = training_table(
+        [(p.config, p.context, p.loss, p.speedup) for p in prior]
+        + [(m.config, ctx, m.loss, float(m.speedup or 1.0)) for m in done]
+    )
     meta = MetaModel().fit(X, y)
     Xc = np.array([features(candidates[i], ctx) for i in open_idx], dtype=float)
     med = meta.predict(Xc)
@@ -215,10 +238,14 @@ def propose(
     noise: float = 1.0,
     min_model_trials: int = 3,
     context: dict[str, Any] | None = None,
+    prior: Sequence[PriorTrial] = (),
 ) -> int | None:
     """Index of the candidate to evaluate next for `budget`, or None when no open candidate can
     beat the best feasible trial any more (the search has converged for this budget).
-    `failed`: one configuration per failed trial; `noise`: see `loss_noise`."""
+    `failed`: one configuration per failed trial; `noise`: see `loss_noise`; `prior`: earlier
+    studies' trials (then `context` must be this study's, see the module docstring)."""
+    if prior and context is None:
+        raise ValueError("a prior needs this study's context (its task and model descriptors)")
     known = list(measured)
     if not any(m.config.is_baseline for m in known):
         known.append(ScoredConfig(BASELINE, 0.0, 1.0))
@@ -227,15 +254,15 @@ def propose(
         return None
     trials = sum(m.speedup is not None and not m.config.is_baseline for m in measured)
     if ordinary:
-        if trials < max(2, min_model_trials):
+        if trials < max(2, min_model_trials) and not prior:
             return _bisect(candidates, ordinary, known, budget)
-        anchor = _row_anchor(candidates, ordinary, known)
+        anchor = _row_anchor(candidates, ordinary, known, prior)
         if anchor is not None:
             return anchor
-    elif trials == 0:  # nothing to fit a model on: the least shadowed long shot
+    elif trials == 0 and not prior:  # nothing to fit a model on: the least shadowed long shot
         return min(long_shots, key=lambda i: shadow(candidates[i], known, budget))
     pool = ordinary + long_shots
-    score = acquisition(candidates, pool, known, budget, context, noise=noise)
+    score = acquisition(candidates, pool, known, budget, context, noise=noise, prior=prior)
     return pool[int(np.argmax(score))]
 
 
@@ -268,11 +295,19 @@ def study_evidence(
 
 
 def make_guided_sampler(
-    grid: Sequence[Candidate], budget: float, param: str, seed: int = 0, noise: float = 1.0
+    grid: Sequence[Candidate],
+    budget: float,
+    param: str,
+    seed: int = 0,
+    noise: float = 1.0,
+    prior: Sequence[PriorTrial] = (),
+    context: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
     """An Optuna sampler that answers the categorical `param` (an index into `grid`) with
     `propose`; once the search has converged for `budget` it samples an unmeasured point at
-    random (more data for the meta-model), and any other parameter at random."""
+    random (more data for the meta-model), and any other parameter at random. `context` is
+    called when a trial is proposed (the study's context holds the baseline's metric, known
+    only once the baseline is trained); it is needed with a `prior`."""
     import optuna
 
     class GuidedSampler(optuna.samplers.BaseSampler):
@@ -293,7 +328,16 @@ def make_guided_sampler(
             if param_name != param:
                 return self._random.sample_independent(study, trial, param_name, param_distribution)
             measured, busy, failed = study_evidence(study.get_trials(deepcopy=False), trial.number)
-            i = propose(grid, measured, budget, busy=busy, failed=failed, noise=noise)
+            i = propose(
+                grid,
+                measured,
+                budget,
+                busy=busy,
+                failed=failed,
+                noise=noise,
+                prior=prior,
+                context=context() if context is not None else None,
+            )
             if i is None:
                 if not self._converged:
                     self._converged = True

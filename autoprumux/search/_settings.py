@@ -32,6 +32,9 @@ class SearchSettings:
     heartbeat: int = 60  # seconds; a RUNNING trial silent for 2x this is failed and retried
     show_progress: bool = True
     worker_offset: int = 0  # added to the sampler seed, so that joined workers differ
+    # earlier studies in the same storage whose finished trials the guided sampler starts from
+    # (("all",): every other autoprumux study there)
+    prior: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
@@ -57,6 +60,15 @@ class SearchSettings:
             raise ConfigError(f"seed ({self.seed!r}) must be between 0 and 2**32 - 1")
         if self.study_name is not None:
             tracking.check_study_name(self.study_name)
+        self.prior = tuple(self.prior)
+        if self.prior and self.sampler != "guided":
+            raise ConfigError(
+                f"--prior {' '.join(self.prior)} needs --sampler guided (the sampler that "
+                f"starts from earlier studies' trials), not {self.sampler!r}"
+            )
+        for name in self.prior:
+            if name != "all":
+                tracking.check_study_name(name)
         for precision in self.space.values("precision"):  # before any trial runs
             try:
                 check_precision(precision, self.device)

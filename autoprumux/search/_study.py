@@ -21,14 +21,14 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from autoprumux import tracking
 from autoprumux.config import Candidate, ThroughputConfig
 from autoprumux.errors import ConfigError
-from autoprumux.search._guided import loss_noise
+from autoprumux.search._guided import PriorTrial, loss_noise
 from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
 from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace
@@ -42,7 +42,13 @@ GRID_PARAM = "grid_point"
 
 
 def make_sampler(
-    kind: str, space: SearchSpace, seed: int, budget: float, noise: float = 1.0
+    kind: str,
+    space: SearchSpace,
+    seed: int,
+    budget: float,
+    noise: float = 1.0,
+    prior: Sequence[PriorTrial] = (),
+    context: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
     import optuna
 
@@ -53,7 +59,9 @@ def make_sampler(
     if kind == "guided":  # budget-guided: dominance, bisection, constrained EI (see _guided.py)
         from autoprumux.search._guided import make_guided_sampler
 
-        return make_guided_sampler(space.grid(), budget, GRID_PARAM, seed=seed, noise=noise)
+        return make_guided_sampler(
+            space.grid(), budget, GRID_PARAM, seed=seed, noise=noise, prior=prior, context=context
+        )
 
     # the budget constraint is set on each trial (Trial.set_constraint, see Searcher)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, len(space.grid())))
@@ -130,6 +138,7 @@ class Searcher:
         # a sampler seeded the same way on every rerun or worker proposes the same first
         # configurations again: mix in how far the study is (and, for a worker, which one)
         existing = tracking.trial_count(self.storage, self.name)
+        prior = self._prior_trials()
         self.study = optuna.create_study(
             study_name=self.name,
             storage=self.storage,
@@ -140,6 +149,8 @@ class Searcher:
                 (settings.seed + existing + settings.worker_offset) % 2**32,
                 settings.budget,
                 noise=loss_noise(first.dev_size),
+                prior=prior,
+                context=self._context,
             ),
             pruner=optuna.pruners.NopPruner(),  # the threshold depends on the baseline, see _report
             load_if_exists=True,
@@ -167,6 +178,32 @@ class Searcher:
             mux_variant=variant,
             warmup_corpus=s.warmup_corpus,
         )
+
+    def _prior_trials(self) -> list[PriorTrial]:
+        """The finished trials of the earlier studies named in the settings (see `prior`)."""
+        from autoprumux.meta import load_trials
+
+        if not self.s.prior:
+            return []
+        names = None if self.s.prior == ("all",) else list(self.s.prior)
+        rows = [r for r in load_trials(self.storage_url, names) if r["study"] != self.name]
+        missing = sorted(set(names or ()) - {r["study"] for r in rows})
+        if missing or not rows:
+            raise ConfigError(
+                f"--prior: {', '.join(missing) or 'no other study'} has no finished trials in "
+                f"{tracking.redact_url(self.storage_url)}; name studies listed by "
+                "`optuna studies --storage ...`, or run without --prior"
+            )
+        return [
+            PriorTrial(r["config"], r["context"], r["accuracy_loss"], r["speedup"]) for r in rows
+        ]
+
+    def _context(self) -> dict[str, Any]:
+        """This study's context for the meta-model (the baseline's metric: trained once, cached)."""
+        from autoprumux.meta import context_of
+
+        pipe = self.pipeline(self.variants[0])
+        return context_of(self._study_attrs(), pipe.baseline_metrics()["metric"])
 
     def pipeline(self, variant: str) -> Any:
         if variant not in self._pipes:
