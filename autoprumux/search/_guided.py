@@ -23,9 +23,11 @@ least as fast. So after each trial:
    improvement of log-speedup over the best feasible trial; the product picks the next trial.
 
 With a **prior** (the finished trials of earlier studies: other tasks, models or devices, each
-in its own context), the meta-model is fitted on them and this study's trials together, the task
-and model descriptors telling the contexts apart, and constrained expected improvement picks
-from the first trial on: no bisection, and no anchor for a row the prior has measured.
+in its own context), the meta-model is fitted on them, the task and model descriptors telling
+the contexts apart, and predicts for this study's context; this study's own trials rescale its
+predicted losses (`_task_scale`) and clamp them by monotonicity. Constrained expected
+improvement picks from the first trial on: no bisection, and no anchor for a row the prior has
+measured.
 
 `propose` is pure (configurations in, an index out): `GuidedSampler` feeds it from an Optuna
 study, benchmarks/search_regret.py from a reference grid.
@@ -50,6 +52,10 @@ log = logging.getLogger("autoprumux.search")
 _CTX = dict.fromkeys(CONTEXT_KEYS, 0.0)
 # a long shot whose chance of being within the budget is below this is not worth a trial
 LONG_SHOT_P = 1e-3
+# how far (relative) a prior's rescaled losses may stray on a new task: before any of its trials,
+# and at least after them
+PRIOR_SPREAD = 0.3
+MIN_SPREAD = 0.1
 # a configuration that failed this many times is not proposed again (one retry)
 MAX_FAILURES = 2
 
@@ -190,22 +196,26 @@ def acquisition(
 ) -> np.ndarray:
     """Constrained expected improvement of each open candidate (same order as `open_idx`).
     `noise`: the spread (points) of one measured loss, e.g. from the dev set's size; `prior`:
-    earlier studies' trials, fitted beside this study's (which then needs its real `context`)."""
+    earlier studies' trials, fitted instead of this study's (which then needs its real `context`
+    and rescales the prior's losses)."""
     from autoprumux.meta._model import training_table
 
     ctx = context or _CTX
     done = [m for m in measured if m.speedup is not None]
-    X, y = training_table(
-        [(p.config, p.context, p.loss, p.speedup) for p in prior]
-        + [(m.config, ctx, m.loss, float(m.speedup or 1.0)) for m in done]
-    )
-    meta = MetaModel().fit(X, y)
+    rows = [(p.config, p.context, p.loss, p.speedup) for p in prior] or [
+        (m.config, ctx, m.loss, float(m.speedup or 1.0)) for m in done
+    ]
+    meta = MetaModel().fit(*training_table(rows))
     Xc = np.array([features(candidates[i], ctx) for i in open_idx], dtype=float)
     med = meta.predict(Xc)
     # the jackknife half-widths cover `coverage` of the errors: as a normal scale
     z80 = 1.2816
     s_loss = np.full(len(open_idx), max(min_sigma, meta.half_width_[0] / z80))
     s_speed = max(0.05, meta.half_width_[1] / z80)
+    if prior:  # how far the prior's losses carry over, not how well it fits its own tasks
+        loss_scale, spread = _task_scale(meta, done, ctx)
+        med[:, 0] *= loss_scale
+        s_loss = np.maximum(max(min_sigma, noise), spread * np.abs(med[:, 0]))
     # clamp the predictions into what the measurements imply by monotonicity: a candidate loses
     # at least what any less aggressive trial lost, at most what any more aggressive one lost
     for row, i in enumerate(open_idx):
@@ -226,6 +236,28 @@ def acquisition(
     z = (np.log(med[:, 1]) - best) / s_speed
     ei = s_speed * (z * _norm_cdf(z) + _norm_pdf(z))
     return p_ok * ei
+
+
+def _task_scale(
+    meta: MetaModel, done: Sequence[ScoredConfig], ctx: dict[str, Any]
+) -> tuple[float, float]:
+    """(factor, relative spread): how much more (or less) accuracy this task loses than the
+    prior predicts for it, as the least-squares factor between the prior's predicted and this
+    study's measured losses, and how far the measured losses stray from the rescaled prediction
+    (relative; `PRIOR_SPREAD` before any trial). Tasks differ mostly in how steeply they lose
+    accuracy, less in the curve's shape, which the earlier studies measured over many points."""
+    rows = [m for m in done if not m.config.is_baseline]
+    if not rows:
+        return 1.0, PRIOR_SPREAD
+    predicted = meta.predict(np.array([features(m.config, ctx) for m in rows], dtype=float))[:, 0]
+    measured = np.array([m.loss for m in rows], dtype=float)
+    denominator = float(predicted @ predicted)
+    if denominator < 1e-6:  # the prior predicts no loss where this study measured some
+        return 1.0, PRIOR_SPREAD
+    factor = float(np.clip((predicted @ measured) / denominator, 0.1, 10.0))
+    scaled = factor * predicted
+    relative = np.abs(measured - scaled) / np.maximum(np.abs(scaled), 1.0)
+    return factor, float(np.clip(relative.max(), MIN_SPREAD, PRIOR_SPREAD))
 
 
 def propose(
