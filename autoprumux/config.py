@@ -153,6 +153,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "distill_weight": _FRACTION,
     "recovery_steps": _STEPS,
     "recovery_layer_distill": _WEIGHT,
+    "int8_recovery_steps": _STEPS,
     "mux_pooling": _Rule(str, choices=("cls", "mean")),
     "warmup_hidden_distill": _WEIGHT,
     "mux_hidden_distill": _WEIGHT,
@@ -192,6 +193,9 @@ class Recipe:
     # + weight x layer-wise distillation in the recovery of N=1 candidates: each kept layer's
     # token states against the baseline layer it maps to (CoFi's layer distillation)
     recovery_layer_distill: float = 0.0
+    # an int8 candidate's distillation steps trained as int8 conversion computes (fake-quantized
+    # weights and inputs) before it is converted; 0: converted as trained
+    int8_recovery_steps: int = 0
     # mux options (defaults: the best measured, see BENCHMARKS.md)
     mux_pooling: str = "mean"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
@@ -241,6 +245,11 @@ class Recipe:
             raise ConfigError(
                 f"recipe fields trainer / l2l_micro_batches / l2l_stash: {e}"
             ) from None
+        if self.int8_recovery_steps > 0 and self.trainer != "standard":
+            raise ConfigError(
+                "recipe field int8_recovery_steps > 0 needs trainer 'standard' (the L2L "
+                "executor moves plain layers, not int8-emulating ones); set one of them differently"
+            )
         if self.recovery_layer_distill > 0 and self.trainer != "standard":
             raise ConfigError(
                 "recipe field recovery_layer_distill > 0 needs trainer 'standard' (the L2L "

@@ -49,6 +49,7 @@ from autoprumux.models import (
     MuxSequenceClassifier,
     StudentConfig,
     StudentEnsemble,
+    fake_int8,
     resolve_model,
     to_precision,
     warm_start_from,
@@ -390,6 +391,52 @@ class PruMuxPipeline:
             teacher_logits=self.teacher_logits(),
         )
 
+    def _candidate_key(self, sparsity: float, n: int) -> dict:
+        if sparsity == 0.0:
+            return self._mux_key(n)
+        r = self.recipe
+        return {
+            **self._mux_key(n),
+            "sparsity": sparsity,
+            "recovery_steps": r.recovery_steps,
+            "prune_stages": r.prune_stages,
+            "importance_examples": r.importance_examples,
+            # keyed only when used, so earlier entries keep their keys
+            **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
+        }
+
+    def trained(
+        self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
+    ) -> MuxSequenceClassifier:
+        """The configuration's fp32 model, as its precision is converted from: the candidate,
+        and for int8 with the recipe's `int8_recovery_steps`, distilled further while computing
+        as int8 will (`fake_int8`; built or cached)."""
+        model = self.candidate(config, on_stage=on_stage)
+        r = self.recipe
+        if config.precision != "int8" or r.int8_recovery_steps == 0:
+            return model
+        key = {**self._candidate_key(*self._prumux(config)), "int8_steps": r.int8_recovery_steps}
+
+        def build(tmp: Path) -> dict:
+            m = copy.deepcopy(model)
+            cfg = TrainConfig.from_recipe(r, r.int8_recovery_steps, distill_weight=r.distill_weight)
+            with fake_int8(m):
+                stats = train_classifier(
+                    m,
+                    self.train_items,
+                    cfg,
+                    teacher=self.baseline(),
+                    special_ids=self.special_ids,
+                    desc=f"int8 recovery {config.describe()}",
+                    device=self.device,
+                    teacher_logits=self.teacher_logits(),
+                )
+            m.save(tmp / "model")
+            return stats
+
+        entry, _ = self.cache.get_or_build("int8_recovered", key, build)
+        return self._load(entry, r.freeze_word_embeddings)
+
     def candidate(
         self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
     ) -> MuxSequenceClassifier:
@@ -405,15 +452,7 @@ class PruMuxPipeline:
         if sparsity == 0.0:
             return self.mux_model(n)
         r = self.recipe
-        key = {
-            **self._mux_key(n),
-            "sparsity": sparsity,
-            "recovery_steps": r.recovery_steps,
-            "prune_stages": r.prune_stages,
-            "importance_examples": r.importance_examples,
-            # keyed only when used, so earlier entries keep their keys
-            **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
-        }
+        key = self._candidate_key(sparsity, n)
 
         def build(tmp: Path) -> dict:
             m = copy.deepcopy(self.mux_model(n))
@@ -564,7 +603,7 @@ class PruMuxPipeline:
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(n, tp)
         self.baseline()  # first: the candidate distils from it
-        cand = to_precision(self.candidate(config, on_stage=on_stage), config.precision)
+        cand = to_precision(self.trained(config, on_stage=on_stage), config.precision)
         return self.beside_baseline(_name(f"s={sparsity:g},N={n}", config.precision), cand, tp)
 
     def _prumux(self, config: Candidate) -> tuple[float, int]:

@@ -24,6 +24,7 @@ from autoprumux.models import (
     StudentEnsemble,
     apply_plan,
     count_parameters,
+    fake_int8,
     to_precision,
 )
 from autoprumux.search import Searcher, SearchSettings, SearchSpace
@@ -200,3 +201,55 @@ def test_a_search_over_precision_records_it_in_each_trial_and_its_mlflow_run(
     runs = mlflow_trial_runs(s.tracking_uri, searcher.name)
     assert sorted(r.data.params["precision"] for r in runs) == ["fp32", "int8"]
     assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_fake_int8_computes_as_the_int8_conversion_and_trains_the_fp32_weights(n):
+    m = _model(n, pruned=True)
+    ids, mask, tt = random_batch(8, 16, seed=2)
+    with torch.inference_mode():
+        int8 = to_precision(m, "int8")(ids, mask, tt)
+        plain = m(ids, mask, tt)
+    with torch.inference_mode(), fake_int8(m):
+        fake = m(ids, mask, tt)
+    # the emulation rounds as the conversion does: far closer to it than fp32 is
+    assert (fake - int8).abs().max() <= 1e-4 + 0.05 * (plain - int8).abs().max()
+    # a step inside the block trains the fp32 weights (straight-through), which stay plain after
+    first = next(mod for mod in m.modules() if isinstance(mod, torch.nn.Linear))
+    before = first.weight.detach().clone()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    m.train()
+    with fake_int8(m):
+        m(ids, mask, tt).pow(2).mean().backward()
+        opt.step()
+    assert type(first) is torch.nn.Linear and isinstance(first.weight, torch.nn.Parameter)
+    assert not torch.equal(first.weight.detach(), before)
+    assert set(m.state_dict()) == set(_model(n, pruned=True).state_dict())
+
+
+def test_int8_recovery_distils_the_candidate_as_int8_and_is_cached_apart(tiny_checkpoint, tmp_path):
+    def pipe(steps: int) -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=Recipe(**{**TINY_RECIPE, "int8_recovery_steps": steps}),
+            data_dir=str(DATA),
+            cache_dir=tmp_path / "cache",
+        )
+
+    cfg = Candidate(sparsity=0.3, precision="int8")
+    plain, recovered = pipe(0), pipe(3)
+    assert plain.trained(cfg) is not None and not (tmp_path / "cache" / "int8_recovered").exists()
+    a = plain.trained(cfg).state_dict()
+    b = recovered.trained(cfg).state_dict()
+    assert set(a) == set(b) and any(not torch.equal(a[k], b[k]) for k in a)
+    assert len(list((tmp_path / "cache" / "int8_recovered").iterdir())) == 1
+    # fp32 configurations and the fp32 candidate underneath are untouched by the setting
+    fp32 = Candidate(sparsity=0.3)
+    assert all(
+        torch.equal(v, recovered.trained(fp32).state_dict()[k]) for k, v in a.items()
+    )
+    ev = recovered.evaluate(cfg, throughput=TP)
+    assert ev.candidate.name == "s=0.3,N=1,int8"
+    with pytest.raises(ConfigError, match="int8_recovery_steps"):
+        Recipe(int8_recovery_steps=10, trainer="l2l")

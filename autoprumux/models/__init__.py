@@ -11,7 +11,7 @@ from autoprumux.models._mux import (
     OrthogonalMux,
     warm_start_from,
 )
-from autoprumux.models._precision import count_parameters, to_precision
+from autoprumux.models._precision import count_parameters, fake_int8, to_precision
 from autoprumux.models._pruning import (
     Importance,
     PruningPlan,
@@ -27,6 +27,7 @@ AnyModel = MuxSequenceClassifier | StudentEnsemble
 
 __all__ = [
     "count_parameters",
+    "fake_int8",
     "to_precision",
     "warm_start_from",
     "AnyModel",
