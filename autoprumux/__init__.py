@@ -29,11 +29,14 @@ __getattr__ = lazy_exports(
         "Evaluation": "autoprumux.evaluation",
         "Measured": "autoprumux.evaluation",
         "PruMuxPipeline": "autoprumux.pipeline",
+        "load": "autoprumux.deploy",
+        "Predictor": "autoprumux.deploy",
     },
 )
 
 if TYPE_CHECKING:
     from autoprumux.data import TASKS, load_task
+    from autoprumux.deploy import Predictor, load
     from autoprumux.evaluation import (
         Evaluation,
         Measured,
@@ -64,10 +67,12 @@ __all__ = [
     "ModelNotFoundError",
     "MuxConfig",
     "MuxSequenceClassifier",
+    "Predictor",
     "PruMuxPipeline",
     "Recipe",
     "ThroughputConfig",
     "check_budget",
+    "load",
     "load_task",
     "measure_throughput",
     "model_flops",

@@ -23,11 +23,13 @@ RANK = {
     "models": 2,
     "training": 3,
     "evaluation": 4,
+    "deploy": 4,  # loads an export: data, models, the device check (no training, no MLflow)
     "pipeline": 5,
     "tracking": 6,
     "meta": 7,
     "search": 8,
     "student_server": 8,
+    "export": 8,  # builds through the pipeline, reads studies (meta), registers (tracking)
     "cli": 9,
 }
 

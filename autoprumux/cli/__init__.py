@@ -1,8 +1,10 @@
-"""Command line: evaluate, warmup, search, worker, recommend, ui, serve, serve-students.
+"""Command line: evaluate, warmup, search, worker, recommend, ui, serve, serve-students, export,
+predict.
 
 Bad input exits with code 2 and a message naming the value. The flag groups are declared once
 in `_flags`, the input checks live in `_checks`, and the commands in `_evaluate` (evaluate,
-warmup), `_search` (search, worker, recommend) and `_serve` (ui, serve, serve-students); nothing
+warmup), `_search` (search, worker, recommend), `_serve` (ui, serve, serve-students), `_export` and
+`_predict`; nothing
 here imports torch until a command runs."""
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from autoprumux.cli._checks import (
     _warn_non_loopback,
 )
 from autoprumux.cli._evaluate import _atomic_write, cmd_evaluate, cmd_warmup, format_table
+from autoprumux.cli._export import add_export_parser, cmd_export
 from autoprumux.cli._flags import (
     RECIPE_FLAGS,
     _pipeline,
@@ -33,8 +36,10 @@ from autoprumux.cli._flags import (
     add_search_common,
     add_serving_group,
     add_storage,
+    add_task_data_flags,
     add_tracking_uri,
 )
+from autoprumux.cli._predict import add_predict_parser, cmd_predict
 from autoprumux.cli._search import cmd_recommend, cmd_search, cmd_worker
 from autoprumux.cli._serve import _exec, cmd_serve, cmd_serve_students, cmd_ui
 from autoprumux.errors import AutoPruMuxError
@@ -53,6 +58,8 @@ __all__ = [
     "_warn_non_loopback",
     "build_parser",
     "cmd_evaluate",
+    "cmd_export",
+    "cmd_predict",
     "cmd_recommend",
     "cmd_search",
     "cmd_serve",
@@ -75,6 +82,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ui": cmd_ui,
     "serve": cmd_serve,
     "serve-students": cmd_serve_students,
+    "export": cmd_export,
+    "predict": cmd_predict,
 }
 
 
@@ -120,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "search", help="run (or resume) an Optuna study over a search space, tracked in MLflow"
     )
     se.add_argument("--space", default="search_spaces/prumux.yaml", help="search space YAML file")
-    se.add_argument("--task", default=None, help="overrides the space's task")
+    se.add_argument("--task", default=None, help="overrides the space's task (or data)")
+    add_task_data_flags(se)  # --data, its columns and --metric override the space's too
     se.add_argument("--trials", type=int, default=24, help="finished trials the study should hold")
     add_sampler(se)
     add_search_common(se)
@@ -172,12 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     ss.set_defaults(mux_variant="gaussian", warmup_corpus="shared")
     add_recipe_group(ss, "finds or builds the cached ensemble")
     add_serving_group(ss)
+    add_export_parser(sub)
+    add_predict_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command, for model cards
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

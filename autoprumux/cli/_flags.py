@@ -12,6 +12,7 @@ from autoprumux.config import SAMPLERS
 
 if TYPE_CHECKING:
     from autoprumux.config import Recipe
+    from autoprumux.data import DataSource
     from autoprumux.pipeline import PruMuxPipeline
 
 Container = argparse.ArgumentParser | argparse._ArgumentGroup
@@ -89,13 +90,82 @@ def _recipe(args: argparse.Namespace) -> Recipe:
 
 
 def add_model_flags(p: Container) -> None:
-    """--task and --model of the commands that train (evaluate, warmup, serve-students)."""
-    p.add_argument("--task", default="sst2", help="sst2 | cola | mrpc | qnli (default: sst2)")
+    """--task (or --data) and --model of the commands that train (evaluate, warmup,
+    serve-students)."""
+    p.add_argument(
+        "--task", default=None, help="sst2 | cola | mrpc | qnli (default: sst2; not with --data)"
+    )
+    add_task_data_flags(p)
     p.add_argument(
         "--model",
         default=None,
         help="BERT checkpoint directory or hub name (default: packaged all-MiniLM-L6-v2)",
     )
+
+
+# the flags that describe --data (a DataSource's fields), unset unless given
+DATA_FLAGS = ("text_column", "pair_column", "label_column", "dev_fraction")
+
+
+def add_task_data_flags(p: Container) -> None:
+    """--data (the user's own labelled text instead of a GLUE --task), its columns and dev
+    split, and --metric (see README "Your own data")."""
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="your own text-classification data instead of --task: a CSV, TSV, JSONL or "
+        "Parquet file, a directory with train.* and dev.* (or validation.*), or "
+        "hf:NAME[/CONFIG] (Hugging Face datasets); columns text, label and optionally text_pair",
+    )
+    p.add_argument("--text-column", default=None, help="with --data: the text (default: text)")
+    p.add_argument(
+        "--pair-column",
+        "--text-pair-column",
+        dest="pair_column",
+        default=None,
+        help="with --data: the second text of a sentence pair (default: text_pair when present)",
+    )
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="with --data: the label, strings or integers (default: label)",
+    )
+    p.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=None,
+        help="with --data and no dev split: the share of train held out as dev, stratified and "
+        "deterministic, at most 2000 rows (default: 0.1)",
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="primary dev metric: accuracy | f1 | mcc (default: the task's own: accuracy, CoLA "
+        "mcc); f1 is positive-class F1 for two classes, macro-F1 for more",
+    )
+
+
+def _task_data(args: argparse.Namespace) -> tuple[str | None, DataSource | None]:
+    """(--task, None) or (None, the DataSource of --data and its flags): --data is the task, so
+    an explicit --task beside it is refused rather than silently overridden."""
+    from autoprumux.data import DataSource
+    from autoprumux.errors import ConfigError
+
+    task = getattr(args, "task", None)
+    given = {k: getattr(args, k) for k in DATA_FLAGS if getattr(args, k, None) is not None}
+    location = getattr(args, "data", None)
+    if location is None:
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise ConfigError(f"{flag} describes --data; add --data PATH or drop {flag}")
+        return task, None
+    if task is not None:
+        raise ConfigError(
+            f"--data {location!r} and --task {task!r} both given: --data is the task (named "
+            "after the file); drop --task"
+        )
+    return None, DataSource(location, **given)
 
 
 def add_data_flags(p: Container) -> None:
@@ -256,9 +326,12 @@ def _pipeline(args: argparse.Namespace, recipe: Recipe) -> PruMuxPipeline:
     """The pipeline the flags describe, once the cache directory is known to be usable."""
     from autoprumux.pipeline import PruMuxPipeline
 
+    task, data = _task_data(args)
     _check_cache_dir(args.cache_dir)
     return PruMuxPipeline(
-        task=args.task,
+        task=task,
+        data=data,
+        metric=getattr(args, "metric", None),
         model=args.model,
         recipe=recipe,
         device=args.device,

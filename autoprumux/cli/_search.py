@@ -9,6 +9,7 @@ import os
 from typing import TYPE_CHECKING
 
 from autoprumux.cli._checks import _check_cache_dir
+from autoprumux.cli._flags import _task_data
 from autoprumux.errors import AutoPruMuxError
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprumux.search import SearchSpace
 
     check_budget(args.budget)
-    space = SearchSpace.from_yaml(args.space).with_task(args.task)
+    task, data = _task_data(args)
+    space = SearchSpace.from_yaml(args.space).with_task(task, data=data, metric=args.metric)
     return _run_search(args, _search_settings(args, space, args.trials))
 
 

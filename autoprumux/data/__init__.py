@@ -1,31 +1,100 @@
-"""Task data: GLUE-format loaders and batching."""
+"""Task data: GLUE-format loaders, the user's own data (`DataSource`, `load_task_data`), the
+warm-up corpus and batching.
 
-from autoprumux.data._batching import Encoded, batches, collate, encode, infinite_batches
-from autoprumux.data._corpus import check_corpus, encode_corpus, warmup_texts
-from autoprumux.data._glue import (
-    TASKS,
-    Example,
-    TaskData,
-    TaskSpec,
-    get_task,
-    load_task,
-    resolve_data_dir,
+The names are imported on first use (PEP 562): a search space holding a `DataSource` is read
+without loading torch (which only batching needs)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autoprumux._lazy import lazy_exports
+
+_BATCHING = "autoprumux.data._batching"
+_CORPUS = "autoprumux.data._corpus"
+_GLUE = "autoprumux.data._glue"
+_SOURCE = "autoprumux.data._source"
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Encoded": _BATCHING,
+        "batches": _BATCHING,
+        "collate": _BATCHING,
+        "encode": _BATCHING,
+        "infinite_batches": _BATCHING,
+        "check_corpus": _CORPUS,
+        "encode_corpus": _CORPUS,
+        "warmup_texts": _CORPUS,
+        "TASKS": _GLUE,
+        "Example": _GLUE,
+        "TaskData": _GLUE,
+        "TaskSpec": _GLUE,
+        "get_task": _GLUE,
+        "load_task": _GLUE,
+        "resolve_data_dir": _GLUE,
+        "DATA_KEY_DEFAULTS": _SOURCE,
+        "MAX_DEV_SPLIT_ROWS": _SOURCE,
+        "METRICS": _SOURCE,
+        "DataSource": _SOURCE,
+        "carve_dev_split": _SOURCE,
+        "check_metric": _SOURCE,
+        "load_task_data": _SOURCE,
+        "resolve_task": _SOURCE,
+    },
 )
 
+if TYPE_CHECKING:
+    from autoprumux.data._batching import (
+        Encoded,
+        batches,
+        collate,
+        encode,
+        infinite_batches,
+    )
+    from autoprumux.data._corpus import check_corpus, encode_corpus, warmup_texts
+    from autoprumux.data._glue import (
+        TASKS,
+        Example,
+        TaskData,
+        TaskSpec,
+        get_task,
+        load_task,
+        resolve_data_dir,
+    )
+    from autoprumux.data._source import (
+        DATA_KEY_DEFAULTS,
+        MAX_DEV_SPLIT_ROWS,
+        METRICS,
+        DataSource,
+        carve_dev_split,
+        check_metric,
+        load_task_data,
+        resolve_task,
+    )
+
 __all__ = [
+    "DATA_KEY_DEFAULTS",
+    "MAX_DEV_SPLIT_ROWS",
+    "METRICS",
     "TASKS",
+    "DataSource",
     "Encoded",
     "Example",
     "TaskData",
     "TaskSpec",
     "batches",
+    "carve_dev_split",
     "check_corpus",
-    "encode_corpus",
+    "check_metric",
     "collate",
     "encode",
+    "encode_corpus",
     "get_task",
     "infinite_batches",
     "load_task",
+    "load_task_data",
     "resolve_data_dir",
+    "resolve_task",
     "warmup_texts",
 ]

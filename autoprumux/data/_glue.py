@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,20 +34,21 @@ class TaskSpec:
     glue_dir: str  # folder name inside a GLUE-format directory
     num_labels: int
     pair: bool
-    metric: str  # primary dev metric: "accuracy" or "mcc"
+    metric: str  # primary dev metric: "accuracy", "f1" or "mcc"
     hf_config: str  # config name of the `glue` dataset on the hub
     label_names: tuple[str, ...]  # label_names[i] names class i (in exports and predictions)
+
+    @property
+    def is_glue(self) -> bool:
+        """A built-in GLUE task (the user's data has no GLUE folder)."""
+        return bool(self.glue_dir)
 
 
 TASKS: dict[str, TaskSpec] = {  # one spec per name in autoprumux.config.TASK_NAMES
     "sst2": TaskSpec("sst2", "SST-2", 2, False, "accuracy", "sst2", ("negative", "positive")),
     "cola": TaskSpec("cola", "CoLA", 2, False, "mcc", "cola", ("unacceptable", "acceptable")),
-    "mrpc": TaskSpec(
-        "mrpc", "MRPC", 2, True, "accuracy", "mrpc", ("not_equivalent", "equivalent")
-    ),
-    "qnli": TaskSpec(
-        "qnli", "QNLI", 2, True, "accuracy", "qnli", ("entailment", "not_entailment")
-    ),
+    "mrpc": TaskSpec("mrpc", "MRPC", 2, True, "accuracy", "mrpc", ("not_equivalent", "equivalent")),
+    "qnli": TaskSpec("qnli", "QNLI", 2, True, "accuracy", "qnli", ("entailment", "not_entailment")),
 }
 
 _ALIASES = {"sst-2": "sst2", "sst": "sst2", "cola": "cola", "mrpc": "mrpc", "qnli": "qnli"}
@@ -67,24 +69,35 @@ class TaskData:
     task: TaskSpec
     train: tuple[Example, ...]
     dev: tuple[Example, ...]
-    source: str  # where the data came from (directory or "hf:glue/<config>")
+    source: str  # where the data came from (directory, file, "hf:glue/<config>", "hf:NAME")
+    # how dev was carved from train when the data has no dev split ("" when it has one)
+    dev_split: str = ""
 
     def descriptors(self) -> dict[str, float]:
-        """What the meta-model knows of the task."""
+        """What the meta-model knows of the task (studies record them; see meta.FEATURES for
+        those it reads)."""
+        counts = Counter(ex.label for ex in self.train)
+        smallest = min(counts.get(i, 0) for i in range(self.task.num_labels))
         return {
             "task_num_labels": self.task.num_labels,
             "task_pair": int(self.task.pair),
             "task_mcc": int(self.task.metric == "mcc"),
             "task_log_train": round(math.log(max(1, len(self.train))), 6),
+            "task_f1": int(self.task.metric == "f1"),
+            # the label balance: 1/num_labels when balanced, near 0 for a rare class
+            "task_minority_share": round(smallest / max(1, len(self.train)), 6),
         }
 
     def fingerprint(self) -> str:
-        """A short content hash of the train and dev rows (cache keys depend on the data)."""
+        """A short content hash of the train and dev rows, and for the user's data of its class
+        names and dev split too (cache keys depend on the data)."""
         h = hashlib.sha256()
         for split in (self.train, self.dev):
             for ex in split:
                 h.update(f"{ex.text_a}\t{ex.text_b}\t{ex.label}\n".encode())
             h.update(b"--split--")
+        if not self.task.is_glue:  # GLUE keys stay as they were: their cache entries still hit
+            h.update(repr((self.task.label_names, self.dev_split)).encode())
         return h.hexdigest()[:16]
 
 

@@ -10,8 +10,9 @@ from autoprumux.data import Encoded
 
 
 def task_metrics(metric: str, logits: torch.Tensor, gold: Sequence[int]) -> dict[str, float]:
-    """Accuracy, F1 of the positive class (binary tasks; macro-F1 otherwise) and Matthews
-    correlation, each x100; 'metric' holds the task's primary one."""
+    """Accuracy, F1 (of the positive class, label 1, for two classes; macro-F1 over the classes
+    in the labels and predictions for more) and Matthews correlation, each x100; 'metric' holds
+    the task's primary one."""
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     pred = logits.argmax(-1).tolist()
@@ -19,7 +20,9 @@ def task_metrics(metric: str, logits: torch.Tensor, gold: Sequence[int]) -> dict
         raise ValueError(
             f"need equal, non-empty predictions ({len(pred)}) and labels ({len(gold)})"
         )
-    binary = set(gold) | set(pred) <= {0, 1}
+    # the task's class count, not the classes seen: a 3-class dev set whose labels and
+    # predictions happen to hold only 0 and 1 still gets macro-F1
+    binary = logits.shape[-1] == 2
     out = {
         "accuracy": 100 * float(accuracy_score(gold, pred)),
         "f1": 100

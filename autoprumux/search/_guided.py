@@ -298,6 +298,27 @@ def propose(
     return pool[int(np.argmax(score))]
 
 
+def load_prior(storage_url: str, names: Sequence[str], exclude: str) -> list[PriorTrial]:
+    """The finished trials of the studies `names` in the storage (("all",): every study there
+    but `exclude`, the study being searched); a name with no finished trials is an error."""
+    from autoprumux import tracking
+    from autoprumux.errors import ConfigError
+    from autoprumux.meta import load_trials
+
+    if not names:
+        return []
+    wanted = None if tuple(names) == ("all",) else list(names)
+    rows = [r for r in load_trials(storage_url, wanted) if r["study"] != exclude]
+    missing = sorted(set(wanted or ()) - {r["study"] for r in rows})
+    if missing or not rows:
+        raise ConfigError(
+            f"--prior: {', '.join(missing) or 'no other study'} has no finished trials in "
+            f"{tracking.redact_url(storage_url)}; name studies listed by "
+            "`optuna studies --storage ...`, or run without --prior"
+        )
+    return [PriorTrial(r["config"], r["context"], r["accuracy_loss"], r["speedup"]) for r in rows]
+
+
 def study_evidence(
     trials: Sequence[Any], exclude_number: int | None = None
 ) -> tuple[list[ScoredConfig], list[Candidate], list[Candidate]]:

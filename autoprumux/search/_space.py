@@ -15,6 +15,12 @@ trial samples the technique first, then only that technique's dimensions. A conf
 carries every key: a PruMUX one has students = student_depth = 0, a students one has sparsity 0
 and N = 1.
 
+Instead of a GLUE `task`, `data` names the user's own labelled text (a CSV, TSV, JSONL or
+Parquet file, a directory of split files, or hf:NAME[/CONFIG]; relative paths from the working
+directory), with `text_column`, `pair_column`, `label_column` and `dev_fraction` as the flags of
+the same names (`autoprumux.data.DataSource`); `metric` (accuracy, f1, mcc) overrides the task's
+primary dev metric.
+
 Every error names the offending key (as a dotted path) and what is allowed there.
 """
 
@@ -25,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -42,7 +48,12 @@ from autoprumux.config import (
 )
 from autoprumux.errors import ConfigError
 
-TOP_LEVEL_KEYS = ("name", "task", "model", "recipe", "params")
+if TYPE_CHECKING:
+    from autoprumux.data import DataSource
+
+# the keys that describe `data` (DataSource fields), only with it
+DATA_KEYS = ("text_column", "pair_column", "label_column", "dev_fraction")
+TOP_LEVEL_KEYS = ("name", "task", "data", *DATA_KEYS, "metric", "model", "recipe", "params")
 # precision applies to every technique
 PARAMS = ("technique", "sparsity", "mux", "mux_variant", "students", "student_depth", "precision")
 # the dimensions each technique samples (the others take their neutral values)
@@ -101,6 +112,8 @@ class SearchSpace:
     recipe_overrides: dict = field(default_factory=dict)
     params: dict[str, ParamSpec] = field(default_factory=dict)
     source: str = "<dict>"
+    data: DataSource | None = None  # the user's data; then `task` is its name
+    metric: str | None = None  # overrides the task's primary dev metric
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -139,9 +152,18 @@ class SearchSpace:
         name = data.get("name", "prumux")
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"{where}: 'name' must be a non-empty string, got {name!r}")
-        task = data.get("task", "sst2")
-        if not isinstance(task, str) or task not in TASK_NAMES:
+        own = _data_source(data, where)
+        task = own.task_name if own is not None else data.get("task", "sst2")
+        if own is None and (not isinstance(task, str) or task not in TASK_NAMES):
             raise ConfigError(f"{where}: 'task' is {task!r}; allowed values are {list(TASK_NAMES)}")
+        metric = data.get("metric")
+        if metric is not None:
+            from autoprumux.data._source import check_metric
+
+            try:
+                check_metric(metric)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: 'metric': {e}") from None
         model = data.get("model")
         if model is not None and not isinstance(model, str):
             raise ConfigError(
@@ -190,15 +212,35 @@ class SearchSpace:
             recipe_overrides=dict(overrides),
             params=params,
             source=source,
+            data=own,
+            metric=metric,
         )
 
     # ---- use -------------------------------------------------------------------------------
-    def with_task(self, task: str | None) -> SearchSpace:
-        if task is None or task == self.task:
-            return self
-        if task not in TASK_NAMES:
-            raise ConfigError(f"task {task!r} is not one of {list(TASK_NAMES)}")
-        return SearchSpace(**{**self.__dict__, "task": task})
+    def with_task(
+        self, task: str | None, *, data: DataSource | None = None, metric: str | None = None
+    ) -> SearchSpace:
+        """The space with a GLUE `task` or the user's `data` (at most one; either replaces the
+        space's task or data) and `metric` (None: the space's) instead."""
+        out = self
+        if task is not None and data is not None:
+            raise ConfigError(f"give a task ({task!r}) or data ({data.location!r}), not both")
+        if task is not None and (task != self.task or self.data is not None):
+            if task not in TASK_NAMES:
+                raise ConfigError(f"task {task!r} is not one of {list(TASK_NAMES)}")
+            out = SearchSpace(**{**out.__dict__, "task": task, "data": None})
+        if data is not None:
+            out = SearchSpace(**{**out.__dict__, "task": data.task_name, "data": data})
+        if metric is not None and metric != self.metric:
+            from autoprumux.data._source import check_metric
+
+            out = SearchSpace(**{**out.__dict__, "metric": check_metric(metric)})
+        return out
+
+    @property
+    def glue_task(self) -> str | None:
+        """The GLUE task's name, None when the space searches the user's data."""
+        return None if self.data is not None else self.task
 
     def values(self, key: str) -> list[Any]:
         """The values a dimension takes: searched values, or its one default."""
@@ -246,9 +288,12 @@ class SearchSpace:
         return list(out)
 
     def to_dict(self) -> dict:
+        # a GLUE space's dict keeps its old keys (studies compare it when resumed)
+        task = self.data.to_dict() if self.data is not None else {"task": self.task}
         return {
             "name": self.name,
-            "task": self.task,
+            **task,
+            **({"metric": self.metric} if self.metric is not None else {}),
             "model": self.model,
             "recipe": dict(self.recipe_overrides),
             "params": {k: p.to_dict() for k, p in self.params.items()},
@@ -261,6 +306,26 @@ class SearchSpace:
         import hashlib
 
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _data_source(data: dict, where: str) -> DataSource | None:
+    """The `data` of a space and its column keys as a DataSource (None without `data`)."""
+    given = {k: data[k] for k in DATA_KEYS if k in data}
+    if "data" not in data:
+        if given:
+            raise ConfigError(f"{where}: {sorted(given)} describe 'data'; add 'data' or drop them")
+        return None
+    if "task" in data:
+        raise ConfigError(
+            f"{where}: 'task' ({data['task']!r}) and 'data' ({data['data']!r}) both given; the "
+            "data is the task: keep one"
+        )
+    from autoprumux.data._source import DataSource
+
+    try:
+        return DataSource(data["data"], **given)
+    except (ConfigError, FileNotFoundError) as e:
+        raise type(e)(f"{where}: 'data': {e}") from None
 
 
 def _param(key: str, spec: Any, where: str) -> ParamSpec:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from autoprumux import tracking
 from autoprumux.config import Candidate, ThroughputConfig
 from autoprumux.errors import ConfigError
-from autoprumux.search._guided import PriorTrial, loss_noise
+from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
 from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
 from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace
@@ -138,7 +138,7 @@ class Searcher:
         # a sampler seeded the same way on every rerun or worker proposes the same first
         # configurations again: mix in how far the study is (and, for a worker, which one)
         existing = tracking.trial_count(self.storage, self.name)
-        prior = self._prior_trials()
+        prior = load_prior(self.storage_url, settings.prior, exclude=self.name)
         self.study = optuna.create_study(
             study_name=self.name,
             storage=self.storage,
@@ -168,7 +168,9 @@ class Searcher:
 
         s = self.s
         return PruMuxPipeline(
-            task=self.space.task,
+            task=self.space.glue_task,
+            data=self.space.data,
+            metric=self.space.metric,
             model=self.space.model,
             recipe=self.space.recipe,
             device=s.device,
@@ -178,25 +180,6 @@ class Searcher:
             mux_variant=variant,
             warmup_corpus=s.warmup_corpus,
         )
-
-    def _prior_trials(self) -> list[PriorTrial]:
-        """The finished trials of the earlier studies named in the settings (see `prior`)."""
-        from autoprumux.meta import load_trials
-
-        if not self.s.prior:
-            return []
-        names = None if self.s.prior == ("all",) else list(self.s.prior)
-        rows = [r for r in load_trials(self.storage_url, names) if r["study"] != self.name]
-        missing = sorted(set(names or ()) - {r["study"] for r in rows})
-        if missing or not rows:
-            raise ConfigError(
-                f"--prior: {', '.join(missing) or 'no other study'} has no finished trials in "
-                f"{tracking.redact_url(self.storage_url)}; name studies listed by "
-                "`optuna studies --storage ...`, or run without --prior"
-            )
-        return [
-            PriorTrial(r["config"], r["context"], r["accuracy_loss"], r["speedup"]) for r in rows
-        ]
 
     def _context(self) -> dict[str, Any]:
         """This study's context for the meta-model (the baseline's metric: trained once, cached)."""
@@ -236,7 +219,9 @@ class Searcher:
             self.study.set_user_attr("budget", self.s.budget)
             return
         for k, v in want.items():
-            if k not in have or k == "candidates":  # new since the study began; or derived
+            # new since the study began; derived; or descriptors that gained keys since
+            grown = k == "descriptors" and k in have and have[k].items() <= v.items()
+            if k not in have or k == "candidates" or grown:
                 self.study.set_user_attr(k, v)
             elif have[k] != v:
                 raise ConfigError(

@@ -1,12 +1,4 @@
-"""Evaluate one PruMUX configuration end to end, beside its baseline.
-
-    baseline  = base model fine-tuned on the task (N=1, sparsity 0)          [cached]
-    mux model = base model + retrieval warm-up(N) + task fine-tune (N)        [cached per N]
-    candidate = (baseline | mux model) pruned to the sparsity + recovery fine-tune with
-                distillation from the baseline                               [cached]
-Accuracy is measured on the dev split; throughput of baseline and candidate side by side in the
-same process on the same device, so speedup is a ratio from one run.
-"""
+"""`PruMuxPipeline`: the stages of a configuration, built or cached (see the package doc)."""
 
 from __future__ import annotations
 
@@ -23,14 +15,15 @@ from safetensors.torch import load_file, save_file
 from autoprumux._cache import ArtifactCache, key_hash
 from autoprumux.config import Candidate, Recipe, check_precision
 from autoprumux.data import (
+    DataSource,
     Encoded,
     TaskData,
     check_corpus,
     collate,
     encode,
     encode_corpus,
-    get_task,
-    load_task,
+    load_task_data,
+    resolve_task,
     warmup_texts,
 )
 from autoprumux.errors import ConfigError
@@ -47,7 +40,6 @@ from autoprumux.models import (
     AnyModel,
     MuxConfig,
     MuxSequenceClassifier,
-    StudentConfig,
     StudentEnsemble,
     fake_int8,
     resolve_model,
@@ -55,10 +47,9 @@ from autoprumux.models import (
     warm_start_from,
 )
 from autoprumux.models._loading import BaseModel
+from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
 from autoprumux.training import (
-    StudentTrainConfig,
     TrainConfig,
-    distill_students,
     predict,
     prune_in_stages,
     retrieval_warmup,
@@ -78,7 +69,9 @@ class PruMuxPipeline:
     def __init__(
         self,
         *,
-        task: str = "sst2",
+        task: str | None = None,
+        data: DataSource | None = None,
+        metric: str | None = None,
         model: str | None = None,
         recipe: Recipe | None = None,
         device: str = "cpu",
@@ -88,7 +81,7 @@ class PruMuxPipeline:
         mux_variant: str = "gaussian",
         warmup_corpus: str = "shared",
     ):
-        self.task = get_task(task)
+        choice = resolve_task(task, data, metric)  # cheap: a bad choice fails before the model
         self.data_dir = data_dir
         self.warmup_corpus = warmup_corpus
         check_corpus(warmup_corpus)  # a file: before any work
@@ -97,13 +90,10 @@ class PruMuxPipeline:
         self.mux_variant = MuxConfig(n=1, variant=mux_variant).variant
         self.base: BaseModel = resolve_model(model)
         self.cache = ArtifactCache(cache_dir)
-        self.data: TaskData = load_task(
-            self.task.name,
-            data_dir=data_dir,
-            source=data_source,
-            max_train_examples=self.recipe.max_train_examples,
-            seed=self.recipe.seed,
+        self.data: TaskData = load_task_data(
+            choice, recipe=self.recipe, metric=metric, data_dir=data_dir, source=data_source
         )
+        self.task = self.data.task
         self.tokenizer = self.base.tokenizer()
         self.train_items = encode(self.data.train, self.tokenizer, self.recipe.max_seq_len)
         self.dev_items = encode(self.data.dev, self.tokenizer, self.recipe.max_seq_len)
@@ -479,35 +469,10 @@ class PruMuxPipeline:
                     on_stage(stage, float(metric))
         return model
 
-    # ---- Academus students --------------------------------------------------------------------
+    # ---- Academus students (built in _students) ---------------------------------------------
     def students(self, k: int, depth: int) -> StudentEnsemble:
         """K boosted students of `depth` layers distilled from the baseline, built or cached."""
-        cfg = StudentConfig(k=k, depth=depth)
-        r = self.recipe
-        key = self._key(
-            technique="students",
-            k=cfg.k,
-            depth=cfg.depth,
-            student_steps=r.student_steps,
-            student_stacking_steps=r.student_stacking_steps,
-            student_lr=r.student_lr,
-        )
-
-        def build(tmp: Path) -> dict:
-            ens, stats = distill_students(
-                self.baseline(),
-                self.train_items,
-                cfg,
-                StudentTrainConfig.from_recipe(r),
-                device=self.device,
-                heldout=self.dev_items[:256],
-            )
-            ens.save(tmp / "model", extra={"distillation": stats})
-            return {"distillation": stats}
-
-        entry, hit = self.cache.get_or_build("students", key, build)
-        log.info("students K=%d d=%d %s (%s)", k, depth, "cache hit" if hit else "built", entry)
-        return StudentEnsemble.load(entry / "model").to(self.device)
+        return build_students(self, k, depth)
 
     def evaluate_students(
         self,
@@ -520,15 +485,7 @@ class PruMuxPipeline:
     ) -> Evaluation:
         """K students of `depth` layers (the first `active` of them), converted to `precision`,
         beside the fp32 baseline."""
-        check_precision(precision, str(self.device))
-        tp = throughput or ThroughputConfig(device=str(self.device))
-        self.check_lengths(1, tp)
-        self.baseline()  # first: the students distil it
-        ens = self.students(k, depth)
-        if active is not None:
-            ens.active_students = active
-        name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
-        return self.beside_baseline(_name(name, precision), to_precision(ens, precision), tp)
+        return evaluate_students(self, k, depth, active, throughput, precision)
 
     # ---- measurement -------------------------------------------------------------------------
     def dev_metrics(self, model: AnyModel, pairings: int = DEV_PAIRINGS) -> dict[str, float]:
@@ -604,7 +561,9 @@ class PruMuxPipeline:
         self.check_lengths(n, tp)
         self.baseline()  # first: the candidate distils from it
         cand = to_precision(self.trained(config, on_stage=on_stage), config.precision)
-        return self.beside_baseline(_name(f"s={sparsity:g},N={n}", config.precision), cand, tp)
+        return self.beside_baseline(
+            precision_name(f"s={sparsity:g},N={n}", config.precision), cand, tp
+        )
 
     def _prumux(self, config: Candidate) -> tuple[float, int]:
         """(sparsity, N) of a PruMUX configuration this pipeline builds (its mux variant)."""
@@ -632,7 +591,3 @@ class PruMuxPipeline:
             candidate=measured[name],
             throughput_config=tp,
         )
-
-
-def _name(name: str, precision: str) -> str:
-    return name if precision == "fp32" else f"{name},{precision}"

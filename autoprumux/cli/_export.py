@@ -1,0 +1,183 @@
+"""`autoprumux export`: one configuration (explicit, a study's trial, or a study's
+recommendation within a budget) as a deployable directory, registered in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from autoprumux.cli._checks import _student_args
+from autoprumux.cli._flags import (
+    DATA_FLAGS,
+    RECIPE_FLAGS,
+    _pipeline,
+    _recipe,
+    add_common,
+    add_storage,
+    add_tracking_uri,
+)
+from autoprumux.errors import ConfigError
+
+# what a study decides: given with --study, these flags would be silently ignored
+_STUDY_DECIDES = (
+    "task",
+    "data",
+    *DATA_FLAGS,
+    "metric",
+    "model",
+    "sparsity",
+    "mux",
+    "students",
+    "precision",
+    "mux_variant",
+    "preset",
+    *(f[2:].replace("-", "_") for f, _, _ in RECIPE_FLAGS),
+)
+
+
+def add_export_parser(sub: Any) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="write one configuration as a deployable directory (weights, tokenizer, model "
+        "card) and register it in MLflow",
+    )
+    ex.add_argument("--out", required=True, help="the directory to create (new or empty)")
+    ex.add_argument(
+        "--force", action="store_true", help="replace an earlier export at --out (only one)"
+    )
+    g = ex.add_argument_group(
+        "what to export: --study with --trial or --budget, or an explicit configuration "
+        "(--sparsity/--mux or --students)"
+    )
+    g.add_argument(
+        "--study",
+        "--study-name",
+        dest="study",
+        default=None,
+        help="a study in --storage; its task, model and recipe are used",
+    )
+    g.add_argument("--trial", type=int, default=None, help="with --study: this finished trial")
+    g.add_argument(
+        "--budget",
+        default=None,
+        help="with --study: the fastest configuration measured within this accuracy loss "
+        "(points), as `autoprumux recommend` answers",
+    )
+    add_storage(g)
+    g.add_argument("--sparsity", default=None, help="fraction of encoder parameters to remove")
+    g.add_argument("--mux", default=None, help="multiplexing width N >= 1 (default: 1)")
+    g.add_argument("--students", default=None, help="K Academus students instead of PruMUX")
+    g.add_argument("--student-depth", default="2", help="layers per student: 1, 2 or 3")
+    g.add_argument(
+        "--precision",
+        default=None,
+        help="fp32 (default) or int8 on the CPU; fp32, tf32, bf16 or fp16 on CUDA. Weights are "
+        "stored in fp32 and converted when loaded",
+    )
+    add_common(ex)
+    # unset unless given, so that a flag given beside --study is refused, not ignored
+    ex.set_defaults(task=None, mux_variant=None, preset=None, active=None)
+    r = ex.add_argument_group("MLflow registry")
+    add_tracking_uri(r)
+    r.add_argument("--no-register", action="store_true", help="do not log and register it")
+    r.add_argument(
+        "--registered-name", default=None, help="registered model name (default: autoprumux-<task>)"
+    )
+
+
+def _explicit_config(args: argparse.Namespace) -> Any:
+    from autoprumux.config import Candidate, validate_candidate
+
+    precision = args.precision or "fp32"
+    if args.students is not None:
+        if args.sparsity is not None or args.mux is not None:
+            raise ConfigError("give --students or --sparsity/--mux, not both")
+        k, depth, _ = _student_args(args)
+        return Candidate(technique="students", students=k, student_depth=depth, precision=precision)
+    if args.sparsity is None and args.mux is None:
+        raise ConfigError(
+            "say what to export: --sparsity S --mux N (or --students K), or --study NAME with "
+            "--trial N or --budget B"
+        )
+    sparsity, n = validate_candidate(args.sparsity or 0.0, args.mux or 1)
+    return Candidate(
+        sparsity=sparsity, mux=n, mux_variant=args.mux_variant or "gaussian", precision=precision
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autoprumux import tracking
+    from autoprumux.config import ThroughputConfig, check_precision
+    from autoprumux.export import ExportSource, check_out_dir, export_model, from_budget, from_trial
+    from autoprumux.export._pyfunc import check_registered_name, register_export
+
+    # everything cheap first: nothing is read, built or written for a bad argument
+    out = check_out_dir(args.out, args.force)
+    tp = ThroughputConfig(
+        batch_size=args.tp_batch,
+        seq_len=args.tp_seq_len,
+        repeats=args.tp_repeats,
+        device=args.device,
+    )
+    uri = None
+    if not args.no_register:
+        uri = tracking.resolve_tracking_uri(args.tracking_uri)  # a server must answer now
+        if args.registered_name is not None:
+            check_registered_name(args.registered_name)
+    if args.study is not None:
+        given = [f"--{k.replace('_', '-')}" for k in _STUDY_DECIDES if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} do not apply with --study: the study's task, model, recipe "
+                "and configuration are used"
+            )
+        if (args.trial is None) == (args.budget is None):
+            raise ConfigError("with --study, give one of --trial N or --budget B")
+        if args.trial is not None:
+            choice = from_trial(args.storage, args.study, args.trial)
+        else:
+            choice = from_budget(args.storage, args.study, args.budget)
+        config, source, recipe, space = (
+            choice.config,
+            choice.source,
+            choice.space.recipe,
+            choice.space,
+        )
+        own = space.data
+        study_data = {
+            "task": None if own is not None else space.task,
+            "data": own.location if own is not None else None,
+            **{k: getattr(own, k) if own is not None else None for k in DATA_FLAGS},
+            "metric": space.metric,
+            "model": space.model,
+        }
+    else:
+        if args.trial is not None or args.budget is not None:
+            raise ConfigError("--trial and --budget choose from a study: give --study NAME")
+        config, source = _explicit_config(args), ExportSource()
+        recipe = _recipe(argparse.Namespace(**{**vars(args), "preset": args.preset or "fast"}))
+        study_data = {}
+    check_precision(config.precision, args.device)
+    pipe = _pipeline(
+        argparse.Namespace(**{**vars(args), **study_data, "mux_variant": config.mux_variant}),
+        recipe,
+    )
+    argv = getattr(args, "argv", None)
+    command = shlex.join(["autoprumux", *argv]) if argv is not None else ""
+    res = export_model(
+        pipe, config, out, throughput=tp, source=source, force=args.force, command=command
+    )
+    m = res.manifest.measurement
+    print(
+        f"exported {config.describe()} ({pipe.task.name}) to {res.path}: {m.metric_name} "
+        f"{m.metric:.2f} (baseline {m.baseline_metric:.2f}, loss {m.accuracy_loss:.2f} pts), "
+        f"{m.speedup:.2f}x the baseline's throughput on {m.device}"
+    )
+    if uri is not None:
+        model_uri = register_export(res.path, tracking_uri=uri, name=args.registered_name)
+        print(
+            f"registered as {model_uri} (serve it: mlflow models serve -m {model_uri} "
+            "--env-manager local)"
+        )
+    return 0

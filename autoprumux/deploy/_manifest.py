@@ -1,0 +1,157 @@
+"""The manifest of an exported model directory: what a predictor needs beside the weights, and
+what made them (written by `autoprumux.export`, read by `autoprumux.deploy.load`).
+
+The weights and the architecture (per-layer heads and FFN units after pruning, the mux
+settings, the number of labels) are the model directory of `models._persist`; this file adds the
+task's side: label names, single texts or pairs, the tokenisation length, the precision to run
+in, and the provenance shown on the model card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoprumux.config import Candidate
+from autoprumux.errors import ConfigError
+
+MANIFEST_FILE = "autoprumux_export.json"
+MANIFEST_FORMAT = "autoprumux.export/1"
+CARD_FILE = "README.md"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The model beside its baseline, measured when it was exported (dev metric in points,
+    throughput in examples per second, side by side in one process)."""
+
+    metric_name: str
+    metric: float
+    baseline_metric: float
+    accuracy: float
+    baseline_accuracy: float
+    throughput: float
+    baseline_throughput: float
+    sparsity: float  # counted from the physically smaller model
+    dev_examples: int
+    throughput_batch: int
+    throughput_seq_len: int
+    device: str
+
+    @property
+    def accuracy_loss(self) -> float:
+        return self.baseline_metric - self.metric
+
+    @property
+    def speedup(self) -> float:
+        return self.throughput / self.baseline_throughput
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """Where the exported configuration came from: given explicitly, a study's trial, or the
+    study's recommendation within a budget (with what the study measured for it)."""
+
+    kind: str = "explicit"  # "explicit" | "trial" | "budget"
+    study: str | None = None
+    trial: int | None = None
+    budget: float | None = None
+    recorded: dict[str, float] | None = None  # the study's measurement (means over repeats)
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """One exported model (see the module docstring). The weights are stored in fp32 whatever
+    `precision` says: the predictor converts them when it loads (`models.to_precision`), so one
+    directory runs on any machine and an int8 model's conversion is the one that was measured."""
+
+    task: str
+    label_names: tuple[str, ...]
+    pair: bool  # inputs are (text, text_pair)
+    max_seq_len: int  # tokens per input (pairs together), longer ones are truncated
+    config: Candidate  # sparsity, N, mux variant, precision (or students K and depth)
+    base_model: str  # the base model's id (name + content hash)
+    measurement: Measurement
+    machine: dict[str, str]  # where it was measured: CPU, GPU, torch and transformers versions
+    created: str  # ISO 8601, UTC
+    command: str  # what made it
+    source: ExportSource = field(default_factory=ExportSource)
+    format: str = MANIFEST_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.format != MANIFEST_FORMAT:
+            raise ConfigError(
+                f"export manifest format {self.format!r} is not {MANIFEST_FORMAT!r}; export the "
+                "model again with this autoprumux"
+            )
+        if not self.label_names or not all(isinstance(x, str) for x in self.label_names):
+            raise ConfigError("export manifest: label_names must be a non-empty list of strings")
+        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int):
+            raise ConfigError(f"export manifest: max_seq_len {self.max_seq_len!r} is not an int")
+
+    @property
+    def n(self) -> int:
+        return self.config.mux
+
+    @property
+    def precision(self) -> str:
+        return self.config.precision
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["label_names"] = list(self.label_names)
+        d["config"] = self.config.to_dict()
+        d["measurement"] = {
+            **asdict(self.measurement),
+            "accuracy_loss": self.measurement.accuracy_loss,
+            "speedup": self.measurement.speedup,
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExportManifest:
+        if not isinstance(d, dict):
+            raise ConfigError(f"export manifest must be an object, got {type(d).__name__}")
+        try:
+            meas = {k: v for k, v in d["measurement"].items() if k not in DERIVED}
+            return cls(
+                **{
+                    **d,
+                    "label_names": tuple(d["label_names"]),
+                    "config": Candidate.from_dict(d["config"]),
+                    "measurement": Measurement(**meas),
+                    "source": ExportSource(**d.get("source", {})),
+                }
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(
+                f"export manifest is malformed ({type(e).__name__}: {e}); export the model again"
+            ) from None
+
+    def write(self, directory: str | Path) -> Path:
+        p = Path(directory) / MANIFEST_FILE
+        p.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return p
+
+
+DERIVED = ("accuracy_loss", "speedup")  # written for readers of the JSON, recomputed on load
+
+
+def read_manifest(directory: str | Path) -> ExportManifest:
+    """The manifest of an exported model directory (ConfigError naming the directory if it is
+    not one)."""
+    d = Path(directory)
+    p = d / MANIFEST_FILE
+    if not p.is_file():
+        what = "does not exist" if not d.exists() else f"holds no {MANIFEST_FILE}"
+        raise ConfigError(
+            f"{str(d)!r} {what}: not an exported autoprumux model; make one with "
+            "`autoprumux export --out DIR ...`"
+        )
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{str(p)!r} is not readable JSON ({type(e).__name__})") from None
+    return ExportManifest.from_dict(data)

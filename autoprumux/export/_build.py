@@ -1,0 +1,216 @@
+"""Write one configuration as a deployable directory (layout: docs/export.md).
+
+The model is built (or taken from the cache) and measured beside its baseline by the pipeline,
+exactly as `autoprumux evaluate` would; its fp32 weights, tokenizer, manifest and model card
+are written into a temporary directory beside the target, the directory is loaded back with
+`autoprumux.deploy.load` and must reproduce the pipeline's predictions, and only then is it
+renamed into place: an interrupted or failed export leaves no half-written directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from autoprumux.config import Candidate, ThroughputConfig, check_precision
+from autoprumux.deploy import (
+    CARD_FILE,
+    MANIFEST_FILE,
+    ExportManifest,
+    ExportSource,
+    Measurement,
+    load,
+)
+from autoprumux.errors import ConfigError
+from autoprumux.evaluation import Evaluation
+from autoprumux.export._card import render_card
+from autoprumux.models import AnyModel, to_precision
+
+if TYPE_CHECKING:
+    from autoprumux.pipeline import PruMuxPipeline
+
+# the largest difference of a reloaded export's logits from the pipeline's own (fp32 and int8
+# run the same kernels on the same weights, so they agree far closer than this)
+SELF_CHECK_TOL = {"fp32": 1e-4, "int8": 1e-4, "tf32": 1e-3, "bf16": 5e-2, "fp16": 1e-2}
+SELF_CHECK_EXAMPLES = 64
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    manifest: ExportManifest
+    evaluation: Evaluation
+
+
+def check_out_dir(out: str | Path, force: bool) -> Path:
+    """The export target must be a new or empty directory, or, with `force`, an earlier export
+    (a directory holding the export manifest), in an existing writable directory. Checked
+    before any work and again before the rename."""
+    p = Path(out).expanduser()
+    parent = p.resolve().parent
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; name a directory to create")
+    if not parent.is_dir():
+        raise ConfigError(
+            f"--out {str(out)!r}: its parent directory {str(parent)!r} does not exist; create it"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r}: {str(parent)!r} is not writable")
+    if p.is_dir() and any(p.iterdir()):
+        if not force:
+            raise ConfigError(
+                f"--out {str(out)!r} exists and is not empty; pass --force to replace it, or "
+                "choose a new directory"
+            )
+        if not (p / MANIFEST_FILE).is_file():
+            raise ConfigError(
+                f"--out {str(out)!r} is not an autoprumux export (no {MANIFEST_FILE}); "
+                "--force replaces only earlier exports: choose a new or empty directory"
+            )
+    return p
+
+
+def export_model(
+    pipe: PruMuxPipeline,
+    config: Candidate,
+    out: str | Path,
+    *,
+    throughput: ThroughputConfig | None = None,
+    source: ExportSource | None = None,
+    force: bool = False,
+    command: str = "",
+) -> ExportResult:
+    """Build (or take from the cache), measure and write `config` as a deployable directory at
+    `out` (see the module docstring)."""
+    target = check_out_dir(out, force)
+    device = str(pipe.device)
+    check_precision(config.precision, device)
+    tp = throughput or ThroughputConfig(device=device)
+    model: AnyModel
+    if config.technique == "students":
+        ev = pipe.evaluate_students(
+            config.students, config.student_depth, throughput=tp, precision=config.precision
+        )
+        model = pipe.students(config.students, config.student_depth)
+    else:
+        ev = pipe.evaluate(config, throughput=tp)
+        model = pipe.trained(config)  # the fp32 model `evaluate` converted and measured
+    manifest = ExportManifest(
+        task=pipe.task.name,
+        label_names=tuple(pipe.data.task.label_names),
+        pair=pipe.task.pair,
+        max_seq_len=pipe.recipe.max_seq_len,
+        config=config,
+        base_model=pipe.model_id,
+        measurement=_measurement(ev, pipe.dev_size),
+        machine=machine_info(device),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        command=command,
+        source=source or ExportSource(),
+    )
+    tmp = Path(tempfile.mkdtemp(dir=target.resolve().parent, prefix=f".{target.name}.tmp-"))
+    try:
+        model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)
+        pipe.tokenizer.save_pretrained(str(tmp))
+        manifest.write(tmp)
+        (tmp / CARD_FILE).write_text(render_card(manifest, model))
+        _self_check(tmp, model, pipe, config.precision)
+        _publish(tmp, target, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(target, manifest, ev)
+
+
+def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
+    c, b, tp = ev.candidate, ev.baseline, ev.throughput_config
+    return Measurement(
+        metric_name=ev.metric_name,
+        metric=c.metric,
+        baseline_metric=b.metric,
+        accuracy=c.accuracy,
+        baseline_accuracy=b.accuracy,
+        throughput=c.throughput,
+        baseline_throughput=b.throughput,
+        sparsity=c.sparsity,
+        dev_examples=dev_examples,
+        throughput_batch=tp.batch_size,
+        throughput_seq_len=tp.seq_len,
+        device=ev.device,
+    )
+
+
+def _self_check(directory: Path, model: AnyModel, pipe: PruMuxPipeline, precision: str) -> None:
+    """The directory, loaded as a user would, must predict what the pipeline predicts for the
+    first dev examples (grouped alike): a wrong tokenizer, label count or architecture is
+    caught here, before the directory is published."""
+    from autoprumux.training import predict
+
+    pred = load(directory, device=str(pipe.device))
+    k = min(len(pipe.dev_items), SELF_CHECK_EXAMPLES)
+    examples = pipe.data.dev[:k]
+    texts = [(e.text_a, e.text_b) if pipe.task.pair else e.text_a for e in examples]
+    got = pred.logits(texts)  # type: ignore[arg-type]
+    want = predict(
+        to_precision(model, precision),
+        pipe.dev_items[:k],
+        batch_size=pred.batch_size,
+        device=pipe.device,
+    )
+    diff = float((got - want).abs().max()) if k else 0.0
+    if diff > SELF_CHECK_TOL[precision]:
+        raise RuntimeError(
+            f"the exported model does not reproduce the pipeline's logits (largest difference "
+            f"{diff:.2e}); nothing was written"
+        )
+
+
+def _publish(tmp: Path, target: Path, force: bool) -> None:
+    """Rename the finished directory into place (an earlier export is moved aside first and
+    deleted after, so the target always holds one whole export)."""
+    check_out_dir(target, force)  # another process may have written there meanwhile
+    if target.is_dir() and any(target.iterdir()):
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            target.rmdir()  # empty: rename() would replace it too, but not on every system
+        os.rename(tmp, target)
+
+
+def machine_info(device: str) -> dict[str, str]:
+    """Where a measurement ran: the CPU model, the GPU (CUDA), library versions."""
+    import transformers
+
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _cpu_model() -> str:
+    # platform.processor() is empty or just "x86_64" on Linux; /proc/cpuinfo names the model
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"

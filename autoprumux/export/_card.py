@@ -1,0 +1,159 @@
+"""The model card (`README.md`) of an exported model, rendered from its manifest: what it is,
+how it measured beside its baseline, where, when and by which command it was made, and how to
+use it."""
+
+from __future__ import annotations
+
+from autoprumux.deploy import ExportManifest, ExportSource
+from autoprumux.models import AnyModel, StudentEnsemble
+from autoprumux.pipeline import DEV_PAIRINGS
+
+
+def _architecture(model: AnyModel) -> list[str]:
+    if isinstance(model, StudentEnsemble):
+        return [f"| students | {model.k} students of {model.depth} layers (logits summed) |"]
+    cfg = model.encoder.config
+    return [
+        f"| encoder layers | {cfg.num_layers} (hidden size {cfg.hidden_size}) |",
+        f"| attention heads kept per layer | {list(cfg.heads)} |",
+        f"| FFN units kept per layer | {list(cfg.ffn)} |",
+    ]
+
+
+def _configuration(m: ExportManifest) -> list[str]:
+    c = m.config
+    rows = ["| | |", "|---|---|"]
+    if c.technique == "students":
+        rows.append(f"| technique | Academus students, K={c.students}, depth {c.student_depth} |")
+    else:
+        mux = f"{c.mux} ({c.mux_variant} mux)" if c.mux > 1 else "1 (no multiplexing)"
+        rows += [
+            "| technique | PruMUX (structured pruning x data multiplexing) |",
+            f"| sparsity (target / measured) | {c.sparsity:g} / {m.measurement.sparsity:.3f} |",
+            f"| N, inputs per forward pass | {mux} |",
+        ]
+    how = (
+        "stored in fp32, converted when loaded"
+        if c.precision != "fp32"
+        else "stored and run in fp32"
+    )
+    kind = "text pairs (`text`, `text_pair`)" if m.pair else "single texts"
+    rows += [
+        f"| precision | {c.precision} ({how}) |",
+        f"| base model | `{m.base_model}` |",
+        f"| task | {m.task}: {kind}, at most {m.max_seq_len} tokens (longer are truncated) |",
+        f"| labels | {', '.join(f'`{x}`' for x in m.label_names)} |",
+    ]
+    return rows
+
+
+def render_card(m: ExportManifest, model: AnyModel) -> str:
+    r = m.measurement
+    c = m.config
+    metric = r.metric_name
+    src = m.source
+    lines = [
+        f"# {m.task}: {c.describe()} (autoprumux export)",
+        "",
+        f"Exported {m.created} by "
+        + (f"`{m.command}`" if m.command else "the Python API")
+        + (f", from {_source(src)}" if src.kind != "explicit" else "")
+        + ".",
+        "",
+        "## Configuration",
+        "",
+        *_configuration(m),
+        *_architecture(model),
+        "",
+        f"## Measured at export (dev set, {r.dev_examples} examples, device {r.device})",
+        "",
+        *_measured_table(m),
+        "",
+        f"Accuracy loss: {r.accuracy_loss:.2f} points of {metric}. Throughput timed "
+        f"side by side in one process at a batch of {r.throughput_batch} x "
+        f"{r.throughput_seq_len} tokens (the median of repeated passes).",
+    ]
+    if c.mux > 1:
+        lines += [
+            f"The dev {metric} of an N={c.mux} model is the mean over {DEV_PAIRINGS} seeded orders "
+            "of the dev "
+            "set: inputs that share a group of N are mixed in one pass, so the result depends "
+            "slightly on which inputs are grouped.",
+        ]
+    rec = src.recorded
+    if rec:
+        parts = (
+            [f"accuracy loss {rec['accuracy_loss']:.2f} points"] if "accuracy_loss" in rec else []
+        )
+        if "speedup" in rec:
+            parts.append(f"speedup {rec['speedup']:.2f}x")
+        lines += ["", f"Recorded by the study for this configuration: {', '.join(parts)}."]
+    lines += [
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in m.machine.items()],
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import autoprumux",
+        "",
+        'predictor = autoprumux.load("THIS_DIRECTORY")  # device="cuda" for a GPU',
+        f"out = predictor.predict([{_example(m.pair)}])",
+        "out.labels, out.probabilities",
+        "```",
+        "",
+        "```bash",
+        "autoprumux predict THIS_DIRECTORY --input texts.csv --output scored.csv",
+        "```",
+        "",
+        "The loader needs torch and transformers only. Files: docs/export.md of autoprumux.",
+    ]
+    if c.mux > 1:
+        lines += [
+            "",
+            f"The predictor takes the inputs in order, {c.mux} at a time (a last incomplete group "
+            "is padded with dummy inputs), so it is used like any other model; the same inputs "
+            "in the same order always get the same answers.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _measured_table(m: ExportManifest) -> list[str]:
+    r = m.measurement
+    # the task's metric, and accuracy beside it when the metric is another (MCC for CoLA)
+    both = r.metric_name != "accuracy"
+    head = f"| model | {r.metric_name} |" + (" accuracy |" if both else "")
+    rows = [
+        head + " examples/s | speedup |",
+        "|---|---:|" + ("---:|" if both else "") + "---:|---:|",
+    ]
+    for name, metric, acc, tp, speedup in (
+        (
+            "baseline (N=1, sparsity 0, fp32)",
+            r.baseline_metric,
+            r.baseline_accuracy,
+            r.baseline_throughput,
+            1.0,
+        ),
+        ("this model", r.metric, r.accuracy, r.throughput, r.speedup),
+    ):
+        extra = f" {acc:.2f} |" if both else ""
+        rows.append(f"| {name} | {metric:.2f} |{extra} {tp:.1f} | {speedup:.2f}x |")
+    return rows
+
+
+def _source(src: ExportSource) -> str:
+    if src.kind == "budget":
+        return (
+            f"the recommendation of study `{src.study}` within {src.budget:g} "
+            f"accuracy-loss points (trial {src.trial})"
+        )
+    return f"trial {src.trial} of study `{src.study}`"
+
+
+def _example(pair: bool) -> str:
+    if pair:
+        return '("The cat sat.", "A cat was sitting.")'
+    return '"a gripping, beautifully acted film"'

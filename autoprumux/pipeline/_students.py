@@ -1,0 +1,70 @@
+"""Academus students of a pipeline's baseline: K boosted shallow students, built or cached, and
+measured beside the baseline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoprumux.config import check_precision
+from autoprumux.evaluation import Evaluation, ThroughputConfig
+from autoprumux.models import StudentConfig, StudentEnsemble, to_precision
+from autoprumux.training import StudentTrainConfig, distill_students
+
+if TYPE_CHECKING:
+    from autoprumux.pipeline._pipeline import PruMuxPipeline
+
+log = logging.getLogger("autoprumux")
+
+
+def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
+    cfg = StudentConfig(k=k, depth=depth)
+    r = pipe.recipe
+    key = pipe._key(
+        technique="students",
+        k=cfg.k,
+        depth=cfg.depth,
+        student_steps=r.student_steps,
+        student_stacking_steps=r.student_stacking_steps,
+        student_lr=r.student_lr,
+    )
+
+    def build(tmp: Path) -> dict:
+        ens, stats = distill_students(
+            pipe.baseline(),
+            pipe.train_items,
+            cfg,
+            StudentTrainConfig.from_recipe(r),
+            device=pipe.device,
+            heldout=pipe.dev_items[:256],
+        )
+        ens.save(tmp / "model", extra={"distillation": stats})
+        return {"distillation": stats}
+
+    entry, hit = pipe.cache.get_or_build("students", key, build)
+    log.info("students K=%d d=%d %s (%s)", k, depth, "cache hit" if hit else "built", entry)
+    return StudentEnsemble.load(entry / "model").to(pipe.device)
+
+
+def evaluate_students(
+    pipe: PruMuxPipeline,
+    k: int,
+    depth: int,
+    active: int | None,
+    throughput: ThroughputConfig | None,
+    precision: str,
+) -> Evaluation:
+    check_precision(precision, str(pipe.device))
+    tp = throughput or ThroughputConfig(device=str(pipe.device))
+    pipe.check_lengths(1, tp)
+    pipe.baseline()  # first: the students distil it
+    ens = pipe.students(k, depth)
+    if active is not None:
+        ens.active_students = active
+    name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
+    return pipe.beside_baseline(precision_name(name, precision), to_precision(ens, precision), tp)
+
+
+def precision_name(name: str, precision: str) -> str:
+    return name if precision == "fp32" else f"{name},{precision}"
