@@ -639,3 +639,36 @@ def test_a_guided_search_can_start_from_an_earlier_studys_trials(tiny_checkpoint
         Searcher(settings(space, tmp_path, study_name="x", sampler="guided", prior=("nowhere",)))
     with pytest.raises(ConfigError, match="needs --sampler guided"):
         settings(space, tmp_path, prior=("earlier",))
+
+
+def test_the_main_job_searches_recommends_exports_and_says_what_next(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """`search --export DIR`, as the README's first command runs it: the recommendation within
+    the budget ends up as a loadable directory, registered, with the next commands printed."""
+    import autoprumux
+    from autoprumux.deploy import read_manifest
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    space = tmp_path / "space.yaml"
+    params = {"sparsity": {"low": 0.0, "high": 0.6, "step": 0.3}, "mux": {"choices": [1]}}
+    space.write_text(yaml.safe_dump(tiny_space(tiny_checkpoint, **params).to_dict()))
+    argv = ["search", "--space", str(space), "--trials", "2", "--sampler", "guided"]
+    argv += ["--budget", "50", "--data-dir", str(DATA), "--cache-dir", str(tmp_path / "cache")]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("mine")
+    # a taken directory is refused before any study or run exists
+    assert main([*argv, *TP_ARGS, "--export", str(taken)]) == 2
+    assert not (tmp_path / "autoprumux.db").exists() and not (tmp_path / "mlruns").exists()
+    capsys.readouterr()
+
+    assert main([*argv, *TP_ARGS, "--export", "model"]) == 0
+    printed = capsys.readouterr().out
+    m = read_manifest(tmp_path / "model")
+    rec = recommend(50.0, storage=f"sqlite:///{tmp_path / 'autoprumux.db'}")
+    assert m.config == rec.config() and m.source.kind == "budget" and m.source.budget == 50.0
+    assert "autoprumux ui" in printed and "autoprumux predict model --input" in printed
+    assert "registered as models:/autoprumux-sst2/" in printed
+    assert len(autoprumux.load(tmp_path / "model").predict(["a fine film"]).labels) == 1

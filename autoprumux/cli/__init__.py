@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--task", default=None, help="overrides the space's task (or data)")
     add_task_data_flags(se)  # --data, its columns and --metric override the space's too
     se.add_argument("--trials", type=int, default=24, help="finished trials the study should hold")
+    se.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="then export the recommendation within --budget to DIR (a new directory; see "
+        "`autoprumux export`) and register it unless --no-register",
+    )
     add_sampler(se)
     add_search_common(se)
 

@@ -13,7 +13,7 @@ from autoprumux.cli._flags import _task_data
 from autoprumux.errors import AutoPruMuxError
 
 if TYPE_CHECKING:
-    from autoprumux.search import SearchSettings, SearchSpace
+    from autoprumux.search import Searcher, SearchSettings, SearchSpace
 
 
 def _search_settings(args: argparse.Namespace, space: SearchSpace, trials: int) -> SearchSettings:
@@ -63,7 +63,49 @@ def _run_search(args: argparse.Namespace, settings: SearchSettings) -> int:
         uri = searcher.register()
         if uri:
             print(f"recommender registered as {uri} (serve it: autoprumux serve)")
+    if getattr(args, "export", None) is not None:
+        _export_recommendation(args, searcher)
     return 0
+
+
+def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None:
+    """`search --export DIR`: the recommendation within the budget, exported (and registered)
+    like `autoprumux export --study NAME --budget B`, then what to do with it."""
+    import shlex
+
+    from autoprumux.export import export_model, from_budget, register_export
+    from autoprumux.meta import recommend
+
+    budget = searcher.s.budget
+    print("\n" + recommend(budget, storage=searcher.storage_url, study=searcher.name).describe())
+    try:
+        choice = from_budget(searcher.storage_url, searcher.name, budget)
+    except AutoPruMuxError as e:  # only the baseline is within the budget: nothing to export
+        print(f"nothing exported to {args.export}: {e}")
+        return
+    pipe = searcher.pipeline(choice.config.mux_variant)
+    res = export_model(
+        pipe,
+        choice.config,
+        args.export,
+        throughput=searcher.s.throughput,
+        source=choice.source,
+        command=shlex.join(["autoprumux", *getattr(args, "argv", [])]),
+    )
+    m = res.manifest.measurement
+    print(
+        f"\nexported {choice.config.describe()} to {res.path}: {m.metric_name} {m.metric:.2f} "
+        f"(loss {m.accuracy_loss:.2f} points), {m.speedup:.2f}x the baseline's throughput"
+    )
+    if not args.no_register:
+        print(f"registered as {register_export(res.path, tracking_uri=searcher.tracking_uri)}")
+    print(
+        "next:\n"
+        f"  autoprumux ui                      # the study in the MLflow dashboard\n"
+        f"  autoprumux predict {shlex.quote(str(res.path))} --input texts.csv --output scored.csv\n"
+        f'  python -c "import autoprumux; print(autoprumux.load({str(res.path)!r})'
+        ".predict(['a gripping film']).labels)\""
+    )
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -71,6 +113,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprumux.search import SearchSpace
 
     check_budget(args.budget)
+    if args.export is not None:  # before the search: a taken directory is refused at once
+        from autoprumux.export import check_out_dir
+
+        check_out_dir(args.export, force=False)
     task, data = _task_data(args)
     space = SearchSpace.from_yaml(args.space).with_task(task, data=data, metric=args.metric)
     return _run_search(args, _search_settings(args, space, args.trials))

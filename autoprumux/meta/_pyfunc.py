@@ -368,8 +368,12 @@ def register_if_new(storage_url: str, tracking_uri: str, run_id: str | None) -> 
     from autoprumux.meta._recommend import Recommender, load_trials
 
     trials = load_trials(storage_url)
-    if len(trials) < 2:
-        log.warning("only %d finished trials: recommender not registered", len(trials))
+    if len(trials) < 2 or all(t["config"].is_baseline for t in trials):
+        log.warning(
+            "only %d finished trials, none of them beside the baseline: recommender not "
+            "registered",
+            len(trials),
+        )
         return None
     fingerprint = hashlib.sha256(
         json.dumps(
