@@ -672,3 +672,12 @@ def test_the_main_job_searches_recommends_exports_and_says_what_next(
     assert "autoprumux ui" in printed and "autoprumux predict model --input" in printed
     assert "registered as models:/autoprumux-sst2/" in printed
     assert len(autoprumux.load(tmp_path / "model").predict(["a fine film"]).labels) == 1
+    # `autoprumux ui` names the page of the study's trials, in the model-training view
+    from autoprumux.cli import _serve
+
+    monkeypatch.setattr(_serve, "_exec", lambda cmd, env: 0)  # not the server itself
+    assert main(["ui", "--port", "5999"]) == 0
+    cl = tracking.client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (exp,) = [e for e in cl.search_experiments() if e.name.startswith("autoprumux/tiny-")]
+    page = f"http://127.0.0.1:5999/#/experiments/{exp.experiment_id}/runs?workflowType="
+    assert page + "machine_learning" in capsys.readouterr().out

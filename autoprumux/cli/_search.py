@@ -101,7 +101,7 @@ def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None
         print(f"registered as {register_export(res.path, tracking_uri=searcher.tracking_uri)}")
     print(
         "next:\n"
-        f"  autoprumux ui                      # the study in the MLflow dashboard\n"
+        "  autoprumux ui                      # the study's trials in the MLflow dashboard\n"
         f"  autoprumux predict {shlex.quote(str(res.path))} --input texts.csv --output scored.csv\n"
         f'  python -c "import autoprumux; print(autoprumux.load({str(res.path)!r})'
         ".predict(['a gripping film']).labels)\""

@@ -25,7 +25,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if root:
         cmd += ["--default-artifact-root", root]
     cmd += ["--host", args.host, "--port", str(args.port)]
-    print(f"MLflow dashboard on http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)")
+    base = f"http://{args.host}:{args.port}"
+    study = tracking.newest_study_experiment(tracking.client(uri))
+    print(f"MLflow dashboard on {base} over {uri} (Ctrl-C stops it)")
+    if study is not None:
+        print(f"the latest study's trials: {tracking.runs_page(base, study)}")
     return _exec(cmd, {})
 
 

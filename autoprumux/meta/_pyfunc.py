@@ -370,8 +370,7 @@ def register_if_new(storage_url: str, tracking_uri: str, run_id: str | None) -> 
     trials = load_trials(storage_url)
     if len(trials) < 2 or all(t["config"].is_baseline for t in trials):
         log.warning(
-            "only %d finished trials, none of them beside the baseline: recommender not "
-            "registered",
+            "only %d finished trials, none of them beside the baseline: recommender not registered",
             len(trials),
         )
         return None

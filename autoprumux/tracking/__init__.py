@@ -12,6 +12,8 @@ from autoprumux.tracking._mlflow import (
     log_json,
     log_run_data,
     log_text,
+    newest_study_experiment,
+    runs_page,
 )
 from autoprumux.tracking._optuna import (
     check_study_name,
@@ -32,6 +34,8 @@ from autoprumux.tracking._stores import (
 )
 
 __all__ = [
+    "newest_study_experiment",
+    "runs_page",
     "check_study_name",
     "load_study_attrs",
     "make_storage",

@@ -89,3 +89,21 @@ def log_figure_png(cl: Any, run_id: str, fig: Any, name: str) -> None:
         path = Path(d) / name
         fig.savefig(path, dpi=110, bbox_inches="tight")
         cl.log_artifact(run_id, str(path))
+
+
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The dashboard page of an experiment's runs. MLflow 3 opens every experiment in its GenAI
+    view until the user switches to "Model training" (kept in the browser); the URL's
+    `workflowType` switches it, whatever the experiment's kind tag."""
+    return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def newest_study_experiment(cl: Any) -> str | None:
+    """The id of the experiment of the most recently started study in the store (None: none)."""
+    runs = cl.search_runs(
+        [e.experiment_id for e in cl.search_experiments()],
+        "tags.`autoprumux.role` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(runs[0].info.experiment_id) if runs else None
