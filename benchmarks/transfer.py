@@ -12,8 +12,8 @@ Every search is the real service (`Searcher`, a real SQLite Optuna study and MLf
 only each trial's evaluation replayed from a measured reference grid (as in
 benchmarks/search_regret.py). First each `--prior` grid becomes a finished study: one trial per
 measured N=1 fp32 point. Then, for each target grid, budget and number of evaluations, a guided
-search of the target task (N=1, sparsity 0 to 0.95 in steps of 0.05, points between measured
-ones interpolated) runs once on its own and once with `--prior` naming those studies (the
+search of the target task (N=1, sparsity from 0 to the grid's highest in steps of 0.05, points
+between measured ones interpolated) runs once on its own and once with `--prior` naming those studies (the
 meta-model fitted on their trials in their own contexts: task descriptors, baseline metric).
 The answer is `recommend()` on the target study alone. Regret = 1 - (grid speedup of the answer) /
 (the best grid speedup within the budget); a violation is an answer whose grid loss exceeds the
@@ -37,7 +37,7 @@ from autoprumux.config import Recipe
 from autoprumux.meta import recommend
 from autoprumux.search import Searcher, SearchSettings, SearchSpace
 
-SPARSITY_RANGE = {"low": 0.0, "high": 0.95, "step": 0.05}
+SPARSITY_STEP = 0.05
 
 
 def grid_recipe(path: Path) -> Recipe:
@@ -92,7 +92,8 @@ def search_target(
     table = GridTable(path)
     recipe = grid_recipe(path)
     evaluator = evaluator_for(table, recipe)
-    space = space_for(table, recipe, SPARSITY_RANGE)
+    top = max(sp for sp, _, _ in table.rows[1])  # the space stays inside the measured grid
+    space = space_for(table, recipe, {"low": 0.0, "high": top, "step": SPARSITY_STEP})
     name = f"{table.task}-b{budget:g}-e{evaluations}-{'prior' if prior else 'alone'}"
     s = settings(
         work, space, name, trials=evaluations, sampler="guided", budget=budget, prior=prior
