@@ -16,33 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import GLUE_DIR as DATA
+from test_search import TINY_RECIPE as SEARCH_RECIPE
+from test_search import TP, TP_ARGS
 
 import autoprumux
 from autoprumux import Candidate, PruMuxPipeline, Recipe
 from autoprumux.cli import main
-from autoprumux.config import ThroughputConfig
 from autoprumux.deploy import MANIFEST_FILE, read_manifest
 from autoprumux.export import export_model, from_budget
 from autoprumux.models import to_precision
 from autoprumux.training import predict
 
-# as test_search's TINY_RECIPE: seconds per stage on the tiny model
-TINY_RECIPE = {
-    "max_train_examples": 64,
-    "batch_size": 16,
-    "max_seq_len": 32,
-    "finetune_steps": 2,
-    "mux_warmup_steps": 3,
-    "mux_finetune_steps": 2,
-    "warmup_corpus_size": 64,
-    "recovery_steps": 2,
-    "prune_stages": 1,
-    "importance_examples": 16,
-    "student_steps": 2,
-    "student_stacking_steps": 2,
-}
-TP = ThroughputConfig(batch_size=8, seq_len=32, repeats=2, warmup=1)
-TP_ARGS = ["--tp-batch", "8", "--tp-seq-len", "32", "--tp-repeats", "2"]
+# as test_search's recipe, with students: seconds per stage on the tiny model
+TINY_RECIPE = {**SEARCH_RECIPE, "student_steps": 2, "student_stacking_steps": 2}
 STUDY = "tiny-export"
 # the search stack the loader must not import
 HEAVY = ("optuna", "mlflow", "lightgbm")

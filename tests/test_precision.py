@@ -246,9 +246,7 @@ def test_int8_recovery_distils_the_candidate_as_int8_and_is_cached_apart(tiny_ch
     assert len(list((tmp_path / "cache" / "int8_recovered").iterdir())) == 1
     # fp32 configurations and the fp32 candidate underneath are untouched by the setting
     fp32 = Candidate(sparsity=0.3)
-    assert all(
-        torch.equal(v, recovered.trained(fp32).state_dict()[k]) for k, v in a.items()
-    )
+    assert all(torch.equal(v, recovered.trained(fp32).state_dict()[k]) for k, v in a.items())
     ev = recovered.evaluate(cfg, throughput=TP)
     assert ev.candidate.name == "s=0.3,N=1,int8"
     with pytest.raises(ConfigError, match="int8_recovery_steps"):

@@ -21,7 +21,7 @@ from mlflow.pyfunc import PythonModel
 
 from autoprumux import tracking
 from autoprumux.errors import ConfigError
-from autoprumux.meta._pyfunc import _bad, echo, mlflow_uris
+from autoprumux.meta._pyfunc import _bad, echo, input_table, mlflow_uris
 
 CODE_FILE = Path(__file__).with_name("_exported_code.py")
 ARTIFACT = "export"  # the artefact name of the export directory
@@ -63,14 +63,7 @@ class ExportedModel(PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import pandas as pd
 
-        df = model_input
-        if isinstance(df, dict):
-            try:
-                df = pd.DataFrame(df)
-            except ValueError as e:
-                raise _bad(f"cannot read the input as a table: {e}") from None
-        if not isinstance(df, pd.DataFrame):
-            raise _bad(f"expected a table with a 'text' column, got {type(df).__name__}")
+        df = input_table(model_input, "text")
         pred = self.predictor
         cols = text_columns(pred.pair)
         missing = [c for c in cols if c not in df.columns]

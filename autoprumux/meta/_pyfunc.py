@@ -117,6 +117,22 @@ def _bad(msg: str) -> Exception:
     return MlflowException(cap_message(msg), error_code=INVALID_PARAMETER_VALUE)
 
 
+def input_table(model_input: Any, wanted: str) -> Any:
+    """A served model's input as a DataFrame (a dict of columns is converted), or a 400 naming
+    the `wanted` column."""
+    import pandas as pd
+
+    df = model_input
+    if isinstance(df, dict):
+        try:
+            df = pd.DataFrame(df)
+        except ValueError as e:
+            raise _bad(f"cannot read the input as a table: {e}") from None
+    if not isinstance(df, pd.DataFrame):
+        raise _bad(f"expected a table with a {wanted!r} column, got {type(model_input).__name__}")
+    return df
+
+
 def echo(v: Any, n: int = ECHO_CHARS) -> str:
     """`repr(v)` cut to about `n` characters: what an error message may echo of a value."""
     if isinstance(v, str) and len(v) > n:
@@ -181,14 +197,7 @@ class RecommenderModel(PythonModel):
         import pandas as pd
 
         rec = self.recommender
-        df = model_input
-        if isinstance(df, dict):
-            try:
-                df = pd.DataFrame(df)
-            except ValueError as e:
-                raise _bad(f"cannot read the input as a table: {e}") from None
-        if not isinstance(df, pd.DataFrame):
-            raise _bad(f"expected a table with a 'budget' column, got {type(model_input).__name__}")
+        df = input_table(model_input, "budget")
         if "budget" not in df.columns:
             cols = [echo(c, 30) for c in list(df.columns)[:10]]
             more = f" and {len(df.columns) - 10} more" if len(df.columns) > 10 else ""
