@@ -131,6 +131,7 @@ BAD_RECIPES = [
     ("distill_weight", -0.1),
     ("recovery_steps", -3),
     ("recovery_layer_distill", -1.0),
+    ("int8_recovery_steps", 2.5),
     ("mux_pooling", "max"),
     ("mux_pooling", None),
     ("warmup_hidden_distill", math.inf),
