@@ -17,6 +17,7 @@ RANK = {
     "errors": 0,
     "_json": 0,
     "_lazy": 0,
+    "_progress": 0,
     "config": 0,
     "_cache": 0,
     "data": 1,

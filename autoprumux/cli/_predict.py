@@ -143,8 +143,8 @@ def _texts(
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from autoprumux._progress import progress
     from autoprumux.deploy import Predictions, load, read_manifest
-    from autoprumux.training._progress import progress
 
     # everything cheap first: the model is loaded only for a readable input and a writable output
     manifest = read_manifest(args.model_dir)

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 
 import torch
 
+from autoprumux._progress import LossMeter, progress
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.training._config import TrainConfig, make_optimizer
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._losses import classifier_loss, target_batches
-from autoprumux.training._progress import LossMeter, progress
 
 
 def train_classifier(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprumux._progress import LossMeter, progress
 from autoprumux.config import Recipe, validate_trainer
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
@@ -26,7 +27,6 @@ from autoprumux.models._mux import MuxConfig
 from autoprumux.models._students import Student, StudentConfig, StudentEnsemble
 from autoprumux.training._config import TrainConfig, make_optimizer
 from autoprumux.training._loop import predict, train_classifier
-from autoprumux.training._progress import LossMeter, progress
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from autoprumux._progress import progress
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.training._config import TrainConfig, make_optimizer
 from autoprumux.training._losses import hidden_distill_loss, retrieval_loss
-from autoprumux.training._progress import progress
 
 
 def retrieval_warmup(

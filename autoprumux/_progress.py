@@ -1,4 +1,4 @@
-"""Progress bars over training steps and the running loss shown on them."""
+"""Progress bars over long work (training steps, batch scoring) and the running loss shown on them."""
 
 from __future__ import annotations
 
