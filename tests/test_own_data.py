@@ -632,3 +632,14 @@ def test_a_search_runs_on_the_users_data(tmp_path, tiny_checkpoint):
     assert trial.state.name == "COMPLETE"
     # a worker joining rebuilds the same space, data included, from what the study recorded
     assert SearchSpace.from_dict(attrs["space"]) == space
+
+
+def test_a_suggestion_for_an_own_data_study_does_not_name_a_glue_task():
+    from autoprumux.config import Candidate
+    from autoprumux.meta._recommend import evaluate_command
+
+    cfg = Candidate(sparsity=0.5, mux=1, precision="int8")
+    assert evaluate_command(cfg, "sst2").startswith("autoprumux evaluate --task sst2 --sparsity")
+    own = evaluate_command(cfg, "tickets")
+    assert "--task" not in own and "--data <the tickets data>" in own
+    assert own.endswith("--precision int8")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from autoprumux.config import BASELINE, Candidate, check_budget
+from autoprumux.config import BASELINE, TASK_NAMES, Candidate, check_budget
 from autoprumux.errors import ConfigError
 from autoprumux.meta._model import MetaModel, training_table
 from autoprumux.tracking import default_storage, missing_sqlite_file
@@ -75,7 +75,9 @@ def config_line(c: Candidate) -> str:
 
 
 def evaluate_command(c: Candidate, task: str) -> str:
-    head = f"autoprumux evaluate --task {task}"
+    # a study of the user's own data knows its task by the file's stem: the path is theirs
+    data = f"--task {task}" if task in TASK_NAMES else f"--data <the {task} data>"
+    head = f"autoprumux evaluate {data}"
     tail = "" if c.precision == "fp32" else f" --precision {c.precision}"
     if c.technique == "students":
         return f"{head} --students {c.students} --student-depth {c.student_depth}{tail}"
