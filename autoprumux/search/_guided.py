@@ -27,7 +27,8 @@ in its own context), the meta-model is fitted on them, the task and model descri
 the contexts apart, and predicts for this study's context; this study's own trials rescale its
 predicted losses (`_task_scale`) and clamp them by monotonicity. Constrained expected
 improvement picks from the first trial on: no bisection, and no anchor for a row the prior has
-measured.
+measured. Once this study's losses stray from the rescaled prior by `PRIOR_SPREAD` or more
+(another curve shape, `prior_fits`), the prior is dropped and the search goes on as a new one.
 
 `propose` is pure (configurations in, an index out): `GuidedSampler` feeds it from an Optuna
 study, benchmarks/search_regret.py from a reference grid.
@@ -260,6 +261,21 @@ def _task_scale(
     return factor, float(np.clip(relative.max(), MIN_SPREAD, PRIOR_SPREAD))
 
 
+def prior_fits(
+    prior: Sequence[PriorTrial], measured: Sequence[ScoredConfig], context: dict[str, Any]
+) -> bool:
+    """Whether this study's trials so far follow the prior's loss curve once rescaled (see
+    `_task_scale`): a task that loses accuracy early where the prior's tasks lost it late
+    misleads the prior's model more with every trial, and bisection serves it better."""
+    from autoprumux.meta._model import training_table
+
+    meta = MetaModel().fit(
+        *training_table([(p.config, p.context, p.loss, p.speedup) for p in prior])
+    )
+    done = [m for m in measured if m.speedup is not None]
+    return _task_scale(meta, done, context)[1] < PRIOR_SPREAD
+
+
 def propose(
     candidates: Sequence[Candidate],
     measured: Sequence[ScoredConfig],
@@ -285,6 +301,8 @@ def propose(
     if not ordinary and not long_shots:
         return None
     trials = sum(m.speedup is not None and not m.config.is_baseline for m in measured)
+    if prior and trials and not prior_fits(prior, measured, context or _CTX):
+        prior = ()  # this task's curve has another shape: search it as if new
     if ordinary:
         if trials < max(2, min_model_trials) and not prior:
             return _bisect(candidates, ordinary, known, budget)
