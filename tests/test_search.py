@@ -648,7 +648,22 @@ def test_the_main_job_searches_recommends_exports_and_says_what_next(
     the budget ends up as a loadable directory, registered, with the next commands printed."""
     import autoprumux
     from autoprumux.deploy import read_manifest
+    from autoprumux.evaluation._throughput import ThroughputResult
 
+    def timer_by_sparsity(fns, *, cfg):
+        # a tiny model's timings are noise, and a pruned one may time slower than its baseline
+        # (then the answer is the baseline and nothing is exported): this stand-in ranks the
+        # models by sparsity, so the test is about the flow, not about a tiny model's speed
+        out = {}
+        for name in fns:
+            s = float(name.split(",")[0][2:]) if name.startswith("s=") else 0.0
+            sec = 1.0 - 0.9 * s
+            out[name] = ThroughputResult(
+                cfg.batch_size / sec, sec, (sec,), cfg.batch_size, cfg.seq_len, "cpu"
+            )
+        return out
+
+    monkeypatch.setattr("autoprumux.evaluation._report.time_interleaved", timer_by_sparsity)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     space = tmp_path / "space.yaml"
@@ -669,9 +684,14 @@ def test_the_main_job_searches_recommends_exports_and_says_what_next(
     m = read_manifest(tmp_path / "model")
     rec = recommend(50.0, storage=f"sqlite:///{tmp_path / 'autoprumux.db'}")
     assert m.config == rec.config() and m.source.kind == "budget" and m.source.budget == 50.0
+    assert not m.config.is_baseline and m.measurement.speedup > 1.0  # the stand-in timer's
     assert "autoprumux ui" in printed and "autoprumux predict model --input" in printed
     assert "registered as models:/autoprumux-sst2/" in printed
     assert len(autoprumux.load(tmp_path / "model").predict(["a fine film"]).labels) == 1
+    # the README's command run again: the study is complete, its earlier export is replaced
+    assert main([*argv, *TP_ARGS, "--export", "model"]) == 0
+    assert read_manifest(tmp_path / "model").created >= m.created
+    capsys.readouterr()
     # `autoprumux ui` names the page of the study's trials, in the model-training view
     from autoprumux.cli import _serve
 

@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--export",
         default=None,
         metavar="DIR",
-        help="then export the recommendation within --budget to DIR (a new directory; see "
-        "`autoprumux export`) and register it unless --no-register",
+        help="then export the recommendation within --budget to DIR (a new directory, or this "
+        "command's earlier export, which is replaced; see `autoprumux export`) and register it "
+        "unless --no-register",
     )
     add_sampler(se)
     add_search_common(se)

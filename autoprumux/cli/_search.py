@@ -90,6 +90,7 @@ def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None
         args.export,
         throughput=searcher.s.throughput,
         source=choice.source,
+        force=True,
         command=shlex.join(["autoprumux", *getattr(args, "argv", [])]),
     )
     m = res.manifest.measurement
@@ -116,7 +117,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.export is not None:  # before the search: a taken directory is refused at once
         from autoprumux.export import check_out_dir
 
-        check_out_dir(args.export, force=False)
+        # a rerun replaces its own earlier export (only a directory holding one)
+        check_out_dir(args.export, force=True)
     task, data = _task_data(args)
     space = SearchSpace.from_yaml(args.space).with_task(task, data=data, metric=args.metric)
     return _run_search(args, _search_settings(args, space, args.trials))
