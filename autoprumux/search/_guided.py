@@ -194,19 +194,21 @@ def acquisition(
     min_sigma: float = 0.5,
     noise: float = 1.0,
     prior: Sequence[PriorTrial] = (),
+    prior_model: MetaModel | None = None,
 ) -> np.ndarray:
     """Constrained expected improvement of each open candidate (same order as `open_idx`).
     `noise`: the spread (points) of one measured loss, e.g. from the dev set's size; `prior`:
     earlier studies' trials, fitted instead of this study's (which then needs its real `context`
-    and rescales the prior's losses)."""
+    and rescales the prior's losses); `prior_model`: that fit, when the caller already has it."""
     from autoprumux.meta._model import training_table
 
     ctx = context or _CTX
     done = [m for m in measured if m.speedup is not None]
-    rows = [(p.config, p.context, p.loss, p.speedup) for p in prior] or [
-        (m.config, ctx, m.loss, float(m.speedup or 1.0)) for m in done
-    ]
-    meta = MetaModel().fit(*training_table(rows))
+    if prior:
+        meta = prior_model or fit_prior(prior)
+    else:
+        rows = [(m.config, ctx, m.loss, float(m.speedup or 1.0)) for m in done]
+        meta = MetaModel().fit(*training_table(rows))
     Xc = np.array([features(candidates[i], ctx) for i in open_idx], dtype=float)
     med = meta.predict(Xc)
     # the jackknife half-widths cover `coverage` of the errors: as a normal scale
@@ -261,19 +263,23 @@ def _task_scale(
     return factor, float(np.clip(relative.max(), MIN_SPREAD, PRIOR_SPREAD))
 
 
+def fit_prior(prior: Sequence[PriorTrial]) -> MetaModel:
+    """The meta-model of the earlier studies' trials, each in its own context."""
+    from autoprumux.meta._model import training_table
+
+    return MetaModel().fit(
+        *training_table([(p.config, p.context, p.loss, p.speedup) for p in prior])
+    )
+
+
 def prior_fits(
-    prior: Sequence[PriorTrial], measured: Sequence[ScoredConfig], context: dict[str, Any]
+    prior_model: MetaModel, measured: Sequence[ScoredConfig], context: dict[str, Any]
 ) -> bool:
     """Whether this study's trials so far follow the prior's loss curve once rescaled (see
     `_task_scale`): a task that loses accuracy early where the prior's tasks lost it late
     misleads the prior's model more with every trial, and bisection serves it better."""
-    from autoprumux.meta._model import training_table
-
-    meta = MetaModel().fit(
-        *training_table([(p.config, p.context, p.loss, p.speedup) for p in prior])
-    )
     done = [m for m in measured if m.speedup is not None]
-    return _task_scale(meta, done, context)[1] < PRIOR_SPREAD
+    return _task_scale(prior_model, done, context)[1] < PRIOR_SPREAD
 
 
 def propose(
@@ -301,8 +307,13 @@ def propose(
     if not ordinary and not long_shots:
         return None
     trials = sum(m.speedup is not None and not m.config.is_baseline for m in measured)
-    if prior and trials and not prior_fits(prior, measured, context or _CTX):
-        prior = ()  # this task's curve has another shape: search it as if new
+    prior_model = fit_prior(prior) if prior else None  # once per proposal, for both uses
+    if (
+        prior_model is not None
+        and trials
+        and not prior_fits(prior_model, measured, context or _CTX)
+    ):
+        prior, prior_model = (), None  # this task's curve has another shape: search it as new
     if ordinary:
         if trials < max(2, min_model_trials) and not prior:
             return _bisect(candidates, ordinary, known, budget)
@@ -312,7 +323,9 @@ def propose(
     elif trials == 0 and not prior:  # nothing to fit a model on: the least shadowed long shot
         return min(long_shots, key=lambda i: shadow(candidates[i], known, budget))
     pool = ordinary + long_shots
-    score = acquisition(candidates, pool, known, budget, context, noise=noise, prior=prior)
+    score = acquisition(
+        candidates, pool, known, budget, context, noise=noise, prior=prior, prior_model=prior_model
+    )
     return pool[int(np.argmax(score))]
 
 
