@@ -27,6 +27,9 @@ PRECISION_RANK = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 2, "int8": 3}
 TASK_NAMES = ("cola", "mrpc", "qnli", "sst2")  # the built-in GLUE tasks (see autoprumux.data)
 TECHNIQUES = ("prumux", "students")
 MUX_VARIANTS = ("gaussian", "orthogonal")
+# how a multiplexed model combines its N instances: fixed binding (the mux variant) + average,
+# or a learned projection of each to H/N, concatenated
+MUX_COMBINERS = ("binding", "concat")
 POOLINGS = ("cls", "mean")
 MAX_MUX = 64  # DataMUX reports usable accuracy up to N=40
 MAX_STUDENTS = 16

@@ -13,13 +13,22 @@ from autoprumux.models import MuxConfig, MuxSequenceClassifier, OrthogonalMux
 
 
 def make(
-    n: int, variant: str = "gaussian", seed: int = 0, pooling: str = "cls"
+    n: int,
+    variant: str = "gaussian",
+    seed: int = 0,
+    pooling: str = "cls",
+    layers: int = 0,
+    combiner: str = "binding",
 ) -> MuxSequenceClassifier:
     enc, _ = tiny_encoder(seed)
     torch.manual_seed(seed + 1)
-    return MuxSequenceClassifier(
-        enc, num_labels=3, mux=MuxConfig(n=n, variant=variant, pooling=pooling)
-    ).eval()
+    mux = MuxConfig(n=n, variant=variant, pooling=pooling, layers=layers, combiner=combiner)
+    return MuxSequenceClassifier(enc, num_labels=3, mux=mux).eval()
+
+
+# (mux_layers, combiner) of the multiplexed models the invariants below must hold for: early and
+# late (k = 1 of the tiny model's 2 layers) mixing, fixed binding and the learned concatenation
+SHAPES = [(0, "binding"), (1, "binding"), (0, "concat"), (1, "concat")]
 
 
 def test_encoder_matches_transformers_bert():
@@ -62,6 +71,16 @@ def test_n1_equals_plain_sequence_classifier():
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_padding_length_does_not_change_outputs(n, variant, pooling):
     model = make(n, variant, pooling=pooling)
+    _check_padding_length(model, n)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize(("layers", "combiner"), SHAPES[1:])
+def test_padding_length_does_not_change_late_or_concat_outputs(n, layers, combiner):
+    _check_padding_length(make(n, pooling="mean", layers=layers, combiner=combiner), n)
+
+
+def _check_padding_length(model: MuxSequenceClassifier, n: int) -> None:
     ids, mask, tt = random_batch(2 * n, 9)
     pad = 7
     ids2 = torch.cat([ids, torch.zeros(ids.shape[0], pad, dtype=torch.long)], 1)
@@ -74,9 +93,10 @@ def test_padding_length_does_not_change_outputs(n, variant, pooling):
 
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_padding_tokens_contribute_nothing(n, pooling):
+@pytest.mark.parametrize(("layers", "combiner"), SHAPES)
+def test_padding_tokens_contribute_nothing(n, pooling, layers, combiner):
     """Garbage ids under an instance's padding must not leak into the mix (the reference code's bug)."""
-    model = make(n, pooling=pooling)
+    model = make(n, pooling=pooling, layers=layers, combiner=combiner)
     ids, mask, tt = random_batch(2 * n, 10, seed=3)
     assert (mask == 0).any()
     noisy = torch.where(mask.bool(), ids, torch.randint(5, 99, ids.shape))
@@ -111,9 +131,10 @@ def test_permuting_inputs_with_their_indices_permutes_outputs(variant, pooling):
         assert not torch.allclose(model(ids[perm], mask[perm], tt[perm]), out[perm], atol=1e-4)
 
 
-def test_groups_are_independent_and_outputs_depend_on_partners():
+@pytest.mark.parametrize(("layers", "combiner"), SHAPES)
+def test_groups_are_independent_and_outputs_depend_on_partners(layers, combiner):
     n = 2
-    model = make(n)
+    model = make(n, layers=layers, combiner=combiner)
     ids, mask, tt = random_batch(4, 8, seed=7)
     with torch.no_grad():
         out = model(ids, mask, tt)
@@ -125,9 +146,10 @@ def test_groups_are_independent_and_outputs_depend_on_partners():
 
 
 @pytest.mark.parametrize("b", [1, 3, 5])
-def test_batch_not_divisible_by_n_is_padded_with_dummy_rows(b):
+@pytest.mark.parametrize(("layers", "combiner"), SHAPES)
+def test_batch_not_divisible_by_n_is_padded_with_dummy_rows(b, layers, combiner):
     n = 4
-    model = make(n)
+    model = make(n, layers=layers, combiner=combiner)
     ids, mask, tt = random_batch(8, 8, seed=9)
     with torch.no_grad():
         out = model(ids[:b], mask[:b], tt[:b])
@@ -159,9 +181,9 @@ def test_orthogonal_mux_matrices_are_orthogonal_and_fixed():
     assert not any(p.requires_grad for p in m.parameters())
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_save_load_round_trip(tmp_path, n):
-    model = make(n)
+@pytest.mark.parametrize(("n", "layers", "combiner"), [(1, 0, "binding"), *((2, *s) for s in SHAPES)])
+def test_save_load_round_trip(tmp_path, n, layers, combiner):
+    model = make(n, layers=layers, combiner=combiner)
     ids, mask, tt = random_batch(4, 8)
     model.save(tmp_path / "m")
     loaded = MuxSequenceClassifier.load(tmp_path / "m").eval()

@@ -165,10 +165,19 @@ def model_flops(model: AnyModel, batch_size: int, seq_len: int) -> float:
     n = model.n
     rows = -(-batch_size // n)  # mixed sequences per pass
     t = seq_len + (n if n > 1 else 0)
-    total = rows * _layer_flops(cfg, t)
+    k = model.instance_layers if n > 1 else 0
+    every = range(len(cfg.heads))
+    # the first k layers run on each instance (B' = rows * N sequences of seq_len), the rest
+    # once per combined row
+    total = rows * n * _layer_flops(cfg, seq_len, every[:k]) + rows * _layer_flops(
+        cfg, t, every[k:]
+    )
     if n > 1:
-        # mixing: an element-wise product per instance (Gaussian), an H x H product (orthogonal)
-        per_token = 2 * h * h if model.mux_config.variant == "orthogonal" else h
+        # mixing: an element-wise product per instance (Gaussian), an H x H product
+        # (orthogonal), an H x H/N projection (concat)
+        per_token = {"orthogonal": 2 * h * h, "gaussian": h}[model.mux_config.variant]
+        if model.mux_config.combiner == "concat":
+            per_token = 2 * h * h // n
         total += rows * n * t * per_token
         # demux: the token half once per read position, the key half once per instance
         read = 1 if model.mux_config.pooling == "cls" else seq_len

@@ -6,6 +6,13 @@ prefixed with N index positions (position i holds index embedding i, the others 
 sequence (G, N + L, H). After the encoder, instance i is read back by the index-embedding
 demultiplexer: demux(h_t, h_i) = LN(GELU(W [h_t ; h_i])) where h_i is the output at prefix
 position i. N = 1 bypasses all of this and is exactly the plain BERT classifier.
+
+Late multiplexing (`MuxConfig.layers` = k > 0, after MUX-PLMs' contextual multiplexer and
+RevMUX): the first k encoder layers run on each instance as in the N=1 model (one batched
+computation over B' rows), then each instance's states get the index prefix and the N instances
+are combined; the remaining layers run once per group. Combiners: "binding" (the fixed
+Gaussian-Hadamard or orthogonal transforms, then the average) and "concat" (a learned
+projection of each instance to H/N, concatenated back to H).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprumux.config import MUX_VARIANTS, POOLINGS
+from autoprumux.config import MUX_COMBINERS, MUX_VARIANTS, POOLINGS
 from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import Encoder, EncoderConfig, attention_bias, init_weights
 from autoprumux.models._persist import read_model_dir, write_model_dir
@@ -31,6 +38,8 @@ class MuxConfig:
     # what the task head reads: the (demuxed) [CLS] state, or the mean of the instance's
     # (demuxed) token states over its real tokens
     pooling: str = "cls"
+    layers: int = 0  # encoder layers run per instance before the N instances are combined
+    combiner: str = "binding"
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -41,6 +50,19 @@ class MuxConfig:
             raise ConfigError(f"mux variant {self.variant!r} is not one of {list(MUX_VARIANTS)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling {self.pooling!r} is not one of {list(POOLINGS)}")
+        if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
+            raise ConfigError(
+                f"mux_layers ({self.layers!r}) must be an integer >= 0 (0 = mix the embeddings)"
+            )
+        if self.combiner not in MUX_COMBINERS:
+            raise ConfigError(
+                f"mux combiner {self.combiner!r} is not one of {list(MUX_COMBINERS)}"
+            )
+        if self.n == 1 and (self.layers or self.combiner != "binding"):
+            raise ConfigError(
+                f"mux_layers ({self.layers}) and mux_combiner ({self.combiner!r}) apply to "
+                "multiplexed models only; use N > 1, or mux_layers 0 and combiner 'binding'"
+            )
 
 
 class Multiplexer(nn.Module):
@@ -83,7 +105,33 @@ class OrthogonalMux(Multiplexer):
         return torch.einsum("gnth,nhk->gntk", x, self.matrices)
 
 
-def make_multiplexer(cfg: MuxConfig, hidden: int) -> Multiplexer:
+class ConcatCombiner(nn.Module):
+    """Learned: instance i is projected to H/N by P_i (no bias, so padding stays zero) and the N
+    projections are concatenated back to H (RevMUX's concatenation, without its coupling)."""
+
+    def __init__(self, n: int, hidden: int, seed: int):
+        super().__init__()
+        if hidden % n:
+            raise ConfigError(
+                f"the concat combiner splits the hidden size ({hidden}) into N={n} equal parts; "
+                f"choose an N that divides {hidden}, or combiner 'binding'"
+            )
+        g = torch.Generator().manual_seed(seed)
+        # orthonormal columns: each output coordinate starts as a unit projection of the input,
+        # so the combined states keep the scale of the per-instance ones
+        q, _ = torch.linalg.qr(torch.randn(n, hidden, hidden, generator=g))
+        self.projections = nn.Parameter(q[:, :, : hidden // n].contiguous())  # (N, H, H/N)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (G, N, T, H) -> (G, T, H)
+        g, n, t, _ = x.shape
+        parts = torch.einsum("gnth,nhk->gtnk", x, self.projections)  # (G, T, N, H/N)
+        return parts.reshape(g, t, -1)
+
+
+def make_multiplexer(cfg: MuxConfig, hidden: int) -> nn.Module:
+    """The combiner of N instances (G, N, T, H) -> (G, T, H)."""
+    if cfg.combiner == "concat":
+        return ConcatCombiner(cfg.n, hidden, cfg.seed)
     if cfg.variant == "gaussian":
         return GaussianHadamardMux(cfg.n, hidden, cfg.seed)
     return OrthogonalMux(cfg.n, hidden, cfg.seed)
@@ -146,9 +194,12 @@ class MuxLayout:
     token_mask: torch.Tensor  # (B', N + L) prefix + token mask per instance; (B, L) for N=1
     bias: torch.Tensor  # (rows, 1, 1, T) additive attention mask of the encoder's rows
     batch_size: int  # real examples B
+    # (B', 1, 1, L) additive mask of each instance alone, for the per-instance layers (k > 0)
+    instance_bias: torch.Tensor | None = None
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.ids, self.token_types, self.token_mask, self.bias]
+        extra = [self.instance_bias] if self.instance_bias is not None else []
+        return [self.ids, self.token_types, self.token_mask, self.bias, *extra]
 
 
 class MuxSequenceClassifier(nn.Module):
@@ -163,6 +214,11 @@ class MuxSequenceClassifier(nn.Module):
         self.mux_config = mux
         self.num_labels = num_labels
         self.n = mux.n
+        if mux.layers >= cfg.num_layers:
+            raise ConfigError(
+                f"mux_layers ({mux.layers}) must be below the encoder's {cfg.num_layers} layers: "
+                f"at least one layer must run on the combined instances; use 0..{cfg.num_layers - 1}"
+            )
         # sparsity's denominator: the unpruned encoder's layer parameters (kept through pruning)
         self.original_prunable_params = encoder.prunable_parameters()
         if self.n > 1:
@@ -175,9 +231,9 @@ class MuxSequenceClassifier(nn.Module):
             init_weights(self.retrieval_head)
             # index rows in the word-embedding scale so the prefix is not drowned out
             with torch.no_grad():
-                self.index_embeddings.weight.normal_(
-                    0.0, float(encoder.embeddings.word.weight.std())
-                )
+                # (k > 0: the prefix joins states that left a LayerNorm, so unit scale)
+                std = float(encoder.embeddings.word.weight.std()) if mux.layers == 0 else 1.0
+                self.index_embeddings.weight.normal_(0.0, std)
                 # demuxed states start in the scale of the encoder's own output states
                 last = _last_layer_norm(encoder)
                 if last is not None:
@@ -231,19 +287,49 @@ class MuxSequenceClassifier(nn.Module):
         token_mask = torch.cat([real.expand(rows, n), mask], dim=1)  # (B', N + L)
         # a position of a mixed row is real if any of its instances has it
         group_mask = token_mask.view(rows // n, n, n + length).amax(dim=1)  # (G, N + L)
-        return MuxLayout(ids, tt, token_mask, attention_bias(group_mask, dtype), b)
+        instance_bias = attention_bias(mask, dtype) if self.mux_config.layers else None
+        return MuxLayout(ids, tt, token_mask, attention_bias(group_mask, dtype), b, instance_bias)
+
+    @property
+    def instance_layers(self) -> int:
+        """k: the encoder layers that run per instance before the combiner (0 for N = 1)."""
+        return self.mux_config.layers
+
+    def _prefix(self, rows: int) -> torch.Tensor:  # (B', N, H) each instance's index prefix
+        return self.index_embeddings(self.get_buffer("_prefix_index").repeat(rows // self.n, 1))
+
+    def _combine(self, lay: MuxLayout, x: torch.Tensor) -> torch.Tensor:
+        """(B', N + L, H) prefixed instances -> (G, N + L, H) combined rows."""
+        rows, t, h = x.shape
+        x = x * lay.token_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
+        return self.multiplexer(x.view(rows // self.n, self.n, t, h))
 
     def embed(self, lay: MuxLayout) -> torch.Tensor:
-        """Input of the first encoder layer: (B, L, H), or (G, N + L, H) mixed rows for N > 1."""
+        """Input of the first encoder layer: (B, L, H) per instance for N = 1 or k > 0, else
+        (G, N + L, H) mixed rows."""
         enc = self.encoder
-        if self.n == 1:
+        if self.n == 1 or self.instance_layers:
             return enc.embeddings(lay.ids, lay.token_types)
-        n = self.n
-        rows, length = lay.ids.shape
-        prefix = self.index_embeddings(self.get_buffer("_prefix_index").repeat(rows // n, 1))
-        x = enc.embeddings(lay.ids, lay.token_types, prefix=prefix)  # (B', N + L, H)
-        x = x * lay.token_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing to the mix
-        return self.multiplexer(x.view(rows // n, n, n + length, -1))  # (G, N + L, H)
+        prefix = self._prefix(lay.ids.shape[0])
+        return self._combine(lay, enc.embeddings(lay.ids, lay.token_types, prefix=prefix))
+
+    def late_mix(self, lay: MuxLayout, x: torch.Tensor) -> torch.Tensor:
+        """k > 0: (B', L, H) per-instance states after the first k layers -> (G, N + L, H)."""
+        return self._combine(lay, torch.cat([self._prefix(x.shape[0]).to(x.dtype), x], dim=1))
+
+    def run_encoder(
+        self, lay: MuxLayout, layers: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The last encoder layer's output rows; with a list `layers` (N = 1), each layer's."""
+        h = self.embed(lay)
+        k = self.instance_layers if self.n > 1 else 0
+        for i, layer in enumerate(self.encoder.layers):
+            if k and i == k:
+                h = self.late_mix(lay, h)
+            h = layer(h, lay.instance_bias if i < k else lay.bias)
+            if layers is not None:
+                layers.append(h)
+        return h
 
     def readout(self, lay: MuxLayout, h: torch.Tensor, positions: str = "cls") -> torch.Tensor:
         """Per-instance states from the last layer's output: (B, H) for positions="cls",
@@ -274,12 +360,7 @@ class MuxSequenceClassifier(nn.Module):
         if layers is not None and self.n > 1:
             raise ValueError("per-layer states are per instance only for N=1 models")
         lay = self.layout(input_ids, attention_mask, token_type_ids)
-        h = self.embed(lay)
-        for layer in self.encoder.layers:
-            h = layer(h, lay.bias)
-            if layers is not None:
-                layers.append(h)
-        return self.readout(lay, h, positions)
+        return self.readout(lay, self.run_encoder(lay, layers), positions)
 
     def forward(
         self,

@@ -139,6 +139,11 @@ def _check_model(model: object, role: str) -> MuxSequenceClassifier:
             f"list of layers (encoder.layers, an nn.ModuleList); got {type(model).__name__} "
             f"with encoder.layers of type {type(layers).__name__}; use trainer='standard'"
         )
+    if model.n > 1 and model.instance_layers:
+        raise ConfigError(
+            f"the L2L trainer relays one layer over the combined rows; this {role} runs its first "
+            f"{model.instance_layers} layers per instance (mux_layers > 0); use trainer='standard'"
+        )
     return model
 
 

@@ -1,0 +1,143 @@
+"""Late multiplexing: per-instance layers before the combiner, and the learned concat combiner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_batch, tiny_encoder
+
+from autoprumux.errors import ConfigError
+from autoprumux.evaluation._throughput import model_flops
+from autoprumux.models import Encoder, EncoderConfig, MuxConfig, MuxSequenceClassifier
+
+THREADS = torch.get_num_threads()
+
+
+def make(n: int, layers: int = 0, combiner: str = "binding", pooling: str = "cls", seed: int = 0):
+    enc, _ = tiny_encoder(seed, num_hidden_layers=3)
+    torch.manual_seed(seed + 1)
+    mux = MuxConfig(n=n, layers=layers, combiner=combiner, pooling=pooling)
+    return MuxSequenceClassifier(enc, num_labels=3, mux=mux).eval()
+
+
+GOLDEN = Path(__file__).parent / "data" / "mux_early_mixing_golden.pt"
+
+
+def test_k0_is_the_early_mixing_model_bit_for_bit():
+    """mux_layers 0 with the binding combiner computes exactly what the model computed before
+    late multiplexing existed: the file holds models (their weights and configuration), inputs
+    and the logits that code gave, one thread, N=2 and N=4, both variants and poolings."""
+    torch.set_num_threads(1)
+    try:
+        for case in torch.load(GOLDEN, weights_only=False):
+            cfg = case["model"]
+            assert "layers" not in cfg["mux"]  # written before the field existed
+            model = MuxSequenceClassifier(
+                Encoder(EncoderConfig.from_dict(cfg["encoder"])),
+                num_labels=cfg["num_labels"],
+                mux=MuxConfig(**cfg["mux"]),
+            ).eval()
+            model.load_state_dict(case["state"], strict=True)  # no new parameters at k=0
+            assert model.mux_config.layers == 0 and model.mux_config.combiner == "binding"
+            with torch.no_grad():
+                assert torch.equal(model(*case["inputs"]), case["logits"])
+    finally:
+        torch.set_num_threads(THREADS)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("combiner", ["binding", "concat"])
+def test_per_instance_layers_equal_the_n1_layers_on_each_instance(k, combiner):
+    """What reaches the combiner after k layers is each instance run alone through the same
+    layers (its own padding mask): row i equals the N=1 model's layer-k output for input i."""
+    n = 2
+    model = make(n, layers=k, combiner=combiner)
+    single = MuxSequenceClassifier(model.encoder, num_labels=3).eval()
+    ids, mask, tt = random_batch(3, 8, seed=6)  # 3 rows: one dummy row inside
+    seen: list[torch.Tensor] = []
+    late_mix = model.late_mix
+
+    def spy(lay, x):
+        seen.append(x)
+        return late_mix(lay, x)
+
+    model.late_mix = spy  # type: ignore[method-assign]
+    per_layer: list[torch.Tensor] = []
+    with torch.no_grad():
+        model(ids, mask, tt)
+        single.hidden_states(ids, mask, tt, positions="all", layers=per_layer)
+    (x,) = seen
+    assert x.shape == (4, 8, 32)
+    real = mask.bool().unsqueeze(-1).expand_as(per_layer[k - 1])
+    torch.testing.assert_close(x[:3][real], per_layer[k - 1][real], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_permuting_instances_with_their_slots_permutes_outputs(layers):
+    """Instance i is read back from index i and nowhere else when it is combined late."""
+    n = 2
+    model = make(n, layers=layers, pooling="mean")
+    ids, mask, tt = random_batch(n, 8, seed=5)
+    perm = torch.tensor([1, 0])
+    permuted = make(n, layers=layers, pooling="mean")
+    permuted.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        permuted.index_embeddings.weight[:n] = model.index_embeddings.weight[:n][perm]
+        permuted.multiplexer.vectors.copy_(model.multiplexer.vectors[perm])
+        out = model(ids, mask, tt)
+        out_p = permuted(ids[perm], mask[perm], tt[perm])
+    torch.testing.assert_close(out_p, out[perm], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("layers", "combiner"), [(1, "binding"), (2, "concat"), (0, "concat")])
+def test_outputs_depend_on_the_slot(layers, combiner):
+    """A model that ignored which slot an instance sits in would demultiplex nothing."""
+    model = make(2, layers=layers, combiner=combiner)
+    ids, mask, tt = random_batch(2, 8, seed=5)
+    perm = torch.tensor([1, 0])
+    with torch.no_grad():
+        out = model(ids, mask, tt)
+        swapped = model(ids[perm], mask[perm], tt[perm])
+    assert not torch.allclose(swapped, out[perm], atol=1e-4)
+
+
+def test_concat_combiner_projects_each_instance_to_its_share_of_the_hidden_size():
+    model = make(4, layers=1, combiner="concat")
+    p = model.multiplexer.projections
+    assert p.shape == (4, 32, 8) and p.requires_grad
+    # orthonormal columns at initialisation: the combined states keep the per-instance scale
+    gram = p.transpose(1, 2) @ p
+    torch.testing.assert_close(gram, torch.eye(8).expand(4, 8, 8), atol=1e-5, rtol=0)
+    x = torch.randn(3, 4, 5, 32)
+    out = model.multiplexer(x)
+    torch.testing.assert_close(out[..., 8:16], x[:, 1] @ p[1])
+
+
+def test_bad_mux_layers_and_combiners_are_clear_errors():
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ConfigError, match="mux_layers"):
+            MuxConfig(n=2, layers=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="combiner 'sum' is not one of"):
+        MuxConfig(n=2, combiner="sum")
+    with pytest.raises(ConfigError, match="multiplexed models only"):
+        MuxConfig(n=1, layers=1)
+    enc, _ = tiny_encoder(0, num_hidden_layers=3)
+    with pytest.raises(ConfigError, match=r"mux_layers \(3\) must be below the encoder's 3 layers"):
+        MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=2, layers=3))
+    enc, _ = tiny_encoder(0)
+    with pytest.raises(ConfigError, match="divides 32"):
+        MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=3, combiner="concat"))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_flops_account_for_the_per_instance_layers(n):
+    """The encoder's FLOPs fall as L / (k + (L - k) / N) (L = 3 here), up to the N prefix
+    positions and the mux and demux work, which the ratio below leaves within 15%."""
+    b, t = 8, 64
+    full = model_flops(make(1), b, t)
+    for k in (0, 1, 2):
+        ideal = 3 / (k + (3 - k) / n)
+        got = full / model_flops(make(n, layers=k), b, t)
+        assert ideal / 1.15 < got <= ideal, (k, got, ideal)
