@@ -32,6 +32,7 @@ MUX_VARIANTS = ("gaussian", "orthogonal")
 MUX_COMBINERS = ("binding", "concat")
 POOLINGS = ("cls", "mean")
 MAX_MUX = 64  # DataMUX reports usable accuracy up to N=40
+MAX_MUX_LAYERS = 64  # an upper bound on any encoder's depth; the model's own is checked on build
 MAX_STUDENTS = 16
 STUDENT_DEPTHS = (1, 2, 3)
 SAMPLERS = ("tpe", "guided", "random", "grid")
@@ -161,6 +162,9 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "warmup_hidden_distill": _WEIGHT,
     "mux_hidden_distill": _WEIGHT,
     "warmup_from_smaller": _FLAG,
+    "late_mux_freeze_backbone": _FLAG,
+    "late_mux_align": _WEIGHT,
+    "late_mux_lr": _LR,
     "student_steps": _STEPS,
     "student_stacking_steps": _STEPS,
     "student_lr": _LR,
@@ -204,6 +208,14 @@ class Recipe:
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
     mux_hidden_distill: float = 0.0  # + weight x hidden-state KD from the baseline in fine-tune
     warmup_from_smaller: bool = True  # N >= 4 starts its warm-up from the N/2 warm-up
+    # late multiplexing (mux_layers > 0 or a learned combiner) starts from the fine-tuned
+    # baseline instead of the warm-up, for mux_finetune_steps steps at late_mux_lr: with a frozen
+    # backbone only the combiner, index embeddings, demultiplexer and heads train; the loss adds
+    # late_mux_align x the distance between each demultiplexed state and the baseline's own
+    # state at the same position
+    late_mux_freeze_backbone: bool = True
+    late_mux_align: float = 1.0
+    late_mux_lr: float = 1e-3
     # Academus students: boosting steps per student, then joint stacking distillation
     student_steps: int = 400
     student_stacking_steps: int = 200
@@ -325,6 +337,55 @@ def validate_candidate(sparsity: object, n: object) -> tuple[float, int]:
     return s, n
 
 
+def validate_mux_layers(layers: object) -> int:
+    """mux_layers: an integer in [0, MAX_MUX_LAYERS] (the model's own depth is checked where
+    the model is known)."""
+    if isinstance(layers, bool) or not isinstance(layers, numbers.Integral):
+        try:
+            f = float(layers)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            f = math.nan
+        if isinstance(layers, bool) or not f.is_integer():
+            raise ConfigError(
+                f"mux_layers ({layers!r}) must be an integer >= 0: the encoder layers run per "
+                "instance before the N instances are combined (0 = mix the embeddings)"
+            )
+        layers = int(f)
+    if not 0 <= int(layers) <= MAX_MUX_LAYERS:
+        raise ConfigError(
+            f"mux_layers ({layers!r}) must be in [0, {MAX_MUX_LAYERS}] and below the model's "
+            "number of layers, e.g. 2"
+        )
+    return int(layers)
+
+
+@dataclass(frozen=True)
+class MuxShape:
+    """How a model multiplexes: N instances per pass, `layers` of its encoder run per instance
+    before the `combiner` combines them (0 layers + "binding" is early mixing, DataMUX's)."""
+
+    n: int = 1
+    layers: int = 0
+    combiner: str = "binding"
+
+    @property
+    def late(self) -> bool:
+        """Built from the fine-tuned baseline (per-instance layers or a learned combiner) rather
+        than from the token-retrieval warm-up."""
+        return self.n > 1 and (self.layers > 0 or self.combiner != "binding")
+
+    @property
+    def prefix_positions(self) -> int:
+        """The N of the index prefix that takes position embeddings (none when the prefix joins
+        after per-instance layers): what `BaseModel.check_lengths` adds to a sequence."""
+        return self.n if self.layers == 0 else 1
+
+    @property
+    def suffix(self) -> str:
+        """What `Candidate.describe` adds for a late model ("" for early mixing)."""
+        return f" k={self.layers} {self.combiner}" if self.late else ""
+
+
 # ---- one configuration -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Candidate:
@@ -340,6 +401,10 @@ class Candidate:
     students: int = 0
     student_depth: int = 0
     precision: str = "fp32"
+    # late multiplexing: the first mux_layers encoder layers run per instance before the
+    # mux_combiner combines the N instances (see `MuxShape`)
+    mux_layers: int = 0
+    mux_combiner: str = "binding"
 
     def __post_init__(self) -> None:
         if self.technique not in TECHNIQUES:
@@ -350,6 +415,16 @@ class Candidate:
         if self.mux_variant not in MUX_VARIANTS:
             raise ConfigError(
                 f"mux variant ({self.mux_variant!r}) must be one of {list(MUX_VARIANTS)}"
+            )
+        object.__setattr__(self, "mux_layers", validate_mux_layers(self.mux_layers))
+        if self.mux_combiner not in MUX_COMBINERS:
+            raise ConfigError(
+                f"mux combiner ({self.mux_combiner!r}) must be one of {list(MUX_COMBINERS)}"
+            )
+        if n == 1 and (self.mux_layers or self.mux_combiner != "binding"):
+            raise ConfigError(
+                f"mux_layers ({self.mux_layers}) and mux_combiner ({self.mux_combiner!r}) apply "
+                "to multiplexed models only; use N > 1, or mux_layers 0 and mux_combiner 'binding'"
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision ({self.precision!r}) must be one of {list(PRECISIONS)}")
@@ -401,11 +476,15 @@ class Candidate:
             and self.precision == "fp32"
         )
 
+    @property
+    def mux_shape(self) -> MuxShape:
+        return MuxShape(self.mux, self.mux_layers, self.mux_combiner)
+
     def describe(self) -> str:
         if self.technique == "students":
             text = f"students K={self.students} d={self.student_depth}"
         else:
-            text = f"s={self.sparsity:g} N={self.mux}"
+            text = f"s={self.sparsity:g} N={self.mux}{self.mux_shape.suffix}"
         return text if self.precision == "fp32" else f"{text} {self.precision}"
 
     # Within one family, a more aggressive configuration (higher sparsity and N; fewer or
@@ -417,15 +496,18 @@ class Candidate:
         """Configurations comparable by aggressiveness share a family."""
         if self.technique == "students":
             return ("students",)
-        return ("prumux", self.mux_variant)
+        return ("prumux", self.mux_variant, self.mux_combiner)
 
     @property
     def aggressiveness(self) -> tuple[float, ...]:
-        """Coordinates that never lower the loss or the speedup as they rise (within a family)."""
+        """Coordinates that never lower the loss or the speedup as they rise (within a family).
+        More per-instance layers multiplex less; N=1 runs every layer per instance, so its
+        coordinate is below any multiplexed model's."""
         rank = float(PRECISION_RANK[self.precision])
         if self.technique == "students":
             return (-float(self.students), -float(self.student_depth), rank)
-        return (self.sparsity, math.log2(self.mux), rank)
+        per_instance = -float(self.mux_layers) if self.mux > 1 else -float(MAX_MUX_LAYERS)
+        return (self.sparsity, math.log2(self.mux), per_instance, rank)
 
     def below(self, other: Candidate) -> bool:
         """Same family and no more aggressive than `other` (so it loses no more than `other`)."""

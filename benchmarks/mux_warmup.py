@@ -18,7 +18,7 @@ from pathlib import Path
 
 from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
-from autoprumux.config import Recipe
+from autoprumux.config import MuxShape, Recipe
 from autoprumux.pipeline import PruMuxPipeline
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 save()  # a run stopped before its first N > 1 row keeps the baseline
                 t_row = time.time()
             _, warm = pipe.mux_warmup(n)
-            metric = pipe.dev_metrics(pipe.mux_model(n))["metric"]
+            metric = pipe.dev_metrics(pipe.mux_model(MuxShape(n)))["metric"]
             row = {
                 "n": n,
                 "warmup_steps": steps,

@@ -141,3 +141,89 @@ def test_flops_account_for_the_per_instance_layers(n):
         ideal = 3 / (k + (3 - k) / n)
         got = full / model_flops(make(n, layers=k), b, t)
         assert ideal / 1.15 < got <= ideal, (k, got, ideal)
+
+
+# ---- the pipeline: late models start from the baseline ------------------------------------------
+@pytest.fixture
+def late_pipe(tiny_checkpoint, tmp_path):
+    from conftest import GLUE_DIR
+
+    from autoprumux import PruMuxPipeline, Recipe
+
+    if not GLUE_DIR.is_dir():
+        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
+    recipe = Recipe(
+        max_train_examples=64,
+        batch_size=16,
+        max_seq_len=32,
+        finetune_steps=2,
+        mux_warmup_steps=0,
+        mux_finetune_steps=3,
+        recovery_steps=2,
+        prune_stages=1,
+        importance_examples=16,
+    )
+    return PruMuxPipeline(
+        task="sst2",
+        model=tiny_checkpoint,
+        recipe=recipe,
+        data_dir=str(GLUE_DIR),
+        cache_dir=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("combiner", ["binding", "concat"])
+def test_frozen_backbone_training_changes_only_the_adapters(late_pipe, combiner):
+    from autoprumux.config import MuxShape
+    from autoprumux.pipeline._mux import from_baseline
+
+    base = late_pipe.baseline()
+    model = late_pipe.mux_model(MuxShape(2, 1, combiner))
+    assert model.mux_config.layers == 1 and model.mux_config.combiner == combiner
+    # the encoder (every layer, the embeddings and the pooler) is the baseline's, bit for bit
+    for (name, p), q in zip(
+        model.encoder.state_dict().items(), base.encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    # the adapters trained: they moved from their initialisation
+    fresh = from_baseline(late_pipe, MuxShape(2, 1, combiner))
+    moved = [
+        name
+        for name, p in model.state_dict().items()
+        if not name.startswith("encoder.") and not torch.equal(p, fresh.state_dict()[name])
+    ]
+    assert any(n.startswith("demux.") for n in moved)
+    assert any(n.startswith("index_embeddings") for n in moved)
+    if combiner == "concat":
+        assert "multiplexer.projections" in moved
+    entry = next((late_pipe.cache.root / "mux").iterdir())
+    meta = late_pipe.cache.meta(entry)
+    assert 0 < meta["trainable_parameters"] < sum(p.numel() for p in model.parameters()) / 2
+
+
+def test_late_models_are_cached_per_shape_and_pruned_from_their_own_model(late_pipe):
+    from autoprumux.config import Candidate, MuxShape
+
+    late_pipe.mux_model(MuxShape(2, 1, "concat"))
+    late_pipe.mux_model(MuxShape(2, 1, "concat"))  # a hit
+    late_pipe.mux_model(MuxShape(2, 1, "binding"))
+    assert len(list((late_pipe.cache.root / "mux").iterdir())) == 2
+    pruned = late_pipe.candidate(
+        Candidate(sparsity=0.5, mux=2, mux_layers=1, mux_combiner="concat")
+    )
+    assert pruned.mux_config.layers == 1 and abs(pruned.sparsity() - 0.5) < 0.02
+    from autoprumux.evaluation import ThroughputConfig
+
+    tp = ThroughputConfig(batch_size=4, seq_len=32, warmup=0, repeats=1)
+    ev = late_pipe.evaluate(Candidate(mux=2, mux_layers=1, mux_combiner="concat"), throughput=tp)
+    assert ev.candidate.n == 2 and "k=1" in ev.candidate.name
+
+
+def test_pipeline_refuses_mux_layers_the_model_does_not_have(late_pipe):
+    from autoprumux.config import Candidate
+
+    with pytest.raises(ConfigError, match=r"mux_layers \(2\) must be below the model's 2 layers"):
+        late_pipe.evaluate(Candidate(mux=2, mux_layers=2))
+    with pytest.raises(ConfigError, match="divides 32"):
+        late_pipe.evaluate(Candidate(mux=3, mux_combiner="concat"))
+    assert not (late_pipe.cache.root / "baseline").exists()  # refused before any training

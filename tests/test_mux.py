@@ -181,7 +181,9 @@ def test_orthogonal_mux_matrices_are_orthogonal_and_fixed():
     assert not any(p.requires_grad for p in m.parameters())
 
 
-@pytest.mark.parametrize(("n", "layers", "combiner"), [(1, 0, "binding"), *((2, *s) for s in SHAPES)])
+@pytest.mark.parametrize(
+    ("n", "layers", "combiner"), [(1, 0, "binding"), *((2, *s) for s in SHAPES)]
+)
 def test_save_load_round_trip(tmp_path, n, layers, combiner):
     model = make(n, layers=layers, combiner=combiner)
     ids, mask, tt = random_batch(4, 8)

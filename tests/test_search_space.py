@@ -52,6 +52,8 @@ def test_a_space_fixes_task_model_and_recipe():
         "students": 0,
         "student_depth": 0,
         "precision": "fp32",
+        "mux_layers": 0,
+        "mux_combiner": "binding",
     }
 
 

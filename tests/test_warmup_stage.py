@@ -14,6 +14,7 @@ import pytest
 from conftest import GLUE_DIR as DATA  # noqa: E402
 
 from autoprumux import PruMuxPipeline, Recipe
+from autoprumux.config import MuxShape
 from autoprumux.errors import ConfigError
 
 RECIPE = Recipe(
@@ -53,7 +54,7 @@ def test_warmup_is_cached_and_shared_across_tasks(tiny_checkpoint, tmp_path):
     entry3, meta3 = pipe(tiny_checkpoint, tmp_path, task="cola").mux_warmup(2)
     assert meta3["cache_hit"] and entry3 == entry
     # and the task's mux model starts from it
-    p.mux_model(2)
+    p.mux_model(MuxShape(2))
     assert len(list((tmp_path / "warmup").iterdir())) == 1
 
 
@@ -85,7 +86,7 @@ def test_warm_start_from_smaller_n_and_hidden_distillation_options(tiny_checkpoi
         tiny_checkpoint, tmp_path, recipe=replace(r, warmup_from_smaller=False)
     ).mux_warmup(4)
     assert cold != e4
-    m = p.mux_model(2)
+    m = p.mux_model(MuxShape(2))
     assert m.mux_config.pooling == "mean"
     with pytest.raises(ConfigError, match="mux_pooling"):
         replace(RECIPE, mux_pooling="max")
@@ -174,11 +175,11 @@ def test_baseline_shorter_than_mux_finetune_is_warned(tiny_checkpoint, tmp_path,
     short = replace(RECIPE, finetune_steps=1, mux_finetune_steps=2, mux_warmup_steps=0)
     p = pipe(tiny_checkpoint, tmp_path, recipe=short)
     with caplog.at_level("WARNING", logger="autoprumux"):
-        p.mux_model(2)
-        p.mux_model(2)  # cached now; a search asks once per trial: warned once per pipeline
+        p.mux_model(MuxShape(2))
+        p.mux_model(MuxShape(2))  # cached now; a search asks once per trial: warned once per pipeline
     assert "finetune_steps=1" in caplog.text and "mux_finetune_steps=2" in caplog.text
     assert caplog.text.count("understated") == 1
     caplog.clear()
     with caplog.at_level("WARNING", logger="autoprumux"):
-        pipe(tiny_checkpoint, tmp_path, recipe=replace(short, finetune_steps=2)).mux_model(2)
+        pipe(tiny_checkpoint, tmp_path, recipe=replace(short, finetune_steps=2)).mux_model(MuxShape(2))
     assert "understated" not in caplog.text

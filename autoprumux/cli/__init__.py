@@ -31,6 +31,7 @@ from autoprumux.cli._flags import (
     add_data_flags,
     add_host,
     add_model_flags,
+    add_mux_shape_flags,
     add_recipe_group,
     add_sampler,
     add_search_common,
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="inference precision: fp32 or int8 on the CPU; fp32, tf32, bf16 or fp16 on CUDA",
     )
+    add_mux_shape_flags(ev)
     ev.add_argument(
         "--active", default=None, help="run only the first k of the K students (default: all)"
     )

@@ -82,3 +82,52 @@ def _student_args(args: argparse.Namespace) -> tuple[int, int, int | None]:
     if active is not None and not 1 <= active <= cfg.k:
         raise AutoPruMuxError(f"--active ({active}) must be between 1 and --students ({cfg.k})")
     return cfg.k, cfg.depth, active
+
+
+def _mux_shape_args(args: argparse.Namespace, n: int) -> tuple[int, str]:
+    """(mux_layers, mux_combiner) from --mux-layers/--mux-combiner (unset: 0 and binding),
+    validated against N; the model's depth is checked once it is known (`_check_mux_layers_fit`)."""
+    from autoprumux.config import MAX_MUX_LAYERS, MUX_COMBINERS
+
+    raw = getattr(args, "mux_layers", None)
+    combiner = getattr(args, "mux_combiner", None) or "binding"
+    try:
+        k = 0 if raw is None else int(str(raw))
+    except ValueError:
+        k = -1
+    if not 0 <= k <= MAX_MUX_LAYERS:
+        raise AutoPruMuxError(
+            f"--mux-layers ({raw!r}) must be an integer from 0 to the model's layers - 1: the "
+            "encoder layers run on each input before the N inputs are combined (0, the default, "
+            "mixes the embeddings)"
+        )
+    if combiner not in MUX_COMBINERS:
+        raise AutoPruMuxError(
+            f"--mux-combiner ({combiner!r}) must be one of {list(MUX_COMBINERS)} (default: binding)"
+        )
+    if n == 1 and (k or combiner != "binding"):
+        given = [
+            f"--{f} {v}"
+            for f, v, d in (("mux-layers", k, 0), ("mux-combiner", combiner, "binding"))
+            if v != d
+        ]
+        raise AutoPruMuxError(
+            f"{' and '.join(given)} apply to multiplexed models only (N > 1); give --mux 2 or "
+            "more, or drop them"
+        )
+    return k, combiner
+
+
+def _check_mux_layers_fit(k: int, model: str | None) -> None:
+    """--mux-layers must leave the model at least one layer to run on the combined inputs (read
+    from the model's config, before any training)."""
+    if not k:
+        return
+    from autoprumux.models import resolve_model
+
+    layers = resolve_model(model).config.num_layers
+    if k >= layers:
+        raise AutoPruMuxError(
+            f"--mux-layers ({k}) must be below the model's {layers} encoder layers: at least one "
+            f"runs on the combined inputs; use 0..{layers - 1}"
+        )

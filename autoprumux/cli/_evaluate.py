@@ -10,7 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoprumux.cli._checks import _check_output_file, _student_args
+from autoprumux.cli._checks import (
+    _check_mux_layers_fit,
+    _check_output_file,
+    _mux_shape_args,
+    _student_args,
+)
 from autoprumux.cli._flags import _pipeline, _recipe
 from autoprumux.errors import AutoPruMuxError
 
@@ -38,12 +43,13 @@ def format_table(ev: Evaluation) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from autoprumux.config import Candidate, check_precision, validate_candidate
+    from autoprumux.config import Candidate, MuxShape, check_precision, validate_candidate
     from autoprumux.evaluation import ThroughputConfig
 
     # validate everything cheap before any work starts
     students = _student_args(args) if args.students is not None else None
     sparsity, n = (0.0, 1) if students else validate_candidate(args.sparsity, args.mux)
+    mux_layers, mux_combiner = _mux_shape_args(args, n)
     check_precision(args.precision, args.device)  # an unknown name is not offered either
     recipe = _recipe(args)
     tp = ThroughputConfig(
@@ -54,6 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if args.json_out:
         _check_output_file("--json", args.json_out)
+    _check_mux_layers_fit(mux_layers, args.model)
     pipe = _pipeline(args, recipe)
     if students:
         k, depth, active = students
@@ -62,7 +69,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     else:
         config = Candidate(
-            sparsity=sparsity, mux=n, mux_variant=pipe.mux_variant, precision=args.precision
+            sparsity=sparsity,
+            mux=n,
+            mux_variant=pipe.mux_variant,
+            precision=args.precision,
+            mux_layers=mux_layers,
+            mux_combiner=mux_combiner,
         )
         ev = pipe.evaluate(config, throughput=tp)
     print(format_table(ev))
@@ -76,7 +88,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             else ""
         )
         + (
-            f"; mux warm-up {r.mux_warmup_steps} + fine-tune {r.mux_finetune_steps} steps"
+            f"; late mux (k={mux_layers}, {mux_combiner}) fine-tune {r.mux_finetune_steps} "
+            "steps from the baseline"
+            if MuxShape(n, mux_layers, mux_combiner).late
+            else f"; mux warm-up {r.mux_warmup_steps} + fine-tune {r.mux_finetune_steps} steps"
             if n > 1
             else ""
         )

@@ -7,13 +7,14 @@ import argparse
 import shlex
 from typing import Any
 
-from autoprumux.cli._checks import _student_args
+from autoprumux.cli._checks import _check_mux_layers_fit, _mux_shape_args, _student_args
 from autoprumux.cli._flags import (
     DATA_FLAGS,
     RECIPE_FLAGS,
     _pipeline,
     _recipe,
     add_common,
+    add_mux_shape_flags,
     add_storage,
     add_tracking_uri,
 )
@@ -31,6 +32,8 @@ _STUDY_DECIDES = (
     "students",
     "precision",
     "mux_variant",
+    "mux_layers",
+    "mux_combiner",
     "preset",
     *(f[2:].replace("-", "_") for f, _, _ in RECIPE_FLAGS),
 )
@@ -75,6 +78,7 @@ def add_export_parser(sub: Any) -> None:
         help="fp32 (default) or int8 on the CPU; fp32, tf32, bf16 or fp16 on CUDA. Weights are "
         "stored in fp32 and converted when loaded",
     )
+    add_mux_shape_flags(g, unset=True)
     add_common(ex)
     # unset unless given, so that a flag given beside --study is refused, not ignored
     ex.set_defaults(task=None, mux_variant=None, preset=None, active=None)
@@ -93,6 +97,7 @@ def _explicit_config(args: argparse.Namespace) -> Any:
     if args.students is not None:
         if args.sparsity is not None or args.mux is not None:
             raise ConfigError("give --students or --sparsity/--mux, not both")
+        _mux_shape_args(args, 1)  # --mux-layers/--mux-combiner: refused, they need N > 1
         k, depth, _ = _student_args(args)
         return Candidate(technique="students", students=k, student_depth=depth, precision=precision)
     if args.sparsity is None and args.mux is None:
@@ -101,8 +106,14 @@ def _explicit_config(args: argparse.Namespace) -> Any:
             "--trial N or --budget B"
         )
     sparsity, n = validate_candidate(args.sparsity or 0.0, args.mux or 1)
+    mux_layers, mux_combiner = _mux_shape_args(args, n)
     return Candidate(
-        sparsity=sparsity, mux=n, mux_variant=args.mux_variant or "gaussian", precision=precision
+        sparsity=sparsity,
+        mux=n,
+        mux_variant=args.mux_variant or "gaussian",
+        precision=precision,
+        mux_layers=mux_layers,
+        mux_combiner=mux_combiner,
     )
 
 
@@ -158,6 +169,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         config, source = _explicit_config(args), ExportSource()
         recipe = _recipe(argparse.Namespace(**{**vars(args), "preset": args.preset or "fast"}))
         study_data = {}
+        _check_mux_layers_fit(config.mux_layers, args.model)
     check_precision(config.precision, args.device)
     pipe = _pipeline(
         argparse.Namespace(**{**vars(args), **study_data, "mux_variant": config.mux_variant}),

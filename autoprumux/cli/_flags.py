@@ -215,6 +215,25 @@ def add_common(p: argparse.ArgumentParser) -> None:
     add_throughput_group(p)
 
 
+def add_mux_shape_flags(p: Container, *, unset: bool = False) -> None:
+    """--mux-layers and --mux-combiner: late multiplexing of an N > 1 configuration (`unset`:
+    None unless given, for a command that refuses them beside a study)."""
+    p.add_argument(
+        "--mux-layers",
+        default=None if unset else "0",
+        metavar="K",
+        help="N > 1: encoder layers run on each input before the N inputs are combined, below "
+        "the model's layers (default: 0, mixing the embeddings)",
+    )
+    p.add_argument(
+        "--mux-combiner",
+        default=None if unset else "binding",
+        metavar="{binding,concat}",
+        help="N > 1: how the inputs are combined: the fixed binding of --mux-variant, or a "
+        "learned projection of each to H/N, concatenated (default: binding)",
+    )
+
+
 def add_storage(
     p: Container, help_text: str = "Optuna storage URL (default: sqlite:///autoprumux.db here)"
 ) -> None:

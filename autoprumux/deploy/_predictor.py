@@ -210,10 +210,25 @@ def load(
             "precision='fp32' to run it unconverted)"
         ) from None
     model = _load_model(d).eval()
+    _check_matches(manifest, model, d)
     tokenizer = AutoTokenizer.from_pretrained(str(d))
     return Predictor(
         to_precision(model, want), tokenizer, manifest, device=dev, batch_size=batch_size
     )
+
+
+def _check_matches(manifest: ExportManifest, model: torch.nn.Module, directory: Path) -> None:
+    """The manifest's N, per-instance layers and combiner are the weights' own: the predictor
+    groups the inputs by the manifest's N, so a mismatch would answer wrongly, not fail."""
+    if not isinstance(model, MuxSequenceClassifier):
+        return
+    mc, shape = model.mux_config, manifest.config.mux_shape
+    if (mc.n, mc.layers, mc.combiner) != (shape.n, shape.layers, shape.combiner):
+        raise ConfigError(
+            f"{str(directory)!r}: the manifest describes N={shape.n}, mux_layers {shape.layers}, "
+            f"combiner {shape.combiner!r} but the weights are N={mc.n}, mux_layers {mc.layers}, "
+            f"combiner {mc.combiner!r}; export the model again"
+        )
 
 
 def _short(v: Any, n: int = 60) -> str:

@@ -32,6 +32,8 @@ def _configuration(m: ExportManifest) -> list[str]:
             f"| sparsity (target / measured) | {c.sparsity:g} / {m.measurement.sparsity:.3f} |",
             f"| N, inputs per forward pass | {mux} |",
         ]
+        if c.mux_shape.late:
+            rows.append(f"| late multiplexing | {_late(c.mux_layers, c.mux_combiner, c.mux)} |")
     how = (
         "stored in fp32, converted when loaded"
         if c.precision != "fp32"
@@ -45,6 +47,17 @@ def _configuration(m: ExportManifest) -> list[str]:
         f"| labels | {', '.join(f'`{x}`' for x in m.label_names)} |",
     ]
     return rows
+
+
+def _late(k: int, combiner: str, n: int) -> str:
+    """What a late multiplexed model does before its N inputs share the encoder."""
+    how = (
+        "a learned concat combiner (each input projected to hidden/N, concatenated)"
+        if combiner == "concat"
+        else "the fixed binding of the mux variant (averaged)"
+    )
+    first = f"the first {k} encoder layers run on each input alone, then " if k else ""
+    return f"k={k}, {combiner}: {first}{how} combines the {n} inputs"
 
 
 def render_card(m: ExportManifest, model: AnyModel) -> str:

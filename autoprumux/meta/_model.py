@@ -1,11 +1,13 @@
 """The meta-model: LightGBM regressors predicting (accuracy loss, speedup) of a configuration.
 
 Each target is a non-negative least-squares prior on the shape of the ideal speedup
-(-log(1 - sparsity), log2 N) plus LightGBM trees on what the prior leaves. Features describe the configuration (technique; sparsity, N, mux variant for PruMUX; K and depth
-for Academus students) and its context (task, base model,
+(-log(1 - sparsity), log2 of the effective N) plus LightGBM trees on what the prior leaves.
+Features describe the configuration (technique; sparsity, N, mux variant, per-instance layers
+and combiner for PruMUX; K and depth for Academus students) and its context (task, base model,
 device, baseline accuracy), so one model serves several studies. Monotone constraints encode what
 holds by construction: removing more parameters or multiplexing more inputs never lowers the
-accuracy loss or the speedup; more or deeper students never raise the loss or the speedup. LightGBM refuses monotone constraints with its quantile objective,
+accuracy loss or the speedup; more per-instance layers before the combiner (late multiplexing)
+and more or deeper students never raise the loss or the speedup. LightGBM refuses monotone constraints with its quantile objective,
 so the uncertainty is a jackknife interval instead: the point models are refitted leaving each
 trial out (up to `MAX_FOLDS` trials; K-fold, "CV+", beyond), and the interval is the point
 prediction +- the `coverage` quantile of those out-of-fold errors (wider with few or noisy
@@ -33,6 +35,8 @@ FEATURES = (
     "students",
     "student_depth",
     "precision_rank",
+    "mux_layers",
+    "combiner_concat",
     "task_num_labels",
     "task_pair",
     "task_mcc",
@@ -43,7 +47,8 @@ FEATURES = (
     "model_log_params",
     "device_cuda",
 )
-CONTEXT_KEYS = FEATURES[7:]  # what `features` reads from the study context
+# what `features` reads from the study context
+CONTEXT_KEYS = FEATURES[FEATURES.index("task_num_labels") :]
 # +1: the target does not decrease as the feature rises; -1: it does not increase
 MONOTONE_LOSS = {
     "sparsity": 1,
@@ -51,10 +56,13 @@ MONOTONE_LOSS = {
     "students": -1,
     "student_depth": -1,
     "precision_rank": 1,
+    # layers run per instance before the combiner: a late model mixes less (see `MuxShape`)
+    "mux_layers": -1,
 }
 MONOTONE_SPEEDUP = MONOTONE_LOSS
 TARGETS = ("accuracy_loss", "speedup")
-# the prior's terms: -log(1 - sparsity), log2 N, precision rank (see `_prior_features`)
+# the prior's terms: -log(1 - sparsity), log2 of the effective N, precision rank (see
+# `_prior_features`)
 PRIOR_TERMS = 3
 # the interval's out-of-fold errors: leave-one-out up to this many rows, K-fold beyond
 MAX_FOLDS = 10
@@ -71,6 +79,8 @@ def features(c: Candidate, context: dict[str, Any]) -> list[float]:
         float(c.students),
         float(c.student_depth),
         float(PRECISION_RANK[c.precision]),
+        float(c.mux_layers),
+        1.0 if c.mux_combiner == "concat" else 0.0,
         float(context["task_num_labels"]),
         float(context["task_pair"]),
         float(context["task_mcc"]),
@@ -315,18 +325,32 @@ def _known(X: Any, pred: np.ndarray) -> np.ndarray:
 
 
 def _prior_features(X: np.ndarray) -> np.ndarray:
-    """(n, 3): -log(1 - sparsity) and log2 N for PruMUX rows (0 for students): the log of the
-    ideal speedup of removing a fraction of the work and of serving N inputs per pass; and the
-    precision's rank (a conversion multiplies the speed and adds to the loss of any model). Both
-    targets get a non-negative combination of them as a prior, fitted by least squares, so the
-    model rises smoothly in sparsity and N between and beyond the few measured points (a tree
-    alone is flat between them and cannot tell N apart from one N > 1 trial)."""
+    """(n, 3): -log(1 - sparsity) and log2 of the effective N for PruMUX rows (0 for students):
+    the log of the ideal speedup of removing a fraction of the work and of serving N inputs per
+    pass; and the precision's rank (a conversion multiplies the speed and adds to the loss of any
+    model). Both targets get a non-negative combination of them as a prior, fitted by least
+    squares, so the model rises smoothly in sparsity and N between and beyond the few measured
+    points (a tree alone is flat between them and cannot tell N apart from one N > 1 trial)."""
     i_students, i_s, i_n, i_p = (
         FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux", "precision_rank")
     )
     prumux = X[:, i_students] == 0.0
     s = np.clip(X[:, i_s], 0.0, 0.99)
-    return np.stack([-np.log1p(-s) * prumux, X[:, i_n] * prumux, X[:, i_p]], axis=1)
+    return np.stack([-np.log1p(-s) * prumux, _log2_effective_mux(X) * prumux, X[:, i_p]], axis=1)
+
+
+def _log2_effective_mux(X: np.ndarray) -> np.ndarray:
+    """log2 of the ideal speedup of multiplexing: N when the instances are mixed before the
+    encoder; with k of the model's L layers run per instance first, L / (k + (L - k) / N) (the
+    layers run per input). Where L is not known (0: a context without descriptors) or k is 0,
+    log2 N as it is."""
+    i_n, i_k, i_l = (FEATURES.index(f) for f in ("log2_mux", "mux_layers", "model_layers"))
+    log2_n, k, layers = X[:, i_n], X[:, i_k], X[:, i_l]
+    late = (k > 0) & (layers > k)
+    safe_l = np.where(late, layers, 1.0)
+    safe_k = np.where(late, k, 0.0)
+    effective = safe_l / (safe_k + (safe_l - safe_k) / np.exp2(log2_n))
+    return np.where(late, np.log2(effective), log2_n)
 
 
 def _as_matrix(X: Any) -> np.ndarray:

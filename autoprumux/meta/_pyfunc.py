@@ -60,6 +60,8 @@ OUTPUT_COLUMNS = (
     "sparsity",
     "mux",
     "mux_variant",
+    "mux_layers",
+    "mux_combiner",
     "students",
     "student_depth",
     "precision",
@@ -77,6 +79,8 @@ OUTPUT_COLUMNS = (
     "measured_speedup",
     "suggested_sparsity",
     "suggested_mux",
+    "suggested_mux_layers",
+    "suggested_mux_combiner",
     "suggested_technique",
     "suggested_precision",
     "suggested_predicted_accuracy_loss",
@@ -107,7 +111,9 @@ ARTIFACTS = {
 }
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 FORMAT_TAG = "autoprumux.recommender_format"
-FORMAT = "data/2"  # the recommender stored as JSON + LightGBM text models, nothing pickled
+# the recommender stored as JSON + LightGBM text models, nothing pickled (3: the features of
+# late multiplexing, mux_layers and the combiner)
+FORMAT = "data/3"
 
 
 def _bad(msg: str) -> Exception:
@@ -246,6 +252,8 @@ class RecommenderModel(PythonModel):
                     "sparsity": rec_.sparsity,
                     "mux": rec_.mux,
                     "mux_variant": rec_.mux_variant,
+                    "mux_layers": rec_.mux_layers,
+                    "mux_combiner": rec_.mux_combiner,
                     "students": rec_.students,
                     "student_depth": rec_.student_depth,
                     "precision": rec_.precision,
@@ -272,6 +280,8 @@ def _suggestion_columns(sg: Any) -> dict[str, Any]:
         return {
             "suggested_sparsity": math.nan,
             "suggested_mux": -1,
+            "suggested_mux_layers": -1,
+            "suggested_mux_combiner": "",
             "suggested_technique": "",
             "suggested_precision": "",
             "suggested_predicted_accuracy_loss": math.nan,
@@ -281,6 +291,8 @@ def _suggestion_columns(sg: Any) -> dict[str, Any]:
     return {
         "suggested_sparsity": sg.config.sparsity,
         "suggested_mux": sg.config.mux,
+        "suggested_mux_layers": sg.config.mux_layers,
+        "suggested_mux_combiner": sg.config.mux_combiner,
         "suggested_technique": sg.config.technique,
         "suggested_precision": sg.config.precision,
         "suggested_predicted_accuracy_loss": sg.predicted_accuracy_loss,

@@ -71,7 +71,19 @@ class Suggestion:
 def config_line(c: Candidate) -> str:
     if c.technique == "students":
         return f"  {c.students} students of depth {c.student_depth} (Academus), {c.precision}"
-    return f"  sparsity {c.sparsity:g}, N={c.mux}, mux variant {c.mux_variant}, {c.precision}"
+    late = (
+        f", {c.mux_layers} per-instance layers, {c.mux_combiner} combiner"
+        if c.mux_shape.late
+        else ""
+    )
+    return f"  sparsity {c.sparsity:g}, N={c.mux}, mux variant {c.mux_variant}{late}, {c.precision}"
+
+
+def mux_shape_flags(c: Candidate) -> str:
+    """The command-line flags of a late multiplexed model ("" for early mixing, the default)."""
+    if not c.mux_shape.late:
+        return ""
+    return f" --mux-layers {c.mux_layers} --mux-combiner {c.mux_combiner}"
 
 
 def evaluate_command(c: Candidate, task: str) -> str:
@@ -81,7 +93,10 @@ def evaluate_command(c: Candidate, task: str) -> str:
     tail = "" if c.precision == "fp32" else f" --precision {c.precision}"
     if c.technique == "students":
         return f"{head} --students {c.students} --student-depth {c.student_depth}{tail}"
-    return f"{head} --sparsity {c.sparsity:g} --mux {c.mux} --mux-variant {c.mux_variant}{tail}"
+    return (
+        f"{head} --sparsity {c.sparsity:g} --mux {c.mux} --mux-variant {c.mux_variant}"
+        f"{mux_shape_flags(c)}{tail}"
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,8 @@ class Recommendation:
     students: int
     student_depth: int
     precision: str
+    mux_layers: int  # late multiplexing: layers run per instance before the combiner
+    mux_combiner: str
     source: str  # "measured" (a finished trial) or "baseline" (loss 0, 1.00x by definition)
     accuracy_loss: float  # the answer's measured loss (0 for the baseline)
     speedup: float  # the answer's measured speedup (1.0 for the baseline)
@@ -120,6 +137,8 @@ class Recommendation:
             students=self.students,
             student_depth=self.student_depth,
             precision=self.precision,
+            mux_layers=self.mux_layers,
+            mux_combiner=self.mux_combiner,
         )
 
     def describe(self) -> str:
@@ -429,6 +448,8 @@ class Recommender:
             students=cfg.students,
             student_depth=cfg.student_depth,
             precision=cfg.precision,
+            mux_layers=cfg.mux_layers,
+            mux_combiner=cfg.mux_combiner,
             source="measured" if m else "baseline",
             accuracy_loss=float(m["accuracy_loss"]) if m else 0.0,
             speedup=float(m["speedup"]) if m else 1.0,
@@ -451,7 +472,7 @@ class Recommender:
         )
 
 
-RECOMMENDER_FORMAT = "autoprumux.recommender/2"
+RECOMMENDER_FORMAT = "autoprumux.recommender/3"  # 3: mux_layers and the combiner
 _MEASURED_KEYS = ("config", "accuracy_loss", "speedup", "number", "repeats")
 
 

@@ -55,9 +55,7 @@ class MuxConfig:
                 f"mux_layers ({self.layers!r}) must be an integer >= 0 (0 = mix the embeddings)"
             )
         if self.combiner not in MUX_COMBINERS:
-            raise ConfigError(
-                f"mux combiner {self.combiner!r} is not one of {list(MUX_COMBINERS)}"
-            )
+            raise ConfigError(f"mux combiner {self.combiner!r} is not one of {list(MUX_COMBINERS)}")
         if self.n == 1 and (self.layers or self.combiner != "binding"):
             raise ConfigError(
                 f"mux_layers ({self.layers}) and mux_combiner ({self.combiner!r}) apply to "
@@ -317,9 +315,7 @@ class MuxSequenceClassifier(nn.Module):
         """k > 0: (B', L, H) per-instance states after the first k layers -> (G, N + L, H)."""
         return self._combine(lay, torch.cat([self._prefix(x.shape[0]).to(x.dtype), x], dim=1))
 
-    def run_encoder(
-        self, lay: MuxLayout, layers: list[torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def run_encoder(self, lay: MuxLayout, layers: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The last encoder layer's output rows; with a list `layers` (N = 1), each layer's."""
         h = self.embed(lay)
         k = self.instance_layers if self.n > 1 else 0

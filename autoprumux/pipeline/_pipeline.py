@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autoprumux._cache import ArtifactCache, key_hash
-from autoprumux.config import Candidate, Recipe, check_precision
+from autoprumux.config import Candidate, MuxShape, Recipe, check_precision
 from autoprumux.data import (
     DataSource,
     Encoded,
@@ -44,15 +44,14 @@ from autoprumux.models import (
     fake_int8,
     resolve_model,
     to_precision,
-    warm_start_from,
 )
 from autoprumux.models._loading import BaseModel
+from autoprumux.pipeline._mux import late_mux_model, mux_warmup, warmup_key
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
 from autoprumux.training import (
     TrainConfig,
     predict,
     prune_in_stages,
-    retrieval_warmup,
     train_classifier,
 )
 
@@ -60,7 +59,6 @@ log = logging.getLogger("autoprumux")
 
 # seeded orders of the dev set a multiplexed model is scored on (see `dev_metrics`)
 DEV_PAIRINGS = 5
-WARMUP_LOG = ("seconds", "retrieval_accuracy")  # what a warm-up's log line reports
 
 
 class PruMuxPipeline:
@@ -111,7 +109,7 @@ class PruMuxPipeline:
         self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
         self._teacher_logits: torch.Tensor | None = None
-        self._mux_metrics: dict[int, dict[str, float]] = {}
+        self._mux_metrics: dict[MuxShape, dict[str, float]] = {}
         self._warned_short_baseline = False
 
     # ---- cache keys --------------------------------------------------------------------------
@@ -137,10 +135,22 @@ class PruMuxPipeline:
             **extra,
         }
 
-    def _mux_key(self, n: int) -> dict:
+    def _mux_key(self, shape: MuxShape) -> dict:
         r = self.recipe
+        late = (
+            {
+                "mux_layers": shape.layers,
+                "combiner": shape.combiner,
+                "freeze_backbone": r.late_mux_freeze_backbone,
+                "align": r.late_mux_align,
+                "late_lr": r.late_mux_lr,
+            }
+            if shape.late
+            else {}  # keyed only when used, so early-mixing entries keep their keys
+        )
         return self._key(
-            n=n,
+            **late,
+            n=shape.n,
             variant=self.mux_variant,
             mux_warmup_steps=r.mux_warmup_steps,
             mux_warmup_lr=r.mux_warmup_lr,
@@ -225,69 +235,9 @@ class PruMuxPipeline:
             )
         return self._warmup_items
 
-    def _warmup_key(self, n: int) -> dict:
-        r = self.recipe
-        self.warmup_sentences()  # sets the corpus digest
-        extra: dict = {}
-        if r.warmup_hidden_distill:
-            extra["hidden_distill"] = r.warmup_hidden_distill
-        if r.warmup_from_smaller and n >= 4:
-            extra["start_from"] = key_hash(self._warmup_key(n // 2))
-        return {
-            **extra,
-            "model": self.base.model_id,
-            "n": n,
-            "variant": self.mux_variant,
-            "steps": r.mux_warmup_steps,
-            "lr": r.mux_warmup_lr,
-            "batch_size": r.batch_size,
-            "max_seq_len": r.max_seq_len,
-            "freeze_word_embeddings": r.freeze_word_embeddings,
-            "seed": r.seed,
-            "corpus": self._corpus_digest,
-        }
-
     def mux_warmup(self, n: int) -> tuple[Path, dict]:
-        """The token-retrieval warm-up for width N: task-independent, cached per
-        (base model, N, mux variant, recipe, corpus) and reused by every task and sparsity.
-        Returns (cache entry, its metadata incl. cost in seconds and final retrieval accuracy)."""
-        if n < 2:
-            raise ConfigError(f"the warm-up is for N >= 2, got N={n}")
-        r = self.recipe
-        sentences = self.warmup_sentences()
-        key = self._warmup_key(n)
-
-        def build(tmp: Path) -> dict:
-            m = self._fresh(n)
-            started = None
-            if r.warmup_from_smaller and n >= 4:
-                smaller, _ = self.mux_warmup(n // 2)
-                warm_start_from(m, MuxSequenceClassifier.load(smaller / "model"))
-                started = n // 2
-            teacher = self._fresh(1) if r.warmup_hidden_distill else None
-            stats = retrieval_warmup(
-                m,
-                sentences,
-                TrainConfig(
-                    steps=r.mux_warmup_steps,
-                    batch_size=r.batch_size,
-                    lr=r.mux_warmup_lr,
-                    seed=r.seed,
-                ),
-                special_ids=self.special_ids,
-                desc=f"mux warm-up N={n}",
-                device=self.device,
-                teacher=teacher,
-                hidden_distill_weight=r.warmup_hidden_distill,
-            )
-            m.save(tmp / "model")
-            return {"warmup": stats, "corpus_sentences": len(sentences), "started_from_n": started}
-
-        entry, hit = self.cache.get_or_build("warmup", key, build)
-        meta = ArtifactCache.meta(entry)
-        how, secs, acc = "cache hit" if hit else "trained", *(meta["warmup"][k] for k in WARMUP_LOG)
-        log.info("warm-up N=%d %s (%s): %.0fs, retrieval accuracy %.3f", n, how, entry, secs, acc)
-        return entry, {**meta, "key": key, "cache_hit": hit}
+        """The token-retrieval warm-up for width N (see `_mux.mux_warmup`)."""
+        return mux_warmup(self, n)
 
     def _start_model(self, n: int) -> tuple[MuxSequenceClassifier, dict]:
         """An N-way model to fine-tune: warmed up (cached) when the recipe asks for it."""
@@ -301,12 +251,16 @@ class PruMuxPipeline:
             m.classifier = torch.nn.Linear(m.classifier.in_features, self.task.num_labels)
         return m, meta
 
-    def mux_model(self, n: int) -> MuxSequenceClassifier:
-        """Unpruned N-way multiplexed model trained on the task (cached per N, reused across sparsities)."""
+    def mux_model(self, shape: MuxShape) -> MuxSequenceClassifier:
+        """Unpruned multiplexed model trained on the task (cached per shape, reused across
+        sparsities): early mixing from the warm-up, late multiplexing from the baseline."""
+        n = shape.n
         if n == 1:
             return self.baseline()
         teacher = self.baseline()
         r = self.recipe
+        if shape.late:
+            return self._load(late_mux_model(self, shape), r.freeze_word_embeddings)
         if r.finetune_steps < r.mux_finetune_steps and not self._warned_short_baseline:
             self._warned_short_baseline = True  # once per pipeline: a search asks per trial
             log.warning(
@@ -316,7 +270,7 @@ class PruMuxPipeline:
                 r.finetune_steps,
                 r.mux_finetune_steps,
             )
-        warm_key = key_hash(self._warmup_key(n)) if r.mux_warmup_steps else None
+        warm_key = key_hash(warmup_key(self, n)) if r.mux_warmup_steps else None
 
         def build(tmp: Path) -> dict:
             m, warm = self._start_model(n)
@@ -341,7 +295,8 @@ class PruMuxPipeline:
             m.save(tmp / "model")
             return meta
 
-        entry, hit = self.cache.get_or_build("mux", {**self._mux_key(n), "warmup": warm_key}, build)
+        key = {**self._mux_key(shape), "warmup": warm_key}
+        entry, hit = self.cache.get_or_build("mux", key, build)
         log.info("mux N=%d %s (%s)", n, "cache hit" if hit else "trained", entry)
         return self._load(entry, r.freeze_word_embeddings)
 
@@ -381,12 +336,12 @@ class PruMuxPipeline:
             teacher_logits=self.teacher_logits(),
         )
 
-    def _candidate_key(self, sparsity: float, n: int) -> dict:
+    def _candidate_key(self, sparsity: float, shape: MuxShape) -> dict:
         if sparsity == 0.0:
-            return self._mux_key(n)
+            return self._mux_key(shape)
         r = self.recipe
         return {
-            **self._mux_key(n),
+            **self._mux_key(shape),
             "sparsity": sparsity,
             "recovery_steps": r.recovery_steps,
             "prune_stages": r.prune_stages,
@@ -435,18 +390,24 @@ class PruMuxPipeline:
         after each pruning stage, the same way on a cache hit (the stages' metrics are recorded
         with the entry), so a search stops or keeps a configuration whether it was cached or
         not."""
-        sparsity, n = self._prumux(config)
-        self.check_lengths(n)
+        sparsity, shape = self._prumux(config)
+        n = shape.n
+        self.check_lengths(shape.prefix_positions)
         if n > 1 and on_stage is not None:
-            on_stage(0, self.mux_metrics(n)["metric"])
+            on_stage(0, self.mux_metrics(shape)["metric"])
         if sparsity == 0.0:
-            return self.mux_model(n)
+            return self.mux_model(shape)
         r = self.recipe
-        key = self._candidate_key(sparsity, n)
+        key = self._candidate_key(sparsity, shape)
 
         def build(tmp: Path) -> dict:
-            m = copy.deepcopy(self.mux_model(n))
-            meta = self.prune(m, sparsity, desc=f" s={sparsity:g} N={n}", on_stage=on_stage)
+            m = copy.deepcopy(self.mux_model(shape))
+            for p in m.parameters():  # pruning recovery trains the whole model
+                p.requires_grad_(True)
+            if r.freeze_word_embeddings:
+                m.encoder.embeddings.word.weight.requires_grad_(False)
+            desc = f" s={sparsity:g} N={n}{shape.suffix}"
+            meta = self.prune(m, sparsity, desc=desc, on_stage=on_stage)
             got = m.sparsity()
             if abs(got - sparsity) > 0.02:
                 raise RuntimeError(
@@ -456,7 +417,8 @@ class PruMuxPipeline:
             return meta
 
         entry, hit = self.cache.get_or_build("candidate", key, build)
-        log.info("candidate s=%g N=%d %s (%s)", sparsity, n, "cache hit" if hit else "built", entry)
+        how = "cache hit" if hit else "built"
+        log.info("candidate s=%g N=%d%s %s (%s)", sparsity, n, shape.suffix, how, entry)
         model = self._load(entry, r.freeze_word_embeddings)
         if hit and on_stage is not None:
             stages = self.cache.meta(entry).get("stages", [])
@@ -495,12 +457,12 @@ class PruMuxPipeline:
             model, self.dev_items, self.task.metric, pairings=pairings, device=self.device
         )
 
-    def mux_metrics(self, n: int) -> dict[str, float]:
-        """Dev metrics (one pairing) of the unpruned N-way model, for a search pruner's step 0
-        (computed once per pipeline and N)."""
-        if n not in self._mux_metrics:
-            self._mux_metrics[n] = self.dev_metrics(self.mux_model(n), pairings=1)
-        return self._mux_metrics[n]
+    def mux_metrics(self, shape: MuxShape) -> dict[str, float]:
+        """Dev metrics (one pairing) of the unpruned multiplexed model, for a search pruner's
+        step 0 (computed once per pipeline and shape)."""
+        if shape not in self._mux_metrics:
+            self._mux_metrics[shape] = self.dev_metrics(self.mux_model(shape), pairings=1)
+        return self._mux_metrics[shape]
 
     @property
     def model_id(self) -> str:
@@ -555,18 +517,20 @@ class PruMuxPipeline:
     ) -> Evaluation:
         """A PruMUX configuration beside the fp32 baseline: built (or cached) in fp32, converted
         to its precision, scored and timed as converted (see `candidate` for `on_stage`)."""
-        sparsity, n = self._prumux(config)
+        sparsity, shape = self._prumux(config)
         check_precision(config.precision, str(self.device))
         tp = throughput or ThroughputConfig(device=str(self.device))
-        self.check_lengths(n, tp)
+        self.check_lengths(shape.prefix_positions, tp)
         self.baseline()  # first: the candidate distils from it
         cand = to_precision(self.trained(config, on_stage=on_stage), config.precision)
-        return self.beside_baseline(
-            precision_name(f"s={sparsity:g},N={n}", config.precision), cand, tp
+        name = f"s={sparsity:g},N={shape.n}" + (
+            f",k={shape.layers},{shape.combiner}" if shape.late else ""
         )
+        return self.beside_baseline(precision_name(name, config.precision), cand, tp)
 
-    def _prumux(self, config: Candidate) -> tuple[float, int]:
-        """(sparsity, N) of a PruMUX configuration this pipeline builds (its mux variant)."""
+    def _prumux(self, config: Candidate) -> tuple[float, MuxShape]:
+        """(sparsity, mux shape) of a PruMUX configuration this pipeline builds (its mux
+        variant; mux_layers below the model's depth, checked before any training)."""
         if not isinstance(config, Candidate) or config.technique != "prumux":
             raise ConfigError(
                 f"expected a PruMUX Candidate, got {config!r}; students go to evaluate_students"
@@ -576,7 +540,23 @@ class PruMuxPipeline:
                 f"{config.describe()} uses the {config.mux_variant} mux variant but this pipeline "
                 f"builds {self.mux_variant}; make one with mux_variant={config.mux_variant!r}"
             )
-        return config.sparsity, config.mux
+        depth, hidden = self.base.config.num_layers, self.base.config.hidden_size
+        if config.mux_layers >= depth:
+            raise ConfigError(
+                f"mux_layers ({config.mux_layers}) must be below the model's {depth} layers: at "
+                f"least one layer runs on the combined instances; use 0..{depth - 1}"
+            )
+        if config.mux_combiner == "concat" and hidden % config.mux:
+            raise ConfigError(
+                f"the concat combiner splits the hidden size ({hidden}) into N={config.mux} "
+                f"equal parts; choose an N that divides {hidden}, or mux_combiner 'binding'"
+            )
+        if config.mux_layers and self.recipe.trainer != "standard":
+            raise ConfigError(
+                f"{config.describe()}: late multiplexing (mux_layers > 0) trains with the "
+                "standard loop; set the recipe's trainer to 'standard'"
+            )
+        return config.sparsity, config.mux_shape
 
     def beside_baseline(self, name: str, model: AnyModel, tp: ThroughputConfig) -> Evaluation:
         """Dev metric of `model` and its throughput timed side by side with the baseline."""

@@ -22,6 +22,8 @@ def describe_trial(t: Any) -> str:
 
 
 def config_label(cfg: Candidate | None) -> str:
+    """The configuration as the trials table shows it; a late multiplexed model's per-instance
+    layers and combiner are in `describe` (" k=2 concat")."""
     if cfg is None:
         return "-"
     label = cfg.describe()
@@ -32,14 +34,16 @@ def config_label(cfg: Candidate | None) -> str:
 
 def trials_table(trials: list[Any], best: Any | None, budget: float) -> str:
     """The trials (by number) as a table, and the best one within `budget`."""
-    head = f"{'trial':>5} {'state':<9} {'configuration':<22}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
+    trials = sorted(trials, key=lambda t: t.number)
+    labels = [config_label(trial_candidate(t)) for t in trials]
+    w = max([22, *(len(x) + 1 for x in labels)])  # late models' labels are longer
+    head = f"{'trial':>5} {'state':<9} {'configuration':<{w}}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
     lines = [head, "-" * len(head)]
-    for t in sorted(trials, key=lambda t: t.number):
-        cfg = trial_candidate(t)
+    for t, label in zip(trials, labels, strict=True):
         ua = t.user_attrs
         loss = ua.get("accuracy_loss")
         lines.append(
-            f"{t.number:>5} {t.state.name:<9} {config_label(cfg):<22}"
+            f"{t.number:>5} {t.state.name:<9} {label:<{w}}"
             + (f"{loss:>9.2f}" if loss is not None else f"{'-':>9}")
             # a pruned trial's value is its last intermediate loss, not a speedup
             + (f"{t.value:>8.2f}x" if t.state.name == "COMPLETE" else f"{'-':>9}")

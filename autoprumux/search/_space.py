@@ -9,6 +9,12 @@
       mux: {choices: [1, 2, 4]}
       mux_variant: {choices: [gaussian]}
 
+Late multiplexing adds two PruMUX dimensions, sampled only for N > 1 (an N=1 configuration has
+0 per-instance layers and the binding combiner): `mux_layers` (the encoder layers run per
+instance before the N instances are combined, `{choices: [0, 1, 2]}` or `{low: 0, high: 3}`,
+each below the model's number of layers) and `mux_combiner` (`{choices: [binding, concat]}`).
+A space without them searches early mixing (0, binding) as before.
+
 A space may span techniques: `technique: {choices: [prumux, students]}` adds Academus students
 (`students`: K, `student_depth`: d) beside PruMUX (`sparsity`, `mux`, `mux_variant`); each
 trial samples the technique first, then only that technique's dimensions. A configuration always
@@ -37,7 +43,9 @@ import yaml
 
 from autoprumux.config import (
     MAX_MUX,
+    MAX_MUX_LAYERS,
     MAX_STUDENTS,
+    MUX_COMBINERS,
     MUX_VARIANTS,
     PRECISIONS,
     STUDENT_DEPTHS,
@@ -55,22 +63,39 @@ if TYPE_CHECKING:
 DATA_KEYS = ("text_column", "pair_column", "label_column", "dev_fraction")
 TOP_LEVEL_KEYS = ("name", "task", "data", *DATA_KEYS, "metric", "model", "recipe", "params")
 # precision applies to every technique
-PARAMS = ("technique", "sparsity", "mux", "mux_variant", "students", "student_depth", "precision")
+PARAMS = (
+    "technique",
+    "sparsity",
+    "mux",
+    "mux_variant",
+    "mux_layers",
+    "mux_combiner",
+    "students",
+    "student_depth",
+    "precision",
+)
 # the dimensions each technique samples (the others take their neutral values)
 TECHNIQUE_PARAMS = {
-    "prumux": ("sparsity", "mux", "mux_variant"),
+    "prumux": ("sparsity", "mux", "mux_variant", "mux_layers", "mux_combiner"),
     "students": ("students", "student_depth"),
 }
+# how a multiplexed model combines its instances: sampled only when N > 1 (see `config`)
+MUX_SHAPE_PARAMS = ("mux_layers", "mux_combiner")
+EARLY_MIXING: dict[str, Any] = {"mux_layers": 0, "mux_combiner": "binding"}
 NEUTRAL: dict[str, dict[str, Any]] = {
     "prumux": {"students": 0, "student_depth": 0},
-    "students": {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian"},
+    "students": {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian", **EARLY_MIXING},
 }
+# the keys a range may take (an integer range's step defaults to 1)
+RANGE_KEYS = {"sparsity": ("low", "high", "step"), "mux_layers": ("low", "high", "step")}
+INTEGER_RANGES = ("mux_layers",)
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One searched dimension: a stepped float range (sparsity) or a list of choices."""
+    """One searched dimension: a stepped range (sparsity: floats; mux_layers: integers) or a
+    list of choices."""
 
     name: str
     choices: tuple[Any, ...] = ()
@@ -82,24 +107,48 @@ class ParamSpec:
     def is_range(self) -> bool:
         return self.low is not None
 
+    @property
+    def is_integer(self) -> bool:
+        return self.name in INTEGER_RANGES
+
     def values(self) -> list[Any]:
         """All values of the dimension (a range is enumerated on its step)."""
         if not self.is_range:
             return list(self.choices)
         assert self.low is not None and self.high is not None and self.step is not None
         k = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        if self.is_integer:
+            return [int(self.low) + i * int(self.step) for i in range(k + 1)]
         return [round(self.low + i * self.step, 10) for i in range(k + 1)]
+
+    def _bounds(self) -> tuple[Any, Any, Any]:
+        """(low, high, step) of a range, as ints for an integer one."""
+        assert self.low is not None and self.high is not None and self.step is not None
+        cast = int if self.is_integer else float
+        return cast(self.low), cast(self.high), cast(self.step)
 
     def distribution(self) -> Any:
         import optuna
 
+        if self.is_range and self.is_integer:
+            return optuna.distributions.IntDistribution(*self._bounds()[:2], step=self.step)  # type: ignore[arg-type]
         if self.is_range:
             return optuna.distributions.FloatDistribution(self.low, self.high, step=self.step)  # type: ignore[arg-type]
         return optuna.distributions.CategoricalDistribution(list(self.choices))
 
+    def suggest(self, trial: Any) -> Any:
+        """This dimension's value in an Optuna trial (define-by-run)."""
+        if self.is_range:
+            low, high, step = self._bounds()
+            if self.is_integer:
+                return trial.suggest_int(self.name, low, high, step=step)
+            return trial.suggest_float(self.name, low, high, step=step)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
     def to_dict(self) -> dict:
         if self.is_range:
-            return {"low": self.low, "high": self.high, "step": self.step}
+            low, high, step = self._bounds()
+            return {"low": low, "high": high, "step": step}
         return {"choices": list(self.choices)}
 
 
@@ -204,6 +253,7 @@ class SearchSpace:
                     f"samples (technique is {techniques}); add it to 'params.technique.choices' "
                     "or remove the key"
                 )
+        _check_mux_shape(params, where)
         return cls(
             name=name.strip(),
             task=task,
@@ -259,16 +309,20 @@ class SearchSpace:
             "students": 4,
             "student_depth": 2,
             "precision": "fp32",
+            **EARLY_MIXING,
         }
 
     def techniques(self) -> list[str]:
         return [str(t) for t in self.values("technique")]
 
     def config(self, params: dict[str, Any]) -> Candidate:
-        """The configuration of sampled params; the dimensions not searched take their defaults
-        and those of the technique not chosen their neutral values."""
+        """The configuration of sampled params; the dimensions not searched take their defaults,
+        those of the technique not chosen their neutral values, and an N=1 model early mixing's
+        (0 per-instance layers, the binding combiner: it combines nothing)."""
         out = {**self.defaults(), **params}
         out.update(NEUTRAL[out["technique"]])
+        if int(out["mux"]) == 1:
+            out.update(EARLY_MIXING)
         return Candidate(
             technique=str(out["technique"]),
             sparsity=float(out["sparsity"]),
@@ -277,7 +331,29 @@ class SearchSpace:
             students=int(out["students"]),
             student_depth=int(out["student_depth"]),
             precision=str(out["precision"]),
+            mux_layers=int(out["mux_layers"]),
+            mux_combiner=str(out["mux_combiner"]),
         )
+
+    def suggest(self, trial: Any) -> Candidate:
+        """Sample a configuration in an Optuna trial: the technique first, then only that
+        technique's dimensions, and how N instances are combined only when N > 1 (define-by-run,
+        so TPE models each dimension where it applies)."""
+        params: dict[str, Any] = {}
+        if "technique" in self.params:
+            params["technique"] = self.params["technique"].suggest(trial)
+        technique = params.get("technique", self.defaults()["technique"])
+        for k in TECHNIQUE_PARAMS[technique]:
+            if k not in self.params:
+                continue
+            if k in MUX_SHAPE_PARAMS and int(params.get("mux", self.defaults()["mux"])) == 1:
+                continue
+            params[k] = self.params[k].suggest(trial)
+        return self.config(params)
+
+    def max_mux_layers(self) -> int:
+        """The most per-instance layers a configuration of the space runs (0: early mixing)."""
+        return max((c.mux_layers for c in self.grid()), default=0)
 
     def grid(self) -> list[Candidate]:
         """Every distinct configuration of the space (each technique's own product)."""
@@ -334,7 +410,7 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         raise ConfigError(
             f"{where}: '{path}' must be a mapping: either 'choices: [...]' or 'low/high/step'"
         )
-    allowed = ("choices",) if key != "sparsity" else ("low", "high", "step", "choices")
+    allowed = (*RANGE_KEYS.get(key, ()), "choices")
     for k in spec:
         if k not in allowed:
             raise ConfigError(
@@ -348,11 +424,16 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: '{path}.choices' must be a non-empty list")
-        if len(set(map(repr, choices))) != len(choices):
-            raise ConfigError(f"{where}: '{path}.choices' has duplicates: {choices}")
         for c in choices:
             _check_value(key, c, f"{path}.choices", where)
+        if key in INTEGER_RANGES:  # 2.0 is layer 2
+            choices = [int(c) for c in choices]
+        if len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(f"{where}: '{path}.choices' has duplicates: {choices}")
         return ParamSpec(key, choices=tuple(choices))
+    integer = key in INTEGER_RANGES
+    if integer:
+        spec = {"step": 1, **spec}  # an integer range steps by 1 unless told
     missing = [k for k in ("low", "high", "step") if k not in spec]
     if missing:
         raise ConfigError(f"{where}: '{path}' is missing {missing} (or give 'choices')")
@@ -361,7 +442,11 @@ def _param(key: str, spec: Any, where: str) -> ParamSpec:
         v = spec[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"{where}: '{path}.{k}' must be a number, got {v!r}")
-        vals[k] = float(v)
+        if integer and not float(v).is_integer():
+            raise ConfigError(
+                f"{where}: '{path}.{k}' ({v!r}) must be an integer, e.g. {{low: 0, high: 3}}"
+            )
+        vals[k] = int(v) if integer else float(v)
     _check_value(key, vals["low"], f"{path}.low", where)
     _check_value(key, vals["high"], f"{path}.high", where)
     if vals["high"] < vals["low"]:
@@ -388,6 +473,24 @@ def _check_value(key: str, v: Any, path: str, where: str) -> None:
             raise ConfigError(f"{where}: '{path}' ({v!r}) must be an integer in [1, {MAX_MUX}]")
     elif key == "mux_variant" and v not in MUX_VARIANTS:
         raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(MUX_VARIANTS)}")
+    elif key == "mux_layers":
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not float(v).is_integer()
+            or not 0 <= v <= MAX_MUX_LAYERS
+        ):
+            raise ConfigError(
+                f"{where}: '{path}' ({v!r}) must be an integer in [0, {MAX_MUX_LAYERS}] below "
+                "the model's number of layers: the encoder layers run per instance before the N "
+                "instances are combined, e.g. 'mux_layers: {choices: [0, 1, 2]}' (0 = early "
+                "mixing)"
+            )
+    elif key == "mux_combiner" and v not in MUX_COMBINERS:
+        raise ConfigError(
+            f"{where}: '{path}' ({v!r}) must be one of {list(MUX_COMBINERS)}, e.g. "
+            "'mux_combiner: {choices: [binding, concat]}'"
+        )
     elif key == "precision" and v not in PRECISIONS:
         raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(PRECISIONS)}")
     elif key == "technique" and v not in TECHNIQUES:
@@ -399,3 +502,18 @@ def _check_value(key: str, v: Any, path: str, where: str) -> None:
             )
     elif key == "student_depth" and (isinstance(v, bool) or v not in STUDENT_DEPTHS):
         raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(STUDENT_DEPTHS)}")
+
+
+def _check_mux_shape(params: dict[str, ParamSpec], where: str) -> None:
+    """Per-instance layers and the combiner apply to N > 1 only: a space that sets them must
+    sample some N > 1 (otherwise every configuration would silently drop them)."""
+    shaped = [
+        k for k in MUX_SHAPE_PARAMS if k in params and params[k].values() != [EARLY_MIXING[k]]
+    ]
+    muxes = params["mux"].values() if "mux" in params else [1]
+    if shaped and all(int(n) == 1 for n in muxes):
+        raise ConfigError(
+            f"{where}: 'params.{shaped[0]}' applies to multiplexed models only, but the space "
+            f"samples N = 1 only (mux is {muxes}); add N > 1 to 'params.mux.choices', e.g. "
+            "[1, 2, 4], or remove the key"
+        )

@@ -31,7 +31,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
 from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
 from autoprumux.search._settings import SearchSettings, study_name_for
-from autoprumux.search._space import TECHNIQUE_PARAMS, SearchSpace
+from autoprumux.search._space import SearchSpace
 
 log = logging.getLogger("autoprumux")
 
@@ -128,6 +128,7 @@ class Searcher:
         first = self.pipeline(self.variants[0])
         for n in self.muxes:
             first.check_lengths(n, settings.throughput)
+        _check_mux_layers(space, first)
         self.model_id = first.model_id
         self.name = tracking.check_study_name(
             settings.study_name or study_name_for(space, self.model_id)
@@ -287,26 +288,10 @@ class Searcher:
     # ---- trials ------------------------------------------------------------------------------
     def _suggest(self, trial: Any) -> Candidate:
         """Sample a configuration: the technique first, then only that technique's dimensions
-        (define-by-run, so TPE models each technique's dimensions where they apply)."""
+        (define-by-run, see `SearchSpace.suggest`)."""
         if self.s.sampler in ("grid", "guided"):
             return self._grid[trial.suggest_categorical(GRID_PARAM, list(range(len(self._grid))))]
-        params: dict[str, Any] = {}
-        space = self.space.params
-
-        def suggest(k: str) -> None:
-            p = space[k]
-            if p.is_range:
-                params[k] = trial.suggest_float(k, p.low, p.high, step=p.step)
-            else:
-                params[k] = trial.suggest_categorical(k, list(p.choices))
-
-        if "technique" in space:
-            suggest("technique")
-        technique = params.get("technique", self.space.defaults()["technique"])
-        for k in TECHNIQUE_PARAMS[technique]:
-            if k in space:
-                suggest(k)
-        return self.space.config(params)
+        return self.space.suggest(trial)
 
     def _report_loss(self, trial: Any, step: int, loss: float, run_id: str, last: bool) -> None:
         """Report an intermediate loss; stop the trial when it is beyond the budget by more than
@@ -591,3 +576,16 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _check_mux_layers(space: SearchSpace, evaluator: TrialEvaluator) -> None:
+    """Every per-instance layer count the space samples must leave the model a layer to run on
+    the combined instances: refused before the study starts, not trial by trial."""
+    k = space.max_mux_layers()
+    layers = int(evaluator.descriptors().get("model_layers", 0)) if k else 0
+    if k and layers and k >= layers:
+        raise ConfigError(
+            f"search space {space.source!r}: 'params.mux_layers' reaches {k}, but the model has "
+            f"{layers} encoder layers and at least one must run on the combined instances; "
+            f"keep mux_layers in 0..{layers - 1}"
+        )

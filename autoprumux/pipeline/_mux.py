@@ -1,0 +1,148 @@
+"""A pipeline's multiplexed models before pruning: the token-retrieval warm-up of early
+mixing (task-independent, cached per N), and late multiplexing built on the fine-tuned
+baseline (see `Recipe.late_mux_*`)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from autoprumux._cache import ArtifactCache, key_hash
+from autoprumux.config import MuxShape
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
+from autoprumux.training import TrainConfig, retrieval_warmup, train_classifier
+
+if TYPE_CHECKING:
+    from autoprumux.pipeline._pipeline import PruMuxPipeline
+
+log = logging.getLogger("autoprumux")
+WARMUP_LOG = ("seconds", "retrieval_accuracy")  # what a warm-up's log line reports
+
+
+def warmup_key(pipe: PruMuxPipeline, n: int) -> dict:
+    r = pipe.recipe
+    pipe.warmup_sentences()  # sets the corpus digest
+    extra: dict = {}
+    if r.warmup_hidden_distill:
+        extra["hidden_distill"] = r.warmup_hidden_distill
+    if r.warmup_from_smaller and n >= 4:
+        extra["start_from"] = key_hash(warmup_key(pipe, n // 2))
+    return {
+        **extra,
+        "model": pipe.base.model_id,
+        "n": n,
+        "variant": pipe.mux_variant,
+        "steps": r.mux_warmup_steps,
+        "lr": r.mux_warmup_lr,
+        "batch_size": r.batch_size,
+        "max_seq_len": r.max_seq_len,
+        "freeze_word_embeddings": r.freeze_word_embeddings,
+        "seed": r.seed,
+        "corpus": pipe._corpus_digest,
+    }
+
+
+def mux_warmup(pipe: PruMuxPipeline, n: int) -> tuple[Path, dict]:
+    """The token-retrieval warm-up for width N: task-independent, cached per
+    (base model, N, mux variant, recipe, corpus) and reused by every task and sparsity.
+    Returns (cache entry, its metadata incl. cost in seconds and final retrieval accuracy)."""
+    if n < 2:
+        raise ConfigError(f"the warm-up is for N >= 2, got N={n}")
+    r = pipe.recipe
+    sentences = pipe.warmup_sentences()
+    key = warmup_key(pipe, n)
+
+    def build(tmp: Path) -> dict:
+        m = pipe._fresh(n)
+        started = None
+        if r.warmup_from_smaller and n >= 4:
+            smaller, _ = mux_warmup(pipe, n // 2)
+            warm_start_from(m, MuxSequenceClassifier.load(smaller / "model"))
+            started = n // 2
+        teacher = pipe._fresh(1) if r.warmup_hidden_distill else None
+        stats = retrieval_warmup(
+            m,
+            sentences,
+            TrainConfig(
+                steps=r.mux_warmup_steps,
+                batch_size=r.batch_size,
+                lr=r.mux_warmup_lr,
+                seed=r.seed,
+            ),
+            special_ids=pipe.special_ids,
+            desc=f"mux warm-up N={n}",
+            device=pipe.device,
+            teacher=teacher,
+            hidden_distill_weight=r.warmup_hidden_distill,
+        )
+        m.save(tmp / "model")
+        return {"warmup": stats, "corpus_sentences": len(sentences), "started_from_n": started}
+
+    entry, hit = pipe.cache.get_or_build("warmup", key, build)
+    meta = ArtifactCache.meta(entry)
+    how, secs, acc = "cache hit" if hit else "trained", *(meta["warmup"][k] for k in WARMUP_LOG)
+    log.info("warm-up N=%d %s (%s): %.0fs, retrieval accuracy %.3f", n, how, entry, secs, acc)
+    return entry, {**meta, "key": key, "cache_hit": hit}
+
+
+def from_baseline(pipe: PruMuxPipeline, shape: MuxShape) -> MuxSequenceClassifier:
+    """A late-multiplexed model on the fine-tuned baseline: its encoder, pooler and task
+    head, with fresh index embeddings, combiner and demultiplexer; the encoder frozen when
+    the recipe says so."""
+    base = pipe.baseline()
+    torch.manual_seed(pipe.recipe.seed)
+    mux = MuxConfig(
+        n=shape.n,
+        variant=pipe.mux_variant,
+        seed=pipe.recipe.seed,
+        pooling=pipe.recipe.mux_pooling,
+        layers=shape.layers,
+        combiner=shape.combiner,
+    )
+    m = MuxSequenceClassifier(copy.deepcopy(base.encoder), num_labels=pipe.task.num_labels, mux=mux)
+    m.classifier.load_state_dict(base.classifier.state_dict())
+    for name, p in m.encoder.named_parameters():
+        frozen = pipe.recipe.late_mux_freeze_backbone or (
+            name == "embeddings.word.weight" and pipe.recipe.freeze_word_embeddings
+        )
+        p.requires_grad_(not frozen)
+    return m
+
+
+def _train_late(pipe: PruMuxPipeline, shape: MuxShape, tmp: Path) -> dict:
+    r = pipe.recipe
+    m = from_baseline(pipe, shape)
+    stats = train_classifier(
+        m,
+        pipe.train_items,
+        TrainConfig.from_recipe(
+            r,
+            r.mux_finetune_steps,
+            retrieval_weight=r.retrieval_weight,
+            distill_weight=r.distill_weight,
+            hidden_distill_weight=r.late_mux_align,
+            lr=r.late_mux_lr,
+        ),
+        teacher=pipe.baseline(),
+        special_ids=pipe.special_ids,
+        desc=f"late mux fine-tune N={shape.n}{shape.suffix}",
+        device=pipe.device,
+        teacher_logits=pipe.teacher_logits(),
+    )
+    m.save(tmp / "model")
+    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    return {"train": stats, "trainable_parameters": trainable}
+
+
+def late_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:
+    """The cache entry of a late-multiplexed model trained on the task (built or cached)."""
+    entry, hit = pipe.cache.get_or_build(
+        "mux", pipe._mux_key(shape), lambda tmp: _train_late(pipe, shape, tmp)
+    )
+    log.info("mux N=%d%s %s (%s)", shape.n, shape.suffix, "cache hit" if hit else "trained", entry)
+    return entry
