@@ -40,11 +40,11 @@ def _precision(row: dict) -> str:
 
 
 def _is_baseline(row: dict) -> bool:
-    return reference_grid.point(row) == (0, 1, "fp32")
+    return reference_grid.point(row)[:3] == (0, 1, "fp32")
 
 
 def _label(row: dict) -> str:
-    return f"s={row['target_sparsity']:g} N={row['n']} {_precision(row)}"
+    return reference_grid.label(row)
 
 
 def fastest_within(rows: list[dict], budget: float) -> dict:

@@ -36,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--mux", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--precision", nargs="+", default=["fp32"])
+    ap.add_argument(
+        "--mux-layers",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="per-instance layers k of the N > 1 points (late multiplexing; 0 = early mixing)",
+    )
+    ap.add_argument(
+        "--combiners", nargs="+", default=["binding"], help="combiners of the N > 1 points"
+    )
     ap.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE", help=RECIPE_HELP)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tp-batch", type=int, default=64)
@@ -70,12 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     done = {point(r) for r in data["rows"]}
+    shapes = [(k, c) for c in args.combiners for k in args.mux_layers]
     todo = [
-        (s, n, p)
+        (s, n, p, k, c)
         for p in args.precision
         for n in args.mux
+        for k, c in (shapes if n > 1 else [(0, "binding")])
         for s in args.sparsities
-        if (s, n, p) not in done
+        if (s, n, p, k, c) not in done
     ]
     print(f"{len(done)} points already measured, {len(todo)} to go", file=sys.stderr, flush=True)
     if not todo:
@@ -97,17 +109,25 @@ def main(argv: list[str] | None = None) -> int:
         recipe=pipe.recipe.__dict__,
         throughput_config=tp.__dict__,
     )
-    for s, n, p in todo:
+    for s, n, p, k, c in todo:
         t0 = time.time()
-        ev = pipe.evaluate(
-            Candidate(sparsity=s, mux=n, mux_variant=pipe.mux_variant, precision=p), throughput=tp
+        config = Candidate(
+            sparsity=s,
+            mux=n,
+            mux_variant=pipe.mux_variant,
+            precision=p,
+            mux_layers=k,
+            mux_combiner=c,
         )
+        ev = pipe.evaluate(config, throughput=tp)
         data["baseline"] = {"metric": ev.baseline.metric}
         data["rows"].append(
             {
                 "target_sparsity": s,
                 "n": n,
                 "precision": p,
+                "mux_layers": k,
+                "combiner": c,
                 "sparsity": ev.candidate.sparsity,
                 "metric": ev.candidate.metric,
                 "accuracy_loss": ev.accuracy_loss,
@@ -121,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_json(out, data)
         print(
-            f"s={s:g} N={n} {p}: loss {ev.accuracy_loss:.2f}, speedup {ev.speedup:.2f}x "
+            f"{config.describe()} {p}: loss {ev.accuracy_loss:.2f}, speedup {ev.speedup:.2f}x "
             f"({time.time() - t0:.0f}s)",
             file=sys.stderr,
             flush=True,
@@ -129,9 +149,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def point(row: dict) -> tuple[float, int, str]:
-    """(target sparsity, N, precision) of a row (rows measured before precision: fp32)."""
-    return row["target_sparsity"], row["n"], row.get("precision", "fp32")
+def point(row: dict) -> tuple[float, int, str, int, str]:
+    """(target sparsity, N, precision, mux layers, combiner) of a row (rows measured before a
+    field existed have its default)."""
+    return (
+        row["target_sparsity"],
+        row["n"],
+        row.get("precision", "fp32"),
+        row.get("mux_layers", 0),
+        row.get("combiner", "binding"),
+    )
+
+
+def label(row: dict) -> str:
+    """A row's configuration in words, e.g. "s=0.5 N=2 k=2 concat fp32"."""
+    s, n, p, k, c = point(row)
+    late = f" k={k} {c}" if n > 1 and (k or c != "binding") else ""
+    return f"s={s:g} N={n}{late} {p}"
 
 
 def markdown_table(data: dict) -> str:
@@ -140,12 +174,14 @@ def markdown_table(data: dict) -> str:
     lines = [
         f"baseline {data.get('metric', 'metric')}: " + (f"{base:.2f}" if base is not None else "-"),
         "",
-        "| N | precision | target s | measured s | metric | loss | speedup | ideal | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N | k | combiner | precision | target s | measured s | metric | loss | speedup | ideal | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(data["rows"], key=lambda r: (point(r)[2], r["n"], r["target_sparsity"])):
+    order = sorted(data["rows"], key=lambda r: (point(r)[2], r["n"], *point(r)[3:], point(r)[0]))
+    for r in order:
+        _, _, p, k, c = point(r)
         lines.append(
-            f"| {r['n']} | {point(r)[2]} | {r['target_sparsity']:g} | {r['sparsity']:.3f} | "
+            f"| {r['n']} | {k} | {c} | {p} | {r['target_sparsity']:g} | {r['sparsity']:.3f} | "
             f"{r['metric']:.2f} | "
             f"{r['accuracy_loss']:.2f} | {r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | "
             f"{r['seconds']:.0f} |"

@@ -227,3 +227,39 @@ def test_pipeline_refuses_mux_layers_the_model_does_not_have(late_pipe):
     with pytest.raises(ConfigError, match="divides 32"):
         late_pipe.evaluate(Candidate(mux=3, mux_combiner="concat"))
     assert not (late_pipe.cache.root / "baseline").exists()  # refused before any training
+
+
+@pytest.mark.parametrize("combiner", ["binding", "concat"])
+def test_frozen_targets_reproduce_the_full_forward(combiner):
+    """The frozen loop's inputs (per-instance states computed once, padded to the longest item)
+    give the states the whole model computes, and the teacher's states are the N=1 model's."""
+    from autoprumux.data import Encoded, collate
+    from autoprumux.training import frozen_targets
+
+    model = make(2, layers=2, combiner=combiner, pooling="mean")
+    teacher = MuxSequenceClassifier(model.encoder, num_labels=3).eval()
+    ids, mask, tt = random_batch(5, 10, seed=8)
+    items = [
+        Encoded(tuple(ids[i][mask[i].bool()].tolist()), tuple(tt[i][mask[i].bool()].tolist()), 0)
+        for i in range(5)
+    ]
+    targets = frozen_targets(model, teacher, items, batch_size=2)
+    assert targets.instance_states.shape == (5, 10, 32)
+    pick = torch.tensor([3, 0, 4])  # a batch of 3 (one dummy row), padded to its longest
+    batch = collate([items[i] for i in pick])
+    length = batch["input_ids"].shape[1]
+    lay = model.layout(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    x = targets.instance_states[pick, :length].float()
+    x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+    with torch.no_grad():
+        got = model.states_from_instance_layers(lay, x)
+        want = model.hidden_states(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], positions="all"
+        )
+        t_want = teacher.hidden_states(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], positions="all"
+        )
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[real], want[real], atol=5e-3, rtol=5e-3)  # fp16 storage
+    t_got = targets.teacher_states[pick, :length].float()
+    torch.testing.assert_close(t_got[real], t_want[real], atol=5e-3, rtol=5e-3)

@@ -1,9 +1,10 @@
 """Models: the compact prunable encoder, data multiplexing and structured pruning."""
 
-from autoprumux.models._encoder import Encoder, EncoderConfig, EncoderLayer
+from autoprumux.models._encoder import Encoder, EncoderConfig, EncoderLayer, attention_bias
 from autoprumux.models._loading import DEFAULT_MODEL, BaseModel, packaged_model_dir, resolve_model
 from autoprumux.models._mux import (
     MUX_VARIANTS,
+    ConcatCombiner,
     GaussianHadamardMux,
     Multiplexer,
     MuxConfig,
@@ -26,6 +27,7 @@ AnyModel = MuxSequenceClassifier | StudentEnsemble
 """What the pipeline measures: a (pruned, multiplexed) classifier or a student ensemble."""
 
 __all__ = [
+    "attention_bias",
     "count_parameters",
     "fake_int8",
     "to_precision",
@@ -37,6 +39,7 @@ __all__ = [
     "Encoder",
     "EncoderConfig",
     "EncoderLayer",
+    "ConcatCombiner",
     "GaussianHadamardMux",
     "Importance",
     "Multiplexer",

@@ -327,6 +327,20 @@ class MuxSequenceClassifier(nn.Module):
                 layers.append(h)
         return h
 
+    def states_from_instance_layers(
+        self, lay: MuxLayout, x: torch.Tensor, positions: str = "all"
+    ) -> torch.Tensor:
+        """Late multiplexing from given per-instance states (B', L, H) after the first k layers
+        (e.g. computed once while those layers are frozen): the combiner, the shared layers and
+        the readout, as `hidden_states` computes them."""
+        k = self.instance_layers
+        if self.n == 1 or not k:
+            raise ValueError("per-instance states exist only for late multiplexing (k > 0)")
+        h = self.late_mix(lay, x)
+        for layer in list(self.encoder.layers)[k:]:
+            h = layer(h, lay.bias)
+        return self.readout(lay, h, positions)
+
     def readout(self, lay: MuxLayout, h: torch.Tensor, positions: str = "cls") -> torch.Tensor:
         """Per-instance states from the last layer's output: (B, H) for positions="cls",
         (B, L, H) for positions="all" (demultiplexed for N > 1)."""

@@ -15,7 +15,12 @@ from autoprumux._cache import ArtifactCache, key_hash
 from autoprumux.config import MuxShape
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
-from autoprumux.training import TrainConfig, retrieval_warmup, train_classifier
+from autoprumux.training import (
+    TrainConfig,
+    retrieval_warmup,
+    train_classifier,
+    train_late_frozen,
+)
 
 if TYPE_CHECKING:
     from autoprumux.pipeline._pipeline import PruMuxPipeline
@@ -117,23 +122,37 @@ def from_baseline(pipe: PruMuxPipeline, shape: MuxShape) -> MuxSequenceClassifie
 def _train_late(pipe: PruMuxPipeline, shape: MuxShape, tmp: Path) -> dict:
     r = pipe.recipe
     m = from_baseline(pipe, shape)
-    stats = train_classifier(
-        m,
-        pipe.train_items,
-        TrainConfig.from_recipe(
-            r,
-            r.mux_finetune_steps,
-            retrieval_weight=r.retrieval_weight,
-            distill_weight=r.distill_weight,
-            hidden_distill_weight=r.late_mux_align,
-            lr=r.late_mux_lr,
-        ),
-        teacher=pipe.baseline(),
-        special_ids=pipe.special_ids,
-        desc=f"late mux fine-tune N={shape.n}{shape.suffix}",
-        device=pipe.device,
-        teacher_logits=pipe.teacher_logits(),
+    cfg = TrainConfig.from_recipe(
+        r,
+        r.mux_finetune_steps,
+        retrieval_weight=r.retrieval_weight,
+        distill_weight=r.distill_weight,
+        hidden_distill_weight=r.late_mux_align,
+        lr=r.late_mux_lr,
     )
+    desc = f"late mux fine-tune N={shape.n}{shape.suffix}"
+    if r.late_mux_freeze_backbone and shape.layers:
+        # the frozen layers' outputs and the teacher's are computed once, not per step
+        stats = train_late_frozen(
+            m,
+            pipe.train_items,
+            cfg,
+            teacher=pipe.baseline(),
+            special_ids=pipe.special_ids,
+            desc=desc,
+            device=pipe.device,
+        )
+    else:
+        stats = train_classifier(
+            m,
+            pipe.train_items,
+            cfg,
+            teacher=pipe.baseline(),
+            special_ids=pipe.special_ids,
+            desc=desc,
+            device=pipe.device,
+            teacher_logits=pipe.teacher_logits(),
+        )
     m.save(tmp / "model")
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
     return {"train": stats, "trainable_parameters": trainable}

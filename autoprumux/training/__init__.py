@@ -4,6 +4,7 @@ and the mux warm-up."""
 from autoprumux.training._config import TrainConfig
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._l2l_memory import DeviceLedger, L2LStats
+from autoprumux.training._late import frozen_targets, train_late_frozen
 from autoprumux.training._loop import predict, train_classifier
 from autoprumux.training._losses import hidden_distill_loss, kd_loss, retrieval_loss
 from autoprumux.training._prune import prune_in_stages
@@ -24,6 +25,7 @@ __all__ = [
     "distill_students",
     "ensemble_outputs",
     "evaluate_retrieval",
+    "frozen_targets",
     "hidden_distill_loss",
     "kd_loss",
     "prefix_mse",
@@ -32,4 +34,5 @@ __all__ = [
     "retrieval_loss",
     "retrieval_warmup",
     "train_classifier",
+    "train_late_frozen",
 ]
