@@ -86,7 +86,10 @@ def test_an_integer_range_of_layers():
         ({"mux_layers": {"choices": ["two"]}}, r"\('two'\) must be an integer"),
         ({"mux_layers": {"choices": [100]}}, r"\(100\) must be an integer in \[0, 64\]"),
         ({"mux_layers": {"low": 0, "high": 3, "step": 0.5}}, r"step' \(0.5\) must be an integer"),
-        ({"mux_layers": {"low": 3, "high": 1}}, r"'params.mux_layers.high' \(1\) is below 'params.mux_layers.low' \(3\)"),
+        (
+            {"mux_layers": {"low": 3, "high": 1}},
+            r"'params.mux_layers.high' \(1\) is below 'params.mux_layers.low' \(3\)",
+        ),
         (
             {"mux_combiner": {"choices": ["sum"]}},
             r"\('sum'\) must be one of \['binding', 'concat'\]",
@@ -124,13 +127,15 @@ def test_tpe_and_random_sample_layers_and_combiner_only_for_n_above_1():
         assert any(c.mux_shape.late for c in seen) and set(seen) <= set(space.grid())
 
 
-def test_the_study_refuses_layers_the_model_does_not_have():
-    from autoprumux.search._study import _check_mux_layers
-
+def test_the_study_refuses_layers_or_a_concat_n_the_model_does_not_have():
     space = SearchSpace.from_yaml(LATE)
-    _check_mux_layers(space, SimpleNamespace(descriptors=lambda: {"model_layers": 4}))
+    space.check_model(lambda: {"model_layers": 4, "model_hidden": 384})
     with pytest.raises(ConfigError, match=r"reaches 3, but the model has 3 encoder.*0\.\.2"):
-        _check_mux_layers(space, SimpleNamespace(descriptors=lambda: {"model_layers": 3}))
+        space.check_model(lambda: {"model_layers": 3, "model_hidden": 384})
+    with pytest.raises(ConfigError, match=r"hidden size \(90\).*N=4 does not divide it"):
+        space.check_model(lambda: {"model_layers": 6, "model_hidden": 90})
+    early = SearchSpace.from_yaml(ROOT / "search_spaces" / "prumux.yaml")
+    early.check_model(lambda: pytest.fail("an early space does not ask the model"))
 
 
 def test_guided_search_finds_the_best_late_point_without_measuring_the_grid():
@@ -199,8 +204,10 @@ def test_the_meta_model_learns_that_per_instance_layers_cost_speed_and_save_accu
     m = MetaModel().fit(*training_table(rows))
     for n in (2, 4):
         for combiner in ("binding", "concat"):
-            by_k = [Candidate(sparsity=0.5, mux=n, mux_layers=k, mux_combiner=combiner)
-                    for k in range(4)]  # fmt: skip
+            by_k = [
+                Candidate(sparsity=0.5, mux=n, mux_layers=k, mux_combiner=combiner)
+                for k in range(4)
+            ]
             p = m.predict(np.array([features(c, CTX) for c in by_k]))
             assert (np.diff(p[:, 0]) <= 1e-9).all() and (np.diff(p[:, 1]) <= 1e-9).all(), p
 
@@ -352,6 +359,7 @@ def test_a_manifest_that_disagrees_with_its_weights_is_refused(tiny):
 
 
 # ---- the command line -----------------------------------------------------------------------
+EXPORT = ["export", "--out", "new", "--sparsity", "0.5", "--no-register"]
 BAD_CLI = [
     (["evaluate", "--mux", "2", "--mux-layers", "-1"], "--mux-layers ('-1') must be an integer"),
     (["evaluate", "--mux", "2", "--mux-layers", "two"], "--mux-layers ('two')"),
@@ -360,33 +368,13 @@ BAD_CLI = [
     (["evaluate", "--mux", "1", "--mux-combiner", "concat"], "--mux-combiner concat apply to"),
     (["evaluate", "--students", "2", "--mux-layers", "1"], "multiplexed models only"),
     (["evaluate", "--mux", "2", "--mux-layers", "6"], "below the model's 6 encoder layers"),
-    (
-        [
-            "export",
-            "--out",
-            "new",
-            "--sparsity",
-            "0.5",
-            "--mux",
-            "2",
-            "--mux-layers",
-            "6",
-            "--no-register",
-        ],
-        "below the model's 6 encoder layers",
-    ),  # fmt: skip
-    (
-        ["export", "--out", "new", "--sparsity", "0.5", "--mux-layers", "1", "--no-register"],
-        "multiplexed models only",
-    ),  # fmt: skip
-    (
-        ["export", "--out", "new", "--mux", "2", "--mux-combiner", "avg", "--no-register"],
-        "--mux-combiner ('avg')",
-    ),  # fmt: skip
+    (EXPORT + ["--mux", "2", "--mux-layers", "6"], "below the model's 6 encoder layers"),
+    (EXPORT + ["--mux-layers", "1"], "multiplexed models only"),
+    (EXPORT + ["--mux", "2", "--mux-combiner", "avg"], "--mux-combiner ('avg')"),
     (
         ["export", "--out", "new", "--study", "s", "--trial", "0", "--mux-layers", "1"],
         "--mux-layers do not apply with --study",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -475,3 +463,31 @@ def test_a_search_records_tracks_reports_and_recommends_late_configurations(tmp_
     assert f"{c.describe()} {c.mux_variant}" in searcher.report()  # the trials table
     rec = recommend(3.0, storage=settings.storage)
     assert rec.config() in set(configs) | {Candidate()}
+
+
+def test_cli_exports_a_late_model_that_loads_and_says_what_it_is(tiny_checkpoint, tmp_path):
+    """End to end on the tiny checkpoint (2 layers): `export --mux-layers 1 --mux-combiner
+    concat` builds the late model through the pipeline, the manifest keeps k and the combiner,
+    the card describes them and the directory loads and predicts."""
+    from conftest import GLUE_DIR
+
+    import autoprumux
+    from autoprumux.deploy import read_manifest
+
+    if not GLUE_DIR.is_dir():
+        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
+    out = tmp_path / "late"
+    argv = ["export", "--out", str(out), "--model", tiny_checkpoint, "--no-register"]
+    argv += ["--sparsity", "0", "--mux", "2", "--mux-layers", "1", "--mux-combiner", "concat"]
+    argv += ["--max-train-examples", "64", "--batch-size", "16", "--max-seq-len", "32"]
+    argv += ["--finetune-steps", "2", "--mux-finetune-steps", "2"]
+    argv += ["--data-dir", str(GLUE_DIR), "--cache-dir", str(tmp_path / "cache")]
+    argv += ["--tp-batch", "8", "--tp-seq-len", "32", "--tp-repeats", "2"]
+    assert main(argv) == 0
+    m = read_manifest(out)
+    assert m.config == Candidate(mux=2, mux_layers=1, mux_combiner="concat")
+    card = (out / "README.md").read_text()
+    assert "s=0 N=2 k=1 concat" in card and "| late multiplexing | k=1, concat: " in card
+    p = autoprumux.load(out)
+    assert (p.model.mux_config.layers, p.model.mux_config.combiner) == (1, "concat")
+    assert len(p.predict(["a fine film", "a dull one", "so-so"]).labels) == 3

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -354,6 +355,31 @@ class SearchSpace:
     def max_mux_layers(self) -> int:
         """The most per-instance layers a configuration of the space runs (0: early mixing)."""
         return max((c.mux_layers for c in self.grid()), default=0)
+
+    def check_model(self, descriptors: Callable[[], dict[str, float]]) -> None:
+        """What late multiplexing asks of the model, known once it is resolved (`descriptors`,
+        called only for a late space): every mux_layers below its layers, and every N of the
+        concat combiner a divisor of its hidden size. Refused before a study starts rather than
+        trial by trial."""
+        grid = [c for c in self.grid() if c.mux_shape.late]
+        if not grid:
+            return
+        d = descriptors()
+        layers, hidden = int(d.get("model_layers", 0)), int(d.get("model_hidden", 0))
+        k = max(c.mux_layers for c in grid)
+        if layers and k >= layers:
+            raise ConfigError(
+                f"search space {self.source!r}: 'params.mux_layers' reaches {k}, but the model has "
+                f"{layers} encoder layers and at least one must run on the combined inputs; keep "
+                f"mux_layers in 0..{layers - 1}"
+            )
+        bad = sorted({c.mux for c in grid if c.mux_combiner == "concat" and hidden % c.mux})
+        if hidden and bad:
+            raise ConfigError(
+                f"search space {self.source!r}: the concat combiner splits the hidden size "
+                f"({hidden}) into N equal parts, and N={bad[0]} does not divide it; keep "
+                f"'params.mux.choices' to divisors of {hidden} or drop concat"
+            )
 
     def grid(self) -> list[Candidate]:
         """Every distinct configuration of the space (each technique's own product)."""

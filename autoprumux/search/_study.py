@@ -128,7 +128,7 @@ class Searcher:
         first = self.pipeline(self.variants[0])
         for n in self.muxes:
             first.check_lengths(n, settings.throughput)
-        _check_mux_layers(space, first)
+        space.check_model(first.descriptors)  # mux_layers and the concat combiner fit it
         self.model_id = first.model_id
         self.name = tracking.check_study_name(
             settings.study_name or study_name_for(space, self.model_id)
@@ -576,16 +576,3 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _check_mux_layers(space: SearchSpace, evaluator: TrialEvaluator) -> None:
-    """Every per-instance layer count the space samples must leave the model a layer to run on
-    the combined instances: refused before the study starts, not trial by trial."""
-    k = space.max_mux_layers()
-    layers = int(evaluator.descriptors().get("model_layers", 0)) if k else 0
-    if k and layers and k >= layers:
-        raise ConfigError(
-            f"search space {space.source!r}: 'params.mux_layers' reaches {k}, but the model has "
-            f"{layers} encoder layers and at least one must run on the combined instances; "
-            f"keep mux_layers in 0..{layers - 1}"
-        )
