@@ -176,10 +176,14 @@ def test_baseline_shorter_than_mux_finetune_is_warned(tiny_checkpoint, tmp_path,
     p = pipe(tiny_checkpoint, tmp_path, recipe=short)
     with caplog.at_level("WARNING", logger="autoprumux"):
         p.mux_model(MuxShape(2))
-        p.mux_model(MuxShape(2))  # cached now; a search asks once per trial: warned once per pipeline
+        p.mux_model(
+            MuxShape(2)
+        )  # cached now; a search asks once per trial: warned once per pipeline
     assert "finetune_steps=1" in caplog.text and "mux_finetune_steps=2" in caplog.text
     assert caplog.text.count("understated") == 1
     caplog.clear()
     with caplog.at_level("WARNING", logger="autoprumux"):
-        pipe(tiny_checkpoint, tmp_path, recipe=replace(short, finetune_steps=2)).mux_model(MuxShape(2))
+        pipe(tiny_checkpoint, tmp_path, recipe=replace(short, finetune_steps=2)).mux_model(
+            MuxShape(2)
+        )
     assert "understated" not in caplog.text
