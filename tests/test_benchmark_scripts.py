@@ -83,6 +83,7 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
         row(0.7, 1, "fp32", 8.0, 3.0),
         row(0.0, 2, "fp32", 9.0, 2.1),
         {"target_sparsity": 0.3, "n": 1, "accuracy_loss": 0.2, "speedup": 1.4},  # older: fp32
+        {**row(0.0, 4, "fp32", 4.0, 3.5), "mux_layers": 2, "combiner": "concat"},  # late
     ]
     out = tmp_path / "frontier_sst2_cpu.json"
     out.write_text(json.dumps({"task": "sst2", "device": "cpu", "rows": rows}))
@@ -91,16 +92,19 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
     best = data["best_within"]
     assert set(best) == {"0.5", "1", "2", "3", "5"}
     assert best["0.5"] == {"speedup": 2.0, "loss": 0.4, "config": "s=0.5 N=1 fp32"}
-    assert best["3"]["config"] == "s=0.5 N=1 int8" and best["5"]["speedup"] == 3.1
+    assert best["3"]["config"] == "s=0.5 N=1 int8" and best["3"]["speedup"] == 3.1
+    assert best["5"] == {"speedup": 3.5, "loss": 4.0, "config": "s=0 N=4 k=2 concat fp32"}
     refs = data["references"]
     assert refs["int8 of the baseline"]["1"]["speedup"] == 1.5
     assert refs["int8 of the baseline"]["0.5"]["config"] == "baseline"
     assert refs["pruning alone"]["1"]["config"] == "s=0.5 N=1 fp32"
-    assert refs["multiplexing alone"]["5"]["config"] == "baseline"
+    assert refs["multiplexing alone"]["3"]["config"] == "baseline"
+    assert refs["multiplexing alone"]["5"]["config"] == "s=0 N=4 k=2 concat fp32"
     assert [p["config"] for p in data["pareto"]] == [
         "s=0.3 N=1 fp32",
         "s=0.5 N=1 fp32",
         "s=0.5 N=1 int8",
+        "s=0 N=4 k=2 concat fp32",
     ]
     assert out.with_suffix(".png").stat().st_size > 0
 
