@@ -201,7 +201,7 @@ def test_frozen_backbone_training_changes_only_the_adapters(late_pipe, combiner)
     assert 0 < meta["trainable_parameters"] < sum(p.numel() for p in model.parameters()) / 2
 
 
-def test_late_models_are_cached_per_shape_and_pruned_from_their_own_model(late_pipe):
+def test_late_models_are_cached_per_shape_and_multiplex_the_pruned_model(late_pipe):
     from autoprumux.config import Candidate, MuxShape
 
     late_pipe.mux_model(MuxShape(2, 1, "concat"))
@@ -212,6 +212,12 @@ def test_late_models_are_cached_per_shape_and_pruned_from_their_own_model(late_p
         Candidate(sparsity=0.5, mux=2, mux_layers=1, mux_combiner="concat")
     )
     assert pruned.mux_config.layers == 1 and abs(pruned.sparsity() - 0.5) < 0.02
+    # a frozen late model at s > 0 sits on the pruned N=1 candidate, its encoder untouched
+    n1 = late_pipe.candidate(Candidate(sparsity=0.5))
+    for (name, p), q in zip(
+        pruned.encoder.state_dict().items(), n1.encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
     from autoprumux.evaluation import ThroughputConfig
 
     tp = ThroughputConfig(batch_size=4, seq_len=32, warmup=0, repeats=1)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from autoprumux._cache import ArtifactCache, key_hash
-from autoprumux.config import MuxShape
+from autoprumux.config import Candidate, MuxShape
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
 from autoprumux.training import (
@@ -95,11 +95,13 @@ def mux_warmup(pipe: PruMuxPipeline, n: int) -> tuple[Path, dict]:
     return entry, {**meta, "key": key, "cache_hit": hit}
 
 
-def from_baseline(pipe: PruMuxPipeline, shape: MuxShape) -> MuxSequenceClassifier:
-    """A late-multiplexed model on the fine-tuned baseline: its encoder, pooler and task
-    head, with fresh index embeddings, combiner and demultiplexer; the encoder frozen when
-    the recipe says so."""
-    base = pipe.baseline()
+def from_baseline(
+    pipe: PruMuxPipeline, shape: MuxShape, base: MuxSequenceClassifier | None = None
+) -> MuxSequenceClassifier:
+    """A late-multiplexed model on the fine-tuned baseline (or on `base`, an N=1 model such as
+    a pruned candidate): its encoder, pooler and task head, with fresh index embeddings,
+    combiner and demultiplexer; the encoder frozen when the recipe says so."""
+    base = base if base is not None else pipe.baseline()
     torch.manual_seed(pipe.recipe.seed)
     mux = MuxConfig(
         n=shape.n,
@@ -111,6 +113,7 @@ def from_baseline(pipe: PruMuxPipeline, shape: MuxShape) -> MuxSequenceClassifie
     )
     m = MuxSequenceClassifier(copy.deepcopy(base.encoder), num_labels=pipe.task.num_labels, mux=mux)
     m.classifier.load_state_dict(base.classifier.state_dict())
+    m.original_prunable_params = base.original_prunable_params  # sparsity of a pruned base
     for name, p in m.encoder.named_parameters():
         frozen = pipe.recipe.late_mux_freeze_backbone or (
             name == "embeddings.word.weight" and pipe.recipe.freeze_word_embeddings
@@ -119,9 +122,13 @@ def from_baseline(pipe: PruMuxPipeline, shape: MuxShape) -> MuxSequenceClassifie
     return m
 
 
-def _train_late(pipe: PruMuxPipeline, shape: MuxShape, tmp: Path) -> dict:
+def _train_late(
+    pipe: PruMuxPipeline, shape: MuxShape, tmp: Path, base: MuxSequenceClassifier | None = None
+) -> dict:
     r = pipe.recipe
-    m = from_baseline(pipe, shape)
+    m = from_baseline(pipe, shape, base)
+    # the frozen model's own un-multiplexed outputs are the targets (RevMUX's choice)
+    teacher = base if base is not None else pipe.baseline()
     cfg = TrainConfig.from_recipe(
         r,
         r.mux_finetune_steps,
@@ -137,7 +144,7 @@ def _train_late(pipe: PruMuxPipeline, shape: MuxShape, tmp: Path) -> dict:
             m,
             pipe.train_items,
             cfg,
-            teacher=pipe.baseline(),
+            teacher=teacher,
             special_ids=pipe.special_ids,
             desc=desc,
             device=pipe.device,
@@ -147,11 +154,11 @@ def _train_late(pipe: PruMuxPipeline, shape: MuxShape, tmp: Path) -> dict:
             m,
             pipe.train_items,
             cfg,
-            teacher=pipe.baseline(),
+            teacher=teacher,
             special_ids=pipe.special_ids,
             desc=desc,
             device=pipe.device,
-            teacher_logits=pipe.teacher_logits(),
+            teacher_logits=pipe.teacher_logits() if base is None else None,
         )
     m.save(tmp / "model")
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
@@ -164,4 +171,21 @@ def late_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:
         "mux", pipe._mux_key(shape), lambda tmp: _train_late(pipe, shape, tmp)
     )
     log.info("mux N=%d%s %s (%s)", shape.n, shape.suffix, "cache hit" if hit else "trained", entry)
+    return entry
+
+
+def pruned_late_mux_model(pipe: PruMuxPipeline, sparsity: float, shape: MuxShape) -> Path:
+    """A frozen-backbone late model at `sparsity`: the N=1 candidate is pruned and recovered
+    first, then multiplexed on top of it, frozen (pruning a late model afterwards would move
+    the frozen layers its combiner was trained on). Cached with the candidates."""
+    pruned = Candidate(sparsity=sparsity)
+    late = {k: v for k, v in pipe._mux_key(shape).items() if k not in pipe._mux_key(MuxShape())}
+    key = {**pipe._candidate_key(sparsity, MuxShape()), **late, "mux_on_pruned": True}
+
+    def build(tmp: Path) -> dict:
+        return _train_late(pipe, shape, tmp, base=pipe.candidate(pruned))
+
+    entry, hit = pipe.cache.get_or_build("candidate", key, build)
+    how = "cache hit" if hit else "built"
+    log.info("candidate s=%g N=%d%s %s (%s)", sparsity, shape.n, shape.suffix, how, entry)
     return entry

@@ -46,7 +46,12 @@ from autoprumux.models import (
     to_precision,
 )
 from autoprumux.models._loading import BaseModel
-from autoprumux.pipeline._mux import late_mux_model, mux_warmup, warmup_key
+from autoprumux.pipeline._mux import (
+    late_mux_model,
+    mux_warmup,
+    pruned_late_mux_model,
+    warmup_key,
+)
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
 from autoprumux.training import (
     TrainConfig,
@@ -393,11 +398,18 @@ class PruMuxPipeline:
         sparsity, shape = self._prumux(config)
         n = shape.n
         self.check_lengths(shape.prefix_positions)
+        r = self.recipe
+        if sparsity > 0 and shape.layers and r.late_mux_freeze_backbone:
+            model = self._load(
+                pruned_late_mux_model(self, sparsity, shape), r.freeze_word_embeddings
+            )
+            if on_stage is not None:
+                on_stage(1, self.dev_metrics(model, pairings=1)["metric"])
+            return model
         if n > 1 and on_stage is not None:
             on_stage(0, self.mux_metrics(shape)["metric"])
         if sparsity == 0.0:
             return self.mux_model(shape)
-        r = self.recipe
         key = self._candidate_key(sparsity, shape)
 
         def build(tmp: Path) -> dict:
