@@ -122,3 +122,20 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg), lr=cfg.lr)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    loss: torch.Tensor,
+    cfg: TrainConfig,
+) -> None:
+    """One step of the standard loops: backward, global-norm clipping at `cfg.grad_clip`
+    (0: none), the optimizer and the schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    sched.step()

@@ -19,7 +19,7 @@ import torch
 from autoprumux._progress import LossMeter, progress
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.models import MuxSequenceClassifier, attention_bias
-from autoprumux.training._config import TrainConfig, make_optimizer
+from autoprumux.training._config import TrainConfig, make_optimizer, optimizer_step
 from autoprumux.training._losses import classifier_loss
 
 
@@ -115,12 +115,7 @@ def train_late_frozen(
             special_ids=special_ids,
             generator=gen,
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss, cfg)
         meter.update(float(loss.detach()))
     bar.close()
     model.eval()

@@ -13,7 +13,7 @@ from autoprumux._progress import LossMeter, progress
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
-from autoprumux.training._config import TrainConfig, make_optimizer
+from autoprumux.training._config import TrainConfig, make_optimizer, optimizer_step
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._losses import classifier_loss, target_batches
 
@@ -120,12 +120,7 @@ def train_classifier(
             layers=layers,
             teacher_layers=t_layers,
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss, cfg)
         meter.update(float(loss.detach()))
     bar.close()
     model.eval()
