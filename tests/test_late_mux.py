@@ -212,6 +212,13 @@ def test_late_models_are_cached_per_shape_and_multiplex_the_pruned_model(late_pi
         Candidate(sparsity=0.5, mux=2, mux_layers=1, mux_combiner="concat")
     )
     assert pruned.mux_config.layers == 1 and abs(pruned.sparsity() - 0.5) < 0.02
+    # its cache key holds N, the late fields and the pruned candidate's key
+    from autoprumux.pipeline._mux import pruned_late_key
+
+    key = pruned_late_key(late_pipe, 0.5, MuxShape(2, 1, "concat"))
+    assert key != pruned_late_key(late_pipe, 0.5, MuxShape(4, 1, "concat"))
+    assert key != pruned_late_key(late_pipe, 0.6, MuxShape(2, 1, "concat"))
+    assert key["n"] == 2 and key["mux_finetune_steps"] == 3 and key["mux_layers"] == 1
     # a frozen late model at s > 0 sits on the pruned N=1 candidate, its encoder untouched
     n1 = late_pipe.candidate(Candidate(sparsity=0.5))
     for (name, p), q in zip(

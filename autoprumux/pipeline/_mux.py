@@ -174,13 +174,18 @@ def late_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:
     return entry
 
 
+def pruned_late_key(pipe: PruMuxPipeline, sparsity: float, shape: MuxShape) -> dict:
+    """Everything the late model's training reads (its shape and recipe fields) and the key of
+    the pruned N=1 candidate it is built on."""
+    return {**pipe._mux_key(shape), "on_pruned": pipe._candidate_key(sparsity, MuxShape())}
+
+
 def pruned_late_mux_model(pipe: PruMuxPipeline, sparsity: float, shape: MuxShape) -> Path:
     """A frozen-backbone late model at `sparsity`: the N=1 candidate is pruned and recovered
     first, then multiplexed on top of it, frozen (pruning a late model afterwards would move
     the frozen layers its combiner was trained on). Cached with the candidates."""
     pruned = Candidate(sparsity=sparsity)
-    late = {k: v for k, v in pipe._mux_key(shape).items() if k not in pipe._mux_key(MuxShape())}
-    key = {**pipe._candidate_key(sparsity, MuxShape()), **late, "mux_on_pruned": True}
+    key = pruned_late_key(pipe, sparsity, shape)
 
     def build(tmp: Path) -> dict:
         return _train_late(pipe, shape, tmp, base=pipe.candidate(pruned))

@@ -52,8 +52,7 @@ def frozen_targets(
         batch = collate(items[start : start + batch_size], pad_to=length)
         b = {key: v.to(device) for key, v in batch.items()}
         ids, mask, tt = b["input_ids"], b["attention_mask"], b["token_type_ids"]
-        layers: list[torch.Tensor] = []
-        states = teacher.hidden_states(ids, mask, tt, positions="all", layers=layers)
+        states = teacher.hidden_states(ids, mask, tt, positions="all")
         t_states.append(states.half().cpu())
         t_logits.append(teacher.logits_from_states(states, mask).float().cpu())
         # the model's own first k layers (frozen: equal to the teacher's unless it was pruned)
