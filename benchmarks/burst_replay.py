@@ -10,7 +10,13 @@ For each mode a fresh server starts in-process on 127.0.0.1 (ephemeral port) and
 steady -> burst -> steady schedule is replayed open-loop with dev sentences of known labels.
 Modes: `fixed-K` and `fixed-<k>` keep k constant; `adaptive` chooses from the measured table
 (throughput and dev accuracy loss per k, dominated points dropped); `adaptive-all-k` from
-throughput alone, taking more students as more accurate, so it uses every k up to K.
+throughput alone, taking more students as more accurate, so it uses every k up to K;
+`adaptive+configs` from the table with each `--also` configuration added (e.g. a multiplexed
+model, measured the same way), so under load it may switch to a model that multiplexes more
+inputs per pass; `fixed-config` serves the first `--also` configuration alone.
+
+    python benchmarks/burst_replay.py --task sst2 --students 4 --depth 2 \
+        --also mux=2,mux_layers=3,mux_combiner=concat --modes fixed-K adaptive adaptive+configs
 Prints a markdown table; JSON to benchmarks/results/.
 """
 
@@ -28,17 +34,22 @@ from typing import Any
 import torch
 from _results import write_json
 
+from autoprumux.cli._flags import parse_config
 from autoprumux.config import Recipe
 from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.student_server import (
     AdaptivePolicy,
     FixedPolicy,
-    KPolicy,
     LoadReport,
+    OperatingPoint,
+    PointKey,
     PolicyConfig,
     ServingConfig,
+    ServingPolicy,
     StudentServer,
     burst_schedule,
+    model_accuracy_losses,
+    point_name,
     profile_operating_points,
     run_load,
     student_accuracy_losses,
@@ -46,11 +57,11 @@ from autoprumux.student_server import (
 
 
 def timeline_summary(report: LoadReport, limit: int = 6) -> str:
-    """'4 -> 1 @15.2s -> 4 @33.0s' from the answers' k changes."""
-    tl = report.k_timeline
+    """'k=4 -> k=1 @15.2s -> k=4 @33.0s' from the changes in what served the answers."""
+    tl = report.serving_timeline
     if not tl:
         return "-"
-    parts = [str(tl[0][1])] + [f"{k} @{t:.1f}s" for t, k in tl[1 : limit + 1]]
+    parts = [tl[0][1]] + [f"{name} @{t:.1f}s" for t, name in tl[1 : limit + 1]]
     more = len(tl) - 1 - limit
     return " -> ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
@@ -86,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--modes", nargs="+", default=["fixed-K", "adaptive", "adaptive-all-k", "fixed-1"]
     )
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="CONFIG",
+        help="a configuration served beside the students (FIELD=VALUE,...), for the modes "
+        "adaptive+configs and fixed-config",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument(
         "--recipe",
@@ -103,15 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     pipe = PruMuxPipeline(task=args.task, model=args.model, recipe=recipe, cache_dir=args.cache_dir)
     big = args.students
     ens = pipe.students(big, args.depth)
-    t_built = time.time()
     base = pipe.baseline_metrics()["metric"]
-    losses = student_accuracy_losses(pipe, ens)
+    configs = {c.describe(): c for c in map(parse_config, args.also)}
+    models = {name: pipe.deployable(c) for name, c in configs.items()}
+    t_built = time.time()
+    losses = {**student_accuracy_losses(pipe, ens), **model_accuracy_losses(pipe, models)}
     dev = pipe.data.dev
     texts = [(e.text_a, e.text_b) if e.text_b is not None else e.text_a for e in dev]
     points = profile_operating_points(
         ens,
         pipe.tokenizer,
         texts[:256],
+        models=models,
         max_batch=args.max_batch,
         max_seq_len=recipe.max_seq_len,
         repeats=10,
@@ -121,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline {pipe.task.metric} {base:.2f}", file=sys.stderr)
     for p in points.values():
         print(
-            f"k={p.k}: {p.examples_per_second:.0f} ex/s, dev {base - (p.accuracy_loss or 0):.2f} "
+            f"{p.name}: {p.examples_per_second:.0f} ex/s, dev {base - (p.accuracy_loss or 0):.2f} "
             f"(loss {p.accuracy_loss:.2f})",
             file=sys.stderr,
         )
@@ -153,23 +175,35 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     runs = []
+    students_only: dict[PointKey, OperatingPoint] = {
+        k: p for k, p in points.items() if isinstance(k, int)
+    }
     for mode in args.modes:
-        policy: KPolicy
-        if mode in ("adaptive", "adaptive-all-k"):
-            table = (
+        policy: ServingPolicy
+        if mode in ("adaptive+configs", "fixed-config") and not configs:
+            raise SystemExit(f"mode {mode} needs at least one --also configuration")
+        if mode in ("adaptive", "adaptive-all-k", "adaptive+configs"):
+            table: dict[PointKey, OperatingPoint] = (
                 points
+                if mode == "adaptive+configs"
+                else students_only
                 if mode == "adaptive"
-                else {k: replace(p, accuracy_loss=None) for k, p in points.items()}
+                else {k: replace(p, accuracy_loss=None) for k, p in students_only.items()}
             )
             policy = AdaptivePolicy(table, PolicyConfig(slo_ms=slo_ms, hold_s=args.hold_s))
+        elif mode == "fixed-config":
+            policy = FixedPolicy(next(iter(configs)), points=points)
         elif mode.startswith("fixed-"):
             k = big if mode == "fixed-K" else int(mode.split("-", 1)[1])
             policy = FixedPolicy(k, points=points)
         else:
             raise SystemExit(
-                f"unknown mode {mode!r}; use fixed-K, fixed-<k>, adaptive or adaptive-all-k"
+                f"unknown mode {mode!r}; use fixed-K, fixed-<k>, fixed-config, adaptive, "
+                "adaptive-all-k or adaptive+configs"
             )
-        server = StudentServer(ens, pipe.tokenizer, policy, config=serving, pair=pipe.task.pair)
+        server = StudentServer(
+            ens, pipe.tokenizer, policy, models=models, config=serving, pair=pipe.task.pair
+        )
         with server:
             report = run_load("127.0.0.1", server.port, examples, sched)
             stats = server.stats()
@@ -184,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     head = (
         "| mode | p50 ms | p99 ms | ex/s | burst p50 ms | burst p99 ms | burst ex/s "
-        "| accuracy % | errors | k over time (answers) |"
+        "| accuracy % | errors | served over time (answers) |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in runs:
@@ -214,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             "students": big,
             "depth": args.depth,
             "baseline_metric": base,
-            "operating_points": {k: p.to_dict() for k, p in points.items()},
+            "configurations": {name: c.to_dict() for name, c in configs.items()},
+            "operating_points": {point_name(k): p.to_dict() for k, p in points.items()},
             "schedule": {
                 "phases": [
                     {"name": p.name, "rps": p.requests_per_second, "seconds": p.duration_s}

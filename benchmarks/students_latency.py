@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 d[label] = r.latency_ms
     metrics = {"baseline": base_metric}
-    for k, loss in student_accuracy_losses(pipe, ens).items():
-        metrics[f"k={k}"] = base_metric - loss
+    for j, loss in student_accuracy_losses(pipe, ens).items():
+        metrics[f"k={j}"] = base_metric - loss
     metrics[f"k={ens.k} sequential"] = metrics[f"k={ens.k}"]
     base_t = timings["baseline"]
     for name, tm in timings.items():

@@ -109,7 +109,7 @@ def test_operating_points_order_and_drop_dominated():
         ({}, "empty"),
         ({2: (0.0, -1.0)}, "examples/second"),
         ({2: (math.nan, 10.0)}, "accuracy loss"),
-        ({2: (0.0, 10.0), 1: (None, 20.0)}, r"missing for k=\[1\]"),
+        ({2: (0.0, 10.0), 1: (None, 20.0)}, r"missing for k=1;"),
         ({2: "fast"}, "not \\(accuracy loss, examples/second\\)"),
         ({0: (0.0, 10.0)}, "positive integer"),
     ],
@@ -135,13 +135,13 @@ def test_bad_policy_config(kw, match):
 
 def test_policy_steps_down_under_a_burst_and_restores_one_step_per_hold():
     pol = AdaptivePolicy(POINTS, PolicyConfig(slo_ms=100, hold_s=2.0))
-    assert pol.k == 4
+    assert pol.current == 4
     # light load: 5 queued examples drain in 50 ms at k=4
     assert pol.observe(Observation(5, 0.01, arrival_rate=20.0), now=0.0) == 4
     # burst: 60 queued, 300/s arriving; only k=1 keeps up, and even it needs 200 ms > 100:
     # the fastest point
     assert pol.observe(Observation(60, 0.2, arrival_rate=300.0), now=1.0) == 1
-    assert pol.changes[-1].from_k == 4 and pol.changes[-1].to_k == 1
+    assert pol.changes[-1].from_key == 4 and pol.changes[-1].to_key == 1
     assert "objective 100 ms" in pol.changes[-1].reason
     # the burst is over: quiet observations; k rises one point per hold period
     ks = {t: pol.observe(Observation(0, 0.0, arrival_rate=10.0), now=t) for t in (2.0, 3.0)}
@@ -149,7 +149,7 @@ def test_policy_steps_down_under_a_burst_and_restores_one_step_per_hold():
     assert pol.observe(Observation(0, 0.0, arrival_rate=10.0), now=4.0) == 2
     assert pol.observe(Observation(0, 0.0, arrival_rate=10.0), now=5.0) == 2  # a new hold
     assert pol.observe(Observation(0, 0.0, arrival_rate=10.0), now=6.0) == 4
-    assert [(c.from_k, c.to_k) for c in pol.changes] == [(4, 1), (1, 2), (2, 4)]
+    assert [(c.from_key, c.to_key) for c in pol.changes] == [(4, 1), (1, 2), (2, 4)]
     assert pol.change_count == 3
 
 
@@ -160,7 +160,7 @@ def test_policy_picks_the_most_accurate_point_that_drains_in_time():
 
 
 def test_policy_restores_k_under_moderate_steady_load():
-    pol = AdaptivePolicy(POINTS, PolicyConfig(slo_ms=100, hold_s=2.0), start_k=1)
+    pol = AdaptivePolicy(POINTS, PolicyConfig(slo_ms=100, hold_s=2.0), start=1)
     # 30/s arriving in requests of 4 texts: k=4 drains a request in 57 ms and runs at 30%
     ks = [
         pol.observe(Observation(4 if i % 2 else 0, 0.005, arrival_rate=30.0), now=0.1 * i)
@@ -171,7 +171,7 @@ def test_policy_restores_k_under_moderate_steady_load():
 
 def test_policy_hysteresis_no_flapping_and_a_busy_moment_restarts_the_hold():
     cfg = PolicyConfig(slo_ms=100, hold_s=2.0, restore_fraction=0.5)
-    pol = AdaptivePolicy(POINTS, cfg, start_k=2)
+    pol = AdaptivePolicy(POINTS, cfg, start=2)
     # k=4 would drain 6 queued examples in 75 ms: within the objective (so no step down at
     # k=4) but above half of it (so no step up from k=2) -> k stays for any time
     for i in range(100):
@@ -224,7 +224,7 @@ def test_batched_answers_equal_the_models_direct_outputs(tokenizer):
             for j, t in enumerate((i, (i + 3) % 8)):
                 torch.testing.assert_close(torch.tensor(r.probs[j]), want[t], rtol=1e-4, atol=1e-5)
                 assert r.labels[j] == int(want[t].argmax())
-            assert r.k == 2
+            assert r.served == ["k=2"] * len(r.texts)
         st = batcher.stats()
         assert st["batches"] == 4 and st["examples"] == 16 and st["failed_batches"] == 0
         # the answers depend on k: k=1 and k=3 differ from k=2
@@ -245,7 +245,9 @@ def test_batcher_lowers_k_under_a_real_queue_and_restores_it(tokenizer):
     batcher.start()
     try:
         assert all(r.done.wait(10.0) and r.error is None for r in reqs)
-        assert {r.k for r in reqs} == {1}  # 200 texts at 100/s would take 2 s: k=1 from the start
+        assert {c for r in reqs for c in r.served} == {
+            "k=1"
+        }  # 200 texts at 100/s would take 2 s: k=1 from the start
         want = direct(ens, tokenizer, TEXTS, k=1)
         assert [r.labels[0] for r in reqs[:8]] == want.argmax(-1).tolist()
         deadline = time.monotonic() + 10.0
@@ -253,8 +255,8 @@ def test_batcher_lowers_k_under_a_real_queue_and_restores_it(tokenizer):
             time.sleep(0.05)  # idle ticks let the policy restore k
         st = batcher.stats()
         assert st["active_students"] == 3
-        assert [(c["from"], c["to"]) for c in st["recent_k_changes"]] == [(3, 1), (1, 3)]
-        assert st["k_changes"] == 2
+        assert [(c["from"], c["to"]) for c in st["recent_changes"]] == [(3, 1), (1, 3)]
+        assert st["changes"] == 2
     finally:
         batcher.stop()
 
@@ -299,7 +301,7 @@ def test_batcher_checks_its_model_and_policy(tokenizer):
     ens = tiny_ensemble(k=2)
     with pytest.raises(ConfigError, match="max_seq_len \\(128\\) exceeds the model's 64"):
         DynamicBatcher(ens, tokenizer, FixedPolicy(1), config=ServingConfig(max_seq_len=128))
-    with pytest.raises(ConfigError, match="k=3 but the ensemble has 2"):
+    with pytest.raises(ConfigError, match="k=3 students but the ensemble has 2"):
         DynamicBatcher(ens, tokenizer, FixedPolicy(3), config=ServingConfig(max_seq_len=SEQ))
 
 
@@ -318,7 +320,7 @@ def test_profile_measures_every_k(tokenizer):
     assert sorted(pts) == [1, 2, 3]
     assert all(p.examples_per_second > 0 for p in pts.values())
     assert pts[1].accuracy_loss == 2.0
-    with pytest.raises(ConfigError, match="every k"):
+    with pytest.raises(ConfigError, match="missing: \\['k=2', 'k=3'\\]"):
         profile_operating_points(
             ens, tokenizer, TEXTS, max_batch=8, max_seq_len=SEQ, accuracy_loss={1: 0.0}
         )
@@ -500,7 +502,7 @@ def test_health_and_stats(server):
     assert status == 200 and health["status"] == "ok" and health["students"] == 3
     status, stats, _ = request(conn, "GET", "/stats")
     assert status == 200 and stats["active_students"] == 3 and stats["policy"]["mode"] == "fixed"
-    assert {"queue_length", "batches", "examples", "k_changes", "http"} <= set(stats)
+    assert {"queue_length", "batches", "examples", "changes", "serving", "http"} <= set(stats)
     conn.close()
 
 
@@ -589,7 +591,7 @@ def test_the_load_generator_stops_by_itself_and_counts_consistently(server):
     assert [p.name for p in rep.phases] == ["steady", "burst", "after"]
     assert [p.requests for p in rep.phases] == [10, 60, 10]
     assert sum(p.answered for p in rep.phases) == rep.answered
-    assert rep.k_timeline and {k for _, k in rep.k_timeline} == {3}
+    assert rep.serving_timeline and {c for _, c in rep.serving_timeline} == {"k=3"}
     d = rep.to_dict()
     assert d["error_count"] == rep.error_count and len(d["phases"]) == 3
 
@@ -655,7 +657,9 @@ def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
                 break
         m = re.search(r"http://127\.0\.0\.1:(\d+)/predict", lines[-1] if lines else "")
         assert m, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
-        assert re.search(r"^\s+2\s+[\d.]+\s+-?[\d.]+$", "".join(lines), re.M), lines
+        assert re.search(r"^k=2\s+[\d.]+\s+-?[\d.]+(\s+\(not used.*\))?$", "".join(lines), re.M), (
+            lines
+        )
         conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
         status, out, _ = request(conn, "POST", "/predict", b'{"texts": ["fine", "awful"]}', JSON)
         assert status == 200 and len(out["labels"]) == 2 and out["active_students"] in (1, 2)

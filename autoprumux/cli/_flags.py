@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from autoprumux.cli._checks import _check_cache_dir
 from autoprumux.config import SAMPLERS
+from autoprumux.errors import ConfigError
 
 if TYPE_CHECKING:
-    from autoprumux.config import Recipe
+    from autoprumux.config import Candidate, Recipe
     from autoprumux.data import DataSource
     from autoprumux.pipeline import PruMuxPipeline
 
@@ -338,7 +339,53 @@ def add_serving_group(p: argparse.ArgumentParser) -> None:
         "the default), the meta-model's pessimistic prediction from the study in --storage "
         "('meta'), or none ('none', as --skip-dev-eval)",
     )
+    s.add_argument(
+        "--also",
+        action="append",
+        default=None,
+        metavar="CONFIG",
+        help="a configuration of the same task to serve beside the students, as FIELD=VALUE "
+        "pairs joined by commas, e.g. sparsity=0.5,mux=2,mux_layers=3,mux_combiner=concat "
+        "(repeatable; built or taken from the cache). It enters the policy table by its "
+        "measured speed and accuracy loss, so under load the policy can switch to it, e.g. to "
+        "a model that multiplexes more inputs per pass",
+    )
+    s.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="serve only points that lose at most this many accuracy points (needs their "
+        "accuracy: --accuracy-from dev or meta)",
+    )
     add_storage(s, help_text="with --accuracy-from meta: Optuna storage of the study")
+
+
+def parse_config(spec: str) -> Candidate:
+    """A configuration from 'FIELD=VALUE,FIELD=VALUE' (Candidate's fields, typed as its
+    defaults are), checked by Candidate itself."""
+    from autoprumux.config import Candidate
+
+    defaults = Candidate().to_dict()
+    given: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, raw = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in defaults:
+            raise ConfigError(
+                f"{part!r} in --also {spec!r} is not FIELD=VALUE with a field of "
+                f"{sorted(defaults)}; e.g. --also sparsity=0.5,mux=2,mux_layers=3"
+            )
+        kind = type(defaults[name])
+        try:
+            given[name] = kind(raw.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{name}={raw!r} in --also {spec!r} is not {kind.__name__}; e.g. mux=2"
+            ) from None
+    if not given:
+        raise ConfigError(f"--also {spec!r} names no field; e.g. --also sparsity=0.5,mux=2")
+    return Candidate.from_dict({**defaults, **given})
 
 
 def _pipeline(args: argparse.Namespace, recipe: Recipe) -> PruMuxPipeline:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from autoprumux.cli._checks import _check_port, _warn_non_loopback
-from autoprumux.cli._flags import _pipeline, _recipe
+from autoprumux.cli._flags import _pipeline, _recipe, parse_config
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -54,14 +54,17 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     from autoprumux.student_server import (
         AdaptivePolicy,
         FixedPolicy,
-        KPolicy,
+        PointKey,
         PolicyConfig,
         ServingConfig,
+        ServingPolicy,
         StudentServer,
         check_loopback,
         meta_accuracy_losses,
+        model_accuracy_losses,
         profile_operating_points,
         student_accuracy_losses,
+        within_budget,
     )
 
     # validate everything cheap before any data is read or any student trained
@@ -72,6 +75,13 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     source = args.accuracy_from or ("none" if args.skip_dev_eval else "dev")
     if args.skip_dev_eval and source != "none":
         raise ConfigError(f"--skip-dev-eval contradicts --accuracy-from {source}; give one of them")
+    also = {c.describe(): c for c in map(parse_config, args.also or [])}
+    if source == "none" and (also or args.budget is not None):
+        flag = "--also" if also else "--budget"
+        raise ConfigError(
+            f"{flag} needs each point's accuracy loss; use --accuracy-from dev (the default) or "
+            "meta, not --skip-dev-eval"
+        )
     recipe = _recipe(args)
     serving = ServingConfig(
         host=args.host,
@@ -93,8 +103,11 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     layers = len(pipe.base.config.heads)
     if cfg.depth >= layers:
         raise ConfigError(f"--depth ({cfg.depth}) must be below the base model's {layers} layers")
+    for c in also.values():
+        pipe.check(c)
     ens = pipe.students(cfg.k, cfg.depth)
-    losses: dict[int, float] | None = None
+    models = {name: pipe.deployable(c) for name, c in also.items()}
+    losses: dict[PointKey, float] | None = None
     if source == "meta":
         from autoprumux.meta import build_recommender
 
@@ -103,48 +116,73 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
             k=cfg.k,
             depth=cfg.depth,
             task=pipe.task.name,
+            configs=also,
             device=args.device,
         )
     elif source == "dev":
-        losses = student_accuracy_losses(pipe, ens)
+        losses = {**student_accuracy_losses(pipe, ens), **model_accuracy_losses(pipe, models)}
     texts = [
         (e.text_a, e.text_b) if e.text_b is not None else e.text_a for e in pipe.data.dev[:256]
     ]
-    points = profile_operating_points(
+    profiled = profile_operating_points(
         ens,
         pipe.tokenizer,
         texts,
+        models=models,
         max_batch=serving.max_batch,
         max_seq_len=serving.max_seq_len,
         device=args.device,
         accuracy_loss=losses,
     )
-    policy: KPolicy = (
+    points = profiled if args.budget is None else within_budget(profiled, args.budget)
+    if args.budget is not None and args.fixed_k is not None and args.fixed_k not in points:
+        raise ConfigError(
+            f"--fixed-k {args.fixed_k} loses more than the budget of {args.budget:g} points; "
+            f"choose one of {[k for k in points if isinstance(k, int)]} or raise --budget"
+        )
+    policy: ServingPolicy = (
         FixedPolicy(args.fixed_k, points=points)
         if args.fixed_k is not None
         else AdaptivePolicy(points, policy_cfg)
     )
+    served = {key: p for key, p in points.items() if key in policy.keys or key == args.fixed_k}
     server = StudentServer(
         ens,
         pipe.tokenizer,
         policy,
+        models={name: m for name, m in models.items() if name in served},
         config=serving,
         pair=pipe.task.pair,
         device=args.device,
         info={"task": pipe.task.name, "model": pipe.base.model_id},
     ).start()
-    print(f"{'k':>3}{'ex/s':>10}{'acc loss':>10}   (profiled at batch {serving.max_batch})")
-    for p in points.values():
+    width = max(len(p.name) for p in profiled.values()) + 2
+    print(
+        f"{'point':<{width}}{'ex/s':>10}{'acc loss':>10}   (profiled at batch {serving.max_batch})"
+    )
+    for key, p in profiled.items():
         loss = "-" if p.accuracy_loss is None else f"{p.accuracy_loss:.2f}"
-        print(f"{p.k:>3}{p.examples_per_second:>10.1f}{loss:>10}")
+        note = (
+            ""
+            if key in policy.keys
+            else "   (over the budget)"
+            if key not in points
+            else "   (not used: another point is faster and as accurate)"
+        )
+        print(f"{p.name:<{width}}{p.examples_per_second:>10.1f}{loss:>10}{note}")
     mode = (
         f"fixed k={args.fixed_k}"
         if args.fixed_k is not None
         else f"adaptive, objective {args.slo_ms:g} ms"
     )
     print(
-        f"serving K={cfg.k} students of depth {cfg.depth} ({pipe.task.name}, {mode}) on "
-        f"{server.url}/predict (Ctrl-C stops it)",
+        f"serving K={cfg.k} students of depth {cfg.depth}"
+        + (
+            f" and {len(server.batcher.models)} more configurations"
+            if server.batcher.models
+            else ""
+        )
+        + f" ({pipe.task.name}, {mode}) on {server.url}/predict (Ctrl-C stops it)",
         flush=True,
     )
     try:

@@ -520,6 +520,19 @@ class PruMuxPipeline:
             self._baseline_metrics = self.dev_metrics(self.baseline())
         return self._baseline_metrics
 
+    def check(self, config: Candidate) -> None:
+        """Refuse a configuration this pipeline cannot build or run, before any training."""
+        self.check_lengths(self._prumux(config)[1].prefix_positions)
+        check_precision(config.precision, str(self.device))
+
+    def deployable(
+        self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
+    ) -> AnyModel:
+        """The configuration's model as it is scored, timed and served: built (or cached) in
+        fp32, then converted to its precision."""
+        self.check(config)
+        return to_precision(self.trained(config, on_stage=on_stage), config.precision)
+
     def evaluate(
         self,
         config: Candidate,
@@ -534,7 +547,7 @@ class PruMuxPipeline:
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(shape.prefix_positions, tp)
         self.baseline()  # first: the candidate distils from it
-        cand = to_precision(self.trained(config, on_stage=on_stage), config.precision)
+        cand = self.deployable(config, on_stage=on_stage)
         name = f"s={sparsity:g},N={shape.n}" + (
             f",k={shape.layers},{shape.combiner}" if shape.late else ""
         )

@@ -1,10 +1,13 @@
-"""Burst-adaptive serving of Academus student ensembles.
+"""Burst-adaptive serving of Academus student ensembles and multiplexed models.
 
 A loopback HTTP endpoint (`StudentServer`) classifies texts through a dynamic batcher
-(`DynamicBatcher`); a policy (`AdaptivePolicy`, or `FixedPolicy` for comparison) picks how many
-students run from a table of operating points (predicted throughput and accuracy loss per k),
-lowering k when the queue's delay exceeds the latency objective and restoring it when the load
-falls. `run_load` replays a bounded steady/burst schedule against a loopback server.
+(`DynamicBatcher`); a policy (`AdaptivePolicy`, or `FixedPolicy` for comparison) picks what
+serves each batch from a table of operating points (predicted throughput and accuracy loss of
+each prefix of k students and of each loaded model, e.g. a multiplexed configuration of the
+same task), stepping down the table when the queue's delay exceeds the latency objective
+(fewer students, then more inputs per pass) and back up when the load falls. Every answer says
+which configuration served it. `run_load` replays a bounded steady/burst schedule against a
+loopback server.
 """
 
 from autoprumux.student_server._batcher import DynamicBatcher, Prediction, ServingError, Text
@@ -22,15 +25,19 @@ from autoprumux.student_server._loadgen import (
 from autoprumux.student_server._policy import (
     AdaptivePolicy,
     FixedPolicy,
-    KChange,
-    KPolicy,
     Observation,
     OperatingPoint,
+    PointChange,
+    PointKey,
     PolicyConfig,
+    ServingPolicy,
     operating_points,
+    point_name,
+    within_budget,
 )
 from autoprumux.student_server._profile import (
     meta_accuracy_losses,
+    model_accuracy_losses,
     profile_operating_points,
     student_accuracy_losses,
 )
@@ -39,26 +46,30 @@ __all__ = [
     "AdaptivePolicy",
     "DynamicBatcher",
     "FixedPolicy",
-    "KChange",
-    "KPolicy",
     "LoadReport",
     "LoadSchedule",
     "Observation",
     "OperatingPoint",
+    "PointChange",
+    "PointKey",
     "Phase",
     "PhaseReport",
     "PolicyConfig",
     "Prediction",
     "ServingConfig",
     "ServingError",
+    "ServingPolicy",
     "StudentServer",
     "Text",
     "burst_schedule",
     "check_loopback",
     "operating_points",
     "parse_predict_request",
+    "point_name",
     "meta_accuracy_losses",
+    "model_accuracy_losses",
     "profile_operating_points",
     "run_load",
     "student_accuracy_losses",
+    "within_budget",
 ]

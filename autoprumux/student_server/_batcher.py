@@ -1,30 +1,33 @@
-"""Dynamic batching: many callers, one worker thread, one ensemble call per batch.
+"""Dynamic batching: many callers, one worker thread, one model call per batch.
 
 Each request's texts enter a queue as separate slots. The worker takes up to `max_batch` slots,
 waiting at most `max_wait_ms` after the oldest slot arrived for the batch to fill; asks the
-policy for the active students k (showing it the queue); tokenises the batch exactly as the
-training data was tokenised (`encode`, truncation to `max_seq_len`) and runs the ensemble once.
-A request is answered when all its slots are. A failed batch fails its requests (HTTP 500) and
-the worker goes on. While idle the worker wakes every `tick_s` so the policy can restore k.
+policy which point serves it (showing it the queue): the first k students of the ensemble, or
+one of the served configurations (e.g. a multiplexed model); tokenises the batch exactly as the
+training data was tokenised (`encode`, truncation to `max_seq_len`) and runs that model once.
+A request is answered when all its slots are, with the name of what served each text. A failed
+batch fails its requests (HTTP 500) and the worker goes on. While idle the worker wakes every
+`tick_s` so the policy can step back up.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from autoprumux.data import Example, collate, encode
 from autoprumux.errors import AutoPruMuxError, ConfigError
 from autoprumux.models import StudentEnsemble
 from autoprumux.student_server._config import ServingConfig
-from autoprumux.student_server._policy import KPolicy, Observation
+from autoprumux.student_server._policy import Observation, PointKey, ServingPolicy, point_name
 
 log = logging.getLogger("autoprumux.student_server")
 
@@ -51,18 +54,30 @@ class ServingError(AutoPruMuxError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """Answers to one request: a label and class probabilities per text, and the active students
-    (the smallest k among the batches that served it)."""
+    """Answers to one request: a label, class probabilities and what served it ("k=2" for the
+    first two students, or a configuration's name) per text."""
 
     labels: list[int]
     probabilities: list[list[float]]
-    active_students: int
+    configurations: list[str]
+
+    @property
+    def configuration(self) -> str:
+        """What served the request: one name, or the names joined by " + " in text order when
+        its texts went to batches served differently."""
+        return " + ".join(dict.fromkeys(self.configurations))
+
+    @property
+    def active_students(self) -> int | None:
+        """The smallest k among the student batches that served it (None: none did)."""
+        ks = [int(c[2:]) for c in self.configurations if c.startswith("k=") and c[2:].isdigit()]
+        return min(ks) if ks else None
 
 
 class _Request:
     """One caller's texts; filled slot by slot by the worker."""
 
-    __slots__ = ("texts", "arrived", "done", "labels", "probs", "k", "error", "remaining")
+    __slots__ = ("texts", "arrived", "done", "labels", "probs", "served", "error", "remaining")
 
     def __init__(self, texts: Sequence[Text], arrived: float):
         self.texts = list(texts)
@@ -70,14 +85,14 @@ class _Request:
         self.done = threading.Event()
         self.labels: list[int] = [0] * len(texts)
         self.probs: list[list[float]] = [[] for _ in texts]
-        self.k: float = math.inf  # the smallest k that served a slot
+        self.served: list[str] = [""] * len(texts)
         self.error: ServingError | None = None
         self.remaining = len(texts)
 
-    def fill(self, i: int, label: int, probs: list[float], k: int) -> None:
+    def fill(self, i: int, label: int, probs: list[float], served_by: str) -> None:
         self.labels[i] = label
         self.probs[i] = probs
-        self.k = min(self.k, k)
+        self.served[i] = served_by
         self.remaining -= 1
         if self.remaining == 0:
             self.done.set()
@@ -89,17 +104,20 @@ class _Request:
 
 
 class DynamicBatcher:
-    """Serves a `StudentEnsemble` from one worker thread with a `KPolicy` choosing k.
+    """Serves a `StudentEnsemble` (any prefix of its students) and named whole models (e.g.
+    multiplexed configurations of the same task) from one worker thread, with a
+    `ServingPolicy` choosing among them per batch.
 
-    `predict(texts)` may be called from any number of threads. Only the worker touches the model
+    `predict(texts)` may be called from any number of threads. Only the worker touches the models
     and the tokenizer."""
 
     def __init__(
         self,
-        ensemble: StudentEnsemble,
+        ensemble: StudentEnsemble | None,
         tokenizer,
-        policy: KPolicy,
+        policy: ServingPolicy,
         *,
+        models: Mapping[str, nn.Module] | None = None,
         config: ServingConfig | None = None,
         pair: bool = False,
         device: str | torch.device = "cpu",
@@ -107,17 +125,29 @@ class DynamicBatcher:
         clock: Callable[[], float] = time.monotonic,
     ):
         config = config or ServingConfig()
-        positions = ensemble.encoder_config.max_position_embeddings
+        models = dict(models or {})
+        if ensemble is None and not models:
+            raise ConfigError("nothing to serve: give a student ensemble or at least one model")
+        students = ensemble.k if ensemble is not None else 0
+        for key in policy.keys:
+            if isinstance(key, str) and key not in models:
+                raise ConfigError(
+                    f"the policy may serve {key!r} but no model of that name is loaded "
+                    f"(loaded: {sorted(models) or 'none'}); load it or drop it from the table"
+                )
+            if isinstance(key, int) and not 1 <= key <= students:
+                raise ConfigError(
+                    f"the policy may serve k={key} students but the ensemble has {students}"
+                )
+        served: list[nn.Module] = [*models.values(), *([ensemble] if ensemble else [])]
+        positions = min(_max_positions(m) for m in served)
         if config.max_seq_len > positions:
             raise ConfigError(
                 f"max_seq_len ({config.max_seq_len}) exceeds the model's {positions} positions; "
                 f"use at most {positions}"
             )
-        if not 1 <= policy.k <= ensemble.k:
-            raise ConfigError(
-                f"the policy starts at k={policy.k} but the ensemble has {ensemble.k} students"
-            )
-        self.ensemble = ensemble.to(device).eval()
+        self.ensemble = ensemble.to(device).eval() if ensemble is not None else None
+        self.models = {name: m.to(device).eval() for name, m in models.items()}
         self.tokenizer = tokenizer
         self.policy = policy
         self.config = config
@@ -133,7 +163,7 @@ class DynamicBatcher:
         self._full_batch_rate: float | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._k = policy.k
+        self._key: PointKey = policy.current
         self._start = clock()
         self._counts = {"batches": 0, "examples": 0, "failed_batches": 0}
 
@@ -194,23 +224,26 @@ class DynamicBatcher:
             raise err
         if req.error is not None:
             raise req.error
-        return Prediction(req.labels, req.probs, int(req.k))
+        return Prediction(req.labels, req.probs, list(req.served))
 
     def stats(self) -> dict:
-        """Queue length, active k, counts and the recent k changes (times in seconds since start)."""
+        """Queue length, what serves now, counts and the recent changes (times in seconds since
+        start)."""
         with self._cond:
             return {
                 "queue_length": len(self._queue),
-                "active_students": self._k,
-                "students": self.ensemble.k,
-                "depth": self.ensemble.depth,
+                "serving": point_name(self._key),
+                "active_students": self._key if isinstance(self._key, int) else None,
+                "students": self.ensemble.k if self.ensemble is not None else 0,
+                "depth": self.ensemble.depth if self.ensemble is not None else None,
+                "configurations": sorted(self.models),
                 "max_batch": self.max_batch,
                 "max_wait_ms": self.max_wait_s * 1000.0,
                 "worker_alive": self.alive,
                 "uptime_s": self.clock() - self._start,
                 **self._counts,
-                "k_changes": self.policy.change_count,
-                "recent_k_changes": [
+                "changes": self.policy.change_count,
+                "recent_changes": [
                     {**c.to_dict(), "t": c.t - self._start} for c in self.policy.changes
                 ],
                 "policy": self.policy.describe(),
@@ -222,7 +255,7 @@ class DynamicBatcher:
             self._arrivals.popleft()
         return float(sum(n for _, n in self._arrivals))  # examples in the last second
 
-    def _next_batch(self) -> tuple[list[tuple[_Request, int]], int] | None:
+    def _next_batch(self) -> tuple[list[tuple[_Request, int]], PointKey] | None:
         """Wait for work (or a tick), consult the policy; None when stopping."""
         with self._cond:
             if not self._queue and not self._stopping:
@@ -244,39 +277,44 @@ class DynamicBatcher:
                 service_rate=self._full_batch_rate,
             )
             self._full_batch_rate = None
-            k = self.policy.observe(obs, now)
-            self._k = k
+            key = self.policy.observe(obs, now)
+            self._key = key
             batch: list[tuple[_Request, int]] = []
             while self._queue and len(batch) < self.max_batch:
                 slot = self._queue.popleft()
                 if slot[0].error is None:  # a failed or abandoned request is not computed
                     batch.append(slot)
-            return batch, k
+            return batch, key
 
     def _run(self) -> None:
         while True:
             nxt = self._next_batch()
             if nxt is None:
                 return
-            batch, k = nxt
+            batch, key = nxt
             if batch:
-                self._serve(batch, k)
+                self._serve(batch, key)
 
-    def _serve(self, batch: list[tuple[_Request, int]], k: int) -> None:
-        """Answer every slot of `batch` at k. When the batch fails and holds several requests,
-        each request is retried alone, so one request's failure cannot fail the others."""
+    def _logits(self, key: PointKey, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask, types = (
+            b[n].to(self.device) for n in ("input_ids", "attention_mask", "token_type_ids")
+        )
+        if isinstance(key, str):
+            return self.models[key](ids, mask, types)
+        assert self.ensemble is not None  # checked against the policy's keys at start
+        return self.ensemble(ids, mask, types, active=key)
+
+    def _serve(self, batch: list[tuple[_Request, int]], key: PointKey) -> None:
+        """Answer every slot of `batch` with the point `key`. When the batch fails and holds
+        several requests, each request is retried alone, so one request's failure cannot fail
+        the others."""
         t0 = time.perf_counter()
         try:
             b = tokenize(
                 [req.texts[i] for req, i in batch], self.tokenizer, self.config.max_seq_len
             )
             with torch.inference_mode():
-                logits = self.ensemble(
-                    b["input_ids"].to(self.device),
-                    b["attention_mask"].to(self.device),
-                    b["token_type_ids"].to(self.device),
-                    active=k,
-                )
+                logits = self._logits(key, b)
                 probs = torch.softmax(logits.float(), dim=-1).cpu()
         except Exception as e:  # noqa: BLE001 - the worker must survive any failure
             groups: dict[int, list[tuple[_Request, int]]] = {}
@@ -284,7 +322,7 @@ class DynamicBatcher:
                 groups.setdefault(id(slot[0]), []).append(slot)
             if len(groups) > 1:
                 for slots in groups.values():
-                    self._serve(slots, k)
+                    self._serve(slots, key)
                 return
             log.exception("inference failed for a request of %d texts", len(batch))
             with self._cond:
@@ -299,5 +337,12 @@ class DynamicBatcher:
             self._counts["examples"] += len(batch)
             if len(batch) >= self.max_batch:
                 self._full_batch_rate = len(batch) / seconds
+        name = point_name(key)
         for (req, i), label, row in zip(batch, labels, rows, strict=True):
-            req.fill(i, label, row, k)
+            req.fill(i, label, row, name)
+
+
+def _max_positions(model: nn.Module) -> int:
+    """Positions the model embeds (an ensemble's, or a whole model's encoder's)."""
+    cfg: Any = getattr(model, "encoder_config", None) or model.get_submodule("encoder").config
+    return int(cfg.max_position_embeddings)

@@ -1,7 +1,9 @@
 """A loopback HTTP endpoint in front of the dynamic batcher (stdlib `ThreadingHTTPServer`).
 
     POST /predict  {"texts": ["...", ...]} or {"text": "..."}
-                   -> {"labels": [...], "probabilities": [[...], ...], "active_students": k}
+                   -> {"labels": [...], "probabilities": [[...], ...],
+                       "configuration": "k=2", "configurations": ["k=2", ...],
+                       "active_students": 2}
     GET  /health   -> {"status": "ok", ...}
     GET  /stats    -> queue length, active k, counts, recent k changes, the policy
 
@@ -20,19 +22,21 @@ import logging
 import socket
 import sys
 import threading
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import torch
+from torch import nn
 
 from autoprumux._json import json_depth
 from autoprumux.errors import ConfigError
 from autoprumux.models import StudentEnsemble
 from autoprumux.student_server._batcher import DynamicBatcher, ServingError, Text
 from autoprumux.student_server._config import ServingConfig
-from autoprumux.student_server._policy import KPolicy
+from autoprumux.student_server._policy import ServingPolicy, point_name
 
 log = logging.getLogger("autoprumux.student_server")
 
@@ -319,17 +323,19 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class StudentServer:
-    """The endpoint: a `DynamicBatcher` behind a `ThreadingHTTPServer` on `config.host`.
+    """The endpoint: a `DynamicBatcher` (students and named models, `policy` choosing among
+    them) behind a `ThreadingHTTPServer` on `config.host`.
 
     Use as a context manager or `start()` / `close()`; `wait()` blocks until closed (Ctrl-C in
     the caller raises KeyboardInterrupt as usual)."""
 
     def __init__(
         self,
-        ensemble: StudentEnsemble,
+        ensemble: StudentEnsemble | None,
         tokenizer,
-        policy: KPolicy,
+        policy: ServingPolicy,
         *,
+        models: Mapping[str, nn.Module] | None = None,
         config: ServingConfig | None = None,
         pair: bool = False,
         device: str | torch.device = "cpu",
@@ -338,7 +344,13 @@ class StudentServer:
         self.config = config or ServingConfig()
         self.pair = pair
         self.batcher = DynamicBatcher(
-            ensemble, tokenizer, policy, config=self.config, pair=pair, device=device
+            ensemble,
+            tokenizer,
+            policy,
+            models=models,
+            config=self.config,
+            pair=pair,
+            device=device,
         )
         self.info = dict(info or {})
         self._lock = threading.Lock()
@@ -405,16 +417,21 @@ class StudentServer:
         return {
             "labels": pred.labels,
             "probabilities": pred.probabilities,
+            "configuration": pred.configuration,
+            "configurations": pred.configurations,
             "active_students": pred.active_students,
         }
 
     def health(self) -> dict:
         ens = self.batcher.ensemble
+        current = self.batcher.policy.current
         return {
             "status": "ok" if self.batcher.alive else "worker stopped",
-            "students": ens.k,
-            "depth": ens.depth,
-            "active_students": self.batcher.policy.k,
+            "students": ens.k if ens is not None else 0,
+            "depth": ens.depth if ens is not None else None,
+            "configurations": sorted(self.batcher.models),
+            "serving": point_name(current),
+            "active_students": current if isinstance(current, int) else None,
             "mode": self.batcher.policy.mode,
             **self.info,
         }

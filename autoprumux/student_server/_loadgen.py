@@ -159,8 +159,8 @@ class LoadReport:
     """The whole run. Latency percentiles are over answered requests; failures are in `errors`
     by kind (timeout, connection, http_<status>, bad_response, not_sent). Throughput is answered
     examples over the time to the last answer; `duration_s` is the run's wall time, waits for
-    timeouts included. `k_timeline` lists (seconds from the start, active students) each time
-    the answers' k changed."""
+    timeouts included. `serving_timeline` lists (seconds from the start, what served) each time
+    the answers' configuration changed ("k=2" for two students, or a model's name)."""
 
     requests: int
     answered: int
@@ -171,7 +171,7 @@ class LoadReport:
     accuracy: float
     duration_s: float
     errors: dict[str, int] = field(default_factory=dict)
-    k_timeline: list[tuple[float, int]] = field(default_factory=list)
+    serving_timeline: list[tuple[float, str]] = field(default_factory=list)
     phases: tuple[PhaseReport, ...] = ()
 
     @property
@@ -192,7 +192,7 @@ class _Result:
     done: float = math.nan
     examples: int = 0
     correct: int = 0
-    k: int = 0
+    served_by: str = ""
 
 
 class _Connections:
@@ -272,14 +272,14 @@ def run_load(
         try:
             answer = json.loads(data)
             labels = answer["labels"]
-            k = int(answer["active_students"])
+            served_by = answer["configuration"]
         except (ValueError, KeyError, TypeError):
             r.kind = "bad_response"
             return
-        if not isinstance(labels, list) or len(labels) != tpr:
+        if not isinstance(labels, list) or len(labels) != tpr or not isinstance(served_by, str):
             r.kind = "bad_response"
             return
-        r.kind, r.examples, r.k = "ok", tpr, k
+        r.kind, r.examples, r.served_by = "ok", tpr, served_by
         r.correct = sum(int(a == y) for a, (_, y) in zip(labels, chosen, strict=True))
 
     with ThreadPoolExecutor(max_workers=schedule.concurrency, thread_name_prefix="load") as pool:
@@ -325,10 +325,10 @@ def _report(results: list[_Result], schedule: LoadSchedule, *, wall_s: float) ->
     end = max((r.done for r in ok), default=0.0)
     errors = Counter(r.kind for r in results if r.kind != "ok")
     examples = sum(r.examples for r in ok)
-    timeline: list[tuple[float, int]] = []
+    timeline: list[tuple[float, str]] = []
     for r in sorted(ok, key=lambda r: r.done):
-        if not timeline or timeline[-1][1] != r.k:
-            timeline.append((round(r.done, 3), r.k))
+        if not timeline or timeline[-1][1] != r.served_by:
+            timeline.append((round(r.done, 3), r.served_by))
     phases = []
     t0 = 0.0
     for j, p in enumerate(schedule.phases):
@@ -363,7 +363,7 @@ def _report(results: list[_Result], schedule: LoadSchedule, *, wall_s: float) ->
         accuracy=_accuracy(ok),
         duration_s=wall_s,
         errors=dict(errors),
-        k_timeline=timeline,
+        serving_timeline=timeline,
         phases=tuple(phases),
     )
 

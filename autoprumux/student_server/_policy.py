@@ -1,17 +1,19 @@
-"""How many students run: a pure policy over a table of operating points.
+"""Which model serves: a pure policy over a table of operating points.
 
-An operating point is one active-student count k with its predicted examples/second (at the
-server's max batch) and predicted accuracy loss (points below the baseline). The adaptive policy
-watches the queue and estimates the queueing delay a request arriving now would see at the
-current k, `queue / (rate(k) - arrival rate)`. When that exceeds the latency objective it steps
-down at once to the most accurate point that drains the queue within the objective (the fastest
-point when none does). It steps back up one point at a time, and only after the load has been
-low for `hold_s` seconds without a break: at the more accurate point the arrivals would use at
-most `restore_utilization` (70%) of its rate, its queueing delay and the oldest request's wait
-would stay within `restore_fraction` of the objective (all of it by default). The margin
-between stepping down (the queue exceeds what the current point drains in time) and stepping up
-(spare capacity at the higher point), and a hold period per step up, keep the policy from
-flapping.
+An operating point is one way to serve the task with its predicted examples/second (at the
+server's max batch) and predicted accuracy loss (points below the baseline): the first k
+students of an ensemble (its key is the int k), or a whole configuration such as a multiplexed
+model (its key is the configuration's name, e.g. "s=0.5 N=2 k=3 concat int8"). The adaptive
+policy watches the queue and estimates the queueing delay a request arriving now would see at
+the current point, `queue / (rate - arrival rate)`. When that exceeds the latency objective it
+steps down at once to the most accurate point that drains the queue within the objective (the
+fastest point when none does): fewer students, or a model that multiplexes more inputs per
+pass. It steps back up one point at a time, and only after the load has been low for `hold_s`
+seconds without a break: at the more accurate point the arrivals would use at most
+`restore_utilization` (70%) of its rate, its queueing delay and the oldest request's wait would
+stay within `restore_fraction` of the objective (all of it by default). The margin between
+stepping down (the queue exceeds what the current point drains in time) and stepping up (spare
+capacity at the higher point), and a hold period per step up, keep the policy from flapping.
 
 The policy holds no clock and does no I/O: every decision takes an `Observation` and the time
 `now` from its caller, which makes it testable with synthetic values.
@@ -27,83 +29,154 @@ from typing import Protocol
 
 from autoprumux.errors import ConfigError
 
-MAX_CHANGES_KEPT = 1000  # recent k changes kept for reports; `change_count` counts them all
+MAX_CHANGES_KEPT = 1000  # recent changes kept for reports; `change_count` counts them all
+
+PointKey = int | str
+"""A point's key: k (the first k students of the ensemble) or a configuration's name."""
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """k active students, their predicted examples/second and accuracy loss (points)."""
+    """One way to serve, its predicted examples/second and accuracy loss (points): the first
+    `k` students of the ensemble, or the whole configuration named `config` (exactly one)."""
 
-    k: int
+    k: int | None
     examples_per_second: float
     accuracy_loss: float | None = None
+    config: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ConfigError(f"operating point k ({self.k!r}) must be a positive integer")
+        if self.config is None:
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+                raise ConfigError(f"operating point k ({self.k!r}) must be a positive integer")
+        elif self.k is not None:
+            raise ConfigError(
+                f"operating point {self.config!r} is a configuration; give k=None, not {self.k!r}"
+            )
+        elif not isinstance(self.config, str) or not self.config.strip():
+            raise ConfigError(
+                f"operating point configuration ({self.config!r}) must be a non-empty name, "
+                'e.g. "s=0.5 N=2 k=3 concat"'
+            )
         _number(
-            f"operating point k={self.k}: examples/second",
+            f"operating point {self.name}: examples/second",
             self.examples_per_second,
             lambda v: v > 0,
             "a positive number",
         )
         if self.accuracy_loss is not None:
             _number(
-                f"operating point k={self.k}: accuracy loss",
+                f"operating point {self.name}: accuracy loss",
                 self.accuracy_loss,
                 lambda v: True,
                 "a finite number of points or None",
             )
 
-    def to_dict(self) -> dict[str, float | int | None]:
+    @property
+    def key(self) -> PointKey:
+        """k for a student point, the configuration's name otherwise (the table's key)."""
+        return self.config if self.config is not None else int(self.k or 0)
+
+    @property
+    def name(self) -> str:
+        """What served a request, as the server reports it: "k=2" or the configuration."""
+        return point_name(self.key)
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
         return {
+            "name": self.name,
             "k": self.k,
+            "config": self.config,
             "examples_per_second": self.examples_per_second,
             "accuracy_loss": self.accuracy_loss,
         }
 
 
-PointTable = Mapping[int, "OperatingPoint | tuple[float | None, float]"]
-"""{k: OperatingPoint} or {k: (predicted accuracy loss in points or None, examples/second)}."""
+def point_name(key: PointKey) -> str:
+    """A point's name as the server reports it: "k=2" for two students, else the key itself."""
+    return key if isinstance(key, str) else f"k={key}"
+
+
+PointTable = Mapping[PointKey, "OperatingPoint | tuple[float | None, float]"]
+"""{key: OperatingPoint} or {key: (predicted accuracy loss in points or None, examples/second)};
+an int key is a student count k, a str key a configuration's name."""
 
 
 def operating_points(table: PointTable) -> tuple[OperatingPoint, ...]:
     """The table as operating points, most accurate first, dominated points removed.
 
-    Order: lower predicted accuracy loss first; without losses (all None) more students first
-    (every prefix of the boosted sum is a model, and more students fit the teacher better). A
-    point that another beats on both accuracy and throughput is never worth choosing and is
-    dropped, so along the result accuracy falls and throughput rises."""
-    if not table:
-        raise ConfigError("the operating-point table is empty; give at least one k")
-    points = []
-    for k, v in table.items():
-        if isinstance(v, OperatingPoint):
-            if v.k != k:
-                raise ConfigError(f"operating point under key {k} says k={v.k}; make them agree")
-            points.append(v)
-        else:
-            try:
-                loss, eps = v
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"operating point k={k}: {v!r} is not (accuracy loss, examples/second)"
-                ) from None
-            points.append(OperatingPoint(k=k, examples_per_second=eps, accuracy_loss=loss))
+    Order: lower predicted accuracy loss first; without losses (all None, students only) more
+    students first (every prefix of the boosted sum is a model, and more students fit the
+    teacher better). A point that another beats on both accuracy and throughput is never worth
+    choosing and is dropped, so along the result accuracy falls and throughput rises."""
+    points = _as_points(table)
     known = [p.accuracy_loss is not None for p in points]
-    if any(known) and not all(known):
-        missing = [p.k for p in points if p.accuracy_loss is None]
-        raise ConfigError(f"accuracy loss missing for k={missing}; give it for every k or for none")
+    if not all(known):
+        if any(known):
+            missing = [p.name for p in points if p.accuracy_loss is None]
+            raise ConfigError(
+                f"accuracy loss missing for {', '.join(missing)}; give it for every point or "
+                "for none"
+            )
+        configs = [p.name for p in points if p.config is not None]
+        if configs:
+            raise ConfigError(
+                f"{', '.join(configs)}: a configuration is placed among the students by its "
+                "accuracy loss; give every point's loss (measured on the dev set or predicted)"
+            )
 
     if all(known):
         ordered = sorted(points, key=lambda p: (p.accuracy_loss, -p.examples_per_second))
     else:
-        ordered = sorted(points, key=lambda p: -p.k)
+        ordered = sorted(points, key=lambda p: -(p.k or 0))
     kept: list[OperatingPoint] = []
     for p in ordered:  # a later point is no more accurate: keep it only if it is faster
         if not kept or p.examples_per_second > kept[-1].examples_per_second:
             kept.append(p)
     return tuple(kept)
+
+
+def _as_points(table: PointTable) -> list[OperatingPoint]:
+    """The table's entries as checked operating points, in the table's order."""
+    if not table:
+        raise ConfigError("the operating-point table is empty; give at least one point")
+    points = []
+    for key, v in table.items():
+        if isinstance(v, OperatingPoint):
+            if v.key != key:
+                raise ConfigError(f"operating point under key {key!r} is {v.name}; make them agree")
+            points.append(v)
+            continue
+        try:
+            loss, eps = v
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"operating point {key!r}: {v!r} is not (accuracy loss, examples/second)"
+            ) from None
+        if isinstance(key, str):
+            points.append(OperatingPoint(None, eps, loss, config=key))
+        else:
+            points.append(OperatingPoint(k=key, examples_per_second=eps, accuracy_loss=loss))
+    return points
+
+
+def within_budget(points: PointTable, budget: float) -> dict[PointKey, OperatingPoint]:
+    """The points whose accuracy loss is at most `budget` points (every loss must be known)."""
+    _number("accuracy budget", budget, lambda v: v >= 0, "a number of points >= 0")
+    table = {p.key: p for p in _as_points(points)}
+    unknown = [p.name for p in table.values() if p.accuracy_loss is None]
+    if unknown:
+        raise ConfigError(
+            f"an accuracy budget needs every point's accuracy loss; {', '.join(unknown)} has none"
+        )
+    kept = {key: p for key, p in table.items() if (p.accuracy_loss or 0.0) <= budget}
+    if not kept:
+        best = min(table.values(), key=lambda p: p.accuracy_loss or 0.0)
+        raise ConfigError(
+            f"no operating point is within the budget of {budget:g} points (the most accurate, "
+            f"{best.name}, loses {best.accuracy_loss:.2f}); raise the budget"
+        )
+    return kept
 
 
 @dataclass(frozen=True)
@@ -124,59 +197,70 @@ class Observation:
 
 
 @dataclass(frozen=True)
-class KChange:
-    """One change of the active students at time `t` (the caller's clock)."""
+class PointChange:
+    """One change of the serving point at time `t` (the caller's clock), by key."""
 
     t: float
-    from_k: int
-    to_k: int
+    from_key: PointKey
+    to_key: PointKey
     reason: str
 
     def to_dict(self) -> dict[str, float | int | str]:
-        return {"t": self.t, "from": self.from_k, "to": self.to_k, "reason": self.reason}
+        return {"t": self.t, "from": self.from_key, "to": self.to_key, "reason": self.reason}
 
 
-class KPolicy(Protocol):
-    """What the batcher needs from a policy: the current k, a decision per observation, the
-    recent changes (oldest first, at most `MAX_CHANGES_KEPT`), their total count and a JSON-able
-    description."""
+class ServingPolicy(Protocol):
+    """What the batcher needs from a policy: the current point's key, every key it may choose,
+    a decision per observation, the recent changes (oldest first, at most `MAX_CHANGES_KEPT`),
+    their total count and a JSON-able description."""
 
     mode: str
-    changes: deque[KChange]
+    changes: deque[PointChange]
     change_count: int
 
     @property
-    def k(self) -> int: ...
+    def current(self) -> PointKey: ...
 
-    def observe(self, obs: Observation, now: float) -> int: ...
+    @property
+    def keys(self) -> tuple[PointKey, ...]: ...
+
+    def observe(self, obs: Observation, now: float) -> PointKey: ...
 
     def describe(self) -> dict: ...
 
 
 class FixedPolicy:
-    """Always `k` students (the baseline of the burst comparison)."""
+    """Always the same point: `key` students, or the configuration named `key` (the baseline
+    of the burst comparison)."""
 
     mode = "fixed"
 
-    def __init__(self, k: int, *, points: PointTable | None = None):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"fixed k ({k!r}) must be a positive integer")
-        self._k = k
+    def __init__(self, key: PointKey, *, points: PointTable | None = None):
+        if isinstance(key, str):
+            if not key.strip():
+                raise ConfigError("the fixed configuration's name is empty; name one")
+        elif isinstance(key, bool) or not isinstance(key, int) or key < 1:
+            raise ConfigError(f"fixed k ({key!r}) must be a positive integer")
+        self._key: PointKey = key
         self._points = operating_points(points) if points else ()
-        self.changes: deque[KChange] = deque(maxlen=MAX_CHANGES_KEPT)
+        self.changes: deque[PointChange] = deque(maxlen=MAX_CHANGES_KEPT)
         self.change_count = 0
 
     @property
-    def k(self) -> int:
-        return self._k
+    def current(self) -> PointKey:
+        return self._key
 
-    def observe(self, obs: Observation, now: float) -> int:
-        return self._k
+    @property
+    def keys(self) -> tuple[PointKey, ...]:
+        return (self._key,)
+
+    def observe(self, obs: Observation, now: float) -> PointKey:
+        return self._key
 
     def describe(self) -> dict:
         return {
             "mode": self.mode,
-            "k": self._k,
+            "serving": self._key,
             "operating_points": [p.to_dict() for p in self._points],
         }
 
@@ -206,8 +290,8 @@ class PolicyConfig:
 
 
 class AdaptivePolicy:
-    """Lowers the active students when the queue's delay exceeds the objective, restores them
-    when the load has stayed low (see the module docstring for the rules)."""
+    """Steps down the table (fewer students, more multiplexing) when the queue's delay exceeds
+    the objective, back up when the load has stayed low (see the module docstring)."""
 
     mode = "adaptive"
 
@@ -216,27 +300,31 @@ class AdaptivePolicy:
         points: PointTable,
         config: PolicyConfig | None = None,
         *,
-        start_k: int | None = None,
+        start: PointKey | None = None,
     ):
         self.points = operating_points(points)
         self.config = config or PolicyConfig()
         self.slo_s = self.config.slo_ms / 1000.0
-        ks = [p.k for p in self.points]
-        if start_k is None:
+        keys = [p.key for p in self.points]
+        if start is None:
             self._i = 0
-        elif start_k in ks:
-            self._i = ks.index(start_k)
+        elif start in keys:
+            self._i = keys.index(start)
         else:
-            raise ConfigError(f"start k ({start_k!r}) must be one of the operating points {ks}")
+            raise ConfigError(f"start point ({start!r}) must be one of the operating points {keys}")
         self._scale = 1.0  # measured / predicted rate, smoothed
         self._quiet_since: float | None = None
         self._last_change = -math.inf
-        self.changes: deque[KChange] = deque(maxlen=MAX_CHANGES_KEPT)
+        self.changes: deque[PointChange] = deque(maxlen=MAX_CHANGES_KEPT)
         self.change_count = 0
 
     @property
-    def k(self) -> int:
-        return self.points[self._i].k
+    def current(self) -> PointKey:
+        return self.points[self._i].key
+
+    @property
+    def keys(self) -> tuple[PointKey, ...]:
+        return tuple(p.key for p in self.points)
 
     @property
     def rate_scale(self) -> float:
@@ -254,8 +342,8 @@ class AdaptivePolicy:
         spare = self.rate(i) - (arrival_rate or 0.0)
         return queue_length / spare if spare > 0 else math.inf
 
-    def observe(self, obs: Observation, now: float) -> int:
-        """Update with one observation at time `now` (seconds); returns the k to run."""
+    def observe(self, obs: Observation, now: float) -> PointKey:
+        """Update with one observation at time `now` (seconds); returns the point to run."""
         if obs.service_rate is not None and obs.service_rate > 0:
             ratio = obs.service_rate / self.points[self._i].examples_per_second
             a = self.config.rate_smoothing
@@ -272,20 +360,20 @@ class AdaptivePolicy:
                 self._change(
                     now,
                     target,
-                    f"queue of {q} examples needs {_ms(delay)} at k={self.k} "
+                    f"queue of {q} examples needs {_ms(delay)} at {self.points[self._i].name} "
                     f"(objective {_ms(self.slo_s)})",
                 )
-            return self.k
+            return self.current
         if self._i == 0 or not self._is_quiet(obs):
             self._quiet_since = None
-            return self.k
+            return self.current
         if self._quiet_since is None:
             self._quiet_since = now
         hold = self.config.hold_s
         if now - self._quiet_since >= hold and now - self._last_change >= hold:
             self._change(now, self._i - 1, f"load low for {now - self._quiet_since:.1f} s")
             self._quiet_since = now  # the next step up waits a hold period of its own
-        return self.k
+        return self.current
 
     def _is_quiet(self, obs: Observation) -> bool:
         up = self._i - 1
@@ -298,7 +386,7 @@ class AdaptivePolicy:
         )
 
     def _change(self, now: float, i: int, reason: str) -> None:
-        self.changes.append(KChange(now, self.k, self.points[i].k, reason))
+        self.changes.append(PointChange(now, self.current, self.points[i].key, reason))
         self.change_count += 1
         self._i = i
         self._last_change = now
@@ -306,7 +394,7 @@ class AdaptivePolicy:
     def describe(self) -> dict:
         return {
             "mode": self.mode,
-            "k": self.k,
+            "serving": self.current,
             **asdict(self.config),
             "rate_scale": self._scale,
             "operating_points": [p.to_dict() for p in self.points],

@@ -1,85 +1,115 @@
 """The default operating-point table: measured at start-up on the serving device.
 
-Throughput per k is timed for the server's whole batch step (tokenise + one ensemble call) at
-its max batch, on real texts, k = 1..K side by side (`time_interleaved`), so the table reflects
-the machine the server runs on. Accuracy loss per k, when wanted, comes from the dev set
-(`student_accuracy_losses`) or from the meta-model's predictions (`meta_accuracy_losses`).
+Throughput per point (k = 1..K students, and each served model such as a multiplexed
+configuration) is timed for the server's whole batch step (tokenise + one model call) at its max
+batch, on real texts, all points side by side (`time_interleaved`), so the table reflects the
+machine the server runs on. Accuracy loss per point, when wanted, comes from the dev set
+(`student_accuracy_losses`, `model_accuracy_losses`) or from the meta-model's predictions
+(`meta_accuracy_losses`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import partial
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import nn
 
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig, time_interleaved
-from autoprumux.models import StudentEnsemble
+from autoprumux.models import AnyModel, StudentEnsemble
 from autoprumux.student_server._batcher import Text, tokenize
-from autoprumux.student_server._policy import OperatingPoint
+from autoprumux.student_server._policy import OperatingPoint, PointKey, point_name
 
 if TYPE_CHECKING:
+    from autoprumux.config import Candidate
     from autoprumux.meta import Recommender
     from autoprumux.pipeline import PruMuxPipeline
 
 
 def profile_operating_points(
-    ensemble: StudentEnsemble,
+    ensemble: StudentEnsemble | None,
     tokenizer,
     texts: Sequence[Text],
     *,
     max_batch: int,
     max_seq_len: int,
+    models: Mapping[str, nn.Module] | None = None,
     device: str = "cpu",
     repeats: int = 5,
     warmup: int = 2,
-    accuracy_loss: Mapping[int, float] | None = None,
-) -> dict[int, OperatingPoint]:
-    """{k: OperatingPoint} for k = 1..K: examples/second of a full batch of `texts` (cycled to
-    `max_batch`), with `accuracy_loss[k]` (points) when given."""
+    accuracy_loss: Mapping[PointKey, float] | None = None,
+) -> dict[PointKey, OperatingPoint]:
+    """{key: OperatingPoint} for k = 1..K students and each named model: examples/second of a
+    full batch of `texts` (cycled to `max_batch`), with `accuracy_loss[key]` (points) when
+    given."""
     if not texts:
         raise ConfigError("profiling needs at least one text")
-    if accuracy_loss is not None and set(accuracy_loss) != set(range(1, ensemble.k + 1)):
+    models = dict(models or {})
+    keys: list[PointKey] = [*range(1, (ensemble.k if ensemble else 0) + 1), *models]
+    if not keys:
+        raise ConfigError("nothing to profile: give a student ensemble or at least one model")
+    if accuracy_loss is not None and set(accuracy_loss) != set(keys):
+        missing = [point_name(k) for k in keys if k not in accuracy_loss]
+        extra = [point_name(k) for k in accuracy_loss if k not in keys]
         raise ConfigError(
-            f"accuracy loss is given for k={sorted(accuracy_loss)}; give it for every k in "
-            f"1..{ensemble.k}"
+            f"accuracy loss must be given for every served point; missing: {missing or 'none'}, "
+            f"not served: {extra or 'none'}"
         )
     batch = [texts[i % len(texts)] for i in range(max_batch)]
     dev = torch.device(device)
-    ensemble.to(dev).eval()
+    if ensemble is not None:
+        ensemble.to(dev).eval()
+    for m in models.values():
+        m.to(dev).eval()
 
-    def step(k: int) -> torch.Tensor:
-        b = tokenize(batch, tokenizer, max_seq_len)
-        return ensemble(
-            b["input_ids"].to(dev),
-            b["attention_mask"].to(dev),
-            b["token_type_ids"].to(dev),
-            active=k,
-        )
+    def step(key: PointKey) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            b = tokenize(batch, tokenizer, max_seq_len)
+            ids, mask, types = (
+                b[n].to(dev) for n in ("input_ids", "attention_mask", "token_type_ids")
+            )
+            if isinstance(key, str):
+                return models[key](ids, mask, types)
+            assert ensemble is not None
+            return ensemble(ids, mask, types, active=key)
 
-    ks = range(1, ensemble.k + 1)
+        return run
+
     cfg = ThroughputConfig(
         batch_size=max_batch, seq_len=max_seq_len, warmup=warmup, repeats=repeats, device=device
     )
-    timed = time_interleaved({str(k): (partial(step, k), max_batch) for k in ks}, cfg=cfg)
+    timed = time_interleaved({point_name(k): (step(k), max_batch) for k in keys}, cfg=cfg)
     return {
-        k: OperatingPoint(
-            k=k,
-            examples_per_second=timed[str(k)].examples_per_second,
-            accuracy_loss=None if accuracy_loss is None else float(accuracy_loss[k]),
+        key: OperatingPoint(
+            k=None if isinstance(key, str) else key,
+            config=key if isinstance(key, str) else None,
+            examples_per_second=timed[point_name(key)].examples_per_second,
+            accuracy_loss=None if accuracy_loss is None else float(accuracy_loss[key]),
         )
-        for k in ks
+        for key in keys
     }
 
 
-def student_accuracy_losses(pipe: PruMuxPipeline, ensemble: StudentEnsemble) -> dict[int, float]:
+def model_accuracy_losses(
+    pipe: PruMuxPipeline, models: Mapping[str, nn.Module]
+) -> dict[PointKey, float]:
+    """{name: baseline dev metric - the model's dev metric}, in points."""
+    base = pipe.baseline_metrics()["metric"]
+    return {
+        name: base - pipe.dev_metrics(cast(AnyModel, m))["metric"] for name, m in models.items()
+    }
+
+
+def student_accuracy_losses(
+    pipe: PruMuxPipeline, ensemble: StudentEnsemble
+) -> dict[PointKey, float]:
     """{k: baseline dev metric - dev metric of the first k students}, in points."""
     base = pipe.baseline_metrics()["metric"]
     keep = ensemble.active_students
     try:
-        out = {}
+        out: dict[PointKey, float] = {}
         for k in range(1, ensemble.k + 1):
             ensemble.active_students = k
             out[k] = base - pipe.dev_metrics(ensemble)["metric"]
@@ -94,17 +124,20 @@ def meta_accuracy_losses(
     k: int,
     depth: int,
     task: str,
+    configs: Mapping[str, Candidate] | None = None,
     model: str | None = None,
     device: str | None = None,
     pessimistic: bool = True,
-) -> dict[int, float]:
-    """{k: the meta-model's accuracy loss for k students of `depth`} for k = 1..K, in the
-    context of the study on `task` (the top of the interval when `pessimistic`)."""
+) -> dict[PointKey, float]:
+    """{k: the meta-model's accuracy loss for k students of `depth`} for k = 1..K, and
+    {name: its loss} for each of `configs`, in the context of the study on `task` (the top of
+    the interval when `pessimistic`)."""
     from autoprumux.config import Candidate
 
-    configs = [
+    keys: list[PointKey] = [*range(1, k + 1), *(configs or {})]
+    candidates = [
         Candidate(technique="students", students=j, student_depth=depth) for j in range(1, k + 1)
-    ]
-    med, _, hi = recommender.predict(configs, task, model=model, device=device)
+    ] + list((configs or {}).values())
+    med, _, hi = recommender.predict(candidates, task, model=model, device=device)
     pick = hi if pessimistic else med
-    return {j: float(pick[j - 1, 0]) for j in range(1, k + 1)}
+    return {key: float(pick[i, 0]) for i, key in enumerate(keys)}
