@@ -36,9 +36,9 @@ MAX_MUX_LAYERS = 64  # an upper bound on any encoder's depth; the model's own is
 MAX_STUDENTS = 16
 STUDENT_DEPTHS = (1, 2, 3)
 SAMPLERS = ("tpe", "guided", "random", "grid")
-TRAINERS = ("standard", "l2l")
+TRAINERS = ("standard", "l2l", "auto")
 STASH_PLACES = ("device", "host")
-L2L_CLIP_MODES = ("global", "stage")
+L2L_CLIP_MODES = ("global", "stage", "previous")
 
 
 def validate_trainer(
@@ -48,7 +48,8 @@ def validate_trainer(
     if trainer not in TRAINERS:
         raise ConfigError(
             f"trainer ({trainer!r}) must be one of {list(TRAINERS)}; use 'l2l' for the "
-            "layer-to-layer trainer with constant device memory"
+            "layer-to-layer trainer with constant device memory, 'auto' for the standard loop "
+            "that retries with 'l2l' when the device runs out of memory"
         )
     if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
         raise ConfigError(
@@ -60,7 +61,7 @@ def validate_trainer(
             f"stash ({stash!r}) must be one of {list(STASH_PLACES)}; 'host' keeps device "
             "memory independent of depth, 'device' avoids the copies"
         )
-    if trainer == "l2l" and batch_size % micro_batches:
+    if trainer in ("l2l", "auto") and batch_size % micro_batches:
         raise ConfigError(
             f"batch size ({batch_size}) must be a multiple of the L2L micro-batch count "
             f"({micro_batches}); choose a divisor of {batch_size} or another batch size"
@@ -226,7 +227,8 @@ class Recipe:
     seed: int = 0
     # task fine-tunes and pruning recovery: "standard" loop or "l2l" (layer-to-layer relay:
     # model in host memory, one stage on the device at a time, batch_size / l2l_micro_batches
-    # examples per micro-batch, boundary activations stashed on the "device" or the "host")
+    # examples per micro-batch, boundary activations stashed on the "device" or the "host"), or
+    # "auto" (standard, trained again with l2l when the device runs out of memory)
     trainer: str = "standard"
     l2l_micro_batches: int = 4
     l2l_stash: str = "device"

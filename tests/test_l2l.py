@@ -210,27 +210,77 @@ def test_global_clipping_equals_the_standard_clip_and_stage_clipping_differs():
     assert max_diff(staged, ref) > 1e-5
 
 
-@pytest.mark.parametrize(("clip", "overlaps"), [(0.0, True), (1.0, False)])
-def test_host_steps_overlap_the_backward_unless_the_global_norm_is_clipped(clip, overlaps):
+@pytest.mark.parametrize(
+    ("clip", "mode", "overlaps"),
+    [(0.0, "global", True), (1.0, "global", False), (1.0, "stage", True), (1.0, "previous", True)],
+)
+def test_host_steps_overlap_the_backward_unless_the_global_norm_is_clipped(clip, mode, overlaps):
     model = make(1, 3)
     events: list[tuple[str, str]] = []
-    with L2LExecutor(model, l2l_cfg(grad_clip=clip)) as ex:
-        load, submit = ex._load, ex._pool.submit
+    with L2LExecutor(model, l2l_cfg(grad_clip=clip, l2l_clip=mode)) as ex:
+        ex.step(batch())  # "previous" clips its first step exactly (no overlap) to get a norm
+        prefetch, submit, run = ex._prefetch, ex._pool.submit, ex._run
 
-        def logged_load(stage, *, grads):
+        def logged_prefetch(stage, *, grads):
             events.append(("load" if grads else "forward", stage.name))
-            return load(stage, grads=grads)
+            return prefetch(stage, grads=grads)
 
         def logged_submit(fn, stage, *args):
             events.append(("step", stage.name))
             return submit(fn, stage, *args)
 
-        ex._load, ex._pool.submit = logged_load, logged_submit  # type: ignore[method-assign]
+        def logged_run(stage, *args):
+            events.append(("run", stage.name))
+            return run(stage, *args)
+
+        ex._prefetch, ex._pool.submit, ex._run = logged_prefetch, logged_submit, logged_run  # type: ignore[method-assign]
         ex.step(batch())
     head_step = events.index(("step", "head"))
     first_stage_backward = events.index(("load", "embeddings"))
     assert (head_step < first_stage_backward) is overlaps
     assert sum(e[0] == "step" for e in events) == 5  # one AdamW per stage
+    # each stage's parameters are on their way before the stage below it starts computing
+    assert events.index(("forward", "layer 0")) < events.index(("run", "embeddings"))
+    assert events.index(("load", "head")) < events.index(("run", "layer 2"))
+    runs = [i for i, e in enumerate(events) if e == ("run", "layer 0")]
+    assert events.index(("load", "embeddings")) < runs[-1]  # the backward's recomputation
+
+
+def test_previous_norm_clipping_equals_global_when_the_norm_stays_under_the_clip():
+    start = make(1, 2, 0.1)
+    batches = [batch(seed=i) for i in range(3)]
+    ref, prev = copy.deepcopy(start), copy.deepcopy(start)
+    torch.manual_seed(3)
+    relay(ref, l2l_cfg(grad_clip=1e6), batches)
+    torch.manual_seed(3)
+    relay(prev, l2l_cfg(grad_clip=1e6, l2l_clip="previous"), batches)
+    assert max_diff(prev, ref) < 1e-6
+
+
+def test_previous_norm_clipping_scales_by_the_last_steps_global_norm():
+    """Step 1 clips exactly; step 2 scales by grad_clip / (step 1's norm): the same update as
+    clipping step 2's gradient exactly when both norms are equal, so the result is close to the
+    exact clip, not equal, and the norm kept is the one the standard loop computes."""
+    start = make(1, 2, 0.0)
+    b = batch()
+    exact, prev = copy.deepcopy(start), copy.deepcopy(start)
+    cfg = l2l_cfg(grad_clip=1e-4)  # below both steps' norms (about 1e-3 and 5e-3)
+    with L2LExecutor(prev, l2l_cfg(grad_clip=1e-4, l2l_clip="previous")) as ex:
+        assert ex.previous_norm is None
+        ex.step(b)
+        first = ex.previous_norm
+        ex.step(b)
+        second = ex.previous_norm
+    with L2LExecutor(exact, cfg) as ex:
+        ex.step(b)
+        ex.step(b)
+    ref = copy.deepcopy(start).train()
+    logits = ref(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+    norm = torch.nn.utils.clip_grad_norm_([p for p in ref.parameters() if p.requires_grad], 1e9)
+    assert first == pytest.approx(float(norm), rel=1e-4)
+    assert second is not None and second != first
+    assert 0 < max_diff(prev, exact) < 1e-2
 
 
 # ---- host residency and the device ledger ---------------------------------------------------
@@ -238,17 +288,17 @@ def test_parameters_live_on_the_host_and_device_copies_are_freed():
     model = make(2, 2, 0.1, words=True)
     copies: list[weakref.ref] = []
     with L2LExecutor(model, l2l_cfg(retrieval_weight=0.1), special_ids=SPECIAL) as ex:
-        load = ex._load
+        prefetch = ex._prefetch
 
-        def tracked_load(stage, *, grads):
-            dev = load(stage, grads=grads)
-            for name, t in dev.items():  # a real copy, even with device == host
+        def tracked_prefetch(stage, *, grads):
+            pending = prefetch(stage, grads=grads)
+            for name, t in pending.tensors.items():  # a real copy, even with device == host
                 host = stage.tensors[name.removeprefix("model.")]
                 assert t.untyped_storage().data_ptr() != host.untyped_storage().data_ptr()
                 copies.append(weakref.ref(t))
-            return dev
+            return pending
 
-        ex._load = tracked_load  # type: ignore[method-assign]
+        ex._prefetch = tracked_prefetch  # type: ignore[method-assign]
         for _ in range(2):
             ex.step(batch())
             gc.collect()
@@ -257,6 +307,11 @@ def test_parameters_live_on_the_host_and_device_copies_are_freed():
         stats = ex.stats
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert stats.peak_bytes > 0 and stats.peak_by_kind["work"] > 0
+    # double buffering: the stage computing and the one arriving, never more
+    sizes = sorted(
+        sum(t.numel() * t.element_size() for t in st.tensors.values()) for st in ex.stages
+    )
+    assert sizes[-1] < stats.peak_by_kind["params"] <= sizes[-1] + sizes[-2]
     # the master parameters carry the AdamW state on the host
     opt = next(st.optimizer for st in ex.stages if st.optimizer is not None)
     assert all(s["exp_avg"].device.type == "cpu" for s in opt.state.values())
@@ -285,7 +340,7 @@ def test_peak_device_bytes_stay_flat_with_depth_while_the_standard_count_grows()
     [
         ({"trainer": "l2l", "batch_size": 8, "micro_batches": 3}, r"batch size \(8\).*\(3\)"),
         ({"micro_batches": 0}, r"micro_batches \(0\) must be a positive integer"),
-        ({"trainer": "l3l"}, r"trainer \('l3l'\) must be one of \['standard', 'l2l'\]"),
+        ({"trainer": "l3l"}, r"trainer \('l3l'\) must be one of \['standard', 'l2l', 'auto'\]"),
         ({"stash": "disk"}, r"stash \('disk'\) must be one of \['device', 'host'\]"),
         ({"l2l_clip": "layer"}, r"l2l_clip \('layer'\)"),
     ],
@@ -359,3 +414,46 @@ def test_l2l_fine_tune_on_real_sst2_matches_the_standard_loop():
     assert abs(acc["l2l"] - acc["standard"]) <= 1.0, acc
     assert float((preds["l2l"] == preds["standard"]).float().mean()) >= 0.98
     assert stats["l2l"]["peak_device_bytes"] > 0 and "peak_device_bytes" not in stats["standard"]
+
+
+# ---- trainer="auto": the standard loop, L2L when the device runs out of memory --------------
+def _train(model, trainer: str, *, oom_once: bool = False) -> dict:
+    from autoprumux.data import Encoded
+    from autoprumux.training import train_classifier
+
+    items = [Encoded([2, 5 + i % 50, 7, 3], [0, 0, 0, 0], i % 2) for i in range(32)]
+    cfg = l2l_cfg(trainer=trainer, steps=2)
+    handle = None
+    if oom_once:
+        calls = {"n": 0}
+
+        def hook(module, args):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                with torch.no_grad():  # half-way through, as a real OOM would leave it
+                    for p in module.parameters():
+                        p.add_(1.0)
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        handle = model.encoder.layers[0].register_forward_pre_hook(hook)
+    try:
+        return train_classifier(model, items, cfg)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def test_auto_trainer_retries_with_l2l_after_an_out_of_memory_error(caplog):
+    start = make(1, 2)
+    fell_back, l2l, standard = (copy.deepcopy(start) for _ in range(3))
+    stats = _train(fell_back, "auto", oom_once=True)
+    assert stats["l2l_fallback"] == 1.0 and stats["peak_device_bytes"] > 0
+    assert "training again with L2L" in caplog.text
+    _train(l2l, "l2l")
+    assert max_diff(fell_back, l2l) < 1e-6  # started again from the untouched weights
+    assert max_diff(fell_back, start) > 1e-4
+    stats = _train(standard, "auto")  # no error: the standard loop's result
+    assert stats["l2l_fallback"] == 0.0
+    reference = copy.deepcopy(start)
+    _train(reference, "standard")
+    assert max_diff(standard, reference) < 1e-6

@@ -52,7 +52,12 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--student-stacking-steps", int, "joint stacking-distillation steps of all students"),
     ("--student-lr", float, "learning rate of the student boosting steps"),
     ("--seed", int, "seed of sampling, initialisation and data order"),
-    ("--trainer", str, "fine-tune loop: 'standard' or 'l2l' (layer-to-layer, constant memory)"),
+    (
+        "--trainer",
+        str,
+        "fine-tune loop: 'standard', 'l2l' (layer-to-layer, constant memory) or 'auto' "
+        "(standard, retried with l2l when the device runs out of memory)",
+    ),
     ("--l2l-micro-batches", int, "L2L micro-batches per batch (must divide --batch-size)"),
     ("--l2l-stash", str, "L2L boundary activations kept on the 'device' or the 'host'"),
 ]

@@ -212,7 +212,7 @@ class PruMuxPipeline:
         """The baseline's logits for every training item, computed once and cached beside it,
         so a distilling step does not run the baseline (None when the recipe does not distil, or
         trains with L2L, whose executor runs the teacher itself)."""
-        if not self.recipe.distill_weight or self.recipe.trainer != "standard":
+        if not self.recipe.distill_weight or self.recipe.trainer == "l2l":
             return None
         if self._teacher_logits is None:
 

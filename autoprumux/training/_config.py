@@ -42,7 +42,10 @@ class TrainConfig:
     stash: str = "device"
     # L2L only, with grad_clip > 0: "global" clips the global norm exactly like the standard
     # loop (the host optimizer steps then wait for the whole backward); "stage" clips each
-    # stage's gradient to grad_clip on its own, so its step overlaps the backward below it
+    # stage's gradient to grad_clip on its own; "previous" scales every gradient by
+    # grad_clip / (the previous step's global norm) when that norm is over grad_clip (the first
+    # step clips exactly). With "stage" and "previous" each stage's step overlaps the backward
+    # below it
     l2l_clip: str = "global"
 
     @classmethod
@@ -85,7 +88,8 @@ class TrainConfig:
         if self.l2l_clip not in L2L_CLIP_MODES:
             raise ConfigError(
                 f"l2l_clip ({self.l2l_clip!r}) must be one of {list(L2L_CLIP_MODES)}; 'global' "
-                "clips exactly like the standard loop, 'stage' clips each stage on its own"
+                "clips exactly like the standard loop, 'stage' clips each stage on its own, "
+                "'previous' with the previous step's global norm"
             )
 
 

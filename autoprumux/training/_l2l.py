@@ -37,22 +37,32 @@ Frozen parameters (``requires_grad`` False) are copied to the device but get no 
 optimizer state and no step. One AdamW per stage, with the standard loop's groups (no weight
 decay for biases and LayerNorms) and LR schedule, equals one AdamW over all parameters.
 
+Overlap. While a stage computes, the next stage's parameters are already being copied to the
+device (`DeviceCopies.prefetch`: on CUDA a side stream copying from pinned host memory; the
+compute stream waits for it only when the stage starts), so the device holds at most two
+stages' working copies. The gradients go back to pinned host buffers without blocking the
+host, and each stage's AdamW step runs in a worker thread, once its gradient copies have
+landed, while the device computes the stages below.
+
 Gradient clipping (``TrainConfig.grad_clip > 0``): the standard loop clips the global norm,
 which needs every gradient before any step. ``l2l_clip="global"`` (the default) does exactly
 that: the host steps wait until the whole backward relay is done, then the global norm is
 clipped (with the same ``clip_grad_norm_``) and the stages step, without the overlap.
 ``l2l_clip="stage"`` clips each stage's own gradient norm to ``grad_clip`` (a weaker bound: the
-global norm can reach grad_clip * sqrt(stages)) and keeps the overlap. With ``grad_clip=0``
-nothing is clipped and the steps always overlap.
+global norm can reach grad_clip * sqrt(stages)) and keeps the overlap. ``l2l_clip="previous"``
+keeps the overlap and the global bound's scale: every stage's gradient is multiplied by
+``min(1, grad_clip / n)``, where n is the previous step's global norm (each host step adds its
+stage's squared norm; the first step clips exactly, as "global"). It equals "global" whenever
+neither step's norm is over ``grad_clip``. With ``grad_clip=0`` nothing is clipped and the steps
+always overlap.
 
 What the executor holds on the device is counted by a `DeviceLedger` (`_l2l_memory`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -69,13 +79,12 @@ from autoprumux.training._l2l_memory import (
     DeviceCopies,
     DeviceLedger,
     L2LStats,
+    Prefetch,
     SavedBytes,
     tensor_nbytes,
 )
+from autoprumux.training._l2l_rng import MicroBatchStreams, RngState
 from autoprumux.training._losses import classifier_loss
-
-# CPU generator state, and the CUDA generator state when the device is CUDA
-_RngState = tuple[torch.Tensor, torch.Tensor | None]
 
 
 @dataclass
@@ -178,6 +187,7 @@ class L2LExecutor:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.special_ids = tuple(special_ids)
         self.ledger = DeviceLedger()
+        self._rng = MicroBatchStreams(self.device)
         self._copies = DeviceCopies(self.ledger, self.device, cfg.stash)
         self._use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
         self._use_hidden = cfg.hidden_distill_weight > 0
@@ -205,6 +215,9 @@ class L2LExecutor:
         # the teacher's outputs for the micro-batch the head is computing (device tensors)
         self._teacher_now: tuple[torch.Tensor, ...] = ()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2l-optim")
+        # l2l_clip="previous": the last step's global gradient norm, and this step's per stage
+        self.previous_norm: float | None = None
+        self._squared_norms: list[float] = []
 
     # ---- set-up ----------------------------------------------------------------------------
     def _to_host(self, model: MuxSequenceClassifier) -> MuxSequenceClassifier:
@@ -320,31 +333,10 @@ class L2LExecutor:
         )
 
     # ---- device residency ------------------------------------------------------------------
-    def _load(self, stage: _Stage, *, grads: bool) -> dict[str, torch.Tensor]:
-        """Device working copies of the stage's parameters and buffers (keys for the runner)."""
-        return self._copies.load(stage.tensors, grads=grads, prefix="model.")
-
-    # ---- randomness ------------------------------------------------------------------------
-    def _rng_state(self) -> _RngState:
-        cuda = torch.cuda.get_rng_state(self.device) if self._cuda else None
-        return torch.get_rng_state(), cuda
-
-    def _stream(self, seed: int) -> _RngState:
-        """The state of a fresh stream seeded with `seed` (what `torch.manual_seed` gives)."""
-        cpu = torch.Generator().manual_seed(seed).get_state()
-        cuda = None
-        if self._cuda:
-            cuda = torch.Generator(device=self.device).manual_seed(seed).get_state()
-        return cpu, cuda
-
-    @contextmanager
-    def _rng(self, state: _RngState) -> Iterator[None]:
-        """Run under `state` (one micro-batch's stream); the global RNG is restored after."""
-        with torch.random.fork_rng(devices=[self.device] if self._cuda else []):
-            torch.set_rng_state(state[0])
-            if state[1] is not None:
-                torch.cuda.set_rng_state(state[1], self.device)
-            yield
+    def _prefetch(self, stage: _Stage, *, grads: bool) -> Prefetch:
+        """Start the device working copies of the stage's parameters and buffers (keys for the
+        runner); `DeviceCopies.ready` hands them over when the stage starts."""
+        return self._copies.prefetch(stage.tensors, grads=grads, prefix="model.")
 
     # ---- the relay -------------------------------------------------------------------------
     def _run(
@@ -360,8 +352,12 @@ class L2LExecutor:
     def _teacher_outputs(self, inputs: list[_Inputs]) -> list[tuple[torch.Tensor, ...]]:
         """Forward-only relay of the teacher (no grad): its logits (and states) per micro-batch."""
         kept: list[Any] = [None] * len(inputs)
-        for s, stage in enumerate(self.teacher_stages):
-            dev = self._load(stage, grads=False)
+        stages = self.teacher_stages
+        nxt = self._prefetch(stages[0], grads=False)
+        for s, stage in enumerate(stages):
+            dev = self._copies.ready(nxt)
+            if s + 1 < len(stages):
+                nxt = self._prefetch(stages[s + 1], grads=False)
             for m, inp in enumerate(inputs):
                 x = self._copies.unstash(kept[m]) if s else None
                 with torch.no_grad():
@@ -391,15 +387,22 @@ class L2LExecutor:
                 buf.copy_(g, non_blocking=True)
                 done.add(name)
 
-    def _host_step(self, stage: _Stage, ready: torch.cuda.Event | None, clip: bool) -> None:
-        """The stage's AdamW step on the host (runs in the worker thread)."""
+    def _host_step(self, stage: _Stage, ready: torch.cuda.Event | None, clip: str | None) -> None:
+        """The stage's AdamW step on the host (runs in the worker thread); `clip`: None (no
+        clipping, or already clipped), "stage" or "previous" (see the module docstring)."""
         assert stage.optimizer is not None and stage.scheduler is not None
         if ready is not None:
             ready.synchronize()  # the gradient copies from the device have landed
-        if clip:
-            torch.nn.utils.clip_grad_norm_(
-                [stage.tensors[n] for n in stage.owned], self.cfg.grad_clip
-            )
+        params = [stage.tensors[n] for n in stage.owned]
+        if clip == "stage":
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        elif clip == "previous":
+            grads = [p.grad for p in params if p.grad is not None]
+            self._squared_norms.append(float(sum(g.pow(2).sum() for g in grads)))
+            assert self.previous_norm is not None
+            scale = self.cfg.grad_clip / (self.previous_norm + 1e-6)
+            if scale < 1.0:
+                torch._foreach_mul_(grads, scale)
         stage.optimizer.step()
         stage.scheduler.step()
 
@@ -437,66 +440,93 @@ class L2LExecutor:
         for p in self._trainable:
             p.grad = None
         pending: list[Future[None]] = []
+        clip = self._clip_mode()
+        self._squared_norms = []
         try:
-            loss = self._relay(inputs, [self._stream(s) for s in seeds], teacher_out, pending)
-            if cfg.grad_clip > 0 and cfg.l2l_clip == "global":
+            loss = self._relay(
+                inputs, [self._rng.seeded(s) for s in seeds], teacher_out, pending, clip
+            )
+            if clip == "global":
                 # nothing has stepped yet and every gradient is on the host: clip the global norm
                 if self._cuda:
                     torch.cuda.synchronize(self.device)
-                torch.nn.utils.clip_grad_norm_(self._trainable, cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(self._trainable, cfg.grad_clip)
+                self._squared_norms = [float(norm) ** 2]
                 pending += [
-                    self._pool.submit(self._host_step, st, None, False)
+                    self._pool.submit(self._host_step, st, None, None)
                     for st in self.stages
                     if st.optimizer is not None
                 ]
         finally:
             for f in pending:
                 f.result()
+        if cfg.grad_clip > 0 and cfg.l2l_clip == "previous":
+            self.previous_norm = sum(self._squared_norms) ** 0.5
         self.ledger.sub("inputs", held)
         return loss
+
+    def _clip_mode(self) -> str | None:
+        """How this step clips: "global" (after the whole backward), "stage" or "previous" (in
+        each stage's overlapped host step), or None."""
+        cfg = self.cfg
+        if cfg.grad_clip <= 0:
+            return None
+        if cfg.l2l_clip == "previous" and self.previous_norm is None:
+            return "global"  # the first step has no previous norm: clip it exactly
+        return cfg.l2l_clip
 
     def _relay(
         self,
         inputs: list[_Inputs],
-        streams: list[_RngState],
+        streams: list[RngState],
         teacher_out: list[tuple[torch.Tensor, ...]],
         pending: list[Future[None]],
+        clip: str | None,
     ) -> float:
-        """Forward then backward relay over the stages; submits the host steps to `pending`.
+        """Forward then backward relay over the stages; submits the host steps to `pending`
+        (all of them after the relay instead when `clip` is "global").
 
         streams[m]: the RNG state micro-batch m starts from; teacher_out[m]: the teacher's
         stashed outputs for it (empty without a teacher)."""
-        cfg, stages, mb = self.cfg, self.stages, len(inputs)
+        stages, mb = self.stages, len(inputs)
         last = len(stages) - 1
         # kept[s][m]: the input of stage s for micro-batch m (s >= 1); rng[s][m]: its RNG state
         kept: list[list[Any]] = [[None] * mb for _ in stages]
-        rng: list[list[_RngState]] = [list(streams)] + [[] for _ in range(last)]
+        rng: list[list[RngState]] = [list(streams)] + [[] for _ in range(last)]
+        nxt = self._prefetch(stages[0], grads=False)
         for s in range(last):
-            dev = self._load(stages[s], grads=False)
+            dev = self._copies.ready(nxt)
+            # the next stage arrives while this one computes (the head comes with gradients:
+            # it starts the backward relay)
+            nxt = self._prefetch(stages[s + 1], grads=s + 1 == last)
             for m, inp in enumerate(inputs):
                 x = self._copies.unstash(kept[s][m]) if s else None
-                with torch.no_grad(), self._rng(rng[s][m]):
+                with torch.no_grad(), self._rng.using(rng[s][m]):
                     out = self._run(stages[s], dev, inp, x, m)
-                    rng[s + 1].append(self._rng_state())
+                    rng[s + 1].append(self._rng.current())
                 if x is not None:
                     self._copies.done(kept[s][m], x, last=False)
                 kept[s + 1][m] = self._copies.stash(out)
                 del out
             self._copies.unload(dev)
 
-        overlap = cfg.grad_clip == 0 or cfg.l2l_clip == "stage"
         grads_in: list[Any] = [None] * mb  # gradient w.r.t. the output of the current stage
         done: set[str] = set()
         total = 0.0
         for s in range(last, -1, -1):
             stage = stages[s]
-            dev = self._load(stage, grads=True)
+            dev = self._copies.ready(nxt)
+            if s:
+                nxt = self._prefetch(stages[s - 1], grads=True)
             for m, inp in enumerate(inputs):
                 x = self._copies.unstash(kept[s][m]).detach().requires_grad_() if s else None
                 if s == last and teacher_out:
                     self._teacher_now = tuple(self._copies.unstash(t) for t in teacher_out[m])
                 counted = [*dev.values(), *inp.tensors(), *([x] if x is not None else [])]
-                with self._rng(rng[s][m]), SavedBytes(self.ledger, counted, self._host_ptrs) as sb:
+                with (
+                    self._rng.using(rng[s][m]),
+                    SavedBytes(self.ledger, counted, self._host_ptrs) as sb,
+                ):
                     out = self._run(stage, dev, inp, x, m)
                 if x is not None:  # x.grad appears during the backward
                     self.ledger.add("work", tensor_nbytes(x))
@@ -531,8 +561,8 @@ class L2LExecutor:
             for name in stage.owned:  # complete: every stage using it is done
                 if name in done:
                     stage.tensors[name].grad = self._grad_buffers[name]
-            if overlap and stage.optimizer is not None:
-                pending.append(self._pool.submit(self._host_step, stage, ready, cfg.grad_clip > 0))
+            if clip != "global" and stage.optimizer is not None:
+                pending.append(self._pool.submit(self._host_step, stage, ready, clip))
         return total / mb
 
     # ---- public ----------------------------------------------------------------------------

@@ -111,16 +111,54 @@ class SavedBytes:
         self.bytes = 0
 
 
+@dataclass
+class Prefetch:
+    """A stage's working copy whose host-to-device copies may still be in flight (on CUDA, on
+    the copy stream until `event`); `DeviceCopies.ready` hands it to the compute stream."""
+
+    tensors: dict[str, torch.Tensor]
+    event: torch.cuda.Event | None = None
+
+
 class DeviceCopies:
     """The executor's device copies besides the micro-batches, each counted in `ledger`: a loaded
     stage's working copy, and the boundary tensors kept between stages, on the device or (with
-    ``stash="host"``) in host memory (pinned on CUDA)."""
+    ``stash="host"``) in host memory (pinned on CUDA).
+
+    `prefetch` starts loading the next stage while the current one computes: on CUDA its copies
+    are issued on a side stream (from pinned host memory, so they do not wait for the host), and
+    `ready` makes the compute stream wait for them and marks the tensors as used by it (so the
+    caching allocator does not hand their memory to the copy stream before the compute is done).
+    On the CPU the copies are made at once. At most two stages' working copies are held: the one
+    computing and the one arriving."""
 
     def __init__(self, ledger: DeviceLedger, device: torch.device, stash: str):
         self.ledger = ledger
         self.device = device
         self.on_device = stash == "device"
         self._cuda = device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(device) if self._cuda else None
+
+    def prefetch(
+        self, tensors: Mapping[str, torch.Tensor], *, grads: bool, prefix: str = ""
+    ) -> Prefetch:
+        """Start the device copies of `tensors` (see `load`); `ready` waits for them."""
+        if self._copy_stream is None:
+            return Prefetch(self.load(tensors, grads=grads, prefix=prefix))
+        with torch.cuda.stream(self._copy_stream):
+            dev = self.load(tensors, grads=grads, prefix=prefix)
+            event = torch.cuda.Event()
+            event.record(self._copy_stream)
+        return Prefetch(dev, event)
+
+    def ready(self, pending: Prefetch) -> dict[str, torch.Tensor]:
+        """The prefetched working copy, safe to compute with on the current stream."""
+        if pending.event is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(pending.event)
+            for t in pending.tensors.values():
+                t.record_stream(stream)
+        return pending.tensors
 
     def load(
         self, tensors: Mapping[str, torch.Tensor], *, grads: bool, prefix: str = ""

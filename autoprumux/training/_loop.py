@@ -4,8 +4,11 @@ and `predict`."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -16,6 +19,8 @@ from autoprumux.models import MuxSequenceClassifier
 from autoprumux.training._config import TrainConfig, make_optimizer, optimizer_step
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._losses import classifier_loss, target_batches
+
+log = logging.getLogger("autoprumux")
 
 
 def train_classifier(
@@ -53,6 +58,18 @@ def train_classifier(
         )
     if cfg.layer_distill_weight > 0 and (model.n > 1 or (teacher is not None and teacher.n > 1)):
         raise ConfigError("layer_distill_weight > 0 is for N=1 models (N>1 states are mixed)")
+    if cfg.trainer == "auto":
+        return _standard_or_l2l(
+            model,
+            train,
+            cfg,
+            teacher=teacher,
+            special_ids=special_ids,
+            desc=desc,
+            device=device,
+            logit_targets=logit_targets,
+            teacher_logits=teacher_logits,
+        )
     if cfg.trainer == "l2l":
         return train_classifier_l2l(
             model,
@@ -129,6 +146,37 @@ def train_classifier(
         "seconds": time.perf_counter() - t0,
         "final_loss": meter.final,
     }
+
+
+def _standard_or_l2l(
+    model: MuxSequenceClassifier,
+    train: Sequence[Encoded],
+    cfg: TrainConfig,
+    *,
+    teacher_logits: torch.Tensor | None,
+    **kw: Any,
+) -> dict[str, float]:
+    """`trainer="auto"`: the standard loop; when the device runs out of memory, the model is put
+    back as it was and trained from the start by the L2L executor, whose device memory does not
+    grow with depth (its stats then say ``l2l_fallback`` 1)."""
+    start = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    try:
+        stats = train_classifier(
+            model, train, replace(cfg, trainer="standard"), teacher_logits=teacher_logits, **kw
+        )
+        return {**stats, "l2l_fallback": 0.0}
+    except torch.OutOfMemoryError as e:
+        log.warning(
+            "out of device memory in the standard loop (%s); training again with L2L "
+            "(%d micro-batches)",
+            str(e).splitlines()[0] if str(e) else "OutOfMemoryError",
+            cfg.micro_batches,
+        )
+    model.load_state_dict(start)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    stats = train_classifier(model, train, replace(cfg, trainer="l2l"), **kw)
+    return {**stats, "l2l_fallback": 1.0}
 
 
 def train_classifier_l2l(
