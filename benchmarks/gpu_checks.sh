@@ -6,6 +6,8 @@
 #
 # PARTs, run in this order (default: l2l grid mux10):
 #   l2l      L2L vs standard device memory and step time at BERT-base width (~1 min)
+#   l2ltp    L2L vs standard examples/s on a 24-layer BERT-base under an 8 GiB cap: each
+#            trainer's largest batch, both at equal batch, a profile of one L2L step (~4 min)
 #   students Academus students' latency and throughput (~1 min)
 #   grid     PruMUX sparsity x N grid, throughput on CUDA (~3 min)
 #   frontier sparsity (0, 0.5, 0.9) x precision (fp32 tf32 bf16 fp16), N=1, at 128 sequences x
@@ -44,6 +46,9 @@ run_part() {  # one PART, within what is left of the budget
   l2l)
     timeout "$(cap 120)" python3 benchmarks/l2l_memory.py --device cuda --width 768 --heads 12 \
       --ffn 3072 --steps 5 --out "$out/l2l_memory_cuda.json" >"$out/l2l.log" 2>&1 ;;
+  l2ltp)
+    timeout "$(cap 300)" python3 benchmarks/l2l_throughput.py --device cuda --cap-gb 8 \
+      --max-batch 512 --steps 3 --out "$out/l2l_throughput_cuda.json" >"$out/l2ltp.log" 2>&1 ;;
   students)
     timeout "$(cap 150)" python3 benchmarks/students_latency.py --device cuda \
       --cache-dir /tmp/cache-students --out "$out/students_latency_cuda.json" \
@@ -72,7 +77,7 @@ run_part() {  # one PART, within what is left of the budget
       --recipe finetune_steps=$m10s mux_finetune_steps=$m10s max_train_examples=$m10x \
       --cache-dir /tmp/cache-c --out "$out/mux_warmup_sst2_gpu_w2000_ft${m10s}_$m10x.json" >"$out/mux10.log" 2>&1 ;;
   *)
-    echo "unknown part $part (l2l students grid frontier mux mux10)"; return 2 ;;
+    echo "unknown part $part (l2l l2ltp students grid frontier mux mux10)"; return 2 ;;
   esac
 }
 

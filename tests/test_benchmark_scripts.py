@@ -141,3 +141,29 @@ def test_the_transfer_benchmark_compares_searches_with_and_without_a_prior(tmp_p
         assert x["grid_speedup"] <= x["best_speedup"] + 1e-9 or x["violation"]
     assert {s["prior"] for s in d["summary"]} == {False, True}
     assert "| evaluations | prior |" in r.stdout
+
+
+def test_the_l2l_throughput_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
+    """The GPU benchmark's CPU dry run: both trainers' largest batch (no cap on the CPU: the
+    search stops at --max-batch), equal-batch and largest-batch throughput, and the JSON."""
+    out = tmp_path / "l2l_tp.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "l2l_throughput.py"),
+            *("--depth", "2", "--width", "32", "--heads", "2", "--ffn", "64", "--vocab", "200"),
+            *("--seq-len", "16", "--min-batch", "4", "--max-batch", "8"),
+            *("--micro-batch-size", "4", "--steps", "1", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["largest_batch"] == {"standard": 8, "l2l": 8}
+    assert data["equal_batch"]["l2l_equal"]["batch"] == 8
+    assert data["l2l_slowdown_per_example_at_equal_batch"] > 0
+    assert data["profile"] is None  # profiled on CUDA only
