@@ -158,7 +158,12 @@ def _bisect(
 
 
 def _row(cfg: Candidate) -> tuple:
-    return (cfg.family, cfg.aggressiveness[1:])
+    """A family at one N (or student depth) and one precision. A late model's per-instance
+    layers are a monotone coordinate inside its row, like sparsity: one anchor per N lets the
+    dominance order and the meta-model place the other k, where an anchor per k would spend a
+    trial on every (N, k) before the search could use what it learnt."""
+    a = cfg.aggressiveness
+    return (cfg.family, a[1], a[-1])
 
 
 def _row_anchor(
