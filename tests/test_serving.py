@@ -636,18 +636,24 @@ def test_serve_students_rejects_bad_input_before_any_work(tmp_path, capsys, args
     assert time.monotonic() - t0 < 5.0
 
 
-def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
+def start_serve_students(tiny_checkpoint: str, tmp_path, *extra: str) -> subprocess.Popen:
+    """`autoprumux serve-students` on the tiny model with 2 students of depth 1 and a few
+    training steps, on a free loopback port, as a child process."""
     if not GLUE_DIR.is_dir():
         pytest.fail(f"shared GLUE data not found at {GLUE_DIR}")
     argv = [sys.executable, "-m", "autoprumux.cli", "serve-students", "--students", "2"]
     argv += ["--depth", "1", "--model", tiny_checkpoint, "--data-dir", str(GLUE_DIR)]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--port", "0", "--max-seq-len", "32"]
     argv += ["--max-train-examples", "64", "--batch-size", "16", "--finetune-steps", "2"]
-    argv += ["--student-steps", "3", "--student-stacking-steps", "2"]
+    argv += ["--student-steps", "3", "--student-stacking-steps", "2", *extra]
     env = {**os.environ, "AUTOPRUMUX_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
+    proc = start_serve_students(tiny_checkpoint, tmp_path)
     try:
         assert proc.stdout is not None
         lines = []

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import GLUE_DIR, tiny_encoder
-from test_serving import SEQ, TEXTS, direct, tiny_ensemble
+from conftest import tiny_encoder
+from test_serving import SEQ, TEXTS, direct, start_serve_students, tiny_ensemble
 
 from autoprumux.cli._flags import parse_config
 from autoprumux.config import Candidate
@@ -257,19 +254,8 @@ def test_serve_students_refuses_bad_configurations_before_any_work(tmp_path, cap
 def test_serve_students_serves_a_multiplexed_model_beside_the_students(tiny_checkpoint, tmp_path):
     """The user's command, end to end: students and a late-multiplexed model are built, scored
     on dev, profiled, and served; every answer names what served it."""
-    if not GLUE_DIR.is_dir():
-        pytest.fail(f"shared GLUE data not found at {GLUE_DIR}")
-    argv = [sys.executable, "-m", "autoprumux.cli", "serve-students", "--students", "2"]
-    argv += ["--depth", "1", "--model", tiny_checkpoint, "--data-dir", str(GLUE_DIR)]
-    argv += ["--cache-dir", str(tmp_path / "cache"), "--port", "0", "--max-seq-len", "32"]
-    argv += ["--max-train-examples", "64", "--batch-size", "16", "--finetune-steps", "2"]
-    argv += ["--student-steps", "3", "--student-stacking-steps", "2"]
-    argv += ["--mux-finetune-steps", "2", "--also", "mux=2,mux_layers=1,mux_combiner=concat"]
-    argv += ["--budget", "100"]
-    env = {**os.environ, "AUTOPRUMUX_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    also = ["--mux-finetune-steps", "2", "--also", "mux=2,mux_layers=1,mux_combiner=concat"]
+    proc = start_serve_students(tiny_checkpoint, tmp_path, *also, "--budget", "100")
     try:
         assert proc.stdout is not None
         lines = []

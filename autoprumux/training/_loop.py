@@ -58,29 +58,17 @@ def train_classifier(
         )
     if cfg.layer_distill_weight > 0 and (model.n > 1 or (teacher is not None and teacher.n > 1)):
         raise ConfigError("layer_distill_weight > 0 is for N=1 models (N>1 states are mixed)")
+    passed: dict[str, Any] = {
+        "teacher": teacher,
+        "special_ids": special_ids,
+        "desc": desc,
+        "device": device,
+        "logit_targets": logit_targets,
+    }
     if cfg.trainer == "auto":
-        return _standard_or_l2l(
-            model,
-            train,
-            cfg,
-            teacher=teacher,
-            special_ids=special_ids,
-            desc=desc,
-            device=device,
-            logit_targets=logit_targets,
-            teacher_logits=teacher_logits,
-        )
+        return _standard_or_l2l(model, train, cfg, teacher_logits=teacher_logits, **passed)
     if cfg.trainer == "l2l":
-        return train_classifier_l2l(
-            model,
-            train,
-            cfg,
-            teacher=teacher,
-            special_ids=special_ids,
-            desc=desc,
-            device=device,
-            logit_targets=logit_targets,
-        )
+        return train_classifier_l2l(model, train, cfg, **passed)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
