@@ -384,14 +384,15 @@ def test_a_search_across_techniques_tracks_students_and_recommends_across_them(
     # the recommendation ranges over both techniques: with a loose budget it is the fastest
     # measured configuration, whatever its technique
     rec = recommend(50.0, "sst2", storage=s.storage)
-    fastest = max(
-        (t for t in done if t.user_attrs["config"]["technique"] == "students"),
-        key=lambda t: t.value,
-    )
+    # a student, unless on a busy machine the students time slower than the baseline trial;
+    # the baseline is then the answer (as a known 1.00x, not a measured trial)
+    fastest = max(done, key=lambda t: t.value)
     assert rec.technique == fastest.user_attrs["config"]["technique"]
-    assert rec.measured is not None and rec.measured.number == fastest.number
     if rec.technique == "students":
+        assert rec.measured is not None and rec.measured.number == fastest.number
         assert rec.students == fastest.user_attrs["config"]["students"]
+    else:
+        assert (rec.sparsity, rec.mux) == (0.0, 1)
 
 
 def test_a_guided_search_bisects_then_anchors_each_mux(tiny_checkpoint, tmp_path):
