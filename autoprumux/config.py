@@ -35,6 +35,10 @@ MAX_MUX = 64  # DataMUX reports usable accuracy up to N=40
 MAX_MUX_LAYERS = 64  # an upper bound on any encoder's depth; the model's own is checked on build
 MAX_STUDENTS = 16
 STUDENT_DEPTHS = (1, 2, 3)
+# how the students distil: MSE on the residual logits, or KL at a temperature around the sum
+LOGIT_LOSSES = ("mse", "kl")
+# where student j's layers start: the teacher's lowest layers for all, or spread over its depth
+STUDENT_INITS = ("bottom", "spread")
 SAMPLERS = ("tpe", "guided", "random", "grid")
 TRAINERS = ("standard", "l2l", "auto")
 STASH_PLACES = ("device", "host")

@@ -264,3 +264,87 @@ def test_a_diverging_loss_stops_training_and_names_the_learning_rate():
             StudentConfig(k=1, depth=1),
             StudentTrainConfig(steps_per_student=20, stacking_steps=0, batch_size=16, lr=1e30),
         )
+
+
+def _kl_to_teacher(t: MuxSequenceClassifier, ens: StudentEnsemble, data, temperature: float):
+    from autoprumux.training import predict
+    from autoprumux.training._losses import kd_loss
+
+    tl = predict(t, data)
+    sums = ensemble_outputs(ens, data).cumsum(0)
+    return [float(kd_loss(sums[k], tl, temperature)) for k in range(sums.shape[0])]
+
+
+def test_kl_boosting_fits_each_student_around_the_sum_before_it():
+    """loss="kl": every added student lowers the KL between the sum so far and the teacher (the
+    fit is around the fixed earlier students, not on a residual of its own), before and after
+    stacking, and the run differs from the MSE run (the loss is really used)."""
+    t = hard_teacher()
+    train = items(256, seed=0)
+    tcfg = StudentTrainConfig(
+        steps_per_student=60,
+        stacking_steps=0,
+        batch_size=32,
+        lr=3e-3,
+        stacking_lr=1e-3,
+        loss="kl",
+        temperature=2.0,
+    )
+    ens, _ = distill_students(t, train, StudentConfig(k=3, depth=1), tcfg)
+    kl = _kl_to_teacher(t, ens, train, 2.0)
+    assert all(b < a for a, b in zip(kl, kl[1:], strict=False)), kl
+    stacked, _ = distill_students(
+        t,
+        train,
+        StudentConfig(k=3, depth=1),
+        StudentTrainConfig(**{**tcfg.__dict__, "stacking_steps": 30}),
+    )
+    kl_stacked = _kl_to_teacher(t, stacked, train, 2.0)
+    assert kl_stacked[-1] < kl[-1] * 1.02, (kl, kl_stacked)
+    mse, _ = distill_students(
+        t,
+        train,
+        StudentConfig(k=3, depth=1),
+        StudentTrainConfig(**{**tcfg.__dict__, "loss": "mse"}),
+    )
+    assert not torch.equal(ensemble_outputs(mse, train[:8]), ensemble_outputs(ens, train[:8]))
+
+
+def test_spread_students_start_from_different_teacher_layers():
+    """init="spread": student j's layers are copies of the teacher's layers from
+    `student_first_layers`, evenly from the lowest to the highest that fits."""
+    from autoprumux.models._students import student_first_layers
+
+    assert student_first_layers(6, 4, 2, "spread") == [0, 1, 3, 4]
+    assert student_first_layers(6, 4, 2, "bottom") == [0, 0, 0, 0]
+    assert student_first_layers(6, 1, 3, "spread") == [0]
+    assert student_first_layers(4, 2, 3, "spread") == [0, 1]
+    with pytest.raises(ConfigError, match="student init"):
+        student_first_layers(6, 2, 2, "top")
+    t = teacher(layers=4)
+    ens, _ = distill_students(
+        t,
+        items(64),
+        StudentConfig(k=3, depth=2),
+        StudentTrainConfig(steps_per_student=0, stacking_steps=0, batch_size=32, init="spread"),
+    )
+    for j, first in enumerate([0, 1, 2]):
+        for mine, theirs in zip(
+            ens.students[j].layers, list(t.encoder.layers)[first : first + 2], strict=True
+        ):
+            for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"loss": "ce"}, "student loss"),
+        ({"temperature": 0.0}, "student temperature"),
+        ({"temperature": float("nan")}, "student temperature"),
+        ({"init": "top"}, "student init"),
+    ],
+)
+def test_bad_student_levers(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        StudentTrainConfig(**kw)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprumux.config import MAX_STUDENTS, STUDENT_DEPTHS
+from autoprumux.config import MAX_STUDENTS, STUDENT_DEPTHS, STUDENT_INITS
 from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import (
     Embeddings,
@@ -74,19 +74,37 @@ class Student(nn.Module):
         return self.classifier(torch.tanh(self.pooler(x[:, 0])))
 
 
-def _check_uniform(teacher: Encoder, depth: int) -> None:
+def _check_uniform(teacher: Encoder, depth: int, first: int = 0) -> None:
     cfg = teacher.config
     if depth >= len(teacher.layers):
         raise ConfigError(
             f"student depth ({depth}) must be below the teacher's {len(teacher.layers)} layers"
         )
-    for i in range(depth):
+    span = range(first, first + depth)
+    if first < 0 or span.stop > len(teacher.layers):
+        raise ConfigError(
+            f"a student of {depth} layers starting at teacher layer {first} does not fit the "
+            f"teacher's {len(teacher.layers)} layers"
+        )
+    for i in [*span, 0]:
         if not (cfg.attn_present[i] and cfg.ffn_present[i] and cfg.heads[i] and cfg.ffn[i]):
             raise ConfigError(
                 f"teacher layer {i} is pruned away; students start from an unpruned teacher"
             )
-    if len({cfg.heads[i] for i in range(depth)}) > 1 or len({cfg.ffn[i] for i in range(depth)}) > 1:
-        raise ConfigError("students need the teacher's lower layers to share one shape (unpruned)")
+    if len({cfg.heads[i] for i in [*span, 0]}) > 1 or len({cfg.ffn[i] for i in [*span, 0]}) > 1:
+        raise ConfigError("students need the teacher's layers to share one shape (unpruned)")
+
+
+def student_first_layers(teacher_layers: int, k: int, depth: int, init: str) -> list[int]:
+    """The teacher layer each of K students of `depth` layers starts from: the lowest for all
+    ("bottom"), or spread evenly from the lowest to the highest that fits ("spread": students
+    that start different, so that boosting has different functions to combine)."""
+    if init not in STUDENT_INITS:
+        raise ConfigError(f"student init ({init!r}) must be one of {list(STUDENT_INITS)}")
+    if init == "bottom" or k == 1:
+        return [0] * k
+    top = teacher_layers - depth
+    return [round(j * top / (k - 1)) for j in range(k)]
 
 
 def _stacked_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
@@ -150,8 +168,14 @@ class StudentEnsemble(nn.Module):
                 ens.add_student(teacher, cfg.depth)
         return ens
 
-    def add_student(self, teacher: MuxSequenceClassifier, depth: int) -> Student:
-        s = _student_from(teacher, depth, zero_head=True).to(self.embeddings.word.weight.device)
+    def add_student(
+        self, teacher: MuxSequenceClassifier, depth: int, first_layer: int = 0
+    ) -> Student:
+        """A student of `depth` layers copied from the teacher's, starting at `first_layer`,
+        with a zero classifier (it adds nothing until trained)."""
+        _check_uniform(teacher.encoder, depth, first_layer)
+        s = _student_from(teacher, depth, zero_head=True, first_layer=first_layer)
+        s = s.to(self.embeddings.word.weight.device)
         self.students.append(s)
         self._active = len(self.students)
         self._stack = None
@@ -358,10 +382,12 @@ def _student_tensors(s: Student) -> dict[str, torch.Tensor]:
     return out
 
 
-def _student_from(teacher: MuxSequenceClassifier, depth: int, *, zero_head: bool) -> Student:
+def _student_from(
+    teacher: MuxSequenceClassifier, depth: int, *, zero_head: bool, first_layer: int = 0
+) -> Student:
     enc = teacher.encoder
     h = enc.config.hidden_size
-    layers = [copy.deepcopy(enc.layers[i]) for i in range(depth)]
+    layers = [copy.deepcopy(enc.layers[i]) for i in range(first_layer, first_layer + depth)]
     pooler = nn.Linear(h, h)
     if enc.pooler is not None:
         pooler.load_state_dict(enc.pooler.state_dict())

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from autoprumux.config import L2L_CLIP_MODES, Recipe, validate_trainer
+from autoprumux.config import L2L_CLIP_MODES, LOGIT_LOSSES, Recipe, validate_trainer
 from autoprumux.errors import ConfigError
 
 
@@ -47,6 +47,10 @@ class TrainConfig:
     # step clips exactly). With "stage" and "previous" each stage's step overlaps the backward
     # below it
     l2l_clip: str = "global"
+    # the loss of regression distillation (`train_classifier(logit_targets=...)`, the
+    # students): "mse" between (offsets + logits) and the targets, or "kl": KL(softmax(targets /
+    # temperature) || softmax((offsets + logits) / temperature)) * temperature^2
+    logit_loss: str = "mse"
 
     @classmethod
     def from_recipe(cls, r: Recipe, steps: int, **kw: Any) -> TrainConfig:
@@ -85,6 +89,12 @@ class TrainConfig:
                 "layer_distill_weight > 0 needs the standard trainer (the L2L executor keeps "
                 "one layer at a time); set it to 0 or use trainer='standard'"
             )
+        if self.logit_loss not in LOGIT_LOSSES:
+            raise ConfigError(
+                f"logit_loss ({self.logit_loss!r}) must be one of {list(LOGIT_LOSSES)}"
+            )
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"temperature ({self.temperature!r}) must be a number > 0")
         if self.l2l_clip not in L2L_CLIP_MODES:
             raise ConfigError(
                 f"l2l_clip ({self.l2l_clip!r}) must be one of {list(L2L_CLIP_MODES)}; 'global' "

@@ -33,6 +33,7 @@ def train_classifier(
     desc: str = "fine-tune",
     device: str | torch.device = "cpu",
     logit_targets: torch.Tensor | None = None,
+    logit_offsets: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Fine-tune `model` on the task for `cfg.steps` steps.
@@ -43,7 +44,9 @@ def train_classifier(
     (`L2LExecutor`: model in host memory, `cfg.micro_batches` micro-batches per step; the model
     ends in host memory and the stats add ``peak_device_bytes``).
     With `logit_targets` (M, labels), the items' labels are row indices into it and the loss is
-    the MSE between the logits and those rows (regression distillation of the students).
+    `cfg.logit_loss` between the logits and those rows (regression distillation of the
+    students); `logit_offsets` (M, labels), fixed logits added to the model's before the loss
+    (the sum of the students before this one).
     `teacher_logits` (M, labels), the teacher's logits for every item of `train` (see
     `predict`), stand in for running the teacher when only its logits are needed, so a step
     costs the student's forward and backward alone.
@@ -64,6 +67,7 @@ def train_classifier(
         "desc": desc,
         "device": device,
         "logit_targets": logit_targets,
+        "logit_offsets": logit_offsets,
     }
     if cfg.trainer == "auto":
         return _standard_or_l2l(model, train, cfg, teacher_logits=teacher_logits, **passed)
@@ -84,6 +88,7 @@ def train_classifier(
     it = target_batches(
         infinite_batches(train, cfg.batch_size, seed=cfg.seed, with_index=table is not None),
         logit_targets,
+        logit_offsets,
     )
     t0 = time.perf_counter()
     bar = progress(cfg.steps, desc)
@@ -177,11 +182,14 @@ def train_classifier_l2l(
     desc: str = "fine-tune",
     device: str | torch.device = "cpu",
     logit_targets: torch.Tensor | None = None,
+    logit_offsets: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """`train_classifier` with the L2L executor (``cfg.trainer == "l2l"``); the model ends in
     host memory. The stats add ``peak_device_bytes``, the executor's ledger peak."""
     torch.manual_seed(cfg.seed)
-    it = target_batches(infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets)
+    it = target_batches(
+        infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets, logit_offsets
+    )
     t0 = time.perf_counter()
     with L2LExecutor(
         model, cfg, device=device, teacher=teacher, special_ids=special_ids

@@ -113,11 +113,15 @@ def classifier_loss(
     hidden-distillation terms; teacher_logits / teacher_states the teacher's (no grad), or None;
     layers / teacher_layers each encoder layer's states, for the layer-distillation term.
     Shared by the standard loop and the L2L executor (which calls it once per micro-batch).
-    A batch carrying "logit_targets" (see `train_classifier(logit_targets=...)`) is trained by
-    MSE between the logits and those targets alone.
+    A batch carrying "logit_targets" (see `train_classifier(logit_targets=...)`) is trained on
+    those targets alone: `cfg.logit_loss` between (its "logit_offsets", if any, + the logits)
+    and the targets.
     """
-    if "logit_targets" in batch:  # regression distillation (students): MSE on given logits
-        return F.mse_loss(logits, batch["logit_targets"])
+    if "logit_targets" in batch:  # regression distillation (students)
+        out = logits + batch["logit_offsets"] if "logit_offsets" in batch else logits
+        if cfg.logit_loss == "kl":
+            return kd_loss(out, batch["logit_targets"], cfg.temperature)
+        return F.mse_loss(out, batch["logit_targets"])
     loss = F.cross_entropy(logits, batch["labels"])
     if teacher_logits is not None:
         loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
@@ -146,10 +150,15 @@ def classifier_loss(
 
 
 def target_batches(
-    it: Iterator[dict[str, torch.Tensor]], logit_targets: torch.Tensor | None
+    it: Iterator[dict[str, torch.Tensor]],
+    logit_targets: torch.Tensor | None,
+    logit_offsets: torch.Tensor | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches with "logit_targets" added (the labels are row indices into `logit_targets`)."""
+    """Batches with "logit_targets" (and "logit_offsets") added: the labels are row indices
+    into those tables."""
     for batch in it:
         if logit_targets is not None:
             batch["logit_targets"] = logit_targets[batch["labels"]]
+            if logit_offsets is not None:
+                batch["logit_offsets"] = logit_offsets[batch["labels"]]
         yield batch

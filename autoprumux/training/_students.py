@@ -1,10 +1,15 @@
-"""Training the Academus students: boosting on the teacher's residual, then stacking distillation.
+"""Training the Academus students: boosting on the teacher's logits, then stacking distillation.
 
 1. The teacher's logits t are computed once over the distillation set.
-2. Student j (j = 0..K-1) is trained with MSE on the residual r_j = t - sum_{i<j} s_i, which is
-   recomputed over the whole set after each student (so no earlier student runs per step).
-3. Stacking distillation fine-tunes all students together on the mean over k of
-   MSE(sum_{i<k} s_i, t): the full sum moves to the teacher while every prefix stays a model.
+2. Student j (j = 0..K-1) is fitted around the fixed sum of the students before it,
+   S_j = sum_{i<j} s_i, which is recomputed over the whole set after each student (so no earlier
+   student runs per step): with loss "mse" it regresses the residual t - S_j (MSE), with "kl" it
+   minimises KL(t || S_j + s_j) at a temperature (gradient boosting on the distillation loss:
+   the fit goes to the examples whose predicted distribution is off, not to the raw size of
+   confident logits).
+3. Stacking distillation fine-tunes all students together on the mean over k of the same loss
+   between the prefix sum_{i<k} s_i and t: the full sum moves to the teacher while every prefix
+   stays a model.
 """
 
 from __future__ import annotations
@@ -18,15 +23,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprumux._progress import LossMeter, progress
-from autoprumux.config import Recipe, validate_trainer
+from autoprumux.config import LOGIT_LOSSES, STUDENT_INITS, Recipe, validate_trainer
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.models._encoder import Embeddings, Encoder
 from autoprumux.models._mux import MuxConfig
-from autoprumux.models._students import Student, StudentConfig, StudentEnsemble
+from autoprumux.models._students import (
+    Student,
+    StudentConfig,
+    StudentEnsemble,
+    student_first_layers,
+)
 from autoprumux.training._config import TrainConfig, make_optimizer
 from autoprumux.training._loop import predict, train_classifier
+from autoprumux.training._losses import kd_loss
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,19 @@ class StudentTrainConfig:
     trainer: str = "standard"
     micro_batches: int = 1
     stash: str = "device"
+    # the boosting and stacking loss (see the module docstring) and its temperature
+    loss: str = "mse"
+    temperature: float = 2.0
+    # where each student's layers start in the teacher (`student_first_layers`)
+    init: str = "bottom"
 
     def __post_init__(self) -> None:
+        if self.loss not in LOGIT_LOSSES:
+            raise ConfigError(f"student loss ({self.loss!r}) must be one of {list(LOGIT_LOSSES)}")
+        if not (self.temperature > 0 and self.temperature < float("inf")):
+            raise ConfigError(f"student temperature ({self.temperature!r}) must be a number > 0")
+        if self.init not in STUDENT_INITS:
+            raise ConfigError(f"student init ({self.init!r}) must be one of {list(STUDENT_INITS)}")
         for name in ("steps_per_student", "stacking_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -150,21 +172,26 @@ def _stack_steps(
     *,
     device: torch.device,
 ) -> float:
-    """Stacking distillation: all students jointly, every prefix sum on the teacher's logits."""
+    """Stacking distillation: all students jointly, every prefix sum on the teacher's logits
+    (`cfg.logit_loss`, averaged over the prefixes)."""
     opt, sched = make_optimizer(ens.students, cfg)
     it = infinite_batches(items, cfg.batch_size, seed=cfg.seed)
     targets = targets.to(device)
     ens.train()
     ens.embeddings.eval()  # frozen and shared: no dropout noise in the students' input
     bar = progress(cfg.steps, "stacking distillation")
-    meter = LossMeter(bar, cfg.lr, "mse")
+    meter = LossMeter(bar, cfg.lr, cfg.logit_loss)
     for _ in bar:
         b = {k: v.to(device) for k, v in next(it).items()}
         with torch.no_grad():
             x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
         y = targets[b["labels"]]
-        per = torch.stack([s(x, bias) for s in ens.students])  # (K, B, C)
-        loss = F.mse_loss(per.cumsum(0), y.expand_as(per))
+        sums = torch.stack([s(x, bias) for s in ens.students]).cumsum(0)  # (K, B, C)
+        if cfg.logit_loss == "kl":  # batchmean over K * B rows: the mean over the prefixes
+            c = sums.shape[-1]
+            loss = kd_loss(sums.reshape(-1, c), y.expand_as(sums).reshape(-1, c), cfg.temperature)
+        else:
+            loss = F.mse_loss(sums, y.expand_as(sums))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ens.students.parameters(), cfg.grad_clip)
@@ -201,6 +228,7 @@ def distill_students(
     held_residual = predict(teacher, heldout, device=device) if heldout else None
     indexed = _indexed(items)
     ens = StudentEnsemble.from_teacher(teacher, cfg, first_only=True).to(device)
+    first_layers = student_first_layers(len(teacher.encoder.layers), cfg.k, cfg.depth, tcfg.init)
     residual = target.clone()
     stats: dict = {
         "residual_mse": [],
@@ -211,7 +239,7 @@ def distill_students(
     for j in range(cfg.k):
         ts = time.perf_counter()
         if j > 0:
-            ens.add_student(teacher, cfg.depth)
+            ens.add_student(teacher, cfg.depth, first_layers[j])
         step_cfg = TrainConfig(
             steps=tcfg.steps_per_student,
             batch_size=tcfg.batch_size,
@@ -220,15 +248,23 @@ def distill_students(
             trainer=tcfg.trainer,
             micro_batches=tcfg.micro_batches,
             stash=tcfg.stash,
+            logit_loss=tcfg.loss,
+            temperature=tcfg.temperature,
+        )
+        # "mse" regresses the residual itself; "kl" fits the sum so far plus this student
+        fit = (
+            {"logit_targets": residual}
+            if tcfg.loss == "mse"
+            else {"logit_targets": target, "logit_offsets": target - residual}
         )
         stats["student_train"].append(
             train_classifier(
                 student_view(ens, j),
                 indexed,
                 step_cfg,
-                logit_targets=residual,
                 desc=f"student {j + 1}/{cfg.k}",
                 device=device,
+                **fit,
             )
         )
         ens.to(device)  # L2L leaves the student's weights in host memory
@@ -252,6 +288,8 @@ def distill_students(
                 batch_size=tcfg.batch_size,
                 lr=tcfg.stacking_lr,
                 seed=tcfg.seed + cfg.k,
+                logit_loss=tcfg.loss,
+                temperature=tcfg.temperature,
             ),
             device=device,
         )
