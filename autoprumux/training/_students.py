@@ -252,11 +252,7 @@ def distill_students(
             temperature=tcfg.temperature,
         )
         # "mse" regresses the residual itself; "kl" fits the sum so far plus this student
-        fit = (
-            {"logit_targets": residual}
-            if tcfg.loss == "mse"
-            else {"logit_targets": target, "logit_offsets": target - residual}
-        )
+        mse = tcfg.loss == "mse"
         stats["student_train"].append(
             train_classifier(
                 student_view(ens, j),
@@ -264,7 +260,8 @@ def distill_students(
                 step_cfg,
                 desc=f"student {j + 1}/{cfg.k}",
                 device=device,
-                **fit,
+                logit_targets=residual if mse else target,
+                logit_offsets=None if mse else target - residual,
             )
         )
         ens.to(device)  # L2L leaves the student's weights in host memory
