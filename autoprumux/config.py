@@ -173,6 +173,8 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "student_steps": _STEPS,
     "student_stacking_steps": _STEPS,
     "student_lr": _LR,
+    "student_loss": _Rule(str, choices=LOGIT_LOSSES),
+    "student_init": _Rule(str, choices=STUDENT_INITS),
     "prune_stages": _COUNT,
     "importance_examples": _COUNT,
     "freeze_word_embeddings": _FLAG,
@@ -225,6 +227,11 @@ class Recipe:
     student_steps: int = 400
     student_stacking_steps: int = 200
     student_lr: float = 2e-4
+    # what each student fits around the sum before it: "mse" on the residual logits, or "kl"
+    # at temperature 2 (and stacking the same); where students start: "bottom" (the teacher's
+    # lowest layers) or "spread" (different layers each)
+    student_loss: str = "mse"
+    student_init: str = "bottom"
     prune_stages: int = 2
     importance_examples: int = 256
     freeze_word_embeddings: bool = True

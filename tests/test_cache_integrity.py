@@ -143,6 +143,8 @@ BAD_RECIPES = [
     ("student_steps", False),
     ("student_stacking_steps", -1),
     ("student_lr", "fast"),
+    ("student_loss", "ce"),
+    ("student_init", 0),
     ("prune_stages", 0),
     ("importance_examples", 0),
     ("freeze_word_embeddings", "no"),

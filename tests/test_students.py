@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import random_batch, tiny_encoder
@@ -178,11 +180,11 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
         student_stacking_steps=2,
     )
 
-    def pipe() -> PruMuxPipeline:
+    def pipe(**levers: str) -> PruMuxPipeline:
         return PruMuxPipeline(
             task="sst2",
             model=tiny_checkpoint,
-            recipe=recipe,
+            recipe=dataclasses.replace(recipe, **levers),
             data_dir=str(GLUE_DIR),
             cache_dir=tmp_path,
         )
@@ -205,6 +207,15 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
     assert one.candidate.flops == pytest.approx(c.flops / 2)
     with pytest.raises(ConfigError, match="active students"):
         pipe().evaluate_students(2, 1, active=3, throughput=tp)
+    # the distillation levers are part of the key: other students, the defaults' entry kept
+    kl = pipe(student_loss="kl", student_init="spread").students(2, 1)
+    entries = sorted((tmp_path / "students").iterdir())
+    assert len(entries) == 2 and entry in entries
+    assert (entry / "model" / "model.safetensors").stat().st_mtime == mtime
+    default = pipe().students(2, 1)
+    with torch.no_grad():
+        ids, mask, tt = random_batch(3, 8, seed=2)
+        assert not torch.equal(kl(ids, mask, tt), default(ids, mask, tt))
 
 
 def test_student_view_computes_the_student_and_trains_it_in_place():

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autoprumux")
 
+STUDENT_LEVER_DEFAULTS = {"student_loss": "mse", "student_init": "bottom"}
+
 
 def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
     cfg = StudentConfig(k=k, depth=depth)
@@ -28,6 +30,12 @@ def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
         student_steps=r.student_steps,
         student_stacking_steps=r.student_stacking_steps,
         student_lr=r.student_lr,
+        # keyed only when changed, so the students built before these levers existed stay valid
+        **{
+            f: getattr(r, f)
+            for f, default in STUDENT_LEVER_DEFAULTS.items()
+            if getattr(r, f) != default
+        },
     )
 
     def build(tmp: Path) -> dict:

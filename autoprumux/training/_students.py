@@ -90,6 +90,8 @@ class StudentTrainConfig:
             trainer=r.trainer,
             micro_batches=r.l2l_micro_batches,
             stash=r.l2l_stash,
+            loss=r.student_loss,
+            init=r.student_init,
         )
 
 
