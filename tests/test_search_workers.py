@@ -179,7 +179,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     slow = {**TINY_RECIPE, "recovery_steps": 400}  # a pruned trial takes seconds: room to kill
     space = _space_file(tmp_path, tiny_checkpoint, slow)
-    args = ["search", "--space", str(space), "--trials", "6", "--storage", storage]
+    args = ["search", "--space", str(space), "--trials", "4", "--storage", storage]
     args += ["--tracking-uri", mlflow_uri, "--study-name", "killme", "--budget", "50"]
     args += ["--heartbeat", heartbeat, "--no-register", "--data-dir", str(DATA)]
     args += ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
@@ -217,7 +217,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(
     assert retried and retried[0].params == failed[0].params  # ... and retried
     done = {t.number: t.user_attrs["mlflow_run_id"] for t in trials if t.state.name == "COMPLETE"}
     assert before.items() <= done.items()  # nothing finished was lost or redone
-    assert len(done) + len(failed) >= 6
+    assert len(done) + len(failed) >= 4
     cl = tracking.client(mlflow_uri)
     exp = cl.get_experiment_by_name("autoprumux/killme")
     runs = cl.search_runs([exp.experiment_id], filter_string="tags.`autoprumux.role` = 'trial'")
