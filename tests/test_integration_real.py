@@ -16,6 +16,7 @@ def pipe(tmp_path_factory):
         pytest.skip(f"shared GLUE data not found at {DATA}")
     recipe = Recipe(
         max_train_examples=2000,
+        warmup_corpus_size=2000,  # 20 warm-up steps read 640 sentences: little to tokenise
         finetune_steps=80,
         mux_warmup_steps=20,
         mux_finetune_steps=20,
