@@ -84,7 +84,12 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
-def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
+# long enough for a server that is up but busy (several workers starting on a small machine); a
+# server that is not there refuses the connection at once, so a bad URI still fails fast
+REACHABLE_TIMEOUT_S = 15.0
+
+
+def check_tracking_uri(uri: str, timeout: float = REACHABLE_TIMEOUT_S) -> None:
     """Refuse, before any work, a tracking URI that cannot work: an unknown scheme, a SQLite
     file under a missing or read-only directory, or a path that is a directory, or a server that
     does not answer within `timeout` seconds (MLflow's client would retry for minutes)."""
@@ -113,7 +118,7 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
         _reachable.add(uri)
 
 
-def check_reachable(uri: str, timeout: float = 3.0) -> None:
+def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_S) -> None:
     """An http(s) tracking server must answer its /health endpoint within `timeout` seconds."""
     import urllib.error
     import urllib.request
