@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autoprumux")
 
+# what the students cached before these levers existed were built with: a key without the
+# field means this value (so this table stays fixed even if the recipe's defaults change)
 STUDENT_LEVER_DEFAULTS = {"student_loss": "mse", "student_init": "bottom"}
 
 
