@@ -27,6 +27,15 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Ten
     )
 
 
+def logit_fit_loss(out: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """`cfg.logit_loss` between logits `out` and `targets` of the same shape (..., labels): MSE,
+    or `kd_loss` at `cfg.temperature` averaged over every leading row."""
+    if cfg.logit_loss == "kl":
+        c = out.shape[-1]
+        return kd_loss(out.reshape(-1, c), targets.reshape(-1, c), cfg.temperature)
+    return F.mse_loss(out, targets)
+
+
 def hidden_distill_loss(
     states: torch.Tensor, target: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -119,9 +128,7 @@ def classifier_loss(
     """
     if "logit_targets" in batch:  # regression distillation (students)
         out = logits + batch["logit_offsets"] if "logit_offsets" in batch else logits
-        if cfg.logit_loss == "kl":
-            return kd_loss(out, batch["logit_targets"], cfg.temperature)
-        return F.mse_loss(out, batch["logit_targets"])
+        return logit_fit_loss(out, batch["logit_targets"], cfg)
     loss = F.cross_entropy(logits, batch["labels"])
     if teacher_logits is not None:
         loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(

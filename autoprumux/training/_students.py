@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from autoprumux.models._students import (
 )
 from autoprumux.training._config import TrainConfig, make_optimizer
 from autoprumux.training._loop import predict, train_classifier
-from autoprumux.training._losses import kd_loss
+from autoprumux.training._losses import logit_fit_loss
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class StudentTrainConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOGIT_LOSSES:
             raise ConfigError(f"student loss ({self.loss!r}) must be one of {list(LOGIT_LOSSES)}")
-        if not (self.temperature > 0 and self.temperature < float("inf")):
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"student temperature ({self.temperature!r}) must be a number > 0")
         if self.init not in STUDENT_INITS:
             raise ConfigError(f"student init ({self.init!r}) must be one of {list(STUDENT_INITS)}")
@@ -189,11 +190,7 @@ def _stack_steps(
             x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
         y = targets[b["labels"]]
         sums = torch.stack([s(x, bias) for s in ens.students]).cumsum(0)  # (K, B, C)
-        if cfg.logit_loss == "kl":  # batchmean over K * B rows: the mean over the prefixes
-            c = sums.shape[-1]
-            loss = kd_loss(sums.reshape(-1, c), y.expand_as(sums).reshape(-1, c), cfg.temperature)
-        else:
-            loss = F.mse_loss(sums, y.expand_as(sums))
+        loss = logit_fit_loss(sums, y.expand_as(sums), cfg)  # the mean over the prefixes
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ens.students.parameters(), cfg.grad_clip)
