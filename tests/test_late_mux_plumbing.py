@@ -481,6 +481,39 @@ def test_a_search_records_tracks_reports_and_recommends_late_configurations(tmp_
     assert rec.config() in set(configs) | {Candidate()}
 
 
+def test_a_trial_started_after_the_last_slot_was_taken_stands_down(tmp_path):
+    """Two workers can both see one free slot: the one whose trial came second gives it up
+    before sampling, so the study ends at its target and records nothing for it."""
+    from autoprumux.search import Searcher, SearchSettings
+
+    settings = SearchSettings(
+        space=SearchSpace.from_yaml(LATE),
+        trials=2,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        sampler="random",
+        budget=3.0,
+        show_progress=False,
+    )
+    searcher = Searcher(settings, evaluator=lambda variant: LateReplay())
+    searcher.run()
+    assert len(searcher.finished()) == 2
+    # the race: another worker's check passed too, and its trial exists now
+    searcher.study.optimize(searcher.objective, n_trials=1)
+    late = searcher.study.get_trials()[-1]
+    assert late.state.name == "PRUNED" and late.user_attrs["surplus"] is True
+    assert "config" not in late.user_attrs and "mlflow_run_id" not in late.user_attrs
+    assert len(searcher.finished()) == 2
+    assert searcher.run() == []  # a rerun sees the target met
+    # a retried trial of a dead worker is never surplus
+    retry = searcher.study.ask()
+    searcher.study.tell(retry, state=optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryFailedTrialCallback()(searcher.study, searcher.study.get_trials()[-1])
+    searcher.run()
+    states = [t.state.name for t in searcher.study.get_trials()]
+    assert states[-1] == "COMPLETE", states
+
+
 def test_cli_exports_a_late_model_that_loads_and_says_what_it_is(tiny_checkpoint, tmp_path):
     """End to end on the tiny checkpoint (2 layers): `export --mux-layers 1 --mux-combiner
     concat` builds the late model through the pipeline, the manifest keeps k and the combiner,

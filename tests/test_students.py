@@ -308,10 +308,12 @@ def test_kl_boosting_fits_each_student_around_the_sum_before_it():
         t,
         train,
         StudentConfig(k=3, depth=1),
-        StudentTrainConfig(**{**tcfg.__dict__, "stacking_steps": 30}),
+        # Adam at the boosting rate (3e-3, or even 1e-3) overshoots a fit this close
+        StudentTrainConfig(**{**tcfg.__dict__, "stacking_steps": 30, "stacking_lr": 3e-4}),
     )
     kl_stacked = _kl_to_teacher(t, stacked, train, 2.0)
-    assert kl_stacked[-1] < kl[-1] * 1.02, (kl, kl_stacked)
+    # stacking lowers what it minimises, the mean over the prefixes, and the full sum's KL
+    assert sum(kl_stacked) < sum(kl) and kl_stacked[-1] < kl[-1], (kl, kl_stacked)
     mse, _ = distill_students(
         t,
         train,

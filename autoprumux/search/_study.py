@@ -32,6 +32,7 @@ from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
 from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
 from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import SearchSpace
+from autoprumux.search._workers import SURPLUS, fail_dead_trials, is_surplus
 
 log = logging.getLogger("autoprumux")
 
@@ -325,6 +326,9 @@ class Searcher:
         t0 = time.perf_counter()
         # first: a rerun recognises the trial of a killed worker by its host and pid
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        if is_surplus(self.study, trial, self.s.trials, FINISHED):
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned("the study's target was reached by another worker's trial")
         cfg = self._suggest(trial)
         trial.set_user_attr("config", cfg.to_dict())
         run = self.client.create_run(
@@ -416,7 +420,11 @@ class Searcher:
 
     # ---- loop --------------------------------------------------------------------------------
     def finished(self) -> list[Any]:
-        return [t for t in self.study.get_trials(deepcopy=False) if t.state.name in FINISHED]
+        return [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state.name in FINISHED and not t.user_attrs.get(SURPLUS)
+        ]
 
     def best_feasible(self, budget: float | None = None) -> Any | None:
         b = self.s.budget if budget is None else budget
@@ -453,6 +461,8 @@ class Searcher:
         outcomes: list[TrialOutcome] = []
 
         def after(study: Any, t: Any) -> None:
+            if t.user_attrs.get(SURPLUS):
+                return
             outcomes.append(
                 TrialOutcome(
                     t.number,
@@ -499,30 +509,7 @@ class Searcher:
         return bool(self._trials("WAITING"))
 
     def _fail_dead_trials(self) -> None:
-        """Fail (and retry once) RUNNING trials whose worker is gone: those whose heartbeat is
-        older than the grace period, and, without waiting for it, those of a worker process on
-        this host that no longer exists (a rerun right after a kill would otherwise leave its
-        trial RUNNING for ever)."""
-        import optuna
-        from optuna.trial import TrialState
-
-        optuna.storages.fail_stale_trials(self.study)
-        host = socket.gethostname()
-        callback = self.storage.get_heartbeat_stale_trial_callback()
-        for t in self._trials("RUNNING"):
-            w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-            if w_host != host or not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            if _process_alive(int(pid)):
-                continue
-            try:
-                if not self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    continue
-            except RuntimeError:  # finished meanwhile
-                continue
-            log.warning("trial %d: its worker (pid %s) is gone; failed and retried", t.number, pid)
-            if callback is not None:
-                callback(self.study, self.study._storage.get_trial(t._trial_id))
+        fail_dead_trials(self.study, self.storage)
 
     def _close_parent(self) -> None:
         """The parent run ends with each run of the command (a rerun reopens it)."""
@@ -553,9 +540,8 @@ class Searcher:
     # ---- results -----------------------------------------------------------------------------
     def report(self) -> str:
         """A table of the study's trials and its best feasible one."""
-        return trials_table(
-            self.study.get_trials(deepcopy=False), self.best_feasible(), self.s.budget
-        )
+        trials = [t for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
+        return trials_table(trials, self.best_feasible(), self.s.budget)
 
     def register(self) -> str | None:
         """Fit the recommender on every finished trial in the storage and register it in MLflow
@@ -566,13 +552,3 @@ class Searcher:
         if uri is not None:
             self._close_parent()  # logging the model reopened the run
         return uri
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,0 +1,71 @@
+"""How workers sharing one study stay out of each other's way: trials of dead workers are
+failed (and retried), and a trial started after the study's last slot was taken stands down."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("autoprumux")
+
+# set on a trial that a worker started after another had taken the study's last slot
+SURPLUS = "surplus"
+
+
+def is_surplus(study: Any, trial: Any, target: int, finished: Sequence[str]) -> bool:
+    """Two workers can both see one free slot before either has created its trial. Trial
+    numbers follow creation order, so the later one sees the other ahead of it and stands
+    down before it samples anything. A retry of a dead worker's trial always runs."""
+    from optuna.storages import RetryFailedTrialCallback
+
+    me = study._storage.get_trial(trial._trial_id)
+    if RetryFailedTrialCallback.retried_trial_number(me) is not None:
+        return False
+    ahead = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number < trial.number
+        and t.state.name in (*finished, "RUNNING")
+        and not t.user_attrs.get(SURPLUS)
+    ]
+    return len(ahead) >= target
+
+
+def fail_dead_trials(study: Any, storage: Any) -> None:
+    """Fail (and retry once) RUNNING trials whose worker is gone: those whose heartbeat is
+    older than the grace period, and, without waiting for it, those of a worker process on
+    this host that no longer exists (a rerun right after a kill would otherwise leave its
+    trial RUNNING for ever)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if w_host != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if _process_alive(int(pid)):
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except RuntimeError:  # finished meanwhile
+            continue
+        log.warning("trial %d: its worker (pid %s) is gone; failed and retried", t.number, pid)
+        if callback is not None:
+            callback(study, study._storage.get_trial(t._trial_id))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
