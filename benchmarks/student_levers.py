@@ -6,7 +6,8 @@
 Takes the pipeline's fine-tuned baseline (built or cached) as the teacher and, for each lever,
 distils K students of `depth` layers, then scores every prefix k = 1..K on dev. A lever is a
 '+'-joined set of changes to the recipe's distillation:
-  default   the recipe's schedule (MSE on the residual, every student from the lowest layers)
+  default   the original schedule: MSE on the residual, every student from the lowest layers
+            (whatever the recipe's own student_loss and student_init say)
   kl        boosting and stacking on KL at --temperature around the current sum instead of MSE
   spread    students start from teacher layers spread over its depth (`student_first_layers`)
   data      distil over --data-examples training texts (labelled by the teacher; the labels
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: already in {out}", file=sys.stderr)
             continue
         parts = lever_parts(name)
-        tcfg = StudentTrainConfig.from_recipe(r)
+        tcfg = dataclasses.replace(StudentTrainConfig.from_recipe(r), loss="mse", init="bottom")
         items = pipe.train_items
         if "kl" in parts:
             tcfg = dataclasses.replace(tcfg, loss="kl", temperature=args.temperature)

@@ -98,7 +98,12 @@ def test_boosting_lowers_the_residual_with_each_student_and_prefixes_degrade_gra
         train,
         StudentConfig(k=3, depth=1),
         StudentTrainConfig(
-            steps_per_student=60, stacking_steps=30, batch_size=32, lr=3e-3, stacking_lr=1e-3
+            steps_per_student=60,
+            stacking_steps=30,
+            batch_size=32,
+            lr=3e-3,
+            stacking_lr=1e-3,
+            loss="mse",  # the residual's own loss: its MSE falls with each student
         ),
         heldout=held,
     )

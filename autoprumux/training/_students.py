@@ -55,7 +55,7 @@ class StudentTrainConfig:
     micro_batches: int = 1
     stash: str = "device"
     # the boosting and stacking loss (see the module docstring) and its temperature
-    loss: str = "mse"
+    loss: str = "kl"
     temperature: float = 2.0
     # where each student's layers start in the teacher (`student_first_layers`)
     init: str = "bottom"
