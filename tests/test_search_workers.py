@@ -1,8 +1,8 @@
 """Scale-out and reliability of the search, with real processes:
 
 * three worker processes share one PostgreSQL study (127.0.0.1:5432) and one MLflow server;
-* a worker killed with SIGKILL mid-trial loses no finished trial; the stale trial is failed by
-  the heartbeat and retried when the study resumes.
+* a worker killed with SIGKILL mid-trial loses no finished trial; the stale trial is failed
+  (by its dead pid here, by the heartbeat elsewhere) and retried when the study resumes.
 """
 
 from __future__ import annotations
@@ -165,23 +165,57 @@ def test_three_workers_share_a_postgresql_study_and_one_mlflow_server(
         server.wait(timeout=30)
 
 
-@pytest.mark.parametrize(
-    "heartbeat, wait",
-    [
-        ("1", 2.5),  # the rerun starts after the heartbeat's grace period (2 x 1 s)
-        ("60", 0.0),  # it starts at once: the dead worker's pid tells, not the heartbeat
-    ],
-)
-def test_a_worker_killed_mid_trial_loses_no_finished_trial(
-    tiny_checkpoint, tmp_path, heartbeat, wait
-):
+def test_dead_workers_trials_are_failed_by_heartbeat_or_pid_and_retried_once(tmp_path):
+    """Without processes: a trial whose worker on another host stopped beating is failed once
+    the grace period (2 x the heartbeat) has passed, the stale callback sees it (the search
+    closes its MLflow run there), and it is retried once with the same parameters; a trial
+    still beating is left alone; a trial of a dead process on this host fails at once."""
+    import socket
+
+    from autoprumux.search._workers import fail_dead_trials
+
+    seen: list[int] = []
+    storage = tracking.make_storage(
+        f"sqlite:///{tmp_path / 'study.db'}", 1, lambda study, t: seen.append(t.number)
+    )
+    study = optuna.create_study(storage=storage, study_name="heartbeats")
+    x = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    silent, beating = study.ask(x), study.ask(x)
+    for t in (silent, beating):
+        t.set_user_attr("worker", "elsewhere:1")
+        storage.record_heartbeat(t._trial_id)
+    fail_dead_trials(study, storage)
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]  # within grace
+    time.sleep(2.5)
+    storage.record_heartbeat(beating._trial_id)
+    fail_dead_trials(study, storage)
+    states = {t.number: t for t in study.get_trials()}
+    assert states[silent.number].state.name == "FAIL" and seen == [silent.number]
+    assert states[beating.number].state.name == "RUNNING"
+    (retry,) = [t for t in states.values() if t.state.name == "WAITING"]
+    assert retry.system_attrs["failed_trial"] == silent.number
+    assert retry.params == states[silent.number].params
+    # a worker process on this host that is gone: no need to wait for its heartbeat
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = study.ask(x)
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    storage.record_heartbeat(orphan._trial_id)
+    fail_dead_trials(study, storage)
+    assert study.get_trials()[orphan.number].state.name == "FAIL"
+    assert study.get_trials()[beating.number].state.name == "RUNNING"
+
+
+def test_a_worker_killed_mid_trial_loses_no_finished_trial(tiny_checkpoint, tmp_path):
+    """End to end with SIGKILL; the rerun starts at once (the dead worker's pid tells; the
+    heartbeat path is the test above)."""
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     slow = {**TINY_RECIPE, "recovery_steps": 400}  # a pruned trial takes seconds: room to kill
     space = _space_file(tmp_path, tiny_checkpoint, slow)
     args = ["search", "--space", str(space), "--trials", "4", "--storage", storage]
     args += ["--tracking-uri", mlflow_uri, "--study-name", "killme", "--budget", "50"]
-    args += ["--heartbeat", heartbeat, "--no-register", "--data-dir", str(DATA)]
+    args += ["--heartbeat", "60", "--no-register", "--data-dir", str(DATA)]
     args += ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
     proc = _cli(*args, cwd=tmp_path)
     _wait_for_study(storage, "killme", [proc])
@@ -206,13 +240,12 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(
         if t.state.name == "COMPLETE"
     }
     assert before
-    time.sleep(wait)
     _finish([_cli(*args, cwd=tmp_path)])
 
     st = optuna.load_study(study_name="killme", storage=storage)
     trials = st.get_trials()
     failed = [t for t in trials if t.state.name == "FAIL"]
-    assert len(failed) == 1  # the stale trial, marked failed by the heartbeat ...
+    assert len(failed) == 1  # the killed trial, failed (its worker pid is gone) ...
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
     assert retried and retried[0].params == failed[0].params  # ... and retried
     done = {t.number: t.user_attrs["mlflow_run_id"] for t in trials if t.state.name == "COMPLETE"}
