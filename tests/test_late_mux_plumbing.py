@@ -452,21 +452,28 @@ class LateReplay:
         )
 
 
-def test_a_search_records_tracks_reports_and_recommends_late_configurations(tmp_path):
-    from autoprumux.meta import recommend
+def replayed_searcher(tmp_path: Path, trials: int, seed: int = 0) -> Any:
+    """A random search of late_mux.yaml answered by `LateReplay`, in SQLite stores."""
     from autoprumux.search import Searcher, SearchSettings
 
     settings = SearchSettings(
         space=SearchSpace.from_yaml(LATE),
-        trials=6,
+        trials=trials,
         storage=f"sqlite:///{tmp_path / 'optuna.db'}",
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         sampler="random",
-        seed=3,
+        seed=seed,
         budget=3.0,
         show_progress=False,
     )
-    searcher = Searcher(settings, evaluator=lambda variant: LateReplay())
+    return Searcher(settings, evaluator=lambda variant: LateReplay())
+
+
+def test_a_search_records_tracks_reports_and_recommends_late_configurations(tmp_path):
+    from autoprumux.meta import recommend
+
+    searcher = replayed_searcher(tmp_path, trials=6, seed=3)
+    settings = searcher.s
     searcher.run()
     trials = [t for t in searcher.study.get_trials() if t.state.name == "COMPLETE"]
     configs = [Candidate.from_dict(t.user_attrs["config"]) for t in trials]
@@ -484,18 +491,7 @@ def test_a_search_records_tracks_reports_and_recommends_late_configurations(tmp_
 def test_a_trial_started_after_the_last_slot_was_taken_stands_down(tmp_path):
     """Two workers can both see one free slot: the one whose trial came second gives it up
     before sampling, so the study ends at its target and records nothing for it."""
-    from autoprumux.search import Searcher, SearchSettings
-
-    settings = SearchSettings(
-        space=SearchSpace.from_yaml(LATE),
-        trials=2,
-        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        sampler="random",
-        budget=3.0,
-        show_progress=False,
-    )
-    searcher = Searcher(settings, evaluator=lambda variant: LateReplay())
+    searcher = replayed_searcher(tmp_path, trials=2)
     searcher.run()
     assert len(searcher.finished()) == 2
     # the race: another worker's check passed too, and its trial exists now
