@@ -52,27 +52,39 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("args,value", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
-def test_evaluate_bad_input_exits_2_without_side_effects(tmp_path, args, value):
+def test_evaluate_bad_input_exits_2_without_side_effects(
+    tmp_path, monkeypatch, capsys, args, value
+):
+    """In this process (the next test runs the real command): an uncaught exception would
+    raise here instead of printing a traceback."""
+    from autoprumux.cli import main
+
     if "--tp-seq-len" in args and not GLUE_DIR.is_dir():
         pytest.skip(
             f"the length check runs after the data loads; shared GLUE data not at {GLUE_DIR}"
         )
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     value = value.replace("{tmp}", str(tmp_path))
-    r = _run(tmp_path, *args)
-    assert r.returncode == 2, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert "Traceback" not in r.stderr, r.stderr
-    assert value in r.stderr, r.stderr
-    assert "error" in r.stderr
-    assert r.stdout == ""  # no table, no partial output
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AUTOPRUMUX_CACHE", str(tmp_path / "cache"))
+    try:
+        code = main(["evaluate", *args])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 2, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    assert value in err and "error" in err, err
+    assert out == ""  # no table, no partial output
     assert not (tmp_path / "cache").exists(), "cache directory written before validation failed"
     assert not (tmp_path / ".autoprumux").exists()
 
 
 def test_mux_error_message_mentions_the_rule(tmp_path):
+    """The real command: exit 2, the rule in one line, no traceback, nothing on stdout."""
     r = _run(tmp_path, "--mux", "1.5")
     assert r.returncode == 2
-    assert "positive integer" in r.stderr
+    assert "positive integer" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == "" and not (tmp_path / "cache").exists()
 
 
 def _measured(
