@@ -32,12 +32,9 @@ from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
 from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
 from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import SearchSpace
-from autoprumux.search._workers import SURPLUS, fail_dead_trials, is_surplus
+from autoprumux.search._workers import FINISHED, SURPLUS, counted, fail_dead_trials, is_surplus
 
 log = logging.getLogger("autoprumux")
-
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-
 
 GRID_PARAM = "grid_point"
 
@@ -326,7 +323,7 @@ class Searcher:
         t0 = time.perf_counter()
         # first: a rerun recognises the trial of a killed worker by its host and pid
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        if is_surplus(self.study, trial, self.s.trials, FINISHED):
+        if is_surplus(self.study, trial, self.s.trials):
             trial.set_user_attr(SURPLUS, True)
             raise optuna.TrialPruned("the study's target was reached by another worker's trial")
         cfg = self._suggest(trial)
@@ -420,11 +417,8 @@ class Searcher:
 
     # ---- loop --------------------------------------------------------------------------------
     def finished(self) -> list[Any]:
-        return [
-            t
-            for t in self.study.get_trials(deepcopy=False)
-            if t.state.name in FINISHED and not t.user_attrs.get(SURPLUS)
-        ]
+        trials = counted(self.study.get_trials(deepcopy=False))
+        return [t for t in trials if t.state.name in FINISHED]
 
     def best_feasible(self, budget: float | None = None) -> Any | None:
         b = self.s.budget if budget is None else budget
@@ -438,12 +432,12 @@ class Searcher:
     def run(self) -> list[TrialOutcome]:
         """Run trials until the study holds `trials` finished ones (counting the trials other
         workers are running, so that joined workers do not overshoot), then close the parent
-        run. Trials of dead workers are failed and retried first (see `_fail_dead_trials`)."""
+        run. Trials of dead workers are failed and retried first (see `_workers.fail_dead_trials`)."""
         from tqdm.auto import tqdm
 
         # the baseline first: every trial's loss and the pruner's threshold are relative to it
         self.pipeline(self.variants[0]).baseline_metrics()
-        self._fail_dead_trials()
+        fail_dead_trials(self.study, self.storage)
         done = len(self.finished())
         if done >= self.s.trials and not self._pending():
             log.info("study %s already holds %d finished trials", self.name, done)
@@ -484,7 +478,7 @@ class Searcher:
 
         try:
             while True:
-                self._fail_dead_trials()
+                fail_dead_trials(self.study, self.storage)
                 running = len(self._trials("RUNNING"))
                 # a retry of a failed stale trial waits in the queue: it runs even at the target
                 if len(self.finished()) + running >= self.s.trials and not self._pending():
@@ -507,9 +501,6 @@ class Searcher:
 
     def _pending(self) -> bool:
         return bool(self._trials("WAITING"))
-
-    def _fail_dead_trials(self) -> None:
-        fail_dead_trials(self.study, self.storage)
 
     def _close_parent(self) -> None:
         """The parent run ends with each run of the command (a rerun reopens it)."""
@@ -540,7 +531,7 @@ class Searcher:
     # ---- results -----------------------------------------------------------------------------
     def report(self) -> str:
         """A table of the study's trials and its best feasible one."""
-        trials = [t for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
+        trials = counted(self.study.get_trials(deepcopy=False))
         return trials_table(trials, self.best_feasible(), self.s.budget)
 
     def register(self) -> str | None:

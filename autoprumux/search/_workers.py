@@ -11,25 +11,29 @@ from typing import Any
 
 log = logging.getLogger("autoprumux")
 
+# the trial states that count towards a study's target
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # set on a trial that a worker started after another had taken the study's last slot
 SURPLUS = "surplus"
 
 
-def is_surplus(study: Any, trial: Any, target: int, finished: Sequence[str]) -> bool:
+def counted(trials: Sequence[Any]) -> list[Any]:
+    """The trials that are part of the study: all but those that stood down as surplus."""
+    return [t for t in trials if not t.user_attrs.get(SURPLUS)]
+
+
+def is_surplus(study: Any, trial: Any, target: int) -> bool:
     """Two workers can both see one free slot before either has created its trial. Trial
     numbers follow creation order, so the later one sees the other ahead of it and stands
     down before it samples anything. A retry of a dead worker's trial always runs."""
     from optuna.storages import RetryFailedTrialCallback
 
-    me = study._storage.get_trial(trial._trial_id)
+    trials = counted(study.get_trials(deepcopy=False))
+    me = next(t for t in trials if t.number == trial.number)
     if RetryFailedTrialCallback.retried_trial_number(me) is not None:
         return False
     ahead = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.number < trial.number
-        and t.state.name in (*finished, "RUNNING")
-        and not t.user_attrs.get(SURPLUS)
+        t for t in trials if t.number < trial.number and t.state.name in (*FINISHED, "RUNNING")
     ]
     return len(ahead) >= target
 
