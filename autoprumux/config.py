@@ -145,6 +145,7 @@ _LR = _Rule(float, low=0.0, above=True)
 _WEIGHT = _Rule(float, low=0.0)  # a loss term's weight; 0 = off
 _FRACTION = _Rule(float, low=0.0, high=1.0)  # a weight mixed with the task loss (TrainConfig)
 _FLAG = _Rule(bool)
+_RATE_OR_OFF = _Rule(float, low=0.0)  # a learning rate; 0 = those parameters stay frozen
 
 # one rule per Recipe field (`Recipe.__post_init__` fails on a field without one)
 _RECIPE_RULES: dict[str, _Rule] = {
@@ -170,6 +171,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "late_mux_freeze_backbone": _FLAG,
     "late_mux_align": _WEIGHT,
     "late_mux_lr": _LR,
+    "late_mux_shared_lr": _RATE_OR_OFF,
     "student_steps": _STEPS,
     "student_stacking_steps": _STEPS,
     "student_lr": _LR,
@@ -223,6 +225,10 @@ class Recipe:
     late_mux_freeze_backbone: bool = True
     late_mux_align: float = 1.0
     late_mux_lr: float = 1e-3
+    # with the backbone frozen, > 0 trains the shared layers (those after the first k, and the
+    # pooler) at this rate beside the adapters; the embeddings and the per-instance layers stay
+    # frozen, so their outputs are still computed once
+    late_mux_shared_lr: float = 0.0
     # Academus students: boosting steps per student, then joint stacking distillation
     student_steps: int = 400
     student_stacking_steps: int = 200
@@ -278,6 +284,12 @@ class Recipe:
             raise ConfigError(
                 "recipe field int8_recovery_steps > 0 needs trainer 'standard' (the L2L "
                 "executor moves plain layers, not int8-emulating ones); set one of them differently"
+            )
+        if self.late_mux_shared_lr > 0 and not self.late_mux_freeze_backbone:
+            raise ConfigError(
+                f"recipe field late_mux_shared_lr ({self.late_mux_shared_lr!r}) > 0 needs "
+                "late_mux_freeze_backbone true (an unfrozen backbone trains every layer at "
+                "late_mux_lr); set it to 0 or freeze the backbone"
             )
         if self.recovery_layer_distill > 0 and self.trainer != "standard":
             raise ConfigError(

@@ -140,6 +140,7 @@ BAD_RECIPES = [
     ("late_mux_freeze_backbone", 1),
     ("late_mux_align", -0.5),
     ("late_mux_lr", 0.0),
+    ("late_mux_shared_lr", -1e-4),
     ("student_steps", False),
     ("student_stacking_steps", -1),
     ("student_lr", "fast"),
@@ -181,6 +182,9 @@ def test_recipe_messages_say_the_fix():
         Recipe(freeze_word_embeddings="no")
     with pytest.raises(ConfigError, match=r"one of \['cls', 'mean'\]"):
         Recipe(mux_pooling="max")
+    with pytest.raises(ConfigError, match=r"late_mux_shared_lr \(0.0001\) > 0 needs late_mux_fr"):
+        Recipe(late_mux_shared_lr=1e-4, late_mux_freeze_backbone=False)
+    assert Recipe(late_mux_shared_lr=1e-4).late_mux_shared_lr == 1e-4
 
 
 def test_good_recipes_build_and_numbers_are_normalised():

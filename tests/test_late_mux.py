@@ -11,6 +11,7 @@ from conftest import random_batch, tiny_encoder
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation._throughput import model_flops
 from autoprumux.models import Encoder, EncoderConfig, MuxConfig, MuxSequenceClassifier
+from autoprumux.training import TrainConfig
 
 THREADS = torch.get_num_threads()
 
@@ -204,6 +205,61 @@ def test_frozen_backbone_training_changes_only_the_adapters(late_pipe, combiner)
     entry = next((late_pipe.cache.root / "mux").iterdir())
     meta = late_pipe.cache.meta(entry)
     assert 0 < meta["trainable_parameters"] < sum(p.numel() for p in model.parameters()) / 2
+
+
+def test_shared_lr_trains_the_shared_layers_and_keeps_the_per_instance_ones(
+    late_pipe, tiny_checkpoint
+):
+    import dataclasses
+
+    from autoprumux import PruMuxPipeline
+    from autoprumux.config import MuxShape
+    from autoprumux.training import shared_layer_names, train_late_frozen
+
+    shape = MuxShape(2, 1, "concat")
+    frozen = late_pipe.mux_model(shape)
+    pipe = PruMuxPipeline(
+        task="sst2",
+        model=tiny_checkpoint,
+        recipe=dataclasses.replace(late_pipe.recipe, late_mux_shared_lr=1e-3),
+        data_dir=late_pipe.data_dir,
+        cache_dir=late_pipe.cache.root,
+    )
+    assert pipe._mux_key(shape) != late_pipe._mux_key(shape)  # its own cache entry
+    model = pipe.mux_model(shape)
+    base = pipe.baseline().encoder.state_dict()
+    shared = set(shared_layer_names(model))
+    assert shared and all(n.startswith(("layers.1.", "pooler.")) for n in shared)
+    moved = {n for n, p in model.encoder.state_dict().items() if not torch.equal(p, base[n])}
+    # the embeddings and the per-instance layer 0 are the baseline's: their outputs were cached
+    assert moved and moved <= shared
+    assert any(n.startswith("layers.1.") for n in moved)
+    assert not torch.equal(
+        model.multiplexer.projections, frozen.multiplexer.projections
+    )  # trained differently from the frozen-backbone model
+    # the frozen loop refuses a trainable per-instance layer, and shared layers without a rate
+    model.encoder.layers[0].requires_grad_(True)
+    with pytest.raises(ValueError, match="first k layers frozen"):
+        train_late_frozen(model, pipe.train_items[:16], TrainConfig(steps=1), teacher=model)
+    model.encoder.layers[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="shared_lr > 0"):
+        train_late_frozen(model, pipe.train_items[:16], TrainConfig(steps=1), teacher=model)
+
+
+def test_shared_lr_goes_to_the_named_parameters_only():
+    from autoprumux.training._config import make_optimizer
+
+    model = make(2, layers=1, combiner="concat")
+    params = dict(model.named_parameters())
+    slow = {"encoder.layers.1.qkv.weight", "encoder.layers.1.qkv.bias"}
+    opt, _ = make_optimizer(model, TrainConfig(steps=2, lr=1e-3), dict.fromkeys(slow, 1e-5))
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert {rate[id(params[n])] for n in slow} == {1e-5}
+    assert {rate[id(p)] for n, p in params.items() if n not in slow} == {1e-3}
+    assert len(rate) == len(params)  # every parameter once
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(params["encoder.layers.1.qkv.bias"])] == 0.0  # biases still undecayed
+    assert decay[id(params["encoder.layers.1.qkv.weight"])] > 0
 
 
 def test_late_models_are_cached_per_shape_and_multiplex_the_pruned_model(late_pipe):

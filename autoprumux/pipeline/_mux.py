@@ -18,6 +18,7 @@ from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
 from autoprumux.training import (
     TrainConfig,
     retrieval_warmup,
+    shared_layer_names,
     train_classifier,
     train_late_frozen,
 )
@@ -114,9 +115,11 @@ def from_baseline(
     m = MuxSequenceClassifier(copy.deepcopy(base.encoder), num_labels=pipe.task.num_labels, mux=mux)
     m.classifier.load_state_dict(base.classifier.state_dict())
     m.original_prunable_params = base.original_prunable_params  # sparsity of a pruned base
+    r = pipe.recipe
+    shared = set(shared_layer_names(m)) if r.late_mux_shared_lr else set()
     for name, p in m.encoder.named_parameters():
-        frozen = pipe.recipe.late_mux_freeze_backbone or (
-            name == "embeddings.word.weight" and pipe.recipe.freeze_word_embeddings
+        frozen = (r.late_mux_freeze_backbone and name not in shared) or (
+            name == "embeddings.word.weight" and r.freeze_word_embeddings
         )
         p.requires_grad_(not frozen)
     return m
@@ -144,6 +147,7 @@ def _train_late(
             m,
             pipe.train_items,
             cfg,
+            shared_lr=r.late_mux_shared_lr,
             teacher=teacher,
             special_ids=pipe.special_ids,
             desc=desc,

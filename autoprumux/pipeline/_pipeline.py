@@ -149,6 +149,8 @@ class PruMuxPipeline:
                 "freeze_backbone": r.late_mux_freeze_backbone,
                 "align": r.late_mux_align,
                 "late_lr": r.late_mux_lr,
+                # keyed only when used, so frozen-backbone entries keep their keys
+                **({"shared_lr": r.late_mux_shared_lr} if r.late_mux_shared_lr else {}),
             }
             if shape.late
             else {}  # keyed only when used, so early-mixing entries keep their keys

@@ -4,7 +4,7 @@ and the mux warm-up."""
 from autoprumux.training._config import TrainConfig
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._l2l_memory import DeviceLedger, L2LStats
-from autoprumux.training._late import frozen_targets, train_late_frozen
+from autoprumux.training._late import frozen_targets, shared_layer_names, train_late_frozen
 from autoprumux.training._loop import predict, train_classifier
 from autoprumux.training._losses import hidden_distill_loss, kd_loss, retrieval_loss
 from autoprumux.training._prune import prune_in_stages
@@ -33,6 +33,7 @@ __all__ = [
     "predict",
     "retrieval_loss",
     "retrieval_warmup",
+    "shared_layer_names",
     "train_classifier",
     "train_late_frozen",
 ]

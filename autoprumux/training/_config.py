@@ -4,7 +4,7 @@ LR schedule)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,18 +104,25 @@ class TrainConfig:
 
 
 def param_groups(
-    named: Iterable[tuple[str, torch.nn.Parameter]], cfg: TrainConfig
+    named: Iterable[tuple[str, torch.nn.Parameter]],
+    cfg: TrainConfig,
+    lr_of: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """AdamW groups of the trainable parameters: no weight decay for biases and LayerNorms."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
+    """AdamW groups of the trainable parameters: no weight decay for biases and LayerNorms; a
+    parameter named in `lr_of` trains at that rate instead of `cfg.lr`."""
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {
+        (True, cfg.lr): [],
+        (False, cfg.lr): [],
+    }
+    lr_of = lr_of or {}
     for name, p in named:
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        decays = not (p.ndim < 2 or "norm" in name)
+        groups.setdefault((decays, lr_of.get(name, cfg.lr)), []).append(p)
     return [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr": lr}
+        for (decays, lr), params in groups.items()
     ]
 
 
@@ -132,9 +139,10 @@ def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def make_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig
+    model: torch.nn.Module, cfg: TrainConfig, lr_of: Mapping[str, float] | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg), lr=cfg.lr)
+    """AdamW over `param_groups` (`lr_of`: per-parameter rates) with `lr_schedule`."""
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg, lr_of), lr=cfg.lr)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
 
 

@@ -64,29 +64,48 @@ def frozen_targets(
     return FrozenTargets(torch.cat(inst), torch.cat(t_states), torch.cat(t_logits))
 
 
+def shared_layer_names(model: MuxSequenceClassifier) -> list[str]:
+    """The encoder parameters after the per-instance layers (the shared layers and the pooler),
+    named as in `model.encoder`."""
+    k = model.instance_layers
+    return [
+        name
+        for name, _ in model.encoder.named_parameters()
+        if name.startswith("pooler.")
+        or (name.startswith("layers.") and int(name.split(".")[1]) >= k)
+    ]
+
+
 def train_late_frozen(
     model: MuxSequenceClassifier,
     train: Sequence[Encoded],
     cfg: TrainConfig,
     *,
     teacher: MuxSequenceClassifier,
+    shared_lr: float = 0.0,
     special_ids: Sequence[int] = (),
     desc: str = "late mux fine-tune",
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Train the adapters of a late-multiplexed model whose encoder is frozen (see the module
-    doc) for `cfg.steps` steps; returns summary stats incl. the targets' one-off cost."""
+    doc) for `cfg.steps` steps; returns summary stats incl. the targets' one-off cost. With
+    `shared_lr` > 0 the encoder's trainable parameters (which must lie after the first k
+    layers: the shared layers and the pooler) train at that rate."""
     if model.n == 1 or not model.instance_layers:
         raise ValueError("train_late_frozen is for late-multiplexed models (N > 1, k > 0)")
-    if any(p.requires_grad for p in model.encoder.parameters()):
-        raise ValueError("train_late_frozen needs the encoder frozen (requires_grad False)")
+    trainable = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
+    if not set(trainable) <= (set(shared_layer_names(model)) if shared_lr else set()):
+        raise ValueError(
+            "train_late_frozen needs the embeddings and the first k layers frozen, and the "
+            f"shared layers frozen unless shared_lr > 0; trainable: {trainable[:3]}"
+        )
     t0 = time.perf_counter()
     targets = frozen_targets(model, teacher, train, device=device)
     prepared = time.perf_counter() - t0
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
-    opt, sched = make_optimizer(model, cfg)
+    opt, sched = make_optimizer(model, cfg, {f"encoder.{n}": shared_lr for n in trainable})
     it = infinite_batches(train, cfg.batch_size, seed=cfg.seed, with_index=True)
     bar = progress(cfg.steps, desc)
     meter = LossMeter(bar, cfg.lr)
