@@ -11,10 +11,16 @@ from conftest import random_batch, tiny_encoder
 from test_search import DATA, TINY_RECIPE, TP
 
 from autoprumux import Candidate, PruMuxPipeline, Recipe
-from autoprumux.data import Encoded
+from autoprumux.data import Encoded, collate
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, PruningPlan, apply_plan
-from autoprumux.training import TrainConfig, predict, train_classifier
+from autoprumux.training import (
+    TeacherLayers,
+    TrainConfig,
+    predict,
+    train_classifier,
+    write_teacher_layers,
+)
 from autoprumux.training._losses import layer_distill_loss, layer_map
 
 
@@ -160,3 +166,71 @@ def test_teacher_logits_are_cached_with_the_baseline_and_keyed_like_it(tiny_chec
     pipe(finetune_steps=3).teacher_logits()  # another baseline: another entry
     assert len(entries()) == 2
     assert pipe(distill_weight=0.0).teacher_logits() is None  # nothing to distil
+
+
+def test_teacher_layer_table_holds_each_layers_states_in_any_row_order(tmp_path):
+    teacher = _classifier(layers=3)
+    items = _items(40)
+    shape = write_teacher_layers(teacher, items, tmp_path, batch_size=16)
+    table = TeacherLayers(tmp_path)
+    assert len(table) == 40 and table.num_layers == 3 and shape["length"] == 12
+    assert shape["bytes"] >= 3 * 40 * 12 * 32 * 2  # fp16 (items, tokens, hidden) per layer
+    index = torch.tensor([7, 0, 33, 12, 5])
+    b = collate([items[i] for i in index.tolist()])
+    want: list[torch.Tensor] = []
+    with torch.no_grad():
+        teacher.hidden_states(
+            b["input_ids"], b["attention_mask"], b["token_type_ids"], positions="all", layers=want
+        )
+    got = table.batch(index, b["input_ids"].shape[1], "cpu")
+    real = b["attention_mask"].bool()
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == torch.float32
+        torch.testing.assert_close(g[real], w[real], atol=1e-2, rtol=1e-2)  # fp16 rounding
+    with pytest.raises(FileNotFoundError, match="no teacher layer states"):
+        TeacherLayers(tmp_path / "missing")
+
+
+def test_cached_teacher_layers_train_like_the_running_teacher(tmp_path):
+    teacher = _classifier(layers=2)
+    items = _items()
+    logits = predict(teacher, items)
+    write_teacher_layers(teacher, items, tmp_path)
+    table = TeacherLayers(tmp_path)
+    cfg = TrainConfig(steps=8, batch_size=16, lr=1e-3, distill_weight=0.5, layer_distill_weight=1)
+    a, b = _classifier(layers=2, seed=1), _classifier(layers=2, seed=1)
+    train_classifier(a, items, cfg, teacher=teacher)
+    # a different teacher object: with both tables the loop must not run it
+    other = _classifier(layers=2, seed=5)
+    train_classifier(b, items, cfg, teacher=other, teacher_logits=logits, teacher_layers=table)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(pa, pb, atol=5e-4), name
+    with pytest.raises(ValueError, match="one row per training item"):
+        train_classifier(
+            b, items[:32], cfg, teacher=other, teacher_logits=logits[:32], teacher_layers=table
+        )
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
+def test_teacher_layers_are_cached_once_and_only_for_layer_distillation(tiny_checkpoint, tmp_path):
+    def pipe(**recipe) -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=Recipe(**{**TINY_RECIPE, **recipe}),
+            data_dir=str(DATA),
+            cache_dir=tmp_path / "cache",
+        )
+
+    assert pipe().teacher_layers() is None  # no layer distillation: nothing written
+    layered = pipe(recovery_layer_distill=1.0)
+    layered.evaluate(Candidate(sparsity=0.3), throughput=TP)
+    table = layered.teacher_layers()
+    assert table is not None and len(table) == len(layered.train_items)
+    assert table.num_layers == len(layered.baseline().encoder.layers)
+    entries = sorted((tmp_path / "cache").glob("teacher/*"))
+    meta = [layered.cache.meta(e) for e in entries]
+    assert sum("layers" in m for m in meta) == 1 and all(m["seconds"] >= 0 for m in meta)
+    again = pipe(recovery_layer_distill=1.0).teacher_layers()  # read, not rebuilt
+    assert again is not None and again.directory == table.directory
+    assert sorted((tmp_path / "cache").glob("teacher/*")) == entries

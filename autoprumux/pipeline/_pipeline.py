@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from autoprumux._cache import ArtifactCache, key_hash
 from autoprumux.config import Candidate, MuxShape, Recipe, check_precision
@@ -53,9 +51,10 @@ from autoprumux.pipeline._mux import (
     warmup_key,
 )
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
+from autoprumux.pipeline._teacher import teacher_layers, teacher_logits
 from autoprumux.training import (
+    TeacherLayers,
     TrainConfig,
-    predict,
     prune_in_stages,
     train_classifier,
 )
@@ -114,6 +113,7 @@ class PruMuxPipeline:
         self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
         self._teacher_logits: torch.Tensor | None = None
+        self._teacher_layers: TeacherLayers | None = None
         self._mux_metrics: dict[MuxShape, dict[str, float]] = {}
         self._warned_short_baseline = False
 
@@ -211,23 +211,12 @@ class PruMuxPipeline:
         return self._baseline
 
     def teacher_logits(self) -> torch.Tensor | None:
-        """The baseline's logits for every training item, computed once and cached beside it,
-        so a distilling step does not run the baseline (None when the recipe does not distil, or
-        trains with L2L, whose executor runs the teacher itself)."""
-        if not self.recipe.distill_weight or self.recipe.trainer == "l2l":
-            return None
-        if self._teacher_logits is None:
+        """The baseline's logits for every training item (see `_teacher.teacher_logits`)."""
+        return teacher_logits(self)
 
-            def build(tmp: Path) -> dict:
-                t0 = time.perf_counter()
-                logits = predict(self.baseline(), self.train_items, device=self.device)
-                save_file({"logits": logits.float().cpu()}, tmp / "logits.safetensors")
-                return {"items": len(self.train_items), "seconds": time.perf_counter() - t0}
-
-            entry, hit = self.cache.get_or_build("teacher", {**self._key(), "of": "logits"}, build)
-            log.info("teacher logits %s (%s)", "cache hit" if hit else "computed", entry)
-            self._teacher_logits = load_file(entry / "logits.safetensors")["logits"]
-        return self._teacher_logits
+    def teacher_layers(self) -> TeacherLayers | None:
+        """The baseline's per-layer states for every item (see `_teacher.teacher_layers`)."""
+        return teacher_layers(self)
 
     def warmup_sentences(self) -> list[Encoded]:
         """Unlabeled sentences for the retrieval warm-up, from `warmup_corpus` (see
@@ -341,6 +330,7 @@ class PruMuxPipeline:
             desc=desc,
             on_stage=on_stage,
             teacher_logits=self.teacher_logits(),
+            teacher_layers=self.teacher_layers() if model.n == 1 else None,
         )
 
     def _candidate_key(self, sparsity: float, shape: MuxShape) -> dict:

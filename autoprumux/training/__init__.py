@@ -14,6 +14,7 @@ from autoprumux.training._students import (
     ensemble_outputs,
     prefix_mse,
 )
+from autoprumux.training._teacher import TeacherLayers, write_teacher_layers
 from autoprumux.training._warmup import evaluate_retrieval, retrieval_warmup
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "L2LExecutor",
     "L2LStats",
     "StudentTrainConfig",
+    "TeacherLayers",
     "TrainConfig",
     "distill_students",
     "ensemble_outputs",
@@ -36,4 +38,5 @@ __all__ = [
     "shared_layer_names",
     "train_classifier",
     "train_late_frozen",
+    "write_teacher_layers",
 ]

@@ -19,6 +19,7 @@ from autoprumux.models import MuxSequenceClassifier
 from autoprumux.training._config import TrainConfig, make_optimizer, optimizer_step
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._losses import classifier_loss, target_batches
+from autoprumux.training._teacher import TeacherLayers
 
 log = logging.getLogger("autoprumux")
 
@@ -35,6 +36,7 @@ def train_classifier(
     logit_targets: torch.Tensor | None = None,
     logit_offsets: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
+    teacher_layers: TeacherLayers | None = None,
 ) -> dict[str, float]:
     """Fine-tune `model` on the task for `cfg.steps` steps.
 
@@ -49,7 +51,9 @@ def train_classifier(
     (the sum of the students before this one).
     `teacher_logits` (M, labels), the teacher's logits for every item of `train` (see
     `predict`), stand in for running the teacher when only its logits are needed, so a step
-    costs the student's forward and backward alone.
+    costs the student's forward and backward alone. With `teacher_layers` too (the teacher's
+    per-layer states for every item, see `write_teacher_layers`), a layer-distilling step reads
+    the teacher's layers from that table instead of running it.
     """
     if cfg.steps == 0:
         return {"steps": 0.0, "seconds": 0.0}
@@ -70,7 +74,14 @@ def train_classifier(
         "logit_offsets": logit_offsets,
     }
     if cfg.trainer == "auto":
-        return _standard_or_l2l(model, train, cfg, teacher_logits=teacher_logits, **passed)
+        return _standard_or_l2l(
+            model,
+            train,
+            cfg,
+            teacher_logits=teacher_logits,
+            teacher_layers=teacher_layers,
+            **passed,
+        )
     if cfg.trainer == "l2l":
         return train_classifier_l2l(model, train, cfg, **passed)
     torch.manual_seed(cfg.seed)
@@ -82,9 +93,15 @@ def train_classifier(
     use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
     use_hidden = cfg.hidden_distill_weight > 0
     use_layers = cfg.layer_distill_weight > 0
-    table = None if use_hidden or use_layers else teacher_logits
+    layer_table = teacher_layers if use_layers and not use_hidden else None
+    table = None if use_hidden or (use_layers and layer_table is None) else teacher_logits
     if table is not None and len(table) != len(train):
         raise ValueError(f"teacher_logits has {len(table)} rows for {len(train)} items")
+    if layer_table is not None and (table is None or len(layer_table) != len(train)):
+        raise ValueError(
+            "teacher_layers needs teacher_logits, and both one row per training item "
+            f"({len(layer_table)} layer rows for {len(train)} items)"
+        )
     it = target_batches(
         infinite_batches(train, cfg.batch_size, seed=cfg.seed, with_index=table is not None),
         logit_targets,
@@ -108,6 +125,8 @@ def train_classifier(
         t_logits = t_states = None
         if table is not None:
             t_logits = table[batch["index"].cpu()].to(device)
+            if layer_table is not None:
+                t_layers = layer_table.batch(batch["index"], ids.shape[1], device)
         elif teacher is not None and (cfg.distill_weight > 0 or use_hidden or use_layers):
             with torch.no_grad():
                 if use_hidden or use_layers:
@@ -147,6 +166,7 @@ def _standard_or_l2l(
     cfg: TrainConfig,
     *,
     teacher_logits: torch.Tensor | None,
+    teacher_layers: TeacherLayers | None,
     **kw: Any,
 ) -> dict[str, float]:
     """`trainer="auto"`: the standard loop; when the device runs out of memory, the model is put
@@ -155,7 +175,12 @@ def _standard_or_l2l(
     start = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     try:
         stats = train_classifier(
-            model, train, replace(cfg, trainer="standard"), teacher_logits=teacher_logits, **kw
+            model,
+            train,
+            replace(cfg, trainer="standard"),
+            teacher_logits=teacher_logits,
+            teacher_layers=teacher_layers,
+            **kw,
         )
         return {**stats, "l2l_fallback": 0.0}
     except torch.OutOfMemoryError as e:

@@ -11,6 +11,7 @@ from autoprumux.data import Encoded, collate
 from autoprumux.models import MuxSequenceClassifier, apply_plan, compute_importance, search_plan
 from autoprumux.training._config import TrainConfig
 from autoprumux.training._loop import train_classifier
+from autoprumux.training._teacher import TeacherLayers
 
 # examples per stage whose loss change ranks whole sub-layers (attention, FFN) for removal
 ABLATION_EXAMPLES = 128
@@ -33,6 +34,7 @@ def prune_in_stages(
     desc: str = "",
     on_stage: Callable[[int, float], None] | None = None,
     teacher_logits: torch.Tensor | None = None,
+    teacher_layers: TeacherLayers | None = None,
 ) -> dict:
     """Prune `model` in place to `sparsity` in `stages` equal steps. Each stage ranks heads and
     FFN units by Fisher importance on `importance_examples` training examples (batches of N, so a
@@ -41,8 +43,8 @@ def prune_in_stages(
     `train_cfg(steps)` (the recovery steps split over the stages) distilling from `teacher`.
     Each stage's `dev_metric` is recorded in its stats and passed to `on_stage(stage, metric)`,
     which may raise to abandon the candidate. `teacher_logits` (the teacher's logits for every
-    training item) spare running the teacher (see `train_classifier`). Returns {"stages":
-    [per-stage stats]}."""
+    training item), and `teacher_layers` (its per-layer states) for layer distillation, spare
+    running the teacher (see `train_classifier`). Returns {"stages": [per-stage stats]}."""
     stats: list[dict] = []
     n = model.n
     gen = torch.Generator().manual_seed(seed)
@@ -77,6 +79,7 @@ def prune_in_stages(
             desc=f"recover{desc} stage {stage}/{stages}",
             device=device,
             teacher_logits=teacher_logits,
+            teacher_layers=teacher_layers,
         )
         stats.append(
             {
