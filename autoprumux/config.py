@@ -164,6 +164,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "recovery_steps": _STEPS,
     "recovery_layer_distill": _WEIGHT,
     "int8_recovery_steps": _STEPS,
+    "recovery_unlabeled": _Rule(int, low=0),
     "mux_pooling": _Rule(str, choices=("cls", "mean")),
     "warmup_hidden_distill": _WEIGHT,
     "mux_hidden_distill": _WEIGHT,
@@ -212,6 +213,9 @@ class Recipe:
     # an int8 candidate's distillation steps trained as int8 conversion computes (fake-quantized
     # weights and inputs) before it is converted; 0: converted as trained
     int8_recovery_steps: int = 0
+    # unlabeled sentences from the warm-up corpus added to the pruning recovery's training set:
+    # they are distilled from the baseline's logits (and layers), with no task loss; 0: none
+    recovery_unlabeled: int = 0
     # mux options (defaults: the best measured, see BENCHMARKS.md)
     mux_pooling: str = "mean"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base

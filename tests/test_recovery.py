@@ -11,7 +11,8 @@ from conftest import random_batch, tiny_encoder
 from test_search import DATA, TINY_RECIPE, TP
 
 from autoprumux import Candidate, PruMuxPipeline, Recipe
-from autoprumux.data import Encoded, collate
+from autoprumux.config import MuxShape
+from autoprumux.data import UNLABELED, Encoded, collate
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, PruningPlan, apply_plan
 from autoprumux.training import (
@@ -21,7 +22,12 @@ from autoprumux.training import (
     train_classifier,
     write_teacher_layers,
 )
-from autoprumux.training._losses import layer_distill_loss, layer_map
+from autoprumux.training._losses import (
+    kd_loss,
+    layer_distill_loss,
+    layer_map,
+    task_cross_entropy,
+)
 
 
 def _classifier(n: int = 1, layers: int = 4, seed: int = 0) -> MuxSequenceClassifier:
@@ -234,3 +240,67 @@ def test_teacher_layers_are_cached_once_and_only_for_layer_distillation(tiny_che
     again = pipe(recovery_layer_distill=1.0).teacher_layers()  # read, not rebuilt
     assert again is not None and again.directory == table.directory
     assert sorted((tmp_path / "cache").glob("teacher/*")) == entries
+
+
+def test_unlabeled_rows_add_no_task_loss():
+    logits = torch.randn(6, 3, requires_grad=True)
+    labels = torch.tensor([2, UNLABELED, 0, UNLABELED, 1, 1])
+    known = labels != UNLABELED
+    want = torch.nn.functional.cross_entropy(logits[known], labels[known])
+    torch.testing.assert_close(task_cross_entropy(logits, labels), want)
+    full = torch.tensor([2, 0, 0, 1, 1, 1])
+    torch.testing.assert_close(
+        task_cross_entropy(logits, full), torch.nn.functional.cross_entropy(logits, full)
+    )
+    none = task_cross_entropy(logits, torch.full((6,), UNLABELED))
+    none.backward()  # a batch without labels: zero loss, and still a graph to step through
+    assert float(none.detach()) == 0.0 and logits.grad is not None and not logits.grad.any()
+
+
+def test_unlabeled_items_are_distilled_from_the_teachers_logits():
+    teacher = _classifier(layers=2)
+    items = [Encoded(x.input_ids, x.token_type_ids, UNLABELED) for x in _items()]
+    table = predict(teacher, items)
+    student = _classifier(layers=2, seed=1)
+
+    def gap() -> float:
+        return float(kd_loss(predict(student, items), table, 1.0))
+
+    before = gap()
+    cfg = TrainConfig(steps=20, batch_size=16, lr=1e-3, distill_weight=0.5)
+    train_classifier(student, items, cfg, teacher=teacher, teacher_logits=table)
+    assert gap() < 0.5 * before, (before, gap())
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
+def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_checkpoint, tmp_path):
+    from autoprumux.pipeline._teacher import recovery_set, unlabeled_items
+
+    def pipe(**recipe) -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=Recipe(**{**TINY_RECIPE, **recipe}),
+            data_dir=str(DATA),
+            cache_dir=tmp_path / "cache",
+        )
+
+    plain, more = pipe(), pipe(recovery_unlabeled=40)
+    items, logits = recovery_set(more)
+    extra = items[len(more.train_items) :]
+    assert len(extra) == 40 and {x.label for x in extra} == {UNLABELED}
+    assert logits is not None and logits.shape == (len(items), 2)
+    torch.testing.assert_close(logits[-40:], predict(more.baseline(), extra), atol=1e-5, rtol=0)
+    key = more._candidate_key(0.3, MuxShape())
+    assert key != plain._candidate_key(0.3, MuxShape()) and key["unlabeled"] == 40
+    more.evaluate(Candidate(sparsity=0.3), throughput=TP)
+    plain.evaluate(Candidate(sparsity=0.3), throughput=TP)
+    assert len(list((tmp_path / "cache").glob("candidate/*"))) == 2  # apart
+    assert len(list((tmp_path / "cache").glob("baseline/*"))) == 1  # one teacher for both
+    # with layer distillation too, the layer table covers the unlabeled rows
+    layered = pipe(recovery_unlabeled=40, recovery_layer_distill=1.0)
+    table = layered.teacher_layers()
+    assert table is not None and len(table) == len(items)
+    # a recipe that does not distil adds nothing: the sentences would have no target
+    quiet = pipe(recovery_unlabeled=40, distill_weight=0.0)
+    assert unlabeled_items(quiet) == ([], {}) and recovery_set(quiet)[0] == quiet.train_items

@@ -19,6 +19,7 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "Encoded": _BATCHING,
+        "UNLABELED": _BATCHING,
         "batches": _BATCHING,
         "collate": _BATCHING,
         "encode": _BATCHING,
@@ -46,6 +47,7 @@ __getattr__ = lazy_exports(
 
 if TYPE_CHECKING:
     from autoprumux.data._batching import (
+        UNLABELED,
         Encoded,
         batches,
         collate,
@@ -78,6 +80,7 @@ __all__ = [
     "MAX_DEV_SPLIT_ROWS",
     "METRICS",
     "TASKS",
+    "UNLABELED",
     "DataSource",
     "Encoded",
     "Example",

@@ -11,10 +11,13 @@ import torch
 from autoprumux.data._glue import Example
 from autoprumux.errors import ConfigError
 
+# the label of an unlabeled example (distilled from the teacher's outputs only, no task loss)
+UNLABELED = -1
+
 
 @dataclass(frozen=True)
 class Encoded:
-    """Token ids of one example (no padding)."""
+    """Token ids of one example (no padding); `label` is the class index or UNLABELED."""
 
     input_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...]

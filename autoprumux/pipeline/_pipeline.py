@@ -51,7 +51,12 @@ from autoprumux.pipeline._mux import (
     warmup_key,
 )
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
-from autoprumux.pipeline._teacher import teacher_layers, teacher_logits
+from autoprumux.pipeline._teacher import (
+    recovery_set,
+    teacher_layers,
+    teacher_logits,
+    unlabeled_items,
+)
 from autoprumux.training import (
     TeacherLayers,
     TrainConfig,
@@ -114,6 +119,7 @@ class PruMuxPipeline:
         self._baseline_metrics: dict[str, float] | None = None
         self._teacher_logits: torch.Tensor | None = None
         self._teacher_layers: TeacherLayers | None = None
+        self._unlabeled: tuple[list[Encoded], dict] | None = None
         self._mux_metrics: dict[MuxShape, dict[str, float]] = {}
         self._warned_short_baseline = False
 
@@ -308,10 +314,12 @@ class PruMuxPipeline:
         distillation from the baseline; each stage's dev metric (one pairing) is recorded and
         passed to `on_stage(stage, metric)`. Returns per-stage stats."""
         r = self.recipe
+        items, logits = recovery_set(self)
         return prune_in_stages(
             model,
             sparsity,
             self.train_items,
+            recovery_items=items,
             teacher=self.baseline(),
             stages=r.prune_stages,
             recovery_steps=r.recovery_steps,
@@ -329,7 +337,7 @@ class PruMuxPipeline:
             device=self.device,
             desc=desc,
             on_stage=on_stage,
-            teacher_logits=self.teacher_logits(),
+            teacher_logits=logits,
             teacher_layers=self.teacher_layers() if model.n == 1 else None,
         )
 
@@ -345,6 +353,7 @@ class PruMuxPipeline:
             "importance_examples": r.importance_examples,
             # keyed only when used, so earlier entries keep their keys
             **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
+            **unlabeled_items(self)[1],
         }
 
     def trained(

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from autoprumux.data import UNLABELED
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.training._config import TrainConfig
 
@@ -102,6 +103,17 @@ def retrieval_loss(
     return loss, acc
 
 
+def task_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled rows (an UNLABELED row adds only the distillation
+    terms); 0 for a batch without any."""
+    known = labels != UNLABELED
+    if bool(known.all()):
+        return F.cross_entropy(logits, labels)
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[known], labels[known])
+
+
 def classifier_loss(
     model: MuxSequenceClassifier,
     batch: dict[str, torch.Tensor],
@@ -129,7 +141,7 @@ def classifier_loss(
     if "logit_targets" in batch:  # regression distillation (students)
         out = logits + batch["logit_offsets"] if "logit_offsets" in batch else logits
         return logit_fit_loss(out, batch["logit_targets"], cfg)
-    loss = F.cross_entropy(logits, batch["labels"])
+    loss = task_cross_entropy(logits, batch["labels"])
     if teacher_logits is not None:
         loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd_loss(
             logits, teacher_logits, cfg.temperature

@@ -35,6 +35,7 @@ def prune_in_stages(
     on_stage: Callable[[int, float], None] | None = None,
     teacher_logits: torch.Tensor | None = None,
     teacher_layers: TeacherLayers | None = None,
+    recovery_items: Sequence[Encoded] | None = None,
 ) -> dict:
     """Prune `model` in place to `sparsity` in `stages` equal steps. Each stage ranks heads and
     FFN units by Fisher importance on `importance_examples` training examples (batches of N, so a
@@ -44,7 +45,9 @@ def prune_in_stages(
     Each stage's `dev_metric` is recorded in its stats and passed to `on_stage(stage, metric)`,
     which may raise to abandon the candidate. `teacher_logits` (the teacher's logits for every
     training item), and `teacher_layers` (its per-layer states) for layer distillation, spare
-    running the teacher (see `train_classifier`). Returns {"stages": [per-stage stats]}."""
+    running the teacher (see `train_classifier`). The recovery trains on `recovery_items` when
+    given (e.g. the training items plus unlabeled ones, which the tables then cover too), the
+    importance is always scored on `train_items`. Returns {"stages": [per-stage stats]}."""
     stats: list[dict] = []
     n = model.n
     gen = torch.Generator().manual_seed(seed)
@@ -72,7 +75,7 @@ def prune_in_stages(
         steps = recovery_steps // stages + (recovery_steps % stages if stage == stages else 0)
         tr = train_classifier(
             model,
-            list(train_items),
+            list(train_items if recovery_items is None else recovery_items),
             train_cfg(steps),
             teacher=teacher,
             special_ids=special_ids,
