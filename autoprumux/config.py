@@ -39,6 +39,7 @@ STUDENT_DEPTHS = (1, 2, 3)
 LOGIT_LOSSES = ("mse", "kl")
 # where student j's layers start: the teacher's lowest layers for all, or spread over its depth
 STUDENT_INITS = ("bottom", "spread")
+RECOVERY_SCHEDULES = ("even", "rising")  # recovery steps per pruning stage
 SAMPLERS = ("tpe", "guided", "random", "grid")
 TRAINERS = ("standard", "l2l", "auto")
 STASH_PLACES = ("device", "host")
@@ -145,7 +146,6 @@ _LR = _Rule(float, low=0.0, above=True)
 _WEIGHT = _Rule(float, low=0.0)  # a loss term's weight; 0 = off
 _FRACTION = _Rule(float, low=0.0, high=1.0)  # a weight mixed with the task loss (TrainConfig)
 _FLAG = _Rule(bool)
-_RATE_OR_OFF = _Rule(float, low=0.0)  # a learning rate; 0 = those parameters stay frozen
 
 # one rule per Recipe field (`Recipe.__post_init__` fails on a field without one)
 _RECIPE_RULES: dict[str, _Rule] = {
@@ -165,6 +165,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "recovery_layer_distill": _WEIGHT,
     "int8_recovery_steps": _STEPS,
     "recovery_unlabeled": _Rule(int, low=0),
+    "recovery_schedule": _Rule(str, choices=RECOVERY_SCHEDULES),
     "mux_pooling": _Rule(str, choices=("cls", "mean")),
     "warmup_hidden_distill": _WEIGHT,
     "mux_hidden_distill": _WEIGHT,
@@ -172,7 +173,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "late_mux_freeze_backbone": _FLAG,
     "late_mux_align": _WEIGHT,
     "late_mux_lr": _LR,
-    "late_mux_shared_lr": _RATE_OR_OFF,
+    "late_mux_shared_lr": _Rule(float, low=0.0),  # 0: the shared layers stay frozen
     "student_steps": _STEPS,
     "student_stacking_steps": _STEPS,
     "student_lr": _LR,
@@ -213,9 +214,10 @@ class Recipe:
     # an int8 candidate's distillation steps trained as int8 conversion computes (fake-quantized
     # weights and inputs) before it is converted; 0: converted as trained
     int8_recovery_steps: int = 0
-    # unlabeled sentences from the warm-up corpus added to the pruning recovery's training set:
-    # they are distilled from the baseline's logits (and layers), with no task loss; 0: none
+    # warm-up corpus sentences added to the pruning recovery, distilled without a task loss
     recovery_unlabeled: int = 0
+    # recovery_steps per pruning stage: "even", or "rising" (in proportion to the stage number)
+    recovery_schedule: str = "even"
     # mux options (defaults: the best measured, see BENCHMARKS.md)
     mux_pooling: str = "mean"  # what the N>1 task head reads: demuxed [CLS] or mean of tokens
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
@@ -229,9 +231,8 @@ class Recipe:
     late_mux_freeze_backbone: bool = True
     late_mux_align: float = 1.0
     late_mux_lr: float = 1e-3
-    # with the backbone frozen, > 0 trains the shared layers (those after the first k, and the
-    # pooler) at this rate beside the adapters; the embeddings and the per-instance layers stay
-    # frozen, so their outputs are still computed once
+    # > 0 (backbone frozen): the shared layers after the first k and the pooler train at this
+    # rate; the embeddings and per-instance layers stay frozen (their outputs computed once)
     late_mux_shared_lr: float = 0.0
     # Academus students: boosting steps per student, then joint stacking distillation
     student_steps: int = 400
@@ -292,8 +293,7 @@ class Recipe:
         if self.late_mux_shared_lr > 0 and not self.late_mux_freeze_backbone:
             raise ConfigError(
                 f"recipe field late_mux_shared_lr ({self.late_mux_shared_lr!r}) > 0 needs "
-                "late_mux_freeze_backbone true (an unfrozen backbone trains every layer at "
-                "late_mux_lr); set it to 0 or freeze the backbone"
+                "late_mux_freeze_backbone true (unfrozen, every layer trains at late_mux_lr)"
             )
         if self.recovery_layer_distill > 0 and self.trainer != "standard":
             raise ConfigError(
@@ -316,9 +316,8 @@ class Recipe:
 # training examples, with the baseline fine-tuned as long (N > 1), and 4x the pruning recovery
 # (BENCHMARKS.md, multiplexing and pruning recovery). It keeps the default warm-up.
 RECIPE_PRESETS: dict[str, dict[str, Any]] = {
-    # the README's main job: a whole budgeted search in minutes on a 2-core CPU (a shorter
-    # baseline on fewer examples, one pruning stage with a short recovery); N=1 spaces only,
-    # since a multiplexed model needs its warm-up and a fine-tune as long as "fast"'s
+    # the README's main job: a budgeted search in minutes on a 2-core CPU (shorter baseline,
+    # fewer examples, one short pruning stage); N=1 only (N > 1 needs "fast"'s fine-tune)
     "quick": {
         "finetune_steps": 200,
         "max_train_examples": 4000,

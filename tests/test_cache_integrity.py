@@ -133,6 +133,7 @@ BAD_RECIPES = [
     ("recovery_layer_distill", -1.0),
     ("int8_recovery_steps", 2.5),
     ("recovery_unlabeled", -1),
+    ("recovery_schedule", "front"),
     ("mux_pooling", "max"),
     ("mux_pooling", None),
     ("warmup_hidden_distill", math.inf),

@@ -28,6 +28,7 @@ from autoprumux.training._losses import (
     layer_map,
     task_cross_entropy,
 )
+from autoprumux.training._prune import recovery_schedule
 
 
 def _classifier(n: int = 1, layers: int = 4, seed: int = 0) -> MuxSequenceClassifier:
@@ -274,7 +275,7 @@ def test_unlabeled_items_are_distilled_from_the_teachers_logits():
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_checkpoint, tmp_path):
-    from autoprumux.pipeline._teacher import recovery_set, unlabeled_items
+    from autoprumux.pipeline._recovery import recovery_set, unlabeled_items
 
     def pipe(**recipe) -> PruMuxPipeline:
         return PruMuxPipeline(
@@ -304,3 +305,35 @@ def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_che
     # a recipe that does not distil adds nothing: the sentences would have no target
     quiet = pipe(recovery_unlabeled=40, distill_weight=0.0)
     assert unlabeled_items(quiet) == ([], {}) and recovery_set(quiet)[0] == quiet.train_items
+
+
+def test_recovery_schedules_split_every_step_over_the_stages():
+    assert recovery_schedule(150, 2, "even") == [75, 75]
+    assert recovery_schedule(151, 2, "even") == [75, 76]
+    assert recovery_schedule(600, 3, "rising") == [100, 200, 300]
+    assert recovery_schedule(100, 4, "rising") == [10, 20, 30, 40]
+    for total, stages in ((7, 3), (2000, 4), (0, 2), (5, 1)):
+        for schedule in ("even", "rising"):
+            steps = recovery_schedule(total, stages, schedule)
+            assert len(steps) == stages and sum(steps) == total and min(steps) >= 0
+    with pytest.raises(ConfigError, match=r"recovery schedule \('front'\) must be one of"):
+        recovery_schedule(10, 2, "front")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
+def test_a_rising_schedule_is_keyed_and_spends_more_steps_late(tiny_checkpoint, tmp_path):
+    def pipe(**recipe) -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=Recipe(**{**TINY_RECIPE, "prune_stages": 2, "recovery_steps": 6, **recipe}),
+            data_dir=str(DATA),
+            cache_dir=tmp_path / "cache",
+        )
+
+    even, rising = pipe(), pipe(recovery_schedule="rising")
+    assert "recovery_schedule" not in even._candidate_key(0.3, MuxShape())  # old keys kept
+    assert rising._candidate_key(0.3, MuxShape())["recovery_schedule"] == "rising"
+    model = copy.deepcopy(rising.baseline())
+    stats = rising.prune(model, 0.3)
+    assert [s["train"]["steps"] for s in stats["stages"]] == [2.0, 4.0]

@@ -44,6 +44,7 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--recovery-layer-distill", float, "weight of layer-wise KD in the recovery (N=1)"),
     ("--int8-recovery-steps", int, "distillation steps of an int8 candidate trained as int8"),
     ("--recovery-unlabeled", int, "unlabeled warm-up-corpus sentences distilled in the recovery"),
+    ("--recovery-schedule", str, "recovery steps per pruning stage: even or rising"),
     ("--prune-stages", int, "pruning stages"),
     ("--mux-pooling", str, "N > 1 head reads the demuxed [CLS] ('cls') or token mean ('mean')"),
     ("--warmup-hidden-distill", float, "weight of hidden-state distillation in the warm-up"),

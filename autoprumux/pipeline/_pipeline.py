@@ -50,17 +50,11 @@ from autoprumux.pipeline._mux import (
     pruned_late_mux_model,
     warmup_key,
 )
+from autoprumux.pipeline._recovery import prune, recovery_key, teacher_layers, teacher_logits
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
-from autoprumux.pipeline._teacher import (
-    recovery_set,
-    teacher_layers,
-    teacher_logits,
-    unlabeled_items,
-)
 from autoprumux.training import (
     TeacherLayers,
     TrainConfig,
-    prune_in_stages,
     train_classifier,
 )
 
@@ -217,11 +211,11 @@ class PruMuxPipeline:
         return self._baseline
 
     def teacher_logits(self) -> torch.Tensor | None:
-        """The baseline's logits for every training item (see `_teacher.teacher_logits`)."""
+        """The baseline's logits for every training item (see `_recovery.teacher_logits`)."""
         return teacher_logits(self)
 
     def teacher_layers(self) -> TeacherLayers | None:
-        """The baseline's per-layer states for every item (see `_teacher.teacher_layers`)."""
+        """The baseline's per-layer states for every item (see `_recovery.teacher_layers`)."""
         return teacher_layers(self)
 
     def warmup_sentences(self) -> list[Encoded]:
@@ -310,51 +304,14 @@ class PruMuxPipeline:
         desc: str = "",
         on_stage: Callable[[int, float], None] | None = None,
     ) -> dict:
-        """Prune `model` in place to `sparsity` (see `prune_in_stages`), recovering with
-        distillation from the baseline; each stage's dev metric (one pairing) is recorded and
-        passed to `on_stage(stage, metric)`. Returns per-stage stats."""
-        r = self.recipe
-        items, logits = recovery_set(self)
-        return prune_in_stages(
-            model,
-            sparsity,
-            self.train_items,
-            recovery_items=items,
-            teacher=self.baseline(),
-            stages=r.prune_stages,
-            recovery_steps=r.recovery_steps,
-            importance_examples=r.importance_examples,
-            seed=r.seed,
-            train_cfg=lambda steps: TrainConfig.from_recipe(
-                r,
-                steps,
-                distill_weight=r.distill_weight,
-                retrieval_weight=r.retrieval_weight if model.n > 1 else 0.0,
-                layer_distill_weight=r.recovery_layer_distill if model.n == 1 else 0.0,
-            ),
-            dev_metric=lambda m: self.dev_metrics(m, pairings=1)["metric"],
-            special_ids=self.special_ids,
-            device=self.device,
-            desc=desc,
-            on_stage=on_stage,
-            teacher_logits=logits,
-            teacher_layers=self.teacher_layers() if model.n == 1 else None,
-        )
+        """Prune `model` in place to `sparsity` with the recipe's recovery (see
+        `_recovery.prune`). Returns per-stage stats."""
+        return prune(self, model, sparsity, desc=desc, on_stage=on_stage)
 
     def _candidate_key(self, sparsity: float, shape: MuxShape) -> dict:
         if sparsity == 0.0:
             return self._mux_key(shape)
-        r = self.recipe
-        return {
-            **self._mux_key(shape),
-            "sparsity": sparsity,
-            "recovery_steps": r.recovery_steps,
-            "prune_stages": r.prune_stages,
-            "importance_examples": r.importance_examples,
-            # keyed only when used, so earlier entries keep their keys
-            **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
-            **unlabeled_items(self)[1],
-        }
+        return {**self._mux_key(shape), "sparsity": sparsity, **recovery_key(self)}
 
     def trained(
         self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None

@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from autoprumux.config import RECOVERY_SCHEDULES
 from autoprumux.data import Encoded, collate
+from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier, apply_plan, compute_importance, search_plan
 from autoprumux.training._config import TrainConfig
 from autoprumux.training._loop import train_classifier
@@ -15,6 +17,21 @@ from autoprumux.training._teacher import TeacherLayers
 
 # examples per stage whose loss change ranks whole sub-layers (attention, FFN) for removal
 ABLATION_EXAMPLES = 128
+
+
+def recovery_schedule(total: int, stages: int, schedule: str) -> list[int]:
+    """The recovery steps after each of `stages` pruning stages, `total` in all: "even" splits
+    them equally, "rising" in proportion to the stage's number (stage i of S gets i / (1 + ... +
+    S)): a later stage removes structure from a smaller model, and costs more accuracy. The
+    rounding remainder goes to the last stage."""
+    if schedule not in RECOVERY_SCHEDULES:
+        raise ConfigError(
+            f"recovery schedule ({schedule!r}) must be one of {list(RECOVERY_SCHEDULES)}"
+        )
+    weights = [1] * stages if schedule == "even" else list(range(1, stages + 1))
+    steps = [total * w // sum(weights) for w in weights]
+    steps[-1] += total - sum(steps)
+    return steps
 
 
 def prune_in_stages(
@@ -25,6 +42,7 @@ def prune_in_stages(
     teacher: MuxSequenceClassifier,
     stages: int,
     recovery_steps: int,
+    schedule: str = "even",
     importance_examples: int,
     seed: int,
     train_cfg: Callable[[int], TrainConfig],
@@ -41,7 +59,8 @@ def prune_in_stages(
     FFN units by Fisher importance on `importance_examples` training examples (batches of N, so a
     multiplexed model is scored as it runs) and sub-layers by the loss change of removing them,
     removes the least important down to the stage's target, then recovers with
-    `train_cfg(steps)` (the recovery steps split over the stages) distilling from `teacher`.
+    `train_cfg(steps)` (the recovery steps split over the stages by `schedule`, see
+    `recovery_schedule`) distilling from `teacher`.
     Each stage's `dev_metric` is recorded in its stats and passed to `on_stage(stage, metric)`,
     which may raise to abandon the candidate. `teacher_logits` (the teacher's logits for every
     training item), and `teacher_layers` (its per-layer states) for layer distillation, spare
@@ -49,6 +68,7 @@ def prune_in_stages(
     given (e.g. the training items plus unlabeled ones, which the tables then cover too), the
     importance is always scored on `train_items`. Returns {"stages": [per-stage stats]}."""
     stats: list[dict] = []
+    stage_steps = recovery_schedule(recovery_steps, stages, schedule)
     n = model.n
     gen = torch.Generator().manual_seed(seed)
     for stage in range(1, stages + 1):
@@ -72,7 +92,7 @@ def prune_in_stages(
         imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
         plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
         apply_plan(model.encoder, plan)
-        steps = recovery_steps // stages + (recovery_steps % stages if stage == stages else 0)
+        steps = stage_steps[stage - 1]
         tr = train_classifier(
             model,
             list(train_items if recovery_items is None else recovery_items),

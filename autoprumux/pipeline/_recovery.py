@@ -1,12 +1,14 @@
-"""The baseline's outputs over the training set, computed once per model, task and recipe and
-cached beside it, so a distilling step runs only the model it trains: its logits (any
-distillation) and its per-layer token states (layer distillation); and the pruning recovery's
-training set, which may add unlabeled sentences distilled from those outputs alone."""
+"""Pruning with the recipe's recovery, and what the recovery reads: the baseline's outputs over
+the training set, computed once per model, task and recipe and cached beside it, so a
+distilling step runs only the model it trains (its logits for any distillation, its per-layer
+token states for layer distillation), and the recovery's training set, which may add unlabeled
+sentences distilled from those outputs alone."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +17,14 @@ from safetensors.torch import load_file, save_file
 
 from autoprumux.config import Recipe
 from autoprumux.data import UNLABELED, Encoded, encode_corpus, warmup_texts
-from autoprumux.training import TeacherLayers, predict, write_teacher_layers
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.training import (
+    TeacherLayers,
+    TrainConfig,
+    predict,
+    prune_in_stages,
+    write_teacher_layers,
+)
 
 if TYPE_CHECKING:
     from autoprumux.pipeline._pipeline import PruMuxPipeline
@@ -109,3 +118,58 @@ def teacher_layers(pipe: PruMuxPipeline) -> TeacherLayers | None:
         log.info("teacher layer states %s (%s)", "cache hit" if hit else "computed", entry)
         pipe._teacher_layers = TeacherLayers(entry)
     return pipe._teacher_layers
+
+
+def recovery_key(pipe: PruMuxPipeline) -> dict:
+    """What a pruned candidate's recovery reads from the recipe (its part of the cache key)."""
+    r = pipe.recipe
+    return {
+        "recovery_steps": r.recovery_steps,
+        "prune_stages": r.prune_stages,
+        "importance_examples": r.importance_examples,
+        # keyed only when used, so earlier entries keep their keys
+        **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
+        **({"recovery_schedule": r.recovery_schedule} if r.recovery_schedule != "even" else {}),
+        **unlabeled_items(pipe)[1],
+    }
+
+
+def prune(
+    pipe: PruMuxPipeline,
+    model: MuxSequenceClassifier,
+    sparsity: float,
+    *,
+    desc: str = "",
+    on_stage: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Prune `model` in place to `sparsity` (see `prune_in_stages`), recovering with
+    distillation from the baseline over the recovery set; each stage's dev metric (one pairing)
+    is recorded and passed to `on_stage(stage, metric)`. Returns per-stage stats."""
+    r = pipe.recipe
+    items, logits = recovery_set(pipe)
+    return prune_in_stages(
+        model,
+        sparsity,
+        pipe.train_items,
+        recovery_items=items,
+        teacher=pipe.baseline(),
+        stages=r.prune_stages,
+        recovery_steps=r.recovery_steps,
+        schedule=r.recovery_schedule,
+        importance_examples=r.importance_examples,
+        seed=r.seed,
+        train_cfg=lambda steps: TrainConfig.from_recipe(
+            r,
+            steps,
+            distill_weight=r.distill_weight,
+            retrieval_weight=r.retrieval_weight if model.n > 1 else 0.0,
+            layer_distill_weight=r.recovery_layer_distill if model.n == 1 else 0.0,
+        ),
+        dev_metric=lambda m: pipe.dev_metrics(m, pairings=1)["metric"],
+        special_ids=pipe.special_ids,
+        device=pipe.device,
+        desc=desc,
+        on_stage=on_stage,
+        teacher_logits=logits,
+        teacher_layers=teacher_layers(pipe) if model.n == 1 else None,
+    )
