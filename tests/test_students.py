@@ -293,8 +293,8 @@ def _kl_to_teacher(t: MuxSequenceClassifier, ens: StudentEnsemble, data, tempera
 
 def test_kl_boosting_fits_each_student_around_the_sum_before_it():
     """loss="kl": every added student lowers the KL between the sum so far and the teacher (the
-    fit is around the fixed earlier students, not on a residual of its own), before and after
-    stacking, and the run differs from the MSE run (the loss is really used)."""
+    fit is around the fixed earlier students, not on a residual of its own), stacking lowers the
+    mean over the prefixes, and the run differs from the MSE run (the loss is really used)."""
     t = hard_teacher()
     train = items(256, seed=0)
     tcfg = StudentTrainConfig(
@@ -317,8 +317,10 @@ def test_kl_boosting_fits_each_student_around_the_sum_before_it():
         StudentTrainConfig(**{**tcfg.__dict__, "stacking_steps": 30, "stacking_lr": 3e-4}),
     )
     kl_stacked = _kl_to_teacher(t, stacked, train, 2.0)
-    # stacking lowers what it minimises, the mean over the prefixes, and the full sum's KL
-    assert sum(kl_stacked) < sum(kl) and kl_stacked[-1] < kl[-1], (kl, kl_stacked)
+    # stacking lowers what it minimises, the mean over the prefixes (it may trade the full
+    # sum's KL for the shorter prefixes': on this toy fit it moves by a few percent either way
+    # with the thread count)
+    assert sum(kl_stacked) < sum(kl), (kl, kl_stacked)
     mse, _ = distill_students(
         t,
         train,
