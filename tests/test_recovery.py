@@ -44,6 +44,24 @@ def _items(count: int = 64) -> list[Encoded]:
     ]
 
 
+@pytest.fixture
+def tiny_pipe(tiny_checkpoint, tmp_path):
+    """A factory of tiny-model SST-2 pipelines sharing one cache; keywords override the recipe."""
+    if not DATA.is_dir():
+        pytest.skip(f"shared GLUE data not found at {DATA}")
+
+    def make(**recipe) -> PruMuxPipeline:
+        return PruMuxPipeline(
+            task="sst2",
+            model=tiny_checkpoint,
+            recipe=Recipe(**{**TINY_RECIPE, **recipe}),
+            data_dir=str(DATA),
+            cache_dir=tmp_path / "cache",
+        )
+
+    return make
+
+
 def test_each_student_layer_maps_to_a_teacher_layer_spread_evenly():
     assert layer_map(6, 6) == [0, 1, 2, 3, 4, 5]
     assert layer_map(3, 6) == [1, 3, 5]
@@ -117,18 +135,8 @@ def test_layer_distillation_lowers_the_distance_to_the_teachers_layers():
     assert runs[1.0] < 0.8 * before and runs[1.0] < 0.8 * runs[0.0], (before, runs)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
-def test_the_pipeline_recovers_n1_candidates_with_layer_distillation(tiny_checkpoint, tmp_path):
-    def pipe(weight: float) -> PruMuxPipeline:
-        return PruMuxPipeline(
-            task="sst2",
-            model=tiny_checkpoint,
-            recipe=Recipe(**TINY_RECIPE, recovery_layer_distill=weight),
-            data_dir=str(DATA),
-            cache_dir=tmp_path / "cache",
-        )
-
-    plain, layered = pipe(0.0), pipe(1.0)
+def test_the_pipeline_recovers_n1_candidates_with_layer_distillation(tiny_pipe, tmp_path):
+    plain, layered = tiny_pipe(), tiny_pipe(recovery_layer_distill=1.0)
     a = plain.evaluate(Candidate(sparsity=0.3), throughput=TP)
     b = layered.evaluate(Candidate(sparsity=0.3), throughput=TP)
     # its own cache entry (the recipe differs), the same baseline
@@ -151,28 +159,19 @@ def test_cached_teacher_logits_train_like_the_running_teacher():
         train_classifier(b, items, cfg, teacher=teacher, teacher_logits=table[:10])
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
-def test_teacher_logits_are_cached_with_the_baseline_and_keyed_like_it(tiny_checkpoint, tmp_path):
-    def pipe(**recipe) -> PruMuxPipeline:
-        return PruMuxPipeline(
-            task="sst2",
-            model=tiny_checkpoint,
-            recipe=Recipe(**{**TINY_RECIPE, **recipe}),
-            data_dir=str(DATA),
-            cache_dir=tmp_path / "cache",
-        )
+def test_teacher_logits_are_cached_with_the_baseline_and_keyed_like_it(tiny_pipe, tmp_path):
 
-    first = pipe()
+    first = tiny_pipe()
     logits = first.teacher_logits()
     assert logits is not None and logits.shape == (len(first.train_items), 2)
     assert torch.allclose(logits, predict(first.baseline(), first.train_items), atol=1e-5)
     entries = lambda: sorted((tmp_path / "cache").glob("teacher/*"))  # noqa: E731
     assert len(entries()) == 1
-    again = pipe().teacher_logits()  # another process would read the same entry
+    again = tiny_pipe().teacher_logits()  # another process would read the same entry
     assert again is not None and torch.equal(again, logits) and len(entries()) == 1
-    pipe(finetune_steps=3).teacher_logits()  # another baseline: another entry
+    tiny_pipe(finetune_steps=3).teacher_logits()  # another baseline: another entry
     assert len(entries()) == 2
-    assert pipe(distill_weight=0.0).teacher_logits() is None  # nothing to distil
+    assert tiny_pipe(distill_weight=0.0).teacher_logits() is None  # nothing to distil
 
 
 def test_teacher_layer_table_holds_each_layers_states_in_any_row_order(tmp_path):
@@ -218,19 +217,10 @@ def test_cached_teacher_layers_train_like_the_running_teacher(tmp_path):
         )
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
-def test_teacher_layers_are_cached_once_and_only_for_layer_distillation(tiny_checkpoint, tmp_path):
-    def pipe(**recipe) -> PruMuxPipeline:
-        return PruMuxPipeline(
-            task="sst2",
-            model=tiny_checkpoint,
-            recipe=Recipe(**{**TINY_RECIPE, **recipe}),
-            data_dir=str(DATA),
-            cache_dir=tmp_path / "cache",
-        )
+def test_teacher_layers_are_cached_once_and_only_for_layer_distillation(tiny_pipe, tmp_path):
 
-    assert pipe().teacher_layers() is None  # no layer distillation: nothing written
-    layered = pipe(recovery_layer_distill=1.0)
+    assert tiny_pipe().teacher_layers() is None  # no layer distillation: nothing written
+    layered = tiny_pipe(recovery_layer_distill=1.0)
     layered.evaluate(Candidate(sparsity=0.3), throughput=TP)
     table = layered.teacher_layers()
     assert table is not None and len(table) == len(layered.train_items)
@@ -238,7 +228,7 @@ def test_teacher_layers_are_cached_once_and_only_for_layer_distillation(tiny_che
     entries = sorted((tmp_path / "cache").glob("teacher/*"))
     meta = [layered.cache.meta(e) for e in entries]
     assert sum("layers" in m for m in meta) == 1 and all(m["seconds"] >= 0 for m in meta)
-    again = pipe(recovery_layer_distill=1.0).teacher_layers()  # read, not rebuilt
+    again = tiny_pipe(recovery_layer_distill=1.0).teacher_layers()  # read, not rebuilt
     assert again is not None and again.directory == table.directory
     assert sorted((tmp_path / "cache").glob("teacher/*")) == entries
 
@@ -273,20 +263,10 @@ def test_unlabeled_items_are_distilled_from_the_teachers_logits():
     assert gap() < 0.5 * before, (before, gap())
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
-def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_checkpoint, tmp_path):
+def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_pipe, tmp_path):
     from autoprumux.pipeline._recovery import recovery_set, unlabeled_items
 
-    def pipe(**recipe) -> PruMuxPipeline:
-        return PruMuxPipeline(
-            task="sst2",
-            model=tiny_checkpoint,
-            recipe=Recipe(**{**TINY_RECIPE, **recipe}),
-            data_dir=str(DATA),
-            cache_dir=tmp_path / "cache",
-        )
-
-    plain, more = pipe(), pipe(recovery_unlabeled=40)
+    plain, more = tiny_pipe(), tiny_pipe(recovery_unlabeled=40)
     items, logits = recovery_set(more)
     extra = items[len(more.train_items) :]
     assert len(extra) == 40 and {x.label for x in extra} == {UNLABELED}
@@ -299,11 +279,11 @@ def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_che
     assert len(list((tmp_path / "cache").glob("candidate/*"))) == 2  # apart
     assert len(list((tmp_path / "cache").glob("baseline/*"))) == 1  # one teacher for both
     # with layer distillation too, the layer table covers the unlabeled rows
-    layered = pipe(recovery_unlabeled=40, recovery_layer_distill=1.0)
+    layered = tiny_pipe(recovery_unlabeled=40, recovery_layer_distill=1.0)
     table = layered.teacher_layers()
     assert table is not None and len(table) == len(items)
     # a recipe that does not distil adds nothing: the sentences would have no target
-    quiet = pipe(recovery_unlabeled=40, distill_weight=0.0)
+    quiet = tiny_pipe(recovery_unlabeled=40, distill_weight=0.0)
     assert unlabeled_items(quiet) == ([], {}) and recovery_set(quiet)[0] == quiet.train_items
 
 
@@ -320,16 +300,9 @@ def test_recovery_schedules_split_every_step_over_the_stages():
         recovery_schedule(10, 2, "front")
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
-def test_a_rising_schedule_is_keyed_and_spends_more_steps_late(tiny_checkpoint, tmp_path):
+def test_a_rising_schedule_is_keyed_and_spends_more_steps_late(tiny_pipe, tmp_path):
     def pipe(**recipe) -> PruMuxPipeline:
-        return PruMuxPipeline(
-            task="sst2",
-            model=tiny_checkpoint,
-            recipe=Recipe(**{**TINY_RECIPE, "prune_stages": 2, "recovery_steps": 6, **recipe}),
-            data_dir=str(DATA),
-            cache_dir=tmp_path / "cache",
-        )
+        return tiny_pipe(prune_stages=2, recovery_steps=6, **recipe)
 
     even, rising = pipe(), pipe(recovery_schedule="rising")
     assert "recovery_schedule" not in even._candidate_key(0.3, MuxShape())  # old keys kept
