@@ -203,6 +203,24 @@ def test_a_search_over_precision_records_it_in_each_trial_and_its_mlflow_run(
     assert all(t.state.name == "COMPLETE" for t in trials)
 
 
+def test_int8_rounds_each_output_channel_on_its_own():
+    """One outlier row must not coarsen the others: per output channel, the ordinary rows stay
+    within 5% of fp32 (the 7-bit inputs cost most of it); one step for the whole tensor would
+    be 100x coarser for them, rounding most of their weights to 0."""
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 32)).eval()
+    with torch.no_grad():
+        lin[0].weight[0] *= 100
+    x = torch.randn(16, 64)
+    with torch.inference_mode():
+        ref, out = lin(x), to_precision(lin, "int8")(x)
+    rest = (out - ref)[:, 1:].abs().max()
+    assert rest <= 0.05 * ref[:, 1:].abs().max(), rest
+    with torch.inference_mode(), fake_int8(lin):
+        fake = lin(x)
+    assert (fake - out).abs().max() <= 1e-3 * ref.abs().max()  # the emulation rounds alike
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_fake_int8_computes_as_the_int8_conversion_and_trains_the_fp32_weights(n):
     m = _model(n, pruned=True)

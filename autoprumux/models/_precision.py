@@ -2,7 +2,7 @@
 
 A model is trained in fp32; `to_precision` returns a converted copy for inference (the source is
 left as it is). On the CPU, int8 is PyTorch's dynamic quantization of the `nn.Linear` layers
-(weights int8 per tensor, activations quantized per batch on the fly; embeddings, LayerNorm and
+(weights int8 per output channel, activations quantized per batch on the fly; embeddings, LayerNorm and
 the attention product stay fp32); on CUDA, tf32 (fp32 storage, TF32 tensor-core matmuls), bf16
 and fp16 (weights and activations in that type). Which precisions a device offers is
 `config.DEVICE_PRECISIONS`, checked where a configuration meets its device.
@@ -59,7 +59,9 @@ def to_precision(model: M, precision: str) -> M:
             # faster eager CPU path for this model (see the module docstring)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*deprecated.*")
-            qconfig = torch.ao.quantization.default_dynamic_qconfig  # int8 weights per tensor
+            # int8 weights per output channel: per tensor, one outlier row would set the step of
+            # every row (what each costs: docs/precision.md)
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             return torch.ao.quantization.quantize_dynamic(
                 converted, dict.fromkeys(_quantizable(converted), qconfig), dtype=torch.qint8
             )
@@ -93,19 +95,23 @@ def count_parameters(module: nn.Module) -> int:
 
 
 # ---- int8-aware training --------------------------------------------------------------------
-# What `quantize_dynamic` (fbgemm, x86) computes: weights symmetric qint8 per tensor, inputs
-# quint8 per tensor from each batch's own range, reduced to 7 bits (0..127) by fbgemm
+# What `quantize_dynamic` (fbgemm, x86) computes: weights symmetric qint8 per output channel,
+# inputs quint8 per tensor from each batch's own range, reduced to 7 bits (0..127) by fbgemm
 WEIGHT_QMAX = 127
 INPUT_QMAX = 127
 
 
 class _FakeInt8Weight(nn.Module):
     """A parametrization: the weight rounded as int8 conversion will round it, with a
-    straight-through gradient (`fake_quantize_per_tensor_affine`)."""
+    straight-through gradient (`fake_quantize_per_channel_affine`, one scale per output row)."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = float(w.detach().abs().max()) / ((2 * WEIGHT_QMAX + 1) / 2) or 1.0
-        return torch.fake_quantize_per_tensor_affine(w, scale, 0, -WEIGHT_QMAX - 1, WEIGHT_QMAX)
+        scale = w.detach().abs().amax(dim=1).float() / ((2 * WEIGHT_QMAX + 1) / 2)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+        return torch.fake_quantize_per_channel_affine(
+            w, scale, zero, 0, -WEIGHT_QMAX - 1, WEIGHT_QMAX
+        )
 
 
 def _fake_int8_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:

@@ -323,7 +323,11 @@ class PruMuxPipeline:
         r = self.recipe
         if config.precision != "int8" or r.int8_recovery_steps == 0:
             return model
-        key = {**self._candidate_key(*self._prumux(config)), "int8_steps": r.int8_recovery_steps}
+        key = {
+            **self._candidate_key(*self._prumux(config)),
+            "int8_steps": r.int8_recovery_steps,
+            "int8_weights": "per_channel",  # trained as the conversion rounds
+        }
 
         def build(tmp: Path) -> dict:
             m = copy.deepcopy(model)
