@@ -16,12 +16,20 @@ from typing import Any
 import torch
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture: int8 speedups depend on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str = "cpu") -> str:
-    """ "<processor>, <threads> threads, torch <version>[, <GPU name>]" for the results file."""
-    text = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}"
-    )
+    """ "<CPU model>, <threads> threads, torch <version>[, <GPU name>]" for the results file."""
+    text = f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if device.startswith("cuda"):
         text += f", {torch.cuda.get_device_name(torch.device(device))}"
     return text

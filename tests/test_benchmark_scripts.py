@@ -26,7 +26,9 @@ def _results_module():
 
 
 def test_machine_names_threads_and_torch():
-    text = _results_module().machine("cpu")
+    results = _results_module()
+    text = results.machine("cpu")
+    assert text.startswith(results.cpu_model()) and results.cpu_model()
     assert f"{torch.get_num_threads()} threads" in text
     assert f"torch {torch.__version__}" in text
 
