@@ -76,7 +76,7 @@ def add_recipe_group(p: argparse.ArgumentParser, note: str) -> None:
         choices=sorted(RECIPE_PRESETS),
         help="named recipe the flags below start from: quick (the README's minutes-long main "
         "job: a 200-step baseline, one pruning stage), fast (Recipe's defaults) or accurate "
-        "(2.5x longer fine-tunes on 4x the examples, 4x the pruning recovery) (default: fast)",
+        "(2.5x longer fine-tunes on 4x the examples, 13x the pruning recovery) (default: fast)",
     )
     for flag, typ, hlp in RECIPE_FLAGS:
         g.add_argument(
