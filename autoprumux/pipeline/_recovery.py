@@ -38,22 +38,30 @@ def distils_from_tables(r: Recipe) -> bool:
     return bool(r.distill_weight) and r.trainer != "l2l"
 
 
+def _cached_logits(
+    pipe: PruMuxPipeline, items: list[Encoded], key: dict, what: str
+) -> torch.Tensor:
+    """The baseline's logits over `items`, computed once and cached (kind "teacher", the
+    baseline's key plus `key`)."""
+
+    def build(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        logits = predict(pipe.baseline(), items, device=pipe.device)
+        save_file({"logits": logits.float().cpu()}, tmp / "logits.safetensors")
+        return {"items": len(items), "seconds": time.perf_counter() - t0}
+
+    entry, hit = pipe.cache.get_or_build("teacher", {**pipe._key(), "of": "logits", **key}, build)
+    log.info("%s %s (%s)", what, "cache hit" if hit else "computed", entry)
+    return load_file(entry / "logits.safetensors")["logits"]
+
+
 def teacher_logits(pipe: PruMuxPipeline) -> torch.Tensor | None:
     """The baseline's logits for every training item (None when the recipe does not distil, or
     trains with L2L, whose executor runs the teacher itself)."""
     if not distils_from_tables(pipe.recipe):
         return None
     if pipe._teacher_logits is None:
-
-        def build(tmp: Path) -> dict:
-            t0 = time.perf_counter()
-            logits = predict(pipe.baseline(), pipe.train_items, device=pipe.device)
-            save_file({"logits": logits.float().cpu()}, tmp / "logits.safetensors")
-            return {"items": len(pipe.train_items), "seconds": time.perf_counter() - t0}
-
-        entry, hit = pipe.cache.get_or_build("teacher", {**pipe._key(), "of": "logits"}, build)
-        log.info("teacher logits %s (%s)", "cache hit" if hit else "computed", entry)
-        pipe._teacher_logits = load_file(entry / "logits.safetensors")["logits"]
+        pipe._teacher_logits = _cached_logits(pipe, pipe.train_items, {}, "teacher logits")
     return pipe._teacher_logits
 
 
@@ -85,15 +93,7 @@ def recovery_set(pipe: PruMuxPipeline) -> tuple[list[Encoded], torch.Tensor | No
     if table is None or not extra:
         return list(pipe.train_items), table
 
-    def build(tmp: Path) -> dict:
-        t0 = time.perf_counter()
-        logits = predict(pipe.baseline(), extra, device=pipe.device)
-        save_file({"logits": logits.float().cpu()}, tmp / "logits.safetensors")
-        return {"items": len(extra), "seconds": time.perf_counter() - t0}
-
-    entry, hit = pipe.cache.get_or_build("teacher", {**pipe._key(), "of": "logits", **key}, build)
-    log.info("teacher logits of unlabeled text %s (%s)", "cache hit" if hit else "computed", entry)
-    more = load_file(entry / "logits.safetensors")["logits"]
+    more = _cached_logits(pipe, extra, key, "teacher logits of unlabeled text")
     return [*pipe.train_items, *extra], torch.cat([table, more])
 
 
@@ -105,8 +105,8 @@ def teacher_layers(pipe: PruMuxPipeline) -> TeacherLayers | None:
     if not pipe.recipe.recovery_layer_distill or teacher_logits(pipe) is None:
         return None
     if pipe._teacher_layers is None:
-        items, _ = recovery_set(pipe)
-        _, unlabeled = unlabeled_items(pipe)
+        extra, unlabeled = unlabeled_items(pipe)
+        items = [*pipe.train_items, *extra]
 
         def build(tmp: Path) -> dict:
             t0 = time.perf_counter()
