@@ -13,6 +13,8 @@ distils K students of `depth` layers, then scores every prefix k = 1..K on dev. 
   data      distil over --data-examples training texts (labelled by the teacher; the labels
             are not read) instead of the recipe's max_train_examples
   steps     --steps-factor times the boosting and stacking steps
+  later     students 2..K boost at --later-lr-factor times the students' rate (they start from
+            a zero classifier)
 Each lever's row is written to the JSON as soon as it is measured, so a killed run keeps the
 finished ones (and a rerun with the same --out skips them). Prints a markdown table.
 """
@@ -33,7 +35,7 @@ from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.student_server import student_accuracy_losses
 from autoprumux.training import StudentTrainConfig, distill_students
 
-LEVERS = ("default", "kl", "spread", "data", "steps")
+LEVERS = ("default", "kl", "spread", "data", "steps", "later")
 
 
 def lever_parts(name: str) -> list[str]:
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--data-examples", type=int, default=32000)
     ap.add_argument("--steps-factor", type=int, default=3)
+    ap.add_argument("--later-lr-factor", type=float, default=10.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None)
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps_per_student=tcfg.steps_per_student * args.steps_factor,
                 stacking_steps=tcfg.stacking_steps * args.steps_factor,
             )
+        if "later" in parts:
+            tcfg = dataclasses.replace(tcfg, later_lr=tcfg.lr * args.later_lr_factor)
         if "data" in parts:
             if big_items is None:
                 big = PruMuxPipeline(
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "loss": tcfg.loss,
             "temperature": tcfg.temperature,
             "init": tcfg.init,
+            "later_lr": tcfg.later_lr,
             "residual_mse": stats["residual_mse"],
             "heldout_residual_mse": stats["heldout_residual_mse"],
             "prefix_mse": stats["prefix_mse"],

@@ -368,3 +368,27 @@ def test_spread_students_start_from_different_teacher_layers():
 def test_bad_student_levers(kw, match):
     with pytest.raises(ConfigError, match=match):
         StudentTrainConfig(**kw)
+
+
+def test_later_students_train_at_their_own_rate():
+    """`later_lr` applies to students 2..K only: student 1 comes out the same, and the later
+    students, which start from a zero classifier, grow further at the higher rate."""
+    t = hard_teacher()
+    train = items(128, seed=0)
+    base = StudentTrainConfig(
+        steps_per_student=30, stacking_steps=0, batch_size=32, lr=2e-4, loss="kl"
+    )
+    runs = {}
+    for later_lr in (None, 3e-3):
+        torch.manual_seed(0)
+        runs[later_lr], _ = distill_students(
+            t, train, StudentConfig(k=3, depth=1), dataclasses.replace(base, later_lr=later_lr)
+        )
+    slow, fast = runs[None], runs[3e-3]
+    for a, b in zip(slow.students[0].parameters(), fast.students[0].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    for j in (1, 2):
+        grown = [float(e.students[j].classifier.weight.norm()) for e in (slow, fast)]
+        assert grown[1] > 2 * grown[0], (j, grown)
+    with pytest.raises(ConfigError, match="later_lr"):
+        StudentTrainConfig(later_lr=0.0)

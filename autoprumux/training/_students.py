@@ -47,6 +47,9 @@ class StudentTrainConfig:
     stacking_steps: int = 200
     batch_size: int = 32
     lr: float = 2e-4
+    # the boosting rate of students 2..K (None: `lr`); they start from a zero classifier and,
+    # on a KL residual that is small on most examples, stay near zero at the first student's rate
+    later_lr: float | None = None
     stacking_lr: float = 5e-5
     seed: int = 0
     # the loop of the boosting steps: "standard" or "l2l" (see TrainConfig); the joint stacking
@@ -73,9 +76,10 @@ class StudentTrainConfig:
                 raise ConfigError(f"{name} ({v!r}) must be an integer >= 0")
         if self.batch_size < 1:
             raise ConfigError(f"batch size ({self.batch_size}) must be a positive integer")
-        for name in ("lr", "stacking_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} ({getattr(self, name)!r}) must be > 0")
+        for name in ("lr", "stacking_lr", "later_lr"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name} ({v!r}) must be > 0")
         validate_trainer(self.trainer, self.micro_batches, self.stash, self.batch_size)
 
     @classmethod
@@ -242,7 +246,7 @@ def distill_students(
         step_cfg = TrainConfig(
             steps=tcfg.steps_per_student,
             batch_size=tcfg.batch_size,
-            lr=tcfg.lr,
+            lr=tcfg.lr if j == 0 or tcfg.later_lr is None else tcfg.later_lr,
             seed=tcfg.seed + j,
             trainer=tcfg.trainer,
             micro_batches=tcfg.micro_batches,
