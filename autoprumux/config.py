@@ -311,13 +311,12 @@ class Recipe:
         return cls(**{**RECIPE_PRESETS[name], **overrides})
 
 
-# Named training recipes. "quick" sizes the README's main job; "fast" is Recipe's defaults (minutes per candidate on a CPU);
+# Named training recipes. "fast" is Recipe's defaults (minutes per candidate on a CPU);
 # "accurate" spends the levers measured to help most: a 2.5x longer task fine-tune on 4x more
 # training examples, with the baseline fine-tuned as long (N > 1), and 13x the pruning recovery
 # (BENCHMARKS.md, multiplexing and pruning recovery). It keeps the default warm-up.
 RECIPE_PRESETS: dict[str, dict[str, Any]] = {
-    # the README's main job: a budgeted search in minutes on a 2-core CPU (shorter baseline,
-    # fewer examples, one short pruning stage); N=1 only (N > 1 needs "fast"'s fine-tune)
+    # the README's main job in minutes on a 2-core CPU; N=1 only (N > 1 needs "fast"'s fine-tune)
     "quick": {
         "finetune_steps": 200,
         "max_train_examples": 4000,
@@ -552,13 +551,14 @@ BASELINE = Candidate()
 @dataclass(frozen=True)
 class ThroughputConfig:
     """How throughput is timed: a fixed batch of `batch_size` x `seq_len` tokens, `warmup`
-    untimed and `repeats` timed passes on `device`."""
+    untimed and `repeats` timed passes on `device`, replayed as CUDA graphs if `cuda_graphs`."""
 
     batch_size: int = 64
     seq_len: int = 128
     warmup: int = 3
     repeats: int = 10
     device: str = "cpu"
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.seq_len < 8 or self.repeats < 1 or self.warmup < 0:

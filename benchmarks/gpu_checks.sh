@@ -11,7 +11,8 @@
 #   students Academus students' latency and throughput (~1 min)
 #   grid     PruMUX sparsity x N grid, throughput on CUDA (~3 min)
 #   frontier sparsity (0, 0.5, 0.9) x precision (fp32 tf32 bf16 fp16), N=1, at 128 sequences x
-#            128 tokens: the fastest point within 0.5-5 points and the references (~6 min)
+#            128 tokens: the fastest point within 0.5-5 points and the references; then the
+#            same points timed again as replayed CUDA graphs, from the cached models (~7 min)
 #   mux      10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
 #   mux10    N=2 with a long task fine-tune, $MUX10_STEPS steps (default 10000) on
 #            $MUX10_EXAMPLES training examples (default 32000; `none` = all 67,349) (~6 min)
@@ -58,10 +59,12 @@ run_part() {  # one PART, within what is left of the budget
       --mux 1 2 4 --cache-dir /tmp/cache-grid --out "$out/prumux_grid_cuda.json" \
       >"$out/grid.log" 2>&1 ;;
   frontier)
-    timeout "$(cap 420)" python3 benchmarks/frontier.py --task sst2 --device cuda \
-      --sparsities 0 0.5 0.9 --mux 1 --precision fp32 tf32 bf16 fp16 --tp-batch 128 \
-      --cache-dir /tmp/cache-frontier --out "$out/frontier_sst2_cuda.json" \
-      >"$out/frontier.log" 2>&1 ;;
+    for graphs in "" --cuda-graphs; do
+      timeout "$(cap 420)" python3 benchmarks/frontier.py --task sst2 --device cuda \
+        --sparsities 0 0.5 0.9 --mux 1 --precision fp32 tf32 bf16 fp16 --tp-batch 128 $graphs \
+        --cache-dir /tmp/cache-frontier --out "$out/frontier_sst2_cuda${graphs:+_graphs}.json" \
+        >>"$out/frontier.log" 2>&1
+    done ;;
   mux)
     t=$(cap 400)
     timeout "$t" python3 $mw --device cuda --task sst2 --mux 2 4 --steps 4000 \

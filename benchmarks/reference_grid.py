@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tp-batch", type=int, default=64)
     ap.add_argument("--tp-seq-len", type=int, default=128)
     ap.add_argument("--tp-repeats", type=int, default=10)
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="time every model (the baseline too) as a replayed CUDA graph",
+    )
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument(
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         seq_len=args.tp_seq_len,
         repeats=args.tp_repeats,
         device=args.device,
+        cuda_graphs=args.cuda_graphs,
     )
     where = machine(args.device)
     data.update(

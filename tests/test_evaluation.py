@@ -66,6 +66,33 @@ def test_throughput_config_and_device_errors():
         )
 
 
+def test_cuda_graphs_need_a_cuda_device():
+    ids, mask, tt = random_batch(2, 8)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+    with pytest.raises(ConfigError, match="CUDA graphs need a CUDA device.*--device cuda"):
+        measure_throughput(
+            make(), batch, ThroughputConfig(batch_size=2, seq_len=8, cuda_graphs=True)
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_replayed_cuda_graph_computes_what_the_model_computes(n):
+    from autoprumux.evaluation import model_runner
+
+    model = make(n).cuda()
+    ids, mask, tt = random_batch(4, 16, seed=5)
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+    replay, examples = model_runner(model, batch, "cuda", cuda_graphs=True)
+    eager, _ = model_runner(model, batch, "cuda")
+    with torch.inference_mode():
+        want = eager()
+        got = replay()
+    assert examples == 4
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_flops_fall_with_pruning_and_mux():
     model = make(1)
     f0 = model_flops(model, 64, 32)

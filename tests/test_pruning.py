@@ -117,6 +117,24 @@ def test_search_removes_lowest_importance_structures():
     assert all(len(k) == 37 for k in plan.keep_ffn)
 
 
+@pytest.mark.parametrize("target", [0.3, 0.6, 0.9])
+def test_pruned_ffn_widths_of_a_minilm_shape_stay_multiples_of_8(target):
+    """FFN units go in chunks of 8 on a model of MiniLM's shape (384 wide, 1536 FFN), so every
+    kept width is a multiple of 8: the alignment half-precision Tensor-Core matmuls need."""
+    enc, _ = tiny_encoder(
+        0,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+    )
+    model = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=1))
+    imp = random_importance(model, seed=1, layer_cost=1e9)  # no whole sub-layer goes
+    plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
+    widths = [len(k) for k in plan.keep_ffn]
+    assert sum(widths) < 6 * 1536 and all(w % 8 == 0 for w in widths), widths
+
+
 def test_whole_layer_removed_when_cheap_and_equals_skipping_it():
     model = make(layers=3)
     batch = random_batch(4, 9, seed=4)

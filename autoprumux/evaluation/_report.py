@@ -96,7 +96,10 @@ def measure_side_by_side(
     on `batch` timed side by side (interleaved rounds, see `time_interleaved`).
     `extra_callables` are timed in the same rounds (e.g. a reference implementation); their
     throughputs are returned separately."""
-    fns = {name: model_runner(m, batch, tp.device) for name, (m, _) in models.items()}
+    fns = {
+        name: model_runner(m, batch, tp.device, cuda_graphs=tp.cuda_graphs)
+        for name, (m, _) in models.items()
+    }
     fns.update(extra_callables or {})
     timed = time_interleaved(fns, cfg=tp)
     out = {}
