@@ -14,6 +14,7 @@ from autoprumux.evaluation import (
     fixed_batch,
     measure_throughput,
     model_flops,
+    model_runner,
     task_metrics,
 )
 from autoprumux.models import Importance, MuxConfig, MuxSequenceClassifier, apply_plan, search_plan
@@ -79,8 +80,6 @@ def test_cuda_graphs_need_a_cuda_device():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("n", [1, 2])
 def test_a_replayed_cuda_graph_computes_what_the_model_computes(n):
-    from autoprumux.evaluation import model_runner
-
     model = make(n).cuda()
     ids, mask, tt = random_batch(4, 16, seed=5)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}

@@ -47,8 +47,7 @@ class StudentTrainConfig:
     stacking_steps: int = 200
     batch_size: int = 32
     lr: float = 2e-4
-    # the boosting rate of students 2..K (None: `lr`); they start from a zero classifier and,
-    # on a KL residual that is small on most examples, stay near zero at the first student's rate
+    # the boosting rate of students 2..K, which start from a zero classifier (None: `lr`)
     later_lr: float | None = None
     stacking_lr: float = 5e-5
     seed: int = 0
