@@ -21,15 +21,15 @@ from autoprumux.errors import ConfigError
 # layers; CUDA: TF32 matmuls, bf16, fp16)
 PRECISIONS = ("fp32", "int8", "tf32", "bf16", "fp16")
 DEVICE_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "tf32", "bf16", "fp16")}
-# how far each precision is from fp32 (loss and speed do not fall as it rises; bf16 and fp16 are
-# not ordered against each other)
+# each precision's distance from fp32 (loss and speed do not fall as it rises; bf16 = fp16)
 PRECISION_RANK = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 2, "int8": 3}
 TASK_NAMES = ("cola", "mrpc", "qnli", "sst2")  # the built-in GLUE tasks (see autoprumux.data)
 TECHNIQUES = ("prumux", "students")
 MUX_VARIANTS = ("gaussian", "orthogonal")
-# how a multiplexed model combines its N instances: fixed binding (the mux variant) + average,
-# or a learned projection of each to H/N, concatenated
-MUX_COMBINERS = ("binding", "concat")
+# how N instances combine: fixed binding (the mux variant) + average, or learned projections
+# to H/N, concatenated ("concat_skip": the demux also reads each instance's pre-combiner states)
+MUX_COMBINERS = ("binding", "concat", "concat_skip")
+SPLIT_COMBINERS = MUX_COMBINERS[1:]  # they project to H/N: N must divide the hidden size
 POOLINGS = ("cls", "mean")
 MAX_MUX = 64  # DataMUX reports usable accuracy up to N=40
 MAX_MUX_LAYERS = 64  # an upper bound on any encoder's depth; the model's own is checked on build

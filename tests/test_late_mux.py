@@ -54,7 +54,7 @@ def test_k0_is_the_early_mixing_model():
 
 
 @pytest.mark.parametrize("k", [1, 2])
-@pytest.mark.parametrize("combiner", ["binding", "concat"])
+@pytest.mark.parametrize("combiner", ["binding", "concat", "concat_skip"])
 def test_per_instance_layers_equal_the_n1_layers_on_each_instance(k, combiner):
     """What reaches the combiner after k layers is each instance run alone through the same
     layers (its own padding mask): row i equals the N=1 model's layer-k output for input i."""
@@ -97,7 +97,9 @@ def test_permuting_instances_with_their_slots_permutes_outputs(layers):
     torch.testing.assert_close(out_p, out[perm], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("layers", "combiner"), [(1, "binding"), (2, "concat"), (0, "concat")])
+@pytest.mark.parametrize(
+    ("layers", "combiner"), [(1, "binding"), (2, "concat"), (0, "concat"), (2, "concat_skip")]
+)
 def test_outputs_depend_on_the_slot(layers, combiner):
     """A model that ignored which slot an instance sits in would demultiplex nothing."""
     model = make(2, layers=layers, combiner=combiner)
@@ -119,6 +121,34 @@ def test_concat_combiner_projects_each_instance_to_its_share_of_the_hidden_size(
     x = torch.randn(3, 4, 5, 32)
     out = model.multiplexer(x)
     torch.testing.assert_close(out[..., 8:16], x[:, 1] @ p[1])
+
+
+def test_concat_skip_starts_as_concat_and_reads_each_instance_own_states():
+    """At initialisation the skip map is zero: the model computes what the concat model with the
+    same weights computes. With the mixed half of the demultiplexer silenced and the skip made
+    the identity, instance i reads back LayerNorm(its own layer-k states), position by position
+    (the [CLS] state for pooling "cls"), whatever shares its group."""
+    ids, mask, tt = random_batch(3, 8, seed=4)  # 3 rows: a dummy row joins the second group
+    skip = make(2, layers=2, combiner="concat_skip")
+    plain = make(2, layers=2, combiner="concat")
+    assert torch.equal(skip.demux.skip.weight, torch.zeros(32, 32))
+    state = {k: v for k, v in skip.state_dict().items() if k != "demux.skip.weight"}
+    plain.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(skip(ids, mask, tt), plain(ids, mask, tt))
+    single = MuxSequenceClassifier(skip.encoder, num_labels=3).eval()
+    per_layer: list[torch.Tensor] = []
+    with torch.no_grad():
+        skip.demux.proj.weight.zero_()
+        skip.demux.proj.bias.zero_()
+        skip.demux.skip.weight.copy_(torch.eye(32))
+        single.hidden_states(ids, mask, tt, positions="all", layers=per_layer)
+        own = skip.demux.norm(per_layer[1])  # layer k=2's output of each input alone
+        every = skip.hidden_states(ids, mask, tt, positions="all")
+        cls = skip.hidden_states(ids, mask, tt, positions="cls")
+    real = mask.bool()
+    torch.testing.assert_close(every[real], own[real], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cls, own[:, 0], atol=1e-5, rtol=1e-4)
 
 
 def test_bad_mux_layers_and_combiners_are_clear_errors():
@@ -147,6 +177,9 @@ def test_flops_account_for_the_per_instance_layers(n):
         ideal = 3 / (k + (3 - k) / n)
         got = full / model_flops(make(n, layers=k), b, t)
         assert ideal / 1.15 < got <= ideal, (k, got, ideal)
+    # the skip map: one H x H product per instance and read position (here [CLS] only)
+    extra = model_flops(make(n, 2, "concat_skip"), b, t) - model_flops(make(n, 2, "concat"), b, t)
+    assert extra == b * 2 * 32 * 32
 
 
 # ---- the pipeline: late models start from the baseline ------------------------------------------
@@ -178,7 +211,7 @@ def late_pipe(tiny_checkpoint, tmp_path):
     )
 
 
-@pytest.mark.parametrize("combiner", ["binding", "concat"])
+@pytest.mark.parametrize("combiner", ["binding", "concat", "concat_skip"])
 def test_frozen_backbone_training_changes_only_the_adapters(late_pipe, combiner):
     from autoprumux.config import MuxShape
     from autoprumux.pipeline._mux import from_baseline
@@ -200,8 +233,9 @@ def test_frozen_backbone_training_changes_only_the_adapters(late_pipe, combiner)
     ]
     assert any(n.startswith("demux.") for n in moved)
     assert any(n.startswith("index_embeddings") for n in moved)
-    if combiner == "concat":
+    if combiner != "binding":
         assert "multiplexer.projections" in moved
+    assert ("demux.skip.weight" in moved) == (combiner == "concat_skip")
     entry = next((late_pipe.cache.root / "mux").iterdir())
     meta = late_pipe.cache.meta(entry)
     assert 0 < meta["trainable_parameters"] < sum(p.numel() for p in model.parameters()) / 2
@@ -303,7 +337,7 @@ def test_pipeline_refuses_mux_layers_the_model_does_not_have(late_pipe):
     assert not (late_pipe.cache.root / "baseline").exists()  # refused before any training
 
 
-@pytest.mark.parametrize("combiner", ["binding", "concat"])
+@pytest.mark.parametrize("combiner", ["binding", "concat", "concat_skip"])
 def test_frozen_targets_reproduce_the_full_forward(combiner):
     """The frozen loop's inputs (per-instance states computed once, padded to the longest item)
     give the states the whole model computes, and the teacher's states are the N=1 model's."""
@@ -311,6 +345,8 @@ def test_frozen_targets_reproduce_the_full_forward(combiner):
     from autoprumux.training import frozen_targets
 
     model = make(2, layers=2, combiner=combiner, pooling="mean")
+    if model.demux.skip is not None:  # trained: the skip reads the stored states too
+        torch.nn.init.normal_(model.demux.skip.weight, std=0.5)
     teacher = MuxSequenceClassifier(model.encoder, num_labels=3).eval()
     ids, mask, tt = random_batch(5, 10, seed=8)
     items = [

@@ -92,7 +92,7 @@ def test_an_integer_range_of_layers():
         ),
         (
             {"mux_combiner": {"choices": ["sum"]}},
-            r"\('sum'\) must be one of \['binding', 'concat'\]",
+            r"\('sum'\) must be one of \['binding', 'concat', 'concat_skip'\]",
         ),
         ({"mux_combiner": {"low": 0}}, r"unknown key 'params.mux_combiner.low'"),
     ],
@@ -194,6 +194,10 @@ def test_meta_features_hold_the_layers_with_a_falling_constraint_and_the_combine
     assert row[k] == 2.0 and row[concat] == 1.0
     early = features(Candidate(sparsity=0.5, mux=4), CTX)
     assert early[k] == 0.0 and early[concat] == 0.0
+    skip = FEATURES.index("combiner_skip")
+    assert row[skip] == early[skip] == 0.0 and cons[skip] == 0
+    skip_row = features(Candidate(mux=2, mux_layers=2, mux_combiner="concat_skip"), CTX)
+    assert skip_row[concat] == skip_row[skip] == 1.0  # a concat combiner, with the skip
 
 
 def test_the_prior_uses_the_effective_n_of_a_late_model():

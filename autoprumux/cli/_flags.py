@@ -236,9 +236,10 @@ def add_mux_shape_flags(p: Container, *, unset: bool = False) -> None:
     p.add_argument(
         "--mux-combiner",
         default=None if unset else "binding",
-        metavar="{binding,concat}",
+        metavar="{binding,concat,concat_skip}",
         help="N > 1: how the inputs are combined: the fixed binding of --mux-variant, or a "
-        "learned projection of each to H/N, concatenated (default: binding)",
+        "learned projection of each to H/N, concatenated (concat_skip: each output also reads "
+        "its own input's states from before the combiner) (default: binding)",
     )
 
 

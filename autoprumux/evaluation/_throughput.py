@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autoprumux.config import ThroughputConfig
+from autoprumux.config import SPLIT_COMBINERS, ThroughputConfig
 from autoprumux.errors import ConfigError
 from autoprumux.models import AnyModel, StudentEnsemble
 
@@ -207,12 +207,16 @@ def model_flops(model: AnyModel, batch_size: int, seq_len: int) -> float:
     if n > 1:
         # mixing: an element-wise product per instance (Gaussian), an H x H product
         # (orthogonal), an H x H/N projection (concat)
+        combiner = model.mux_config.combiner
         per_token = {"orthogonal": 2 * h * h, "gaussian": h}[model.mux_config.variant]
-        if model.mux_config.combiner == "concat":
+        if combiner in SPLIT_COMBINERS:
             per_token = 2 * h * h // n
         total += rows * n * t * per_token
-        # demux: the token half once per read position, the key half once per instance
+        # demux: the token half once per read position, the key half once per instance, and
+        # (concat_skip) the H x H skip map once per instance and read position
         read = 1 if model.mux_config.pooling == "cls" else seq_len
         total += rows * read * 2 * h * h + batch_size * 2 * h * h
+        if combiner == "concat_skip":
+            total += rows * n * read * 2 * h * h
     total += batch_size * 2 * (h * h + h * model.num_labels)  # pooler + classifier
     return float(total)

@@ -51,11 +51,11 @@ def _configuration(m: ExportManifest) -> list[str]:
 
 def _late(k: int, combiner: str, n: int) -> str:
     """What a late multiplexed model does before its N inputs share the encoder."""
-    how = (
-        "a learned concat combiner (each input projected to hidden/N, concatenated)"
-        if combiner == "concat"
-        else "the fixed binding of the mux variant (averaged)"
-    )
+    how = {
+        "concat": "a learned concat combiner (each input projected to hidden/N, concatenated)",
+        "concat_skip": "a learned concat combiner (each input projected to hidden/N, "
+        "concatenated; each output also reads its own input's states)",
+    }.get(combiner, "the fixed binding of the mux variant (averaged)")
     first = f"the first {k} encoder layers run on each input alone, then " if k else ""
     return f"k={k}, {combiner}: {first}{how} combines the {n} inputs"
 

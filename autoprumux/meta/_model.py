@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from autoprumux.config import BASELINE, PRECISION_RANK, Candidate
+from autoprumux.config import BASELINE, PRECISION_RANK, SPLIT_COMBINERS, Candidate
 
 FEATURES = (
     "technique_students",
@@ -37,6 +37,7 @@ FEATURES = (
     "precision_rank",
     "mux_layers",
     "combiner_concat",
+    "combiner_skip",
     "task_num_labels",
     "task_pair",
     "task_mcc",
@@ -80,7 +81,8 @@ def features(c: Candidate, context: dict[str, Any]) -> list[float]:
         float(c.student_depth),
         float(PRECISION_RANK[c.precision]),
         float(c.mux_layers),
-        1.0 if c.mux_combiner == "concat" else 0.0,
+        1.0 if c.mux_combiner in SPLIT_COMBINERS else 0.0,
+        1.0 if c.mux_combiner == "concat_skip" else 0.0,
         float(context["task_num_labels"]),
         float(context["task_pair"]),
         float(context["task_mcc"]),

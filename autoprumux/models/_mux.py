@@ -11,8 +11,10 @@ Late multiplexing (`MuxConfig.layers` = k > 0, after MUX-PLMs' contextual multip
 RevMUX): the first k encoder layers run on each instance as in the N=1 model (one batched
 computation over B' rows), then each instance's states get the index prefix and the N instances
 are combined; the remaining layers run once per group. Combiners: "binding" (the fixed
-Gaussian-Hadamard or orthogonal transforms, then the average) and "concat" (a learned
-projection of each instance to H/N, concatenated back to H).
+Gaussian-Hadamard or orthogonal transforms, then the average), "concat" (a learned
+projection of each instance to H/N, concatenated back to H) and "concat_skip" (concat, and the
+demultiplexer adds a learned map of each instance's own states after the first k layers, which
+never passed through the H/N squeeze).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprumux.config import MUX_COMBINERS, MUX_VARIANTS, POOLINGS
+from autoprumux.config import MUX_COMBINERS, MUX_VARIANTS, POOLINGS, SPLIT_COMBINERS
 from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import Encoder, EncoderConfig, attention_bias, init_weights
 from autoprumux.models._persist import read_model_dir, write_model_dir
@@ -128,7 +130,7 @@ class ConcatCombiner(nn.Module):
 
 def make_multiplexer(cfg: MuxConfig, hidden: int) -> nn.Module:
     """The combiner of N instances (G, N, T, H) -> (G, T, H)."""
-    if cfg.combiner == "concat":
+    if cfg.combiner in SPLIT_COMBINERS:
         return ConcatCombiner(cfg.n, hidden, cfg.seed)
     if cfg.variant == "gaussian":
         return GaussianHadamardMux(cfg.n, hidden, cfg.seed)
@@ -136,7 +138,9 @@ def make_multiplexer(cfg: MuxConfig, hidden: int) -> nn.Module:
 
 
 class IndexDemultiplexer(nn.Module):
-    """demux(h_t, k_i) = LN(GELU(W [h_t ; k_i] + b)), k_i the output at prefix position i.
+    """demux(h_t, k_i) = LN(GELU(W [h_t ; k_i] + b) + S x_i,t), k_i the output at prefix position
+    i; the skip term S x_i,t (combiner "concat_skip" only) maps instance i's own state at t after
+    the per-instance layers. S starts at zero, so training starts from the plain concat model.
 
     W [h_t ; k_i] = W_t h_t + W_k k_i: the token half is computed once per mixed position and
     shared by the N instances, the key half once per instance, so reading back all N instances
@@ -146,19 +150,25 @@ class IndexDemultiplexer(nn.Module):
     # it reads halves of its weight, which a quantized Linear does not expose (see to_precision)
     keeps_fp32_weights = True
 
-    def __init__(self, hidden: int, eps: float):
+    def __init__(self, hidden: int, eps: float, *, skip: bool = False):
         super().__init__()
         self.hidden = hidden
         self.proj = nn.Linear(2 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.skip = nn.Linear(hidden, hidden, bias=False) if skip else None
 
-    def forward(self, tokens: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        # tokens (G, 1, P, H), keys (G, N, 1, H) -> (G, N, P, H)
+    def forward(
+        self, tokens: torch.Tensor, keys: torch.Tensor, instances: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # tokens (G, 1, P, H), keys (G, N, 1, H), instances (G, N, P, H) -> (G, N, P, H)
         h = self.hidden
         w = self.proj.weight
-        return self.norm(
-            F.gelu(F.linear(tokens, w[:, :h]) + F.linear(keys, w[:, h:], self.proj.bias))
-        )
+        mixed = F.gelu(F.linear(tokens, w[:, :h]) + F.linear(keys, w[:, h:], self.proj.bias))
+        if self.skip is not None:
+            if instances is None:
+                raise ValueError("the concat_skip demultiplexer reads each instance's own states")
+            mixed = mixed + self.skip(instances)
+        return self.norm(mixed)
 
 
 class RetrievalHead(nn.Module):
@@ -222,7 +232,9 @@ class MuxSequenceClassifier(nn.Module):
         if self.n > 1:
             self.index_embeddings = nn.Embedding(self.n + 1, h)  # row N: shared "no index"
             self.multiplexer = make_multiplexer(mux, h)
-            self.demux = IndexDemultiplexer(h, cfg.layer_norm_eps)
+            self.demux = IndexDemultiplexer(
+                h, cfg.layer_norm_eps, skip=mux.combiner == "concat_skip"
+            )
             self.retrieval_head = RetrievalHead(h, cfg.vocab_size, cfg.layer_norm_eps)
             init_weights(self.index_embeddings)
             init_weights(self.demux)
@@ -237,6 +249,8 @@ class MuxSequenceClassifier(nn.Module):
                 if last is not None:
                     self.demux.norm.weight.copy_(last.weight)
                     self.demux.norm.bias.copy_(last.bias)
+                if self.demux.skip is not None:  # training starts from the plain concat model
+                    self.demux.skip.weight.zero_()
             self.register_buffer("_prefix_index", self._prefix_table(self.n), persistent=False)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.classifier = nn.Linear(h, num_labels)
@@ -315,17 +329,22 @@ class MuxSequenceClassifier(nn.Module):
         """k > 0: (B', L, H) per-instance states after the first k layers -> (G, N + L, H)."""
         return self._combine(lay, torch.cat([self._prefix(x.shape[0]).to(x.dtype), x], dim=1))
 
-    def run_encoder(self, lay: MuxLayout, layers: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """The last encoder layer's output rows; with a list `layers` (N = 1), each layer's."""
+    def run_encoder(
+        self, lay: MuxLayout, layers: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last encoder layer's output rows, and (k > 0) the per-instance states (B', L, H)
+        the combiner received; with a list `layers` (N = 1), each layer's output too."""
         h = self.embed(lay)
         k = self.instance_layers if self.n > 1 else 0
+        instances = None
         for i, layer in enumerate(self.encoder.layers):
             if k and i == k:
+                instances = h
                 h = self.late_mix(lay, h)
             h = layer(h, lay.instance_bias if i < k else lay.bias)
             if layers is not None:
                 layers.append(h)
-        return h
+        return h, instances
 
     def states_from_instance_layers(
         self, lay: MuxLayout, x: torch.Tensor, positions: str = "all"
@@ -339,20 +358,29 @@ class MuxSequenceClassifier(nn.Module):
         h = self.late_mix(lay, x)
         for layer in list(self.encoder.layers)[k:]:
             h = layer(h, lay.bias)
-        return self.readout(lay, h, positions)
+        return self.readout(lay, h, positions, x)
 
-    def readout(self, lay: MuxLayout, h: torch.Tensor, positions: str = "cls") -> torch.Tensor:
+    def readout(
+        self,
+        lay: MuxLayout,
+        h: torch.Tensor,
+        positions: str = "cls",
+        instances: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Per-instance states from the last layer's output: (B, H) for positions="cls",
-        (B, L, H) for positions="all" (demultiplexed for N > 1)."""
+        (B, L, H) for positions="all" (demultiplexed for N > 1; "concat_skip" also reads
+        `instances`, the per-instance states (B', L, H) after the first k layers)."""
         if self.n == 1:
             return h[:, 0] if positions == "cls" else h
         n = self.n
         rows, length = lay.ids.shape
         keys = h[:, :n].unsqueeze(2)  # (G, N, 1, H)
         if positions == "cls":
-            out = self.demux(h[:, n : n + 1].unsqueeze(1), keys)  # (G, N, 1, H)
+            own = None if instances is None else instances[:, :1].reshape(rows // n, n, 1, -1)
+            out = self.demux(h[:, n : n + 1].unsqueeze(1), keys, own)  # (G, N, 1, H)
             return out.reshape(rows, -1)[: lay.batch_size]
-        out = self.demux(h[:, n:].unsqueeze(1), keys)  # (G, N, L, H)
+        own = None if instances is None else instances.reshape(rows // n, n, length, -1)
+        out = self.demux(h[:, n:].unsqueeze(1), keys, own)  # (G, N, L, H)
         return out.reshape(rows, length, -1)[: lay.batch_size]
 
     def hidden_states(
@@ -370,7 +398,8 @@ class MuxSequenceClassifier(nn.Module):
         if layers is not None and self.n > 1:
             raise ValueError("per-layer states are per instance only for N=1 models")
         lay = self.layout(input_ids, attention_mask, token_type_ids)
-        return self.readout(lay, self.run_encoder(lay, layers), positions)
+        h, instances = self.run_encoder(lay, layers)
+        return self.readout(lay, h, positions, instances)
 
     def forward(
         self,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from autoprumux._cache import ArtifactCache, key_hash
-from autoprumux.config import Candidate, MuxShape, Recipe, check_precision
+from autoprumux.config import SPLIT_COMBINERS, Candidate, MuxShape, Recipe, check_precision
 from autoprumux.data import (
     DataSource,
     Encoded,
@@ -533,9 +533,9 @@ class PruMuxPipeline:
                 f"mux_layers ({config.mux_layers}) must be below the model's {depth} layers: at "
                 f"least one layer runs on the combined instances; use 0..{depth - 1}"
             )
-        if config.mux_combiner == "concat" and hidden % config.mux:
+        if config.mux_combiner in SPLIT_COMBINERS and hidden % config.mux:
             raise ConfigError(
-                f"the concat combiner splits the hidden size ({hidden}) into N={config.mux} "
+                f"the {config.mux_combiner} combiner splits the hidden size ({hidden}) into N={config.mux} "
                 f"equal parts; choose an N that divides {hidden}, or mux_combiner 'binding'"
             )
         if config.mux_layers and self.recipe.trainer != "standard":

@@ -12,7 +12,7 @@
 Late multiplexing adds two PruMUX dimensions, sampled only for N > 1 (an N=1 configuration has
 0 per-instance layers and the binding combiner): `mux_layers` (the encoder layers run per
 instance before the N instances are combined, `{choices: [0, 1, 2]}` or `{low: 0, high: 3}`,
-each below the model's number of layers) and `mux_combiner` (`{choices: [binding, concat]}`).
+each below the model's number of layers) and `mux_combiner` (`{choices: [binding, concat, concat_skip]}`).
 A space without them searches early mixing (0, binding) as before.
 
 A space may span techniques: `technique: {choices: [prumux, students]}` adds Academus students
@@ -49,6 +49,7 @@ from autoprumux.config import (
     MUX_COMBINERS,
     MUX_VARIANTS,
     PRECISIONS,
+    SPLIT_COMBINERS,
     STUDENT_DEPTHS,
     TASK_NAMES,
     TECHNIQUES,
@@ -373,12 +374,12 @@ class SearchSpace:
                 f"{layers} encoder layers and at least one must run on the combined inputs; keep "
                 f"mux_layers in 0..{layers - 1}"
             )
-        bad = sorted({c.mux for c in grid if c.mux_combiner == "concat" and hidden % c.mux})
+        bad = sorted({c.mux for c in grid if c.mux_combiner in SPLIT_COMBINERS and hidden % c.mux})
         if hidden and bad:
             raise ConfigError(
-                f"search space {self.source!r}: the concat combiner splits the hidden size "
+                f"search space {self.source!r}: the concat combiners split the hidden size "
                 f"({hidden}) into N equal parts, and N={bad[0]} does not divide it; keep "
-                f"'params.mux.choices' to divisors of {hidden} or drop concat"
+                f"'params.mux.choices' to divisors of {hidden} or drop {list(SPLIT_COMBINERS)}"
             )
 
     def grid(self) -> list[Candidate]:
