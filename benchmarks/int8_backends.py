@@ -1,10 +1,14 @@
-"""Which int8 backend for the CPU: PyTorch's dynamic quantization, torchao, or ONNX Runtime.
+"""Which int8 backend for the CPU: PyTorch's dynamic quantization, torchao, ONNX Runtime or
+OpenVINO.
 
 Times the packaged MiniLM classifier (the fp32 baseline's shape; random head) in fp32 and
 converted to dynamic int8 by each backend that is installed, side by side in one process
 (interleaved rounds, median), on one fixed batch, and reports each one's speedup over fp32 and
-its largest logit difference from fp32. torchao and ONNX Runtime are optional: a backend that
-is not installed, or fails on this model, is reported as such.
+its largest logit difference from fp32. torchao, ONNX Runtime and OpenVINO (with NNCF) are
+optional: a backend that is not installed, or fails on this model, is reported as such.
+OpenVINO runs three ways: its fp32 runtime, int8 weights (NNCF `compress_weights`, activations
+in fp32) and static int8 (NNCF `quantize`, calibrated on the timed batch itself, so the figure
+is an upper bound on its speed, not a measure of its accuracy).
 
     python benchmarks/int8_backends.py --batch 32 --seq-len 128 --repeats 10
 """
@@ -58,6 +62,28 @@ def onnxruntime(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], threads
     return lambda *a: torch.from_numpy(sess.run(None, feed)[0])
 
 
+def openvino(model: torch.nn.Module, batch: tuple[torch.Tensor, ...], threads: int, how: str):
+    import openvino as ov
+
+    ov_model = ov.convert_model(model, example_input=batch)
+    if how == "weights":
+        import nncf
+
+        ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    elif how == "static":
+        import nncf
+
+        feed = [dict(enumerate(t.numpy() for t in batch))]
+        ov_model = nncf.quantize(
+            ov_model, nncf.Dataset(feed), model_type=nncf.ModelType.TRANSFORMER, subset_size=1
+        )
+    compiled = ov.Core().compile_model(
+        ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    )
+    inputs = [t.numpy() for t in batch]
+    return lambda *a: torch.from_numpy(compiled(inputs)[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -78,6 +104,9 @@ def main() -> None:
         "torch.ao dynamic int8": lambda: torch_ao(model),
         "torchao int8 dynamic": lambda: torchao(model),
         "onnxruntime int8 dynamic": lambda: onnxruntime(model, batch, torch.get_num_threads()),
+        "openvino fp32": lambda: openvino(model, batch, torch.get_num_threads(), "fp32"),
+        "openvino int8 weights": lambda: openvino(model, batch, torch.get_num_threads(), "weights"),
+        "openvino int8 static": lambda: openvino(model, batch, torch.get_num_threads(), "static"),
     }
     for name, build in builders.items():
         try:
