@@ -47,11 +47,12 @@ def truth(c: Candidate) -> tuple[float, float]:
 def test_the_late_space_grid_holds_the_late_points_and_never_n1_with_k():
     space = SearchSpace.from_yaml(LATE)
     grid = space.grid()
-    # N=1: 3 sparsities, early mixing only; N in {2, 4}: 3 x 4 layers x 2 combiners
-    assert len(grid) == 3 + 3 * 2 * 4 * 2 == len(set(grid))
+    # N=1: 3 sparsities, early mixing only; N in {2, 4}: 3 x 4 layers x 3 combiners
+    assert len(grid) == 3 + 3 * 2 * 4 * 3 == len(set(grid))
     assert all(c.mux_layers == 0 and c.mux_combiner == "binding" for c in grid if c.mux == 1)
     assert Candidate(sparsity=0.7, mux=4, mux_layers=3, mux_combiner="concat") in grid
     assert Candidate(sparsity=0.5, mux=2, mux_layers=0, mux_combiner="concat") in grid
+    assert Candidate(sparsity=0, mux=4, mux_layers=2, mux_combiner="concat_skip") in grid
     assert {c.mux_layers for c in grid} == {0, 1, 2, 3} and space.max_mux_layers() == 3
     assert SearchSpace.from_dict(space.to_dict()).grid() == grid  # round trip
 
