@@ -98,7 +98,8 @@ def test_permuting_instances_with_their_slots_permutes_outputs(layers):
 
 
 @pytest.mark.parametrize(
-    ("layers", "combiner"), [(1, "binding"), (2, "concat"), (0, "concat"), (2, "concat_skip")]
+    ("layers", "combiner"),
+    [(1, "binding"), (2, "concat"), (0, "concat"), (2, "concat_skip"), (0, "concat_skip")],
 )
 def test_outputs_depend_on_the_slot(layers, combiner):
     """A model that ignored which slot an instance sits in would demultiplex nothing."""

@@ -319,11 +319,13 @@ class MuxSequenceClassifier(nn.Module):
     def embed(self, lay: MuxLayout) -> torch.Tensor:
         """Input of the first encoder layer: (B, L, H) per instance for N = 1 or k > 0, else
         (G, N + L, H) mixed rows."""
-        enc = self.encoder
         if self.n == 1 or self.instance_layers:
-            return enc.embeddings(lay.ids, lay.token_types)
+            return self.encoder.embeddings(lay.ids, lay.token_types)
+        return self._combine(lay, self._prefixed_embeddings(lay))
+
+    def _prefixed_embeddings(self, lay: MuxLayout) -> torch.Tensor:  # (B', N + L, H), k = 0
         prefix = self._prefix(lay.ids.shape[0])
-        return self._combine(lay, enc.embeddings(lay.ids, lay.token_types, prefix=prefix))
+        return self.encoder.embeddings(lay.ids, lay.token_types, prefix=prefix)
 
     def late_mix(self, lay: MuxLayout, x: torch.Tensor) -> torch.Tensor:
         """k > 0: (B', L, H) per-instance states after the first k layers -> (G, N + L, H)."""
@@ -334,9 +336,13 @@ class MuxSequenceClassifier(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last encoder layer's output rows, and (k > 0) the per-instance states (B', L, H)
         the combiner received; with a list `layers` (N = 1), each layer's output too."""
-        h = self.embed(lay)
         k = self.instance_layers if self.n > 1 else 0
         instances = None
+        if self.n > 1 and not k and self.demux.skip is not None:  # k = 0: the embedded tokens
+            x = self._prefixed_embeddings(lay)
+            instances, h = x[:, self.n :], self._combine(lay, x)
+        else:
+            h = self.embed(lay)
         for i, layer in enumerate(self.encoder.layers):
             if k and i == k:
                 instances = h
