@@ -541,3 +541,23 @@ def test_cli_exports_a_late_model_that_loads_and_says_what_it_is(tiny_checkpoint
     p = autoprumux.load(out)
     assert (p.model.mux_config.layers, p.model.mux_config.combiner) == (1, "concat")
     assert len(p.predict(["a fine film", "a dull one", "so-so"]).labels) == 3
+
+
+@pytest.mark.parametrize("layers, combiner", [(1, "concat"), (0, "concat"), (0, "concat_skip")])
+def test_late_models_under_l2l_are_refused_before_any_training(
+    tiny_checkpoint, tmp_path, layers, combiner
+):
+    """Every late model (per-instance layers or a learned combiner, k=0 included) trains with
+    the standard loop: under trainer 'l2l' the pipeline says so up front, and early mixing
+    (k=0, binding) stays allowed."""
+    from autoprumux.config import Recipe
+    from autoprumux.pipeline import PruMuxPipeline
+
+    pipe = PruMuxPipeline(
+        task="sst2", model=tiny_checkpoint, recipe=Recipe(trainer="l2l"), cache_dir=tmp_path
+    )
+    late = Candidate(mux=2, mux_layers=layers, mux_combiner=combiner)
+    with pytest.raises(ConfigError, match=r"trains with the standard loop, not 'l2l'"):
+        pipe.check(late)
+    pipe.check(Candidate(mux=2))
+    assert not any(tmp_path.iterdir())

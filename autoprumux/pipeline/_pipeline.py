@@ -538,10 +538,11 @@ class PruMuxPipeline:
                 f"the {config.mux_combiner} combiner splits the hidden size ({hidden}) into N={config.mux} "
                 f"equal parts; choose an N that divides {hidden}, or mux_combiner 'binding'"
             )
-        if config.mux_layers and self.recipe.trainer != "standard":
+        if config.mux_shape.late and self.recipe.trainer != "standard":
             raise ConfigError(
-                f"{config.describe()}: late multiplexing (mux_layers > 0) trains with the "
-                "standard loop; set the recipe's trainer to 'standard'"
+                f"{config.describe()}: late multiplexing (mux_layers > 0 or a learned "
+                f"combiner) trains with the standard loop, not {self.recipe.trainer!r}; set the "
+                "recipe's trainer to 'standard'"
             )
         return config.sparsity, config.mux_shape
 
