@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             "heldout_residual_mse": stats["heldout_residual_mse"],
             "prefix_mse": stats["prefix_mse"],
             "seconds": seconds,
+            # rows may come from different runs: each keeps its own teacher's score and machine
+            "baseline_metric": base_metric,
+            "machine": machine(args.device),
         }
         print(json.dumps({k: row[k] for k in ("lever", "metric_per_k", "seconds")}), flush=True)
         doc = {
