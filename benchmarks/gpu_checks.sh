@@ -13,6 +13,8 @@
 #   frontier sparsity (0, 0.5, 0.9) x precision (fp32 tf32 bf16 fp16), N=1, at 128 sequences x
 #            128 tokens: the fastest point within 0.5-5 points and the references; then the
 #            same points timed again as replayed CUDA graphs, from the cached models (~7 min)
+#   late     late multiplexing timed on CUDA: N=2 and N=4, k=2 and k=3, concat and concat_skip,
+#            beside the baseline at 128 sequences x 128 tokens, default recipe (~6 min)
 #   mux      10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
 #   mux10    N=2 with a long task fine-tune, $MUX10_STEPS steps (default 10000) on
 #            $MUX10_EXAMPLES training examples (default 32000; `none` = all 67,349) (~6 min)
@@ -65,6 +67,11 @@ run_part() {  # one PART, within what is left of the budget
         --cache-dir /tmp/cache-frontier --out "$out/frontier_sst2_cuda${graphs:+_graphs}.json" \
         >>"$out/frontier.log" 2>&1
     done ;;
+  late)
+    timeout "$(cap 420)" python3 benchmarks/reference_grid.py --task sst2 --device cuda \
+      --sparsities 0 --precision fp32 --mux 2 4 --mux-layers 3 2 --combiners concat concat_skip \
+      --tp-batch 128 --cache-dir /tmp/cache-late --out "$out/late_mux_sst2_cuda.json" \
+      >"$out/late.log" 2>&1 ;;
   mux)
     t=$(cap 400)
     timeout "$t" python3 $mw --device cuda --task sst2 --mux 2 4 --steps 4000 \
@@ -80,7 +87,7 @@ run_part() {  # one PART, within what is left of the budget
       --recipe finetune_steps=$m10s mux_finetune_steps=$m10s max_train_examples=$m10x \
       --cache-dir /tmp/cache-c --out "$out/mux_warmup_sst2_gpu_w2000_ft${m10s}_$m10x.json" >"$out/mux10.log" 2>&1 ;;
   *)
-    echo "unknown part $part (l2l l2ltp students grid frontier mux mux10)"; return 2 ;;
+    echo "unknown part $part (l2l l2ltp students grid frontier late mux mux10)"; return 2 ;;
   esac
 }
 
