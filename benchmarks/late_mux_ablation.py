@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("late shapes only: every --mux >= 2 and every --mux-layers >= 1")
     out = Path(args.out or f"benchmarks/results/late_mux_ablation_{args.task}_cpu.json")
     pipe = PruMuxPipeline(task=args.task, recipe=recipe)
-    rows = json.loads(out.read_text())["rows"] if out.is_file() else []
-    if rows and json.loads(out.read_text())["recipe"] != pipe.recipe.__dict__:
+    earlier = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    rows = earlier["rows"]
+    if rows and earlier["recipe"] != pipe.recipe.__dict__:
         ap.error(f"{out} was measured with another recipe; use another --out")
     done = {(r["n"], r["mux_layers"], r["combiner"]) for r in rows}
     baseline = pipe.dev_metrics(pipe.baseline())["metric"]

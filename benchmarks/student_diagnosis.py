@@ -18,7 +18,6 @@ Two measurements on the pipeline's baseline (built or cached) as the teacher:
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 
@@ -26,32 +25,35 @@ import torch
 from _results import machine, write_json
 
 from autoprumux.data import collate
-from autoprumux.models import StudentConfig
+from autoprumux.models import MuxSequenceClassifier, StudentConfig
 from autoprumux.models._students import Student, StudentEnsemble
 from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.student_server import student_accuracy_losses
 from autoprumux.training import StudentTrainConfig, distill_students
 from autoprumux.training._students import ensemble_outputs
 
+ADD_STUDENT = StudentEnsemble.add_student
+
 
 def _from_previous(
-    ens: StudentEnsemble, teacher: object, depth: int, first_layer: int = 0
+    ens: StudentEnsemble, teacher: MuxSequenceClassifier, depth: int, first_layer: int = 0
 ) -> Student:
-    """`add_student` for the `previous` variant: a copy of the last trained student, zero head."""
-    s = copy.deepcopy(ens.students[-1])
-    assert isinstance(s, Student)
+    """`add_student` for the `previous` variant: the new student takes the last trained
+    student's weights, then a zero head (as `add_student` gives it)."""
+    previous = ens.students[-1]
+    s = ADD_STUDENT(ens, teacher, depth, first_layer)
+    s.load_state_dict(previous.state_dict())
     with torch.no_grad():
         s.classifier.weight.zero_()
         s.classifier.bias.zero_()
-    ens.students.append(s)
-    ens._active = len(ens.students)
-    ens._stack = None
     return s
 
 
 @torch.no_grad()
-def pooled_spread(pipe: PruMuxPipeline, depth: int, n: int) -> dict[str, float]:
-    teacher = pipe.baseline().eval()
+def pooled_spread(
+    pipe: PruMuxPipeline, teacher: MuxSequenceClassifier, depth: int, n: int
+) -> dict[str, float]:
+    teacher.eval()
     ens = StudentEnsemble.from_teacher(teacher, StudentConfig(k=1, depth=depth)).eval()
     b = collate(pipe.train_items[:n])
     x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
@@ -88,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     teacher = pipe.baseline()
     items = pipe.train_items[: args.items]
     doc: dict = {"task": args.task, "machine": machine("cpu"), **vars(args)}
-    doc["pooled"] = pooled_spread(pipe, args.depth, min(512, len(items)))
+    doc["pooled"] = pooled_spread(pipe, teacher, args.depth, min(512, len(items)))
     print(doc["pooled"], flush=True)
     tcfg = dataclasses.replace(
         StudentTrainConfig.from_recipe(pipe.recipe), steps_per_student=args.steps, stacking_steps=0
     )
-    original = StudentEnsemble.add_student
+    base = pipe.baseline_metrics()["metric"]
     doc["variants"] = {}
     for variant in ("fresh", "previous"):
-        add = original if variant == "fresh" else _from_previous
+        add = ADD_STUDENT if variant == "fresh" else _from_previous
         StudentEnsemble.add_student = add  # type: ignore[method-assign,assignment]
         try:
             ens, stats = distill_students(
@@ -107,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 heldout=pipe.dev_items[:256],
             )
         finally:
-            StudentEnsemble.add_student = original  # type: ignore[method-assign]
+            StudentEnsemble.add_student = ADD_STUDENT  # type: ignore[method-assign]
         outs = ensemble_outputs(ens, items)
         losses = student_accuracy_losses(pipe, ens)
-        base = pipe.baseline_metrics()["metric"]
         row = {
             "margin_spread": [float((o[:, 1] - o[:, 0]).std()) for o in outs],
             "residual_mse": stats["residual_mse"],
