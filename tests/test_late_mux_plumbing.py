@@ -550,11 +550,19 @@ def test_late_models_under_l2l_are_refused_before_any_training(
     """Every late model (per-instance layers or a learned combiner, k=0 included) trains with
     the standard loop: under trainer 'l2l' the pipeline says so up front, and early mixing
     (k=0, binding) stays allowed."""
+    from conftest import GLUE_DIR
+
     from autoprumux.config import Recipe
     from autoprumux.pipeline import PruMuxPipeline
 
+    if not GLUE_DIR.is_dir():
+        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
     pipe = PruMuxPipeline(
-        task="sst2", model=tiny_checkpoint, recipe=Recipe(trainer="l2l"), cache_dir=tmp_path
+        task="sst2",
+        model=tiny_checkpoint,
+        recipe=Recipe(trainer="l2l"),
+        data_dir=str(GLUE_DIR),
+        cache_dir=tmp_path,
     )
     late = Candidate(mux=2, mux_layers=layers, mux_combiner=combiner)
     with pytest.raises(ConfigError, match=r"trains with the standard loop, not 'l2l'"):
