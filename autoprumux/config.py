@@ -166,7 +166,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "int8_recovery_steps": _STEPS,
     "recovery_unlabeled": _Rule(int, low=0),
     "recovery_schedule": _Rule(str, choices=RECOVERY_SCHEDULES),
-    "mux_pooling": _Rule(str, choices=("cls", "mean")),
+    "mux_pooling": _Rule(str, choices=POOLINGS),
     "warmup_hidden_distill": _WEIGHT,
     "mux_hidden_distill": _WEIGHT,
     "warmup_from_smaller": _FLAG,
@@ -179,6 +179,8 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "student_lr": _LR,
     "student_loss": _Rule(str, choices=LOGIT_LOSSES),
     "student_init": _Rule(str, choices=STUDENT_INITS),
+    "student_pooling": _Rule(str, choices=POOLINGS),
+    "student_unlabeled": _Rule(int, low=0),
     "prune_stages": _COUNT,
     "importance_examples": _COUNT,
     "freeze_word_embeddings": _FLAG,
@@ -223,11 +225,9 @@ class Recipe:
     warmup_hidden_distill: float = 1.0  # + weight x hidden-state distillation from the N=1 base
     mux_hidden_distill: float = 0.0  # + weight x hidden-state KD from the baseline in fine-tune
     warmup_from_smaller: bool = True  # N >= 4 starts its warm-up from the N/2 warm-up
-    # late multiplexing (mux_layers > 0 or a learned combiner) starts from the fine-tuned
-    # baseline instead of the warm-up, for mux_finetune_steps steps at late_mux_lr: with a frozen
-    # backbone only the combiner, index embeddings, demultiplexer and heads train; the loss adds
-    # late_mux_align x the distance between each demultiplexed state and the baseline's own
-    # state at the same position
+    # late multiplexing (mux_layers > 0 or a learned combiner) fine-tunes the baseline for
+    # mux_finetune_steps at late_mux_lr (frozen backbone: combiner, index embeddings, demux and
+    # heads train); the loss adds late_mux_align x each demuxed state's distance to the baseline's
     late_mux_freeze_backbone: bool = True
     late_mux_align: float = 1.0
     late_mux_lr: float = 1e-3
@@ -238,12 +238,14 @@ class Recipe:
     student_steps: int = 400
     student_stacking_steps: int = 200
     student_lr: float = 2e-4
-    # what each student fits around the sum before it: "kl" at temperature 2 (gradient boosting
-    # on the distillation loss; it beat "mse" on the residual logits at every k on SST-2), and
-    # stacking the same; where students start: "bottom" (the teacher's lowest layers) or
-    # "spread" (different layers each)
+    # each student fits around the sum before it: "kl" at temperature 2 (boosting on the
+    # distillation loss; it beat "mse" on SST-2), stacking the same; layers start from the
+    # teacher's lowest ("bottom") or spread over its depth ("spread"); the pooler reads [CLS] or
+    # the token mean; the distillation set adds student_unlabeled warm-up corpus sentences
     student_loss: str = "kl"
     student_init: str = "bottom"
+    student_pooling: str = "cls"
+    student_unlabeled: int = 0
     prune_stages: int = 2
     importance_examples: int = 256
     freeze_word_embeddings: bool = True
@@ -312,9 +314,7 @@ class Recipe:
 
 
 # Named training recipes. "fast" is Recipe's defaults (minutes per candidate on a CPU);
-# "accurate" spends the levers measured to help most: a 2.5x longer task fine-tune on 4x more
-# training examples, with the baseline fine-tuned as long (N > 1), and 13x the pruning recovery
-# (BENCHMARKS.md, multiplexing and pruning recovery). It keeps the default warm-up.
+# "accurate": 2.5x the task fine-tune on 4x the examples and 13x the pruning recovery.
 RECIPE_PRESETS: dict[str, dict[str, Any]] = {
     # the README's main job in minutes on a 2-core CPU; N=1 only (N > 1 needs "fast"'s fine-tune)
     "quick": {

@@ -15,6 +15,9 @@ distils K students of `depth` layers, then scores every prefix k = 1..K on dev. 
   steps     --steps-factor times the boosting and stacking steps
   later     students 2..K boost at --later-lr-factor times the students' rate (they start from
             a zero classifier)
+  mean      the students' pooler reads the mean of the real tokens' states, not [CLS]
+  corpus    the distillation set adds --corpus-examples warm-up corpus sentences (the recipe's
+            student_unlabeled)
 Each lever's row is written to the JSON as soon as it is measured, so a killed run keeps the
 finished ones (and a rerun with the same --out skips them). Prints a markdown table.
 """
@@ -32,10 +35,11 @@ from _results import machine, write_json
 
 from autoprumux.models import StudentConfig
 from autoprumux.pipeline import PruMuxPipeline
+from autoprumux.pipeline._recovery import corpus_items
 from autoprumux.student_server import student_accuracy_losses
 from autoprumux.training import StudentTrainConfig, distill_students
 
-LEVERS = ("default", "kl", "spread", "data", "steps", "later")
+LEVERS = ("default", "kl", "spread", "data", "steps", "later", "mean", "corpus")
 
 
 def lever_parts(name: str) -> list[str]:
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levers", nargs="+", default=["default", "kl", "spread"])
     ap.add_argument("--temperature", type=float, default=2.0)
     ap.add_argument("--data-examples", type=int, default=32000)
+    ap.add_argument("--corpus-examples", type=int, default=32000)
     ap.add_argument("--steps-factor", type=int, default=3)
     ap.add_argument("--later-lr-factor", type=float, default=10.0)
     ap.add_argument("--device", default="cpu")
@@ -106,11 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 big_items = big.train_items
             items = big_items
+        if "corpus" in parts:
+            items = [*items, *corpus_items(pipe, args.corpus_examples)[0]]
+        pooling = "mean" if "mean" in parts else "cls"
         t0 = time.perf_counter()
         ens, stats = distill_students(
             teacher,
             items,
-            StudentConfig(k=args.students, depth=args.depth),
+            StudentConfig(k=args.students, depth=args.depth, pooling=pooling),
             tcfg,
             device=args.device,
             heldout=pipe.dev_items[:256],
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "loss": tcfg.loss,
             "temperature": tcfg.temperature,
             "init": tcfg.init,
+            "pooling": pooling,
             "later_lr": tcfg.later_lr,
             "residual_mse": stats["residual_mse"],
             "heldout_residual_mse": stats["heldout_residual_mse"],

@@ -148,6 +148,8 @@ BAD_RECIPES = [
     ("student_lr", "fast"),
     ("student_loss", "ce"),
     ("student_init", 0),
+    ("student_pooling", "max"),
+    ("student_unlabeled", -5),
     ("prune_stages", 0),
     ("importance_examples", 0),
     ("freeze_word_embeddings", "no"),

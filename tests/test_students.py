@@ -50,9 +50,10 @@ def items(n: int, length: int = 12, seed: int = 0) -> list[Encoded]:
     ]
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_parallel_equals_sequential_sum(depth):
-    ens = perturbed(StudentEnsemble.from_teacher(teacher(), StudentConfig(k=4, depth=depth))).eval()
+@pytest.mark.parametrize("depth, pooling", [(1, "cls"), (2, "cls"), (3, "cls"), (2, "mean")])
+def test_parallel_equals_sequential_sum(depth, pooling):
+    cfg = StudentConfig(k=4, depth=depth, pooling=pooling)
+    ens = perturbed(StudentEnsemble.from_teacher(teacher(), cfg)).eval()
     ids, mask, tt = random_batch(5, 16, seed=3)
     with torch.no_grad():
         x, bias = ens.embed(ids, mask, tt)
@@ -125,14 +126,16 @@ def test_boosting_lowers_the_residual_with_each_student_and_prefixes_degrade_gra
     assert agree[0] > 0.5 and agree[-1] >= agree[0] - 0.05, agree
 
 
-def test_save_load_roundtrip(tmp_path):
-    ens = perturbed(StudentEnsemble.from_teacher(teacher(), StudentConfig(k=3, depth=2))).eval()
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_save_load_roundtrip(tmp_path, pooling):
+    cfg = StudentConfig(k=3, depth=2, pooling=pooling)
+    ens = perturbed(StudentEnsemble.from_teacher(teacher(), cfg)).eval()
     ens.save(tmp_path / "m")
     back = StudentEnsemble.load(tmp_path / "m")
     ids, mask, tt = random_batch(3, 9, seed=2)
     with torch.no_grad():
         torch.testing.assert_close(back(ids, mask, tt), ens(ids, mask, tt))
-    assert (back.k, back.depth) == (3, 2)
+    assert (back.k, back.depth, back.pooling) == (3, 2, pooling)
     assert back.sparsity() == pytest.approx(ens.sparsity())
     # 3 students x 2 layers hold 1.5x the 4-layer teacher's layer parameters
     assert ens.sparsity() == pytest.approx(1 - 6 / 4)
@@ -148,6 +151,7 @@ def test_save_load_roundtrip(tmp_path):
         ({"depth": 4}, "student depth"),
         ({"depth": "two"}, "student depth"),
         ({"k": 2.5}, "students K"),
+        ({"pooling": "max"}, "student pooling"),
     ],
 )
 def test_bad_student_config(kw, match):
@@ -185,7 +189,7 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
         student_stacking_steps=2,
     )
 
-    def pipe(**levers: str) -> PruMuxPipeline:
+    def pipe(**levers: object) -> PruMuxPipeline:
         return PruMuxPipeline(
             task="sst2",
             model=tiny_checkpoint,
@@ -221,12 +225,26 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
     with torch.no_grad():
         ids, mask, tt = random_batch(3, 8, seed=2)
         assert not torch.equal(kl(ids, mask, tt), default(ids, mask, tt))
+    # mean pooling over a distillation set grown by corpus sentences: a third entry, whose
+    # students read the token mean and were distilled over more than the training items
+    wide = pipe(student_pooling="mean", student_unlabeled=40).students(2, 1)
+    entries = sorted((tmp_path / "students").iterdir())
+    assert len(entries) == 3 and wide.pooling == "mean"
+    new = next(
+        e for e in entries if e != entry and "student_pooling" in (e / "key.json").read_text()
+    )
+    import json
+
+    stats = json.loads((new / "meta.json").read_text())["distillation"]
+    assert stats["distillation_examples"] == 64 + 40
 
 
-def test_student_view_computes_the_student_and_trains_it_in_place():
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_student_view_computes_the_student_and_trains_it_in_place(pooling):
     from autoprumux.training._students import student_view
 
-    ens = perturbed(StudentEnsemble.from_teacher(hard_teacher(), StudentConfig(k=2, depth=2)))
+    cfg = StudentConfig(k=2, depth=2, pooling=pooling)
+    ens = perturbed(StudentEnsemble.from_teacher(hard_teacher(), cfg))
     ens.eval()
     view = student_view(ens, 1).eval()
     ids, mask, tt = random_batch(4, 11, seed=5)

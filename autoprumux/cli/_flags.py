@@ -53,6 +53,8 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--student-steps", int, "boosting steps per Academus student"),
     ("--student-stacking-steps", int, "joint stacking-distillation steps of all students"),
     ("--student-lr", float, "learning rate of the student boosting steps"),
+    ("--student-pooling", str, "students' pooler reads [CLS] ('cls') or the token mean ('mean')"),
+    ("--student-unlabeled", int, "warm-up-corpus sentences added to the students' distillation"),
     ("--seed", int, "seed of sampling, initialisation and data order"),
     (
         "--trainer",

@@ -1,7 +1,10 @@
 """Student parallelism (Academus): K shallow students whose logits add up to the teacher's.
 
 Each student is `depth` encoder layers (initialised from the teacher's lower layers), a pooler
-and a classifier; all students read the teacher's (frozen) embeddings. Boosting trains them one
+and a classifier; all students read the teacher's (frozen) embeddings. The pooler reads the
+[CLS] state or the mean of the real tokens' states (`StudentConfig.pooling`): after a few of
+the teacher's lowest layers the [CLS] state barely varies between sentences, so a student that
+starts with a zero head on it can learn little more than a bias, while the token mean varies. Boosting trains them one
 after another on the residual the earlier ones left, so the sum of any prefix of k <= K students
 is itself a model: `active_students` can be lowered at run time without retraining.
 
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprumux.config import MAX_STUDENTS, STUDENT_DEPTHS, STUDENT_INITS
+from autoprumux.config import MAX_STUDENTS, POOLINGS, STUDENT_DEPTHS, STUDENT_INITS
 from autoprumux.errors import ConfigError
 from autoprumux.models._encoder import (
     Embeddings,
@@ -38,10 +41,11 @@ from autoprumux.models._precision import count_parameters
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """K students of `depth` layers each."""
+    """K students of `depth` layers each; their pooler reads the [CLS] state or the token mean."""
 
     k: int = 4
     depth: int = 2
+    pooling: str = "cls"
 
     def __post_init__(self) -> None:
         for name, v in (("students K", self.k), ("student depth", self.depth)):
@@ -56,22 +60,40 @@ class StudentConfig:
                 f"student depth ({self.depth}) must be one of {list(STUDENT_DEPTHS)} "
                 "(shallow students; the teacher keeps the full depth)"
             )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"student pooling ({self.pooling!r}) must be one of {list(POOLINGS)}")
+
+
+def pool_tokens(x: torch.Tensor, bias: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(..., B, T, H) token states -> (..., B, H): the [CLS] state, or the mean over the real
+    tokens (those whose additive mask `bias` (B, 1, 1, T) is 0)."""
+    if pooling == "cls":
+        return x[..., 0, :]
+    real = (bias[:, 0, 0, :] == 0).to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (x * real).sum(-2) / real.sum(-2).clamp_min(1.0)
 
 
 class Student(nn.Module):
     """`depth` encoder layers + pooler + classifier over shared embedding states."""
 
-    def __init__(self, layers: Sequence[EncoderLayer], pooler: nn.Linear, classifier: nn.Linear):
+    def __init__(
+        self,
+        layers: Sequence[EncoderLayer],
+        pooler: nn.Linear,
+        classifier: nn.Linear,
+        pooling: str = "cls",
+    ):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.pooler = pooler
         self.classifier = classifier
+        self.pooling = pooling
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x: embedding states (B, T, H); bias: additive mask (B, 1, 1, T). Returns logits."""
         for layer in self.layers:
             x = layer(x, bias)
-        return self.classifier(torch.tanh(self.pooler(x[:, 0])))
+        return self.classifier(torch.tanh(self.pooler(pool_tokens(x, bias, self.pooling))))
 
 
 def _check_uniform(teacher: Encoder, depth: int, first: int = 0) -> None:
@@ -157,7 +179,7 @@ class StudentEnsemble(nn.Module):
         _check_uniform(enc, cfg.depth)
         ens = cls(
             copy.deepcopy(enc.embeddings),
-            [_student_from(teacher, cfg.depth, zero_head=False)],
+            [_student_from(teacher, cfg.depth, zero_head=False, pooling=cfg.pooling)],
             encoder_config=enc.config,
             num_labels=teacher.num_labels,
             teacher_prunable_params=enc.prunable_parameters(),
@@ -174,7 +196,9 @@ class StudentEnsemble(nn.Module):
         """A student of `depth` layers copied from the teacher's, starting at `first_layer`,
         with a zero classifier (it adds nothing until trained)."""
         _check_uniform(teacher.encoder, depth, first_layer)
-        s = _student_from(teacher, depth, zero_head=True, first_layer=first_layer)
+        s = _student_from(
+            teacher, depth, zero_head=True, first_layer=first_layer, pooling=self.pooling
+        )
         s = s.to(self.embeddings.word.weight.device)
         self.students.append(s)
         self._active = len(self.students)
@@ -190,6 +214,12 @@ class StudentEnsemble(nn.Module):
         first = self.students[0]
         assert isinstance(first, Student)
         return len(first.layers)
+
+    @property
+    def pooling(self) -> str:
+        first = self.students[0]
+        assert isinstance(first, Student)
+        return first.pooling
 
     # ---- active prefix ---------------------------------------------------------------------
     @property
@@ -294,8 +324,8 @@ class StudentEnsemble(nn.Module):
             f = act(torch.baddbmm(st[p + "in_b"][:k], h_all, st[p + "in_w"][:k]))
             f = torch.baddbmm(st[p + "ff_b"][:k], f, st[p + "ff_w"][:k])
             h_all = _stacked_layer_norm(h_all + f, st[p + "ln2_w"][:k], st[p + "ln2_b"][:k], eps)
-        cls = h_all.view(k, b, t, h)[:, :, 0]  # (k, B, H)
-        pooled = torch.tanh(torch.baddbmm(st["pool_b"][:k], cls, st["pool_w"][:k]))
+        read = pool_tokens(h_all.view(k, b, t, h), bias, self.pooling)  # (k, B, H)
+        pooled = torch.tanh(torch.baddbmm(st["pool_b"][:k], read, st["pool_w"][:k]))
         return torch.baddbmm(st["cls_b"][:k], pooled, st["cls_w"][:k])  # (k, B, C)
 
     # ---- size ----------------------------------------------------------------------------------
@@ -319,7 +349,7 @@ class StudentEnsemble(nn.Module):
             "format": "autoprumux.StudentEnsemble/1",
             "encoder": self.encoder_config.to_dict(),
             "num_labels": self.num_labels,
-            "students": asdict(StudentConfig(k=self.k, depth=self.depth)),
+            "students": asdict(StudentConfig(k=self.k, depth=self.depth, pooling=self.pooling)),
             "teacher_prunable_params": self.teacher_prunable_params,
         }
 
@@ -341,6 +371,7 @@ class StudentEnsemble(nn.Module):
                 [EncoderLayer(ecfg, ecfg.heads[i], ecfg.ffn[i]) for i in range(sc.depth)],
                 nn.Linear(h, h),
                 nn.Linear(h, int(cfg["num_labels"])),
+                pooling=sc.pooling,
             )
             for _ in range(sc.k)
         ]
@@ -383,7 +414,12 @@ def _student_tensors(s: Student) -> dict[str, torch.Tensor]:
 
 
 def _student_from(
-    teacher: MuxSequenceClassifier, depth: int, *, zero_head: bool, first_layer: int = 0
+    teacher: MuxSequenceClassifier,
+    depth: int,
+    *,
+    zero_head: bool,
+    first_layer: int = 0,
+    pooling: str = "cls",
 ) -> Student:
     enc = teacher.encoder
     h = enc.config.hidden_size
@@ -401,5 +437,8 @@ def _student_from(
             classifier.weight.zero_()
             classifier.bias.zero_()
     return Student(
-        [layer for layer in layers if isinstance(layer, EncoderLayer)], pooler, classifier
+        [layer for layer in layers if isinstance(layer, EncoderLayer)],
+        pooler,
+        classifier,
+        pooling,
     )

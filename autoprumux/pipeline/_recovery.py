@@ -65,23 +65,26 @@ def teacher_logits(pipe: PruMuxPipeline) -> torch.Tensor | None:
     return pipe._teacher_logits
 
 
+def corpus_items(pipe: PruMuxPipeline, size: int) -> tuple[list[Encoded], dict]:
+    """`size` sentences of the warm-up corpus (a seeded sample, see `warmup_texts`), tokenised
+    as UNLABELED items, and what keys them (their count and content hash)."""
+    r = pipe.recipe
+    texts = warmup_texts(pipe.warmup_corpus, pipe.data, pipe.data_dir, size, r.seed)
+    items, digest = encode_corpus(texts, pipe.tokenizer, r.max_seq_len)
+    return (
+        [Encoded(x.input_ids, x.token_type_ids, UNLABELED) for x in items],
+        {"unlabeled": len(items), "unlabeled_corpus": digest},
+    )
+
+
 def unlabeled_items(pipe: PruMuxPipeline) -> tuple[list[Encoded], dict]:
-    """`recovery_unlabeled` sentences of the warm-up corpus (a seeded sample, see
-    `warmup_texts`), tokenised as UNLABELED items, and what keys them (their count and content
-    hash; empty when the recipe adds none, or does not distil: they would have nothing to
-    learn from)."""
+    """`recovery_unlabeled` sentences of the warm-up corpus (`corpus_items`); empty when the
+    recipe adds none, or does not distil: they would have nothing to learn from."""
     r = pipe.recipe
     if not r.recovery_unlabeled or not distils_from_tables(r):
         return [], {}
     if pipe._unlabeled is None:
-        texts = warmup_texts(
-            pipe.warmup_corpus, pipe.data, pipe.data_dir, r.recovery_unlabeled, r.seed
-        )
-        items, digest = encode_corpus(texts, pipe.tokenizer, r.max_seq_len)
-        pipe._unlabeled = (
-            [Encoded(x.input_ids, x.token_type_ids, UNLABELED) for x in items],
-            {"unlabeled": len(items), "unlabeled_corpus": digest},
-        )
+        pipe._unlabeled = corpus_items(pipe, r.recovery_unlabeled)
     return pipe._unlabeled
 
 

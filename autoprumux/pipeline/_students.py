@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from autoprumux.config import check_precision
 from autoprumux.evaluation import Evaluation, ThroughputConfig
 from autoprumux.models import StudentConfig, StudentEnsemble, to_precision
+from autoprumux.pipeline._recovery import corpus_items
 from autoprumux.training import StudentTrainConfig, distill_students
 
 if TYPE_CHECKING:
@@ -19,12 +20,20 @@ log = logging.getLogger("autoprumux")
 
 # what the students cached before these levers existed were built with: a key without the
 # field means this value (so this table stays fixed even if the recipe's defaults change)
-STUDENT_LEVER_DEFAULTS = {"student_loss": "mse", "student_init": "bottom"}
+STUDENT_LEVER_DEFAULTS = {
+    "student_loss": "mse",
+    "student_init": "bottom",
+    "student_pooling": "cls",
+    "student_unlabeled": 0,
+}
 
 
 def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
-    cfg = StudentConfig(k=k, depth=depth)
+    """K students of `depth` layers distilled from the baseline (built or cached) over the
+    training set plus the recipe's `student_unlabeled` warm-up corpus sentences."""
     r = pipe.recipe
+    cfg = StudentConfig(k=k, depth=depth, pooling=r.student_pooling)
+    extra, extra_key = corpus_items(pipe, r.student_unlabeled) if r.student_unlabeled else ([], {})
     key = pipe._key(
         technique="students",
         k=cfg.k,
@@ -38,12 +47,14 @@ def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
             for f, default in STUDENT_LEVER_DEFAULTS.items()
             if getattr(r, f) != default
         },
+        # the corpus sentences' content hash: another corpus distils other students
+        **{f"student_{name}": v for name, v in extra_key.items() if name != "unlabeled"},
     )
 
     def build(tmp: Path) -> dict:
         ens, stats = distill_students(
             pipe.baseline(),
-            pipe.train_items,
+            [*pipe.train_items, *extra],
             cfg,
             StudentTrainConfig.from_recipe(r),
             device=pipe.device,

@@ -164,7 +164,9 @@ def student_view(ens: StudentEnsemble, j: int) -> MuxSequenceClassifier:
         )
     )
     enc.embeddings, enc.layers, enc.pooler = emb, s.layers, s.pooler
-    view = MuxSequenceClassifier(enc, num_labels=ens.num_labels, mux=MuxConfig(n=1))
+    view = MuxSequenceClassifier(
+        enc, num_labels=ens.num_labels, mux=MuxConfig(n=1, pooling=ens.pooling)
+    )
     view.classifier = s.classifier
     view.dropout = nn.Identity()  # type: ignore[assignment]
     return view
@@ -233,6 +235,7 @@ def distill_students(
     first_layers = student_first_layers(len(teacher.encoder.layers), cfg.k, cfg.depth, tcfg.init)
     residual = target.clone()
     stats: dict = {
+        "distillation_examples": len(items),
         "residual_mse": [],
         "heldout_residual_mse": [],
         "student_seconds": [],
