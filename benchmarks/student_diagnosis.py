@@ -8,31 +8,36 @@ Two measurements on the pipeline's baseline (built or cached) as the teacher:
    (per-dimension standard deviation, mean over dimensions), beside the teacher's own pooled
    output. A student after the first starts with a zero head, so it only learns what this
    input lets it: a near-constant input teaches a bias.
-2. K boosted students (KL, no stacking) distilled twice on the same items: later students
-   copied from the teacher's layers (`fresh`, the ensemble's behaviour) or from the trained
-   previous student (`previous`, whose CLS state already varies). Per student: the spread of
-   its logit margin over the items, the residual MSE on the items and on 256 dev sentences,
-   and dev accuracy of every prefix.
+   The same for the mean of the real tokens' states (what a `mean`-pooling student reads).
+2. K boosted students (KL, no stacking) distilled on the same items, per `--variants`: later
+   students copied from the teacher's layers (`fresh`, the ensemble's behaviour with [CLS]
+   pooling), from the trained previous student (`previous`, whose CLS state already varies),
+   or every student pooling the token mean (`mean`). Per student: the spread of its logit
+   margin over the items, the residual MSE on the items and on 256 dev sentences, and dev
+   accuracy of every prefix. Variants already in `--out` are kept (a rerun adds the others).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+from pathlib import Path
 
 import torch
 from _results import machine, write_json
 
 from autoprumux.data import collate
 from autoprumux.models import MuxSequenceClassifier, StudentConfig
-from autoprumux.models._students import Student, StudentEnsemble
+from autoprumux.models._students import Student, StudentEnsemble, pool_tokens
 from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.student_server import student_accuracy_losses
 from autoprumux.training import StudentTrainConfig, distill_students
 from autoprumux.training._students import ensemble_outputs
 
 ADD_STUDENT = StudentEnsemble.add_student
+VARIANTS = ("fresh", "previous", "mean")
 
 
 def _from_previous(
@@ -62,6 +67,7 @@ def pooled_spread(
     for layer in s.layers:
         x = layer(x, bias)
     student = torch.tanh(s.pooler(x[:, 0]))
+    mean = torch.tanh(s.pooler(pool_tokens(x, bias, "mean")))
     cls = teacher.hidden_states(
         b["input_ids"], b["attention_mask"], b["token_type_ids"], positions="cls"
     )
@@ -70,6 +76,7 @@ def pooled_spread(
     full = torch.tanh(pooler(cls))
     return {
         "fresh_student_pooled_std": float(student.std(0).mean()),
+        "fresh_student_mean_pooled_std": float(mean.std(0).mean()),
         "teacher_pooled_std": float(full.std(0).mean()),
     }
 
@@ -83,28 +90,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--items", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     pipe = PruMuxPipeline(task=args.task)
     teacher = pipe.baseline()
     items = pipe.train_items[: args.items]
-    doc: dict = {"task": args.task, "machine": machine("cpu"), **vars(args)}
+    out = Path(
+        args.out
+        or f"benchmarks/results/student_diagnosis_{args.task}_k{args.students}d{args.depth}.json"
+    )
+    earlier = json.loads(out.read_text()) if out.exists() else {}
+    doc: dict = {"task": args.task, "machine": machine("cpu"), **vars(args), "out": str(out)}
     doc["pooled"] = pooled_spread(pipe, teacher, args.depth, min(512, len(items)))
     print(doc["pooled"], flush=True)
     tcfg = dataclasses.replace(
         StudentTrainConfig.from_recipe(pipe.recipe), steps_per_student=args.steps, stacking_steps=0
     )
     base = pipe.baseline_metrics()["metric"]
-    doc["variants"] = {}
-    for variant in ("fresh", "previous"):
-        add = ADD_STUDENT if variant == "fresh" else _from_previous
+    # rows kept from an earlier run carry that run's machine
+    doc["variants"] = {
+        name: {"machine": earlier.get("machine"), **row}
+        for name, row in earlier.get("variants", {}).items()
+        if name not in args.variants
+    }
+    for variant in args.variants:
+        add = _from_previous if variant == "previous" else ADD_STUDENT
         StudentEnsemble.add_student = add  # type: ignore[method-assign,assignment]
         try:
             ens, stats = distill_students(
                 teacher,
                 items,
-                StudentConfig(k=args.students, depth=args.depth),
+                StudentConfig(
+                    k=args.students,
+                    depth=args.depth,
+                    pooling="mean" if variant == "mean" else "cls",
+                ),
                 tcfg,
                 heldout=pipe.dev_items[:256],
             )
@@ -117,14 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             "residual_mse": stats["residual_mse"],
             "heldout_residual_mse": stats["heldout_residual_mse"],
             "dev_per_k": [base - losses[k] for k in range(1, args.students + 1)],
+            "machine": doc["machine"],
         }
         doc["variants"][variant] = row
-        print(variant, {k: [round(v, 3) for v in vs] for k, vs in row.items()}, flush=True)
-    write_json(
-        args.out
-        or f"benchmarks/results/student_diagnosis_{args.task}_k{args.students}d{args.depth}.json",
-        doc,
-    )
+        figures = {k: [round(v, 3) for v in vs] for k, vs in row.items() if isinstance(vs, list)}
+        print(variant, figures, flush=True)
+    write_json(out, doc)
     return 0
 
 
