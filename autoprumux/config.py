@@ -238,13 +238,13 @@ class Recipe:
     student_steps: int = 400
     student_stacking_steps: int = 200
     student_lr: float = 2e-4
-    # each student fits around the sum before it: "kl" at temperature 2 (boosting on the
-    # distillation loss; it beat "mse" on SST-2), stacking the same; layers start from the
-    # teacher's lowest ("bottom") or spread over its depth ("spread"); the pooler reads [CLS] or
-    # the token mean; the distillation set adds student_unlabeled warm-up corpus sentences
+    # each student fits around the sum before it ("kl" at temperature 2: boosting on the
+    # distillation loss), stacking the same; layers start from the teacher's lowest ("bottom")
+    # or spread over its depth ("spread"); the pooler reads the token "mean" or "cls"; the
+    # distillation set adds student_unlabeled warm-up corpus sentences (see docs/students.md)
     student_loss: str = "kl"
     student_init: str = "bottom"
-    student_pooling: str = "cls"
+    student_pooling: str = "mean"
     student_unlabeled: int = 0
     prune_stages: int = 2
     importance_examples: int = 256

@@ -225,14 +225,12 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
     with torch.no_grad():
         ids, mask, tt = random_batch(3, 8, seed=2)
         assert not torch.equal(kl(ids, mask, tt), default(ids, mask, tt))
-    # mean pooling over a distillation set grown by corpus sentences: a third entry, whose
-    # students read the token mean and were distilled over more than the training items
-    wide = pipe(student_pooling="mean", student_unlabeled=40).students(2, 1)
+    # [CLS] pooling over a distillation set grown by corpus sentences: a third entry, whose
+    # students read [CLS] (the default reads the token mean) and saw more than the train items
+    wide = pipe(student_pooling="cls", student_unlabeled=40).students(2, 1)
     entries = sorted((tmp_path / "students").iterdir())
-    assert len(entries) == 3 and wide.pooling == "mean"
-    new = next(
-        e for e in entries if e != entry and "student_pooling" in (e / "key.json").read_text()
-    )
+    assert len(entries) == 3 and wide.pooling == "cls" and default.pooling == "mean"
+    new = next(e for e in entries if "student_unlabeled" in (e / "key.json").read_text())
     import json
 
     stats = json.loads((new / "meta.json").read_text())["distillation"]
