@@ -30,7 +30,8 @@ from _results import machine, write_json
 
 from autoprumux.data import collate
 from autoprumux.models import MuxSequenceClassifier, StudentConfig
-from autoprumux.models._students import Student, StudentEnsemble, pool_tokens
+from autoprumux.models._encoder import pool_states
+from autoprumux.models._students import Student, StudentEnsemble
 from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.student_server import student_accuracy_losses
 from autoprumux.training import StudentTrainConfig, distill_students
@@ -67,7 +68,7 @@ def pooled_spread(
     for layer in s.layers:
         x = layer(x, bias)
     student = torch.tanh(s.pooler(x[:, 0]))
-    mean = torch.tanh(s.pooler(pool_tokens(x, bias, "mean")))
+    mean = torch.tanh(s.pooler(pool_states(x, b["attention_mask"], "mean")))
     cls = teacher.hidden_states(
         b["input_ids"], b["attention_mask"], b["token_type_ids"], positions="cls"
     )

@@ -1,9 +1,10 @@
 """Issue 4 benchmark: Academus students against the full-depth baseline, latency and throughput.
 
-    python benchmarks/students_latency.py --task sst2 --students 4 --depth 2 [--device cuda]
+    python benchmarks/students_latency.py --task sst2 --students 4 --depth 2 [--device cuda] \
+        [--recipe student_unlabeled=32000 student_steps=1200 student_stacking_steps=600]
 
 Builds (or takes from the cache) the fine-tuned baseline and K boosted students of `depth`
-layers, then for every prefix k = 1..K of the students measures the dev metric and, side by side
+layers through the pipeline, as a user's recipe would (`--recipe` overrides its fields), then for every prefix k = 1..K of the students measures the dev metric and, side by side
 with the baseline in the same rounds (`time_interleaved`):
   * latency at batch 1 and batch 8 (median of --repeats timed passes),
   * throughput at --tp-batch examples of --tp-seq-len tokens,
@@ -21,8 +22,9 @@ import time
 from pathlib import Path
 
 import torch
-from _results import machine, write_json
+from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
+from autoprumux.config import Recipe
 from autoprumux.evaluation import ThroughputConfig, model_runner, time_interleaved
 from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.student_server import student_accuracy_losses
@@ -41,10 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tp-seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE", help=RECIPE_HELP)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    try:
+        recipe = Recipe(**recipe_overrides(args.recipe))
+    except ValueError as e:
+        ap.error(str(e))
 
-    pipe = PruMuxPipeline(task=args.task, device=args.device, cache_dir=args.cache_dir)
+    pipe = PruMuxPipeline(
+        task=args.task, device=args.device, cache_dir=args.cache_dir, recipe=recipe
+    )
     t0 = time.time()
     base = pipe.baseline()
     ens = pipe.students(args.students, args.depth)

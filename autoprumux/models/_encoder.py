@@ -221,6 +221,15 @@ def attention_bias(
     return bias.masked_fill(~attention_mask.bool(), torch.finfo(dtype).min)[:, None, None, :]
 
 
+def pool_states(states: torch.Tensor, real: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(..., B, T, H) token states -> (..., B, H): the first ([CLS]) token's state, or the mean
+    over the real tokens, those where the (B, T) 0/1 mask `real` is 1."""
+    if pooling == "cls":
+        return states[..., 0, :]
+    m = real.to(states.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (states * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+
+
 class Encoder(nn.Module):
     """Embeddings + a list of (possibly pruned) layers + optional pooler."""
 

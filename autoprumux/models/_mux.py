@@ -28,7 +28,13 @@ from torch import nn
 
 from autoprumux.config import MUX_COMBINERS, MUX_VARIANTS, POOLINGS, SPLIT_COMBINERS
 from autoprumux.errors import ConfigError
-from autoprumux.models._encoder import Encoder, EncoderConfig, attention_bias, init_weights
+from autoprumux.models._encoder import (
+    Encoder,
+    EncoderConfig,
+    attention_bias,
+    init_weights,
+    pool_states,
+)
 from autoprumux.models._persist import read_model_dir, write_model_dir
 
 
@@ -426,10 +432,7 @@ class MuxSequenceClassifier(nn.Module):
 
     def pool_states(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L, H) per-instance states -> (B, H) by the configured pooling."""
-        if self.mux_config.pooling == "cls":
-            return states[:, 0]
-        m = attention_mask.to(states.dtype).unsqueeze(-1)
-        return (states * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+        return pool_states(states, attention_mask, self.mux_config.pooling)
 
     def logits_from_states(
         self, states: torch.Tensor, attention_mask: torch.Tensor

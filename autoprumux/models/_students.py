@@ -33,6 +33,7 @@ from autoprumux.models._encoder import (
     EncoderConfig,
     EncoderLayer,
     attention_bias,
+    pool_states,
 )
 from autoprumux.models._mux import MuxSequenceClassifier
 from autoprumux.models._persist import read_model_dir, write_model_dir
@@ -64,13 +65,9 @@ class StudentConfig:
             raise ConfigError(f"student pooling ({self.pooling!r}) must be one of {list(POOLINGS)}")
 
 
-def pool_tokens(x: torch.Tensor, bias: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(..., B, T, H) token states -> (..., B, H): the [CLS] state, or the mean over the real
-    tokens (those whose additive mask `bias` (B, 1, 1, T) is 0)."""
-    if pooling == "cls":
-        return x[..., 0, :]
-    real = (bias[:, 0, 0, :] == 0).to(x.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (x * real).sum(-2) / real.sum(-2).clamp_min(1.0)
+def _real_tokens(bias: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1, T) additive attention mask -> (B, T) 0/1 mask of the real tokens."""
+    return bias[:, 0, 0, :] == 0
 
 
 class Student(nn.Module):
@@ -93,7 +90,9 @@ class Student(nn.Module):
         """x: embedding states (B, T, H); bias: additive mask (B, 1, 1, T). Returns logits."""
         for layer in self.layers:
             x = layer(x, bias)
-        return self.classifier(torch.tanh(self.pooler(pool_tokens(x, bias, self.pooling))))
+        return self.classifier(
+            torch.tanh(self.pooler(pool_states(x, _real_tokens(bias), self.pooling)))
+        )
 
 
 def _check_uniform(teacher: Encoder, depth: int, first: int = 0) -> None:
@@ -324,7 +323,7 @@ class StudentEnsemble(nn.Module):
             f = act(torch.baddbmm(st[p + "in_b"][:k], h_all, st[p + "in_w"][:k]))
             f = torch.baddbmm(st[p + "ff_b"][:k], f, st[p + "ff_w"][:k])
             h_all = _stacked_layer_norm(h_all + f, st[p + "ln2_w"][:k], st[p + "ln2_b"][:k], eps)
-        read = pool_tokens(h_all.view(k, b, t, h), bias, self.pooling)  # (k, B, H)
+        read = pool_states(h_all.view(k, b, t, h), _real_tokens(bias), self.pooling)  # (k, B, H)
         pooled = torch.tanh(torch.baddbmm(st["pool_b"][:k], read, st["pool_w"][:k]))
         return torch.baddbmm(st["cls_b"][:k], pooled, st["cls_w"][:k])  # (k, B, C)
 
