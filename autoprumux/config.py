@@ -35,10 +35,8 @@ MAX_MUX = 64  # DataMUX reports usable accuracy up to N=40
 MAX_MUX_LAYERS = 64  # an upper bound on any encoder's depth; the model's own is checked on build
 MAX_STUDENTS = 16
 STUDENT_DEPTHS = (1, 2, 3)
-# how the students distil: MSE on the residual logits, or KL at a temperature around the sum
-LOGIT_LOSSES = ("mse", "kl")
-# where student j's layers start: the teacher's lowest layers for all, or spread over its depth
-STUDENT_INITS = ("bottom", "spread")
+LOGIT_LOSSES = ("mse", "kl")  # students distil by MSE on the residual or KL around the sum
+STUDENT_INITS = ("bottom", "spread")  # student j's first layer: the teacher's lowest, or spread
 RECOVERY_SCHEDULES = ("even", "rising")  # recovery steps per pruning stage
 SAMPLERS = ("tpe", "guided", "random", "grid")
 TRAINERS = ("standard", "l2l", "auto")
@@ -176,6 +174,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
     "late_mux_shared_lr": _Rule(float, low=0.0),  # 0: the shared layers stay frozen
     "student_steps": _STEPS,
     "student_stacking_steps": _STEPS,
+    "student_stacking_focus": _FRACTION,
     "student_lr": _LR,
     "student_loss": _Rule(str, choices=LOGIT_LOSSES),
     "student_init": _Rule(str, choices=STUDENT_INITS),
@@ -234,14 +233,15 @@ class Recipe:
     # > 0 (backbone frozen): the shared layers after the first k and the pooler train at this
     # rate; the embeddings and per-instance layers stay frozen (their outputs computed once)
     late_mux_shared_lr: float = 0.0
-    # Academus students: boosting steps per student, then joint stacking distillation
+    # Academus students: boosting steps per student, then joint stacking distillation on every
+    # prefix sum, student_stacking_focus of its loss on the full sum (0: all prefixes alike)
     student_steps: int = 400
     student_stacking_steps: int = 200
+    student_stacking_focus: float = 0.0
     student_lr: float = 2e-4
-    # each student fits around the sum before it ("kl" at temperature 2: boosting on the
-    # distillation loss), stacking the same; layers start from the teacher's lowest ("bottom")
-    # or spread over its depth ("spread"); the pooler reads the token "mean" or "cls"; the
-    # distillation set adds student_unlabeled warm-up corpus sentences (see docs/students.md)
+    # boosting and stacking on "kl" (at temperature 2) or "mse"; layers from the teacher's
+    # lowest ("bottom") or spread over its depth; the pooler reads the token "mean" or "cls";
+    # student_unlabeled warm-up corpus sentences join the distillation (see docs/students.md)
     student_loss: str = "kl"
     student_init: str = "bottom"
     student_pooling: str = "mean"

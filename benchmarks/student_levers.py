@@ -18,6 +18,8 @@ distils K students of `depth` layers, then scores every prefix k = 1..K on dev. 
   mean      the students' pooler reads the mean of the real tokens' states, not [CLS]
   corpus    the distillation set adds --corpus-examples warm-up corpus sentences (the recipe's
             student_unlabeled)
+  focus     stacking puts --stacking-focus of its loss on the full sum of the K students (the
+            recipe's student_stacking_focus), the rest on the mean over the prefixes
 Each lever's row is written to the JSON as soon as it is measured, so a killed run keeps the
 finished ones (and a rerun with the same --out skips them). Prints a markdown table.
 """
@@ -39,7 +41,7 @@ from autoprumux.pipeline._recovery import corpus_items
 from autoprumux.student_server import student_accuracy_losses
 from autoprumux.training import StudentTrainConfig, distill_students
 
-LEVERS = ("default", "kl", "spread", "data", "steps", "later", "mean", "corpus")
+LEVERS = ("default", "kl", "spread", "data", "steps", "later", "mean", "corpus", "focus")
 
 
 def lever_parts(name: str) -> list[str]:
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus-examples", type=int, default=32000)
     ap.add_argument("--steps-factor", type=int, default=3)
     ap.add_argument("--later-lr-factor", type=float, default=10.0)
+    ap.add_argument("--stacking-focus", type=float, default=0.5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None)
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps_per_student=tcfg.steps_per_student * args.steps_factor,
                 stacking_steps=tcfg.stacking_steps * args.steps_factor,
             )
+        if "focus" in parts:
+            tcfg = dataclasses.replace(tcfg, stacking_focus=args.stacking_focus)
         if "later" in parts:
             tcfg = dataclasses.replace(tcfg, later_lr=tcfg.lr * args.later_lr_factor)
         if "data" in parts:
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             "init": tcfg.init,
             "pooling": pooling,
             "later_lr": tcfg.later_lr,
+            "stacking_focus": tcfg.stacking_focus,
             "residual_mse": stats["residual_mse"],
             "heldout_residual_mse": stats["heldout_residual_mse"],
             "prefix_mse": stats["prefix_mse"],

@@ -150,6 +150,7 @@ BAD_RECIPES = [
     ("student_init", 0),
     ("student_pooling", "max"),
     ("student_unlabeled", -5),
+    ("student_stacking_focus", 1.5),
     ("prune_stages", 0),
     ("importance_examples", 0),
     ("freeze_word_embeddings", "no"),

@@ -217,9 +217,11 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
     with pytest.raises(ConfigError, match="active students"):
         pipe().evaluate_students(2, 1, active=3, throughput=tp)
     # the distillation levers are part of the key: other students, the defaults' entry kept
-    kl = pipe(student_loss="kl", student_init="spread").students(2, 1)
+    kl = pipe(student_loss="kl", student_init="spread", student_stacking_focus=0.5).students(2, 1)
     entries = sorted((tmp_path / "students").iterdir())
     assert len(entries) == 2 and entry in entries
+    spread = next(e for e in entries if e != entry)
+    assert '"student_stacking_focus": 0.5' in (spread / "key.json").read_text()
     assert (entry / "model" / "model.safetensors").stat().st_mtime == mtime
     default = pipe().students(2, 1)
     with torch.no_grad():
@@ -346,6 +348,45 @@ def test_kl_boosting_fits_each_student_around_the_sum_before_it():
     assert not torch.equal(ensemble_outputs(mse, train[:8]), ensemble_outputs(ens, train[:8]))
 
 
+def test_stacking_focus_moves_the_loss_to_the_full_sum():
+    """stacking_loss: focus 0 is the mean over the prefixes, 1 the full sum's loss alone, and
+    between them the mix; trained with focus 1, the first student alone ends further from the
+    teacher than with focus 0 (the focus reaches the stacking step)."""
+    from autoprumux.training import TrainConfig
+    from autoprumux.training._losses import kd_loss
+    from autoprumux.training._students import stacking_loss
+
+    g = torch.Generator().manual_seed(0)
+    sums, y = torch.randn(3, 8, 2, generator=g), torch.randn(8, 2, generator=g)
+    cfg = TrainConfig(steps=1, batch_size=8, logit_loss="kl", temperature=2.0)
+    per_prefix = [float(kd_loss(sums[k], y, 2.0)) for k in range(3)]
+    assert float(stacking_loss(sums, y, cfg, 0.0)) == pytest.approx(sum(per_prefix) / 3)
+    assert float(stacking_loss(sums, y, cfg, 1.0)) == pytest.approx(per_prefix[-1])
+    assert float(stacking_loss(sums, y, cfg, 0.25)) == pytest.approx(
+        0.75 * sum(per_prefix) / 3 + 0.25 * per_prefix[-1]
+    )
+    t = hard_teacher()
+    train = items(256, seed=0)
+    kls = {}
+    for focus in (0.0, 1.0):
+        ens, _ = distill_students(
+            t,
+            train,
+            StudentConfig(k=3, depth=1),
+            StudentTrainConfig(
+                steps_per_student=40,
+                stacking_steps=60,
+                batch_size=32,
+                lr=3e-3,
+                stacking_lr=3e-4,
+                stacking_focus=focus,
+            ),
+        )
+        kls[focus] = _kl_to_teacher(t, ens, train, 2.0)
+    # nothing holds the first student near the teacher when the focus is all on the full sum
+    assert kls[1.0][0] > 1.2 * kls[0.0][0], kls
+
+
 def test_spread_students_start_from_different_teacher_layers():
     """init="spread": student j's layers are copies of the teacher's layers from
     `student_first_layers`, evenly from the lowest to the highest that fits."""
@@ -380,6 +421,8 @@ def test_spread_students_start_from_different_teacher_layers():
         ({"temperature": float("nan")}, "student temperature"),
         ({"init": "top"}, "student init"),
         ({"later_lr": 0.0}, "later_lr"),
+        ({"stacking_focus": 1.5}, "stacking_focus"),
+        ({"stacking_focus": -0.1}, "stacking_focus"),
     ],
 )
 def test_bad_student_levers(kw, match):

@@ -83,7 +83,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"(data: {len(pipe.train_items)} training examples, batch {r.batch_size}; baseline {r.finetune_steps} steps"
         + (
             f"; {r.student_steps} boosting steps per student + {r.student_stacking_steps} "
-            f"stacking steps, {r.student_pooling} pooling"
+            f"stacking steps"
+            + (
+                f" ({r.student_stacking_focus:g} on the full sum)"
+                if r.student_stacking_focus
+                else ""
+            )
+            + f", {r.student_pooling} pooling"
             + (f", + {r.student_unlabeled} corpus sentences" if r.student_unlabeled else "")
             if students
             else ""

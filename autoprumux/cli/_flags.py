@@ -52,6 +52,7 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--warmup-from-smaller", _bool, "N >= 4 warm-up starts from the N/2 warm-up (true/false)"),
     ("--student-steps", int, "boosting steps per Academus student"),
     ("--student-stacking-steps", int, "joint stacking-distillation steps of all students"),
+    ("--student-stacking-focus", float, "share of the stacking loss on the full sum (0-1)"),
     ("--student-lr", float, "learning rate of the student boosting steps"),
     ("--student-pooling", str, "students' pooler reads [CLS] ('cls') or the token mean ('mean')"),
     ("--student-unlabeled", int, "warm-up-corpus sentences added to the students' distillation"),

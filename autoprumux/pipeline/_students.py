@@ -25,6 +25,7 @@ STUDENT_LEVER_DEFAULTS = {
     "student_init": "bottom",
     "student_pooling": "cls",
     "student_unlabeled": 0,
+    "student_stacking_focus": 0.0,
 }
 
 

@@ -9,7 +9,9 @@
    confident logits).
 3. Stacking distillation fine-tunes all students together on the mean over k of the same loss
    between the prefix sum_{i<k} s_i and t: the full sum moves to the teacher while every prefix
-   stays a model.
+   stays a model. `stacking_focus` f puts a share f of that loss on the full sum alone (the
+   rest stays the mean over the prefixes): the prefixes compete with the full sum for the same
+   weights, and the focus says how much the full sum wins.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class StudentTrainConfig:
     # the boosting rate of students 2..K, which start from a zero classifier (None: `lr`)
     later_lr: float | None = None
     stacking_lr: float = 5e-5
+    # the share of the stacking loss on the full sum of all K students (see the module docstring)
+    stacking_focus: float = 0.0
     seed: int = 0
     # the loop of the boosting steps: "standard" or "l2l" (see TrainConfig); the joint stacking
     # step, which runs every student at once, always uses the standard loop
@@ -73,6 +77,11 @@ class StudentTrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} ({v!r}) must be an integer >= 0")
+        if not 0.0 <= self.stacking_focus <= 1.0:
+            raise ConfigError(
+                f"stacking_focus ({self.stacking_focus!r}) must be in [0, 1] (0: every prefix "
+                "alike, 1: the full sum only)"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"batch size ({self.batch_size}) must be a positive integer")
         for name in ("lr", "stacking_lr", "later_lr"):
@@ -90,6 +99,7 @@ class StudentTrainConfig:
             batch_size=r.batch_size,
             lr=r.student_lr,
             stacking_lr=r.student_lr / 4,
+            stacking_focus=r.student_stacking_focus,
             seed=r.seed,
             trainer=r.trainer,
             micro_batches=r.l2l_micro_batches,
@@ -172,16 +182,28 @@ def student_view(ens: StudentEnsemble, j: int) -> MuxSequenceClassifier:
     return view
 
 
+def stacking_loss(
+    sums: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, focus: float
+) -> torch.Tensor:
+    """The stacking loss of the (K, B, C) prefix sums against the (B, C) teacher logits: the
+    mean over the prefixes of `cfg.logit_loss`, with a share `focus` moved to the full sum."""
+    every_prefix = logit_fit_loss(sums, targets.expand_as(sums), cfg)
+    if focus == 0.0:
+        return every_prefix
+    return (1.0 - focus) * every_prefix + focus * logit_fit_loss(sums[-1], targets, cfg)
+
+
 def _stack_steps(
     ens: StudentEnsemble,
     items: list[Encoded],
     targets: torch.Tensor,
     cfg: TrainConfig,
     *,
+    focus: float,
     device: torch.device,
 ) -> float:
     """Stacking distillation: all students jointly, every prefix sum on the teacher's logits
-    (`cfg.logit_loss`, averaged over the prefixes)."""
+    (`stacking_loss`)."""
     opt, sched = make_optimizer(ens.students, cfg)
     it = infinite_batches(items, cfg.batch_size, seed=cfg.seed)
     targets = targets.to(device)
@@ -195,7 +217,7 @@ def _stack_steps(
             x, bias = ens.embed(b["input_ids"], b["attention_mask"], b["token_type_ids"])
         y = targets[b["labels"]]
         sums = torch.stack([s(x, bias) for s in ens.students]).cumsum(0)  # (K, B, C)
-        loss = logit_fit_loss(sums, y.expand_as(sums), cfg)  # the mean over the prefixes
+        loss = stacking_loss(sums, y, cfg, focus)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ens.students.parameters(), cfg.grad_clip)
@@ -293,6 +315,7 @@ def distill_students(
                 logit_loss=tcfg.loss,
                 temperature=tcfg.temperature,
             ),
+            focus=tcfg.stacking_focus,
             device=device,
         )
     stats["prefix_mse"] = prefix_mse(ensemble_outputs(ens, items, device=device), target)
