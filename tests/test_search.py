@@ -384,14 +384,17 @@ def test_a_search_across_techniques_tracks_students_and_recommends_across_them(
     # the recommendation ranges over both techniques: with a loose budget it is the fastest
     # measured configuration, whatever its technique
     rec = recommend(50.0, "sst2", storage=s.storage)
-    # a student, unless on a busy machine the students time slower than the baseline trial;
-    # the baseline is then the answer (as a known 1.00x, not a measured trial)
-    fastest = max(done, key=lambda t: t.value)
-    assert rec.technique == fastest.user_attrs["config"]["technique"]
-    if rec.technique == "students":
-        assert rec.measured is not None and rec.measured.number == fastest.number
+    # the fastest student faster than the baseline; when on a busy machine none times above
+    # 1.00x, the baseline is the answer (as a known 1.00x, not its measured trial, whose own
+    # speedup is timing noise around 1)
+    students = [t for t in done if t.user_attrs["config"]["technique"] == "students"]
+    fastest = max(students, key=lambda t: t.value)
+    if fastest.value > 1.0:
+        assert rec.technique == "students" and rec.measured is not None
+        assert rec.measured.number == fastest.number
         assert rec.students == fastest.user_attrs["config"]["students"]
     else:
+        assert rec.technique == "prumux" and rec.measured is None
         assert (rec.sparsity, rec.mux) == (0.0, 1)
 
 
