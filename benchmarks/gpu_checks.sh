@@ -8,7 +8,9 @@
 #   l2l      L2L vs standard device memory and step time at BERT-base width (~1 min)
 #   l2ltp    L2L vs standard examples/s on a 24-layer BERT-base under an 8 GiB cap: each
 #            trainer's largest batch, both at equal batch, a profile of one L2L step (~4 min)
-#   students Academus students' latency and throughput (~1 min)
+#   students Academus students' latency and throughput: K=4 depth 2 of the default recipe, then
+#            K=2 depth 2 of the corpus recipe (32,000 corpus sentences, 3x steps), the
+#            students within a point of the baseline on the CPU (~4 min)
 #   grid     PruMUX sparsity x N grid, throughput on CUDA (~3 min)
 #   frontier sparsity (0, 0.5, 0.9) x precision (fp32 tf32 bf16 fp16), N=1, at 128 sequences x
 #            128 tokens: the fastest point within 0.5-5 points and the references; then the
@@ -55,7 +57,11 @@ run_part() {  # one PART, within what is left of the budget
   students)
     timeout "$(cap 150)" python3 benchmarks/students_latency.py --device cuda \
       --cache-dir /tmp/cache-students --out "$out/students_latency_cuda.json" \
-      >"$out/students.log" 2>&1 ;;
+      >"$out/students.log" 2>&1
+    timeout "$(cap 240)" python3 benchmarks/students_latency.py --device cuda --students 2 \
+      --recipe student_unlabeled=32000 student_steps=1200 student_stacking_steps=600 \
+      --cache-dir /tmp/cache-students --out "$out/students_latency_k2d2_corpus_cuda.json" \
+      >>"$out/students.log" 2>&1 ;;
   grid)
     timeout "$(cap 240)" python3 benchmarks/prumux_grid.py --device cuda --sparsities 0 0.7 0.9 \
       --mux 1 2 4 --cache-dir /tmp/cache-grid --out "$out/prumux_grid_cuda.json" \
