@@ -90,24 +90,33 @@ def test_first_student_starts_as_truncated_teacher_and_others_add_nothing():
         torch.testing.assert_close(per[0], t.head(h[:, 0]), rtol=1e-4, atol=1e-5)
 
 
+def three_students(
+    t: MuxSequenceClassifier,
+    train: list[Encoded],
+    steps: int,
+    stacking_steps: int,
+    stacking_lr: float,
+    held: list[Encoded] | None = None,
+    **levers: object,
+) -> tuple[StudentEnsemble, dict]:
+    """Three 1-layer students of `t` at the boosting rate 3e-3, batch 32."""
+    tcfg = StudentTrainConfig(
+        steps_per_student=steps,
+        stacking_steps=stacking_steps,
+        batch_size=32,
+        lr=3e-3,
+        stacking_lr=stacking_lr,
+        **levers,  # type: ignore[arg-type]
+    )
+    return distill_students(t, train, StudentConfig(k=3, depth=1), tcfg, heldout=held or ())
+
+
 def test_boosting_lowers_the_residual_with_each_student_and_prefixes_degrade_gracefully():
     t = hard_teacher()
     train = items(256, seed=0)
     held = items(64, seed=9)
-    ens, stats = distill_students(
-        t,
-        train,
-        StudentConfig(k=3, depth=1),
-        StudentTrainConfig(
-            steps_per_student=60,
-            stacking_steps=30,
-            batch_size=32,
-            lr=3e-3,
-            stacking_lr=1e-3,
-            loss="mse",  # the residual's own loss: its MSE falls with each student
-        ),
-        heldout=held,
-    )
+    # the residual's own loss ("mse"): its MSE falls with each student
+    ens, stats = three_students(t, train, 60, 30, 1e-3, held=held, loss="mse")
     r = stats["residual_mse"]
     assert len(r) == 3
     assert all(b < a for a, b in zip(r, r[1:], strict=False)), r
@@ -369,19 +378,7 @@ def test_stacking_focus_moves_the_loss_to_the_full_sum():
     train = items(256, seed=0)
     kls = {}
     for focus in (0.0, 1.0):
-        ens, _ = distill_students(
-            t,
-            train,
-            StudentConfig(k=3, depth=1),
-            StudentTrainConfig(
-                steps_per_student=40,
-                stacking_steps=60,
-                batch_size=32,
-                lr=3e-3,
-                stacking_lr=3e-4,
-                stacking_focus=focus,
-            ),
-        )
+        ens, _ = three_students(t, train, 40, 60, 3e-4, stacking_focus=focus)
         kls[focus] = _kl_to_teacher(t, ens, train, 2.0)
     # nothing holds the first student near the teacher when the focus is all on the full sum
     assert kls[1.0][0] > 1.2 * kls[0.0][0], kls
