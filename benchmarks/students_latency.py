@@ -4,8 +4,9 @@
         [--recipe student_unlabeled=32000 student_steps=1200 student_stacking_steps=600]
 
 Builds (or takes from the cache) the fine-tuned baseline and K boosted students of `depth`
-layers through the pipeline, as a user's recipe would (`--recipe` overrides its fields), then for every prefix k = 1..K of the students measures the dev metric and, side by side
-with the baseline in the same rounds (`time_interleaved`):
+layers through the pipeline, as a user's recipe would (`--recipe` overrides its fields), then
+for every prefix k = 1..K of the students measures the dev metric and, side by side with the
+baseline in the same rounds (`time_interleaved`):
   * latency at batch 1 and batch 8 (median of --repeats timed passes),
   * throughput at --tp-batch examples of --tp-seq-len tokens,
 and, as a check that the batched execution is what runs, the same K students executed one after

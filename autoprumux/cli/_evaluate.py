@@ -83,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"(data: {len(pipe.train_items)} training examples, batch {r.batch_size}; baseline {r.finetune_steps} steps"
         + (
             f"; {r.student_steps} boosting steps per student + {r.student_stacking_steps} "
-            f"stacking steps"
+            "stacking steps"
             + (
                 f" ({r.student_stacking_focus:g} on the full sum)"
                 if r.student_stacking_focus

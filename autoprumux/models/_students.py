@@ -6,7 +6,8 @@ and a classifier; all students read the teacher's (frozen) embeddings. The poole
 the teacher's lowest layers the [CLS] state barely varies between sentences, so a student that
 starts with a zero head on it can learn little more than a bias, while the token mean varies.
 Boosting trains them one after another on the residual the earlier ones left, so the sum of any
-prefix of k <= K students is itself a model: `active_students` can be lowered at run time without retraining.
+prefix of k <= K students is itself a model: `active_students` can be lowered at run time
+without retraining.
 
 At inference the active students run as ONE batched computation: their weights are stacked
 along a leading student axis and every projection is a batched matrix product, attention folds
