@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE", help=RECIPE_HELP)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.recipe and not args.out:
+        # the default file holds the default recipe's figures: another recipe must not replace it
+        ap.error("--recipe needs --out FILE (the default file is the default recipe's)")
     try:
         recipe = Recipe(**recipe_overrides(args.recipe))
     except ValueError as e:

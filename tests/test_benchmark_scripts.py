@@ -61,6 +61,18 @@ def test_script_help(script, monkeypatch, capsys):
     assert torch.get_num_threads() == threads  # no work began
 
 
+def test_students_latency_with_another_recipe_needs_its_own_file(monkeypatch, capsys):
+    """`--recipe` without `--out` fails before any work: the default file holds the default
+    recipe's figures."""
+    script = BENCH / "students_latency.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--recipe", "student_steps=10"])
+    monkeypatch.syspath_prepend(str(BENCH))
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(script), run_name="__main__")
+    assert e.value.code == 2
+    assert "--recipe needs --out" in capsys.readouterr().err
+
+
 def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:
