@@ -1,6 +1,7 @@
 """Evaluation: dev metrics, throughput and FLOPs."""
 
 from autoprumux.evaluation._accuracy import paired_dev_metrics, task_metrics
+from autoprumux.evaluation._machine import Machine, this_machine
 from autoprumux.evaluation._report import (
     Evaluation,
     Measured,
@@ -21,6 +22,7 @@ from autoprumux.evaluation._throughput import (
 
 __all__ = [
     "Evaluation",
+    "Machine",
     "Measured",
     "describe_model",
     "measure_side_by_side",
@@ -34,5 +36,6 @@ __all__ = [
     "resolve_device",
     "task_metrics",
     "time_callable",
+    "this_machine",
     "time_interleaved",
 ]
