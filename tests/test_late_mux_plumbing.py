@@ -259,8 +259,8 @@ def test_commands_and_lines_name_the_layers_and_combiner_of_a_late_model():
     from autoprumux.meta._recommend import config_line, evaluate_command
 
     late = Candidate(sparsity=0.5, mux=2, mux_layers=2, mux_combiner="concat", precision="int8")
-    assert evaluate_command(late, "sst2") == (
-        "autoprumux evaluate --task sst2 --sparsity 0.5 --mux 2 --mux-variant gaussian "
+    assert evaluate_command(late, "prumux-sst2") == (
+        "autoprumux evaluate --study prumux-sst2 --sparsity 0.5 --mux 2 --mux-variant gaussian "
         "--mux-layers 2 --mux-combiner concat --precision int8"
     )
     assert "2 per-instance layers, concat combiner" in config_line(late)
@@ -289,10 +289,10 @@ def test_the_recommendation_and_the_served_table_carry_the_late_configuration():
     assert "per-instance layers" in r.describe()
     # stored as data in today's format, and back
     d = rec.to_dict()
-    assert d["format"] == RECOMMENDER_FORMAT == "autoprumux.recommender/3"
+    assert d["format"] == RECOMMENDER_FORMAT == "autoprumux.recommender/4"
     assert Recommender.from_dict(d).recommend(2.0).config() == r.config()
-    with pytest.raises(ValueError, match="not a autoprumux.recommender/3"):
-        Recommender.from_dict({**d, "format": "autoprumux.recommender/2"})
+    with pytest.raises(ValueError, match="not a autoprumux.recommender/4"):
+        Recommender.from_dict({**d, "format": "autoprumux.recommender/3"})
     out = RecommenderModel(rec).predict(None, pd.DataFrame({"budget": [2.0, 0.0]}))
     assert list(out.columns) == list(OUTPUT_COLUMNS)
     for col in ("mux_layers", "mux_combiner", "suggested_mux_layers", "suggested_mux_combiner"):

@@ -638,8 +638,9 @@ def test_a_suggestion_for_an_own_data_study_does_not_name_a_glue_task():
     from autoprumux.config import Candidate
     from autoprumux.meta._recommend import evaluate_command
 
+    # the study carries its data (and recipe): the command names it, not a task or a path
     cfg = Candidate(sparsity=0.5, mux=1, precision="int8")
-    assert evaluate_command(cfg, "sst2").startswith("autoprumux evaluate --task sst2 --sparsity")
-    own = evaluate_command(cfg, "tickets")
-    assert "--task" not in own and "--data <the tickets data>" in own
+    own = evaluate_command(cfg, "prumux-tickets")
+    assert own.startswith("autoprumux evaluate --study prumux-tickets --sparsity 0.5")
+    assert "--task" not in own and "--data" not in own
     assert own.endswith("--precision int8")

@@ -33,10 +33,10 @@ from autoprumux.cli._flags import (
     add_model_flags,
     add_mux_shape_flags,
     add_recipe_group,
+    add_recommend_flags,
     add_sampler,
     add_search_common,
     add_serving_group,
-    add_storage,
     add_task_data_flags,
     add_tracking_uri,
 )
@@ -155,13 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser(
         "recommend", help="the fastest configuration measured within an accuracy budget"
     )
-    rc.add_argument("--budget", required=True, help="accepted accuracy loss in points, e.g. 2.0")
-    rc.add_argument("--task", default=None)
-    rc.add_argument("--model", default=None, help="filter studies by model id (substring)")
-    rc.add_argument("--device", default=None)
-    add_storage(rc)
-    rc.add_argument("--study-name", default=None, help="use only this study")
-    rc.add_argument("--json", dest="json_out", action="store_true", help="print JSON")
+    add_recommend_flags(rc)
 
     ui = sub.add_parser("ui", help="MLflow dashboard over the tracking store (127.0.0.1)")
     add_tracking_uri(ui)

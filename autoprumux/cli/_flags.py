@@ -317,6 +317,35 @@ def add_search_common(p: argparse.ArgumentParser) -> None:
     add_throughput_group(p)
 
 
+def add_recommend_flags(p: argparse.ArgumentParser) -> None:
+    """recommend: the budget, and the filters that leave one (task, model, device) and one
+    machine (the answer refuses to mix several; see meta._scope)."""
+    p.add_argument("--budget", required=True, help="accepted accuracy loss in points, e.g. 2.0")
+    p.add_argument("--task", default=None, help="the task (needed when the store holds several)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the base model id, or a part of it (needed when the store holds several)",
+    )
+    p.add_argument("--device", default=None, help="cpu | cuda (needed when the store holds both)")
+    add_storage(p)
+    p.add_argument(
+        "--study",
+        "--study-name",
+        dest="study_name",
+        default=None,
+        help="answer from this study only (its task, model and device)",
+    )
+    p.add_argument(
+        "--machine",
+        default=None,
+        metavar="KEY",
+        help="the machine whose measurements answer, by the key recommend lists, when the "
+        "trials come from several (default: this machine's, when it is one of them)",
+    )
+    p.add_argument("--json", dest="json_out", action="store_true", help="print JSON")
+
+
 def add_serving_group(p: argparse.ArgumentParser) -> None:
     """serve-students: the endpoint, its batching, and how K follows the load."""
     s = p.add_argument_group("serving")

@@ -69,15 +69,18 @@ def _run_search(args: argparse.Namespace, settings: SearchSettings) -> int:
 
 
 def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None:
-    """`search --export DIR`: the recommendation within the budget, exported (and registered)
-    like `autoprumux export --study NAME --budget B`, then what to do with it."""
+    """`search --export DIR`: the recommendation within the budget from the study just run (on
+    this machine's trials), exported (and registered) like `autoprumux export --study NAME
+    --budget B`, then what to do with it."""
     import shlex
 
     from autoprumux.export import export_model, from_budget, register_export
     from autoprumux.meta import recommend
+    from autoprumux.tracking import default_storage
 
     budget = searcher.s.budget
-    print("\n" + recommend(budget, storage=searcher.storage_url, study=searcher.name).describe())
+    rec = recommend(budget, storage=searcher.storage_url, study=searcher.name)
+    print("\n" + rec.describe())
     try:
         choice = from_budget(searcher.storage_url, searcher.name, budget)
     except AutoPruMuxError as e:  # only the baseline is within the budget: nothing to export
@@ -100,9 +103,16 @@ def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None
     )
     if not args.no_register:
         print(f"registered as {register_export(res.path, tracking_uri=searcher.tracking_uri)}")
+    storage = (
+        ""
+        if searcher.storage_url == default_storage()
+        else f" --storage {shlex.quote(searcher.storage_url)}"
+    )
     print(
         "next:\n"
         "  autoprumux ui                      # the study's trials in the MLflow dashboard\n"
+        f"  autoprumux recommend --study {shlex.quote(searcher.name)}{storage} --budget "
+        f"{budget:g}   # this answer again (the store may hold other studies)\n"
         f"  autoprumux predict {shlex.quote(str(res.path))} --input texts.csv --output scored.csv\n"
         f'  python -c "import autoprumux; print(autoprumux.load({str(res.path)!r})'
         ".predict(['a gripping film']).labels)\""
@@ -158,6 +168,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         device=args.device,
         storage=args.storage,
         study=args.study_name,
+        machine=args.machine,
     )
     print(json.dumps(rec.to_dict(), indent=2) if args.json_out else rec.describe())
     return 0

@@ -1,16 +1,22 @@
 """The recommender as an MLflow pyfunc model: logged, registered and served.
 
-Input: a table with a `budget` column (accuracy-loss points) and optional `task`, `model`,
-`device` columns, at most `MAX_ROWS` rows. Output: one row per budget with the answer (`source`
-"measured" or "baseline", its measured `accuracy_loss` and `speedup`), the meta-model's
-predictions for it, and the suggested configuration to measure next (`suggested_*`; -1 / NaN
-when there is none). A bad payload raises an MlflowException with INVALID_PARAMETER_VALUE, which
-the scoring server answers with HTTP 400; values it echoes are cut to `ECHO_CHARS` characters.
+Input: a table with a `budget` column (accuracy-loss points) and `task`, `model`, `device`
+columns (each optional while the recommender holds one value of it; the input example shows
+them), optional `study` and `machine` (a machine key) columns, at most `MAX_ROWS` rows. A row
+whose filters leave several (task, model, device), or trials measured on several machines, is
+refused with the choices listed: the server never picks one for the client, nor takes its own
+machine for the client's. Output: one row per budget with the answer (`source` "measured" or
+"baseline", its measured `accuracy_loss` and `speedup`), the study and machine it was measured
+on, the meta-model's predictions for it, and the suggested configuration to measure next
+(`suggested_*`; -1 / NaN when there is none). A bad payload raises an MlflowException with
+INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400; values it echoes are cut
+to `ECHO_CHARS` characters.
 
 What is stored, and what `autoprumux serve` trusts
 --------------------------------------------------
 The recommender is stored as data, never as a pickle: `recommender.json` (the study entries:
-study, task, model, device, context, candidate configurations, measured means; the
+study, task, model, device, machine, storage, context, candidate configurations, measured
+means; the
 meta-model's hyper-parameters, prior coefficients and interval half-widths) and one LightGBM
 text model per target (`accuracy_loss.txt`, `log_speedup.txt`). The pyfunc is logged as
 "models from code": its `python_model` is the file `_recommender_code.py`, so MLflow writes no
@@ -47,6 +53,7 @@ from mlflow.pyfunc import PythonModel
 
 from autoprumux import tracking
 from autoprumux.errors import ConfigError
+from autoprumux.meta._scope import AmbiguousScope
 
 log = logging.getLogger("autoprumux")
 
@@ -56,6 +63,9 @@ OUTPUT_COLUMNS = (
     "task",
     "model",
     "device",
+    "study",
+    "machine_key",
+    "machine",
     "technique",
     "sparsity",
     "mux",
@@ -95,7 +105,7 @@ MAX_BODY_BYTES = 1 << 20
 # the deepest valid payload is {"dataframe_split": {"data": [[...]]}} (4); MLflow and pandas
 # recurse on what they parse, and Python's json gives up (RecursionError) near 1,000
 MAX_JSON_DEPTH = 10
-# a task, model or device filter longer than this names nothing a search recorded
+# a task, model, device, study or machine filter longer than this names nothing recorded
 MAX_FIELD_CHARS = 1000
 # values echoed in error messages are cut to this many characters
 ECHO_CHARS = 80
@@ -111,9 +121,11 @@ ARTIFACTS = {
 }
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 FORMAT_TAG = "autoprumux.recommender_format"
-# the recommender stored as JSON + LightGBM text models, nothing pickled (3: the features of
-# late multiplexing, mux_layers and the combiner)
-FORMAT = "data/3"
+# the recommender stored as JSON + LightGBM text models, nothing pickled (4: one entry per study
+# and machine, the machine and study in the output)
+FORMAT = "data/4"
+# the optional filter columns of a request, in the order Recommender.recommend takes them
+FILTER_COLUMNS = ("task", "model", "device", "study", "machine")
 
 
 def _bad(msg: str) -> Exception:
@@ -225,21 +237,31 @@ class RecommenderModel(PythonModel):
                     f"row {i}: budget {b} is a boolean, not a number; give the accepted "
                     "accuracy loss in points, e.g. 2.0"
                 )
-            task, model, device = (_opt_str(r.get(k)) for k in ("task", "model", "device"))
-            for name, v in (("task", task), ("model", model), ("device", device)):
+            task, model, device, study, machine = (_opt_str(r.get(k)) for k in FILTER_COLUMNS)
+            filters = (task, model, device, study, machine)
+            for name, v in zip(FILTER_COLUMNS, filters, strict=True):
                 if v is not None and len(v) > MAX_FIELD_CHARS:
                     raise _bad(
                         f"row {i}: {name} {echo(v)} is longer than {MAX_FIELD_CHARS:,} "
                         "characters; give a name a search recorded (or leave it out)"
                     )
-            key = (repr(b), task, model, device)
+            key = (repr(b), *filters)
             if key not in answers:
                 try:
-                    answers[key] = rec.recommend(b, task, model=model, device=device)
+                    answers[key] = rec.recommend(
+                        b,
+                        task,
+                        model=model,
+                        device=device,
+                        study=study,
+                        machine=machine,
+                        here=False,
+                    )
+                except AmbiguousScope as e:
+                    msg = _clip_values(e.columns_message(), (b, *filters))
+                    raise _bad(f"row {i}: {msg}") from None
                 except ConfigError as e:
-                    raise _bad(
-                        f"row {i}: {_clip_values(str(e), (b, task, model, device))}"
-                    ) from None
+                    raise _bad(f"row {i}: {_clip_values(str(e), (b, *filters))}") from None
             rec_ = answers[key]
             m = rec_.measured
             rows.append(
@@ -248,6 +270,9 @@ class RecommenderModel(PythonModel):
                     "task": rec_.task,
                     "model": rec_.model,
                     "device": rec_.device,
+                    "study": rec_.study,
+                    "machine_key": rec_.machine_key,
+                    "machine": rec_.machine,
                     "technique": rec_.technique,
                     "sparsity": rec_.sparsity,
                     "mux": rec_.mux,
@@ -331,6 +356,19 @@ def mlflow_uris(uri: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def input_example(recommender: Any) -> Any:
+    """A request the recommender answers, naming its first study's task, model and device (and
+    machine, when that (task, model, device) was measured on several): the columns a client
+    sends when the store holds several."""
+    import pandas as pd
+
+    e = recommender.entries[0]
+    row: dict[str, Any] = {"budget": 2.0, "task": e.task, "model": e.model, "device": e.device}
+    if len({x.machine_key for x in recommender.entries if x.scope == e.scope}) > 1:
+        row["machine"] = e.machine_key
+    return pd.DataFrame([row])
+
+
 def register_recommender(
     recommender: Any,
     *,
@@ -343,7 +381,6 @@ def register_recommender(
     register it as `name`: data artefacts plus the code file, no pickle (module docstring).
     Returns the model URI of the new registered version."""
     import mlflow
-    import pandas as pd
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
 
@@ -352,9 +389,9 @@ def register_recommender(
     if run_id is None:
         exp_id = tracking.experiment_id(cl, experiment, uri)
         run_id = str(cl.create_run(exp_id, run_name="recommender").info.run_id)
-    example = pd.DataFrame({"budget": [2.0]})
+    example = input_example(recommender)
     cols: list[Any] = [ColSpec("double", "budget")]
-    cols += [ColSpec("string", c, required=False) for c in ("task", "model", "device")]
+    cols += [ColSpec("string", c, required=False) for c in FILTER_COLUMNS]
     inputs = Schema(cols)
     outputs = infer_signature(example, RecommenderModel(recommender).predict(None, example)).outputs
     signature = ModelSignature(inputs=inputs, outputs=outputs)
@@ -410,7 +447,9 @@ def register_if_new(storage_url: str, tracking_uri: str, run_id: str | None) -> 
         latest = max(versions, key=lambda v: int(v.version))
         if latest.tags.get(TRIALS_TAG) == fingerprint and latest.tags.get(FORMAT_TAG) == FORMAT:
             return f"models:/{REGISTERED_NAME}/{latest.version}"
-    uri = register_recommender(Recommender(trials), tracking_uri=tracking_uri, run_id=run_id)
+    uri = register_recommender(
+        Recommender(trials, storage=storage_url), tracking_uri=tracking_uri, run_id=run_id
+    )
     cl.set_model_version_tag(REGISTERED_NAME, uri.rsplit("/", 1)[1], TRIALS_TAG, fingerprint)
     return uri
 

@@ -1,25 +1,38 @@
 """Recommend: the fastest configuration measured to stay within an accuracy budget.
 
-The answer is a measurement, never a prediction: among the configurations a search evaluated
-(repeats averaged), the fastest whose measured accuracy loss is within the budget; the baseline
-(sparsity 0, N=1) qualifies at every budget with loss 0 and speedup 1.00x by definition. The
-meta-model, trained on every finished trial of the studies in a storage (several tasks, models
-and devices can share one model: the context is in the features), adds two things: its
-prediction for the answer (shown beside the measurement), and a *suggestion*, the fastest
-configuration not measured yet whose pessimistic (interval top) predicted loss is within the
-budget and whose predicted speedup beats the answer by `SUGGEST_GAIN`, with the command that
-would measure it. A model fitted on a handful of trials cannot overrule a measurement, and a
-prediction is never handed out as if it were one.
+The answer is a measurement, never a prediction: among the configurations one study measured on
+one machine (repeats on that machine averaged), the fastest whose measured accuracy loss is
+within the budget; the baseline (sparsity 0, N=1) qualifies at every budget with loss 0 and
+speedup 1.00x by definition. Which study and machine answer is `_scope.select_entry`'s choice:
+one (task, model, device), one machine, or a refusal that lists them. The meta-model, trained on
+every finished trial of the studies in a storage (several tasks, models and devices can share
+one model: the context is in the features), adds two things: its prediction for the answer
+(shown beside the measurement), and a *suggestion*, the fastest configuration not measured yet
+whose pessimistic (interval top) predicted loss is within the budget and whose predicted speedup
+beats the answer by `SUGGEST_GAIN`, with the `autoprumux evaluate --study` command that measures
+it with the study's own recipe and data as a new trial of that study. A model fitted on a
+handful of trials cannot overrule a measurement, and a prediction is never handed out as if it
+were one.
 """
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from autoprumux.config import BASELINE, TASK_NAMES, Candidate, check_budget
+from autoprumux.config import BASELINE, Candidate, check_budget
 from autoprumux.errors import ConfigError
 from autoprumux.meta._model import MetaModel, training_table
+from autoprumux.meta._scope import (
+    StudyEntry,
+    current_machine_key,
+    entries_from_trials,
+    entry_from_dict,
+    machine_identity,
+    select_entry,
+)
 from autoprumux.tracking import default_storage, missing_sqlite_file
 
 # a suggestion must be predicted this much faster than the measured answer to be worth a trial
@@ -86,10 +99,15 @@ def mux_shape_flags(c: Candidate) -> str:
     return f" --mux-layers {c.mux_layers} --mux-combiner {c.mux_combiner}"
 
 
-def evaluate_command(c: Candidate, task: str) -> str:
-    # a study of the user's own data knows its task by the file's stem: the path is theirs
-    data = f"--task {task}" if task in TASK_NAMES else f"--data <the {task} data>"
-    head = f"autoprumux evaluate {data}"
+def evaluate_command(c: Candidate, study: str, storage: str | None = None) -> str:
+    """The command that measures `c` as a new trial of `study`, with the study's own recipe and
+    data (`--storage` left out for the default storage)."""
+    where = (
+        ""
+        if storage is None or storage == default_storage()
+        else f" --storage {shlex.quote(storage)}"
+    )
+    head = f"autoprumux evaluate --study {shlex.quote(study)}{where}"
     tail = "" if c.precision == "fp32" else f" --precision {c.precision}"
     if c.technique == "students":
         return f"{head} --students {c.students} --student-depth {c.student_depth}{tail}"
@@ -124,6 +142,9 @@ class Recommendation:
     speedup_interval: Interval
     suggestion: Suggestion | None
     trials_used: int
+    study: str  # the study whose measurements answer
+    machine: str  # where they were measured (Machine.describe()), never several machines
+    machine_key: str  # Machine.key, or "unknown" for trials that recorded none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +183,7 @@ class Recommendation:
             f"  meta-model ({self.trials_used} trials) for it: loss "
             f"{self.predicted_accuracy_loss:.2f} pts [{lo.low:.2f}, {lo.high:.2f}], speedup "
             f"{self.predicted_speedup:.2f}x [{hi.low:.2f}, {hi.high:.2f}]",
+            f"  measured on {self.machine} (machine {self.machine_key}, study {self.study})",
         ]
         if self.suggestion is not None:
             lines.append(self.suggestion.describe())
@@ -199,6 +221,8 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
             if t.state.name != "COMPLETE" or "accuracy_loss" not in t.user_attrs:
                 continue
             ua = t.user_attrs
+            # a trial from before trials recorded their machine ran where its study did
+            machine_key, machine = machine_identity(ua.get("machine", attrs.get("machine")))
             out.append(
                 {
                     "study": summ.study_name,
@@ -215,6 +239,8 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
                     "accuracy_loss": float(ua["accuracy_loss"]),
                     "speedup": float(ua["speedup"]),
                     "mlflow_run_id": ua.get("mlflow_run_id"),
+                    "machine_key": machine_key,
+                    "machine": machine,
                 }
             )
     return out
@@ -233,11 +259,12 @@ def choose(
     cands: list[Candidate],
     context: dict[str, Any],
     measured: dict[Candidate, dict[str, Any]],
-    task: str,
+    command: Callable[[Candidate], str],
 ) -> tuple[Candidate, dict[str, Any] | None, Suggestion | None]:
     """The answer for `budget`: (config, its measured means or None for the baseline, a
-    suggestion). The fastest measured configuration whose mean measured loss is within the
-    budget, else the baseline; see the module docstring for the suggestion."""
+    suggestion, whose command is `command(config)`). The fastest measured configuration whose
+    mean measured loss is within the budget, else the baseline; see the module docstring for the
+    suggestion."""
     import numpy as np
 
     from autoprumux.meta._model import features
@@ -277,71 +304,29 @@ def choose(
                 accuracy_loss_interval=Interval(float(lo[i, 0]), float(hi[i, 0])),
                 predicted_speedup=float(med[i, 1]),
                 speedup_interval=Interval(float(lo[i, 1]), float(hi[i, 1])),
-                command=evaluate_command(open_[i], task),
+                command=command(open_[i]),
             )
     return answer, answer_m, suggestion
 
 
-def _measured_means(rows: list[dict[str, Any]]) -> dict[Candidate, dict[str, Any]]:
-    """Per configuration: the latest trial, with loss and speedup averaged over repeats."""
-    groups: dict[Candidate, list[dict[str, Any]]] = {}
-    for t in sorted(rows, key=lambda r: r["number"]):
-        groups.setdefault(t["config"], []).append(t)
-    return {
-        k: {
-            "config": k,
-            "number": g[-1]["number"],
-            "mlflow_run_id": g[-1].get("mlflow_run_id"),
-            "accuracy_loss": sum(x["accuracy_loss"] for x in g) / len(g),
-            "speedup": sum(x["speedup"] for x in g) / len(g),
-            "repeats": len(g),
-        }
-        for k, g in groups.items()
-    }
-
-
-@dataclass
-class StudyEntry:
-    study: str
-    task: str
-    model: str
-    device: str
-    context: dict[str, Any]
-    candidates: list[Candidate]
-    measured: dict[Candidate, dict[str, Any]]
-
-
 class Recommender:
-    """A fitted meta-model plus, per study, its context, candidate grid and measured trials.
-    Stored as data (`to_dict` / `from_dict`: JSON and LightGBM text models) for the served
-    MLflow model; still picklable for in-process use."""
+    """A fitted meta-model plus, per study and machine, its context, candidate grid and measured
+    trials (`_scope.StudyEntry`). Stored as data (`to_dict` / `from_dict`: JSON and LightGBM
+    text models) for the served MLflow model; still picklable for in-process use."""
 
-    def __init__(self, trials: list[dict[str, Any]], **meta_kw: Any):
+    def __init__(self, trials: list[dict[str, Any]], *, storage: str | None = None, **meta_kw: Any):
         if not trials:
             raise ConfigError("no finished trials to build a recommender from; run a search first")
         self.meta = fit_meta_model(trials, **meta_kw)
         self.trials_used = len(trials)
-        by_study: dict[str, list[dict[str, Any]]] = {}
-        for t in trials:
-            by_study.setdefault(t["study"], []).append(t)
-        self.entries = [
-            StudyEntry(
-                study=name,
-                task=rows[0]["task"],
-                model=rows[0]["model"],
-                device=rows[0]["device"],
-                context=rows[0]["context"],
-                candidates=rows[0]["candidates"],
-                measured=_measured_means(rows),
-            )
-            for name, rows in by_study.items()
-        ]
+        self.entries = entries_from_trials(trials, storage)
 
     # ---- serialization as data (no pickle) --------------------------------------------------
     def to_dict(self, *, include_trees: bool = True) -> dict[str, Any]:
         """Everything `recommend` reads, as JSON-able data: the meta-model (`MetaModel.to_dict`;
         its LightGBM text models left out with `include_trees=False`, for storing them as
-        separate files) and per study its context, candidate grid and measured means."""
+        separate files) and per study and machine its context, candidate grid and measured
+        means."""
         meta = self.meta.to_dict()
         if not include_trees:
             meta.pop("trees")
@@ -349,20 +334,7 @@ class Recommender:
             "format": RECOMMENDER_FORMAT,
             "trials_used": int(self.trials_used),
             "meta": meta,
-            "entries": [
-                {
-                    "study": e.study,
-                    "task": e.task,
-                    "model": e.model,
-                    "device": e.device,
-                    "context": dict(e.context),
-                    "candidates": [c.to_dict() for c in e.candidates],
-                    "measured": [
-                        {**m, "config": m["config"].to_dict()} for m in e.measured.values()
-                    ],
-                }
-                for e in self.entries
-            ],
+            "entries": [e.to_dict() for e in self.entries],
         }
 
     @classmethod
@@ -383,25 +355,29 @@ class Recommender:
         rec = cls.__new__(cls)
         rec.meta = MetaModel.from_dict(meta_d)
         rec.trials_used = int(d.get("trials_used", 0))
-        rec.entries = [_entry_from_dict(e) for e in entries]
+        rec.entries = [entry_from_dict(e) for e in entries]
         return rec
 
-    def _entry(self, task: str | None, model: str | None, device: str | None) -> StudyEntry:
-        """The study matching the filters that measured the most configurations."""
-        match = [
-            e
-            for e in self.entries
-            if (task is None or e.task == task)
-            and (model is None or model in e.model)
-            and (device is None or e.device == device)
-        ]
-        if not match:
-            seen = sorted({(e.task, e.device) for e in self.entries})
-            raise ConfigError(
-                f"no finished trials for task={task!r}, model={model!r}, device={device!r}; "
-                f"the studies cover (task, device) {seen}. Run a search for it first."
-            )
-        return max(match, key=lambda x: len(x.measured))
+    def _entry(
+        self,
+        task: str | None,
+        model: str | None,
+        device: str | None,
+        study: str | None = None,
+        machine: str | None = None,
+        here: bool = True,
+    ) -> StudyEntry:
+        """The one study and machine the filters leave (`_scope.select_entry`); with `here`, the
+        machine this process runs on is taken when the trials come from several."""
+        return select_entry(
+            self.entries,
+            task,
+            model,
+            device,
+            study=study,
+            machine=machine,
+            prefer=current_machine_key if here else None,
+        )
 
     def predict(
         self,
@@ -410,10 +386,11 @@ class Recommender:
         *,
         model: str | None = None,
         device: str | None = None,
+        study: str | None = None,
     ) -> tuple[Any, Any, Any]:
         """The meta-model's (median, low, high) predictions, each (n, 2) = [accuracy loss,
         speedup], for any configurations in the context of the matching study."""
-        return self._predict_in(self._entry(task, model, device), configs)
+        return self._predict_in(self._entry(task, model, device, study), configs)
 
     def _predict_in(self, e: StudyEntry, configs: list[Candidate]) -> tuple[Any, Any, Any]:
         import numpy as np
@@ -431,10 +408,24 @@ class Recommender:
         *,
         model: str | None = None,
         device: str | None = None,
+        study: str | None = None,
+        machine: str | None = None,
+        here: bool = True,
     ) -> Recommendation:
+        """The answer for `budget` from the one study and machine the filters leave (a
+        ConfigError lists the choices when they leave several; see `_scope`). `here=False`
+        never takes this process's machine for the caller's (the served model's clients run
+        elsewhere)."""
         budget = check_budget(budget)
-        e = self._entry(task, model, device)
-        cfg, m, suggestion = choose(budget, self.meta, e.candidates, e.context, e.measured, e.task)
+        e = self._entry(task, model, device, study, machine, here)
+        cfg, m, suggestion = choose(
+            budget,
+            self.meta,
+            e.candidates,
+            e.context,
+            e.measured,
+            lambda c: evaluate_command(c, e.study, e.storage),
+        )
         med, lo, hi = self._predict_in(e, [cfg])
         return Recommendation(
             budget=budget,
@@ -469,82 +460,27 @@ class Recommender:
             speedup_interval=Interval(float(lo[0, 1]), float(hi[0, 1])),
             suggestion=suggestion,
             trials_used=self.trials_used,
+            study=e.study,
+            machine=e.machine,
+            machine_key=e.machine_key,
         )
 
 
-RECOMMENDER_FORMAT = "autoprumux.recommender/3"  # 3: mux_layers and the combiner
-_MEASURED_KEYS = ("config", "accuracy_loss", "speedup", "number", "repeats")
-
-
-def _entry_from_dict(e: Any) -> StudyEntry:
-    """One study entry of `Recommender.to_dict`, its types checked: what `choose` and
-    `recommend` read must be there and be of the right kind."""
-    import math
-
-    if not isinstance(e, dict):
-        raise ValueError(f"a study entry must be an object, got {type(e).__name__}")
-    for k in ("study", "task", "model", "device"):
-        if not isinstance(e.get(k), str):
-            raise ValueError(f"study entry field {k!r} must be a string")
-    ctx, cands, measured = e.get("context"), e.get("candidates"), e.get("measured")
-    if not isinstance(ctx, dict):
-        raise ValueError(f"study {e['study']!r}: context must be an object")
-    if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
-        raise ValueError(f"study {e['study']!r}: candidates must be a list of objects")
-    if not isinstance(measured, list):
-        raise ValueError(f"study {e['study']!r}: measured must be a list of objects")
-    out: dict[Candidate, dict[str, Any]] = {}
-    for m in measured:
-        if not isinstance(m, dict) or not all(k in m for k in _MEASURED_KEYS):
-            raise ValueError(
-                f"study {e['study']!r}: each measured configuration needs {list(_MEASURED_KEYS)}"
-            )
-        if not isinstance(m["config"], dict) or not all(
-            isinstance(m[k], int | float) and math.isfinite(m[k])
-            for k in ("accuracy_loss", "speedup")
-        ):
-            raise ValueError(
-                f"study {e['study']!r}: a measured configuration has a bad config or "
-                "non-numeric loss/speedup"
-            )
-        try:
-            cfg = Candidate.from_dict(m["config"])
-        except ConfigError as err:
-            raise ValueError(f"study {e['study']!r}: a measured configuration: {err}") from None
-        out[cfg] = {"mlflow_run_id": None, **m, "config": cfg}
-    from autoprumux.meta._model import features
-
-    try:  # every configuration the entry can be asked about must give a feature row
-        candidates = [Candidate.from_dict(c) for c in cands]
-        for c in [BASELINE, *candidates, *out]:
-            features(c, ctx)
-    except (KeyError, TypeError, ValueError, ConfigError) as err:
-        raise ValueError(
-            f"study {e['study']!r}: a configuration or the context cannot be featurised: "
-            f"{type(err).__name__}: {str(err)[:80]}"
-        ) from None
-    return StudyEntry(
-        study=e["study"],
-        task=e["task"],
-        model=e["model"],
-        device=e["device"],
-        context=dict(ctx),
-        candidates=candidates,
-        measured=out,
-    )
+# 4: one entry per study and machine, with the machine and the study's storage
+RECOMMENDER_FORMAT = "autoprumux.recommender/4"
 
 
 def build_recommender(storage: str | None = None, study: str | None = None) -> Recommender:
-    trials = load_trials(storage, [study] if study else None)
+    url = storage or default_storage()
+    trials = load_trials(url, [study] if study else None)
     if not trials:
-        where = storage or default_storage()
         raise ConfigError(
-            f"no finished trials in {where}"
+            f"no finished trials in {url}"
             + (f" for study {study!r}" if study else "")
             + "; run a search first, e.g. `autoprumux search --space search_spaces/prumux.yaml "
             "--task sst2 --trials 12`"
         )
-    return Recommender(trials)
+    return Recommender(trials, storage=url)
 
 
 def recommend(
@@ -555,13 +491,18 @@ def recommend(
     device: str | None = None,
     storage: str | None = None,
     study: str | None = None,
+    machine: str | None = None,
 ) -> Recommendation:
     """The fastest configuration measured to stay within `budget` accuracy-loss points (the
     baseline when none is), with the meta-model's view of it and a suggestion of what to measure
     next.
 
-    Trains the meta-model on every finished trial in `storage` (default: ./autoprumux.db); the
-    answer comes from the matching study (task/model/device filters narrow the studies
-    considered when several exist)."""
+    Trains the meta-model on every finished trial in `storage` (default: ./autoprumux.db) (only
+    `study`'s when given). The answer comes from one (task, model, device) and one machine: when
+    the filters (`task`, `model` (a substring of the model id), `device`, `study`, `machine` (a
+    machine key)) leave several (task, model, device), or trials from several machines none of
+    which is this one, a ConfigError lists them."""
     budget = check_budget(budget)
-    return build_recommender(storage, study).recommend(budget, task, model=model, device=device)
+    return build_recommender(storage, study).recommend(
+        budget, task, model=model, device=device, study=study, machine=machine
+    )

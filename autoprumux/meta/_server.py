@@ -173,7 +173,7 @@ class RequestGuard:
             raise _Refusal(
                 400,
                 f"{where} is a boolean; a budget is a number of accuracy-loss points (e.g. "
-                "2.0) and task, model and device are strings",
+                "2.0) and task, model, device, study and machine are strings",
             )
 
 
