@@ -76,7 +76,8 @@ PARAMS = (
     "student_depth",
     "precision",
 )
-# the dimensions each technique samples (the others take their neutral values)
+# the dimensions only one technique samples (the other's take their neutral values); those of
+# neither (technique, precision) apply to every configuration
 TECHNIQUE_PARAMS = {
     "prumux": ("sparsity", "mux", "mux_variant", "mux_layers", "mux_combiner"),
     "students": ("students", "student_depth"),
@@ -338,20 +339,57 @@ class SearchSpace:
         )
 
     def suggest(self, trial: Any) -> Candidate:
-        """Sample a configuration in an Optuna trial: the technique first, then only that
-        technique's dimensions, and how N instances are combined only when N > 1 (define-by-run,
-        so TPE models each dimension where it applies)."""
+        """Sample a configuration in an Optuna trial: every searched dimension that applies, in
+        `PARAMS` order (the technique first, then its own dimensions, how N instances are
+        combined only when N > 1, and precision always; define-by-run, so TPE models each
+        dimension where it applies)."""
         params: dict[str, Any] = {}
-        if "technique" in self.params:
-            params["technique"] = self.params["technique"].suggest(trial)
-        technique = params.get("technique", self.defaults()["technique"])
-        for k in TECHNIQUE_PARAMS[technique]:
-            if k not in self.params:
-                continue
-            if k in MUX_SHAPE_PARAMS and int(params.get("mux", self.defaults()["mux"])) == 1:
-                continue
-            params[k] = self.params[k].suggest(trial)
+        for k in PARAMS:
+            if k in self.params and self._applies(k, params):
+                params[k] = self.params[k].suggest(trial)
         return self.config(params)
+
+    def _applies(self, key: str, chosen: dict[str, Any]) -> bool:
+        """Whether dimension `key` is sampled given the dimensions `chosen` before it: not one
+        of the other technique's, nor how N instances are combined when N = 1."""
+        technique = chosen.get("technique", self.defaults()["technique"])
+        owner = next((t for t, ks in TECHNIQUE_PARAMS.items() if key in ks), None)
+        if owner is not None and owner != technique:
+            return False
+        return not (key in MUX_SHAPE_PARAMS and int(chosen.get("mux", 1)) == 1)
+
+    def params_of(self, config: Candidate) -> dict[str, Any]:
+        """The params `suggest` samples for `config` (an Optuna trial fixed to them samples it),
+        after `check_member`."""
+        self.check_member(config)
+        values = config.to_dict()
+        params: dict[str, Any] = {}
+        for k in PARAMS:
+            if k in self.params and self._applies(k, params):
+                params[k] = values[k]
+        return params
+
+    def check_member(self, config: Candidate) -> None:
+        """Refuse a configuration that is not in the space's grid, naming the dimension whose
+        value the space does not take."""
+        if config in self.grid():
+            return
+        values = config.to_dict()
+        chosen: dict[str, Any] = {}
+        for k in PARAMS:
+            allowed = self.values(k)
+            if self._applies(k, chosen) and values[k] not in allowed:
+                raise ConfigError(
+                    f"{config.describe()} is not a configuration of the search space "
+                    f"{self.source!r}: its {k} {values[k]!r} is not one of {allowed}; pick a "
+                    "value the space searches, or search this one in a new study"
+                )
+            chosen[k] = values[k]
+        raise ConfigError(
+            f"{config.describe()} is not a configuration of the search space {self.source!r}; "
+            f"pick one of its {len(self.grid())} configurations, or search this one in a new "
+            "study"
+        )
 
     def max_mux_layers(self) -> int:
         """The most per-instance layers a configuration of the space runs (0: early mixing)."""
