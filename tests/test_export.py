@@ -22,9 +22,8 @@ from test_search import TP, TP_ARGS
 import autoprumux
 from autoprumux import Candidate, PruMuxPipeline, Recipe
 from autoprumux.cli import main
-from autoprumux.deploy import MANIFEST_FILE, read_manifest
+from autoprumux.deploy import CALIBRATION_FILE, MANIFEST_FILE, read_manifest
 from autoprumux.export import export_model, from_budget
-from autoprumux.models import to_precision
 from autoprumux.training import predict
 
 # as test_search's recipe, with students: seconds per stage on the tiny model
@@ -110,7 +109,7 @@ def test_a_loaded_export_predicts_what_the_pipeline_predicts(
     config = Candidate(sparsity=sparsity, mux=n, precision=precision)
     pred = autoprumux.load(exports(task, config))
     assert (pred.n, pred.pair, pred.label_names) == (n, pipe.task.pair, pipe.data.task.label_names)
-    model = to_precision(pipe.trained(config), precision)  # what `evaluate` scores
+    model = pipe.converted(pipe.trained(config), precision)  # what `evaluate` scores
     texts = _texts(pipe)
     # the whole dev set in file order (groups of N alike: the predictor batches whole groups),
     # and 7 inputs: an incomplete last group, padded with dummy rows
@@ -138,11 +137,40 @@ def test_students_export_and_predict_like_the_pipeline(pipes, exports):
     pipe = pipes("sst2")
     config = Candidate(technique="students", students=2, student_depth=1, precision="int8")
     pred = autoprumux.load(exports("sst2", config))
-    model = to_precision(pipe.students(2, 1), "int8")
+    model = pipe.converted(pipe.students(2, 1), "int8")
     got = pred.predict(_texts(pipe))
     want = _pipeline_probs(model, pipe.dev_items, pred.batch_size)
     assert got.label_ids == want.argmax(-1).tolist()
     torch.testing.assert_close(torch.tensor(got.probabilities), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("technique", ["prumux", "students"])
+def test_an_int8_exports_labels_do_not_depend_on_the_batch_or_the_order(pipes, exports, technique):
+    """Through `load(DIR).predict`, batch 1, 16 and 64, in file order and shuffled: every text
+    gets the same label and probabilities (to fp32 rounding), and so the same dev score."""
+    pipe = pipes("sst2")
+    config = (
+        Candidate(technique="students", students=2, student_depth=1, precision="int8")
+        if technique == "students"
+        else Candidate(sparsity=0.5, precision="int8")
+    )
+    d = exports("sst2", config)
+    texts = _texts(pipe)
+    runs = []
+    for batch in (1, 16, 64):
+        pred = autoprumux.load(d, batch_size=batch)
+        for seed in (None, batch):
+            order = list(range(len(texts)))
+            if seed is not None:
+                order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))
+                order = order.tolist()
+            got = pred.predict([texts[i] for i in order])
+            probs = torch.empty(len(texts), len(pred.label_names))
+            probs[order] = torch.tensor(got.probabilities)
+            runs.append(probs)
+    for r in runs[1:]:
+        assert torch.equal(r.argmax(-1), runs[0].argmax(-1))
+        torch.testing.assert_close(r, runs[0], atol=1e-5, rtol=0)
 
 
 def test_the_directory_holds_everything_needed_to_rebuild_the_model(pipes, exports):
@@ -150,6 +178,7 @@ def test_the_directory_holds_everything_needed_to_rebuild_the_model(pipes, expor
     d = exports("sst2", config)
     names = {p.name for p in d.iterdir()}
     assert {"model.safetensors", "autoprumux_config.json", MANIFEST_FILE, "README.md"} <= names
+    assert CALIBRATION_FILE in names  # the int8 input ranges the export was measured with
     assert "tokenizer_config.json" in names
     arch = json.loads((d / "autoprumux_config.json").read_text())
     pruned = pipes("sst2").trained(config).encoder.config

@@ -16,13 +16,16 @@ from autoprumux.config import PRECISIONS, check_precision
 from autoprumux.errors import ConfigError
 from autoprumux.meta._model import MetaModel, features, training_table
 from autoprumux.models import (
+    Int8Calibration,
     MuxConfig,
     MuxSequenceClassifier,
     PruningPlan,
+    StaticInt8Linear,
     Student,
     StudentConfig,
     StudentEnsemble,
     apply_plan,
+    calibrate_int8,
     count_parameters,
     fake_int8,
     to_precision,
@@ -46,6 +49,16 @@ def _model(n: int, *, pruned: bool) -> MuxSequenceClassifier:
     return m
 
 
+def _calibration(model, *batches) -> Int8Calibration:
+    """The int8 ranges of `model` over `batches` (default: three random batches)."""
+    return calibrate_int8(model, batches or [random_batch(8, 16, seed=s) for s in (11, 12, 13)])
+
+
+def _convert(model, precision):
+    cal = _calibration(model) if precision == "int8" else None
+    return to_precision(model, precision, calibration=cal)
+
+
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("pruned", [False, True])
 @pytest.mark.parametrize("precision", ["int8", "bf16", "fp16", "tf32"])
@@ -57,7 +70,7 @@ def test_a_converted_model_predicts_like_its_source(n, pruned, precision):
     ids, mask, tt = random_batch(8, 16, seed=1)
     with torch.inference_mode():
         ref = m(ids, mask, tt)
-        q = to_precision(m, precision)
+        q = _convert(m, precision)
         out = q(ids, mask, tt).float()
     tol = {"int8": 0.05, "bf16": 0.05, "fp16": 0.01, "tf32": 1e-5}[precision]
     assert out.shape == ref.shape
@@ -70,14 +83,18 @@ def test_a_converted_model_predicts_like_its_source(n, pruned, precision):
 
 
 def test_int8_really_quantizes_the_linear_layers_and_students_convert_too():
-    q = to_precision(_model(1, pruned=False), "int8")
-    kinds = {type(x).__name__ for x in q.modules()}
-    assert "Linear" in kinds and not any(isinstance(x, torch.nn.Linear) for x in q.modules())
+    m = _model(1, pruned=False)
+    cal = _calibration(m)
+    q = to_precision(m, "int8", calibration=cal)
+    assert any(isinstance(x, StaticInt8Linear) for x in q.modules())
+    # only the layers inference never runs (the warm-up's retrieval head) stay fp32
+    plain = [n for n, x in q.named_modules() if isinstance(x, torch.nn.Linear)]
+    assert all(n in cal.unused for n in plain) and "encoder" not in str(plain)
     assert to_precision(q, "fp32") is q  # fp32 is no conversion
     enc, _ = tiny_encoder(0)
     teacher = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=1)).eval()
     ens = StudentEnsemble.from_teacher(teacher, StudentConfig(k=2, depth=1)).eval()
-    qe = to_precision(ens, "int8")
+    qe = _convert(ens, "int8")
     assert qe.prunable_parameters() == ens.prunable_parameters()
     assert isinstance(next(iter(qe.students)), Student)
     ids, mask, tt = random_batch(4, 12, seed=2)
@@ -212,11 +229,12 @@ def test_int8_rounds_each_output_channel_on_its_own():
     with torch.no_grad():
         lin[0].weight[0] *= 100
     x = torch.randn(16, 64)
+    cal = _calibration(lin, (x,))
     with torch.inference_mode():
-        ref, out = lin(x), to_precision(lin, "int8")(x)
+        ref, out = lin(x), to_precision(lin, "int8", calibration=cal)(x)
     rest = (out - ref)[:, 1:].abs().max()
     assert rest <= 0.05 * ref[:, 1:].abs().max(), rest
-    with torch.inference_mode(), fake_int8(lin):
+    with torch.inference_mode(), fake_int8(lin, cal):
         fake = lin(x)
     assert (fake - out).abs().max() <= 1e-3 * ref.abs().max()  # the emulation rounds alike
 
@@ -225,10 +243,11 @@ def test_int8_rounds_each_output_channel_on_its_own():
 def test_fake_int8_computes_as_the_int8_conversion_and_trains_the_fp32_weights(n):
     m = _model(n, pruned=True)
     ids, mask, tt = random_batch(8, 16, seed=2)
+    cal = _calibration(m)
     with torch.inference_mode():
-        int8 = to_precision(m, "int8")(ids, mask, tt)
+        int8 = to_precision(m, "int8", calibration=cal)(ids, mask, tt)
         plain = m(ids, mask, tt)
-    with torch.inference_mode(), fake_int8(m):
+    with torch.inference_mode(), fake_int8(m, cal):
         fake = m(ids, mask, tt)
     # the emulation rounds as the conversion does: far closer to it than fp32 is
     assert (fake - int8).abs().max() <= 1e-4 + 0.05 * (plain - int8).abs().max()
@@ -237,7 +256,7 @@ def test_fake_int8_computes_as_the_int8_conversion_and_trains_the_fp32_weights(n
     before = first.weight.detach().clone()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     m.train()
-    with fake_int8(m):
+    with fake_int8(m, cal):
         m(ids, mask, tt).pow(2).mean().backward()
         opt.step()
     assert type(first) is torch.nn.Linear and isinstance(first.weight, torch.nn.Parameter)
@@ -269,3 +288,72 @@ def test_int8_recovery_distils_the_candidate_as_int8_and_is_cached_apart(tiny_ch
     assert ev.candidate.name == "s=0.3,N=1,int8"
     with pytest.raises(ConfigError, match="int8_recovery_steps"):
         Recipe(int8_recovery_steps=10, trainer="l2l")
+
+
+def _items(count: int, seed: int):
+    """`count` texts of varied lengths (4..40 tokens) as encoded items."""
+    from autoprumux.data import Encoded
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(count):
+        n = int(torch.randint(4, 41, (1,), generator=g))
+        ids = [2, *torch.randint(5, 99, (n - 2,), generator=g).tolist(), 3]
+        out.append(Encoded(tuple(ids), (0,) * n, i % 2))
+    return out
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_an_int8_label_depends_only_on_its_text_not_on_its_batch(pruned):
+    """Batch 1, 16 and 64, in the given order and shuffled: the same logits (to fp32 rounding)
+    and the same labels. With one activation scale per batch (dynamic int8) a text's logits
+    moved with its neighbours by the quantization step, and labels flipped."""
+    from autoprumux.models import calibration_batches
+    from autoprumux.training import predict
+
+    m = _model(1, pruned=pruned)
+    items = _items(128, seed=5)
+    q = to_precision(m, "int8", calibration=calibrate_int8(m, calibration_batches(_items(64, 6))))
+    runs = []
+    with torch.inference_mode():
+        for batch in (1, 16, 64):
+            for shuffled in (False, True):
+                order = torch.randperm(len(items), generator=torch.Generator().manual_seed(batch))
+                order = order if shuffled else torch.arange(len(items))
+                logits = predict(q, [items[i] for i in order], batch_size=batch)
+                restored = torch.empty_like(logits)
+                restored[order] = logits
+                runs.append(restored)
+    for r in runs[1:]:
+        assert (r - runs[0]).abs().max() <= 1e-5, (r - runs[0]).abs().max()
+        assert torch.equal(r.argmax(-1), runs[0].argmax(-1))
+
+
+def test_static_int8_kernel_equals_its_integer_arithmetic():
+    """oneDNN's int8 kernel computes exactly the integers the layer rounds to (what the
+    fallback without oneDNN multiplies in fp32), for any number of rows."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 40)
+    layer = StaticInt8Linear(lin, -3.0, 5.0, qmax=255)
+    for rows in (1, 7, 130):
+        x = torch.rand(rows, 48) * 8 - 3  # inside the calibrated range
+        with torch.inference_mode():
+            got = layer(x)
+            q = layer.quantize_input(x).float() - layer.zero_point
+            want = (q * layer.scale) @ (layer.w_int8.float() * layer.w_scale[:, None]).T + lin.bias
+        assert (got - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
+        assert (got - lin(x)).abs().max() <= 0.05 * float(lin(x).abs().max())
+
+
+def test_int8_without_its_calibration_or_with_another_models_is_refused():
+    m = _model(1, pruned=False)
+    with pytest.raises(ValueError, match="calibrat"):
+        to_precision(m, "int8")
+    other = _calibration(_model(1, pruned=False))
+    bad = Int8Calibration({k: v for k, v in list(other.ranges.items())[1:]}, other.examples)
+    with pytest.raises(ValueError, match="another model"):
+        to_precision(m, "int8", calibration=bad)
+    assert Int8Calibration.from_dict(other.to_dict()) == other
+    for broken in ({}, {"examples": 0, "ranges": {}}, {"examples": 3, "ranges": {"a": [2, 1]}}):
+        with pytest.raises(ValueError):
+            Int8Calibration.from_dict(broken)

@@ -7,6 +7,7 @@ The directory is written by `autoprumux.export` (layout: docs/export.md).
 """
 
 from autoprumux.deploy._manifest import (
+    CALIBRATION_FILE,
     CARD_FILE,
     MANIFEST_FILE,
     ExportManifest,
@@ -17,6 +18,7 @@ from autoprumux.deploy._manifest import (
 from autoprumux.deploy._predictor import DEFAULT_BATCH, Predictions, Predictor, load
 
 __all__ = [
+    "CALIBRATION_FILE",
     "CARD_FILE",
     "DEFAULT_BATCH",
     "MANIFEST_FILE",

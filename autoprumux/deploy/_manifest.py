@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from autoprumux.config import Candidate
+from autoprumux.data import metric_label
 from autoprumux.errors import ConfigError
 
 MANIFEST_FILE = "autoprumux_export.json"
 MANIFEST_FORMAT = "autoprumux.export/1"
 CARD_FILE = "README.md"
+# the input range of each int8 layer, measured on training texts at export (models.Int8Calibration)
+CALIBRATION_FILE = "int8_calibration.json"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class Measurement:
     throughput_batch: int
     throughput_seq_len: int
     device: str
+    pos_label: str | None = None  # the class f1 scored as positive (None: no f1 of two classes)
+
+    @property
+    def metric_label(self) -> str:
+        """The metric as the model card names it: "f1 (positive class 'fraud')", else its name."""
+        return metric_label(self.metric_name, self.pos_label)
 
     @property
     def accuracy_loss(self) -> float:

@@ -23,10 +23,10 @@ import torch
 
 from autoprumux.config import check_precision
 from autoprumux.data import Example, collate, encode
-from autoprumux.deploy._manifest import ExportManifest, read_manifest
+from autoprumux.deploy._manifest import CALIBRATION_FILE, ExportManifest, read_manifest
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import resolve_device
-from autoprumux.models import MuxSequenceClassifier, StudentEnsemble, to_precision
+from autoprumux.models import Int8Calibration, MuxSequenceClassifier, StudentEnsemble, to_precision
 from autoprumux.models._persist import CONFIG_FILE
 
 # the pipeline's own dev batch (training.predict); any multiple of N gives the same groups
@@ -212,9 +212,28 @@ def load(
     model = _load_model(d).eval()
     _check_matches(manifest, model, d)
     tokenizer = AutoTokenizer.from_pretrained(str(d))
-    return Predictor(
-        to_precision(model, want), tokenizer, manifest, device=dev, batch_size=batch_size
-    )
+    calibration = _read_calibration(d) if want == "int8" else None
+    try:
+        converted = to_precision(model, want, calibration=calibration)
+    except ValueError as e:  # a calibration made for other weights
+        raise ConfigError(f"{str(d / CALIBRATION_FILE)!r}: {e}; export the model again") from None
+    return Predictor(converted, tokenizer, manifest, device=dev, batch_size=batch_size)
+
+
+def _read_calibration(directory: Path) -> Int8Calibration:
+    """The int8 input ranges the export measured (`CALIBRATION_FILE`)."""
+    p = directory / CALIBRATION_FILE
+    try:
+        return Int8Calibration.from_dict(json.loads(p.read_text()))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{str(directory)!r} holds no {CALIBRATION_FILE}, which int8 needs; export the model "
+            "again, or load it with precision='fp32'"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(
+            f"{str(p)!r} is not a valid int8 calibration: {e}; export again"
+        ) from None
 
 
 def _check_matches(manifest: ExportManifest, model: torch.nn.Module, directory: Path) -> None:

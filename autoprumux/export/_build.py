@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import platform
 import shutil
@@ -24,6 +25,7 @@ import torch
 
 from autoprumux.config import Candidate, ThroughputConfig, check_precision
 from autoprumux.deploy import (
+    CALIBRATION_FILE,
     CARD_FILE,
     MANIFEST_FILE,
     ExportManifest,
@@ -34,7 +36,7 @@ from autoprumux.deploy import (
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import Evaluation
 from autoprumux.export._card import render_card
-from autoprumux.models import AnyModel, to_precision
+from autoprumux.models import AnyModel
 
 if TYPE_CHECKING:
     from autoprumux.pipeline import PruMuxPipeline
@@ -121,6 +123,9 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(dir=target.resolve().parent, prefix=f".{target.name}.tmp-"))
     try:
         model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)
+        # the ranges `evaluate` calibrated int8 with (the same seeded texts, the same model)
+        calibration = pipe.int8_calibration(model).to_dict()
+        (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1))
         pipe.tokenizer.save_pretrained(str(tmp))
         manifest.write(tmp)
         (tmp / CARD_FILE).write_text(render_card(manifest, model))
@@ -147,6 +152,7 @@ def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
         throughput_batch=tp.batch_size,
         throughput_seq_len=tp.seq_len,
         device=ev.device,
+        pos_label=ev.pos_label,
     )
 
 
@@ -162,7 +168,7 @@ def _self_check(directory: Path, model: AnyModel, pipe: PruMuxPipeline, precisio
     texts = [(e.text_a, e.text_b) if pipe.task.pair else e.text_a for e in examples]
     got = pred.logits(texts)  # type: ignore[arg-type]
     want = predict(
-        to_precision(model, precision),
+        pipe.converted(model, precision),
         pipe.dev_items[:k],
         batch_size=pred.batch_size,
         device=pipe.device,

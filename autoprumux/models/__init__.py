@@ -12,7 +12,15 @@ from autoprumux.models._mux import (
     OrthogonalMux,
     warm_start_from,
 )
-from autoprumux.models._precision import count_parameters, fake_int8, to_precision
+from autoprumux.models._precision import (
+    Int8Calibration,
+    StaticInt8Linear,
+    calibrate_int8,
+    calibration_batches,
+    count_parameters,
+    fake_int8,
+    to_precision,
+)
 from autoprumux.models._pruning import (
     Importance,
     PruningPlan,
@@ -28,6 +36,8 @@ AnyModel = MuxSequenceClassifier | StudentEnsemble
 
 __all__ = [
     "attention_bias",
+    "calibrate_int8",
+    "calibration_batches",
     "count_parameters",
     "fake_int8",
     "to_precision",
@@ -42,11 +52,13 @@ __all__ = [
     "ConcatCombiner",
     "GaussianHadamardMux",
     "Importance",
+    "Int8Calibration",
     "Multiplexer",
     "MuxConfig",
     "MuxSequenceClassifier",
     "OrthogonalMux",
     "PruningPlan",
+    "StaticInt8Linear",
     "Student",
     "StudentConfig",
     "StudentEnsemble",

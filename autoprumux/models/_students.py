@@ -38,7 +38,7 @@ from autoprumux.models._encoder import (
 )
 from autoprumux.models._mux import MuxSequenceClassifier
 from autoprumux.models._persist import read_model_dir, write_model_dir
-from autoprumux.models._precision import count_parameters
+from autoprumux.models._precision import StaticInt8Linear, count_parameters
 
 
 @dataclass(frozen=True)
@@ -278,8 +278,7 @@ class StudentEnsemble(nn.Module):
         # every student is converted alike: its first layer tells (cheap on every call)
         first = self.students[0]
         assert isinstance(first, Student)
-        quantized = torch.ao.nn.quantized.dynamic.Linear
-        return any(isinstance(m, quantized) for m in first.layers[0].modules())
+        return any(isinstance(m, StaticInt8Linear) for m in first.layers[0].modules())
 
     # ---- the batched path --------------------------------------------------------------------
     def train(self, mode: bool = True) -> StudentEnsemble:

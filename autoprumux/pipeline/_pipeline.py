@@ -36,9 +36,12 @@ from autoprumux.evaluation import (
 )
 from autoprumux.models import (
     AnyModel,
+    Int8Calibration,
     MuxConfig,
     MuxSequenceClassifier,
     StudentEnsemble,
+    calibrate_int8,
+    calibration_batches,
     fake_int8,
     resolve_model,
     to_precision,
@@ -47,6 +50,7 @@ from autoprumux.models._loading import BaseModel
 from autoprumux.pipeline._mux import (
     late_mux_model,
     mux_warmup,
+    pruned_before_mux,
     pruned_late_mux_model,
     warmup_key,
 )
@@ -73,6 +77,7 @@ class PruMuxPipeline:
         task: str | None = None,
         data: DataSource | None = None,
         metric: str | None = None,
+        pos_label: str | None = None,
         model: str | None = None,
         recipe: Recipe | None = None,
         device: str = "cpu",
@@ -82,7 +87,8 @@ class PruMuxPipeline:
         mux_variant: str = "gaussian",
         warmup_corpus: str = "shared",
     ):
-        choice = resolve_task(task, data, metric)  # cheap: a bad choice fails before the model
+        # cheap: a bad choice fails before the model
+        choice = resolve_task(task, data, metric, pos_label)
         self.data_dir = data_dir
         self.warmup_corpus = warmup_corpus
         check_corpus(warmup_corpus)  # a file: before any work
@@ -92,7 +98,12 @@ class PruMuxPipeline:
         self.base: BaseModel = resolve_model(model)
         self.cache = ArtifactCache(cache_dir)
         self.data: TaskData = load_task_data(
-            choice, recipe=self.recipe, metric=metric, data_dir=data_dir, source=data_source
+            choice,
+            recipe=self.recipe,
+            metric=metric,
+            pos_label=pos_label,
+            data_dir=data_dir,
+            source=data_source,
         )
         self.task = self.data.task
         self.tokenizer = self.base.tokenizer()
@@ -327,12 +338,13 @@ class PruMuxPipeline:
             **self._candidate_key(*self._prumux(config)),
             "int8_steps": r.int8_recovery_steps,
             "int8_weights": "per_channel",  # trained as the conversion rounds
+            "int8_inputs": "static",
         }
 
         def build(tmp: Path) -> dict:
             m = copy.deepcopy(model)
             cfg = TrainConfig.from_recipe(r, r.int8_recovery_steps, distill_weight=r.distill_weight)
-            with fake_int8(m):
+            with fake_int8(m, self.int8_calibration(m)):
                 stats = train_classifier(
                     m,
                     self.train_items,
@@ -361,7 +373,7 @@ class PruMuxPipeline:
         n = shape.n
         self.check_lengths(shape.prefix_positions)
         r = self.recipe
-        if sparsity > 0 and shape.layers and r.late_mux_freeze_backbone:
+        if pruned_before_mux(r, sparsity, shape):
             model = self._load(
                 pruned_late_mux_model(self, sparsity, shape), r.freeze_word_embeddings
             )
@@ -388,17 +400,21 @@ class PruMuxPipeline:
                     f"pruning reached sparsity {got:.3f}, not within 2 points of the target {sparsity}"
                 )
             m.save(tmp / "model")
-            return meta
+            return {**meta, "scored_by": self.scoring}
 
         entry, hit = self.cache.get_or_build("candidate", key, build)
         how = "cache hit" if hit else "built"
         log.info("candidate s=%g N=%d%s %s (%s)", sparsity, n, shape.suffix, how, entry)
         model = self._load(entry, r.freeze_word_embeddings)
         if hit and on_stage is not None:
-            stages = self.cache.meta(entry).get("stages", [])
+            meta = self.cache.meta(entry)
+            stages = meta.get("stages", [])
+            # stage metrics scored another way (metric, f1's positive class) are not this one's;
+            # entries from before this was recorded are trusted
+            stale = meta.get("scored_by", self.scoring) != self.scoring
             for stage, st in enumerate(stages, start=1):
-                metric = st.get("dev_metric")
-                if metric is None:  # an entry written before stage metrics were recorded
+                metric = None if stale else st.get("dev_metric")
+                if metric is None:  # stale, or written before stage metrics were recorded
                     last = stage == len(stages)
                     metric = self.dev_metrics(model, pairings=1)["metric"] if last else None
                 if metric is not None:
@@ -424,11 +440,22 @@ class PruMuxPipeline:
         return evaluate_students(self, k, depth, active, throughput, precision)
 
     # ---- measurement -------------------------------------------------------------------------
+    @property
+    def scoring(self) -> list[str | None]:
+        """How dev metrics are scored: [metric, f1's positive class or None]. Scoring trains
+        nothing, so it is in no cache key; cached per-stage metrics record it (`candidate`)."""
+        return [self.task.metric, self.task.pos_label]
+
     def dev_metrics(self, model: AnyModel, pairings: int = DEV_PAIRINGS) -> dict[str, float]:
         """Dev metrics in points; a multiplexed model's are the mean over `pairings` seeded
         pairings of the dev set (see `paired_dev_metrics`)."""
         return paired_dev_metrics(
-            model, self.dev_items, self.task.metric, pairings=pairings, device=self.device
+            model,
+            self.dev_items,
+            self.task.metric,
+            pairings=pairings,
+            device=self.device,
+            pos_label=self.task.positive,
         )
 
     def mux_metrics(self, shape: MuxShape) -> dict[str, float]:
@@ -493,7 +520,17 @@ class PruMuxPipeline:
         """The configuration's model as it is scored, timed and served: built (or cached) in
         fp32, then converted to its precision."""
         self.check(config)
-        return to_precision(self.trained(config, on_stage=on_stage), config.precision)
+        return self.converted(self.trained(config, on_stage=on_stage), config.precision)
+
+    def int8_calibration(self, model: AnyModel) -> Int8Calibration:
+        """The input ranges of `model`'s int8 layers over a seeded sample of the training texts."""
+        return calibrate_int8(model, calibration_batches(self.train_items, seed=self.recipe.seed))
+
+    def converted(self, model: AnyModel, precision: str) -> AnyModel:
+        """`model` converted to `precision` (int8: calibrated by `int8_calibration`)."""
+        if precision != "int8":
+            return to_precision(model, precision)
+        return to_precision(model, precision, calibration=self.int8_calibration(model))
 
     def evaluate(
         self,
@@ -554,6 +591,7 @@ class PruMuxPipeline:
         return Evaluation(
             task=self.task.name,
             metric_name=self.task.metric,
+            pos_label=self.task.pos_label,
             device=str(self.device),
             baseline=measured["baseline"],
             candidate=measured[name],

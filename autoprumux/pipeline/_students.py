@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from autoprumux.config import check_precision
 from autoprumux.evaluation import Evaluation, ThroughputConfig
-from autoprumux.models import StudentConfig, StudentEnsemble, to_precision
+from autoprumux.models import StudentConfig, StudentEnsemble
 from autoprumux.pipeline._recovery import corpus_items
 from autoprumux.training import StudentTrainConfig, distill_students
 
@@ -85,7 +85,7 @@ def evaluate_students(
     if active is not None:
         ens.active_students = active
     name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
-    return pipe.beside_baseline(precision_name(name, precision), to_precision(ens, precision), tp)
+    return pipe.beside_baseline(precision_name(name, precision), pipe.converted(ens, precision), tp)
 
 
 def precision_name(name: str, precision: str) -> str:
