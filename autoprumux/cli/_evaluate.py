@@ -39,6 +39,8 @@ def format_table(ev: Evaluation) -> str:
     rows.append(
         f"(task {ev.task}, device {ev.device}, throughput at batch {tp.batch_size} x {tp.seq_len} tokens, median of {tp.repeats})"
     )
+    if ev.pos_label is not None:  # which class "f1" means
+        rows.append(f"(metric {ev.metric_label})")
     return "\n".join(rows)
 
 

@@ -26,6 +26,7 @@ _STUDY_DECIDES = (
     "data",
     *DATA_FLAGS,
     "metric",
+    "pos_label",
     "model",
     "sparsity",
     "mux",
@@ -161,6 +162,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "data": own.location if own is not None else None,
             **{k: getattr(own, k) if own is not None else None for k in DATA_FLAGS},
             "metric": space.metric,
+            "pos_label": space.pos_label,
             "model": space.model,
         }
     else:
@@ -182,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     m = res.manifest.measurement
     print(
-        f"exported {config.describe()} ({pipe.task.name}) to {res.path}: {m.metric_name} "
+        f"exported {config.describe()} ({pipe.task.name}) to {res.path}: {m.metric_label} "
         f"{m.metric:.2f} (baseline {m.baseline_metric:.2f}, loss {m.accuracy_loss:.2f} pts), "
         f"{m.speedup:.2f}x the baseline's throughput on {m.device}"
     )

@@ -120,7 +120,7 @@ DATA_FLAGS = ("text_column", "pair_column", "label_column", "dev_fraction")
 
 def add_task_data_flags(p: Container) -> None:
     """--data (the user's own labelled text instead of a GLUE --task), its columns and dev
-    split, and --metric (see README "Your own data")."""
+    split, --metric and --pos-label (see README "Your own data")."""
     p.add_argument(
         "--data",
         default=None,
@@ -154,6 +154,13 @@ def add_task_data_flags(p: Container) -> None:
         default=None,
         help="primary dev metric: accuracy | f1 | mcc (default: the task's own: accuracy, CoLA "
         "mcc); f1 is positive-class F1 for two classes, macro-F1 for more",
+    )
+    p.add_argument(
+        "--pos-label",
+        default=None,
+        metavar="CLASS",
+        help="with --metric f1 and two classes: the class scored as positive, named as in the "
+        "data (default: the minority class of train with --data; GLUE's label 1 for a task)",
     )
 
 
@@ -438,6 +445,7 @@ def _pipeline(args: argparse.Namespace, recipe: Recipe) -> PruMuxPipeline:
         task=task,
         data=data,
         metric=getattr(args, "metric", None),
+        pos_label=getattr(args, "pos_label", None),
         model=args.model,
         recipe=recipe,
         device=args.device,

@@ -98,7 +98,7 @@ def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None
     )
     m = res.manifest.measurement
     print(
-        f"\nexported {choice.config.describe()} to {res.path}: {m.metric_name} {m.metric:.2f} "
+        f"\nexported {choice.config.describe()} to {res.path}: {m.metric_label} {m.metric:.2f} "
         f"(loss {m.accuracy_loss:.2f} points), {m.speedup:.2f}x the baseline's throughput"
     )
     if not args.no_register:
@@ -130,7 +130,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         # a rerun replaces its own earlier export (only a directory holding one)
         check_out_dir(args.export, force=True)
     task, data = _task_data(args)
-    space = SearchSpace.from_yaml(args.space).with_task(task, data=data, metric=args.metric)
+    space = SearchSpace.from_yaml(args.space).with_task(
+        task, data=data, metric=args.metric, pos_label=args.pos_label
+    )
     return _run_search(args, _search_settings(args, space, args.trials))
 
 

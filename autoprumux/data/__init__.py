@@ -33,6 +33,7 @@ __getattr__ = lazy_exports(
         "TaskSpec": _GLUE,
         "get_task": _GLUE,
         "load_task": _GLUE,
+        "metric_label": _GLUE,
         "resolve_data_dir": _GLUE,
         "DATA_KEY_DEFAULTS": _SOURCE,
         "MAX_DEV_SPLIT_ROWS": _SOURCE,
@@ -40,6 +41,7 @@ __getattr__ = lazy_exports(
         "DataSource": _SOURCE,
         "carve_dev_split": _SOURCE,
         "check_metric": _SOURCE,
+        "check_pos_label": _SOURCE,
         "load_task_data": _SOURCE,
         "resolve_task": _SOURCE,
     },
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
         TaskSpec,
         get_task,
         load_task,
+        metric_label,
         resolve_data_dir,
     )
     from autoprumux.data._source import (
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
         DataSource,
         carve_dev_split,
         check_metric,
+        check_pos_label,
         load_task_data,
         resolve_task,
     )
@@ -90,6 +94,7 @@ __all__ = [
     "carve_dev_split",
     "check_corpus",
     "check_metric",
+    "check_pos_label",
     "collate",
     "encode",
     "encode_corpus",
@@ -97,6 +102,7 @@ __all__ = [
     "infinite_batches",
     "load_task",
     "load_task_data",
+    "metric_label",
     "resolve_data_dir",
     "resolve_task",
     "warmup_texts",

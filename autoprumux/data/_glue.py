@@ -28,6 +28,12 @@ class Example:
     label: int
 
 
+def metric_label(metric: str, pos_label: str | None) -> str:
+    """A metric as printed and on model cards: "f1 (positive class 'fraud')" when f1 has a
+    positive class, else its name."""
+    return metric if pos_label is None else f"{metric} (positive class {pos_label!r})"
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
@@ -37,11 +43,22 @@ class TaskSpec:
     metric: str  # primary dev metric: "accuracy", "f1" or "mcc"
     hf_config: str  # config name of the `glue` dataset on the hub
     label_names: tuple[str, ...]  # label_names[i] names class i (in exports and predictions)
+    # the class f1 scores as positive (two classes): GLUE's label 1; the user's data: the
+    # minority class of train (see data._source), or the one `pos_label` names
+    positive: int = 1
 
     @property
     def is_glue(self) -> bool:
         """A built-in GLUE task (the user's data has no GLUE folder)."""
         return bool(self.glue_dir)
+
+    @property
+    def pos_label(self) -> str | None:
+        """The name of the class f1 scores as positive, None unless the metric is f1 over two
+        classes (accuracy and MCC have none; f1 over more classes is macro-F1)."""
+        if self.metric != "f1" or self.num_labels != 2:
+            return None
+        return self.label_names[self.positive]
 
 
 TASKS: dict[str, TaskSpec] = {  # one spec per name in autoprumux.config.TASK_NAMES

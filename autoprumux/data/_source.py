@@ -6,9 +6,10 @@ Rules (each broken one raises a ConfigError or DataNotFoundError naming the valu
 the text and label columns exist (and the pair column when named); every row has a label and a
 text; labels are integers or strings, at least two classes; every dev label occurs in train.
 Labels become class indices in sorted order (integers numerically), named in
-`TaskSpec.label_names`. Without a dev split of its own, a deterministic, stratified share of
-train becomes dev (`DataSource.dev_fraction`, at most `MAX_DEV_SPLIT_ROWS` rows), recorded in
-`TaskData.dev_split`.
+`TaskSpec.label_names`. With two classes, f1 scores the minority class of train as positive
+(`TaskSpec.positive`; ties: the later in sorted order) unless `pos_label` names another.
+Without a dev split of its own, a deterministic, stratified share of train becomes dev
+(`DataSource.dev_fraction`, at most `MAX_DEV_SPLIT_ROWS` rows), recorded in `TaskData.dev_split`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,57 @@ def check_metric(metric: str | None) -> str | None:
             "positive-class F1 for two, macro-F1 for more)"
         )
     return metric
+
+
+def check_pos_label(pos_label: str | int | None, metric: str | None) -> str | None:
+    """The positive class f1 scores (`--pos-label`, a space's `pos_label:`) as a class name, or
+    None for the default. Checked cheaply, before any data is read: it needs `metric` f1
+    (accuracy and MCC have no positive class; None is the task's own metric, never f1). That it
+    names one of two classes is checked when the data is read (`load_task_data`)."""
+    if pos_label is None:
+        return None
+    if isinstance(pos_label, bool) or not isinstance(pos_label, str | int):
+        raise ConfigError(
+            f"--pos-label ({pos_label!r}) must be a class name as written in the data, e.g. "
+            "--pos-label fraud"
+        )
+    name = str(pos_label).strip()
+    if not name:
+        raise ConfigError("--pos-label is empty; name a class, e.g. --pos-label fraud")
+    if metric != "f1":
+        used = f"--metric {metric}" if metric is not None else "the task's own metric"
+        raise ConfigError(
+            f"--pos-label {name!r} picks the positive class of f1, but {used} has none; add "
+            "--metric f1 or drop --pos-label"
+        )
+    return name
+
+
+def minority_class(labels: list[int], num_labels: int) -> int:
+    """The class f1 scores as positive by default on the user's data: the rarest in `labels`
+    (train), ties going to the later class in sorted order (class 1 of balanced data)."""
+    counts = Counter(labels)
+    return min(range(num_labels), key=lambda i: (counts.get(i, 0), -i))
+
+
+def _positive_index(data: TaskData, name: str) -> int:
+    """The index of the class `name` (--pos-label) of `data`'s two classes: a class name, or for
+    a GLUE task also its label as written in the GLUE files ("0", "1")."""
+    spec = data.task
+    classes = ", ".join(repr(n) for n in spec.label_names)
+    if spec.num_labels != 2:
+        raise ConfigError(
+            f"--pos-label {name!r}: {spec.name} has {spec.num_labels} classes ({classes}), and "
+            "f1 over more than two is macro-F1, with no positive class; drop --pos-label"
+        )
+    if name in spec.label_names:
+        return spec.label_names.index(name)
+    if spec.is_glue and name in ("0", "1"):
+        return int(name)
+    raise ConfigError(
+        f"--pos-label {name!r} is not a class of {spec.name} (its classes: {classes}); name "
+        "one of them"
+    )
 
 
 @dataclass(frozen=True)
@@ -147,11 +199,15 @@ DATA_KEY_DEFAULTS: dict[str, Any] = {
 
 
 def resolve_task(
-    task: str | None, data: DataSource | None, metric: str | None = None
+    task: str | None,
+    data: DataSource | None,
+    metric: str | None = None,
+    pos_label: str | int | None = None,
 ) -> str | DataSource:
     """The task to load: a GLUE task's name (default sst2) or the user's data, checked
     cheaply (no rows are read), so a bad choice fails before a model loads."""
     check_metric(metric)
+    check_pos_label(pos_label, metric)
     if data is None:
         return get_task(task or "sst2").name
     if not isinstance(data, DataSource):
@@ -169,6 +225,7 @@ def load_task_data(
     *,
     recipe: Recipe | None = None,
     metric: str | None = None,
+    pos_label: str | int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     source: str = "local",
 ) -> TaskData:
@@ -176,8 +233,11 @@ def load_task_data(
     `source`) or of the user's data, as `recipe` trains on them: train subsampled to
     `max_train_examples` (seeded by its seed). The user's data must hold at least a batch of
     training rows. `metric` overrides the task's primary metric (GLUE: CoLA mcc, else
-    accuracy; the user's data: accuracy)."""
+    accuracy; the user's data: accuracy). `pos_label` names the class f1 scores as positive
+    (two classes, metric f1); by default GLUE's label 1, and on the user's data the minority
+    class of train."""
     check_metric(metric)
+    name = check_pos_label(pos_label, metric)
     max_train = recipe.max_train_examples if recipe is not None else None
     seed = recipe.seed if recipe is not None else 0
     if isinstance(task, DataSource):
@@ -195,6 +255,8 @@ def load_task_data(
         )
     if metric is not None and metric != data.task.metric:
         data = replace(data, task=replace(data.task, metric=metric))
+    if name is not None:
+        data = replace(data, task=replace(data.task, positive=_positive_index(data, name)))
     return data
 
 
@@ -253,6 +315,8 @@ def _load_own(src: DataSource, max_train: int | None, seed: int) -> TaskData:
         train, dev, dev_split = carve_dev_split(
             train, src.dev_fraction, where=train_table.where, label_names=spec.label_names
         )
+    # f1's positive class: the minority of train, all of it (a subsample must not flip it)
+    spec = replace(spec, positive=minority_class([ex.label for ex in train], len(classes)))
     return TaskData(
         task=spec,
         train=_subsample(train, max_train, seed),

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from autoprumux.data import metric_label
 from autoprumux.evaluation._throughput import (
     ThroughputConfig,
     model_flops,
@@ -40,6 +41,12 @@ class Evaluation:
     baseline: Measured
     candidate: Measured
     throughput_config: ThroughputConfig
+    pos_label: str | None = None  # the class f1 scored as positive (`TaskSpec.pos_label`)
+
+    @property
+    def metric_label(self) -> str:
+        """The metric as printed: "f1 (positive class 'fraud')", else its name."""
+        return metric_label(self.metric_name, self.pos_label)
 
     @property
     def accuracy_loss(self) -> float:
@@ -58,6 +65,7 @@ class Evaluation:
         return {
             "task": self.task,
             "metric_name": self.metric_name,
+            "pos_label": self.pos_label,
             "device": self.device,
             "baseline": asdict(self.baseline),
             "candidate": asdict(self.candidate),

@@ -63,7 +63,7 @@ def _late(k: int, combiner: str, n: int) -> str:
 def render_card(m: ExportManifest, model: AnyModel) -> str:
     r = m.measurement
     c = m.config
-    metric = r.metric_name
+    metric = r.metric_label
     src = m.source
     lines = [
         f"# {m.task}: {c.describe()} (autoprumux export)",
@@ -137,7 +137,7 @@ def _measured_table(m: ExportManifest) -> list[str]:
     r = m.measurement
     # the task's metric, and accuracy beside it when the metric is another (MCC for CoLA)
     both = r.metric_name != "accuracy"
-    head = f"| model | {r.metric_name} |" + (" accuracy |" if both else "")
+    head = f"| model | {r.metric_label} |" + (" accuracy |" if both else "")
     rows = [
         head + " examples/s | speedup |",
         "|---|---:|" + ("---:|" if both else "") + "---:|---:|",

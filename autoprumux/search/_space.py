@@ -25,7 +25,7 @@ Instead of a GLUE `task`, `data` names the user's own labelled text (a CSV, TSV,
 Parquet file, a directory of split files, or hf:NAME[/CONFIG]; relative paths from the working
 directory), with `text_column`, `pair_column`, `label_column` and `dev_fraction` as the flags of
 the same names (`autoprumux.data.DataSource`); `metric` (accuracy, f1, mcc) overrides the task's
-primary dev metric.
+primary dev metric and `pos_label` the positive class of f1 over two classes (docs/search.md).
 
 Every error names the offending key (as a dotted path) and what is allowed there.
 """
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
 
 # the keys that describe `data` (DataSource fields), only with it
 DATA_KEYS = ("text_column", "pair_column", "label_column", "dev_fraction")
-TOP_LEVEL_KEYS = ("name", "task", "data", *DATA_KEYS, "metric", "model", "recipe", "params")
+SCORING = ("metric", "pos_label")  # the dev metric, and f1's positive class
+TOP_LEVEL_KEYS = ("name", "task", "data", *DATA_KEYS, *SCORING, "model", "recipe", "params")
 # precision applies to every technique
 PARAMS = (
     "technique",
@@ -166,6 +167,7 @@ class SearchSpace:
     source: str = "<dict>"
     data: DataSource | None = None  # the user's data; then `task` is its name
     metric: str | None = None  # overrides the task's primary dev metric
+    pos_label: str | None = None  # f1's positive class (None: the task's default)
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -208,14 +210,17 @@ class SearchSpace:
         task = own.task_name if own is not None else data.get("task", "sst2")
         if own is None and (not isinstance(task, str) or task not in TASK_NAMES):
             raise ConfigError(f"{where}: 'task' is {task!r}; allowed values are {list(TASK_NAMES)}")
-        metric = data.get("metric")
-        if metric is not None:
-            from autoprumux.data._source import check_metric
+        from autoprumux.data._source import check_metric, check_pos_label
 
-            try:
-                check_metric(metric)
-            except ConfigError as e:
-                raise ConfigError(f"{where}: 'metric': {e}") from None
+        metric = data.get("metric")
+        try:
+            check_metric(metric)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: 'metric': {e}") from None
+        try:  # f1's positive class, only with the metric f1
+            pos_label = check_pos_label(data.get("pos_label"), metric)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: 'pos_label': {e}") from None
         model = data.get("model")
         if model is not None and not isinstance(model, str):
             raise ConfigError(
@@ -267,14 +272,20 @@ class SearchSpace:
             source=source,
             data=own,
             metric=metric,
+            pos_label=pos_label,
         )
 
     # ---- use -------------------------------------------------------------------------------
     def with_task(
-        self, task: str | None, *, data: DataSource | None = None, metric: str | None = None
+        self,
+        task: str | None,
+        *,
+        data: DataSource | None = None,
+        metric: str | None = None,
+        pos_label: str | None = None,
     ) -> SearchSpace:
         """The space with a GLUE `task` or the user's `data` (at most one; either replaces the
-        space's task or data) and `metric` (None: the space's) instead."""
+        space's task or data), `metric` and `pos_label` (None: the space's) instead."""
         out = self
         if task is not None and data is not None:
             raise ConfigError(f"give a task ({task!r}) or data ({data.location!r}), not both")
@@ -284,10 +295,12 @@ class SearchSpace:
             out = SearchSpace(**{**out.__dict__, "task": task, "data": None})
         if data is not None:
             out = SearchSpace(**{**out.__dict__, "task": data.task_name, "data": data})
-        if metric is not None and metric != self.metric:
-            from autoprumux.data._source import check_metric
+        if metric is not None or pos_label is not None:  # checked together
+            from autoprumux.data._source import check_metric, check_pos_label
 
-            out = SearchSpace(**{**out.__dict__, "metric": check_metric(metric)})
+            m = check_metric(metric) if metric is not None else out.metric
+            p = check_pos_label(pos_label if pos_label is not None else out.pos_label, m)
+            out = SearchSpace(**{**out.__dict__, "metric": m, "pos_label": p})
         return out
 
     @property
@@ -435,6 +448,7 @@ class SearchSpace:
             "name": self.name,
             **task,
             **({"metric": self.metric} if self.metric is not None else {}),
+            **({"pos_label": self.pos_label} if self.pos_label is not None else {}),
             "model": self.model,
             "recipe": dict(self.recipe_overrides),
             "params": {k: p.to_dict() for k, p in self.params.items()},

@@ -170,6 +170,7 @@ class Searcher:
             task=self.space.glue_task,
             data=self.space.data,
             metric=self.space.metric,
+            pos_label=self.space.pos_label,
             model=self.space.model,
             recipe=self.space.recipe,
             device=s.device,
@@ -389,6 +390,8 @@ class Searcher:
             # TPE's constraint: feasible when the loss is within the budget (<= 0)
             trial.set_constraint("accuracy_loss", ev.accuracy_loss - self.s.budget)
             trial.set_user_attr("metric_name", ev.metric_name)
+            if ev.pos_label is not None:  # the class f1 scored as positive
+                trial.set_user_attr("pos_label", ev.pos_label)
             tracking.log_run_data(self.client, run_id, metrics=metrics)
             tracking.log_json(self.client, run_id, ev.to_dict(), "evaluation.json")
             self.client.set_terminated(run_id, "FINISHED")
