@@ -10,7 +10,7 @@ same process on the same device, so speedup is a ratio from one run. Academus st
 (`_students`) are built from the same baseline and measured the same way.
 """
 
-from autoprumux.pipeline._mux import WARMUP_LOG
+from autoprumux.pipeline._mux import WARMUP_LOG, last_stage
 from autoprumux.pipeline._pipeline import DEV_PAIRINGS, PruMuxPipeline
 
-__all__ = ["DEV_PAIRINGS", "WARMUP_LOG", "PruMuxPipeline"]
+__all__ = ["DEV_PAIRINGS", "WARMUP_LOG", "PruMuxPipeline", "last_stage"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from autoprumux._cache import ArtifactCache, key_hash
-from autoprumux.config import Candidate, MuxShape
+from autoprumux.config import Candidate, MuxShape, Recipe
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
 from autoprumux.training import (
@@ -28,6 +28,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autoprumux")
 WARMUP_LOG = ("seconds", "retrieval_accuracy")  # what a warm-up's log line reports
+
+
+def pruned_before_mux(recipe: Recipe, sparsity: float, shape: MuxShape) -> bool:
+    """A pruned frozen-backbone late model: its N = 1 candidate is pruned and recovered first,
+    then multiplexed on top (`pruned_late_mux_model`), so it reports one step, not one per
+    pruning stage."""
+    return sparsity > 0 and shape.layers > 0 and recipe.late_mux_freeze_backbone
+
+
+def last_stage(recipe: Recipe, config: Candidate) -> int:
+    """The last step `PruMuxPipeline.candidate` reports to `on_stage` for a PruMUX `config`: 0
+    unpruned (the N-way model, N > 1), 1 for a pruned frozen-backbone late model, else the
+    recipe's last pruning stage. A search must never stop a trial there: the candidate is
+    finished and is measured."""
+    if config.sparsity == 0.0:
+        return 0
+    if pruned_before_mux(recipe, config.sparsity, config.mux_shape):
+        return 1
+    return recipe.prune_stages
 
 
 def warmup_key(pipe: PruMuxPipeline, n: int) -> dict:
