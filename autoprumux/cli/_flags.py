@@ -341,6 +341,7 @@ def add_recommend_flags(p: argparse.ArgumentParser) -> None:
         "--study-name",
         dest="study_name",
         default=None,
+        metavar="NAME",
         help="answer from this study only (its task, model and device)",
     )
     p.add_argument(
