@@ -310,8 +310,10 @@ class Searcher:
 
     def _evaluate_prumux(self, trial: Any, pipe: Any, cfg: Candidate, run_id: str) -> Any:
         """A PruMUX candidate, reporting its loss after each stage (a hopeless one is pruned)."""
+        from autoprumux.pipeline import last_stage
+
         base = pipe.baseline_metrics()["metric"]
-        last = 0 if cfg.sparsity == 0.0 else self.space.recipe.prune_stages
+        last = last_stage(self.space.recipe, cfg)  # a pruned late model reports one step
 
         def on_stage(stage: int, metric: float) -> None:
             self._report_loss(trial, stage, base - metric, run_id, last=stage >= last)
