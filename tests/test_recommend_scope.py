@@ -178,8 +178,8 @@ def _here(machine: Machine):
     return lambda device="cpu": machine
 
 
-def test_two_machines_figures_are_never_averaged(machines_store, monkeypatch):
-    _, rec = machines_store
+def test_two_machines_figures_are_never_averaged(machines_store, monkeypatch, capsys):
+    url, rec = machines_store
     on_b = rec.recommend(2.0, "sst2", machine=B.key)
     assert (on_b.sparsity, on_b.speedup, on_b.measured.repeats) == (0.5, 1.4, 1)
     assert on_b.machine_key == B.key and on_b.machine == B.describe()
@@ -197,6 +197,17 @@ def test_two_machines_figures_are_never_averaged(machines_store, monkeypatch):
     msg = str(e.value)
     assert f"{A.key}: {A.describe()}" in msg and f"{B.key}: {B.describe()}" in msg
     assert "none of them this one" in msg and "--machine KEY" in msg
+    # a prediction does not depend on the machine: no refusal
+    med, _, _ = rec.predict([Candidate(sparsity=0.4, mux=1)], "sst2")
+    assert med.shape == (1, 2)
+    # the command line: exit 2 with the machines listed, --machine picks one
+    assert main(["recommend", "--budget", "2", "--storage", url, "--task", "sst2"]) == 2
+    assert B.key in capsys.readouterr().err
+    assert (
+        main(["recommend", "--budget", "2", "--storage", url, "--machine", B.key, "--task", "sst2"])
+        == 0
+    )
+    assert "speedup 1.40x" in capsys.readouterr().out
     # a study from before machines were recorded answers from the unknown machine
     old = rec.recommend(50.0, "cola")
     assert old.machine_key == "unknown" and "unknown machine" in old.describe()

@@ -366,6 +366,7 @@ class Recommender:
         study: str | None = None,
         machine: str | None = None,
         here: bool = True,
+        one_machine: bool = True,
     ) -> StudyEntry:
         """The one study and machine the filters leave (`_scope.select_entry`); with `here`, the
         machine this process runs on is taken when the trials come from several."""
@@ -377,6 +378,7 @@ class Recommender:
             study=study,
             machine=machine,
             prefer=current_machine_key if here else None,
+            one_machine=one_machine,
         )
 
     def predict(
@@ -389,8 +391,10 @@ class Recommender:
         study: str | None = None,
     ) -> tuple[Any, Any, Any]:
         """The meta-model's (median, low, high) predictions, each (n, 2) = [accuracy loss,
-        speedup], for any configurations in the context of the matching study."""
-        return self._predict_in(self._entry(task, model, device, study), configs)
+        speedup], for any configurations in the context of the matching study (one (task,
+        model, device); the machine does not change a prediction)."""
+        e = self._entry(task, model, device, study, here=False, one_machine=False)
+        return self._predict_in(e, configs)
 
     def _predict_in(self, e: StudyEntry, configs: list[Candidate]) -> tuple[Any, Any, Any]:
         import numpy as np

@@ -183,10 +183,13 @@ def select_entry(
     study: str | None = None,
     machine: str | None = None,
     prefer: Callable[[str], str | None] | None = None,
+    one_machine: bool = True,
 ) -> StudyEntry:
     """The one entry a recommendation for these filters comes from (see the module docstring).
     `model` matches a substring of the model id (an exact id wins); `prefer(device)` gives the
-    key of the machine to take when the trials come from several."""
+    key of the machine to take when the trials come from several. `one_machine=False` skips the
+    machine rule, for what does not depend on the machine (the meta-model's predictions in a
+    study's context)."""
     match = [
         e
         for e in entries
@@ -217,7 +220,7 @@ def select_entry(
             "scope", options, f"{where} matching {_filters(task, model, device, study, machine)}"
         )
     machines = {e.machine_key: e.machine for e in match}
-    if len(machines) > 1:
+    if one_machine and len(machines) > 1:
         here = prefer(match[0].device) if prefer is not None else None
         if here in machines:
             match = [e for e in match if e.machine_key == here]
