@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from autoprumux.config import Candidate, ThroughputConfig, check_precision
 from autoprumux.deploy import (
     CALIBRATION_FILE,
@@ -34,7 +32,7 @@ from autoprumux.deploy import (
     load,
 )
 from autoprumux.errors import ConfigError
-from autoprumux.evaluation import Evaluation
+from autoprumux.evaluation import Evaluation, this_machine
 from autoprumux.export._card import render_card
 from autoprumux.models import AnyModel
 
@@ -197,26 +195,20 @@ def _publish(tmp: Path, target: Path, force: bool) -> None:
 
 
 def machine_info(device: str) -> dict[str, str]:
-    """Where a measurement ran: the CPU model, the GPU (CUDA), library versions."""
+    """Where a measurement ran (`evaluation.Machine`), with the library versions."""
     import transformers
 
+    m = this_machine(device)
     info = {
-        "cpu": _cpu_model(),
-        "cpu_threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
+        "cpu": f"{m.cpu} ({m.cpu_id}; {', '.join(m.isa) or 'no listed ISA extensions'})",
+        "cpu_threads": str(m.threads),
+        "torch": m.torch,
         "transformers": transformers.__version__,
+        "autoprumux": m.autoprumux,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "machine_key": m.key,
     }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    if m.gpu:
+        info["gpu"] = m.gpu
     return info
-
-
-def _cpu_model() -> str:
-    # platform.processor() is empty or just "x86_64" on Linux; /proc/cpuinfo names the model
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
