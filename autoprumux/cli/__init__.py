@@ -37,6 +37,7 @@ from autoprumux.cli._flags import (
     add_sampler,
     add_search_common,
     add_serving_group,
+    add_study_flags,
     add_task_data_flags,
     add_tracking_uri,
 )
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", dest="json_out", default=None, help="also write the result as JSON to this file"
     )
     add_common(ev)
+    add_study_flags(ev)
     wu = sub.add_parser(
         "warmup",
         help="run (or reuse) the cached token-retrieval warm-up for one or more N, task-independent",
@@ -149,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="one more worker on an existing study (shared storage, e.g. PostgreSQL)"
     )
     wk.add_argument("--trials", type=int, default=None, help="default: the study's own target")
-    add_sampler(wk)
-    add_search_common(wk)
+    add_sampler(wk, inherit=True)
+    add_search_common(wk, inherit=True)
 
     rc = sub.add_parser(
         "recommend", help="the fastest configuration measured within an accuracy budget"

@@ -8,19 +8,22 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autoprumux.cli._checks import (
+    _check_cache_dir,
     _check_mux_layers_fit,
     _check_output_file,
     _mux_shape_args,
     _student_args,
 )
-from autoprumux.cli._flags import _pipeline, _recipe
-from autoprumux.errors import AutoPruMuxError
+from autoprumux.cli._flags import _pipeline, _recipe, given_beside_study
+from autoprumux.errors import AutoPruMuxError, ConfigError
 
 if TYPE_CHECKING:
+    from autoprumux.config import Candidate
     from autoprumux.evaluation import Evaluation
+    from autoprumux.search import Searcher
 
 
 def format_table(ev: Evaluation) -> str:
@@ -48,6 +51,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from autoprumux.config import Candidate, MuxShape, check_precision, validate_candidate
     from autoprumux.evaluation import ThroughputConfig
 
+    if getattr(args, "study", None) is not None:
+        return _evaluate_in_study(args)
     # validate everything cheap before any work starts
     students = _student_args(args) if args.students is not None else None
     sparsity, n = (0.0, 1) if students else validate_candidate(args.sparsity, args.mux)
@@ -114,6 +119,105 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json_out:
         _atomic_write(Path(args.json_out), json.dumps(ev.to_dict(), indent=2))
     return 0
+
+
+def _study_candidate(args: argparse.Namespace) -> Candidate:
+    """The configuration the flags describe, checked as a plain `evaluate` checks them."""
+    from autoprumux.config import Candidate, validate_candidate
+
+    if args.students is not None:
+        k, depth, _ = _student_args(args)
+        return Candidate(
+            technique="students", students=k, student_depth=depth, precision=args.precision
+        )
+    sparsity, n = validate_candidate(args.sparsity, args.mux)
+    layers, combiner = _mux_shape_args(args, n)
+    return Candidate(
+        sparsity=sparsity,
+        mux=n,
+        mux_variant=args.mux_variant,
+        precision=args.precision,
+        mux_layers=layers,
+        mux_combiner=combiner,
+    )
+
+
+def _evaluate_in_study(args: argparse.Namespace) -> int:
+    """`evaluate --study NAME`: the configuration as a new trial of the study, measured with
+    everything the study fixes (see `search._measure`)."""
+    from autoprumux import tracking
+    from autoprumux.search import Searcher
+    from autoprumux.search._measure import measure, settings_from_study
+
+    study = tracking.check_study_name(args.study)
+    given = given_beside_study(args)
+    if given:
+        raise ConfigError(
+            f"{' '.join(given)} given beside --study {study}: the study fixes its task or data, "
+            "model, recipe, device and throughput timing, and its trials are measured with "
+            "them; drop these flags (or measure outside the study, without --study)"
+        )
+    config = _study_candidate(args)
+    if args.json_out:
+        _check_output_file("--json", args.json_out)
+    _check_cache_dir(args.cache_dir)
+    attrs = tracking.load_study_attrs(args.storage, study)
+    settings = settings_from_study(
+        attrs, study, args.storage, data_dir=args.data_dir, cache_dir=args.cache_dir
+    )
+    settings.space.check_member(config)  # before the baseline is loaded
+    searcher = Searcher(settings)  # refuses another machine, recipe, sampler, budget or margin
+    trial = measure(searcher, config)
+    print(_trial_report(searcher, trial))
+    if args.json_out:
+        record = {
+            "study": searcher.name,
+            "trial": trial.number,
+            "state": trial.state.name,
+            **{k: v for k, v in trial.user_attrs.items() if k != "requested"},
+        }
+        _atomic_write(Path(args.json_out), json.dumps(record, indent=2))
+    return 1 if trial.state.name == "FAIL" else 0
+
+
+def _trial_report(searcher: Searcher, trial: Any) -> str:
+    """What a measured trial of the study found, and where it is tracked."""
+    from autoprumux.config import Candidate
+
+    ua = trial.user_attrs
+    config = Candidate.from_dict(ua["config"]) if "config" in ua else None
+    head = (
+        f"study {searcher.name}: trial {trial.number}, "
+        f"{config.describe() if config else '-'}: {trial.state.name}"
+    )
+    budget = searcher.s.budget
+    lines = [head]
+    if trial.state.name == "COMPLETE":
+        loss = ua["accuracy_loss"]
+        within = "within" if loss <= budget else "outside"
+        lines += [
+            f"  {ua.get('metric_name', 'metric')} {ua['metric']:.2f} (baseline "
+            f"{ua['baseline_metric']:.2f}): loss {loss:.2f} points, {within} the study's "
+            f"budget of {budget:g}",
+            f"  speedup {ua['speedup']:.2f}x (ideal {ua['ideal_speedup']:.2f}x): "
+            f"{ua['throughput']:.1f} examples/s, {ua['latency_ms']:.2f} ms a batch",
+        ]
+    elif trial.state.name == "PRUNED":
+        lines.append(
+            f"  stopped early: accuracy loss {ua.get('accuracy_loss', float('nan')):.2f} points "
+            f"before its last step, more than {searcher.s.prune_margin:g} above the study's "
+            f"budget of {budget:g}"
+        )
+    elif trial.state.name == "FAIL":
+        lines.append(f"  failed: {trial.system_attrs.get('fail_reason', 'see its MLflow run')}")
+    else:
+        lines.append("  another worker of the study took it first: `autoprumux ui` shows it")
+    if "mlflow_run_id" in ua:
+        lines.append(
+            f"  MLflow run {ua['mlflow_run_id']} (experiment autoprumux/{searcher.name}, "
+            f"{searcher.tracking_uri})"
+        )
+    return "\n".join(lines)
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:

@@ -233,6 +233,39 @@ def add_common(p: argparse.ArgumentParser) -> None:
     add_throughput_group(p)
 
 
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    """evaluate --study NAME [--storage URL]: the configuration measured as a new trial of a
+    study, everything else read from the study (see `given_beside_study`)."""
+    g = p.add_argument_group("measuring in a study")
+    g.add_argument(
+        "--study",
+        default=None,
+        metavar="NAME",
+        help="measure the configuration as a new trial of this study (autoprumux search's): "
+        "its task or data, model, recipe, device, throughput settings, budget and sampler come "
+        "from the study, and the trial is tracked with the study's in MLflow; refused on "
+        "another machine than the study's",
+    )
+    add_storage(
+        g, "with --study: the study's Optuna storage URL (default: sqlite:///autoprumux.db)"
+    )
+
+
+def given_beside_study(args: argparse.Namespace) -> list[str]:
+    """The flags of `evaluate` that describe what a study already fixes (task, data, model,
+    recipe, device, throughput timing), given beside --study: the flags unset by default, and
+    those whose value is not their default (a default is taken as left out)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_common(probe)
+    defaults = vars(probe.parse_args([]))
+    keep = ("mux_variant", "data_dir", "cache_dir")  # a configuration flag; paths of this checkout
+    return [
+        "--" + k.replace("_", "-")
+        for k, d in defaults.items()
+        if k not in keep and getattr(args, k, d) != d
+    ] + (["--active"] if getattr(args, "active", None) is not None else [])
+
+
 def add_mux_shape_flags(p: Container, *, unset: bool = False) -> None:
     """--mux-layers and --mux-combiner: late multiplexing of an N > 1 configuration (`unset`:
     None unless given, for a command that refuses them beside a study)."""
@@ -273,23 +306,34 @@ def add_host(p: Container) -> None:
     )
 
 
-def add_sampler(p: argparse.ArgumentParser) -> None:
+# what a worker leaves out takes the study's value (None: not given; a given one must match)
+STUDY_DEFAULT = " (default: the study's)"
+
+
+def add_sampler(p: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+    """--sampler; `inherit`: unset unless given (a worker takes its study's)."""
     p.add_argument(
         "--sampler",
-        default="tpe",
+        default=None if inherit else "tpe",
         choices=SAMPLERS,
-        help="tpe (default); guided: spend the trials where they can still change the fastest "
-        "configuration within --budget (see docs/search.md); random, grid: baselines",
+        help=("tpe" if inherit else "tpe (default)")
+        + "; guided: spend the trials where they can still change the fastest "
+        "configuration within --budget (see docs/search.md); random, grid: baselines"
+        + (STUDY_DEFAULT if inherit else ""),
     )
 
 
-def add_search_common(p: argparse.ArgumentParser) -> None:
-    """The flags of search and worker: the study, its tracking, and how each trial trains."""
+def add_search_common(p: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+    """The flags of search and worker: the study, its tracking, and how each trial trains
+    (`inherit`: --budget and --prune-margin unset unless given, for a worker)."""
     add_storage(p)
     p.add_argument("--study-name", default=None, help="default: <space>-<task>-<model>")
     add_tracking_uri(p)
     p.add_argument(
-        "--budget", default="2.0", help="accuracy-loss budget in points for TPE's constraint"
+        "--budget",
+        default=None if inherit else "2.0",
+        help="accuracy-loss budget in points for TPE's constraint"
+        + (STUDY_DEFAULT if inherit else " (default: 2.0)"),
     )
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     add_data_flags(p)
@@ -297,9 +341,10 @@ def add_search_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prune-margin",
         type=float,
-        default=5.0,
+        default=None if inherit else 5.0,
         help="stop a trial whose accuracy loss after a pruning stage (never the last) exceeds "
-        "the budget by more than this many points (default: 5)",
+        "the budget by more than this many points"
+        + (STUDY_DEFAULT if inherit else " (default: 5)"),
     )
     p.add_argument(
         "--heartbeat",

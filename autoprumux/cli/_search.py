@@ -140,10 +140,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from autoprumux.config import check_budget
-    from autoprumux.search import SearchSpace
+    from autoprumux.search import SearchSettings, SearchSpace
     from autoprumux.tracking import load_study_attrs
 
-    check_budget(args.budget)
+    if args.budget is not None:
+        check_budget(args.budget)
     if not args.study_name:
         raise AutoPruMuxError("worker: --study-name is required (the study to join)")
     if args.trials is not None and args.trials < 1:
@@ -153,6 +154,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     attrs = load_study_attrs(args.storage, args.study_name)
     space = SearchSpace.from_dict(attrs["space"], source=f"study {args.study_name}")
     trials = args.trials if args.trials is not None else int(attrs.get("target_trials", 24))
+    # a flag left out takes the study's value; a given one that differs is refused by the
+    # Searcher, like a resumed search's (a study from before these were recorded is refused
+    # there for its machine)
+    for key in ("sampler", "budget", "prune_margin"):
+        if getattr(args, key) is None:
+            setattr(args, key, attrs.get(key, getattr(SearchSettings, key)))
     # joined workers seed their samplers apart, or they propose the same configurations
     settings = replace(_search_settings(args, space, trials), worker_offset=os.getpid())
     return _run_search(args, settings)

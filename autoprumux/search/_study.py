@@ -29,6 +29,7 @@ from autoprumux import tracking
 from autoprumux.config import Candidate, ThroughputConfig
 from autoprumux.errors import ConfigError
 from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
+from autoprumux.search._identity import check_identity, identity, run_settings
 from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
 from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import SearchSpace
@@ -119,6 +120,9 @@ class Searcher:
         # validate everything the trials need before any study or run is created, the tracking
         # store first (cheap, and an unreachable server would otherwise hang for minutes)
         self.tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
+        from autoprumux.evaluation import this_machine
+
+        self.machine = this_machine(settings.device)  # the study's, checked when resumed
         self.variants = space.values("mux_variant")
         self.muxes = sorted({int(v) for v in space.values("mux")})
         self._pipes: dict[str, TrialEvaluator] = {}
@@ -211,13 +215,15 @@ class Searcher:
     def _check_study_matches(self) -> None:
         want = self._study_attrs()
         have = self.study.user_attrs
+        bound = identity(self.s, self.machine)
         if not have:
-            for k, v in want.items():
+            for k, v in {**want, **bound}.items():
                 self.study.set_user_attr(k, v)
             self.study.set_user_attr("tracking_uri", self.tracking_uri)
             self.study.set_user_attr("target_trials", self.s.trials)
-            self.study.set_user_attr("budget", self.s.budget)
+            self.study.set_user_attr("settings", run_settings(self.s))
             return
+        check_identity(have, bound, self.name, tracking.redact_url(self.storage_url))
         for k, v in want.items():
             # new since the study began; derived; or descriptors that gained keys since
             grown = k == "descriptors" and k in have and have[k].items() <= v.items()
@@ -251,7 +257,9 @@ class Searcher:
                 "device": self.s.device,
                 "budget": self.s.budget,
                 "sampler": self.s.sampler,
+                "prune_margin": self.s.prune_margin,
                 "storage": tracking.redact_url(self.storage_url),
+                **self._machine_params(),
                 **{f"recipe.{k}": v for k, v in self.space.recipe.__dict__.items()},
             },
         )
@@ -265,6 +273,9 @@ class Searcher:
             self.client.delete_run(rid)
         self.study.set_user_attr("mlflow_parent_run_id", first)
         return first
+
+    def _machine_params(self) -> dict[str, str]:
+        return {"machine": self.machine.describe(), "machine_key": self.machine.key}
 
     def _on_stale(self, study: Any, trial: Any) -> None:
         """A RUNNING trial whose worker died: close its MLflow run as failed (it is retried)."""
@@ -331,6 +342,7 @@ class Searcher:
             raise optuna.TrialPruned("the study's target was reached by another worker's trial")
         cfg = self._suggest(trial)
         trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("machine", self.machine.to_dict())
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial.number}",
@@ -352,6 +364,7 @@ class Searcher:
                 "task": self.space.task,
                 "model": self.model_id,
                 "device": self.s.device,
+                **self._machine_params(),
             },
         )
         tracking.log_json(

@@ -15,6 +15,8 @@ log = logging.getLogger("autoprumux")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # set on a trial that a worker started after another had taken the study's last slot
 SURPLUS = "surplus"
+# set on a trial enqueued to measure one configuration (`_measure`): it runs even at the target
+REQUESTED = "requested"
 
 
 def counted(trials: Sequence[Any]) -> list[Any]:
@@ -25,12 +27,14 @@ def counted(trials: Sequence[Any]) -> list[Any]:
 def is_surplus(study: Any, trial: Any, target: int) -> bool:
     """Two workers can both see one free slot before either has created its trial. Trial
     numbers follow creation order, so the later one sees the other ahead of it and stands
-    down before it samples anything. A retry of a dead worker's trial always runs."""
+    down before it samples anything. A retry of a dead worker's trial, and a configuration
+    asked for (`REQUESTED`), always run."""
     from optuna.storages import RetryFailedTrialCallback
 
     trials = counted(study.get_trials(deepcopy=False))
     me = next(t for t in trials if t.number == trial.number)
-    if RetryFailedTrialCallback.retried_trial_number(me) is not None:
+    retry = RetryFailedTrialCallback.retried_trial_number(me) is not None
+    if retry or me.user_attrs.get(REQUESTED):
         return False
     ahead = [
         t for t in trials if t.number < trial.number and t.state.name in (*FINISHED, "RUNNING")
