@@ -159,6 +159,109 @@ def test_the_transfer_benchmark_compares_searches_with_and_without_a_prior(tmp_p
     assert "| evaluations | prior |" in r.stdout
 
 
+def _search_regret(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("search_regret", BENCH / "search_regret.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "search_regret", mod)  # its dataclasses look it up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+REGRET_MEASURED = ROOT / "benchmarks/results/frontier_long_recovery_sst2_cpu.json"
+
+
+def test_search_regret_measured_mode_replays_one_machines_points_with_their_spreads(
+    monkeypatch,
+):
+    """The measured mode's space is the measured values (int8 included) and nothing else; a
+    set of two machines' (or recipes') rows is refused; each trained model's replayed noise is
+    one draw of its measured spread per seed, shared by its fp32 and int8."""
+    sr = _search_regret(monkeypatch)
+    table = sr.MeasuredTable([REGRET_MEASURED])
+    space = table.space(ROOT / "search_spaces/prumux.yaml")
+    grid = space.grid()
+    assert len(grid) == 12 and all(table.measured_at(c) for c in grid)
+    assert {c.precision for c in grid} == {"fp32", "int8"}
+    assert len(table.machines) == 1 and "AMD EPYC" in table.machines[0]
+    s82 = sr.Candidate(sparsity=0.82, precision="int8")
+    assert table.truth(s82) == pytest.approx((2.2936, 10.6465), abs=1e-3)
+    for other in ("frontier_sst2_cpu.json", "frontier_long_recovery_ld_sst2_cpu.json"):
+        with pytest.raises(SystemExit, match="mix"):
+            sr.MeasuredTable([REGRET_MEASURED, REGRET_MEASURED.with_name(other)])
+
+    spreads = sr.Spreads(ROOT / "benchmarks/results", table.task, table.recipe, 1.35)
+    own = spreads.of(sr.model_key(0.9, 1))  # 5.39 here, 7.68 on the H200: sd = 2.29 / sqrt 2
+    assert own.sd == pytest.approx(abs(7.6835 - 5.3899) / 2**0.5, abs=1e-3)
+    assert own.source.startswith("own") and "recovery_r2000_sst2_cuda.json" in own.source
+    assert spreads.of(sr.model_key(0.82, 1)).source.startswith("pooled")
+    assert spreads.of(sr.model_key(0.0, 1)).sd == 0.0
+    assert any("late_mux_ablation" in w for _, w in spreads.pairings.values())
+
+    def replay(seed, cfg, with_spreads=True):
+        ev = sr.ReplayEvaluator(table, 872, 8000, 2, spreads if with_spreads else None, seed)
+        return ev.evaluate(cfg).accuracy_loss
+
+    s82_fp32 = sr.Candidate(sparsity=0.82)
+    assert replay(0, s82, with_spreads=False) == pytest.approx(table.truth(s82)[0])
+    draws = [replay(seed, s82) - table.truth(s82)[0] for seed in range(4)]
+    assert len(set(draws)) == 4  # a new draw per seed ...
+    assert replay(1, s82) - table.truth(s82)[0] == draws[1]  # ... the same within one
+    assert replay(1, s82_fp32) - table.truth(s82_fp32)[0] == pytest.approx(draws[1])
+    assert (
+        replay(3, sr.Candidate(precision="int8")) == table.truth(sr.Candidate(precision="int8"))[0]
+    )
+
+
+def test_search_regret_runs_both_modes_side_by_side(tmp_path):
+    """benchmarks/search_regret.py end to end on a tiny run: the interpolated mode (fp32, 60
+    configurations, no noise) and the measured mode (12 measured ones with int8, noisy), real
+    studies, regrets as defined against each mode's best within the budget."""
+    out = tmp_path / "regret.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "search_regret.py"),
+            *("--grid", "benchmarks/results/reference_grid_sst2_cpu.json"),
+            *("--measured", str(REGRET_MEASURED)),
+            *("--budgets", "3", "--trials", "3", "--samplers", "guided", "--seeds", "2"),
+            *("--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    interp, measured = d["modes"]
+    assert (interp["mode"], interp["configurations"], interp["measured_configurations"]) == (
+        "interpolated",
+        60,
+        24,
+    )
+    assert interp["precisions"] == ["fp32"] and interp["noise"] is None
+    assert (measured["mode"], measured["configurations"], measured["measured_configurations"]) == (
+        "measured",
+        12,
+        12,
+    )
+    assert measured["precisions"] == ["fp32", "int8"]
+    assert {x["source"].split(":")[0] for x in measured["noise"]} >= {"own", "none"}
+    best = {"interpolated": 2.0275, "measured": 10.6465}  # s=0.5 N=1 fp32; s=0.82 int8
+    for m in d["modes"]:
+        (res,) = m["results"]
+        assert res["best_speedup"] == pytest.approx(best[m["mode"]], abs=1e-3)
+        # guided replays one seed without noise, every seed with it
+        assert len(res["runs"]) == (2 if m["noise"] else 1)
+        for x in res["runs"]:
+            assert x["regret"] == pytest.approx(1.0 - x["speedup"] / res["best_speedup"])
+            assert x["violation"] == (x["loss"] > 3.0)
+            assert x["evaluations"] == 3
+    assert "| budget | interpolated: best | interpolated: guided | measured: best |" in r.stdout
+
+
 def test_the_l2l_throughput_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
     """The GPU benchmark's CPU dry run: both trainers' largest batch (no cap on the CPU: the
     search stops at --max-batch), equal-batch and largest-batch throughput, and the JSON."""
