@@ -13,7 +13,7 @@ from autoprumux._lazy import lazy_exports
 from autoprumux.config import Candidate, Recipe, check_budget
 from autoprumux.errors import AutoPruMuxError, ConfigError, DataNotFoundError, ModelNotFoundError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __getattr__ = lazy_exports(
     __name__,

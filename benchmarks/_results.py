@@ -8,44 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
-# the int8 dot-product instructions whose presence changes int8 speedups most
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_model() -> str:
-    """The CPU's model name, family and model numbers and int8 instructions (Linux), else the
-    architecture: int8 speedups depend on them, and a model name such as "AMD EPYC" alone
-    does not tell two generations apart."""
-    try:
-        info: dict[str, str] = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        info = {}
-    if "model name" not in info:
-        return platform.processor() or platform.machine()
-    flags = set(info.get("flags", "").split())
-    int8 = [f for f in INT8_FLAGS if f in flags] or ["no VNNI"]
-    return (
-        f"{info['model name']} (family {info.get('cpu family', '?')}, model "
-        f"{info.get('model', '?')}; {', '.join(int8)})"
-    )
-
 
 def machine(device: str = "cpu") -> str:
-    """ "<CPU model>, <threads> threads, torch <version>[, <GPU name>]" for the results file."""
-    text = f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if device.startswith("cuda"):
-        text += f", {torch.cuda.get_device_name(torch.device(device))}"
-    return text
+    """Where the results were measured: the CPU model, its id and int8 instructions, threads,
+    GPU (CUDA), torch and autoprumux versions (`autoprumux.evaluation.Machine.describe`)."""
+    from autoprumux.evaluation import this_machine
+
+    return this_machine(device).describe()
 
 
 def write_json(path: str | os.PathLike[str], doc: Any) -> Path:

@@ -31,9 +31,21 @@ from autoprumux.models import MuxConfig, MuxSequenceClassifier, resolve_model
 
 
 def torch_ao(model: torch.nn.Module) -> Callable[..., torch.Tensor]:
-    from autoprumux.models import to_precision
+    """PyTorch's dynamic int8 (one input scale per batch), per-channel weights."""
+    from autoprumux.models._precision import _quantizable
 
-    q = to_precision(model, "int8")
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    q = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(model), dict.fromkeys(_quantizable(model), qconfig), dtype=torch.qint8
+    )
+    return lambda *a: q(*a)
+
+
+def autoprumux_static(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]):
+    """The project's int8: static input scales (calibrated here on the timed batch itself)."""
+    from autoprumux.models import calibrate_int8, to_precision
+
+    q = to_precision(model, "int8", calibration=calibrate_int8(model, [batch]))
     return lambda *a: q(*a)
 
 
@@ -101,6 +113,7 @@ def main() -> None:
     runners: dict[str, Callable[..., torch.Tensor]] = {"fp32": lambda *a: model(*a)}
     failed: dict[str, str] = {}
     builders = {
+        "autoprumux static int8 (oneDNN)": lambda: autoprumux_static(model, batch),
         "torch.ao dynamic int8": lambda: torch_ao(model),
         "torchao int8 dynamic": lambda: torchao(model),
         "onnxruntime int8 dynamic": lambda: onnxruntime(model, batch, torch.get_num_threads()),
@@ -130,9 +143,9 @@ def main() -> None:
         for k in runners
     }
     for k, r in rows.items():
-        print(f"{k:<28} {r['speedup']:5.2f}x  max |logit diff| {r['max_logit_diff']:.4f}")
+        print(f"{k:<32} {r['speedup']:5.2f}x  max |logit diff| {r['max_logit_diff']:.4f}")
     for k, why in failed.items():
-        print(f"{k:<28} not measured: {why}")
+        print(f"{k:<32} not measured: {why}")
     write_json(
         args.out,
         {

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from autoprumux.evaluation import this_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 SCRIPTS = sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_"))
@@ -28,7 +30,7 @@ def _results_module():
 def test_machine_names_threads_and_torch():
     results = _results_module()
     text = results.machine("cpu")
-    assert text.startswith(results.cpu_model()) and results.cpu_model()
+    assert text == this_machine("cpu").describe() and this_machine("cpu").cpu in text
     assert f"{torch.get_num_threads()} threads" in text
     assert f"torch {torch.__version__}" in text
 
