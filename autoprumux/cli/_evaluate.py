@@ -48,15 +48,13 @@ def format_table(ev: Evaluation) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from autoprumux.config import Candidate, MuxShape, check_precision, validate_candidate
+    from autoprumux.config import check_precision
     from autoprumux.evaluation import ThroughputConfig
 
     if getattr(args, "study", None) is not None:
         return _evaluate_in_study(args)
     # validate everything cheap before any work starts
-    students = _student_args(args) if args.students is not None else None
-    sparsity, n = (0.0, 1) if students else validate_candidate(args.sparsity, args.mux)
-    mux_layers, mux_combiner = _mux_shape_args(args, n)
+    config = _candidate(args)
     check_precision(args.precision, args.device)  # an unknown name is not offered either
     recipe = _recipe(args)
     tp = ThroughputConfig(
@@ -67,22 +65,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if args.json_out:
         _check_output_file("--json", args.json_out)
-    _check_mux_layers_fit(mux_layers, args.model)
+    _check_mux_layers_fit(config.mux_layers, args.model)
     pipe = _pipeline(args, recipe)
-    if students:
-        k, depth, active = students
+    if config.technique == "students":
+        active = _student_args(args)[2]
         ev = pipe.evaluate_students(
-            k, depth, active=active, throughput=tp, precision=args.precision
+            config.students,
+            config.student_depth,
+            active=active,
+            throughput=tp,
+            precision=config.precision,
         )
     else:
-        config = Candidate(
-            sparsity=sparsity,
-            mux=n,
-            mux_variant=pipe.mux_variant,
-            precision=args.precision,
-            mux_layers=mux_layers,
-            mux_combiner=mux_combiner,
-        )
         ev = pipe.evaluate(config, throughput=tp)
     print(format_table(ev))
     r = pipe.recipe
@@ -98,20 +92,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
             + f", {r.student_pooling} pooling"
             + (f", + {r.student_unlabeled} corpus sentences" if r.student_unlabeled else "")
-            if students
+            if config.technique == "students"
             else ""
         )
         + (
-            f"; late mux (k={mux_layers}, {mux_combiner}) fine-tune {r.mux_finetune_steps} "
-            "steps from the baseline"
-            if MuxShape(n, mux_layers, mux_combiner).late
+            f"; late mux (k={config.mux_layers}, {config.mux_combiner}) fine-tune "
+            f"{r.mux_finetune_steps} steps from the baseline"
+            if config.mux_shape.late
             else f"; mux warm-up {r.mux_warmup_steps} + fine-tune {r.mux_finetune_steps} steps"
-            if n > 1
+            if config.mux > 1
             else ""
         )
         + (
             f"; pruning in {r.prune_stages} stages + {r.recovery_steps} recovery steps"
-            if sparsity > 0
+            if config.sparsity > 0
             else ""
         )
         + f"; cache {pipe.cache.root})"
@@ -121,12 +115,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _study_candidate(args: argparse.Namespace) -> Candidate:
-    """The configuration the flags describe, checked as a plain `evaluate` checks them."""
+def _candidate(args: argparse.Namespace) -> Candidate:
+    """The configuration the flags describe (checked where it enters: before any work)."""
     from autoprumux.config import Candidate, validate_candidate
 
     if args.students is not None:
         k, depth, _ = _student_args(args)
+        _mux_shape_args(args, 1)  # students are N=1: per-instance layers are refused
         return Candidate(
             technique="students", students=k, student_depth=depth, precision=args.precision
         )
@@ -157,7 +152,7 @@ def _evaluate_in_study(args: argparse.Namespace) -> int:
             "model, recipe, device and throughput timing, and its trials are measured with "
             "them; drop these flags (or measure outside the study, without --study)"
         )
-    config = _study_candidate(args)
+    config = _candidate(args)
     if args.json_out:
         _check_output_file("--json", args.json_out)
     _check_cache_dir(args.cache_dir)
