@@ -34,7 +34,7 @@ from autoprumux.deploy import (
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import Evaluation, this_machine
 from autoprumux.export._card import render_card
-from autoprumux.models import AnyModel
+from autoprumux.models import AnyModel, to_precision
 
 if TYPE_CHECKING:
     from autoprumux.pipeline import PruMuxPipeline
@@ -122,12 +122,13 @@ def export_model(
     try:
         model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)
         # the ranges `evaluate` calibrated int8 with (the same seeded texts, the same model)
-        calibration = pipe.int8_calibration(model).to_dict()
-        (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1))
+        calibration = pipe.int8_calibration(model)
+        (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=1))
         pipe.tokenizer.save_pretrained(str(tmp))
         manifest.write(tmp)
         (tmp / CARD_FILE).write_text(render_card(manifest, model))
-        _self_check(tmp, model, pipe, config.precision)
+        converted = to_precision(model, config.precision, calibration=calibration)
+        _self_check(tmp, converted, pipe, config.precision)
         _publish(tmp, target, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,9 +156,10 @@ def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
 
 
 def _self_check(directory: Path, model: AnyModel, pipe: PruMuxPipeline, precision: str) -> None:
-    """The directory, loaded as a user would, must predict what the pipeline predicts for the
-    first dev examples (grouped alike): a wrong tokenizer, label count or architecture is
-    caught here, before the directory is published."""
+    """The directory, loaded as a user would, must predict what `model` (the exported model,
+    converted to `precision` with the exported calibration) predicts for the first dev examples
+    (grouped alike): a wrong tokenizer, label count, architecture or calibration file is caught
+    here, before the directory is published."""
     from autoprumux.training import predict
 
     pred = load(directory, device=str(pipe.device))
@@ -166,7 +168,7 @@ def _self_check(directory: Path, model: AnyModel, pipe: PruMuxPipeline, precisio
     texts = [(e.text_a, e.text_b) if pipe.task.pair else e.text_a for e in examples]
     got = pred.logits(texts)  # type: ignore[arg-type]
     want = predict(
-        pipe.converted(model, precision),
+        model,
         pipe.dev_items[:k],
         batch_size=pred.batch_size,
         device=pipe.device,

@@ -16,6 +16,7 @@ docs/precision.md.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import warnings
@@ -163,6 +164,7 @@ def calibrate_int8(
     return Int8Calibration({n: (lo, hi) for n, (lo, hi) in seen.items()}, rows, unused)
 
 
+@functools.cache
 def activation_qmax() -> int:
     """The largest uint8 code of a layer's input: 255 where the CPU multiplies int8 with
     VNNI/AMX; 127 (7 bits) elsewhere, where AVX2's u8 x s8 pair sums saturate int16 at 8 bits."""
