@@ -5,11 +5,14 @@ MLflow loads anything. The HTTP front (`RequestGuard`) sits before MLflow's scor
 parses and echoes JSON without limits: it answers 415 to anything but `Content-Type:
 application/json`, 413 to a body over `MAX_BODY_BYTES`, 400 to invalid JSON, JSON nested deeper
 than `MAX_JSON_DEPTH`, more than `MAX_ROWS` rows, or a boolean where a value belongs (JSON `true`
-is not a budget).
+is not a budget), and 408 to a body not sent within `BODY_TIMEOUT_S`. `InFlightLimit` answers 503
+to more than `MAX_IN_FLIGHT` requests at once; connections are capped and timed out apart from
+requests (`_connections`), so idle sockets cannot lock clients out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -32,6 +35,11 @@ from autoprumux.meta._pyfunc import (
     mlflow_uris,
     verify_model_dir,
 )
+
+# a body of at most MAX_BODY_BYTES takes well under a second on any link that can serve
+BODY_TIMEOUT_S = 30.0
+# requests read or answered at once; each holds at most one body of MAX_BODY_BYTES
+MAX_IN_FLIGHT = 64
 
 # ---- the HTTP front: a guard before MLflow's scoring app --------------------------------
 
@@ -66,11 +74,13 @@ class RequestGuard:
         max_body_bytes: int = MAX_BODY_BYTES,
         max_depth: int = MAX_JSON_DEPTH,
         max_rows: int = MAX_ROWS,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_depth = max_depth
         self.max_rows = max_rows
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path", "").rstrip("/") != "/invocations":
@@ -114,17 +124,25 @@ class RequestGuard:
                 raise _Refusal(413, self._too_large(int(raw_len)))
         chunks: list[bytes] = []
         size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return None
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _Refusal(413, self._too_large(size, at_least=True))
-            chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        return None
+                    chunk = msg.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise _Refusal(413, self._too_large(size, at_least=True))
+                    chunks.append(chunk)
+                    if not msg.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _Refusal(
+                408,
+                f"the body did not arrive within {self.body_timeout_s:g} s ({size:,} bytes "
+                "came); send the whole request at once",
+            ) from None
         body = b"".join(chunks)
         self._check_json(body)
         return body
@@ -177,6 +195,34 @@ class RequestGuard:
             )
 
 
+class InFlightLimit:
+    """ASGI middleware that answers 503 (with `Retry-After`) to an HTTP request while
+    `max_in_flight` others are being read or answered. It counts requests, not connections:
+    an idle connection holds no slot (uvicorn's `limit_concurrency` counts both)."""
+
+    def __init__(self, app: ASGIApp, *, max_in_flight: int = MAX_IN_FLIGHT):
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            await _answer(
+                send,
+                503,
+                f"the server is answering {self.in_flight} requests, its limit; retry in a second",
+            )
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def _rows(data: dict[str, Any]) -> int:
     """The number of rows an MLflow payload holds (0 when its shape is not one of MLflow's)."""
     n = 0
@@ -212,9 +258,11 @@ def _first_bool(v: Any, path: str) -> str | None:
 
 async def _answer(send: Send, status: int, message: str) -> None:
     # MLflow's error codes, as its scoring server answers
-    code = {400: "INVALID_PARAMETER_VALUE", 413: "REQUEST_LIMIT_EXCEEDED"}.get(
-        status, "BAD_REQUEST"
-    )
+    code = {
+        400: "INVALID_PARAMETER_VALUE",
+        413: "REQUEST_LIMIT_EXCEEDED",
+        503: "TEMPORARILY_UNAVAILABLE",
+    }.get(status, "BAD_REQUEST")
     body = json.dumps({"error_code": code, "message": cap_message(message)}).encode()
     await send(
         {
@@ -226,6 +274,7 @@ async def _answer(send: Send, status: int, message: str) -> None:
                 # the unread rest of a refused body makes the connection unusable
                 (b"connection", b"close"),
                 *([(b"allow", b"POST")] if status == 405 else []),
+                *([(b"retry-after", b"1")] if status == 503 else []),
             ],
         }
     )
@@ -297,8 +346,9 @@ def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
     import signal
     import threading
 
-    import uvicorn
     from mlflow.pyfunc import load_model, scoring_server
+
+    from autoprumux.meta._connections import limited_server
 
     # nothing in a served model may be unpickled, whatever the environment says
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
@@ -317,16 +367,8 @@ def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
             except Exception as e:  # noqa: BLE001 - a bad JSON or tree file: name it
                 first = (str(e).splitlines() or [type(e).__name__])[0]
                 raise ConfigError(f"cannot load {echo(model_uri)}: {cap_message(first)}") from None
-            app = RequestGuard(scoring_server.init(model))
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    app,
-                    log_level="warning",
-                    timeout_keep_alive=5,
-                    limit_concurrency=64,  # more open requests get 503
-                    timeout_graceful_shutdown=5,
-                )
-            )
+            app = InFlightLimit(RequestGuard(scoring_server.init(model)))
+            server = limited_server(app, log_level="warning", timeout_graceful_shutdown=5)
             bound = sock.getsockname()[1]
             print(
                 f"serving {model_uri} on http://{host}:{bound}/invocations "
