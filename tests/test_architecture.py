@@ -20,6 +20,7 @@ RANK = {
     "_progress": 0,
     "config": 0,
     "_cache": 0,
+    "_paths": 0,
     "data": 1,
     "models": 2,
     "training": 3,

@@ -8,19 +8,21 @@ import os
 import sys
 from pathlib import Path
 
+from autoprumux._paths import create_problem, dir_problem, resolved
 from autoprumux.errors import AutoPruMuxError
 
 
 def _check_output_file(flag: str, value: str) -> None:
-    """An output file named on the command line must be writable before the work starts."""
+    """An output file named on the command line must be writable before the work starts: its
+    directory exists and takes a new file (it is written beside, then renamed)."""
     p = Path(value).expanduser()
     if p.is_dir():
         raise AutoPruMuxError(f"{flag} {value!r} is a directory; name a file in it")
-    if not p.resolve().parent.is_dir():
-        raise AutoPruMuxError(
-            f"{flag} {value!r}: its directory does not exist; create it or choose another path"
-        )
-    if not os.access(p if p.exists() else p.resolve().parent, os.W_OK):
+    parent = resolved(p).parent
+    problem = dir_problem(parent) or create_problem(parent)
+    if problem:
+        raise AutoPruMuxError(f"{flag} {value!r}: {problem}")
+    if p.exists() and not os.access(p, os.W_OK):
         raise AutoPruMuxError(f"{flag} {value!r} is not writable; choose another path")
 
 

@@ -4,12 +4,14 @@ cached token-retrieval warm-up)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoprumux._paths import new_file_mode
 from autoprumux.cli._checks import (
     _check_cache_dir,
     _check_mux_layers_fit,
@@ -240,8 +242,25 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """`text` in `path`, written whole or not at all (a temporary file beside it, renamed)."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """`text` in `path` as UTF-8, written whole or not at all (a temporary file beside it,
+    renamed), with the mode a plain `open` would give it; ConfigError when it cannot be."""
+    mode = new_file_mode(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write {str(path)!r} ({e.strerror}); choose another path"
+        ) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise ConfigError(
+                f"cannot write {str(path)!r} ({e.strerror}); choose another path"
+            ) from None
+        raise

@@ -5,13 +5,16 @@ class probabilities, written whole or not at all."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from autoprumux._paths import resolved
 from autoprumux.cli._checks import _check_output_file
 from autoprumux.cli._evaluate import _atomic_write
 from autoprumux.errors import ConfigError
@@ -128,6 +131,21 @@ def write_table(path: str, columns: list[str], rows: list[dict[str, Any]]) -> No
     _atomic_write(Path(path), buf.getvalue())
 
 
+def _check_not_the_input(input_: str, output: str) -> None:
+    """--output must not name the input file, by its path, a symbolic link or a hard link:
+    the input is read whole, then the output renamed over it."""
+    i, o = Path(input_).expanduser(), Path(output).expanduser()
+    same = resolved(i) == resolved(o)
+    if not same and i.exists() and o.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(i, o)
+    if same:
+        raise ConfigError(
+            f"--output {output!r} is the --input file {input_!r}; name a new file (predict "
+            "never writes over its input)"
+        )
+
+
 def _texts(
     rows: list[dict[str, Any]], cols: list[str], flags: list[str]
 ) -> list[str] | list[tuple[str, ...]]:
@@ -150,6 +168,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.model_dir)
     _format("--output", args.output)
     _check_output_file("--output", args.output)
+    _check_not_the_input(args.input, args.output)
     columns, rows = read_table(args.input)
     cols, flags = [args.text_column], ["--text-column"]
     if manifest.pair:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoprumux._paths import dir_problem, resolved
 from autoprumux.config import Candidate, ThroughputConfig, check_precision
 from autoprumux.deploy import (
     CALIBRATION_FILE,
@@ -57,13 +58,12 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
     (a directory holding the export manifest), in an existing writable directory. Checked
     before any work and again before the rename."""
     p = Path(out).expanduser()
-    parent = p.resolve().parent
+    parent = resolved(p).parent
     if p.exists() and not p.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; name a directory to create")
-    if not parent.is_dir():
-        raise ConfigError(
-            f"--out {str(out)!r}: its parent directory {str(parent)!r} does not exist; create it"
-        )
+    problem = dir_problem(parent)
+    if problem:
+        raise ConfigError(f"--out {str(out)!r}: {problem}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {str(out)!r}: {str(parent)!r} is not writable")
     if p.is_dir() and any(p.iterdir()):
