@@ -336,23 +336,77 @@ def propose(
 
 def load_prior(storage_url: str, names: Sequence[str], exclude: str) -> list[PriorTrial]:
     """The finished trials of the studies `names` in the storage (("all",): every study there
-    but `exclude`, the study being searched); a name with no finished trials is an error."""
+    but `exclude`, the study being searched). A ConfigError says what is true when one is
+    missing, is `exclude`, or has no finished trials; a missing SQLite file is not created."""
     from autoprumux import tracking
     from autoprumux.errors import ConfigError
     from autoprumux.meta import load_trials
 
     if not names:
         return []
-    wanted = None if tuple(names) == ("all",) else list(names)
-    rows = [r for r in load_trials(storage_url, wanted) if r["study"] != exclude]
-    missing = sorted(set(wanted or ()) - {r["study"] for r in rows})
-    if missing or not rows:
+    where = tracking.redact_url(storage_url)
+    every = tuple(names) == ("all",)
+    if exclude in names:
         raise ConfigError(
-            f"--prior: {', '.join(missing) or 'no other study'} has no finished trials in "
-            f"{tracking.redact_url(storage_url)}; name studies listed by "
-            "`optuna studies --storage ...`, or run without --prior"
+            f"--prior {exclude}: that is the study this search runs; a prior is other studies' "
+            "finished trials: name those, or 'all' for every other study"
+        )
+    known = _study_names(storage_url)
+    unknown = [] if every else [n for n in names if n not in known]
+    if unknown:
+        held = f"its studies: {_listed(known)}" if known else "it holds no study yet"
+        raise ConfigError(
+            f"--prior: no study {_listed(unknown)} in {where} ({held}); name studies there, "
+            "or run without --prior"
+        )
+    rows = [
+        r for r in load_trials(storage_url, None if every else list(names)) if r["study"] != exclude
+    ]
+    found = {r["study"] for r in rows}
+    if every and not rows:
+        others = [n for n in known if n != exclude]
+        what = (
+            f"the other studies there ({_listed(others)}) have no finished trials yet"
+            if others
+            else f"it holds no study but {exclude}"
+            if known
+            else "it holds no study yet"
+        )
+        raise ConfigError(
+            f"--prior all: no other study in {where} has finished trials ({what}); run a search "
+            "first, or run without --prior"
+        )
+    empty = [n for n in names if n not in found and not every]
+    if empty:
+        verb = "has" if len(empty) == 1 else "have"
+        raise ConfigError(
+            f"--prior: {_listed(empty)} {verb} no finished trials in {where} yet (none "
+            "completed with a measurement); wait for one, or name other studies"
         )
     return [PriorTrial(r["config"], r["context"], r["accuracy_loss"], r["speedup"]) for r in rows]
+
+
+def _study_names(storage_url: str) -> list[str]:
+    """The studies in the storage; none for a SQLite file that does not exist (not created)."""
+    import optuna
+
+    from autoprumux import tracking
+    from autoprumux.errors import ConfigError
+
+    if tracking.missing_sqlite_file(storage_url):
+        return []
+    try:
+        return sorted(optuna.get_all_study_names(storage=storage_url))
+    except Exception as e:  # noqa: BLE001 - any driver/URL error: name the storage
+        raise ConfigError(
+            f"cannot read the Optuna storage {tracking.redact_url(storage_url)}: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+
+
+def _listed(names: Sequence[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def study_evidence(

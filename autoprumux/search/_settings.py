@@ -66,6 +66,11 @@ class SearchSettings:
                 f"--prior {' '.join(self.prior)} needs --sampler guided (the sampler that "
                 f"starts from earlier studies' trials), not {self.sampler!r}"
             )
+        if "all" in self.prior and len(self.prior) > 1:
+            raise ConfigError(
+                f"--prior {' '.join(self.prior)}: 'all' already takes every other study; give "
+                "it alone, or name the studies"
+            )
         for name in self.prior:
             if name != "all":
                 tracking.check_study_name(name)

@@ -136,12 +136,13 @@ class Searcher:
             settings.study_name or study_name_for(space, self.model_id)
         )
         self.storage_url = settings.storage or tracking.default_storage()
+        # read before any store is made: a bad --prior leaves no study and no MLflow store
+        prior = load_prior(self.storage_url, settings.prior, exclude=self.name)
         self.storage = tracking.make_storage(self.storage_url, settings.heartbeat, self._on_stale)
         self.client = tracking.client(self.tracking_uri)
         # a sampler seeded the same way on every rerun or worker proposes the same first
         # configurations again: mix in how far the study is (and, for a worker, which one)
         existing = tracking.trial_count(self.storage, self.name)
-        prior = load_prior(self.storage_url, settings.prior, exclude=self.name)
         self.study = optuna.create_study(
             study_name=self.name,
             storage=self.storage,
@@ -420,13 +421,11 @@ class Searcher:
             self.client.set_terminated(run_id, "KILLED")
             raise
         except Exception as e:
+            reason = f"{type(e).__name__}: {e}"[:500]
+            # Optuna only logs why a trial failed: the study and its MLflow run both keep it
+            trial.set_user_attr("error", reason)
             tracking.log_run_data(
-                self.client,
-                run_id,
-                tags={
-                    "autoprumux.state": "FAIL",
-                    "autoprumux.error": f"{type(e).__name__}: {e}"[:500],
-                },
+                self.client, run_id, tags={"autoprumux.state": "FAIL", "autoprumux.error": reason}
             )
             tracking.log_text(self.client, run_id, traceback.format_exc(), "error.txt")
             self.client.set_terminated(run_id, "FAILED")
