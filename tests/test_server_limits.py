@@ -195,3 +195,72 @@ def test_a_body_that_does_not_arrive_in_time_gets_408():
         got = s.recv(65536)
         assert got.startswith(b"HTTP/1.1 408"), got[:200]
         assert b"did not arrive within 0.5 s (22 bytes came)" in got
+
+
+# ---- the same limits on the students' threaded server ------------------------------------
+
+
+@contextlib.contextmanager
+def _students(**limits) -> Iterator[int]:
+    from test_serving import SEQ, tiny_ensemble
+
+    from autoprumux.models import resolve_model
+    from autoprumux.student_server import FixedPolicy, ServingConfig, StudentServer
+
+    cfg = ServingConfig(port=0, max_seq_len=SEQ, **limits)
+    tokenizer = resolve_model(None).tokenizer()
+    with StudentServer(tiny_ensemble(k=2), tokenizer, FixedPolicy(2), config=cfg) as srv:
+        yield srv.port
+
+
+def _predict(port: int) -> int:
+    return _request(port, "POST", "/predict", b'{"text": "fine"}', JSON)[0]
+
+
+def test_the_students_cut_a_connection_without_a_whole_request_head_at_the_deadline():
+    with _students(header_timeout_s=0.5) as port:
+        silent, trickle, kept = _idle_sockets(port, 3)
+        body = b'{"text": "fine"}'
+        kept.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        trickle.sendall(b"GET /health HTTP/1.1\r\n")
+        kept.sendall(b"GET /health HTTP/1.1\r\n")
+        for i in range(8):
+            time.sleep(0.1)
+            for s in (trickle, kept):
+                with contextlib.suppress(OSError):
+                    s.sendall(b"X-%d: y\r\n" % i)
+        for name, s in (("silent", silent), ("trickling", trickle), ("kept-alive", kept)):
+            assert _closed_by_server(s, within=3.0), f"the {name} connection stayed open"
+            s.close()
+        assert time.monotonic() - t0 < 4.0
+        assert _predict(port) == 200
+
+
+def test_the_students_cut_a_request_whose_body_does_not_arrive_in_time():
+    with _students(body_timeout_s=0.5, request_timeout_s=0.5) as port:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"text": '
+            )
+            t0 = time.monotonic()
+            assert _closed_by_server(s, within=5.0)
+            assert time.monotonic() - t0 < 4.0
+        assert _predict(port) == 200
+
+
+def test_at_the_students_connection_cap_the_connection_idle_longest_makes_room():
+    with _students(max_connections=4, header_timeout_s=60) as port:
+        idle = _idle_sockets(port, 10, pause=0.05)
+        try:
+            assert _predict(port) == 200
+            closed = [_closed_by_server(s, within=1.0) for s in idle]
+            assert closed == [True] * 7 + [False] * 3, closed
+        finally:
+            for s in idle:
+                s.close()

@@ -16,7 +16,10 @@ class ServingConfig:
     the batch to fill; max_seq_len: tokens per text after truncation (the training recipe's);
     max_chars / max_texts: limits of one request (longer or more are refused with 400);
     max_queue: texts waiting before new requests get 503; request_timeout_s: how long a request
-    waits for its answer before 503."""
+    waits for its answer before 503. max_connections: open connections (at the cap a new one
+    cuts the one idle longest; kept below the open-file limit); header_timeout_s: how long a
+    connection may take to send a whole request head, from its opening or its last response;
+    body_timeout_s: how long a request may take to send its body (see `_connections`)."""
 
     host: str = "127.0.0.1"
     port: int = 8008
@@ -27,6 +30,9 @@ class ServingConfig:
     max_texts: int = 64
     max_queue: int = 4096
     request_timeout_s: float = 30.0
+    max_connections: int = 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -41,6 +47,9 @@ class ServingConfig:
         _int("max queue", self.max_queue, self.max_batch, 10_000_000, f">= {self.max_batch}")
         _number("max wait", self.max_wait_ms, 0.0, "a number of milliseconds >= 0", "5")
         _number("request timeout", self.request_timeout_s, 1e-3, "at least 0.001 seconds", "30")
+        _int("max connections", self.max_connections, 1, 1_000_000, "1024")
+        _number("header timeout", self.header_timeout_s, 1e-3, "at least 0.001 seconds", "10")
+        _number("body timeout", self.body_timeout_s, 1e-3, "at least 0.001 seconds", "30")
 
     @property
     def max_body_bytes(self) -> int:

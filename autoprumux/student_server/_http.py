@@ -36,6 +36,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.models import StudentEnsemble
 from autoprumux.student_server._batcher import DynamicBatcher, ServingError, Text
 from autoprumux.student_server._config import ServingConfig
+from autoprumux.student_server._connections import HeadDeadline, LimitedConnections
 from autoprumux.student_server._policy import ServingPolicy, point_name
 
 log = logging.getLogger("autoprumux.student_server")
@@ -184,7 +185,7 @@ def _cut(s: str, n: int = ECHO_CHARS) -> str:
     return s if len(s) <= n else s[:n] + "..."
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(LimitedConnections, ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # listen backlog: bursts open many connections at once
     app: StudentServer
@@ -201,13 +202,13 @@ class _ServerV6(_Server):
     address_family = socket.AF_INET6
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HeadDeadline, BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive: a load generator reuses its connections
     # headers and body go out in two writes: without TCP_NODELAY the second waits for the
     # client's delayed ACK (40 ms on Linux)
     disable_nagle_algorithm = True
-    timeout = 60  # an idle keep-alive connection is closed after a minute
+    timeout = 60  # a read stalled this long ends the connection (_connections cuts sooner)
     error_message_format = ""  # send_error is overridden below to answer JSON
 
     def do_GET(self) -> None:
