@@ -75,3 +75,33 @@ def tiny_checkpoint(tmp_path_factory):
     BertModel(tiny_bert_config(vocab_size=30522, max_position_embeddings=128)).save_pretrained(d)
     resolve_model(None).tokenizer().save_pretrained(d)
     return str(d)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _new_mlflow_sqlite_stores_start_migrated(tmp_path_factory):
+    """MLflow gives a new SQLite store its schema by running every migration, which costs
+    seconds, and most tests open a new store. Here a new store's file starts as a copy of one
+    store migrated once by the same MLflow (schema only: no experiment, so each store still
+    makes its own default experiment). Tests still run against real MLflow SQLite stores; a file
+    that already exists (even empty) is left to MLflow."""
+    import shutil
+
+    import mlflow.store.db.utils as db_utils
+
+    template = tmp_path_factory.mktemp("mlflow_schema") / "mlflow.db"
+    engine = db_utils.create_sqlalchemy_engine_with_retry(f"sqlite:///{template}")
+    db_utils._initialize_tables(engine)
+    engine.dispose()
+    create_engine = db_utils.create_sqlalchemy_engine_with_retry
+
+    def from_template(db_uri: str):
+        if db_uri.startswith("sqlite:///"):
+            path = Path(db_uri.removeprefix("sqlite:///").split("?", 1)[0])
+            if str(path) != ":memory:" and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(template, path)
+        return create_engine(db_uri)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(db_utils, "create_sqlalchemy_engine_with_retry", from_template)
+        yield
