@@ -367,16 +367,17 @@ def test_the_model_card_describes_a_late_model():
 def test_a_manifest_that_disagrees_with_its_weights_is_refused(tiny):
     from conftest import tiny_encoder
 
-    from autoprumux.deploy._predictor import _check_matches
+    from autoprumux.deploy._weights import _model_class
     from autoprumux.models import MuxConfig, MuxSequenceClassifier
 
     enc, _ = tiny_encoder(num_hidden_layers=3)
     model = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=2, layers=1))
-    _check_matches(_manifest(Candidate(sparsity=0.5, mux=2, mux_layers=1)), model, Path("d"))
+    cfg = model.config_dict()
+    _model_class(cfg, _manifest(Candidate(sparsity=0.5, mux=2, mux_layers=1)), Path("d"))
     with pytest.raises(
         ConfigError, match=r"manifest describes N=2, mux_layers 0.*weights are N=2, mux_layers 1"
     ):
-        _check_matches(_manifest(Candidate(sparsity=0.5, mux=2)), model, Path("d"))
+        _model_class(cfg, _manifest(Candidate(sparsity=0.5, mux=2)), Path("d"))
 
 
 # ---- the command line -----------------------------------------------------------------------

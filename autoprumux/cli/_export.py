@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from typing import Any
 
 from autoprumux.cli._checks import _check_mux_layers_fit, _mux_shape_args, _student_args
@@ -119,6 +120,37 @@ def _explicit_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`_export`, stopped cleanly by Ctrl-C or SIGTERM: the temporary directory is removed
+    (`export_model`), one line says what was left, and the exit code is 128 + the signal's."""
+    import signal
+    import threading
+
+    stopped: list[int] = []
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    published: list[str] = []
+    try:
+        return _export(args, published)
+    except KeyboardInterrupt:
+        how = "SIGTERM" if stopped else "Ctrl-C"
+        left = (
+            f"{published[0]} was written but not registered in MLflow"
+            if published
+            else f"nothing was written to {args.out}"
+        )
+        print(f"autoprumux: export stopped ({how}): {left}", file=sys.stderr)
+        return 128 + (stopped[0] if stopped else signal.SIGINT)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _export(args: argparse.Namespace, published: list[str]) -> int:
     from autoprumux import tracking
     from autoprumux.config import ThroughputConfig, check_precision
     from autoprumux.export import ExportSource, check_out_dir, export_model, from_budget, from_trial
@@ -182,6 +214,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     res = export_model(
         pipe, config, out, throughput=tp, source=source, force=args.force, command=command
     )
+    published.append(str(res.path))
     m = res.manifest.measurement
     print(
         f"exported {config.describe()} ({pipe.task.name}) to {res.path}: {m.metric_label} "

@@ -9,17 +9,21 @@ in, and the provenance shown on the model card.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoprumux.config import Candidate
 from autoprumux.data import metric_label
+from autoprumux.deploy._files import read_json
 from autoprumux.errors import ConfigError
 
 MANIFEST_FILE = "autoprumux_export.json"
-MANIFEST_FORMAT = "autoprumux.export/1"
+# /2 added `files` (the size and sha256 of every other file); a /1 manifest cannot be verified
+MANIFEST_FORMAT = "autoprumux.export/2"
 CARD_FILE = "README.md"
 # the input range of each int8 layer, measured on training texts at export (models.Int8Calibration)
 CALIBRATION_FILE = "int8_calibration.json"
@@ -71,6 +75,34 @@ class ExportSource:
 
 
 @dataclass(frozen=True)
+class FileRecord:
+    """What export wrote into one file of the directory: its size and sha256 (hex)."""
+
+    bytes: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        size, digest = self.bytes, self.sha256
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"export manifest: file size {size!r} is not a non-negative int")
+        if not isinstance(digest, str) or len(digest) != 64 or digest.strip(HEX):
+            raise ConfigError(f"export manifest: {digest!r} is not a sha256 (64 hex digits)")
+
+
+HEX = "0123456789abcdef"
+
+
+def plain_name(name: object) -> bool:
+    """A file name directly inside the export directory (export writes no subfolders): no path
+    separator, not "." or "..", so a manifest cannot point a reader outside the folder."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+    )
+
+
+@dataclass(frozen=True)
 class ExportManifest:
     """One exported model (see the module docstring). The weights are stored in fp32 whatever
     `precision` says: the predictor converts them when it loads (`models.to_precision`), so one
@@ -87,18 +119,30 @@ class ExportManifest:
     created: str  # ISO 8601, UTC
     command: str  # what made it
     source: ExportSource = field(default_factory=ExportSource)
+    # every other file export wrote, by name; empty until the directory is complete (`load`
+    # refuses a manifest without it)
+    files: dict[str, FileRecord] = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
 
     def __post_init__(self) -> None:
-        if self.format != MANIFEST_FORMAT:
-            raise ConfigError(
-                f"export manifest format {self.format!r} is not {MANIFEST_FORMAT!r}; export the "
-                "model again with this autoprumux"
-            )
+        check_format(self.format)
         if not self.label_names or not all(isinstance(x, str) for x in self.label_names):
             raise ConfigError("export manifest: label_names must be a non-empty list of strings")
-        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int):
-            raise ConfigError(f"export manifest: max_seq_len {self.max_seq_len!r} is not an int")
+        seq = self.max_seq_len
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise ConfigError(
+                f"export manifest: max_seq_len {seq!r} is not a positive int; export the model "
+                "again"
+            )
+        if not isinstance(self.pair, bool):
+            raise ConfigError(f"export manifest: pair {self.pair!r} is not true or false")
+        bad = [repr(n) for n in self.files if not plain_name(n) or n == MANIFEST_FILE]
+        if bad or not all(isinstance(r, FileRecord) for r in self.files.values()):
+            what = bad[0] if bad else "a malformed entry"
+            raise ConfigError(
+                f"export manifest: files lists {what}, not a file export writes; export the "
+                "model again"
+            )
 
     @property
     def n(self) -> int:
@@ -123,7 +167,10 @@ class ExportManifest:
     def from_dict(cls, d: Any) -> ExportManifest:
         if not isinstance(d, dict):
             raise ConfigError(f"export manifest must be an object, got {type(d).__name__}")
+        check_format(d.get("format"))
         try:
+            if not isinstance(d["label_names"], list):
+                raise TypeError(f"label_names is a {type(d['label_names']).__name__}, not a list")
             meas = {k: v for k, v in d["measurement"].items() if k not in DERIVED}
             return cls(
                 **{
@@ -132,6 +179,7 @@ class ExportManifest:
                     "config": Candidate.from_dict(d["config"]),
                     "measurement": Measurement(**meas),
                     "source": ExportSource(**d.get("source", {})),
+                    "files": {k: FileRecord(**v) for k, v in d.get("files", {}).items()},
                 }
             )
         except (KeyError, TypeError, AttributeError) as e:
@@ -148,19 +196,45 @@ class ExportManifest:
 DERIVED = ("accuracy_loss", "speedup")  # written for readers of the JSON, recomputed on load
 
 
+def check_format(fmt: object) -> None:
+    if fmt == MANIFEST_FORMAT:
+        return
+    if fmt == "autoprumux.export/1":
+        raise ConfigError(
+            f"the export manifest is format {fmt!r}, written by an older autoprumux without "
+            "file digests, so the directory cannot be verified; export the model again with "
+            "this autoprumux"
+        )
+    raise ConfigError(
+        f"export manifest format {fmt!r} is not {MANIFEST_FORMAT!r}; export the model again "
+        "with this autoprumux"
+    )
+
+
 def read_manifest(directory: str | Path) -> ExportManifest:
     """The manifest of an exported model directory (ConfigError naming the directory if it is
-    not one)."""
+    not one). Its own values are checked here; the files it lists by `load`."""
     d = Path(directory)
     p = d / MANIFEST_FILE
-    if not p.is_file():
+    if not p.is_file() and not p.is_symlink():
         what = "does not exist" if not d.exists() else f"holds no {MANIFEST_FILE}"
         raise ConfigError(
             f"{str(d)!r} {what}: not an exported autoprumux model; make one with "
             "`autoprumux export --out DIR ...`"
         )
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{str(p)!r} is not readable JSON ({type(e).__name__})") from None
-    return ExportManifest.from_dict(data)
+    return ExportManifest.from_dict(read_json(d, MANIFEST_FILE))
+
+
+def record_files(directory: str | Path) -> dict[str, FileRecord]:
+    """The size and sha256 of every file in `directory` (the manifest aside), for the
+    manifest's `files`: export writes plain files only, so a subfolder is an error."""
+    out = {}
+    for p in sorted(Path(directory).iterdir()):
+        if p.name == MANIFEST_FILE:
+            continue
+        if p.is_symlink() or not p.is_file():
+            raise RuntimeError(f"export wrote {p.name!r}, which is not a plain file")
+        with open(p, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            out[p.name] = FileRecord(os.fstat(f.fileno()).st_size, digest)
+    return out

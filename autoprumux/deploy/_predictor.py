@@ -13,7 +13,8 @@ predictions equal the pipeline's for the same grouping of inputs (tests/test_exp
 
 from __future__ import annotations
 
-import json
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,18 @@ import torch
 
 from autoprumux.config import check_precision
 from autoprumux.data import Example, collate, encode
-from autoprumux.deploy._manifest import CALIBRATION_FILE, ExportManifest, read_manifest
+from autoprumux.deploy._files import local_file, read_json, verify_files
+from autoprumux.deploy._manifest import (
+    CALIBRATION_FILE,
+    CARD_FILE,
+    ExportManifest,
+    read_manifest,
+)
+from autoprumux.deploy._weights import load_model
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import resolve_device
-from autoprumux.models import Int8Calibration, MuxSequenceClassifier, StudentEnsemble, to_precision
-from autoprumux.models._persist import CONFIG_FILE
+from autoprumux.models import Int8Calibration, to_precision
+from autoprumux.models._persist import CONFIG_FILE, WEIGHTS_FILE
 
 # the pipeline's own dev batch (training.predict); any multiple of N gives the same groups
 DEFAULT_BATCH = 64
@@ -72,23 +80,6 @@ class Predictions:
             }
             for i, p in zip(self.label_ids, self.probabilities, strict=True)
         ]
-
-
-_MODEL_CLASSES: dict[str, Any] = {
-    cls.__name__: cls for cls in (MuxSequenceClassifier, StudentEnsemble)
-}
-
-
-def _load_model(directory: Path) -> MuxSequenceClassifier | StudentEnsemble:
-    """The model a directory holds, by the class its config names (`models._persist`)."""
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{str(directory)!r} holds no model weights' config ({CONFIG_FILE})")
-    fmt = str(json.loads(path.read_text()).get("format", ""))
-    cls = _MODEL_CLASSES.get(fmt.split("/")[0].rsplit(".", 1)[-1])
-    if cls is None:
-        raise ConfigError(f"{str(directory)!r} holds a model of unknown format {fmt!r}")
-    return cls.load(directory)
 
 
 class Predictor:
@@ -195,9 +186,12 @@ def load(
 ) -> Predictor:
     """The predictor of a directory written by `autoprumux export`. The model runs in the
     precision it was exported with (its fp32 weights converted here), or `precision` when
-    given (e.g. "fp32" to run an int8 export unconverted, or on a device without int8)."""
-    from transformers import AutoTokenizer
+    given (e.g. "fp32" to run an int8 export unconverted, or on a device without int8).
 
+    The directory is verified first (docs/export.md): every file the manifest lists must be
+    inside it with the size and sha256 export recorded, the config must describe the model the
+    manifest and the weights' header describe, and the tokenizer is read from a private copy
+    of the listed files only. A folder that fails is a ConfigError naming the file."""
     d = Path(directory)
     manifest = read_manifest(d)
     dev = resolve_device(device)  # "cuda" where there is none: refused here, not in .to()
@@ -209,10 +203,10 @@ def load(
             f"{e} (the model was exported for {manifest.precision}; pass "
             "precision='fp32' to run it unconverted)"
         ) from None
-    model = _load_model(d).eval()
-    _check_matches(manifest, model, d)
-    tokenizer = AutoTokenizer.from_pretrained(str(d))
-    calibration = _read_calibration(d) if want == "int8" else None
+    verify_files(d, manifest.files)
+    model = load_model(d, manifest)
+    tokenizer = _load_tokenizer(d, manifest)
+    calibration = _read_calibration(d, manifest) if want == "int8" else None
     try:
         converted = to_precision(model, want, calibration=calibration)
     except ValueError as e:  # a calibration made for other weights
@@ -220,34 +214,55 @@ def load(
     return Predictor(converted, tokenizer, manifest, device=dev, batch_size=batch_size)
 
 
-def _read_calibration(directory: Path) -> Int8Calibration:
-    """The int8 input ranges the export measured (`CALIBRATION_FILE`)."""
-    p = directory / CALIBRATION_FILE
-    try:
-        return Int8Calibration.from_dict(json.loads(p.read_text()))
-    except FileNotFoundError:
+# the listed files that are not the tokenizer's
+NOT_TOKENIZER = {CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE, CARD_FILE}
+# files in which transformers looks for `auto_map`, the code it would import from the folder
+AUTO_MAP_FILES = ("tokenizer_config.json", "config.json")
+
+
+def _load_tokenizer(directory: Path, manifest: ExportManifest) -> Any:
+    """The tokenizer, read from a private copy of the tokenizer files the manifest lists (and
+    `load` verified): a file added to the folder, or a link in it, is never read. Remote code
+    (`auto_map`) is refused: an export never needs it."""
+    from transformers import AutoTokenizer
+
+    names = sorted(set(manifest.files) - NOT_TOKENIZER)
+    for name in AUTO_MAP_FILES:
+        cfg = read_json(directory, name) if name in names else None
+        if isinstance(cfg, dict) and "auto_map" in cfg:
+            raise ConfigError(
+                f"{str(directory / name)!r} asks for code from the model folder (auto_map); "
+                "autoprumux never runs code from an export: export the model again"
+            )
+    with tempfile.TemporaryDirectory(prefix="autoprumux-tokenizer-") as tmp:
+        for name in names:
+            shutil.copyfile(local_file(directory, name), Path(tmp) / name)
+        try:
+            return AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - transformers raises many types for bad files
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(
+                f"the tokenizer files of {str(directory)!r} do not load ({type(e).__name__}: "
+                f"{first}); export the model again"
+            ) from None
+
+
+def _read_calibration(directory: Path, manifest: ExportManifest) -> Int8Calibration:
+    """The int8 input ranges the export measured (`CALIBRATION_FILE`, verified with the
+    other files)."""
+    if CALIBRATION_FILE not in manifest.files:
         raise ConfigError(
             f"{str(directory)!r} holds no {CALIBRATION_FILE}, which int8 needs; export the model "
             "again, or load it with precision='fp32'"
-        ) from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(
-            f"{str(p)!r} is not a valid int8 calibration: {e}; export again"
-        ) from None
-
-
-def _check_matches(manifest: ExportManifest, model: torch.nn.Module, directory: Path) -> None:
-    """The manifest's N, per-instance layers and combiner are the weights' own: the predictor
-    groups the inputs by the manifest's N, so a mismatch would answer wrongly, not fail."""
-    if not isinstance(model, MuxSequenceClassifier):
-        return
-    mc, shape = model.mux_config, manifest.config.mux_shape
-    if (mc.n, mc.layers, mc.combiner) != (shape.n, shape.layers, shape.combiner):
-        raise ConfigError(
-            f"{str(directory)!r}: the manifest describes N={shape.n}, mux_layers {shape.layers}, "
-            f"combiner {shape.combiner!r} but the weights are N={mc.n}, mux_layers {mc.layers}, "
-            f"combiner {mc.combiner!r}; export the model again"
         )
+    data = read_json(directory, CALIBRATION_FILE)
+    try:
+        return Int8Calibration.from_dict(data)
+    except ValueError as e:
+        raise ConfigError(
+            f"{str(directory / CALIBRATION_FILE)!r} is not a valid int8 calibration: {e}; "
+            "export again"
+        ) from None
 
 
 def _short(v: Any, n: int = 60) -> str:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import glob
 import json
 import os
 import platform
 import shutil
+import signal
 import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,10 +36,13 @@ from autoprumux.deploy import (
     Measurement,
     load,
 )
+from autoprumux.deploy._files import read_json
+from autoprumux.deploy._manifest import record_files
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import Evaluation, this_machine
 from autoprumux.export._card import render_card
 from autoprumux.models import AnyModel, to_precision
+from autoprumux.models._persist import CONFIG_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from autoprumux.pipeline import PruMuxPipeline
@@ -55,8 +62,8 @@ class ExportResult:
 
 def check_out_dir(out: str | Path, force: bool) -> Path:
     """The export target must be a new or empty directory, or, with `force`, an earlier export
-    (a directory holding the export manifest), in an existing writable directory. Checked
-    before any work and again before the rename."""
+    (a directory holding the export manifest) that holds nothing export did not write, in an
+    existing writable directory. Checked before any work and again before the rename."""
     p = Path(out).expanduser()
     parent = resolved(p).parent
     if p.exists() and not p.is_dir():
@@ -77,7 +84,48 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
                 f"--out {str(out)!r} is not an autoprumux export (no {MANIFEST_FILE}); "
                 "--force replaces only earlier exports: choose a new or empty directory"
             )
+        theirs = _not_from_export(p)
+        if theirs:
+            more = f" and {len(theirs) - 10} more" if len(theirs) > 10 else ""
+            raise ConfigError(
+                f"--out {str(out)!r} holds what export did not write: {', '.join(theirs[:10])}"
+                f"{more}; --force replaces a whole earlier export and would delete them: move "
+                "them out of the folder, or choose a new directory"
+            )
     return p
+
+
+# what an export holds besides the files its manifest lists (an export written before the
+# manifest listed them holds these: its own files and a BERT-like tokenizer's)
+EXPORT_FILES = frozenset(
+    {
+        MANIFEST_FILE,
+        CARD_FILE,
+        CALIBRATION_FILE,
+        WEIGHTS_FILE,
+        CONFIG_FILE,
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "added_tokens.json",
+    }
+)
+
+
+def _not_from_export(directory: Path) -> list[str]:
+    """The entries of an earlier export directory that export did not write (a folder is
+    shown with a trailing "/"), sorted."""
+    try:
+        listed = read_json(directory, MANIFEST_FILE).get("files")
+    except (ConfigError, AttributeError):  # unreadable: only the fixed names are export's
+        listed = None
+    ours = EXPORT_FILES | (set(listed) if isinstance(listed, dict) else set())
+    return sorted(
+        p.name + ("/" if p.is_dir() and not p.is_symlink() else "")
+        for p in directory.iterdir()
+        if p.name not in ours or p.is_symlink() or not p.is_file()
+    )
 
 
 def export_model(
@@ -118,22 +166,74 @@ def export_model(
         command=command,
         source=source or ExportSource(),
     )
-    tmp = Path(tempfile.mkdtemp(dir=target.resolve().parent, prefix=f".{target.name}.tmp-"))
+    remove_stale(target)
+    tmp, lock = _locked_tmpdir(target)
     try:
         model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)
         # the ranges `evaluate` calibrated int8 with (the same seeded texts, the same model)
         calibration = pipe.int8_calibration(model)
         (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=1))
         pipe.tokenizer.save_pretrained(str(tmp))
-        manifest.write(tmp)
         (tmp / CARD_FILE).write_text(render_card(manifest, model))
+        # last: the size and sha256 of every other file, which `load` checks
+        manifest = replace(manifest, files=record_files(tmp))
+        manifest.write(tmp)
         converted = to_precision(model, config.precision, calibration=calibration)
         _self_check(tmp, converted, pipe, config.precision)
         _publish(tmp, target, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return ExportResult(target, manifest, ev)
+
+
+def _locked_tmpdir(target: Path) -> tuple[Path, int]:
+    """A new temporary directory beside `target`, with an exclusive lock held on it (the
+    returned descriptor) for as long as this export lives: the lock is how `remove_stale`
+    tells a live export's folder from a dead one's (the kernel drops it when the process
+    dies, even by SIGKILL)."""
+    for _ in range(10):
+        tmp = Path(tempfile.mkdtemp(dir=target.resolve().parent, prefix=f".{target.name}.tmp-"))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # another export's `remove_stale` may have taken it in the instant before the lock
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return tmp, fd
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        os.close(fd)
+    raise RuntimeError(f"could not lock a temporary directory beside {str(target)!r}")
+
+
+def remove_stale(target: Path) -> None:
+    """Delete what exports to `target` that died (SIGKILL, a crash, a power cut) left beside
+    it: their temporary directories (no live process holds their lock) and, once `target`
+    holds an export, earlier exports moved aside by a replacement that did not finish."""
+    parent = target.resolve().parent
+    name = glob.escape(target.name)
+    for d in parent.glob(f".{name}.tmp-*"):
+        if d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            fd = os.open(d, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live export is writing it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            os.close(fd)
+    if (target / MANIFEST_FILE).is_file():
+        for d in parent.glob(f".{name}.old-*"):
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
@@ -187,13 +287,26 @@ def _publish(tmp: Path, target: Path, force: bool) -> None:
     check_out_dir(target, force)  # another process may have written there meanwhile
     if target.is_dir() and any(target.iterdir()):
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-        os.rename(tmp, target)
+        # Ctrl-C or SIGTERM between the two renames would leave no export at the target:
+        # they are held until both are done
+        with _signals_held():
+            os.rename(target, old)
+            os.rename(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
         with contextlib.suppress(FileNotFoundError):
             target.rmdir()  # empty: rename() would replace it too, but not on every system
         os.rename(tmp, target)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def machine_info(device: str) -> dict[str, str]:

@@ -459,14 +459,20 @@ class MuxSequenceClassifier(nn.Module):
         return write_model_dir(self, directory, self.config_dict(), extra)
 
     @classmethod
-    def load(cls, directory: str | Path, map_location: str = "cpu") -> MuxSequenceClassifier:
-        cfg, sd = read_model_dir(directory, map_location)
+    def from_config(cls, cfg: dict) -> MuxSequenceClassifier:
+        """The model `config_dict()` describes, with fresh weights."""
         enc = Encoder(EncoderConfig.from_dict(cfg["encoder"]))
         model = cls(enc, num_labels=int(cfg["num_labels"]), mux=MuxConfig(**cfg["mux"]))
-        model.load_state_dict(sd, strict=True)
         model.original_prunable_params = int(
             cfg.get("original_prunable_params", model.original_prunable_params)
         )
+        return model
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str = "cpu") -> MuxSequenceClassifier:
+        cfg, sd = read_model_dir(directory, map_location)
+        model = cls.from_config(cfg)
+        model.load_state_dict(sd, strict=True)
         return model
 
     def sparsity(self) -> float:

@@ -362,6 +362,13 @@ class StudentEnsemble(nn.Module):
             raise ValueError(
                 f"{str(directory)!r} holds a {cfg.get('format')!r}, not a student ensemble"
             )
+        ens = cls.from_config(cfg)
+        ens.load_state_dict(sd)
+        return ens
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> StudentEnsemble:
+        """The ensemble `config_dict()` describes, with fresh weights."""
         ecfg = EncoderConfig.from_dict(cfg["encoder"])
         sc = StudentConfig(**cfg["students"])
         h = ecfg.hidden_size
@@ -381,7 +388,6 @@ class StudentEnsemble(nn.Module):
             num_labels=int(cfg["num_labels"]),
             teacher_prunable_params=int(cfg["teacher_prunable_params"]),
         )
-        ens.load_state_dict(sd)
         ens.embeddings.requires_grad_(False)
         return ens.eval()
 
