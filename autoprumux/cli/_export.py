@@ -49,7 +49,10 @@ def add_export_parser(sub: Any) -> None:
     )
     ex.add_argument("--out", required=True, help="the directory to create (new or empty)")
     ex.add_argument(
-        "--force", action="store_true", help="replace an earlier export at --out (only one)"
+        "--force",
+        action="store_true",
+        help="replace an earlier export at --out; refused, naming them, if it holds files "
+        "export did not write",
     )
     g = ex.add_argument_group(
         "what to export: --study with --trial or --budget, or an explicit configuration "
