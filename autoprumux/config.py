@@ -147,7 +147,7 @@ _FLAG = _Rule(bool)
 
 # one rule per Recipe field (`Recipe.__post_init__` fails on a field without one)
 _RECIPE_RULES: dict[str, _Rule] = {
-    "max_seq_len": _Rule(int, low=8),
+    "max_seq_len": _Rule(int, low=8, none="long enough for 99% of the training examples"),
     "max_train_examples": _Rule(int, low=1, none="all examples"),
     "batch_size": _COUNT,
     "lr": _LR,
@@ -194,7 +194,7 @@ _RECIPE_RULES: dict[str, _Rule] = {
 class Recipe:
     """The training recipe of a baseline and its candidates (part of every cache key)."""
 
-    max_seq_len: int = 64
+    max_seq_len: int | None = None  # None: from the data (see pipeline._baseline)
     max_train_examples: int | None = 8000
     batch_size: int = 32
     lr: float = 1e-4

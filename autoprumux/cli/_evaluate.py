@@ -37,8 +37,10 @@ def format_table(ev: Evaluation) -> str:
         (ev.baseline, 0.0, 1.0, 1.0),
         (ev.candidate, ev.accuracy_loss, ev.speedup, ev.ideal_speedup),
     ):
+        # a loss or gain within the dev set's noise is not reported as one
+        cell = "in noise" if meas is ev.candidate and ev.loss_within_noise else f"{loss:.2f}"
         rows.append(
-            f"{meas.name:<20}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{loss:>10.2f}{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
+            f"{meas.name:<20}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{cell:>10}{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
         )
     tp = ev.throughput_config
     rows.append(
@@ -46,7 +48,29 @@ def format_table(ev: Evaluation) -> str:
     )
     if ev.pos_label is not None:  # which class "f1" means
         rows.append(f"(metric {ev.metric_label})")
-    return "\n".join(rows)
+    return "\n".join(rows + baseline_lines(ev))
+
+
+def baseline_lines(ev: Evaluation) -> list[str]:
+    """Where the baseline comes from, how far its score stands from chance on this dev set, and
+    whether the candidate's difference from it is within noise."""
+    out = []
+    if ev.baseline_origin == "given":
+        out.append("(baseline: your own fine-tuned classifier, used as is: not trained here)")
+    noise = ev.noise
+    if noise is None:
+        return out
+    out.append(f"({noise.describe()})")
+    if ev.loss_within_noise:
+        loss = ev.accuracy_loss
+        what = "loss" if loss > 0 else "gain"
+        out.append(
+            f"(the candidate's {what} of {abs(loss):.2f} points is within noise "
+            f"(+-{noise.margin:.2f}): not told apart from the baseline's score)"
+        )
+    if noise.near_majority:
+        out.append(f"WARNING: {noise.warning()}")
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -83,7 +107,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(ev))
     r = pipe.recipe
     print(
-        f"(data: {len(pipe.train_items)} training examples, batch {r.batch_size}; baseline {r.finetune_steps} steps"
+        f"(data: {len(pipe.train_items)} training examples, batch {r.batch_size}; "
+        + (
+            "baseline: your model, used as is"
+            if pipe.baseline_origin == "given"
+            else f"baseline {r.finetune_steps} steps"
+        )
         + (
             f"; {r.student_steps} boosting steps per student + {r.student_stacking_steps} "
             "stacking steps"
@@ -112,6 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         + f"; cache {pipe.cache.root})"
     )
+    print(f"({pipe.max_seq_len_note})")
     if args.json_out:
         _atomic_write(Path(args.json_out), json.dumps(ev.to_dict(), indent=2))
     return 0

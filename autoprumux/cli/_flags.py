@@ -30,12 +30,13 @@ def _bool(v: str) -> bool:
 def _recipe_help(field: str, text: str) -> str:
     from autoprumux.config import Recipe
 
-    return f"{text} (default: {getattr(Recipe(), field)})"
+    default = getattr(Recipe(), field)
+    return text if default is None else f"{text} (default: {default})"  # None: text says
 
 
 RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--max-train-examples", int, "training examples (seeded subsample)"),
-    ("--max-seq-len", int, "max tokens per example"),
+    ("--max-seq-len", int, "max tokens per example (default: 99%% of training examples fit)"),
     ("--batch-size", int, "examples per step"),
     ("--finetune-steps", int, "baseline fine-tune steps"),
     ("--mux-warmup-steps", int, "token-retrieval warm-up steps per N"),
@@ -365,6 +366,12 @@ def add_search_common(p: argparse.ArgumentParser, *, inherit: bool = False) -> N
         "--no-register",
         action="store_true",
         help="do not fit and register the meta-model recommender at the end",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="search even when the baseline's dev accuracy is within noise of always "
+        "predicting the majority class (refused without it: there is nothing to compress)",
     )
     add_throughput_group(p)
 

@@ -45,6 +45,7 @@ def _search_settings(args: argparse.Namespace, space: SearchSpace, trials: int) 
         prune_margin=args.prune_margin,
         heartbeat=args.heartbeat,
         prior=tuple(args.prior),
+        force=args.force,
     )
 
 
@@ -57,7 +58,12 @@ def _run_search(args: argparse.Namespace, settings: SearchSettings) -> int:
         f"(experiment autoprumux/{searcher.name})",
         flush=True,
     )
+    note = getattr(searcher.pipeline(searcher.variants[0]), "max_seq_len_note", None)
+    if note:
+        print(f"({note})", flush=True)
     searcher.run()
+    if searcher.baseline_noise is not None:  # the baseline beside the dev set's yardsticks
+        print(searcher.baseline_noise.describe())
     print(searcher.report())
     if not args.no_register:
         uri = searcher.register()

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from autoprumux.cli._checks import _check_port, _warn_non_loopback
@@ -88,7 +89,8 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
         port=args.port,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
-        max_seq_len=recipe.max_seq_len,
+        # the recipe's when set; one from the data is known once the pipeline has read it
+        **({"max_seq_len": recipe.max_seq_len} if recipe.max_seq_len is not None else {}),
         max_chars=args.max_chars,
         max_texts=args.max_texts,
     )
@@ -100,6 +102,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     pipe = _pipeline(args, recipe)
+    serving = replace(serving, max_seq_len=pipe.recipe.max_seq_len)  # as the model was trained
     layers = len(pipe.base.config.heads)
     if cfg.depth >= layers:
         raise ConfigError(f"--depth ({cfg.depth}) must be below the base model's {layers} layers")

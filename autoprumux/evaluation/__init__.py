@@ -2,6 +2,7 @@
 
 from autoprumux.evaluation._accuracy import paired_dev_metrics, task_metrics
 from autoprumux.evaluation._machine import Machine, this_machine
+from autoprumux.evaluation._noise import NOISE_STANDARD_ERRORS, DevNoise, dev_noise
 from autoprumux.evaluation._report import (
     Evaluation,
     Measured,
@@ -21,10 +22,13 @@ from autoprumux.evaluation._throughput import (
 )
 
 __all__ = [
+    "NOISE_STANDARD_ERRORS",
+    "DevNoise",
     "Evaluation",
     "Machine",
     "Measured",
     "describe_model",
+    "dev_noise",
     "measure_side_by_side",
     "paired_dev_metrics",
     "ThroughputConfig",

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from autoprumux.data import metric_label
+from autoprumux.evaluation._noise import DevNoise
 from autoprumux.evaluation._throughput import (
     ThroughputConfig,
     model_flops,
@@ -42,6 +43,10 @@ class Evaluation:
     candidate: Measured
     throughput_config: ThroughputConfig
     pos_label: str | None = None  # the class f1 scored as positive (`TaskSpec.pos_label`)
+    # the dev set's majority-class rate and noise at the baseline's accuracy (see _noise)
+    noise: DevNoise | None = None
+    # "trained": fine-tuned by autoprumux; "given": the user's own classifier, used as is
+    baseline_origin: str = "trained"
 
     @property
     def metric_label(self) -> str:
@@ -51,6 +56,11 @@ class Evaluation:
     @property
     def accuracy_loss(self) -> float:
         return self.baseline.metric - self.candidate.metric
+
+    @property
+    def loss_within_noise(self) -> bool | None:
+        """The candidate's loss (or gain) is not told apart from none (None: noise unknown)."""
+        return None if self.noise is None else self.noise.within_noise(self.accuracy_loss)
 
     @property
     def speedup(self) -> float:
@@ -73,6 +83,9 @@ class Evaluation:
             "speedup": self.speedup,
             "ideal_speedup": self.ideal_speedup,
             "throughput_config": asdict(self.throughput_config),
+            "baseline_origin": self.baseline_origin,
+            "dev_noise": None if self.noise is None else self.noise.to_dict(),
+            "loss_within_noise": self.loss_within_noise,
         }
 
 

@@ -1,16 +1,23 @@
-"""Base model resolution: a local BERT checkpoint, a hub name, or the packaged all-MiniLM-L6-v2."""
+"""Base model resolution: a local BERT checkpoint, a hub name, or the packaged all-MiniLM-L6-v2;
+a fine-tuned sequence classifier among them is recognised (see _classifier)."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.resources
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoprumux._cache import file_sha256
 from autoprumux.errors import ConfigError, ModelNotFoundError
+from autoprumux.models._classifier import classifier_labels, load_classifier
 from autoprumux.models._encoder import Encoder, EncoderConfig
+
+if TYPE_CHECKING:
+    from autoprumux.models._mux import MuxSequenceClassifier
 
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
 
@@ -49,6 +56,13 @@ class BaseModel:
     # contents of its weight and tokenizer files
     model_id: str
     config: EncoderConfig
+    # a fine-tuned sequence classifier's labels in its head's row order (its id2label), used
+    # as the baseline as is; () for a base encoder (see _classifier)
+    labels: tuple[str, ...] = ()
+
+    def build_classifier(self, rows: Sequence[int]) -> MuxSequenceClassifier:
+        """The given classifier, its head's rows in the order `rows` (see `head_rows`)."""
+        return load_classifier(self.path, self.config, rows)
 
     def build_encoder(self) -> Encoder:
         from transformers import AutoModel
@@ -129,6 +143,7 @@ def resolve_model(name: str | None = None) -> BaseModel:
         path=resolved,
         model_id=f"{Path(name).name}-{h.hexdigest()[:10]}",
         config=EncoderConfig.from_bert_config(cfg),
+        labels=classifier_labels(cfg, path, name),
     )
 
 

@@ -26,6 +26,7 @@ from autoprumux.data import (
 )
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
+    DevNoise,
     Evaluation,
     Measured,
     ThroughputConfig,
@@ -46,7 +47,15 @@ from autoprumux.models import (
     resolve_model,
     to_precision,
 )
+from autoprumux.models._classifier import head_rows
 from autoprumux.models._loading import BaseModel
+from autoprumux.pipeline._baseline import (
+    build_baseline,
+    measure_baseline,
+    noise_of,
+    with_max_seq_len,
+)
+from autoprumux.pipeline._keys import cache_key, mux_key
 from autoprumux.pipeline._mux import (
     late_mux_model,
     mux_warmup,
@@ -56,11 +65,7 @@ from autoprumux.pipeline._mux import (
 )
 from autoprumux.pipeline._recovery import prune, recovery_key, teacher_layers, teacher_logits
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
-from autoprumux.training import (
-    TeacherLayers,
-    TrainConfig,
-    train_classifier,
-)
+from autoprumux.training import TeacherLayers, TrainConfig, train_classifier
 
 log = logging.getLogger("autoprumux")
 
@@ -106,7 +111,17 @@ class PruMuxPipeline:
             source=data_source,
         )
         self.task = self.data.task
+        # a given classifier's head rows in the task's class order (None: a trained baseline)
+        self.head_rows: tuple[int, ...] | None = (
+            head_rows(self.base.labels, self.task.label_names, self.base.name)
+            if self.base.labels
+            else None
+        )
         self.tokenizer = self.base.tokenizer()
+        # one resolved recipe from here on: its max_seq_len is the data's when left unset
+        self.recipe, self.max_seq_len_note = with_max_seq_len(
+            self.recipe, self.data.train, self.tokenizer, self.base
+        )
         self.train_items = encode(self.data.train, self.tokenizer, self.recipe.max_seq_len)
         self.dev_items = encode(self.data.dev, self.tokenizer, self.recipe.max_seq_len)
         self.special_ids = tuple(
@@ -128,57 +143,12 @@ class PruMuxPipeline:
         self._mux_metrics: dict[MuxShape, dict[str, float]] = {}
         self._warned_short_baseline = False
 
-    # ---- cache keys --------------------------------------------------------------------------
+    # ---- cache keys (see _keys) ----------------------------------------------------------------
     def _key(self, **extra: object) -> dict:
-        r = self.recipe
-        return {
-            "model": self.base.model_id,
-            "task": self.task.name,
-            "data": self.data.fingerprint(),
-            "max_seq_len": r.max_seq_len,
-            "batch_size": r.batch_size,
-            "lr": r.lr,
-            "finetune_steps": r.finetune_steps,
-            "freeze_word_embeddings": r.freeze_word_embeddings,
-            "seed": r.seed,
-            # L2L equals gradient accumulation over its micro-batches (own dropout streams):
-            # keyed only when used, so the standard loop's cache entries keep their keys
-            **(
-                {"trainer": r.trainer, "l2l_micro_batches": r.l2l_micro_batches}
-                if r.trainer != "standard"
-                else {}
-            ),
-            **extra,
-        }
+        return cache_key(self, **extra)
 
     def _mux_key(self, shape: MuxShape) -> dict:
-        r = self.recipe
-        late = (
-            {
-                "mux_layers": shape.layers,
-                "combiner": shape.combiner,
-                "freeze_backbone": r.late_mux_freeze_backbone,
-                "align": r.late_mux_align,
-                "late_lr": r.late_mux_lr,
-                # keyed only when used, so frozen-backbone entries keep their keys
-                **({"shared_lr": r.late_mux_shared_lr} if r.late_mux_shared_lr else {}),
-            }
-            if shape.late
-            else {}  # keyed only when used, so early-mixing entries keep their keys
-        )
-        return self._key(
-            **late,
-            n=shape.n,
-            variant=self.mux_variant,
-            mux_warmup_steps=r.mux_warmup_steps,
-            mux_warmup_lr=r.mux_warmup_lr,
-            mux_finetune_steps=r.mux_finetune_steps,
-            mux_finetune_lr=r.mux_finetune_lr,
-            retrieval_weight=r.retrieval_weight,
-            distill_weight=r.distill_weight,
-            mux_pooling=r.mux_pooling,
-            mux_hidden_distill=r.mux_hidden_distill,
-        )
+        return mux_key(self, shape)
 
     def _fresh(self, n: int) -> MuxSequenceClassifier:
         torch.manual_seed(self.recipe.seed)
@@ -201,25 +171,15 @@ class PruMuxPipeline:
 
     # ---- stages ------------------------------------------------------------------------------
     def baseline(self) -> MuxSequenceClassifier:
-        if self._baseline is not None:
-            return self._baseline
-
-        def build(tmp: Path) -> dict:
-            m = self._fresh(1)
-            stats = train_classifier(
-                m,
-                self.train_items,
-                TrainConfig.from_recipe(self.recipe, self.recipe.finetune_steps),
-                desc="baseline fine-tune",
-                device=self.device,
-            )
-            m.save(tmp / "model")
-            return {"train": stats}
-
-        entry, hit = self.cache.get_or_build("baseline", self._key(), build)
-        log.info("baseline %s (%s)", "cache hit" if hit else "trained", entry)
-        self._baseline = self._load(entry, self.recipe.freeze_word_embeddings)
+        """The given classifier as is, or the encoder fine-tuned on the task (see _baseline)."""
+        if self._baseline is None:
+            self._baseline = self._load(build_baseline(self), self.recipe.freeze_word_embeddings)
         return self._baseline
+
+    @property
+    def baseline_origin(self) -> str:
+        """ "given": the user's classifier, used as is; "trained": fine-tuned here."""
+        return "trained" if self.head_rows is None else "given"
 
     def teacher_logits(self) -> torch.Tensor | None:
         """The baseline's logits for every training item (see `_recovery.teacher_logits`)."""
@@ -268,7 +228,8 @@ class PruMuxPipeline:
         r = self.recipe
         if shape.late:
             return self._load(late_mux_model(self, shape), r.freeze_word_embeddings)
-        if r.finetune_steps < r.mux_finetune_steps and not self._warned_short_baseline:
+        short = self.head_rows is None and r.finetune_steps < r.mux_finetune_steps
+        if short and not self._warned_short_baseline:
             self._warned_short_baseline = True  # once per pipeline: a search asks per trial
             log.warning(
                 "the baseline's fine-tune (finetune_steps=%d) is shorter than the N > 1 models' "
@@ -504,10 +465,14 @@ class PruMuxPipeline:
         )
 
     def baseline_metrics(self) -> dict[str, float]:
-        """Dev metrics of the baseline (computed once per pipeline)."""
+        """Dev metrics of the baseline (computed once per pipeline, logged beside the noise)."""
         if self._baseline_metrics is None:
-            self._baseline_metrics = self.dev_metrics(self.baseline())
+            self._baseline_metrics = measure_baseline(self, self.baseline())
         return self._baseline_metrics
+
+    def dev_noise(self) -> DevNoise:
+        """The dev set's majority-class rate and noise at the baseline's accuracy."""
+        return noise_of(self, self.baseline_metrics())
 
     def check(self, config: Candidate) -> None:
         """Refuse a configuration this pipeline cannot build or run, before any training."""
@@ -596,4 +561,6 @@ class PruMuxPipeline:
             baseline=measured["baseline"],
             candidate=measured[name],
             throughput_config=tp,
+            noise=self.dev_noise(),
+            baseline_origin=self.baseline_origin,
         )

@@ -35,6 +35,8 @@ class SearchSettings:
     # earlier studies in the same storage whose finished trials the guided sampler starts from
     # (("all",): every other autoprumux study there)
     prior: tuple[str, ...] = ()
+    # search a baseline within noise of the majority class (refused without it)
+    force: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:

@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autoprumux import tracking
 from autoprumux.config import Candidate, ThroughputConfig
@@ -34,6 +34,9 @@ from autoprumux.search._report import describe_trial, pareto_figure, trial_candi
 from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import SearchSpace
 from autoprumux.search._workers import FINISHED, SURPLUS, counted, fail_dead_trials, is_surplus
+
+if TYPE_CHECKING:
+    from autoprumux.evaluation import DevNoise
 
 log = logging.getLogger("autoprumux")
 
@@ -164,6 +167,7 @@ class Searcher:
             self.client, f"{tracking.EXPERIMENT_PREFIX}/{self.name}", self.tracking_uri
         )
         self.parent_run_id = self._parent_run()
+        self.baseline_noise: DevNoise | None = None  # the dev set's, once `run` measured it
         self._grid = space.grid()  # the grid sampler's configurations, by index
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -453,7 +457,7 @@ class Searcher:
         from tqdm.auto import tqdm
 
         # the baseline first: every trial's loss and the pruner's threshold are relative to it
-        self.pipeline(self.variants[0]).baseline_metrics()
+        self._check_baseline(self.pipeline(self.variants[0]))
         fail_dead_trials(self.study, self.storage)
         done = len(self.finished())
         if done >= self.s.trials and not self._pending():
@@ -512,6 +516,19 @@ class Searcher:
             bar.close()
         self._close_parent()
         return outcomes
+
+    def _check_baseline(self, pipe: TrialEvaluator) -> None:
+        """Measure the baseline; one within noise of the majority class is refused unless
+        `force` (an evaluator without `dev_noise`, e.g. a replay, is not checked)."""
+        pipe.baseline_metrics()
+        noise = pipe.dev_noise() if hasattr(pipe, "dev_noise") else None
+        self.baseline_noise = noise
+        if noise is None or not noise.near_majority:
+            return
+        if not self.s.force:
+            self._close_parent()
+            raise ConfigError(f"{noise.warning()}; pass --force to search it anyway")
+        log.warning("searching anyway (--force): %s", noise.warning())
 
     def _trials(self, *states: str) -> list[Any]:
         return [t for t in self.study.get_trials(deepcopy=False) if t.state.name in states]

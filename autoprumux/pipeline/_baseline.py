@@ -1,0 +1,113 @@
+"""The baseline every candidate is measured against, and what it is measured with.
+
+- Given: `--model` is a fine-tuned sequence classifier (`BaseModel.labels`). Its encoder,
+  pooler and head are used as is, the head's rows put in the task's class order
+  (`head_rows`), and nothing is trained.
+- Trained: otherwise the base encoder is fine-tuned on the task with the recipe.
+- `max_seq_len` left unset comes from the data: the shortest length (a multiple of 8) that
+  holds `COVERED_SHARE` of the training examples whole, at most the model's positions.
+- Its dev metrics are reported beside the dev set's majority-class rate and noise
+  (`evaluation.dev_noise`); a baseline within noise of the majority class is warned about.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoprumux.config import Recipe
+from autoprumux.data import Example, encode
+from autoprumux.evaluation import DevNoise, dev_noise
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.models._loading import BaseModel
+from autoprumux.training import TrainConfig, train_classifier
+
+if TYPE_CHECKING:
+    from autoprumux.pipeline._pipeline import PruMuxPipeline
+
+log = logging.getLogger("autoprumux")
+
+# the share of training examples an unset max_seq_len keeps whole
+COVERED_SHARE = 0.99
+
+
+def covering_length(lengths: Sequence[int], limit: int, share: float = COVERED_SHARE) -> int:
+    """The shortest multiple of 8 (at least 8) that is at least `share` of `lengths`, capped at
+    `limit`."""
+    if not lengths:
+        return min(limit, 8)
+    ordered = sorted(lengths)
+    need = ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+    return min(limit, max(8, -(-need // 8) * 8))
+
+
+def with_max_seq_len(
+    recipe: Recipe, train: Sequence[Example], tokenizer, base: BaseModel
+) -> tuple[Recipe, str]:
+    """`recipe` with its max_seq_len set (the data's when unset; a given one wins), and a line
+    saying which it is."""
+    if recipe.max_seq_len is not None:
+        return recipe, f"max_seq_len {recipe.max_seq_len} (as set)"
+    limit = base.config.max_position_embeddings
+    lengths = [len(e.input_ids) for e in encode(train, tokenizer, limit)]
+    length = covering_length(lengths, limit)
+    kept = sum(n <= length for n in lengths) / max(1, len(lengths))
+    note = (
+        f"max_seq_len {length} (from the data: {100 * kept:.1f}% of the {len(lengths)} training "
+        f"examples fit whole; the model holds {limit} positions; set --max-seq-len to choose)"
+    )
+    return replace(recipe, max_seq_len=length), note
+
+
+def build_baseline(pipe: PruMuxPipeline) -> Path:
+    """The baseline's cache entry: the given classifier as is, or the encoder fine-tuned."""
+    rows = pipe.head_rows
+
+    def build(tmp: Path) -> dict:
+        if rows is not None:
+            pipe.base.build_classifier(rows).save(tmp / "model")
+            return {"given": pipe.base.name, "head_rows": list(rows)}
+        m = pipe._fresh(1)
+        stats = train_classifier(
+            m,
+            pipe.train_items,
+            TrainConfig.from_recipe(pipe.recipe, pipe.recipe.finetune_steps),
+            desc="baseline fine-tune",
+            device=pipe.device,
+        )
+        m.save(tmp / "model")
+        return {"train": stats}
+
+    entry, hit = pipe.cache.get_or_build("baseline", pipe._key(), build)
+    if rows is not None:
+        log.info("baseline: the given classifier %s, used as is (%s)", pipe.base.name, entry)
+    else:
+        log.info("baseline %s (%s)", "cache hit" if hit else "trained", entry)
+    return entry
+
+
+def measure_baseline(pipe: PruMuxPipeline, model: MuxSequenceClassifier) -> dict[str, float]:
+    """The baseline's dev metrics, logged beside the dev set's majority rate and noise; a
+    baseline within noise of the majority class is warned about."""
+    metrics = pipe.dev_metrics(model)
+    noise = noise_of(pipe, metrics)
+    origin = "given, used as is" if pipe.head_rows is not None else "trained here"
+    log.info(
+        "baseline (%s): dev %s %.2f; %s",
+        origin,
+        pipe.task.metric,
+        metrics["metric"],
+        noise.describe(),
+    )
+    if noise.near_majority:
+        log.warning("%s", noise.warning())
+    return metrics
+
+
+def noise_of(pipe: PruMuxPipeline, metrics: dict[str, float]) -> DevNoise:
+    """The dev set's majority rate and noise at the baseline's accuracy."""
+    return dev_noise((e.label for e in pipe.data.dev), metrics["accuracy"])

@@ -1,0 +1,76 @@
+"""What identifies each cache entry of a pipeline: the model, the task's data and the recipe
+fields a stage reads. A field is keyed only where it changes what is built, so entries built
+before it existed keep their keys."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autoprumux.config import MuxShape
+
+if TYPE_CHECKING:
+    from autoprumux.pipeline._pipeline import PruMuxPipeline
+
+
+def cache_key(pipe: PruMuxPipeline, **extra: object) -> dict:
+    """The key every stage starts from: model, task, data, the resolved recipe's shared fields
+    and, for a given classifier, that it is given and how its head was ordered."""
+    r = pipe.recipe
+    return {
+        "model": pipe.base.model_id,
+        "task": pipe.task.name,
+        "data": pipe.data.fingerprint(),
+        "max_seq_len": r.max_seq_len,
+        "batch_size": r.batch_size,
+        "lr": r.lr,
+        "finetune_steps": r.finetune_steps,
+        "freeze_word_embeddings": r.freeze_word_embeddings,
+        "seed": r.seed,
+        # L2L equals gradient accumulation over its micro-batches (own dropout streams):
+        # keyed only when used, so the standard loop's cache entries keep their keys
+        **(
+            {"trainer": r.trainer, "l2l_micro_batches": r.l2l_micro_batches}
+            if r.trainer != "standard"
+            else {}
+        ),
+        # a given classifier is not trained here: its baseline and all built from it differ
+        # from a trained baseline's (keyed only when given, so trained entries keep their keys)
+        **(
+            {"baseline": "given", "head_rows": list(pipe.head_rows)}
+            if pipe.head_rows is not None
+            else {}
+        ),
+        **extra,
+    }
+
+
+def mux_key(pipe: PruMuxPipeline, shape: MuxShape) -> dict:
+    """The key of an unpruned multiplexed model of `shape`."""
+    r = pipe.recipe
+    late = (
+        {
+            "mux_layers": shape.layers,
+            "combiner": shape.combiner,
+            "freeze_backbone": r.late_mux_freeze_backbone,
+            "align": r.late_mux_align,
+            "late_lr": r.late_mux_lr,
+            # keyed only when used, so frozen-backbone entries keep their keys
+            **({"shared_lr": r.late_mux_shared_lr} if r.late_mux_shared_lr else {}),
+        }
+        if shape.late
+        else {}  # keyed only when used, so early-mixing entries keep their keys
+    )
+    return cache_key(
+        pipe,
+        **late,
+        n=shape.n,
+        variant=pipe.mux_variant,
+        mux_warmup_steps=r.mux_warmup_steps,
+        mux_warmup_lr=r.mux_warmup_lr,
+        mux_finetune_steps=r.mux_finetune_steps,
+        mux_finetune_lr=r.mux_finetune_lr,
+        retrieval_weight=r.retrieval_weight,
+        distill_weight=r.distill_weight,
+        mux_pooling=r.mux_pooling,
+        mux_hidden_distill=r.mux_hidden_distill,
+    )
