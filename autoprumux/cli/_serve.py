@@ -158,6 +158,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
         pair=pipe.task.pair,
         device=args.device,
         info={"task": pipe.task.name, "model": pipe.base.model_id},
+        label_names=pipe.task.label_names,
     ).start()
     width = max(len(p.name) for p in profiled.values()) + 2
     print(

@@ -1,5 +1,5 @@
 """Task data: GLUE-format loaders, the user's own data (`DataSource`, `load_task_data`), the
-warm-up corpus and batching.
+warm-up corpus, batching, and how much of a text is read (`_texts`).
 
 The names are imported on first use (PEP 562): a search space holding a `DataSource` is read
 without loading torch (which only batching needs)."""
@@ -14,6 +14,7 @@ _BATCHING = "autoprumux.data._batching"
 _CORPUS = "autoprumux.data._corpus"
 _GLUE = "autoprumux.data._glue"
 _SOURCE = "autoprumux.data._source"
+_TEXTS = "autoprumux.data._texts"
 
 __getattr__ = lazy_exports(
     __name__,
@@ -24,6 +25,10 @@ __getattr__ = lazy_exports(
         "collate": _BATCHING,
         "encode": _BATCHING,
         "infinite_batches": _BATCHING,
+        "CHARS_PER_TOKEN": _TEXTS,
+        "MAX_VALUE_CHARS": _TEXTS,
+        "clip_text": _TEXTS,
+        "max_text_chars": _TEXTS,
         "check_corpus": _CORPUS,
         "encode_corpus": _CORPUS,
         "warmup_texts": _CORPUS,
@@ -78,10 +83,13 @@ if TYPE_CHECKING:
         load_task_data,
         resolve_task,
     )
+    from autoprumux.data._texts import CHARS_PER_TOKEN, MAX_VALUE_CHARS, clip_text, max_text_chars
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "DATA_KEY_DEFAULTS",
     "MAX_DEV_SPLIT_ROWS",
+    "MAX_VALUE_CHARS",
     "METRICS",
     "TASKS",
     "UNLABELED",
@@ -93,6 +101,7 @@ __all__ = [
     "batches",
     "carve_dev_split",
     "check_corpus",
+    "clip_text",
     "check_metric",
     "check_pos_label",
     "collate",
@@ -102,6 +111,7 @@ __all__ = [
     "infinite_batches",
     "load_task",
     "load_task_data",
+    "max_text_chars",
     "metric_label",
     "resolve_data_dir",
     "resolve_task",

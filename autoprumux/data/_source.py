@@ -4,9 +4,10 @@ that gives the `TaskData` of either a built-in GLUE task's name or a `DataSource
 
 Rules (each broken one raises a ConfigError or DataNotFoundError naming the value and the fix):
 the text and label columns exist (and the pair column when named); every row has a label and a
-text; labels are integers or strings, at least two classes; every dev label occurs in train.
-Labels become class indices in sorted order (integers numerically), named in
-`TaskSpec.label_names`. With two classes, f1 scores the minority class of train as positive
+text that is not empty or only whitespace; labels are integers or strings, at least two
+classes; every dev label occurs in train. Labels are normalised once, as read (`label_key`):
+"1", 1, 1.0, "01" and "1.0" are the class 1, "1.50" and "1.5" the class "1.5". Labels become
+class indices in sorted order (integers numerically), named in `TaskSpec.label_names`. With two classes, f1 scores the minority class of train as positive
 (`TaskSpec.positive`; ties: the later in sorted order) unless `pos_label` names another.
 Without a dev split of its own, a deterministic, stratified share of train becomes dev
 (`DataSource.dev_fraction`, at most `MAX_DEV_SPLIT_ROWS` rows), recorded in `TaskData.dev_split`.
@@ -19,6 +20,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from autoprumux.data._tables import (
     Table,
     check_format,
     parse_hub_name,
+    path_problem,
     read_hub,
     read_table,
     split_files,
@@ -42,7 +45,8 @@ MAX_DEV_SPLIT_ROWS = 2000  # a carved dev split larger than this only slows ever
 # fixed, not the recipe's seed: every recipe and seed of a study scores on the same dev rows
 DEV_SPLIT_SEED = 1234
 HUB_PREFIX = "hf:"
-_INTEGER = re.compile(r"[+-]?\d+")
+# a label written as a decimal number: "1", "-2", "1.0", "1.", ".5"
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 
 
 def check_metric(metric: str | None) -> str | None:
@@ -154,8 +158,8 @@ class DataSource:
             split_files(path)
         elif not path.exists():
             raise DataNotFoundError(
-                f"--data {self.location!r} does not exist; pass a CSV, TSV, JSONL or Parquet "
-                "file, a directory with train.* (and dev.*), or hf:NAME[/CONFIG]"
+                f"--data {self.location!r} {path_problem(path)}; pass a CSV, TSV, JSONL or "
+                "Parquet file, a directory with train.* (and dev.*), or hf:NAME[/CONFIG]"
             )
         else:
             check_format(path)
@@ -345,8 +349,19 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v)
 
 
+def label_key(label: str) -> int | str:
+    """A label read as text, normalised: a decimal number with an integer value is that integer
+    ("1", "+1", "01", "1.0" and "1." are 1), another decimal number its shortest decimal
+    ("1.50" is "1.5"), anything else the text as written."""
+    if not _DECIMAL.fullmatch(label):
+        return label
+    d = Decimal(label)
+    return int(d) if d == d.to_integral_value() else format(d.normalize(), "f")
+
+
 def _labels(table: Table, column: str) -> list[int | str]:
-    """The column's labels: integers (also "3" and 3.0) or stripped strings, none blank."""
+    """The column's labels: integers (also "3", "3.0" and 3.0), or stripped strings with decimal
+    numbers normalised (`label_key`), none blank."""
     out: list[int | str] = []
     for row, v in enumerate(table.columns[column], start=1):
         v = v.strip() if isinstance(v, str) else v
@@ -362,7 +377,7 @@ def _labels(table: Table, column: str) -> list[int | str]:
         elif isinstance(v, float) and v.is_integer():
             out.append(int(v))
         elif isinstance(v, str):
-            out.append(int(v) if _INTEGER.fullmatch(v) else v)
+            out.append(label_key(v))
         else:
             raise ConfigError(
                 f"{table.where}, row {row}: label {v!r} in column {column!r} is not a class "
@@ -384,7 +399,13 @@ def _texts(table: Table, column: str) -> list[str]:
                 f"{table.where}, row {row}: column {column!r} holds {v!r} "
                 f"({type(v).__name__}), not text; name the text column with --text-column"
             )
-        out.append(v.strip())
+        v = v.strip()
+        if not v:
+            raise ConfigError(
+                f"{table.where}, row {row}: the text in column {column!r} is empty or only "
+                "whitespace; write the text or drop the row (nothing is dropped silently)"
+            )
+        out.append(v)
     return out
 
 

@@ -2,20 +2,25 @@
 directory of split files, or a Hugging Face dataset (`hf:NAME[/CONFIG]`).
 
 A `Table` is one split as columns (name -> values in row order). Reading checks only what a
-format can get wrong (encoding, ragged rows, invalid JSON); which columns a task needs is checked
-by the caller (`_source`), which names the flags that fix it.
+format can get wrong (encoding, ragged rows, invalid JSON, a value longer than
+`_texts.MAX_VALUE_CHARS`); which columns a task needs is checked by the caller (`_source`),
+which names the flags that fix it. CSV, TSV and JSONL files are read a line at a time: beyond
+the rows kept, reading holds about twice the longest line.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import errno
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprumux.data._texts import MAX_VALUE_CHARS, TOO_LONG, check_value_length
 from autoprumux.errors import ConfigError, DataNotFoundError
 
 # file suffix -> format; .ndjson as `autoprumux predict` reads it
@@ -46,6 +51,23 @@ class Table:
     @property
     def num_rows(self) -> int:
         return len(next(iter(self.columns.values()), []))
+
+
+def path_problem(path: Path) -> str:
+    """What keeps `path` from being read, as the end of a sentence naming it: "does not exist",
+    or a symbolic link loop, a link to a missing target, a folder that cannot be entered."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link loop (following its links leads back to a link on the way)"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        if e.errno == errno.EACCES:
+            return "cannot be reached (permission denied on a folder on its way)"
+        if e.errno == errno.ENOTDIR:
+            return "does not exist (a part of its path is a file, not a folder)"
+    return "does not exist"
 
 
 def check_format(path: Path) -> str:
@@ -88,65 +110,140 @@ def read_table(path: Path) -> Table:
     fmt = check_format(path)
     if not path.is_file():
         raise DataNotFoundError(
-            f"data file {str(path)!r} does not exist; pass an existing CSV, TSV, JSONL or "
+            f"data file {str(path)!r} {path_problem(path)}; pass an existing CSV, TSV, JSONL or "
             "Parquet file, or a directory with train.* (and dev.*)"
         )
     if fmt == "parquet":
         return _read_parquet(path)
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
+        table = (
+            _read_jsonl(path)
+            if fmt == "jsonl"
+            else _read_delimited(path, "\t" if fmt == "tsv" else ",")
+        )
+    except UnicodeDecodeError:
         raise ConfigError(
-            f"data file {str(path)!r} is not UTF-8 text (byte {e.start}); re-save it as UTF-8"
+            f"data file {str(path)!r} is not UTF-8 text (byte {_bad_utf8_offset(path)}); "
+            "re-save it as UTF-8"
         ) from None
-    if not text.strip():
+    if table is None:
         raise ConfigError(f"data file {str(path)!r} is empty; it needs a header and rows")
-    if fmt == "jsonl":
-        return _read_jsonl(path, text)
-    return _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
+    return table
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> Table:
-    # quoted fields as Python's and pandas' writers quote them (a TSV exported by pandas too)
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
-    header, body = rows[0], [r for r in rows[1:] if r]  # a trailing blank line is no row
-    columns: dict[str, list[Any]] = {name: [] for name in header}
-    for i, r in enumerate(body, start=1):
-        if len(r) != len(header):
+def _bad_utf8_offset(path: Path) -> int:
+    """The offset in the file of its first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                return offset - pending + e.start
+            offset += len(chunk)
+    return offset
+
+
+def _read_delimited(path: Path, delimiter: str) -> Table | None:
+    """The rows of a CSV or TSV file, quoted as Python's and pandas' writers quote them (a TSV
+    exported by pandas too); None when the file holds nothing but blanks."""
+    where = f"data file {str(path)!r}"
+    header: list[str] | None = None
+    columns: dict[str, list[Any]] = {}
+    row = 0  # data rows read; a blank line is no row
+    saved = csv.field_size_limit(MAX_VALUE_CHARS)  # csv's own guard, process-wide: restored
+    try:
+        # newline="": quoted line breaks stay in their field, and any line ending ends a row
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            for r in csv.reader(f, delimiter=delimiter):
+                if header is None:
+                    if not "".join(r).strip():  # blank lines before the header
+                        continue
+                    header = r
+                    columns = {name: [] for name in header}
+                    continue
+                if not r:
+                    continue
+                row += 1
+                if len(r) != len(header):
+                    raise ConfigError(
+                        f"{where}, row {row}: {len(r)} fields where the header has "
+                        f"{len(header)} ({', '.join(header)}); quote fields holding "
+                        f"{'tabs' if delimiter == chr(9) else 'commas'}"
+                    )
+                for name, value in zip(header, r, strict=True):
+                    columns[name].append(value)
+    except csv.Error as e:
+        at = f"{where}, row {row + 1}" if header is not None else f"{where}, its header"
+        if "field larger than field limit" in str(e):
             raise ConfigError(
-                f"data file {str(path)!r}, row {i}: {len(r)} fields where the header has "
-                f"{len(header)} ({', '.join(header)}); quote fields holding "
-                f"{'tabs' if delimiter == chr(9) else 'commas'}"
-            )
-        for name, value in zip(header, r, strict=True):
-            columns[name].append(value)
-    return Table(f"data file {str(path)!r}", columns)
-
-
-def _read_jsonl(path: Path, text: str) -> Table:
-    records: list[dict[str, Any]] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"data file {str(path)!r}, line {line_no}: not JSON ({e.msg}); write one JSON "
-                "object per line"
+                f"{at}: a field of more than the limit of {MAX_VALUE_CHARS:,} characters; {TOO_LONG}"
             ) from None
-        if not isinstance(rec, dict):
-            raise ConfigError(
-                f"data file {str(path)!r}, line {line_no}: a JSON {type(rec).__name__}, not an "
-                'object; write one object per line, e.g. {"text": "...", "label": 1}'
-            )
-        records.append(rec)
+        raise ConfigError(f"{at} is not valid CSV ({e}); re-save the file as CSV") from None
+    finally:
+        csv.field_size_limit(saved)
+    if header is None:
+        return None
+    return Table(where, columns)
+
+
+def _read_jsonl(path: Path) -> Table | None:
+    """The records of a JSONL file, a line at a time (lines end at "\\n" only: U+2028 is valid
+    inside a JSON string); None when the file holds nothing but blanks."""
+    where = f"data file {str(path)!r}"
+    records: list[dict[str, Any]] = []
+    with path.open("rb") as f:
+        line_no = 0
+        # not enumerate(f): its reused result tuple would keep the last line's bytes alive
+        for raw in f:
+            line_no += 1
+            # each copy of a long line is released as soon as the next is made
+            line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            del raw
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(
+                    f"{where}, line {line_no}: not JSON ({e.msg}); write one JSON object per line"
+                ) from None
+            except RecursionError:
+                raise ConfigError(
+                    f"{where}, line {line_no}: JSON nested too deeply; write one flat JSON "
+                    "object per line"
+                ) from None
+            except ValueError as e:  # e.g. an integer of more than 4,300 digits
+                raise ConfigError(
+                    f"{where}, line {line_no}: not usable JSON ({str(e)[:80]}); write one JSON "
+                    "object per line"
+                ) from None
+            del line
+            if not isinstance(rec, dict):
+                raise ConfigError(
+                    f"{where}, line {line_no}: a JSON {type(rec).__name__}, not an object; write "
+                    'one object per line, e.g. {"text": "...", "label": 1}'
+                )
+            for value in rec.values():
+                check_value_length(f"{where}, line {line_no}", value)
+            records.append(rec)
+    if not records:
+        return None
     names: dict[str, None] = {}  # every key seen, in order of appearance
     for rec in records:
         names.update(dict.fromkeys(rec))
     # a key missing from a line is a missing value there (the caller names the row)
-    return Table(f"data file {str(path)!r}", {n: [rec.get(n) for rec in records] for n in names})
+    return Table(where, {n: [rec.get(n) for rec in records] for n in names})
+
+
+def _check_lengths(table: Table) -> Table:
+    """`table`, refused when a value is longer than `MAX_VALUE_CHARS` (formats read whole)."""
+    for name, values in table.columns.items():
+        for row, value in enumerate(values, start=1):
+            check_value_length(f"{table.where}, row {row}, column {name!r}", value)
+    return table
 
 
 def _read_parquet(path: Path) -> Table:
@@ -165,7 +262,7 @@ def _read_parquet(path: Path) -> Table:
         ) from None
     if not columns:
         raise ConfigError(f"data file {str(path)!r} is empty; it needs columns and rows")
-    return Table(f"data file {str(path)!r}", columns)
+    return _check_lengths(Table(f"data file {str(path)!r}", columns))
 
 
 def parse_hub_name(spec: str) -> tuple[str, str | None]:
@@ -223,7 +320,7 @@ def _hub_table(split: Any, where: str, label_column: str) -> Table:
     columns = {name: list(split[name]) for name in split.column_names}
     feature = getattr(split, "features", {}).get(label_column)
     names = getattr(feature, "names", None)  # a ClassLabel: integer labels with names
-    return Table(where, columns, tuple(str(n) for n in names) if names else ())
+    return _check_lengths(Table(where, columns, tuple(str(n) for n in names) if names else ()))
 
 
 def _fully_labelled(table: Table, label_column: str) -> bool:

@@ -1,11 +1,15 @@
 """A loopback HTTP endpoint in front of the dynamic batcher (stdlib `ThreadingHTTPServer`).
 
     POST /predict  {"texts": ["...", ...]} or {"text": "..."}
-                   -> {"labels": [...], "probabilities": [[...], ...],
+                   -> {"labels": [...], "label_ids": [...], "probabilities": [[...], ...],
                        "configuration": "k=2", "configurations": ["k=2", ...],
                        "active_students": 2}
     GET  /health   -> {"status": "ok", ...}
     GET  /stats    -> queue length, active k, counts, recent k changes, the policy
+
+`labels` are the class names (`label_names`, the task's: as `autoprumux predict` answers; the
+class indices when the server is given no names), `label_ids` the class indices, and the
+probabilities are in class-index order.
 
 Pair tasks take each text as ["first sentence", "second sentence"]. Every refusal is a JSON
 `{"error": "..."}` that names the value and the fix: 400 for a bad body (JSON nested deeper
@@ -22,7 +26,7 @@ import logging
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -58,7 +62,7 @@ def parse_predict_request(
     body: bytes, *, max_texts: int, max_chars: int, pair: bool = False
 ) -> list[Text]:
     """The texts of a /predict body, or a `ServingError` (400) saying what is wrong and how to
-    fix it. Nothing is trimmed or dropped: a text is classified exactly as sent."""
+    fix it. Nothing is trimmed or dropped here; the model reads a text as `data.encode` cuts it."""
     try:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -159,6 +163,23 @@ def _check_text(name: str, text: str, max_chars: int) -> None:
             "shorten it (the model reads only its first tokens anyway) or raise --max-chars",
             400,
         )
+
+
+def _check_label_names(
+    names: Sequence[str] | None, models: Sequence[nn.Module | None]
+) -> tuple[str, ...] | None:
+    """The class names a server answers with: one string per class of every served model."""
+    if names is None:
+        return None
+    out = tuple(names) if not isinstance(names, str) else ()
+    classes = {int(m.num_labels) for m in models if m is not None and hasattr(m, "num_labels")}
+    if not out or not all(isinstance(n, str) for n in out) or classes - {len(out)}:
+        raise ConfigError(
+            f"label_names ({names!r}) must be one string per class of the served models "
+            f"({', '.join(map(str, sorted(classes))) or '?'} classes), e.g. the task's "
+            "TaskSpec.label_names"
+        )
+    return out
 
 
 def _json_type(v: Any) -> str:
@@ -341,9 +362,11 @@ class StudentServer:
         pair: bool = False,
         device: str | torch.device = "cpu",
         info: dict | None = None,
+        label_names: Sequence[str] | None = None,
     ):
         self.config = config or ServingConfig()
         self.pair = pair
+        self.label_names = _check_label_names(label_names, [ensemble, *(models or {}).values()])
         self.batcher = DynamicBatcher(
             ensemble,
             tokenizer,
@@ -415,8 +438,10 @@ class StudentServer:
             body, max_texts=self.config.max_texts, max_chars=self.config.max_chars, pair=self.pair
         )
         pred = self.batcher.predict(texts, timeout=self.config.request_timeout_s)
+        names = self.label_names
         return {
-            "labels": pred.labels,
+            "labels": [names[i] for i in pred.labels] if names else pred.labels,
+            "label_ids": pred.labels,
             "probabilities": pred.probabilities,
             "configuration": pred.configuration,
             "configurations": pred.configurations,
