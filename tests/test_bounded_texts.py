@@ -479,3 +479,32 @@ def test_a_jsonl_line_ends_at_a_newline_only(tmp_path):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
     td = load_task_data(DataSource(str(path)))
     assert all("\u2028" in ex.text_a for ex in (*td.train, *td.dev))
+
+
+def test_the_load_generator_scores_a_server_that_answers_class_names(tokenizer):
+    """The load generator's labels are class indices: against a server that answers names it
+    compares the indices the server sends beside them."""
+    from test_serving import tiny_ensemble
+
+    from autoprumux.student_server import (
+        FixedPolicy,
+        ServingConfig,
+        StudentServer,
+        burst_schedule,
+        run_load,
+    )
+
+    texts = ["a gripping, funny film", "dull", "not good", "i laughed, i cried"]
+    ids = _ask_students(tokenizer, texts)["labels"]
+    examples = list(zip(texts, ids, strict=True))  # the model's own answers: 100% accurate
+    sched = burst_schedule(
+        steady_rps=20, burst_rps=20, steady_s=0.3, burst_s=0.1, texts_per_request=2,
+        request_timeout_s=3.0, max_duration_s=5.0, concurrency=4,
+    )  # fmt: skip
+    cfg = ServingConfig(port=0, max_seq_len=SEQ, max_wait_ms=0.0)
+    names = ("neg", "pos")
+    with StudentServer(
+        tiny_ensemble(2), tokenizer, FixedPolicy(2), config=cfg, label_names=names
+    ) as srv:
+        rep = run_load("127.0.0.1", srv.port, examples, sched)
+    assert rep.answered > 0 and rep.accuracy == pytest.approx(100.0)

@@ -271,7 +271,8 @@ def run_load(
             return
         try:
             answer = json.loads(data)
-            labels = answer["labels"]
+            # the class indices: `labels` holds the class names when the server has them
+            labels = answer.get("label_ids", answer["labels"])
             served_by = answer["configuration"]
         except (ValueError, KeyError, TypeError):
             r.kind = "bad_response"
