@@ -38,6 +38,8 @@ TINY_RECIPE = {
 }
 TP = ThroughputConfig(batch_size=8, seq_len=32, repeats=2, warmup=1)
 TP_ARGS = ["--tp-batch", "8", "--tp-seq-len", "32", "--tp-repeats", "2"]
+# tiny random baselines score at chance: a search asks for --force to search them
+AT_CHANCE = ["--force"]
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +72,7 @@ def settings(space: SearchSpace, tmp: Path, **kw) -> SearchSettings:
         "throughput": TP,
         "budget": 50.0,
         "show_progress": False,
+        "force": True,  # tiny random baselines score at chance: searched anyway
     }
     return SearchSettings(**{**base, **kw})
 
@@ -236,7 +239,7 @@ def test_cli_search_registers_a_recommender_that_serves(tiny_checkpoint, tmp_pat
             "--data-dir",
             str(DATA),
         ]
-        + ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
+        + ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS, *AT_CHANCE]
     )
     assert rc == 0
     # the stores sit where MLflow and Optuna users look: mlruns/ and the study beside it
@@ -440,6 +443,7 @@ def test_the_users_sequence_search_then_recommend_and_the_served_model(
         )
     )
     common = ["--data-dir", str(DATA), "--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
+    common += AT_CHANCE
     rc = main(
         ["search", "--space", str(space), "--trials", "4", "--budget", "2", "--sampler", sampler]
         + ["--study-name", "journey", *common]
@@ -545,6 +549,7 @@ def test_reruns_register_nothing_new_and_close_the_study_run(
     space.write_text(yaml.safe_dump(tiny_space(tiny_checkpoint).to_dict()))
     argv = ["search", "--space", str(space), "--budget", "50", "--study-name", "rerun"]
     argv += ["--data-dir", str(DATA), "--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
+    argv += AT_CHANCE
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cl = tracking.client(uri)
 
@@ -673,7 +678,7 @@ def test_the_main_job_searches_recommends_exports_and_says_what_next(
     space = tmp_path / "space.yaml"
     params = {"sparsity": {"low": 0.0, "high": 0.6, "step": 0.3}, "mux": {"choices": [1]}}
     space.write_text(yaml.safe_dump(tiny_space(tiny_checkpoint, **params).to_dict()))
-    argv = ["search", "--space", str(space), "--trials", "2", "--sampler", "guided"]
+    argv = ["search", "--space", str(space), "--trials", "2", "--sampler", "guided", *AT_CHANCE]
     argv += ["--budget", "50", "--data-dir", str(DATA), "--cache-dir", str(tmp_path / "cache")]
     taken = tmp_path / "taken"
     taken.mkdir()

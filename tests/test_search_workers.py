@@ -19,7 +19,7 @@ import optuna
 import pytest
 import yaml
 from conftest import GLUE_DIR as DATA
-from test_search import TINY_RECIPE, TP_ARGS, _free_port, _wait_http
+from test_search import AT_CHANCE, TINY_RECIPE, TP_ARGS, _free_port, _wait_http
 
 from autoprumux import tracking
 
@@ -131,7 +131,7 @@ def test_three_workers_share_a_postgresql_study_and_one_mlflow_server(
         mlflow_uri = f"http://127.0.0.1:{port}"
         common = ["--storage", pg_url, "--study-name", "shared", "--tracking-uri", mlflow_uri]
         common += ["--budget", "50", "--no-register", "--data-dir", str(DATA)]
-        common += ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
+        common += ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS, *AT_CHANCE]
         space = _space_file(tmp_path, tiny_checkpoint)
         first = _cli("search", "--space", str(space), "--trials", "9", *common, cwd=tmp_path)
         _wait_for_study(pg_url, "shared", [first])
@@ -216,7 +216,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial(tiny_checkpoint, tmp_
     args = ["search", "--space", str(space), "--trials", "4", "--storage", storage]
     args += ["--tracking-uri", mlflow_uri, "--study-name", "killme", "--budget", "50"]
     args += ["--heartbeat", "60", "--no-register", "--data-dir", str(DATA)]
-    args += ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS]
+    args += ["--cache-dir", str(tmp_path / "cache"), *TP_ARGS, *AT_CHANCE]
     proc = _cli(*args, cwd=tmp_path)
     _wait_for_study(storage, "killme", [proc])
     # wait until at least one trial finished and another is running, then SIGKILL the worker

@@ -188,7 +188,7 @@ def test_evaluate_study_measures_a_configuration_as_a_new_trial(
     throughput timing, tracked under its MLflow run. What the study does not hold is refused."""
     import yaml
     from conftest import GLUE_DIR
-    from test_search import TINY_RECIPE, TP_ARGS
+    from test_search import AT_CHANCE, TINY_RECIPE, TP_ARGS
 
     from autoprumux.config import Candidate
     from autoprumux.meta._recommend import evaluate_command
@@ -216,6 +216,7 @@ def test_evaluate_study_measures_a_configuration_as_a_new_trial(
         argv = ["search", "--space", "space.yaml", "--trials", "1", "--budget", "50"]
         argv += ["--sampler", sampler, "--study-name", study, "--storage", storage]
         argv += ["--data-dir", str(GLUE_DIR), "--cache-dir", "cache", "--no-register", *TP_ARGS]
+        argv += AT_CHANCE
         assert main(argv) == 0
         capsys.readouterr()
         command = evaluate_command(wanted, study, storage)
