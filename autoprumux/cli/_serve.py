@@ -102,7 +102,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     pipe = _pipeline(args, recipe)
-    serving = replace(serving, max_seq_len=pipe.recipe.max_seq_len)  # as the model was trained
+    serving = replace(serving, max_seq_len=pipe.max_seq_len)  # as the model was trained
     layers = len(pipe.base.config.heads)
     if cfg.depth >= layers:
         raise ConfigError(f"--depth ({cfg.depth}) must be below the base model's {layers} layers")

@@ -157,7 +157,7 @@ def export_model(
         task=pipe.task.name,
         label_names=tuple(pipe.data.task.label_names),
         pair=pipe.task.pair,
-        max_seq_len=pipe.recipe.max_seq_len,
+        max_seq_len=pipe.max_seq_len,
         config=config,
         base_model=pipe.model_id,
         measurement=_measurement(ev, pipe.dev_size),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,13 +44,13 @@ def covering_length(lengths: Sequence[int], limit: int, share: float = COVERED_S
     return min(limit, max(8, -(-need // 8) * 8))
 
 
-def with_max_seq_len(
+def resolve_max_seq_len(
     recipe: Recipe, train: Sequence[Example], tokenizer, base: BaseModel
-) -> tuple[Recipe, str]:
-    """`recipe` with its max_seq_len set (the data's when unset; a given one wins), and a line
-    saying which it is."""
+) -> tuple[int, str]:
+    """The recipe's max_seq_len (the data's when unset; a set one wins), and a line saying
+    which it is."""
     if recipe.max_seq_len is not None:
-        return recipe, f"max_seq_len {recipe.max_seq_len} (as set)"
+        return recipe.max_seq_len, f"max_seq_len {recipe.max_seq_len} (as set)"
     limit = base.config.max_position_embeddings
     lengths = [len(e.input_ids) for e in encode(train, tokenizer, limit)]
     length = covering_length(lengths, limit)
@@ -60,7 +59,7 @@ def with_max_seq_len(
         f"max_seq_len {length} (from the data: {100 * kept:.1f}% of the {len(lengths)} training "
         f"examples fit whole; the model holds {limit} positions; set --max-seq-len to choose)"
     )
-    return replace(recipe, max_seq_len=length), note
+    return length, note
 
 
 def build_baseline(pipe: PruMuxPipeline) -> Path:

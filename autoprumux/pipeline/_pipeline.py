@@ -53,7 +53,7 @@ from autoprumux.pipeline._baseline import (
     build_baseline,
     measure_baseline,
     noise_of,
-    with_max_seq_len,
+    resolve_max_seq_len,
 )
 from autoprumux.pipeline._keys import cache_key, mux_key
 from autoprumux.pipeline._mux import (
@@ -119,11 +119,12 @@ class PruMuxPipeline:
         )
         self.tokenizer = self.base.tokenizer()
         # one resolved recipe from here on: its max_seq_len is the data's when left unset
-        self.recipe, self.max_seq_len_note = with_max_seq_len(
+        self.max_seq_len, self.max_seq_len_note = resolve_max_seq_len(
             self.recipe, self.data.train, self.tokenizer, self.base
         )
-        self.train_items = encode(self.data.train, self.tokenizer, self.recipe.max_seq_len)
-        self.dev_items = encode(self.data.dev, self.tokenizer, self.recipe.max_seq_len)
+        self.recipe = replace(self.recipe, max_seq_len=self.max_seq_len)
+        self.train_items = encode(self.data.train, self.tokenizer, self.max_seq_len)
+        self.dev_items = encode(self.data.dev, self.tokenizer, self.max_seq_len)
         self.special_ids = tuple(
             i
             for i in (
@@ -198,7 +199,7 @@ class PruMuxPipeline:
                 self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
             )
             self._warmup_items, self._corpus_digest = encode_corpus(
-                texts, self.tokenizer, r.max_seq_len
+                texts, self.tokenizer, self.max_seq_len
             )
         return self._warmup_items
 
@@ -460,9 +461,7 @@ class PruMuxPipeline:
         )
 
     def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None:
-        self.base.check_lengths(
-            n, max_seq_len=self.recipe.max_seq_len, seq_len=tp.seq_len if tp else 0
-        )
+        self.base.check_lengths(n, max_seq_len=self.max_seq_len, seq_len=tp.seq_len if tp else 0)
 
     def baseline_metrics(self) -> dict[str, float]:
         """Dev metrics of the baseline (computed once per pipeline, logged beside the noise)."""

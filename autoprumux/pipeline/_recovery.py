@@ -70,7 +70,7 @@ def corpus_items(pipe: PruMuxPipeline, size: int) -> tuple[list[Encoded], dict]:
     as UNLABELED items, and what keys them (their count and content hash)."""
     r = pipe.recipe
     texts = warmup_texts(pipe.warmup_corpus, pipe.data, pipe.data_dir, size, r.seed)
-    items, digest = encode_corpus(texts, pipe.tokenizer, r.max_seq_len)
+    items, digest = encode_corpus(texts, pipe.tokenizer, pipe.max_seq_len)
     return (
         [Encoded(x.input_ids, x.token_type_ids, UNLABELED) for x in items],
         {"unlabeled": len(items), "unlabeled_corpus": digest},
