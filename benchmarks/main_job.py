@@ -1,0 +1,83 @@
+"""The README's main job, run as a new user runs it: its wall time and its answer.
+
+Runs the README's search command in WORKDIR (a fresh clone whose `.venv` is installed), timed,
+then reads the study it left in WORKDIR/autoprumux.db: every trial's configuration, loss and
+speedup, and the answer within the budget.
+
+    git clone <repo> /tmp/fresh && cd /tmp/fresh && python3 -m venv .venv \
+        && .venv/bin/pip install torch==2.13.0 -e '.[dev]'
+    python benchmarks/main_job.py --workdir /tmp/fresh
+
+`--seconds S` records a run already made there (timed by the caller) instead of running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+from _results import write_json
+
+COMMAND = [
+    "search", "--space", "search_spaces/quick.yaml", "--sampler", "guided", "--trials", "5",
+    "--budget", "2", "--export", "sst2-model",
+]  # fmt: skip
+BUDGET = 2.0
+
+
+def study_record(workdir: Path) -> tuple[str, list[dict]]:
+    """The machine the study recorded (its own run, not this process) and its trials."""
+    import optuna
+
+    from autoprumux.evaluation import Machine
+
+    storage = f"sqlite:///{workdir / 'autoprumux.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    measured_on = Machine.from_dict(study.user_attrs["machine"]).describe()
+    return measured_on, [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "config": t.user_attrs.get("config"),
+            "accuracy_loss": t.user_attrs.get("accuracy_loss"),
+            "speedup": t.value,
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete
+            else None,
+        }
+        for t in study.get_trials()
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--out", default="benchmarks/results/main_job_sst2_cpu.json")
+    args = ap.parse_args()
+    workdir = args.workdir.resolve()
+    seconds = args.seconds
+    if seconds is None:
+        start = time.perf_counter()
+        subprocess.run([str(workdir / ".venv/bin/autoprumux"), *COMMAND], cwd=workdir, check=True)
+        seconds = time.perf_counter() - start
+    measured_on, trials = study_record(workdir)
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    within = [t for t in done if t["accuracy_loss"] is not None and t["accuracy_loss"] <= BUDGET]
+    answer = max(within, key=lambda t: t["speedup"]) if within else None
+    doc = {
+        "command": "autoprumux " + " ".join(COMMAND),
+        "machine": measured_on,
+        "wall_seconds": round(seconds, 1),
+        "budget": BUDGET,
+        "answer": answer,
+        "trials": done,
+    }
+    print(write_json(args.out, doc))
+
+
+if __name__ == "__main__":
+    main()
