@@ -14,6 +14,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from autoprumux._rules import COUNT, FLAG, FRACTION, LR, STEPS, WEIGHT, Rule
 from autoprumux.errors import ConfigError
 
 # ---- names and limits shared across the package ---------------------------------------------
@@ -72,121 +73,48 @@ def validate_trainer(
 
 
 # ---- the training recipe ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Rule:
-    """The type and range of one `Recipe` field."""
-
-    kind: type  # int, float, bool or str
-    low: float | None = None  # inclusive lower bound (exclusive with `above`)
-    above: bool = False
-    high: float | None = None  # inclusive upper bound
-    choices: tuple[str, ...] = ()
-    none: str = ""  # when set, None is allowed and means this
-
-    def check(self, v: object) -> tuple[bool, object]:
-        """(valid, the value normalised to the field's type: int fields int, float fields
-        float). bool is an int subclass and NaN a float: both are rejected by hand."""
-        if v is None:
-            return bool(self.none), v
-        if self.kind is bool:
-            return isinstance(v, bool), v
-        if self.kind is str:
-            return isinstance(v, str) and v in self.choices, v
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            return False, v
-        if self.kind is int:
-            if not isinstance(v, numbers.Integral):
-                return False, v
-            x: float = int(v)
-        else:
-            x = float(v)
-            if not math.isfinite(x):
-                return False, v
-        if self.low is not None and (x <= self.low if self.above else x < self.low):
-            return False, v
-        if self.high is not None and x > self.high:
-            return False, v
-        return True, x
-
-    def describe(self) -> str:
-        if self.kind is bool:
-            return "true or false (a boolean, not a string)"
-        if self.kind is str:
-            return f"one of {list(self.choices)}"
-        what = "an integer" if self.kind is int else "a finite number"
-        if self.low is not None and self.high is not None:
-            what += f" in [{_num(self.low)}, {_num(self.high)}]"
-        elif self.low is not None:
-            what += f" {'>' if self.above else '>='} {_num(self.low)}"
-        return f"None ({self.none}) or {what}" if self.none else what
-
-    def message(self, name: str, value: object, default: object) -> str:
-        hint = ""
-        if isinstance(value, str) and self.kind in (int, float):
-            try:
-                float(value)
-                hint = " (it is a string: drop the quotes; YAML reads 1e-4 as text, write 1.0e-4)"
-            except ValueError:
-                pass
-        return (
-            f"recipe field {name} ({value!r}) must be {self.describe()}, e.g. {default!r} "
-            f"(the default){hint}"
-        )
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-_STEPS = _Rule(int, low=0)  # 0 = skip the stage
-_COUNT = _Rule(int, low=1)
-_LR = _Rule(float, low=0.0, above=True)
-_WEIGHT = _Rule(float, low=0.0)  # a loss term's weight; 0 = off
-_FRACTION = _Rule(float, low=0.0, high=1.0)  # a weight mixed with the task loss (TrainConfig)
-_FLAG = _Rule(bool)
-
 # one rule per Recipe field (`Recipe.__post_init__` fails on a field without one)
-_RECIPE_RULES: dict[str, _Rule] = {
-    "max_seq_len": _Rule(int, low=8, none="long enough for 99% of the training examples"),
-    "max_train_examples": _Rule(int, low=1, none="all examples"),
-    "batch_size": _COUNT,
-    "lr": _LR,
-    "finetune_steps": _STEPS,
-    "mux_warmup_steps": _STEPS,
-    "mux_warmup_lr": _LR,
-    "warmup_corpus_size": _Rule(int, low=0),
-    "mux_finetune_steps": _STEPS,
-    "mux_finetune_lr": _LR,
-    "retrieval_weight": _FRACTION,
-    "distill_weight": _FRACTION,
-    "recovery_steps": _STEPS,
-    "recovery_layer_distill": _WEIGHT,
-    "int8_recovery_steps": _STEPS,
-    "recovery_unlabeled": _Rule(int, low=0),
-    "recovery_schedule": _Rule(str, choices=RECOVERY_SCHEDULES),
-    "mux_pooling": _Rule(str, choices=POOLINGS),
-    "warmup_hidden_distill": _WEIGHT,
-    "mux_hidden_distill": _WEIGHT,
-    "warmup_from_smaller": _FLAG,
-    "late_mux_freeze_backbone": _FLAG,
-    "late_mux_align": _WEIGHT,
-    "late_mux_lr": _LR,
-    "late_mux_shared_lr": _Rule(float, low=0.0),  # 0: the shared layers stay frozen
-    "student_steps": _STEPS,
-    "student_stacking_steps": _STEPS,
-    "student_stacking_focus": _FRACTION,
-    "student_lr": _LR,
-    "student_loss": _Rule(str, choices=LOGIT_LOSSES),
-    "student_init": _Rule(str, choices=STUDENT_INITS),
-    "student_pooling": _Rule(str, choices=POOLINGS),
-    "student_unlabeled": _Rule(int, low=0),
-    "prune_stages": _COUNT,
-    "importance_examples": _COUNT,
-    "freeze_word_embeddings": _FLAG,
-    "seed": _Rule(int, low=0, high=2**32 - 1),  # numpy-compatible seed range
-    "trainer": _Rule(str, choices=TRAINERS),
-    "l2l_micro_batches": _COUNT,
-    "l2l_stash": _Rule(str, choices=STASH_PLACES),
+_RECIPE_RULES: dict[str, Rule] = {
+    "max_seq_len": Rule(int, low=8, none="long enough for 99% of the training examples"),
+    "max_train_examples": Rule(int, low=1, none="all examples"),
+    "batch_size": COUNT,
+    "lr": LR,
+    "finetune_steps": STEPS,
+    "mux_warmup_steps": STEPS,
+    "mux_warmup_lr": LR,
+    "warmup_corpus_size": Rule(int, low=0),
+    "mux_finetune_steps": STEPS,
+    "mux_finetune_lr": LR,
+    "retrieval_weight": FRACTION,
+    "distill_weight": FRACTION,
+    "recovery_steps": STEPS,
+    "recovery_layer_distill": WEIGHT,
+    "int8_recovery_steps": STEPS,
+    "recovery_unlabeled": Rule(int, low=0),
+    "recovery_schedule": Rule(str, choices=RECOVERY_SCHEDULES),
+    "mux_pooling": Rule(str, choices=POOLINGS),
+    "warmup_hidden_distill": WEIGHT,
+    "mux_hidden_distill": WEIGHT,
+    "warmup_from_smaller": FLAG,
+    "late_mux_freeze_backbone": FLAG,
+    "late_mux_align": WEIGHT,
+    "late_mux_lr": LR,
+    "late_mux_shared_lr": Rule(float, low=0.0),  # 0: the shared layers stay frozen
+    "student_steps": STEPS,
+    "student_stacking_steps": STEPS,
+    "student_stacking_focus": FRACTION,
+    "student_lr": LR,
+    "student_loss": Rule(str, choices=LOGIT_LOSSES),
+    "student_init": Rule(str, choices=STUDENT_INITS),
+    "student_pooling": Rule(str, choices=POOLINGS),
+    "student_unlabeled": Rule(int, low=0),
+    "prune_stages": COUNT,
+    "importance_examples": COUNT,
+    "freeze_word_embeddings": FLAG,
+    "seed": Rule(int, low=0, high=2**32 - 1),  # numpy-compatible seed range
+    "trainer": Rule(str, choices=TRAINERS),
+    "l2l_micro_batches": COUNT,
+    "l2l_stash": Rule(str, choices=STASH_PLACES),
 }
 
 

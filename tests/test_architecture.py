@@ -21,6 +21,7 @@ RANK = {
     "config": 0,
     "_cache": 0,
     "_paths": 0,
+    "_rules": 0,
     "data": 1,
     "models": 2,
     "training": 3,
