@@ -57,6 +57,8 @@ def baseline_lines(ev: Evaluation) -> list[str]:
     out = []
     if ev.baseline_origin == "given":
         out.append("(baseline: your own fine-tuned classifier, used as is: not trained here)")
+    elif ev.baseline_convergence is not None:
+        out.append(f"({ev.baseline_convergence})")
     noise = ev.noise
     if noise is None:
         return out
@@ -111,7 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         + (
             "baseline: your model, used as is"
             if pipe.baseline_origin == "given"
-            else f"baseline {r.finetune_steps} steps"
+            else f"baseline at most {r.finetune_steps} steps, {len(pipe.validation_items)} "
+            "validation examples held out"
         )
         + (
             f"; {r.student_steps} boosting steps per student + {r.student_stacking_steps} "

@@ -35,10 +35,18 @@ def _recipe_help(field: str, text: str) -> str:
 
 
 RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
-    ("--max-train-examples", int, "training examples (seeded subsample)"),
+    ("--max-train-examples", int, "training examples (seeded subsample; default: all)"),
+    (
+        "--validation-examples",
+        int,
+        "training examples held out to stop the baseline (default: 10%% of train, at most "
+        "2,000; 0: none)",
+    ),
     ("--max-seq-len", int, "max tokens per example (default: 99%% of training examples fit)"),
     ("--batch-size", int, "examples per step"),
-    ("--finetune-steps", int, "baseline fine-tune steps"),
+    ("--finetune-steps", int, "most baseline fine-tune steps (it stops on a plateau)"),
+    ("--eval-every", int, "baseline steps between validation evaluations"),
+    ("--patience", int, "evaluations without a gain that stop the baseline"),
     ("--mux-warmup-steps", int, "token-retrieval warm-up steps per N"),
     ("--mux-finetune-steps", int, "task fine-tune steps per N > 1"),
     ("--recovery-steps", int, "fine-tune steps after pruning, all stages"),
@@ -79,8 +87,9 @@ def add_recipe_group(p: argparse.ArgumentParser, note: str) -> None:
         default="fast",
         choices=sorted(RECIPE_PRESETS),
         help="named recipe the flags below start from: quick (the README's minutes-long main "
-        "job: a 200-step baseline, one pruning stage), fast (Recipe's defaults) or accurate "
-        "(2.5x longer fine-tunes on 4x the examples, 13x the pruning recovery) (default: fast)",
+        "job: a 200-step baseline short of its plateau, one pruning stage), fast (Recipe's "
+        "defaults: the baseline trained to its plateau on all examples) or accurate (2.5x the "
+        "mux fine-tune, 13x the pruning recovery) (default: fast)",
     )
     for flag, typ, hlp in RECIPE_FLAGS:
         g.add_argument(

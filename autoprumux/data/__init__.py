@@ -15,6 +15,7 @@ _CORPUS = "autoprumux.data._corpus"
 _GLUE = "autoprumux.data._glue"
 _SOURCE = "autoprumux.data._source"
 _TEXTS = "autoprumux.data._texts"
+_VALIDATION = "autoprumux.data._validation"
 
 __getattr__ = lazy_exports(
     __name__,
@@ -49,6 +50,9 @@ __getattr__ = lazy_exports(
         "check_pos_label": _SOURCE,
         "load_task_data": _SOURCE,
         "resolve_task": _SOURCE,
+        "VALIDATION_SEED": _VALIDATION,
+        "validation_size": _VALIDATION,
+        "validation_split": _VALIDATION,
     },
 )
 
@@ -84,6 +88,7 @@ if TYPE_CHECKING:
         resolve_task,
     )
     from autoprumux.data._texts import CHARS_PER_TOKEN, MAX_VALUE_CHARS, clip_text, max_text_chars
+    from autoprumux.data._validation import VALIDATION_SEED, validation_size, validation_split
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -93,6 +98,7 @@ __all__ = [
     "METRICS",
     "TASKS",
     "UNLABELED",
+    "VALIDATION_SEED",
     "DataSource",
     "Encoded",
     "Example",
@@ -115,5 +121,7 @@ __all__ = [
     "metric_label",
     "resolve_data_dir",
     "resolve_task",
+    "validation_size",
+    "validation_split",
     "warmup_texts",
 ]

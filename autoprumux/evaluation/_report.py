@@ -16,6 +16,7 @@ from autoprumux.evaluation._throughput import (
     time_interleaved,
 )
 from autoprumux.models import AnyModel, StudentEnsemble
+from autoprumux.training import describe_convergence
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,20 @@ class Evaluation:
     noise: DevNoise | None = None
     # "trained": fine-tuned by autoprumux; "given": the user's own classifier, used as is
     baseline_origin: str = "trained"
+    # how a trained baseline stopped (`PlateauStop.summary`; None: given, or no validation split)
+    baseline_training: dict | None = None
 
     @property
     def metric_label(self) -> str:
         """The metric as printed: "f1 (positive class 'fraud')", else its name."""
         return metric_label(self.metric_name, self.pos_label)
+
+    @property
+    def baseline_convergence(self) -> str | None:
+        """One line: the trained baseline converged, or how far a cap left it from its plateau."""
+        if self.baseline_training is None:
+            return None
+        return describe_convergence(self.baseline_training, self.metric_label)
 
     @property
     def accuracy_loss(self) -> float:
@@ -84,6 +94,7 @@ class Evaluation:
             "ideal_speedup": self.ideal_speedup,
             "throughput_config": asdict(self.throughput_config),
             "baseline_origin": self.baseline_origin,
+            "baseline_training": self.baseline_training,
             "dev_noise": None if self.noise is None else self.noise.to_dict(),
             "loss_within_noise": self.loss_within_noise,
         }

@@ -3,7 +3,10 @@
 - Given: `--model` is a fine-tuned sequence classifier (`BaseModel.labels`). Its encoder,
   pooler and head are used as is, the head's rows put in the task's class order
   (`head_rows`), and nothing is trained.
-- Trained: otherwise the base encoder is fine-tuned on the task with the recipe.
+- Trained: otherwise the base encoder is fine-tuned on the task with the recipe until the
+  validation split (`pipe.validation_items`, held out of train) stops improving, at most
+  `finetune_steps` (`training.train_until_plateau`); its best evaluation's weights are kept, and
+  the learning curve and whether it converged are recorded in its cache entry's metadata.
 - `max_seq_len` left unset comes from the data: the shortest length (a multiple of 8) that
   holds `COVERED_SHARE` of the training examples whole, at most the model's positions.
 - Its dev metrics are reported beside the dev set's majority-class rate and noise
@@ -19,11 +22,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoprumux.config import Recipe
-from autoprumux.data import Example, encode
-from autoprumux.evaluation import DevNoise, dev_noise
+from autoprumux.data import Encoded, Example, encode, validation_size, validation_split
+from autoprumux.evaluation import DevNoise, dev_noise, paired_dev_metrics
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
-from autoprumux.training import TrainConfig, train_classifier
+from autoprumux.training import (
+    PlateauStop,
+    TrainConfig,
+    describe_convergence,
+    train_classifier,
+    train_until_plateau,
+)
 
 if TYPE_CHECKING:
     from autoprumux.pipeline._pipeline import PruMuxPipeline
@@ -71,21 +80,36 @@ def build_baseline(pipe: PruMuxPipeline) -> Path:
             pipe.base.build_classifier(rows).save(tmp / "model")
             return {"given": pipe.base.name, "head_rows": list(rows)}
         m = pipe._fresh(1)
-        stats = train_classifier(
+        r = pipe.recipe
+        cfg = TrainConfig.from_recipe(r, r.finetune_steps)
+        if not pipe.validation_items:
+            stats = train_classifier(
+                m, pipe.train_items, cfg, desc="baseline fine-tune", device=pipe.device
+            )
+            m.save(tmp / "model")
+            return {"train": stats}
+        stats = train_until_plateau(
             m,
             pipe.train_items,
-            TrainConfig.from_recipe(pipe.recipe, pipe.recipe.finetune_steps),
+            cfg,
+            lambda model: validation_metric(pipe, model),
+            PlateauStop(r.patience, r.min_delta),
+            r.eval_every,
             desc="baseline fine-tune",
             device=pipe.device,
         )
+        stopping = stats.pop("stopping")
         m.save(tmp / "model")
-        return {"train": stats}
+        return {"train": stats, "stopping": stopping}
 
     entry, hit = pipe.cache.get_or_build("baseline", pipe._key(), build)
     if rows is not None:
         log.info("baseline: the given classifier %s, used as is (%s)", pipe.base.name, entry)
     else:
         log.info("baseline %s (%s)", "cache hit" if hit else "trained", entry)
+        stopping = pipe.cache.meta(entry).get("stopping")
+        if stopping is not None:
+            log.info("%s", describe_convergence(stopping, pipe.task.metric))
     return entry
 
 
@@ -110,3 +134,35 @@ def measure_baseline(pipe: PruMuxPipeline, model: MuxSequenceClassifier) -> dict
 def noise_of(pipe: PruMuxPipeline, metrics: dict[str, float]) -> DevNoise:
     """The dev set's majority rate and noise at the baseline's accuracy."""
     return dev_noise((e.label for e in pipe.data.dev), metrics["accuracy"])
+
+
+def split_train(pipe: PruMuxPipeline) -> tuple[list[Encoded], list[Encoded], str]:
+    """(items trained on, the validation split's items, a line saying how many were held out):
+    the training examples encoded, the split carved as `data.validation_split` does."""
+    labels = [e.label for e in pipe.data.train]
+    size, note = validation_size(labels, pipe.recipe.validation_examples, pipe.recipe.batch_size)
+    log.info("%s", note)
+    kept, held = validation_split(labels, size)
+    items = encode(pipe.data.train, pipe.tokenizer, pipe.max_seq_len)
+    return [items[i] for i in kept], [items[i] for i in held], note
+
+
+def validation_metric(pipe: PruMuxPipeline, model: MuxSequenceClassifier) -> float:
+    """`model`'s metric on the validation split, in points (what stopping reads)."""
+    return paired_dev_metrics(
+        model,
+        pipe.validation_items,
+        pipe.task.metric,
+        pairings=1,
+        device=pipe.device,
+        pos_label=pipe.task.positive,
+    )["metric"]
+
+
+def training_record(pipe: PruMuxPipeline) -> dict | None:
+    """How the trained baseline stopped (`PlateauStop.summary`: converged, steps, the learning
+    curve), as its cache entry records it; None for a given classifier or one trained without a
+    validation split."""
+    pipe.baseline()
+    assert pipe._baseline_entry is not None
+    return pipe.cache.meta(pipe._baseline_entry).get("stopping")

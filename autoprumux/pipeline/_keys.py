@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autoprumux.config import MuxShape
+from autoprumux.data import VALIDATION_SEED
 
 if TYPE_CHECKING:
     from autoprumux.pipeline._pipeline import PruMuxPipeline
@@ -24,6 +25,11 @@ def cache_key(pipe: PruMuxPipeline, **extra: object) -> dict:
         "batch_size": r.batch_size,
         "lr": r.lr,
         "finetune_steps": r.finetune_steps,
+        # the validation split (never trained on) and the baseline's stopping rule
+        "validation": [len(pipe.validation_items), VALIDATION_SEED],
+        "eval_every": r.eval_every,
+        "patience": r.patience,
+        "min_delta": r.min_delta,
         "freeze_word_embeddings": r.freeze_word_embeddings,
         "seed": r.seed,
         # L2L equals gradient accumulation over its micro-batches (own dropout streams):

@@ -54,6 +54,8 @@ from autoprumux.pipeline._baseline import (
     measure_baseline,
     noise_of,
     resolve_max_seq_len,
+    split_train,
+    training_record,
 )
 from autoprumux.pipeline._keys import cache_key, mux_key
 from autoprumux.pipeline._mux import (
@@ -123,7 +125,8 @@ class PruMuxPipeline:
             self.recipe, self.data.train, self.tokenizer, self.base
         )
         self.recipe = replace(self.recipe, max_seq_len=self.max_seq_len)
-        self.train_items = encode(self.data.train, self.tokenizer, self.max_seq_len)
+        # the validation split decides when training stops; no stage trains on it
+        self.train_items, self.validation_items, self.validation_note = split_train(self)
         self.dev_items = encode(self.data.dev, self.tokenizer, self.max_seq_len)
         self.special_ids = tuple(
             i
@@ -135,6 +138,7 @@ class PruMuxPipeline:
             if i is not None
         )
         self._baseline: MuxSequenceClassifier | None = None
+        self._baseline_entry: Path | None = None
         self._warmup_items: list[Encoded] | None = None
         self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
@@ -174,8 +178,13 @@ class PruMuxPipeline:
     def baseline(self) -> MuxSequenceClassifier:
         """The given classifier as is, or the encoder fine-tuned on the task (see _baseline)."""
         if self._baseline is None:
-            self._baseline = self._load(build_baseline(self), self.recipe.freeze_word_embeddings)
+            self._baseline_entry = build_baseline(self)
+            self._baseline = self._load(self._baseline_entry, self.recipe.freeze_word_embeddings)
         return self._baseline
+
+    def baseline_training(self) -> dict | None:
+        """How the trained baseline stopped (see `_baseline.training_record`)."""
+        return training_record(self)
 
     @property
     def baseline_origin(self) -> str:
@@ -562,4 +571,5 @@ class PruMuxPipeline:
             throughput_config=tp,
             noise=self.dev_noise(),
             baseline_origin=self.baseline_origin,
+            baseline_training=self.baseline_training(),
         )

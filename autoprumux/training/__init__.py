@@ -8,6 +8,7 @@ from autoprumux.training._late import frozen_targets, shared_layer_names, train_
 from autoprumux.training._loop import predict, train_classifier
 from autoprumux.training._losses import hidden_distill_loss, kd_loss, retrieval_loss
 from autoprumux.training._prune import prune_in_stages
+from autoprumux.training._stopping import PlateauStop, describe_convergence, train_until_plateau
 from autoprumux.training._students import (
     StudentTrainConfig,
     distill_students,
@@ -21,9 +22,11 @@ __all__ = [
     "DeviceLedger",
     "L2LExecutor",
     "L2LStats",
+    "PlateauStop",
     "StudentTrainConfig",
     "TeacherLayers",
     "TrainConfig",
+    "describe_convergence",
     "distill_students",
     "ensemble_outputs",
     "evaluate_retrieval",
@@ -38,5 +41,6 @@ __all__ = [
     "shared_layer_names",
     "train_classifier",
     "train_late_frozen",
+    "train_until_plateau",
     "write_teacher_layers",
 ]

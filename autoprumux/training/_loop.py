@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +37,7 @@ def train_classifier(
     logit_offsets: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
     teacher_layers: TeacherLayers | None = None,
+    on_step: Callable[[int, float], bool] | None = None,
 ) -> dict[str, float]:
     """Fine-tune `model` on the task for `cfg.steps` steps.
 
@@ -54,7 +55,12 @@ def train_classifier(
     costs the student's forward and backward alone. With `teacher_layers` too (the teacher's
     per-layer states for every item, see `write_teacher_layers`), a layer-distilling step reads
     the teacher's layers from that table instead of running it.
+    `on_step(step, running loss)`, called after each step (1-based) of the standard loop, ends
+    training early by returning True (the schedule stays that of `cfg.steps`); stats["steps"]
+    are the steps taken.
     """
+    if on_step is not None and cfg.trainer != "standard":
+        raise ValueError("on_step is called by the standard loop only (trainer 'standard')")
     if cfg.steps == 0:
         return {"steps": 0.0, "seconds": 0.0}
     if (
@@ -110,6 +116,7 @@ def train_classifier(
     t0 = time.perf_counter()
     bar = progress(cfg.steps, desc)
     meter = LossMeter(bar, cfg.lr)
+    taken = 0
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
         ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
@@ -151,10 +158,13 @@ def train_classifier(
         )
         optimizer_step(model, opt, sched, loss, cfg)
         meter.update(float(loss.detach()))
+        taken += 1
+        if on_step is not None and on_step(taken, meter.final):
+            break
     bar.close()
     model.eval()
     return {
-        "steps": float(cfg.steps),
+        "steps": float(taken),
         "seconds": time.perf_counter() - t0,
         "final_loss": meter.final,
     }

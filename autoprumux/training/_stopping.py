@@ -1,0 +1,132 @@
+"""Training until a validation metric stops improving: the plateau rule (`PlateauStop`), the loop
+that evaluates every K steps and keeps the best weights (`train_until_plateau`), and the one line
+that says whether a run converged (`describe_convergence`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from autoprumux.data import Encoded
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.training._config import TrainConfig
+from autoprumux.training._loop import train_classifier
+
+log = logging.getLogger("autoprumux")
+
+
+class PlateauStop:
+    """Stops after `patience` evaluations in a row that do not beat the best validation metric
+    by more than `min_delta` points. Records the learning curve (step, train loss, metric)."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience ({patience!r}) must be a positive integer")
+        if not (min_delta >= 0.0 and math.isfinite(min_delta)):
+            raise ValueError(f"min_delta ({min_delta!r}) must be a finite number >= 0")
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.curve: list[dict[str, float]] = []
+        self.best_metric = -math.inf
+        self.best_step = 0
+        self.last_gain: float | None = None  # the size of the latest improvement (None: the first)
+        self.since_best = 0  # evaluations since the best
+
+    def update(self, step: int, metric: float, train_loss: float = math.nan) -> bool:
+        """Record one evaluation; True when it is the new best (its weights are to be kept)."""
+        self.curve.append({"step": int(step), "train_loss": float(train_loss), "metric": metric})
+        if metric > self.best_metric + self.min_delta:
+            first = self.best_metric == -math.inf
+            self.last_gain = None if first else metric - self.best_metric
+            self.best_metric, self.best_step, self.since_best = metric, int(step), 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def stopped(self) -> bool:
+        """The metric has plateaued: `patience` evaluations without an improvement."""
+        return self.since_best >= self.patience
+
+    def summary(self, cap: int) -> dict[str, Any]:
+        """What the cache and MLflow record: converged or capped, the steps trained, the best
+        evaluation, the latest improvement and the curve."""
+        steps = self.curve[-1]["step"] if self.curve else 0
+        return {
+            "converged": self.stopped,
+            "steps": steps,
+            "cap": cap,
+            "best_step": self.best_step,
+            "best_metric": None if not self.curve else self.best_metric,
+            "last_gain": self.last_gain,
+            "steps_since_best": steps - self.best_step,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "curve": list(self.curve),
+        }
+
+
+def train_until_plateau(
+    model: MuxSequenceClassifier,
+    train: Sequence[Encoded],
+    cfg: TrainConfig,
+    validate: Callable[[MuxSequenceClassifier], float],
+    stop: PlateauStop,
+    eval_every: int,
+    **kw: Any,
+) -> dict[str, Any]:
+    """`train_classifier` for at most `cfg.steps` steps, `validate(model)` every `eval_every`
+    steps and at the last; it stops once `stop` sees a plateau and the model ends with the
+    weights of its best evaluation. The stats add ``stopping`` (`PlateauStop.summary`).
+    The L2L trainers ("l2l", "auto") train all `cfg.steps` and are validated once at the end:
+    the executor's host weights are not settled between steps."""
+    if cfg.trainer != "standard":
+        stats = train_classifier(model, train, cfg, **kw)
+        stop.update(cfg.steps, validate(model), stats.get("final_loss", math.nan))
+        return {**stats, "stopping": stop.summary(cfg.steps)}
+    best: dict[str, torch.Tensor] | None = None
+
+    def on_step(step: int, loss: float) -> bool:
+        nonlocal best
+        if step % eval_every and step != cfg.steps:
+            return False
+        if stop.update(step, validate(model), loss):
+            best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        model.train()
+        return stop.stopped
+
+    stats = train_classifier(model, train, cfg, on_step=on_step, **kw)
+    if best is not None:
+        model.load_state_dict(best)
+    model.eval()
+    summary = stop.summary(cfg.steps)
+    log.info("%s", describe_convergence(summary, "validation metric"))
+    return {**stats, "stopping": summary}
+
+
+def describe_convergence(s: dict[str, Any], metric: str) -> str:
+    """One line: the run converged (its plateau, the steps it took), or a cap stopped it and how
+    far its validation metric may still be from a plateau (the latest gain, the steps since)."""
+    if not s.get("curve"):
+        return "baseline: trained without a validation split (convergence unknown)"
+    best = f"{s['best_metric']:.2f} at step {s['best_step']}"
+    if s["converged"]:
+        return (
+            f"baseline converged: validation {metric} plateaued at {best}; stopped at step "
+            f"{s['steps']} of at most {s['cap']} after {s['patience']} evaluations without a gain"
+        )
+    gain = s["last_gain"]
+    rising = (
+        "its first evaluation"
+        if gain is None
+        else f"the last gain +{gain:.2f} points, {s['steps_since_best']} steps before the end"
+    )
+    return (
+        f"baseline NOT converged: the cap of {s['cap']} steps stopped it before validation "
+        f"{metric} plateaued (best {best}; {rising}); raise finetune_steps to train it to a "
+        "plateau"
+    )
