@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -240,7 +238,7 @@ def test_serve_students_with_data_answers_the_datas_class_names(tiny_checkpoint,
     `predict` does."""
     import http.client
 
-    from test_serving import JSON, request, start_serve_students
+    from test_serving import JSON, request, served_students
 
     data = tmp_path / "moods.csv"
     data.write_text(
@@ -248,27 +246,12 @@ def test_serve_students_with_data_answers_the_datas_class_names(tiny_checkpoint,
                                  for w in ("calm", "angry")),
         encoding="utf-8",
     )  # fmt: skip
-    proc = start_serve_students(tiny_checkpoint, tmp_path, "--data", str(data))
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("serving"):
-                break
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/predict", lines[-1] if lines else "")
-        assert m, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
-        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
+    with served_students(tiny_checkpoint, tmp_path, "--data", str(data)) as (port, _):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         status, out, _ = request(conn, "POST", "/predict", b'{"texts": ["calm", "x"]}', JSON)
         conn.close()
         assert status == 200 and len(out["labels"]) == 2, out
         assert set(out["labels"]) <= {"angry", "calm"}, out
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # ---- memory, measured in a child process ------------------------------------------------------

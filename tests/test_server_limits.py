@@ -127,23 +127,29 @@ def _get(port: int, path: str = "/") -> tuple[int, bytes, dict]:
         conn.close()
 
 
+def _never_finish_heads(path: bytes, silent, trickle, kept) -> None:
+    """Start a head on `trickle` and on the kept-alive `kept`, send a header line every 0.1 s
+    (never a whole head), then check the server closed all three within the deadline's reach."""
+    t0 = time.monotonic()
+    trickle.sendall(b"GET %s HTTP/1.1\r\n" % path)
+    kept.sendall(b"GET %s HTTP/1.1\r\n" % path)  # the next head on a kept-alive connection
+    for i in range(8):
+        time.sleep(0.1)
+        for s in (trickle, kept):
+            with contextlib.suppress(OSError):
+                s.sendall(b"X-%d: y\r\n" % i)
+    for name, s in (("silent", silent), ("trickling", trickle), ("kept-alive", kept)):
+        assert _closed_by_server(s, within=3.0), f"the {name} connection stayed open"
+        s.close()
+    assert time.monotonic() - t0 < 4.0
+
+
 def test_a_connection_without_a_whole_request_head_is_closed_at_the_header_deadline():
     with _serving(_app, header_timeout_s=0.5) as port:
         silent, trickle, kept = _idle_sockets(port, 3)
         kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert kept.recv(65536).startswith(b"HTTP/1.1 200")
-        t0 = time.monotonic()
-        trickle.sendall(b"GET / HTTP/1.1\r\n")
-        kept.sendall(b"GET / HTTP/1.1\r\n")  # the next head on a kept-alive connection, too
-        for i in range(8):  # a header line every 0.1 s: never a whole head
-            time.sleep(0.1)
-            for s in (trickle, kept):
-                with contextlib.suppress(OSError):
-                    s.sendall(b"X-%d: y\r\n" % i)
-        for name, s in (("silent", silent), ("trickling", trickle), ("kept-alive", kept)):
-            assert _closed_by_server(s, within=3.0), f"the {name} connection stayed open"
-            s.close()
-        assert time.monotonic() - t0 < 4.0
+        _never_finish_heads(b"/", silent, trickle, kept)
         assert _get(port)[0] == 200
 
 
@@ -228,18 +234,7 @@ def test_the_students_cut_a_connection_without_a_whole_request_head_at_the_deadl
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         assert kept.recv(65536).startswith(b"HTTP/1.1 200")
-        t0 = time.monotonic()
-        trickle.sendall(b"GET /health HTTP/1.1\r\n")
-        kept.sendall(b"GET /health HTTP/1.1\r\n")
-        for i in range(8):
-            time.sleep(0.1)
-            for s in (trickle, kept):
-                with contextlib.suppress(OSError):
-                    s.sendall(b"X-%d: y\r\n" % i)
-        for name, s in (("silent", silent), ("trickling", trickle), ("kept-alive", kept)):
-            assert _closed_by_server(s, within=3.0), f"the {name} connection stayed open"
-            s.close()
-        assert time.monotonic() - t0 < 4.0
+        _never_finish_heads(b"/health", silent, trickle, kept)
         assert _predict(port) == 200
 
 

@@ -3,6 +3,7 @@ concurrent and bad requests, the bounded load generator and the CLI's checks."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -652,8 +654,11 @@ def start_serve_students(tiny_checkpoint: str, tmp_path, *extra: str) -> subproc
     )
 
 
-def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
-    proc = start_serve_students(tiny_checkpoint, tmp_path)
+@contextlib.contextmanager
+def served_students(tiny_checkpoint: str, tmp_path, *extra: str) -> Iterator[tuple[int, str]]:
+    """`start_serve_students`, read up to its "serving" line: (the port, what it printed up to
+    there). Leaving the block interrupts the server, which must exit cleanly."""
+    proc = start_serve_students(tiny_checkpoint, tmp_path, *extra)
     try:
         assert proc.stdout is not None
         lines = []
@@ -661,23 +666,27 @@ def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
             lines.append(line)
             if line.startswith("serving"):
                 break
+        text = "".join(lines)
         m = re.search(r"http://127\.0\.0\.1:(\d+)/predict", lines[-1] if lines else "")
-        assert m, "".join(lines) + (proc.stderr.read() if proc.stderr else "")
-        assert re.search(r"^k=2\s+[\d.]+\s+-?[\d.]+(\s+\(not used.*\))?$", "".join(lines), re.M), (
-            lines
-        )
-        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
-        status, out, _ = request(conn, "POST", "/predict", b'{"texts": ["fine", "awful"]}', JSON)
-        assert status == 200 and len(out["labels"]) == 2 and out["active_students"] in (1, 2)
-        status, out, _ = request(conn, "POST", "/predict", b'{"texts": 5}', JSON)
-        assert status == 400 and '"texts" must be a list' in out["error"]
-        conn.close()
+        assert m, text + (proc.stderr.read() if proc.stderr else "")
+        yield int(m.group(1)), text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
+    with served_students(tiny_checkpoint, tmp_path) as (port, printed):
+        assert re.search(r"^k=2\s+[\d.]+\s+-?[\d.]+(\s+\(not used.*\))?$", printed, re.M), printed
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        status, out, _ = request(conn, "POST", "/predict", b'{"texts": ["fine", "awful"]}', JSON)
+        assert status == 200 and len(out["labels"]) == 2 and out["active_students"] in (1, 2)
+        status, out, _ = request(conn, "POST", "/predict", b'{"texts": 5}', JSON)
+        assert status == 400 and '"texts" must be a list' in out["error"]
+        conn.close()
 
 
 def test_the_policy_table_can_come_from_the_meta_model():

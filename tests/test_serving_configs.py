@@ -6,13 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import signal
 import time
 
 import pytest
 import torch
 from conftest import tiny_encoder
-from test_serving import SEQ, TEXTS, direct, start_serve_students, tiny_ensemble
+from test_serving import SEQ, TEXTS, direct, served_students, tiny_ensemble
 
 from autoprumux.cli._flags import parse_config
 from autoprumux.config import Candidate
@@ -255,19 +254,9 @@ def test_serve_students_serves_a_multiplexed_model_beside_the_students(tiny_chec
     """The user's command, end to end: students and a late-multiplexed model are built, scored
     on dev, profiled, and served; every answer names what served it."""
     also = ["--mux-finetune-steps", "2", "--also", "mux=2,mux_layers=1,mux_combiner=concat"]
-    proc = start_serve_students(tiny_checkpoint, tmp_path, *also, "--budget", "100")
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("serving"):
-                break
-        text = "".join(lines)
-        m = re.search(r"http://127\.0\.0\.1:(\d+)/predict", lines[-1] if lines else "")
-        assert m, text + (proc.stderr.read() if proc.stderr else "")
+    with served_students(tiny_checkpoint, tmp_path, *also, "--budget", "100") as (port, text):
         assert re.search(r"^s=0 N=2 k=1 concat\s+[\d.]+\s+-?[\d.]+", text, re.M), text
-        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/health")
         health = json.loads(conn.getresponse().read())
         served = set(health["configurations"]) | {f"k={k}" for k in (1, 2)}
@@ -283,9 +272,3 @@ def test_serve_students_serves_a_multiplexed_model_beside_the_students(tiny_chec
         assert out["configuration"] == health["serving"] and out["configuration"] in served
         assert len(out["configurations"]) == 2
         conn.close()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
