@@ -214,3 +214,35 @@ def test_the_cli_says_the_capped_baseline_is_not_converged(tmp_path, tiny_checkp
     assert code == 0
     lines = [line for line in out.splitlines() if "converged" in line]
     assert len(lines) == 1 and "NOT converged" in lines[0] and "cap of 6 steps" in lines[0]
+
+
+# ---- MLflow and the search's output --------------------------------------------------------
+
+
+def test_the_search_logs_the_baseline_curve_to_its_parent_run(tmp_path):
+    from test_search_samplers import ReplayEvaluator, replay_settings
+
+    from autoprumux.search import Searcher, SearchSpace
+
+    stop = PlateauStop(patience=2)
+    for step, metric in ((100, 80.0), (200, 85.0), (300, 84.0)):
+        stop.update(step, metric, train_loss=0.5)
+
+    class TrainedReplay(ReplayEvaluator):
+        def baseline_training(self):
+            return stop.summary(cap=300)
+
+    space = SearchSpace.from_dict(
+        {"name": "tiny", "task": "sst2", "model": None, "params": {"mux": {"choices": [1]}}}
+    )
+    searcher = Searcher(
+        replay_settings(space, tmp_path, trials=1), evaluator=lambda v: TrainedReplay()
+    )
+    searcher.run()
+    assert "NOT converged" in searcher.baseline_convergence
+    history = searcher.client.get_metric_history(
+        searcher.parent_run_id, "baseline_validation_metric"
+    )
+    assert [(m.step, m.value) for m in history] == [(100, 80.0), (200, 85.0), (300, 84.0)]
+    params = searcher.client.get_run(searcher.parent_run_id).data.params
+    assert params["baseline_converged"] == "False" and params["baseline_steps"] == "300"

@@ -64,6 +64,8 @@ def _run_search(args: argparse.Namespace, settings: SearchSettings) -> int:
     searcher.run()
     if searcher.baseline_noise is not None:  # the baseline beside the dev set's yardsticks
         print(searcher.baseline_noise.describe())
+    if searcher.baseline_convergence is not None:
+        print(f"({searcher.baseline_convergence})")
     print(searcher.report())
     if not args.no_register:
         uri = searcher.register()

@@ -47,6 +47,8 @@ class Measurement:
     throughput_seq_len: int
     device: str
     pos_label: str | None = None  # the class f1 scored as positive (None: no f1 of two classes)
+    # one line: whether the trained baseline converged and its steps (None: given, or unknown)
+    baseline_training: str | None = None
 
     @property
     def metric_label(self) -> str:

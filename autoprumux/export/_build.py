@@ -252,6 +252,7 @@ def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
         throughput_seq_len=tp.seq_len,
         device=ev.device,
         pos_label=ev.pos_label,
+        baseline_training=ev.baseline_convergence,
     )
 
 

@@ -101,6 +101,8 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
         if "speedup" in rec:
             parts.append(f"speedup {rec['speedup']:.2f}x")
         lines += ["", f"Recorded by the study for this configuration: {', '.join(parts)}."]
+    if r.baseline_training:  # whether the baseline every loss is measured against converged
+        lines += ["", f"{r.baseline_training[0].upper()}{r.baseline_training[1:]}."]
     lines += [
         "",
         "## Machine",

@@ -168,6 +168,7 @@ class Searcher:
         )
         self.parent_run_id = self._parent_run()
         self.baseline_noise: DevNoise | None = None  # the dev set's, once `run` measured it
+        self.baseline_convergence: str | None = None  # a trained baseline's, once measured
         self._grid = space.grid()  # the grid sampler's configurations, by index
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -521,6 +522,7 @@ class Searcher:
         """Measure the baseline; one within noise of the majority class is refused unless
         `force` (an evaluator without `dev_noise`, e.g. a replay, is not checked)."""
         pipe.baseline_metrics()
+        self._log_baseline_training(pipe)
         noise = pipe.dev_noise() if hasattr(pipe, "dev_noise") else None
         self.baseline_noise = noise
         if noise is None or not noise.near_majority:
@@ -529,6 +531,21 @@ class Searcher:
             self._close_parent()
             raise ConfigError(f"{noise.warning()}; pass --force to search it anyway")
         log.warning("searching anyway (--force): %s", noise.warning())
+
+    def _log_baseline_training(self, pipe: TrialEvaluator) -> None:
+        """A trained baseline's learning curve and convergence on the parent run (an evaluator
+        without `baseline_training`, e.g. a replay, has none)."""
+        training = pipe.baseline_training() if hasattr(pipe, "baseline_training") else None
+        if training is None:
+            return
+        from autoprumux.training import describe_convergence
+
+        metric = getattr(getattr(pipe, "task", None), "metric", "metric")
+        self.baseline_convergence = describe_convergence(training, metric)
+        try:
+            tracking.log_learning_curve(self.client, self.parent_run_id, training, "baseline")
+        except Exception as e:  # noqa: BLE001 - bookkeeping never fails a search
+            log.warning("could not log the baseline's learning curve to MLflow: %s", e)
 
     def _trials(self, *states: str) -> list[Any]:
         return [t for t in self.study.get_trials(deepcopy=False) if t.state.name in states]

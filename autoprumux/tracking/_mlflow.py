@@ -76,6 +76,30 @@ def log_run_data(
     )
 
 
+def log_learning_curve(cl: Any, run_id: str, stopping: dict[str, Any], prefix: str) -> None:
+    """A training run's curve (`PlateauStop.summary`) as step-indexed metrics
+    `{prefix}_train_loss` and `{prefix}_validation_metric`, and whether it converged."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    points = stopping.get("curve", [])
+    metrics = [
+        Metric(f"{prefix}_{name}", float(p[key]), now, int(p["step"]))
+        for p in points
+        for name, key in (("train_loss", "train_loss"), ("validation_metric", "metric"))
+    ]
+    cl.log_batch(run_id, metrics=metrics, synchronous=True)
+    log_run_data(
+        cl,
+        run_id,
+        params={
+            f"{prefix}_converged": bool(stopping.get("converged")),
+            f"{prefix}_steps": stopping.get("steps"),
+            f"{prefix}_best_step": stopping.get("best_step"),
+        },
+    )
+
+
 def log_text(cl: Any, run_id: str, text: str, name: str) -> None:
     cl.log_text(run_id, text, name)
 
