@@ -16,7 +16,6 @@ from autoprumux.evaluation._throughput import (
     time_interleaved,
 )
 from autoprumux.models import AnyModel, StudentEnsemble
-from autoprumux.training import describe_convergence
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,8 @@ class Evaluation:
         """One line: the trained baseline converged, or how far a cap left it from its plateau."""
         if self.baseline_training is None:
             return None
+        from autoprumux.training import describe_convergence  # loading an export needs no training
+
         return describe_convergence(self.baseline_training, self.metric_label)
 
     @property
