@@ -109,12 +109,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(ev))
     r = pipe.recipe
     print(
-        f"(data: {len(pipe.train_items)} training examples, batch {r.batch_size}; "
+        f"(data: {len(pipe.train_items) + len(pipe.validation_items)} training examples "
+        f"({len(pipe.validation_items)} held out for validation), batch {r.batch_size}; "
         + (
             "baseline: your model, used as is"
             if pipe.baseline_origin == "given"
-            else f"baseline at most {r.finetune_steps} steps, {len(pipe.validation_items)} "
-            "validation examples held out"
+            else f"baseline at most {r.finetune_steps} steps"
         )
         + (
             f"; {r.student_steps} boosting steps per student + {r.student_stacking_steps} "
