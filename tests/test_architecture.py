@@ -15,6 +15,7 @@ MAX_LINES = 600
 # packages of a lower rank, never a higher one.
 RANK = {
     "errors": 0,
+    "_selection": 0,
     "_json": 0,
     "_lazy": 0,
     "_progress": 0,
@@ -22,6 +23,7 @@ RANK = {
     "_cache": 0,
     "_paths": 0,
     "_rules": 0,
+    "_cpu": 0,
     "data": 1,
     "models": 2,
     "training": 3,

@@ -25,6 +25,7 @@ class DevNoise:
     majority: float  # accuracy of always predicting dev's most frequent class
     accuracy: float  # the baseline's dev accuracy the standard error is taken at
     standard_error: float  # sqrt(p (1 - p) / n) at p = the baseline's accuracy
+    split: str = "dev"  # or "validation": the split choices are made on (`_selection`)
 
     @property
     def margin(self) -> float:
@@ -42,7 +43,7 @@ class DevNoise:
     def describe(self) -> str:
         """One line: the baseline's accuracy beside the majority rate and the noise."""
         return (
-            f"baseline accuracy {self.accuracy:.2f} on {self.examples} dev examples; majority "
+            f"baseline accuracy {self.accuracy:.2f} on {self.examples} {self.split} examples; majority "
             f"class {self.majority:.2f}; noise +-{self.standard_error:.2f} points (1 binomial "
             f"standard error; differences within {self.margin:.2f} are within noise)"
         )
@@ -61,16 +62,18 @@ class DevNoise:
         return {**asdict(self), "margin": self.margin, "near_majority": self.near_majority}
 
 
-def dev_noise(labels: Iterable[int], accuracy: float) -> DevNoise:
-    """The noise of a dev set with these `labels` for a baseline of `accuracy` (points)."""
+def dev_noise(labels: Iterable[int], accuracy: float, split: str = "dev") -> DevNoise:
+    """The noise of a `split` (dev, or the validation split) with these `labels` for a baseline
+    of `accuracy` (points)."""
     counts = Counter(labels)
     n = sum(counts.values())
     if n == 0:
-        raise ValueError("the dev set is empty: no noise to measure")
+        raise ValueError(f"the {split} set is empty: no noise to measure")
     p = min(max(accuracy / 100.0, 0.0), 1.0)
     return DevNoise(
         examples=n,
         majority=100.0 * max(counts.values()) / n,
         accuracy=float(accuracy),
         standard_error=100.0 * math.sqrt(p * (1.0 - p) / n),
+        split=split,
     )

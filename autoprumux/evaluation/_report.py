@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from autoprumux._selection import chosen_on, selection_loss
 from autoprumux.data import metric_label
 from autoprumux.evaluation._noise import DevNoise
 from autoprumux.evaluation._throughput import (
@@ -20,7 +21,8 @@ from autoprumux.models import AnyModel, StudentEnsemble
 
 @dataclass(frozen=True)
 class Measured:
-    """One evaluated model: dev metrics (points), throughput and size."""
+    """One evaluated model: dev metrics (points), throughput and size; its metrics on the
+    validation split, scored the same way (None: no validation split)."""
 
     name: str
     sparsity: float
@@ -32,10 +34,16 @@ class Measured:
     encoder_params: int
     flops: float  # per batch of the throughput config
     extra: dict = field(default_factory=dict)
+    validation_metric: float | None = None
+    validation_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
 class Evaluation:
+    """A candidate beside its baseline. `accuracy_loss` is on dev (what to expect);
+    `validation_loss` on the validation split, what every choice reads (`selection_loss`, see
+    `autoprumux._selection`; the dev loss chooses when there is no split)."""
+
     task: str
     metric_name: str
     device: str
@@ -49,6 +57,8 @@ class Evaluation:
     baseline_origin: str = "trained"
     # how a trained baseline stopped (`PlateauStop.summary`; None: given, or no validation split)
     baseline_training: dict | None = None
+    # the validation split's majority-class rate and noise (None: no validation split)
+    validation_noise: DevNoise | None = None
 
     @property
     def metric_label(self) -> str:
@@ -74,6 +84,28 @@ class Evaluation:
         return None if self.noise is None else self.noise.within_noise(self.accuracy_loss)
 
     @property
+    def validation_loss(self) -> float | None:
+        """Baseline minus candidate on the validation split (None: no validation split)."""
+        b, c = self.baseline.validation_metric, self.candidate.validation_metric
+        return None if b is None or c is None else b - c
+
+    @property
+    def chosen_on(self) -> str:
+        """ "validation", or "dev" when there is no validation split."""
+        return chosen_on(self.validation_loss)
+
+    @property
+    def selection_loss(self) -> float:
+        """The loss a choice reads: on validation, else on dev."""
+        return selection_loss(self.accuracy_loss, self.validation_loss)
+
+    @property
+    def validation_loss_within_noise(self) -> bool | None:
+        """The validation loss is within the validation split's noise (None: no split)."""
+        v, noise = self.validation_loss, self.validation_noise
+        return None if v is None or noise is None else noise.within_noise(v)
+
+    @property
     def speedup(self) -> float:
         return self.candidate.throughput / self.baseline.throughput
 
@@ -91,6 +123,8 @@ class Evaluation:
             "baseline": asdict(self.baseline),
             "candidate": asdict(self.candidate),
             "accuracy_loss": self.accuracy_loss,
+            "validation_loss": self.validation_loss,
+            "chosen_on": self.chosen_on,
             "speedup": self.speedup,
             "ideal_speedup": self.ideal_speedup,
             "throughput_config": asdict(self.throughput_config),
@@ -98,6 +132,10 @@ class Evaluation:
             "baseline_training": self.baseline_training,
             "dev_noise": None if self.noise is None else self.noise.to_dict(),
             "loss_within_noise": self.loss_within_noise,
+            "validation_noise": None
+            if self.validation_noise is None
+            else self.validation_noise.to_dict(),
+            "validation_loss_within_noise": self.validation_loss_within_noise,
         }
 
 

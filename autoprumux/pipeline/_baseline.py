@@ -11,6 +11,8 @@
   holds `COVERED_SHARE` of the training examples whole, at most the model's positions.
 - Its dev metrics are reported beside the dev set's majority-class rate and noise
   (`evaluation.dev_noise`); a baseline within noise of the majority class is warned about.
+- Every evaluation also scores the baseline and the candidate on the validation split, the same
+  way as dev (`validated`): that loss chooses, the dev loss reports (`autoprumux._selection`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoprumux.config import Recipe
 from autoprumux.data import Encoded, Example, encode, validation_size, validation_split
-from autoprumux.evaluation import DevNoise, dev_noise, paired_dev_metrics
-from autoprumux.models import MuxSequenceClassifier
+from autoprumux.evaluation import DevNoise, Measured, dev_noise, paired_dev_metrics
+from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
 from autoprumux.training import (
     PlateauStop,
@@ -149,14 +152,40 @@ def split_train(pipe: PruMuxPipeline) -> tuple[list[Encoded], list[Encoded], str
 
 def validation_metric(pipe: PruMuxPipeline, model: MuxSequenceClassifier) -> float:
     """`model`'s metric on the validation split, in points (what stopping reads)."""
+    return validation_metrics(pipe, model, pairings=1)["metric"]
+
+
+def validation_metrics(pipe: PruMuxPipeline, model: AnyModel, pairings: int) -> dict[str, float]:
+    """`model`'s metrics on the validation split, in points, scored as `dev_metrics` scores dev
+    (a multiplexed model's: the mean over `pairings` seeded pairings)."""
     return paired_dev_metrics(
         model,
         pipe.validation_items,
         pipe.task.metric,
-        pairings=1,
+        pairings=pairings,
         device=pipe.device,
         pos_label=pipe.task.positive,
-    )["metric"]
+    )
+
+
+def validated(
+    pipe: PruMuxPipeline, baseline: Measured, candidate: Measured, model: AnyModel, pairings: int
+) -> tuple[Measured, Measured, DevNoise | None]:
+    """The baseline and the candidate (`model`) with their validation metrics (the baseline's
+    scored once per pipeline), and the validation split's noise at the baseline's validation
+    accuracy; unchanged, and no noise, without a validation split."""
+    if not pipe.validation_items:
+        return baseline, candidate, None
+    if pipe._baseline_validation is None:
+        pipe._baseline_validation = validation_metrics(pipe, pipe.baseline(), pairings)
+    base_v = pipe._baseline_validation
+    cand_v = validation_metrics(pipe, model, pairings)
+    noise = dev_noise((e.label for e in pipe.validation_items), base_v["accuracy"], "validation")
+
+    def scored(m: Measured, v: dict[str, float]) -> Measured:
+        return replace(m, validation_metric=v["metric"], validation_accuracy=v["accuracy"])
+
+    return scored(baseline, base_v), scored(candidate, cand_v), noise
 
 
 def training_record(pipe: PruMuxPipeline) -> dict | None:

@@ -56,6 +56,7 @@ from autoprumux.pipeline._baseline import (
     resolve_max_seq_len,
     split_train,
     training_record,
+    validated,
 )
 from autoprumux.pipeline._keys import cache_key, mux_key
 from autoprumux.pipeline._mux import (
@@ -67,7 +68,7 @@ from autoprumux.pipeline._mux import (
 )
 from autoprumux.pipeline._recovery import prune, recovery_key, teacher_layers, teacher_logits
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
-from autoprumux.training import TeacherLayers, TrainConfig, train_classifier
+from autoprumux.training import TeacherLayers, TrainConfig, resolve_autocast, train_classifier
 
 log = logging.getLogger("autoprumux")
 
@@ -101,6 +102,10 @@ class PruMuxPipeline:
         check_corpus(warmup_corpus)  # a file: before any work
         self.recipe = recipe or Recipe()
         self.device = resolve_device(device)
+        # the precision the training loops' forward runs in on this device (keyed: `_keys`)
+        self.train_autocast = resolve_autocast(
+            self.recipe.train_autocast, self.device, self.recipe.trainer
+        )
         self.mux_variant = MuxConfig(n=1, variant=mux_variant).variant
         self.base: BaseModel = resolve_model(model)
         self.cache = ArtifactCache(cache_dir)
@@ -142,6 +147,7 @@ class PruMuxPipeline:
         self._warmup_items: list[Encoded] | None = None
         self._corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
+        self._baseline_validation: dict[str, float] | None = None  # see `_baseline.validated`
         self._teacher_logits: torch.Tensor | None = None
         self._teacher_layers: TeacherLayers | None = None
         self._unlabeled: tuple[list[Encoded], dict] | None = None
@@ -444,6 +450,11 @@ class PruMuxPipeline:
     def dev_size(self) -> int:
         return len(self.dev_items)
 
+    @property
+    def validation_size(self) -> int:
+        """Examples in the validation split, which chooses (0: none, dev chooses)."""
+        return len(self.validation_items)
+
     def descriptors(self) -> dict[str, float]:
         """What the meta-model knows of the task, the base model and the device."""
         return {
@@ -557,19 +568,24 @@ class PruMuxPipeline:
         return config.sparsity, config.mux_shape
 
     def beside_baseline(self, name: str, model: AnyModel, tp: ThroughputConfig) -> Evaluation:
-        """Dev metric of `model` and its throughput timed side by side with the baseline."""
+        """Dev and validation metrics of `model` and its throughput timed side by side with the
+        baseline."""
         measured, _ = self.measure_many(
             {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, None)}, tp
+        )
+        base, cand, noise = validated(
+            self, measured["baseline"], measured[name], model, DEV_PAIRINGS
         )
         return Evaluation(
             task=self.task.name,
             metric_name=self.task.metric,
             pos_label=self.task.pos_label,
             device=str(self.device),
-            baseline=measured["baseline"],
-            candidate=measured[name],
+            baseline=base,
+            candidate=cand,
             throughput_config=tp,
             noise=self.dev_noise(),
             baseline_origin=self.baseline_origin,
             baseline_training=self.baseline_training(),
+            validation_noise=noise,
         )
