@@ -43,6 +43,11 @@ SAMPLERS = ("tpe", "guided", "random", "grid")
 TRAINERS = ("standard", "l2l", "auto")
 STASH_PLACES = ("device", "host")
 L2L_CLIP_MODES = ("global", "stage", "previous")
+# how training draws its batches: shuffled, or shuffled pools sorted by length (less padding)
+BATCHINGS = ("random", "grouped")
+# the precision of the training loop's forward (weights, gradients and optimizer stay fp32);
+# "auto": bf16 where the device multiplies bf16 natively (see training.resolve_autocast)
+TRAIN_AUTOCASTS = ("auto", "fp32", "bf16")
 
 
 def validate_trainer(
@@ -116,6 +121,8 @@ _RECIPE_RULES: dict[str, Rule] = {
     "importance_examples": COUNT,
     "freeze_word_embeddings": FLAG,
     "seed": Rule(int, low=0, high=2**32 - 1),  # numpy-compatible seed range
+    "batching": Rule(str, choices=BATCHINGS),
+    "train_autocast": Rule(str, choices=TRAIN_AUTOCASTS),
     "trainer": Rule(str, choices=TRAINERS),
     "l2l_micro_batches": COUNT,
     "l2l_stash": Rule(str, choices=STASH_PLACES),
@@ -194,6 +201,10 @@ class Recipe:
     # model in host memory, one stage on the device at a time, batch_size / l2l_micro_batches
     # examples per micro-batch, boundary activations stashed on the "device" or the "host"), or
     # "auto" (standard, trained again with l2l when the device runs out of memory)
+    # how the task fine-tunes and pruning recovery draw batches: "grouped" (length-sorted pools,
+    # little padding) or "random"; and their forward's precision: "auto", "bf16" or "fp32"
+    batching: str = "grouped"
+    train_autocast: str = "auto"
     trainer: str = "standard"
     l2l_micro_batches: int = 4
     l2l_stash: str = "device"

@@ -110,7 +110,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     r = pipe.recipe
     print(
         f"(data: {len(pipe.train_items) + len(pipe.validation_items)} training examples "
-        f"({len(pipe.validation_items)} held out for validation), batch {r.batch_size}; "
+        f"({len(pipe.validation_items)} held out for validation), batch {r.batch_size} "
+        f"({r.batching}, {pipe.train_autocast} forward); "
         + (
             "baseline: your model, used as is"
             if pipe.baseline_origin == "given"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from autoprumux.config import BATCHINGS
 from autoprumux.data._glue import Example
 from autoprumux.data._texts import clip_text
 from autoprumux.errors import ConfigError
@@ -143,6 +144,11 @@ def batches(
         yield collate([items[i] for i in order[s : s + batch_size]], pad_id)
 
 
+# batches per length-sorted pool in "grouped" batching: large enough that a batch's items are of
+# nearly one length, small enough that every pool still mixes examples from across the epoch
+GROUP_POOL_BATCHES = 50
+
+
 def infinite_batches(
     items: Sequence[Encoded],
     batch_size: int,
@@ -150,9 +156,16 @@ def infinite_batches(
     seed: int = 0,
     pad_id: int = 0,
     with_index: bool = False,
+    batching: str = "random",
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled full batches (epoch after epoch, reshuffled each epoch); with
-    `with_index`, each batch's "index" holds its items' positions in `items`."""
+    `with_index`, each batch's "index" holds its items' positions in `items`.
+    `batching` "random": each batch is the next `batch_size` of the shuffled epoch; "grouped":
+    the shuffled epoch is cut into pools of `GROUP_POOL_BATCHES` batches, each pool sorted by
+    length and cut into batches, and the epoch's batches shuffled, so that a batch pads to
+    little more than its own items' length (every item is still seen once per epoch)."""
+    if batching not in BATCHINGS:
+        raise ConfigError(f"batching ({batching!r}) must be one of {list(BATCHINGS)}")
     if len(items) < batch_size:
         raise ValueError(
             f"training set has {len(items)} examples, fewer than the batch size ({batch_size}); "
@@ -160,12 +173,30 @@ def infinite_batches(
         )
     epoch = 0
     while True:
+        rng = random.Random(seed * 100_003 + epoch)
         order = list(range(len(items)))
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-        for s in range(0, len(order) - batch_size + 1, batch_size):
-            picked = order[s : s + batch_size]
+        rng.shuffle(order)
+        cuts = [
+            order[s : s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)
+        ]
+        if batching == "grouped":
+            cuts = _length_grouped(items, order[: len(cuts) * batch_size], batch_size, rng)
+        for picked in cuts:
             batch = collate([items[i] for i in picked], pad_id)
             if with_index:
                 batch["index"] = torch.tensor(picked)
             yield batch
         epoch += 1
+
+
+def _length_grouped(
+    items: Sequence[Encoded], order: list[int], batch_size: int, rng: random.Random
+) -> list[list[int]]:
+    """`order`'s items as batches of near-equal length (see `infinite_batches`), shuffled."""
+    pool = batch_size * GROUP_POOL_BATCHES
+    cuts: list[list[int]] = []
+    for s in range(0, len(order), pool):
+        ranked = sorted(order[s : s + pool], key=lambda i: len(items[i].input_ids))
+        cuts += [ranked[b : b + batch_size] for b in range(0, len(ranked), batch_size)]
+    rng.shuffle(cuts)
+    return cuts

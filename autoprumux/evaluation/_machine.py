@@ -12,8 +12,9 @@ import hashlib
 import json
 import platform
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
+
+from autoprumux._cpu import cpu_flags, cpuinfo
 
 # the instruction-set extensions that change what int8 and fp32 matmuls cost
 ISA_FLAGS = (
@@ -93,23 +94,11 @@ def package_version() -> str:
         return "unknown"
 
 
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
 def this_machine(device: str = "cpu") -> Machine:
     """The machine this process runs on, for measurements on `device` ("cpu" or "cuda[:i]")."""
     import torch
 
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    info, flags = cpuinfo(), cpu_flags()
     if "cpu family" in info:
         cpu_id = f"family {info['cpu family']} model {info.get('model', '?')}"
     else:

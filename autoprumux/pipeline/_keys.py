@@ -32,6 +32,13 @@ def cache_key(pipe: PruMuxPipeline, **extra: object) -> dict:
         "min_delta": r.min_delta,
         "freeze_word_embeddings": r.freeze_word_embeddings,
         "seed": r.seed,
+        # how the loops draw batches and the precision they ran in here (keyed only when not
+        # the loops' former random fp32, so entries built before they existed keep their keys)
+        **(
+            {"batching": r.batching, "train_autocast": pipe.train_autocast}
+            if (r.batching, pipe.train_autocast) != ("random", "fp32")
+            else {}
+        ),
         # L2L equals gradient accumulation over its micro-batches (own dropout streams):
         # keyed only when used, so the standard loop's cache entries keep their keys
         **(
@@ -50,8 +57,17 @@ def cache_key(pipe: PruMuxPipeline, **extra: object) -> dict:
     }
 
 
+def stopping_key(pipe: PruMuxPipeline) -> dict:
+    """The part of a candidate stage's key (pruning recovery, a mux fine-tune, students) that says
+    it stops on the validation split's plateau and keeps its best weights (`StoppingRule`; the
+    rule's fields and the split are in every key, `cache_key`), so entries trained a fixed number
+    of steps are not taken for it. None without a split: the stages train their caps as before."""
+    return {"stages_stop": "validation_plateau"} if pipe.validation_items else {}
+
+
 def mux_key(pipe: PruMuxPipeline, shape: MuxShape) -> dict:
-    """The key of an unpruned multiplexed model of `shape`."""
+    """The key of an unpruned multiplexed model of `shape` (and the start of a pruned
+    candidate's)."""
     r = pipe.recipe
     late = (
         {
@@ -79,4 +95,6 @@ def mux_key(pipe: PruMuxPipeline, shape: MuxShape) -> dict:
         distill_weight=r.distill_weight,
         mux_pooling=r.mux_pooling,
         mux_hidden_distill=r.mux_hidden_distill,
+        # the mux fine-tune and, through `_candidate_key`, the pruning recovery built on it
+        **stopping_key(pipe),
     )

@@ -1,7 +1,7 @@
 """Training: the standard loop (fine-tune, distil, retrieval), the L2L layer-to-layer executor
 and the mux warm-up."""
 
-from autoprumux.training._config import TrainConfig
+from autoprumux.training._config import TrainConfig, resolve_autocast
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._l2l_memory import DeviceLedger, L2LStats
 from autoprumux.training._late import frozen_targets, shared_layer_names, train_late_frozen
@@ -35,6 +35,7 @@ __all__ = [
     "kd_loss",
     "prefix_mse",
     "prune_in_stages",
+    "resolve_autocast",
     "predict",
     "retrieval_loss",
     "retrieval_warmup",

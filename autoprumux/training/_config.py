@@ -10,7 +10,15 @@ from typing import Any
 
 import torch
 
-from autoprumux.config import L2L_CLIP_MODES, LOGIT_LOSSES, Recipe, validate_trainer
+from autoprumux._cpu import has_bf16_matmul
+from autoprumux.config import (
+    BATCHINGS,
+    L2L_CLIP_MODES,
+    LOGIT_LOSSES,
+    TRAIN_AUTOCASTS,
+    Recipe,
+    validate_trainer,
+)
 from autoprumux.errors import ConfigError
 
 
@@ -51,6 +59,11 @@ class TrainConfig:
     # students): "mse" between (offsets + logits) and the targets, or "kl": KL(softmax(targets /
     # temperature) || softmax((offsets + logits) / temperature)) * temperature^2
     logit_loss: str = "mse"
+    # "random" or "grouped" (length-sorted pools, see `infinite_batches`)
+    batching: str = "random"
+    # the standard loop's forward and loss: "bf16" under bf16 autocast, "fp32" without, "auto"
+    # bf16 where the device multiplies bf16 natively (`resolve_autocast`)
+    autocast: str = "fp32"
 
     @classmethod
     def from_recipe(cls, r: Recipe, steps: int, **kw: Any) -> TrainConfig:
@@ -63,6 +76,8 @@ class TrainConfig:
             trainer=r.trainer,
             micro_batches=r.l2l_micro_batches,
             stash=r.l2l_stash,
+            batching=r.batching,
+            autocast=r.train_autocast,
             **kw,
         )
 
@@ -95,12 +110,32 @@ class TrainConfig:
             )
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"temperature ({self.temperature!r}) must be a number > 0")
+        if self.batching not in BATCHINGS:
+            raise ConfigError(f"batching ({self.batching!r}) must be one of {list(BATCHINGS)}")
+        if self.autocast not in TRAIN_AUTOCASTS:
+            raise ConfigError(
+                f"autocast ({self.autocast!r}) must be one of {list(TRAIN_AUTOCASTS)}"
+            )
         if self.l2l_clip not in L2L_CLIP_MODES:
             raise ConfigError(
                 f"l2l_clip ({self.l2l_clip!r}) must be one of {list(L2L_CLIP_MODES)}; 'global' "
                 "clips exactly like the standard loop, 'stage' clips each stage on its own, "
                 "'previous' with the previous step's global norm"
             )
+
+
+def resolve_autocast(choice: str, device: str | torch.device, trainer: str = "standard") -> str:
+    """ "fp32" or "bf16": `choice` as the standard loop runs it on `device`. "auto" is bf16 on a
+    CPU with bf16 matrix instructions (avx512_bf16 / AMX) or a CUDA device that supports bf16,
+    else fp32 (emulated bf16 is slower than fp32). The L2L trainers always run fp32."""
+    if trainer != "standard":
+        return "fp32"
+    if choice != "auto":
+        return choice
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if kind == "cpu" and has_bf16_matmul() else "fp32"
 
 
 def param_groups(

@@ -4,6 +4,7 @@ and `predict`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,12 @@ from autoprumux._progress import LossMeter, progress
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
-from autoprumux.training._config import TrainConfig, make_optimizer, optimizer_step
+from autoprumux.training._config import (
+    TrainConfig,
+    make_optimizer,
+    optimizer_step,
+    resolve_autocast,
+)
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._losses import classifier_loss, target_batches
 from autoprumux.training._teacher import TeacherLayers
@@ -109,7 +115,13 @@ def train_classifier(
             f"({len(layer_table)} layer rows for {len(train)} items)"
         )
     it = target_batches(
-        infinite_batches(train, cfg.batch_size, seed=cfg.seed, with_index=table is not None),
+        infinite_batches(
+            train,
+            cfg.batch_size,
+            seed=cfg.seed,
+            with_index=table is not None,
+            batching=cfg.batching,
+        ),
         logit_targets,
         logit_offsets,
     )
@@ -117,45 +129,47 @@ def train_classifier(
     bar = progress(cfg.steps, desc)
     meter = LossMeter(bar, cfg.lr)
     taken = 0
+    autocast = forward_autocast(resolve_autocast(cfg.autocast, device), device)
     for _ in bar:
         batch = {k: v.to(device) for k, v in next(it).items()}
-        ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-        layers: list[torch.Tensor] = []
-        t_layers: list[torch.Tensor] = []
-        keep = layers if use_layers else None
-        if use_retrieval or use_hidden or use_layers:
-            states = model.hidden_states(ids, mask, tt, positions="all", layers=keep)
-            logits = model.logits_from_states(states, mask)
-        else:
-            states = None
-            logits = model(ids, mask, tt)
-        t_logits = t_states = None
-        if table is not None:
-            t_logits = table[batch["index"].cpu()].to(device)
-            if layer_table is not None:
-                t_layers = layer_table.batch(batch["index"], ids.shape[1], device)
-        elif teacher is not None and (cfg.distill_weight > 0 or use_hidden or use_layers):
-            with torch.no_grad():
-                if use_hidden or use_layers:
-                    t_states = teacher.hidden_states(
-                        ids, mask, tt, positions="all", layers=t_layers if use_layers else None
-                    )
-                    t_logits = teacher.logits_from_states(t_states, mask)
-                else:
-                    t_logits = teacher(ids, mask, tt)
-        loss = classifier_loss(
-            model,
-            batch,
-            cfg,
-            logits=logits,
-            states=states,
-            teacher_logits=t_logits,
-            teacher_states=t_states,
-            special_ids=special_ids,
-            generator=gen,
-            layers=layers,
-            teacher_layers=t_layers,
-        )
+        with autocast:
+            ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+            layers: list[torch.Tensor] = []
+            t_layers: list[torch.Tensor] = []
+            keep = layers if use_layers else None
+            if use_retrieval or use_hidden or use_layers:
+                states = model.hidden_states(ids, mask, tt, positions="all", layers=keep)
+                logits = model.logits_from_states(states, mask)
+            else:
+                states = None
+                logits = model(ids, mask, tt)
+            t_logits = t_states = None
+            if table is not None:
+                t_logits = table[batch["index"].cpu()].to(device)
+                if layer_table is not None:
+                    t_layers = layer_table.batch(batch["index"], ids.shape[1], device)
+            elif teacher is not None and (cfg.distill_weight > 0 or use_hidden or use_layers):
+                with torch.no_grad():
+                    if use_hidden or use_layers:
+                        t_states = teacher.hidden_states(
+                            ids, mask, tt, positions="all", layers=t_layers if use_layers else None
+                        )
+                        t_logits = teacher.logits_from_states(t_states, mask)
+                    else:
+                        t_logits = teacher(ids, mask, tt)
+            loss = classifier_loss(
+                model,
+                batch,
+                cfg,
+                logits=logits,
+                states=states,
+                teacher_logits=t_logits,
+                teacher_states=t_states,
+                special_ids=special_ids,
+                generator=gen,
+                layers=layers,
+                teacher_layers=t_layers,
+            )
         optimizer_step(model, opt, sched, loss, cfg)
         meter.update(float(loss.detach()))
         taken += 1
@@ -168,6 +182,16 @@ def train_classifier(
         "seconds": time.perf_counter() - t0,
         "final_loss": meter.final,
     }
+
+
+def forward_autocast(
+    precision: str, device: str | torch.device
+) -> contextlib.AbstractContextManager[object]:
+    """The context a training forward runs in: bf16 autocast on the device's type, or none
+    (weights, gradients and the optimizer stay fp32 either way)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def _standard_or_l2l(
@@ -223,7 +247,9 @@ def train_classifier_l2l(
     host memory. The stats add ``peak_device_bytes``, the executor's ledger peak."""
     torch.manual_seed(cfg.seed)
     it = target_batches(
-        infinite_batches(train, cfg.batch_size, seed=cfg.seed), logit_targets, logit_offsets
+        infinite_batches(train, cfg.batch_size, seed=cfg.seed, batching=cfg.batching),
+        logit_targets,
+        logit_offsets,
     )
     t0 = time.perf_counter()
     with L2LExecutor(
