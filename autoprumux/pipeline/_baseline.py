@@ -31,6 +31,7 @@ from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
 from autoprumux.training import (
     PlateauStop,
+    StoppingRule,
     TrainConfig,
     describe_convergence,
     train_classifier,
@@ -150,8 +151,9 @@ def split_train(pipe: PruMuxPipeline) -> tuple[list[Encoded], list[Encoded], str
     return [items[i] for i in kept], [items[i] for i in held], note
 
 
-def validation_metric(pipe: PruMuxPipeline, model: MuxSequenceClassifier) -> float:
-    """`model`'s metric on the validation split, in points (what stopping reads)."""
+def validation_metric(pipe: PruMuxPipeline, model: AnyModel) -> float:
+    """`model`'s metric on the validation split, in points (what stopping reads); a multiplexed
+    model's over one seeded pairing of the split (see `paired_dev_metrics`)."""
     return validation_metrics(pipe, model, pairings=1)["metric"]
 
 
@@ -186,6 +188,15 @@ def validated(
         return replace(m, validation_metric=v["metric"], validation_accuracy=v["accuracy"])
 
     return scored(baseline, base_v), scored(candidate, cand_v), noise
+
+
+def stage_rule(pipe: PruMuxPipeline) -> StoppingRule:
+    """The baseline's stopping rule for the candidates' stages (pruning recovery, the mux
+    fine-tunes, the students): the validation split's metric every `eval_every` steps, `patience`
+    and `min_delta`; their step counts are the caps. Without a split they train their caps."""
+    r = pipe.recipe
+    validate = (lambda model: validation_metric(pipe, model)) if pipe.validation_items else None
+    return StoppingRule(validate, r.eval_every, r.patience, r.min_delta)
 
 
 def training_record(pipe: PruMuxPipeline) -> dict | None:

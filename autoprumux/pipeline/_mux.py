@@ -1,11 +1,14 @@
 """A pipeline's multiplexed models before pruning: the token-retrieval warm-up of early
-mixing (task-independent, cached per N), and late multiplexing built on the fine-tuned
-baseline (see `Recipe.late_mux_*`)."""
+mixing (task-independent, cached per N), the early-mixing task fine-tune on it, and late
+multiplexing built on the fine-tuned baseline (see `Recipe.late_mux_*`). Both task fine-tunes
+stop on the validation split's plateau, at most `mux_finetune_steps`, and keep their best weights
+(`_baseline.stage_rule`); the entry's meta records how (`stopping`)."""
 
 from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,11 +18,11 @@ from autoprumux._cache import ArtifactCache, key_hash
 from autoprumux.config import Candidate, MuxShape, Recipe
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
+from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.training import (
     TrainConfig,
     retrieval_warmup,
     shared_layer_names,
-    train_classifier,
     train_late_frozen,
 )
 
@@ -115,6 +118,68 @@ def mux_warmup(pipe: PruMuxPipeline, n: int) -> tuple[Path, dict]:
     return entry, {**meta, "key": key, "cache_hit": hit}
 
 
+def start_model(pipe: PruMuxPipeline, n: int) -> tuple[MuxSequenceClassifier, dict]:
+    """An N-way model to fine-tune: warmed up (cached) when the recipe asks for it."""
+    r = pipe.recipe
+    if not r.mux_warmup_steps:
+        return pipe._fresh(n), {}
+    entry, meta = mux_warmup(pipe, n)
+    m = pipe._load(entry, r.freeze_word_embeddings)
+    m.mux_config = replace(m.mux_config, pooling=r.mux_pooling)
+    if m.num_labels != pipe.task.num_labels:  # the warm-up never trains the task head
+        m.num_labels = pipe.task.num_labels
+        m.classifier = torch.nn.Linear(m.classifier.in_features, pipe.task.num_labels)
+    return m, meta
+
+
+def early_mux_key(pipe: PruMuxPipeline, shape: MuxShape) -> dict:
+    """The key of an early-mixing model fine-tuned on the task: its shape's and its warm-up's."""
+    warm = key_hash(warmup_key(pipe, shape.n)) if pipe.recipe.mux_warmup_steps else None
+    return {**pipe._mux_key(shape), "warmup": warm}
+
+
+def early_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:
+    """The cache entry of an early-mixing N-way model (from its warm-up) fine-tuned on the task
+    with KD from the baseline, until the validation split plateaus (built or cached)."""
+    r, n = pipe.recipe, shape.n
+    teacher = pipe.baseline()
+
+    def build(tmp: Path) -> dict:
+        m, warm = start_model(pipe, n)
+        cfg = TrainConfig.from_recipe(
+            r,
+            r.mux_finetune_steps,
+            retrieval_weight=r.retrieval_weight,
+            distill_weight=r.distill_weight,
+            hidden_distill_weight=r.mux_hidden_distill,
+            lr=r.mux_finetune_lr,
+        )
+        stats = stage_rule(pipe).train(
+            m,
+            pipe.train_items,
+            cfg,
+            what=f"mux fine-tune N={n}",
+            cap_field="mux_finetune_steps",
+            teacher=teacher,
+            special_ids=pipe.special_ids,
+            desc=f"mux fine-tune N={n}",
+            device=pipe.device,
+            teacher_logits=pipe.teacher_logits(),
+        )
+        m.save(tmp / "model")
+        stopping = stats.pop("stopping")
+        return {
+            "warmup": warm.get("warmup"),
+            "warmup_cache_hit": warm.get("cache_hit"),
+            "train": stats,
+            "stopping": stopping,
+        }
+
+    entry, hit = pipe.cache.get_or_build("mux", early_mux_key(pipe, shape), build)
+    log.info("mux N=%d %s (%s)", n, "cache hit" if hit else "trained", entry)
+    return entry
+
+
 def from_baseline(
     pipe: PruMuxPipeline, shape: MuxShape, base: MuxSequenceClassifier | None = None
 ) -> MuxSequenceClassifier:
@@ -160,32 +225,25 @@ def _train_late(
         lr=r.late_mux_lr,
     )
     desc = f"late mux fine-tune N={shape.n}{shape.suffix}"
+    kw: dict = {"teacher": teacher, "special_ids": pipe.special_ids, "desc": desc}
     if r.late_mux_freeze_backbone and shape.layers:
         # the frozen layers' outputs and the teacher's are computed once, not per step
-        stats = train_late_frozen(
-            m,
-            pipe.train_items,
-            cfg,
-            shared_lr=r.late_mux_shared_lr,
-            teacher=teacher,
-            special_ids=pipe.special_ids,
-            desc=desc,
-            device=pipe.device,
-        )
+        kw.update(train_fn=train_late_frozen, shared_lr=r.late_mux_shared_lr)
     else:
-        stats = train_classifier(
-            m,
-            pipe.train_items,
-            cfg,
-            teacher=teacher,
-            special_ids=pipe.special_ids,
-            desc=desc,
-            device=pipe.device,
-            teacher_logits=pipe.teacher_logits() if base is None else None,
-        )
+        kw["teacher_logits"] = pipe.teacher_logits() if base is None else None
+    stats = stage_rule(pipe).train(
+        m,
+        pipe.train_items,
+        cfg,
+        what=desc,
+        cap_field="mux_finetune_steps",
+        device=pipe.device,
+        **kw,
+    )
     m.save(tmp / "model")
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
-    return {"train": stats, "trainable_parameters": trainable}
+    stopping = stats.pop("stopping")
+    return {"train": stats, "stopping": stopping, "trainable_parameters": trainable}
 
 
 def late_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:

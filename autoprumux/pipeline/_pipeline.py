@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from autoprumux._cache import ArtifactCache, key_hash
+from autoprumux._cache import ArtifactCache
 from autoprumux.config import SPLIT_COMBINERS, Candidate, MuxShape, Recipe, check_precision
 from autoprumux.data import (
     DataSource,
@@ -60,13 +60,14 @@ from autoprumux.pipeline._baseline import (
 )
 from autoprumux.pipeline._keys import cache_key, mux_key
 from autoprumux.pipeline._mux import (
+    early_mux_model,
     late_mux_model,
     mux_warmup,
     pruned_before_mux,
     pruned_late_mux_model,
-    warmup_key,
 )
 from autoprumux.pipeline._recovery import prune, recovery_key, teacher_layers, teacher_logits
+from autoprumux.pipeline._stages import stage_training
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
 from autoprumux.training import TeacherLayers, TrainConfig, resolve_autocast, train_classifier
 
@@ -192,6 +193,10 @@ class PruMuxPipeline:
         """How the trained baseline stopped (see `_baseline.training_record`)."""
         return training_record(self)
 
+    def stage_training(self, config: Candidate) -> dict:
+        """How `config`'s built training stages stopped (see `_stages.stage_training`)."""
+        return stage_training(self, config)
+
     @property
     def baseline_origin(self) -> str:
         """ "given": the user's classifier, used as is; "trained": fine-tuned here."""
@@ -222,25 +227,12 @@ class PruMuxPipeline:
         """The token-retrieval warm-up for width N (see `_mux.mux_warmup`)."""
         return mux_warmup(self, n)
 
-    def _start_model(self, n: int) -> tuple[MuxSequenceClassifier, dict]:
-        """An N-way model to fine-tune: warmed up (cached) when the recipe asks for it."""
-        if not self.recipe.mux_warmup_steps:
-            return self._fresh(n), {}
-        entry, meta = self.mux_warmup(n)
-        m = self._load(entry, self.recipe.freeze_word_embeddings)
-        m.mux_config = replace(m.mux_config, pooling=self.recipe.mux_pooling)
-        if m.num_labels != self.task.num_labels:  # the warm-up never trains the task head
-            m.num_labels = self.task.num_labels
-            m.classifier = torch.nn.Linear(m.classifier.in_features, self.task.num_labels)
-        return m, meta
-
     def mux_model(self, shape: MuxShape) -> MuxSequenceClassifier:
         """Unpruned multiplexed model trained on the task (cached per shape, reused across
         sparsities): early mixing from the warm-up, late multiplexing from the baseline."""
-        n = shape.n
-        if n == 1:
+        if shape.n == 1:
             return self.baseline()
-        teacher = self.baseline()
+        self.baseline()  # first: the N-way models distil it
         r = self.recipe
         if shape.late:
             return self._load(late_mux_model(self, shape), r.freeze_word_embeddings)
@@ -254,35 +246,7 @@ class PruMuxPipeline:
                 r.finetune_steps,
                 r.mux_finetune_steps,
             )
-        warm_key = key_hash(warmup_key(self, n)) if r.mux_warmup_steps else None
-
-        def build(tmp: Path) -> dict:
-            m, warm = self._start_model(n)
-            meta: dict = {"warmup": warm.get("warmup"), "warmup_cache_hit": warm.get("cache_hit")}
-            meta["train"] = train_classifier(
-                m,
-                self.train_items,
-                TrainConfig.from_recipe(
-                    r,
-                    r.mux_finetune_steps,
-                    retrieval_weight=r.retrieval_weight,
-                    distill_weight=r.distill_weight,
-                    hidden_distill_weight=r.mux_hidden_distill,
-                    lr=r.mux_finetune_lr,
-                ),
-                teacher=teacher,
-                special_ids=self.special_ids,
-                desc=f"mux fine-tune N={n}",
-                device=self.device,
-                teacher_logits=self.teacher_logits(),
-            )
-            m.save(tmp / "model")
-            return meta
-
-        key = {**self._mux_key(shape), "warmup": warm_key}
-        entry, hit = self.cache.get_or_build("mux", key, build)
-        log.info("mux N=%d %s (%s)", n, "cache hit" if hit else "trained", entry)
-        return self._load(entry, r.freeze_word_embeddings)
+        return self._load(early_mux_model(self, shape), r.freeze_word_embeddings)
 
     def prune(
         self,

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from autoprumux.config import Recipe
 from autoprumux.data import UNLABELED, Encoded, encode_corpus, warmup_texts
 from autoprumux.models import MuxSequenceClassifier
+from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.training import (
     TeacherLayers,
     TrainConfig,
@@ -146,8 +147,10 @@ def prune(
     on_stage: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Prune `model` in place to `sparsity` (see `prune_in_stages`), recovering with
-    distillation from the baseline over the recovery set; each stage's dev metric (one pairing)
-    is recorded and passed to `on_stage(stage, metric)`. Returns per-stage stats."""
+    distillation from the baseline over the recovery set, each stage until the validation split
+    plateaus (at most its share of `recovery_steps`, its best weights kept: `stage_rule`); each
+    stage's dev metric (one pairing) is recorded and passed to `on_stage(stage, metric)`.
+    Returns per-stage stats (with each stage's ``stopping``)."""
     r = pipe.recipe
     items, logits = recovery_set(pipe)
     return prune_in_stages(
@@ -175,4 +178,5 @@ def prune(
         on_stage=on_stage,
         teacher_logits=logits,
         teacher_layers=teacher_layers(pipe) if model.n == 1 else None,
+        stopping=stage_rule(pipe),
     )

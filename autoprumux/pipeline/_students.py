@@ -1,5 +1,8 @@
 """Academus students of a pipeline's baseline: K boosted shallow students, built or cached, and
-measured beside the baseline."""
+measured beside the baseline. Each student's boosting and the stacking stop on the validation
+split's plateau (the metric of the ensemble so far), at most `student_steps` and
+`student_stacking_steps`, and keep their best weights (`_baseline.stage_rule`); the held-out
+residuals are measured on the validation split too: the dev set only reports."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import TYPE_CHECKING
 from autoprumux.config import check_precision
 from autoprumux.evaluation import Evaluation, ThroughputConfig
 from autoprumux.models import StudentConfig, StudentEnsemble
+from autoprumux.pipeline._baseline import stage_rule
+from autoprumux.pipeline._keys import stopping_key
 from autoprumux.pipeline._recovery import corpus_items
 from autoprumux.training import StudentTrainConfig, distill_students
 
@@ -29,13 +34,15 @@ STUDENT_LEVER_DEFAULTS = {
 }
 
 
-def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
-    """K students of `depth` layers distilled from the baseline (built or cached) over the
-    training set plus the recipe's `student_unlabeled` warm-up corpus sentences."""
+def students_key(pipe: PruMuxPipeline, k: int, depth: int, extra_key: dict | None = None) -> dict:
+    """What K students of `depth` layers are built from: the recipe's student fields, the
+    corpus sentences they add (`extra_key`, their count and hash; None: read here), and the
+    stopping rule."""
     r = pipe.recipe
     cfg = StudentConfig(k=k, depth=depth, pooling=r.student_pooling)
-    extra, extra_key = corpus_items(pipe, r.student_unlabeled) if r.student_unlabeled else ([], {})
-    key = pipe._key(
+    if extra_key is None:
+        extra_key = corpus_items(pipe, r.student_unlabeled)[1] if r.student_unlabeled else {}
+    return pipe._key(
         technique="students",
         k=cfg.k,
         depth=cfg.depth,
@@ -50,7 +57,16 @@ def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
         },
         # the corpus sentences' content hash: another corpus distils other students
         **{f"student_{name}": v for name, v in extra_key.items() if name != "unlabeled"},
+        **stopping_key(pipe),
     )
+
+
+def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
+    """K students of `depth` layers distilled from the baseline (built or cached) over the
+    training set plus the recipe's `student_unlabeled` warm-up corpus sentences."""
+    r = pipe.recipe
+    cfg = StudentConfig(k=k, depth=depth, pooling=r.student_pooling)
+    extra, extra_key = corpus_items(pipe, r.student_unlabeled) if r.student_unlabeled else ([], {})
 
     def build(tmp: Path) -> dict:
         ens, stats = distill_students(
@@ -59,12 +75,13 @@ def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
             cfg,
             StudentTrainConfig.from_recipe(r),
             device=pipe.device,
-            heldout=pipe.dev_items[:256],
+            heldout=pipe.validation_items[:256],
+            stopping=stage_rule(pipe),
         )
         ens.save(tmp / "model", extra={"distillation": stats})
         return {"distillation": stats}
 
-    entry, hit = pipe.cache.get_or_build("students", key, build)
+    entry, hit = pipe.cache.get_or_build("students", students_key(pipe, k, depth, extra_key), build)
     log.info("students K=%d d=%d %s (%s)", k, depth, "cache hit" if hit else "built", entry)
     return StudentEnsemble.load(entry / "model").to(pipe.device)
 

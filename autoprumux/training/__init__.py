@@ -8,7 +8,12 @@ from autoprumux.training._late import frozen_targets, shared_layer_names, train_
 from autoprumux.training._loop import predict, train_classifier
 from autoprumux.training._losses import hidden_distill_loss, kd_loss, retrieval_loss
 from autoprumux.training._prune import prune_in_stages
-from autoprumux.training._stopping import PlateauStop, describe_convergence, train_until_plateau
+from autoprumux.training._stopping import (
+    PlateauStop,
+    StoppingRule,
+    describe_convergence,
+    train_until_plateau,
+)
 from autoprumux.training._students import (
     StudentTrainConfig,
     distill_students,
@@ -23,6 +28,7 @@ __all__ = [
     "L2LExecutor",
     "L2LStats",
     "PlateauStop",
+    "StoppingRule",
     "StudentTrainConfig",
     "TeacherLayers",
     "TrainConfig",

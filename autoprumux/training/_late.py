@@ -11,7 +11,7 @@ demultiplexed state with the baseline's own final state at the same position.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,11 +86,13 @@ def train_late_frozen(
     special_ids: Sequence[int] = (),
     desc: str = "late mux fine-tune",
     device: str | torch.device = "cpu",
+    on_step: Callable[[int, float], bool] | None = None,
 ) -> dict[str, float]:
     """Train the adapters of a late-multiplexed model whose encoder is frozen (see the module
     doc) for `cfg.steps` steps; returns summary stats incl. the targets' one-off cost. With
     `shared_lr` > 0 the encoder's trainable parameters (which must lie after the first k
-    layers: the shared layers and the pooler) train at that rate."""
+    layers: the shared layers and the pooler) train at that rate. `on_step(step, running loss)`
+    ends training early by returning True, as in `train_classifier`."""
     if model.n == 1 or not model.instance_layers:
         raise ValueError("train_late_frozen is for late-multiplexed models (N > 1, k > 0)")
     trainable = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
@@ -109,6 +111,7 @@ def train_late_frozen(
     it = infinite_batches(train, cfg.batch_size, seed=cfg.seed, with_index=True)
     bar = progress(cfg.steps, desc)
     meter = LossMeter(bar, cfg.lr)
+    taken = 0
     for _ in bar:
         batch = next(it)
         index = batch.pop("index")
@@ -135,10 +138,13 @@ def train_late_frozen(
         )
         optimizer_step(model, opt, sched, loss, cfg)
         meter.update(float(loss.detach()))
+        taken += 1
+        if on_step is not None and on_step(taken, meter.final):
+            break
     bar.close()
     model.eval()
     return {
-        "steps": float(cfg.steps),
+        "steps": float(taken),
         "seconds": time.perf_counter() - t0,
         "targets_seconds": prepared,
         "final_loss": meter.final,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier, apply_plan, compute_importance, search_plan
 from autoprumux.training._config import TrainConfig
 from autoprumux.training._loop import train_classifier
+from autoprumux.training._stopping import StoppingRule
 from autoprumux.training._teacher import TeacherLayers
 
 # examples per stage whose loss change ranks whole sub-layers (attention, FFN) for removal
@@ -54,6 +56,7 @@ def prune_in_stages(
     teacher_logits: torch.Tensor | None = None,
     teacher_layers: TeacherLayers | None = None,
     recovery_items: Sequence[Encoded] | None = None,
+    stopping: StoppingRule | None = None,
 ) -> dict:
     """Prune `model` in place to `sparsity` in `stages` equal steps. Each stage ranks heads and
     FFN units by Fisher importance on `importance_examples` training examples (batches of N, so a
@@ -66,7 +69,9 @@ def prune_in_stages(
     training item), and `teacher_layers` (its per-layer states) for layer distillation, spare
     running the teacher (see `train_classifier`). The recovery trains on `recovery_items` when
     given (e.g. the training items plus unlabeled ones, which the tables then cover too), the
-    importance is always scored on `train_items`. Returns {"stages": [per-stage stats]}."""
+    importance is always scored on `train_items`. With `stopping`, each stage's recovery stops on
+    the validation split's plateau, its step count the cap, and keeps its best weights (the
+    stage's stats add ``stopping``, see `StoppingRule`). Returns {"stages": [per-stage stats]}."""
     stats: list[dict] = []
     stage_steps = recovery_schedule(recovery_steps, stages, schedule)
     n = model.n
@@ -93,17 +98,23 @@ def prune_in_stages(
         plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
         apply_plan(model.encoder, plan)
         steps = stage_steps[stage - 1]
-        tr = train_classifier(
-            model,
-            list(train_items if recovery_items is None else recovery_items),
-            train_cfg(steps),
-            teacher=teacher,
-            special_ids=special_ids,
-            desc=f"recover{desc} stage {stage}/{stages}",
-            device=device,
-            teacher_logits=teacher_logits,
-            teacher_layers=teacher_layers,
-        )
+        items = list(train_items if recovery_items is None else recovery_items)
+        kw: dict[str, Any] = {
+            "teacher": teacher,
+            "special_ids": special_ids,
+            "desc": f"recover{desc} stage {stage}/{stages}",
+            "device": device,
+            "teacher_logits": teacher_logits,
+            "teacher_layers": teacher_layers,
+        }
+        if stopping is None:
+            tr = train_classifier(model, items, train_cfg(steps), **kw)
+        else:
+            what = f"recovery{desc} stage {stage}/{stages}"
+            tr = stopping.train(
+                model, items, train_cfg(steps), what=what, cap_field="recovery_steps", **kw
+            )
+        stopped = tr.pop("stopping", None)
         stats.append(
             {
                 "target": target,
@@ -111,6 +122,7 @@ def prune_in_stages(
                 "heads": list(model.encoder.config.heads),
                 "ffn": list(model.encoder.config.ffn),
                 "train": tr,
+                **({"stopping": stopped} if stopped is not None else {}),
                 "dev_metric": dev_metric(model),
             }
         )

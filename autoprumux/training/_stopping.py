@@ -1,12 +1,14 @@
 """Training until a validation metric stops improving: the plateau rule (`PlateauStop`), the loop
-that evaluates every K steps and keeps the best weights (`train_until_plateau`), and the one line
-that says whether a run converged (`describe_convergence`)."""
+that evaluates every K steps and keeps the best weights (`train_until_plateau`), the same rule for
+the candidates' stages (`StoppingRule`: pruning recovery, the mux fine-tunes, the students), and
+the one line that says whether a run converged (`describe_convergence`)."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,15 +79,21 @@ def train_until_plateau(
     validate: Callable[[MuxSequenceClassifier], float],
     stop: PlateauStop,
     eval_every: int,
+    *,
+    what: str = "baseline",
+    cap_field: str = "finetune_steps",
+    train_fn: Callable[..., dict[str, Any]] = train_classifier,
     **kw: Any,
 ) -> dict[str, Any]:
-    """`train_classifier` for at most `cfg.steps` steps, `validate(model)` every `eval_every`
-    steps and at the last; it stops once `stop` sees a plateau and the model ends with the
-    weights of its best evaluation. The stats add ``stopping`` (`PlateauStop.summary`).
+    """`train_fn` (`train_classifier`, or a loop with the same `on_step` hook) for at most
+    `cfg.steps` steps, `validate(model)` every `eval_every` steps and at the last; it stops once
+    `stop` sees a plateau and the model ends with the weights of its best evaluation. The stats
+    add ``stopping`` (`PlateauStop.summary`); `what` and `cap_field` name the run and its cap in
+    the log line (`describe_convergence`).
     The L2L trainers ("l2l", "auto") train all `cfg.steps` and are validated once at the end:
     the executor's host weights are not settled between steps."""
     if cfg.trainer != "standard":
-        stats = train_classifier(model, train, cfg, **kw)
+        stats = train_fn(model, train, cfg, **kw)
         stop.update(cfg.steps, validate(model), stats.get("final_loss", math.nan))
         return {**stats, "stopping": stop.summary(cfg.steps)}
     best: dict[str, torch.Tensor] | None = None
@@ -99,24 +107,82 @@ def train_until_plateau(
         model.train()
         return stop.stopped
 
-    stats = train_classifier(model, train, cfg, on_step=on_step, **kw)
+    stats = train_fn(model, train, cfg, on_step=on_step, **kw)
     if best is not None:
         model.load_state_dict(best)
     model.eval()
     summary = stop.summary(cfg.steps)
-    log.info("%s", describe_convergence(summary, "validation metric"))
+    log.info("%s", describe_convergence(summary, "validation metric", what, cap_field))
     return {**stats, "stopping": summary}
 
 
-def describe_convergence(s: dict[str, Any], metric: str) -> str:
-    """One line: the run converged (its plateau, the steps it took), or a cap stopped it and how
-    far its validation metric may still be from a plateau (the latest gain, the steps since)."""
+@dataclass(frozen=True)
+class StoppingRule:
+    """The baseline's stopping rule for a candidate's training stage: `validate(model)` (the
+    validation split's metric, in points; None: no split) every `eval_every` steps, stopped after
+    `patience` evaluations without a gain of more than `min_delta`, the best evaluation's weights
+    kept; the stage's step count is the cap (see `train`)."""
+
+    validate: Callable[[Any], float] | None
+    eval_every: int
+    patience: int
+    min_delta: float = 0.0
+
+    def train(
+        self,
+        model: Any,
+        train: Sequence[Encoded],
+        cfg: TrainConfig,
+        *,
+        what: str,
+        cap_field: str,
+        train_fn: Callable[..., dict[str, Any]] = train_classifier,
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """`train_until_plateau` with this rule; the stats add ``stopping``. A stage whose
+        evaluations could choose nothing trains its cap without them and says why: no
+        validation split, a cap within one evaluation interval (its only evaluation would be
+        its last step), or an L2L trainer (validated only at its end)."""
+        why = None
+        if self.validate is None:
+            why = "no validation split"
+        elif cfg.steps <= self.eval_every:
+            why = f"its cap is within one evaluation interval (eval_every {self.eval_every})"
+        elif cfg.trainer != "standard":
+            why = f"the {cfg.trainer} trainer trains its cap (validated only at its end)"
+        if why is None and self.validate is not None:
+            stop = PlateauStop(self.patience, self.min_delta)
+            return train_until_plateau(
+                model, train, cfg, self.validate, stop, self.eval_every,
+                what=what, cap_field=cap_field, train_fn=train_fn, **kw,
+            )  # fmt: skip
+        stats = train_fn(model, train, cfg, **kw)
+        summary = {
+            **PlateauStop(self.patience, self.min_delta).summary(cfg.steps),
+            "steps": int(stats.get("steps", cfg.steps)),
+            "best_step": None,
+            "steps_since_best": None,
+            "unvalidated": why,
+        }
+        if cfg.steps:
+            log.info("%s", describe_convergence(summary, "validation metric", what, cap_field))
+        return {**stats, "stopping": summary}
+
+
+def describe_convergence(
+    s: dict[str, Any], metric: str, what: str = "baseline", cap_field: str = "finetune_steps"
+) -> str:
+    """One line: the run (`what`) converged (its plateau, the steps it took), or a cap stopped
+    it and how far its validation metric may still be from a plateau (the latest gain, the steps
+    since; `cap_field` is the recipe field to raise), or it trained without validation."""
     if not s.get("curve"):
-        return "baseline: trained without a validation split (convergence unknown)"
+        if s.get("unvalidated"):
+            return f"{what}: trained its cap of {s['cap']} steps unvalidated ({s['unvalidated']})"
+        return f"{what}: trained without a validation split (convergence unknown)"
     best = f"{s['best_metric']:.2f} at step {s['best_step']}"
     if s["converged"]:
         return (
-            f"baseline converged: validation {metric} plateaued at {best}; stopped at step "
+            f"{what} converged: validation {metric} plateaued at {best}; stopped at step "
             f"{s['steps']} of at most {s['cap']} after {s['patience']} evaluations without a gain"
         )
     gain = s["last_gain"]
@@ -126,7 +192,7 @@ def describe_convergence(s: dict[str, Any], metric: str) -> str:
         else f"the last gain +{gain:.2f} points, {s['steps_since_best']} steps before the end"
     )
     return (
-        f"baseline NOT converged: the cap of {s['cap']} steps stopped it before validation "
-        f"{metric} plateaued (best {best}; {rising}); raise finetune_steps to train it to a "
+        f"{what} NOT converged: the cap of {s['cap']} steps stopped it before validation "
+        f"{metric} plateaued (best {best}; {rising}); raise {cap_field} to train it to a "
         "plateau"
     )

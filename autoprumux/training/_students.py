@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from autoprumux.models._students import (
 from autoprumux.training._config import TrainConfig, make_optimizer
 from autoprumux.training._loop import predict, train_classifier
 from autoprumux.training._losses import logit_fit_loss
+from autoprumux.training._stopping import StoppingRule
 
 
 @dataclass(frozen=True)
@@ -195,15 +197,17 @@ def stacking_loss(
 
 def _stack_steps(
     ens: StudentEnsemble,
-    items: list[Encoded],
-    targets: torch.Tensor,
+    items: Sequence[Encoded],
     cfg: TrainConfig,
     *,
+    targets: torch.Tensor,
     focus: float,
     device: torch.device,
-) -> float:
+    on_step: Callable[[int, float], bool] | None = None,
+) -> dict[str, float]:
     """Stacking distillation: all students jointly, every prefix sum on the teacher's logits
-    (`stacking_loss`)."""
+    (`stacking_loss`). `on_step(step, running loss)` ends it early by returning True."""
+    t0 = time.perf_counter()
     opt, sched = make_optimizer(ens.students, cfg)
     it = infinite_batches(items, cfg.batch_size, seed=cfg.seed)
     targets = targets.to(device)
@@ -211,6 +215,7 @@ def _stack_steps(
     ens.embeddings.eval()  # frozen and shared: no dropout noise in the students' input
     bar = progress(cfg.steps, "stacking distillation")
     meter = LossMeter(bar, cfg.lr, cfg.logit_loss)
+    taken = 0
     for _ in bar:
         b = {k: v.to(device) for k, v in next(it).items()}
         with torch.no_grad():
@@ -224,9 +229,30 @@ def _stack_steps(
         opt.step()
         sched.step()
         meter.update(float(loss.detach()))
+        taken += 1
+        if on_step is not None and on_step(taken, meter.final):
+            break
+        ens.embeddings.eval()  # a validation in `on_step` leaves the ensemble in train mode
     bar.close()
     ens.eval()
-    return meter.final
+    return {
+        "steps": float(taken),
+        "seconds": time.perf_counter() - t0,
+        "final_loss": meter.final,
+    }
+
+
+def _prefix_validation(
+    ens: StudentEnsemble, active: int, validate: Callable[[Any], float]
+) -> Callable[[Any], float]:
+    """`validate` of the sum of the ensemble's first `active` students, whatever model the
+    stage trains (a student's view, or the ensemble)."""
+
+    def run(_trained: Any) -> float:
+        ens.active_students = active
+        return validate(ens)
+
+    return run
 
 
 def distill_students(
@@ -237,10 +263,14 @@ def distill_students(
     *,
     device: str | torch.device = "cpu",
     heldout: Sequence[Encoded] = (),
+    stopping: StoppingRule | None = None,
 ) -> tuple[StudentEnsemble, dict]:
     """Distil `teacher` into K boosted students of `cfg.depth` layers. Returns the ensemble and
     stats: the residual MSE on the distillation set (and on `heldout`) after each student, before
-    and after stacking, and the seconds spent."""
+    and after stacking, and the seconds spent. With `stopping`, each student's boosting and the
+    stacking stop on the plateau of `stopping.validate` of the ensemble so far (the first j
+    students; all K for stacking), their step counts the caps, and keep their best weights
+    (``student_train[j]["stopping"]``, ``stacking_train["stopping"]``; see `StoppingRule`)."""
     tcfg = tcfg or StudentTrainConfig()
     if len(items) < tcfg.batch_size:
         raise ConfigError(
@@ -280,15 +310,26 @@ def distill_students(
         )
         # "mse" regresses the residual itself; "kl" fits the sum so far plus this student
         mse = tcfg.loss == "mse"
+        kw: dict[str, Any] = {
+            "desc": f"student {j + 1}/{cfg.k}",
+            "device": device,
+            "logit_targets": residual if mse else target,
+            "logit_offsets": None if mse else target - residual,
+        }
+        if stopping is None or stopping.validate is None:
+            rule = stopping
+        else:
+            rule = replace(stopping, validate=_prefix_validation(ens, j + 1, stopping.validate))
         stats["student_train"].append(
-            train_classifier(
+            train_classifier(student_view(ens, j), indexed, step_cfg, **kw)
+            if rule is None
+            else rule.train(
                 student_view(ens, j),
                 indexed,
                 step_cfg,
-                desc=f"student {j + 1}/{cfg.k}",
-                device=device,
-                logit_targets=residual if mse else target,
-                logit_offsets=None if mse else target - residual,
+                what=f"student {j + 1}/{cfg.k}",
+                cap_field="student_steps",
+                **kw,
             )
         )
         ens.to(device)  # L2L leaves the student's weights in host memory
@@ -303,21 +344,34 @@ def distill_students(
     # residual after k students = teacher - (sum of the first k): the prefix errors already
     stats["prefix_mse_before_stacking"] = list(stats["residual_mse"])
     if tcfg.stacking_steps:
-        _stack_steps(
-            ens,
-            indexed,
-            target,
-            TrainConfig(
-                steps=tcfg.stacking_steps,
-                batch_size=tcfg.batch_size,
-                lr=tcfg.stacking_lr,
-                seed=tcfg.seed + cfg.k,
-                logit_loss=tcfg.loss,
-                temperature=tcfg.temperature,
-            ),
-            focus=tcfg.stacking_focus,
-            device=device,
+        stack_cfg = TrainConfig(
+            steps=tcfg.stacking_steps,
+            batch_size=tcfg.batch_size,
+            lr=tcfg.stacking_lr,
+            seed=tcfg.seed + cfg.k,
+            logit_loss=tcfg.loss,
+            temperature=tcfg.temperature,
         )
+        stack_kw: dict[str, Any] = {
+            "targets": target,
+            "focus": tcfg.stacking_focus,
+            "device": device,
+        }
+        if stopping is None:
+            stats["stacking_train"] = _stack_steps(ens, indexed, stack_cfg, **stack_kw)
+        else:
+            if stopping.validate is not None:
+                every = _prefix_validation(ens, cfg.k, stopping.validate)
+                stopping = replace(stopping, validate=every)
+            stats["stacking_train"] = stopping.train(
+                ens,
+                indexed,
+                stack_cfg,
+                what="stacking distillation",
+                cap_field="student_stacking_steps",
+                train_fn=_stack_steps,
+                **stack_kw,
+            )
     stats["prefix_mse"] = prefix_mse(ensemble_outputs(ens, items, device=device), target)
     stats["seconds"] = time.perf_counter() - t0
     ens.active_students = ens.k
