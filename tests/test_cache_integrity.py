@@ -164,6 +164,8 @@ BAD_RECIPES = [
     ("freeze_word_embeddings", 1),
     ("seed", -1),
     ("seed", 1.5),
+    ("batching", "sorted"),
+    ("train_autocast", "fp16"),
     ("trainer", "fast"),
     ("l2l_micro_batches", 0),
     ("l2l_stash", "disk"),
