@@ -25,6 +25,7 @@ VALIDATION = "validation"
 DEV = "dev"
 # trials (and recommenders) recorded before trials stored their validation loss: chosen on dev
 DEV_UNRECORDED = "dev (no validation loss recorded)"
+CHOICES = (VALIDATION, DEV, DEV_UNRECORDED)
 DEV_CHOSEN = "chosen on dev: no validation split"
 DEV_CHOSEN_OLD = "chosen on dev: no validation loss recorded (measured before trials recorded one)"
 
@@ -50,7 +51,7 @@ def recorded_losses(attrs: Mapping[str, Any]) -> tuple[float, float | None, str]
     on = attrs.get("chosen_on")
     if on == VALIDATION and val is not None:
         return dev, float(val), VALIDATION
-    return dev, None, DEV if on is not None else DEV_UNRECORDED
+    return dev, None, on if on in (DEV, DEV_UNRECORDED) else DEV_UNRECORDED
 
 
 def dev_chosen_line(on: str) -> str | None:

@@ -41,10 +41,19 @@ unpruned N-way model's loss is reported at step 0, as the real pipeline does, so
 trials are pruned as they would be). Then `recommend()`, the function the CLI and the served
 model call, answers the budget from the study.
 
+**Validation chooses, dev reports** (as the service does, `autoprumux._selection`): a replayed
+trial's validation loss, which the search and `recommend` choose on, is the noisy replayed loss
+above; its dev loss is the file's measured loss, which the answer is judged by. Without noise the
+two are equal.
+
 Regret = 1 - (measured speedup of the answer) / (best measured speedup among the mode's
-configurations whose measured loss is within the budget, the baseline's 1.00x included); a
-violation is an answer whose measured loss exceeds the budget (its regret, maybe negative, is
-kept in its run; the summaries average the answers within the budget and count violations).
+configurations whose measured dev loss is within the budget, the baseline's 1.00x included); a
+violation is an answer whose dev loss exceeds the budget: each run records the answer's
+`dev_loss`, the `validation_loss` it was chosen on, and `dev_excess` (how far its dev loss is
+beyond the budget, 0 within it); each budget's summary says whether every answer's dev loss
+is within the budget (`dev_within_budget`) and by how much it is not (`dev_excess_max`). A
+violating answer's regret (maybe negative) is kept in its run; the summaries average the
+answers within the budget.
 Guided runs one seed without noise (it is deterministic), every seed with it. Prints markdown;
 JSON (`--out`) to benchmarks/results/.
 """
@@ -403,11 +412,13 @@ class ReplayEvaluator:
         spreads: Spreads | None = None,
         seed: int = 0,
         recipe: Recipe | None = None,
+        validation_size: int = 0,
     ):
         self.table = table
         self.recipe = recipe
         self.model_id = "replay-all-MiniLM-L6-v2"
         self.dev_size = dev_size
+        self.validation_size = validation_size  # the split the search chooses on
         self.train_size = train_size
         self.prune_stages = prune_stages
         self.spreads = spreads
@@ -446,6 +457,7 @@ class ReplayEvaluator:
         return float(rng.normal(0.0, sd)) if sd > 0 else 0.0
 
     def replayed_loss(self, cfg: Candidate) -> float:
+        """The replayed validation loss: the file's loss plus this seed's draw."""
         mk = model_key(cfg.sparsity, cfg.mux, cfg.mux_layers, cfg.mux_combiner)
         return self.table.truth(cfg)[0] + self.offset(mk)
 
@@ -467,36 +479,61 @@ class ReplayEvaluator:
             # the step the search treats as the last (a pruned late model reports one)
             last = self.prune_stages if self.recipe is None else last_stage(self.recipe, config)
             on_stage(last, base - loss)
-        return self._evaluation(config, loss, speed, throughput)
+        return self._evaluation(config, self.table.truth(config)[0], loss, speed, throughput)
 
     def evaluate_students(self, k: int, depth: int, **kw: Any) -> Evaluation:
         raise RuntimeError("the replayed tables hold no students")
 
     def _evaluation(
-        self, cfg: Candidate, loss: float, speed: float, tp: ThroughputConfig | None
+        self,
+        cfg: Candidate,
+        dev_loss: float,
+        validation_loss: float,
+        speed: float,
+        tp: ThroughputConfig | None,
     ) -> Evaluation:
         base = self.table.baseline_metric
 
-        def measured(name: str, s: float, nn: int, metric: float, rate: float) -> Measured:
+        def measured(
+            name: str, s: float, nn: int, loss: float, val: float, rate: float
+        ) -> Measured:
             # replayed: throughput relative to the baseline's 1.0, FLOPs as their inverse
-            return Measured(name, s, nn, metric, metric, rate, 1.0 / rate, 0, 1.0 / rate)
+            metric = base - loss
+            return Measured(
+                name,
+                s,
+                nn,
+                metric,
+                metric,
+                rate,
+                1.0 / rate,
+                0,
+                1.0 / rate,
+                validation_metric=base - val,
+                validation_accuracy=base - val,
+            )
 
         return Evaluation(
             task=self.table.task,
             metric_name="accuracy",
             device=self.table.device,
-            baseline=measured("baseline", 0.0, 1, base, 1.0),
-            candidate=measured(describe(cfg), cfg.sparsity, cfg.mux, base - loss, speed),
+            baseline=measured("baseline", 0.0, 1, 0.0, 0.0, 1.0),
+            candidate=measured(
+                describe(cfg), cfg.sparsity, cfg.mux, dev_loss, validation_loss, speed
+            ),
             throughput_config=tp or ThroughputConfig(),
         )
 
 
-def dataset_sizes(task: str, max_train: int | None) -> tuple[int, int]:
-    """(dev, train) sizes of the task as the pipeline loads them."""
-    from autoprumux.data import load_task
+def dataset_sizes(recipe: Recipe, task: str) -> tuple[int, int, int]:
+    """(dev, train, validation split) sizes of the task as the pipeline loads them (the split
+    held out of train, see `autoprumux.data.validation_size`)."""
+    from autoprumux.data import load_task, validation_size
 
-    data = load_task(task, max_train_examples=max_train)
-    return len(data.dev), len(data.train)
+    data = load_task(task, max_train_examples=recipe.max_train_examples)
+    labels = [e.label for e in data.train]
+    held = validation_size(labels, recipe.validation_examples, recipe.batch_size)[0]
+    return len(data.dev), len(data.train), held
 
 
 def run_one(
@@ -537,8 +574,19 @@ def run_one(
     )
     loss, speed = evaluator.table.truth(cfg)
     return {
-        "answer": {"config": describe(cfg), "source": rec.source, "study_loss": rec.accuracy_loss},
+        "answer": {
+            "config": describe(cfg),
+            "source": rec.source,
+            "chosen_on": rec.chosen_on,
+            "study_validation_loss": rec.validation_loss,
+            "study_dev_loss": rec.accuracy_loss,
+        },
+        # the answer's dev loss (the file's measurement) and the loss it was chosen on
         "loss": loss,
+        "dev_loss": loss,
+        "validation_loss": rec.accuracy_loss
+        if rec.validation_loss is None
+        else rec.validation_loss,
         "speedup": speed,
         "evaluations": len(states),
         "pruned": states.count("PRUNED"),
@@ -557,6 +605,7 @@ def run_mode(
     work: Path,
     dev: int,
     train: int,
+    held: int = 0,
 ) -> dict[str, Any]:
     grid = space.grid()
     truth = [(c, *table.truth(c)) for c in grid]
@@ -577,17 +626,20 @@ def run_mode(
                     spreads=spreads,
                     seed=seed,
                     recipe=space.recipe,
+                    validation_size=held,
                 )
                 name = f"{table.mode}-{sampler}-b{budget:g}-s{seed}"
                 r = run_one(space, ev, work, name, sampler, budget, trials, seed)
                 r["seed"] = seed
                 r["regret"] = 1.0 - r["speedup"] / best
                 r["violation"] = r["loss"] > budget + 1e-9
+                r["dev_excess"] = max(0.0, r["dev_loss"] - budget)
                 runs.append(r)
                 print(
                     f"{table.mode} budget {budget:g} {sampler} seed {seed}: "
-                    f"{r['answer']['config']} ({r['speedup']:.2f}x, loss {r['loss']:.2f}; best {best:.2f}x) regret "
-                    f"{r['regret']:.1%}{' VIOLATION' if r['violation'] else ''}",
+                    f"{r['answer']['config']} ({r['speedup']:.2f}x, chosen at validation loss "
+                    f"{r['validation_loss']:.2f}, dev loss {r['dev_loss']:.2f}; best {best:.2f}x) "
+                    f"regret {r['regret']:.1%}{' VIOLATION' if r['violation'] else ''}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -605,6 +657,9 @@ def run_mode(
                     "regret_sd": statistics.stdev(regrets) if len(regrets) > 1 else 0.0,
                     "regret_max": max(regrets, default=None),
                     "violations": sum(r["violation"] for r in runs),
+                    # the dev loss of every answer chosen on validation, against the budget
+                    "dev_within_budget": not any(r["violation"] for r in runs),
+                    "dev_excess_max": max(r["dev_excess"] for r in runs),
                     "int8_trials_mean": statistics.fmean(r["int8_trials"] for r in runs),
                     "runs": runs,
                 }
@@ -672,15 +727,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="search-regret-") as d:
         for table, trials in tables:
             space = table.space(args.space)
-            dev, train = dataset_sizes(table.task, space.recipe.max_train_examples)
+            dev, train, held = dataset_sizes(space.recipe, table.task)
             spreads = None
             if table.mode in args.noisy:
                 from autoprumux.search._guided import loss_noise
 
-                spreads = Spreads(args.results, table.task, table.recipe, loss_noise(dev))
+                spreads = Spreads(args.results, table.task, table.recipe, loss_noise(held or dev))
             work = Path(d) / table.mode
             work.mkdir()
-            modes.append(run_mode(table, space, spreads, args, trials, work, dev, train))
+            modes.append(run_mode(table, space, spreads, args, trials, work, dev, train, held))
             if spreads is not None:
                 modes[-1]["repeated_measurements"] = spreads.to_dict()
     first = args.grid or args.measured[0]
@@ -700,18 +755,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cell(r: dict[str, Any]) -> str:
-    """Mean regret ± its spread over the seeds whose answer is within the budget, and how many
-    answers were not (v)."""
+    """Mean regret ± its spread over the seeds whose answer's dev loss is within the budget, and
+    how many answers' were not (v) and by how much at most (dev +x)."""
     runs, v = len(r["runs"]), r["violations"]
+    miss = f" ({v}/{runs} v, dev +{r['dev_excess_max']:.2f})" if v else ""
     if r["regret_mean"] is None:
-        return f"- ({v}/{runs} v)"
+        return f"-{miss}"
     sd = f" ± {r['regret_sd']:.1%}" if runs - v > 1 else ""
-    return f"{r['regret_mean']:.1%}{sd}" + (f" ({v}/{runs} v)" if v else "")
+    return f"{r['regret_mean']:.1%}{sd}{miss}"
 
 
 def markdown(modes: list[dict[str, Any]]) -> str:
     """One table, budgets down, each mode's best configuration and samplers across: mean regret
-    ± its spread over seeds (v: answers beyond the budget)."""
+    ± its spread over seeds (v: answers whose dev loss is beyond the budget, dev +x: by at most
+    x points; the search and `recommend` chose them on the validation loss)."""
     samplers = list(dict.fromkeys(r["sampler"] for m in modes for r in m["results"]))
     budgets = list(dict.fromkeys(r["budget"] for m in modes for r in m["results"]))
     head = ["budget"]
@@ -736,6 +793,18 @@ def markdown(modes: list[dict[str, Any]]) -> str:
             f"{m['mode']}: {m['configurations']} configurations ({m['measured_configurations']} "
             f"measured), {m['trials']} trials, noise {'yes' if m['noise'] else 'no'}; int8 trials "
             "per search: " + ", ".join(f"{s} {v:.1f}" for s, v in int8.items())
+        )
+        beyond = [r for r in m["results"] if not r["dev_within_budget"]]
+        notes.append(
+            f"{m['mode']}: chosen on the validation loss; the answer's dev loss is within the "
+            + (
+                "budget at every budget"
+                if not beyond
+                else "budget except at "
+                + ", ".join(
+                    f"{r['budget']:g} ({r['sampler']}: +{r['dev_excess_max']:.2f})" for r in beyond
+                )
+            )
         )
     return "\n".join(lines + [""] + notes)
 

@@ -203,7 +203,11 @@ def test_search_regret_measured_mode_replays_one_machines_points_with_their_spre
 
     def replay(seed, cfg, with_spreads=True):
         ev = sr.ReplayEvaluator(table, 872, 8000, 2, spreads if with_spreads else None, seed)
-        return ev.evaluate(cfg).accuracy_loss
+        got = ev.evaluate(cfg)
+        # the noisy replayed loss is the one the search chooses on; dev reports the file's
+        assert got.chosen_on == "validation"
+        assert got.accuracy_loss == pytest.approx(table.truth(cfg)[0])
+        return got.validation_loss
 
     s82_fp32 = sr.Candidate(sparsity=0.82)
     assert replay(0, s82, with_spreads=False) == pytest.approx(table.truth(s82)[0])
@@ -261,7 +265,16 @@ def test_search_regret_runs_both_modes_side_by_side(tmp_path):
             assert x["regret"] == pytest.approx(1.0 - x["speedup"] / res["best_speedup"])
             assert x["violation"] == (x["loss"] > 3.0)
             assert x["evaluations"] == 3
+            # chosen on validation, judged on dev: the answer's dev loss against the budget
+            assert x["answer"]["chosen_on"] == "validation"
+            assert x["dev_loss"] == x["loss"]
+            assert x["dev_excess"] == pytest.approx(max(0.0, x["dev_loss"] - 3.0))
+            if not m["noise"]:  # without noise the two losses are one
+                assert x["validation_loss"] == pytest.approx(x["dev_loss"])
+        assert res["dev_within_budget"] == (res["violations"] == 0)
+        assert res["dev_excess_max"] == max(x["dev_excess"] for x in res["runs"])
     assert "| budget | interpolated: best | interpolated: guided | measured: best |" in r.stdout
+    assert "chosen on the validation loss; the answer's dev loss is within the" in r.stdout
 
 
 def test_the_l2l_throughput_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):

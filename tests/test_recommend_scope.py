@@ -226,11 +226,29 @@ def test_two_machines_figures_are_never_averaged(machines_store, monkeypatch, ca
 def test_the_stored_recommender_keeps_the_machines_and_refuses_an_older_format(machines_store):
     _, rec = machines_store
     d = json.loads(json.dumps(rec.to_dict()))
-    assert d["format"] == RECOMMENDER_FORMAT == "autoprumux.recommender/4"
+    assert d["format"] == RECOMMENDER_FORMAT == "autoprumux.recommender/5"
     again = Recommender.from_dict(d)
     for key in (A.key, B.key):
         assert again.recommend(2.0, "sst2", machine=key) == rec.recommend(2.0, "sst2", machine=key)
-    with pytest.raises(ValueError, match="not a autoprumux.recommender/4"):
+    # a /4 recommender (no chosen_on, no validation losses) chose on dev, and says so
+    old = {
+        **d,
+        "format": "autoprumux.recommender/4",
+        "entries": [
+            {
+                **{k: v for k, v in e.items() if k != "chosen_on"},
+                "measured": [
+                    {k: v for k, v in m.items() if k not in ("selection_loss", "validation_loss")}
+                    for m in e["measured"]
+                ],
+            }
+            for e in d["entries"]
+        ],
+    }
+    answer = Recommender.from_dict(old).recommend(2.0, "sst2", machine=A.key)
+    assert answer.chosen_on == "dev (no validation loss recorded)"
+    assert "(chosen on dev: no validation loss recorded" in answer.describe()
+    with pytest.raises(ValueError, match="not a autoprumux.recommender/5"):
         Recommender.from_dict({**d, "format": "autoprumux.recommender/3"})
     no_machine = {
         **d,

@@ -107,7 +107,7 @@ def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None
     m = res.manifest.measurement
     print(
         f"\nexported {choice.config.describe()} to {res.path}: {m.metric_label} {m.metric:.2f} "
-        f"(loss {m.accuracy_loss:.2f} points), {m.speedup:.2f}x the baseline's throughput"
+        f"(loss {m.accuracy_loss:.2f} points on dev), {m.speedup:.2f}x the baseline's throughput"
     )
     if not args.no_register:
         print(f"registered as {register_export(res.path, tracking_uri=searcher.tracking_uri)}")

@@ -6,8 +6,9 @@ them), optional `study` and `machine` (a machine key) columns, at most `MAX_ROWS
 whose filters leave several (task, model, device), or trials measured on several machines, is
 refused with the choices listed: the server never picks one for the client, nor takes its own
 machine for the client's. Output: one row per budget with the answer (`source` "measured" or
-"baseline", its measured `accuracy_loss` and `speedup`), the study and machine it was measured
-on, the meta-model's predictions for it, and the suggested configuration to measure next
+"baseline", its measured `validation_loss`, the loss it was chosen on (NaN when `chosen_on` is
+not "validation": the dev loss chose), its `accuracy_loss` on dev, what to expect, and `speedup`),
+the study and machine it was measured on, the meta-model's predictions for it, and the suggested configuration to measure next
 (`suggested_*`; -1 / NaN when there is none). A bad payload raises an MlflowException with
 INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400; values it echoes are cut
 to `ECHO_CHARS` characters.
@@ -76,6 +77,8 @@ OUTPUT_COLUMNS = (
     "student_depth",
     "precision",
     "source",
+    "chosen_on",
+    "validation_loss",
     "accuracy_loss",
     "speedup",
     "predicted_accuracy_loss",
@@ -85,6 +88,7 @@ OUTPUT_COLUMNS = (
     "speedup_low",
     "speedup_high",
     "measured_trial",
+    "measured_validation_loss",
     "measured_accuracy_loss",
     "measured_speedup",
     "suggested_sparsity",
@@ -122,8 +126,9 @@ ARTIFACTS = {
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 FORMAT_TAG = "autoprumux.recommender_format"
 # the recommender stored as JSON + LightGBM text models, nothing pickled (4: one entry per study
-# and machine, the machine and study in the output)
-FORMAT = "data/4"
+# and machine, the machine and study in the output; 5: the validation loss that chose, the dev
+# loss beside it, and chosen_on)
+FORMAT = "data/5"
 # the optional filter columns of a request, in the order Recommender.recommend takes them
 FILTER_COLUMNS = ("task", "model", "device", "study", "machine")
 
@@ -283,6 +288,8 @@ class RecommenderModel(PythonModel):
                     "student_depth": rec_.student_depth,
                     "precision": rec_.precision,
                     "source": rec_.source,
+                    "chosen_on": rec_.chosen_on,
+                    "validation_loss": _nan(rec_.validation_loss),
                     "accuracy_loss": rec_.accuracy_loss,
                     "speedup": rec_.speedup,
                     "predicted_accuracy_loss": rec_.predicted_accuracy_loss,
@@ -292,12 +299,17 @@ class RecommenderModel(PythonModel):
                     "speedup_low": rec_.speedup_interval.low,
                     "speedup_high": rec_.speedup_interval.high,
                     "measured_trial": m.number if m else -1,
+                    "measured_validation_loss": _nan(m.validation_loss) if m else math.nan,
                     "measured_accuracy_loss": m.accuracy_loss if m else math.nan,
                     "measured_speedup": m.speedup if m else math.nan,
                     **_suggestion_columns(rec_.suggestion),
                 }
             )
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
 
 
 def _suggestion_columns(sg: Any) -> dict[str, Any]:
@@ -434,7 +446,10 @@ def register_if_new(storage_url: str, tracking_uri: str, run_id: str | None) -> 
         return None
     fingerprint = hashlib.sha256(
         json.dumps(
-            sorted((t["study"], t["number"], t["accuracy_loss"], t["speedup"]) for t in trials),
+            sorted(
+                (t["study"], t["number"], t["accuracy_loss"], t["selection_loss"], t["speedup"])
+                for t in trials
+            ),
             default=str,
         ).encode()
     ).hexdigest()[:16]

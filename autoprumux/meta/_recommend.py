@@ -1,8 +1,9 @@
 """Recommend: the fastest configuration measured to stay within an accuracy budget.
 
 The answer is a measurement, never a prediction: among the configurations one study measured on
-one machine (repeats on that machine averaged), the fastest whose measured accuracy loss is
-within the budget; the baseline (sparsity 0, N=1) qualifies at every budget with loss 0 and
+one machine (repeats on that machine averaged), the fastest whose measured loss on the
+validation split is within the budget (the dev loss without a split; see `autoprumux._selection`);
+its dev loss is reported beside it as the figure to expect; the baseline (sparsity 0, N=1) qualifies at every budget with loss 0 and
 speedup 1.00x by definition. Which study and machine answer is `_scope.select_entry`'s choice:
 one (task, model, device), one machine, or a refusal that lists them. The meta-model, trained on
 every finished trial of the studies in a storage (several tasks, models and devices can share
@@ -22,6 +23,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from autoprumux._selection import (
+    VALIDATION,
+    describe_losses,
+    dev_chosen_line,
+    recorded_losses,
+    selection_loss,
+)
 from autoprumux.config import BASELINE, Candidate, check_budget
 from autoprumux.errors import ConfigError
 from autoprumux.meta._model import MetaModel, training_table
@@ -47,8 +55,8 @@ class Interval:
 
 @dataclass(frozen=True)
 class MeasuredTrial:
-    """The latest trial of the answer's configuration; loss and speedup are the means over its
-    `repeats` finished trials."""
+    """The latest trial of the answer's configuration; losses and speedup are the means over its
+    `repeats` finished trials (`accuracy_loss` on dev, `validation_loss` on validation)."""
 
     study: str
     number: int
@@ -56,6 +64,7 @@ class MeasuredTrial:
     speedup: float
     repeats: int
     mlflow_run_id: str | None
+    validation_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ class Recommendation:
     mux_layers: int  # late multiplexing: layers run per instance before the combiner
     mux_combiner: str
     source: str  # "measured" (a finished trial) or "baseline" (loss 0, 1.00x by definition)
-    accuracy_loss: float  # the answer's measured loss (0 for the baseline)
+    accuracy_loss: float  # the answer's measured loss on dev, what to expect (0: the baseline)
     speedup: float  # the answer's measured speedup (1.0 for the baseline)
     measured: MeasuredTrial | None
     predicted_accuracy_loss: float  # the meta-model's view of the answer, for comparison
@@ -145,6 +154,9 @@ class Recommendation:
     study: str  # the study whose measurements answer
     machine: str  # where they were measured (Machine.describe()), never several machines
     machine_key: str  # Machine.key, or "unknown" for trials that recorded none
+    # the loss on the validation split, which chose (None: the dev loss chose, see chosen_on)
+    validation_loss: float | None = None
+    chosen_on: str = VALIDATION  # "validation", else why dev chose (`autoprumux._selection`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,25 +180,29 @@ class Recommendation:
         if m is not None:
             rep = f", mean of {m.repeats} trials" if m.repeats > 1 else ""
             what = (
-                f"  measured (trial {m.number} of {m.study}{rep}): accuracy loss "
-                f"{m.accuracy_loss:.2f} pts, speedup {m.speedup:.2f}x"
+                f"  measured (trial {m.number} of {m.study}{rep}): "
+                f"{describe_losses(m.accuracy_loss, m.validation_loss)}, speedup {m.speedup:.2f}x"
             )
         else:
             what = (
                 "  the baseline: accuracy loss 0, speedup 1.00x by definition (no measured "
                 "configuration is within the budget)"
             )
+        split = "validation" if self.chosen_on == VALIDATION else "dev"
         lines = [
             f"budget {self.budget:g} pts on {self.task} ({self.model}, {self.device}):",
             config_line(self.config()),
             what,
-            f"  meta-model ({self.trials_used} trials) for it: loss "
+            f"  meta-model ({self.trials_used} trials) for it: loss on {split} "
             f"{self.predicted_accuracy_loss:.2f} pts [{lo.low:.2f}, {lo.high:.2f}], speedup "
             f"{self.predicted_speedup:.2f}x [{hi.low:.2f}, {hi.high:.2f}]",
             f"  measured on {self.machine} (machine {self.machine_key}, study {self.study})",
         ]
         if self.suggestion is not None:
             lines.append(self.suggestion.describe())
+        dev_line = dev_chosen_line(self.chosen_on)
+        if dev_line is not None:
+            lines.append(f"  ({dev_line})")
         return "\n".join(lines)
 
 
@@ -218,37 +234,58 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
         if "space" not in attrs:
             continue  # not an autoprumux study
         for t in st.get_trials(deepcopy=False):
-            if t.state.name != "COMPLETE" or "accuracy_loss" not in t.user_attrs:
+            if t.state.name != "COMPLETE" or recorded_losses(t.user_attrs) is None:
                 continue
             ua = t.user_attrs
             # a trial from before trials recorded their machine ran where its study did
             machine_key, machine = machine_identity(ua.get("machine", attrs.get("machine")))
             out.append(
-                {
-                    "study": summ.study_name,
-                    "number": t.number,
-                    "task": attrs["task"],
-                    "model": attrs["model"],
-                    "device": attrs["device"],
-                    # the grid the study recorded (a study from before it did: none)
-                    "candidates": [Candidate.from_dict(c) for c in attrs.get("candidates", [])],
-                    "config": Candidate.from_dict(ua["config"]),
-                    "context": context_of(
-                        attrs, float(ua.get("baseline_metric", ua.get("baseline_accuracy", 0.0)))
-                    ),
-                    "accuracy_loss": float(ua["accuracy_loss"]),
-                    "speedup": float(ua["speedup"]),
-                    "mlflow_run_id": ua.get("mlflow_run_id"),
-                    "machine_key": machine_key,
-                    "machine": machine,
-                }
+                with_losses(
+                    ua,
+                    {
+                        "study": summ.study_name,
+                        "number": t.number,
+                        "task": attrs["task"],
+                        "model": attrs["model"],
+                        "device": attrs["device"],
+                        # the grid the study recorded (a study from before it did: none)
+                        "candidates": [Candidate.from_dict(c) for c in attrs.get("candidates", [])],
+                        "config": Candidate.from_dict(ua["config"]),
+                        "context": context_of(
+                            attrs,
+                            float(ua.get("baseline_metric", ua.get("baseline_accuracy", 0.0))),
+                        ),
+                        "speedup": float(ua["speedup"]),
+                        "mlflow_run_id": ua.get("mlflow_run_id"),
+                        "machine_key": machine_key,
+                        "machine": machine,
+                    },
+                )
             )
     return out
 
 
+def with_losses(recorded: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with the losses of `recorded` (a trial's user attributes, or a flat record):
+    `accuracy_loss` on dev (what to expect), `validation_loss` (None: the dev loss chose),
+    `chosen_on`, and `selection_loss`, the one that chooses (`autoprumux._selection`)."""
+    got = recorded_losses(recorded)
+    if got is None:
+        raise ConfigError(f"a trial record without an accuracy_loss: {sorted(recorded)}")
+    dev, val, on = got
+    return {
+        **record,
+        "accuracy_loss": dev,
+        "validation_loss": val,
+        "chosen_on": on,
+        "selection_loss": selection_loss(dev, val),
+    }
+
+
 def fit_meta_model(trials: list[dict[str, Any]], **kw: Any) -> MetaModel:
+    """The meta-model of `load_trials`' records; its loss target is the loss that chooses."""
     X, y = training_table(
-        [(t["config"], t["context"], t["accuracy_loss"], t["speedup"]) for t in trials]
+        [(t["config"], t["context"], t["selection_loss"], t["speedup"]) for t in trials]
     )
     return MetaModel(**kw).fit(X, y)
 
@@ -263,8 +300,8 @@ def choose(
 ) -> tuple[Candidate, dict[str, Any] | None, Suggestion | None]:
     """The answer for `budget`: (config, its measured means or None for the baseline, a
     suggestion, whose command is `command(config)`). The fastest measured configuration whose
-    mean measured loss is within the budget, else the baseline; see the module docstring for the
-    suggestion."""
+    mean loss that chooses (`selection_loss`: validation, else dev) is within the budget, else
+    the baseline; see the module docstring for the suggestion."""
     import numpy as np
 
     from autoprumux.meta._model import features
@@ -273,11 +310,11 @@ def choose(
     answer_m: dict[str, Any] | None = None
     best_speed = 1.0
     for m in measured.values():
-        if m["config"].is_baseline or m["accuracy_loss"] > budget:
+        if m["config"].is_baseline or m["selection_loss"] > budget:
             continue
         if m["speedup"] > best_speed:
             answer, answer_m, best_speed = m["config"], m, m["speedup"]
-    misses = [m["config"] for m in measured.values() if m["accuracy_loss"] > budget]
+    misses = [m["config"] for m in measured.values() if m["selection_loss"] > budget]
     open_ = [
         c
         for c in cands
@@ -317,6 +354,7 @@ class Recommender:
     def __init__(self, trials: list[dict[str, Any]], *, storage: str | None = None, **meta_kw: Any):
         if not trials:
             raise ConfigError("no finished trials to build a recommender from; run a search first")
+        trials = [with_losses(t, t) for t in trials]  # records made by hand too
         self.meta = fit_meta_model(trials, **meta_kw)
         self.trials_used = len(trials)
         self.entries = entries_from_trials(trials, storage)
@@ -341,7 +379,7 @@ class Recommender:
     def from_dict(cls, d: dict[str, Any], trees: list[str] | None = None) -> Recommender:
         """The recommender `to_dict` described (with `trees`, the meta-model's LightGBM text
         models, when they were stored apart). Refuses (ValueError) any other shape."""
-        if not isinstance(d, dict) or d.get("format") != RECOMMENDER_FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in (RECOMMENDER_FORMAT, OLD_FORMAT):
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"not a {RECOMMENDER_FORMAT} recommender (format {got!r})")
         meta_d = d.get("meta")
@@ -455,6 +493,7 @@ class Recommender:
                 float(m["speedup"]),
                 int(m["repeats"]),
                 m["mlflow_run_id"],
+                _or_none(m.get("validation_loss")),
             )
             if m
             else None,
@@ -467,11 +506,22 @@ class Recommender:
             study=e.study,
             machine=e.machine,
             machine_key=e.machine_key,
+            # the baseline loses 0 on every split by definition
+            validation_loss=(_or_none(m.get("validation_loss")) if m else 0.0)
+            if e.chosen_on == VALIDATION
+            else None,
+            chosen_on=e.chosen_on,
         )
 
 
-# 4: one entry per study and machine, with the machine and the study's storage
-RECOMMENDER_FORMAT = "autoprumux.recommender/4"
+def _or_none(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+# 4: one entry per study and machine, with the machine and the study's storage; 5: both losses
+# (validation, which chooses, and dev) and the split that chose (a /4 one chose on dev)
+RECOMMENDER_FORMAT = "autoprumux.recommender/5"
+OLD_FORMAT = "autoprumux.recommender/4"
 
 
 def build_recommender(storage: str | None = None, study: str | None = None) -> Recommender:

@@ -16,6 +16,10 @@ configuration *and* machine) and `select_entry` answers from exactly one of them
 
 A trial that records no machine (studies from before they did) takes its study's, else it is
 on the unknown machine `UNKNOWN_MACHINE`.
+
+Each entry chooses on one split (`chosen_on`, see `autoprumux._selection`): the validation loss
+when every one of its trials measured one, else the dev loss for all of them (a study without a
+validation split, or measured before trials recorded one), never a mix of the two.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autoprumux._selection import CHOICES, DEV_UNRECORDED, VALIDATION
 from autoprumux.config import BASELINE, Candidate
 from autoprumux.errors import ConfigError
 
@@ -68,6 +73,7 @@ class StudyEntry:
     machine_key: str
     machine: str  # Machine.describe(), or the unknown machine's text
     storage: str | None  # the Optuna storage URL the study lives in (None: not known)
+    chosen_on: str = VALIDATION  # the split whose loss chooses (`selection_loss` of `measured`)
 
     @property
     def scope(self) -> tuple[str, str, str]:
@@ -82,6 +88,7 @@ class StudyEntry:
             "machine_key": self.machine_key,
             "machine": self.machine,
             "storage": self.storage,
+            "chosen_on": self.chosen_on,
             "context": dict(self.context),
             "candidates": [c.to_dict() for c in self.candidates],
             "measured": [{**m, "config": m["config"].to_dict()} for m in self.measured.values()],
@@ -89,22 +96,37 @@ class StudyEntry:
 
 
 def measured_means(rows: list[dict[str, Any]]) -> dict[tuple[Candidate, str], dict[str, Any]]:
-    """Per (configuration, machine key): the latest trial, with loss and speedup averaged over
-    its repeats on that machine only."""
+    """Per (configuration, machine key): the latest trial, with losses (dev, validation, the one
+    that chooses) and speedup averaged over its repeats on that machine only."""
     groups: dict[tuple[Candidate, str], list[dict[str, Any]]] = {}
     for t in sorted(rows, key=lambda r: r["number"]):
         groups.setdefault((t["config"], t["machine_key"]), []).append(t)
+
+    def mean(g: list[dict[str, Any]], k: str) -> float:
+        return sum(x[k] for x in g) / len(g)
+
     return {
         k: {
             "config": k[0],
             "number": g[-1]["number"],
             "mlflow_run_id": g[-1].get("mlflow_run_id"),
-            "accuracy_loss": sum(x["accuracy_loss"] for x in g) / len(g),
-            "speedup": sum(x["speedup"] for x in g) / len(g),
+            "accuracy_loss": mean(g, "accuracy_loss"),
+            "validation_loss": None
+            if any(x.get("validation_loss") is None for x in g)
+            else mean(g, "validation_loss"),
+            "selection_loss": mean(g, "selection_loss"),
+            "speedup": mean(g, "speedup"),
             "repeats": len(g),
         }
         for k, g in groups.items()
     }
+
+
+def one_split(rows: list[dict[str, Any]]) -> str:
+    """The split an entry of these trial records chooses on: validation when all of them
+    measured its loss, else why the dev loss chooses for all (`_selection`)."""
+    split = {r.get("chosen_on", VALIDATION) for r in rows} - {VALIDATION}
+    return DEV_UNRECORDED if DEV_UNRECORDED in split else split.pop() if split else VALIDATION
 
 
 def entries_from_trials(trials: list[dict[str, Any]], storage: str | None) -> list[StudyEntry]:
@@ -116,6 +138,9 @@ def entries_from_trials(trials: list[dict[str, Any]], storage: str | None) -> li
         by_study.setdefault(t["study"], []).append({**t, "machine_key": key, "machine": text})
     entries = []
     for name, rows in by_study.items():
+        split = one_split(rows)
+        if split != VALIDATION:  # never a mix: the dev loss chooses for every trial
+            rows = [{**r, "selection_loss": r["accuracy_loss"]} for r in rows]
         means = measured_means(rows)
         for key in dict.fromkeys(r["machine_key"] for r in rows):
             first = next(r for r in rows if r["machine_key"] == key)
@@ -131,6 +156,7 @@ def entries_from_trials(trials: list[dict[str, Any]], storage: str | None) -> li
                     machine_key=key,
                     machine=first["machine"],
                     storage=storage,
+                    chosen_on=split,
                 )
             )
     return entries
@@ -240,7 +266,8 @@ _MEASURED_KEYS = ("config", "accuracy_loss", "speedup", "number", "repeats")
 
 def entry_from_dict(e: Any) -> StudyEntry:
     """One study entry of `Recommender.to_dict`, its types checked (ValueError): what `choose`
-    and `recommend` read must be there and be of the right kind."""
+    and `recommend` read must be there and be of the right kind. An entry from before entries
+    recorded `chosen_on` (format /4) chose on dev: its losses are dev losses."""
     if not isinstance(e, dict):
         raise ValueError(f"a study entry must be an object, got {type(e).__name__}")
     for k in ("study", "task", "model", "device", "machine_key", "machine"):
@@ -249,6 +276,9 @@ def entry_from_dict(e: Any) -> StudyEntry:
     storage = e.get("storage")
     if storage is not None and not isinstance(storage, str):
         raise ValueError(f"study {e['study']!r}: storage must be a string or null")
+    split = e.get("chosen_on", DEV_UNRECORDED)
+    if split not in CHOICES:
+        raise ValueError(f"study {e['study']!r}: chosen_on must be one of {list(CHOICES)}")
     ctx, cands, measured = e.get("context"), e.get("candidates"), e.get("measured")
     if not isinstance(ctx, dict):
         raise ValueError(f"study {e['study']!r}: context must be an object")
@@ -262,9 +292,17 @@ def entry_from_dict(e: Any) -> StudyEntry:
             raise ValueError(
                 f"study {e['study']!r}: each measured configuration needs {list(_MEASURED_KEYS)}"
             )
+        if split == VALIDATION and "selection_loss" not in m:
+            raise ValueError(
+                f"study {e['study']!r}: a measured configuration has no selection_loss"
+            )
+        # a /4 entry's: the dev loss chose, no validation loss
+        m = {"selection_loss": m["accuracy_loss"], "validation_loss": None, **m}
+        losses = ("accuracy_loss", "selection_loss", "speedup")
+        val = m["validation_loss"]
         if not isinstance(m["config"], dict) or not all(
-            isinstance(m[k], int | float) and math.isfinite(m[k])
-            for k in ("accuracy_loss", "speedup")
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            for x in [*(m[k] for k in losses), *([] if val is None else [val])]
         ):
             raise ValueError(
                 f"study {e['study']!r}: a measured configuration has a bad config or "
@@ -297,4 +335,5 @@ def entry_from_dict(e: Any) -> StudyEntry:
         machine_key=e["machine_key"],
         machine=e["machine"],
         storage=storage,
+        chosen_on=split,
     )

@@ -30,6 +30,9 @@ improvement picks from the first trial on: no bisection, and no anchor for a row
 measured. Once this study's losses stray from the rescaled prior by `PRIOR_SPREAD` or more
 (another curve shape, `prior_fits`), the prior is dropped and the search goes on as a new one.
 
+Every loss here is the one the search chooses on: on the validation split, or on dev without one
+(`autoprumux._selection`; a trial stopped early gives its last stage's dev loss).
+
 `propose` is pure (configurations in, an index out): `GuidedSampler` feeds it from an Optuna
 study, benchmarks/search_regret.py from a reference grid.
 """
@@ -61,12 +64,13 @@ MIN_SPREAD = 0.1
 MAX_FAILURES = 2
 
 
-def loss_noise(dev_size: int | None) -> float:
-    """Standard deviation (points) of one measured accuracy on a dev set of `dev_size` examples
-    at about 80% accuracy: the binomial spread, at least half a point."""
-    if not dev_size:
+def loss_noise(size: int | None) -> float:
+    """Standard deviation (points) of one measured accuracy on a split of `size` examples (the
+    one the search chooses on: validation, else dev) at about 80% accuracy: the binomial spread,
+    at least half a point."""
+    if not size:
         return 1.0
-    return max(0.5, 100.0 * math.sqrt(0.16 / dev_size))
+    return max(0.5, 100.0 * math.sqrt(0.16 / size))
 
 
 @dataclass(frozen=True)
@@ -383,7 +387,7 @@ def load_prior(storage_url: str, names: Sequence[str], exclude: str) -> list[Pri
             f"--prior: {_listed(empty)} {verb} no finished trials in {where} yet (none "
             "completed with a measurement); wait for one, or name other studies"
         )
-    return [PriorTrial(r["config"], r["context"], r["accuracy_loss"], r["speedup"]) for r in rows]
+    return [PriorTrial(r["config"], r["context"], r["selection_loss"], r["speedup"]) for r in rows]
 
 
 def _study_names(storage_url: str) -> list[str]:
@@ -412,10 +416,12 @@ def _listed(names: Sequence[str], most: int = 8) -> str:
 def study_evidence(
     trials: Sequence[Any], exclude_number: int | None = None
 ) -> tuple[list[ScoredConfig], list[Candidate], list[Candidate]]:
-    """(measured, busy, failed) from an Optuna study's trials: a finished trial gives (loss,
-    speedup), a pruned one its loss so far (a lower bound, enough to shadow candidates), a
+    """(measured, busy, failed) from an Optuna study's trials: a finished trial gives (loss that
+    chooses, see `_record.trial_loss`; speedup), a pruned one its loss so far (a lower bound, enough to shadow candidates), a
     running one (another worker's) is `busy` so two workers do not pick the same point, a failed
     one adds its configuration to `failed` (retried once, then left alone)."""
+    from autoprumux.search._record import trial_loss
+
     measured: list[ScoredConfig] = []
     busy: list[Candidate] = []
     failed: list[Candidate] = []
@@ -425,7 +431,7 @@ def study_evidence(
             continue
         cfg = Candidate.from_dict(record)
         state = t.state.name
-        loss = t.user_attrs.get("accuracy_loss")
+        loss = trial_loss(t)
         if state == "COMPLETE" and loss is not None and t.user_attrs.get("speedup"):
             measured.append(ScoredConfig(cfg, float(loss), float(t.user_attrs["speedup"])))
         elif state == "PRUNED" and loss is not None:

@@ -1,10 +1,14 @@
-"""What a study found: its trials as a table, the Pareto front and its plot."""
+"""What a study found: its trials as a table, the Pareto front and its plot. Each trial shows
+both losses: on validation (what the search chose on) and on dev (what to expect); see
+`autoprumux._selection`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from autoprumux._selection import VALIDATION, describe_losses, dev_chosen_line, recorded_losses
 from autoprumux.config import Candidate
+from autoprumux.search._record import trial_loss
 
 
 def trial_candidate(t: Any) -> Candidate | None:
@@ -16,8 +20,9 @@ def trial_candidate(t: Any) -> Candidate | None:
 def describe_trial(t: Any) -> str:
     cfg = trial_candidate(t)
     head = f"#{t.number} {cfg.describe() if cfg else '-'}"
-    if t.state.name == "COMPLETE":
-        return f"{head} loss {t.user_attrs['accuracy_loss']:.2f} {t.value:.2f}x"
+    got = recorded_losses(t.user_attrs)
+    if t.state.name == "COMPLETE" and got is not None:
+        return f"{head} {describe_losses(got[0], got[1])} {t.value:.2f}x"
     return f"{head} {t.state.name.lower()}"
 
 
@@ -33,18 +38,27 @@ def config_label(cfg: Candidate | None) -> str:
 
 
 def trials_table(trials: list[Any], best: Any | None, budget: float) -> str:
-    """The trials (by number) as a table, and the best one within `budget`."""
+    """The trials (by number) as a table with both losses (val loss: on validation, chosen on;
+    dev loss: on dev, expected), the best one within `budget` (on the loss that chose), and a
+    line when the dev loss chose."""
     trials = sorted(trials, key=lambda t: t.number)
     labels = [config_label(trial_candidate(t)) for t in trials]
     w = max([22, *(len(x) + 1 for x in labels)])  # late models' labels are longer
-    head = f"{'trial':>5} {'state':<9} {'configuration':<{w}}{'acc loss':>9}{'speedup':>9}{'seconds':>9}"
+    head = (
+        f"{'trial':>5} {'state':<9} {'configuration':<{w}}{'val loss':>9}{'dev loss':>9}"
+        f"{'speedup':>9}{'seconds':>9}"
+    )
     lines = [head, "-" * len(head)]
+    dev_chosen: set[str] = set()
     for t, label in zip(trials, labels, strict=True):
         ua = t.user_attrs
-        loss = ua.get("accuracy_loss")
+        got = recorded_losses(ua)
+        dev, val = (got[0], got[1]) if got else (None, None)
+        if got is not None and t.state.name == "COMPLETE" and got[2] != VALIDATION:
+            dev_chosen.add(got[2])
         lines.append(
             f"{t.number:>5} {t.state.name:<9} {label:<{w}}"
-            + (f"{loss:>9.2f}" if loss is not None else f"{'-':>9}")
+            + "".join(f"{x:>9.2f}" if x is not None else f"{'-':>9}" for x in (val, dev))
             # a pruned trial's value is its last intermediate loss, not a speedup
             + (f"{t.value:>8.2f}x" if t.state.name == "COMPLETE" else f"{'-':>9}")
             + f"{ua.get('trial_seconds', 0.0):>9.0f}"
@@ -53,6 +67,7 @@ def trials_table(trials: list[Any], best: Any | None, budget: float) -> str:
         f"best within {budget:g} points: "
         + (describe_trial(best) if best else "none (loosen --budget or add trials)")
     )
+    lines += [f"({line})" for on in sorted(dev_chosen) if (line := dev_chosen_line(on))]
     return "\n".join(lines)
 
 
@@ -73,14 +88,15 @@ def pareto_points(rows: list[tuple[float, float]]) -> list[int]:
 def pareto_figure(trials: list[Any], budget: float, title: str = "") -> Any:
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    rows = [(float(t.user_attrs["accuracy_loss"]), float(t.value)) for t in trials]
+    # the loss the search chose on (validation; dev without a split)
+    rows = [(float(trial_loss(t) or 0.0), float(t.value)) for t in trials]
     front = sorted((rows[i] for i in pareto_points(rows)), key=lambda r: r[0])
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.scatter([r[0] for r in rows], [r[1] for r in rows], s=18, alpha=0.6, label="trials")
     ax.plot([r[0] for r in front], [r[1] for r in front], "o-", color="C3", label="Pareto front")
     ax.axvline(budget, color="gray", ls="--", label=f"budget {budget:g} pts")
-    ax.set_xlabel("accuracy loss (points)")
+    ax.set_xlabel("accuracy loss on validation, chosen on (points)")
     ax.set_ylabel("speedup (x)")
     ax.set_title(title)
     ax.legend(loc="best", fontsize=8)

@@ -3,8 +3,10 @@
 * storage: any SQLAlchemy URL (default: `sqlite:///autoprumux.db` in the working directory);
   re-running the same command resumes the same study until it holds `trials` finished trials;
   more workers (`autoprumux worker`) join the same study through a shared database.
-* objective: maximise the measured speedup subject to accuracy loss <= budget (TPE's constraint);
-  every finished trial records accuracy loss, speedup, throughput, latency and size.
+* objective: maximise the measured speedup subject to the loss on the validation split <= budget
+  (TPE's constraint; the dev loss without a split); every finished trial records both losses
+  (validation: chosen on; dev: what to expect, see `_record`), speedup, throughput, latency and
+  size.
 * early stopping: the accuracy loss of the unpruned N-way model (step 0) and after each pruning
   stage is reported, the same way whether the candidate was built or cached; a trial stops at an
   intermediate step when its loss there exceeds the budget by more than `prune_margin` points
@@ -30,6 +32,12 @@ from autoprumux.config import Candidate, ThroughputConfig
 from autoprumux.errors import ConfigError
 from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
 from autoprumux.search._identity import check_identity, identity, run_settings
+from autoprumux.search._record import (
+    check_recorded,
+    record_evaluation,
+    record_stopped,
+    trial_loss,
+)
 from autoprumux.search._report import describe_trial, pareto_figure, trial_candidate, trials_table
 from autoprumux.search._settings import SearchSettings, study_name_for
 from autoprumux.search._space import SearchSpace
@@ -155,7 +163,8 @@ class Searcher:
                 space,
                 (settings.seed + existing + settings.worker_offset) % 2**32,
                 settings.budget,
-                noise=loss_noise(first.dev_size),
+                # the spread of the loss that chooses: the validation split's, else dev's
+                noise=loss_noise(getattr(first, "validation_size", 0) or first.dev_size),
                 prior=prior,
                 context=self._context,
             ),
@@ -230,6 +239,7 @@ class Searcher:
             self.study.set_user_attr("settings", run_settings(self.s))
             return
         check_identity(have, bound, self.name, tracking.redact_url(self.storage_url))
+        check_recorded(self.study.get_trials(deepcopy=False), self.name)
         for k, v in want.items():
             # new since the study began; derived; or descriptors that gained keys since
             grown = k == "descriptors" and k in have and have[k].items() <= v.items()
@@ -318,8 +328,7 @@ class Searcher:
         trial.set_user_attr("intermediate_loss", loss)
         self.client.log_metric(run_id, "intermediate_accuracy_loss", loss, step=step)
         if not last and loss > self.s.budget + self.s.prune_margin:
-            trial.set_user_attr("accuracy_loss", loss)
-            trial.set_constraint("accuracy_loss", loss - self.s.budget)
+            record_stopped(trial, loss, self.s.budget)
             raise optuna.TrialPruned(
                 f"accuracy loss {loss:.2f} at step {step} is more than {self.s.prune_margin:g} "
                 f"points above the budget ({self.s.budget:g})"
@@ -392,28 +401,10 @@ class Searcher:
                 ev = self._evaluate_prumux(trial, pipe, cfg, run_id)
             work = time.perf_counter() - w0
             t1 = time.perf_counter()
-            metrics = {
-                "metric": ev.candidate.metric,  # the task's metric (accuracy, MCC for CoLA, ...)
-                "baseline_metric": ev.baseline.metric,
-                "accuracy": ev.candidate.accuracy,
-                "baseline_accuracy": ev.baseline.accuracy,
-                "accuracy_loss": ev.accuracy_loss,
-                "throughput": ev.candidate.throughput,
-                "baseline_throughput": ev.baseline.throughput,
-                "speedup": ev.speedup,
-                "ideal_speedup": ev.ideal_speedup,
-                "latency_ms": ev.candidate.latency_ms,
-                "encoder_params": float(ev.candidate.encoder_params),
-                "measured_sparsity": ev.candidate.sparsity,
-            }
-            for k, v in metrics.items():
-                trial.set_user_attr(k, v)
-            # TPE's constraint: feasible when the loss is within the budget (<= 0)
-            trial.set_constraint("accuracy_loss", ev.accuracy_loss - self.s.budget)
-            trial.set_user_attr("metric_name", ev.metric_name)
-            if ev.pos_label is not None:  # the class f1 scored as positive
-                trial.set_user_attr("pos_label", ev.pos_label)
-            tracking.log_run_data(self.client, run_id, metrics=metrics)
+            metrics = record_evaluation(trial, ev, self.s.budget)
+            tracking.log_run_data(
+                self.client, run_id, metrics=metrics, params={"chosen_on": ev.chosen_on}
+            )
             tracking.log_json(self.client, run_id, ev.to_dict(), "evaluation.json")
             self.client.set_terminated(run_id, "FINISHED")
             overhead += time.perf_counter() - t1
@@ -443,11 +434,12 @@ class Searcher:
         return [t for t in trials if t.state.name in FINISHED]
 
     def best_feasible(self, budget: float | None = None) -> Any | None:
+        """The fastest finished trial whose loss that chooses (`trial_loss`) is within budget."""
         b = self.s.budget if budget is None else budget
         ok = [
             t
             for t in self.study.get_trials(deepcopy=False)
-            if t.state.name == "COMPLETE" and t.user_attrs.get("accuracy_loss", 1e9) <= b
+            if t.state.name == "COMPLETE" and (loss := trial_loss(t)) is not None and loss <= b
         ]
         return max(ok, key=lambda t: float(t.value or 0.0)) if ok else None
 
@@ -568,7 +560,8 @@ class Searcher:
         if best is not None:
             metrics.update(
                 best_feasible_speedup=float(best.value),
-                best_feasible_accuracy_loss=float(best.user_attrs["accuracy_loss"]),
+                best_feasible_accuracy_loss=float(best.user_attrs["accuracy_loss"]),  # dev
+                best_feasible_selection_loss=float(trial_loss(best) or 0.0),  # chosen on
                 best_feasible_trial=float(best.number),
             )
         tracking.log_run_data(self.client, self.parent_run_id, metrics=metrics)

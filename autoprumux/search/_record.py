@@ -1,0 +1,82 @@
+"""What a trial records of its measurement, and the loss every choice in a study reads.
+
+A finished trial stores both losses as user attributes and MLflow metrics: `validation_loss`
+(on the validation split: what the search chooses on, `chosen_on` "validation") and
+`accuracy_loss` (on dev: what to expect), with the metrics they come from. Its budget
+constraint, the best trial within the budget and the guided sampler read `trial_loss`: the
+validation loss, or the dev loss when the recipe has no validation split (see
+`autoprumux._selection`). A trial stopped early records the loss of its last stage, scored on
+dev by the pruning stages (`chosen_on` "dev").
+
+A study whose trials were recorded before trials stored their validation loss cannot be resumed:
+its trials chose on dev and new ones would choose on validation (`check_recorded`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoprumux._selection import DEV, recorded_losses
+from autoprumux.errors import ConfigError
+
+
+def trial_loss(t: Any) -> float | None:
+    """The loss a choice reads for a trial (validation, else dev); None when it has none."""
+    got = recorded_losses(t.user_attrs)
+    if got is None:
+        return None
+    dev, val, _ = got
+    return dev if val is None else val
+
+
+def record_evaluation(trial: Any, ev: Any, budget: float) -> dict[str, float]:
+    """Store a finished trial's measurement (`Evaluation` `ev`) as its user attributes, set its
+    budget constraint on the loss that chooses, and return the MLflow metrics."""
+    metrics = {
+        "metric": ev.candidate.metric,  # the task's metric (accuracy, MCC for CoLA, ...)
+        "baseline_metric": ev.baseline.metric,
+        "accuracy": ev.candidate.accuracy,
+        "baseline_accuracy": ev.baseline.accuracy,
+        "accuracy_loss": ev.accuracy_loss,  # on dev: what to expect
+        "throughput": ev.candidate.throughput,
+        "baseline_throughput": ev.baseline.throughput,
+        "speedup": ev.speedup,
+        "ideal_speedup": ev.ideal_speedup,
+        "latency_ms": ev.candidate.latency_ms,
+        "encoder_params": float(ev.candidate.encoder_params),
+        "measured_sparsity": ev.candidate.sparsity,
+    }
+    if ev.validation_loss is not None:  # on validation: what chooses
+        metrics.update(
+            validation_loss=ev.validation_loss,
+            validation_metric=ev.candidate.validation_metric,
+            baseline_validation_metric=ev.baseline.validation_metric,
+        )
+    for k, v in metrics.items():
+        trial.set_user_attr(k, v)
+    trial.set_user_attr("chosen_on", ev.chosen_on)
+    # TPE's constraint: feasible when the loss that chooses is within the budget (<= 0)
+    trial.set_constraint("accuracy_loss", ev.selection_loss - budget)
+    trial.set_user_attr("metric_name", ev.metric_name)
+    if ev.pos_label is not None:  # the class f1 scored as positive
+        trial.set_user_attr("pos_label", ev.pos_label)
+    return metrics
+
+
+def record_stopped(trial: Any, loss: float, budget: float) -> None:
+    """A trial stopped early: the loss of its last stage (scored on dev by the stages)."""
+    trial.set_user_attr("accuracy_loss", loss)
+    trial.set_user_attr("chosen_on", DEV)
+    trial.set_constraint("accuracy_loss", loss - budget)
+
+
+def check_recorded(trials: list[Any], study: str) -> None:
+    """Refuse resuming a study whose trials recorded a loss but not which split chose it."""
+    old = [t for t in trials if "accuracy_loss" in t.user_attrs and "chosen_on" not in t.user_attrs]
+    if old:
+        raise ConfigError(
+            f"study {study!r} holds {len(old)} trials measured before trials recorded their "
+            "validation loss: they chose on dev, and this search chooses on the validation "
+            "split, so their losses cannot be compared; pass another --study-name to start a "
+            "new study (`recommend` still answers from the old one, chosen on dev)"
+        )

@@ -1,0 +1,220 @@
+"""Whatever is chosen by measurement is chosen on the validation split; the dev set only reports
+(`autoprumux._selection`): `recommend`, the served recommender and the search's best trial pick
+on the validation loss and print the dev loss beside it; an Evaluation scores the validation
+split (held out of train, never dev) as it scores dev; without a split the dev loss chooses and
+every output says so in one line; a study recorded before trials stored their validation loss is
+not resumed."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+
+from autoprumux._selection import DEV_CHOSEN, describe_losses
+from autoprumux.cli import main
+from autoprumux.cli._evaluate import format_table
+from autoprumux.config import Candidate, Recipe
+from autoprumux.data import DataSource
+from autoprumux.errors import ConfigError
+from autoprumux.evaluation import ThroughputConfig, paired_dev_metrics
+from autoprumux.meta import build_recommender
+from autoprumux.meta._pyfunc import RecommenderModel
+from autoprumux.search._record import check_recorded, trial_loss
+from autoprumux.search._report import trials_table
+
+DESCRIPTORS = {
+    "task_num_labels": 2,
+    "task_pair": 0,
+    "task_mcc": 0,
+    "task_log_train": math.log(8000),
+    "model_layers": 6,
+    "model_hidden": 384,
+    "model_log_params": math.log(1.8e7),
+    "device_cuda": 0,
+}
+S5, S7 = Candidate(sparsity=0.5), Candidate(sparsity=0.7)
+
+
+def add_study(url: str, name: str, rows, *, validation: bool | None = True) -> optuna.Study:
+    """A finished study as a search records it: rows of (config, dev loss, validation loss,
+    speedup); `validation=False`: a recipe without a validation split (chosen on dev); None: as
+    an older autoprumux recorded it (no `chosen_on`)."""
+    st = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    attrs = {
+        "space": {"name": "prumux"},
+        "task": "sst2",
+        "model": "minilm",
+        "device": "cpu",
+        "descriptors": DESCRIPTORS,
+    }
+    for k, v in attrs.items():
+        st.set_user_attr(k, v)
+    for cfg, dev, val, speedup in rows:
+        ua = {"config": cfg.to_dict(), "accuracy_loss": dev, "speedup": speedup}
+        ua["baseline_metric"] = 85.0
+        if validation is not None:
+            ua["chosen_on"] = "validation" if validation else "dev"
+        if validation:
+            ua["validation_loss"] = val
+        st.add_trial(optuna.trial.create_trial(value=speedup, user_attrs=ua))
+    return st
+
+
+def test_recommend_chooses_on_validation_and_reports_dev(tmp_path, capsys):
+    """Validation and dev disagree: s=0.7 is within 1 point on dev (0.2) but not on validation
+    (2.5); s=0.5 the other way round. The answer is s=0.5, and its dev loss (3.0) is what is
+    printed as the figure to expect."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    st = add_study(url, "val", [(S5, 3.0, 0.5, 3.0), (S7, 0.2, 2.5, 5.0)])
+    rec = build_recommender(url).recommend(1.0)
+    assert (rec.sparsity, rec.source, rec.chosen_on) == (0.5, "measured", "validation")
+    assert rec.accuracy_loss == 3.0 and rec.validation_loss == 0.5 and rec.speedup == 3.0
+    assert rec.measured.accuracy_loss == 3.0 and rec.measured.validation_loss == 0.5
+    text = rec.describe()
+    assert "loss 0.50 pts on validation (chosen on), 3.00 on dev (expected)" in text
+    assert "loss on validation" in text and "chosen on dev" not in text
+    # the command line prints the same; the JSON carries both losses
+    assert main(["recommend", "--budget", "1", "--storage", url]) == 0
+    assert "0.50 pts on validation (chosen on), 3.00 on dev" in capsys.readouterr().out
+    # the served recommender: both columns, chosen on validation
+    out = RecommenderModel(build_recommender(url)).predict(
+        None, pd.DataFrame({"budget": [1.0, 3.0]})
+    )
+    assert list(out["sparsity"]) == [0.5, 0.7]
+    assert list(out["chosen_on"]) == ["validation", "validation"]
+    assert list(out["validation_loss"]) == [0.5, 2.5]
+    assert list(out["accuracy_loss"]) == [3.0, 0.2]
+    assert list(out["measured_validation_loss"]) == [0.5, 2.5]
+    # the study's best within the budget and its table read the same loss
+    trials = st.get_trials()
+    assert [trial_loss(t) for t in trials] == [0.5, 2.5]
+    table = trials_table(trials, trials[0], 1.0)
+    assert "val loss" in table and "dev loss" in table and "chosen on dev" not in table
+    assert "best within 1 points: #0 " in table and describe_losses(3.0, 0.5) in table
+
+
+def test_without_a_validation_split_dev_chooses_and_every_output_says_so(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    st = add_study(url, "dev", [(S5, 3.0, None, 3.0), (S7, 0.2, None, 5.0)], validation=False)
+    rec = build_recommender(url).recommend(1.0)
+    assert (rec.sparsity, rec.chosen_on, rec.validation_loss) == (0.7, "dev", None)
+    assert f"({DEV_CHOSEN})" in rec.describe()
+    assert main(["recommend", "--budget", "1", "--storage", url]) == 0
+    assert DEV_CHOSEN in capsys.readouterr().out
+    out = RecommenderModel(build_recommender(url)).predict(None, pd.DataFrame({"budget": [1.0]}))
+    assert out["chosen_on"][0] == "dev" and math.isnan(out["validation_loss"][0])
+    trials = st.get_trials()
+    assert f"({DEV_CHOSEN})" in trials_table(trials, trials[1], 1.0)
+
+
+def test_a_study_recorded_before_validation_losses_is_not_resumed_and_recommend_says_dev(
+    tmp_path, capsys
+):
+    old = [SimpleNamespace(number=0, user_attrs={"accuracy_loss": 1.0, "speedup": 2.0})]
+    with pytest.raises(ConfigError, match="another --study-name"):
+        check_recorded(old, "old-study")
+    check_recorded([SimpleNamespace(number=0, user_attrs={"config": {}})], "fresh")  # no loss yet
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    add_study(url, "old", [(S5, 0.4, None, 2.0)], validation=None)
+    rec = build_recommender(url).recommend(1.0)
+    assert rec.chosen_on.startswith("dev") and "chosen on dev: no validation loss" in rec.describe()
+
+
+# ---- the Evaluation scores the validation split -------------------------------------------
+
+
+def texts_data(root: Path, rows: int = 400) -> DataSource:
+    rng = random.Random(0)
+    words = ["good", "plot", "scene", "actor", "music", "dull", "bright"]
+
+    def write(name: str, start: int, count: int) -> None:
+        lines = ["text,label"]
+        for i in range(start, start + count):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))
+            lines.append(f"{text} {i},{'pos' if i % 3 == 0 else 'neg'}")
+        (root / name).write_text("\n".join(lines) + "\n")
+
+    root.mkdir(parents=True, exist_ok=True)
+    write("train.csv", 0, rows)
+    write("dev.csv", rows, 80)
+    return DataSource(root)
+
+
+TINY = {
+    "batch_size": 8,
+    "max_seq_len": 16,
+    "finetune_steps": 6,
+    "eval_every": 3,
+    "recovery_steps": 2,
+    "prune_stages": 1,
+    "importance_examples": 16,
+}
+TP = ThroughputConfig(batch_size=8, seq_len=16, repeats=1, warmup=1)
+
+
+def pipeline(tmp_path: Path, checkpoint: str, **recipe):
+    from autoprumux.pipeline import PruMuxPipeline
+
+    return PruMuxPipeline(
+        data=texts_data(tmp_path / "data"),
+        model=checkpoint,
+        recipe=Recipe(**{**TINY, **recipe}),
+        cache_dir=tmp_path / "cache",
+    )
+
+
+def test_an_evaluation_scores_the_validation_split_never_dev_or_train(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    import autoprumux.pipeline._baseline as baseline_mod
+
+    pipe = pipeline(tmp_path, tiny_checkpoint)
+    held = {tuple(it.input_ids) for it in pipe.validation_items}
+    assert len(held) == 40
+    assert not held & {tuple(it.input_ids) for it in pipe.train_items}
+    assert not held & {tuple(it.input_ids) for it in pipe.dev_items}
+    pipe.baseline()  # trained (and stopped on the split) before the spy
+    scored: list[tuple[frozenset, int]] = []
+    real = baseline_mod.paired_dev_metrics
+
+    def spy(model, items, *a, **kw):
+        scored.append((frozenset(tuple(it.input_ids) for it in items), kw["pairings"]))
+        return real(model, items, *a, **kw)
+
+    monkeypatch.setattr(baseline_mod, "paired_dev_metrics", spy)
+    ev = pipe.evaluate(Candidate(sparsity=0.5), throughput=TP)
+    # the baseline's and the candidate's validation scores, over the split only, paired as dev
+    from autoprumux.pipeline import DEV_PAIRINGS
+
+    assert [x for x in scored if x[1] == DEV_PAIRINGS] == [(frozenset(held), DEV_PAIRINGS)] * 2
+    cand = pipe.deployable(Candidate(sparsity=0.5))
+    want = paired_dev_metrics(
+        cand, pipe.validation_items, pipe.task.metric, pairings=DEV_PAIRINGS, device="cpu"
+    )
+    assert ev.candidate.validation_metric == pytest.approx(want["metric"])
+    assert ev.validation_loss == pytest.approx(
+        ev.baseline.validation_metric - ev.candidate.validation_metric
+    )
+    assert ev.chosen_on == "validation" and ev.selection_loss == ev.validation_loss
+    assert ev.validation_noise.examples == 40 and ev.validation_noise.split == "validation"
+    d = ev.to_dict()
+    assert d["validation_loss"] == ev.validation_loss and d["chosen_on"] == "validation"
+    assert d["accuracy_loss"] == pytest.approx(ev.baseline.metric - ev.candidate.metric)
+    table = format_table(ev)
+    assert "val loss" in table and "dev loss" in table and DEV_CHOSEN not in table
+    assert "40 validation examples" in table
+
+
+def test_without_a_split_an_evaluation_chooses_on_dev_and_says_so(tmp_path, tiny_checkpoint):
+    pipe = pipeline(tmp_path, tiny_checkpoint, validation_examples=0)
+    ev = pipe.evaluate(Candidate(sparsity=0.5), throughput=TP)
+    assert ev.validation_loss is None and ev.validation_noise is None
+    assert ev.chosen_on == "dev" and ev.selection_loss == ev.accuracy_loss
+    assert ev.to_dict()["chosen_on"] == "dev"
+    assert f"({DEV_CHOSEN})" in format_table(ev)
