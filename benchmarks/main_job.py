@@ -31,18 +31,33 @@ def study_record(workdir: Path) -> tuple[str, list[dict]]:
     """The machine the study recorded (its own run, not this process) and its trials."""
     import optuna
 
+    from autoprumux._selection import recorded_losses, selection_loss
     from autoprumux.evaluation import Machine
 
     storage = f"sqlite:///{workdir / 'autoprumux.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     measured_on = Machine.from_dict(study.user_attrs["machine"]).describe()
+
+    def losses(attrs: dict) -> dict:
+        """Both losses: on dev (what to expect) and the one the search chose on."""
+        got = recorded_losses(attrs)
+        if got is None:
+            return {"accuracy_loss": None, "validation_loss": None, "selection_loss": None}
+        dev, val, on = got
+        return {
+            "accuracy_loss": dev,
+            "validation_loss": val,
+            "chosen_on": on,
+            "selection_loss": selection_loss(dev, val),
+        }
+
     return measured_on, [
         {
             "number": t.number,
             "state": t.state.name,
             "config": t.user_attrs.get("config"),
-            "accuracy_loss": t.user_attrs.get("accuracy_loss"),
+            **losses(t.user_attrs),
             "speedup": t.value,
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete
@@ -66,7 +81,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
     measured_on, trials = study_record(workdir)
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    within = [t for t in done if t["accuracy_loss"] is not None and t["accuracy_loss"] <= BUDGET]
+    # chosen on the loss the search chose on (validation; dev without a split)
+    within = [t for t in done if t["selection_loss"] is not None and t["selection_loss"] <= BUDGET]
     answer = max(within, key=lambda t: t["speedup"]) if within else None
     doc = {
         "command": "autoprumux " + " ".join(COMMAND),

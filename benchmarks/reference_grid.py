@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 "combiner": c,
                 "sparsity": ev.candidate.sparsity,
                 "metric": ev.candidate.metric,
-                "accuracy_loss": ev.accuracy_loss,
+                "accuracy_loss": ev.accuracy_loss,  # on dev
+                "validation_loss": ev.validation_loss,  # what a search chooses on
                 "throughput": ev.candidate.throughput,
                 "baseline_throughput": ev.baseline.throughput,
                 "speedup": ev.speedup,

@@ -116,7 +116,8 @@ def test_format_table_shows_loss_and_speedup():
     assert ev.speedup == pytest.approx(3.5)
     text = format_table(ev)
     lines = text.splitlines()
-    assert "accuracy" in lines[0] and "speedup" in lines[0] and "acc loss" in lines[0]
+    assert "accuracy" in lines[0] and "speedup" in lines[0] and "dev loss" in lines[0]
+    assert "val loss" in lines[0] and "(chosen on dev: no validation split)" in text
     base = next(line for line in lines if line.startswith("baseline"))
     cand = next(line for line in lines if line.startswith("prumux"))
     assert "90.00" in base and "0.00" in base and "1.00x" in base and "100.0" in base
@@ -129,6 +130,18 @@ def test_format_table_shows_loss_and_speedup():
     assert "batch 64 x 128" in text and "median of 10" in text and "sst2" in text
     # column alignment: header and rows have the same width
     assert len(base) == len(cand) == len(lines[0])
+    # with a validation split: its loss (what a search chooses on) beside dev's
+    from dataclasses import replace
+
+    val = replace(
+        ev,
+        baseline=replace(ev.baseline, validation_metric=91.0),
+        candidate=replace(ev.candidate, validation_metric=90.25),
+    )
+    assert val.validation_loss == pytest.approx(0.75) and val.chosen_on == "validation"
+    text = format_table(val)
+    cand = next(line for line in text.splitlines() if line.startswith("prumux"))
+    assert "0.75" in cand and "1.50" in cand and "chosen on dev" not in text
 
 
 def test_format_table_negative_loss_and_slowdown():

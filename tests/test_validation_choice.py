@@ -218,3 +218,55 @@ def test_without_a_split_an_evaluation_chooses_on_dev_and_says_so(tmp_path, tiny
     assert ev.chosen_on == "dev" and ev.selection_loss == ev.accuracy_loss
     assert ev.to_dict()["chosen_on"] == "dev"
     assert f"({DEV_CHOSEN})" in format_table(ev)
+
+
+# ---- the export's manifest and card ---------------------------------------------------------
+
+
+def _manifest(**validation):
+    from dataclasses import replace as with_fields
+
+    from autoprumux.deploy import ExportManifest, ExportSource
+    from autoprumux.deploy._manifest import Measurement
+
+    meas = Measurement("accuracy", 84.0, 85.0, 84.0, 85.0, 300.0, 100.0, 0.5, 872, 64, 128, "cpu")
+    return ExportManifest(
+        task="sst2",
+        label_names=("negative", "positive"),
+        pair=False,
+        max_seq_len=64,
+        config=S5,
+        base_model="tiny",
+        measurement=with_fields(meas, **validation),
+        machine={"cpu": "x"},
+        created="2026-12-04T00:00:00Z",
+        command="autoprumux export ...",
+        source=ExportSource("budget", "s", 3, 2.0, {"accuracy_loss": 1.0, "validation_loss": 0.4}),
+    )
+
+
+def test_the_manifest_and_card_carry_both_losses_and_an_old_manifest_still_loads(tiny):
+    from autoprumux.deploy import ExportManifest
+    from autoprumux.export._card import render_card
+    from autoprumux.models import MuxSequenceClassifier
+
+    model = MuxSequenceClassifier(tiny[0], num_labels=2)
+
+    new = _manifest(validation_metric=86.0, baseline_validation_metric=86.5, validation_examples=40)
+    d = new.to_dict()
+    assert d["measurement"]["validation_loss"] == pytest.approx(0.5)
+    assert d["measurement"]["accuracy_loss"] == pytest.approx(1.0)
+    again = ExportManifest.from_dict(d)
+    assert again.measurement.validation_loss == pytest.approx(0.5)
+    card = render_card(new, model)
+    assert "Accuracy loss: 1.00 points of accuracy on dev (what to expect)" in card
+    assert "On the validation split (40 training examples held out" in card
+    assert "loss 0.40 points on validation (chosen on), accuracy loss 1.00 points on dev" in card
+    # a manifest written before the validation fields: loads, and the card says dev chose
+    old = _manifest().to_dict()
+    for k in ("validation_metric", "baseline_validation_metric", "validation_examples"):
+        old["measurement"].pop(k)
+    old["measurement"].pop("validation_loss")
+    loaded = ExportManifest.from_dict(old)
+    assert loaded.measurement.validation_loss is None
+    assert f"No validation loss ({DEV_CHOSEN})." in render_card(loaded, model)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprumux._paths import new_file_mode
+from autoprumux._selection import DEV_CHOSEN
 from autoprumux.cli._checks import (
     _check_cache_dir,
     _check_mux_layers_fit,
@@ -29,18 +30,35 @@ if TYPE_CHECKING:
 
 
 def format_table(ev: Evaluation) -> str:
-    """A readable two-row table: baseline and candidate with accuracy loss and speedup."""
+    """A readable two-row table: baseline and candidate with both losses (val loss: on the
+    validation split, what a search chooses on; dev loss: what to expect) and speedup."""
     m = ev.metric_name
-    head = f"{'config':<20}{'sparsity':>9}{'N':>4}{m:>9}{'acc loss':>10}{'ex/s':>10}{'speedup':>9}{'ideal':>7}"
+    head = (
+        f"{'config':<20}{'sparsity':>9}{'N':>4}{m:>9}{'val loss':>10}{'dev loss':>10}{'ex/s':>10}"
+        f"{'speedup':>9}{'ideal':>7}"
+    )
     rows = [head, "-" * len(head)]
-    for meas, loss, sp, ideal in (
-        (ev.baseline, 0.0, 1.0, 1.0),
-        (ev.candidate, ev.accuracy_loss, ev.speedup, ev.ideal_speedup),
+    for meas, sp, ideal in (
+        (ev.baseline, 1.0, 1.0),
+        (ev.candidate, ev.speedup, ev.ideal_speedup),
     ):
-        # a loss or gain within the dev set's noise is not reported as one
-        cell = "in noise" if meas is ev.candidate and ev.loss_within_noise else f"{loss:.2f}"
+        cand = meas is ev.candidate
+        # a loss or gain within its split's noise is not reported as one
+        dev = (
+            "in noise"
+            if cand and ev.loss_within_noise
+            else f"{ev.accuracy_loss if cand else 0.0:.2f}"
+        )
+        val = (
+            "-"
+            if ev.validation_loss is None
+            else "in noise"
+            if cand and ev.validation_loss_within_noise
+            else f"{ev.validation_loss if cand else 0.0:.2f}"
+        )
         rows.append(
-            f"{meas.name:<20}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{cell:>10}{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
+            f"{meas.name:<20}{meas.sparsity:>9.3f}{meas.n:>4}{meas.metric:>9.2f}{val:>10}{dev:>10}"
+            f"{meas.throughput:>10.1f}{sp:>8.2f}x{ideal:>6.2f}x"
         )
     tp = ev.throughput_config
     rows.append(
@@ -59,10 +77,14 @@ def baseline_lines(ev: Evaluation) -> list[str]:
         out.append("(baseline: your own fine-tuned classifier, used as is: not trained here)")
     elif ev.baseline_convergence is not None:
         out.append(f"({ev.baseline_convergence})")
+    if ev.validation_loss is None:
+        out.append(f"({DEV_CHOSEN})")
     noise = ev.noise
     if noise is None:
         return out
     out.append(f"({noise.describe()})")
+    if ev.validation_noise is not None:
+        out.append(f"({ev.validation_noise.describe()})")
     if ev.loss_within_noise:
         loss = ev.accuracy_loss
         what = "loss" if loss > 0 else "gain"
@@ -224,18 +246,20 @@ def _trial_report(searcher: Searcher, trial: Any) -> str:
     budget = searcher.s.budget
     lines = [head]
     if trial.state.name == "COMPLETE":
-        loss = ua["accuracy_loss"]
-        within = "within" if loss <= budget else "outside"
+        from autoprumux._selection import describe_losses
+        from autoprumux.search._record import trial_loss
+
+        within = "within" if (trial_loss(trial) or 0.0) <= budget else "outside"
+        losses = describe_losses(ua["accuracy_loss"], ua.get("validation_loss"))
         lines += [
-            f"  {ua.get('metric_name', 'metric')} {ua['metric']:.2f} (baseline "
-            f"{ua['baseline_metric']:.2f}): loss {loss:.2f} points, {within} the study's "
-            f"budget of {budget:g}",
+            f"  {ua.get('metric_name', 'metric')} {ua['metric']:.2f} on dev (baseline "
+            f"{ua['baseline_metric']:.2f}): {losses}, {within} the study's budget of {budget:g}",
             f"  speedup {ua['speedup']:.2f}x (ideal {ua['ideal_speedup']:.2f}x): "
             f"{ua['throughput']:.1f} examples/s, {ua['latency_ms']:.2f} ms a batch",
         ]
     elif trial.state.name == "PRUNED":
         lines.append(
-            f"  stopped early: accuracy loss {ua.get('accuracy_loss', float('nan')):.2f} points "
+            f"  stopped early: dev loss {ua.get('accuracy_loss', float('nan')):.2f} points "
             f"before its last step, more than {searcher.s.prune_margin:g} above the study's "
             f"budget of {budget:g}"
         )

@@ -221,7 +221,7 @@ def _export(args: argparse.Namespace, published: list[str]) -> int:
     m = res.manifest.measurement
     print(
         f"exported {config.describe()} ({pipe.task.name}) to {res.path}: {m.metric_label} "
-        f"{m.metric:.2f} (baseline {m.baseline_metric:.2f}, loss {m.accuracy_loss:.2f} pts), "
+        f"{m.metric:.2f} (baseline {m.baseline_metric:.2f}, loss {m.accuracy_loss:.2f} pts on dev), "
         f"{m.speedup:.2f}x the baseline's throughput on {m.device}"
     )
     if uri is not None:

@@ -49,6 +49,11 @@ class Measurement:
     pos_label: str | None = None  # the class f1 scored as positive (None: no f1 of two classes)
     # one line: whether the trained baseline converged and its steps (None: given, or unknown)
     baseline_training: str | None = None
+    # the metrics on the validation split (held out of train), the loss a search chose on (None:
+    # no validation split, or exported before exports recorded them)
+    validation_metric: float | None = None
+    baseline_validation_metric: float | None = None
+    validation_examples: int = 0
 
     @property
     def metric_label(self) -> str:
@@ -57,7 +62,14 @@ class Measurement:
 
     @property
     def accuracy_loss(self) -> float:
+        """On dev: what to expect."""
         return self.baseline_metric - self.metric
+
+    @property
+    def validation_loss(self) -> float | None:
+        """On the validation split: what a search chose on (None: not measured)."""
+        b, c = self.baseline_validation_metric, self.validation_metric
+        return None if b is None or c is None else b - c
 
     @property
     def speedup(self) -> float:
@@ -161,6 +173,7 @@ class ExportManifest:
         d["measurement"] = {
             **asdict(self.measurement),
             "accuracy_loss": self.measurement.accuracy_loss,
+            "validation_loss": self.measurement.validation_loss,
             "speedup": self.measurement.speedup,
         }
         return d
@@ -195,7 +208,8 @@ class ExportManifest:
         return p
 
 
-DERIVED = ("accuracy_loss", "speedup")  # written for readers of the JSON, recomputed on load
+# written for readers of the JSON, recomputed on load
+DERIVED = ("accuracy_loss", "validation_loss", "speedup")
 
 
 def check_format(fmt: object) -> None:

@@ -253,6 +253,9 @@ def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
         device=ev.device,
         pos_label=ev.pos_label,
         baseline_training=ev.baseline_convergence,
+        validation_metric=c.validation_metric,
+        baseline_validation_metric=b.validation_metric,
+        validation_examples=0 if ev.validation_noise is None else ev.validation_noise.examples,
     )
 
 

@@ -4,6 +4,7 @@ use it."""
 
 from __future__ import annotations
 
+from autoprumux._selection import DEV_CHOSEN
 from autoprumux.deploy import ExportManifest, ExportSource
 from autoprumux.models import AnyModel, StudentEnsemble
 from autoprumux.pipeline import DEV_PAIRINGS
@@ -82,9 +83,9 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
         "",
         *_measured_table(m),
         "",
-        f"Accuracy loss: {r.accuracy_loss:.2f} points of {metric}. Throughput timed "
-        f"side by side in one process at a batch of {r.throughput_batch} x "
-        f"{r.throughput_seq_len} tokens (the median of repeated passes).",
+        f"Accuracy loss: {r.accuracy_loss:.2f} points of {metric} on dev (what to expect). "
+        f"{_validation_line(m)} Throughput timed side by side in one process at a batch of "
+        f"{r.throughput_batch} x {r.throughput_seq_len} tokens (the median of repeated passes).",
     ]
     if c.mux > 1:
         lines += [
@@ -96,8 +97,12 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
     rec = src.recorded
     if rec:
         parts = (
-            [f"accuracy loss {rec['accuracy_loss']:.2f} points"] if "accuracy_loss" in rec else []
+            [f"loss {rec['validation_loss']:.2f} points on validation (chosen on)"]
+            if "validation_loss" in rec
+            else []
         )
+        if "accuracy_loss" in rec:
+            parts.append(f"accuracy loss {rec['accuracy_loss']:.2f} points on dev")
         if "speedup" in rec:
             parts.append(f"speedup {rec['speedup']:.2f}x")
         lines += ["", f"Recorded by the study for this configuration: {', '.join(parts)}."]
@@ -157,6 +162,18 @@ def _measured_table(m: ExportManifest) -> list[str]:
         extra = f" {acc:.2f} |" if both else ""
         rows.append(f"| {name} | {metric:.2f} |{extra} {tp:.1f} | {speedup:.2f}x |")
     return rows
+
+
+def _validation_line(m: ExportManifest) -> str:
+    """The loss on the validation split, which a search chooses on, or why there is none."""
+    r = m.measurement
+    if r.validation_loss is None:
+        return f"No validation loss ({DEV_CHOSEN})."
+    return (
+        f"On the validation split ({r.validation_examples} training examples held out, never "
+        f"trained on; a search chooses on it): {r.validation_loss:.2f} points "
+        f"({r.baseline_validation_metric:.2f} -> {r.validation_metric:.2f})."
+    )
 
 
 def _source(src: ExportSource) -> str:

@@ -145,6 +145,7 @@ def register_export(
             "throughput": r.throughput,
             "baseline_throughput": r.baseline_throughput,
             "speedup": r.speedup,
+            **({} if r.validation_loss is None else {"validation_loss": r.validation_loss}),
         },
     )
     cols = text_columns(m.pair)

@@ -15,7 +15,8 @@ from autoprumux.errors import ConfigError
 from autoprumux.search import SearchSpace
 
 # what a trial records of its measurement, copied to the model card beside the export's own
-RECORDED = ("accuracy_loss", "speedup", "metric", "baseline_metric")
+# (accuracy_loss on dev; validation_loss on the validation split, what the study chose on)
+RECORDED = ("accuracy_loss", "validation_loss", "speedup", "metric", "baseline_metric")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def from_budget(storage: str | None, study: str, budget: float) -> StudyChoice:
             "--mux 1"
         )
     recorded = {"accuracy_loss": m.accuracy_loss, "speedup": m.speedup}
+    if m.validation_loss is not None:
+        recorded["validation_loss"] = m.validation_loss
     return StudyChoice(space, rec.config(), ExportSource("budget", study, m.number, b, recorded))
 
 
