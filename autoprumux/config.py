@@ -143,7 +143,9 @@ class Recipe:
     # the baseline's task fine-tune: at most finetune_steps, stopped once the validation metric
     # has not risen by more than min_delta points in `patience` evaluations, one every
     # eval_every steps; it keeps its best evaluation's weights. A baseline trained short of its
-    # plateau understates every candidate's accuracy loss
+    # plateau understates every candidate's accuracy loss. The candidates' stages (each pruning
+    # recovery, the mux fine-tunes, each student and the stacking) stop by the same rule: their
+    # step counts below are caps (`training.StoppingRule`)
     finetune_steps: int = 10000
     eval_every: int = 200
     patience: int = 5
