@@ -289,9 +289,9 @@ def test_the_recommendation_and_the_served_table_carry_the_late_configuration():
     assert "per-instance layers" in r.describe()
     # stored as data in today's format, and back
     d = rec.to_dict()
-    assert d["format"] == RECOMMENDER_FORMAT == "autoprumux.recommender/4"
+    assert d["format"] == RECOMMENDER_FORMAT == "autoprumux.recommender/5"
     assert Recommender.from_dict(d).recommend(2.0).config() == r.config()
-    with pytest.raises(ValueError, match="not a autoprumux.recommender/4"):
+    with pytest.raises(ValueError, match="not a autoprumux.recommender/5"):
         Recommender.from_dict({**d, "format": "autoprumux.recommender/3"})
     out = RecommenderModel(rec).predict(None, pd.DataFrame({"budget": [2.0, 0.0]}))
     assert list(out.columns) == list(OUTPUT_COLUMNS)
