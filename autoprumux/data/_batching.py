@@ -85,7 +85,7 @@ def _encode_pairs(
     for i, ids in enumerate(enc["input_ids"]):
         seq = enc.sequence_ids(i)  # 0 or 1: the token's text; None: a special token
         lengths = [seq.count(0), seq.count(1)]
-        keep = _longest_first(*lengths, max_seq_len - (len(ids) - sum(lengths)))
+        keep = _longest_first(lengths[0], lengths[1], max_seq_len - (len(ids) - sum(lengths)))
         types = enc["token_type_ids"][i] if "token_type_ids" in enc else [0] * len(ids)
         seen = [0, 0]
         kept: list[int] = []
