@@ -113,7 +113,10 @@ def main() -> None:
     pipe = PruMuxPipeline(
         task=args.task, recipe=Recipe(batch_size=args.batch_size), data_dir=args.data_dir
     )
-    base_cfg = TrainConfig.from_recipe(pipe.recipe, args.steps)
+    # the former loop: random batches, fp32 (the recipe's defaults are the levers under test)
+    base_cfg = dataclasses.replace(
+        TrainConfig.from_recipe(pipe.recipe, args.steps), batching="random", autocast="fp32"
+    )
     configs = {
         "autoprumux": base_cfg,
         "autoprumux+grouped": dataclasses.replace(base_cfg, batching="grouped"),
