@@ -31,33 +31,21 @@ def study_record(workdir: Path) -> tuple[str, list[dict]]:
     """The machine the study recorded (its own run, not this process) and its trials."""
     import optuna
 
-    from autoprumux._selection import recorded_losses, selection_loss
     from autoprumux.evaluation import Machine
+    from autoprumux.meta._recommend import with_losses
 
     storage = f"sqlite:///{workdir / 'autoprumux.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     measured_on = Machine.from_dict(study.user_attrs["machine"]).describe()
 
-    def losses(attrs: dict) -> dict:
-        """Both losses: on dev (what to expect) and the one the search chose on."""
-        got = recorded_losses(attrs)
-        if got is None:
-            return {"accuracy_loss": None, "validation_loss": None, "selection_loss": None}
-        dev, val, on = got
-        return {
-            "accuracy_loss": dev,
-            "validation_loss": val,
-            "chosen_on": on,
-            "selection_loss": selection_loss(dev, val),
-        }
-
     return measured_on, [
         {
             "number": t.number,
             "state": t.state.name,
             "config": t.user_attrs.get("config"),
-            **losses(t.user_attrs),
+            # both losses, and the one the search chose on (validation; dev without a split)
+            **(with_losses(t.user_attrs, {}) if t.state.name == "COMPLETE" else {}),
             "speedup": t.value,
             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
             if t.datetime_complete

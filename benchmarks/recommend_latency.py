@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     table = GridTable(args.grid)
     space = SearchSpace.from_yaml(args.space).with_task(table.task)
-    dev, train = dataset_sizes(table.task, space.recipe.max_train_examples)
-    evaluator = ReplayEvaluator(table, dev, train, space.recipe.prune_stages)
+    dev, train, held = dataset_sizes(space.recipe, table.task)
+    evaluator = ReplayEvaluator(
+        table, dev, train, space.recipe.prune_stages, recipe=space.recipe, validation_size=held
+    )
     with tempfile.TemporaryDirectory(prefix="recommend-latency-") as d:
         work = Path(d)
         storage = f"sqlite:///{work / 'optuna.db'}"

@@ -59,8 +59,10 @@ def space_for(table: GridTable, recipe: Recipe, sparsity: dict[str, Any]) -> Sea
 
 
 def evaluator_for(table: GridTable, recipe: Recipe) -> ReplayEvaluator:
-    dev, train = dataset_sizes(table.task, recipe.max_train_examples)
-    return ReplayEvaluator(table, dev, train, recipe.prune_stages)
+    dev, train, held = dataset_sizes(recipe, table.task)
+    return ReplayEvaluator(
+        table, dev, train, recipe.prune_stages, recipe=recipe, validation_size=held
+    )
 
 
 def settings(work: Path, space: SearchSpace, name: str, **kw: Any) -> SearchSettings:

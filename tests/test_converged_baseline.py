@@ -105,8 +105,9 @@ def test_training_respects_the_cap_and_says_it_did_not_converge():
 # ---- the validation split ----------------------------------------------------------------------
 
 
-def texts_data(root: Path, rows: int = 400) -> DataSource:
-    """`rows` distinct texts, 3 of 4 of them 'neg'; a dev file of its own."""
+def texts_data(root: Path, rows: int = 400, pos_every: int = 4) -> DataSource:
+    """`rows` distinct texts, 1 of `pos_every` of them 'pos', the rest 'neg'; a dev file of its
+    own."""
     rng = random.Random(0)
     words = ["good", "plot", "scene", "actor", "music", "dull", "bright"]
 
@@ -114,7 +115,7 @@ def texts_data(root: Path, rows: int = 400) -> DataSource:
         lines = ["text,label"]
         for i in range(start, start + count):
             text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))
-            lines.append(f"{text} {i},{'pos' if i % 4 == 0 else 'neg'}")
+            lines.append(f"{text} {i},{'pos' if i % pos_every == 0 else 'neg'}")
         (root / name).write_text("\n".join(lines) + "\n")
 
     root.mkdir(parents=True, exist_ok=True)

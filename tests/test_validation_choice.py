@@ -8,13 +8,13 @@ not resumed."""
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
+from test_converged_baseline import texts_data as converged_texts
 
 from autoprumux._selection import DEV_CHOSEN, describe_losses
 from autoprumux.cli import main
@@ -130,20 +130,7 @@ def test_a_study_recorded_before_validation_losses_is_not_resumed_and_recommend_
 
 
 def texts_data(root: Path, rows: int = 400) -> DataSource:
-    rng = random.Random(0)
-    words = ["good", "plot", "scene", "actor", "music", "dull", "bright"]
-
-    def write(name: str, start: int, count: int) -> None:
-        lines = ["text,label"]
-        for i in range(start, start + count):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))
-            lines.append(f"{text} {i},{'pos' if i % 3 == 0 else 'neg'}")
-        (root / name).write_text("\n".join(lines) + "\n")
-
-    root.mkdir(parents=True, exist_ok=True)
-    write("train.csv", 0, rows)
-    write("dev.csv", rows, 80)
-    return DataSource(root)
+    return converged_texts(root, rows, pos_every=3)
 
 
 TINY = {
