@@ -172,7 +172,11 @@ def _check_label_names(
     if names is None:
         return None
     out = tuple(names) if not isinstance(names, str) else ()
-    classes = {int(m.num_labels) for m in models if m is not None and hasattr(m, "num_labels")}
+    classes = {
+        int(getattr(m, "num_labels"))  # noqa: B009 (an nn.Module attribute, typed as Tensor|Module)
+        for m in models
+        if m is not None and hasattr(m, "num_labels")
+    }
     if not out or not all(isinstance(n, str) for n in out) or classes - {len(out)}:
         raise ConfigError(
             f"label_names ({names!r}) must be one string per class of the served models "
