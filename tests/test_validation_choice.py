@@ -15,6 +15,8 @@ import optuna
 import pandas as pd
 import pytest
 from test_converged_baseline import texts_data as converged_texts
+from test_late_mux_plumbing import _manifest as late_mux_manifest
+from test_recommend_scope import DESCRIPTORS
 
 from autoprumux._selection import DEV_CHOSEN, describe_losses
 from autoprumux.cli import main
@@ -28,16 +30,6 @@ from autoprumux.meta._pyfunc import RecommenderModel
 from autoprumux.search._record import check_recorded, trial_loss
 from autoprumux.search._report import trials_table
 
-DESCRIPTORS = {
-    "task_num_labels": 2,
-    "task_pair": 0,
-    "task_mcc": 0,
-    "task_log_train": math.log(8000),
-    "model_layers": 6,
-    "model_hidden": 384,
-    "model_log_params": math.log(1.8e7),
-    "device_cuda": 0,
-}
 S5, S7 = Candidate(sparsity=0.5), Candidate(sparsity=0.7)
 
 
@@ -211,23 +203,16 @@ def test_without_a_split_an_evaluation_chooses_on_dev_and_says_so(tmp_path, tiny
 
 
 def _manifest(**validation):
+    """The late-mux tests' manifest of S5, its measurement given `validation` fields and a
+    source that recorded both losses."""
     from dataclasses import replace as with_fields
 
-    from autoprumux.deploy import ExportManifest, ExportSource
-    from autoprumux.deploy._manifest import Measurement
+    from autoprumux.deploy import ExportSource
 
-    meas = Measurement("accuracy", 84.0, 85.0, 84.0, 85.0, 300.0, 100.0, 0.5, 872, 64, 128, "cpu")
-    return ExportManifest(
-        task="sst2",
-        label_names=("negative", "positive"),
-        pair=False,
-        max_seq_len=64,
-        config=S5,
-        base_model="tiny",
-        measurement=with_fields(meas, **validation),
-        machine={"cpu": "x"},
-        created="2026-12-04T00:00:00Z",
-        command="autoprumux export ...",
+    m = late_mux_manifest(S5)
+    return with_fields(
+        m,
+        measurement=with_fields(m.measurement, **validation),
         source=ExportSource("budget", "s", 3, 2.0, {"accuracy_loss": 1.0, "validation_loss": 0.4}),
     )
 
