@@ -176,11 +176,11 @@ def infinite_batches(
         rng = random.Random(seed * 100_003 + epoch)
         order = list(range(len(items)))
         rng.shuffle(order)
-        cuts = [
-            order[s : s + batch_size] for s in range(0, len(order) - batch_size + 1, batch_size)
-        ]
+        full = order[: len(order) // batch_size * batch_size]  # full batches only
         if batching == "grouped":
-            cuts = _length_grouped(items, order[: len(cuts) * batch_size], batch_size, rng)
+            cuts = _length_grouped(items, full, batch_size, rng)
+        else:
+            cuts = [full[s : s + batch_size] for s in range(0, len(full), batch_size)]
         for picked in cuts:
             batch = collate([items[i] for i in picked], pad_id)
             if with_index:
