@@ -86,6 +86,7 @@ _RECIPE_RULES: dict[str, Rule] = {
     "eval_every": COUNT,
     "patience": COUNT,
     "min_delta": Rule(float, low=0.0),
+    "plateau_anneal": Rule(float, low=0.0, high=4.0),
     "batch_size": COUNT,
     "lr": LR,
     "finetune_steps": STEPS,
@@ -145,11 +146,14 @@ class Recipe:
     # eval_every steps; it keeps its best evaluation's weights. A baseline trained short of its
     # plateau understates every candidate's accuracy loss. The candidates' stages (each pruning
     # recovery, the mux fine-tunes, each student and the stacking) stop by the same rule: their
-    # step counts below are caps (`training.StoppingRule`)
+    # step counts below are caps (`training.StoppingRule`). At the plateau the LR decays
+    # linearly to 0 over plateau_anneal x the steps trained so far (whole evaluation intervals),
+    # still validated, then the run stops (0: it stops at the plateau)
     finetune_steps: int = 10000
     eval_every: int = 200
     patience: int = 5
     min_delta: float = 0.0
+    plateau_anneal: float = 0.5
     mux_warmup_steps: int = 400  # token-retrieval warm-up per N (0 = none)
     mux_warmup_lr: float = 2e-4
     warmup_corpus_size: int = 20000  # unlabeled sentences for the warm-up (deterministic subsample)

@@ -18,6 +18,7 @@ from autoprumux.data import DataSource, validation_size, validation_split
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier
 from autoprumux.training import (
+    AnnealOnPlateau,
     PlateauStop,
     TrainConfig,
     describe_convergence,
@@ -179,21 +180,71 @@ def test_all_training_examples_by_default_and_the_quick_demo_stays_small():
 
 def test_the_baseline_stops_on_a_plateau_and_records_its_curve(tmp_path, tiny_checkpoint):
     # a gain must exceed 100 points: the first evaluation is the best, then `patience` more
-    pipe = pipeline(tmp_path, tiny_checkpoint, eval_every=3, patience=2, min_delta=100.0)
+    pipe = pipeline(
+        tmp_path, tiny_checkpoint, eval_every=3, patience=2, min_delta=100.0, plateau_anneal=0.0
+    )
     pipe.baseline()
     meta = pipe.cache.meta(pipe._baseline_entry)
     s = meta["stopping"]
     assert s["converged"] and s["steps"] == 9 < pipe.recipe.finetune_steps
     assert meta["train"]["steps"] == 9.0 and s["best_step"] == 3
+    assert s["plateau_step"] == 9 and s["anneal_steps"] == 0
     assert [p["step"] for p in s["curve"]] == [3, 6, 9]
     assert all({"step", "train_loss", "metric"} <= set(p) for p in s["curve"])
     assert pipe.baseline_training() == s
 
 
+def test_the_baseline_anneals_its_lr_from_the_plateau_then_stops(tmp_path, tiny_checkpoint):
+    # plateau at step 9 (as above); 0.5 x 9 steps rounds up to two 3-step intervals of decay
+    pipe = pipeline(
+        tmp_path, tiny_checkpoint, eval_every=3, patience=2, min_delta=100.0, plateau_anneal=0.5
+    )
+    pipe.baseline()
+    s = pipe.cache.meta(pipe._baseline_entry)["stopping"]
+    assert s["converged"] and s["plateau_step"] == 9 and s["anneal_steps"] == 6
+    assert [p["step"] for p in s["curve"]] == [3, 6, 9, 12, 15] and s["steps"] == 15
+    assert "then the LR decayed to 0 over 6 steps" in describe_convergence(s, "accuracy")
+
+
+def test_the_anneal_decays_linearly_from_the_plateau_lr_to_zero():
+    cfg = TrainConfig(steps=1000, warmup_ratio=0.1)
+    schedule = AnnealOnPlateau(cfg)
+    assert schedule(50) == pytest.approx(0.51) and schedule(400) == pytest.approx(2 / 3)
+    schedule.begin(400, 200)
+    assert schedule.end == 600
+    assert [schedule(s) for s in (400, 500, 600, 700)] == pytest.approx([2 / 3, 1 / 3, 0, 0])
+
+
+def test_the_best_weights_of_the_anneal_are_kept():
+    # a flat metric plateaus at step 6, then the decay's last evaluation is the best: its
+    # weights are the ones the model ends with, and the run stops at the decay's end
+    model, items = tiny_classifier(), tiny_items()
+    seen: list[dict[str, torch.Tensor]] = []
+    metrics = iter([50.0, 50.0, 50.0, 50.0, 60.0])
+
+    def validate(m: MuxSequenceClassifier) -> float:
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(metrics)
+
+    stats = train_until_plateau(
+        model, items, TrainConfig(steps=100, batch_size=8), validate, PlateauStop(2), 2,
+        anneal=0.5,
+    )  # fmt: skip
+    s = stats["stopping"]
+    assert (s["plateau_step"], s["anneal_steps"], s["steps"], s["best_step"]) == (6, 4, 10, 10)
+    assert all(torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())
+
+
 def test_cache_keys_hold_the_stopping_rule_and_the_split(tmp_path, tiny_checkpoint):
     base = pipeline(tmp_path, tiny_checkpoint)._key()
     for i, change in enumerate(
-        [{"patience": 7}, {"eval_every": 5}, {"min_delta": 0.5}, {"validation_examples": 50}]
+        [
+            {"patience": 7},
+            {"eval_every": 5},
+            {"min_delta": 0.5},
+            {"validation_examples": 50},
+            {"plateau_anneal": 0.0},
+        ]
     ):
         other = pipeline(tmp_path / str(i), tiny_checkpoint, **change)._key()
         assert other != base, change

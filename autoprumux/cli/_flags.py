@@ -47,6 +47,11 @@ RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
     ("--finetune-steps", int, "most baseline fine-tune steps (it stops on a plateau)"),
     ("--eval-every", int, "baseline steps between validation evaluations"),
     ("--patience", int, "evaluations without a gain that stop the baseline"),
+    (
+        "--plateau-anneal",
+        float,
+        "at the plateau, decay the LR to 0 over this fraction of the steps so far (0: stop)",
+    ),
     ("--mux-warmup-steps", int, "token-retrieval warm-up steps per N"),
     ("--mux-finetune-steps", int, "task fine-tune steps per N > 1"),
     ("--recovery-steps", int, "fine-tune steps after pruning, all stages"),

@@ -99,6 +99,7 @@ def build_baseline(pipe: PruMuxPipeline) -> Path:
             lambda model: validation_metric(pipe, model),
             PlateauStop(r.patience, r.min_delta),
             r.eval_every,
+            anneal=r.plateau_anneal,
             desc="baseline fine-tune",
             device=pipe.device,
         )
@@ -196,7 +197,7 @@ def stage_rule(pipe: PruMuxPipeline) -> StoppingRule:
     and `min_delta`; their step counts are the caps. Without a split they train their caps."""
     r = pipe.recipe
     validate = (lambda model: validation_metric(pipe, model)) if pipe.validation_items else None
-    return StoppingRule(validate, r.eval_every, r.patience, r.min_delta)
+    return StoppingRule(validate, r.eval_every, r.patience, r.min_delta, r.plateau_anneal)
 
 
 def training_record(pipe: PruMuxPipeline) -> dict | None:

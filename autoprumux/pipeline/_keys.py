@@ -30,6 +30,8 @@ def cache_key(pipe: PruMuxPipeline, **extra: object) -> dict:
         "eval_every": r.eval_every,
         "patience": r.patience,
         "min_delta": r.min_delta,
+        # keyed only when the LR anneals at the plateau, so entries stopped there keep their keys
+        **({"plateau_anneal": r.plateau_anneal} if r.plateau_anneal else {}),
         "freeze_word_embeddings": r.freeze_word_embeddings,
         "seed": r.seed,
         # how the loops draw batches and the precision they ran in here (keyed only when not

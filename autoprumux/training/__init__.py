@@ -1,7 +1,7 @@
 """Training: the standard loop (fine-tune, distil, retrieval), the L2L layer-to-layer executor
 and the mux warm-up."""
 
-from autoprumux.training._config import TrainConfig, resolve_autocast
+from autoprumux.training._config import AnnealOnPlateau, TrainConfig, resolve_autocast
 from autoprumux.training._l2l import L2LExecutor
 from autoprumux.training._l2l_memory import DeviceLedger, L2LStats
 from autoprumux.training._late import frozen_targets, shared_layer_names, train_late_frozen
@@ -24,6 +24,7 @@ from autoprumux.training._teacher import TeacherLayers, write_teacher_layers
 from autoprumux.training._warmup import evaluate_retrieval, retrieval_warmup
 
 __all__ = [
+    "AnnealOnPlateau",
     "DeviceLedger",
     "L2LExecutor",
     "L2LStats",

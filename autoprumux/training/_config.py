@@ -173,12 +173,42 @@ def lr_schedule(cfg: TrainConfig) -> Callable[[int], float]:
     return sched
 
 
+class AnnealOnPlateau:
+    """The LR multiplier of a run trained to a plateau: `lr_schedule(cfg)` until `begin(step,
+    length)`, then linear from that step's multiplier to 0 over `length` steps. A plateau at a
+    still-high LR is the noise of large steps; annealing from it settles into the minimum that a
+    schedule decaying over the whole run would have reached, without knowing that length."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.base = lr_schedule(cfg)
+        self.start: int | None = None
+        self.length = 0
+        self.scale = 1.0
+
+    def begin(self, step: int, length: int) -> None:
+        self.start, self.length, self.scale = step, max(1, length), self.base(step)
+
+    @property
+    def end(self) -> int | None:
+        """The step at which the annealed LR reaches 0 (None: not annealing)."""
+        return None if self.start is None else self.start + self.length
+
+    def __call__(self, step: int) -> float:
+        if self.start is None:
+            return self.base(step)
+        return self.scale * max(0.0, 1.0 - (step - self.start) / self.length)
+
+
 def make_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, lr_of: Mapping[str, float] | None = None
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    lr_of: Mapping[str, float] | None = None,
+    schedule: Callable[[int], float] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over `param_groups` (`lr_of`: per-parameter rates) with `lr_schedule`."""
+    """AdamW over `param_groups` (`lr_of`: per-parameter rates) with `schedule` (default
+    `lr_schedule(cfg)`)."""
     opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg, lr_of), lr=cfg.lr)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule or lr_schedule(cfg))
 
 
 def optimizer_step(

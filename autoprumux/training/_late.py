@@ -87,6 +87,7 @@ def train_late_frozen(
     desc: str = "late mux fine-tune",
     device: str | torch.device = "cpu",
     on_step: Callable[[int, float], bool] | None = None,
+    schedule: Callable[[int], float] | None = None,
 ) -> dict[str, float]:
     """Train the adapters of a late-multiplexed model whose encoder is frozen (see the module
     doc) for `cfg.steps` steps; returns summary stats incl. the targets' one-off cost. With
@@ -107,7 +108,9 @@ def train_late_frozen(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
-    opt, sched = make_optimizer(model, cfg, {f"encoder.{n}": shared_lr for n in trainable})
+    opt, sched = make_optimizer(
+        model, cfg, {f"encoder.{n}": shared_lr for n in trainable}, schedule
+    )
     it = infinite_batches(train, cfg.batch_size, seed=cfg.seed, with_index=True)
     bar = progress(cfg.steps, desc)
     meter = LossMeter(bar, cfg.lr)

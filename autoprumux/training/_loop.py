@@ -44,6 +44,7 @@ def train_classifier(
     teacher_logits: torch.Tensor | None = None,
     teacher_layers: TeacherLayers | None = None,
     on_step: Callable[[int, float], bool] | None = None,
+    schedule: Callable[[int], float] | None = None,
 ) -> dict[str, float]:
     """Fine-tune `model` on the task for `cfg.steps` steps.
 
@@ -62,8 +63,9 @@ def train_classifier(
     per-layer states for every item, see `write_teacher_layers`), a layer-distilling step reads
     the teacher's layers from that table instead of running it.
     `on_step(step, running loss)`, called after each step (1-based) of the standard loop, ends
-    training early by returning True (the schedule stays that of `cfg.steps`); stats["steps"]
-    are the steps taken.
+    training early by returning True; `schedule` (step -> LR multiplier, default
+    `lr_schedule(cfg)`: warm-up, then linear decay to `cfg.steps`) may change as it trains
+    (`AnnealOnPlateau`); stats["steps"] are the steps taken.
     """
     if on_step is not None and cfg.trainer != "standard":
         raise ValueError("on_step is called by the standard loop only (trainer 'standard')")
@@ -101,7 +103,7 @@ def train_classifier(
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    opt, sched = make_optimizer(model, cfg)
+    opt, sched = make_optimizer(model, cfg, schedule=schedule)
     use_retrieval = cfg.retrieval_weight > 0 and model.n > 1
     use_hidden = cfg.hidden_distill_weight > 0
     use_layers = cfg.layer_distill_weight > 0

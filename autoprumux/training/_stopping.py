@@ -15,7 +15,7 @@ import torch
 
 from autoprumux.data import Encoded
 from autoprumux.models import MuxSequenceClassifier
-from autoprumux.training._config import TrainConfig
+from autoprumux.training._config import AnnealOnPlateau, TrainConfig
 from autoprumux.training._loop import train_classifier
 
 log = logging.getLogger("autoprumux")
@@ -37,6 +37,8 @@ class PlateauStop:
         self.best_step = 0
         self.last_gain: float | None = None  # the size of the latest improvement (None: the first)
         self.since_best = 0  # evaluations since the best
+        self.plateau_step: int | None = None  # the step at which it first plateaued
+        self.anneal_steps = 0  # the LR's decay after the plateau (`train_until_plateau`)
 
     def update(self, step: int, metric: float, train_loss: float = math.nan) -> bool:
         """Record one evaluation; True when it is the new best (its weights are to be kept)."""
@@ -47,6 +49,8 @@ class PlateauStop:
             self.best_metric, self.best_step, self.since_best = metric, int(step), 0
             return True
         self.since_best += 1
+        if self.plateau_step is None and self.stopped:
+            self.plateau_step = int(step)
         return False
 
     @property
@@ -59,8 +63,10 @@ class PlateauStop:
         evaluation, the latest improvement and the curve."""
         steps = self.curve[-1]["step"] if self.curve else 0
         return {
-            "converged": self.stopped,
+            "converged": self.plateau_step is not None,
             "steps": steps,
+            "plateau_step": self.plateau_step,
+            "anneal_steps": self.anneal_steps,
             "cap": cap,
             "best_step": self.best_step,
             "best_metric": None if not self.curve else self.best_metric,
@@ -80,6 +86,7 @@ def train_until_plateau(
     stop: PlateauStop,
     eval_every: int,
     *,
+    anneal: float = 0.0,
     what: str = "baseline",
     cap_field: str = "finetune_steps",
     train_fn: Callable[..., dict[str, Any]] = train_classifier,
@@ -90,6 +97,9 @@ def train_until_plateau(
     `stop` sees a plateau and the model ends with the weights of its best evaluation. The stats
     add ``stopping`` (`PlateauStop.summary`); `what` and `cap_field` name the run and its cap in
     the log line (`describe_convergence`).
+    With `anneal` > 0 the plateau does not stop it: the LR decays linearly from there to 0 over
+    `anneal` x the steps trained so far (whole evaluation intervals; `AnnealOnPlateau`), still
+    validated, and it stops at the end of that decay (or the cap). `train_fn` takes `schedule`.
     The L2L trainers ("l2l", "auto") train all `cfg.steps` and are validated once at the end:
     the executor's host weights are not settled between steps."""
     if cfg.trainer != "standard":
@@ -97,6 +107,7 @@ def train_until_plateau(
         stop.update(cfg.steps, validate(model), stats.get("final_loss", math.nan))
         return {**stats, "stopping": stop.summary(cfg.steps)}
     best: dict[str, torch.Tensor] | None = None
+    schedule = AnnealOnPlateau(cfg)
 
     def on_step(step: int, loss: float) -> bool:
         nonlocal best
@@ -105,8 +116,17 @@ def train_until_plateau(
         if stop.update(step, validate(model), loss):
             best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         model.train()
+        if schedule.end is not None:
+            return step >= schedule.end
+        if stop.stopped and anneal > 0:
+            intervals = max(1, math.ceil(anneal * step / eval_every))
+            schedule.begin(step, intervals * eval_every)
+            stop.anneal_steps = intervals * eval_every
+            return False
         return stop.stopped
 
+    if anneal > 0:
+        kw["schedule"] = schedule
     stats = train_fn(model, train, cfg, on_step=on_step, **kw)
     if best is not None:
         model.load_state_dict(best)
@@ -127,6 +147,7 @@ class StoppingRule:
     eval_every: int
     patience: int
     min_delta: float = 0.0
+    anneal: float = 0.0
 
     def train(
         self,
@@ -153,7 +174,7 @@ class StoppingRule:
         if why is None and self.validate is not None:
             stop = PlateauStop(self.patience, self.min_delta)
             return train_until_plateau(
-                model, train, cfg, self.validate, stop, self.eval_every,
+                model, train, cfg, self.validate, stop, self.eval_every, anneal=self.anneal,
                 what=what, cap_field=cap_field, train_fn=train_fn, **kw,
             )  # fmt: skip
         stats = train_fn(model, train, cfg, **kw)
@@ -180,6 +201,13 @@ def describe_convergence(
             return f"{what}: trained its cap of {s['cap']} steps unvalidated ({s['unvalidated']})"
         return f"{what}: trained without a validation split (convergence unknown)"
     best = f"{s['best_metric']:.2f} at step {s['best_step']}"
+    if s["converged"] and s.get("anneal_steps"):
+        return (
+            f"{what} converged: validation {metric} plateaued at step {s['plateau_step']} "
+            f"({s['patience']} evaluations without a gain), then the LR decayed to 0 over "
+            f"{s['anneal_steps']} steps; best {best}, stopped at step {s['steps']} of at most "
+            f"{s['cap']}"
+        )
     if s["converged"]:
         return (
             f"{what} converged: validation {metric} plateaued at {best}; stopped at step "

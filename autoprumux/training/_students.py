@@ -204,11 +204,12 @@ def _stack_steps(
     focus: float,
     device: torch.device,
     on_step: Callable[[int, float], bool] | None = None,
+    schedule: Callable[[int], float] | None = None,
 ) -> dict[str, float]:
     """Stacking distillation: all students jointly, every prefix sum on the teacher's logits
     (`stacking_loss`). `on_step(step, running loss)` ends it early by returning True."""
     t0 = time.perf_counter()
-    opt, sched = make_optimizer(ens.students, cfg)
+    opt, sched = make_optimizer(ens.students, cfg, schedule=schedule)
     it = infinite_batches(items, cfg.batch_size, seed=cfg.seed)
     targets = targets.to(device)
     ens.train()
