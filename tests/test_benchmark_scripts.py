@@ -109,9 +109,15 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
     data = json.loads(out.read_text())
     best = data["best_within"]
     assert set(best) == {"0.5", "1", "2", "3", "5"}
-    assert best["0.5"] == {"speedup": 2.0, "loss": 0.4, "config": "s=0.5 N=1 fp32"}
+    assert best["0.5"] == {
+        "speedup": 2.0,
+        "loss": 0.4,
+        "validation_loss": None,
+        "chosen_on": "dev",  # rows measured without a validation split
+        "config": "s=0.5 N=1 fp32",
+    }
     assert best["3"]["config"] == "s=0.5 N=1 int8" and best["3"]["speedup"] == 3.1
-    assert best["5"] == {"speedup": 3.5, "loss": 4.0, "config": "s=0 N=4 k=2 concat fp32"}
+    assert best["5"]["config"] == "s=0 N=4 k=2 concat fp32" and best["5"]["loss"] == 4.0
     refs = data["references"]
     assert refs["int8 of the baseline"]["1"]["speedup"] == 1.5
     assert refs["int8 of the baseline"]["0.5"]["config"] == "baseline"
@@ -125,6 +131,37 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
         "s=0 N=4 k=2 concat fp32",
     ]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_the_frontier_chooses_on_validation_and_reports_dev():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("frontier", BENCH / "frontier.py")
+        assert spec is not None and spec.loader is not None
+        frontier = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(frontier)
+    finally:
+        sys.path.remove(str(BENCH))
+    rows = [  # a lucky dev loss over budget on validation, and the other way round
+        {
+            "target_sparsity": 0.7,
+            "n": 1,
+            "accuracy_loss": 0.3,
+            "validation_loss": 1.5,
+            "speedup": 4,
+        },
+        {
+            "target_sparsity": 0.5,
+            "n": 1,
+            "accuracy_loss": 1.8,
+            "validation_loss": 0.6,
+            "speedup": 2,
+        },
+    ]
+    best = frontier.fastest_within(rows, 1.0)
+    assert (best["config"], best["loss"], best["validation_loss"]) == ("s=0.5 N=1 fp32", 1.8, 0.6)
+    assert best["chosen_on"] == "validation"
+    assert frontier.fastest_within(rows, 2.0)["config"] == "s=0.7 N=1 fp32"
 
 
 def test_the_transfer_benchmark_compares_searches_with_and_without_a_prior(tmp_path):
