@@ -42,9 +42,10 @@ trials are pruned as they would be). Then `recommend()`, the function the CLI an
 model call, answers the budget from the study.
 
 **Validation chooses, dev reports** (as the service does, `autoprumux._selection`): a replayed
-trial's validation loss, which the search and `recommend` choose on, is the noisy replayed loss
-above; its dev loss is the file's measured loss, which the answer is judged by. Without noise the
-two are equal.
+trial's validation loss, which the search and `recommend` choose on, is the row's measured
+validation loss (rows measured on a split carved from train record one; older rows and the
+interpolated grid fall back to the dev loss), plus the noise draw above; its dev loss is the
+file's measured dev loss, which the answer is judged by.
 
 Regret = 1 - (measured speedup of the answer) / (best measured speedup among the mode's
 configurations whose measured dev loss is within the budget, the baseline's 1.00x included); a
@@ -165,6 +166,10 @@ class GridTable:
     def unpruned_loss(self, cfg: Candidate) -> float | None:
         return self.at(0.0, cfg.mux)[0]
 
+    def validation_loss(self, cfg: Candidate) -> float:
+        """The grid records dev losses only: its validation loss is the dev loss."""
+        return self.truth(cfg)[0]
+
     def measured_at(self, cfg: Candidate) -> bool:
         return cfg.is_baseline or any(
             abs(s - cfg.sparsity) < 1e-9 for s, _, _ in self.rows[cfg.mux]
@@ -214,6 +219,7 @@ class MeasuredTable:
                     f"{what}s ({shown}); replay one machine's rows of one recipe"
                 )
         self.points: dict[tuple[ModelKey, str], tuple[float, float]] = {}
+        self.validation: dict[tuple[ModelKey, str], float] = {}
         self.sources: dict[tuple[ModelKey, str], str] = {}
         for path, _, r in rows:
             key = (
@@ -231,6 +237,8 @@ class MeasuredTable:
                     "one measurement per configuration"
                 )
             self.points[key] = (float(r["accuracy_loss"]), float(r["speedup"]))
+            if r.get("validation_loss") is not None:
+                self.validation[key] = float(r["validation_loss"])
             self.sources[key] = path.name
         d0 = docs[0][1]
         self.task = d0["task"]
@@ -251,7 +259,15 @@ class MeasuredTable:
 
     def unpruned_loss(self, cfg: Candidate) -> float | None:
         key = (model_key(0.0, cfg.mux, cfg.mux_layers, cfg.mux_combiner), "fp32")
-        return self.points[key][0] if key in self.points else None
+        if key not in self.points:
+            return None
+        return self.validation.get(key, self.points[key][0])
+
+    def validation_loss(self, cfg: Candidate) -> float:
+        """The row's measured validation loss (what the service chose on), or its dev loss
+        for rows measured without a validation split."""
+        key = self._key(cfg)
+        return self.validation.get(key, self.points[key][0])
 
     def measured_at(self, cfg: Candidate) -> bool:
         return self._key(cfg) in self.points
@@ -457,9 +473,10 @@ class ReplayEvaluator:
         return float(rng.normal(0.0, sd)) if sd > 0 else 0.0
 
     def replayed_loss(self, cfg: Candidate) -> float:
-        """The replayed validation loss: the file's loss plus this seed's draw."""
+        """The replayed validation loss: the file's validation loss (its dev loss where it
+        records none) plus this seed's draw."""
         mk = model_key(cfg.sparsity, cfg.mux, cfg.mux_layers, cfg.mux_combiner)
-        return self.table.truth(cfg)[0] + self.offset(mk)
+        return self.table.validation_loss(cfg) + self.offset(mk)
 
     def evaluate(
         self,

@@ -257,6 +257,25 @@ def test_search_regret_measured_mode_replays_one_machines_points_with_their_spre
     )
 
 
+def test_search_regret_chooses_on_a_rows_measured_validation_loss(monkeypatch, tmp_path):
+    """A row measured on a validation split is replayed at that loss (what the search chooses
+    on) and judged by its dev loss; a row without one falls back to its dev loss."""
+    sr = _search_regret(monkeypatch)
+    doc = json.loads(REGRET_MEASURED.read_text())
+    for r in doc["rows"]:
+        if r["target_sparsity"] == 0.82 and r.get("precision") == "int8":
+            r["validation_loss"] = r["accuracy_loss"] + 2.5
+    path = tmp_path / "with_validation.json"
+    path.write_text(json.dumps(doc))
+    table = sr.MeasuredTable([path])
+    s82, s70 = sr.Candidate(sparsity=0.82, precision="int8"), sr.Candidate(sparsity=0.7)
+    assert table.validation_loss(s82) == pytest.approx(table.truth(s82)[0] + 2.5)
+    assert table.validation_loss(s70) == table.truth(s70)[0]
+    got = sr.ReplayEvaluator(table, 872, 8000, 2, None, 0).evaluate(s82)
+    assert got.validation_loss == pytest.approx(table.truth(s82)[0] + 2.5)
+    assert got.accuracy_loss == pytest.approx(table.truth(s82)[0])
+
+
 def test_search_regret_runs_both_modes_side_by_side(tmp_path):
     """benchmarks/search_regret.py end to end on a tiny run: the interpolated mode (fp32, 60
     configurations, no noise) and the measured mode (12 measured ones with int8, noisy), real
