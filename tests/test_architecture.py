@@ -4,6 +4,7 @@ over 600 lines. Read from the source (every import statement, also those inside 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,48 @@ def test_no_import_circles():
 def test_no_module_is_over_the_limit():
     long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+# ---- the documents name what exists ------------------------------------------------------------
+REPO = ROOT.parent
+_DOC_FILES = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md", REPO / "BENCHMARKS.md"]
+_FILE_REF = re.compile(r"[`(\s\[]([A-Za-z0-9_./-]+\.(?:py|sh|yaml|ipynb|json))\b")
+# where a path in a document may be relative to (a bare module name sits under a package the
+# sentence names: it must exist in one of these trees)
+_DOC_BASES = ("", "autoprumux", "benchmarks", "tests")
+_DOC_TREES = ("autoprumux", "benchmarks", "search_spaces", "tests", "notebooks")
+
+
+def referenced_files(text: str) -> set[str]:
+    """The file paths a document names (module paths, scripts, spaces, and the JSON results
+    under benchmarks/results; other JSON names are files a run writes)."""
+    refs = {m.group(1).removeprefix("./") for m in _FILE_REF.finditer(text)}
+    return {r for r in refs if not r.endswith(".json") or r.startswith("benchmarks/results/")}
+
+
+def missing_files(text: str) -> list[str]:
+    names = {p.name for t in _DOC_TREES for p in (REPO / t).rglob("*") if p.is_file()}
+    out = []
+    for ref in sorted(referenced_files(text)):
+        if "/" not in ref:
+            found = ref in names
+        else:
+            found = any((REPO / base / ref).exists() for base in _DOC_BASES)
+        if not found and "<" not in ref and "*" not in ref:
+            out.append(ref)
+    return out
+
+
+@pytest.mark.parametrize("doc", _DOC_FILES, ids=lambda p: p.name)
+def test_every_file_a_document_names_exists(doc):
+    assert missing_files(doc.read_text()) == [], f"{doc.name} names files that do not exist"
+
+
+def test_a_renamed_module_is_caught():
+    assert missing_files("see `pipeline/_baseline.py` and `training/_stopping.py`") == []
+    named = "see `pipeline.py`, `training/_gone.py` and (benchmarks/results/gone.json)"
+    assert missing_files(named) == [
+        "benchmarks/results/gone.json",
+        "pipeline.py",
+        "training/_gone.py",
+    ]
