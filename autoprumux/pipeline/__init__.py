@@ -12,7 +12,8 @@ same process on the same device, so speedup is a ratio from one run. Academus st
 (`_students`) are built from the same baseline and measured the same way.
 """
 
+from autoprumux.pipeline._baseline import validation_loss
 from autoprumux.pipeline._mux import WARMUP_LOG, last_stage
 from autoprumux.pipeline._pipeline import DEV_PAIRINGS, PruMuxPipeline
 
-__all__ = ["DEV_PAIRINGS", "WARMUP_LOG", "PruMuxPipeline", "last_stage"]
+__all__ = ["DEV_PAIRINGS", "WARMUP_LOG", "PruMuxPipeline", "last_stage", "validation_loss"]

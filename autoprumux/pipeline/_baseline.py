@@ -171,6 +171,22 @@ def validation_metrics(pipe: PruMuxPipeline, model: AnyModel, pairings: int) -> 
     )
 
 
+def baseline_validation_metrics(pipe: PruMuxPipeline, pairings: int) -> dict[str, float]:
+    """The baseline's metrics on the validation split (scored once per pipeline)."""
+    if pipe._baseline_validation is None:
+        pipe._baseline_validation = validation_metrics(pipe, pipe.baseline(), pairings)
+    return pipe._baseline_validation
+
+
+def validation_loss(pipe: PruMuxPipeline, model: AnyModel, pairings: int) -> float | None:
+    """The baseline's validation metric minus `model`'s, in points, scored as `validated` scores
+    them (what chooses); None without a validation split (then the dev loss chooses)."""
+    if not pipe.validation_items:
+        return None
+    base = baseline_validation_metrics(pipe, pairings)["metric"]
+    return base - validation_metrics(pipe, model, pairings)["metric"]
+
+
 def validated(
     pipe: PruMuxPipeline, baseline: Measured, candidate: Measured, model: AnyModel, pairings: int
 ) -> tuple[Measured, Measured, DevNoise | None]:
@@ -179,9 +195,7 @@ def validated(
     accuracy; unchanged, and no noise, without a validation split."""
     if not pipe.validation_items:
         return baseline, candidate, None
-    if pipe._baseline_validation is None:
-        pipe._baseline_validation = validation_metrics(pipe, pipe.baseline(), pairings)
-    base_v = pipe._baseline_validation
+    base_v = baseline_validation_metrics(pipe, pairings)
     cand_v = validation_metrics(pipe, model, pairings)
     noise = dev_noise((e.label for e in pipe.validation_items), base_v["accuracy"], "validation")
 
