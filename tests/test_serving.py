@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import GLUE_DIR, tiny_encoder
 
+from autoprumux._selection import DEV_CHOSEN
 from autoprumux.config import Candidate
 from autoprumux.errors import ConfigError
 from autoprumux.models import (
@@ -680,7 +681,11 @@ def served_students(tiny_checkpoint: str, tmp_path, *extra: str) -> Iterator[tup
 
 def test_serve_students_serves_until_interrupted(tiny_checkpoint, tmp_path):
     with served_students(tiny_checkpoint, tmp_path) as (port, printed):
-        assert re.search(r"^k=2\s+[\d.]+\s+-?[\d.]+(\s+\(not used.*\))?$", printed, re.M), printed
+        # examples/second, the validation loss (what chose; "-" without a split), the dev loss
+        row = r"^k=2\s+[\d.]+\s+(-|-?[\d.]+)\s+-?[\d.]+(\s+\(not used.*\))?$"
+        assert re.search(row, printed, re.M), printed
+        assert "val loss" in printed and "dev loss" in printed
+        assert "chosen on the validation loss" in printed or DEV_CHOSEN in printed, printed
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         status, out, _ = request(conn, "POST", "/predict", b'{"texts": ["fine", "awful"]}', JSON)
         assert status == 200 and len(out["labels"]) == 2 and out["active_students"] in (1, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import re
 import time
 
@@ -272,3 +273,177 @@ def test_serve_students_serves_a_multiplexed_model_beside_the_students(tiny_chec
         assert out["configuration"] == health["serving"] and out["configuration"] in served
         assert len(out["configurations"]) == 2
         conn.close()
+
+
+# ---- validation chooses, dev reports ----------------------------------------------------------
+def test_the_order_and_the_budget_read_the_validation_loss_and_report_dev():
+    # on dev, "a" is the more accurate and faster: "b" would be dropped; on validation "b" leads
+    a = OperatingPoint(1, 100.0, accuracy_loss=0.1, validation_loss=2.0)
+    b = OperatingPoint(None, 50.0, accuracy_loss=1.0, config=MUX, validation_loss=0.5)
+    assert a.chosen_on == b.chosen_on == "validation" and a.selection_loss == 2.0
+    assert [p.key for p in operating_points({1: a, MUX: b})] == [MUX, 1]
+    assert [p.key for p in operating_points({1: (0.1, 100.0), MUX: (1.0, 50.0)})] == [1]
+    # "a" is within a budget of 1 on dev, not on validation: it is not served
+    assert list(within_budget({1: a, MUX: b}, 1.0)) == [MUX]
+    with pytest.raises(ConfigError, match=r"most accurate, N=2 k=1 concat, loses 0\.50 on valid"):
+        within_budget({1: a, MUX: b}, 0.4)
+    d = a.to_dict()
+    assert (d["accuracy_loss"], d["validation_loss"], d["chosen_on"]) == (0.1, 2.0, "validation")
+    pol = AdaptivePolicy({1: a, MUX: b})
+    assert pol.describe()["chosen_on"] == "validation"
+    assert [p["validation_loss"] for p in pol.describe()["operating_points"]] == [0.5, 2.0]
+    assert FixedPolicy(1, points={1: a}).describe()["chosen_on"] == "validation"
+
+
+def test_the_printed_table_shows_both_losses_and_which_chose():
+    from autoprumux._selection import DEV_CHOSEN
+    from autoprumux.cli._serve import points_table
+    from autoprumux.student_server import PointLosses
+
+    a = OperatingPoint(1, 100.0, accuracy_loss=0.1, validation_loss=2.0)
+    b = OperatingPoint(None, 50.0, accuracy_loss=1.0, config=MUX, validation_loss=0.5)
+    text = points_table({1: a, MUX: b}, [MUX], [MUX], 8)
+    assert "val loss" in text and "dev loss" in text
+    assert re.search(
+        r"^k=1\s+100\.0\s+2\.00\s+0\.10\s+\(over the budget on validation\)$", text, re.M
+    )
+    assert re.search(r"^N=2 k=1 concat\s+50\.0\s+0\.50\s+1\.00$", text, re.M), text
+    assert "chosen on the validation loss" in text and DEV_CHOSEN not in text
+    # without a split: dev chose, and the table says so
+    dev = {1: OperatingPoint(1, 100.0, 0.3), 2: OperatingPoint(2, 50.0, 0.1)}
+    assert {p.chosen_on for p in dev.values()} == {"dev"}
+    text = points_table(dev, dev, [2, 1], 8)
+    assert re.search(r"^k=1\s+100\.0\s+-\s+0\.30$", text, re.M) and DEV_CHOSEN in text
+    # predicted by the meta-model: chosen on as predicted, and said so
+    p = PointLosses.predicted(0.7)
+    pred = OperatingPoint(1, 10.0, p.accuracy_loss, chosen_on=p.chosen_on)
+    assert pred.chosen_on == "meta-model" and pred.selection_loss == 0.7
+    assert list(within_budget({1: pred}, 0.7)) == [1]
+    text = points_table({1: pred}, [1], [1], 8)
+    assert "pred loss" in text and "meta-model's predicted losses" in text
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"validation_loss": 1.0}, "needs the dev loss"),
+        ({"accuracy_loss": 1.0, "chosen_on": "validation"}, "chosen on exactly when given"),
+        ({"accuracy_loss": 1.0, "validation_loss": 1.0, "chosen_on": "dev"}, "exactly when"),
+        ({"accuracy_loss": 1.0, "chosen_on": "train"}, "must be one of"),
+        ({"accuracy_loss": 1.0, "validation_loss": math.nan}, "validation loss"),
+    ],
+)
+def test_bad_chosen_on(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        OperatingPoint(1, 10.0, **kw)
+
+
+def test_points_chosen_on_different_losses_are_refused():
+    mixed = {1: OperatingPoint(1, 10.0, 0.5, validation_loss=0.4), 2: OperatingPoint(2, 5.0, 0.1)}
+    with pytest.raises(ConfigError, match=r"chosen on \['dev', 'validation'\]"):
+        operating_points(mixed)
+    with pytest.raises(ConfigError, match="chosen on"):
+        within_budget(mixed, 1.0)
+
+
+def _scattered_students(pipe, k: int = 2):
+    from autoprumux.models import StudentConfig, StudentEnsemble
+
+    ens = StudentEnsemble.from_teacher(pipe.baseline(), StudentConfig(k=k, depth=1))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in ens.students.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    return ens.eval()
+
+
+def _metric(pipe, model, items) -> float:
+    from autoprumux.evaluation import paired_dev_metrics
+    from autoprumux.pipeline import DEV_PAIRINGS
+
+    return paired_dev_metrics(
+        model,
+        items,
+        pipe.task.metric,
+        pairings=DEV_PAIRINGS,
+        device="cpu",
+        pos_label=pipe.task.positive,
+    )["metric"]
+
+
+def test_measured_losses_are_on_validation_and_dev_and_the_budget_reads_validation(
+    tmp_path, tiny_checkpoint
+):
+    from test_validation_choice import pipeline
+
+    from autoprumux.student_server import model_accuracy_losses, student_accuracy_losses
+
+    pipe = pipeline(tmp_path, tiny_checkpoint)
+    assert pipe.validation_items
+    ens = _scattered_students(pipe)
+    losses = {
+        **student_accuracy_losses(pipe, ens),
+        **model_accuracy_losses(pipe, {"b": pipe.baseline()}),
+    }
+    assert ens.active_students == 2  # restored
+    base = pipe.baseline()
+    for k in (1, 2):
+        ens.active_students = k
+        want_val = _metric(pipe, base, pipe.validation_items) - _metric(
+            pipe, ens, pipe.validation_items
+        )
+        want_dev = _metric(pipe, base, pipe.dev_items) - _metric(pipe, ens, pipe.dev_items)
+        assert losses[k].validation_loss == pytest.approx(want_val)
+        assert losses[k].accuracy_loss == pytest.approx(want_dev)
+    assert losses["b"].validation_loss == 0.0 and losses["b"].accuracy_loss == 0.0
+    texts = [e.text_a for e in pipe.data.dev[:8]]
+    pts = profile_operating_points(
+        ens,
+        pipe.tokenizer,
+        texts,
+        models={"b": base},
+        max_batch=4,
+        max_seq_len=16,
+        repeats=1,
+        warmup=1,
+        accuracy_loss=losses,
+    )
+    assert {p.chosen_on for p in pts.values()} == {"validation"}
+    assert pts[1].validation_loss == losses[1].validation_loss
+    assert pts[1].accuracy_loss == losses[1].accuracy_loss
+    # every budget keeps exactly the points whose validation loss is within it
+    val = {key: p.validation_loss for key, p in pts.items()}
+    for budget in sorted({max(0.0, v) for v in val.values() if v is not None}):
+        want = {key for key, v in val.items() if v is not None and v <= budget}
+        assert set(within_budget(pts, budget)) == want
+
+
+def test_without_a_split_the_measured_losses_are_on_dev_and_say_so(tmp_path, tiny_checkpoint):
+    from test_validation_choice import pipeline
+
+    from autoprumux._selection import DEV_CHOSEN
+    from autoprumux.cli._serve import points_table
+    from autoprumux.student_server import student_accuracy_losses
+
+    pipe = pipeline(tmp_path, tiny_checkpoint, validation_examples=0)
+    assert not pipe.validation_items
+    ens = _scattered_students(pipe)
+    losses = student_accuracy_losses(pipe, ens)
+    base = pipe.baseline()
+    ens.active_students = 1
+    want = _metric(pipe, base, pipe.dev_items) - _metric(pipe, ens, pipe.dev_items)
+    assert losses[1].validation_loss is None and losses[1].accuracy_loss == pytest.approx(want)
+    texts = [e.text_a for e in pipe.data.dev[:8]]
+    pts = profile_operating_points(
+        ens,
+        pipe.tokenizer,
+        texts,
+        max_batch=4,
+        max_seq_len=16,
+        repeats=1,
+        warmup=1,
+        accuracy_loss=losses,
+    )
+    assert {p.chosen_on for p in pts.values()} == {"dev"}
+    assert pts[1].to_dict()["chosen_on"] == "dev" and pts[1].selection_loss == pts[1].accuracy_loss
+    assert DEV_CHOSEN in points_table(pts, pts, list(pts), 4)

@@ -443,15 +443,17 @@ def add_serving_group(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--skip-dev-eval",
         action="store_true",
-        help="do not measure each k's dev accuracy at start-up (more students = more accurate)",
+        help="do not measure each k's accuracy at start-up (more students = more accurate)",
     )
     s.add_argument(
         "--accuracy-from",
         choices=["dev", "meta", "none"],
         default=None,
-        help="each k's accuracy loss in the policy table: measured on dev at start-up ('dev', "
-        "the default), the meta-model's pessimistic prediction from the study in --storage "
-        "('meta'), or none ('none', as --skip-dev-eval)",
+        help="each k's accuracy loss in the policy table: measured at start-up ('dev', the "
+        "default: on the validation split, which orders the table and holds --budget, and on "
+        "dev, reported beside it; on dev alone without a split), the meta-model's pessimistic "
+        "prediction from the study in --storage ('meta', chosen on as predicted), or none "
+        "('none', as --skip-dev-eval)",
     )
     s.add_argument(
         "--also",
@@ -469,7 +471,8 @@ def add_serving_group(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="POINTS",
-        help="serve only points that lose at most this many accuracy points (needs their "
+        help="serve only points that lose at most this many accuracy points on the validation "
+        "split (on dev without one, as predicted with --accuracy-from meta; needs their "
         "accuracy: --accuracy-from dev or meta)",
     )
     add_storage(s, help_text="with --accuracy-from meta: Optuna storage of the study")

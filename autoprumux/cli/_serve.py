@@ -9,9 +9,15 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoprumux.cli._checks import _check_port, _warn_non_loopback
 from autoprumux.cli._flags import _pipeline, _recipe, parse_config
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Mapping
+
+    from autoprumux.student_server import OperatingPoint, PointKey
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -55,7 +61,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     from autoprumux.student_server import (
         AdaptivePolicy,
         FixedPolicy,
-        PointKey,
+        PointLosses,
         PolicyConfig,
         ServingConfig,
         ServingPolicy,
@@ -110,11 +116,13 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
         pipe.check(c)
     ens = pipe.students(cfg.k, cfg.depth)
     models = {name: pipe.deployable(c) for name, c in also.items()}
-    losses: dict[PointKey, float] | None = None
+    # measured: the validation loss chooses (order, budget), the dev loss reports; predicted:
+    # the meta-model's loss chooses as it is
+    losses: dict[PointKey, float | PointLosses] | None = None
     if source == "meta":
         from autoprumux.meta import build_recommender
 
-        losses = meta_accuracy_losses(
+        predicted = meta_accuracy_losses(
             build_recommender(args.storage),
             k=cfg.k,
             depth=cfg.depth,
@@ -122,6 +130,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
             configs=also,
             device=args.device,
         )
+        losses = {key: PointLosses.predicted(v) for key, v in predicted.items()}
     elif source == "dev":
         losses = {**student_accuracy_losses(pipe, ens), **model_accuracy_losses(pipe, models)}
     texts = [
@@ -140,7 +149,8 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     points = profiled if args.budget is None else within_budget(profiled, args.budget)
     if args.budget is not None and args.fixed_k is not None and args.fixed_k not in points:
         raise ConfigError(
-            f"--fixed-k {args.fixed_k} loses more than the budget of {args.budget:g} points; "
+            f"--fixed-k {args.fixed_k} loses more than the budget of {args.budget:g} points on "
+            f"{profiled[args.fixed_k].chosen_on}; "
             f"choose one of {[k for k in points if isinstance(k, int)]} or raise --budget"
         )
     policy: ServingPolicy = (
@@ -160,20 +170,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
         info={"task": pipe.task.name, "model": pipe.base.model_id},
         label_names=pipe.task.label_names,
     ).start()
-    width = max(len(p.name) for p in profiled.values()) + 2
-    print(
-        f"{'point':<{width}}{'ex/s':>10}{'acc loss':>10}   (profiled at batch {serving.max_batch})"
-    )
-    for key, p in profiled.items():
-        loss = "-" if p.accuracy_loss is None else f"{p.accuracy_loss:.2f}"
-        note = (
-            ""
-            if key in policy.keys
-            else "   (over the budget)"
-            if key not in points
-            else "   (not used: another point is faster and as accurate)"
-        )
-        print(f"{p.name:<{width}}{p.examples_per_second:>10.1f}{loss:>10}{note}")
+    print(points_table(profiled, points, policy.keys, serving.max_batch))
     mode = (
         f"fixed k={args.fixed_k}"
         if args.fixed_k is not None
@@ -196,6 +193,40 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return 0
+
+
+def points_table(
+    profiled: Mapping[PointKey, OperatingPoint],
+    kept: Collection[PointKey],
+    used: Collection[PointKey],
+    max_batch: int,
+) -> str:
+    """The operating-point table serve-students prints: each point's examples/second, its
+    validation loss (what chose) and dev loss (reported) or its predicted loss, and why it is
+    not used (over the budget: not in `kept`; dominated: not in `used`); then a line saying
+    which loss chose."""
+    from autoprumux.student_server import PREDICTED, chosen_line, table_chosen_on
+
+    on = table_chosen_on(profiled)
+    last = "pred loss" if on == PREDICTED else "dev loss"
+    width = max(len(p.name) for p in profiled.values()) + 2
+    lines = [
+        f"{'point':<{width}}{'ex/s':>10}{'val loss':>10}{last:>10}   "
+        f"(profiled at batch {max_batch})"
+    ]
+    for key, p in profiled.items():
+        val = "-" if p.validation_loss is None else f"{p.validation_loss:.2f}"
+        loss = "-" if p.accuracy_loss is None else f"{p.accuracy_loss:.2f}"
+        note = (
+            ""
+            if key in used
+            else f"   (over the budget on {on})"
+            if key not in kept
+            else "   (not used: another point is faster and as accurate)"
+        )
+        lines.append(f"{p.name:<{width}}{p.examples_per_second:>10.1f}{val:>10}{loss:>10}{note}")
+    chosen = chosen_line(on)
+    return "\n".join([*lines, *([chosen] if chosen else [])])
 
 
 def _exec(cmd: list[str], env: dict[str, str]) -> int:

@@ -4,7 +4,8 @@ A loopback HTTP endpoint (`StudentServer`) classifies texts through a dynamic ba
 (`DynamicBatcher`); a policy (`AdaptivePolicy`, or `FixedPolicy` for comparison) picks what
 serves each batch from a table of operating points (predicted throughput and accuracy loss of
 each prefix of k students and of each loaded model, e.g. a multiplexed configuration of the
-same task), stepping down the table when the queue's delay exceeds the latency objective
+same task; ordered and held to a budget on the validation loss, the dev loss reported beside it),
+stepping down the table when the queue's delay exceeds the latency objective
 (fewer students, then more inputs per pass) and back up when the load falls. Every answer says
 which configuration served it. `run_load` replays a bounded steady/burst schedule against a
 loopback server.
@@ -23,19 +24,24 @@ from autoprumux.student_server._loadgen import (
     run_load,
 )
 from autoprumux.student_server._policy import (
+    PREDICTED,
     AdaptivePolicy,
     FixedPolicy,
     Observation,
     OperatingPoint,
     PointChange,
     PointKey,
+    PointLosses,
     PolicyConfig,
     ServingPolicy,
+    chosen_line,
     operating_points,
     point_name,
+    table_chosen_on,
     within_budget,
 )
 from autoprumux.student_server._profile import (
+    measured_losses,
     meta_accuracy_losses,
     model_accuracy_losses,
     profile_operating_points,
@@ -50,8 +56,10 @@ __all__ = [
     "LoadSchedule",
     "Observation",
     "OperatingPoint",
+    "PREDICTED",
     "PointChange",
     "PointKey",
+    "PointLosses",
     "Phase",
     "PhaseReport",
     "PolicyConfig",
@@ -63,13 +71,16 @@ __all__ = [
     "Text",
     "burst_schedule",
     "check_loopback",
+    "chosen_line",
     "operating_points",
     "parse_predict_request",
     "point_name",
+    "measured_losses",
     "meta_accuracy_losses",
     "model_accuracy_losses",
     "profile_operating_points",
     "run_load",
     "student_accuracy_losses",
+    "table_chosen_on",
     "within_budget",
 ]

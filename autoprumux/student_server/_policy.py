@@ -1,9 +1,12 @@
 """Which model serves: a pure policy over a table of operating points.
 
 An operating point is one way to serve the task with its predicted examples/second (at the
-server's max batch) and predicted accuracy loss (points below the baseline): the first k
+server's max batch) and accuracy loss (points below the baseline): the first k
 students of an ensemble (its key is the int k), or a whole configuration such as a multiplexed
-model (its key is the configuration's name, e.g. "s=0.5 N=2 k=3 concat int8"). The adaptive
+model (its key is the configuration's name, e.g. "s=0.5 N=2 k=3 concat int8"). Measured losses
+come in two (`autoprumux._selection`): the validation loss chooses (the table's order, the
+budget), the dev loss reports; without a validation split the dev loss chooses and says so, and
+a meta-model's predicted loss is chosen on as it is (`chosen_on` names which). The adaptive
 policy watches the queue and estimates the queueing delay a request arriving now would see at
 the current point, `queue / (rate - arrival rate)`. When that exceeds the latency objective it
 steps down at once to the most accurate point that drains the queue within the objective (the
@@ -27,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from autoprumux._selection import DEV, DEV_CHOSEN, VALIDATION, chosen_on
 from autoprumux.errors import ConfigError
 
 MAX_CHANGES_KEPT = 1000  # recent changes kept for reports; `change_count` counts them all
@@ -34,16 +38,54 @@ MAX_CHANGES_KEPT = 1000  # recent changes kept for reports; `change_count` count
 PointKey = int | str
 """A point's key: k (the first k students of the ensemble) or a configuration's name."""
 
+PREDICTED = "meta-model"
+"""`chosen_on` of a meta-model's predicted loss: no split measured it, the prediction chooses."""
+CHOSEN_ON = (VALIDATION, DEV, PREDICTED)
+
+
+def chosen_line(on: str | None) -> str | None:
+    """The line an output prints about which loss chose the points (None: no losses)."""
+    if on is None:
+        return None
+    if on == VALIDATION:
+        return "chosen on the validation loss (val loss); the dev loss (dev loss) reports"
+    if on == DEV:
+        return DEV_CHOSEN
+    return "chosen on the meta-model's predicted losses (pessimistic); none measured here"
+
+
+@dataclass(frozen=True)
+class PointLosses:
+    """A point's accuracy losses (points below the baseline): `accuracy_loss` on dev (reports)
+    and `validation_loss` on the validation split (chooses; None without a split, then dev
+    chooses), or with `chosen_on` "meta-model" the meta-model's prediction (chooses)."""
+
+    accuracy_loss: float
+    validation_loss: float | None = None
+    chosen_on: str | None = None
+
+    @classmethod
+    def predicted(cls, loss: float) -> PointLosses:
+        """A meta-model's predicted loss: chosen on as it is (no split measured it)."""
+        return cls(float(loss), None, PREDICTED)
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """One way to serve, its predicted examples/second and accuracy loss (points): the first
-    `k` students of the ensemble, or the whole configuration named `config` (exactly one)."""
+    """One way to serve, its predicted examples/second and accuracy losses (points): the first
+    `k` students of the ensemble, or the whole configuration named `config` (exactly one).
+
+    accuracy_loss: on dev (reported), or the meta-model's prediction (`chosen_on` "meta-model").
+    validation_loss: on the validation split, what chooses (None: no split, dev chooses).
+    chosen_on: "validation", "dev" or "meta-model" (left None: validation when its loss is
+    given, else dev; None without losses)."""
 
     k: int | None
     examples_per_second: float
     accuracy_loss: float | None = None
     config: str | None = None
+    validation_loss: float | None = None
+    chosen_on: str | None = None
 
     def __post_init__(self) -> None:
         if self.config is None:
@@ -64,13 +106,41 @@ class OperatingPoint:
             lambda v: v > 0,
             "a positive number",
         )
-        if self.accuracy_loss is not None:
-            _number(
-                f"operating point {self.name}: accuracy loss",
-                self.accuracy_loss,
-                lambda v: True,
-                "a finite number of points or None",
+        for what, loss in (("accuracy", self.accuracy_loss), ("validation", self.validation_loss)):
+            if loss is not None:
+                _number(
+                    f"operating point {self.name}: {what} loss",
+                    loss,
+                    lambda v: True,
+                    "a finite number of points or None",
+                )
+        self._check_chosen_on()
+
+    def _check_chosen_on(self) -> None:
+        if self.accuracy_loss is None:
+            if self.validation_loss is not None or self.chosen_on is not None:
+                raise ConfigError(
+                    f"operating point {self.name}: a validation loss or chosen_on needs the dev "
+                    "loss (accuracy_loss) beside it"
+                )
+            return
+        if self.chosen_on is None:
+            object.__setattr__(self, "chosen_on", chosen_on(self.validation_loss))
+        if self.chosen_on not in CHOSEN_ON:
+            raise ConfigError(
+                f"operating point {self.name}: chosen_on ({self.chosen_on!r}) must be one of "
+                f"{list(CHOSEN_ON)}"
             )
+        if (self.chosen_on == VALIDATION) != (self.validation_loss is not None):
+            raise ConfigError(
+                f"operating point {self.name}: chosen on {self.chosen_on} with validation loss "
+                f"{self.validation_loss!r}; a validation loss is chosen on exactly when given"
+            )
+
+    @property
+    def selection_loss(self) -> float | None:
+        """The loss that chooses: the validation loss, else the dev (or predicted) loss."""
+        return self.validation_loss if self.chosen_on == VALIDATION else self.accuracy_loss
 
     @property
     def key(self) -> PointKey:
@@ -89,6 +159,8 @@ class OperatingPoint:
             "config": self.config,
             "examples_per_second": self.examples_per_second,
             "accuracy_loss": self.accuracy_loss,
+            "validation_loss": self.validation_loss,
+            "chosen_on": self.chosen_on,
         }
 
 
@@ -98,19 +170,37 @@ def point_name(key: PointKey) -> str:
 
 
 PointTable = Mapping[PointKey, "OperatingPoint | tuple[float | None, float]"]
-"""{key: OperatingPoint} or {key: (predicted accuracy loss in points or None, examples/second)};
-an int key is a student count k, a str key a configuration's name."""
+"""{key: OperatingPoint} or {key: (dev accuracy loss in points or None, examples/second)}; an
+int key is a student count k, a str key a configuration's name."""
+
+
+def table_chosen_on(points: PointTable) -> str | None:
+    """What the table's losses are chosen on ("validation", "dev", "meta-model"; None without
+    losses); points chosen on different losses are refused."""
+    return _chosen_on(_as_points(points))
+
+
+def _chosen_on(points: list[OperatingPoint]) -> str | None:
+    ons = {p.chosen_on for p in points if p.chosen_on is not None}
+    if len(ons) > 1:
+        raise ConfigError(
+            f"the operating points' losses are chosen on {sorted(ons)}; measure or predict every "
+            "point's loss the same way"
+        )
+    return ons.pop() if ons else None
 
 
 def operating_points(table: PointTable) -> tuple[OperatingPoint, ...]:
     """The table as operating points, most accurate first, dominated points removed.
 
-    Order: lower predicted accuracy loss first; without losses (all None, students only) more
+    Order: lower loss first, on the loss that chooses (`OperatingPoint.selection_loss`: the
+    validation loss, else dev or the prediction); without losses (all None, students only) more
     students first (every prefix of the boosted sum is a model, and more students fit the
     teacher better). A point that another beats on both accuracy and throughput is never worth
     choosing and is dropped, so along the result accuracy falls and throughput rises."""
     points = _as_points(table)
-    known = [p.accuracy_loss is not None for p in points]
+    _chosen_on(points)
+    known = [p.selection_loss is not None for p in points]
     if not all(known):
         if any(known):
             missing = [p.name for p in points if p.accuracy_loss is None]
@@ -126,7 +216,7 @@ def operating_points(table: PointTable) -> tuple[OperatingPoint, ...]:
             )
 
     if all(known):
-        ordered = sorted(points, key=lambda p: (p.accuracy_loss, -p.examples_per_second))
+        ordered = sorted(points, key=lambda p: (p.selection_loss, -p.examples_per_second))
     else:
         ordered = sorted(points, key=lambda p: -(p.k or 0))
     kept: list[OperatingPoint] = []
@@ -161,20 +251,24 @@ def _as_points(table: PointTable) -> list[OperatingPoint]:
 
 
 def within_budget(points: PointTable, budget: float) -> dict[PointKey, OperatingPoint]:
-    """The points whose accuracy loss is at most `budget` points (every loss must be known)."""
+    """The points whose loss that chooses (`OperatingPoint.selection_loss`: the validation
+    loss, else dev or the prediction) is at most `budget` points; every loss must be known. A
+    point within the budget on dev but not on validation is left out."""
     _number("accuracy budget", budget, lambda v: v >= 0, "a number of points >= 0")
-    table = {p.key: p for p in _as_points(points)}
-    unknown = [p.name for p in table.values() if p.accuracy_loss is None]
+    listed = _as_points(points)
+    on = _chosen_on(listed)
+    table = {p.key: p for p in listed}
+    unknown = [p.name for p in table.values() if p.selection_loss is None]
     if unknown:
         raise ConfigError(
             f"an accuracy budget needs every point's accuracy loss; {', '.join(unknown)} has none"
         )
-    kept = {key: p for key, p in table.items() if (p.accuracy_loss or 0.0) <= budget}
+    kept = {key: p for key, p in table.items() if (p.selection_loss or 0.0) <= budget}
     if not kept:
-        best = min(table.values(), key=lambda p: p.accuracy_loss or 0.0)
+        best = min(table.values(), key=lambda p: p.selection_loss or 0.0)
         raise ConfigError(
             f"no operating point is within the budget of {budget:g} points (the most accurate, "
-            f"{best.name}, loses {best.accuracy_loss:.2f}); raise the budget"
+            f"{best.name}, loses {best.selection_loss:.2f} on {on}); raise the budget"
         )
     return kept
 
@@ -261,6 +355,7 @@ class FixedPolicy:
         return {
             "mode": self.mode,
             "serving": self._key,
+            "chosen_on": _chosen_on(list(self._points)),
             "operating_points": [p.to_dict() for p in self._points],
         }
 
@@ -397,6 +492,7 @@ class AdaptivePolicy:
             "serving": self.current,
             **asdict(self.config),
             "rate_scale": self._scale,
+            "chosen_on": _chosen_on(list(self.points)),
             "operating_points": [p.to_dict() for p in self.points],
         }
 

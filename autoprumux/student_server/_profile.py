@@ -3,9 +3,10 @@
 Throughput per point (k = 1..K students, and each served model such as a multiplexed
 configuration) is timed for the server's whole batch step (tokenise + one model call) at its max
 batch, on real texts, all points side by side (`time_interleaved`), so the table reflects the
-machine the server runs on. Accuracy loss per point, when wanted, comes from the dev set
-(`student_accuracy_losses`, `model_accuracy_losses`) or from the meta-model's predictions
-(`meta_accuracy_losses`).
+machine the server runs on. Accuracy losses per point, when wanted, are measured
+(`student_accuracy_losses`, `model_accuracy_losses`: on the validation split, which chooses, and
+on dev, which reports; on dev alone without a split, which then chooses) or predicted by the
+meta-model (`meta_accuracy_losses`, chosen on as they are: `PointLosses.predicted`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig, time_interleaved
 from autoprumux.models import AnyModel, StudentEnsemble
 from autoprumux.student_server._batcher import Text, tokenize
-from autoprumux.student_server._policy import OperatingPoint, PointKey, point_name
+from autoprumux.student_server._policy import OperatingPoint, PointKey, PointLosses, point_name
 
 if TYPE_CHECKING:
     from autoprumux.config import Candidate
@@ -39,11 +40,11 @@ def profile_operating_points(
     device: str = "cpu",
     repeats: int = 5,
     warmup: int = 2,
-    accuracy_loss: Mapping[PointKey, float] | None = None,
+    accuracy_loss: Mapping[PointKey, float | PointLosses] | None = None,
 ) -> dict[PointKey, OperatingPoint]:
     """{key: OperatingPoint} for k = 1..K students and each named model: examples/second of a
-    full batch of `texts` (cycled to `max_batch`), with `accuracy_loss[key]` (points) when
-    given."""
+    full batch of `texts` (cycled to `max_batch`), with `accuracy_loss[key]` when given: its
+    `PointLosses` (dev and validation losses, or a prediction), or a plain dev loss (points)."""
     if not texts:
         raise ConfigError("profiling needs at least one text")
     models = dict(models or {})
@@ -81,41 +82,56 @@ def profile_operating_points(
         batch_size=max_batch, seq_len=max_seq_len, warmup=warmup, repeats=repeats, device=device
     )
     timed = time_interleaved({point_name(k): (step(k), max_batch) for k in keys}, cfg=cfg)
-    return {
-        key: OperatingPoint(
+
+    def point(key: PointKey) -> OperatingPoint:
+        given = None if accuracy_loss is None else accuracy_loss[key]
+        losses = given if isinstance(given, PointLosses) else None
+        return OperatingPoint(
             k=None if isinstance(key, str) else key,
             config=key if isinstance(key, str) else None,
             examples_per_second=timed[point_name(key)].examples_per_second,
-            accuracy_loss=None if accuracy_loss is None else float(accuracy_loss[key]),
+            accuracy_loss=None
+            if given is None
+            else float(losses.accuracy_loss if losses else cast(float, given)),
+            validation_loss=None if losses is None else losses.validation_loss,
+            chosen_on=None if losses is None else losses.chosen_on,
         )
-        for key in keys
-    }
+
+    return {key: point(key) for key in keys}
 
 
 def model_accuracy_losses(
     pipe: PruMuxPipeline, models: Mapping[str, nn.Module]
-) -> dict[PointKey, float]:
-    """{name: baseline dev metric - the model's dev metric}, in points."""
-    base = pipe.baseline_metrics()["metric"]
-    return {
-        name: base - pipe.dev_metrics(cast(AnyModel, m))["metric"] for name, m in models.items()
-    }
+) -> dict[PointKey, PointLosses]:
+    """{name: the model's losses}: baseline metric minus the model's on dev (reported) and on
+    the validation split (chooses; None without a split), in points (`measured_losses`)."""
+    return {name: measured_losses(pipe, cast(AnyModel, m)) for name, m in models.items()}
 
 
 def student_accuracy_losses(
     pipe: PruMuxPipeline, ensemble: StudentEnsemble
-) -> dict[PointKey, float]:
-    """{k: baseline dev metric - dev metric of the first k students}, in points."""
-    base = pipe.baseline_metrics()["metric"]
+) -> dict[PointKey, PointLosses]:
+    """{k: the first k students' losses}: baseline metric minus theirs on dev (reported) and on
+    the validation split (chooses; None without a split), in points (`measured_losses`)."""
     keep = ensemble.active_students
     try:
-        out: dict[PointKey, float] = {}
+        out: dict[PointKey, PointLosses] = {}
         for k in range(1, ensemble.k + 1):
             ensemble.active_students = k
-            out[k] = base - pipe.dev_metrics(ensemble)["metric"]
+            out[k] = measured_losses(pipe, ensemble)
     finally:
         ensemble.active_students = keep
     return out
+
+
+def measured_losses(pipe: PruMuxPipeline, model: AnyModel) -> PointLosses:
+    """`model`'s dev loss (baseline dev metric minus its own) and validation loss (the same on
+    the validation split, scored as an evaluation scores it: `pipeline.validation_loss`), in
+    points; chosen on validation, or on dev without a split."""
+    from autoprumux.pipeline import DEV_PAIRINGS, validation_loss
+
+    dev = pipe.baseline_metrics()["metric"] - pipe.dev_metrics(model)["metric"]
+    return PointLosses(dev, validation_loss(pipe, model, DEV_PAIRINGS))
 
 
 def meta_accuracy_losses(
@@ -131,7 +147,8 @@ def meta_accuracy_losses(
 ) -> dict[PointKey, float]:
     """{k: the meta-model's accuracy loss for k students of `depth`} for k = 1..K, and
     {name: its loss} for each of `configs`, in the context of the study on `task` (the top of
-    the interval when `pessimistic`)."""
+    the interval when `pessimistic`). No split measures them: the table is chosen on them as
+    they are (`PointLosses.predicted`, chosen_on "meta-model")."""
     from autoprumux.config import Candidate
 
     keys: list[PointKey] = [*range(1, k + 1), *(configs or {})]
