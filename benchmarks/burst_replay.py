@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     for p in points.values():
         print(
             f"{p.name}: {p.examples_per_second:.0f} ex/s, dev {base - (p.accuracy_loss or 0):.2f} "
-            f"(loss {p.accuracy_loss:.2f})",
+            f"(loss {p.accuracy_loss:.2f}; chosen on {p.chosen_on}"
+            + ("" if p.validation_loss is None else f", validation loss {p.validation_loss:.2f}")
+            + ")",
             file=sys.stderr,
         )
     tpr = args.texts_per_request

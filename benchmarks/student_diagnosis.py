@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             "margin_spread": [float((o[:, 1] - o[:, 0]).std()) for o in outs],
             "residual_mse": stats["residual_mse"],
             "heldout_residual_mse": stats["heldout_residual_mse"],
-            "dev_per_k": [base - losses[k] for k in range(1, args.students + 1)],
+            "dev_per_k": [base - losses[k].accuracy_loss for k in range(1, args.students + 1)],
             "machine": doc["machine"],
         }
         doc["variants"][variant] = row

@@ -132,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         losses = student_accuracy_losses(pipe, ens)
         row = {
             "lever": name,
-            "metric_per_k": [base_metric - losses[k] for k in range(1, args.students + 1)],
-            "loss_per_k": [losses[k] for k in range(1, args.students + 1)],
+            "metric_per_k": [
+                base_metric - losses[k].accuracy_loss for k in range(1, args.students + 1)
+            ],
+            "loss_per_k": [losses[k].accuracy_loss for k in range(1, args.students + 1)],
             "distillation_examples": len(items),
             "steps_per_student": tcfg.steps_per_student,
             "stacking_steps": tcfg.stacking_steps,
