@@ -66,7 +66,7 @@ def format_table(ev: Evaluation) -> str:
     )
     if ev.pos_label is not None:  # which class "f1" means
         rows.append(f"(metric {ev.metric_label})")
-    return "\n".join(rows + baseline_lines(ev))
+    return "\n".join(rows + baseline_lines(ev) + stage_lines(ev))
 
 
 def baseline_lines(ev: Evaluation) -> list[str]:
@@ -95,6 +95,12 @@ def baseline_lines(ev: Evaluation) -> list[str]:
     if noise.near_majority:
         out.append(f"WARNING: {noise.warning()}")
     return out
+
+
+def stage_lines(ev: Evaluation) -> list[str]:
+    """One line per training stage of the candidate: converged on its validation plateau, or
+    stopped by its cap (the recipe field to raise), or trained unvalidated (and why)."""
+    return [f"({line})" for line in ev.stage_convergence]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -257,6 +263,8 @@ def _trial_report(searcher: Searcher, trial: Any) -> str:
             f"  speedup {ua['speedup']:.2f}x (ideal {ua['ideal_speedup']:.2f}x): "
             f"{ua['throughput']:.1f} examples/s, {ua['latency_ms']:.2f} ms a batch",
         ]
+        # how each training stage stopped (`search._record.record_evaluation`)
+        lines += [f"  {st['line']}" for st in ua.get("stage_training", [])]
     elif trial.state.name == "PRUNED":
         lines.append(
             f"  stopped early: dev loss {ua.get('accuracy_loss', float('nan')):.2f} points "

@@ -9,6 +9,7 @@ from autoprumux.evaluation._report import (
     describe_model,
     measure_side_by_side,
 )
+from autoprumux.evaluation._stages import StageRun, stage_runs
 from autoprumux.evaluation._throughput import (
     ThroughputConfig,
     ThroughputResult,
@@ -27,6 +28,7 @@ __all__ = [
     "Evaluation",
     "Machine",
     "Measured",
+    "StageRun",
     "describe_model",
     "dev_noise",
     "measure_side_by_side",
@@ -38,6 +40,7 @@ __all__ = [
     "model_flops",
     "model_runner",
     "resolve_device",
+    "stage_runs",
     "task_metrics",
     "time_callable",
     "this_machine",

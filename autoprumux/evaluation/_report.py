@@ -10,6 +10,7 @@ import torch
 from autoprumux._selection import chosen_on, selection_loss
 from autoprumux.data import metric_label
 from autoprumux.evaluation._noise import DevNoise
+from autoprumux.evaluation._stages import StageRun, stage_runs
 from autoprumux.evaluation._throughput import (
     ThroughputConfig,
     model_flops,
@@ -59,6 +60,9 @@ class Evaluation:
     baseline_training: dict | None = None
     # the validation split's majority-class rate and noise (None: no validation split)
     validation_noise: DevNoise | None = None
+    # how the candidate's training stages stopped (`PruMuxPipeline.stage_training`, see
+    # `stages`; empty: none trained, e.g. the baseline's own configuration; None: unknown)
+    stage_training: dict | None = None
 
     @property
     def metric_label(self) -> str:
@@ -73,6 +77,16 @@ class Evaluation:
         from autoprumux.training import describe_convergence  # loading an export needs no training
 
         return describe_convergence(self.baseline_training, self.metric_label)
+
+    @property
+    def stages(self) -> list[StageRun]:
+        """The candidate's training stages, one `StageRun` each, in the order they trained."""
+        return stage_runs(self.stage_training)
+
+    @property
+    def stage_convergence(self) -> list[str]:
+        """One line per training stage: converged, or capped, or unvalidated."""
+        return [st.describe(self.metric_label) for st in self.stages]
 
     @property
     def accuracy_loss(self) -> float:
@@ -130,6 +144,9 @@ class Evaluation:
             "throughput_config": asdict(self.throughput_config),
             "baseline_origin": self.baseline_origin,
             "baseline_training": self.baseline_training,
+            "stage_training": None
+            if self.stage_training is None
+            else [st.to_dict() for st in self.stages],
             "dev_noise": None if self.noise is None else self.noise.to_dict(),
             "loss_within_noise": self.loss_within_noise,
             "validation_noise": None

@@ -498,7 +498,8 @@ class PruMuxPipeline:
         name = f"s={sparsity:g},N={shape.n}" + (
             f",k={shape.layers},{shape.combiner}" if shape.late else ""
         )
-        return self.beside_baseline(precision_name(name, config.precision), cand, tp)
+        name = precision_name(name, config.precision)
+        return self.beside_baseline(name, cand, tp, training=self.stage_training(config))
 
     def _prumux(self, config: Candidate) -> tuple[float, MuxShape]:
         """(sparsity, mux shape) of a PruMUX configuration this pipeline builds (its mux
@@ -531,9 +532,11 @@ class PruMuxPipeline:
             )
         return config.sparsity, config.mux_shape
 
-    def beside_baseline(self, name: str, model: AnyModel, tp: ThroughputConfig) -> Evaluation:
+    def beside_baseline(
+        self, name: str, model: AnyModel, tp: ThroughputConfig, training: dict | None = None
+    ) -> Evaluation:
         """Dev and validation metrics of `model` and its throughput timed side by side with the
-        baseline."""
+        baseline; `training`: how its training stages stopped (`stage_training`)."""
         measured, _ = self.measure_many(
             {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, None)}, tp
         )
@@ -552,4 +555,5 @@ class PruMuxPipeline:
             baseline_origin=self.baseline_origin,
             baseline_training=self.baseline_training(),
             validation_noise=noise,
+            stage_training=training,
         )

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoprumux.config import check_precision
+from autoprumux.config import Candidate, check_precision
 from autoprumux.evaluation import Evaluation, ThroughputConfig
 from autoprumux.models import StudentConfig, StudentEnsemble
 from autoprumux.pipeline._baseline import stage_rule
@@ -102,7 +102,13 @@ def evaluate_students(
     if active is not None:
         ens.active_students = active
     name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
-    return pipe.beside_baseline(precision_name(name, precision), pipe.converted(ens, precision), tp)
+    config = Candidate(technique="students", students=k, student_depth=depth)
+    return pipe.beside_baseline(
+        precision_name(name, precision),
+        pipe.converted(ens, precision),
+        tp,
+        training=pipe.stage_training(config),
+    )
 
 
 def precision_name(name: str, precision: str) -> str:
