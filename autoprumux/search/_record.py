@@ -6,7 +6,9 @@ A finished trial stores both losses as user attributes and MLflow metrics: `vali
 constraint, the best trial within the budget and the guided sampler read `trial_loss`: the
 validation loss, or the dev loss when the recipe has no validation split (see
 `autoprumux._selection`). A trial stopped early records the loss of its last stage, scored on
-dev by the pruning stages (`chosen_on` "dev").
+dev by the pruning stages (`chosen_on` "dev"). A finished trial also records how its training
+stages stopped (`stage_training`: each stage without its curve, and its line; on its MLflow run
+by `log_stage_training`).
 
 A study whose trials were recorded before trials stored their validation loss cannot be resumed:
 its trials chose on dev and new ones would choose on validation (`check_recorded`).
@@ -14,10 +16,14 @@ its trials chose on dev and new ones would choose on validation (`check_recorded
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from autoprumux import tracking
 from autoprumux._selection import DEV, recorded_losses
 from autoprumux.errors import ConfigError
+
+log = logging.getLogger("autoprumux")
 
 
 def trial_loss(t: Any) -> float | None:
@@ -60,7 +66,22 @@ def record_evaluation(trial: Any, ev: Any, budget: float) -> dict[str, float]:
     trial.set_user_attr("metric_name", ev.metric_name)
     if ev.pos_label is not None:  # the class f1 scored as positive
         trial.set_user_attr("pos_label", ev.pos_label)
+    stages = getattr(ev, "stages", None)  # how its training stages stopped (none: a replay)
+    if stages:
+        trial.set_user_attr("stage_training", [st.brief(ev.metric_label) for st in stages])
     return metrics
+
+
+def log_stage_training(client: Any, run_id: str, ev: Any) -> None:
+    """How a finished trial's training stages stopped, on its MLflow run
+    (`tracking.log_stage_training`); bookkeeping: a failure is logged, the trial stands."""
+    stages = getattr(ev, "stages", None)
+    if not stages:
+        return
+    try:
+        tracking.log_stage_training(client, run_id, stages, ev.metric_label)
+    except Exception as e:  # noqa: BLE001 - bookkeeping never fails a trial
+        log.warning("could not log the training stages to MLflow run %s: %s", run_id, e)
 
 
 def record_stopped(trial: Any, loss: float, budget: float) -> None:

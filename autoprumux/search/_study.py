@@ -34,6 +34,7 @@ from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
 from autoprumux.search._identity import check_identity, identity, run_settings
 from autoprumux.search._record import (
     check_recorded,
+    log_stage_training,
     record_evaluation,
     record_stopped,
     trial_loss,
@@ -406,6 +407,7 @@ class Searcher:
                 self.client, run_id, metrics=metrics, params={"chosen_on": ev.chosen_on}
             )
             tracking.log_json(self.client, run_id, ev.to_dict(), "evaluation.json")
+            log_stage_training(self.client, run_id, ev)
             self.client.set_terminated(run_id, "FINISHED")
             overhead += time.perf_counter() - t1
             trial.set_user_attr("trial_seconds", work + overhead)

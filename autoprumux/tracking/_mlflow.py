@@ -7,15 +7,22 @@ never share hidden "active run" state. Where the stores are: `_stores`.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoprumux.errors import ConfigError
 from autoprumux.tracking._stores import artifact_root, make_store_dir
 
+if TYPE_CHECKING:
+    from autoprumux.evaluation import StageRun
+
 EXPERIMENT_PREFIX = "autoprumux"
+# what one log_batch may hold (MLflow's limits)
+BATCH_METRICS, BATCH_PARAMS, BATCH_ENTITIES = 1000, 100, 1000
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview ("Traces 0"); a
 # model-training experiment opens on its runs, where the trials are
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -98,6 +105,38 @@ def log_learning_curve(cl: Any, run_id: str, stopping: dict[str, Any], prefix: s
             f"{prefix}_best_step": stopping.get("best_step"),
         },
     )
+
+
+def log_stage_training(cl: Any, run_id: str, stages: Sequence[StageRun], metric: str) -> None:
+    """How a candidate's training stages stopped (`evaluation.StageRun`), on its run: params
+    ``stage.<key>.stopped`` (converged, cap, unvalidated or unrecorded), ``.converged``,
+    ``.steps`` and ``.cap``; metrics ``stage.<key>.best_validation_metric`` and the curve
+    (``stage.<key>.validation_metric`` and ``.train_loss`` by step); the artefact
+    ``stage_training.json`` (each stage without its curve, and its line). One batch where the
+    limits allow (a trial's tracking stays a few calls)."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    briefs = [st.brief(metric) for st in stages]
+    params: list[Any] = []
+    metrics: list[Any] = []
+    for st, b in zip(stages, briefs, strict=True):
+        p = f"stage.{st.key}"
+        params += [Param(f"{p}.{k}", str(b[k])) for k in ("stopped", "converged", "steps", "cap")]
+        if b["best_metric"] is not None:
+            metrics.append(Metric(f"{p}.best_validation_metric", float(b["best_metric"]), now, 0))
+        metrics += [
+            Metric(f"{p}.{name}", float(pt[key]), now, int(pt["step"]))
+            for pt in (st.stopping or {}).get("curve", [])
+            for name, key in (("validation_metric", "metric"), ("train_loss", "train_loss"))
+            if math.isfinite(float(pt[key]))  # an L2L stage records no training loss
+        ]
+    while params or metrics:
+        ps, params = params[:BATCH_PARAMS], params[BATCH_PARAMS:]
+        room = min(BATCH_METRICS, BATCH_ENTITIES - len(ps))
+        ms, metrics = metrics[:room], metrics[room:]
+        cl.log_batch(run_id, metrics=ms, params=ps, synchronous=True)
+    log_json(cl, run_id, briefs, "stage_training.json")
 
 
 def log_text(cl: Any, run_id: str, text: str, name: str) -> None:
