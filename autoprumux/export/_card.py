@@ -108,6 +108,7 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
         lines += ["", f"Recorded by the study for this configuration: {', '.join(parts)}."]
     if r.baseline_training:  # whether the baseline every loss is measured against converged
         lines += ["", f"{r.baseline_training[0].upper()}{r.baseline_training[1:]}."]
+    lines += _training_stages(m)
     lines += [
         "",
         "## Machine",
@@ -138,6 +139,40 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
             "in the same order always get the same answers.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _training_stages(m: ExportManifest) -> list[str]:
+    """How each training stage of this model stopped: on its validation plateau, at the
+    recipe's step cap, or at its cap without validation (none: the baseline's own shape)."""
+    stages = m.measurement.stage_training
+    if not stages:
+        return []
+    rows = [
+        "",
+        "## Training stages",
+        "",
+        "Each stage trained until the validation split's metric plateaued, the recipe's step "
+        "count its cap:",
+        "",
+        "| stage | stopped | steps / cap |",
+        "|---|---|---:|",
+    ]
+    for st in stages:
+        steps = "-" if st.get("steps") is None else f"{st['steps']} / {st.get('cap')}"
+        rows.append(f"| {st.get('name', st.get('stage'))} | {_stopped(st)} | {steps} |")
+    return rows
+
+
+def _stopped(st: dict) -> str:
+    """A stage's stop, in a few words."""
+    kind = st.get("stopped")
+    if kind == "converged":
+        return f"converged (best validation {st['best_metric']:.2f} at step {st['best_step']})"
+    if kind == "cap":
+        return f"its cap, not converged (raise `{st.get('cap_field')}`)"
+    if kind == "unvalidated":
+        return f"its cap, unvalidated ({st.get('unvalidated')})"
+    return "not recorded"
 
 
 def _measured_table(m: ExportManifest) -> list[str]:
