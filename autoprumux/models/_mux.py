@@ -36,6 +36,7 @@ from autoprumux.models._encoder import (
     pool_states,
 )
 from autoprumux.models._persist import read_model_dir, write_model_dir
+from autoprumux.models._pruning import counted_sparsity
 
 
 @dataclass(frozen=True)
@@ -477,7 +478,7 @@ class MuxSequenceClassifier(nn.Module):
 
     def sparsity(self) -> float:
         """Counted sparsity of the physical model (see the README's definitions)."""
-        return 1.0 - self.encoder.prunable_parameters() / self.original_prunable_params
+        return counted_sparsity(self.encoder, self.original_prunable_params)
 
 
 def warm_start_from(model: MuxSequenceClassifier, smaller: MuxSequenceClassifier) -> None:
