@@ -33,10 +33,11 @@ RANK = {
     "pipeline": 5,
     "tracking": 6,
     "meta": 7,
-    "search": 8,
-    "student_server": 8,
-    "export": 8,  # builds through the pipeline, reads studies (meta), registers (tracking)
-    "cli": 9,
+    "serving": 8,  # the recommender as an MLflow model and `autoprumux serve`
+    "search": 9,  # registers the recommender (serving) at the end of a study
+    "student_server": 9,
+    "export": 9,  # builds through the pipeline, reads studies (meta), pyfunc helpers (serving)
+    "cli": 10,
 }
 
 

@@ -31,7 +31,7 @@ TINY_RECIPE = {**SEARCH_RECIPE, "student_steps": 2, "student_stacking_steps": 2}
 STUDY = "tiny-export"
 # the search stack the loader must not import
 HEAVY = ("optuna", "mlflow", "lightgbm")
-HEAVY_OWN = ("pipeline", "search", "meta", "tracking", "export", "training")
+HEAVY_OWN = ("pipeline", "search", "meta", "serving", "tracking", "export", "training")
 
 
 @pytest.fixture(autouse=True)

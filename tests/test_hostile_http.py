@@ -27,7 +27,7 @@ from test_search_space import _issue_trials
 from autoprumux.cli import main
 from autoprumux.meta import Recommender
 from autoprumux.meta._model import MetaModel
-from autoprumux.meta._pyfunc import (
+from autoprumux.serving._pyfunc import (
     MAX_ROWS,
     RecommenderModel,
     mlflow_uris,
@@ -216,6 +216,62 @@ def test_serve_refuses_a_model_it_would_have_to_unpickle_or_whose_code_differs(
         assert main(["serve", "--model-uri", str(model), "--port", port, *store]) == 2
         err = capsys.readouterr().err
         assert message in err and "register it again" in err, err
+
+
+# the code file recommenders were registered with while it lived in autoprumux/meta/
+_CODE_IN_META = '''"""The code MLflow runs to load the registered recommender ("models from code").
+
+`register_recommender` logs this file as the pyfunc's `python_model`, so no pickled Python
+object is written: the model's state is data (JSON and LightGBM text models) that
+`RecommenderModel.load_context` reads and checks. `autoprumux serve` executes a model's copy
+of this file only when it is byte-identical to this one (see `_serving.verify_model_dir`).
+"""
+
+import mlflow
+
+from autoprumux.meta._pyfunc import RecommenderModel
+
+mlflow.models.set_model(RecommenderModel())
+'''
+
+
+def test_a_recommender_registered_before_the_code_moved_to_serving_is_still_served(
+    registered, tmp_path
+):
+    import hashlib
+
+    from autoprumux.serving._pyfunc import (
+        CODE_FILE,
+        LEGACY_CODE_SHA256,
+        upgrade_code_file,
+        verify_model_dir,
+    )
+    from autoprumux.serving._server import fetch_model
+
+    assert hashlib.sha256(_CODE_IN_META.encode()).hexdigest() in LEGACY_CODE_SHA256
+    good = next((registered["dir"] / "mlartifacts").rglob("MLmodel")).parent
+    old = tmp_path / "registered_in_meta"
+    shutil.copytree(good, old)
+    (old / "_recommender_code.py").write_text(_CODE_IN_META)
+    # what serve does: a private copy, today's code file put in place, then the checks
+    local = fetch_model(str(old), registered["store"], tmp_path / "download")
+    assert local.resolve().is_relative_to((tmp_path / "download").resolve())
+    assert upgrade_code_file(local)
+    assert (local / "_recommender_code.py").read_bytes() == CODE_FILE.read_bytes()
+    assert (old / "_recommender_code.py").read_text() == _CODE_IN_META  # the original untouched
+    verify_model_dir(local, str(old))
+    import mlflow
+
+    frame = pd.DataFrame({"budget": BUDGETS})
+    got = mlflow.pyfunc.load_model(str(local)).predict(frame)
+    want = RecommenderModel(registered["rec"]).predict(None, frame)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    # an edited copy is not taken for the old file: it stays, and is refused
+    edited = tmp_path / "edited"
+    shutil.copytree(good, edited)
+    (edited / "_recommender_code.py").write_text(_CODE_IN_META + "import os\n")
+    assert not upgrade_code_file(edited)
+    assert (edited / "_recommender_code.py").read_text() == _CODE_IN_META + "import os\n"
 
 
 # ---- items 2 and 5: arguments refused before any work ------------------------------------

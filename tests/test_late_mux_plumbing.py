@@ -277,8 +277,8 @@ def test_the_recommendation_and_the_served_table_carry_the_late_configuration():
     import pandas as pd
 
     from autoprumux.meta import Recommender
-    from autoprumux.meta._pyfunc import OUTPUT_COLUMNS, RecommenderModel
     from autoprumux.meta._recommend import RECOMMENDER_FORMAT
+    from autoprumux.serving._pyfunc import OUTPUT_COLUMNS, RecommenderModel
 
     rec = Recommender(_trials())
     r = rec.recommend(2.0)  # within 2 points: 2 per-instance layers at N=2, 1.5x

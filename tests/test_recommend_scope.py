@@ -24,8 +24,8 @@ from autoprumux.errors import ConfigError
 from autoprumux.evaluation import _machine
 from autoprumux.evaluation._machine import Machine
 from autoprumux.meta import Recommender, build_recommender
-from autoprumux.meta._pyfunc import OUTPUT_COLUMNS, RecommenderModel, input_example
 from autoprumux.meta._recommend import RECOMMENDER_FORMAT, evaluate_command
+from autoprumux.serving._pyfunc import OUTPUT_COLUMNS, RecommenderModel, input_example
 from autoprumux.tracking import default_storage
 
 DESCRIPTORS = {

@@ -428,7 +428,7 @@ def test_the_users_sequence_search_then_recommend_and_the_served_model(
     import mlflow
     import optuna
 
-    from autoprumux.meta._pyfunc import REGISTERED_NAME, mlflow_uris
+    from autoprumux.serving._pyfunc import REGISTERED_NAME, mlflow_uris
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import test_hostile_http as hostile
 from test_hostile_http import JSON, _records, _request
 
-from autoprumux.meta._connections import limited_server
-from autoprumux.meta._server import InFlightLimit, RequestGuard
+from autoprumux.serving._connections import limited_server
+from autoprumux.serving._server import InFlightLimit, RequestGuard
 
 # the fixtures of test_hostile_http: its registered recommender, served, and its students' server
 _no_global_mlflow_state = hostile._no_global_mlflow_state

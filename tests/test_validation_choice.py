@@ -26,9 +26,9 @@ from autoprumux.data import DataSource
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import ThroughputConfig, paired_dev_metrics
 from autoprumux.meta import build_recommender
-from autoprumux.meta._pyfunc import RecommenderModel
 from autoprumux.search._record import check_recorded, trial_loss
 from autoprumux.search._report import trials_table
+from autoprumux.serving._pyfunc import RecommenderModel
 
 S5, S7 = Candidate(sparsity=0.5), Candidate(sparsity=0.7)
 

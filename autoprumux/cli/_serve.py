@@ -42,9 +42,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The registered recommender behind MLflow's scoring app, in this process (so Ctrl-C or
-    SIGTERM stops the listener with it), with a request guard in front (see meta._server)."""
+    SIGTERM stops the listener with it), with a request guard in front (see serving._server)."""
     from autoprumux import tracking
-    from autoprumux.meta import _pyfunc, _server
+    from autoprumux.serving import _pyfunc, _server
 
     # everything cheap first: no store is opened and nothing fetched for a bad argument
     _check_port(args.port)

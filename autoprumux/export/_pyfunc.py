@@ -2,7 +2,7 @@
 registered (default name `autoprumux-<task>`), so `mlflow models serve` or any pyfunc consumer
 runs it.
 
-Like the recommender (`meta._pyfunc`), it is logged as "models from code": `python_model` is
+Like the recommender (`serving._pyfunc`), it is logged as "models from code": `python_model` is
 the file `_exported_code.py` and the state is the export directory (safetensors weights, JSON,
 tokenizer files), so nothing is pickled. Input: a table with a `text` column (and `text_pair`
 for a pair task), at most `MAX_ROWS` rows; output: `label`, `probability` and
@@ -21,7 +21,7 @@ from mlflow.pyfunc import PythonModel
 
 from autoprumux import tracking
 from autoprumux.errors import ConfigError
-from autoprumux.meta._pyfunc import _bad, echo, input_table, mlflow_uris
+from autoprumux.serving._pyfunc import _bad, echo, input_table, mlflow_uris
 
 CODE_FILE = Path(__file__).with_name("_exported_code.py")
 ARTIFACT = "export"  # the artefact name of the export directory

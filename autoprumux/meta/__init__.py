@@ -3,8 +3,8 @@
 `MetaModel` predicts a configuration's accuracy loss and speedup from its features (`FEATURES`:
 the configuration and its study's context); `Recommender` answers "the fastest configuration
 within my budget" from the measured trials of every study in a storage, with the meta-model's
-suggestion of what to measure next; `_pyfunc` stores it as an MLflow model and `_server` serves
-it. It reads trials as data from the Optuna storage and never imports the search.
+suggestion of what to measure next (`autoprumux.serving` stores it as an MLflow model and serves
+it). It reads trials as data from the Optuna storage and never imports the search.
 """
 
 from __future__ import annotations

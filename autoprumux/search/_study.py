@@ -583,7 +583,7 @@ class Searcher:
     def register(self) -> str | None:
         """Fit the recommender on every finished trial in the storage and register it in MLflow
         under this study's parent run (see `register_if_new`). The model URI, or None."""
-        from autoprumux.meta._pyfunc import register_if_new
+        from autoprumux.serving._pyfunc import register_if_new
 
         uri = register_if_new(self.storage_url, self.tracking_uri, self.parent_run_id)
         if uri is not None:

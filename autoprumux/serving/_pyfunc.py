@@ -34,6 +34,12 @@ YAML (read with `yaml.safe_load`), the JSON (parsed by `json`, then validated: a
 change the answers, not run code) and LightGBM's C++ parser of the text models (a forged model
 can change the predictions; LightGBM is trusted not to be exploitable by its own text format).
 
+A recommender registered before the code file moved from `autoprumux/meta/` to
+`autoprumux/serving/` holds the earlier file (the same code, importing `RecommenderModel` from
+`autoprumux.meta._pyfunc`): `upgrade_code_file` puts this one in its place in the downloaded copy
+when its SHA-256 is one of `LEGACY_CODE_SHA256`, so `autoprumux serve` still loads it; any other
+file is left as it is, for `verify_model_dir` to refuse.
+
 How it is served: `_server`.
 """
 
@@ -117,6 +123,9 @@ MAX_MESSAGE_CHARS = 2000
 
 CODE_FILE = Path(__file__).with_name("_recommender_code.py")
 CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+# the code files earlier versions of autoprumux registered, by SHA-256 (the file as it was in
+# autoprumux/meta/): `upgrade_code_file` replaces them with CODE_FILE
+LEGACY_CODE_SHA256 = frozenset({"9661e08c4156bde8f5f62660534315516bdb4b97313868e998a83fcec459691d"})
 # artefact name -> file name inside the logged model
 ARTIFACTS = {
     "recommender": "recommender.json",
@@ -507,6 +516,22 @@ def check_model_uri(model_uri: str) -> None:
         )
 
 
+def upgrade_code_file(path: str | Path) -> bool:
+    """In a downloaded model at `path` (a private copy), replace a code file an earlier autoprumux
+    registered (its SHA-256 in `LEGACY_CODE_SHA256`) with this one's. True when it did; any
+    other file is left as it is, for `verify_model_dir` to judge."""
+    import hashlib
+
+    code = Path(path) / CODE_FILE.name
+    if code.is_symlink() or not code.is_file():
+        return False
+    if hashlib.sha256(code.read_bytes()).hexdigest() not in LEGACY_CODE_SHA256:
+        return False
+    code.unlink()
+    code.write_bytes(CODE_FILE.read_bytes())
+    return True
+
+
 def verify_model_dir(path: str | Path, model_uri: str) -> None:
     """Refuse (ConfigError) a downloaded model unless it is a recommender stored as data that
     loads through this installed code only (see the module docstring); nothing in it is
@@ -517,7 +542,7 @@ def verify_model_dir(path: str | Path, model_uri: str) -> None:
     what = f"model {echo(model_uri)}"
     rerun = (
         "register it again with this autoprumux (rerun `autoprumux search`, or call "
-        "autoprumux.meta._pyfunc.register_recommender)"
+        "autoprumux.serving._pyfunc.register_recommender)"
     )
     pickles = sorted(
         str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES

@@ -1,6 +1,7 @@
 """`autoprumux serve`: the registered recommender behind MLflow's scoring app, in this process.
 
-The model is fetched to a private temporary directory and checked (`verify_model_dir`) before
+The model is fetched to a private temporary directory, a code file registered by an earlier
+autoprumux replaced with this one's (`upgrade_code_file`), and checked (`verify_model_dir`) before
 MLflow loads anything. The HTTP front (`RequestGuard`) sits before MLflow's scoring app, which
 parses and echoes JSON without limits: it answers 415 to anything but `Content-Type:
 application/json`, 413 to a body over `MAX_BODY_BYTES`, 400 to invalid JSON, JSON nested deeper
@@ -26,13 +27,14 @@ from typing import Any
 from autoprumux import tracking
 from autoprumux._json import json_depth
 from autoprumux.errors import ConfigError
-from autoprumux.meta._pyfunc import (
+from autoprumux.serving._pyfunc import (
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
     MAX_ROWS,
     cap_message,
     echo,
     mlflow_uris,
+    upgrade_code_file,
     verify_model_dir,
 )
 
@@ -348,7 +350,7 @@ def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
 
     from mlflow.pyfunc import load_model, scoring_server
 
-    from autoprumux.meta._connections import limited_server
+    from autoprumux.serving._connections import limited_server
 
     # nothing in a served model may be unpickled, whatever the environment says
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
@@ -361,6 +363,8 @@ def serve(model_uri: str, *, tracking_uri: str, host: str, port: int) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="autoprumux-serve-") as d:
             local = fetch_model(model_uri, tracking_uri, d)
+            if local.resolve().is_relative_to(Path(d).resolve()):  # never edit the user's copy
+                upgrade_code_file(local)  # registered before the code file moved: today's code
             verify_model_dir(local, model_uri)
             try:
                 model = load_model(str(local))
