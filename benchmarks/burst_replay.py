@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _loadgen import LoadReport, burst_schedule, run_load
 from _results import write_json
 
 from autoprumux.cli._flags import parse_config
@@ -40,18 +41,15 @@ from autoprumux.pipeline import PruMuxPipeline
 from autoprumux.student_server import (
     AdaptivePolicy,
     FixedPolicy,
-    LoadReport,
     OperatingPoint,
     PointKey,
     PolicyConfig,
     ServingConfig,
     ServingPolicy,
     StudentServer,
-    burst_schedule,
     model_accuracy_losses,
     point_name,
     profile_operating_points,
-    run_load,
     student_accuracy_losses,
 )
 

@@ -467,15 +467,11 @@ def test_a_jsonl_line_ends_at_a_newline_only(tmp_path):
 def test_the_load_generator_scores_a_server_that_answers_class_names(tokenizer):
     """The load generator's labels are class indices: against a server that answers names it
     compares the indices the server sends beside them."""
-    from test_serving import tiny_ensemble
+    from test_serving import loadgen, tiny_ensemble
 
-    from autoprumux.student_server import (
-        FixedPolicy,
-        ServingConfig,
-        StudentServer,
-        burst_schedule,
-        run_load,
-    )
+    from autoprumux.student_server import FixedPolicy, ServingConfig, StudentServer
+
+    burst_schedule, run_load = loadgen().burst_schedule, loadgen().run_load
 
     texts = ["a gripping, funny film", "dull", "not good", "i laughed, i cried"]
     ids = _ask_students(tokenizer, texts)["labels"]

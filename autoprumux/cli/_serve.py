@@ -66,7 +66,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
         ServingConfig,
         ServingPolicy,
         StudentServer,
-        check_loopback,
+        is_loopback,
         meta_accuracy_losses,
         model_accuracy_losses,
         profile_operating_points,
@@ -100,9 +100,7 @@ def cmd_serve_students(args: argparse.Namespace) -> int:
         max_chars=args.max_chars,
         max_texts=args.max_texts,
     )
-    try:
-        check_loopback(args.host)
-    except ConfigError:
+    if not is_loopback(args.host):
         print(
             f"autoprumux: warning: {args.host} is not loopback; the endpoint is reachable from the network",
             file=sys.stderr,

@@ -7,22 +7,13 @@ each prefix of k students and of each loaded model, e.g. a multiplexed configura
 same task; ordered and held to a budget on the validation loss, the dev loss reported beside it),
 stepping down the table when the queue's delay exceeds the latency objective
 (fewer students, then more inputs per pass) and back up when the load falls. Every answer says
-which configuration served it. `run_load` replays a bounded steady/burst schedule against a
-loopback server.
+which configuration served it. The load generator that replays bursts against it is a benchmark
+tool (`benchmarks/_loadgen.py`).
 """
 
 from autoprumux.student_server._batcher import DynamicBatcher, Prediction, ServingError, Text
-from autoprumux.student_server._config import ServingConfig
+from autoprumux.student_server._config import ServingConfig, is_loopback
 from autoprumux.student_server._http import StudentServer, parse_predict_request
-from autoprumux.student_server._loadgen import (
-    LoadReport,
-    LoadSchedule,
-    Phase,
-    PhaseReport,
-    burst_schedule,
-    check_loopback,
-    run_load,
-)
 from autoprumux.student_server._policy import (
     PREDICTED,
     AdaptivePolicy,
@@ -52,16 +43,12 @@ __all__ = [
     "AdaptivePolicy",
     "DynamicBatcher",
     "FixedPolicy",
-    "LoadReport",
-    "LoadSchedule",
     "Observation",
     "OperatingPoint",
     "PREDICTED",
     "PointChange",
     "PointKey",
     "PointLosses",
-    "Phase",
-    "PhaseReport",
     "PolicyConfig",
     "Prediction",
     "ServingConfig",
@@ -69,9 +56,8 @@ __all__ = [
     "ServingPolicy",
     "StudentServer",
     "Text",
-    "burst_schedule",
-    "check_loopback",
     "chosen_line",
+    "is_loopback",
     "operating_points",
     "parse_predict_request",
     "point_name",
@@ -79,7 +65,6 @@ __all__ = [
     "meta_accuracy_losses",
     "model_accuracy_losses",
     "profile_operating_points",
-    "run_load",
     "student_accuracy_losses",
     "table_chosen_on",
     "within_budget",

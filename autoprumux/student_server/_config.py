@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 
@@ -56,6 +57,18 @@ class ServingConfig:
         """Largest request body read: every text at its character limit, JSON-escaped as
         \\uXXXX surrogate pairs (12 bytes per character), a pair per item, plus framing."""
         return self.max_texts * (2 * 12 * self.max_chars + 64) + 4096
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback name or address (localhost, 127.0.0.0/8, ::1), surrounding
+    blanks and an IPv6 address's brackets aside."""
+    h = str(host).strip().strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 def _int(name: str, v: object, low: int, high: int, example: str) -> None:

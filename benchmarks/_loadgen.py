@@ -6,12 +6,14 @@ a slow server cannot slow the load down and hide its own queueing. Every request
 `texts_per_request` texts with known labels. The run ends by itself: the schedule is checked
 against hard caps on requests and duration before anything is sent, and a request not answered
 within `request_timeout_s` of its due time counts as a timeout. Only loopback hosts are accepted.
+
+A benchmark tool, not part of the package: `burst_replay.py` imports it as `_loadgen` (the
+scripts run from this folder), the tests load it by path.
 """
 
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import math
 import threading
@@ -22,24 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from autoprumux.errors import ConfigError
-from autoprumux.student_server._batcher import Text
+from autoprumux.student_server import Text, is_loopback
 
 
 def check_loopback(host: str) -> str:
-    """`host` if it is a loopback name or address (localhost, 127.0.0.0/8, ::1); else ConfigError."""
-    h = str(host).strip().strip("[]")
-    if h.lower() == "localhost":
-        return h
-    try:
-        ok = ipaddress.ip_address(h).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
+    """`host` (without surrounding blanks or brackets) if it is a loopback name or address
+    (localhost, 127.0.0.0/8, ::1); else ConfigError."""
+    if not is_loopback(host):
         raise ConfigError(
             f"load generator host {host!r} is not loopback; it only sends to 127.0.0.1, ::1 or "
             "localhost (start the server there)"
         )
-    return h
+    return str(host).strip().strip("[]")
 
 
 @dataclass(frozen=True)
