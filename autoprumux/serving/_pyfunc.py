@@ -136,8 +136,9 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 FORMAT_TAG = "autoprumux.recommender_format"
 # the recommender stored as JSON + LightGBM text models, nothing pickled (4: one entry per study
 # and machine, the machine and study in the output; 5: the validation loss that chose, the dev
-# loss beside it, and chosen_on)
-FORMAT = "data/5"
+# loss beside it, and chosen_on; 6: its code imports autoprumux.serving, so a version stored
+# before that is registered again rather than handed back)
+FORMAT = "data/6"
 # the optional filter columns of a request, in the order Recommender.recommend takes them
 FILTER_COLUMNS = ("task", "model", "device", "study", "machine")
 
