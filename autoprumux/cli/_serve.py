@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autoprumux.cli._checks import _check_port, _warn_non_loopback
 from autoprumux.cli._flags import _pipeline, _recipe, parse_config
@@ -33,11 +33,34 @@ def cmd_ui(args: argparse.Namespace) -> int:
         cmd += ["--default-artifact-root", root]
     cmd += ["--host", args.host, "--port", str(args.port)]
     base = f"http://{args.host}:{args.port}"
-    study = tracking.newest_study_experiment(tracking.client(uri))
     print(f"MLflow dashboard on {base} over {uri} (Ctrl-C stops it)")
-    if study is not None:
-        print(f"the latest study's trials: {tracking.runs_page(base, study)}")
+    for line in _study_pages(tracking.client(uri), base):
+        print(line)
     return _exec(cmd, {})
+
+
+def _study_pages(cl: Any, base: str) -> list[str]:
+    """The latest study's pages: its trials (flat, by speedup, with their losses, speedup and
+    configuration as columns: the saved view, stored on the experiment here) and its Pareto
+    front. A store that refuses the view's tag still gets the plain page of the runs."""
+    from mlflow.exceptions import MlflowException
+
+    from autoprumux import tracking
+
+    run = tracking.newest_study_run(cl)
+    if run is None:
+        return []
+    exp, rid = str(run.info.experiment_id), str(run.info.run_id)
+    try:
+        view = tracking.save_trials_view(cl, exp)
+    except MlflowException as e:
+        print(f"could not store the trials view on the experiment: {e}", file=sys.stderr)
+        view = None
+    lines = [f"the latest study's trials: {tracking.runs_page(base, exp, view)}"]
+    pareto = tracking.PARETO_FIGURE
+    if any(a.path == pareto for a in cl.list_artifacts(rid)):
+        lines.append(f"its Pareto front: {tracking.artifact_page(base, exp, rid, pareto)}")
+    return lines
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

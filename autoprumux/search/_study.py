@@ -548,11 +548,16 @@ class Searcher:
         return bool(self._trials("WAITING"))
 
     def _close_parent(self) -> None:
-        """The parent run ends with each run of the command (a rerun reopens it)."""
+        """The parent run ends with each run of the command (a rerun reopens it); the
+        experiment's trials view (`tracking.save_trials_view`) takes the trials' keys."""
         try:
             self.client.set_terminated(self.parent_run_id, "FINISHED")
         except Exception as e:  # noqa: BLE001 - bookkeeping never fails a finished search
             log.warning("could not close the study's MLflow run: %s", e)
+        try:
+            tracking.save_trials_view(self.client, self.experiment_id)
+        except Exception as e:  # noqa: BLE001 - nor does the dashboard's view
+            log.warning("could not store the study's trials view in MLflow: %s", e)
 
     def _update_parent(self) -> None:
         """Best feasible trial as parent metrics, and the Pareto front plot as an artefact."""
@@ -570,7 +575,9 @@ class Searcher:
         if trials:
             try:
                 fig = pareto_figure(trials, self.s.budget, title=self.name)
-                tracking.log_figure_png(self.client, self.parent_run_id, fig, "pareto_front.png")
+                tracking.log_figure_png(
+                    self.client, self.parent_run_id, fig, tracking.PARETO_FIGURE
+                )
             except Exception as e:  # noqa: BLE001 - a plot never fails a study
                 log.warning("pareto plot skipped: %s", e)
 

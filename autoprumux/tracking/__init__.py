@@ -6,6 +6,9 @@ Imports neither torch, Optuna nor MLflow until a storage is opened or a run is l
 
 from autoprumux.tracking._mlflow import (
     EXPERIMENT_PREFIX,
+    PARETO_FIGURE,
+    TRIALS_VIEW,
+    artifact_page,
     client,
     experiment_id,
     log_figure_png,
@@ -15,7 +18,10 @@ from autoprumux.tracking._mlflow import (
     log_stage_training,
     log_text,
     newest_study_experiment,
+    newest_study_run,
     runs_page,
+    save_trials_view,
+    trials_view,
 )
 from autoprumux.tracking._optuna import (
     check_study_name,
@@ -36,8 +42,14 @@ from autoprumux.tracking._stores import (
 )
 
 __all__ = [
+    "PARETO_FIGURE",
+    "TRIALS_VIEW",
+    "artifact_page",
     "newest_study_experiment",
+    "newest_study_run",
     "runs_page",
+    "save_trials_view",
+    "trials_view",
     "check_study_name",
     "load_study_attrs",
     "make_storage",

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 EXPERIMENT_PREFIX = "autoprumux"
 # what one log_batch may hold (MLflow's limits)
 BATCH_METRICS, BATCH_PARAMS, BATCH_ENTITIES = 1000, 100, 1000
+MAX_VIEW_RUNS = 5000  # trial runs read for the trials view's columns
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview ("Traces 0"); a
 # model-training experiment opens on its runs, where the trials are
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PARETO_FIGURE = "pareto_front.png"  # the study run's plot of its trials' loss and speedup
 
 
 def client(tracking_uri: str) -> Any:
@@ -154,19 +156,103 @@ def log_figure_png(cl: Any, run_id: str, fig: Any, name: str) -> None:
         cl.log_artifact(run_id, str(path))
 
 
-def runs_page(base_url: str, experiment_id: str) -> str:
-    """The dashboard page of an experiment's runs. MLflow 3 opens every experiment in its GenAI
-    view until the user switches to "Model training" (kept in the browser); the URL's
-    `workflowType` switches it, whatever the experiment's kind tag."""
-    return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+# MLflow 3's runs page keeps its table (columns, order) per browser; an experiment tag
+# `mlflow.sharedViewState.<key>` holds a saved view that the page opens with
+# `?viewStateShareKey=<key>` (and lists under "Views"): {name, createdAt, updatedAt, state},
+# the state a JSON string of the page's search facets and table settings.
+SAVED_VIEW_TAG = "mlflow.sharedViewState."
+TRIALS_VIEW = "autoprumux-trials"
+TRIALS_VIEW_NAME = "autoprumux: trials"
+# the trials' columns: these metrics, then these params where logged; the params in
+# VARYING_PARAMS only where the study's trials differ in them
+VIEW_METRICS = ("validation_loss", "accuracy_loss", "speedup")
+VIEW_PARAMS = ("technique", "sparsity", "mux", "mux_layers", "precision", "students")
+CORE_PARAMS = ("sparsity", "mux", "precision")
+# ordered by a metric, MLflow lists the runs flat (the trials are not folded under the
+# study's run, which has no speedup and comes last)
+VIEW_ORDER = "metrics.`speedup`"
 
 
-def newest_study_experiment(cl: Any) -> str | None:
-    """The id of the experiment of the most recently started study in the store (None: none)."""
+def column(kind: str, key: str) -> str:
+    """A runs-table column as MLflow's UI names it: ``metrics.`speedup```."""
+    return f"{kind}.`{key}`"
+
+
+def trials_view(cl: Any, experiment_id: str) -> dict[str, Any] | None:
+    """The state of the study's trials view (see SAVED_VIEW_TAG), its columns taken from the
+    keys the experiment's trial runs logged; None when it holds no trial run."""
+    runs = cl.search_runs(
+        [experiment_id], "tags.`autoprumux.role` = 'trial'", max_results=MAX_VIEW_RUNS
+    )
+    if not runs:
+        return None
+    metrics = {k for r in runs for k in r.data.metrics}
+    values: dict[str, set[str]] = {}
+    for r in runs:
+        for k, v in r.data.params.items():
+            values.setdefault(k, set()).add(v)
+    params = [k for k in VIEW_PARAMS if k in values and (k in CORE_PARAMS or len(values[k]) > 1)]
+    return {
+        "searchFilter": "",
+        "orderByKey": VIEW_ORDER,
+        "orderByAsc": False,
+        "selectedColumns": [column("metrics", k) for k in VIEW_METRICS if k in metrics]
+        + [column("params", k) for k in params],
+    }
+
+
+def save_trials_view(cl: Any, experiment_id: str) -> str | None:
+    """Store the trials view on the experiment (rewritten only when its state changed); its
+    key for `runs_page`, or None when the experiment holds no trial run."""
+    state = trials_view(cl, experiment_id)
+    if state is None:
+        return None
+    text = json.dumps(state, sort_keys=True)
+    tag = SAVED_VIEW_TAG + TRIALS_VIEW
+    old = cl.get_experiment(experiment_id).tags.get(tag)
+    try:
+        before = json.loads(old) if old else {}
+    except ValueError:
+        before = {}
+    if before.get("state") != text or before.get("name") != TRIALS_VIEW_NAME:
+        now = int(time.time() * 1000)
+        created = before.get("createdAt")
+        view = {
+            "name": TRIALS_VIEW_NAME,
+            "createdAt": created if isinstance(created, int) else now,
+            "updatedAt": now,
+            "state": text,
+        }
+        cl.set_experiment_tag(experiment_id, tag, json.dumps(view))
+    return TRIALS_VIEW
+
+
+def runs_page(base_url: str, experiment_id: str, view: str | None = None) -> str:
+    """The dashboard page of an experiment's runs, opened on the saved `view` if given. MLflow 3
+    opens every experiment in its GenAI view until the user switches to "Model training"
+    (kept in the browser); the URL's `workflowType` switches it, whatever the experiment's
+    kind tag."""
+    page = f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return page + (f"&viewStateShareKey={view}" if view else "")
+
+
+def artifact_page(base_url: str, experiment_id: str, run_id: str, path: str) -> str:
+    """The dashboard page of a run's artefact (its Artifacts tab, the file shown)."""
+    return f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+
+
+def newest_study_run(cl: Any) -> Any | None:
+    """The parent run of the most recently started study in the store (None: none)."""
     runs = cl.search_runs(
         [e.experiment_id for e in cl.search_experiments()],
         "tags.`autoprumux.role` = 'study'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    return str(runs[0].info.experiment_id) if runs else None
+    return runs[0] if runs else None
+
+
+def newest_study_experiment(cl: Any) -> str | None:
+    """The id of the experiment of the most recently started study in the store (None: none)."""
+    run = newest_study_run(cl)
+    return None if run is None else str(run.info.experiment_id)
