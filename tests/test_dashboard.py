@@ -88,7 +88,10 @@ def test_ui_opens_on_the_trials_with_their_columns_and_the_pareto_front(
         f"{base}/{exp}/runs?workflowType=machine_learning&viewStateShareKey={tracking.TRIALS_VIEW}"
     )
     pareto = re.search(r"its Pareto front: (\S+)", out).group(1)
-    assert pareto == f"{base}/{exp}/runs/{searcher.parent_run_id}/artifacts/pareto_front.png"
+    assert pareto == (
+        f"{base}/{exp}/runs/{searcher.parent_run_id}/artifacts/pareto_front.png"
+        "?workflowType=machine_learning"
+    )
     # `ui` found the view current: not rewritten
     assert saved_view(cl, exp, tracking.TRIALS_VIEW) == (envelope, state)
 
@@ -105,11 +108,21 @@ def test_ui_opens_on_the_trials_with_their_columns_and_the_pareto_front(
         "params.`mux`",
         "params.`precision`",
     ]
+    assert state["columnOrder"] == state["selectedColumns"]
     runs = cl.search_runs([exp], "tags.`autoprumux.role` = 'trial'")
     assert len(runs) == 4
     for col in state["selectedColumns"]:
         kind, key = re.fullmatch(r"(metrics|params)\.`(.+)`", col).groups()
         assert all(key in getattr(r.data, kind) for r in runs), col
+    # the chart view: speedup against each loss, every run shown, in the view's own section
+    (section,) = state["compareRunSections"]
+    charts = state["compareRunCharts"]
+    assert [(c["type"], c["xaxis"]["key"], c["yaxis"]["key"]) for c in charts] == [
+        ("SCATTER", "validation_loss", "speedup"),
+        ("SCATTER", "accuracy_loss", "speedup"),
+    ]
+    assert all(c["metricSectionId"] == section["uuid"] for c in charts)
+    assert state["runsHiddenMode"] == "SHOW_ALL"
 
 
 def test_the_view_follows_the_keys_a_study_logged(tmp_path, monkeypatch, capsys):

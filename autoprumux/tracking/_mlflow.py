@@ -192,12 +192,49 @@ def trials_view(cl: Any, experiment_id: str) -> dict[str, Any] | None:
         for k, v in r.data.params.items():
             values.setdefault(k, set()).add(v)
     params = [k for k in VIEW_PARAMS if k in values and (k in CORE_PARAMS or len(values[k]) > 1)]
+    columns = [column("metrics", k) for k in VIEW_METRICS if k in metrics]
+    columns += [column("params", k) for k in params]
+    losses = [k for k in VIEW_METRICS[:2] if k in metrics]  # validation (chooses), dev
     return {
         "searchFilter": "",
         "orderByKey": VIEW_ORDER,
         "orderByAsc": False,
-        "selectedColumns": [column("metrics", k) for k in VIEW_METRICS if k in metrics]
-        + [column("params", k) for k in params],
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        # wide enough for a metric's full value (MLflow prints them unrounded)
+        "columnWidths": {c: 150 if c.startswith("metrics.") else 100 for c in columns},
+        # the chart view: every run plotted, speedup against each loss first (MLflow adds
+        # its own charts of the other metrics below)
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunSections": [
+            {
+                "uuid": CHART_SECTION,
+                "name": "speedup against accuracy loss",
+                "display": True,
+                "isReordered": False,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
+        "compareRunCharts": [scatter(loss, "speedup") for loss in losses if "speedup" in metrics],
+    }
+
+
+CHART_SECTION = "autoprumux-trials"
+
+
+def scatter(x: str, y: str) -> dict[str, Any]:
+    """A scatter chart of the runs' metrics y against x, as MLflow's UI keeps one."""
+    return {
+        "uuid": f"autoprumux-{y}-{x}",
+        "type": "SCATTER",
+        "metricSectionId": CHART_SECTION,
+        "displayName": f"{y} against {x}",
+        "xaxis": {"key": x, "type": "METRIC"},
+        "yaxis": {"key": y, "type": "METRIC"},
+        "runsCountToCompare": MAX_VIEW_RUNS,
+        "deleted": False,
+        "isGenerated": False,
     }
 
 
@@ -237,8 +274,10 @@ def runs_page(base_url: str, experiment_id: str, view: str | None = None) -> str
 
 
 def artifact_page(base_url: str, experiment_id: str, run_id: str, path: str) -> str:
-    """The dashboard page of a run's artefact (its Artifacts tab, the file shown)."""
-    return f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+    """The dashboard page of a run's artefact (its Artifacts tab, the file shown), in the
+    model-training view (see `runs_page`)."""
+    page = f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+    return page + "?workflowType=machine_learning"
 
 
 def newest_study_run(cl: Any) -> Any | None:
