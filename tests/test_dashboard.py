@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pytest
 from test_search_samplers import ReplayEvaluator, replay_searcher, replay_settings
 
 from autoprumux import tracking
 from autoprumux.cli import _serve, main
 from autoprumux.config import Candidate
 from autoprumux.search import SearchSpace
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 class ValidatedReplay(ReplayEvaluator):
@@ -159,3 +163,31 @@ def test_the_view_follows_the_keys_a_study_logged(tmp_path, monkeypatch, capsys)
     out = ui_output(monkeypatch, capsys, empty.s.tracking_uri)
     assert f"{empty.experiment_id}/runs?workflowType=machine_learning\n" in out
     assert "viewStateShareKey" not in out and "Pareto" not in out
+
+
+def test_the_screenshot_script_replays_the_recorded_main_job(tmp_path, monkeypatch, capsys):
+    """benchmarks/dashboard_screenshot.py --replay: the recorded trials, in their order, with
+    their recorded losses and speedups, in a store `ui` opens on the trials view."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import dashboard_screenshot
+
+    record = BENCH / "results" / "main_job_sst2_cpu.json"
+    dashboard_screenshot.replay_store(tmp_path, record)
+    recorded = json.loads(record.read_text())["trials"]
+    uri = tracking.default_tracking_uri(tmp_path)
+    cl = tracking.client(uri)
+    runs = cl.search_runs(
+        [e.experiment_id for e in cl.search_experiments()], "tags.`autoprumux.role` = 'trial'"
+    )
+    by_number = {int(r.data.tags["autoprumux.trial_number"]): r for r in runs}
+    assert sorted(by_number) == [t["number"] for t in recorded]
+    for t in recorded:
+        r = by_number[t["number"]]
+        assert float(r.data.params["sparsity"]) == t["config"]["sparsity"]
+        assert r.data.params["precision"] == t["config"]["precision"]
+        for key in ("accuracy_loss", "validation_loss", "speedup"):
+            assert r.data.metrics[key] == pytest.approx(t[key], abs=1e-9), key
+    out = ui_output(monkeypatch, capsys, uri)
+    pages = dashboard_screenshot.printed_pages(out.splitlines())
+    assert pages["trials"].endswith(f"viewStateShareKey={tracking.TRIALS_VIEW}")
+    assert pages["pareto"].endswith("/artifacts/pareto_front.png?workflowType=machine_learning")
