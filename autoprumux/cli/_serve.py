@@ -58,7 +58,11 @@ def _study_pages(cl: Any, base: str) -> list[str]:
         view = None
     lines = [f"the latest study's trials: {tracking.runs_page(base, exp, view)}"]
     pareto = tracking.PARETO_FIGURE
-    if any(a.path == pareto for a in cl.list_artifacts(rid)):
+    try:
+        logged = any(a.path == pareto for a in cl.list_artifacts(rid))
+    except Exception:  # noqa: BLE001 - an artefact store this process cannot read: no link
+        logged = False
+    if logged:
         lines.append(f"its Pareto front: {tracking.artifact_page(base, exp, rid, pareto)}")
     return lines
 
