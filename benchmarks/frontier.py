@@ -10,7 +10,8 @@ measured again). The file then gets
 - `best_within`: for each budget ("0.5", "1", "2", "3", "5" points) the fastest point whose
   validation loss is within it (chosen on the split carved from train; its `speedup`, its dev
   `loss` as reported, its `validation_loss` and configuration; the baseline, 1.00x, when none
-  is);
+  is); `best_within_on_dev` the same read on dev after looking (what the measured points hold,
+  not an answer);
 - `references` at each budget: int8 of the baseline alone, pruning alone (N=1, fp32) and
   multiplexing alone (sparsity 0, fp32), each the fastest of its kind within the budget;
 - `pareto`: the points no other point beats in both loss and speed.
@@ -92,6 +93,9 @@ def pareto(rows: list[dict]) -> list[dict]:
 def summarise(data: dict) -> dict:
     rows = data["rows"]
     data["best_within"] = {b: fastest_within(rows, float(b)) for b in BUDGETS}
+    # the same read on dev, after looking: what the measured points hold, never an answer
+    on_dev = [{k: v for k, v in r.items() if k != "validation_loss"} for r in rows]
+    data["best_within_on_dev"] = {b: fastest_within(on_dev, float(b)) for b in BUDGETS}
     int8_base = [r for r in rows if REFERENCES["int8 of the baseline"](r)]
     data["references"] = {
         name: {b: fastest_within([r for r in rows if keep(r)], float(b)) for b in BUDGETS}
@@ -108,13 +112,15 @@ def summarise(data: dict) -> dict:
 
 
 def table(data: dict) -> str:
-    head = "| budget (points) | frontier | " + " | ".join(REFERENCES) + " |"
-    lines = [head, "|" + "---|" * (2 + len(REFERENCES))]
+    head = "| budget (points) | frontier | on dev | " + " | ".join(REFERENCES) + " |"
+    lines = [head, "|" + "---|" * (3 + len(REFERENCES))]
     for b in BUDGETS:
         best = data["best_within"][b]
         v = best.get("validation_loss")
         chosen = "" if v is None else f"; validation {v:.2f}"
         cells = [f"{best['speedup']:.2f}x at {best['loss']:.2f} dev{chosen} ({best['config']})"]
+        dev = data["best_within_on_dev"][b]
+        cells.append(f"{dev['speedup']:.2f}x at {dev['loss']:.2f} ({dev['config']})")
         for name in REFERENCES:
             ref = data["references"][name][b]
             cells.append(f"{ref['speedup']:.2f}x ({ref['config']})")
