@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -359,9 +358,10 @@ class Searcher:
         cfg = self._suggest(trial)
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("machine", self.machine.to_dict())
-        run = self.client.create_run(
+        run = tracking.TrialRun(
+            self.client,
             self.experiment_id,
-            run_name=f"trial-{trial.number}",
+            name=f"trial-{trial.number}",
             tags={
                 "mlflow.parentRunId": self.parent_run_id,
                 "autoprumux.role": "trial",
@@ -369,12 +369,6 @@ class Searcher:
                 "autoprumux.trial_number": str(trial.number),
                 "autoprumux.trial_id": str(trial._trial_id),
             },
-        )
-        run_id = str(run.info.run_id)
-        trial.set_user_attr("mlflow_run_id", run_id)
-        tracking.log_run_data(
-            self.client,
-            run_id,
             params={
                 **cfg.to_dict(),
                 "task": self.space.task,
@@ -382,53 +376,50 @@ class Searcher:
                 "device": self.s.device,
                 **self._machine_params(),
             },
+            files={
+                "config.json": {"trial": trial.number, **cfg.to_dict()},
+                "search_space.yaml": self.space.to_yaml(),
+            },
+            stopped=(optuna.TrialPruned,),
         )
-        tracking.log_json(
-            self.client, run_id, {"trial": trial.number, **cfg.to_dict()}, "config.json"
-        )
-        tracking.log_text(self.client, run_id, self.space.to_yaml(), "search_space.yaml")
-        overhead = time.perf_counter() - t0
+        before = time.perf_counter() - t0
         try:
-            pipe = self.pipeline(cfg.mux_variant)
-            w0 = time.perf_counter()
-            if cfg.technique == "students":
-                ev = pipe.evaluate_students(
-                    cfg.students,
-                    cfg.student_depth,
-                    throughput=self.s.throughput,
-                    precision=cfg.precision,
+            with run:
+                trial.set_user_attr("mlflow_run_id", run.run_id)
+                w0 = time.perf_counter()
+                ev = self._evaluate(trial, cfg, run.run_id)
+                work = time.perf_counter() - w0
+                metrics = record_evaluation(trial, ev, self.s.budget)
+                run.record(
+                    metrics=metrics,
+                    params={"chosen_on": ev.chosen_on},
+                    files={"evaluation.json": ev.to_dict()},
                 )
-            else:
-                ev = self._evaluate_prumux(trial, pipe, cfg, run_id)
-            work = time.perf_counter() - w0
-            t1 = time.perf_counter()
-            metrics = record_evaluation(trial, ev, self.s.budget)
-            tracking.log_run_data(
-                self.client, run_id, metrics=metrics, params={"chosen_on": ev.chosen_on}
-            )
-            tracking.log_json(self.client, run_id, ev.to_dict(), "evaluation.json")
-            log_stage_training(self.client, run_id, ev)
-            self.client.set_terminated(run_id, "FINISHED")
-            overhead += time.perf_counter() - t1
-            trial.set_user_attr("trial_seconds", work + overhead)
-            trial.set_user_attr("tracking_overhead_seconds", overhead)
-            return float(ev.speedup)
-        except optuna.TrialPruned as e:
-            tracking.log_run_data(self.client, run_id, tags={"autoprumux.state": "PRUNED"})
-            tracking.log_text(self.client, run_id, str(e), "pruned.txt")
-            self.client.set_terminated(run_id, "KILLED")
+                log_stage_training(self.client, run.run_id, ev)
+        except optuna.TrialPruned:
             raise
         except Exception as e:
-            reason = f"{type(e).__name__}: {e}"[:500]
             # Optuna only logs why a trial failed: the study and its MLflow run both keep it
-            trial.set_user_attr("error", reason)
-            tracking.log_run_data(
-                self.client, run_id, tags={"autoprumux.state": "FAIL", "autoprumux.error": reason}
-            )
-            tracking.log_text(self.client, run_id, traceback.format_exc(), "error.txt")
-            self.client.set_terminated(run_id, "FAILED")
+            trial.set_user_attr("error", run.error or tracking.failure_reason(e))
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
             raise
+        overhead = before + run.seconds
+        trial.set_user_attr("trial_seconds", work + overhead)
+        trial.set_user_attr("tracking_overhead_seconds", overhead)
+        return float(ev.speedup)
+
+    def _evaluate(self, trial: Any, cfg: Candidate, run_id: str) -> Any:
+        """One configuration measured beside its baseline: students, or a PruMUX candidate
+        reporting its loss after each stage."""
+        pipe = self.pipeline(cfg.mux_variant)
+        if cfg.technique == "students":
+            return pipe.evaluate_students(
+                cfg.students,
+                cfg.student_depth,
+                throughput=self.s.throughput,
+                precision=cfg.precision,
+            )
+        return self._evaluate_prumux(trial, pipe, cfg, run_id)
 
     # ---- loop --------------------------------------------------------------------------------
     def finished(self) -> list[Any]:

@@ -40,8 +40,11 @@ from autoprumux.tracking._stores import (
     missing_sqlite_file,
     resolve_tracking_uri,
 )
+from autoprumux.tracking._trial_run import TrialRun, failure_reason
 
 __all__ = [
+    "TrialRun",
+    "failure_reason",
     "PARETO_FIGURE",
     "TRIALS_VIEW",
     "artifact_page",
