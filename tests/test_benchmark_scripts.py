@@ -75,7 +75,8 @@ def test_students_latency_with_another_recipe_needs_its_own_file(monkeypatch, ca
     assert "--recipe needs --out" in capsys.readouterr().err
 
 
-def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path):
+def _frontier():
+    """benchmarks/frontier.py as a module (it imports its sibling reference_grid)."""
     sys.path.insert(0, str(BENCH))
     try:
         spec = importlib.util.spec_from_file_location("frontier", BENCH / "frontier.py")
@@ -84,6 +85,11 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
         spec.loader.exec_module(frontier)
     finally:
         sys.path.remove(str(BENCH))
+    return frontier
+
+
+def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path):
+    frontier = _frontier()
 
     def row(s, n, p, loss, speed):
         return {
@@ -134,14 +140,7 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
 
 
 def test_the_frontier_chooses_on_validation_and_reports_dev():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("frontier", BENCH / "frontier.py")
-        assert spec is not None and spec.loader is not None
-        frontier = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(frontier)
-    finally:
-        sys.path.remove(str(BENCH))
+    frontier = _frontier()
     rows = [  # a lucky dev loss over budget on validation, and the other way round
         {
             "target_sparsity": 0.7,
