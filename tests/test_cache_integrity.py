@@ -126,6 +126,8 @@ BAD_RECIPES = [
     ("patience", True),
     ("min_delta", -0.1),
     ("min_delta", math.nan),
+    ("plateau_anneal", -0.5),
+    ("plateau_anneal", 4.5),
     ("mux_warmup_steps", None),
     ("mux_warmup_lr", math.inf),
     ("warmup_corpus_size", -5),
