@@ -121,7 +121,7 @@ def train_until_plateau(
         if stop.stopped and anneal > 0:
             intervals = max(1, math.ceil(anneal * step / eval_every))
             schedule.begin(step, intervals * eval_every)
-            stop.anneal_steps = intervals * eval_every
+            stop.anneal_steps = schedule.length
             return False
         return stop.stopped
 
