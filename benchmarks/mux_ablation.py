@@ -78,13 +78,13 @@ def main(argv: list[str]) -> int:
         if os.path.exists(path + "/autoprumux_config.json"):
             warm = MuxSequenceClassifier.load(path)
         else:
-            warm = pipe._fresh(n)
+            warm = pipe.fresh_model(n)
             stats = retrieval_warmup(
                 warm,
                 sentences,
                 TrainConfig(steps=w, batch_size=r.batch_size, lr=r.mux_warmup_lr, seed=r.seed),
                 special_ids=pipe.special_ids,
-                teacher=pipe._fresh(1) if v == "distill" else None,
+                teacher=pipe.fresh_model(1) if v == "distill" else None,
                 hidden_distill_weight=hw if v == "distill" else 0.0,
             )
             print("warm", v, n, w, json.dumps(stats), flush=True)

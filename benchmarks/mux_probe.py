@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     y_train = [x.label for x in train]
     y_dev = np.array([x.label for x in dev])
     for path in paths:
-        model = pipe._fresh(1) if path == "base" else MuxSequenceClassifier.load(path)
+        model = pipe.fresh_model(1) if path == "base" else MuxSequenceClassifier.load(path)
         for pool in ("mean", "cls"):
             clf = LogisticRegression(max_iter=2000).fit(features(model, train, pool), y_train)
             acc = float((clf.predict(features(model, dev, pool)) == y_dev).mean())

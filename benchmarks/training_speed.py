@@ -82,7 +82,7 @@ def transformers_arm(pipe: PruMuxPipeline, cfg: TrainConfig) -> Callable[[int], 
 def autoprumux_arm(pipe: PruMuxPipeline, cfg: TrainConfig) -> Callable[[int], float]:
     """`train_classifier` on a fresh baseline model; each call continues from a new copy (the
     loop builds its own optimizer), so every round times the same work."""
-    base = pipe._fresh(1)
+    base = pipe.fresh_model(1)
 
     def run(steps: int) -> float:
         model = copy.deepcopy(base)

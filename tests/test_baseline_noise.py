@@ -68,7 +68,7 @@ def test_an_unset_max_seq_len_covers_the_share_of_training_examples(
     assert got % 8 == 0 and got < max(lengths)  # the long tail does not set it
     assert sum(n <= got for n in lengths) >= COVERED_SHARE * len(lengths)
     assert sum(n <= got - 8 for n in lengths) < COVERED_SHARE * len(lengths)  # the shortest
-    assert pipe._key()["max_seq_len"] == got  # cache keys hold the resolved value
+    assert pipe.entry_key()["max_seq_len"] == got  # cache keys hold the resolved value
     assert max(len(e.input_ids) for e in pipe.train_items) <= got
     assert f"max_seq_len {got} (from the data" in pipe.max_seq_len_note
 
@@ -82,7 +82,7 @@ def test_a_set_max_seq_len_wins(tmp_path, tiny_checkpoint):
         recipe=Recipe(batch_size=8, max_seq_len=96),
         cache_dir=tmp_path / "cache",
     )
-    assert pipe.recipe.max_seq_len == 96 and pipe._key()["max_seq_len"] == 96
+    assert pipe.recipe.max_seq_len == 96 and pipe.entry_key()["max_seq_len"] == 96
     assert max(len(e.input_ids) for e in pipe.train_items) > 64  # the tail kept up to 96
     assert pipe.max_seq_len_note == "max_seq_len 96 (as set)"
 

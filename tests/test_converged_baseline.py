@@ -184,7 +184,7 @@ def test_the_baseline_stops_on_a_plateau_and_records_its_curve(tmp_path, tiny_ch
         tmp_path, tiny_checkpoint, eval_every=3, patience=2, min_delta=100.0, plateau_anneal=0.0
     )
     pipe.baseline()
-    meta = pipe.cache.meta(pipe._baseline_entry)
+    meta = pipe.cache.meta(pipe.baseline_entry())
     s = meta["stopping"]
     assert s["converged"] and s["steps"] == 9 < pipe.recipe.finetune_steps
     assert meta["train"]["steps"] == 9.0 and s["best_step"] == 3
@@ -200,7 +200,7 @@ def test_the_baseline_anneals_its_lr_from_the_plateau_then_stops(tmp_path, tiny_
         tmp_path, tiny_checkpoint, eval_every=3, patience=2, min_delta=100.0, plateau_anneal=0.5
     )
     pipe.baseline()
-    s = pipe.cache.meta(pipe._baseline_entry)["stopping"]
+    s = pipe.cache.meta(pipe.baseline_entry())["stopping"]
     assert s["converged"] and s["plateau_step"] == 9 and s["anneal_steps"] == 6
     assert [p["step"] for p in s["curve"]] == [3, 6, 9, 12, 15] and s["steps"] == 15
     assert "then the LR decayed to 0 over 6 steps" in describe_convergence(s, "accuracy")
@@ -236,7 +236,7 @@ def test_the_best_weights_of_the_anneal_are_kept():
 
 
 def test_cache_keys_hold_the_stopping_rule_and_the_split(tmp_path, tiny_checkpoint):
-    base = pipeline(tmp_path, tiny_checkpoint)._key()
+    base = pipeline(tmp_path, tiny_checkpoint).entry_key()
     for i, change in enumerate(
         [
             {"patience": 7},
@@ -246,7 +246,7 @@ def test_cache_keys_hold_the_stopping_rule_and_the_split(tmp_path, tiny_checkpoi
             {"plateau_anneal": 0.0},
         ]
     ):
-        other = pipeline(tmp_path / str(i), tiny_checkpoint, **change)._key()
+        other = pipeline(tmp_path / str(i), tiny_checkpoint, **change).entry_key()
         assert other != base, change
     assert base["validation"][0] == 40
 

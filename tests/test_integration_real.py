@@ -40,7 +40,7 @@ def test_real_baseline_well_above_chance_and_cached(pipe):
     again = PruMuxPipeline(
         task="sst2", recipe=pipe.recipe, data_dir=str(DATA), cache_dir=pipe.cache.root
     )
-    assert again.cache.has("baseline", again._key())
+    assert again.cache.has("baseline", again.entry_key())
     assert pipe.dev_metrics(again.baseline())["accuracy"] == acc
 
 

@@ -260,7 +260,7 @@ def test_shared_lr_trains_the_shared_layers_and_keeps_the_per_instance_ones(
         data_dir=late_pipe.data_dir,
         cache_dir=late_pipe.cache.root,
     )
-    assert pipe._mux_key(shape) != late_pipe._mux_key(shape)  # its own cache entry
+    assert pipe.mux_entry_key(shape) != late_pipe.mux_entry_key(shape)  # its own cache entry
     model = pipe.mux_model(shape)
     base = pipe.baseline().encoder.state_dict()
     shared = set(shared_layer_names(model))

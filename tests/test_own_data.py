@@ -547,7 +547,9 @@ def test_pipeline_takes_a_data_source(tmp_path, tiny_checkpoint):
     )
     assert isinstance(pipe.data, TaskData) and pipe.task.name == "pairs"
     assert pipe.task.num_labels == 3 and pipe.task.pair
-    assert pipe._key()["task"] == "pairs" and pipe._key()["data"] == pipe.data.fingerprint()
+    assert (
+        pipe.entry_key()["task"] == "pairs" and pipe.entry_key()["data"] == pipe.data.fingerprint()
+    )
     assert pipe.descriptors()["task_num_labels"] == 3
 
 

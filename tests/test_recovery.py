@@ -272,8 +272,8 @@ def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_pip
     assert len(extra) == 40 and {x.label for x in extra} == {UNLABELED}
     assert logits is not None and logits.shape == (len(items), 2)
     torch.testing.assert_close(logits[-40:], predict(more.baseline(), extra), atol=1e-5, rtol=0)
-    key = more._candidate_key(0.3, MuxShape())
-    assert key != plain._candidate_key(0.3, MuxShape()) and key["unlabeled"] == 40
+    key = more.candidate_entry_key(0.3, MuxShape())
+    assert key != plain.candidate_entry_key(0.3, MuxShape()) and key["unlabeled"] == 40
     more.evaluate(Candidate(sparsity=0.3), throughput=TP)
     plain.evaluate(Candidate(sparsity=0.3), throughput=TP)
     assert len(list((tmp_path / "cache").glob("candidate/*"))) == 2  # apart
@@ -305,8 +305,8 @@ def test_a_rising_schedule_is_keyed_and_spends_more_steps_late(tiny_pipe, tmp_pa
         return tiny_pipe(prune_stages=2, recovery_steps=6, **recipe)
 
     even, rising = pipe(), pipe(recovery_schedule="rising")
-    assert "recovery_schedule" not in even._candidate_key(0.3, MuxShape())  # old keys kept
-    assert rising._candidate_key(0.3, MuxShape())["recovery_schedule"] == "rising"
+    assert "recovery_schedule" not in even.candidate_entry_key(0.3, MuxShape())  # old keys kept
+    assert rising.candidate_entry_key(0.3, MuxShape())["recovery_schedule"] == "rising"
     model = copy.deepcopy(rising.baseline())
     stats = rising.prune(model, 0.3)
     assert [s["train"]["steps"] for s in stats["stages"]] == [2.0, 4.0]

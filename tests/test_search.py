@@ -504,7 +504,7 @@ def test_a_multiplexed_models_dev_metric_is_a_mean_over_pairings_whatever_the_fi
         cache_dir=tmp_path / "cache",
     )
     pipe.dev_items = pipe.dev_items[:96]
-    model = pipe._fresh(2)
+    model = pipe.fresh_model(2)
     first = pipe.dev_metrics(model)
     pipe.dev_items = pipe.dev_items[::-1]
     again = pipe.dev_metrics(model)
@@ -518,7 +518,7 @@ def test_a_multiplexed_models_dev_metric_is_a_mean_over_pairings_whatever_the_fi
         "accuracy", predict(model, pipe.dev_items), [x.label for x in pipe.dev_items]
     )
     assert first["metric_std"] > 0.0 or single["metric"] == first["metric"]
-    assert pipe.dev_metrics(pipe._fresh(1))["metric_std"] == 0.0
+    assert pipe.dev_metrics(pipe.fresh_model(1))["metric_std"] == 0.0
 
 
 def test_cola_trials_log_the_task_metric_apart_from_accuracy(tiny_checkpoint, tmp_path):

@@ -240,9 +240,9 @@ def test_the_pipelines_mux_fine_tune_and_recovery_record_how_they_stopped(
 def test_every_stage_key_holds_the_stopping_rule(tmp_path, tiny_checkpoint):
     def keys(pipe) -> list[dict]:
         return [
-            pipe._mux_key(MuxShape(2)),
-            pipe._candidate_key(0.3, MuxShape()),
-            pipe._candidate_key(0.3, MuxShape(2)),
+            pipe.mux_entry_key(MuxShape(2)),
+            pipe.candidate_entry_key(0.3, MuxShape()),
+            pipe.candidate_entry_key(0.3, MuxShape(2)),
             students_key(pipe, 2, 1),
         ]
 

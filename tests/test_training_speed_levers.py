@@ -126,7 +126,7 @@ def test_the_cache_key_names_the_batching_and_the_resolved_precision(tiny_checkp
             recipe=recipe,
             data_dir=str(GLUE_DIR),
             cache_dir=tmp_path,
-        )._key()
+        ).entry_key()
 
     old = key(batching="random", train_autocast="fp32")
     assert "batching" not in old and "train_autocast" not in old  # entries from before keep theirs

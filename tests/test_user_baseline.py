@@ -101,8 +101,8 @@ def test_a_given_classifier_keys_its_cache_apart_from_a_trained_one(tmp_path, ti
     data = sentiment_data(tmp_path)
     given = pipeline(tmp_path, classifier_dir(tmp_path, {0: "negative", 1: "positive"}), data)
     trained = pipeline(tmp_path, tiny_checkpoint, data)
-    assert given._key()["baseline"] == "given" and given._key()["head_rows"] == [0, 1]
-    assert "baseline" not in trained._key()  # trained baselines keep their keys
+    assert given.entry_key()["baseline"] == "given" and given.entry_key()["head_rows"] == [0, 1]
+    assert "baseline" not in trained.entry_key()  # trained baselines keep their keys
     assert trained.baseline_origin == "trained"
 
 

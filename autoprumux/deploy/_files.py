@@ -7,19 +7,35 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autoprumux._cache import file_sha256
 from autoprumux.errors import ConfigError
 from autoprumux.models._persist import CONFIG_FILE, WEIGHTS_FILE
 
-if TYPE_CHECKING:
-    from autoprumux.deploy._manifest import FileRecord
-
 AGAIN = "export the model again (`autoprumux export --out DIR --force ...`)"
 # far above what export writes (a few KiB), far below what would hurt to parse
 MAX_JSON_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What export wrote into one file of the directory: its size and sha256 (hex)."""
+
+    bytes: int
+    sha256: str
+
+    def __post_init__(self) -> None:
+        size, digest = self.bytes, self.sha256
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"export manifest: file size {size!r} is not a non-negative int")
+        if not isinstance(digest, str) or len(digest) != 64 or digest.strip(HEX):
+            raise ConfigError(f"export manifest: {digest!r} is not a sha256 (64 hex digits)")
+
+
+HEX = "0123456789abcdef"
 
 
 def local_file(directory: str | Path, name: str) -> Path:

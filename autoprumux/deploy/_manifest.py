@@ -18,7 +18,7 @@ from typing import Any
 
 from autoprumux.config import Candidate
 from autoprumux.data import metric_label
-from autoprumux.deploy._files import read_json
+from autoprumux.deploy._files import FileRecord, read_json
 from autoprumux.errors import ConfigError
 
 MANIFEST_FILE = "autoprumux_export.json"
@@ -89,24 +89,6 @@ class ExportSource:
     trial: int | None = None
     budget: float | None = None
     recorded: dict[str, float] | None = None  # the study's measurement (means over repeats)
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """What export wrote into one file of the directory: its size and sha256 (hex)."""
-
-    bytes: int
-    sha256: str
-
-    def __post_init__(self) -> None:
-        size, digest = self.bytes, self.sha256
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ConfigError(f"export manifest: file size {size!r} is not a non-negative int")
-        if not isinstance(digest, str) or len(digest) != 64 or digest.strip(HEX):
-            raise ConfigError(f"export manifest: {digest!r} is not a sha256 (64 hex digits)")
-
-
-HEX = "0123456789abcdef"
 
 
 def plain_name(name: object) -> bool:

@@ -22,13 +22,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from autoprumux.config import Recipe
 from autoprumux.data import Encoded, Example, encode, validation_size, validation_split
 from autoprumux.evaluation import DevNoise, Measured, dev_noise, paired_dev_metrics
 from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
+from autoprumux.pipeline._context import StageContext
 from autoprumux.training import (
     PlateauStop,
     StoppingRule,
@@ -37,9 +37,6 @@ from autoprumux.training import (
     train_classifier,
     train_until_plateau,
 )
-
-if TYPE_CHECKING:
-    from autoprumux.pipeline._pipeline import PruMuxPipeline
 
 log = logging.getLogger("autoprumux")
 
@@ -75,7 +72,7 @@ def resolve_max_seq_len(
     return length, note
 
 
-def build_baseline(pipe: PruMuxPipeline) -> Path:
+def build_baseline(pipe: StageContext) -> Path:
     """The baseline's cache entry: the given classifier as is, or the encoder fine-tuned."""
     rows = pipe.head_rows
 
@@ -83,7 +80,7 @@ def build_baseline(pipe: PruMuxPipeline) -> Path:
         if rows is not None:
             pipe.base.build_classifier(rows).save(tmp / "model")
             return {"given": pipe.base.name, "head_rows": list(rows)}
-        m = pipe._fresh(1)
+        m = pipe.fresh_model(1)
         r = pipe.recipe
         cfg = TrainConfig.from_recipe(r, r.finetune_steps)
         if not pipe.validation_items:
@@ -107,7 +104,7 @@ def build_baseline(pipe: PruMuxPipeline) -> Path:
         m.save(tmp / "model")
         return {"train": stats, "stopping": stopping}
 
-    entry, hit = pipe.cache.get_or_build("baseline", pipe._key(), build)
+    entry, hit = pipe.cache.get_or_build("baseline", pipe.entry_key(), build)
     if rows is not None:
         log.info("baseline: the given classifier %s, used as is (%s)", pipe.base.name, entry)
     else:
@@ -118,7 +115,7 @@ def build_baseline(pipe: PruMuxPipeline) -> Path:
     return entry
 
 
-def measure_baseline(pipe: PruMuxPipeline, model: MuxSequenceClassifier) -> dict[str, float]:
+def measure_baseline(pipe: StageContext, model: MuxSequenceClassifier) -> dict[str, float]:
     """The baseline's dev metrics, logged beside the dev set's majority rate and noise; a
     baseline within noise of the majority class is warned about."""
     metrics = pipe.dev_metrics(model)
@@ -136,12 +133,12 @@ def measure_baseline(pipe: PruMuxPipeline, model: MuxSequenceClassifier) -> dict
     return metrics
 
 
-def noise_of(pipe: PruMuxPipeline, metrics: dict[str, float]) -> DevNoise:
+def noise_of(pipe: StageContext, metrics: dict[str, float]) -> DevNoise:
     """The dev set's majority rate and noise at the baseline's accuracy."""
     return dev_noise((e.label for e in pipe.data.dev), metrics["accuracy"])
 
 
-def split_train(pipe: PruMuxPipeline) -> tuple[list[Encoded], list[Encoded], str]:
+def split_train(pipe: StageContext) -> tuple[list[Encoded], list[Encoded], str]:
     """(items trained on, the validation split's items, a line saying how many were held out):
     the training examples encoded, the split carved as `data.validation_split` does."""
     labels = [e.label for e in pipe.data.train]
@@ -152,13 +149,13 @@ def split_train(pipe: PruMuxPipeline) -> tuple[list[Encoded], list[Encoded], str
     return [items[i] for i in kept], [items[i] for i in held], note
 
 
-def validation_metric(pipe: PruMuxPipeline, model: AnyModel) -> float:
+def validation_metric(pipe: StageContext, model: AnyModel) -> float:
     """`model`'s metric on the validation split, in points (what stopping reads); a multiplexed
     model's over one seeded pairing of the split (see `paired_dev_metrics`)."""
     return validation_metrics(pipe, model, pairings=1)["metric"]
 
 
-def validation_metrics(pipe: PruMuxPipeline, model: AnyModel, pairings: int) -> dict[str, float]:
+def validation_metrics(pipe: StageContext, model: AnyModel, pairings: int) -> dict[str, float]:
     """`model`'s metrics on the validation split, in points, scored as `dev_metrics` scores dev
     (a multiplexed model's: the mean over `pairings` seeded pairings)."""
     return paired_dev_metrics(
@@ -171,14 +168,14 @@ def validation_metrics(pipe: PruMuxPipeline, model: AnyModel, pairings: int) -> 
     )
 
 
-def baseline_validation_metrics(pipe: PruMuxPipeline, pairings: int) -> dict[str, float]:
+def baseline_validation_metrics(pipe: StageContext, pairings: int) -> dict[str, float]:
     """The baseline's metrics on the validation split (scored once per pipeline)."""
-    if pipe._baseline_validation is None:
-        pipe._baseline_validation = validation_metrics(pipe, pipe.baseline(), pairings)
-    return pipe._baseline_validation
+    if pipe.tables.baseline_validation is None:
+        pipe.tables.baseline_validation = validation_metrics(pipe, pipe.baseline(), pairings)
+    return pipe.tables.baseline_validation
 
 
-def validation_loss(pipe: PruMuxPipeline, model: AnyModel, pairings: int) -> float | None:
+def validation_loss(pipe: StageContext, model: AnyModel, pairings: int) -> float | None:
     """The baseline's validation metric minus `model`'s, in points, scored as `validated` scores
     them (what chooses); None without a validation split (then the dev loss chooses)."""
     if not pipe.validation_items:
@@ -188,7 +185,7 @@ def validation_loss(pipe: PruMuxPipeline, model: AnyModel, pairings: int) -> flo
 
 
 def validated(
-    pipe: PruMuxPipeline, baseline: Measured, candidate: Measured, model: AnyModel, pairings: int
+    pipe: StageContext, baseline: Measured, candidate: Measured, model: AnyModel, pairings: int
 ) -> tuple[Measured, Measured, DevNoise | None]:
     """The baseline and the candidate (`model`) with their validation metrics (the baseline's
     scored once per pipeline), and the validation split's noise at the baseline's validation
@@ -205,7 +202,7 @@ def validated(
     return scored(baseline, base_v), scored(candidate, cand_v), noise
 
 
-def stage_rule(pipe: PruMuxPipeline) -> StoppingRule:
+def stage_rule(pipe: StageContext) -> StoppingRule:
     """The baseline's stopping rule for the candidates' stages (pruning recovery, the mux
     fine-tunes, the students): the validation split's metric every `eval_every` steps, `patience`
     and `min_delta`; their step counts are the caps. Without a split they train their caps."""
@@ -214,10 +211,8 @@ def stage_rule(pipe: PruMuxPipeline) -> StoppingRule:
     return StoppingRule(validate, r.eval_every, r.patience, r.min_delta, r.plateau_anneal)
 
 
-def training_record(pipe: PruMuxPipeline) -> dict | None:
+def training_record(pipe: StageContext) -> dict | None:
     """How the trained baseline stopped (`PlateauStop.summary`: converged, steps, the learning
     curve), as its cache entry records it; None for a given classifier or one trained without a
     validation split."""
-    pipe.baseline()
-    assert pipe._baseline_entry is not None
-    return pipe.cache.meta(pipe._baseline_entry).get("stopping")
+    return pipe.cache.meta(pipe.baseline_entry()).get("stopping")

@@ -4,16 +4,12 @@ before it existed keep their keys."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from autoprumux.config import MuxShape
 from autoprumux.data import VALIDATION_SEED
-
-if TYPE_CHECKING:
-    from autoprumux.pipeline._pipeline import PruMuxPipeline
+from autoprumux.pipeline._context import StageContext
 
 
-def cache_key(pipe: PruMuxPipeline, **extra: object) -> dict:
+def cache_key(pipe: StageContext, **extra: object) -> dict:
     """The key every stage starts from: model, task, data, the resolved recipe's shared fields
     and, for a given classifier, that it is given and how its head was ordered."""
     r = pipe.recipe
@@ -59,7 +55,7 @@ def cache_key(pipe: PruMuxPipeline, **extra: object) -> dict:
     }
 
 
-def stopping_key(pipe: PruMuxPipeline) -> dict:
+def stopping_key(pipe: StageContext) -> dict:
     """The part of a candidate stage's key (pruning recovery, a mux fine-tune, students) that says
     it stops on the validation split's plateau and keeps its best weights (`StoppingRule`; the
     rule's fields and the split are in every key, `cache_key`), so entries trained a fixed number
@@ -67,7 +63,7 @@ def stopping_key(pipe: PruMuxPipeline) -> dict:
     return {"stages_stop": "validation_plateau"} if pipe.validation_items else {}
 
 
-def mux_key(pipe: PruMuxPipeline, shape: MuxShape) -> dict:
+def mux_key(pipe: StageContext, shape: MuxShape) -> dict:
     """The key of an unpruned multiplexed model of `shape` (and the start of a pruned
     candidate's)."""
     r = pipe.recipe

@@ -10,7 +10,6 @@ import copy
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,15 +18,13 @@ from autoprumux.config import Candidate, MuxShape, Recipe
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
 from autoprumux.pipeline._baseline import stage_rule
+from autoprumux.pipeline._context import StageContext
 from autoprumux.training import (
     TrainConfig,
     retrieval_warmup,
     shared_layer_names,
     train_late_frozen,
 )
-
-if TYPE_CHECKING:
-    from autoprumux.pipeline._pipeline import PruMuxPipeline
 
 log = logging.getLogger("autoprumux")
 WARMUP_LOG = ("seconds", "retrieval_accuracy")  # what a warm-up's log line reports
@@ -41,7 +38,7 @@ def pruned_before_mux(recipe: Recipe, sparsity: float, shape: MuxShape) -> bool:
 
 
 def last_stage(recipe: Recipe, config: Candidate) -> int:
-    """The last step `PruMuxPipeline.candidate` reports to `on_stage` for a PruMUX `config`: 0
+    """The last step `StageContext.candidate` reports to `on_stage` for a PruMUX `config`: 0
     unpruned (the N-way model, N > 1), 1 for a pruned frozen-backbone late model, else the
     recipe's last pruning stage. A search must never stop a trial there: the candidate is
     finished and is measured."""
@@ -52,7 +49,7 @@ def last_stage(recipe: Recipe, config: Candidate) -> int:
     return recipe.prune_stages
 
 
-def warmup_key(pipe: PruMuxPipeline, n: int) -> dict:
+def warmup_key(pipe: StageContext, n: int) -> dict:
     r = pipe.recipe
     pipe.warmup_sentences()  # sets the corpus digest
     extra: dict = {}
@@ -71,11 +68,11 @@ def warmup_key(pipe: PruMuxPipeline, n: int) -> dict:
         "max_seq_len": r.max_seq_len,
         "freeze_word_embeddings": r.freeze_word_embeddings,
         "seed": r.seed,
-        "corpus": pipe._corpus_digest,
+        "corpus": pipe.corpus_digest,
     }
 
 
-def mux_warmup(pipe: PruMuxPipeline, n: int) -> tuple[Path, dict]:
+def mux_warmup(pipe: StageContext, n: int) -> tuple[Path, dict]:
     """The token-retrieval warm-up for width N: task-independent, cached per
     (base model, N, mux variant, recipe, corpus) and reused by every task and sparsity.
     Returns (cache entry, its metadata incl. cost in seconds and final retrieval accuracy)."""
@@ -86,13 +83,13 @@ def mux_warmup(pipe: PruMuxPipeline, n: int) -> tuple[Path, dict]:
     key = warmup_key(pipe, n)
 
     def build(tmp: Path) -> dict:
-        m = pipe._fresh(n)
+        m = pipe.fresh_model(n)
         started = None
         if r.warmup_from_smaller and n >= 4:
             smaller, _ = mux_warmup(pipe, n // 2)
             warm_start_from(m, MuxSequenceClassifier.load(smaller / "model"))
             started = n // 2
-        teacher = pipe._fresh(1) if r.warmup_hidden_distill else None
+        teacher = pipe.fresh_model(1) if r.warmup_hidden_distill else None
         stats = retrieval_warmup(
             m,
             sentences,
@@ -118,13 +115,13 @@ def mux_warmup(pipe: PruMuxPipeline, n: int) -> tuple[Path, dict]:
     return entry, {**meta, "key": key, "cache_hit": hit}
 
 
-def start_model(pipe: PruMuxPipeline, n: int) -> tuple[MuxSequenceClassifier, dict]:
+def start_model(pipe: StageContext, n: int) -> tuple[MuxSequenceClassifier, dict]:
     """An N-way model to fine-tune: warmed up (cached) when the recipe asks for it."""
     r = pipe.recipe
     if not r.mux_warmup_steps:
-        return pipe._fresh(n), {}
+        return pipe.fresh_model(n), {}
     entry, meta = mux_warmup(pipe, n)
-    m = pipe._load(entry, r.freeze_word_embeddings)
+    m = pipe.load_model(entry, r.freeze_word_embeddings)
     m.mux_config = replace(m.mux_config, pooling=r.mux_pooling)
     if m.num_labels != pipe.task.num_labels:  # the warm-up never trains the task head
         m.num_labels = pipe.task.num_labels
@@ -132,13 +129,13 @@ def start_model(pipe: PruMuxPipeline, n: int) -> tuple[MuxSequenceClassifier, di
     return m, meta
 
 
-def early_mux_key(pipe: PruMuxPipeline, shape: MuxShape) -> dict:
+def early_mux_key(pipe: StageContext, shape: MuxShape) -> dict:
     """The key of an early-mixing model fine-tuned on the task: its shape's and its warm-up's."""
     warm = key_hash(warmup_key(pipe, shape.n)) if pipe.recipe.mux_warmup_steps else None
-    return {**pipe._mux_key(shape), "warmup": warm}
+    return {**pipe.mux_entry_key(shape), "warmup": warm}
 
 
-def early_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:
+def early_mux_model(pipe: StageContext, shape: MuxShape) -> Path:
     """The cache entry of an early-mixing N-way model (from its warm-up) fine-tuned on the task
     with KD from the baseline, until the validation split plateaus (built or cached)."""
     r, n = pipe.recipe, shape.n
@@ -181,7 +178,7 @@ def early_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:
 
 
 def from_baseline(
-    pipe: PruMuxPipeline, shape: MuxShape, base: MuxSequenceClassifier | None = None
+    pipe: StageContext, shape: MuxShape, base: MuxSequenceClassifier | None = None
 ) -> MuxSequenceClassifier:
     """A late-multiplexed model on the fine-tuned baseline (or on `base`, an N=1 model such as
     a pruned candidate): its encoder, pooler and task head, with fresh index embeddings,
@@ -210,7 +207,7 @@ def from_baseline(
 
 
 def _train_late(
-    pipe: PruMuxPipeline, shape: MuxShape, tmp: Path, base: MuxSequenceClassifier | None = None
+    pipe: StageContext, shape: MuxShape, tmp: Path, base: MuxSequenceClassifier | None = None
 ) -> dict:
     r = pipe.recipe
     m = from_baseline(pipe, shape, base)
@@ -246,22 +243,25 @@ def _train_late(
     return {"train": stats, "stopping": stopping, "trainable_parameters": trainable}
 
 
-def late_mux_model(pipe: PruMuxPipeline, shape: MuxShape) -> Path:
+def late_mux_model(pipe: StageContext, shape: MuxShape) -> Path:
     """The cache entry of a late-multiplexed model trained on the task (built or cached)."""
     entry, hit = pipe.cache.get_or_build(
-        "mux", pipe._mux_key(shape), lambda tmp: _train_late(pipe, shape, tmp)
+        "mux", pipe.mux_entry_key(shape), lambda tmp: _train_late(pipe, shape, tmp)
     )
     log.info("mux N=%d%s %s (%s)", shape.n, shape.suffix, "cache hit" if hit else "trained", entry)
     return entry
 
 
-def pruned_late_key(pipe: PruMuxPipeline, sparsity: float, shape: MuxShape) -> dict:
+def pruned_late_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
     """Everything the late model's training reads (its shape and recipe fields) and the key of
     the pruned N=1 candidate it is built on."""
-    return {**pipe._mux_key(shape), "on_pruned": pipe._candidate_key(sparsity, MuxShape())}
+    return {
+        **pipe.mux_entry_key(shape),
+        "on_pruned": pipe.candidate_entry_key(sparsity, MuxShape()),
+    }
 
 
-def pruned_late_mux_model(pipe: PruMuxPipeline, sparsity: float, shape: MuxShape) -> Path:
+def pruned_late_mux_model(pipe: StageContext, sparsity: float, shape: MuxShape) -> Path:
     """A frozen-backbone late model at `sparsity`: the N=1 candidate is pruned and recovered
     first, then multiplexed on top of it, frozen (pruning a late model afterwards would move
     the frozen layers its combiner was trained on). Cached with the candidates."""

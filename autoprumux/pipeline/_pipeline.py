@@ -58,6 +58,7 @@ from autoprumux.pipeline._baseline import (
     training_record,
     validated,
 )
+from autoprumux.pipeline._context import TeacherTables
 from autoprumux.pipeline._keys import cache_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
@@ -146,23 +147,20 @@ class PruMuxPipeline:
         self._baseline: MuxSequenceClassifier | None = None
         self._baseline_entry: Path | None = None
         self._warmup_items: list[Encoded] | None = None
-        self._corpus_digest: str | None = None
+        self.corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
-        self._baseline_validation: dict[str, float] | None = None  # see `_baseline.validated`
-        self._teacher_logits: torch.Tensor | None = None
-        self._teacher_layers: TeacherLayers | None = None
-        self._unlabeled: tuple[list[Encoded], dict] | None = None
+        self.tables = TeacherTables()
         self._mux_metrics: dict[MuxShape, dict[str, float]] = {}
         self._warned_short_baseline = False
 
     # ---- cache keys (see _keys) ----------------------------------------------------------------
-    def _key(self, **extra: object) -> dict:
+    def entry_key(self, **extra: object) -> dict:
         return cache_key(self, **extra)
 
-    def _mux_key(self, shape: MuxShape) -> dict:
+    def mux_entry_key(self, shape: MuxShape) -> dict:
         return mux_key(self, shape)
 
-    def _fresh(self, n: int) -> MuxSequenceClassifier:
+    def fresh_model(self, n: int) -> MuxSequenceClassifier:
         torch.manual_seed(self.recipe.seed)
         pooling = self.recipe.mux_pooling if n > 1 else "cls"
         m = MuxSequenceClassifier(
@@ -175,7 +173,7 @@ class PruMuxPipeline:
         return m
 
     @staticmethod
-    def _load(entry: Path, freeze_words: bool) -> MuxSequenceClassifier:
+    def load_model(entry: Path, freeze_words: bool) -> MuxSequenceClassifier:
         m = MuxSequenceClassifier.load(entry / "model")
         if freeze_words:
             m.encoder.embeddings.word.weight.requires_grad_(False)
@@ -186,8 +184,16 @@ class PruMuxPipeline:
         """The given classifier as is, or the encoder fine-tuned on the task (see _baseline)."""
         if self._baseline is None:
             self._baseline_entry = build_baseline(self)
-            self._baseline = self._load(self._baseline_entry, self.recipe.freeze_word_embeddings)
+            self._baseline = self.load_model(
+                self._baseline_entry, self.recipe.freeze_word_embeddings
+            )
         return self._baseline
+
+    def baseline_entry(self) -> Path:
+        """The baseline's cache entry (built first if need be)."""
+        self.baseline()
+        assert self._baseline_entry is not None
+        return self._baseline_entry
 
     def baseline_training(self) -> dict | None:
         """How the trained baseline stopped (see `_baseline.training_record`)."""
@@ -218,7 +224,7 @@ class PruMuxPipeline:
             texts = warmup_texts(
                 self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
             )
-            self._warmup_items, self._corpus_digest = encode_corpus(
+            self._warmup_items, self.corpus_digest = encode_corpus(
                 texts, self.tokenizer, self.max_seq_len
             )
         return self._warmup_items
@@ -235,7 +241,7 @@ class PruMuxPipeline:
         self.baseline()  # first: the N-way models distil it
         r = self.recipe
         if shape.late:
-            return self._load(late_mux_model(self, shape), r.freeze_word_embeddings)
+            return self.load_model(late_mux_model(self, shape), r.freeze_word_embeddings)
         short = self.head_rows is None and r.finetune_steps < r.mux_finetune_steps
         if short and not self._warned_short_baseline:
             self._warned_short_baseline = True  # once per pipeline: a search asks per trial
@@ -246,7 +252,7 @@ class PruMuxPipeline:
                 r.finetune_steps,
                 r.mux_finetune_steps,
             )
-        return self._load(early_mux_model(self, shape), r.freeze_word_embeddings)
+        return self.load_model(early_mux_model(self, shape), r.freeze_word_embeddings)
 
     def prune(
         self,
@@ -260,10 +266,10 @@ class PruMuxPipeline:
         `_recovery.prune`). Returns per-stage stats."""
         return prune(self, model, sparsity, desc=desc, on_stage=on_stage)
 
-    def _candidate_key(self, sparsity: float, shape: MuxShape) -> dict:
+    def candidate_entry_key(self, sparsity: float, shape: MuxShape) -> dict:
         if sparsity == 0.0:
-            return self._mux_key(shape)
-        return {**self._mux_key(shape), "sparsity": sparsity, **recovery_key(self)}
+            return self.mux_entry_key(shape)
+        return {**self.mux_entry_key(shape), "sparsity": sparsity, **recovery_key(self)}
 
     def trained(
         self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
@@ -276,7 +282,7 @@ class PruMuxPipeline:
         if config.precision != "int8" or r.int8_recovery_steps == 0:
             return model
         key = {
-            **self._candidate_key(*self._prumux(config)),
+            **self.candidate_entry_key(*self.prumux_shape(config)),
             "int8_steps": r.int8_recovery_steps,
             "int8_weights": "per_channel",  # trained as the conversion rounds
             "int8_inputs": "static",
@@ -300,7 +306,7 @@ class PruMuxPipeline:
             return stats
 
         entry, _ = self.cache.get_or_build("int8_recovered", key, build)
-        return self._load(entry, r.freeze_word_embeddings)
+        return self.load_model(entry, r.freeze_word_embeddings)
 
     def candidate(
         self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
@@ -310,12 +316,12 @@ class PruMuxPipeline:
         after each pruning stage, the same way on a cache hit (the stages' metrics are recorded
         with the entry), so a search stops or keeps a configuration whether it was cached or
         not."""
-        sparsity, shape = self._prumux(config)
+        sparsity, shape = self.prumux_shape(config)
         n = shape.n
         self.check_lengths(shape.prefix_positions)
         r = self.recipe
         if pruned_before_mux(r, sparsity, shape):
-            model = self._load(
+            model = self.load_model(
                 pruned_late_mux_model(self, sparsity, shape), r.freeze_word_embeddings
             )
             if on_stage is not None:
@@ -325,7 +331,7 @@ class PruMuxPipeline:
             on_stage(0, self.mux_metrics(shape)["metric"])
         if sparsity == 0.0:
             return self.mux_model(shape)
-        key = self._candidate_key(sparsity, shape)
+        key = self.candidate_entry_key(sparsity, shape)
 
         def build(tmp: Path) -> dict:
             m = copy.deepcopy(self.mux_model(shape))
@@ -346,7 +352,7 @@ class PruMuxPipeline:
         entry, hit = self.cache.get_or_build("candidate", key, build)
         how = "cache hit" if hit else "built"
         log.info("candidate s=%g N=%d%s %s (%s)", sparsity, n, shape.suffix, how, entry)
-        model = self._load(entry, r.freeze_word_embeddings)
+        model = self.load_model(entry, r.freeze_word_embeddings)
         if hit and on_stage is not None:
             meta = self.cache.meta(entry)
             stages = meta.get("stages", [])
@@ -459,7 +465,7 @@ class PruMuxPipeline:
 
     def check(self, config: Candidate) -> None:
         """Refuse a configuration this pipeline cannot build or run, before any training."""
-        self.check_lengths(self._prumux(config)[1].prefix_positions)
+        self.check_lengths(self.prumux_shape(config)[1].prefix_positions)
         check_precision(config.precision, str(self.device))
 
     def deployable(
@@ -489,7 +495,7 @@ class PruMuxPipeline:
     ) -> Evaluation:
         """A PruMUX configuration beside the fp32 baseline: built (or cached) in fp32, converted
         to its precision, scored and timed as converted (see `candidate` for `on_stage`)."""
-        sparsity, shape = self._prumux(config)
+        sparsity, shape = self.prumux_shape(config)
         check_precision(config.precision, str(self.device))
         tp = throughput or ThroughputConfig(device=str(self.device))
         self.check_lengths(shape.prefix_positions, tp)
@@ -501,7 +507,7 @@ class PruMuxPipeline:
         name = precision_name(name, config.precision)
         return self.beside_baseline(name, cand, tp, training=self.stage_training(config))
 
-    def _prumux(self, config: Candidate) -> tuple[float, MuxShape]:
+    def prumux_shape(self, config: Candidate) -> tuple[float, MuxShape]:
         """(sparsity, mux shape) of a PruMUX configuration this pipeline builds (its mux
         variant; mux_layers below the model's depth, checked before any training)."""
         if not isinstance(config, Candidate) or config.technique != "prumux":

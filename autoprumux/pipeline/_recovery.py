@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,6 +18,7 @@ from autoprumux.config import Recipe
 from autoprumux.data import UNLABELED, Encoded, encode_corpus, warmup_texts
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.pipeline._baseline import stage_rule
+from autoprumux.pipeline._context import StageContext
 from autoprumux.training import (
     TeacherLayers,
     TrainConfig,
@@ -26,9 +26,6 @@ from autoprumux.training import (
     prune_in_stages,
     write_teacher_layers,
 )
-
-if TYPE_CHECKING:
-    from autoprumux.pipeline._pipeline import PruMuxPipeline
 
 log = logging.getLogger("autoprumux")
 
@@ -39,9 +36,7 @@ def distils_from_tables(r: Recipe) -> bool:
     return bool(r.distill_weight) and r.trainer != "l2l"
 
 
-def _cached_logits(
-    pipe: PruMuxPipeline, items: list[Encoded], key: dict, what: str
-) -> torch.Tensor:
+def _cached_logits(pipe: StageContext, items: list[Encoded], key: dict, what: str) -> torch.Tensor:
     """The baseline's logits over `items`, computed once and cached (kind "teacher", the
     baseline's key plus `key`)."""
 
@@ -51,22 +46,24 @@ def _cached_logits(
         save_file({"logits": logits.float().cpu()}, tmp / "logits.safetensors")
         return {"items": len(items), "seconds": time.perf_counter() - t0}
 
-    entry, hit = pipe.cache.get_or_build("teacher", {**pipe._key(), "of": "logits", **key}, build)
+    entry, hit = pipe.cache.get_or_build(
+        "teacher", {**pipe.entry_key(), "of": "logits", **key}, build
+    )
     log.info("%s %s (%s)", what, "cache hit" if hit else "computed", entry)
     return load_file(entry / "logits.safetensors")["logits"]
 
 
-def teacher_logits(pipe: PruMuxPipeline) -> torch.Tensor | None:
+def teacher_logits(pipe: StageContext) -> torch.Tensor | None:
     """The baseline's logits for every training item (None when the recipe does not distil, or
     trains with L2L, whose executor runs the teacher itself)."""
     if not distils_from_tables(pipe.recipe):
         return None
-    if pipe._teacher_logits is None:
-        pipe._teacher_logits = _cached_logits(pipe, pipe.train_items, {}, "teacher logits")
-    return pipe._teacher_logits
+    if pipe.tables.logits is None:
+        pipe.tables.logits = _cached_logits(pipe, pipe.train_items, {}, "teacher logits")
+    return pipe.tables.logits
 
 
-def corpus_items(pipe: PruMuxPipeline, size: int) -> tuple[list[Encoded], dict]:
+def corpus_items(pipe: StageContext, size: int) -> tuple[list[Encoded], dict]:
     """`size` sentences of the warm-up corpus (a seeded sample, see `warmup_texts`), tokenised
     as UNLABELED items, and what keys them (their count and content hash)."""
     r = pipe.recipe
@@ -78,18 +75,18 @@ def corpus_items(pipe: PruMuxPipeline, size: int) -> tuple[list[Encoded], dict]:
     )
 
 
-def unlabeled_items(pipe: PruMuxPipeline) -> tuple[list[Encoded], dict]:
+def unlabeled_items(pipe: StageContext) -> tuple[list[Encoded], dict]:
     """`recovery_unlabeled` sentences of the warm-up corpus (`corpus_items`); empty when the
     recipe adds none, or does not distil: they would have nothing to learn from."""
     r = pipe.recipe
     if not r.recovery_unlabeled or not distils_from_tables(r):
         return [], {}
-    if pipe._unlabeled is None:
-        pipe._unlabeled = corpus_items(pipe, r.recovery_unlabeled)
-    return pipe._unlabeled
+    if pipe.tables.unlabeled is None:
+        pipe.tables.unlabeled = corpus_items(pipe, r.recovery_unlabeled)
+    return pipe.tables.unlabeled
 
 
-def recovery_set(pipe: PruMuxPipeline) -> tuple[list[Encoded], torch.Tensor | None]:
+def recovery_set(pipe: StageContext) -> tuple[list[Encoded], torch.Tensor | None]:
     """The pruning recovery's training items (the task's, then the unlabeled ones) and the
     baseline's logits for each (None when the recipe does not distil)."""
     table = teacher_logits(pipe)
@@ -101,14 +98,14 @@ def recovery_set(pipe: PruMuxPipeline) -> tuple[list[Encoded], torch.Tensor | No
     return [*pipe.train_items, *extra], torch.cat([table, more])
 
 
-def teacher_layers(pipe: PruMuxPipeline) -> TeacherLayers | None:
+def teacher_layers(pipe: StageContext) -> TeacherLayers | None:
     """The baseline's per-layer token states for every item of the recovery set (fp16,
     memory-mapped: about 50 KB per item and layer at 64 tokens; see `write_teacher_layers`).
     None unless the recipe distils layers (`recovery_layer_distill`) and has the logits
     table."""
     if not pipe.recipe.recovery_layer_distill or teacher_logits(pipe) is None:
         return None
-    if pipe._teacher_layers is None:
+    if pipe.tables.layers is None:
         extra, unlabeled = unlabeled_items(pipe)
         items = [*pipe.train_items, *extra]
 
@@ -117,14 +114,14 @@ def teacher_layers(pipe: PruMuxPipeline) -> TeacherLayers | None:
             shape = write_teacher_layers(pipe.baseline(), items, tmp, device=pipe.device)
             return {**shape, "seconds": time.perf_counter() - t0}
 
-        key = {**pipe._key(), "of": "layers", **unlabeled}
+        key = {**pipe.entry_key(), "of": "layers", **unlabeled}
         entry, hit = pipe.cache.get_or_build("teacher", key, build)
         log.info("teacher layer states %s (%s)", "cache hit" if hit else "computed", entry)
-        pipe._teacher_layers = TeacherLayers(entry)
-    return pipe._teacher_layers
+        pipe.tables.layers = TeacherLayers(entry)
+    return pipe.tables.layers
 
 
-def recovery_key(pipe: PruMuxPipeline) -> dict:
+def recovery_key(pipe: StageContext) -> dict:
     """What a pruned candidate's recovery reads from the recipe (its part of the cache key)."""
     r = pipe.recipe
     return {
@@ -139,7 +136,7 @@ def recovery_key(pipe: PruMuxPipeline) -> dict:
 
 
 def prune(
-    pipe: PruMuxPipeline,
+    pipe: StageContext,
     model: MuxSequenceClassifier,
     sparsity: float,
     *,

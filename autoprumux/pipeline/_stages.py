@@ -5,24 +5,22 @@ not built yet is left out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autoprumux.config import Candidate
+from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._mux import early_mux_key, pruned_before_mux, pruned_late_key
 from autoprumux.pipeline._students import students_key
 
-if TYPE_CHECKING:
-    from autoprumux.pipeline._pipeline import PruMuxPipeline
 
-
-def _meta(pipe: PruMuxPipeline, kind: str, key: dict) -> dict[str, Any] | None:
+def _meta(pipe: StageContext, kind: str, key: dict) -> dict[str, Any] | None:
     return pipe.cache.meta(pipe.cache.entry(kind, key)) if pipe.cache.has(kind, key) else None
 
 
-def stage_training(pipe: PruMuxPipeline, config: Candidate) -> dict[str, Any]:
+def stage_training(pipe: StageContext, config: Candidate) -> dict[str, Any]:
     """The stopping records of `config`'s built stages: ``mux`` (the N-way task fine-tune, early
     or late), ``recovery`` (one per pruning stage), ``students`` (one per student's boosting) and
-    ``stacking``. Empty for the baseline (see `PruMuxPipeline.baseline_training`) and for stages
+    ``stacking``. Empty for the baseline (see `StageContext.baseline_training`) and for stages
     not built yet; a record is None where its entry was built before records were kept."""
     if config.technique == "students":
         meta = _meta(pipe, "students", students_key(pipe, config.students, config.student_depth))
@@ -33,7 +31,7 @@ def stage_training(pipe: PruMuxPipeline, config: Candidate) -> dict[str, Any]:
             "students": [t.get("stopping") for t in d.get("student_train", [])],
             "stacking": d.get("stacking_train", {}).get("stopping"),
         }
-    sparsity, shape = pipe._prumux(config)
+    sparsity, shape = pipe.prumux_shape(config)
     out: dict[str, Any] = {}
     if pruned_before_mux(pipe.recipe, sparsity, shape):
         out.update(stage_training(pipe, Candidate(sparsity=sparsity)))  # the pruned N=1 model
@@ -42,12 +40,12 @@ def stage_training(pipe: PruMuxPipeline, config: Candidate) -> dict[str, Any]:
             out["mux"] = meta.get("stopping")
         return out
     if shape.n > 1:
-        key = pipe._mux_key(shape) if shape.late else early_mux_key(pipe, shape)
+        key = pipe.mux_entry_key(shape) if shape.late else early_mux_key(pipe, shape)
         meta = _meta(pipe, "mux", key)
         if meta is not None:
             out["mux"] = meta.get("stopping")
     if sparsity > 0:
-        meta = _meta(pipe, "candidate", pipe._candidate_key(sparsity, shape))
+        meta = _meta(pipe, "candidate", pipe.candidate_entry_key(sparsity, shape))
         if meta is not None:
             out["recovery"] = [st.get("stopping") for st in meta.get("stages", [])]
     return out

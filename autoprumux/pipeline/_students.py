@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from autoprumux.config import Candidate, check_precision
 from autoprumux.evaluation import Evaluation, ThroughputConfig
 from autoprumux.models import StudentConfig, StudentEnsemble
 from autoprumux.pipeline._baseline import stage_rule
+from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._keys import stopping_key
 from autoprumux.pipeline._recovery import corpus_items
 from autoprumux.training import StudentTrainConfig, distill_students
-
-if TYPE_CHECKING:
-    from autoprumux.pipeline._pipeline import PruMuxPipeline
 
 log = logging.getLogger("autoprumux")
 
@@ -34,7 +31,7 @@ STUDENT_LEVER_DEFAULTS = {
 }
 
 
-def students_key(pipe: PruMuxPipeline, k: int, depth: int, extra_key: dict | None = None) -> dict:
+def students_key(pipe: StageContext, k: int, depth: int, extra_key: dict | None = None) -> dict:
     """What K students of `depth` layers are built from: the recipe's student fields, the
     corpus sentences they add (`extra_key`, their count and hash; None: read here), and the
     stopping rule."""
@@ -42,7 +39,7 @@ def students_key(pipe: PruMuxPipeline, k: int, depth: int, extra_key: dict | Non
     cfg = StudentConfig(k=k, depth=depth, pooling=r.student_pooling)
     if extra_key is None:
         extra_key = corpus_items(pipe, r.student_unlabeled)[1] if r.student_unlabeled else {}
-    return pipe._key(
+    return pipe.entry_key(
         technique="students",
         k=cfg.k,
         depth=cfg.depth,
@@ -61,7 +58,7 @@ def students_key(pipe: PruMuxPipeline, k: int, depth: int, extra_key: dict | Non
     )
 
 
-def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
+def build_students(pipe: StageContext, k: int, depth: int) -> StudentEnsemble:
     """K students of `depth` layers distilled from the baseline (built or cached) over the
     training set plus the recipe's `student_unlabeled` warm-up corpus sentences."""
     r = pipe.recipe
@@ -87,7 +84,7 @@ def build_students(pipe: PruMuxPipeline, k: int, depth: int) -> StudentEnsemble:
 
 
 def evaluate_students(
-    pipe: PruMuxPipeline,
+    pipe: StageContext,
     k: int,
     depth: int,
     active: int | None,
