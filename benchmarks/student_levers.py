@@ -37,7 +37,7 @@ from _results import machine, write_json
 
 from autoprumux.models import StudentConfig
 from autoprumux.pipeline import PruMuxPipeline
-from autoprumux.pipeline._recovery import corpus_items
+from autoprumux.pipeline._corpus import corpus_items
 from autoprumux.student_server import student_accuracy_losses
 from autoprumux.training import StudentTrainConfig, distill_students
 

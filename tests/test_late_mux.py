@@ -309,7 +309,7 @@ def test_late_models_are_cached_per_shape_and_multiplex_the_pruned_model(late_pi
     )
     assert pruned.mux_config.layers == 1 and abs(pruned.sparsity() - 0.5) < 0.02
     # its cache key holds N, the late fields and the pruned candidate's key
-    from autoprumux.pipeline._mux import pruned_late_key
+    from autoprumux.pipeline._keys import pruned_late_key
 
     key = pruned_late_key(late_pipe, 0.5, MuxShape(2, 1, "concat"))
     assert key != pruned_late_key(late_pipe, 0.5, MuxShape(4, 1, "concat"))

@@ -264,7 +264,8 @@ def test_unlabeled_items_are_distilled_from_the_teachers_logits():
 
 
 def test_recovery_distils_unlabeled_sentences_with_their_own_cache_keys(tiny_pipe, tmp_path):
-    from autoprumux.pipeline._recovery import recovery_set, unlabeled_items
+    from autoprumux.pipeline._corpus import unlabeled_items
+    from autoprumux.pipeline._recovery import recovery_set
 
     plain, more = tiny_pipe(), tiny_pipe(recovery_unlabeled=40)
     items, logits = recovery_set(more)

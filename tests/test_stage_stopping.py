@@ -16,7 +16,7 @@ from test_converged_baseline import pipeline
 from autoprumux.config import Candidate, MuxShape
 from autoprumux.data import Encoded
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, StudentConfig
-from autoprumux.pipeline._students import students_key
+from autoprumux.pipeline._keys import students_key
 from autoprumux.training import (
     StoppingRule,
     StudentTrainConfig,

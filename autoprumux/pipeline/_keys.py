@@ -1,12 +1,26 @@
-"""What identifies each cache entry of a pipeline: the model, the task's data and the recipe
-fields a stage reads. A field is keyed only where it changes what is built, so entries built
+"""Every cache key of a pipeline, in one place: what identifies each entry (the baseline, the
+teacher tables, warm-ups, mux models, pruned candidates, students) is the model, the task's data
+and the recipe fields its stage reads. A field is keyed only where it changes what is built, so entries built
 before it existed keep their keys."""
 
 from __future__ import annotations
 
+from autoprumux._cache import key_hash
 from autoprumux.config import MuxShape
 from autoprumux.data import VALIDATION_SEED
+from autoprumux.models import StudentConfig
 from autoprumux.pipeline._context import StageContext
+from autoprumux.pipeline._corpus import corpus_items, unlabeled_items
+
+# what the students cached before these levers existed were built with: a key without the
+# field means this value (so this table stays fixed even if the recipe's defaults change)
+STUDENT_LEVER_DEFAULTS = {
+    "student_loss": "mse",
+    "student_init": "bottom",
+    "student_pooling": "cls",
+    "student_unlabeled": 0,
+    "student_stacking_focus": 0.0,
+}
 
 
 def cache_key(pipe: StageContext, **extra: object) -> dict:
@@ -96,3 +110,96 @@ def mux_key(pipe: StageContext, shape: MuxShape) -> dict:
         # the mux fine-tune and, through `_candidate_key`, the pruning recovery built on it
         **stopping_key(pipe),
     )
+
+
+def candidate_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
+    """The key of a pruned candidate: its unpruned model's and its recovery's (unpruned: the
+    model's own)."""
+    if sparsity == 0.0:
+        return mux_key(pipe, shape)
+    return {**mux_key(pipe, shape), "sparsity": sparsity, **recovery_key(pipe)}
+
+
+def recovery_key(pipe: StageContext) -> dict:
+    """What a pruned candidate's recovery reads from the recipe (its part of the cache key)."""
+    r = pipe.recipe
+    return {
+        "recovery_steps": r.recovery_steps,
+        "prune_stages": r.prune_stages,
+        "importance_examples": r.importance_examples,
+        # keyed only when used, so earlier entries keep their keys
+        **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
+        **({"recovery_schedule": r.recovery_schedule} if r.recovery_schedule != "even" else {}),
+        **unlabeled_items(pipe)[1],
+    }
+
+
+def warmup_key(pipe: StageContext, n: int) -> dict:
+    r = pipe.recipe
+    pipe.warmup_sentences()  # sets the corpus digest
+    extra: dict = {}
+    if r.warmup_hidden_distill:
+        extra["hidden_distill"] = r.warmup_hidden_distill
+    if r.warmup_from_smaller and n >= 4:
+        extra["start_from"] = key_hash(warmup_key(pipe, n // 2))
+    return {
+        **extra,
+        "model": pipe.base.model_id,
+        "n": n,
+        "variant": pipe.mux_variant,
+        "steps": r.mux_warmup_steps,
+        "lr": r.mux_warmup_lr,
+        "batch_size": r.batch_size,
+        "max_seq_len": r.max_seq_len,
+        "freeze_word_embeddings": r.freeze_word_embeddings,
+        "seed": r.seed,
+        "corpus": pipe.corpus_digest,
+    }
+
+
+def early_mux_key(pipe: StageContext, shape: MuxShape) -> dict:
+    """The key of an early-mixing model fine-tuned on the task: its shape's and its warm-up's."""
+    warm = key_hash(warmup_key(pipe, shape.n)) if pipe.recipe.mux_warmup_steps else None
+    return {**pipe.mux_entry_key(shape), "warmup": warm}
+
+
+def pruned_late_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
+    """Everything the late model's training reads (its shape and recipe fields) and the key of
+    the pruned N=1 candidate it is built on."""
+    return {
+        **pipe.mux_entry_key(shape),
+        "on_pruned": pipe.candidate_entry_key(sparsity, MuxShape()),
+    }
+
+
+def students_key(pipe: StageContext, k: int, depth: int, extra_key: dict | None = None) -> dict:
+    """What K students of `depth` layers are built from: the recipe's student fields, the
+    corpus sentences they add (`extra_key`, their count and hash; None: read here), and the
+    stopping rule."""
+    r = pipe.recipe
+    cfg = StudentConfig(k=k, depth=depth, pooling=r.student_pooling)
+    if extra_key is None:
+        extra_key = corpus_items(pipe, r.student_unlabeled)[1] if r.student_unlabeled else {}
+    return pipe.entry_key(
+        technique="students",
+        k=cfg.k,
+        depth=cfg.depth,
+        student_steps=r.student_steps,
+        student_stacking_steps=r.student_stacking_steps,
+        student_lr=r.student_lr,
+        # keyed only when changed, so the students built before these levers existed stay valid
+        **{
+            f: getattr(r, f)
+            for f, default in STUDENT_LEVER_DEFAULTS.items()
+            if getattr(r, f) != default
+        },
+        # the corpus sentences' content hash: another corpus distils other students
+        **{f"student_{name}": v for name, v in extra_key.items() if name != "unlabeled"},
+        **stopping_key(pipe),
+    )
+
+
+def teacher_key(pipe: StageContext, of: str, extra: dict) -> dict:
+    """The key of a table of the baseline's outputs (`of`: "logits" or "layers") over the
+    training items plus the unlabeled ones `extra` keys."""
+    return {**pipe.entry_key(), "of": of, **extra}

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from autoprumux._cache import ArtifactCache, key_hash
+from autoprumux._cache import ArtifactCache
 from autoprumux.config import Candidate, MuxShape, Recipe
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
 from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
+from autoprumux.pipeline._keys import early_mux_key, pruned_late_key, warmup_key
 from autoprumux.training import (
     TrainConfig,
     retrieval_warmup,
@@ -47,29 +48,6 @@ def last_stage(recipe: Recipe, config: Candidate) -> int:
     if pruned_before_mux(recipe, config.sparsity, config.mux_shape):
         return 1
     return recipe.prune_stages
-
-
-def warmup_key(pipe: StageContext, n: int) -> dict:
-    r = pipe.recipe
-    pipe.warmup_sentences()  # sets the corpus digest
-    extra: dict = {}
-    if r.warmup_hidden_distill:
-        extra["hidden_distill"] = r.warmup_hidden_distill
-    if r.warmup_from_smaller and n >= 4:
-        extra["start_from"] = key_hash(warmup_key(pipe, n // 2))
-    return {
-        **extra,
-        "model": pipe.base.model_id,
-        "n": n,
-        "variant": pipe.mux_variant,
-        "steps": r.mux_warmup_steps,
-        "lr": r.mux_warmup_lr,
-        "batch_size": r.batch_size,
-        "max_seq_len": r.max_seq_len,
-        "freeze_word_embeddings": r.freeze_word_embeddings,
-        "seed": r.seed,
-        "corpus": pipe.corpus_digest,
-    }
 
 
 def mux_warmup(pipe: StageContext, n: int) -> tuple[Path, dict]:
@@ -127,12 +105,6 @@ def start_model(pipe: StageContext, n: int) -> tuple[MuxSequenceClassifier, dict
         m.num_labels = pipe.task.num_labels
         m.classifier = torch.nn.Linear(m.classifier.in_features, pipe.task.num_labels)
     return m, meta
-
-
-def early_mux_key(pipe: StageContext, shape: MuxShape) -> dict:
-    """The key of an early-mixing model fine-tuned on the task: its shape's and its warm-up's."""
-    warm = key_hash(warmup_key(pipe, shape.n)) if pipe.recipe.mux_warmup_steps else None
-    return {**pipe.mux_entry_key(shape), "warmup": warm}
 
 
 def early_mux_model(pipe: StageContext, shape: MuxShape) -> Path:
@@ -250,15 +222,6 @@ def late_mux_model(pipe: StageContext, shape: MuxShape) -> Path:
     )
     log.info("mux N=%d%s %s (%s)", shape.n, shape.suffix, "cache hit" if hit else "trained", entry)
     return entry
-
-
-def pruned_late_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
-    """Everything the late model's training reads (its shape and recipe fields) and the key of
-    the pruned N=1 candidate it is built on."""
-    return {
-        **pipe.mux_entry_key(shape),
-        "on_pruned": pipe.candidate_entry_key(sparsity, MuxShape()),
-    }
 
 
 def pruned_late_mux_model(pipe: StageContext, sparsity: float, shape: MuxShape) -> Path:

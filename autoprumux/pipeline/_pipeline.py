@@ -59,7 +59,7 @@ from autoprumux.pipeline._baseline import (
     validated,
 )
 from autoprumux.pipeline._context import TeacherTables
-from autoprumux.pipeline._keys import cache_key, mux_key
+from autoprumux.pipeline._keys import cache_key, candidate_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
     late_mux_model,
@@ -67,7 +67,7 @@ from autoprumux.pipeline._mux import (
     pruned_before_mux,
     pruned_late_mux_model,
 )
-from autoprumux.pipeline._recovery import prune, recovery_key, teacher_layers, teacher_logits
+from autoprumux.pipeline._recovery import prune, teacher_layers, teacher_logits
 from autoprumux.pipeline._stages import stage_training
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
 from autoprumux.training import TeacherLayers, TrainConfig, resolve_autocast, train_classifier
@@ -267,9 +267,7 @@ class PruMuxPipeline:
         return prune(self, model, sparsity, desc=desc, on_stage=on_stage)
 
     def candidate_entry_key(self, sparsity: float, shape: MuxShape) -> dict:
-        if sparsity == 0.0:
-            return self.mux_entry_key(shape)
-        return {**self.mux_entry_key(shape), "sparsity": sparsity, **recovery_key(self)}
+        return candidate_key(self, sparsity, shape)
 
     def trained(
         self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None

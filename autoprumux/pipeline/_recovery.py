@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from autoprumux.config import Recipe
-from autoprumux.data import UNLABELED, Encoded, encode_corpus, warmup_texts
+from autoprumux.data import Encoded
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
+from autoprumux.pipeline._corpus import distils_from_tables, unlabeled_items
+from autoprumux.pipeline._keys import teacher_key
 from autoprumux.training import (
     TeacherLayers,
     TrainConfig,
@@ -28,12 +29,6 @@ from autoprumux.training import (
 )
 
 log = logging.getLogger("autoprumux")
-
-
-def distils_from_tables(r: Recipe) -> bool:
-    """Whether the recipe's distilling steps read the cached tables (the L2L executor runs the
-    teacher itself)."""
-    return bool(r.distill_weight) and r.trainer != "l2l"
 
 
 def _cached_logits(pipe: StageContext, items: list[Encoded], key: dict, what: str) -> torch.Tensor:
@@ -46,9 +41,7 @@ def _cached_logits(pipe: StageContext, items: list[Encoded], key: dict, what: st
         save_file({"logits": logits.float().cpu()}, tmp / "logits.safetensors")
         return {"items": len(items), "seconds": time.perf_counter() - t0}
 
-    entry, hit = pipe.cache.get_or_build(
-        "teacher", {**pipe.entry_key(), "of": "logits", **key}, build
-    )
+    entry, hit = pipe.cache.get_or_build("teacher", teacher_key(pipe, "logits", key), build)
     log.info("%s %s (%s)", what, "cache hit" if hit else "computed", entry)
     return load_file(entry / "logits.safetensors")["logits"]
 
@@ -61,29 +54,6 @@ def teacher_logits(pipe: StageContext) -> torch.Tensor | None:
     if pipe.tables.logits is None:
         pipe.tables.logits = _cached_logits(pipe, pipe.train_items, {}, "teacher logits")
     return pipe.tables.logits
-
-
-def corpus_items(pipe: StageContext, size: int) -> tuple[list[Encoded], dict]:
-    """`size` sentences of the warm-up corpus (a seeded sample, see `warmup_texts`), tokenised
-    as UNLABELED items, and what keys them (their count and content hash)."""
-    r = pipe.recipe
-    texts = warmup_texts(pipe.warmup_corpus, pipe.data, pipe.data_dir, size, r.seed)
-    items, digest = encode_corpus(texts, pipe.tokenizer, pipe.max_seq_len)
-    return (
-        [Encoded(x.input_ids, x.token_type_ids, UNLABELED) for x in items],
-        {"unlabeled": len(items), "unlabeled_corpus": digest},
-    )
-
-
-def unlabeled_items(pipe: StageContext) -> tuple[list[Encoded], dict]:
-    """`recovery_unlabeled` sentences of the warm-up corpus (`corpus_items`); empty when the
-    recipe adds none, or does not distil: they would have nothing to learn from."""
-    r = pipe.recipe
-    if not r.recovery_unlabeled or not distils_from_tables(r):
-        return [], {}
-    if pipe.tables.unlabeled is None:
-        pipe.tables.unlabeled = corpus_items(pipe, r.recovery_unlabeled)
-    return pipe.tables.unlabeled
 
 
 def recovery_set(pipe: StageContext) -> tuple[list[Encoded], torch.Tensor | None]:
@@ -114,25 +84,11 @@ def teacher_layers(pipe: StageContext) -> TeacherLayers | None:
             shape = write_teacher_layers(pipe.baseline(), items, tmp, device=pipe.device)
             return {**shape, "seconds": time.perf_counter() - t0}
 
-        key = {**pipe.entry_key(), "of": "layers", **unlabeled}
+        key = teacher_key(pipe, "layers", unlabeled)
         entry, hit = pipe.cache.get_or_build("teacher", key, build)
         log.info("teacher layer states %s (%s)", "cache hit" if hit else "computed", entry)
         pipe.tables.layers = TeacherLayers(entry)
     return pipe.tables.layers
-
-
-def recovery_key(pipe: StageContext) -> dict:
-    """What a pruned candidate's recovery reads from the recipe (its part of the cache key)."""
-    r = pipe.recipe
-    return {
-        "recovery_steps": r.recovery_steps,
-        "prune_stages": r.prune_stages,
-        "importance_examples": r.importance_examples,
-        # keyed only when used, so earlier entries keep their keys
-        **({"layer_distill": r.recovery_layer_distill} if r.recovery_layer_distill else {}),
-        **({"recovery_schedule": r.recovery_schedule} if r.recovery_schedule != "even" else {}),
-        **unlabeled_items(pipe)[1],
-    }
 
 
 def prune(

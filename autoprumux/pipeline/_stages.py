@@ -9,8 +9,8 @@ from typing import Any
 
 from autoprumux.config import Candidate
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._mux import early_mux_key, pruned_before_mux, pruned_late_key
-from autoprumux.pipeline._students import students_key
+from autoprumux.pipeline._keys import early_mux_key, pruned_late_key, students_key
+from autoprumux.pipeline._mux import pruned_before_mux
 
 
 def _meta(pipe: StageContext, kind: str, key: dict) -> dict[str, Any] | None:

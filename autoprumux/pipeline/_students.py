@@ -14,48 +14,11 @@ from autoprumux.evaluation import Evaluation, ThroughputConfig
 from autoprumux.models import StudentConfig, StudentEnsemble
 from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._keys import stopping_key
-from autoprumux.pipeline._recovery import corpus_items
+from autoprumux.pipeline._corpus import corpus_items
+from autoprumux.pipeline._keys import students_key
 from autoprumux.training import StudentTrainConfig, distill_students
 
 log = logging.getLogger("autoprumux")
-
-# what the students cached before these levers existed were built with: a key without the
-# field means this value (so this table stays fixed even if the recipe's defaults change)
-STUDENT_LEVER_DEFAULTS = {
-    "student_loss": "mse",
-    "student_init": "bottom",
-    "student_pooling": "cls",
-    "student_unlabeled": 0,
-    "student_stacking_focus": 0.0,
-}
-
-
-def students_key(pipe: StageContext, k: int, depth: int, extra_key: dict | None = None) -> dict:
-    """What K students of `depth` layers are built from: the recipe's student fields, the
-    corpus sentences they add (`extra_key`, their count and hash; None: read here), and the
-    stopping rule."""
-    r = pipe.recipe
-    cfg = StudentConfig(k=k, depth=depth, pooling=r.student_pooling)
-    if extra_key is None:
-        extra_key = corpus_items(pipe, r.student_unlabeled)[1] if r.student_unlabeled else {}
-    return pipe.entry_key(
-        technique="students",
-        k=cfg.k,
-        depth=cfg.depth,
-        student_steps=r.student_steps,
-        student_stacking_steps=r.student_stacking_steps,
-        student_lr=r.student_lr,
-        # keyed only when changed, so the students built before these levers existed stay valid
-        **{
-            f: getattr(r, f)
-            for f, default in STUDENT_LEVER_DEFAULTS.items()
-            if getattr(r, f) != default
-        },
-        # the corpus sentences' content hash: another corpus distils other students
-        **{f"student_{name}": v for name, v in extra_key.items() if name != "unlabeled"},
-        **stopping_key(pipe),
-    )
 
 
 def build_students(pipe: StageContext, k: int, depth: int) -> StudentEnsemble:
