@@ -68,12 +68,21 @@ def _run_search(args: argparse.Namespace, settings: SearchSettings) -> int:
         print(f"({searcher.baseline_convergence})")
     print(searcher.report())
     if not args.no_register:
-        uri = searcher.register()
-        if uri:
-            print(f"recommender registered as {uri} (serve it: autoprumux serve)")
+        _register(searcher)
     if getattr(args, "export", None) is not None:
         _export_recommendation(args, searcher)
     return 0
+
+
+def _register(searcher: Searcher) -> None:
+    """Fit the recommender on every finished trial in the storage and register it in MLflow
+    under the study's parent run (see `serving.register_if_new`)."""
+    from autoprumux.serving._pyfunc import register_if_new
+
+    uri = register_if_new(searcher.storage_url, searcher.tracking_uri, searcher.parent_run_id)
+    if uri:
+        searcher.close_parent()  # logging the model reopened the run
+        print(f"recommender registered as {uri} (serve it: autoprumux serve)")
 
 
 def _export_recommendation(args: argparse.Namespace, searcher: Searcher) -> None:

@@ -95,5 +95,5 @@ def measure(searcher: Searcher, config: Candidate) -> Any:
             )
     finally:
         searcher._update_parent()
-        searcher._close_parent()
+        searcher.close_parent()
     return mine()

@@ -449,7 +449,7 @@ class Searcher:
         if done >= self.s.trials and not self._pending():
             log.info("study %s already holds %d finished trials", self.name, done)
             self._update_parent()
-            self._close_parent()
+            self.close_parent()
             return []
         bar = tqdm(
             total=self.s.trials,
@@ -500,7 +500,7 @@ class Searcher:
                 )
         finally:
             bar.close()
-        self._close_parent()
+        self.close_parent()
         return outcomes
 
     def _check_baseline(self, pipe: TrialEvaluator) -> None:
@@ -513,7 +513,7 @@ class Searcher:
         if noise is None or not noise.near_majority:
             return
         if not self.s.force:
-            self._close_parent()
+            self.close_parent()
             raise ConfigError(f"{noise.warning()}; pass --force to search it anyway")
         log.warning("searching anyway (--force): %s", noise.warning())
 
@@ -538,7 +538,7 @@ class Searcher:
     def _pending(self) -> bool:
         return bool(self._trials("WAITING"))
 
-    def _close_parent(self) -> None:
+    def close_parent(self) -> None:
         """The parent run ends with each run of the command (a rerun reopens it); the
         experiment's trials view (`tracking.save_trials_view`) takes the trials' keys."""
         try:
@@ -577,13 +577,3 @@ class Searcher:
         """A table of the study's trials and its best feasible one."""
         trials = counted(self.study.get_trials(deepcopy=False))
         return trials_table(trials, self.best_feasible(), self.s.budget)
-
-    def register(self) -> str | None:
-        """Fit the recommender on every finished trial in the storage and register it in MLflow
-        under this study's parent run (see `register_if_new`). The model URI, or None."""
-        from autoprumux.serving._pyfunc import register_if_new
-
-        uri = register_if_new(self.storage_url, self.tracking_uri, self.parent_run_id)
-        if uri is not None:
-            self._close_parent()  # logging the model reopened the run
-        return uri
