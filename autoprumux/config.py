@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from autoprumux._rules import COUNT, FLAG, FRACTION, LR, STEPS, WEIGHT, Rule
@@ -379,17 +379,24 @@ class Candidate:
     normalised once here (sparsity rounded to 6 places, so equal configurations are equal and
     hash alike); frozen, so it is a dictionary key. `Candidate()` is the baseline."""
 
+    # the only list of a configuration's fields: the search space's dimensions, the
+    # recommender's columns and every stored record derive from it (see `CANDIDATE_FIELDS`).
+    # metadata "technique": the one technique the field applies to (the other's
+    # configurations hold its default); "mux_shape": how N > 1 instances are combined (an N=1
+    # configuration holds its default)
     technique: str = "prumux"
-    sparsity: float = 0.0
-    mux: int = 1
-    mux_variant: str = "gaussian"
-    students: int = 0
-    student_depth: int = 0
+    sparsity: float = field(default=0.0, metadata={"technique": "prumux"})
+    mux: int = field(default=1, metadata={"technique": "prumux"})
+    mux_variant: str = field(default="gaussian", metadata={"technique": "prumux"})
+    students: int = field(default=0, metadata={"technique": "students"})
+    student_depth: int = field(default=0, metadata={"technique": "students"})
     precision: str = "fp32"
     # late multiplexing: the first mux_layers encoder layers run per instance before the
     # mux_combiner combines the N instances (see `MuxShape`)
-    mux_layers: int = 0
-    mux_combiner: str = "binding"
+    mux_layers: int = field(default=0, metadata={"technique": "prumux", "mux_shape": True})
+    mux_combiner: str = field(
+        default="binding", metadata={"technique": "prumux", "mux_shape": True}
+    )
 
     def __post_init__(self) -> None:
         if self.technique not in TECHNIQUES:
@@ -502,6 +509,34 @@ class Candidate:
 
 
 BASELINE = Candidate()
+
+# ---- Candidate's fields, as the rest of the package lists them ----------------------------------
+# in field order (what `Candidate.to_dict` writes: YAML, JSON, MLflow params)
+CANDIDATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Candidate))
+# each field's default: a configuration's value for a field that does not apply to it
+CANDIDATE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Candidate)}
+# the fields only one technique uses (field order)
+TECHNIQUE_FIELDS: dict[str, tuple[str, ...]] = {
+    t: tuple(f.name for f in fields(Candidate) if f.metadata.get("technique") == t)
+    for t in TECHNIQUES
+}
+# how a multiplexed model combines its instances: applies to N > 1 only
+MUX_SHAPE_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(Candidate) if f.metadata.get("mux_shape")
+)
+# every field in the order a search samples them: the technique first (it decides which others
+# apply), then each technique's own fields (`TECHNIQUES` order), then those of every technique;
+# the recommender's output columns keep this order too
+SAMPLING_ORDER: tuple[str, ...] = (
+    "technique",
+    *(name for t in TECHNIQUES for name in TECHNIQUE_FIELDS[t]),
+    *(f.name for f in fields(Candidate) if f.name != "technique" and "technique" not in f.metadata),
+)
+
+
+def field_technique(name: str) -> str | None:
+    """The technique Candidate field `name` belongs to (None: it applies to every one)."""
+    return next((t for t, names in TECHNIQUE_FIELDS.items() if name in names), None)
 
 
 # ---- timing -----------------------------------------------------------------------------------

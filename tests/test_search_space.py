@@ -333,3 +333,62 @@ def test_the_meta_model_knows_the_baseline_and_that_n_and_sparsity_cost_and_pay(
     assert s3[1] < s5[1] < s75[1] and s3[0] <= s5[0] < s75[0]  # sparsity: faster, less accurate
     assert n2[0] > base[0] + 3 and n2[1] > base[1] * 1.3  # N has an effect
     assert n4[0] >= n2[0] and n4[1] >= n2[1]
+
+
+def test_every_list_of_a_configurations_fields_derives_from_candidate():
+    """Adding a Candidate field is one edit: the search space's dimensions, its defaults and
+    neutral values, the served recommender's columns and the recommendation's record each name
+    every field of `Candidate` (and nothing else), so none of them can drift from it."""
+    from dataclasses import fields
+
+    import optuna
+    import pandas as pd
+
+    from autoprumux.config import (
+        CANDIDATE_FIELDS,
+        MUX_SHAPE_FIELDS,
+        SAMPLING_ORDER,
+        TECHNIQUE_FIELDS,
+        TECHNIQUES,
+    )
+    from autoprumux.meta import Recommendation, Recommender
+    from autoprumux.search._space import EARLY_MIXING, NEUTRAL, PARAMS
+    from autoprumux.serving._pyfunc import OUTPUT_COLUMNS, RecommenderModel
+
+    names = [f.name for f in fields(Candidate)]
+    assert list(CANDIDATE_FIELDS) == names
+    assert sorted(SAMPLING_ORDER) == sorted(names) and len(SAMPLING_ORDER) == len(names)
+    assert SAMPLING_ORDER[0] == "technique"  # it decides which of the others apply
+    # the search space: a dimension and a default per field; a technique's configurations hold
+    # every other technique's fields at Candidate's defaults
+    assert PARAMS == SAMPLING_ORDER
+    owned = {n for t in TECHNIQUES for n in TECHNIQUE_FIELDS[t]}
+    assert owned <= set(names) and set(MUX_SHAPE_FIELDS) <= owned
+    for t in TECHNIQUES:
+        assert set(NEUTRAL[t]) == owned - set(TECHNIQUE_FIELDS[t])
+        assert all(v == getattr(Candidate(), k) for k, v in NEUTRAL[t].items())
+    assert {k: getattr(Candidate(), k) for k in MUX_SHAPE_FIELDS} == EARLY_MIXING
+    defaults = SearchSpace.from_dict(GOOD).defaults()
+    assert list(defaults) == names
+    every = {k: {"choices": [v]} for k, v in defaults.items()}
+    every["technique"] = {"choices": list(TECHNIQUES)}
+    space = SearchSpace.from_dict({**GOOD, "params": every})
+    assert set(space.params) == set(names)
+    for c in space.grid():  # each configuration, back from the params a trial samples for it
+        assert space.suggest(optuna.trial.FixedTrial(space.params_of(c))) == c
+    # the served recommender: a column per field, in sampling order
+    i = OUTPUT_COLUMNS.index(SAMPLING_ORDER[0])
+    assert OUTPUT_COLUMNS[i : i + len(names)] == SAMPLING_ORDER
+    # the recommendation holds its Candidate (no copy of its fields) and writes them flat
+    assert not set(names) & {f.name for f in fields(Recommendation)}
+    rec = Recommender(_issue_trials())
+    r = rec.recommend(2.0)
+    d = r.to_dict()
+    i = list(d).index(names[0])
+    assert list(d)[i : i + len(names)] == names and "candidate" not in d
+    assert Candidate.from_dict({k: d[k] for k in names}) == r.config() == r.candidate
+    assert all(getattr(r, k) == d[k] for k in names)
+    with pytest.raises(AttributeError, match="no attribute 'sparsityy'"):
+        _ = r.sparsityy
+    row = RecommenderModel(rec).predict(None, pd.DataFrame({"budget": [2.0]})).to_dict("records")
+    assert Candidate.from_dict({k: row[0][k] for k in names}) == r.config()

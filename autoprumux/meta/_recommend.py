@@ -30,7 +30,7 @@ from autoprumux._selection import (
     recorded_losses,
     selection_loss,
 )
-from autoprumux.config import BASELINE, Candidate, check_budget
+from autoprumux.config import BASELINE, CANDIDATE_FIELDS, Candidate, check_budget
 from autoprumux.errors import ConfigError
 from autoprumux.meta._model import MetaModel, training_table
 from autoprumux.meta._scope import (
@@ -128,19 +128,14 @@ def evaluate_command(c: Candidate, study: str, storage: str | None = None) -> st
 
 @dataclass(frozen=True)
 class Recommendation:
+    """The answer for one budget. Its configuration's fields read as its own (`rec.sparsity`)
+    and `to_dict` writes them in its place, flat, as before the answer held a `Candidate`."""
+
     budget: float
     task: str
     model: str
     device: str
-    technique: str
-    sparsity: float
-    mux: int
-    mux_variant: str
-    students: int
-    student_depth: int
-    precision: str
-    mux_layers: int  # late multiplexing: layers run per instance before the combiner
-    mux_combiner: str
+    candidate: Candidate  # the answer's configuration (see `config`)
     source: str  # "measured" (a finished trial) or "baseline" (loss 0, 1.00x by definition)
     accuracy_loss: float  # the answer's measured loss on dev, what to expect (0: the baseline)
     speedup: float  # the answer's measured speedup (1.0 for the baseline)
@@ -158,21 +153,23 @@ class Recommendation:
     validation_loss: float | None = None
     chosen_on: str = VALIDATION  # "validation", else why dev chose (`autoprumux._selection`)
 
+    def __getattr__(self, name: str) -> Any:
+        # only called for names the dataclass lacks: the configuration's fields
+        if name in CANDIDATE_FIELDS:
+            return getattr(self.__dict__["candidate"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        out: dict[str, Any] = {}
+        for k, v in asdict(self).items():
+            if k == "candidate":  # flat, where its fields stood
+                out.update(v)
+            else:
+                out[k] = v
+        return out
 
     def config(self) -> Candidate:
-        return Candidate(
-            technique=self.technique,
-            sparsity=self.sparsity,
-            mux=self.mux,
-            mux_variant=self.mux_variant,
-            students=self.students,
-            student_depth=self.student_depth,
-            precision=self.precision,
-            mux_layers=self.mux_layers,
-            mux_combiner=self.mux_combiner,
-        )
+        return self.candidate
 
     def describe(self) -> str:
         lo, hi = self.accuracy_loss_interval, self.speedup_interval
@@ -474,15 +471,7 @@ class Recommender:
             task=e.task,
             model=e.model,
             device=e.device,
-            technique=cfg.technique,
-            sparsity=cfg.sparsity,
-            mux=cfg.mux,
-            mux_variant=cfg.mux_variant,
-            students=cfg.students,
-            student_depth=cfg.student_depth,
-            precision=cfg.precision,
-            mux_layers=cfg.mux_layers,
-            mux_combiner=cfg.mux_combiner,
+            candidate=cfg,
             source="measured" if m else "baseline",
             accuracy_loss=float(m["accuracy_loss"]) if m else 0.0,
             speedup=float(m["speedup"]) if m else 1.0,

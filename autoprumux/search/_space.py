@@ -43,18 +43,24 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from autoprumux.config import (
+    CANDIDATE_DEFAULTS,
+    CANDIDATE_FIELDS,
     MAX_MUX,
     MAX_MUX_LAYERS,
     MAX_STUDENTS,
     MUX_COMBINERS,
+    MUX_SHAPE_FIELDS,
     MUX_VARIANTS,
     PRECISIONS,
+    SAMPLING_ORDER,
     SPLIT_COMBINERS,
     STUDENT_DEPTHS,
     TASK_NAMES,
+    TECHNIQUE_FIELDS,
     TECHNIQUES,
     Candidate,
     Recipe,
+    field_technique,
 )
 from autoprumux.errors import ConfigError
 
@@ -65,31 +71,20 @@ if TYPE_CHECKING:
 DATA_KEYS = ("text_column", "pair_column", "label_column", "dev_fraction")
 SCORING = ("metric", "pos_label")  # the dev metric, and f1's positive class
 TOP_LEVEL_KEYS = ("name", "task", "data", *DATA_KEYS, *SCORING, "model", "recipe", "params")
-# precision applies to every technique
-PARAMS = (
-    "technique",
-    "sparsity",
-    "mux",
-    "mux_variant",
-    "mux_layers",
-    "mux_combiner",
-    "students",
-    "student_depth",
-    "precision",
-)
-# the dimensions only one technique samples (the other's take their neutral values); those of
-# neither (technique, precision) apply to every configuration
-TECHNIQUE_PARAMS = {
-    "prumux": ("sparsity", "mux", "mux_variant", "mux_layers", "mux_combiner"),
-    "students": ("students", "student_depth"),
-}
-# how a multiplexed model combines its instances: sampled only when N > 1 (see `config`)
-MUX_SHAPE_PARAMS = ("mux_layers", "mux_combiner")
-EARLY_MIXING: dict[str, Any] = {"mux_layers": 0, "mux_combiner": "binding"}
+# the dimensions: every Candidate field, in the order `suggest` samples them (the technique
+# first, precision, which applies to every technique, last; see `config.SAMPLING_ORDER`)
+PARAMS = SAMPLING_ORDER
+# the dimensions only one technique samples (`config.TECHNIQUE_FIELDS`; the other's take their
+# neutral values) and those of neither (technique, precision) apply to every configuration; how a
+# multiplexed model combines its instances (`config.MUX_SHAPE_FIELDS`) is sampled only when N > 1
+EARLY_MIXING: dict[str, Any] = {k: CANDIDATE_DEFAULTS[k] for k in MUX_SHAPE_FIELDS}
+# a configuration of one technique holds the other's fields at their defaults
 NEUTRAL: dict[str, dict[str, Any]] = {
-    "prumux": {"students": 0, "student_depth": 0},
-    "students": {"sparsity": 0.0, "mux": 1, "mux_variant": "gaussian", **EARLY_MIXING},
+    t: {k: CANDIDATE_DEFAULTS[k] for o in TECHNIQUES if o != t for k in TECHNIQUE_FIELDS[o]}
+    for t in TECHNIQUES
 }
+# what a space that samples students but not K or d takes (Candidate's 0s mean "no students")
+UNSAMPLED_STUDENTS: dict[str, Any] = {"students": 4, "student_depth": 2}
 # the keys a range may take (an integer range's step defaults to 1)
 RANGE_KEYS = {"sparsity": ("low", "high", "step"), "mux_layers": ("low", "high", "step")}
 INTEGER_RANGES = ("mux_layers",)
@@ -254,7 +249,7 @@ class SearchSpace:
             params[k] = _param(k, spec, where)
         techniques = params["technique"].values() if "technique" in params else ["prumux"]
         for k in params:
-            owner = next((t for t, ks in TECHNIQUE_PARAMS.items() if k in ks), None)
+            owner = field_technique(k)
             if owner is not None and owner not in techniques:
                 raise ConfigError(
                     f"{where}: 'params.{k}' belongs to technique {owner!r}, which the space never "
@@ -316,17 +311,9 @@ class SearchSpace:
         return {k: p.distribution() for k, p in self.params.items()}
 
     def defaults(self) -> dict[str, Any]:
-        """Values of dimensions that are not searched."""
-        return {
-            "technique": "prumux",
-            "sparsity": 0.0,
-            "mux": 1,
-            "mux_variant": "gaussian",
-            "students": 4,
-            "student_depth": 2,
-            "precision": "fp32",
-            **EARLY_MIXING,
-        }
+        """Values of dimensions that are not searched: Candidate's defaults, but K students of
+        depth d for a students configuration."""
+        return {**CANDIDATE_DEFAULTS, **UNSAMPLED_STUDENTS}
 
     def techniques(self) -> list[str]:
         return [str(t) for t in self.values("technique")]
@@ -339,17 +326,8 @@ class SearchSpace:
         out.update(NEUTRAL[out["technique"]])
         if int(out["mux"]) == 1:
             out.update(EARLY_MIXING)
-        return Candidate(
-            technique=str(out["technique"]),
-            sparsity=float(out["sparsity"]),
-            mux=int(out["mux"]),
-            mux_variant=str(out["mux_variant"]),
-            students=int(out["students"]),
-            student_depth=int(out["student_depth"]),
-            precision=str(out["precision"]),
-            mux_layers=int(out["mux_layers"]),
-            mux_combiner=str(out["mux_combiner"]),
-        )
+        # each value as its field's type (a YAML choice of depth 2.0 is 2)
+        return Candidate(**{k: type(CANDIDATE_DEFAULTS[k])(out[k]) for k in CANDIDATE_FIELDS})
 
     def suggest(self, trial: Any) -> Candidate:
         """Sample a configuration in an Optuna trial: every searched dimension that applies, in
@@ -366,10 +344,10 @@ class SearchSpace:
         """Whether dimension `key` is sampled given the dimensions `chosen` before it: not one
         of the other technique's, nor how N instances are combined when N = 1."""
         technique = chosen.get("technique", self.defaults()["technique"])
-        owner = next((t for t, ks in TECHNIQUE_PARAMS.items() if key in ks), None)
+        owner = field_technique(key)
         if owner is not None and owner != technique:
             return False
-        return not (key in MUX_SHAPE_PARAMS and int(chosen.get("mux", 1)) == 1)
+        return not (key in MUX_SHAPE_FIELDS and int(chosen.get("mux", 1)) == 1)
 
     def params_of(self, config: Candidate) -> dict[str, Any]:
         """The params `suggest` samples for `config` (an Optuna trial fixed to them samples it),
@@ -587,7 +565,7 @@ def _check_mux_shape(params: dict[str, ParamSpec], where: str) -> None:
     """Per-instance layers and the combiner apply to N > 1 only: a space that sets them must
     sample some N > 1 (otherwise every configuration would silently drop them)."""
     shaped = [
-        k for k in MUX_SHAPE_PARAMS if k in params and params[k].values() != [EARLY_MIXING[k]]
+        k for k in MUX_SHAPE_FIELDS if k in params and params[k].values() != [EARLY_MIXING[k]]
     ]
     muxes = params["mux"].values() if "mux" in params else [1]
     if shaped and all(int(n) == 1 for n in muxes):

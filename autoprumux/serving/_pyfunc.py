@@ -59,6 +59,7 @@ from typing import Any
 from mlflow.pyfunc import PythonModel
 
 from autoprumux import tracking
+from autoprumux.config import SAMPLING_ORDER
 from autoprumux.errors import ConfigError
 from autoprumux.meta._scope import AmbiguousScope
 
@@ -73,15 +74,7 @@ OUTPUT_COLUMNS = (
     "study",
     "machine_key",
     "machine",
-    "technique",
-    "sparsity",
-    "mux",
-    "mux_variant",
-    "mux_layers",
-    "mux_combiner",
-    "students",
-    "student_depth",
-    "precision",
+    *SAMPLING_ORDER,  # the answer's configuration: every Candidate field, as a search samples them
     "source",
     "chosen_on",
     "validation_loss",
@@ -288,15 +281,7 @@ class RecommenderModel(PythonModel):
                     "study": rec_.study,
                     "machine_key": rec_.machine_key,
                     "machine": rec_.machine,
-                    "technique": rec_.technique,
-                    "sparsity": rec_.sparsity,
-                    "mux": rec_.mux,
-                    "mux_variant": rec_.mux_variant,
-                    "mux_layers": rec_.mux_layers,
-                    "mux_combiner": rec_.mux_combiner,
-                    "students": rec_.students,
-                    "student_depth": rec_.student_depth,
-                    "precision": rec_.precision,
+                    **rec_.config().to_dict(),
                     "source": rec_.source,
                     "chosen_on": rec_.chosen_on,
                     "validation_loss": _nan(rec_.validation_loss),
