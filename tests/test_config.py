@@ -91,3 +91,56 @@ def test_reading_a_search_space_does_not_import_torch_or_the_search_libraries():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ---- the recipe's flags are generated from its fields -------------------------------------------
+def test_every_recipe_field_is_a_documented_flag_of_the_commands_that_train():
+    import argparse
+    from dataclasses import fields
+
+    from autoprumux.cli import build_parser
+    from autoprumux.config import RECIPE_GROUPS, Recipe
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("evaluate", "export", "serve-students", "warmup"):
+        dests = {a.dest: a for a in commands.choices[command]._actions}
+        for f in fields(Recipe):
+            assert f.metadata["group"] in RECIPE_GROUPS and f.metadata["help"], f.name
+            flag = dests.get(f.name)
+            assert flag is not None, f"{command} has no --{f.name.replace('_', '-')}"
+            assert f.metadata["help"].replace("%", "%%") in flag.help
+
+
+def test_a_recipe_flag_reaches_the_recipe_and_a_bad_one_is_the_recipes_error(capsys):
+    from autoprumux.cli import build_parser, main
+    from autoprumux.cli._flags import _recipe
+
+    parser = build_parser()
+    # fields that once were YAML-only: each read by its rule's type
+    args = parser.parse_args(
+        [
+            "evaluate",
+            "--student-loss",
+            "mse",
+            "--late-mux-lr",
+            "0.002",
+            "--freeze-word-embeddings",
+            "false",
+            "--preset",
+            "quick",
+            "--lr",
+            "3e-5",
+        ]
+    )
+    recipe = _recipe(args)
+    assert (recipe.student_loss, recipe.late_mux_lr, recipe.freeze_word_embeddings) == (
+        "mse",
+        0.002,
+        False,
+    )
+    assert recipe.lr == 3e-5 and recipe.finetune_steps == 200  # the flags win over the preset
+    # a value outside the field's rule: the Recipe's own message, exit 2, one line
+    assert main(["evaluate", "--student-loss", "hinge"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recipe field student_loss ('hinge') must be one of ['mse', 'kl']" in err

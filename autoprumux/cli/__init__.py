@@ -24,7 +24,6 @@ from autoprumux.cli._checks import (
 from autoprumux.cli._evaluate import _atomic_write, cmd_evaluate, cmd_warmup, format_table
 from autoprumux.cli._export import add_export_parser, cmd_export
 from autoprumux.cli._flags import (
-    RECIPE_FLAGS,
     _pipeline,
     _recipe,
     add_common,
@@ -40,6 +39,7 @@ from autoprumux.cli._flags import (
     add_study_flags,
     add_task_data_flags,
     add_tracking_uri,
+    recipe_flags,
 )
 from autoprumux.cli._predict import add_predict_parser, cmd_predict
 from autoprumux.cli._search import cmd_recommend, cmd_search, cmd_worker
@@ -48,7 +48,7 @@ from autoprumux.errors import AutoPruMuxError
 
 __all__ = [
     "EXIT_BAD_INPUT",
-    "RECIPE_FLAGS",
+    "recipe_flags",
     "_atomic_write",
     "_check_cache_dir",
     "_check_output_file",

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import fields
 from typing import Any
 
 from autoprumux.cli._checks import _check_mux_layers_fit, _mux_shape_args, _student_args
 from autoprumux.cli._flags import (
     DATA_FLAGS,
-    RECIPE_FLAGS,
     _pipeline,
     _recipe,
     add_common,
@@ -19,6 +19,7 @@ from autoprumux.cli._flags import (
     add_storage,
     add_tracking_uri,
 )
+from autoprumux.config import Recipe
 from autoprumux.errors import ConfigError
 
 # what a study decides: given with --study, these flags would be silently ignored
@@ -37,7 +38,7 @@ _STUDY_DECIDES = (
     "mux_layers",
     "mux_combiner",
     "preset",
-    *(f[2:].replace("-", "_") for f, _, _ in RECIPE_FLAGS),
+    *(f.name for f in fields(Recipe)),
 )
 
 

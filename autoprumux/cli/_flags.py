@@ -27,64 +27,28 @@ def _bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"{v!r} is not a boolean (use true or false)")
 
 
-def _recipe_help(field: str, text: str) -> str:
+def recipe_flags() -> list[tuple[str, str, Callable[[str], Any], str]]:
+    """One flag per Recipe field, generated from the field's metadata (`config._recipe`): (its
+    group, the flag, how its text is read, its help with the default)."""
+    from dataclasses import fields
+
     from autoprumux.config import Recipe
 
-    default = getattr(Recipe(), field)
-    return text if default is None else f"{text} (default: {default})"  # None: text says
-
-
-RECIPE_FLAGS: list[tuple[str, Callable[[str], Any], str]] = [
-    ("--max-train-examples", int, "training examples (seeded subsample; default: all)"),
-    (
-        "--validation-examples",
-        int,
-        "training examples held out to stop the baseline (default: 10%% of train, at most "
-        "2,000; 0: none)",
-    ),
-    ("--max-seq-len", int, "max tokens per example (default: 99%% of training examples fit)"),
-    ("--batch-size", int, "examples per step"),
-    ("--finetune-steps", int, "most baseline fine-tune steps (it stops on a plateau)"),
-    ("--eval-every", int, "baseline steps between validation evaluations"),
-    ("--patience", int, "evaluations without a gain that stop the baseline"),
-    (
-        "--plateau-anneal",
-        float,
-        "at the plateau, decay the LR to 0 over this fraction of the steps so far (0: stop)",
-    ),
-    ("--mux-warmup-steps", int, "token-retrieval warm-up steps per N"),
-    ("--mux-finetune-steps", int, "task fine-tune steps per N > 1"),
-    ("--recovery-steps", int, "fine-tune steps after pruning, all stages"),
-    ("--recovery-layer-distill", float, "weight of layer-wise KD in the recovery (N=1)"),
-    ("--int8-recovery-steps", int, "distillation steps of an int8 candidate trained as int8"),
-    ("--recovery-unlabeled", int, "unlabeled warm-up-corpus sentences distilled in the recovery"),
-    ("--recovery-schedule", str, "recovery steps per pruning stage: even or rising"),
-    ("--prune-stages", int, "pruning stages"),
-    ("--mux-pooling", str, "N > 1 head reads the demuxed [CLS] ('cls') or token mean ('mean')"),
-    ("--warmup-hidden-distill", float, "weight of hidden-state distillation in the warm-up"),
-    ("--mux-hidden-distill", float, "weight of hidden-state KD in the N > 1 fine-tune"),
-    ("--warmup-from-smaller", _bool, "N >= 4 warm-up starts from the N/2 warm-up (true/false)"),
-    ("--student-steps", int, "boosting steps per Academus student"),
-    ("--student-stacking-steps", int, "joint stacking-distillation steps of all students"),
-    ("--student-stacking-focus", float, "share of the stacking loss on the full sum (0-1)"),
-    ("--student-lr", float, "learning rate of the student boosting steps"),
-    ("--student-pooling", str, "students' pooler reads [CLS] ('cls') or the token mean ('mean')"),
-    ("--student-unlabeled", int, "warm-up-corpus sentences added to the students' distillation"),
-    ("--seed", int, "seed of sampling, initialisation and data order"),
-    (
-        "--trainer",
-        str,
-        "fine-tune loop: 'standard', 'l2l' (layer-to-layer, constant memory) or 'auto' "
-        "(standard, retried with l2l when the device runs out of memory)",
-    ),
-    ("--l2l-micro-batches", int, "L2L micro-batches per batch (must divide --batch-size)"),
-    ("--l2l-stash", str, "L2L boundary activations kept on the 'device' or the 'host'"),
-]
+    out = []
+    for f in fields(Recipe):
+        kind = f.metadata["rule"].kind
+        read = _bool if kind is bool else kind
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        if f.default is not None:
+            text = f"{text} (default: {f.default})"
+        out.append((f.metadata["group"], "--" + f.name.replace("_", "-"), read, text))
+    return out
 
 
 def add_recipe_group(p: argparse.ArgumentParser, note: str) -> None:
-    """The training recipe: a preset and the Recipe fields that override it."""
-    from autoprumux.config import RECIPE_PRESETS
+    """The training recipe: a preset, and a flag for every Recipe field that overrides it,
+    in one argument group per part of the recipe (`RECIPE_GROUPS`)."""
+    from autoprumux.config import RECIPE_GROUPS, RECIPE_PRESETS
 
     g = p.add_argument_group(f"training recipe ({note}; defaults: Recipe)")
     g.add_argument(
@@ -96,22 +60,20 @@ def add_recipe_group(p: argparse.ArgumentParser, note: str) -> None:
         "defaults: the baseline trained to its plateau on all examples) or accurate (2.5x the "
         "mux fine-tune, 13x the pruning recovery) (default: fast)",
     )
-    for flag, typ, hlp in RECIPE_FLAGS:
-        g.add_argument(
-            flag, type=typ, default=None, help=_recipe_help(flag[2:].replace("-", "_"), hlp)
-        )
+    groups = {name: p.add_argument_group(f"recipe: {what}") for name, what in RECIPE_GROUPS.items()}
+    for group, flag, read, text in recipe_flags():
+        groups[group].add_argument(flag, type=read, default=None, help=text)
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:
     """A Recipe from the preset and the recipe flags given (the flags win)."""
+    from dataclasses import fields
+
     from autoprumux.config import Recipe
 
-    given = {}
-    for flag, _, _ in RECIPE_FLAGS:
-        name = flag[2:].replace("-", "_")
-        value = getattr(args, name)
-        if value is not None:
-            given[name] = value
+    given = {
+        f.name: getattr(args, f.name) for f in fields(Recipe) if getattr(args, f.name) is not None
+    }
     return Recipe.preset(args.preset, **given)
 
 

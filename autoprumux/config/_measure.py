@@ -1,0 +1,63 @@
+"""How a configuration is timed (`ThroughputConfig`), the precisions a device offers
+(`check_precision`) and the accuracy-loss budget it is judged by (`check_budget`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autoprumux.config._names import DEVICE_PRECISIONS
+from autoprumux.errors import ConfigError
+
+
+# ---- timing -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """How throughput is timed: a fixed batch of `batch_size` x `seq_len` tokens, `warmup`
+    untimed and `repeats` timed passes on `device`, replayed as CUDA graphs if `cuda_graphs`."""
+
+    batch_size: int = 64
+    seq_len: int = 128
+    warmup: int = 3
+    repeats: int = 10
+    device: str = "cpu"
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.seq_len < 8 or self.repeats < 1 or self.warmup < 0:
+            raise ConfigError(
+                f"throughput config invalid (batch {self.batch_size}, seq_len {self.seq_len}, "
+                f"repeats {self.repeats}, warmup {self.warmup}); use batch >= 1, seq_len >= 8, repeats >= 1"
+            )
+
+
+# ---- the accuracy-loss budget ----------------------------------------------------------------
+def check_precision(precision: str, device: str) -> str:
+    """`precision` must be one the device offers (`DEVICE_PRECISIONS`)."""
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    offered = DEVICE_PRECISIONS[kind]
+    if precision not in offered:
+        raise ConfigError(
+            f"precision {precision!r} is not offered on {device}; choose one of {list(offered)}"
+        )
+    return precision
+
+
+def check_budget(budget: object) -> float:
+    """An accuracy-loss budget in points: a finite number in [0, 100] (not a boolean)."""
+    not_a_number = ConfigError(
+        f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
+    )
+    if isinstance(budget, bool):
+        raise not_a_number
+    if not isinstance(budget, (int, float)):
+        try:
+            budget = float(budget)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise not_a_number from None
+    b = float(budget)
+    if math.isnan(b) or not 0.0 <= b <= 100.0:
+        raise ConfigError(
+            f"budget ({budget!r}) must be an accuracy loss in points between 0 and 100, e.g. 2.0"
+        )
+    return b

@@ -1,0 +1,321 @@
+"""The training recipe of a baseline and its candidates (`Recipe`, part of every cache key), its
+named presets (`RECIPE_PRESETS`), and what each field is: its rule (type and range), the part of
+the recipe it belongs to (`RECIPE_GROUPS`) and its one line of help. The command line's recipe
+flags are generated from these (`cli._flags`), so every field is settable and documented once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from autoprumux._rules import COUNT, FLAG, FRACTION, LR, STEPS, WEIGHT, Rule
+from autoprumux.config._names import (
+    BATCHINGS,
+    LOGIT_LOSSES,
+    POOLINGS,
+    RECOVERY_SCHEDULES,
+    STASH_PLACES,
+    STUDENT_INITS,
+    TRAIN_AUTOCASTS,
+    TRAINERS,
+    validate_trainer,
+)
+from autoprumux.errors import ConfigError
+
+# the parts of a recipe, in the order the command line's help lists them: what each trains
+RECIPE_GROUPS = {
+    "data": "the data every stage trains on",
+    "finetune": "the baseline's fine-tune, and the stopping rule every stage shares",
+    "mux": "multiplexing: the token-retrieval warm-up and the N > 1 task fine-tune",
+    "late_mux": "late multiplexing: per-instance layers, then a learned combiner",
+    "recovery": "pruning and its recovery (distilled from the baseline)",
+    "students": "Academus students: boosting, then stacking",
+    "loop": "the training loop: batches, precision, and L2L's constant device memory",
+}
+
+
+def _field(default: Any, rule: Rule, group: str, help: str) -> Any:
+    """A Recipe field with its rule, its group and its help beside it."""
+    assert group in RECIPE_GROUPS, group
+    return field(default=default, metadata={"rule": rule, "group": group, "help": help})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training recipe of a baseline and its candidates (part of every cache key).
+
+    The baseline's fine-tune trains at most `finetune_steps`, stopped once the validation metric
+    has not risen by more than `min_delta` points in `patience` evaluations, one every
+    `eval_every` steps, keeping its best evaluation's weights; at the plateau the LR decays
+    linearly to 0 over `plateau_anneal` x the steps trained so far, still validated. The
+    candidates' stages (each pruning recovery, the mux fine-tunes, each student and the
+    stacking) stop by the same rule: their step counts are caps (`training.StoppingRule`)."""
+
+    # ---- data
+    max_seq_len: int | None = _field(
+        None,
+        Rule(int, low=8, none="long enough for 99% of the training examples"),
+        "data",
+        "max tokens per example (default: 99% of training examples fit)",
+    )
+    max_train_examples: int | None = _field(
+        None,
+        Rule(int, low=1, none="all examples"),
+        "data",
+        "training examples (seeded subsample; default: all)",
+    )
+    validation_examples: int | None = _field(
+        None,
+        Rule(int, low=0, none="10% of train, 8+ per class, at most 2,000"),
+        "data",
+        "training examples held out to stop training (stratified, a seed of its own; default: "
+        "10% of train, at most 2,000; 0: none, every stage trains its cap)",
+    )
+    batch_size: int = _field(32, COUNT, "data", "examples per step")
+    lr: float = _field(1e-4, LR, "finetune", "learning rate of the baseline's fine-tune")
+    # ---- the baseline's fine-tune and the stopping rule
+    finetune_steps: int = _field(
+        10000, STEPS, "finetune", "most baseline fine-tune steps (it stops on a plateau)"
+    )
+    eval_every: int = _field(200, COUNT, "finetune", "steps between validation evaluations")
+    patience: int = _field(5, COUNT, "finetune", "evaluations without a gain that stop a stage")
+    min_delta: float = _field(
+        0.0, Rule(float, low=0.0), "finetune", "points a validation gain must exceed to count"
+    )
+    plateau_anneal: float = _field(
+        0.5,
+        Rule(float, low=0.0, high=4.0),
+        "finetune",
+        "at the plateau, decay the LR to 0 over this fraction of the steps so far (0: stop)",
+    )
+    # ---- multiplexing
+    mux_warmup_steps: int = _field(
+        400, STEPS, "mux", "token-retrieval warm-up steps per N (0: none)"
+    )
+    mux_warmup_lr: float = _field(2e-4, LR, "mux", "learning rate of the warm-up")
+    warmup_corpus_size: int = _field(
+        20000, Rule(int, low=0), "mux", "unlabeled sentences for the warm-up (seeded subsample)"
+    )
+    mux_finetune_steps: int = _field(1000, STEPS, "mux", "most task fine-tune steps per N > 1")
+    # the N > 1 encoder must learn to demultiplex: more, faster steps
+    mux_finetune_lr: float = _field(3e-4, LR, "mux", "learning rate of the N > 1 fine-tune")
+    retrieval_weight: float = _field(
+        0.1, FRACTION, "mux", "weight of token retrieval kept in the N > 1 fine-tune (DataMUX)"
+    )
+    distill_weight: float = _field(
+        0.5,
+        FRACTION,
+        "recovery",
+        "weight of distillation from the baseline in the N > 1 fine-tune and pruning recovery",
+    )
+    # ---- pruning recovery
+    recovery_steps: int = _field(
+        150, STEPS, "recovery", "most recovery steps after pruning, all stages"
+    )
+    recovery_layer_distill: float = _field(
+        0.0, WEIGHT, "recovery", "weight of layer-wise distillation in the recovery (N=1; CoFi)"
+    )
+    int8_recovery_steps: int = _field(
+        0,
+        STEPS,
+        "recovery",
+        "distillation steps of an int8 candidate trained as conversion computes (0: converted "
+        "as trained)",
+    )
+    recovery_unlabeled: int = _field(
+        0,
+        Rule(int, low=0),
+        "recovery",
+        "unlabeled warm-up-corpus sentences distilled in the recovery (no task loss)",
+    )
+    recovery_schedule: str = _field(
+        "even",
+        Rule(str, choices=RECOVERY_SCHEDULES),
+        "recovery",
+        "recovery steps per pruning stage: 'even', or 'rising' with the stage number",
+    )
+    # ---- multiplexing, continued
+    mux_pooling: str = _field(
+        "mean",
+        Rule(str, choices=POOLINGS),
+        "mux",
+        "N > 1 head reads the demuxed [CLS] ('cls') or token mean ('mean')",
+    )
+    warmup_hidden_distill: float = _field(
+        1.0, WEIGHT, "mux", "weight of hidden-state distillation from the N=1 base in the warm-up"
+    )
+    mux_hidden_distill: float = _field(
+        0.0, WEIGHT, "mux", "weight of hidden-state distillation in the N > 1 fine-tune"
+    )
+    warmup_from_smaller: bool = _field(
+        True, FLAG, "mux", "N >= 4 starts its warm-up from the N/2 warm-up (true/false)"
+    )
+    # ---- late multiplexing: fine-tunes the baseline for mux_finetune_steps at late_mux_lr
+    late_mux_freeze_backbone: bool = _field(
+        True,
+        FLAG,
+        "late_mux",
+        "train only the combiner, index embeddings, demux and heads (true/false)",
+    )
+    late_mux_align: float = _field(
+        1.0, WEIGHT, "late_mux", "weight of each demuxed state's distance to the baseline's"
+    )
+    late_mux_lr: float = _field(1e-3, LR, "late_mux", "learning rate of the late fine-tune")
+    late_mux_shared_lr: float = _field(
+        0.0,
+        Rule(float, low=0.0),
+        "late_mux",
+        "frozen backbone: the shared layers and pooler train at this rate (0: frozen)",
+    )
+    # ---- Academus students
+    student_steps: int = _field(400, STEPS, "students", "most boosting steps per student")
+    student_stacking_steps: int = _field(
+        200, STEPS, "students", "most joint stacking-distillation steps of all students"
+    )
+    student_stacking_focus: float = _field(
+        0.0, FRACTION, "students", "share of the stacking loss on the full sum (0: all prefixes)"
+    )
+    student_lr: float = _field(2e-4, LR, "students", "learning rate of the students")
+    student_loss: str = _field(
+        "kl",
+        Rule(str, choices=LOGIT_LOSSES),
+        "students",
+        "boosting and stacking on 'kl' (temperature 2) or 'mse'",
+    )
+    student_init: str = _field(
+        "bottom",
+        Rule(str, choices=STUDENT_INITS),
+        "students",
+        "students' layers from the teacher's lowest ('bottom') or spread over its depth",
+    )
+    student_pooling: str = _field(
+        "mean",
+        Rule(str, choices=POOLINGS),
+        "students",
+        "students' pooler reads [CLS] ('cls') or the token mean ('mean')",
+    )
+    student_unlabeled: int = _field(
+        0,
+        Rule(int, low=0),
+        "students",
+        "warm-up-corpus sentences added to the students' distillation",
+    )
+    # ---- pruning, continued
+    prune_stages: int = _field(2, COUNT, "recovery", "pruning stages")
+    importance_examples: int = _field(
+        256, COUNT, "recovery", "examples that score the heads' and neurons' importance"
+    )
+    freeze_word_embeddings: bool = _field(
+        True, FLAG, "finetune", "keep the word embeddings frozen in every stage (true/false)"
+    )
+    seed: int = _field(
+        0,
+        Rule(int, low=0, high=2**32 - 1),  # numpy-compatible seed range
+        "data",
+        "seed of sampling, initialisation and data order",
+    )
+    # ---- the training loop
+    batching: str = _field(
+        "grouped",
+        Rule(str, choices=BATCHINGS),
+        "loop",
+        "batches from length-sorted pools ('grouped', little padding) or 'random'",
+    )
+    train_autocast: str = _field(
+        "auto",
+        Rule(str, choices=TRAIN_AUTOCASTS),
+        "loop",
+        "the training forward's precision: 'auto' (bf16 where native), 'bf16' or 'fp32'",
+    )
+    trainer: str = _field(
+        "standard",
+        Rule(str, choices=TRAINERS),
+        "loop",
+        "fine-tune loop: 'standard', 'l2l' (layer-to-layer, constant memory) or 'auto' "
+        "(standard, retried with l2l when the device runs out of memory)",
+    )
+    l2l_micro_batches: int = _field(
+        4, COUNT, "loop", "L2L micro-batches per batch (must divide --batch-size)"
+    )
+    l2l_stash: str = _field(
+        "device",
+        Rule(str, choices=STASH_PLACES),
+        "loop",
+        "L2L boundary activations kept on the 'device' or the 'host'",
+    )
+
+    def __post_init__(self) -> None:
+        # every field's type and range, from its rule, before any data, study or MLflow run
+        # exists; numbers are normalised (YAML `lr: 1` -> 1.0) so equal recipes key equally
+        for f in fields(self):
+            value = getattr(self, f.name)
+            rule: Rule = f.metadata["rule"]
+            ok, normalised = rule.check(value)
+            if not ok:
+                raise ConfigError(rule.message(f.name, value, f.default))
+            if normalised is not value:
+                object.__setattr__(self, f.name, normalised)
+        # the rules between fields: each training loop draws full batches
+        if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
+            raise ConfigError(
+                f"recipe field max_train_examples ({self.max_train_examples!r}) must be >= "
+                f"batch_size ({self.batch_size}) or None (all examples); raise it or lower "
+                "batch_size"
+            )
+        if self.mux_warmup_steps > 0 and self.warmup_corpus_size < self.batch_size:
+            raise ConfigError(
+                f"recipe field warmup_corpus_size ({self.warmup_corpus_size!r}) must be >= "
+                f"batch_size ({self.batch_size}) when mux_warmup_steps > 0 (the warm-up draws "
+                "full batches), e.g. 20000; or set mux_warmup_steps to 0"
+            )
+        try:  # L2L micro-batches must divide the batch (the rule the training loops share)
+            validate_trainer(self.trainer, self.l2l_micro_batches, self.l2l_stash, self.batch_size)
+        except ConfigError as e:
+            raise ConfigError(
+                f"recipe fields trainer / l2l_micro_batches / l2l_stash: {e}"
+            ) from None
+        if self.int8_recovery_steps > 0 and self.trainer != "standard":
+            raise ConfigError(
+                "recipe field int8_recovery_steps > 0 needs trainer 'standard' (the L2L "
+                "executor moves plain layers, not int8-emulating ones); set one of them differently"
+            )
+        if self.late_mux_shared_lr > 0 and not self.late_mux_freeze_backbone:
+            raise ConfigError(
+                f"recipe field late_mux_shared_lr ({self.late_mux_shared_lr!r}) > 0 needs "
+                "late_mux_freeze_backbone true (unfrozen, every layer trains at late_mux_lr)"
+            )
+        if self.recovery_layer_distill > 0 and self.trainer != "standard":
+            raise ConfigError(
+                "recipe field recovery_layer_distill > 0 needs trainer 'standard' (the L2L "
+                "executor keeps one layer at a time); set one of them differently"
+            )
+
+    @classmethod
+    def preset(cls, name: str = "fast", **overrides: Any) -> Recipe:
+        """A named recipe (see `RECIPE_PRESETS`) with `overrides` applied on top."""
+        if name not in RECIPE_PRESETS:
+            raise ConfigError(
+                f"recipe preset {name!r} is unknown; use one of {sorted(RECIPE_PRESETS)}"
+            )
+        return cls(**{**RECIPE_PRESETS[name], **overrides})
+
+
+# Named training recipes. "fast" is Recipe's defaults (minutes per candidate on a CPU, the
+# baseline trained to its plateau on all examples); "accurate": 2.5x the mux fine-tune and 13x
+# the pruning recovery.
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    # the README's main job in minutes on a 2-core CPU; N=1 only (N > 1 needs "fast"'s fine-tune)
+    "quick": {
+        "finetune_steps": 200,  # short of a plateau: its output says the baseline is not converged
+        "eval_every": 50,
+        "max_train_examples": 4000,
+        "recovery_steps": 100,
+        "prune_stages": 1,
+        "importance_examples": 128,
+    },
+    "fast": {},
+    "accurate": {
+        "mux_finetune_steps": 2500,
+        "recovery_steps": 2000,
+    },
+}
