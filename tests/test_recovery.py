@@ -306,7 +306,7 @@ def test_a_rising_schedule_is_keyed_and_spends_more_steps_late(tiny_pipe, tmp_pa
         return tiny_pipe(prune_stages=2, recovery_steps=6, **recipe)
 
     even, rising = pipe(), pipe(recovery_schedule="rising")
-    assert "recovery_schedule" not in even.candidate_entry_key(0.3, MuxShape())  # old keys kept
+    assert even.candidate_entry_key(0.3, MuxShape())["recovery_schedule"] == "even"
     assert rising.candidate_entry_key(0.3, MuxShape())["recovery_schedule"] == "rising"
     model = copy.deepcopy(rising.baseline())
     stats = rising.prune(model, 0.3)

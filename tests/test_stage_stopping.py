@@ -252,9 +252,9 @@ def test_every_stage_key_holds_the_stopping_rule(tmp_path, tiny_checkpoint):
     for i, change in enumerate(changes):
         other = keys(pipeline(tmp_path / str(i), tiny_checkpoint, **change))
         assert all(a != b for a, b in zip(base, other, strict=True)), change
-    # without a split every stage trains its cap, as before: those keys are kept
+    # without a split every stage trains its cap: its own entries
     unsplit = keys(pipeline(tmp_path / "none", tiny_checkpoint, validation_examples=0))
-    assert not any("stages_stop" in k for k in unsplit)
+    assert all(k["stages_stop"] == "cap" for k in unsplit)
 
 
 @pytest.mark.parametrize("steps", [0, 3])
@@ -274,3 +274,49 @@ def test_a_tiny_recipe_trains_without_evaluations(tmp_path, tiny_checkpoint, mon
     pipe.candidate(Candidate(sparsity=0.3, mux=2))
     record = pipe.stage_training(Candidate(sparsity=0.3, mux=2))
     assert record["mux"]["steps"] == steps and record["mux"]["curve"] == []
+
+
+def _another(value: object, rule) -> object:
+    """A valid value of a recipe field other than `value` (its rule says what is valid)."""
+    if rule.kind is bool:
+        return not value
+    if rule.kind is str:
+        return next(c for c in rule.choices if c != value)
+    if value is None:
+        return 40 if rule.kind is int else 0.25
+    if rule.kind is int:
+        return value + 1
+    return value + 0.25 if rule.high is None or value + 0.25 <= rule.high else value / 2
+
+
+def test_each_key_changes_with_every_field_of_the_recipe_parts_its_stage_reads(
+    tmp_path, tiny_checkpoint
+):
+    import dataclasses
+
+    from autoprumux.pipeline._keys import KEY_VERSION, SHARED_PARTS, int8_key
+
+    pipe = pipeline(tmp_path, tiny_checkpoint)
+    late = MuxShape(2, 1, "concat")
+    # each stage, and the recipe parts it reads besides the shared ones
+    stages = {
+        "baseline": (lambda: pipe.entry_key(), ()),
+        "mux": (lambda: pipe.mux_entry_key(MuxShape(2)), ("mux",)),
+        "late mux": (lambda: pipe.mux_entry_key(late), ("mux", "late_mux")),
+        "candidate": (lambda: pipe.candidate_entry_key(0.3, MuxShape()), ("mux", "recovery")),
+        "int8": (lambda: int8_key(pipe, 0.3, MuxShape()), ("mux", "recovery", "int8")),
+        "students": (lambda: students_key(pipe, 2, 1), ("students",)),
+    }
+    original = pipe.recipe
+    before = {name: key() for name, (key, _) in stages.items()}
+    assert all(k["key_version"] == KEY_VERSION for k in before.values())
+    for f in dataclasses.fields(original):
+        if f.name == "train_autocast":
+            continue  # keyed as resolved on the device ("auto" may be "bf16" or "fp32")
+        pipe.recipe = dataclasses.replace(
+            original, **{f.name: _another(getattr(original, f.name), f.metadata["rule"])}
+        )
+        for name, (key, parts) in stages.items():
+            reads = f.metadata["group"] in (*SHARED_PARTS, *parts)
+            assert (key() != before[name]) == reads, f"{name} key and recipe field {f.name}"
+    pipe.recipe = original

@@ -241,7 +241,7 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
     wide = pipe(student_pooling="cls", student_unlabeled=40).students(2, 1)
     entries = sorted((tmp_path / "students").iterdir())
     assert len(entries) == 3 and wide.pooling == "cls" and default.pooling == "mean"
-    new = next(e for e in entries if "student_unlabeled" in (e / "key.json").read_text())
+    new = next(e for e in entries if "student_unlabeled_corpus" in (e / "key.json").read_text())
     import json
 
     stats = json.loads((new / "meta.json").read_text())["distillation"]

@@ -29,6 +29,7 @@ RECIPE_GROUPS = {
     "mux": "multiplexing: the token-retrieval warm-up and the N > 1 task fine-tune",
     "late_mux": "late multiplexing: per-instance layers, then a learned combiner",
     "recovery": "pruning and its recovery (distilled from the baseline)",
+    "int8": "int8 candidates: distilled further while computing as int8 will",
     "students": "Academus students: boosting, then stacking",
     "loop": "the training loop: batches, precision, and L2L's constant device memory",
 }
@@ -105,7 +106,7 @@ class Recipe:
     distill_weight: float = _field(
         0.5,
         FRACTION,
-        "recovery",
+        "mux",
         "weight of distillation from the baseline in the N > 1 fine-tune and pruning recovery",
     )
     # ---- pruning recovery
@@ -118,7 +119,7 @@ class Recipe:
     int8_recovery_steps: int = _field(
         0,
         STEPS,
-        "recovery",
+        "int8",
         "distillation steps of an int8 candidate trained as conversion computes (0: converted "
         "as trained)",
     )

@@ -29,6 +29,7 @@ from autoprumux.evaluation import DevNoise, Measured, dev_noise, paired_dev_metr
 from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
 from autoprumux.pipeline._context import StageContext
+from autoprumux.pipeline._keys import cache_key
 from autoprumux.training import (
     PlateauStop,
     StoppingRule,
@@ -104,7 +105,7 @@ def build_baseline(pipe: StageContext) -> Path:
         m.save(tmp / "model")
         return {"train": stats, "stopping": stopping}
 
-    entry, hit = pipe.cache.get_or_build("baseline", pipe.entry_key(), build)
+    entry, hit = pipe.cache.get_or_build("baseline", cache_key(pipe), build)
     if rows is not None:
         log.info("baseline: the given classifier %s, used as is (%s)", pipe.base.name, entry)
     else:

@@ -19,7 +19,7 @@ from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
 from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._keys import early_mux_key, pruned_late_key, warmup_key
+from autoprumux.pipeline._keys import early_mux_key, mux_key, pruned_late_key, warmup_key
 from autoprumux.training import (
     TrainConfig,
     retrieval_warmup,
@@ -218,7 +218,7 @@ def _train_late(
 def late_mux_model(pipe: StageContext, shape: MuxShape) -> Path:
     """The cache entry of a late-multiplexed model trained on the task (built or cached)."""
     entry, hit = pipe.cache.get_or_build(
-        "mux", pipe.mux_entry_key(shape), lambda tmp: _train_late(pipe, shape, tmp)
+        "mux", mux_key(pipe, shape), lambda tmp: _train_late(pipe, shape, tmp)
     )
     log.info("mux N=%d%s %s (%s)", shape.n, shape.suffix, "cache hit" if hit else "trained", entry)
     return entry

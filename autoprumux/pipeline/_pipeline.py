@@ -59,7 +59,7 @@ from autoprumux.pipeline._baseline import (
     validated,
 )
 from autoprumux.pipeline._context import TeacherTables
-from autoprumux.pipeline._keys import cache_key, candidate_key, mux_key
+from autoprumux.pipeline._keys import cache_key, candidate_key, int8_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
     late_mux_model,
@@ -279,12 +279,7 @@ class PruMuxPipeline:
         r = self.recipe
         if config.precision != "int8" or r.int8_recovery_steps == 0:
             return model
-        key = {
-            **self.candidate_entry_key(*self.prumux_shape(config)),
-            "int8_steps": r.int8_recovery_steps,
-            "int8_weights": "per_channel",  # trained as the conversion rounds
-            "int8_inputs": "static",
-        }
+        key = int8_key(self, *self.prumux_shape(config))
 
         def build(tmp: Path) -> dict:
             m = copy.deepcopy(model)

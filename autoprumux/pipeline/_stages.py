@@ -9,7 +9,13 @@ from typing import Any
 
 from autoprumux.config import Candidate
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._keys import early_mux_key, pruned_late_key, students_key
+from autoprumux.pipeline._keys import (
+    candidate_key,
+    early_mux_key,
+    mux_key,
+    pruned_late_key,
+    students_key,
+)
 from autoprumux.pipeline._mux import pruned_before_mux
 
 
@@ -40,12 +46,12 @@ def stage_training(pipe: StageContext, config: Candidate) -> dict[str, Any]:
             out["mux"] = meta.get("stopping")
         return out
     if shape.n > 1:
-        key = pipe.mux_entry_key(shape) if shape.late else early_mux_key(pipe, shape)
+        key = mux_key(pipe, shape) if shape.late else early_mux_key(pipe, shape)
         meta = _meta(pipe, "mux", key)
         if meta is not None:
             out["mux"] = meta.get("stopping")
     if sparsity > 0:
-        meta = _meta(pipe, "candidate", pipe.candidate_entry_key(sparsity, shape))
+        meta = _meta(pipe, "candidate", candidate_key(pipe, sparsity, shape))
         if meta is not None:
             out["recovery"] = [st.get("stopping") for st in meta.get("stages", [])]
     return out
