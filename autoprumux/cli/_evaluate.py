@@ -123,17 +123,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _check_output_file("--json", args.json_out)
     _check_mux_layers_fit(config.mux_layers, args.model)
     pipe = _pipeline(args, recipe)
-    if config.technique == "students":
-        active = _student_args(args)[2]
-        ev = pipe.evaluate_students(
-            config.students,
-            config.student_depth,
-            active=active,
-            throughput=tp,
-            precision=config.precision,
-        )
-    else:
-        ev = pipe.evaluate(config, throughput=tp)
+    active = _student_args(args)[2] if config.technique == "students" else None
+    ev = pipe.evaluate(config, throughput=tp, active=active)
     print(format_table(ev))
     r = pipe.recipe
     print(

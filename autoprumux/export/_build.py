@@ -145,14 +145,8 @@ def export_model(
     check_precision(config.precision, device)
     tp = throughput or ThroughputConfig(device=device)
     model: AnyModel
-    if config.technique == "students":
-        ev = pipe.evaluate_students(
-            config.students, config.student_depth, throughput=tp, precision=config.precision
-        )
-        model = pipe.students(config.students, config.student_depth)
-    else:
-        ev = pipe.evaluate(config, throughput=tp)
-        model = pipe.trained(config)  # the fp32 model `evaluate` converted and measured
+    ev = pipe.evaluate(config, throughput=tp)
+    model = pipe.fp32_model(config)  # the fp32 model `evaluate` converted and measured
     manifest = ExportManifest(
         task=pipe.task.name,
         label_names=tuple(pipe.data.task.label_names),

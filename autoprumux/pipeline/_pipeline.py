@@ -269,6 +269,13 @@ class PruMuxPipeline:
     def candidate_entry_key(self, sparsity: float, shape: MuxShape) -> dict:
         return candidate_key(self, sparsity, shape)
 
+    def fp32_model(self, config: Candidate) -> AnyModel:
+        """Any configuration's fp32 model, as `evaluate` converts it: the students, or the
+        PruMUX candidate (`trained`)."""
+        if config.technique == "students":
+            return self.students(config.students, config.student_depth)
+        return self.trained(config)
+
     def trained(
         self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
     ) -> MuxSequenceClassifier:
@@ -485,9 +492,20 @@ class PruMuxPipeline:
         *,
         throughput: ThroughputConfig | None = None,
         on_stage: Callable[[int, float], None] | None = None,
+        active: int | None = None,
     ) -> Evaluation:
-        """A PruMUX configuration beside the fp32 baseline: built (or cached) in fp32, converted
-        to its precision, scored and timed as converted (see `candidate` for `on_stage`)."""
+        """Any configuration beside the fp32 baseline: built (or cached) in fp32, converted to
+        its precision, scored and timed as converted. A PruMUX one reports its pruning stages
+        to `on_stage` (see `candidate`); students report none, and run their first `active`
+        (default: all)."""
+        if config.technique == "students":
+            return self.evaluate_students(
+                config.students,
+                config.student_depth,
+                active=active,
+                throughput=throughput,
+                precision=config.precision,
+            )
         sparsity, shape = self.prumux_shape(config)
         check_precision(config.precision, str(self.device))
         tp = throughput or ThroughputConfig(device=str(self.device))

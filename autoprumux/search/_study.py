@@ -334,10 +334,12 @@ class Searcher:
                 f"points above the budget ({self.s.budget:g})"
             )
 
-    def _evaluate_prumux(self, trial: Any, pipe: Any, cfg: Candidate, run_id: str) -> Any:
-        """A PruMUX candidate, reporting its loss after each stage (a hopeless one is pruned)."""
+    def _evaluate(self, trial: Any, cfg: Candidate, run_id: str) -> Any:
+        """One configuration measured beside its baseline, a PruMUX one reporting its loss after
+        each pruning stage (a hopeless one is pruned; students report none)."""
         from autoprumux.pipeline import last_stage
 
+        pipe = self.pipeline(cfg.mux_variant)
         base = pipe.baseline_metrics()["metric"]
         last = last_stage(self.space.recipe, cfg)  # a pruned late model reports one step
 
@@ -407,19 +409,6 @@ class Searcher:
         trial.set_user_attr("trial_seconds", work + overhead)
         trial.set_user_attr("tracking_overhead_seconds", overhead)
         return float(ev.speedup)
-
-    def _evaluate(self, trial: Any, cfg: Candidate, run_id: str) -> Any:
-        """One configuration measured beside its baseline: students, or a PruMUX candidate
-        reporting its loss after each stage."""
-        pipe = self.pipeline(cfg.mux_variant)
-        if cfg.technique == "students":
-            return pipe.evaluate_students(
-                cfg.students,
-                cfg.student_depth,
-                throughput=self.s.throughput,
-                precision=cfg.precision,
-            )
-        return self._evaluate_prumux(trial, pipe, cfg, run_id)
 
     # ---- loop --------------------------------------------------------------------------------
     def finished(self) -> list[Any]:
