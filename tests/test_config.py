@@ -144,3 +144,16 @@ def test_a_recipe_flag_reaches_the_recipe_and_a_bad_one_is_the_recipes_error(cap
     assert main(["evaluate", "--student-loss", "hinge"]) == 2
     err = capsys.readouterr().err.strip()
     assert "recipe field student_loss ('hinge') must be one of ['mse', 'kl']" in err
+
+
+def test_a_budget_is_checked_once_where_it_enters_then_trusted():
+    import json
+
+    from autoprumux.config import Budget
+
+    budget = check_budget("2.5")
+    assert isinstance(budget, Budget) and budget == 2.5
+    assert check_budget(budget) is budget  # passed on: not checked again
+    assert json.loads(json.dumps({"budget": budget})) == {"budget": 2.5} and f"{budget:g}" == "2.5"
+    with pytest.raises(ConfigError, match=r"budget \(101.0\) must be an accuracy loss"):
+        check_budget(101.0)

@@ -140,7 +140,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprumux.config import check_budget
     from autoprumux.search import SearchSpace
 
-    check_budget(args.budget)
+    args.budget = check_budget(args.budget)  # checked here, trusted from here on
     if args.export is not None:  # before the search: a taken directory is refused at once
         from autoprumux.export import check_out_dir
 
@@ -161,7 +161,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from autoprumux.tracking import load_study_attrs
 
     if args.budget is not None:
-        check_budget(args.budget)
+        args.budget = check_budget(args.budget)  # checked here, trusted from here on
     if not args.study_name:
         raise AutoPruMuxError("worker: --study-name is required (the study to join)")
     if args.trials is not None and args.trials < 1:

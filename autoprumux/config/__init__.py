@@ -26,6 +26,7 @@ from autoprumux.config._candidate import (
     validate_mux_layers,
 )
 from autoprumux.config._measure import (
+    Budget,
     ThroughputConfig,
     check_budget,
     check_precision,
@@ -62,6 +63,7 @@ from autoprumux.config._recipe import (
 )
 
 __all__ = [
+    "Budget",
     "BASELINE",
     "BATCHINGS",
     "CANDIDATE_DEFAULTS",

@@ -43,8 +43,16 @@ def check_precision(precision: str, device: str) -> str:
     return precision
 
 
-def check_budget(budget: object) -> float:
-    """An accuracy-loss budget in points: a finite number in [0, 100] (not a boolean)."""
+class Budget(float):
+    """An accuracy-loss budget in points that `check_budget` has accepted: checked once where
+    it enters (a command's flag, an API call), then trusted wherever it is passed on."""
+
+
+def check_budget(budget: object) -> Budget:
+    """An accuracy-loss budget in points: a finite number in [0, 100] (not a boolean). A
+    `Budget` was checked where it entered and is returned as it is."""
+    if isinstance(budget, Budget):
+        return budget
     not_a_number = ConfigError(
         f"budget {budget!r} is not a number; give the accepted accuracy loss in points, e.g. 2.0"
     )
@@ -60,4 +68,4 @@ def check_budget(budget: object) -> float:
         raise ConfigError(
             f"budget ({budget!r}) must be an accuracy loss in points between 0 and 100, e.g. 2.0"
         )
-    return b
+    return Budget(b)

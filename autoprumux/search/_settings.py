@@ -41,7 +41,7 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
             raise ConfigError(f"--trials ({self.trials!r}) must be a positive integer")
-        check_budget(self.budget)
+        self.budget = check_budget(self.budget)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
         if not (self.prune_margin >= 0) or math.isinf(self.prune_margin):
