@@ -151,6 +151,7 @@ class PruMuxPipeline:
         self._baseline_metrics: dict[str, float] | None = None
         self.tables = TeacherTables()
         self._mux_metrics: dict[MuxShape, dict[str, float]] = {}
+        self._checked_shapes: dict[Candidate, tuple[float, MuxShape]] = {}
         self._warned_short_baseline = False
 
     # ---- cache keys (see _keys) ----------------------------------------------------------------
@@ -520,7 +521,13 @@ class PruMuxPipeline:
 
     def prumux_shape(self, config: Candidate) -> tuple[float, MuxShape]:
         """(sparsity, mux shape) of a PruMUX configuration this pipeline builds (its mux
-        variant; mux_layers below the model's depth, checked before any training)."""
+        variant; mux_layers below the model's depth, checked before any training, once per
+        configuration: the stages that read it again take the checked shape)."""
+        if not isinstance(config, Candidate) or config not in self._checked_shapes:
+            self._checked_shapes[config] = self._check_prumux(config)  # raises if it is not one
+        return self._checked_shapes[config]
+
+    def _check_prumux(self, config: Candidate) -> tuple[float, MuxShape]:
         if not isinstance(config, Candidate) or config.technique != "prumux":
             raise ConfigError(
                 f"expected a PruMUX Candidate, got {config!r}; students go to evaluate_students"
