@@ -52,7 +52,7 @@ class Rule:
             return f"one of {list(self.choices)}"
         what = "an integer" if self.kind is int else "a finite number"
         if self.low is not None and self.high is not None:
-            what += f" in [{num(self.low)}, {num(self.high)}]"
+            what += f" in {'(' if self.above else '['}{num(self.low)}, {num(self.high)}]"
         elif self.low is not None:
             what += f" {'>' if self.above else '>='} {num(self.low)}"
         return f"None ({self.none}) or {what}" if self.none else what

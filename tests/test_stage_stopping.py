@@ -294,7 +294,7 @@ def test_each_key_changes_with_every_field_of_the_recipe_parts_its_stage_reads(
 ):
     import dataclasses
 
-    from autoprumux.pipeline._keys import KEY_VERSION, SHARED_PARTS, int8_key
+    from autoprumux.pipeline._keys import KEY_VERSION, SHARED_PARTS, int8_key, path_key
 
     pipe = pipeline(tmp_path, tiny_checkpoint)
     late = MuxShape(2, 1, "concat")
@@ -306,6 +306,7 @@ def test_each_key_changes_with_every_field_of_the_recipe_parts_its_stage_reads(
         "candidate": (lambda: pipe.candidate_entry_key(0.3, MuxShape()), ("mux", "recovery")),
         "int8": (lambda: int8_key(pipe, 0.3, MuxShape()), ("mux", "recovery", "int8")),
         "students": (lambda: students_key(pipe, 2, 1), ("students",)),
+        "path": (lambda: path_key(pipe, 0.3), ("path",)),
     }
     original = pipe.recipe
     before = {name: key() for name, (key, _) in stages.items()}

@@ -28,6 +28,8 @@ STUDENT_DEPTHS = (1, 2, 3)
 LOGIT_LOSSES = ("mse", "kl")  # students distil by MSE on the residual or KL around the sum
 STUDENT_INITS = ("bottom", "spread")  # student j's first layer: the teacher's lowest, or spread
 RECOVERY_SCHEDULES = ("even", "rising")  # recovery steps per pruning stage
+# how a pruning path's sparsity rises over its steps (cubic: fast first, slow near the end)
+PATH_SCHEDULES = ("cubic", "linear")
 SAMPLERS = ("tpe", "guided", "random", "grid")
 TRAINERS = ("standard", "l2l", "auto")
 STASH_PLACES = ("device", "host")

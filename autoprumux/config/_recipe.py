@@ -12,6 +12,7 @@ from autoprumux._rules import COUNT, FLAG, FRACTION, LR, STEPS, WEIGHT, Rule
 from autoprumux.config._names import (
     BATCHINGS,
     LOGIT_LOSSES,
+    PATH_SCHEDULES,
     POOLINGS,
     RECOVERY_SCHEDULES,
     STASH_PLACES,
@@ -31,6 +32,7 @@ RECIPE_GROUPS = {
     "recovery": "pruning and its recovery (distilled from the baseline)",
     "int8": "int8 candidates: distilled further while computing as int8 will",
     "students": "Academus students: boosting, then stacking",
+    "path": "the pruning path: one distilled run from sparsity 0 up, a snapshot per level",
     "loop": "the training loop: batches, precision, and L2L's constant device memory",
 }
 
@@ -214,6 +216,34 @@ class Recipe:
         Rule(int, low=0, high=2**32 - 1),  # numpy-compatible seed range
         "data",
         "seed of sampling, initialisation and data order",
+    )
+    # ---- the pruning path (`training.prune_path`)
+    path_max_sparsity: float = _field(
+        0.9, Rule(float, low=0.05, high=0.95), "path", "the sparsity the pruning path ends at"
+    )
+    path_step: float = _field(
+        0.05,
+        Rule(float, low=0.0, above=True, high=0.5),
+        "path",
+        "sparsity between the path's levels (a snapshot at each)",
+    )
+    path_schedule: str = _field(
+        "cubic",
+        Rule(str, choices=PATH_SCHEDULES),
+        "path",
+        "how the path's sparsity rises over its steps: 'cubic' (fast first) or 'linear'",
+    )
+    path_steps: int = _field(
+        2000, STEPS, "path", "training steps over which the path's sparsity rises, all levels"
+    )
+    path_settle_steps: int = _field(
+        50, STEPS, "path", "steps each path level trains besides its share, before its snapshot"
+    )
+    path_distill_weight: float = _field(
+        0.5, FRACTION, "path", "weight of distillation from the baseline along the path"
+    )
+    path_importance_examples: int = _field(
+        256, COUNT, "path", "examples that score the heads' and neurons' importance per level"
     )
     # ---- the training loop
     batching: str = _field(

@@ -1,7 +1,7 @@
 """Every cache key of a pipeline, in one place: what identifies each entry (the baseline, the
-teacher tables, warm-ups, mux models, pruned candidates, int8-trained models, students) is the
-model, the task's data and the fields of each part of the recipe its stage reads
-(`config.RECIPE_GROUPS`), plus `KEY_VERSION`."""
+teacher tables, warm-ups, mux models, pruned candidates, int8-trained models, students, the
+pruning path's levels) is the model, the task's data and the fields of each part of the recipe
+its stage reads (`config.RECIPE_GROUPS`), plus `KEY_VERSION`."""
 
 from __future__ import annotations
 
@@ -158,3 +158,10 @@ def teacher_key(pipe: StageContext, of: str, extra: dict) -> dict:
     """The key of a table of the baseline's outputs (`of`: "logits" or "layers") over the
     training items plus the unlabeled ones `extra` keys."""
     return {**cache_key(pipe), "of": of, **extra}
+
+
+def path_key(pipe: StageContext, level: float) -> dict:
+    """The key of one level of the pruning path (N=1, distilled from the baseline over the
+    training items): the baseline's key, the recipe's path part (its schedule, grid and steps:
+    every level's model depends on them all) and the level."""
+    return cache_key(pipe, technique="path", **recipe_part(pipe.recipe, "path"), level=level)

@@ -67,6 +67,7 @@ from autoprumux.pipeline._mux import (
     pruned_before_mux,
     pruned_late_mux_model,
 )
+from autoprumux.pipeline._path import PathLevel, build_path, path_snapshot
 from autoprumux.pipeline._recovery import prune, teacher_layers, teacher_logits
 from autoprumux.pipeline._stages import stage_training
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
@@ -266,6 +267,14 @@ class PruMuxPipeline:
         """Prune `model` in place to `sparsity` with the recipe's recovery (see
         `_recovery.prune`). Returns per-stage stats."""
         return prune(self, model, sparsity, desc=desc, on_stage=on_stage)
+
+    def path(self) -> list[PathLevel]:
+        """The pruning path's levels, built or cached (see `_path.build_path`)."""
+        return build_path(self)
+
+    def path_snapshot(self, sparsity: float) -> MuxSequenceClassifier:
+        """The path's model at the level `sparsity` (see `_path.path_snapshot`)."""
+        return path_snapshot(self, sparsity)
 
     def candidate_entry_key(self, sparsity: float, shape: MuxShape) -> dict:
         return candidate_key(self, sparsity, shape)

@@ -7,6 +7,7 @@ from autoprumux.training._l2l_memory import DeviceLedger, L2LStats
 from autoprumux.training._late import frozen_targets, shared_layer_names, train_late_frozen
 from autoprumux.training._loop import predict, train_classifier
 from autoprumux.training._losses import hidden_distill_loss, kd_loss, retrieval_loss
+from autoprumux.training._path import level_steps, path_levels, prune_path
 from autoprumux.training._prune import prune_in_stages
 from autoprumux.training._stopping import (
     PlateauStop,
@@ -40,8 +41,11 @@ __all__ = [
     "frozen_targets",
     "hidden_distill_loss",
     "kd_loss",
+    "level_steps",
+    "path_levels",
     "prefix_mse",
     "prune_in_stages",
+    "prune_path",
     "resolve_autocast",
     "predict",
     "retrieval_loss",

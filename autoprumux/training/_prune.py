@@ -36,6 +36,40 @@ def recovery_schedule(total: int, stages: int, schedule: str) -> list[int]:
     return steps
 
 
+def prune_to(
+    model: MuxSequenceClassifier,
+    target: float,
+    train_items: Sequence[Encoded],
+    order: Sequence[int],
+    importance_examples: int,
+    device: torch.device | str,
+) -> None:
+    """Remove `model`'s least important heads, FFN units and sub-layers in place until its
+    counted sparsity reaches `target` (nothing when it already has): the first
+    `importance_examples` items of `order` (indices into `train_items`) score heads and units by
+    Fisher importance, in batches of N so a multiplexed model is scored as it runs, the next
+    `ABLATION_EXAMPLES` score whole sub-layers by the loss change of removing them."""
+    n = model.n
+    fisher_items = [train_items[i] for i in order[:importance_examples]]
+    fisher_batches = [
+        collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)
+    ]
+    ablation = order[importance_examples : importance_examples + ABLATION_EXAMPLES]
+    abl_items = [train_items[i] for i in ablation]
+    abl_batches = [collate(abl_items[s : s + 32]) for s in range(0, len(abl_items), 32)]
+
+    def loss_fn(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = {k: v.to(device) for k, v in b.items()}
+        return F.cross_entropy(
+            model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"]
+        )
+
+    model.to(device)
+    imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
+    plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
+    apply_plan(model.encoder, plan)
+
+
 def prune_in_stages(
     model: MuxSequenceClassifier,
     sparsity: float,
@@ -74,29 +108,11 @@ def prune_in_stages(
     stage's stats add ``stopping``, see `StoppingRule`). Returns {"stages": [per-stage stats]}."""
     stats: list[dict] = []
     stage_steps = recovery_schedule(recovery_steps, stages, schedule)
-    n = model.n
     gen = torch.Generator().manual_seed(seed)
     for stage in range(1, stages + 1):
         target = sparsity * stage / stages
         order = torch.randperm(len(train_items), generator=gen).tolist()
-        fisher_items = [train_items[i] for i in order[:importance_examples]]
-        fisher_batches = [
-            collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)
-        ]
-        ablation = order[importance_examples : importance_examples + ABLATION_EXAMPLES]
-        abl_items = [train_items[i] for i in ablation]
-        abl_batches = [collate(abl_items[s : s + 32]) for s in range(0, len(abl_items), 32)]
-
-        def loss_fn(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            b = {k: v.to(device) for k, v in b.items()}
-            return F.cross_entropy(
-                model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"]
-            )
-
-        model.to(device)
-        imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
-        plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
-        apply_plan(model.encoder, plan)
+        prune_to(model, target, train_items, order, importance_examples, device)
         steps = stage_steps[stage - 1]
         items = list(train_items if recovery_items is None else recovery_items)
         kw: dict[str, Any] = {

@@ -1,0 +1,133 @@
+"""The pruning path of a pipeline (N=1): one run distilled from the baseline over the training
+items that raises the sparsity level by level (`training.prune_path`), each level's snapshot a
+cache entry of its own (kind "path", `path_key`), so a killed path resumes at its last saved
+level and a built one is read, never trained again."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.pipeline._baseline import validation_metric
+from autoprumux.pipeline._context import StageContext
+from autoprumux.pipeline._keys import path_key
+from autoprumux.pipeline._recovery import teacher_logits
+from autoprumux.training import TrainConfig, path_levels, prune_path
+
+log = logging.getLogger("autoprumux")
+
+
+@dataclass(frozen=True)
+class PathLevel:
+    """One built level of the path: its grid level, the snapshot's measured sparsity, its
+    validation metric (dev's without a validation split: `scored_on`) and its cache entry."""
+
+    level: float
+    sparsity: float
+    metric: float
+    scored_on: str
+    entry: Path
+
+
+def levels(pipe: StageContext) -> list[float]:
+    """The recipe's path grid (see `training.path_levels`)."""
+    return path_levels(pipe.recipe.path_max_sparsity, pipe.recipe.path_step)
+
+
+def _level(pipe: StageContext, entry: Path) -> PathLevel:
+    meta = pipe.cache.meta(entry)
+    return PathLevel(meta["level"], meta["sparsity"], meta["metric"], meta["scored_on"], entry)
+
+
+def build_path(pipe: StageContext) -> list[PathLevel]:
+    """Every level of the path, built or read from the cache. The levels already saved are
+    read; the path goes on from the last of them (its snapshot reloaded: the same weights), so
+    a killed path loses at most the level it was building."""
+    grid = levels(pipe)
+    done = 0
+    while done < len(grid) and pipe.cache.has("path", path_key(pipe, grid[done])):
+        done += 1
+    if done < len(grid):
+        log.info("pruning path: %d of %d levels cached, on from s=%g", done, len(grid), grid[done])
+        _train(pipe, done, grid)
+    else:
+        log.info("pruning path: all %d levels cached", len(grid))
+    return [_level(pipe, pipe.cache.entry("path", path_key(pipe, level))) for level in grid]
+
+
+def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
+    r = pipe.recipe
+    teacher = pipe.baseline()
+    if done == 0:
+        model = copy.deepcopy(teacher)
+    else:
+        model = pipe.load_model(pipe.cache.entry("path", path_key(pipe, grid[done - 1])), False)
+    for p in model.parameters():  # the path trains the whole model
+        p.requires_grad_(True)
+    if r.freeze_word_embeddings:
+        model.encoder.embeddings.word.weight.requires_grad_(False)
+    scored_on = "validation" if pipe.validation_items else "dev"
+
+    def metric(m: MuxSequenceClassifier) -> float:
+        if pipe.validation_items:
+            return validation_metric(pipe, m)
+        return pipe.dev_metrics(m, pairings=1)["metric"]
+
+    def snapshot(level: float, m: MuxSequenceClassifier, value: float) -> None:
+        def build(tmp: Path) -> dict:
+            m.save(tmp / "model")
+            return {
+                "level": level,
+                "sparsity": m.sparsity(),
+                "metric": value,
+                "scored_on": scored_on,
+                "scored_by": [pipe.task.metric, pipe.task.pos_label],
+                "heads": list(m.encoder.config.heads),
+                "ffn": list(m.encoder.config.ffn),
+            }
+
+        entry, _ = pipe.cache.get_or_build("path", path_key(pipe, level), build)
+        log.info("pruning path s=%g saved (%s)", level, entry)
+
+    distils = r.path_distill_weight > 0
+    prune_path(
+        model,
+        pipe.train_items,
+        teacher=teacher,
+        max_sparsity=r.path_max_sparsity,
+        step=r.path_step,
+        schedule=r.path_schedule,
+        steps=r.path_steps,
+        settle_steps=r.path_settle_steps,
+        importance_examples=r.path_importance_examples,
+        seed=r.seed,
+        train_cfg=lambda steps: TrainConfig.from_recipe(
+            r, steps, distill_weight=r.path_distill_weight
+        ),
+        dev_metric=metric,
+        snapshot=snapshot,
+        special_ids=pipe.special_ids,
+        device=pipe.device,
+        start=done,
+        teacher_logits=teacher_logits(pipe) if distils else None,
+    )
+
+
+def path_snapshot(pipe: StageContext, sparsity: float) -> MuxSequenceClassifier:
+    """The path's snapshot at the grid level `sparsity` (the path built first if need be)."""
+    grid = levels(pipe)
+    match = [level for level in grid if abs(level - sparsity) < 1e-6]
+    if not match:
+        raise ConfigError(
+            f"sparsity {sparsity:g} is not a level of the pruning path (path_step "
+            f"{pipe.recipe.path_step:g} up to path_max_sparsity "
+            f"{pipe.recipe.path_max_sparsity:g}: {grid})"
+        )
+    key = path_key(pipe, match[0])
+    if not pipe.cache.has("path", key):
+        build_path(pipe)
+    return pipe.load_model(pipe.cache.entry("path", key), pipe.recipe.freeze_word_embeddings)

@@ -1,0 +1,206 @@
+"""The pruning path: one distilled run raising sparsity level by level, its grid and schedule,
+snapshots that reload bit-equal, a killed path that resumes at its last saved level, and the
+key of its cache entries."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_batch
+from test_converged_baseline import texts_data
+from test_stage_stopping import classifier, items
+
+import autoprumux.pipeline._path as pipeline_path
+import autoprumux.training._path as training_path
+from autoprumux.config import Recipe
+from autoprumux.errors import ConfigError
+from autoprumux.models import MuxSequenceClassifier
+from autoprumux.pipeline._keys import path_key
+from autoprumux.training import TrainConfig, level_steps, path_levels, prune_path
+
+PATH_RECIPE = {
+    "batch_size": 8,
+    "max_seq_len": 16,
+    "finetune_steps": 2,
+    "path_max_sparsity": 0.6,
+    "path_step": 0.2,
+    "path_steps": 6,
+    "path_settle_steps": 1,
+    "path_importance_examples": 16,
+}
+
+
+def make_pipe(tmp_path: Path, checkpoint: str, rows: int = 400, **recipe):
+    from autoprumux.pipeline import PruMuxPipeline
+
+    return PruMuxPipeline(
+        data=texts_data(tmp_path / f"data{rows}", rows=rows),
+        model=checkpoint,
+        recipe=Recipe(**{**PATH_RECIPE, **recipe}),
+        cache_dir=tmp_path / "cache",
+    )
+
+
+def logits(model: MuxSequenceClassifier) -> torch.Tensor:
+    ids, mask, tt = random_batch(6, 12, seed=7)
+    with torch.no_grad():
+        return model.eval()(ids, mask, tt)
+
+
+# ---- the grid and the schedule ----------------------------------------------------------------
+def test_the_grid_steps_up_to_the_maximum_which_ends_it():
+    assert path_levels(0.9, 0.05) == [round(0.05 * i, 6) for i in range(1, 19)]
+    assert path_levels(0.5, 0.2) == [0.2, 0.4, 0.5]
+    assert path_levels(0.3, 0.5) == [0.3]
+    with pytest.raises(ConfigError, match="step"):
+        path_levels(0.9, 0.0)
+
+
+@pytest.mark.parametrize("schedule", ["cubic", "linear"])
+def test_the_schedule_shares_all_the_steps_over_the_levels(schedule):
+    shares = level_steps(path_levels(0.9, 0.05), 2000, schedule)
+    assert sum(shares) == 2000 and min(shares) >= 0 and len(shares) == 18
+
+
+def test_cubic_prunes_fast_first_and_slowly_near_the_end():
+    grid = path_levels(0.9, 0.1)
+    cubic, linear = level_steps(grid, 900, "cubic"), level_steps(grid, 900, "linear")
+    assert linear == [100] * 9
+    assert cubic == sorted(cubic) and cubic[0] < 100 < cubic[-1]
+    with pytest.raises(ConfigError, match="schedule"):
+        level_steps(grid, 900, "exponential")
+
+
+def test_the_recipe_checks_the_path_fields():
+    with pytest.raises(ConfigError, match=r"path_step \(0\.0\) must be a finite number in \(0"):
+        Recipe(path_step=0.0)
+    assert Recipe().path_schedule == "cubic" and Recipe().path_max_sparsity == 0.9
+
+
+# ---- the path itself ----------------------------------------------------------------------------
+def test_a_path_is_monotone_in_measured_sparsity_and_its_snapshots_reload_bit_equal(tmp_path):
+    model, teacher = classifier(layers=2), classifier(layers=2)
+    data = items(64)
+    saved: list[tuple[float, float, Path, torch.Tensor]] = []
+
+    def snapshot(level: float, m: MuxSequenceClassifier, metric: float) -> None:
+        d = m.save(tmp_path / f"s{level}")
+        saved.append((level, m.sparsity(), d, logits(m)))
+
+    stats = prune_path(
+        model,
+        data,
+        teacher=teacher,
+        max_sparsity=0.8,
+        step=0.2,
+        schedule="cubic",
+        steps=8,
+        settle_steps=1,
+        importance_examples=16,
+        seed=0,
+        train_cfg=lambda steps: TrainConfig(steps=steps, batch_size=8, distill_weight=0.5),
+        dev_metric=lambda m: 50.0,
+        snapshot=snapshot,
+        special_ids=(),
+        device="cpu",
+    )
+    assert [s[0] for s in saved] == [0.2, 0.4, 0.6, 0.8]
+    measured = [s[1] for s in saved]
+    assert measured == sorted(measured) and measured[0] > 0
+    for (level, got, _, _), st in zip(saved, stats, strict=True):
+        assert st["level"] == level and st["sparsity"] == got and got >= level - 0.01
+    assert sum(st["steps"] for st in stats) == 8 + 4 * 1
+    for _, _, d, at_snapshot in saved:
+        assert torch.equal(logits(MuxSequenceClassifier.load(d)), at_snapshot)
+
+
+class Stop(Exception):
+    """Kills a path from its snapshot callback."""
+
+
+def _watch(monkeypatch, stop_after: int | None = None) -> dict:
+    """Record the model's logits at each snapshot the pipeline saves and the training runs
+    taken; with `stop_after`, kill the path once that many levels are saved."""
+    seen: dict = {"logits": {}, "trained": 0}
+    real_path, real_train = training_path.prune_path, training_path.train_classifier
+
+    def path(*args, snapshot, **kw):
+        def watched(level, m, metric):
+            snapshot(level, m, metric)
+            seen["logits"][level] = logits(m)
+            if stop_after is not None and len(seen["logits"]) == stop_after:
+                raise Stop
+
+        return real_path(*args, snapshot=watched, **kw)
+
+    def train(*args, **kw):
+        seen["trained"] += 1
+        return real_train(*args, **kw)
+
+    monkeypatch.setattr(pipeline_path, "prune_path", path)
+    monkeypatch.setattr(training_path, "train_classifier", train)
+    return seen
+
+
+def test_the_pipelines_path_is_cached_per_level_and_its_snapshots_reload_bit_equal(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    pipe = make_pipe(tmp_path, tiny_checkpoint)
+    pipe.baseline()
+    seen = _watch(monkeypatch)
+    built = pipe.path()
+    assert [lv.level for lv in built] == [0.2, 0.4, 0.6] and seen["trained"] == 3
+    measured = [lv.sparsity for lv in built]
+    assert measured == sorted(measured) and measured[0] > 0
+    assert all(lv.scored_on == "validation" for lv in built)
+    for lv in built:
+        assert torch.equal(logits(pipe.path_snapshot(lv.level)), seen["logits"][lv.level])
+    assert pipe.path() == built and seen["trained"] == 3  # read, never trained again
+    with pytest.raises(ConfigError, match="not a level of the pruning path"):
+        pipe.path_snapshot(0.3)
+
+
+def test_a_killed_path_resumes_at_its_last_level(tmp_path, tiny_checkpoint, monkeypatch):
+    pipe = make_pipe(tmp_path, tiny_checkpoint)
+    pipe.baseline()
+    seen = _watch(monkeypatch, stop_after=2)
+    with pytest.raises(Stop):
+        pipe.path()
+    assert [pipe.cache.has("path", path_key(pipe, lv)) for lv in (0.2, 0.4, 0.6)] == [
+        True,
+        True,
+        False,
+    ]
+    first = {lv: pipe.cache.meta(pipe.cache.entry("path", path_key(pipe, lv))) for lv in (0.2, 0.4)}
+    seen = _watch(monkeypatch)
+    built = pipe.path()
+    assert seen["trained"] == 1 and list(seen["logits"]) == [0.6]  # only the missing level
+    assert [pipe.cache.meta(lv.entry) for lv in built[:2]] == [first[0.2], first[0.4]]
+    # it goes on as an unbroken path would have
+    resumed = seen["logits"][0.6]
+    whole = make_pipe(tmp_path / "whole", tiny_checkpoint)
+    assert torch.equal(logits(whole.path_snapshot(0.6)), resumed)
+
+
+def test_the_paths_key_follows_the_baseline_the_data_and_the_schedule(tmp_path, tiny_checkpoint):
+    pipe = make_pipe(tmp_path, tiny_checkpoint)
+    before = path_key(pipe, 0.2)
+    assert path_key(pipe, 0.4) != before
+    original = pipe.recipe
+    for change, changes in [
+        ({"finetune_steps": 3}, True),
+        ({"path_schedule": "linear"}, True),
+        ({"path_steps": 7}, True),
+        ({"path_max_sparsity": 0.8}, True),
+        ({"student_steps": 5}, False),
+        ({"recovery_steps": 5}, False),
+        ({"mux_finetune_steps": 5}, False),
+    ]:
+        pipe.recipe = dataclasses.replace(original, **change)
+        assert (path_key(pipe, 0.2) != before) == changes, change
+    pipe.recipe = original
+    other = make_pipe(tmp_path, tiny_checkpoint, rows=401)
+    assert path_key(other, 0.2) != before
