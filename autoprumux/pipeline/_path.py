@@ -62,14 +62,13 @@ def build_path(pipe: StageContext) -> list[PathLevel]:
 def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
     r = pipe.recipe
     teacher = pipe.baseline()
+    # the whole model trains but for the word embeddings when the recipe freezes them, as
+    # `load_model` leaves the baseline and every snapshot
     if done == 0:
         model = copy.deepcopy(teacher)
     else:
-        model = pipe.load_model(pipe.cache.entry("path", path_key(pipe, grid[done - 1])), False)
-    for p in model.parameters():  # the path trains the whole model
-        p.requires_grad_(True)
-    if r.freeze_word_embeddings:
-        model.encoder.embeddings.word.weight.requires_grad_(False)
+        entry = pipe.cache.entry("path", path_key(pipe, grid[done - 1]))
+        model = pipe.load_model(entry, r.freeze_word_embeddings)
     scored_on = "validation" if pipe.validation_items else "dev"
 
     def metric(m: MuxSequenceClassifier) -> float:
