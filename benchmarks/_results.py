@@ -46,15 +46,17 @@ RECIPE_HELP = (
 def recipe_overrides(pairs: list[str]) -> dict[str, Any]:
     """`--recipe FIELD=VALUE ...` as Recipe keyword arguments, typed like the fields (ValueError
     naming the pair for an unknown field)."""
+    from dataclasses import fields
+
     from autoprumux.config import Recipe
 
-    defaults = Recipe()
+    kinds = {f.name: f.metadata["rule"].kind for f in fields(Recipe)}  # a field's type
     out: dict[str, Any] = {}
     for kv in pairs:
         k, _, v = kv.partition("=")
-        if not hasattr(defaults, k):
+        if k not in kinds:
             raise ValueError(f"--recipe {kv}: Recipe has no field {k!r}")
-        field_type = type(getattr(defaults, k))
+        field_type = kinds[k]
         if v.lower() == "none":
             out[k] = None
         elif field_type is bool:

@@ -24,6 +24,7 @@ from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 from autoprumux.config import Candidate, Recipe
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import PruMuxPipeline
+from autoprumux.training import path_levels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--task", default="sst2")
     ap.add_argument(
-        "--sparsities", type=float, nargs="+", default=[0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+        "--sparsities",
+        type=float,
+        nargs="+",
+        default=None,
+        help="default: 0 0.3 0.5 0.6 0.7 0.8 0.9 0.95; with --path, 0 and every level of the path",
+    )
+    ap.add_argument(
+        "--path",
+        action="store_true",
+        help="pruned N=1 points are the pruning path's snapshots (recipe recovery=path): the "
+        "path is built first, once, and its levels and cost go to the JSON",
     )
     ap.add_argument("--mux", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--precision", nargs="+", default=["fp32"])
@@ -47,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "--combiners", nargs="+", default=["binding"], help="combiners of the N > 1 points"
     )
     ap.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE", help=RECIPE_HELP)
+    ap.add_argument("--model", default=None, help="default: the packaged MiniLM")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tp-batch", type=int, default=64)
     ap.add_argument("--tp-seq-len", type=int, default=128)
@@ -63,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     try:
-        recipe = Recipe(**recipe_overrides(args.recipe))
+        overrides = recipe_overrides(args.recipe)
+        recipe = Recipe(**{**overrides, **({"recovery": "path"} if args.path else {})})
     except ValueError as e:
         ap.error(str(e))
+    if args.sparsities is None:
+        args.sparsities = (
+            [0.0, *path_levels(recipe.path_max_sparsity, recipe.path_step)]
+            if args.path
+            else [0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+        )
 
     out = Path(args.out or f"benchmarks/results/reference_grid_{args.task}_{args.device}.json")
     data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
@@ -75,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     stored = data.get("recipe")
     if data["rows"] and stored is not None:
         before = {**Recipe().__dict__, **stored}  # a field added since: its default then
-        diff = {k: (before[k], v) for k, v in recipe.__dict__.items() if before[k] != v}
+        asked = dict(recipe.__dict__)
+        if asked["max_seq_len"] is None:  # resolved from the data: the stored value is that
+            asked["max_seq_len"] = before["max_seq_len"]
+        diff = {k: (before[k], v) for k, v in asked.items() if before[k] != v}
         if diff:  # resuming would mix points of two recipes in one grid
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             print(
@@ -98,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         return 0
     pipe = PruMuxPipeline(
-        task=args.task, recipe=recipe, device=args.device, cache_dir=args.cache_dir
+        task=args.task,
+        model=args.model,
+        recipe=recipe,
+        device=args.device,
+        cache_dir=args.cache_dir,
     )
     tp = ThroughputConfig(
         batch_size=args.tp_batch,
@@ -108,6 +134,28 @@ def main(argv: list[str] | None = None) -> int:
         cuda_graphs=args.cuda_graphs,
     )
     where = machine(args.device)
+    if args.path:  # built once, before any point: every pruned N=1 point is one of its levels
+        t0 = time.time()
+        built = pipe.path()
+        data["path"] = {
+            "levels": [
+                {
+                    "level": lv.level,
+                    "sparsity": lv.sparsity,
+                    "metric": lv.metric,
+                    "scored_on": lv.scored_on,
+                    "steps": lv.steps,
+                    "seconds": lv.seconds,
+                }
+                for lv in built
+            ],
+            "steps": sum(lv.steps for lv in built),
+            "seconds": sum(lv.seconds for lv in built),  # as built, on the machine that built it
+            "seconds_here": time.time() - t0,  # 0 for a cached path
+            # the levels' seconds are the machine's that built them: this one unless cached
+            "machine": where if any(lv.seconds for lv in built) and time.time() - t0 > 1 else None,
+        }
+        write_json(out, data)
     data.update(
         task=pipe.task.name,
         metric=pipe.task.metric,
@@ -126,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             mux_combiner=c,
         )
         ev = pipe.evaluate(config, throughput=tp)
+        # the N=1 model's shape: enough to time it again on another machine (`retime.py`)
+        shape = pipe.fp32_model(config).encoder.config.to_dict() if n == 1 else None
         data["baseline"] = {"metric": ev.baseline.metric}
         data["rows"].append(
             {
@@ -144,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ideal_speedup": ev.ideal_speedup,
                 "seconds": time.time() - t0,
                 "machine": where,
+                "encoder": shape,
             }
         )
         write_json(out, data)

@@ -143,6 +143,7 @@ BAD_RECIPES = [
     ("int8_recovery_steps", 2.5),
     ("recovery_unlabeled", -1),
     ("recovery_schedule", "front"),
+    ("recovery", "both"),
     ("mux_pooling", "max"),
     ("mux_pooling", None),
     ("warmup_hidden_distill", math.inf),

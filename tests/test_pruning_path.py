@@ -204,3 +204,51 @@ def test_the_paths_key_follows_the_baseline_the_data_and_the_schedule(tmp_path, 
     pipe.recipe = original
     other = make_pipe(tmp_path, tiny_checkpoint, rows=401)
     assert path_key(other, 0.2) != before
+
+
+# ---- snapshots as candidates (the recipe's recovery "path") ----------------------------------
+def test_a_path_candidate_is_its_snapshot_and_a_search_over_it_never_retrains(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    from autoprumux.config import Candidate
+    from autoprumux.evaluation import ThroughputConfig
+    from autoprumux.pipeline._mux import last_stage
+
+    pipe = make_pipe(tmp_path, tiny_checkpoint, recovery="path")
+    pipe.baseline()
+    pipe.path()
+    seen = _watch(monkeypatch)  # counts every path training from here on
+    cand = Candidate(sparsity=0.4)
+    stages: list[tuple[int, float]] = []
+    model = pipe.trained(cand, on_stage=lambda s, m: stages.append((s, m)))
+    assert torch.equal(logits(model), logits(pipe.path_snapshot(0.4)))
+    assert [s for s, _ in stages] == [last_stage(pipe.recipe, cand)] == [1]
+    tp = ThroughputConfig(batch_size=4, seq_len=16, repeats=1, warmup=0)
+    for precision in ("fp32", "int8"):
+        ev = pipe.evaluate(Candidate(sparsity=0.6, precision=precision), throughput=tp)
+        assert ev.candidate.sparsity == pytest.approx(pipe.path()[-1].sparsity, abs=1e-3)
+    assert seen["trained"] == 0
+    assert not list((tmp_path / "cache").glob("candidate*/*"))  # no recovery of its own
+
+
+def test_a_path_candidate_off_the_grid_is_refused_before_any_training(tmp_path, tiny_checkpoint):
+    from autoprumux.config import Candidate
+
+    pipe = make_pipe(tmp_path, tiny_checkpoint, recovery="path")
+    with pytest.raises(ConfigError, match=r"0\.3 is not a level .*\[0\.2, 0\.4, 0\.6\]"):
+        pipe.check(Candidate(sparsity=0.3))
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*/*"))
+    pipe.check(Candidate(sparsity=0.3, mux=2))  # N > 1 prunes with its own recovery
+
+
+def test_an_int8_recovery_on_a_path_snapshot_is_keyed_by_the_path(tmp_path, tiny_checkpoint):
+    from autoprumux.config import MuxShape
+    from autoprumux.pipeline._keys import int8_key
+
+    separate = make_pipe(tmp_path, tiny_checkpoint)
+    path = make_pipe(tmp_path / "p", tiny_checkpoint, recovery="path")
+    on_path = int8_key(path, 0.4, MuxShape())
+    assert on_path != int8_key(separate, 0.4, MuxShape())
+    assert on_path["level"] == 0.4 and on_path["technique"] == "path"
+    path.recipe = dataclasses.replace(path.recipe, recovery_steps=99)  # the path reads none
+    assert int8_key(path, 0.4, MuxShape()) == on_path

@@ -30,6 +30,8 @@ STUDENT_INITS = ("bottom", "spread")  # student j's first layer: the teacher's l
 RECOVERY_SCHEDULES = ("even", "rising")  # recovery steps per pruning stage
 # how a pruning path's sparsity rises over its steps (cubic: fast first, slow near the end)
 PATH_SCHEDULES = ("cubic", "linear")
+# where a pruned N=1 model comes from: its own prune-and-recover, or the pruning path's level
+RECOVERY_SOURCES = ("separate", "path")
 SAMPLERS = ("tpe", "guided", "random", "grid")
 TRAINERS = ("standard", "l2l", "auto")
 STASH_PLACES = ("device", "host")

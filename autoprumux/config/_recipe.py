@@ -15,6 +15,7 @@ from autoprumux.config._names import (
     PATH_SCHEDULES,
     POOLINGS,
     RECOVERY_SCHEDULES,
+    RECOVERY_SOURCES,
     STASH_PLACES,
     STUDENT_INITS,
     TRAIN_AUTOCASTS,
@@ -112,6 +113,13 @@ class Recipe:
         "weight of distillation from the baseline in the N > 1 fine-tune and pruning recovery",
     )
     # ---- pruning recovery
+    recovery: str = _field(
+        "separate",
+        Rule(str, choices=RECOVERY_SOURCES),
+        "recovery",
+        "a pruned N=1 model: its own prune-and-recover ('separate') or the pruning path's "
+        "snapshot at its sparsity ('path': one run serves every level)",
+    )
     recovery_steps: int = _field(
         150, STEPS, "recovery", "most recovery steps after pruning, all stages"
     )

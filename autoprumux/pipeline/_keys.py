@@ -79,6 +79,20 @@ def candidate_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
     return {**mux_key(pipe, shape), "sparsity": sparsity, **recovery_key(pipe)}
 
 
+def from_path(recipe: Recipe, sparsity: float, shape: MuxShape) -> bool:
+    """Whether a pruned model is the pruning path's snapshot at its level (the recipe's
+    `recovery` is "path" and the model is N=1) rather than its own prune-and-recover."""
+    return recipe.recovery == "path" and sparsity > 0 and shape == MuxShape()
+
+
+def pruned_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> tuple[str, dict]:
+    """(cache kind, key) of the model a pruned configuration is read from: the path's level
+    (`from_path`) or the candidate's own entry."""
+    if from_path(pipe.recipe, sparsity, shape):
+        return "path", path_key(pipe, sparsity)
+    return "candidate", candidate_key(pipe, sparsity, shape)
+
+
 def recovery_key(pipe: StageContext) -> dict:
     """What a pruned candidate's recovery reads: the recipe's recovery part and the unlabeled
     sentences it adds (their count and content hash)."""
@@ -86,10 +100,10 @@ def recovery_key(pipe: StageContext) -> dict:
 
 
 def int8_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
-    """The key of a candidate distilled further while computing as int8 will: the candidate's,
-    the recipe's int8 part, and how the conversion rounds."""
+    """The key of a candidate distilled further while computing as int8 will: the key of the
+    model it starts from (`pruned_key`), the recipe's int8 part, and how the conversion rounds."""
     return {
-        **candidate_key(pipe, sparsity, shape),
+        **pruned_key(pipe, sparsity, shape)[1],
         **recipe_part(pipe.recipe, "int8"),
         "int8_weights": "per_channel",
         "int8_inputs": "static",
@@ -127,10 +141,10 @@ def early_mux_key(pipe: StageContext, shape: MuxShape) -> dict:
 
 def pruned_late_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
     """Everything the late model's training reads (its shape and recipe fields) and the key of
-    the pruned N=1 candidate it is built on."""
+    the pruned N=1 model it is built on (`pruned_key`: its candidate or the path's level)."""
     return {
         **mux_key(pipe, shape),
-        "on_pruned": candidate_key(pipe, sparsity, MuxShape()),
+        "on_pruned": pruned_key(pipe, sparsity, MuxShape())[1],
     }
 
 

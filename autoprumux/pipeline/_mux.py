@@ -19,7 +19,13 @@ from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier, warm_start_from
 from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._keys import early_mux_key, mux_key, pruned_late_key, warmup_key
+from autoprumux.pipeline._keys import (
+    early_mux_key,
+    from_path,
+    mux_key,
+    pruned_late_key,
+    warmup_key,
+)
 from autoprumux.training import (
     TrainConfig,
     retrieval_warmup,
@@ -40,12 +46,14 @@ def pruned_before_mux(recipe: Recipe, sparsity: float, shape: MuxShape) -> bool:
 
 def last_stage(recipe: Recipe, config: Candidate) -> int:
     """The last step `StageContext.candidate` reports to `on_stage` for a PruMUX `config`: 0
-    unpruned (the N-way model, N > 1), 1 for a pruned frozen-backbone late model, else the
-    recipe's last pruning stage. A search must never stop a trial there: the candidate is
+    unpruned (the N-way model, N > 1), 1 for a pruned frozen-backbone late model or a snapshot
+    of the pruning path, else the recipe's last pruning stage. A search must never stop a trial there: the candidate is
     finished and is measured."""
     if config.sparsity == 0.0:
         return 0
-    if pruned_before_mux(recipe, config.sparsity, config.mux_shape):
+    if pruned_before_mux(recipe, config.sparsity, config.mux_shape) or from_path(
+        recipe, config.sparsity, config.mux_shape
+    ):
         return 1
     return recipe.prune_stages
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from autoprumux.pipeline._baseline import validation_metric
 from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._keys import path_key
 from autoprumux.pipeline._recovery import teacher_logits
-from autoprumux.training import TrainConfig, path_levels, prune_path
+from autoprumux.training import TrainConfig, level_steps, path_levels, prune_path
 
 log = logging.getLogger("autoprumux")
 
@@ -24,12 +25,15 @@ log = logging.getLogger("autoprumux")
 @dataclass(frozen=True)
 class PathLevel:
     """One built level of the path: its grid level, the snapshot's measured sparsity, its
-    validation metric (dev's without a validation split: `scored_on`) and its cache entry."""
+    validation metric (dev's without a validation split: `scored_on`), the training steps and
+    seconds the level took (pruning and scoring included) and its cache entry."""
 
     level: float
     sparsity: float
     metric: float
     scored_on: str
+    steps: int
+    seconds: float
     entry: Path
 
 
@@ -38,9 +42,31 @@ def levels(pipe: StageContext) -> list[float]:
     return path_levels(pipe.recipe.path_max_sparsity, pipe.recipe.path_step)
 
 
+def path_level(pipe: StageContext, sparsity: float) -> float:
+    """`sparsity` as a level of the recipe's path grid; a sparsity off the grid is refused."""
+    grid = levels(pipe)
+    match = [level for level in grid if abs(level - sparsity) < 1e-6]
+    if not match:
+        raise ConfigError(
+            f"sparsity {sparsity:g} is not a level of the pruning path (path_step "
+            f"{pipe.recipe.path_step:g} up to path_max_sparsity "
+            f"{pipe.recipe.path_max_sparsity:g}: {grid}); choose one of these, or recovery "
+            "'separate'"
+        )
+    return match[0]
+
+
 def _level(pipe: StageContext, entry: Path) -> PathLevel:
     meta = pipe.cache.meta(entry)
-    return PathLevel(meta["level"], meta["sparsity"], meta["metric"], meta["scored_on"], entry)
+    return PathLevel(
+        meta["level"],
+        meta["sparsity"],
+        meta["metric"],
+        meta["scored_on"],
+        meta.get("steps", 0),
+        meta.get("seconds", 0.0),
+        entry,
+    )
 
 
 def build_path(pipe: StageContext) -> list[PathLevel]:
@@ -70,6 +96,8 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         entry = pipe.cache.entry("path", path_key(pipe, grid[done - 1]))
         model = pipe.load_model(entry, r.freeze_word_embeddings)
     scored_on = "validation" if pipe.validation_items else "dev"
+    shares = dict(zip(grid, level_steps(grid, r.path_steps, r.path_schedule), strict=True))
+    since = [time.perf_counter()]  # when the level being built started
 
     def metric(m: MuxSequenceClassifier) -> float:
         if pipe.validation_items:
@@ -85,12 +113,15 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
                 "metric": value,
                 "scored_on": scored_on,
                 "scored_by": [pipe.task.metric, pipe.task.pos_label],
+                "steps": shares[level] + r.path_settle_steps,
+                "seconds": time.perf_counter() - since[0],
                 "heads": list(m.encoder.config.heads),
                 "ffn": list(m.encoder.config.ffn),
             }
 
         entry, _ = pipe.cache.get_or_build("path", path_key(pipe, level), build)
         log.info("pruning path s=%g saved (%s)", level, entry)
+        since[0] = time.perf_counter()
 
     distils = r.path_distill_weight > 0
     prune_path(
@@ -118,15 +149,7 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
 
 def path_snapshot(pipe: StageContext, sparsity: float) -> MuxSequenceClassifier:
     """The path's snapshot at the grid level `sparsity` (the path built first if need be)."""
-    grid = levels(pipe)
-    match = [level for level in grid if abs(level - sparsity) < 1e-6]
-    if not match:
-        raise ConfigError(
-            f"sparsity {sparsity:g} is not a level of the pruning path (path_step "
-            f"{pipe.recipe.path_step:g} up to path_max_sparsity "
-            f"{pipe.recipe.path_max_sparsity:g}: {grid})"
-        )
-    key = path_key(pipe, match[0])
+    key = path_key(pipe, path_level(pipe, sparsity))
     if not pipe.cache.has("path", key):
         build_path(pipe)
     return pipe.load_model(pipe.cache.entry("path", key), pipe.recipe.freeze_word_embeddings)

@@ -59,7 +59,7 @@ from autoprumux.pipeline._baseline import (
     validated,
 )
 from autoprumux.pipeline._context import TeacherTables
-from autoprumux.pipeline._keys import cache_key, candidate_key, int8_key, mux_key
+from autoprumux.pipeline._keys import cache_key, candidate_key, from_path, int8_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
     late_mux_model,
@@ -67,7 +67,7 @@ from autoprumux.pipeline._mux import (
     pruned_before_mux,
     pruned_late_mux_model,
 )
-from autoprumux.pipeline._path import PathLevel, build_path, path_snapshot
+from autoprumux.pipeline._path import PathLevel, build_path, path_level, path_snapshot
 from autoprumux.pipeline._recovery import prune, teacher_layers, teacher_logits
 from autoprumux.pipeline._stages import stage_training
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
@@ -337,6 +337,11 @@ class PruMuxPipeline:
             if on_stage is not None:
                 on_stage(1, self.dev_metrics(model, pairings=1)["metric"])
             return model
+        if from_path(r, sparsity, shape):  # the path's snapshot: built once for every level
+            model = self.path_snapshot(sparsity)
+            if on_stage is not None:
+                on_stage(1, self.dev_metrics(model, pairings=1)["metric"])
+            return model
         if n > 1 and on_stage is not None:
             on_stage(0, self.mux_metrics(shape)["metric"])
         if sparsity == 0.0:
@@ -530,8 +535,9 @@ class PruMuxPipeline:
 
     def prumux_shape(self, config: Candidate) -> tuple[float, MuxShape]:
         """(sparsity, mux shape) of a PruMUX configuration this pipeline builds (its mux
-        variant; mux_layers below the model's depth, checked before any training, once per
-        configuration: the stages that read it again take the checked shape)."""
+        variant; mux_layers below the model's depth; a sparsity the pruning path serves one of
+        its levels, and returned as that level), checked before any training, once per
+        configuration: the stages that read it again take the checked shape."""
         if not isinstance(config, Candidate) or config not in self._checked_shapes:
             self._checked_shapes[config] = self._check_prumux(config)  # raises if it is not one
         return self._checked_shapes[config]
@@ -563,7 +569,13 @@ class PruMuxPipeline:
                 f"combiner) trains with the standard loop, not {self.recipe.trainer!r}; set the "
                 "recipe's trainer to 'standard'"
             )
-        return config.sparsity, config.mux_shape
+        sparsity, shape = config.sparsity, config.mux_shape
+        if from_path(self.recipe, sparsity, shape) or (
+            pruned_before_mux(self.recipe, sparsity, shape)
+            and from_path(self.recipe, sparsity, MuxShape())
+        ):
+            sparsity = path_level(self, sparsity)
+        return sparsity, shape
 
     def beside_baseline(
         self, name: str, model: AnyModel, tp: ThroughputConfig, training: dict | None = None

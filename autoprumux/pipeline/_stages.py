@@ -10,9 +10,9 @@ from typing import Any
 from autoprumux.config import Candidate
 from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._keys import (
-    candidate_key,
     early_mux_key,
     mux_key,
+    pruned_key,
     pruned_late_key,
     students_key,
 )
@@ -50,8 +50,9 @@ def stage_training(pipe: StageContext, config: Candidate) -> dict[str, Any]:
         meta = _meta(pipe, "mux", key)
         if meta is not None:
             out["mux"] = meta.get("stopping")
-    if sparsity > 0:
-        meta = _meta(pipe, "candidate", candidate_key(pipe, sparsity, shape))
+    kind, key = pruned_key(pipe, sparsity, shape)
+    if sparsity > 0 and kind == "candidate":  # a level of the path has no stage of its own
+        meta = _meta(pipe, kind, key)
         if meta is not None:
             out["recovery"] = [st.get("stopping") for st in meta.get("stages", [])]
     return out
