@@ -392,3 +392,19 @@ def test_every_list_of_a_configurations_fields_derives_from_candidate():
         _ = r.sparsityy
     row = RecommenderModel(rec).predict(None, pd.DataFrame({"budget": [2.0]})).to_dict("records")
     assert Candidate.from_dict({k: row[0][k] for k in names}) == r.config()
+
+
+def test_a_space_over_the_pruning_path_samples_its_levels_only():
+    quick = SearchSpace.from_yaml(REPO / "search_spaces" / "quick.yaml")
+    assert quick.recipe.recovery == "path"
+    levels = quick.recipe.path_grid
+    assert {g.sparsity for g in quick.grid()} - {0.0} <= set(levels)
+    off = {**GOOD, "recipe": {"recovery": "path", "path_step": 0.2, "path_max_sparsity": 0.6}}
+    with pytest.raises(
+        ConfigError, match=r"samples \[0\.3, 0\.9\], which are not levels .*\[0\.2, 0\.4, 0\.6\]"
+    ):
+        SearchSpace.from_dict(off)
+    on = {**off, "params": {"sparsity": {"low": 0.0, "high": 0.6, "step": 0.2}}}
+    assert SearchSpace.from_dict(on).values("sparsity")[-1] == pytest.approx(0.6)
+    # the same space prunes each point on its own with the recipe's recovery 'separate'
+    SearchSpace.from_dict({**off, "recipe": {**off["recipe"], "recovery": "separate"}})

@@ -5,7 +5,7 @@ the models. `Recipe` is the training recipe (steps and rates; part of every cach
 `_recipe.py`, each field's rule, group and help beside it); `Candidate` one configuration the
 search can evaluate (technique; sparsity, N and mux shape for PruMUX; K and depth for Academus
 students; `_candidate.py`); `check_budget` the accuracy-loss budget and `ThroughputConfig` how a
-configuration is timed (`_measure.py`); the names and limits they share in `_names.py`.
+configuration is timed (`_measure.py`); the pruning path's grid (`_path.py`); the names and limits they share in `_names.py`.
 Everything after this package trusts them: dicts appear only at the edges (YAML, MLflow
 params, JSON).
 """
@@ -58,6 +58,7 @@ from autoprumux.config._names import (
     TRAINERS,
     validate_trainer,
 )
+from autoprumux.config._path import PATH_LEVEL_TOLERANCE, level_of, path_levels
 from autoprumux.config._recipe import (
     RECIPE_GROUPS,
     RECIPE_PRESETS,
@@ -81,6 +82,7 @@ __all__ = [
     "MUX_SHAPE_FIELDS",
     "MUX_VARIANTS",
     "MuxShape",
+    "PATH_LEVEL_TOLERANCE",
     "PATH_SCHEDULES",
     "POOLINGS",
     "PRECISIONS",
@@ -104,6 +106,8 @@ __all__ = [
     "ThroughputConfig",
     "check_budget",
     "check_precision",
+    "level_of",
+    "path_levels",
     "field_technique",
     "validate_candidate",
     "validate_mux_layers",

@@ -22,6 +22,7 @@ from autoprumux.config._names import (
     TRAINERS,
     validate_trainer,
 )
+from autoprumux.config._path import path_levels
 from autoprumux.errors import ConfigError
 
 # the parts of a recipe, in the order the command line's help lists them: what each trains
@@ -329,6 +330,11 @@ class Recipe:
                 "executor keeps one layer at a time); set one of them differently"
             )
 
+    @property
+    def path_grid(self) -> list[float]:
+        """The pruning path's levels (`path_levels` of path_max_sparsity and path_step)."""
+        return path_levels(self.path_max_sparsity, self.path_step)
+
     @classmethod
     def preset(cls, name: str = "fast", **overrides: Any) -> Recipe:
         """A named recipe (see `RECIPE_PRESETS`) with `overrides` applied on top."""
@@ -351,6 +357,13 @@ RECIPE_PRESETS: dict[str, dict[str, Any]] = {
         "recovery_steps": 100,
         "prune_stages": 1,
         "importance_examples": 128,
+        # pruned N=1 models from one short path to s=0.6 (a trial then trains nothing)
+        "recovery": "path",
+        "path_max_sparsity": 0.6,
+        "path_step": 0.1,
+        "path_steps": 300,
+        "path_settle_steps": 20,
+        "path_importance_examples": 128,
     },
     "fast": {},
     "accurate": {

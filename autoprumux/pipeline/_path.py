@@ -11,13 +11,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoprumux.config import MuxShape, level_of
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.pipeline._baseline import validation_metric
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._keys import path_key
+from autoprumux.pipeline._keys import from_path, path_key
+from autoprumux.pipeline._mux import pruned_before_mux
 from autoprumux.pipeline._recovery import teacher_logits
-from autoprumux.training import TrainConfig, level_steps, path_levels, prune_path
+from autoprumux.training import TrainConfig, level_steps, prune_path
 
 log = logging.getLogger("autoprumux")
 
@@ -38,22 +40,34 @@ class PathLevel:
 
 
 def levels(pipe: StageContext) -> list[float]:
-    """The recipe's path grid (see `training.path_levels`)."""
-    return path_levels(pipe.recipe.path_max_sparsity, pipe.recipe.path_step)
+    """The recipe's path grid (`Recipe.path_grid`)."""
+    return pipe.recipe.path_grid
 
 
 def path_level(pipe: StageContext, sparsity: float) -> float:
     """`sparsity` as a level of the recipe's path grid; a sparsity off the grid is refused."""
     grid = levels(pipe)
-    match = [level for level in grid if abs(level - sparsity) < 1e-6]
-    if not match:
+    level = level_of(grid, sparsity)
+    if level is None:
         raise ConfigError(
             f"sparsity {sparsity:g} is not a level of the pruning path (path_step "
             f"{pipe.recipe.path_step:g} up to path_max_sparsity "
             f"{pipe.recipe.path_max_sparsity:g}: {grid}); choose one of these, or recovery "
             "'separate'"
         )
-    return match[0]
+    return level
+
+
+def served_sparsity(pipe: StageContext, sparsity: float, shape: MuxShape) -> float:
+    """`sparsity` as the path's level where the path serves the pruned model (an N=1 model,
+    or the N=1 model a pruned late mux model is built on, with the recipe's recovery "path"),
+    else as given."""
+    r = pipe.recipe
+    if from_path(r, sparsity, shape) or (
+        pruned_before_mux(r, sparsity, shape) and from_path(r, sparsity, MuxShape())
+    ):
+        return path_level(pipe, sparsity)
+    return sparsity
 
 
 def _level(pipe: StageContext, entry: Path) -> PathLevel:

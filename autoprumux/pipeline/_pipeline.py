@@ -67,7 +67,7 @@ from autoprumux.pipeline._mux import (
     pruned_before_mux,
     pruned_late_mux_model,
 )
-from autoprumux.pipeline._path import PathLevel, build_path, path_level, path_snapshot
+from autoprumux.pipeline._path import PathLevel, build_path, path_snapshot, served_sparsity
 from autoprumux.pipeline._recovery import prune, teacher_layers, teacher_logits
 from autoprumux.pipeline._stages import stage_training
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
@@ -569,13 +569,7 @@ class PruMuxPipeline:
                 f"combiner) trains with the standard loop, not {self.recipe.trainer!r}; set the "
                 "recipe's trainer to 'standard'"
             )
-        sparsity, shape = config.sparsity, config.mux_shape
-        if from_path(self.recipe, sparsity, shape) or (
-            pruned_before_mux(self.recipe, sparsity, shape)
-            and from_path(self.recipe, sparsity, MuxShape())
-        ):
-            sparsity = path_level(self, sparsity)
-        return sparsity, shape
+        return served_sparsity(self, config.sparsity, config.mux_shape), config.mux_shape
 
     def beside_baseline(
         self, name: str, model: AnyModel, tp: ThroughputConfig, training: dict | None = None

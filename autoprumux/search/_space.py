@@ -61,6 +61,7 @@ from autoprumux.config import (
     Candidate,
     Recipe,
     field_technique,
+    level_of,
 )
 from autoprumux.errors import ConfigError
 
@@ -257,6 +258,7 @@ class SearchSpace:
                     "or remove the key"
                 )
         _check_mux_shape(params, where)
+        _check_path_levels(params, recipe, where)
         return cls(
             name=name.strip(),
             task=task,
@@ -559,6 +561,22 @@ def _check_value(key: str, v: Any, path: str, where: str) -> None:
             )
     elif key == "student_depth" and (isinstance(v, bool) or v not in STUDENT_DEPTHS):
         raise ConfigError(f"{where}: '{path}' ({v!r}) must be one of {list(STUDENT_DEPTHS)}")
+
+
+def _check_path_levels(params: dict[str, ParamSpec], recipe: Recipe, where: str) -> None:
+    """With the recipe's recovery "path", a pruned N=1 configuration is the path's snapshot at
+    its sparsity: every sparsity the space samples must be 0 or a level of the path."""
+    if recipe.recovery != "path" or "sparsity" not in params:
+        return
+    grid = recipe.path_grid
+    off = [s for s in params["sparsity"].values() if s > 0 and level_of(grid, s) is None]
+    if off:
+        raise ConfigError(
+            f"{where}: 'params.sparsity' samples {off}, which are not levels of the recipe's "
+            f"pruning path ({grid}: path_step {recipe.path_step:g} up to path_max_sparsity "
+            f"{recipe.path_max_sparsity:g}); step the sparsity by a multiple of path_step up "
+            "to path_max_sparsity, or set the recipe's recovery to 'separate'"
+        )
 
 
 def _check_mux_shape(params: dict[str, ParamSpec], where: str) -> None:

@@ -6,7 +6,6 @@ pruning and CoFi raise sparsity while they distil the same way)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -14,7 +13,7 @@ from dataclasses import replace
 import torch
 
 from autoprumux._progress import progress
-from autoprumux.config import PATH_SCHEDULES
+from autoprumux.config import PATH_SCHEDULES, path_levels
 from autoprumux.data import Encoded
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxSequenceClassifier
@@ -22,24 +21,6 @@ from autoprumux.training._config import TrainConfig
 from autoprumux.training._loop import train_classifier
 from autoprumux.training._prune import prune_to
 from autoprumux.training._teacher import TeacherLayers
-
-# levels closer than this are one level (the grid is built from float steps)
-_LEVEL_TOLERANCE = 1e-6
-
-
-def path_levels(max_sparsity: float, step: float) -> list[float]:
-    """The path's grid: `step`, 2 x `step`, ... up to `max_sparsity`, which ends it (also when
-    it is not a multiple of `step`); rounded to 6 digits, so a level is the same number however
-    the grid is reached. The unpruned model (level 0) is the teacher, not a level."""
-    if not (step > 0.0 and 0.0 < max_sparsity < 1.0):
-        raise ConfigError(
-            f"a path needs step ({step}) > 0 and max_sparsity ({max_sparsity}) in (0, 1)"
-        )
-    count = math.floor(max_sparsity / step + _LEVEL_TOLERANCE)
-    levels = [round(step * i, 6) for i in range(1, count + 1)]
-    if not levels or levels[-1] < max_sparsity - _LEVEL_TOLERANCE:
-        levels.append(round(max_sparsity, 6))
-    return levels
 
 
 def level_steps(levels: Sequence[float], total: int, schedule: str) -> list[int]:
