@@ -134,3 +134,32 @@ def test_the_cache_key_names_the_batching_and_the_resolved_precision(tiny_checkp
     assert grouped["batching"] == "grouped" and grouped["train_autocast"] == "fp32"
     assert key(batching="random", train_autocast="bf16")["train_autocast"] == "bf16"
     assert dataclasses.asdict(Recipe())["batching"] == "grouped"
+
+
+def test_predict_runs_an_n1_model_in_length_sorted_batches_and_returns_logits_in_order(
+    monkeypatch,
+):
+    import autoprumux.training._loop as loop
+    from autoprumux.training import predict
+
+    model = make(n=1)
+    rng = random.Random(3)
+    lengths = [rng.randint(3, 30) for _ in range(50)]
+    items = [Encoded(tuple(range(8, 8 + n)), (0,) * n, n % 2) for n in lengths]
+    widths: list[int] = []
+    real = loop.collate
+
+    def collate(batch):
+        out = real(batch)
+        widths.append(out["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(loop, "collate", collate)
+    got = predict(model, items, batch_size=8)
+    assert widths == sorted(widths) and len(widths) == 7  # each batch as wide as its longest
+    alone = torch.cat([predict(model, [x], batch_size=1) for x in items])
+    torch.testing.assert_close(got, alone, atol=1e-5, rtol=1e-4)  # each item's own logits
+    # a multiplexed model mixes each group of N: its items keep the order they were given
+    widths.clear()
+    predict(make(n=2), items, batch_size=8)
+    assert widths != sorted(widths)

@@ -16,7 +16,7 @@ import torch
 from autoprumux._progress import LossMeter, progress
 from autoprumux.data import Encoded, collate, infinite_batches
 from autoprumux.errors import ConfigError
-from autoprumux.models import MuxSequenceClassifier
+from autoprumux.models import MuxSequenceClassifier, StudentEnsemble
 from autoprumux.training._config import (
     TrainConfig,
     make_optimizer,
@@ -279,11 +279,17 @@ def predict(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Logits for every item, in order (dummy rows for N are handled by the model)."""
+    """Logits for every item, in order (dummy rows for N are handled by the model). A model
+    that reads each item alone (N=1, students) runs them in length-sorted batches, each padded
+    only to its own longest item; a multiplexed one in the order given, since the N items of a
+    group are mixed."""
     model.to(device).eval()
+    alone = getattr(model, "n", None) == 1 or isinstance(model, StudentEnsemble)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids)) if alone else None
+    ranked = [items[i] for i in order] if order is not None else list(items)
     out = []
-    for s in range(0, len(items), batch_size):
-        b = collate(items[s : s + batch_size])
+    for s in range(0, len(ranked), batch_size):
+        b = collate(ranked[s : s + batch_size])
         out.append(
             model(
                 b["input_ids"].to(device),
@@ -293,4 +299,11 @@ def predict(
             .float()
             .cpu()
         )
-    return torch.cat(out) if out else torch.zeros((0, int(getattr(model, "num_labels", 0))))
+    if not out:
+        return torch.zeros((0, int(getattr(model, "num_labels", 0))))
+    logits = torch.cat(out)
+    if order is None:
+        return logits
+    restored = torch.empty_like(logits)
+    restored[torch.tensor(order)] = logits
+    return restored

@@ -55,7 +55,8 @@ def prune_to(
         collate(fisher_items[s : s + n]) for s in range(0, len(fisher_items) - n + 1, n)
     ]
     ablation = order[importance_examples : importance_examples + ABLATION_EXAMPLES]
-    abl_items = [train_items[i] for i in ablation]
+    # length-sorted: each batch padded only to its own longest item (the mean loss is the same)
+    abl_items = sorted((train_items[i] for i in ablation), key=lambda x: len(x.input_ids))
     abl_batches = [collate(abl_items[s : s + 32]) for s in range(0, len(abl_items), 32)]
 
     def loss_fn(b: dict[str, torch.Tensor]) -> torch.Tensor:
