@@ -92,3 +92,46 @@ def test_rows_that_cannot_be_timed_from_a_shape_are_refused(tmp_path, capsys):
         assert retime.main(["--from", str(source), "--out", str(out), *FAST]) == 2
         assert why in capsys.readouterr().err
     assert not out.exists()
+
+
+def _script(name: str):
+    """A benchmarks/ script as a module (its siblings importable while it loads and runs)."""
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_frontier_over_a_path_builds_it_once_and_records_each_levels_shape(
+    tmp_path, tiny_checkpoint
+):
+    frontier = _script("frontier")
+    try:
+        out = tmp_path / "path.json"
+        recipe = [
+            "max_train_examples=300",
+            "finetune_steps=10",
+            "eval_every=5",
+            "path_steps=12",
+            "path_settle_steps=1",
+            "path_max_sparsity=0.4",
+            "path_step=0.2",
+            "train_autocast=fp32",
+        ]
+        args = ["--task", "sst2", "--model", tiny_checkpoint, "--path", "--mux", "1"]
+        args += ["--precision", "fp32", "int8", "--cache-dir", str(tmp_path / "c"), "--out"]
+        assert frontier.main([*args, str(out), *FAST, "--recipe", *recipe]) == 0
+    finally:
+        sys.path.remove(str(BENCH))
+    data = json.loads(out.read_text())
+    assert [lv["level"] for lv in data["path"]["levels"]] == [0.2, 0.4]
+    assert data["path"]["steps"] == 12 + 2 and data["recipe"]["recovery"] == "path"
+    points = sorted((r["target_sparsity"], r["precision"]) for r in data["rows"])
+    assert points == [(s, p) for s in (0.0, 0.2, 0.4) for p in ("fp32", "int8")]
+    shapes = {r["target_sparsity"]: EncoderConfig.from_dict(r["encoder"]) for r in data["rows"]}
+    assert len({(c.heads, c.ffn) for c in shapes.values()}) == 3  # one shape per level
+    for r in data["rows"]:
+        assert abs(r["sparsity"] - r["target_sparsity"]) < 0.05
+    assert "best_within" in data and (tmp_path / "path.png").is_file()
