@@ -252,3 +252,18 @@ def test_an_int8_recovery_on_a_path_snapshot_is_keyed_by_the_path(tmp_path, tiny
     assert on_path["level"] == 0.4 and on_path["technique"] == "path"
     path.recipe = dataclasses.replace(path.recipe, recovery_steps=99)  # the path reads none
     assert int8_key(path, 0.4, MuxShape()) == on_path
+
+
+def test_a_pruned_late_mux_model_is_built_on_the_paths_snapshot(tmp_path, tiny_checkpoint):
+    from autoprumux.config import Candidate
+    from autoprumux.pipeline._keys import pruned_late_key
+
+    pipe = make_pipe(tmp_path, tiny_checkpoint, recovery="path", mux_finetune_steps=2)
+    late = Candidate(sparsity=0.4, mux=2, mux_layers=1, mux_combiner="concat")
+    model = pipe.candidate(late)
+    snapshot = pipe.path_snapshot(0.4)
+    assert model.encoder.config.heads == snapshot.encoder.config.heads  # the snapshot's shape
+    built = [p for p in (tmp_path / "cache" / "candidate").iterdir() if not p.name.startswith(".")]
+    assert len(built) == 1  # the late model alone: its N=1 model is the path's, not recovered
+    key = pruned_late_key(pipe, 0.4, late.mux_shape)
+    assert key["on_pruned"] == path_key(pipe, 0.4) and pipe.cache.has("candidate", key)
