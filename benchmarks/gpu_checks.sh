@@ -20,8 +20,9 @@
 #   mux      10x warm-up at N=2 and N=4, two recipes side by side (~5.5 min)
 #   path     the pruning path on SST-2 (converged baseline, all data, 2,900 steps to s=0.9) and
 #            separate recoveries of as many steps at s=0.5 0.7 0.9, trained on CUDA in fp32;
-#            then every point scored on the host CPU in fp32 and int8 from the same cache, with
-#            each N=1 point's shape recorded, to be timed on the 2-core CPU by retime.py (~9 min)
+#            then every point scored on the host CPU in int8 and fp32 from the same cache, with
+#            each N=1 point's shape recorded, to be timed on the 2-core CPU by retime.py
+#            (~10 min: give it 580 s; the last scoring resumes from its JSON if cut short)
 #   mux10    N=2 with a long task fine-tune, $MUX10_STEPS steps (default 10000) on
 #            $MUX10_EXAMPLES training examples (default 32000; `none` = all 67,349) (~6 min)
 # PARTs joined by '+' run side by side on the GPU (e.g. `grid l2l+mux10`): use it only where the
@@ -92,20 +93,20 @@ run_part() {  # one PART, within what is left of the budget
       --cache-dir /tmp/cache-b --out "$out/mux_warmup_sst2_gpu_w4000_ft10000_full.json" \
       >"$out/mux_b.log" 2>&1 &
     wait ;;
-  path)
+  path)  # trainings on CUDA first, then the scoring on the host CPU, so both frontiers get both
     local c=/tmp/cache-path fx=benchmarks/frontier.py
     local r=(--mux 1 --recipe train_autocast=fp32) sep=(--mux 1 --sparsities 0 0.5 0.7 0.9)
     timeout "$(cap 200)" python3 $fx --task sst2 --device cuda --path --sparsities 0 \
       "${r[@]}" --cache-dir $c --tp-repeats 2 --out "$out/path_sst2_cuda.json" >"$out/path.log" 2>&1
-    OMP_NUM_THREADS=16 timeout "$(cap 180)" python3 $fx --task sst2 --device cpu --path \
-      --precision int8 fp32 "${r[@]}" --cache-dir $c --tp-repeats 2 \
-      --out "$out/path_sst2_hostcpu.json" >>"$out/path.log" 2>&1
-    timeout "$(cap 200)" python3 $fx --task sst2 --device cuda "${sep[@]}" --recipe \
+    timeout "$(cap 150)" python3 $fx --task sst2 --device cuda "${sep[@]}" --recipe \
       train_autocast=fp32 recovery_steps=2900 --cache-dir $c --tp-repeats 2 \
       --out "$out/separate_sst2_cuda.json" >>"$out/path.log" 2>&1
-    OMP_NUM_THREADS=16 timeout "$(cap 90)" python3 $fx --task sst2 --device cpu "${sep[@]}" \
+    OMP_NUM_THREADS=16 timeout "$(cap 60)" python3 $fx --task sst2 --device cpu "${sep[@]}" \
       --precision int8 fp32 --recipe train_autocast=fp32 recovery_steps=2900 --cache-dir $c \
-      --tp-repeats 2 --out "$out/separate_sst2_hostcpu.json" >>"$out/path.log" 2>&1 ;;
+      --tp-repeats 2 --out "$out/separate_sst2_hostcpu.json" >>"$out/path.log" 2>&1
+    OMP_NUM_THREADS=16 timeout "$(cap 180)" python3 $fx --task sst2 --device cpu --path \
+      --precision int8 fp32 "${r[@]}" --cache-dir $c --tp-repeats 2 \
+      --out "$out/path_sst2_hostcpu.json" >>"$out/path.log" 2>&1 ;;
   mux10)
     timeout "$(cap 420)" python3 $mw --device cuda --task sst2 --mux 2 --steps 2000 \
       --recipe finetune_steps=$m10s mux_finetune_steps=$m10s max_train_examples=$m10x \
