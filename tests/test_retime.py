@@ -19,15 +19,10 @@ FAST = ["--tp-batch", "4", "--tp-seq-len", "16", "--tp-repeats", "1"]
 
 def _retime():
     """benchmarks/retime.py as a module (it imports its siblings _results and reference_grid)."""
-    sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("retime", BENCH / "retime.py")
-        assert spec is not None and spec.loader is not None
-        retime = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(retime)
+        return _script("retime")
     finally:
         sys.path.remove(str(BENCH))
-    return retime
 
 
 def _row(sparsity: float, precision: str, encoder: dict | None, n: int = 1) -> dict:
