@@ -24,7 +24,6 @@ from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 from autoprumux.config import Candidate, Recipe
 from autoprumux.evaluation import ThroughputConfig
 from autoprumux.pipeline import PruMuxPipeline
-from autoprumux.training import path_levels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.sparsities is None:
         args.sparsities = (
-            [0.0, *path_levels(recipe.path_max_sparsity, recipe.path_step)]
-            if args.path
-            else [0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+            [0.0, *recipe.path_grid] if args.path else [0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
         )
 
     out = Path(args.out or f"benchmarks/results/reference_grid_{args.task}_{args.device}.json")
@@ -152,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": sum(lv.steps for lv in built),
             "seconds": sum(lv.seconds for lv in built),  # as built, on the machine that built it
             "seconds_here": time.time() - t0,  # 0 for a cached path
-            # the levels' seconds are the machine's that built them: this one unless cached
-            "machine": where if any(lv.seconds for lv in built) and time.time() - t0 > 1 else None,
+            "machine": built[-1].machine,  # the one that built it (this one unless cached)
         }
         write_json(out, data)
     data.update(

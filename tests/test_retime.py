@@ -123,6 +123,7 @@ def test_the_frontier_over_a_path_builds_it_once_and_records_each_levels_shape(
     data = json.loads(out.read_text())
     assert [lv["level"] for lv in data["path"]["levels"]] == [0.2, 0.4]
     assert data["path"]["steps"] == 12 + 2 and data["recipe"]["recovery"] == "path"
+    assert data["path"]["machine"] == this_machine("cpu").describe()  # the machine that built it
     points = sorted((r["target_sparsity"], r["precision"]) for r in data["rows"])
     assert points == [(s, p) for s in (0.0, 0.2, 0.4) for p in ("fp32", "int8")]
     shapes = {r["target_sparsity"]: EncoderConfig.from_dict(r["encoder"]) for r in data["rows"]}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from autoprumux.config import MuxShape, level_of
 from autoprumux.errors import ConfigError
+from autoprumux.evaluation import this_machine
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.pipeline._baseline import validation_metric
 from autoprumux.pipeline._context import StageContext
@@ -28,7 +29,8 @@ log = logging.getLogger("autoprumux")
 class PathLevel:
     """One built level of the path: its grid level, the snapshot's measured sparsity, its
     validation metric (dev's without a validation split: `scored_on`), the training steps and
-    seconds the level took (pruning and scoring included) and its cache entry."""
+    seconds the level took (pruning and scoring included), the machine that built it (None for
+    a level saved before that was recorded) and its cache entry."""
 
     level: float
     sparsity: float
@@ -36,17 +38,13 @@ class PathLevel:
     scored_on: str
     steps: int
     seconds: float
+    machine: str | None
     entry: Path
-
-
-def levels(pipe: StageContext) -> list[float]:
-    """The recipe's path grid (`Recipe.path_grid`)."""
-    return pipe.recipe.path_grid
 
 
 def path_level(pipe: StageContext, sparsity: float) -> float:
     """`sparsity` as a level of the recipe's path grid; a sparsity off the grid is refused."""
-    grid = levels(pipe)
+    grid = pipe.recipe.path_grid
     level = level_of(grid, sparsity)
     if level is None:
         raise ConfigError(
@@ -79,6 +77,7 @@ def _level(pipe: StageContext, entry: Path) -> PathLevel:
         meta["scored_on"],
         meta.get("steps", 0),
         meta.get("seconds", 0.0),
+        meta.get("machine"),
         entry,
     )
 
@@ -87,7 +86,7 @@ def build_path(pipe: StageContext) -> list[PathLevel]:
     """Every level of the path, built or read from the cache. The levels already saved are
     read; the path goes on from the last of them (its snapshot reloaded: the same weights), so
     a killed path loses at most the level it was building."""
-    grid = levels(pipe)
+    grid = pipe.recipe.path_grid
     done = 0
     while done < len(grid) and pipe.cache.has("path", path_key(pipe, grid[done])):
         done += 1
@@ -111,7 +110,8 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         model = pipe.load_model(entry, r.freeze_word_embeddings)
     scored_on = "validation" if pipe.validation_items else "dev"
     shares = dict(zip(grid, level_steps(grid, r.path_steps, r.path_schedule), strict=True))
-    since = [time.perf_counter()]  # when the level being built started
+    since = time.perf_counter()  # when the level being built started
+    where = this_machine(str(pipe.device)).describe()
 
     def metric(m: MuxSequenceClassifier) -> float:
         if pipe.validation_items:
@@ -119,6 +119,8 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         return pipe.dev_metrics(m, pairings=1)["metric"]
 
     def snapshot(level: float, m: MuxSequenceClassifier, value: float) -> None:
+        nonlocal since
+
         def build(tmp: Path) -> dict:
             m.save(tmp / "model")
             return {
@@ -128,14 +130,15 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
                 "scored_on": scored_on,
                 "scored_by": [pipe.task.metric, pipe.task.pos_label],
                 "steps": shares[level] + r.path_settle_steps,
-                "seconds": time.perf_counter() - since[0],
+                "seconds": time.perf_counter() - since,
+                "machine": where,
                 "heads": list(m.encoder.config.heads),
                 "ffn": list(m.encoder.config.ffn),
             }
 
         entry, _ = pipe.cache.get_or_build("path", path_key(pipe, level), build)
         log.info("pruning path s=%g saved (%s)", level, entry)
-        since[0] = time.perf_counter()
+        since = time.perf_counter()
 
     distils = r.path_distill_weight > 0
     prune_path(

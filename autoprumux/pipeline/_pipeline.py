@@ -330,15 +330,15 @@ class PruMuxPipeline:
         n = shape.n
         self.check_lengths(shape.prefix_positions)
         r = self.recipe
-        if pruned_before_mux(r, sparsity, shape):
-            model = self.load_model(
-                pruned_late_mux_model(self, sparsity, shape), r.freeze_word_embeddings
-            )
-            if on_stage is not None:
-                on_stage(1, self.dev_metrics(model, pairings=1)["metric"])
-            return model
-        if from_path(r, sparsity, shape):  # the path's snapshot: built once for every level
-            model = self.path_snapshot(sparsity)
+        late_on_pruned = pruned_before_mux(r, sparsity, shape)
+        # one step each (`last_stage`): a late model on its pruned N=1 model, or the path's
+        # snapshot, built once for every level
+        if late_on_pruned or from_path(r, sparsity, shape):
+            if late_on_pruned:
+                entry = pruned_late_mux_model(self, sparsity, shape)
+                model = self.load_model(entry, r.freeze_word_embeddings)
+            else:
+                model = self.path_snapshot(sparsity)
             if on_stage is not None:
                 on_stage(1, self.dev_metrics(model, pairings=1)["metric"])
             return model

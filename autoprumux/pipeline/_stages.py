@@ -50,9 +50,10 @@ def stage_training(pipe: StageContext, config: Candidate) -> dict[str, Any]:
         meta = _meta(pipe, "mux", key)
         if meta is not None:
             out["mux"] = meta.get("stopping")
+    if sparsity == 0:
+        return out
     kind, key = pruned_key(pipe, sparsity, shape)
-    if sparsity > 0 and kind == "candidate":  # a level of the path has no stage of its own
-        meta = _meta(pipe, kind, key)
-        if meta is not None:
-            out["recovery"] = [st.get("stopping") for st in meta.get("stages", [])]
+    meta = _meta(pipe, kind, key) if kind == "candidate" else None  # a path level has no stage
+    if meta is not None:
+        out["recovery"] = [st.get("stopping") for st in meta.get("stages", [])]
     return out
