@@ -14,6 +14,7 @@ from autoprumux.config import (
     MAX_MUX,
     TASK_NAMES,
     Candidate,
+    Recipe,
     check_budget,
 )
 from autoprumux.errors import ConfigError
@@ -157,3 +158,23 @@ def test_a_budget_is_checked_once_where_it_enters_then_trusted():
     assert json.loads(json.dumps({"budget": budget})) == {"budget": 2.5} and f"{budget:g}" == "2.5"
     with pytest.raises(ConfigError, match=r"budget \(101.0\) must be an accuracy loss"):
         check_budget(101.0)
+
+
+@pytest.mark.parametrize(
+    "recipe, config, trains",
+    [
+        (Recipe(recovery="path"), Candidate(sparsity=0.4), False),  # the path's snapshot
+        (Recipe(recovery="path"), Candidate(sparsity=0.4, precision="int8"), False),
+        (Recipe(), Candidate(sparsity=0.4), True),  # its own prune-and-recover
+        (Recipe(), Candidate(precision="int8"), False),  # the baseline converted
+        (Recipe(int8_recovery_steps=50), Candidate(precision="int8"), True),
+        (Recipe(recovery="path"), Candidate(sparsity=0.4, mux=2), True),
+        (
+            Recipe(recovery="path"),
+            Candidate(technique="students", students=2, student_depth=2),
+            True,
+        ),
+    ],
+)
+def test_which_configurations_train_a_model_of_their_own(recipe, config, trains):
+    assert recipe.trains_own_model(config) is trains

@@ -10,8 +10,10 @@ import pytest
 
 from autoprumux.config import Candidate
 from autoprumux.search._guided import (
+    TRAINED_COST,
     PriorTrial,
     ScoredConfig,
+    evaluation_costs,
     make_guided_sampler,
     open_candidates,
     propose,
@@ -38,10 +40,10 @@ def speedup(sparsity: float, mux: int) -> float:
     return (1.0 / (1.0 - 0.9 * sparsity)) * mux**0.8
 
 
-def run_guided(cands, truth, budget, evals):
+def run_guided(cands, truth, budget, evals, costs=None):
     seen: list[ScoredConfig] = []
     for _ in range(evals):
-        i = propose(cands, seen, budget)
+        i = propose(cands, seen, budget, costs=costs)
         if i is None:
             break
         loss, sp = truth[(cands[i].sparsity, cands[i].mux)]
@@ -265,3 +267,86 @@ def test_a_prior_needs_the_studys_context():
     cands, truth = prumux_grid(smooth_loss, speedup)
     with pytest.raises(ValueError, match="context"):
         propose(cands, [], 2.0, prior=_prior_from(truth, _context(0.0, 90.0)))
+
+
+def mux_friendly_loss(sparsity: float, mux: int) -> float:
+    return 20.0 * sparsity**2 + 0.8 * math.log2(mux)
+
+
+def mux_friendly_speedup(sparsity: float, mux: int) -> float:
+    return (1.0 / (1.0 - 0.5 * sparsity)) * mux**0.9
+
+
+def _cost_to_answer(seen, costs, cands, budget, best):
+    """The summed cost of the trials up to the one that measured the answer (None: never)."""
+    spent = 0.0
+    for m in seen:
+        spent += costs[cands.index(m.config)]
+        if m.loss <= budget and m.speedup == pytest.approx(best):
+            return spent
+    return None
+
+
+def test_evaluation_costs_come_from_the_studys_own_timings():
+    trains = [False, True, False, True]
+    # before both kinds are timed: the default ratio
+    assert evaluation_costs(trains, []) == [1.0, TRAINED_COST, 1.0, TRAINED_COST]
+    assert evaluation_costs(trains, [(False, 30.0)]) == [1.0, TRAINED_COST, 1.0, TRAINED_COST]
+    # the first cheap trial also built the shared model: the fastest cheap one is the unit
+    timed = [(False, 600.0), (False, 30.0), (False, 45.0), (True, 900.0), (True, 1500.0)]
+    assert evaluation_costs(trains, timed) == [1.0, 40.0, 1.0, 40.0]
+    # a trained trial never counts as cheaper than a conversion
+    assert evaluation_costs(trains, [(False, 60.0), (True, 20.0)])[1] == 1.0
+
+
+def test_cheap_candidates_are_bisected_and_anchored_first():
+    cands, truth = prumux_grid(smooth_loss, speedup)
+    trains = [c.mux > 1 for c in cands]  # a path recipe: N=1 snapshots are conversions
+    costs = evaluation_costs(trains, [])
+    seen = run_guided(cands, truth, 3.0, evals=4, costs=costs)
+    assert all(m.config.mux == 1 for m in seen), [(m.config.sparsity, m.config.mux) for m in seen]
+    # without costs the fourth trial is the N=2 row's anchor
+    plain = run_guided(cands, truth, 3.0, evals=4)
+    assert any(m.config.mux > 1 for m in plain)
+
+
+def test_weighing_by_cost_reaches_the_answer_for_less():
+    """Over two loss surfaces and five budgets, the cost spent until the answer is measured is
+    never more than one cheap trial above the cost-blind search's, and less in sum."""
+    aware_total = plain_total = 0.0
+    for loss_at, speed_at in ((smooth_loss, speedup), (mux_friendly_loss, mux_friendly_speedup)):
+        cands, truth = prumux_grid(loss_at, speed_at)
+        costs = evaluation_costs([c.mux > 1 for c in cands], [])
+        for budget in (0.5, 1.0, 2.0, 3.0, 5.0):
+            best = max(sp for loss, sp in truth.values() if loss <= budget)
+            aware = _cost_to_answer(
+                run_guided(cands, truth, budget, 30, costs), costs, cands, budget, best
+            )
+            plain = _cost_to_answer(
+                run_guided(cands, truth, budget, 30), costs, cands, budget, best
+            )
+            assert aware is not None and plain is not None
+            assert aware <= plain + 1.0, (budget, aware, plain)
+            aware_total += aware
+            plain_total += plain
+    assert aware_total < plain_total
+
+
+def test_the_sampler_weighs_trained_points_by_cost(tmp_path):
+    cands, truth = prumux_grid(smooth_loss, speedup)
+    trains = [c.mux > 1 for c in cands]
+    sampler = make_guided_sampler(cands, 3.0, "grid_point", seed=0, trains=trains)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'g.db'}", direction="maximize", sampler=sampler
+    )
+    picked = []
+    for _ in range(4):
+        t = study.ask()
+        cfg = cands[t.suggest_categorical("grid_point", list(range(len(cands))))]
+        t.set_user_attr("config", cfg.to_dict())
+        loss, sp = truth[(cfg.sparsity, cfg.mux)]
+        t.set_user_attr("accuracy_loss", loss)
+        t.set_user_attr("speedup", sp)
+        study.tell(t, sp)
+        picked.append(cfg.mux)
+    assert picked == [1, 1, 1, 1]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from autoprumux._rules import COUNT, FLAG, FRACTION, LR, STEPS, WEIGHT, Rule
+from autoprumux.config._candidate import Candidate
 from autoprumux.config._names import (
     BATCHINGS,
     LOGIT_LOSSES,
@@ -334,6 +335,18 @@ class Recipe:
     def path_grid(self) -> list[float]:
         """The pruning path's levels (`path_levels` of path_max_sparsity and path_step)."""
         return path_levels(self.path_max_sparsity, self.path_step)
+
+    def trains_own_model(self, config: Candidate) -> bool:
+        """Whether evaluating `config` under this recipe trains a model of its own: a
+        prune-and-recover, an N-way fine-tune, students, or an int8-aware recovery. Otherwise
+        it converts a model that a search builds once and shares (the baseline, or the pruning
+        path's snapshot at its level) and costs a conversion, a scoring and a timing: a cheap
+        evaluation, where a trained one costs minutes to hours on a CPU."""
+        if config.students or config.mux > 1:
+            return True
+        if config.precision == "int8" and self.int8_recovery_steps > 0:
+            return True
+        return config.sparsity > 0 and self.recovery != "path"
 
     @classmethod
     def preset(cls, name: str = "fast", **overrides: Any) -> Recipe:

@@ -62,6 +62,10 @@ PRIOR_SPREAD = 0.3
 MIN_SPREAD = 0.1
 # a configuration that failed this many times is not proposed again (one retry)
 MAX_FAILURES = 2
+# a trained evaluation's cost relative to a conversion before a study has timed both: a
+# separate 2,000-step recovery against a path snapshot's conversion, scoring and timing
+TRAINED_COST = 20.0
+MAX_COST_RATIO = 1000.0
 
 
 def loss_noise(size: int | None) -> float:
@@ -302,11 +306,15 @@ def propose(
     min_model_trials: int = 3,
     context: dict[str, Any] | None = None,
     prior: Sequence[PriorTrial] = (),
+    costs: Sequence[float] | None = None,
 ) -> int | None:
     """Index of the candidate to evaluate next for `budget`, or None when no open candidate can
     beat the best feasible trial any more (the search has converged for this budget).
     `failed`: one configuration per failed trial; `noise`: see `loss_noise`; `prior`: earlier
-    studies' trials (then `context` must be this study's, see the module docstring)."""
+    studies' trials (then `context` must be this study's, see the module docstring); `costs`:
+    each candidate's relative cost (`evaluation_costs`): bisection and anchors take the
+    cheapest open ones first, and constrained expected improvement is weighed per unit of
+    cost."""
     if prior and context is None:
         raise ValueError("a prior needs this study's context (its task and model descriptors)")
     known = list(measured)
@@ -324,9 +332,10 @@ def propose(
     ):
         prior, prior_model = (), None  # this task's curve has another shape: search it as new
     if ordinary:
+        cheapest = _cheapest(ordinary, costs)
         if trials < max(2, min_model_trials) and not prior:
-            return _bisect(candidates, ordinary, known, budget)
-        anchor = _row_anchor(candidates, ordinary, known, prior)
+            return _bisect(candidates, cheapest, known, budget)
+        anchor = _row_anchor(candidates, cheapest, known, prior)
         if anchor is not None:
             return anchor
     elif trials == 0 and not prior:  # nothing to fit a model on: the least shadowed long shot
@@ -335,7 +344,29 @@ def propose(
     score = acquisition(
         candidates, pool, known, budget, context, noise=noise, prior=prior, prior_model=prior_model
     )
+    if costs is not None:  # improvement per unit of cost
+        score = score / np.array([costs[i] for i in pool], dtype=float)
     return pool[int(np.argmax(score))]
+
+
+def _cheapest(idx: list[int], costs: Sequence[float] | None) -> list[int]:
+    """The candidates of `idx` in the cheapest cost class (all of them without costs)."""
+    if costs is None:
+        return idx
+    low = min(costs[i] for i in idx)
+    return [i for i in idx if costs[i] <= low]
+
+
+def evaluation_costs(trains: Sequence[bool], seconds: Sequence[tuple[bool, float]]) -> list[float]:
+    """Each candidate's cost relative to a cheap evaluation (1.0): a trained one (`trains`, see
+    `Recipe.trains_own_model`) costs the study's own ratio once it has timed both kinds (the
+    median trained trial over the fastest cheap one, whose first trial also built the shared
+    model), `TRAINED_COST` before; `seconds` holds (trains, duration) of finished trials."""
+    cheap = [t for own, t in seconds if not own and t > 0]
+    trained = [t for own, t in seconds if own and t > 0]
+    ratio = float(np.median(trained)) / min(cheap) if cheap and trained else TRAINED_COST
+    ratio = min(max(ratio, 1.0), MAX_COST_RATIO)
+    return [ratio if own else 1.0 for own in trains]
 
 
 def load_prior(storage_url: str, names: Sequence[str], exclude: str) -> list[PriorTrial]:
@@ -443,6 +474,22 @@ def study_evidence(
     return measured, busy, failed
 
 
+def trial_seconds(
+    trials: Sequence[Any], grid: Sequence[Candidate], trains: Sequence[bool]
+) -> list[tuple[bool, float]]:
+    """(whether its configuration trains its own model, seconds) of each finished trial."""
+    own = {c: t for c, t in zip(grid, trains, strict=True)}
+    out = []
+    for t in trials:
+        record = t.user_attrs.get("config")
+        if t.state.name != "COMPLETE" or record is None or t.duration is None:
+            continue
+        cfg = Candidate.from_dict(record)
+        if cfg in own:
+            out.append((own[cfg], t.duration.total_seconds()))
+    return out
+
+
 def make_guided_sampler(
     grid: Sequence[Candidate],
     budget: float,
@@ -451,12 +498,16 @@ def make_guided_sampler(
     noise: float = 1.0,
     prior: Sequence[PriorTrial] = (),
     context: Callable[[], dict[str, Any]] | None = None,
+    trains: Sequence[bool] | None = None,
 ) -> Any:
     """An Optuna sampler that answers the categorical `param` (an index into `grid`) with
     `propose`; once the search has converged for `budget` it samples an unmeasured point at
     random (more data for the meta-model), and any other parameter at random. `context` is
     called when a trial is proposed (the study's context holds the baseline's metric, known
-    only once the baseline is trained); it is needed with a `prior`."""
+    only once the baseline is trained); it is needed with a `prior`. `trains`: per grid point,
+    whether it trains a model of its own (`Recipe.trains_own_model`): the cheap ones are
+    searched first and the rest weighed by cost (`evaluation_costs`, timed on the study's
+    own trials)."""
     import optuna
 
     class GuidedSampler(optuna.samplers.BaseSampler):
@@ -476,7 +527,11 @@ def make_guided_sampler(
         ) -> Any:
             if param_name != param:
                 return self._random.sample_independent(study, trial, param_name, param_distribution)
-            measured, busy, failed = study_evidence(study.get_trials(deepcopy=False), trial.number)
+            history = study.get_trials(deepcopy=False)
+            measured, busy, failed = study_evidence(history, trial.number)
+            costs = None
+            if trains is not None and any(trains) and not all(trains):
+                costs = evaluation_costs(trains, trial_seconds(history, grid, trains))
             i = propose(
                 grid,
                 measured,
@@ -486,6 +541,7 @@ def make_guided_sampler(
                 noise=noise,
                 prior=prior,
                 context=context() if context is not None else None,
+                costs=costs,
             )
             if i is None:
                 if not self._converged:

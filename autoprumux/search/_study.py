@@ -69,8 +69,16 @@ def make_sampler(
     if kind == "guided":  # budget-guided: dominance, bisection, constrained EI (see _guided.py)
         from autoprumux.search._guided import make_guided_sampler
 
+        grid = space.grid()
         return make_guided_sampler(
-            space.grid(), budget, GRID_PARAM, seed=seed, noise=noise, prior=prior, context=context
+            grid,
+            budget,
+            GRID_PARAM,
+            seed=seed,
+            noise=noise,
+            prior=prior,
+            context=context,
+            trains=[space.recipe.trains_own_model(c) for c in grid],
         )
 
     # the budget constraint is set on each trial (Trial.set_constraint, see Searcher)
