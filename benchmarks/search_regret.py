@@ -17,7 +17,8 @@ and they are monotone by construction.
 **measured** (`--measured FILE...`): only the configurations those results files measured,
 with their precision: the space's dimensions are the measured values (sparsity, N, precision,
 and per-instance layers and combiner where N > 1), and every configuration of that space must
-have been measured. The files must hold one machine's rows, one recipe and one baseline (the
+have been measured (`--precisions int8` searches the int8 rows alone, e.g. of a path measured
+in int8 at every level). The files must hold one machine's rows, one recipe and one baseline (the
 script refuses a mix and names what differs).
 
 **Noise** (`--noisy MODE...`, default: measured): instead of the file's loss, each replayed
@@ -198,10 +199,17 @@ class MeasuredTable:
 
     mode = "measured"
 
-    def __init__(self, paths: Sequence[Path]):
+    def __init__(self, paths: Sequence[Path], precisions: Sequence[str] | None = None):
         self.paths = [Path(p) for p in paths]
+        # the precisions searched (default: every one measured); the baseline is known anyway
+        self.precisions = tuple(precisions) if precisions else None
         docs = [(p, json.loads(p.read_text())) for p in self.paths]
-        rows = [(p, d, r) for p, d in docs for r in d["rows"]]
+        rows = [
+            (p, d, r)
+            for p, d in docs
+            for r in d["rows"]
+            if self.precisions is None or str(r.get("precision") or "fp32") in self.precisions
+        ]
         for what, values in (
             ("machine", {row_machine(r, d) for _, d, r in rows}),
             ("task", {d["task"] for _, d in docs}),
@@ -280,7 +288,12 @@ class MeasuredTable:
         params: dict[str, Any] = {
             "sparsity": {"choices": sorted({k[0] for k, _ in keys})},
             "mux": {"choices": sorted({k[1] for k, _ in keys})},
-            "precision": {"choices": sorted({p for _, p in keys}, key=("fp32", "int8").index)},
+            "precision": {
+                "choices": sorted(
+                    {p for _, p in keys if self.precisions is None or p in self.precisions},
+                    key=("fp32", "int8").index,
+                )
+            },
         }
         if late and {(k[2], k[3]) for k in late} != {(0, "binding")}:
             params["mux_layers"] = {"choices": sorted({k[2] for k in late})}
@@ -717,6 +730,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--space", type=Path, default=Path("search_spaces/prumux.yaml"))
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.5, 1, 2, 3, 5, 10])
     ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "int8"),
+        default=None,
+        help="measured mode: search only these precisions (default: every one measured), e.g. "
+        "a path measured in int8 at every level and in fp32 only unpruned",
+    )
     ap.add_argument("--measured-trials", type=int, default=None, help="default: --trials")
     ap.add_argument("--samplers", nargs="+", default=["guided", "tpe", "random", "grid"])
     ap.add_argument("--seeds", type=int, default=3)
@@ -739,7 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid is not None:
         tables.append((GridTable(args.grid), args.trials))
     if args.measured:
-        tables.append((MeasuredTable(args.measured), args.measured_trials or args.trials))
+        tables.append(
+            (MeasuredTable(args.measured, args.precisions), args.measured_trials or args.trials)
+        )
     modes = []
     with tempfile.TemporaryDirectory(prefix="search-regret-") as d:
         for table, trials in tables:

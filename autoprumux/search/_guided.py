@@ -62,9 +62,10 @@ PRIOR_SPREAD = 0.3
 MIN_SPREAD = 0.1
 # a configuration that failed this many times is not proposed again (one retry)
 MAX_FAILURES = 2
-# a trained evaluation's cost relative to a conversion before a study has timed both: a
-# separate 2,000-step recovery against a path snapshot's conversion, scoring and timing
-TRAINED_COST = 20.0
+# a trained evaluation's cost relative to a conversion before a study has timed both: about
+# a separate 2,000-step recovery's over a path snapshot's conversion, scoring and timing on a
+# 2-core CPU (BENCHMARKS.md, the pruning path)
+TRAINED_COST = 10.0
 MAX_COST_RATIO = 1000.0
 
 
