@@ -133,7 +133,7 @@ def test_a_long_text_is_cut_before_the_tokenizer_sees_it(tokenizer):
 
 
 def test_many_long_texts_are_tokenised_a_bounded_number_of_characters_at_a_time(tokenizer):
-    from autoprumux.data._batching import ENCODE_CHUNK_CHARS
+    from autoprumux.data._encoding import ENCODE_CHUNK_CHARS
 
     spy = Spy(tokenizer)
     texts = [f"text {i} " + "word " * 1000 for i in range(300)]  # 1.2M characters once cut

@@ -20,6 +20,7 @@ from autoprumux.cli._flags import (
     add_tracking_uri,
 )
 from autoprumux.config import Recipe
+from autoprumux.deploy._manifest import MODEL_FORMATS
 from autoprumux.errors import ConfigError
 
 # what a study decides: given with --study, these flags would be silently ignored
@@ -54,6 +55,14 @@ def add_export_parser(sub: Any) -> None:
         action="store_true",
         help="replace an earlier export at --out; refused, naming them, if it holds files "
         "export did not write",
+    )
+    ex.add_argument(
+        "--format",
+        choices=MODEL_FORMATS,
+        default="torch",
+        help="torch (default): safetensors weights, run by torch in the exported precision; "
+        "onnx: the fp32 model as model.onnx, run by ONNX Runtime without torch (N=1 fp32 "
+        "models and students; pip install 'autoprumux[onnx]')",
     )
     g = ex.add_argument_group(
         "what to export: --study with --trial or --budget, or an explicit configuration "
@@ -157,7 +166,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace, published: list[str]) -> int:
     from autoprumux import tracking
     from autoprumux.config import ThroughputConfig, check_precision
-    from autoprumux.export import ExportSource, check_out_dir, export_model, from_budget, from_trial
+    from autoprumux.export import (
+        ExportSource,
+        check_model_format,
+        check_out_dir,
+        export_model,
+        from_budget,
+        from_trial,
+    )
     from autoprumux.export._pyfunc import check_registered_name, register_export
 
     # everything cheap first: nothing is read, built or written for a bad argument
@@ -209,6 +225,7 @@ def _export(args: argparse.Namespace, published: list[str]) -> int:
         study_data = {}
         _check_mux_layers_fit(config.mux_layers, args.model)
     check_precision(config.precision, args.device)
+    check_model_format(args.format, config)  # before the model is built
     pipe = _pipeline(
         argparse.Namespace(**{**vars(args), **study_data, "mux_variant": config.mux_variant}),
         recipe,
@@ -216,7 +233,14 @@ def _export(args: argparse.Namespace, published: list[str]) -> int:
     argv = getattr(args, "argv", None)
     command = shlex.join(["autoprumux", *argv]) if argv is not None else ""
     res = export_model(
-        pipe, config, out, throughput=tp, source=source, force=args.force, command=command
+        pipe,
+        config,
+        out,
+        throughput=tp,
+        source=source,
+        force=args.force,
+        command=command,
+        model_format=args.format,
     )
     published.append(str(res.path))
     m = res.manifest.measurement

@@ -49,6 +49,12 @@ def add_predict_parser(sub: Any) -> None:
     )
     pr.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
     pr.add_argument("--batch-size", type=int, default=64, help="texts per forward (default: 64)")
+    pr.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="an ONNX export's ONNX Runtime threads (default: the cores this process may use)",
+    )
 
 
 def _format(flag: str, path: str) -> str:
@@ -189,10 +195,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"--input {args.input!r} already has the column {clash[0]!r}; name the new columns "
             "apart with --output-prefix, e.g. --output-prefix pred_"
         )
-    predictor = load(args.model_dir, device=args.device, batch_size=args.batch_size)
+    predictor = load(
+        args.model_dir, device=args.device, batch_size=args.batch_size, threads=args.threads
+    )
     bar = progress(len(texts), f"predict {Path(args.input).name}")
     try:
-        preds = predictor.predict(texts, progress=bar.update)  # type: ignore[arg-type]
+        preds = predictor.predict(texts, progress=bar.update)
     finally:
         bar.close()
     added = preds.columns(args.output_prefix)

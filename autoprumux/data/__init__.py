@@ -1,8 +1,10 @@
 """Task data: GLUE-format loaders, the user's own data (`DataSource`, `load_task_data`), the
-warm-up corpus, batching, and how much of a text is read (`_texts`).
+warm-up corpus, tokenisation and padding (`_encoding`), batching, and how much of a text is
+read (`_texts`).
 
-The names are imported on first use (PEP 562): a search space holding a `DataSource` is read
-without loading torch (which only batching needs)."""
+The names are imported on first use (PEP 562): a search space holding a `DataSource` is read,
+and an ONNX export predicts, without loading torch (which only `_batching` and the corpus
+need)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from autoprumux._lazy import lazy_exports
 
 _BATCHING = "autoprumux.data._batching"
 _CORPUS = "autoprumux.data._corpus"
+_ENCODING = "autoprumux.data._encoding"
 _GLUE = "autoprumux.data._glue"
 _SOURCE = "autoprumux.data._source"
 _TEXTS = "autoprumux.data._texts"
@@ -20,11 +23,12 @@ _VALIDATION = "autoprumux.data._validation"
 __getattr__ = lazy_exports(
     __name__,
     {
-        "Encoded": _BATCHING,
+        "Encoded": _ENCODING,
+        "encode": _ENCODING,
+        "pad": _ENCODING,
         "UNLABELED": _BATCHING,
         "batches": _BATCHING,
         "collate": _BATCHING,
-        "encode": _BATCHING,
         "infinite_batches": _BATCHING,
         "CHARS_PER_TOKEN": _TEXTS,
         "MAX_VALUE_CHARS": _TEXTS,
@@ -57,15 +61,9 @@ __getattr__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from autoprumux.data._batching import (
-        UNLABELED,
-        Encoded,
-        batches,
-        collate,
-        encode,
-        infinite_batches,
-    )
+    from autoprumux.data._batching import UNLABELED, batches, collate, infinite_batches
     from autoprumux.data._corpus import check_corpus, encode_corpus, warmup_texts
+    from autoprumux.data._encoding import Encoded, encode, pad
     from autoprumux.data._glue import (
         TASKS,
         Example,
@@ -119,6 +117,7 @@ __all__ = [
     "load_task_data",
     "max_text_chars",
     "metric_label",
+    "pad",
     "resolve_data_dir",
     "resolve_task",
     "validation_size",

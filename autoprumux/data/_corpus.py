@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from autoprumux.data._batching import Encoded, encode
+from autoprumux.data._encoding import Encoded, encode
 from autoprumux.data._glue import Example, TaskData, load_task
 from autoprumux.errors import ConfigError, DataNotFoundError
 

@@ -1,30 +1,71 @@
-"""Deploy an exported model: `load(DIR)` gives a `Predictor` that labels texts.
+"""Deploy an exported model: `load(DIR)` gives a predictor that labels texts.
 
-Needs only torch and the tokenizer (transformers' AutoTokenizer) besides `data`, `models` and
-the device check of `evaluation`:
-no Optuna, MLflow or LightGBM, and none of the pipeline, search, meta-model or tracking code.
-The directory is written by `autoprumux.export` (layout: docs/export.md).
+A torch export (`Predictor`) needs only torch and the tokenizer (transformers' AutoTokenizer)
+besides `data`, `models` and the device check of `evaluation`; an ONNX export
+(`OnnxPredictor`) needs onnxruntime and the `tokenizers` library, and never imports torch.
+Neither needs Optuna, MLflow or LightGBM, nor any of the pipeline, search, meta-model or
+tracking code. The directory is written by `autoprumux.export` (layout: docs/export.md).
+
+The names are imported on first use (PEP 562), so loading an ONNX export imports no torch.
 """
 
-from autoprumux.deploy._manifest import (
-    CALIBRATION_FILE,
-    CARD_FILE,
-    MANIFEST_FILE,
-    ExportManifest,
-    ExportSource,
-    Measurement,
-    read_manifest,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autoprumux._lazy import lazy_exports
+
+_MANIFEST = "autoprumux.deploy._manifest"
+_PREDICTIONS = "autoprumux.deploy._predictions"
+
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "CALIBRATION_FILE": _MANIFEST,
+        "CARD_FILE": _MANIFEST,
+        "MANIFEST_FILE": _MANIFEST,
+        "MODEL_FORMATS": _MANIFEST,
+        "ONNX_FILE": _MANIFEST,
+        "ExportManifest": _MANIFEST,
+        "ExportSource": _MANIFEST,
+        "Measurement": _MANIFEST,
+        "read_manifest": _MANIFEST,
+        "DEFAULT_BATCH": _PREDICTIONS,
+        "Predictions": _PREDICTIONS,
+        "load": "autoprumux.deploy._load",
+        "OnnxPredictor": "autoprumux.deploy._onnx",
+        "Predictor": "autoprumux.deploy._predictor",
+    },
 )
-from autoprumux.deploy._predictor import DEFAULT_BATCH, Predictions, Predictor, load
+
+if TYPE_CHECKING:
+    from autoprumux.deploy._load import load
+    from autoprumux.deploy._manifest import (
+        CALIBRATION_FILE,
+        CARD_FILE,
+        MANIFEST_FILE,
+        MODEL_FORMATS,
+        ONNX_FILE,
+        ExportManifest,
+        ExportSource,
+        Measurement,
+        read_manifest,
+    )
+    from autoprumux.deploy._onnx import OnnxPredictor
+    from autoprumux.deploy._predictions import DEFAULT_BATCH, Predictions
+    from autoprumux.deploy._predictor import Predictor
 
 __all__ = [
     "CALIBRATION_FILE",
     "CARD_FILE",
     "DEFAULT_BATCH",
     "MANIFEST_FILE",
+    "MODEL_FORMATS",
+    "ONNX_FILE",
     "ExportManifest",
     "ExportSource",
     "Measurement",
+    "OnnxPredictor",
     "Predictions",
     "Predictor",
     "load",

@@ -6,14 +6,13 @@ A problem is a ConfigError naming the file and the fix, never a traceback."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autoprumux._cache import file_sha256
 from autoprumux.errors import ConfigError
-from autoprumux.models._persist import CONFIG_FILE, WEIGHTS_FILE
 
 AGAIN = "export the model again (`autoprumux export --out DIR --force ...`)"
 # far above what export writes (a few KiB), far below what would hurt to parse
@@ -75,12 +74,15 @@ def read_json(directory: str | Path, name: str, *, limit: int = MAX_JSON_BYTES) 
         raise ConfigError(f"{shown!r} is not readable JSON ({type(e).__name__}); {AGAIN}") from None
 
 
-def verify_files(directory: str | Path, files: Mapping[str, FileRecord]) -> None:
+def verify_files(
+    directory: str | Path, files: Mapping[str, FileRecord], required: Sequence[str]
+) -> None:
     """Every file the manifest lists is in the directory (`local_file`) with the size and
     sha256 export recorded: a truncated, edited, replaced or bit-flipped file is refused
-    before anything is read from it. Files the manifest does not list are never read."""
+    before anything is read from it. Files the manifest does not list are never read; those
+    named in `required` (the model's, which the runtime reads) must be listed."""
     d = Path(directory)
-    missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE) if n not in files]
+    missing = [n for n in required if n not in files]
     if missing:
         raise ConfigError(
             f"{str(d)!r}: the export manifest records no digest of {missing[0]}, so the "

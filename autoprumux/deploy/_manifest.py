@@ -27,6 +27,32 @@ MANIFEST_FORMAT = "autoprumux.export/2"
 CARD_FILE = "README.md"
 # the input range of each int8 layer, measured on training texts at export (models.Int8Calibration)
 CALIBRATION_FILE = "int8_calibration.json"
+# the fp32 model as an ONNX graph, the model of a `model_format` "onnx" export
+ONNX_FILE = "model.onnx"
+# what runs the exported model: "torch" (safetensors weights + the autoprumux config, converted
+# to the manifest's precision when loaded) or "onnx" (`ONNX_FILE`, run by ONNX Runtime, no torch)
+MODEL_FORMATS = ("torch", "onnx")
+# what `pip install` adds for the "onnx" format (export and load alike)
+ONNX_INSTALL = "pip install 'autoprumux[onnx]'"
+
+
+def onnx_problem(config: Candidate) -> str | None:
+    """Why `config` cannot be exported as ONNX, with the fix (None: it can). ONNX holds the fp32
+    model of one input per row: int8 runs torch's oneDNN quantized kernels, which have no ONNX
+    form, and a multiplexed model pads its rows to a multiple of N inside its forward pass, a
+    branch on the batch size that an export with a dynamic batch cannot keep."""
+    if config.precision != "fp32":
+        return (
+            f"precision {config.precision} does not export to ONNX (only the fp32 model does: "
+            "int8 runs torch's oneDNN kernels, the CUDA precisions torch's GPU kernels); export "
+            "--format torch, or --precision fp32"
+        )
+    if config.mux > 1:
+        return (
+            f"a multiplexed model (N={config.mux}) does not export to ONNX (it pads the batch to "
+            "a multiple of N inside its forward pass); export --format torch, or --mux 1"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,10 +147,23 @@ class ExportManifest:
     # every other file export wrote, by name; empty until the directory is complete (`load`
     # refuses a manifest without it)
     files: dict[str, FileRecord] = field(default_factory=dict)
+    # what runs the model (`MODEL_FORMATS`); a manifest written before ONNX exports reads "torch"
+    model_format: str = "torch"
     format: str = MANIFEST_FORMAT
 
     def __post_init__(self) -> None:
         check_format(self.format)
+        if self.model_format not in MODEL_FORMATS:
+            raise ConfigError(
+                f"export manifest: model_format {self.model_format!r} is not one of "
+                f"{list(MODEL_FORMATS)}; export the model again with this autoprumux"
+            )
+        problem = onnx_problem(self.config) if self.model_format == "onnx" else None
+        if problem:
+            raise ConfigError(
+                f"export manifest: model_format 'onnx' does not fit its configuration "
+                f"({problem}); export the model again"
+            )
         if not self.label_names or not all(isinstance(x, str) for x in self.label_names):
             raise ConfigError("export manifest: label_names must be a non-empty list of strings")
         seq = self.max_seq_len

@@ -16,6 +16,7 @@ __getattr__ = lazy_exports(
     __name__,
     {
         "ExportResult": "autoprumux.export._build",
+        "check_model_format": "autoprumux.export._build",
         "check_out_dir": "autoprumux.export._build",
         "export_model": "autoprumux.export._build",
         "ExportSource": "autoprumux.export._source",
@@ -29,7 +30,12 @@ __getattr__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from autoprumux.export._build import ExportResult, check_out_dir, export_model
+    from autoprumux.export._build import (
+        ExportResult,
+        check_model_format,
+        check_out_dir,
+        export_model,
+    )
     from autoprumux.export._pyfunc import ExportedModel, register_export, registered_name
     from autoprumux.export._source import ExportSource, StudyChoice, from_budget, from_trial
 
@@ -38,6 +44,7 @@ __all__ = [
     "ExportSource",
     "ExportedModel",
     "StudyChoice",
+    "check_model_format",
     "check_out_dir",
     "export_model",
     "from_budget",

@@ -1,8 +1,9 @@
 """Write one configuration as a deployable directory (layout: docs/export.md).
 
 The model is built (or taken from the cache) and measured beside its baseline by the pipeline,
-exactly as `autoprumux evaluate` would; its fp32 weights, tokenizer, manifest and model card
-are written into a temporary directory beside the target, the directory is loaded back with
+exactly as `autoprumux evaluate` would; its fp32 weights (the torch format) or its fp32 ONNX
+graph (the ONNX format, `export._onnx`), tokenizer, manifest and model card are written into a
+temporary directory beside the target, the directory is loaded back with
 `autoprumux.deploy.load` and must reproduce the pipeline's predictions, and only then is it
 renamed into place: an interrupted or failed export leaves no half-written directory.
 """
@@ -31,6 +32,7 @@ from autoprumux.deploy import (
     CALIBRATION_FILE,
     CARD_FILE,
     MANIFEST_FILE,
+    MODEL_FORMATS,
     ExportManifest,
     ExportSource,
     Measurement,
@@ -38,9 +40,16 @@ from autoprumux.deploy import (
 )
 from autoprumux.deploy._files import read_json
 from autoprumux.deploy._manifest import record_files
+from autoprumux.deploy._tokenizer import TOKENIZER_FILE
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import Evaluation, this_machine
 from autoprumux.export._card import render_card
+from autoprumux.export._onnx import (
+    ONNX_SELF_CHECK_TOL,
+    check_onnx_export,
+    check_onnx_tokens,
+    write_onnx,
+)
 from autoprumux.models import AnyModel, to_precision
 from autoprumux.models._persist import CONFIG_FILE, WEIGHTS_FILE
 
@@ -104,7 +113,7 @@ EXPORT_FILES = frozenset(
         CALIBRATION_FILE,
         WEIGHTS_FILE,
         CONFIG_FILE,
-        "tokenizer.json",
+        TOKENIZER_FILE,
         "tokenizer_config.json",
         "vocab.txt",
         "special_tokens_map.json",
@@ -137,12 +146,20 @@ def export_model(
     source: ExportSource | None = None,
     force: bool = False,
     command: str = "",
+    model_format: str = "torch",
 ) -> ExportResult:
     """Build (or take from the cache), measure and write `config` as a deployable directory at
-    `out` (see the module docstring)."""
+    `out` (see the module docstring), in `model_format` (`deploy.MODEL_FORMATS`)."""
     target = check_out_dir(out, force)
     device = str(pipe.device)
     check_precision(config.precision, device)
+    check_model_format(model_format, config)
+    onnx = model_format == "onnx"
+    if onnx and not getattr(pipe.tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"--format onnx: the tokenizer of {pipe.base.name!r} is not a fast tokenizer (no "
+            f"{TOKENIZER_FILE}), which an ONNX export tokenizes with; export --format torch"
+        )
     tp = throughput or ThroughputConfig(device=device)
     model: AnyModel
     ev = pipe.evaluate(config, throughput=tp)
@@ -159,21 +176,26 @@ def export_model(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         command=command,
         source=source or ExportSource(),
+        model_format=model_format,
     )
     remove_stale(target)
     tmp, lock = _locked_tmpdir(target)
     try:
-        model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)
-        # the ranges `evaluate` calibrated int8 with (the same seeded texts, the same model)
-        calibration = pipe.int8_calibration(model)
-        (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=1))
+        calibration = None
+        if onnx:  # the fp32 model as a graph, and nothing torch reads
+            write_onnx(model, tmp, pipe.max_seq_len)
+        else:
+            model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)
+            # the ranges `evaluate` calibrated int8 with (the same seeded texts, the same model)
+            calibration = pipe.int8_calibration(model)
+            (tmp / CALIBRATION_FILE).write_text(json.dumps(calibration.to_dict(), indent=1))
         pipe.tokenizer.save_pretrained(str(tmp))
         (tmp / CARD_FILE).write_text(render_card(manifest, model))
         # last: the size and sha256 of every other file, which `load` checks
         manifest = replace(manifest, files=record_files(tmp))
         manifest.write(tmp)
         converted = to_precision(model, config.precision, calibration=calibration)
-        _self_check(tmp, converted, pipe, config.precision)
+        _self_check(tmp, converted, pipe, config.precision, model_format)
         _publish(tmp, target, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -254,18 +276,37 @@ def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
     )
 
 
-def _self_check(directory: Path, model: AnyModel, pipe: PruMuxPipeline, precision: str) -> None:
+def check_model_format(model_format: str, config: Candidate) -> None:
+    """`model_format` is one `deploy.MODEL_FORMATS` names, and one `config` exports to (ONNX:
+    `export._onnx.check_onnx_export`, with its packages installed)."""
+    if model_format not in MODEL_FORMATS:
+        raise ConfigError(
+            f"--format {model_format!r} is not one of {list(MODEL_FORMATS)}; e.g. --format onnx"
+        )
+    if model_format == "onnx":
+        check_onnx_export(config)
+
+
+def _self_check(
+    directory: Path, model: AnyModel, pipe: PruMuxPipeline, precision: str, model_format: str
+) -> None:
     """The directory, loaded as a user would, must predict what `model` (the exported model,
     converted to `precision` with the exported calibration) predicts for the first dev examples
     (grouped alike): a wrong tokenizer, label count, architecture or calibration file is caught
-    here, before the directory is published."""
+    here, before the directory is published. An ONNX export (run by ONNX Runtime on the CPU)
+    must also tokenize those examples exactly as the pipeline did."""
+    import torch
+
     from autoprumux.training import predict
 
-    pred = load(directory, device=str(pipe.device))
+    onnx = model_format == "onnx"
+    pred = load(directory, device="cpu" if onnx else str(pipe.device))
     k = min(len(pipe.dev_items), SELF_CHECK_EXAMPLES)
     examples = pipe.data.dev[:k]
+    if onnx:
+        check_onnx_tokens(pred.tokenizer, examples, pipe.dev_items[:k], pipe.max_seq_len)
     texts = [(e.text_a, e.text_b) if pipe.task.pair else e.text_a for e in examples]
-    got = pred.logits(texts)  # type: ignore[arg-type]
+    got = torch.as_tensor(pred.logits(texts))  # type: ignore[arg-type]
     want = predict(
         model,
         pipe.dev_items[:k],
@@ -273,10 +314,12 @@ def _self_check(directory: Path, model: AnyModel, pipe: PruMuxPipeline, precisio
         device=pipe.device,
     )
     diff = float((got - want).abs().max()) if k else 0.0
-    if diff > SELF_CHECK_TOL[precision]:
+    tol = ONNX_SELF_CHECK_TOL if onnx else SELF_CHECK_TOL[precision]
+    if diff > tol:
+        what = "ONNX model (run by ONNX Runtime)" if onnx else "exported model"
         raise RuntimeError(
-            f"the exported model does not reproduce the pipeline's logits (largest difference "
-            f"{diff:.2e}); nothing was written"
+            f"the {what} does not reproduce the pipeline's logits (largest difference "
+            f"{diff:.2e}, more than {tol:g}); nothing was written"
         )
 
 

@@ -47,6 +47,11 @@ def _configuration(m: ExportManifest) -> list[str]:
         f"| task | {m.task}: {kind}, at most {m.max_seq_len} tokens (longer are truncated) |",
         f"| labels | {', '.join(f'`{x}`' for x in m.label_names)} |",
     ]
+    if m.model_format == "onnx":
+        rows.append(
+            "| format | ONNX (`model.onnx`, run by ONNX Runtime on the CPU without torch; "
+            "measured below as the torch model it was exported from) |"
+        )
     return rows
 
 
@@ -66,6 +71,7 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
     c = m.config
     metric = r.metric_label
     src = m.source
+    onnx = m.model_format == "onnx"
     lines = [
         f"# {m.task}: {c.describe()} (autoprumux export)",
         "",
@@ -120,7 +126,8 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
         "```python",
         "import autoprumux",
         "",
-        'predictor = autoprumux.load("THIS_DIRECTORY")  # device="cuda" for a GPU',
+        'predictor = autoprumux.load("THIS_DIRECTORY")'
+        + ("  # threads=4: ONNX Runtime's threads" if onnx else '  # device="cuda" for a GPU'),
         f"out = predictor.predict([{_example(m.pair)}])",
         "out.labels, out.probabilities",
         "```",
@@ -129,7 +136,13 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
         "autoprumux predict THIS_DIRECTORY --input texts.csv --output scored.csv",
         "```",
         "",
-        "The loader needs torch and transformers only. Files: docs/export.md of autoprumux.",
+        (
+            "The loader needs onnxruntime and tokenizers only, no torch (`pip install "
+            "'autoprumux[onnx]'`)."
+            if onnx
+            else "The loader needs torch and transformers only."
+        )
+        + " Files: docs/export.md of autoprumux.",
     ]
     if c.mux > 1:
         lines += [

@@ -163,6 +163,10 @@ def register_export(
             signature=signature,
             input_example=example,
             registered_model_name=name,
-            pip_requirements=["autoprumux", "torch", "transformers", "pandas"],
+            pip_requirements=(
+                ["autoprumux", "onnxruntime", "tokenizers", "pandas"]
+                if m.model_format == "onnx"
+                else ["autoprumux", "torch", "transformers", "pandas"]
+            ),
         )
     return f"models:/{name}/{info.registered_model_version}"

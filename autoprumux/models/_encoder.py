@@ -129,12 +129,14 @@ class Embeddings(nn.Module):
             x = torch.cat([prefix, x], dim=1)
             position_offset = 0
         t = x.shape[1]
-        pos = torch.arange(position_offset, position_offset + t, device=input_ids.device)
-        if pos[-1] >= self.position.num_embeddings:
+        # checked on the shape, not on `pos`: a tensor's value would stop torch.export (and
+        # the ONNX export) on a data-dependent branch, and cost a device sync per forward
+        if position_offset + t > self.position.num_embeddings:
             raise ValueError(
                 f"sequence length {t} (+offset {position_offset}) exceeds max_position_embeddings "
                 f"({self.position.num_embeddings}); lower max_seq_len"
             )
+        pos = torch.arange(position_offset, position_offset + t, device=input_ids.device)
         x = x + self.position(pos)[None]
         return self.dropout(self.norm(x))
 
