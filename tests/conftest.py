@@ -45,6 +45,27 @@ def tiny_encoder(seed: int = 0, **kw):
     return enc.eval(), hf
 
 
+def pipelines_per_task(checkpoint, recipe, cache_dir):
+    """A function task -> one PruMuxPipeline over `checkpoint` and the shared GLUE data, made
+    once per task, all sharing `cache_dir`."""
+    from autoprumux import PruMuxPipeline
+
+    made: dict = {}
+
+    def get(task: str = "sst2"):
+        if task not in made:
+            made[task] = PruMuxPipeline(
+                task=task,
+                model=checkpoint,
+                recipe=recipe,
+                data_dir=str(GLUE_DIR),
+                cache_dir=str(cache_dir),
+            )
+        return made[task]
+
+    return get
+
+
 def random_batch(b: int, length: int, *, vocab: int = 99, seed: int = 0, min_len: int = 3):
     """Token ids with varied real lengths, [CLS]=2 first, padding 0 after each row's length."""
     g = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import GLUE_DIR as DATA
+from conftest import pipelines_per_task
 from test_search import TINY_RECIPE as SEARCH_RECIPE
 from test_search import TP, TP_ARGS
 
@@ -48,20 +49,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipes(tiny_checkpoint, cache):
     """One pipeline per task over the tiny checkpoint, sharing a cache."""
-    made: dict[str, PruMuxPipeline] = {}
-
-    def get(task: str = "sst2") -> PruMuxPipeline:
-        if task not in made:
-            made[task] = PruMuxPipeline(
-                task=task,
-                model=tiny_checkpoint,
-                recipe=Recipe(**TINY_RECIPE),
-                data_dir=str(DATA),
-                cache_dir=str(cache),
-            )
-        return made[task]
-
-    return get
+    return pipelines_per_task(tiny_checkpoint, Recipe(**TINY_RECIPE), cache)
 
 
 @pytest.fixture(scope="module")

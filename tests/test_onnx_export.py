@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import GLUE_DIR as DATA
-from conftest import random_batch, tiny_encoder
+from conftest import pipelines_per_task, random_batch, tiny_encoder
 from test_export import TINY_RECIPE
 from test_search import TP, TP_ARGS
 
@@ -45,20 +45,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipes(tiny_checkpoint, cache):
-    made: dict[str, PruMuxPipeline] = {}
-
-    def get(task: str = "sst2") -> PruMuxPipeline:
-        if task not in made:
-            made[task] = PruMuxPipeline(
-                task=task,
-                model=tiny_checkpoint,
-                recipe=Recipe(**TINY_RECIPE),
-                data_dir=str(DATA),
-                cache_dir=str(cache),
-            )
-        return made[task]
-
-    return get
+    return pipelines_per_task(tiny_checkpoint, Recipe(**TINY_RECIPE), cache)
 
 
 @pytest.fixture(scope="module")
