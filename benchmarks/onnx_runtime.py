@@ -32,6 +32,11 @@ of its plateau, pruned models from its pruning path) and exported twice with `ex
    and it is timed in the same rounds as the three above, beside the torch static int8 (the
    torch export loaded with precision="int8": its stored calibration of 512 training texts).
 
+5. OpenVINO, where it and NNCF are installed (`pip install openvino nncf`; not an extra of the
+   project): the exported graph in OpenVINO's fp32 runtime and its static int8 (NNCF
+   `quantize`, transformer preset, the same calibration feeds), labelled and timed in the same
+   rounds as the others.
+
 Results: benchmarks/results/onnx_runtime_<task>_cpu.json (or --out), and a markdown table.
 """
 
@@ -121,6 +126,53 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(
         path.read_bytes(), sess_options=options, providers=["CPUExecutionProvider"]
     )
+
+
+class OpenVinoSession:
+    """An OpenVINO compiled model behind the two calls `OnnxPredictor` and the timing make of
+    an ONNX Runtime session (`get_inputs`, `run`), so both runtimes label and time alike."""
+
+    def __init__(self, compiled):
+        from types import SimpleNamespace
+
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.inputs = [SimpleNamespace(name=i.get_any_name()) for i in compiled.inputs]
+
+    def get_inputs(self):
+        return self.inputs
+
+    def run(self, _outputs, feed):
+        return [self.request.infer(feed)[self.compiled.output(0)]]
+
+
+def openvino_sessions(onnx_path: Path, feeds, threads: int) -> dict[str, Any]:
+    """OpenVINO's fp32 runtime of the exported graph and its static int8 (NNCF
+    post-training quantization, transformer preset, calibrated on `feeds`: training sentences,
+    never dev), each compiled for the CPU with `threads` inference threads and fp32 as the
+    precision hint (else a bf16-capable CPU would run "fp32" in bf16). Empty when OpenVINO or
+    NNCF is not installed (`pip install openvino nncf`)."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(list(feeds)),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(feeds),
+    )
+    return {
+        "openvino fp32": OpenVinoSession(core.compile_model(model, "CPU", config)),
+        "openvino int8 (NNCF static)": OpenVinoSession(
+            core.compile_model(quantized, "CPU", config)
+        ),
+        "versions": {"openvino": ov.__version__, "nncf": nncf.__version__},
+    }
 
 
 def has_int8_dot() -> bool:
@@ -288,6 +340,14 @@ def measure_one(pipe, sparsity: float, args, tmp: Path) -> dict[str, Any]:
         q_session, onnx_pred.tokenizer, onnx_pred.manifest, batch_size=onnx_pred.batch_size
     )
     logits["onnxruntime int8 (static QDQ)"] = np.asarray(q_pred.logits(texts))
+    wait_while(args.wait_while)
+    ov = openvino_sessions(dirs["onnx"] / ONNX_FILE, feeds, args.threads)
+    ov_versions = ov.pop("versions", None)
+    for k, session in ov.items():
+        ov_pred = OnnxPredictor(
+            session, onnx_pred.tokenizer, onnx_pred.manifest, batch_size=onnx_pred.batch_size
+        )
+        logits[k] = np.asarray(ov_pred.logits(texts))
     labels = {k: v.argmax(-1).tolist() for k, v in logits.items()}
     print(f"s={sparsity:g}: dev labelled by every runtime", file=sys.stderr, flush=True)
 
@@ -330,6 +390,7 @@ def measure_one(pipe, sparsity: float, args, tmp: Path) -> dict[str, Any]:
             "torch int8 (static)": model_runner(torch_int8.model, batch, "cpu"),
             "onnxruntime fp32": ort_runner(onnx_pred.session, batch),
             "onnxruntime int8 (static QDQ)": ort_runner(q_session, batch),
+            **{k: ort_runner(session, batch) for k, session in ov.items()},
         }
         wait_while(args.wait_while)
         load_before = os.getloadavg()[0]
@@ -373,6 +434,7 @@ def measure_one(pipe, sparsity: float, args, tmp: Path) -> dict[str, Any]:
         "startup": starts,
         "timing": timed,
         "ort_int8": q["info"],
+        "openvino": ov_versions or "not installed (pip install openvino nncf)",
         "torch_threads": torch.get_num_threads(),
         "ort_threads": args.threads,
     }
