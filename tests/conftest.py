@@ -45,6 +45,15 @@ def tiny_encoder(seed: int = 0, **kw):
     return enc.eval(), hf
 
 
+def ctrl_c_delivered() -> None:
+    """`preexec_fn` of a child that a test interrupts with SIGINT: the default disposition, so
+    the child's Python turns it into KeyboardInterrupt as under a terminal, even where this test
+    run inherited SIGINT ignored (a shell's background job)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def pipelines_per_task(checkpoint, recipe, cache_dir):
     """A function task -> one PruMuxPipeline over `checkpoint` and the shared GLUE data, made
     once per task, all sharing `cache_dir`."""

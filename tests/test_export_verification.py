@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GLUE_DIR as DATA
+from conftest import ctrl_c_delivered
 from test_search import TINY_RECIPE, TP_ARGS
 
 import autoprumux
@@ -316,7 +317,11 @@ def _export_paused(argv: list[str], ready: Path) -> subprocess.Popen:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "AUTOPRUMUX_PROGRESS": "0"}
     return subprocess.Popen(
-        [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", code],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=ctrl_c_delivered,
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GLUE_DIR, tiny_encoder
+from conftest import GLUE_DIR, ctrl_c_delivered, tiny_encoder
 
 from autoprumux._selection import DEV_CHOSEN
 from autoprumux.config import Candidate
@@ -668,7 +668,13 @@ def start_serve_students(tiny_checkpoint: str, tmp_path, *extra: str) -> subproc
     argv += ["--student-steps", "3", "--student-stacking-steps", "2", *extra]
     env = {**os.environ, "AUTOPRUMUX_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_delivered,
     )
 
 
