@@ -32,3 +32,12 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 def has_bf16_matmul() -> bool:
     return bool(cpu_flags() & BF16_FLAGS)
+
+
+# int8 dot-product instructions: where u8 x s8 products accumulate in int32 without the int16
+# pair sums of AVX2, which saturate beyond 7-bit inputs
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def has_int8_dot() -> bool:
+    return bool(cpu_flags() & INT8_DOT_FLAGS)

@@ -57,6 +57,9 @@ from typing import Any
 
 from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
+from autoprumux._cpu import has_int8_dot
+from autoprumux.deploy._onnx import cpu_session
+
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "a gripping, beautifully acted film that never lets go"
 CALIBRATION_BATCH = 32
@@ -116,18 +119,6 @@ def startup(directory: Path, runs: int, flag: str | None) -> dict[str, Any]:
     }
 
 
-def ort_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session made as `autoprumux.load` makes an ONNX export's."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        path.read_bytes(), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-
-
 class OpenVinoSession:
     """An OpenVINO compiled model behind the two calls `OnnxPredictor` and the timing make of
     an ONNX Runtime session (`get_inputs`, `run`), so both runtimes label and time alike."""
@@ -173,13 +164,6 @@ def openvino_sessions(onnx_path: Path, feeds, threads: int) -> dict[str, Any]:
         ),
         "versions": {"openvino": ov.__version__, "nncf": nncf.__version__},
     }
-
-
-def has_int8_dot() -> bool:
-    """Whether this CPU has an int8 dot-product instruction (the project's own test)."""
-    from autoprumux._cpu import cpu_flags
-
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def quantize_onnx(
@@ -335,7 +319,7 @@ def measure_one(pipe, sparsity: float, args, tmp: Path) -> dict[str, Any]:
     q = quantize_onnx(
         dirs["onnx"] / ONNX_FILE, qdir, feeds, ops=args.ort_ops, reduce_range=reduce_range
     )
-    q_session = ort_session(q["path"], args.threads)
+    q_session = cpu_session(q["path"].read_bytes(), args.threads)
     q_pred = OnnxPredictor(
         q_session, onnx_pred.tokenizer, onnx_pred.manifest, batch_size=onnx_pred.batch_size
     )

@@ -154,7 +154,7 @@ def _check_not_the_input(input_: str, output: str) -> None:
 
 def _texts(
     rows: list[dict[str, Any]], cols: list[str], flags: list[str]
-) -> list[str] | list[tuple[str, ...]]:
+) -> list[str | tuple[str, str]]:
     for c, flag in zip(cols, flags, strict=True):
         for i, r in enumerate(rows, start=1):
             v = r.get(c)
@@ -163,7 +163,8 @@ def _texts(
                 raise ConfigError(f"row {i}: {flag} {c!r} is {what}")
     if len(cols) == 1:
         return [r[cols[0]] for r in rows]
-    return [tuple(r[c] for c in cols) for r in rows]
+    first, second = cols  # a pair task: the text and the text pair
+    return [(r[first], r[second]) for r in rows]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

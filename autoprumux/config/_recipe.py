@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from autoprumux._rules import COUNT, FLAG, FRACTION, LR, STEPS, WEIGHT, Rule
-from autoprumux.config._candidate import Candidate
+from autoprumux.config._candidate import Candidate, MuxShape
 from autoprumux.config._names import (
     BATCHINGS,
     LOGIT_LOSSES,
@@ -336,6 +336,11 @@ class Recipe:
         """The pruning path's levels (`path_levels` of path_max_sparsity and path_step)."""
         return path_levels(self.path_max_sparsity, self.path_step)
 
+    def serves_from_path(self, sparsity: float, shape: MuxShape) -> bool:
+        """Whether a pruned model is the pruning path's snapshot at its level (`recovery` is
+        "path" and the model is N=1) rather than its own prune-and-recover."""
+        return self.recovery == "path" and sparsity > 0 and shape == MuxShape()
+
     def trains_own_model(self, config: Candidate) -> bool:
         """Whether evaluating `config` under this recipe trains a model of its own: a
         prune-and-recover, an N-way fine-tune, students, or an int8-aware recovery. Otherwise
@@ -346,7 +351,7 @@ class Recipe:
             return True
         if config.precision == "int8" and self.int8_recovery_steps > 0:
             return True
-        return config.sparsity > 0 and self.recovery != "path"
+        return config.sparsity > 0 and not self.serves_from_path(config.sparsity, MuxShape())
 
     @classmethod
     def preset(cls, name: str = "fast", **overrides: Any) -> Recipe:

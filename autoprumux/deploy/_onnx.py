@@ -93,6 +93,16 @@ class OnnxPredictor(PredictorBase):
         return Predictions(self.label_names, logits.argmax(axis=-1).tolist(), probs.tolist())
 
 
+def cpu_session(graph: bytes, threads: int) -> Any:
+    """An ONNX Runtime session of `graph` on the CPU with `threads` intra-op threads, as an
+    ONNX export is run."""
+    ort = require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: its warnings are about buffer reuse
+    return ort.InferenceSession(graph, sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def load_onnx(
     d: Path,
     manifest: ExportManifest,
@@ -120,17 +130,11 @@ def load_onnx(
         threads = default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads ({threads!r}) must be a positive integer, e.g. 4")
-    ort = require_onnxruntime()
+    require_onnxruntime()
     verify_files(d, manifest.files, (ONNX_FILE, TOKENIZER_FILE))
     tokenizer = load_json_tokenizer(d, manifest)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # errors only: its warnings are about buffer reuse
-    graph = local_file(d, ONNX_FILE).read_bytes()
     try:
-        session = ort.InferenceSession(
-            graph, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        session = cpu_session(local_file(d, ONNX_FILE).read_bytes(), threads)
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own exception types
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from autoprumux._cpu import cpu_flags
+from autoprumux._cpu import has_int8_dot
 from autoprumux.data import Encoded, collate
 
 M = TypeVar("M", bound=nn.Module)
@@ -169,7 +169,7 @@ def calibrate_int8(
 def activation_qmax() -> int:
     """The largest uint8 code of a layer's input: 255 where the CPU multiplies int8 with
     VNNI/AMX; 127 (7 bits) elsewhere, where AVX2's u8 x s8 pair sums saturate int16 at 8 bits."""
-    return 255 if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else 127
+    return 255 if has_int8_dot() else 127
 
 
 def input_qparams(low: float, high: float, qmax: int) -> tuple[float, int]:

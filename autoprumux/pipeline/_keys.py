@@ -79,16 +79,10 @@ def candidate_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
     return {**mux_key(pipe, shape), "sparsity": sparsity, **recovery_key(pipe)}
 
 
-def from_path(recipe: Recipe, sparsity: float, shape: MuxShape) -> bool:
-    """Whether a pruned model is the pruning path's snapshot at its level (the recipe's
-    `recovery` is "path" and the model is N=1) rather than its own prune-and-recover."""
-    return recipe.recovery == "path" and sparsity > 0 and shape == MuxShape()
-
-
 def pruned_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> tuple[str, dict]:
     """(cache kind, key) of the model a pruned configuration is read from: the path's level
-    (`from_path`) or the candidate's own entry."""
-    if from_path(pipe.recipe, sparsity, shape):
+    (`Recipe.serves_from_path`) or the candidate's own entry."""
+    if pipe.recipe.serves_from_path(sparsity, shape):
         return "path", path_key(pipe, sparsity)
     return "candidate", candidate_key(pipe, sparsity, shape)
 

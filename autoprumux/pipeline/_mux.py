@@ -21,7 +21,6 @@ from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._keys import (
     early_mux_key,
-    from_path,
     mux_key,
     pruned_late_key,
     warmup_key,
@@ -51,8 +50,8 @@ def last_stage(recipe: Recipe, config: Candidate) -> int:
     finished and is measured."""
     if config.sparsity == 0.0:
         return 0
-    if pruned_before_mux(recipe, config.sparsity, config.mux_shape) or from_path(
-        recipe, config.sparsity, config.mux_shape
+    if pruned_before_mux(recipe, config.sparsity, config.mux_shape) or recipe.serves_from_path(
+        config.sparsity, config.mux_shape
     ):
         return 1
     return recipe.prune_stages

@@ -17,7 +17,7 @@ from autoprumux.evaluation import this_machine
 from autoprumux.models import MuxSequenceClassifier
 from autoprumux.pipeline._baseline import validation_metric
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._keys import from_path, path_key
+from autoprumux.pipeline._keys import path_key
 from autoprumux.pipeline._mux import pruned_before_mux
 from autoprumux.pipeline._recovery import teacher_logits
 from autoprumux.training import TrainConfig, level_steps, prune_path
@@ -61,8 +61,8 @@ def served_sparsity(pipe: StageContext, sparsity: float, shape: MuxShape) -> flo
     or the N=1 model a pruned late mux model is built on, with the recipe's recovery "path"),
     else as given."""
     r = pipe.recipe
-    if from_path(r, sparsity, shape) or (
-        pruned_before_mux(r, sparsity, shape) and from_path(r, sparsity, MuxShape())
+    if r.serves_from_path(sparsity, shape) or (
+        pruned_before_mux(r, sparsity, shape) and r.serves_from_path(sparsity, MuxShape())
     ):
         return path_level(pipe, sparsity)
     return sparsity

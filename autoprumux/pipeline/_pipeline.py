@@ -59,7 +59,7 @@ from autoprumux.pipeline._baseline import (
     validated,
 )
 from autoprumux.pipeline._context import TeacherTables
-from autoprumux.pipeline._keys import cache_key, candidate_key, from_path, int8_key, mux_key
+from autoprumux.pipeline._keys import cache_key, candidate_key, int8_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
     late_mux_model,
@@ -333,7 +333,7 @@ class PruMuxPipeline:
         late_on_pruned = pruned_before_mux(r, sparsity, shape)
         # one step each (`last_stage`): a late model on its pruned N=1 model, or the path's
         # snapshot, built once for every level
-        if late_on_pruned or from_path(r, sparsity, shape):
+        if late_on_pruned or r.serves_from_path(sparsity, shape):
             if late_on_pruned:
                 entry = pruned_late_mux_model(self, sparsity, shape)
                 model = self.load_model(entry, r.freeze_word_embeddings)
