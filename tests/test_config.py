@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
         ({"technique": "students", "students": 17, "student_depth": 2}, r"students \(17\) must be an integer in \[1, 16\]"),
         ({"technique": "students", "students": 2, "student_depth": 4}, r"student_depth \(4\) must be one of \[1, 2, 3\]"),
         ({"technique": "students", "students": 2, "student_depth": 2, "mux": 2}, r"students configuration has sparsity 0 and N=1"),
-        ({"precision": "int4"}, r"precision \('int4'\) must be one of \['fp32', 'int8', 'tf32', 'bf16', 'fp16'\]"),
+        ({"precision": "int4"}, r"precision \('int4'\) must be one of \['fp32', 'int8', 'tf32', 'bf16', 'fp16', 'ov-fp32', 'ov-int8'\]"),
     ],
 )  # fmt: skip
 def test_every_bad_candidate_value_is_refused_with_its_rule(fields, match):

@@ -112,7 +112,8 @@ def test_the_pruned_export_has_uneven_layers(pipes, exports):
 def test_write_onnx_takes_a_model_with_removed_heads_and_a_removed_sublayer(tmp_path):
     """Layers of 2, 1 and no heads (the last without its attention sub-layer) and 16, 5 and 37
     FFN units, fed batches of other sizes and lengths than the export saw."""
-    from autoprumux.deploy._onnx import ONNX_INPUTS, require_onnxruntime
+    from autoprumux.config import GRAPH_INPUTS
+    from autoprumux.deploy._onnx import require_onnxruntime
     from autoprumux.export._onnx import write_onnx
     from autoprumux.models import MuxConfig, MuxSequenceClassifier, PruningPlan, apply_plan
 
@@ -129,7 +130,7 @@ def test_write_onnx_takes_a_model_with_removed_heads_and_a_removed_sublayer(tmp_
     path = write_onnx(model, tmp_path, max_seq_len=64)
     ort = require_onnxruntime()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [x.name for x in session.get_inputs()] == list(ONNX_INPUTS)
+    assert [x.name for x in session.get_inputs()] == list(GRAPH_INPUTS)
     for b, length, seed in ((1, 5, 1), (7, 20, 2), (3, 64, 3)):
         ids, mask, tt = random_batch(b, length, seed=seed)
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": tt}

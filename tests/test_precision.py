@@ -106,8 +106,8 @@ def test_int8_really_quantizes_the_linear_layers_and_students_convert_too():
     "precision, device, offered",
     [
         ("int8", "cuda", "['fp32', 'tf32', 'bf16', 'fp16']"),
-        ("fp16", "cpu", "['fp32', 'int8']"),
-        ("bf16", "cpu", "['fp32', 'int8']"),
+        ("fp16", "cpu", "['fp32', 'int8', 'ov-fp32', 'ov-int8']"),
+        ("bf16", "cpu", "['fp32', 'int8', 'ov-fp32', 'ov-int8']"),
         ("tf32", "cuda:0", None),
     ],
 )

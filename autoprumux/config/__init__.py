@@ -34,6 +34,8 @@ from autoprumux.config._measure import (
 from autoprumux.config._names import (
     BATCHINGS,
     DEVICE_PRECISIONS,
+    GRAPH_INPUTS,
+    GRAPH_OUTPUT,
     L2L_CLIP_MODES,
     LOGIT_LOSSES,
     MAX_MUX,
@@ -41,6 +43,9 @@ from autoprumux.config._names import (
     MAX_STUDENTS,
     MUX_COMBINERS,
     MUX_VARIANTS,
+    OPENVINO_INSTALL,
+    OPENVINO_PACKAGES,
+    OPENVINO_PRECISIONS,
     PATH_SCHEDULES,
     POOLINGS,
     PRECISION_RANK,
@@ -56,6 +61,7 @@ from autoprumux.config._names import (
     TECHNIQUES,
     TRAIN_AUTOCASTS,
     TRAINERS,
+    runtime_of,
     validate_trainer,
 )
 from autoprumux.config._path import PATH_LEVEL_TOLERANCE, level_of, path_levels
@@ -86,6 +92,11 @@ __all__ = [
     "PATH_SCHEDULES",
     "POOLINGS",
     "PRECISIONS",
+    "GRAPH_INPUTS",
+    "GRAPH_OUTPUT",
+    "OPENVINO_INSTALL",
+    "OPENVINO_PACKAGES",
+    "OPENVINO_PRECISIONS",
     "PRECISION_RANK",
     "RECIPE_GROUPS",
     "RECIPE_PRESETS",
@@ -111,5 +122,6 @@ __all__ = [
     "field_technique",
     "validate_candidate",
     "validate_mux_layers",
+    "runtime_of",
     "validate_trainer",
 ]

@@ -15,10 +15,12 @@ from autoprumux.config._names import (
     MAX_STUDENTS,
     MUX_COMBINERS,
     MUX_VARIANTS,
+    OPENVINO_PRECISIONS,
     PRECISION_RANK,
     PRECISIONS,
     STUDENT_DEPTHS,
     TECHNIQUES,
+    runtime_of,
 )
 from autoprumux.errors import ConfigError
 
@@ -152,6 +154,13 @@ class Candidate:
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision ({self.precision!r}) must be one of {list(PRECISIONS)}")
+        if n > 1 and self.precision in OPENVINO_PRECISIONS:
+            raise ConfigError(
+                f"precision {self.precision!r} runs the model's ONNX graph in OpenVINO, which "
+                f"takes N=1 models and students; an N={n} model pads its batch to a multiple of "
+                "N inside its forward pass, which does not export. Use precision 'fp32' or "
+                "'int8' for N > 1"
+            )
         for name in ("students", "student_depth"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -218,9 +227,10 @@ class Candidate:
     @property
     def family(self) -> tuple[str, ...]:
         """Configurations comparable by aggressiveness share a family."""
+        runtime = runtime_of(self.precision)
         if self.technique == "students":
-            return ("students",)
-        return ("prumux", self.mux_variant, self.mux_combiner)
+            return ("students", runtime)
+        return ("prumux", self.mux_variant, self.mux_combiner, runtime)
 
     @property
     def aggressiveness(self) -> tuple[float, ...]:

@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 
-from autoprumux.config._names import DEVICE_PRECISIONS
+from autoprumux.config._names import (
+    DEVICE_PRECISIONS,
+    OPENVINO_INSTALL,
+    OPENVINO_PACKAGES,
+    OPENVINO_PRECISIONS,
+)
 from autoprumux.errors import ConfigError
 
 
@@ -33,13 +39,22 @@ class ThroughputConfig:
 
 # ---- the accuracy-loss budget ----------------------------------------------------------------
 def check_precision(precision: str, device: str) -> str:
-    """`precision` must be one the device offers (`DEVICE_PRECISIONS`)."""
+    """`precision` must be one the device offers (`DEVICE_PRECISIONS`), and an OpenVINO one
+    needs its packages installed (`OPENVINO_PACKAGES`, found without importing them)."""
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     offered = DEVICE_PRECISIONS[kind]
     if precision not in offered:
         raise ConfigError(
             f"precision {precision!r} is not offered on {device}; choose one of {list(offered)}"
         )
+    if precision in OPENVINO_PRECISIONS:
+        missing = [p for p in OPENVINO_PACKAGES if importlib.util.find_spec(p) is None]
+        if missing:
+            raise ConfigError(
+                f"precision {precision!r} needs {', '.join(missing)}, not installed: "
+                f"{OPENVINO_INSTALL}, or choose one of "
+                f"{[p for p in offered if p not in OPENVINO_PRECISIONS]}"
+            )
     return precision
 
 

@@ -7,12 +7,33 @@ from __future__ import annotations
 from autoprumux.errors import ConfigError
 
 # ---- names and limits shared across the package ---------------------------------------------
-# numeric precision at inference; which a device offers (the CPU: dynamic int8 of the linear
-# layers; CUDA: TF32 matmuls, bf16, fp16)
-PRECISIONS = ("fp32", "int8", "tf32", "bf16", "fp16")
-DEVICE_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp32", "tf32", "bf16", "fp16")}
-# each precision's distance from fp32 (loss and speed do not fall as it rises; bf16 = fp16)
-PRECISION_RANK = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 2, "int8": 3}
+# numeric precision at inference; which a device offers (the CPU: static int8 of the linear
+# layers in torch, and the model run by OpenVINO in fp32 or NNCF's static int8; CUDA: TF32
+# matmuls, bf16, fp16)
+PRECISIONS = ("fp32", "int8", "tf32", "bf16", "fp16", "ov-fp32", "ov-int8")
+DEVICE_PRECISIONS = {
+    "cpu": ("fp32", "int8", "ov-fp32", "ov-int8"),
+    "cuda": ("fp32", "tf32", "bf16", "fp16"),
+}
+# the precisions run by OpenVINO (its graph of the model, not torch), by their numeric precision
+OPENVINO_PRECISIONS = {"ov-fp32": "fp32", "ov-int8": "int8"}
+# what converting to an OpenVINO precision imports: the ONNX exporter and OpenVINO with NNCF
+OPENVINO_PACKAGES = ("onnx", "onnxscript", "openvino", "nncf")
+OPENVINO_INSTALL = "pip install 'autoprumux[openvino]'"
+# a model's ONNX graph (the ONNX export, and what OpenVINO reads): int64 inputs (batch,
+# sequence; a model may take fewer, the first two always) and its output (batch, classes)
+GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+GRAPH_OUTPUT = "logits"
+# each precision's distance from fp32 (loss and speed do not fall as it rises, within one
+# runtime: torch's and OpenVINO's are separate families; bf16 = fp16)
+PRECISION_RANK = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 2, "int8": 3, "ov-fp32": 0, "ov-int8": 3}
+
+
+def runtime_of(precision: str) -> str:
+    """What runs a model of `precision`: "openvino" or "torch"."""
+    return "openvino" if precision in OPENVINO_PRECISIONS else "torch"
+
+
 TASK_NAMES = ("cola", "mrpc", "qnli", "sst2")  # the built-in GLUE tasks (see autoprumux.data)
 TECHNIQUES = ("prumux", "students")
 MUX_VARIANTS = ("gaussian", "orthogonal")

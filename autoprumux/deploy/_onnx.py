@@ -3,8 +3,8 @@ importing torch: the model is `model.onnx`, the tokenizer `tokenizer.json` run b
 `tokenizers` library (`deploy._tokenizer`), tokenisation and padding the pipeline's own
 (`data.encode`, `data.pad`), so the labels are the torch model's.
 
-The graph takes int64 `ONNX_INPUTS` (batch, sequence), both axes dynamic, and answers float32
-`ONNX_OUTPUT` (batch, classes); `export._onnx` writes it. It is read from the verified file's
+The graph takes int64 `GRAPH_INPUTS` (batch, sequence), both axes dynamic, and answers float32
+`GRAPH_OUTPUT` (batch, classes); `export._onnx` writes it. It is read from the verified file's
 bytes, so a graph that names external data cannot make ONNX Runtime read another file.
 """
 
@@ -18,16 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from autoprumux.config import GRAPH_INPUTS, GRAPH_OUTPUT
 from autoprumux.data import encode, pad
 from autoprumux.deploy._files import AGAIN, local_file, verify_files
 from autoprumux.deploy._manifest import ONNX_FILE, ONNX_INSTALL, ExportManifest
 from autoprumux.deploy._predictions import DEFAULT_BATCH, Predictions, PredictorBase, Text
 from autoprumux.deploy._tokenizer import TOKENIZER_FILE, JsonTokenizer, load_json_tokenizer
 from autoprumux.errors import ConfigError
-
-# the graph's inputs (a model may take fewer: the first two always) and its output
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-ONNX_OUTPUT = "logits"
 
 
 def require_onnxruntime() -> ModuleType:
@@ -74,7 +71,7 @@ class OnnxPredictor(PredictorBase):
         out = []
         for chunk in self.chunks(texts):
             arrays = pad(encode(chunk, self.tokenizer, self.manifest.max_seq_len))
-            (logits,) = self.session.run([ONNX_OUTPUT], {k: arrays[k] for k in self.input_names})
+            (logits,) = self.session.run([GRAPH_OUTPUT], {k: arrays[k] for k in self.input_names})
             out.append(np.asarray(logits, dtype=np.float32))
             if progress is not None:
                 progress(len(chunk))
@@ -146,18 +143,18 @@ def load_onnx(
 
 
 def _check_graph(session: Any, manifest: ExportManifest, path: Path) -> None:
-    """The graph takes int64 `ONNX_INPUTS` (input_ids and attention_mask at least) and answers
-    float `ONNX_OUTPUT` with one column per label the manifest names."""
+    """The graph takes int64 `GRAPH_INPUTS` (input_ids and attention_mask at least) and answers
+    float `GRAPH_OUTPUT` with one column per label the manifest names."""
     inputs = {x.name: x.type for x in session.get_inputs()}
     outputs = {x.name: (x.type, list(x.shape or [])) for x in session.get_outputs()}
-    kind, shape = outputs.get(ONNX_OUTPUT, ("", []))
+    kind, shape = outputs.get(GRAPH_OUTPUT, ("", []))
     problem = None
-    if set(inputs) - set(ONNX_INPUTS) or not {"input_ids", "attention_mask"} <= set(inputs):
-        problem = f"it takes {sorted(inputs)}, not {list(ONNX_INPUTS)}"
+    if set(inputs) - set(GRAPH_INPUTS) or not {"input_ids", "attention_mask"} <= set(inputs):
+        problem = f"it takes {sorted(inputs)}, not {list(GRAPH_INPUTS)}"
     elif any(t != "tensor(int64)" for t in inputs.values()):
         problem = f"its inputs are {inputs}, not int64 tensors"
     elif kind != "tensor(float)" or len(shape) != 2:
-        problem = f"its outputs are {outputs}, not a float (batch, classes) {ONNX_OUTPUT!r}"
+        problem = f"its outputs are {outputs}, not a float (batch, classes) {GRAPH_OUTPUT!r}"
     elif isinstance(shape[1], int) and shape[1] != len(manifest.label_names):
         problem = (
             f"it scores {shape[1]} classes but the manifest names {len(manifest.label_names)} "

@@ -2,29 +2,23 @@
 packages it needs, writing the fp32 model as `model.onnx` with torch.onnx, and what the
 export's self-check adds for it (docs/export.md).
 
-The graph is made by torch.onnx's exporter (torch.export, then ONNX Script), with the batch
-and sequence axes dynamic, so one file takes any batch of any length up to max_seq_len. A
-pruned model exports as it is: each layer's own heads and FFN units are its matrices' shapes.
+The graph is `models.write_onnx_graph`'s: batch and sequence axes dynamic, so one file takes
+any batch of any length up to max_seq_len.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import importlib
-import logging
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from autoprumux.config import Candidate
 from autoprumux.data import Encoded, Example, encode
 from autoprumux.deploy import ONNX_FILE
 from autoprumux.deploy._manifest import ONNX_INSTALL, onnx_problem
-from autoprumux.deploy._onnx import ONNX_INPUTS, ONNX_OUTPUT
 from autoprumux.deploy._tokenizer import JsonTokenizer
 from autoprumux.errors import ConfigError
-from autoprumux.models import AnyModel
+from autoprumux.models import AnyModel, GraphExportError, write_onnx_graph
 
 # what exporting needs besides torch: the ONNX format, torch.onnx's exporter (ONNX Script) and
 # the runtime the self-check loads the directory with
@@ -54,51 +48,14 @@ def check_onnx_export(config: Candidate) -> None:
 
 
 def write_onnx(model: AnyModel, directory: Path, max_seq_len: int) -> Path:
-    """`model` (fp32) as `ONNX_FILE` in `directory`: inputs `ONNX_INPUTS` (int64, batch x
-    sequence, both dynamic, sequence up to `max_seq_len`), output `ONNX_OUTPUT`. A copy is
-    exported, so the measured model is left as it was."""
-    import torch
-
-    module = copy.deepcopy(model).float().cpu().eval()
-    # example shapes of at least 2: torch.export specializes an axis it sees as 0 or 1
-    ids = torch.ones((2, min(8, max_seq_len)), dtype=torch.long)
-    axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", max=max_seq_len)}
-    path = directory / ONNX_FILE
+    """`model` (fp32) as `ONNX_FILE` in `directory` (`models.write_onnx_graph`); refused with
+    the exporter's reason and the fix where torch.onnx cannot export it."""
     try:
-        with _exporter_quiet():
-            torch.onnx.export(
-                module,
-                (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-                str(path),
-                dynamo=True,
-                input_names=list(ONNX_INPUTS),
-                output_names=[ONNX_OUTPUT],
-                dynamic_shapes=(axes, axes, axes),
-                external_data=False,  # one file, listed and verified like every other
-                verbose=False,
-            )
-    except Exception as e:  # noqa: BLE001 - torch.export and ONNX Script raise many types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        return write_onnx_graph(model, directory / ONNX_FILE, max_seq_len)
+    except GraphExportError as e:
         raise ConfigError(
-            f"torch.onnx could not export this model ({type(e).__name__}: {first}); export "
-            "--format torch"
+            f"torch.onnx could not export this model ({e}); export --format torch"
         ) from None
-    return path
-
-
-@contextlib.contextmanager
-def _exporter_quiet() -> Iterator[None]:
-    """torch.onnx's exporter warns of what it skips (torchvision's operators, renamed axes):
-    nothing a user of the export can act on."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
 
 
 def check_onnx_tokens(

@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from autoprumux.config import BASELINE, PRECISION_RANK, SPLIT_COMBINERS, Candidate
+from autoprumux.config import BASELINE, PRECISION_RANK, SPLIT_COMBINERS, Candidate, runtime_of
 
 FEATURES = (
     "technique_students",
@@ -35,6 +35,7 @@ FEATURES = (
     "students",
     "student_depth",
     "precision_rank",
+    "runtime_openvino",
     "mux_layers",
     "combiner_concat",
     "combiner_skip",
@@ -62,9 +63,9 @@ MONOTONE_LOSS = {
 }
 MONOTONE_SPEEDUP = MONOTONE_LOSS
 TARGETS = ("accuracy_loss", "speedup")
-# the prior's terms: -log(1 - sparsity), log2 of the effective N, precision rank (see
-# `_prior_features`)
-PRIOR_TERMS = 3
+# the prior's terms: -log(1 - sparsity), log2 of the effective N, precision rank, the OpenVINO
+# runtime (see `_prior_features`)
+PRIOR_TERMS = 4
 # the interval's out-of-fold errors: leave-one-out up to this many rows, K-fold beyond
 MAX_FOLDS = 10
 
@@ -80,6 +81,7 @@ def features(c: Candidate, context: dict[str, Any]) -> list[float]:
         float(c.students),
         float(c.student_depth),
         float(PRECISION_RANK[c.precision]),
+        1.0 if runtime_of(c.precision) == "openvino" else 0.0,
         float(c.mux_layers),
         1.0 if c.mux_combiner in SPLIT_COMBINERS else 0.0,
         1.0 if c.mux_combiner == "concat_skip" else 0.0,
@@ -317,20 +319,18 @@ def _finite_array(v: Any, name: str) -> np.ndarray:
 def _known(X: Any, pred: np.ndarray) -> np.ndarray:
     """The baseline's loss 0 and speedup 1 are definitions, not predictions."""
     X = _as_matrix(X)
-    i_students, i_s, i_n, i_p = (
-        FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux", "precision_rank")
-    )
-    base = (X[:, i_students] == 0.0) & (X[:, i_s] == 0.0) & (X[:, i_n] == 0.0) & (X[:, i_p] == 0.0)
+    names = ("technique_students", "sparsity", "log2_mux", "precision_rank", "runtime_openvino")
+    base = np.all(X[:, [FEATURES.index(f) for f in names]] == 0.0, axis=1)
     pred = pred.copy()
     pred[base] = (0.0, 1.0)
     return pred
 
 
 def _prior_features(X: np.ndarray) -> np.ndarray:
-    """(n, 3): -log(1 - sparsity) and log2 of the effective N for PruMUX rows (0 for students):
+    """(n, 4): -log(1 - sparsity) and log2 of the effective N for PruMUX rows (0 for students):
     the log of the ideal speedup of removing a fraction of the work and of serving N inputs per
     pass; and the precision's rank (a conversion multiplies the speed and adds to the loss of any
-    model). Both targets get a non-negative combination of them as a prior, fitted by least
+    model); and whether OpenVINO runs it (a runtime multiplies the speed too). Both targets get a non-negative combination of them as a prior, fitted by least
     squares, so the model rises smoothly in sparsity and N between and beyond the few measured
     points (a tree alone is flat between them and cannot tell N apart from one N > 1 trial)."""
     i_students, i_s, i_n, i_p = (
@@ -338,7 +338,9 @@ def _prior_features(X: np.ndarray) -> np.ndarray:
     )
     prumux = X[:, i_students] == 0.0
     s = np.clip(X[:, i_s], 0.0, 0.99)
-    return np.stack([-np.log1p(-s) * prumux, _log2_effective_mux(X) * prumux, X[:, i_p]], axis=1)
+    runtime = X[:, FEATURES.index("runtime_openvino")]
+    terms = [-np.log1p(-s) * prumux, _log2_effective_mux(X) * prumux, X[:, i_p], runtime]
+    return np.stack(terms, axis=1)
 
 
 def _log2_effective_mux(X: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Models: the compact prunable encoder, data multiplexing and structured pruning."""
 
 from autoprumux.models._encoder import Encoder, EncoderConfig, EncoderLayer, attention_bias
+from autoprumux.models._graph import GraphExportError, write_onnx_graph
 from autoprumux.models._loading import DEFAULT_MODEL, BaseModel, packaged_model_dir, resolve_model
 from autoprumux.models._mux import (
     MUX_VARIANTS,
@@ -12,6 +13,7 @@ from autoprumux.models._mux import (
     OrthogonalMux,
     warm_start_from,
 )
+from autoprumux.models._openvino import OpenVinoClassifier, to_openvino
 from autoprumux.models._precision import (
     Int8Calibration,
     StaticInt8Linear,
@@ -40,7 +42,9 @@ __all__ = [
     "calibration_batches",
     "count_parameters",
     "fake_int8",
+    "to_openvino",
     "to_precision",
+    "write_onnx_graph",
     "warm_start_from",
     "AnyModel",
     "DEFAULT_MODEL",
@@ -51,11 +55,13 @@ __all__ = [
     "EncoderLayer",
     "ConcatCombiner",
     "GaussianHadamardMux",
+    "GraphExportError",
     "Importance",
     "Int8Calibration",
     "Multiplexer",
     "MuxConfig",
     "MuxSequenceClassifier",
+    "OpenVinoClassifier",
     "OrthogonalMux",
     "PruningPlan",
     "StaticInt8Linear",

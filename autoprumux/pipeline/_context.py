@@ -17,7 +17,7 @@ from autoprumux._cache import ArtifactCache
 from autoprumux.config import Candidate, MuxShape, Recipe
 from autoprumux.data import Encoded, TaskData, TaskSpec
 from autoprumux.evaluation import Evaluation, ThroughputConfig
-from autoprumux.models import AnyModel, MuxSequenceClassifier, StudentEnsemble
+from autoprumux.models import AnyModel, Int8Calibration, MuxSequenceClassifier, StudentEnsemble
 from autoprumux.models._loading import BaseModel
 from autoprumux.training import TeacherLayers
 
@@ -74,6 +74,7 @@ class StageContext(Protocol):
     # measuring
     def dev_metrics(self, model: AnyModel, pairings: int = ...) -> dict[str, float]: ...
     def converted(self, model: AnyModel, precision: str) -> AnyModel: ...
+    def int8_calibration(self, model: AnyModel) -> Int8Calibration: ...
     def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None: ...
     def stage_training(self, config: Candidate) -> dict: ...
     def beside_baseline(

@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 
 from autoprumux._cache import ArtifactCache
-from autoprumux.config import SPLIT_COMBINERS, Candidate, MuxShape, Recipe, check_precision
+from autoprumux.config import (
+    OPENVINO_PRECISIONS,
+    SPLIT_COMBINERS,
+    Candidate,
+    MuxShape,
+    Recipe,
+    check_precision,
+)
 from autoprumux.data import (
     DataSource,
     Encoded,
@@ -43,8 +50,8 @@ from autoprumux.models import (
     StudentEnsemble,
     calibrate_int8,
     calibration_batches,
-    fake_int8,
     resolve_model,
+    to_openvino,
     to_precision,
 )
 from autoprumux.models._classifier import head_rows
@@ -59,7 +66,7 @@ from autoprumux.pipeline._baseline import (
     validated,
 )
 from autoprumux.pipeline._context import TeacherTables
-from autoprumux.pipeline._keys import cache_key, candidate_key, int8_key, mux_key
+from autoprumux.pipeline._keys import cache_key, candidate_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
     late_mux_model,
@@ -68,10 +75,10 @@ from autoprumux.pipeline._mux import (
     pruned_late_mux_model,
 )
 from autoprumux.pipeline._path import PathLevel, build_path, path_snapshot, served_sparsity
-from autoprumux.pipeline._recovery import prune, teacher_layers, teacher_logits
+from autoprumux.pipeline._recovery import int8_recovered, prune, teacher_layers, teacher_logits
 from autoprumux.pipeline._stages import stage_training
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
-from autoprumux.training import TeacherLayers, TrainConfig, resolve_autocast, train_classifier
+from autoprumux.training import TeacherLayers, resolve_autocast
 
 log = logging.getLogger("autoprumux")
 
@@ -136,15 +143,9 @@ class PruMuxPipeline:
         # the validation split decides when training stops; no stage trains on it
         self.train_items, self.validation_items, self.validation_note = split_train(self)
         self.dev_items = encode(self.data.dev, self.tokenizer, self.max_seq_len)
-        self.special_ids = tuple(
-            i
-            for i in (
-                self.tokenizer.cls_token_id,
-                self.tokenizer.sep_token_id,
-                self.tokenizer.pad_token_id,
-            )
-            if i is not None
-        )
+        tok = self.tokenizer
+        special = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+        self.special_ids = tuple(i for i in special if i is not None)
         self._baseline: MuxSequenceClassifier | None = None
         self._baseline_entry: Path | None = None
         self._warmup_items: list[Encoded] | None = None
@@ -293,30 +294,9 @@ class PruMuxPipeline:
         and for int8 with the recipe's `int8_recovery_steps`, distilled further while computing
         as int8 will (`fake_int8`; built or cached)."""
         model = self.candidate(config, on_stage=on_stage)
-        r = self.recipe
-        if config.precision != "int8" or r.int8_recovery_steps == 0:
+        if config.precision != "int8" or self.recipe.int8_recovery_steps == 0:
             return model
-        key = int8_key(self, *self.prumux_shape(config))
-
-        def build(tmp: Path) -> dict:
-            m = copy.deepcopy(model)
-            cfg = TrainConfig.from_recipe(r, r.int8_recovery_steps, distill_weight=r.distill_weight)
-            with fake_int8(m, self.int8_calibration(m)):
-                stats = train_classifier(
-                    m,
-                    self.train_items,
-                    cfg,
-                    teacher=self.baseline(),
-                    special_ids=self.special_ids,
-                    desc=f"int8 recovery {config.describe()}",
-                    device=self.device,
-                    teacher_logits=self.teacher_logits(),
-                )
-            m.save(tmp / "model")
-            return stats
-
-        entry, _ = self.cache.get_or_build("int8_recovered", key, build)
-        return self.load_model(entry, r.freeze_word_embeddings)
+        return int8_recovered(self, config, model)
 
     def candidate(
         self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
@@ -496,10 +476,14 @@ class PruMuxPipeline:
         return calibrate_int8(model, calibration_batches(self.train_items, seed=self.recipe.seed))
 
     def converted(self, model: AnyModel, precision: str) -> AnyModel:
-        """`model` converted to `precision` (int8: calibrated by `int8_calibration`)."""
-        if precision != "int8":
-            return to_precision(model, precision)
-        return to_precision(model, precision, calibration=self.int8_calibration(model))
+        """`model` converted to `precision`; int8 and ov-int8 calibrated on the same seeded
+        sample of the training texts (`int8_calibration`)."""
+        if precision not in OPENVINO_PRECISIONS:
+            cal = self.int8_calibration(model) if precision == "int8" else None
+            return to_precision(model, precision, calibration=cal)
+        batches = calibration_batches(self.train_items, seed=self.recipe.seed)
+        limit = self.base.config.max_position_embeddings
+        return to_openvino(model, precision, batches, max_seq_len=limit)  # type: ignore[return-value]
 
     def evaluate(
         self,

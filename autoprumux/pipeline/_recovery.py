@@ -6,6 +6,7 @@ sentences distilled from those outputs alone."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -14,17 +15,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from autoprumux.config import Candidate
 from autoprumux.data import Encoded
-from autoprumux.models import MuxSequenceClassifier
+from autoprumux.models import MuxSequenceClassifier, fake_int8
 from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._corpus import distils_from_tables, unlabeled_items
-from autoprumux.pipeline._keys import teacher_key
+from autoprumux.pipeline._keys import int8_key, teacher_key
 from autoprumux.training import (
     TeacherLayers,
     TrainConfig,
     predict,
     prune_in_stages,
+    train_classifier,
     write_teacher_layers,
 )
 
@@ -133,3 +136,32 @@ def prune(
         teacher_layers=teacher_layers(pipe) if model.n == 1 else None,
         stopping=stage_rule(pipe),
     )
+
+
+def int8_recovered(
+    pipe: StageContext, config: Candidate, model: MuxSequenceClassifier
+) -> MuxSequenceClassifier:
+    """`config`'s fp32 `model` distilled from the baseline for the recipe's
+    `int8_recovery_steps` while computing as int8 will (`fake_int8`), built or cached."""
+    r = pipe.recipe
+    key = int8_key(pipe, *pipe.prumux_shape(config))
+
+    def build(tmp: Path) -> dict:
+        m = copy.deepcopy(model)
+        cfg = TrainConfig.from_recipe(r, r.int8_recovery_steps, distill_weight=r.distill_weight)
+        with fake_int8(m, pipe.int8_calibration(m)):
+            stats = train_classifier(
+                m,
+                pipe.train_items,
+                cfg,
+                teacher=pipe.baseline(),
+                special_ids=pipe.special_ids,
+                desc=f"int8 recovery {config.describe()}",
+                device=pipe.device,
+                teacher_logits=pipe.teacher_logits(),
+            )
+        m.save(tmp / "model")
+        return stats
+
+    entry, _ = pipe.cache.get_or_build("int8_recovered", key, build)
+    return pipe.load_model(entry, r.freeze_word_embeddings)

@@ -259,7 +259,7 @@ class SearchSpace:
                 )
         _check_mux_shape(params, where)
         _check_path_levels(params, recipe, where)
-        return cls(
+        space = cls(
             name=name.strip(),
             task=task,
             model=model,
@@ -271,6 +271,11 @@ class SearchSpace:
             metric=metric,
             pos_label=pos_label,
         )
+        try:  # a combination of the values that no configuration takes (an OpenVINO N > 1)
+            space.grid()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: a combination of its values is refused: {e}") from None
+        return space
 
     # ---- use -------------------------------------------------------------------------------
     def with_task(

@@ -1,0 +1,149 @@
+"""The OpenVINO precisions (ov-fp32, ov-int8): the model's graph run by OpenVINO predicts like
+its torch source, ov-int8 is static (a label depends on its text alone) and calibrated on
+training texts only, pruned models and students convert as they are, and what cannot convert
+or is not installed is refused with the fix."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import random_batch, tiny_encoder
+from test_precision import _items, _model
+from test_search import DATA, TINY_RECIPE, TP
+
+from autoprumux import Candidate, PruMuxPipeline, Recipe
+from autoprumux.config import check_precision
+from autoprumux.errors import ConfigError
+from autoprumux.models import (
+    MuxConfig,
+    MuxSequenceClassifier,
+    OpenVinoClassifier,
+    StudentConfig,
+    StudentEnsemble,
+    calibration_batches,
+    to_openvino,
+)
+from autoprumux.search import SearchSpace
+
+
+def _calibration():
+    return calibration_batches(_items(64, seed=6))
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_ov_fp32_computes_the_torch_models_logits(pruned):
+    m = _model(1, pruned=pruned)
+    ov = to_openvino(m, "ov-fp32", [], max_seq_len=64)
+    assert isinstance(ov, OpenVinoClassifier) and ov.precision == "ov-fp32"
+    for seed, length in ((1, 16), (2, 40), (3, 7)):
+        ids, mask, tt = random_batch(5, length, seed=seed)
+        with torch.inference_mode():
+            want, got = m(ids, mask, tt), ov(ids, mask, tt)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert (got - want).abs().max() <= 1e-4, (got - want).abs().max()
+    # attributes are the source's: the pipeline reads the model's shape through them
+    assert ov.num_labels == m.num_labels and ov.encoder is m.encoder
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_ov_int8_is_static_a_label_depends_only_on_its_text_and_keeps_most_labels(pruned):
+    """Batch 1, 16 and 64, in order and shuffled: the same labels (int8 scales fixed by the
+    calibration, not by the batch) and logits within rounding; and ov-int8 keeps the fp32
+    model's label on most texts while really computing something else."""
+    from autoprumux.training import predict
+
+    m = _model(1, pruned=pruned)
+    items = _items(128, seed=5)
+    q = to_openvino(m, "ov-int8", _calibration(), max_seq_len=64)
+    with torch.inference_mode():
+        fp32 = predict(m, items, batch_size=16)
+        runs = []
+        for batch in (1, 16, 64):
+            for shuffled in (False, True):
+                g = torch.Generator().manual_seed(batch)
+                order = torch.randperm(len(items), generator=g) if shuffled else torch.arange(128)
+                logits = predict(q, [items[i] for i in order], batch_size=batch)
+                restored = torch.empty_like(logits)
+                restored[order] = logits
+                runs.append(restored)
+    for r in runs[1:]:
+        assert (r - runs[0]).abs().max() <= 1e-3, (r - runs[0]).abs().max()
+        assert torch.equal(r.argmax(-1), runs[0].argmax(-1))
+    assert (runs[0] - fp32).abs().max() > 1e-6  # quantized: not the fp32 graph
+    agree = (runs[0].argmax(-1) == fp32.argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree
+
+
+def test_students_convert_to_openvino():
+    enc, _ = tiny_encoder(0)
+    teacher = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=1)).eval()
+    ens = StudentEnsemble.from_teacher(teacher, StudentConfig(k=2, depth=1)).eval()
+    ov = to_openvino(ens, "ov-fp32", [], max_seq_len=64)
+    ids, mask, tt = random_batch(4, 12, seed=3)
+    with torch.inference_mode():
+        assert (ov(ids, mask, tt) - ens(ids, mask, tt)).abs().max() <= 1e-4
+    assert ov.prunable_parameters() == ens.prunable_parameters()
+
+
+def test_an_openvino_precision_takes_n_1_only_refused_where_the_value_enters(tmp_path):
+    with pytest.raises(ConfigError, match=r"'ov-int8'.*N=2.*does not export"):
+        Candidate(mux=2, precision="ov-int8")
+    assert Candidate(mux=1, precision="ov-int8").describe() == "s=0 N=1 ov-int8"
+    space = {
+        "name": "ov",
+        "task": "sst2",
+        "params": {"mux": {"choices": [1, 2]}, "precision": {"choices": ["fp32", "ov-int8"]}},
+    }
+    with pytest.raises(ConfigError, match=r"ov-int8.*N=2"):
+        SearchSpace.from_dict(space)
+    # torch's and OpenVINO's precisions are separate families: no order is assumed between them
+    assert not Candidate(precision="int8").below(Candidate(precision="ov-int8"))
+    assert Candidate(precision="ov-fp32").below(Candidate(sparsity=0.5, precision="ov-int8"))
+
+
+def test_without_openvino_installed_the_precision_is_refused_with_the_install_line(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"needs nncf.*pip install 'autoprumux\[openvino\]'"):
+        check_precision("ov-int8", "cpu")
+    assert check_precision("int8", "cpu") == "int8"
+    with pytest.raises(ConfigError, match="not offered on cuda"):
+        check_precision("ov-fp32", "cuda")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
+def test_the_pipeline_calibrates_ov_int8_on_training_texts_never_dev(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    import autoprumux.pipeline._pipeline as pipeline_module
+
+    seen: list = []
+
+    def spy(model, precision, calibration, **kw):
+        seen.extend(calibration)
+        return to_openvino(model, precision, calibration, **kw)
+
+    monkeypatch.setattr(pipeline_module, "to_openvino", spy)
+    pipe = PruMuxPipeline(
+        task="sst2",
+        model=tiny_checkpoint,
+        recipe=Recipe(**TINY_RECIPE),
+        data_dir=str(DATA),
+        cache_dir=tmp_path / "cache",
+    )
+    ev = pipe.evaluate(Candidate(sparsity=0.3, precision="ov-int8"), throughput=TP)
+    assert ev.candidate.name == "s=0.3,N=1,ov-int8" and ev.speedup > 0
+    fp32 = pipe.evaluate(Candidate(sparsity=0.3), throughput=TP)
+    assert ev.candidate.encoder_params == fp32.candidate.encoder_params
+    train = {it.input_ids for it in pipe.train_items}
+    dev = {it.input_ids for it in pipe.dev_items} - train
+    rows = [
+        tuple(ids[: int(mask.sum())].tolist())
+        for ids_b, mask_b, _ in seen
+        for ids, mask in zip(ids_b, mask_b, strict=True)
+    ]
+    assert rows and all(r in train for r in rows) and not any(r in dev for r in rows)
