@@ -166,7 +166,7 @@ def test_the_onnx_session_threads_default_to_the_cores_and_can_be_set(exports):
         autoprumux.load(d, threads=0)
     with pytest.raises(ConfigError, match="runs on the CPU"):
         autoprumux.load(d, device="cuda")
-    with pytest.raises(ConfigError, match="runs in fp32"):
+    with pytest.raises(ConfigError, match="runs it as exported"):
         autoprumux.load(d, precision="int8")
     with pytest.raises(ConfigError, match="torch export"):
         autoprumux.load(exports("sst2", Candidate(sparsity=0.5), "torch"), threads=2)

@@ -147,3 +147,85 @@ def test_the_pipeline_calibrates_ov_int8_on_training_texts_never_dev(
         for ids, mask in zip(ids_b, mask_b, strict=True)
     ]
     assert rows and all(r in train for r in rows) and not any(r in dev for r in rows)
+
+
+# ---- the OpenVINO export ----------------------------------------------------------------------
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
+@pytest.mark.parametrize(
+    "config",
+    [
+        Candidate(sparsity=0.5, precision="ov-int8"),
+        Candidate(technique="students", students=2, student_depth=1, precision="ov-fp32"),
+    ],
+    ids=["pruned-ov-int8", "students-ov-fp32"],
+)
+def test_an_openvino_export_is_the_measured_graph_and_loads_without_torch(
+    tiny_checkpoint, tmp_path, config
+):
+    import json
+
+    import numpy as np
+    from test_onnx_export import _run
+
+    import autoprumux
+    from autoprumux.deploy import OPENVINO_FILES, OpenVinoPredictor, read_manifest
+    from autoprumux.export import export_model
+    from autoprumux.training import predict
+
+    pipe = PruMuxPipeline(
+        task="sst2",
+        model=tiny_checkpoint,
+        recipe=Recipe(**TINY_RECIPE),
+        data_dir=str(DATA),
+        cache_dir=tmp_path / "cache",
+    )
+    d = tmp_path / "export"
+    export_model(pipe, config, d, throughput=TP)  # the default format: the one measured
+    m = read_manifest(d)
+    assert m.model_format == "openvino" and set(OPENVINO_FILES) <= set(m.files)
+    assert not (d / "model.safetensors").exists() and not (d / "model.onnx").exists()
+    assert "OpenVINO IR" in (d / "README.md").read_text()
+    pred = autoprumux.load(d, threads=1)
+    assert isinstance(pred, OpenVinoPredictor)
+    texts = [e.text_a for e in pipe.data.dev]
+    measured = pipe.converted(pipe.fp32_model(config), config.precision)
+    want = predict(measured, pipe.dev_items, batch_size=pred.batch_size)
+    got = pred.logits(texts)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-3, rtol=0)
+    code = f"""
+        import json, sys
+        import autoprumux
+        out = autoprumux.load({str(d)!r}).predict({texts[:9]!r})
+        print(json.dumps({{"labels": out.label_ids,
+                          "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}}))
+    """
+    r = _run(code, {"torch"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["torch"] == [] and out["labels"] == want[:9].argmax(-1).tolist()
+    with pytest.raises(ConfigError, match="runs it as exported"):
+        autoprumux.load(d, precision="fp32")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
+@pytest.mark.parametrize(
+    "flags,what",
+    [
+        (["--precision", "ov-int8", "--format", "torch"], "exports as OpenVINO IR"),
+        (["--precision", "ov-fp32", "--format", "onnx"], "exports as OpenVINO IR"),
+        (["--precision", "int8", "--format", "openvino"], "holds the precisions"),
+        (["--precision", "ov-int8", "--mux", "2"], "N=2"),
+    ],
+    ids=["ov-as-torch", "ov-as-onnx", "int8-as-openvino", "ov-N=2"],
+)
+def test_what_the_openvino_format_cannot_hold_is_refused_before_anything_is_written(
+    tiny_checkpoint, tmp_path, capsys, flags, what
+):
+    from autoprumux.cli import main
+
+    out = tmp_path / "out"
+    argv = ["export", "--out", str(out), "--sparsity", "0.5", "--model", tiny_checkpoint]
+    code = main([*argv, *flags, "--no-register", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 2
+    assert what in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -20,7 +20,7 @@ from autoprumux.cli._flags import (
     add_tracking_uri,
 )
 from autoprumux.config import Recipe
-from autoprumux.deploy._manifest import MODEL_FORMATS
+from autoprumux.deploy._manifest import MODEL_FORMATS, default_format
 from autoprumux.errors import ConfigError
 
 # what a study decides: given with --study, these flags would be silently ignored
@@ -59,10 +59,12 @@ def add_export_parser(sub: Any) -> None:
     ex.add_argument(
         "--format",
         choices=MODEL_FORMATS,
-        default="torch",
-        help="torch (default): safetensors weights, run by torch in the exported precision; "
-        "onnx: the fp32 model as model.onnx, run by ONNX Runtime without torch (N=1 fp32 "
-        "models and students; pip install 'autoprumux[onnx]')",
+        default=None,
+        help="default: the format the configuration was measured in (openvino for the "
+        "precisions ov-fp32 and ov-int8, torch for the others). torch: safetensors weights, run "
+        "by torch in the exported precision; onnx: the fp32 model as model.onnx, run by ONNX "
+        "Runtime without torch (N=1 fp32 models and students; pip install 'autoprumux[onnx]'); "
+        "openvino: the ov-fp32 / ov-int8 graph as OpenVINO IR, run by OpenVINO without torch",
     )
     g = ex.add_argument_group(
         "what to export: --study with --trial or --budget, or an explicit configuration "
@@ -225,7 +227,8 @@ def _export(args: argparse.Namespace, published: list[str]) -> int:
         study_data = {}
         _check_mux_layers_fit(config.mux_layers, args.model)
     check_precision(config.precision, args.device)
-    check_model_format(args.format, config)  # before the model is built
+    model_format = args.format or default_format(config)
+    check_model_format(model_format, config)  # before the model is built
     pipe = _pipeline(
         argparse.Namespace(**{**vars(args), **study_data, "mux_variant": config.mux_variant}),
         recipe,
@@ -240,7 +243,7 @@ def _export(args: argparse.Namespace, published: list[str]) -> int:
         source=source,
         force=args.force,
         command=command,
-        model_format=args.format,
+        model_format=model_format,
     )
     published.append(str(res.path))
     m = res.manifest.measurement

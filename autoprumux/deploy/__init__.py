@@ -2,7 +2,8 @@
 
 A torch export (`Predictor`) needs only torch and the tokenizer (transformers' AutoTokenizer)
 besides `data`, `models` and the device check of `evaluation`; an ONNX export
-(`OnnxPredictor`) needs onnxruntime and the `tokenizers` library, and never imports torch.
+(`OnnxPredictor`) needs onnxruntime and the `tokenizers` library, an OpenVINO export
+(`OpenVinoPredictor`) openvino and `tokenizers`, and neither imports torch.
 Neither needs Optuna, MLflow or LightGBM, nor any of the pipeline, search, meta-model or
 tracking code. The directory is written by `autoprumux.export` (layout: docs/export.md).
 
@@ -26,6 +27,7 @@ __getattr__ = lazy_exports(
         "MANIFEST_FILE": _MANIFEST,
         "MODEL_FORMATS": _MANIFEST,
         "ONNX_FILE": _MANIFEST,
+        "OPENVINO_FILES": _MANIFEST,
         "ExportManifest": _MANIFEST,
         "ExportSource": _MANIFEST,
         "Measurement": _MANIFEST,
@@ -34,6 +36,7 @@ __getattr__ = lazy_exports(
         "Predictions": _PREDICTIONS,
         "load": "autoprumux.deploy._load",
         "OnnxPredictor": "autoprumux.deploy._onnx",
+        "OpenVinoPredictor": "autoprumux.deploy._openvino",
         "Predictor": "autoprumux.deploy._predictor",
     },
 )
@@ -46,12 +49,14 @@ if TYPE_CHECKING:
         MANIFEST_FILE,
         MODEL_FORMATS,
         ONNX_FILE,
+        OPENVINO_FILES,
         ExportManifest,
         ExportSource,
         Measurement,
         read_manifest,
     )
     from autoprumux.deploy._onnx import OnnxPredictor
+    from autoprumux.deploy._openvino import OpenVinoPredictor
     from autoprumux.deploy._predictions import DEFAULT_BATCH, Predictions
     from autoprumux.deploy._predictor import Predictor
 
@@ -62,10 +67,12 @@ __all__ = [
     "MANIFEST_FILE",
     "MODEL_FORMATS",
     "ONNX_FILE",
+    "OPENVINO_FILES",
     "ExportManifest",
     "ExportSource",
     "Measurement",
     "OnnxPredictor",
+    "OpenVinoPredictor",
     "Predictions",
     "Predictor",
     "load",

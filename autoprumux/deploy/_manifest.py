@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprumux.config import Candidate
+from autoprumux.config import OPENVINO_PRECISIONS, Candidate
 from autoprumux.data import metric_label
 from autoprumux.deploy._files import FileRecord, read_json
 from autoprumux.errors import ConfigError
@@ -29,18 +29,41 @@ CARD_FILE = "README.md"
 CALIBRATION_FILE = "int8_calibration.json"
 # the fp32 model as an ONNX graph, the model of a `model_format` "onnx" export
 ONNX_FILE = "model.onnx"
+# the model as OpenVINO IR (its graph, and its weights: int8 ones for ov-int8), the model of a
+# `model_format` "openvino" export
+OPENVINO_FILES = ("model.xml", "model.bin")
 # what runs the exported model: "torch" (safetensors weights + the autoprumux config, converted
-# to the manifest's precision when loaded) or "onnx" (`ONNX_FILE`, run by ONNX Runtime, no torch)
-MODEL_FORMATS = ("torch", "onnx")
+# to the manifest's precision when loaded), "onnx" (`ONNX_FILE`, run by ONNX Runtime, no torch)
+# or "openvino" (`OPENVINO_FILES`, run by OpenVINO, no torch)
+MODEL_FORMATS = ("torch", "onnx", "openvino")
 # what `pip install` adds for the "onnx" format (export and load alike)
 ONNX_INSTALL = "pip install 'autoprumux[onnx]'"
 
 
-def onnx_problem(config: Candidate) -> str | None:
-    """Why `config` cannot be exported as ONNX, with the fix (None: it can). ONNX holds the fp32
-    model of one input per row: int8 runs torch's oneDNN quantized kernels, which have no ONNX
-    form, and a multiplexed model pads its rows to a multiple of N inside its forward pass, a
-    branch on the batch size that an export with a dynamic batch cannot keep."""
+def default_format(config: Candidate) -> str:
+    """The format `config` was measured in: "openvino" for an OpenVINO precision, else torch."""
+    return "openvino" if config.precision in OPENVINO_PRECISIONS else "torch"
+
+
+def format_problem(config: Candidate, model_format: str) -> str | None:
+    """Why `config` cannot be exported in `model_format`, with the fix (None: it can).
+
+    An OpenVINO precision (ov-fp32, ov-int8) was measured as OpenVINO's graph and is exported as
+    that (IR), nothing else; the other precisions are not OpenVINO's. ONNX holds the fp32 model
+    of one input per row: int8 runs torch's oneDNN quantized kernels, which have no ONNX form,
+    and a multiplexed model pads its rows to a multiple of N inside its forward pass, a branch
+    on the batch size that an export with a dynamic batch cannot keep."""
+    ov = config.precision in OPENVINO_PRECISIONS
+    if ov != (model_format == "openvino"):
+        return (
+            f"precision {config.precision} was measured in OpenVINO and exports as OpenVINO IR: "
+            "export --format openvino"
+            if ov
+            else f"--format openvino holds the precisions {list(OPENVINO_PRECISIONS)}, not "
+            f"{config.precision}; export with --precision ov-fp32 or ov-int8, or --format torch"
+        )
+    if model_format != "onnx":
+        return None
     if config.precision != "fp32":
         return (
             f"precision {config.precision} does not export to ONNX (only the fp32 model does: "
@@ -158,11 +181,11 @@ class ExportManifest:
                 f"export manifest: model_format {self.model_format!r} is not one of "
                 f"{list(MODEL_FORMATS)}; export the model again with this autoprumux"
             )
-        problem = onnx_problem(self.config) if self.model_format == "onnx" else None
+        problem = format_problem(self.config, self.model_format)
         if problem:
             raise ConfigError(
-                f"export manifest: model_format 'onnx' does not fit its configuration "
-                f"({problem}); export the model again"
+                f"export manifest: model_format {self.model_format!r} does not fit its "
+                f"configuration ({problem}); export the model again"
             )
         if not self.label_names or not all(isinstance(x, str) for x in self.label_names):
             raise ConfigError("export manifest: label_names must be a non-empty list of strings")

@@ -113,20 +113,9 @@ def load_onnx(
     arguments are checked, then the files verified (`verify_files`), then the tokenizer and
     the ONNX Runtime session (on the CPU, `threads` intra-op threads, default
     `default_threads()`) made and the graph's inputs and outputs checked."""
-    if device != "cpu":
-        raise ConfigError(
-            f"device {device!r}: an ONNX export runs on the CPU (ONNX Runtime's CPU provider); "
-            f"load it with device='cpu', or export --format torch to run on {device}"
-        )
-    if precision not in (None, "fp32"):
-        raise ConfigError(
-            f"precision {precision!r}: an ONNX export holds the fp32 model and runs in fp32; "
-            "load it without precision, or export --format torch for other precisions"
-        )
-    if threads is None:
-        threads = default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"threads ({threads!r}) must be a positive integer, e.g. 4")
+    threads = check_graph_arguments(
+        "an ONNX export", manifest, device=device, precision=precision, threads=threads
+    )
     require_onnxruntime()
     verify_files(d, manifest.files, (ONNX_FILE, TOKENIZER_FILE))
     tokenizer = load_json_tokenizer(d, manifest)
@@ -140,6 +129,34 @@ def load_onnx(
         ) from None
     _check_graph(session, manifest, d / ONNX_FILE)
     return OnnxPredictor(session, tokenizer, manifest, batch_size=batch_size)
+
+
+def check_graph_arguments(
+    what: str,
+    manifest: ExportManifest,
+    *,
+    device: str,
+    precision: str | None,
+    threads: int | None,
+) -> int:
+    """`load`'s arguments for an export run without torch (`what`: ONNX or OpenVINO): the CPU,
+    no precision but the exported one, and `threads` (default: `default_threads()`)."""
+    if device != "cpu":
+        raise ConfigError(
+            f"device {device!r}: {what} runs on the CPU; load it with device='cpu', or export "
+            f"--format torch to run on {device}"
+        )
+    if precision not in (None, manifest.precision):
+        raise ConfigError(
+            f"precision {precision!r}: {what} holds the {manifest.precision} model and runs "
+            "it as exported; load it without precision, or export --format torch for other "
+            "precisions"
+        )
+    if threads is None:
+        threads = default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads ({threads!r}) must be a positive integer, e.g. 4")
+    return threads
 
 
 def _check_graph(session: Any, manifest: ExportManifest, path: Path) -> None:

@@ -17,7 +17,7 @@ from autoprumux.evaluation._throughput import (
     model_runner,
     time_interleaved,
 )
-from autoprumux.models import AnyModel, StudentEnsemble
+from autoprumux.models import AnyModel, OpenVinoClassifier, StudentEnsemble
 
 
 @dataclass(frozen=True)
@@ -194,19 +194,21 @@ def measure_side_by_side(
     for name, (model, metrics) in models.items():
         metrics = metrics or dev_metrics(model)
         res = timed[name]
+        # the shape is the torch model's, whatever runs it (an OpenVINO graph runs its source)
+        shape = model.model if isinstance(model, OpenVinoClassifier) else model
         out[name] = Measured(
             name=name,
-            sparsity=round(model.sparsity(), 4),
-            n=model.n,
+            sparsity=round(shape.sparsity(), 4),
+            n=shape.n,
             metric=metrics["metric"],
             accuracy=metrics["accuracy"],
             throughput=res.examples_per_second,
             latency_ms=res.latency_ms,
-            encoder_params=model.prunable_parameters()
-            if isinstance(model, StudentEnsemble)
-            else model.encoder.prunable_parameters(),
-            flops=model_flops(model, tp.batch_size, tp.seq_len),
-            extra={"metrics": metrics, **describe_model(model)},
+            encoder_params=shape.prunable_parameters()
+            if isinstance(shape, StudentEnsemble)
+            else shape.encoder.prunable_parameters(),
+            flops=model_flops(shape, tp.batch_size, tp.seq_len),
+            extra={"metrics": metrics, **describe_model(shape)},
         )
     others = {k: timed[k].examples_per_second for k in (extra_callables or {})}
     return out, others

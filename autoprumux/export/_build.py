@@ -1,8 +1,9 @@
 """Write one configuration as a deployable directory (layout: docs/export.md).
 
 The model is built (or taken from the cache) and measured beside its baseline by the pipeline,
-exactly as `autoprumux evaluate` would; its fp32 weights (the torch format) or its fp32 ONNX
-graph (the ONNX format, `export._onnx`), tokenizer, manifest and model card are written into a
+exactly as `autoprumux evaluate` would; its fp32 weights (the torch format), its fp32 ONNX
+graph (the ONNX format, `export._onnx`) or the OpenVINO graph it was measured as (IR, the
+OpenVINO format), tokenizer, manifest and model card are written into a
 temporary directory beside the target, the directory is loaded back with
 `autoprumux.deploy.load` and must reproduce the pipeline's predictions, and only then is it
 renamed into place: an interrupted or failed export leaves no half-written directory.
@@ -39,16 +40,17 @@ from autoprumux.deploy import (
     load,
 )
 from autoprumux.deploy._files import read_json
-from autoprumux.deploy._manifest import record_files
+from autoprumux.deploy._manifest import default_format, format_problem, record_files
 from autoprumux.deploy._tokenizer import TOKENIZER_FILE
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import Evaluation, this_machine
 from autoprumux.export._card import render_card
 from autoprumux.export._onnx import (
-    ONNX_SELF_CHECK_TOL,
+    GRAPH_SELF_CHECK_TOL,
     check_onnx_export,
     check_onnx_tokens,
     write_onnx,
+    write_openvino,
 )
 from autoprumux.models import AnyModel, to_precision
 from autoprumux.models._persist import CONFIG_FILE, WEIGHTS_FILE
@@ -146,19 +148,21 @@ def export_model(
     source: ExportSource | None = None,
     force: bool = False,
     command: str = "",
-    model_format: str = "torch",
+    model_format: str | None = None,
 ) -> ExportResult:
     """Build (or take from the cache), measure and write `config` as a deployable directory at
-    `out` (see the module docstring), in `model_format` (`deploy.MODEL_FORMATS`)."""
+    `out` (see the module docstring), in `model_format` (`deploy.MODEL_FORMATS`; default: the
+    format it is measured in, `deploy.default_format`)."""
+    model_format = model_format or default_format(config)
     target = check_out_dir(out, force)
     device = str(pipe.device)
     check_precision(config.precision, device)
     check_model_format(model_format, config)
-    onnx = model_format == "onnx"
-    if onnx and not getattr(pipe.tokenizer, "is_fast", False):
+    if model_format != "torch" and not getattr(pipe.tokenizer, "is_fast", False):
         raise ConfigError(
-            f"--format onnx: the tokenizer of {pipe.base.name!r} is not a fast tokenizer (no "
-            f"{TOKENIZER_FILE}), which an ONNX export tokenizes with; export --format torch"
+            f"--format {model_format}: the tokenizer of {pipe.base.name!r} is not a fast "
+            f"tokenizer (no {TOKENIZER_FILE}), which an export run without torch tokenizes "
+            "with; export --format torch with --precision fp32 or int8"
         )
     tp = throughput or ThroughputConfig(device=device)
     model: AnyModel
@@ -182,8 +186,12 @@ def export_model(
     tmp, lock = _locked_tmpdir(target)
     try:
         calibration = None
-        if onnx:  # the fp32 model as a graph, and nothing torch reads
+        converted = None
+        if model_format == "onnx":  # the fp32 model as a graph, and nothing torch reads
             write_onnx(model, tmp, pipe.max_seq_len)
+        elif model_format == "openvino":  # the graph `evaluate` measured, made again alike
+            converted = pipe.converted(model, config.precision)
+            write_openvino(converted, tmp)
         else:
             model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)
             # the ranges `evaluate` calibrated int8 with (the same seeded texts, the same model)
@@ -194,7 +202,8 @@ def export_model(
         # last: the size and sha256 of every other file, which `load` checks
         manifest = replace(manifest, files=record_files(tmp))
         manifest.write(tmp)
-        converted = to_precision(model, config.precision, calibration=calibration)
+        if converted is None:
+            converted = to_precision(model, config.precision, calibration=calibration)
         _self_check(tmp, converted, pipe, config.precision, model_format)
         _publish(tmp, target, force)
     except BaseException:
@@ -285,6 +294,9 @@ def check_model_format(model_format: str, config: Candidate) -> None:
         )
     if model_format == "onnx":
         check_onnx_export(config)
+    problem = format_problem(config, model_format)
+    if problem:
+        raise ConfigError(f"--format {model_format}: {config.describe()}: {problem}")
 
 
 def _self_check(
@@ -299,11 +311,11 @@ def _self_check(
 
     from autoprumux.training import predict
 
-    onnx = model_format == "onnx"
-    pred = load(directory, device="cpu" if onnx else str(pipe.device))
+    graph = model_format != "torch"  # ONNX Runtime or OpenVINO, on the CPU, without torch
+    pred = load(directory, device="cpu" if graph else str(pipe.device))
     k = min(len(pipe.dev_items), SELF_CHECK_EXAMPLES)
     examples = pipe.data.dev[:k]
-    if onnx:
+    if graph:
         check_onnx_tokens(pred.tokenizer, examples, pipe.dev_items[:k], pipe.max_seq_len)
     texts = [(e.text_a, e.text_b) if pipe.task.pair else e.text_a for e in examples]
     got = torch.as_tensor(pred.logits(texts))  # type: ignore[arg-type]
@@ -314,9 +326,11 @@ def _self_check(
         device=pipe.device,
     )
     diff = float((got - want).abs().max()) if k else 0.0
-    tol = ONNX_SELF_CHECK_TOL if onnx else SELF_CHECK_TOL[precision]
+    tol = GRAPH_SELF_CHECK_TOL[model_format] if graph else SELF_CHECK_TOL[precision]
     if diff > tol:
-        what = "ONNX model (run by ONNX Runtime)" if onnx else "exported model"
+        what = {"onnx": "ONNX model (run by ONNX Runtime)", "openvino": "OpenVINO model"}.get(
+            model_format, "exported model"
+        )
         raise RuntimeError(
             f"the {what} does not reproduce the pipeline's logits (largest difference "
             f"{diff:.2e}, more than {tol:g}); nothing was written"

@@ -36,9 +36,11 @@ def _configuration(m: ExportManifest) -> list[str]:
         if c.mux_shape.late:
             rows.append(f"| late multiplexing | {_late(c.mux_layers, c.mux_combiner, c.mux)} |")
     how = (
-        "stored in fp32, converted when loaded"
-        if c.precision != "fp32"
-        else "stored and run in fp32"
+        "stored and run in fp32"
+        if c.precision == "fp32"
+        else "stored as measured, run by OpenVINO"
+        if m.model_format == "openvino"
+        else "stored in fp32, converted when loaded"
     )
     kind = "text pairs (`text`, `text_pair`)" if m.pair else "single texts"
     rows += [
@@ -52,7 +54,18 @@ def _configuration(m: ExportManifest) -> list[str]:
             "| format | ONNX (`model.onnx`, run by ONNX Runtime on the CPU without torch; "
             "measured below as the torch model it was exported from) |"
         )
+    if m.model_format == "openvino":
+        rows.append(
+            f"| format | OpenVINO IR (`model.xml`, `model.bin`, run by OpenVINO "
+            f"{_openvino_version()} on the CPU without torch, as measured below) |"
+        )
     return rows
+
+
+def _openvino_version() -> str:
+    import openvino
+
+    return str(openvino.__version__).split("-")[0]
 
 
 def _late(k: int, combiner: str, n: int) -> str:
@@ -71,7 +84,7 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
     c = m.config
     metric = r.metric_label
     src = m.source
-    onnx = m.model_format == "onnx"
+    graph = m.model_format != "torch"
     lines = [
         f"# {m.task}: {c.describe()} (autoprumux export)",
         "",
@@ -127,7 +140,7 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
         "import autoprumux",
         "",
         'predictor = autoprumux.load("THIS_DIRECTORY")'
-        + ("  # threads=4: ONNX Runtime's threads" if onnx else '  # device="cuda" for a GPU'),
+        + ("  # threads=4: the runtime's threads" if graph else '  # device="cuda" for a GPU'),
         f"out = predictor.predict([{_example(m.pair)}])",
         "out.labels, out.probabilities",
         "```",
@@ -136,12 +149,12 @@ def render_card(m: ExportManifest, model: AnyModel) -> str:
         "autoprumux predict THIS_DIRECTORY --input texts.csv --output scored.csv",
         "```",
         "",
-        (
-            "The loader needs onnxruntime and tokenizers only, no torch (`pip install "
-            "'autoprumux[onnx]'`)."
-            if onnx
-            else "The loader needs torch and transformers only."
-        )
+        {
+            "onnx": "The loader needs onnxruntime and tokenizers only, no torch (`pip install "
+            "'autoprumux[onnx]'`).",
+            "openvino": "The loader needs openvino and tokenizers only, no torch (`pip install "
+            "openvino`).",
+        }.get(m.model_format, "The loader needs torch and transformers only.")
         + " Files: docs/export.md of autoprumux.",
     ]
     if c.mux > 1:

@@ -30,6 +30,13 @@ EXPERIMENT = "autoprumux/export"
 MAX_ROWS = 10_000
 MAX_NAME_CHARS = 200
 
+# what the served model's environment installs beside autoprumux, by the export's format
+RUNTIME_REQUIREMENTS = {
+    "torch": ("torch", "transformers"),
+    "onnx": ("onnxruntime", "tokenizers"),
+    "openvino": ("openvino", "tokenizers"),
+}
+
 
 def registered_name(task: str) -> str:
     return f"autoprumux-{task}"
@@ -163,10 +170,10 @@ def register_export(
             signature=signature,
             input_example=example,
             registered_model_name=name,
-            pip_requirements=(
-                ["autoprumux", "onnxruntime", "tokenizers", "pandas"]
-                if m.model_format == "onnx"
-                else ["autoprumux", "torch", "transformers", "pandas"]
-            ),
+            pip_requirements=[
+                "autoprumux",
+                *RUNTIME_REQUIREMENTS[m.model_format],
+                "pandas",
+            ],
         )
     return f"models:/{name}/{info.registered_model_version}"
