@@ -31,12 +31,16 @@ def load(
     cores this process may use). A folder that fails is a ConfigError naming the file."""
     d = Path(directory)
     manifest = read_manifest(d)
-    if manifest.model_format != "torch":
-        if manifest.model_format == "openvino":
-            from autoprumux.deploy._openvino import load_openvino as load_graph
-        else:
-            from autoprumux.deploy._onnx import load_onnx as load_graph
-        return load_graph(
+    if manifest.model_format == "openvino":
+        from autoprumux.deploy._openvino import load_openvino
+
+        return load_openvino(
+            d, manifest, device=device, precision=precision, batch_size=batch_size, threads=threads
+        )
+    if manifest.model_format == "onnx":
+        from autoprumux.deploy._onnx import load_onnx
+
+        return load_onnx(
             d, manifest, device=device, precision=precision, batch_size=batch_size, threads=threads
         )
     if threads is not None:

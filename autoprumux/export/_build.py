@@ -52,7 +52,7 @@ from autoprumux.export._onnx import (
     write_onnx,
     write_openvino,
 )
-from autoprumux.models import AnyModel, to_precision
+from autoprumux.models import AnyModel, OpenVinoClassifier, to_precision
 from autoprumux.models._persist import CONFIG_FILE, WEIGHTS_FILE
 
 if TYPE_CHECKING:
@@ -191,6 +191,7 @@ def export_model(
             write_onnx(model, tmp, pipe.max_seq_len)
         elif model_format == "openvino":  # the graph `evaluate` measured, made again alike
             converted = pipe.converted(model, config.precision)
+            assert isinstance(converted, OpenVinoClassifier)  # an OpenVINO precision's
             write_openvino(converted, tmp)
         else:
             model.save(tmp)  # fp32 weights: the precision is applied when loaded (see manifest)

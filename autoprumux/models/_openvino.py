@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from autoprumux.config import GRAPH_INPUTS, OPENVINO_PRECISIONS
+from autoprumux.models._mux import MuxSequenceClassifier
+from autoprumux.models._students import StudentEnsemble
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -33,7 +35,15 @@ class OpenVinoClassifier(nn.Module):
     token_type_ids) -> logits as a CPU tensor. Every other attribute is the fp32 source's (its
     shape, labels and configuration describe this model too)."""
 
-    def __init__(self, source: nn.Module, graph: Any, compiled: Any, precision: str):
+    model: MuxSequenceClassifier | StudentEnsemble  # the fp32 source
+
+    def __init__(
+        self,
+        source: MuxSequenceClassifier | StudentEnsemble,
+        graph: Any,
+        compiled: Any,
+        precision: str,
+    ):
         super().__init__()
         self.model = source
         self.graph = graph
@@ -63,7 +73,7 @@ class OpenVinoClassifier(nn.Module):
 
 
 def to_openvino(
-    model: nn.Module,
+    model: MuxSequenceClassifier | StudentEnsemble,
     precision: str,
     calibration: Sequence[Batch],
     *,
