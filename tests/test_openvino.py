@@ -229,3 +229,30 @@ def test_what_the_openvino_format_cannot_hold_is_refused_before_anything_is_writ
     assert code == 2
     assert what in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_meta_model_tells_openvino_apart_from_torch_at_the_same_precision_rank():
+    """ov-fp32 has fp32's rank: only the runtime feature tells it from the baseline (whose loss
+    and speedup are defined, not predicted) and from torch's fp32 at the same sparsity."""
+    from autoprumux.meta._model import MetaModel, features, training_table
+
+    ctx = {
+        "task_num_labels": 2, "task_pair": 0, "task_mcc": 0, "task_log_train": 9.0,
+        "baseline_metric": 85.0, "model_layers": 6, "model_hidden": 384,
+        "model_log_params": 16.7, "device_cuda": 0,
+    }  # fmt: skip
+    rows = []
+    for s in (0.0, 0.3, 0.5, 0.7):
+        loss, speed = 10 * s**2, 1 / (1 - s)
+        rows.append((Candidate(sparsity=s), ctx, loss, speed))
+        rows.append((Candidate(sparsity=s, precision="ov-fp32"), ctx, loss, speed * 2.2))
+    meta = MetaModel().fit(*training_table(rows))
+    torch_fp32, ov_fp32 = meta.predict(
+        [
+            features(Candidate(sparsity=0.6), ctx),
+            features(Candidate(sparsity=0.6, precision="ov-fp32"), ctx),
+        ]
+    )
+    assert ov_fp32[1] > 1.6 * torch_fp32[1]
+    ov0 = meta.predict([features(Candidate(precision="ov-fp32"), ctx)])[0]
+    assert ov0[1] > 1.6  # predicted, not the baseline's defined 1.0
