@@ -10,7 +10,7 @@ import importlib.util
 import pytest
 import torch
 from conftest import random_batch, tiny_encoder
-from test_precision import _items, _model
+from test_precision import _items, _model, logits_by_batching
 from test_search import DATA, TINY_RECIPE, TP
 
 from autoprumux import Candidate, PruMuxPipeline, Recipe
@@ -26,6 +26,16 @@ from autoprumux.models import (
     to_openvino,
 )
 from autoprumux.search import SearchSpace
+
+
+def _tiny_pipeline(checkpoint: str, tmp_path) -> PruMuxPipeline:
+    return PruMuxPipeline(
+        task="sst2",
+        model=checkpoint,
+        recipe=Recipe(**TINY_RECIPE),
+        data_dir=str(DATA),
+        cache_dir=tmp_path / "cache",
+    )
 
 
 def _calibration():
@@ -59,15 +69,7 @@ def test_ov_int8_is_static_a_label_depends_only_on_its_text_and_keeps_most_label
     q = to_openvino(m, "ov-int8", _calibration(), max_seq_len=64)
     with torch.inference_mode():
         fp32 = predict(m, items, batch_size=16)
-        runs = []
-        for batch in (1, 16, 64):
-            for shuffled in (False, True):
-                g = torch.Generator().manual_seed(batch)
-                order = torch.randperm(len(items), generator=g) if shuffled else torch.arange(128)
-                logits = predict(q, [items[i] for i in order], batch_size=batch)
-                restored = torch.empty_like(logits)
-                restored[order] = logits
-                runs.append(restored)
+    runs = logits_by_batching(q, items)
     for r in runs[1:]:
         assert (r - runs[0]).abs().max() <= 1e-3, (r - runs[0]).abs().max()
         assert torch.equal(r.argmax(-1), runs[0].argmax(-1))
@@ -128,13 +130,7 @@ def test_the_pipeline_calibrates_ov_int8_on_training_texts_never_dev(
         return to_openvino(model, precision, calibration, **kw)
 
     monkeypatch.setattr(pipeline_module, "to_openvino", spy)
-    pipe = PruMuxPipeline(
-        task="sst2",
-        model=tiny_checkpoint,
-        recipe=Recipe(**TINY_RECIPE),
-        data_dir=str(DATA),
-        cache_dir=tmp_path / "cache",
-    )
+    pipe = _tiny_pipeline(tiny_checkpoint, tmp_path)
     ev = pipe.evaluate(Candidate(sparsity=0.3, precision="ov-int8"), throughput=TP)
     assert ev.candidate.name == "s=0.3,N=1,ov-int8" and ev.speedup > 0
     fp32 = pipe.evaluate(Candidate(sparsity=0.3), throughput=TP)
@@ -172,13 +168,7 @@ def test_an_openvino_export_is_the_measured_graph_and_loads_without_torch(
     from autoprumux.export import export_model
     from autoprumux.training import predict
 
-    pipe = PruMuxPipeline(
-        task="sst2",
-        model=tiny_checkpoint,
-        recipe=Recipe(**TINY_RECIPE),
-        data_dir=str(DATA),
-        cache_dir=tmp_path / "cache",
-    )
+    pipe = _tiny_pipeline(tiny_checkpoint, tmp_path)
     d = tmp_path / "export"
     export_model(pipe, config, d, throughput=TP)  # the default format: the one measured
     m = read_manifest(d)

@@ -309,24 +309,32 @@ def test_an_int8_label_depends_only_on_its_text_not_on_its_batch(pruned):
     and the same labels. With one activation scale per batch (dynamic int8) a text's logits
     moved with its neighbours by the quantization step, and labels flipped."""
     from autoprumux.models import calibration_batches
-    from autoprumux.training import predict
 
     m = _model(1, pruned=pruned)
     items = _items(128, seed=5)
     q = to_precision(m, "int8", calibration=calibrate_int8(m, calibration_batches(_items(64, 6))))
+    runs = logits_by_batching(q, items)
+    for r in runs[1:]:
+        assert (r - runs[0]).abs().max() <= 1e-5, (r - runs[0]).abs().max()
+        assert torch.equal(r.argmax(-1), runs[0].argmax(-1))
+
+
+def logits_by_batching(model, items) -> list[torch.Tensor]:
+    """`model`'s logits for `items` at batch 1, 16 and 64, in the given order and shuffled,
+    each put back in the items' order."""
+    from autoprumux.training import predict
+
     runs = []
     with torch.inference_mode():
         for batch in (1, 16, 64):
             for shuffled in (False, True):
                 order = torch.randperm(len(items), generator=torch.Generator().manual_seed(batch))
                 order = order if shuffled else torch.arange(len(items))
-                logits = predict(q, [items[i] for i in order], batch_size=batch)
+                logits = predict(model, [items[i] for i in order], batch_size=batch)
                 restored = torch.empty_like(logits)
                 restored[order] = logits
                 runs.append(restored)
-    for r in runs[1:]:
-        assert (r - runs[0]).abs().max() <= 1e-5, (r - runs[0]).abs().max()
-        assert torch.equal(r.argmax(-1), runs[0].argmax(-1))
+    return runs
 
 
 def test_static_int8_kernel_equals_its_integer_arithmetic():

@@ -68,7 +68,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a given classifier must not be trained")
 
-    for module in ("autoprumux.pipeline._baseline", "autoprumux.pipeline._pipeline"):
+    for module in ("autoprumux.pipeline._baseline", "autoprumux.pipeline._recovery"):
         monkeypatch.setattr(f"{module}.train_classifier", refuse)
     monkeypatch.setattr(torch.optim.AdamW, "step", refuse)  # every training loop's optimizer
 

@@ -51,21 +51,23 @@ def _configuration(m: ExportManifest) -> list[str]:
     ]
     if m.model_format == "onnx":
         rows.append(
-            "| format | ONNX (`model.onnx`, run by ONNX Runtime on the CPU without torch; "
+            f"| format | ONNX (`model.onnx`, run by ONNX Runtime {_version('onnxruntime')} on the "
+            "CPU without torch; "
             "measured below as the torch model it was exported from) |"
         )
     if m.model_format == "openvino":
         rows.append(
             f"| format | OpenVINO IR (`model.xml`, `model.bin`, run by OpenVINO "
-            f"{_openvino_version()} on the CPU without torch, as measured below) |"
+            f"{_version('openvino')} on the CPU without torch, as measured below) |"
         )
     return rows
 
 
-def _openvino_version() -> str:
-    import openvino
+def _version(package: str) -> str:
+    """The installed version of the runtime that runs the export (release part only)."""
+    from importlib.metadata import version
 
-    return str(openvino.__version__).split("-")[0]
+    return version(package).split("-")[0]
 
 
 def _late(k: int, combiner: str, n: int) -> str:
