@@ -78,7 +78,7 @@ from typing import Any
 
 from _results import machine, write_json
 
-from autoprumux.config import MUX_COMBINERS, Candidate, Recipe
+from autoprumux.config import DEVICE_PRECISIONS, MUX_COMBINERS, PRECISIONS, Candidate, Recipe
 from autoprumux.evaluation import Evaluation, Measured, ThroughputConfig
 from autoprumux.meta import recommend
 from autoprumux.pipeline import DEV_PAIRINGS, last_stage
@@ -291,7 +291,7 @@ class MeasuredTable:
             "precision": {
                 "choices": sorted(
                     {p for _, p in keys if self.precisions is None or p in self.precisions},
-                    key=("fp32", "int8").index,
+                    key=PRECISIONS.index,
                 )
             },
         }
@@ -733,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "int8"),
+        choices=DEVICE_PRECISIONS["cpu"],
         default=None,
         help="measured mode: search only these precisions (default: every one measured), e.g. "
         "a path measured in int8 at every level and in fp32 only unpruned",
