@@ -156,7 +156,20 @@ def test_the_meta_model_round_trips_through_json_and_predicts_identically():
 
     meta = Recommender(_issue_trials()).meta
     again = MetaModel.from_dict(json.loads(json.dumps(meta.to_dict())))
-    scale = [1, 0.95, 2, 1, 8, 3, 3, 1, 3, 1, 1, *[1] * 9]  # the configuration's ranges, context 0..1
+    scale = [
+        1,
+        0.95,
+        2,
+        1,
+        8,
+        3,
+        3,
+        1,
+        3,
+        1,
+        1,
+        *[1] * 9,
+    ]  # the configuration's ranges, context 0..1
     X = np.random.default_rng(0).random((64, len(FEATURES))) * scale
     assert np.array_equal(meta.predict(X), again.predict(X))
     for a, b in zip(meta.predict_interval(X), again.predict_interval(X), strict=True):
