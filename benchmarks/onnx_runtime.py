@@ -58,6 +58,7 @@ from typing import Any
 from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
 from autoprumux._cpu import has_int8_dot
+from autoprumux.config import openvino_cpu_settings
 from autoprumux.deploy._onnx import cpu_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ def openvino_sessions(onnx_path: Path, feeds, threads: int) -> dict[str, Any]:
         return {}
     core = ov.Core()
     model = core.read_model(str(onnx_path))
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    config = openvino_cpu_settings(threads)  # as the ov-* precisions compile
     quantized = nncf.quantize(
         model,
         nncf.Dataset(list(feeds)),

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from autoprumux import Candidate, PruMuxPipeline, Recipe
+    from autoprumux.config import openvino_cpu_settings
     from autoprumux.data import pad
 
     torch.set_num_threads(args.threads)
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     core = ov.Core()
     f32 = {"INFERENCE_PRECISION_HINT": "f32"}
     compiled = {
-        "threads": core.compile_model(graph, "CPU", {**f32, "INFERENCE_NUM_THREADS": args.threads}),
+        "threads": core.compile_model(graph, "CPU", openvino_cpu_settings(args.threads)),
         "throughput hint": core.compile_model(
             graph, "CPU", {**f32, "PERFORMANCE_HINT": "THROUGHPUT"}
         ),

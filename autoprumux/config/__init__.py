@@ -61,6 +61,7 @@ from autoprumux.config._names import (
     TECHNIQUES,
     TRAIN_AUTOCASTS,
     TRAINERS,
+    openvino_cpu_settings,
     runtime_of,
     validate_trainer,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "field_technique",
     "validate_candidate",
     "validate_mux_layers",
+    "openvino_cpu_settings",
     "runtime_of",
     "validate_trainer",
 ]

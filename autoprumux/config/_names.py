@@ -34,6 +34,13 @@ def runtime_of(precision: str) -> str:
     return "openvino" if precision in OPENVINO_PRECISIONS else "torch"
 
 
+def openvino_cpu_settings(threads: int) -> dict[str, object]:
+    """How an OpenVINO model is compiled for the CPU, measured and deployed alike: `threads`
+    inference threads, and fp32 as the precision hint (else a bf16-capable CPU would run "fp32"
+    in bf16)."""
+    return {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32"}
+
+
 TASK_NAMES = ("cola", "mrpc", "qnli", "sst2")  # the built-in GLUE tasks (see autoprumux.data)
 TECHNIQUES = ("prumux", "students")
 MUX_VARIANTS = ("gaussian", "orthogonal")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from autoprumux.config import GRAPH_INPUTS, GRAPH_OUTPUT
+from autoprumux.config import GRAPH_INPUTS, GRAPH_OUTPUT, openvino_cpu_settings
 from autoprumux.deploy._files import AGAIN, local_file, verify_files
 from autoprumux.deploy._manifest import OPENVINO_FILES, ExportManifest
 from autoprumux.deploy._onnx import OnnxPredictor, check_graph_arguments
@@ -84,8 +84,7 @@ def load_openvino(
     try:
         core = ov.Core()
         graph = core.read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, dtype=np.uint8)))
-        settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-        compiled = core.compile_model(graph, "CPU", settings)
+        compiled = core.compile_model(graph, "CPU", openvino_cpu_settings(threads))
     except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 
@@ -17,7 +18,7 @@ from autoprumux.evaluation._throughput import (
     model_runner,
     time_interleaved,
 )
-from autoprumux.models import AnyModel, OpenVinoClassifier, StudentEnsemble
+from autoprumux.models import AnyModel, RunsSource, StudentEnsemble
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,8 @@ def measure_side_by_side(
     for name, (model, metrics) in models.items():
         metrics = metrics or dev_metrics(model)
         res = timed[name]
-        # the shape is the torch model's, whatever runs it (an OpenVINO graph runs its source)
-        shape = model.model if isinstance(model, OpenVinoClassifier) else model
+        # the shape is the fp32 source's, whatever runs it (tf32, an OpenVINO graph)
+        shape = cast(AnyModel, model.model) if isinstance(model, RunsSource) else model
         out[name] = Measured(
             name=name,
             sparsity=round(shape.sparsity(), 4),

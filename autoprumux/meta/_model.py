@@ -329,10 +329,11 @@ def _known(X: Any, pred: np.ndarray) -> np.ndarray:
 def _prior_features(X: np.ndarray) -> np.ndarray:
     """(n, 4): -log(1 - sparsity) and log2 of the effective N for PruMUX rows (0 for students):
     the log of the ideal speedup of removing a fraction of the work and of serving N inputs per
-    pass; and the precision's rank (a conversion multiplies the speed and adds to the loss of any
-    model); and whether OpenVINO runs it (a runtime multiplies the speed too). Both targets get a non-negative combination of them as a prior, fitted by least
-    squares, so the model rises smoothly in sparsity and N between and beyond the few measured
-    points (a tree alone is flat between them and cannot tell N apart from one N > 1 trial)."""
+    pass; the precision's rank (a conversion multiplies the speed and adds to the loss of any
+    model); and whether OpenVINO runs it (a runtime multiplies the speed too). Both targets get
+    a non-negative combination of them as a prior, fitted by least squares, so the model rises
+    smoothly in sparsity and N between and beyond the few measured points (a tree alone is flat
+    between them and cannot tell N apart from one N > 1 trial)."""
     i_students, i_s, i_n, i_p = (
         FEATURES.index(f) for f in ("technique_students", "sparsity", "log2_mux", "precision_rank")
     )

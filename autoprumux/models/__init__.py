@@ -16,6 +16,7 @@ from autoprumux.models._mux import (
 from autoprumux.models._openvino import OpenVinoClassifier, to_openvino
 from autoprumux.models._precision import (
     Int8Calibration,
+    RunsSource,
     StaticInt8Linear,
     calibrate_int8,
     calibration_batches,
@@ -64,6 +65,7 @@ __all__ = [
     "OpenVinoClassifier",
     "OrthogonalMux",
     "PruningPlan",
+    "RunsSource",
     "StaticInt8Linear",
     "Student",
     "StudentConfig",

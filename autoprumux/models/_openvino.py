@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from autoprumux.config import GRAPH_INPUTS, OPENVINO_PRECISIONS
+from autoprumux.config import GRAPH_INPUTS, OPENVINO_PRECISIONS, openvino_cpu_settings
+from autoprumux.models._graph import write_onnx_graph
 from autoprumux.models._mux import MuxSequenceClassifier
+from autoprumux.models._precision import RunsSource
 from autoprumux.models._students import StudentEnsemble
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-class OpenVinoClassifier(nn.Module):
+class OpenVinoClassifier(RunsSource):
     """A model compiled by OpenVINO behind the torch model's call: (input_ids, attention_mask,
-    token_type_ids) -> logits as a CPU tensor. Every other attribute is the fp32 source's (its
-    shape, labels and configuration describe this model too)."""
+    token_type_ids) -> logits as a CPU tensor; every other attribute is the fp32 source's."""
 
     model: MuxSequenceClassifier | StudentEnsemble  # the fp32 source
 
@@ -44,8 +44,7 @@ class OpenVinoClassifier(nn.Module):
         compiled: Any,
         precision: str,
     ):
-        super().__init__()
-        self.model = source
+        super().__init__(source)
         self.graph = graph
         self.precision = precision
         self._compiled = compiled
@@ -65,12 +64,6 @@ class OpenVinoClassifier(nn.Module):
         out = self._request.infer(feed)[self._compiled.output(0)]
         return torch.from_numpy(out.copy())
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["model"], name)
-
 
 def to_openvino(
     model: MuxSequenceClassifier | StudentEnsemble,
@@ -78,14 +71,11 @@ def to_openvino(
     calibration: Sequence[Batch],
     *,
     max_seq_len: int,
-    threads: int | None = None,
 ) -> OpenVinoClassifier:
     """`model` (fp32) run by OpenVINO in `precision` ("ov-fp32" or "ov-int8", the latter
     calibrated on `calibration`: batches of training texts), on sequences up to `max_seq_len`,
-    with `threads` inference threads (default: torch's). The packages are checked where the
-    precision enters (`config.check_precision`)."""
-    from autoprumux.models._graph import write_onnx_graph
-
+    with torch's thread count. The packages are checked where the precision enters
+    (`config.check_precision`)."""
     if precision not in OPENVINO_PRECISIONS:
         raise ValueError(f"{precision!r} is not an OpenVINO precision")  # checked where it enters
     ov = importlib.import_module("openvino")
@@ -95,11 +85,7 @@ def to_openvino(
         graph = core.read_model(str(path))
     if OPENVINO_PRECISIONS[precision] == "int8":
         graph = _quantize(graph, calibration)
-    settings = {
-        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
-    compiled = core.compile_model(graph, "CPU", settings)
+    compiled = core.compile_model(graph, "CPU", openvino_cpu_settings(torch.get_num_threads()))
     return OpenVinoClassifier(model, graph, compiled, precision)
 
 

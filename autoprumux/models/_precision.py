@@ -43,13 +43,24 @@ CALIBRATION_BATCH = 32
 WEIGHT_QMIN, WEIGHT_QMAX = -128, 127
 
 
-class _TF32(nn.Module):
-    """Runs the wrapped model with TF32 matmuls allowed (restored after each call), and passes
-    every other attribute through, so it measures and scores like the model itself."""
+class RunsSource(nn.Module):
+    """A converted model that runs its fp32 source (`model`) some other way and passes every
+    other attribute through to it, so it is scored and measured like the source: its shape,
+    labels and configuration describe the converted model too."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+
+class _TF32(RunsSource):
+    """Runs the wrapped model with TF32 matmuls allowed (restored after each call)."""
 
     def forward(self, *args: Any, **kw: Any) -> Any:
         before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -58,12 +69,6 @@ class _TF32(nn.Module):
             return self.model(*args, **kw)
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["model"], name)
 
 
 # ---- calibration ----------------------------------------------------------------------------

@@ -473,17 +473,20 @@ class PruMuxPipeline:
 
     def int8_calibration(self, model: AnyModel) -> Int8Calibration:
         """The input ranges of `model`'s int8 layers over a seeded sample of the training texts."""
-        return calibrate_int8(model, calibration_batches(self.train_items, seed=self.recipe.seed))
+        return calibrate_int8(model, self.calibration_set())
+
+    def calibration_set(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The seeded sample of the training texts every int8 conversion calibrates on."""
+        return calibration_batches(self.train_items, seed=self.recipe.seed)
 
     def converted(self, model: AnyModel, precision: str) -> AnyModel:
         """`model` converted to `precision`; int8 and ov-int8 calibrated on the same seeded
-        sample of the training texts (`int8_calibration`)."""
+        sample of the training texts (`calibration_set`)."""
         if precision not in OPENVINO_PRECISIONS:
             cal = self.int8_calibration(model) if precision == "int8" else None
             return to_precision(model, precision, calibration=cal)
-        batches = calibration_batches(self.train_items, seed=self.recipe.seed)
         limit = self.base.config.max_position_embeddings
-        return to_openvino(model, precision, batches, max_seq_len=limit)  # type: ignore[return-value]
+        return to_openvino(model, precision, self.calibration_set(), max_seq_len=limit)  # type: ignore[return-value]
 
     def evaluate(
         self,
