@@ -14,7 +14,7 @@ from conftest import tiny_encoder
 
 from autoprumux.cli import main
 from autoprumux.config import RECIPE_PRESETS, Recipe
-from autoprumux.data import DataSource, validation_size, validation_split
+from autoprumux.data import DataSource, Example, validation_size, validation_split
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier
 from autoprumux.training import (
@@ -161,9 +161,10 @@ def test_the_split_size_rule():
     assert validation_size(labels, 0, 32)[0] == 0
     with pytest.raises(ConfigError, match="validation_examples \\(290\\)"):
         validation_size(labels[:300], 290, 32)
-    kept, held = validation_split(labels[:300], 30)
-    assert (kept, held) == validation_split(labels[:300], 30)
-    assert sorted(kept + held) == list(range(300)) and len(held) == 30
+    rows = [Example(f"text {i}", None, label) for i, label in enumerate(labels[:300])]
+    split = validation_split(rows, None, 32)
+    assert split == validation_split(rows, None, 32)
+    assert sorted(split.trained + split.held) == list(range(300)) and len(split.held) == 30
 
 
 def test_all_training_examples_by_default_and_the_quick_demo_stays_small():

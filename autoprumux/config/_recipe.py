@@ -74,8 +74,9 @@ class Recipe:
         None,
         Rule(int, low=0, none="10% of train, 8+ per class, at most 2,000"),
         "data",
-        "training examples held out to stop training (stratified, a seed of its own; default: "
-        "10% of train, at most 2,000; 0: none, every stage trains its cap)",
+        "whole training texts held out to stop training and to choose (stratified, a seed of "
+        "its own; their phrases are not trained on either; default: 10% of train, at most "
+        "2,000; 0: none, every stage trains its cap)",
     )
     batch_size: int = _field(32, COUNT, "data", "examples per step")
     lr: float = _field(1e-4, LR, "finetune", "learning rate of the baseline's fine-tune")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprumux.data._glue import Example, TaskData, TaskSpec, _subsample, get_task, load_task
+from autoprumux.data._overlap import WholeTexts
 from autoprumux.data._tables import (
     Table,
     check_format,
@@ -422,15 +423,14 @@ def carve_dev_split(
     where: str = "the training data",
     label_names: tuple[str, ...] = (),
 ) -> tuple[list[Example], list[Example], str]:
-    """(train, dev, description): `fraction` of `rows` (at least one per class, at most
-    `MAX_DEV_SPLIT_ROWS`) held out as dev, stratified by label, the same for the same rows;
-    both keep the file's order."""
-    from sklearn.model_selection import train_test_split
-
-    labels = [r.label for r in rows]
+    """(train, dev, description): `fraction` of the rows' whole texts (at least one per class, at
+    most `MAX_DEV_SPLIT_ROWS`) held out as dev, stratified by label, the same for the same rows,
+    their parts dropped from train (`WholeTexts`); both keep the file's order."""
+    texts = WholeTexts(rows)
+    labels = texts.whole_labels
     counts = Counter(labels)
-    size = min(MAX_DEV_SPLIT_ROWS, max(len(counts), round(fraction * len(rows))))
-    if min(counts.values()) < 2 or len(rows) - size < len(counts):
+    size = min(MAX_DEV_SPLIT_ROWS, max(len(counts), round(fraction * len(labels))))
+    if min(counts.values()) < 2 or len(labels) - size < len(counts):
         rare = min(counts, key=lambda k: counts[k])
         name = label_names[rare] if rare < len(label_names) else rare
         raise ConfigError(
@@ -438,11 +438,11 @@ def carve_dev_split(
             f"{name!r} has {counts[rare]}; each class needs 2); add rows, or give a dev file "
             "(dev.* beside train.* in a directory)"
         )
-    train_idx, dev_idx = train_test_split(
-        list(range(len(rows))), test_size=size, stratify=labels, random_state=DEV_SPLIT_SEED
-    )
+    split = texts.hold_out(size, DEV_SPLIT_SEED)
     described = (
-        f"stratified {size} of {len(rows)} train rows (fraction {fraction:g}, "
+        f"stratified {size} of {len(labels)} whole train texts (fraction {fraction:g}, "
         f"seed {DEV_SPLIT_SEED})"
     )
-    return [rows[i] for i in sorted(train_idx)], [rows[i] for i in sorted(dev_idx)], described
+    if split.dropped:
+        described += f", {len(split.dropped)} rows that are parts of them dropped from train"
+    return [rows[i] for i in split.trained], [rows[i] for i in split.held], described

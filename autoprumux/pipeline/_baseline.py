@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoprumux.config import Recipe
-from autoprumux.data import Encoded, Example, encode, validation_size, validation_split
+from autoprumux.data import Encoded, Example, encode, validation_split
 from autoprumux.evaluation import DevNoise, Measured, dev_noise, paired_dev_metrics
 from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
@@ -139,15 +139,21 @@ def noise_of(pipe: StageContext, metrics: dict[str, float]) -> DevNoise:
     return dev_noise((e.label for e in pipe.data.dev), metrics["accuracy"])
 
 
-def split_train(pipe: StageContext) -> tuple[list[Encoded], list[Encoded], str]:
-    """(items trained on, the validation split's items, a line saying how many were held out):
-    the training examples encoded, the split carved as `data.validation_split` does."""
-    labels = [e.label for e in pipe.data.train]
-    size, note = validation_size(labels, pipe.recipe.validation_examples, pipe.recipe.batch_size)
-    log.info("%s", note)
-    kept, held = validation_split(labels, size)
-    items = encode(pipe.data.train, pipe.tokenizer, pipe.max_seq_len)
-    return [items[i] for i in kept], [items[i] for i in held], note
+def split_train(pipe: StageContext) -> tuple[list[Encoded], list[Encoded], frozenset[str], str]:
+    """(items trained on, the validation split's items, every text side of the rows not trained
+    on, a line saying how many were held out): the training examples encoded, the split carved
+    as `data.validation_split` does."""
+    train = pipe.data.train
+    split = validation_split(train, pipe.recipe.validation_examples, pipe.recipe.batch_size)
+    log.info("%s", split.note)
+    items = encode(train, pipe.tokenizer, pipe.max_seq_len)
+    untrained = frozenset(
+        side
+        for i in split.held + split.dropped
+        for side in (train[i].text_a, train[i].text_b)
+        if side is not None
+    )
+    return [items[i] for i in split.trained], [items[i] for i in split.held], untrained, split.note
 
 
 def validation_metric(pipe: StageContext, model: AnyModel) -> float:

@@ -14,12 +14,18 @@ def distils_from_tables(r: Recipe) -> bool:
     return bool(r.distill_weight) and r.trainer != "l2l"
 
 
+def corpus_texts(pipe: StageContext, size: int) -> list[str]:
+    """`size` sentences of the warm-up corpus (a seeded sample, see `warmup_texts`), none of
+    them a text the validation split holds out."""
+    return warmup_texts(
+        pipe.warmup_corpus, pipe.data, pipe.data_dir, size, pipe.recipe.seed, pipe.untrained_texts
+    )
+
+
 def corpus_items(pipe: StageContext, size: int) -> tuple[list[Encoded], dict]:
-    """`size` sentences of the warm-up corpus (a seeded sample, see `warmup_texts`), tokenised
-    as UNLABELED items, and what keys them (their count and content hash)."""
-    r = pipe.recipe
-    texts = warmup_texts(pipe.warmup_corpus, pipe.data, pipe.data_dir, size, r.seed)
-    items, digest = encode_corpus(texts, pipe.tokenizer, pipe.max_seq_len)
+    """`corpus_texts` tokenised as UNLABELED items, and what keys them (their count and content
+    hash)."""
+    items, digest = encode_corpus(corpus_texts(pipe, size), pipe.tokenizer, pipe.max_seq_len)
     return (
         [Encoded(x.input_ids, x.token_type_ids, UNLABELED) for x in items],
         {"unlabeled": len(items), "unlabeled_corpus": digest},

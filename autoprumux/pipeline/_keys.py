@@ -39,7 +39,7 @@ def cache_key(pipe: StageContext, **extra: object) -> dict:
         "model": pipe.base.model_id,
         "task": pipe.task.name,
         "data": pipe.data.fingerprint(),
-        "validation": [len(pipe.validation_items), VALIDATION_SEED],
+        "validation": [len(pipe.validation_items), len(pipe.train_items), VALIDATION_SEED],
         **recipe_part(pipe.recipe, *SHARED_PARTS),
         "train_autocast": pipe.train_autocast,
         # a given classifier is not trained here: its baseline and all built from it differ

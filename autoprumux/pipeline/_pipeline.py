@@ -29,7 +29,6 @@ from autoprumux.data import (
     encode_corpus,
     load_task_data,
     resolve_task,
-    warmup_texts,
 )
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
@@ -66,6 +65,7 @@ from autoprumux.pipeline._baseline import (
     validated,
 )
 from autoprumux.pipeline._context import TeacherTables
+from autoprumux.pipeline._corpus import corpus_texts
 from autoprumux.pipeline._keys import cache_key, candidate_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
@@ -141,7 +141,9 @@ class PruMuxPipeline:
         )
         self.recipe = replace(self.recipe, max_seq_len=self.max_seq_len)
         # the validation split decides when training stops; no stage trains on it
-        self.train_items, self.validation_items, self.validation_note = split_train(self)
+        self.train_items, self.validation_items, self.untrained_texts, self.validation_note = (
+            split_train(self)
+        )
         self.dev_items = encode(self.data.dev, self.tokenizer, self.max_seq_len)
         tok = self.tokenizer
         special = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
@@ -223,10 +225,7 @@ class PruMuxPipeline:
         """Unlabeled sentences for the retrieval warm-up, from `warmup_corpus` (see
         `data.warmup_texts`)."""
         if self._warmup_items is None:
-            r = self.recipe
-            texts = warmup_texts(
-                self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
-            )
+            texts = corpus_texts(self, self.recipe.warmup_corpus_size)
             self._warmup_items, self.corpus_digest = encode_corpus(
                 texts, self.tokenizer, self.max_seq_len
             )
