@@ -353,3 +353,25 @@ def test_the_sampler_weighs_trained_points_by_cost(tmp_path):
         study.tell(t, sp)
         picked.append(cfg.mux)
     assert picked == [1, 1, 1, 1]
+
+
+def test_the_fastest_precision_is_bisected_first():
+    """Over the quick space (four precisions, two runtimes), int8 costing 0.3 points: a 5-trial
+    search starts in the fastest precision's row and reaches its fastest feasible point; one
+    that bisected the slowest precision first spent its trials on rows the faster one rules out."""
+    precisions = {"fp32": 1.0, "int8": 2.3, "ov-fp32": 2.3, "ov-int8": 6.0}
+    sparsities = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    cands = [Candidate(sparsity=s, precision=p) for p in precisions for s in sparsities]
+
+    def truth(c: Candidate) -> tuple[float, float]:
+        loss = 12.0 * c.sparsity**2 + (0.3 if c.precision.endswith("int8") else 0.0)
+        return loss, precisions[c.precision] / (1.0 - 0.9 * c.sparsity)
+
+    seen: list[ScoredConfig] = []
+    for _ in range(5):
+        i = propose(cands, seen, 2.0)
+        assert i is not None
+        seen.append(ScoredConfig(cands[i], *truth(cands[i])))
+    assert seen[0].config.precision == "ov-int8", seen[0].config
+    best = max((truth(c) for c in cands if truth(c)[0] <= 2.0), key=lambda t: t[1])
+    assert max(m.speedup for m in seen if m.loss <= 2.0) == pytest.approx(best[1])

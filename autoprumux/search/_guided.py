@@ -15,7 +15,7 @@ least as fast. So after each trial:
    that chance is below `LONG_SHOT_P`. The baseline is known (loss 0, 1.00x) and never proposed;
    a configuration that failed twice is not proposed again.
 2. **Bisection** while fewer than `min_model_trials` trials are measured: the middle of the
-   least aggressive open axis (e.g. the sparsities still open at the smallest N). Then one
+   first open axis (the sparsities still open at the smallest N in the fastest precision). Then one
    **anchor** per row not measured yet (its least aggressive open point, e.g. N=4 at sparsity 0):
    a tree model cannot extrapolate into an unseen N, and one miss there rules the row out.
 3. **Constrained expected improvement** afterwards: the meta-model (fitted on the measured trials)
@@ -148,8 +148,8 @@ def _bisect(
     measured: Sequence[ScoredConfig],
     budget: float,
 ) -> int:
-    """The middle of the least aggressive open axis of the first open family (the upper middle:
-    the least aggressive point is rarely the answer). Points beyond a near miss (over the budget
+    """The middle of the first open family's first open row (`_row_order`) along its sparsity
+    (the upper middle: the least aggressive point is rarely the answer). Points beyond a near miss (over the budget
     by less than the margin) stay open but are bisected last."""
 
     def beyond_miss(i: int) -> bool:
@@ -158,12 +158,22 @@ def _bisect(
     open_idx = [i for i in open_idx if not beyond_miss(i)] or open_idx
     fam = min(candidates[i].family for i in open_idx)
     same = [i for i in open_idx if candidates[i].family == fam]
-    rest = min(candidates[i].aggressiveness[1:] for i in same)
+    row = min(_row_order(candidates[i]) for i in same)
     axis = sorted(
-        (i for i in same if candidates[i].aggressiveness[1:] == rest),
+        (i for i in same if _row_order(candidates[i]) == row),
         key=lambda i: candidates[i].aggressiveness,
     )
     return axis[len(axis) // 2]
+
+
+def _row_order(cfg: Candidate) -> tuple[float, ...]:
+    """Which row of a family is bisected (and anchored) first: the least multiplexed (or the
+    deepest students) in the fastest precision. A feasible point there rules out every point of
+    the slower precisions at its sparsity or below (dominance), and int8 rarely costs more than
+    noise, so the answer is most often in that row; bisecting the slowest precision first spent
+    a short search's trials on rows a faster one then dominated."""
+    a = cfg.aggressiveness
+    return (*a[1:-1], -a[-1])
 
 
 def _row(cfg: Candidate) -> tuple:
@@ -181,14 +191,17 @@ def _row_anchor(
     measured: Sequence[ScoredConfig],
     prior: Sequence[PriorTrial] = (),
 ) -> int | None:
-    """The least aggressive open point of the least aggressive row (e.g. N=4 at the lowest open
-    sparsity) that holds no measurement yet, here or in the prior: the meta-model cannot
+    """The least aggressive open point of the first row (`_row_order`, e.g. N=4 at the lowest
+    open sparsity) that holds no measurement yet, here or in the prior: the meta-model cannot
     extrapolate into an unseen N, and one point there often rules the whole row out."""
     touched = {_row(m.config) for m in measured} | {_row(p.config) for p in prior}
     fresh = [i for i in open_idx if _row(candidates[i]) not in touched]
     if not fresh:
         return None
-    return min(fresh, key=lambda i: (candidates[i].family, candidates[i].aggressiveness[::-1]))
+    return min(
+        fresh,
+        key=lambda i: (candidates[i].family, _row_order(candidates[i]), candidates[i].sparsity),
+    )
 
 
 def _norm_cdf(z: np.ndarray) -> np.ndarray:
