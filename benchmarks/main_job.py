@@ -9,6 +9,8 @@ speedup, and the answer within the budget.
     python benchmarks/main_job.py --workdir /tmp/fresh
 
 `--seconds S` records a run already made there (timed by the caller) instead of running it.
+Arguments after `--` are added to the command, e.g. `-- --task mrpc` or `-- --data DIR` (a
+task of the user's own, see benchmarks/multiclass_csv.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def study_record(workdir: Path) -> tuple[str, list[dict]]:
     from autoprumux.meta._recommend import with_losses
 
     storage = f"sqlite:///{workdir / 'autoprumux.db'}"
-    (summary,) = optuna.get_all_study_summaries(storage)
+    # the newest study: a clone that ran the job on two tasks holds both
+    summary = max(optuna.get_all_study_summaries(storage))  # ordered by creation
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     measured_on = Machine.from_dict(study.user_attrs["machine"]).describe()
 
@@ -60,12 +63,14 @@ def main() -> None:
     ap.add_argument("--workdir", required=True, type=Path)
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--out", default="benchmarks/results/main_job_sst2_cpu.json")
+    ap.add_argument("extra", nargs="*", help="added to the search command (after --)")
     args = ap.parse_args()
+    command = [*COMMAND, *args.extra]
     workdir = args.workdir.resolve()
     seconds = args.seconds
     if seconds is None:
         start = time.perf_counter()
-        subprocess.run([str(workdir / ".venv/bin/autoprumux"), *COMMAND], cwd=workdir, check=True)
+        subprocess.run([str(workdir / ".venv/bin/autoprumux"), *command], cwd=workdir, check=True)
         seconds = time.perf_counter() - start
     measured_on, trials = study_record(workdir)
     done = [t for t in trials if t["state"] == "COMPLETE"]
@@ -73,7 +78,7 @@ def main() -> None:
     within = [t for t in done if t["selection_loss"] is not None and t["selection_loss"] <= BUDGET]
     answer = max(within, key=lambda t: t["speedup"]) if within else None
     doc = {
-        "command": "autoprumux " + " ".join(COMMAND),
+        "command": "autoprumux " + " ".join(command),
         "machine": measured_on,
         "wall_seconds": round(seconds, 1),
         "budget": BUDGET,
