@@ -253,6 +253,7 @@ class Recipe:
     path_distill_weight: float = _field(
         0.5, FRACTION, "path", "weight of distillation from the baseline along the path"
     )
+    path_lr: float = _field(1e-4, LR, "path", "peak learning rate of each level of the path")
     path_importance_examples: int = _field(
         256, COUNT, "path", "examples that score the heads' and neurons' importance per level"
     )

@@ -153,7 +153,7 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         importance_examples=r.path_importance_examples,
         seed=r.seed,
         train_cfg=lambda steps: TrainConfig.from_recipe(
-            r, steps, distill_weight=r.path_distill_weight
+            r, steps, distill_weight=r.path_distill_weight, lr=r.path_lr
         ),
         dev_metric=metric,
         snapshot=snapshot,
