@@ -124,7 +124,7 @@ class Stop(Exception):
 def _watch(monkeypatch, stop_after: int | None = None) -> dict:
     """Record the model's logits at each snapshot the pipeline saves and the training runs
     taken; with `stop_after`, kill the path once that many levels are saved."""
-    seen: dict = {"logits": {}, "trained": 0}
+    seen: dict = {"logits": {}, "trained": 0, "lr": []}
     real_path, real_train = training_path.prune_path, training_path.train_classifier
 
     def path(*args, snapshot, **kw):
@@ -136,9 +136,10 @@ def _watch(monkeypatch, stop_after: int | None = None) -> dict:
 
         return real_path(*args, snapshot=watched, **kw)
 
-    def train(*args, **kw):
+    def train(model, items, cfg, **kw):
         seen["trained"] += 1
-        return real_train(*args, **kw)
+        seen["lr"].append(cfg.lr)
+        return real_train(model, items, cfg, **kw)
 
     monkeypatch.setattr(pipeline_path, "prune_path", path)
     monkeypatch.setattr(training_path, "train_classifier", train)
@@ -148,11 +149,12 @@ def _watch(monkeypatch, stop_after: int | None = None) -> dict:
 def test_the_pipelines_path_is_cached_per_level_and_its_snapshots_reload_bit_equal(
     tmp_path, tiny_checkpoint, monkeypatch
 ):
-    pipe = make_pipe(tmp_path, tiny_checkpoint)
+    pipe = make_pipe(tmp_path, tiny_checkpoint, path_lr=3e-5)
     pipe.baseline()
     seen = _watch(monkeypatch)
     built = pipe.path()
     assert [lv.level for lv in built] == [0.2, 0.4, 0.6] and seen["trained"] == 3
+    assert seen["lr"] == [3e-5] * 3  # the path's own learning rate, not the baseline's
     measured = [lv.sparsity for lv in built]
     assert measured == sorted(measured) and measured[0] > 0
     assert all(lv.scored_on == "validation" for lv in built)
