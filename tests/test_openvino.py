@@ -156,7 +156,7 @@ def test_the_pipeline_calibrates_ov_int8_on_training_texts_never_dev(
     ids=["pruned-ov-int8", "students-ov-fp32"],
 )
 def test_an_openvino_export_is_the_measured_graph_and_loads_without_torch(
-    tiny_checkpoint, tmp_path, config
+    tiny_checkpoint, tmp_path, config, monkeypatch
 ):
     import json
 
@@ -164,13 +164,23 @@ def test_an_openvino_export_is_the_measured_graph_and_loads_without_torch(
     from test_onnx_export import _run
 
     import autoprumux
+    import autoprumux.pipeline._pipeline as pipeline_module
     from autoprumux.deploy import OPENVINO_FILES, OpenVinoPredictor, read_manifest
     from autoprumux.export import export_model
     from autoprumux.training import predict
 
+    conversions: list[str] = []
+
+    def counted(model, precision, *args, **kw):
+        conversions.append(precision)
+        return to_openvino(model, precision, *args, **kw)
+
+    monkeypatch.setattr(pipeline_module, "to_openvino", counted)
     pipe = _tiny_pipeline(tiny_checkpoint, tmp_path)
     d = tmp_path / "export"
     export_model(pipe, config, d, throughput=TP)  # the default format: the one measured
+    if config.technique == "prumux":  # the graph evaluate measured is the one written
+        assert conversions == [config.precision]
     m = read_manifest(d)
     assert m.model_format == "openvino" and set(OPENVINO_FILES) <= set(m.files)
     assert not (d / "model.safetensors").exists() and not (d / "model.onnx").exists()

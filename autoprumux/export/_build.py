@@ -166,7 +166,7 @@ def export_model(
         )
     tp = throughput or ThroughputConfig(device=device)
     model: AnyModel
-    ev = pipe.evaluate(config, throughput=tp)
+    ev, measured = pipe.evaluate_model(config, throughput=tp)
     model = pipe.fp32_model(config)  # the fp32 model `evaluate` converted and measured
     manifest = ExportManifest(
         task=pipe.task.name,
@@ -189,8 +189,8 @@ def export_model(
         converted = None
         if model_format == "onnx":  # the fp32 model as a graph, and nothing torch reads
             write_onnx(model, tmp, pipe.max_seq_len)
-        elif model_format == "openvino":  # the graph `evaluate` measured, made again alike
-            converted = pipe.converted(model, config.precision)
+        elif model_format == "openvino":  # the graph `evaluate` measured
+            converted = measured or pipe.converted(model, config.precision)
             assert isinstance(converted, OpenVinoClassifier)  # an OpenVINO precision's
             write_openvino(converted, tmp)
         else:

@@ -499,14 +499,29 @@ class PruMuxPipeline:
         its precision, scored and timed as converted. A PruMUX one reports its pruning stages
         to `on_stage` (see `candidate`); students report none, and run their first `active`
         (default: all)."""
+        return self.evaluate_model(config, throughput=throughput, on_stage=on_stage, active=active)[
+            0
+        ]
+
+    def evaluate_model(
+        self,
+        config: Candidate,
+        *,
+        throughput: ThroughputConfig | None = None,
+        on_stage: Callable[[int, float], None] | None = None,
+        active: int | None = None,
+    ) -> tuple[Evaluation, AnyModel | None]:
+        """`evaluate`, and the converted PruMUX model it scored and timed, so an export writes
+        that one rather than converting again (None for students)."""
         if config.technique == "students":
-            return self.evaluate_students(
+            ev = self.evaluate_students(
                 config.students,
                 config.student_depth,
                 active=active,
                 throughput=throughput,
                 precision=config.precision,
             )
+            return ev, None
         sparsity, shape = self.prumux_shape(config)
         check_precision(config.precision, str(self.device))
         tp = throughput or ThroughputConfig(device=str(self.device))
@@ -517,7 +532,7 @@ class PruMuxPipeline:
             f",k={shape.layers},{shape.combiner}" if shape.late else ""
         )
         name = precision_name(name, config.precision)
-        return self.beside_baseline(name, cand, tp, training=self.stage_training(config))
+        return self.beside_baseline(name, cand, tp, training=self.stage_training(config)), cand
 
     def prumux_shape(self, config: Candidate) -> tuple[float, MuxShape]:
         """(sparsity, mux shape) of a PruMUX configuration this pipeline builds (its mux
