@@ -175,6 +175,8 @@ BAD_RECIPES = [
     ("path_steps", -1),
     ("path_settle_steps", 2.5),
     ("path_distill_weight", 1.5),
+    ("path_lr", 0),
+    ("path_lr", -1.0),
     ("path_importance_examples", 0),
     ("batching", "sorted"),
     ("train_autocast", "fp16"),

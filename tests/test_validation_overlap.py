@@ -84,7 +84,7 @@ def test_a_carved_dev_split_drops_its_sentences_phrases_from_train():
     assert "dropped from train" in described
 
 
-def test_the_warm_up_corpus_leaves_out_the_validation_split(tmp_path: Path, tiny_checkpoint):
+def test_the_distilled_corpus_leaves_out_the_validation_split(tmp_path: Path, tiny_checkpoint):
     from autoprumux.config import Recipe
     from autoprumux.pipeline import PruMuxPipeline
     from autoprumux.pipeline._corpus import corpus_texts

@@ -15,8 +15,9 @@ def distils_from_tables(r: Recipe) -> bool:
 
 
 def corpus_texts(pipe: StageContext, size: int) -> list[str]:
-    """`size` sentences of the warm-up corpus (a seeded sample, see `warmup_texts`), none of
-    them a text the validation split holds out."""
+    """`size` sentences of the warm-up corpus (a seeded sample, see `warmup_texts`) for a stage
+    to distil on, none of them a text the validation split holds out: the baseline's logits on
+    those would teach a candidate to agree with it where it is scored."""
     return warmup_texts(
         pipe.warmup_corpus, pipe.data, pipe.data_dir, size, pipe.recipe.seed, pipe.untrained_texts
     )

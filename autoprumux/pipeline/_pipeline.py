@@ -29,6 +29,7 @@ from autoprumux.data import (
     encode_corpus,
     load_task_data,
     resolve_task,
+    warmup_texts,
 )
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
@@ -65,7 +66,6 @@ from autoprumux.pipeline._baseline import (
     validated,
 )
 from autoprumux.pipeline._context import TeacherTables
-from autoprumux.pipeline._corpus import corpus_texts
 from autoprumux.pipeline._keys import cache_key, candidate_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
@@ -225,7 +225,12 @@ class PruMuxPipeline:
         """Unlabeled sentences for the retrieval warm-up, from `warmup_corpus` (see
         `data.warmup_texts`)."""
         if self._warmup_items is None:
-            texts = corpus_texts(self, self.recipe.warmup_corpus_size)
+            # the retrieval warm-up reads no label and no teacher, so the validation split's
+            # texts stay in its corpus, which every task then shares (one warm-up per corpus)
+            r = self.recipe
+            texts = warmup_texts(
+                self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
+            )
             self._warmup_items, self.corpus_digest = encode_corpus(
                 texts, self.tokenizer, self.max_seq_len
             )
