@@ -223,10 +223,9 @@ class PruMuxPipeline:
 
     def warmup_sentences(self) -> list[Encoded]:
         """Unlabeled sentences for the retrieval warm-up, from `warmup_corpus` (see
-        `data.warmup_texts`)."""
+        `data.warmup_texts`). It reads no label and no teacher, so the validation split's texts
+        stay in it and every task shares it."""
         if self._warmup_items is None:
-            # the retrieval warm-up reads no label and no teacher, so the validation split's
-            # texts stay in its corpus, which every task then shares (one warm-up per corpus)
             r = self.recipe
             texts = warmup_texts(
                 self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
@@ -504,9 +503,8 @@ class PruMuxPipeline:
         its precision, scored and timed as converted. A PruMUX one reports its pruning stages
         to `on_stage` (see `candidate`); students report none, and run their first `active`
         (default: all)."""
-        return self.evaluate_model(config, throughput=throughput, on_stage=on_stage, active=active)[
-            0
-        ]
+        ev, _ = self.evaluate_model(config, throughput=throughput, on_stage=on_stage, active=active)
+        return ev
 
     def evaluate_model(
         self,
@@ -519,13 +517,8 @@ class PruMuxPipeline:
         """`evaluate`, and the converted PruMUX model it scored and timed, so an export writes
         that one rather than converting again (None for students)."""
         if config.technique == "students":
-            ev = self.evaluate_students(
-                config.students,
-                config.student_depth,
-                active=active,
-                throughput=throughput,
-                precision=config.precision,
-            )
+            k, depth, p = config.students, config.student_depth, config.precision
+            ev = self.evaluate_students(k, depth, active=active, throughput=throughput, precision=p)
             return ev, None
         sparsity, shape = self.prumux_shape(config)
         check_precision(config.precision, str(self.device))
