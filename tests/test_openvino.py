@@ -179,8 +179,7 @@ def test_an_openvino_export_is_the_measured_graph_and_loads_without_torch(
     pipe = _tiny_pipeline(tiny_checkpoint, tmp_path)
     d = tmp_path / "export"
     export_model(pipe, config, d, throughput=TP)  # the default format: the one measured
-    if config.technique == "prumux":  # the graph evaluate measured is the one written
-        assert conversions == [config.precision]
+    assert conversions == [config.precision]  # the graph evaluate measured is the one written
     m = read_manifest(d)
     assert m.model_format == "openvino" and set(OPENVINO_FILES) <= set(m.files)
     assert not (d / "model.safetensors").exists() and not (d / "model.onnx").exists()

@@ -51,9 +51,10 @@ def warmup_texts(
     exclude: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Up to `size` sentences (each side of a pair is one), a seeded sample of the deduplicated,
-    sorted corpus without `exclude` (the validation split's texts: nothing learns from them). `src`: "shared" = the training text of SST-2, CoLA and MRPC found in the GLUE
-    directory (the task's own text when it comes from the hub); "task" = the task's training
-    text; anything else = a UTF-8 text file, one sentence per line."""
+    sorted corpus without `exclude` (texts a stage must not distil on). `src`: "shared" = the
+    training text of SST-2, CoLA and MRPC found in the GLUE directory (the task's own text when
+    it comes from the hub); "task" = the task's training text; anything else = a UTF-8 text
+    file, one sentence per line."""
     texts: list[str] = []
     if src in CORPORA:
         sets = [task_data]
@@ -75,9 +76,8 @@ def warmup_texts(
         check_corpus(src)
         raw = read_text_file(Path(src).expanduser(), "warm-up corpus")
         texts = [line.strip() for line in raw.splitlines()]
-    texts = sorted(
-        {t for t in texts if t and t not in exclude}
-    )  # dedup; sorted so the sample is reproducible
+    # dedup; sorted so the sample is reproducible
+    texts = sorted({t for t in texts if t and t not in exclude})
     if not texts:
         raise ConfigError(f"warm-up corpus {src!r} holds no sentences")
     rng = torch.Generator().manual_seed(seed)

@@ -62,6 +62,8 @@ class WholeTexts:
                 self._lengths.setdefault(words[0], set()).add(len(words))
         parts = {p for key in self.rows_of for p in self.parts(key)}
         self.wholes = [key for key in self.rows_of if key not in parts]  # first-seen order
+        # each whole text's label (its first row's), in `wholes` order
+        self.whole_labels = [self.labels[self.rows_of[k][0]] for k in self.wholes]
 
     def parts(self, key: str) -> Iterator[str]:
         """The other rows' texts inside `key` (word-aligned, shorter than it)."""
@@ -72,11 +74,6 @@ class WholeTexts:
                     span = " ".join(words[start : start + length])
                     if span in self.rows_of:
                         yield span
-
-    @property
-    def whole_labels(self) -> list[int]:
-        """Each whole text's label (its first row's), in `wholes` order."""
-        return [self.labels[self.rows_of[k][0]] for k in self.wholes]
 
     def hold_out(self, size: int, seed: int) -> HeldOut:
         """`size` whole texts held out (stratified by label, seeded: the same for the same rows,

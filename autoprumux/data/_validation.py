@@ -23,8 +23,9 @@ def validation_size(
 ) -> tuple[int, str]:
     """(whole texts held out, a line saying how many and why); `labels`: one per whole text
     (`WholeTexts`). `requested` None: `VALIDATION_SHARE` of them, at least `MIN_PER_CLASS` per
-    class, at most `MAX_VALIDATION`; or 0 when train is too small to spare them and keep a batch. 0: no split. A requested size that leaves less
-    than a batch to train on, or that stratification cannot hold, is refused."""
+    class, at most `MAX_VALIDATION`; or 0 when train is too small to spare them and keep a
+    batch. 0: no split. A requested size that leaves less than a batch to train on, or that
+    stratification cannot hold, is refused."""
     n, counts = len(labels), Counter(labels)
     if requested == 0:
         return 0, "no validation split (validation_examples 0): the baseline trains its cap"

@@ -190,7 +190,7 @@ def export_model(
         if model_format == "onnx":  # the fp32 model as a graph, and nothing torch reads
             write_onnx(model, tmp, pipe.max_seq_len)
         elif model_format == "openvino":  # the graph `evaluate` measured
-            converted = measured or pipe.converted(model, config.precision)
+            converted = measured
             assert isinstance(converted, OpenVinoClassifier)  # an OpenVINO precision's
             write_openvino(converted, tmp)
         else:

@@ -382,7 +382,7 @@ class PruMuxPipeline:
     ) -> Evaluation:
         """K students of `depth` layers (the first `active` of them), converted to `precision`,
         beside the fp32 baseline."""
-        return evaluate_students(self, k, depth, active, throughput, precision)
+        return evaluate_students(self, k, depth, active, throughput, precision)[0]
 
     # ---- measurement -------------------------------------------------------------------------
     @property
@@ -513,13 +513,12 @@ class PruMuxPipeline:
         throughput: ThroughputConfig | None = None,
         on_stage: Callable[[int, float], None] | None = None,
         active: int | None = None,
-    ) -> tuple[Evaluation, AnyModel | None]:
-        """`evaluate`, and the converted PruMUX model it scored and timed, so an export writes
-        that one rather than converting again (None for students)."""
+    ) -> tuple[Evaluation, AnyModel]:
+        """`evaluate`, and the converted model it scored and timed, so an export writes that one
+        rather than converting again."""
         if config.technique == "students":
             k, depth, p = config.students, config.student_depth, config.precision
-            ev = self.evaluate_students(k, depth, active=active, throughput=throughput, precision=p)
-            return ev, None
+            return evaluate_students(self, k, depth, active, throughput, p)
         sparsity, shape = self.prumux_shape(config)
         check_precision(config.precision, str(self.device))
         tp = throughput or ThroughputConfig(device=str(self.device))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from autoprumux.config import Candidate, check_precision
 from autoprumux.evaluation import Evaluation, ThroughputConfig
-from autoprumux.models import StudentConfig, StudentEnsemble
+from autoprumux.models import AnyModel, StudentConfig, StudentEnsemble
 from autoprumux.pipeline._baseline import stage_rule
 from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._corpus import corpus_items
@@ -53,7 +53,8 @@ def evaluate_students(
     active: int | None,
     throughput: ThroughputConfig | None,
     precision: str,
-) -> Evaluation:
+) -> tuple[Evaluation, AnyModel]:
+    """K students beside the fp32 baseline, and the converted ensemble it scored and timed."""
     check_precision(precision, str(pipe.device))
     tp = throughput or ThroughputConfig(device=str(pipe.device))
     pipe.check_lengths(1, tp)
@@ -63,12 +64,11 @@ def evaluate_students(
         ens.active_students = active
     name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
     config = Candidate(technique="students", students=k, student_depth=depth)
+    converted = pipe.converted(ens, precision)
+    name = precision_name(name, precision)
     return pipe.beside_baseline(
-        precision_name(name, precision),
-        pipe.converted(ens, precision),
-        tp,
-        training=pipe.stage_training(config),
-    )
+        name, converted, tp, training=pipe.stage_training(config)
+    ), converted
 
 
 def precision_name(name: str, precision: str) -> str:

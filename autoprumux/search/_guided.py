@@ -149,8 +149,8 @@ def _bisect(
     budget: float,
 ) -> int:
     """The middle of the first open family's first open row (`_row_order`) along its sparsity
-    (the upper middle: the least aggressive point is rarely the answer). Points beyond a near miss (over the budget
-    by less than the margin) stay open but are bisected last."""
+    (the upper middle: the least aggressive point is rarely the answer). Points beyond a near
+    miss (over the budget by less than the margin) stay open but are bisected last."""
 
     def beyond_miss(i: int) -> bool:
         return any(m.loss > budget and m.config.below(candidates[i]) for m in measured)
