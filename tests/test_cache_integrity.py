@@ -161,6 +161,8 @@ BAD_RECIPES = [
     ("student_pooling", "max"),
     ("student_unlabeled", -5),
     ("student_stacking_focus", 1.5),
+    ("student_start", 1.0),
+    ("student_start", 0.33),  # not a level of the path's grid
     ("prune_stages", 0),
     ("importance_examples", 0),
     ("freeze_word_embeddings", "no"),

@@ -269,3 +269,28 @@ def test_a_pruned_late_mux_model_is_built_on_the_paths_snapshot(tmp_path, tiny_c
     assert len(built) == 1  # the late model alone: its N=1 model is the path's, not recovered
     key = pruned_late_key(pipe, 0.4, late.mux_shape)
     assert key["on_pruned"] == path_key(pipe, 0.4) and pipe.cache.has("candidate", key)
+
+
+def test_students_start_from_a_path_snapshot_keyed_by_its_level(tmp_path, tiny_checkpoint):
+    from autoprumux.pipeline._keys import students_key
+
+    steps = {"student_steps": 2, "student_stacking_steps": 2}
+    pipe = make_pipe(tmp_path, tiny_checkpoint, student_start=0.2, **steps)
+    snapshot = pipe.path_snapshot(0.2)
+    first = snapshot.encoder.config
+    ens = pipe.students(2, 1)
+    assert ens.layer_shapes == [
+        (
+            first.heads[0] if first.attn_present[0] else None,
+            first.ffn[0] if first.ffn_present[0] else None,
+        )
+    ]
+    mine, theirs = ens.students[0].layers[0], snapshot.encoder.layers[0]
+    for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+        assert a.shape == b.shape
+    from_baseline = make_pipe(tmp_path, tiny_checkpoint, **steps)
+    assert from_baseline.students(2, 1).sparsity() < ens.sparsity()
+    key = students_key(pipe, 2, 1)
+    assert key["start"] == path_key(pipe, 0.2) and key != students_key(from_baseline, 2, 1)
+    other_path = make_pipe(tmp_path, tiny_checkpoint, student_start=0.2, path_steps=8, **steps)
+    assert students_key(other_path, 2, 1) != key  # another path cuts another snapshot

@@ -450,3 +450,64 @@ def test_later_students_train_at_their_own_rate():
     for j in (1, 2):
         grown = [float(e.students[j].classifier.weight.norm()) for e in (slow, fast)]
         assert grown[1] > 2 * grown[0], (j, grown)
+
+
+def pruned_start(layers: int = 5) -> MuxSequenceClassifier:
+    """A teacher pruned unevenly, as a path snapshot is: 2, 1, no heads (the attention's bias
+    kept) and 4 heads, 16, 5, 37 and no FFN units, the fourth layer's FFN and the fifth's
+    attention removed."""
+    from autoprumux.models import PruningPlan, apply_plan
+
+    m = teacher(layers=layers)
+    plan = PruningPlan(
+        keep_heads=((0, 2), (1,), (), (0, 1, 2, 3), ()),
+        keep_ffn=(tuple(range(16)), tuple(range(5)), tuple(range(37)), (), tuple(range(8))),
+        drop_attn=(False, False, False, False, True),
+        drop_ffn=(False, False, False, True, False),
+    )
+    apply_plan(m.encoder, plan)
+    return m.eval()
+
+
+@pytest.mark.parametrize(
+    ("first", "depth", "shapes"),
+    [(0, 2, [(2, 16), (1, 5)]), (1, 3, [(1, 5), (0, 37), (4, None)])],
+)
+def test_students_start_from_a_pruned_model_with_its_layer_shapes(tmp_path, first, depth, shapes):
+    """Students cut from a pruned model: each position keeps that model's shape (heads, FFN
+    units; None where a sub-layer was removed), the batched path equals the students run one by
+    one, a reload answers the same, and the sparsity is counted against the unpruned teacher's
+    layers."""
+    start, full = pruned_start(), teacher(layers=5)
+    start.encoder.layers = start.encoder.layers[first:]  # a start whose lowest layers vary
+    start.encoder.refresh_config()
+    ens, _ = distill_students(
+        full,
+        items(64),
+        StudentConfig(k=3, depth=depth, pooling="mean"),
+        StudentTrainConfig(steps_per_student=2, stacking_steps=2, batch_size=32),
+        start=start,
+    )
+    ens = perturbed(ens).eval()
+    assert ens.layer_shapes == shapes
+    ids, mask, tt = random_batch(5, 16, seed=3)
+    with torch.no_grad():
+        x, bias = ens.embed(ids, mask, tt)
+        seq = torch.stack([s(x, bias) for s in ens.students])
+        torch.testing.assert_close(ens.student_logits(ids, mask, tt, parallel=True), seq)
+        ens.save(tmp_path / "m")
+        back = StudentEnsemble.load(tmp_path / "m")
+        torch.testing.assert_close(back(ids, mask, tt), ens(ids, mask, tt))
+    assert back.layer_shapes == shapes
+    layer_params = sum(sum(p.numel() for p in s.layers.parameters()) for s in ens.students)
+    assert ens.sparsity() == pytest.approx(1 - layer_params / full.original_prunable_params)
+    unpruned = StudentEnsemble.from_teacher(full, StudentConfig(k=3, depth=depth))
+    assert ens.sparsity() > unpruned.sparsity()
+
+
+def test_a_student_whose_layer_shapes_differ_from_its_ensembles_is_refused():
+    start = pruned_start()
+    ens = StudentEnsemble.from_teacher(start, StudentConfig(k=1, depth=2))
+    with pytest.raises(ConfigError, match=r"layer shapes \[\(1, 5\), \(0, 37\)\].*'bottom'"):
+        ens.add_student(start, 2, first_layer=1)  # spread: another shape per position
+    assert ens.k == 1

@@ -23,7 +23,7 @@ from autoprumux.config._names import (
     TRAINERS,
     validate_trainer,
 )
-from autoprumux.config._path import path_levels
+from autoprumux.config._path import level_of, path_levels
 from autoprumux.errors import ConfigError
 
 # the parts of a recipe, in the order the command line's help lists them: what each trains
@@ -214,6 +214,13 @@ class Recipe:
         "students",
         "warm-up-corpus sentences added to the students' distillation",
     )
+    student_start: float = _field(
+        0.0,
+        Rule(float, low=0.0, high=0.95),
+        "students",
+        "the pruning path's level whose smaller layers the students start from (0: the "
+        "baseline's own layers); still distilled from the baseline",
+    )
     # ---- pruning, continued
     prune_stages: int = _field(2, COUNT, "recovery", "pruning stages")
     importance_examples: int = _field(
@@ -331,6 +338,13 @@ class Recipe:
             raise ConfigError(
                 "recipe field recovery_layer_distill > 0 needs trainer 'standard' (the L2L "
                 "executor keeps one layer at a time); set one of them differently"
+            )
+
+        if self.student_start > 0 and level_of(self.path_grid, self.student_start) is None:
+            raise ConfigError(
+                f"recipe field student_start ({self.student_start!r}) must be 0 or a level of "
+                f"the pruning path: one of {self.path_grid} (path_step {self.path_step}, "
+                f"path_max_sparsity {self.path_max_sparsity})"
             )
 
     @property

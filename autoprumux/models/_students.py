@@ -1,7 +1,8 @@
 """Student parallelism (Academus): K shallow students whose logits add up to the teacher's.
 
-Each student is `depth` encoder layers (initialised from the teacher's lower layers), a pooler
-and a classifier; all students read the teacher's (frozen) embeddings. The pooler reads the
+Each student is `depth` encoder layers (initialised from the teacher's lower layers, or from a
+pruned model's: a snapshot of the pruning path, whose smaller layers make smaller students), a
+pooler and a classifier; all students read the (frozen) embeddings of the model they start from. The pooler reads the
 [CLS] state or the mean of the real tokens' states (`StudentConfig.pooling`): after a few of
 the teacher's lowest layers the [CLS] state barely varies between sentences, so a student that
 starts with a zero head on it can learn little more than a bias, while the token mean varies.
@@ -96,25 +97,42 @@ class Student(nn.Module):
         )
 
 
-def _check_uniform(teacher: Encoder, depth: int, first: int = 0) -> None:
-    cfg = teacher.config
-    if depth >= len(teacher.layers):
+# a student layer's shape at one position: (heads, FFN units), None where pruning removed the
+# sub-layer (it passes its input on)
+LayerShape = tuple[int | None, int | None]
+
+
+def _check_layers(
+    init: Encoder, depth: int, first: int = 0, shapes: list[LayerShape] | None = None
+) -> list[LayerShape]:
+    """The shapes of the `depth` layers of `init` a student starts from at layer `first`: for a
+    student joining an ensemble, the same per position as its students' (`shapes`), since the
+    batched path stacks each position's weights across students."""
+    cfg = init.config
+    if depth >= len(init.layers):
         raise ConfigError(
-            f"student depth ({depth}) must be below the teacher's {len(teacher.layers)} layers"
+            f"student depth ({depth}) must be below the {len(init.layers)} layers of the model "
+            "the students start from"
         )
     span = range(first, first + depth)
-    if first < 0 or span.stop > len(teacher.layers):
+    if first < 0 or span.stop > len(init.layers):
         raise ConfigError(
-            f"a student of {depth} layers starting at teacher layer {first} does not fit the "
-            f"teacher's {len(teacher.layers)} layers"
+            f"a student of {depth} layers starting at layer {first} does not fit the "
+            f"{len(init.layers)} layers of the model the students start from"
         )
-    for i in [*span, 0]:
-        if not (cfg.attn_present[i] and cfg.ffn_present[i] and cfg.heads[i] and cfg.ffn[i]):
-            raise ConfigError(
-                f"teacher layer {i} is pruned away; students start from an unpruned teacher"
-            )
-    if len({cfg.heads[i] for i in [*span, 0]}) > 1 or len({cfg.ffn[i] for i in [*span, 0]}) > 1:
-        raise ConfigError("students need the teacher's layers to share one shape (unpruned)")
+    got: list[LayerShape] = [
+        (
+            int(cfg.heads[i]) if cfg.attn_present[i] else None,
+            int(cfg.ffn[i]) if cfg.ffn_present[i] else None,
+        )
+        for i in span
+    ]
+    if shapes is not None and got != shapes:
+        raise ConfigError(
+            f"a student starting at layer {first} has layer shapes {got} (heads, FFN units), "
+            f"not its ensemble's {shapes}; with a pruned start use student_init 'bottom'"
+        )
+    return got
 
 
 def student_first_layers(teacher_layers: int, k: int, depth: int, init: str) -> list[int]:
@@ -170,19 +188,22 @@ class StudentEnsemble(nn.Module):
     ) -> StudentEnsemble:
         """K students initialised from the teacher's lower `depth` layers, pooler and classifier.
 
+        The model they start from may be a pruned one (a snapshot of the pruning path): its
+        layers are copied as they are, and the ensemble's sparsity stays counted against the
+        unpruned teacher's layers (`original_prunable_params`).
         Students after the first start with a zero classifier: they add nothing until trained,
         so adding a student never changes the sum before it has learnt its residual.
         With `first_only`, only the first student is created (boosting appends the rest)."""
         if teacher.n != 1:
             raise ConfigError("the students' teacher must be an N=1 model")
         enc = teacher.encoder
-        _check_uniform(enc, cfg.depth)
+        _check_layers(enc, cfg.depth)
         ens = cls(
             copy.deepcopy(enc.embeddings),
             [_student_from(teacher, cfg.depth, zero_head=False, pooling=cfg.pooling)],
             encoder_config=enc.config,
             num_labels=teacher.num_labels,
-            teacher_prunable_params=enc.prunable_parameters(),
+            teacher_prunable_params=teacher.original_prunable_params,
         )
         ens.embeddings.requires_grad_(False)
         if not first_only:
@@ -195,7 +216,7 @@ class StudentEnsemble(nn.Module):
     ) -> Student:
         """A student of `depth` layers copied from the teacher's, starting at `first_layer`,
         with a zero classifier (it adds nothing until trained)."""
-        _check_uniform(teacher.encoder, depth, first_layer)
+        _check_layers(teacher.encoder, depth, first_layer, self.layer_shapes)
         s = _student_from(
             teacher, depth, zero_head=True, first_layer=first_layer, pooling=self.pooling
         )
@@ -214,6 +235,21 @@ class StudentEnsemble(nn.Module):
         first = self.students[0]
         assert isinstance(first, Student)
         return len(first.layers)
+
+    @property
+    def layer_shapes(self) -> list[LayerShape]:
+        """(heads, FFN units) of each student's layer at each position, None for a removed
+        sub-layer: the same in every student (`_check_layers`)."""
+        first = self.students[0]
+        assert isinstance(first, Student)
+        return [
+            (
+                layer.num_heads if layer.attn_present else None,
+                layer.ffn_size if layer.ffn_present else None,
+            )
+            for layer in first.layers
+            if isinstance(layer, EncoderLayer)
+        ]
 
     @property
     def pooling(self) -> str:
@@ -305,24 +341,34 @@ class StudentEnsemble(nn.Module):
         assert isinstance(first, Student)
         first = first.layers[0]
         assert isinstance(first, EncoderLayer)
-        heads, hd, eps = first.num_heads, first.head_dim, self.encoder_config.layer_norm_eps
-        act = first.act
+        hd, eps, act = first.head_dim, self.encoder_config.layer_norm_eps, first.act
         b, t, h = x.shape
-        h_all = x.reshape(1, b * t, h)  # shared input: broadcast over the student axis
+        # the shared input, viewed once per student
+        h_all = x.reshape(1, b * t, h).expand(k, -1, -1)
         mask = bias.repeat(k, 1, 1, 1)  # (k*B, 1, 1, T)
-        for i in range(self.depth):
+        for i, (heads, units) in enumerate(self.layer_shapes):
             p = f"l{i}."
-            qkv = torch.baddbmm(st[p + "qkv_b"][:k], h_all.expand(k, -1, -1), st[p + "qkv_w"][:k])
-            qkv = qkv.view(k * b, t, 3, heads, hd).permute(2, 0, 3, 1, 4)
-            ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
-            ctx = ctx.transpose(1, 2).reshape(k, b * t, heads * hd)
-            a = torch.baddbmm(st[p + "out_b"][:k], ctx, st[p + "out_w"][:k])
-            h_all = _stacked_layer_norm(
-                h_all + a, st[p + "ln1_w"][:k], st[p + "ln1_b"][:k], eps
-            )  # (k, B*T, H)
-            f = act(torch.baddbmm(st[p + "in_b"][:k], h_all, st[p + "in_w"][:k]))
-            f = torch.baddbmm(st[p + "ff_b"][:k], f, st[p + "ff_w"][:k])
-            h_all = _stacked_layer_norm(h_all + f, st[p + "ln2_w"][:k], st[p + "ln2_b"][:k], eps)
+            if heads is not None:
+                if heads:
+                    qkv = torch.baddbmm(st[p + "qkv_b"][:k], h_all, st[p + "qkv_w"][:k])
+                    qkv = qkv.view(k * b, t, 3, heads, hd).permute(2, 0, 3, 1, 4)
+                    ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
+                    ctx = ctx.transpose(1, 2).reshape(k, b * t, heads * hd)
+                    a = torch.baddbmm(st[p + "out_b"][:k], ctx, st[p + "out_w"][:k])
+                else:  # no head left: the output projection's bias alone
+                    a = st[p + "attn_bias"][:k]
+                h_all = _stacked_layer_norm(
+                    h_all + a, st[p + "ln1_w"][:k], st[p + "ln1_b"][:k], eps
+                )  # (k, B*T, H)
+            if units is not None:
+                if units:
+                    f = act(torch.baddbmm(st[p + "in_b"][:k], h_all, st[p + "in_w"][:k]))
+                    f = torch.baddbmm(st[p + "ff_b"][:k], f, st[p + "ff_w"][:k])
+                else:
+                    f = st[p + "ffn_bias"][:k]
+                h_all = _stacked_layer_norm(
+                    h_all + f, st[p + "ln2_w"][:k], st[p + "ln2_b"][:k], eps
+                )
         read = pool_states(h_all.view(k, b, t, h), _real_tokens(bias), self.pooling)  # (k, B, H)
         pooled = torch.tanh(torch.baddbmm(st["pool_b"][:k], read, st["pool_w"][:k]))
         return torch.baddbmm(st["cls_b"][:k], pooled, st["cls_w"][:k])  # (k, B, C)
@@ -374,7 +420,12 @@ class StudentEnsemble(nn.Module):
         h = ecfg.hidden_size
         students = [
             Student(
-                [EncoderLayer(ecfg, ecfg.heads[i], ecfg.ffn[i]) for i in range(sc.depth)],
+                [
+                    EncoderLayer(
+                        ecfg, ecfg.heads[i], ecfg.ffn[i], ecfg.attn_present[i], ecfg.ffn_present[i]
+                    )
+                    for i in range(sc.depth)
+                ],
                 nn.Linear(h, h),
                 nn.Linear(h, int(cfg["num_labels"])),
                 pooling=sc.pooling,
@@ -407,12 +458,22 @@ def _student_tensors(s: Student) -> dict[str, torch.Tensor]:
 
     for i, layer in enumerate(s.layers):
         assert isinstance(layer, EncoderLayer)
-        lin(f"l{i}.qkv", layer.qkv)
-        lin(f"l{i}.out", layer.attn_out)
-        norm(f"l{i}.ln1", layer.attn_norm)
-        lin(f"l{i}.in", layer.ffn_in)
-        lin(f"l{i}.ff", layer.ffn_out)
-        norm(f"l{i}.ln2", layer.ffn_norm)
+        if layer.attn_present:
+            if layer.num_heads:
+                lin(f"l{i}.qkv", layer.qkv)
+                lin(f"l{i}.out", layer.attn_out)
+            else:
+                assert layer.attn_bias is not None
+                out[f"l{i}.attn_bias"] = layer.attn_bias.detach()[None]
+            norm(f"l{i}.ln1", layer.attn_norm)
+        if layer.ffn_present:
+            if layer.ffn_size:
+                lin(f"l{i}.in", layer.ffn_in)
+                lin(f"l{i}.ff", layer.ffn_out)
+            else:
+                assert layer.ffn_bias is not None
+                out[f"l{i}.ffn_bias"] = layer.ffn_bias.detach()[None]
+            norm(f"l{i}.ln2", layer.ffn_norm)
     lin("pool", s.pooler)
     lin("cls", s.classifier)
     return out

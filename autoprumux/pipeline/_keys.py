@@ -159,6 +159,8 @@ def students_key(pipe: StageContext, k: int, depth: int, extra_key: dict | None 
         # the corpus sentences' content hash: another corpus distils other students
         **{f"student_{name}": v for name, v in extra_key.items() if name != "unlabeled"},
         **stopping_key(pipe),
+        # students started from a path snapshot: the level's own key (the path it was cut from)
+        **({"start": path_key(pipe, r.student_start)} if r.student_start else {}),
     )
 
 

@@ -23,12 +23,14 @@ log = logging.getLogger("autoprumux")
 
 def build_students(pipe: StageContext, k: int, depth: int) -> StudentEnsemble:
     """K students of `depth` layers distilled from the baseline (built or cached) over the
-    training set plus the recipe's `student_unlabeled` warm-up corpus sentences."""
+    training set plus the recipe's `student_unlabeled` warm-up corpus sentences; their layers
+    start from the baseline's, or from the pruning path's snapshot at `student_start`."""
     r = pipe.recipe
     cfg = StudentConfig(k=k, depth=depth, pooling=r.student_pooling)
     extra, extra_key = corpus_items(pipe, r.student_unlabeled) if r.student_unlabeled else ([], {})
 
     def build(tmp: Path) -> dict:
+        start = pipe.path_snapshot(r.student_start) if r.student_start else None
         ens, stats = distill_students(
             pipe.baseline(),
             [*pipe.train_items, *extra],
@@ -37,6 +39,7 @@ def build_students(pipe: StageContext, k: int, depth: int) -> StudentEnsemble:
             device=pipe.device,
             heldout=pipe.validation_items[:256],
             stopping=stage_rule(pipe),
+            start=start,
         )
         ens.save(tmp / "model", extra={"distillation": stats})
         return {"distillation": stats}
@@ -63,6 +66,8 @@ def evaluate_students(
     if active is not None:
         ens.active_students = active
     name = f"K={k},d={depth}" + (f",active={active}" if active is not None else "")
+    if pipe.recipe.student_start:
+        name += f",from s={pipe.recipe.student_start:g}"
     config = Candidate(technique="students", students=k, student_depth=depth)
     converted = pipe.converted(ens, precision)
     name = precision_name(name, precision)

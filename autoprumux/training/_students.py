@@ -265,13 +265,15 @@ def distill_students(
     device: str | torch.device = "cpu",
     heldout: Sequence[Encoded] = (),
     stopping: StoppingRule | None = None,
+    start: MuxSequenceClassifier | None = None,
 ) -> tuple[StudentEnsemble, dict]:
     """Distil `teacher` into K boosted students of `cfg.depth` layers. Returns the ensemble and
     stats: the residual MSE on the distillation set (and on `heldout`) after each student, before
     and after stacking, and the seconds spent. With `stopping`, each student's boosting and the
     stacking stop on the plateau of `stopping.validate` of the ensemble so far (the first j
     students; all K for stacking), their step counts the caps, and keep their best weights
-    (``student_train[j]["stopping"]``, ``stacking_train["stopping"]``; see `StoppingRule`)."""
+    (``student_train[j]["stopping"]``, ``stacking_train["stopping"]``; see `StoppingRule`).
+    The students' layers start from `start` (default: the teacher's), e.g. a pruned model."""
     tcfg = tcfg or StudentTrainConfig()
     if len(items) < tcfg.batch_size:
         raise ConfigError(
@@ -284,8 +286,9 @@ def distill_students(
     target = predict(teacher, items, device=device)  # (M, C)
     held_residual = predict(teacher, heldout, device=device) if heldout else None
     indexed = _indexed(items)
-    ens = StudentEnsemble.from_teacher(teacher, cfg, first_only=True).to(device)
-    first_layers = student_first_layers(len(teacher.encoder.layers), cfg.k, cfg.depth, tcfg.init)
+    start = teacher if start is None else start
+    ens = StudentEnsemble.from_teacher(start, cfg, first_only=True).to(device)
+    first_layers = student_first_layers(len(start.encoder.layers), cfg.k, cfg.depth, tcfg.init)
     residual = target.clone()
     stats: dict = {
         "distillation_examples": len(items),
@@ -297,7 +300,7 @@ def distill_students(
     for j in range(cfg.k):
         ts = time.perf_counter()
         if j > 0:
-            ens.add_student(teacher, cfg.depth, first_layers[j])
+            ens.add_student(start, cfg.depth, first_layers[j])
         step_cfg = TrainConfig(
             steps=tcfg.steps_per_student,
             batch_size=tcfg.batch_size,
