@@ -162,6 +162,7 @@ BAD_RECIPES = [
     ("student_unlabeled", -5),
     ("student_stacking_focus", 1.5),
     ("student_start", 1.0),
+    ("snapshot_recovery_steps", -1),
     ("student_start", 0.33),  # not a level of the path's grid
     ("prune_stages", 0),
     ("importance_examples", 0),

@@ -294,3 +294,30 @@ def test_students_start_from_a_path_snapshot_keyed_by_its_level(tmp_path, tiny_c
     assert key["start"] == path_key(pipe, 0.2) and key != students_key(from_baseline, 2, 1)
     other_path = make_pipe(tmp_path, tiny_checkpoint, student_start=0.2, path_steps=8, **steps)
     assert students_key(other_path, 2, 1) != key  # another path cuts another snapshot
+
+
+def test_a_snapshot_recovered_at_its_level_trains_once_keyed_by_the_level_and_its_steps(
+    tmp_path, tiny_checkpoint
+):
+    from autoprumux.config import Candidate, MuxShape
+    from autoprumux.pipeline._keys import int8_key, pruned_key, snapshot_key
+
+    pipe = make_pipe(tmp_path, tiny_checkpoint, recovery="path", snapshot_recovery_steps=3)
+    config = Candidate(sparsity=0.4)
+    assert pipe.recipe.trains_own_model(config)
+    assert not dataclasses.replace(pipe.recipe, snapshot_recovery_steps=0).trains_own_model(config)
+    model = pipe.candidate(config)
+    snapshot = pipe.path_snapshot(0.4)
+    assert model.encoder.config.heads == snapshot.encoder.config.heads  # trained at its shape
+    assert model.encoder.config.ffn == snapshot.encoder.config.ffn
+    assert not torch.equal(logits(model), logits(snapshot))
+    recovered = tmp_path / "cache" / "snapshot"
+    assert len([p for p in recovered.iterdir() if not p.name.startswith(".")]) == 1
+    assert torch.equal(logits(pipe.candidate(config)), logits(model))  # read, not retrained
+    assert len([p for p in recovered.iterdir() if not p.name.startswith(".")]) == 1
+    key = snapshot_key(pipe, 0.4)
+    assert pruned_key(pipe, 0.4, MuxShape()) == ("snapshot", key)
+    assert int8_key(pipe, 0.4, MuxShape()).items() >= key.items()
+    assert pipe.stage_training(config)["recovery"][0]["steps"] <= 3
+    longer = make_pipe(tmp_path, tiny_checkpoint, recovery="path", snapshot_recovery_steps=5)
+    assert snapshot_key(longer, 0.4) != key and path_key(longer, 0.4) == path_key(pipe, 0.4)

@@ -36,6 +36,7 @@ RECIPE_GROUPS = {
     "int8": "int8 candidates: distilled further while computing as int8 will",
     "students": "Academus students: boosting, then stacking",
     "path": "the pruning path: one distilled run from sparsity 0 up, a snapshot per level",
+    "snapshot": "a path snapshot's own recovery at its level, on top of the path",
     "loop": "the training loop: batches, precision, and L2L's constant device memory",
 }
 
@@ -264,6 +265,13 @@ class Recipe:
     path_importance_examples: int = _field(
         256, COUNT, "path", "examples that score the heads' and neurons' importance per level"
     )
+    snapshot_recovery_steps: int = _field(
+        0,
+        STEPS,
+        "snapshot",
+        "most steps a served path snapshot trains further at its level (distilled from the "
+        "baseline like a recovery, stopped on the validation plateau; 0: the snapshot as cut)",
+    )
     # ---- the training loop
     batching: str = _field(
         "grouped",
@@ -367,7 +375,11 @@ class Recipe:
             return True
         if config.precision == "int8" and self.int8_recovery_steps > 0:
             return True
-        return config.sparsity > 0 and not self.serves_from_path(config.sparsity, MuxShape())
+        if config.sparsity == 0:
+            return False
+        return not self.serves_from_path(config.sparsity, MuxShape()) or bool(
+            self.snapshot_recovery_steps
+        )
 
     @classmethod
     def preset(cls, name: str = "fast", **overrides: Any) -> Recipe:

@@ -81,10 +81,26 @@ def candidate_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
 
 def pruned_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> tuple[str, dict]:
     """(cache kind, key) of the model a pruned configuration is read from: the path's level
-    (`Recipe.serves_from_path`) or the candidate's own entry."""
-    if pipe.recipe.serves_from_path(sparsity, shape):
+    (`Recipe.serves_from_path`), that level recovered further (`snapshot_key`), or the
+    candidate's own entry."""
+    r = pipe.recipe
+    if r.serves_from_path(sparsity, shape):
+        if r.snapshot_recovery_steps:
+            return "snapshot", snapshot_key(pipe, sparsity)
         return "path", path_key(pipe, sparsity)
     return "candidate", candidate_key(pipe, sparsity, shape)
+
+
+def snapshot_key(pipe: StageContext, level: float) -> dict:
+    """The key of a path snapshot recovered further at its level: the level's key, the recipe's
+    snapshot part, the recovery's distillation weight and the stopping rule."""
+    r = pipe.recipe
+    return {
+        **path_key(pipe, level),
+        **recipe_part(r, "snapshot"),
+        "distill_weight": r.distill_weight,
+        **stopping_key(pipe),
+    }
 
 
 def recovery_key(pipe: StageContext) -> dict:

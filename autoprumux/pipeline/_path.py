@@ -15,9 +15,9 @@ from autoprumux.config import MuxShape, level_of
 from autoprumux.errors import ConfigError
 from autoprumux.evaluation import this_machine
 from autoprumux.models import MuxSequenceClassifier
-from autoprumux.pipeline._baseline import validation_metric
+from autoprumux.pipeline._baseline import stage_rule, validation_metric
 from autoprumux.pipeline._context import StageContext
-from autoprumux.pipeline._keys import path_key
+from autoprumux.pipeline._keys import path_key, snapshot_key
 from autoprumux.pipeline._mux import pruned_before_mux
 from autoprumux.pipeline._recovery import teacher_logits
 from autoprumux.training import TrainConfig, level_steps, prune_path
@@ -170,3 +170,49 @@ def path_snapshot(pipe: StageContext, sparsity: float) -> MuxSequenceClassifier:
     if not pipe.cache.has("path", key):
         build_path(pipe)
     return pipe.load_model(pipe.cache.entry("path", key), pipe.recipe.freeze_word_embeddings)
+
+
+def served_snapshot(pipe: StageContext, sparsity: float) -> MuxSequenceClassifier:
+    """The model a configuration served by the path gets at `sparsity`: the level's snapshot,
+    recovered further at its shape when the recipe says so (`snapshot_recovery_steps`)."""
+    snapshot = path_snapshot(pipe, sparsity)
+    if not pipe.recipe.snapshot_recovery_steps:
+        return snapshot
+    return snapshot_recovered(pipe, path_level(pipe, sparsity), snapshot)
+
+
+def snapshot_recovered(
+    pipe: StageContext, level: float, snapshot: MuxSequenceClassifier
+) -> MuxSequenceClassifier:
+    """The path's `snapshot` at `level` trained further at its shape, as a recovery stage
+    trains (distilled from the baseline over the training items, at most the recipe's
+    `snapshot_recovery_steps`, stopped on the validation plateau, its best weights kept),
+    built or cached."""
+    r = pipe.recipe
+
+    def build(tmp: Path) -> dict:
+        m = copy.deepcopy(snapshot)
+        for p in m.parameters():
+            p.requires_grad_(True)
+        if r.freeze_word_embeddings:
+            m.encoder.embeddings.word.weight.requires_grad_(False)
+        what = f"snapshot recovery s={level:g}"
+        stats = stage_rule(pipe).train(
+            m,
+            pipe.train_items,
+            TrainConfig.from_recipe(r, r.snapshot_recovery_steps, distill_weight=r.distill_weight),
+            what=what,
+            cap_field="snapshot_recovery_steps",
+            teacher=pipe.baseline(),
+            special_ids=pipe.special_ids,
+            desc=what,
+            device=pipe.device,
+            teacher_logits=pipe.teacher_logits(),
+        )
+        m.save(tmp / "model")
+        stopping = stats.pop("stopping")
+        return {"train": stats, "stopping": stopping, "level": level}
+
+    entry, hit = pipe.cache.get_or_build("snapshot", snapshot_key(pipe, level), build)
+    log.info("snapshot s=%g recovered %s (%s)", level, "cache hit" if hit else "built", entry)
+    return pipe.load_model(entry, r.freeze_word_embeddings)

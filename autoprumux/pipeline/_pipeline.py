@@ -74,7 +74,13 @@ from autoprumux.pipeline._mux import (
     pruned_before_mux,
     pruned_late_mux_model,
 )
-from autoprumux.pipeline._path import PathLevel, build_path, path_snapshot, served_sparsity
+from autoprumux.pipeline._path import (
+    PathLevel,
+    build_path,
+    path_snapshot,
+    served_snapshot,
+    served_sparsity,
+)
 from autoprumux.pipeline._recovery import int8_recovered, prune, teacher_layers, teacher_logits
 from autoprumux.pipeline._stages import stage_training
 from autoprumux.pipeline._students import build_students, evaluate_students, precision_name
@@ -307,21 +313,19 @@ class PruMuxPipeline:
         """The pruned (and, for N > 1, multiplexed) candidate, built or taken from the cache.
         `on_stage(stage, dev metric)` is called for stage 0 (the unpruned model, N > 1 only) and
         after each pruning stage, the same way on a cache hit (the stages' metrics are recorded
-        with the entry), so a search stops or keeps a configuration whether it was cached or
-        not."""
-        sparsity, shape = self.prumux_shape(config)
+        with the entry): a search stops or keeps a configuration, cached or not."""
+        (sparsity, shape), r = self.prumux_shape(config), self.recipe
         n = shape.n
         self.check_lengths(shape.prefix_positions)
-        r = self.recipe
         late_on_pruned = pruned_before_mux(r, sparsity, shape)
         # one step each (`last_stage`): a late model on its pruned N=1 model, or the path's
-        # snapshot, built once for every level
+        # snapshot (built once for every level)
         if late_on_pruned or r.serves_from_path(sparsity, shape):
             if late_on_pruned:
                 entry = pruned_late_mux_model(self, sparsity, shape)
                 model = self.load_model(entry, r.freeze_word_embeddings)
             else:
-                model = self.path_snapshot(sparsity)
+                model = served_snapshot(self, sparsity)
             if on_stage is not None:
                 on_stage(1, self.dev_metrics(model, pairings=1)["metric"])
             return model

@@ -53,7 +53,8 @@ def stage_training(pipe: StageContext, config: Candidate) -> dict[str, Any]:
     if sparsity == 0:
         return out
     kind, key = pruned_key(pipe, sparsity, shape)
-    meta = _meta(pipe, kind, key) if kind == "candidate" else None  # a path level has no stage
+    meta = _meta(pipe, kind, key) if kind != "path" else None  # a path level has no stage
     if meta is not None:
-        out["recovery"] = [st.get("stopping") for st in meta.get("stages", [])]
+        stages = meta.get("stages", [meta])  # a recovered snapshot: one stage
+        out["recovery"] = [st.get("stopping") for st in stages]
     return out
