@@ -328,7 +328,15 @@ def test_search_regret_runs_both_modes_side_by_side(tmp_path):
                 assert x["validation_loss"] == pytest.approx(x["dev_loss"])
         assert res["dev_within_budget"] == (res["violations"] == 0)
         assert res["dev_excess_max"] == max(x["dev_excess"] for x in res["runs"])
+        # the search's own regret: against measuring every configuration, chosen on validation
+        every = res["every_configuration_speedup"]
+        if not m["noise"]:  # validation is dev here: the same answer
+            assert every == pytest.approx(res["best_speedup"])
+        for x in res["runs"]:
+            assert x["search_regret"] == pytest.approx(1.0 - x["speedup"] / every)
+        assert res["search_regret_max"] == max(x["search_regret"] for x in res["runs"])
     assert "| budget | interpolated: best | interpolated: guided | measured: best |" in r.stdout
+    assert "| budget | interpolated: every configuration | interpolated: guided |" in r.stdout
     assert "chosen on the validation loss; the answer's dev loss is within the" in r.stdout
 
 

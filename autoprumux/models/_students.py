@@ -356,7 +356,7 @@ class StudentEnsemble(nn.Module):
                     ctx = ctx.transpose(1, 2).reshape(k, b * t, heads * hd)
                     a = torch.baddbmm(st[p + "out_b"][:k], ctx, st[p + "out_w"][:k])
                 else:  # no head left: the output projection's bias alone
-                    a = st[p + "attn_bias"][:k]
+                    a = st[p + "qkv_bias"][:k]
                 h_all = _stacked_layer_norm(
                     h_all + a, st[p + "ln1_w"][:k], st[p + "ln1_b"][:k], eps
                 )  # (k, B*T, H)
@@ -365,7 +365,7 @@ class StudentEnsemble(nn.Module):
                     f = act(torch.baddbmm(st[p + "in_b"][:k], h_all, st[p + "in_w"][:k]))
                     f = torch.baddbmm(st[p + "ff_b"][:k], f, st[p + "ff_w"][:k])
                 else:
-                    f = st[p + "ffn_bias"][:k]
+                    f = st[p + "in_bias"][:k]
                 h_all = _stacked_layer_norm(
                     h_all + f, st[p + "ln2_w"][:k], st[p + "ln2_b"][:k], eps
                 )
@@ -456,24 +456,28 @@ def _student_tensors(s: Student) -> dict[str, torch.Tensor]:
         out[name + "_w"] = m.weight.detach()[None]
         out[name + "_b"] = m.bias.detach()[None]
 
+    def sublayer(
+        p: str, size: int, pair: tuple[str, str], mods: tuple, bias: nn.Parameter | None
+    ) -> None:
+        # a sub-layer whose heads or units are all pruned keeps its output bias alone
+        if size:
+            lin(p + pair[0], mods[0])
+            lin(p + pair[1], mods[1])
+        else:
+            assert bias is not None
+            out[p + pair[0] + "_bias"] = bias.detach()[None]
+
     for i, layer in enumerate(s.layers):
         assert isinstance(layer, EncoderLayer)
+        p = f"l{i}."
         if layer.attn_present:
-            if layer.num_heads:
-                lin(f"l{i}.qkv", layer.qkv)
-                lin(f"l{i}.out", layer.attn_out)
-            else:
-                assert layer.attn_bias is not None
-                out[f"l{i}.attn_bias"] = layer.attn_bias.detach()[None]
-            norm(f"l{i}.ln1", layer.attn_norm)
+            qkv = (layer.qkv, layer.attn_out)
+            sublayer(p, layer.num_heads, ("qkv", "out"), qkv, layer.attn_bias)
+            norm(p + "ln1", layer.attn_norm)
         if layer.ffn_present:
-            if layer.ffn_size:
-                lin(f"l{i}.in", layer.ffn_in)
-                lin(f"l{i}.ff", layer.ffn_out)
-            else:
-                assert layer.ffn_bias is not None
-                out[f"l{i}.ffn_bias"] = layer.ffn_bias.detach()[None]
-            norm(f"l{i}.ln2", layer.ffn_norm)
+            ffn = (layer.ffn_in, layer.ffn_out)
+            sublayer(p, layer.ffn_size, ("in", "ff"), ffn, layer.ffn_bias)
+            norm(p + "ln2", layer.ffn_norm)
     lin("pool", s.pooler)
     lin("cls", s.classifier)
     return out
