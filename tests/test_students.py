@@ -169,7 +169,9 @@ def test_bad_student_config(kw, match):
 
 
 def test_bad_teacher_and_active():
-    with pytest.raises(ConfigError, match="below the 2 layers of the model the students start from"):
+    with pytest.raises(
+        ConfigError, match="below the 2 layers of the model the students start from"
+    ):
         StudentEnsemble.from_teacher(teacher(layers=2), StudentConfig(k=2, depth=2))
     enc, _ = tiny_encoder(num_hidden_layers=3)
     mux = MuxSequenceClassifier(enc, num_labels=2, mux=MuxConfig(n=2))
