@@ -2,8 +2,8 @@
 
 Each student is `depth` encoder layers (initialised from the teacher's lower layers, or from a
 pruned model's: a snapshot of the pruning path, whose smaller layers make smaller students), a
-pooler and a classifier; all students read the (frozen) embeddings of the model they start from. The pooler reads the
-[CLS] state or the mean of the real tokens' states (`StudentConfig.pooling`): after a few of
+pooler and a classifier; all students read the (frozen) embeddings of the model they start
+from. The pooler reads the [CLS] state or the mean of the real tokens' states (`StudentConfig.pooling`): after a few of
 the teacher's lowest layers the [CLS] state barely varies between sentences, so a student that
 starts with a zero head on it can learn little more than a bias, while the token mean varies.
 Boosting trains them one after another on the residual the earlier ones left, so the sum of any
@@ -102,13 +102,19 @@ class Student(nn.Module):
 LayerShape = tuple[int | None, int | None]
 
 
+def _layer_shape(layer: EncoderLayer) -> LayerShape:
+    return (
+        layer.num_heads if layer.attn_present else None,
+        layer.ffn_size if layer.ffn_present else None,
+    )
+
+
 def _check_layers(
     init: Encoder, depth: int, first: int = 0, shapes: list[LayerShape] | None = None
 ) -> list[LayerShape]:
     """The shapes of the `depth` layers of `init` a student starts from at layer `first`: for a
     student joining an ensemble, the same per position as its students' (`shapes`), since the
     batched path stacks each position's weights across students."""
-    cfg = init.config
     if depth >= len(init.layers):
         raise ConfigError(
             f"student depth ({depth}) must be below the {len(init.layers)} layers of the model "
@@ -120,12 +126,10 @@ def _check_layers(
             f"a student of {depth} layers starting at layer {first} does not fit the "
             f"{len(init.layers)} layers of the model the students start from"
         )
-    got: list[LayerShape] = [
-        (
-            int(cfg.heads[i]) if cfg.attn_present[i] else None,
-            int(cfg.ffn[i]) if cfg.ffn_present[i] else None,
-        )
-        for i in span
+    got = [
+        _layer_shape(layer)
+        for layer in list(init.layers)[first : span.stop]
+        if isinstance(layer, EncoderLayer)
     ]
     if shapes is not None and got != shapes:
         raise ConfigError(
@@ -242,14 +246,7 @@ class StudentEnsemble(nn.Module):
         sub-layer: the same in every student (`_check_layers`)."""
         first = self.students[0]
         assert isinstance(first, Student)
-        return [
-            (
-                layer.num_heads if layer.attn_present else None,
-                layer.ffn_size if layer.ffn_present else None,
-            )
-            for layer in first.layers
-            if isinstance(layer, EncoderLayer)
-        ]
+        return [_layer_shape(layer) for layer in first.layers if isinstance(layer, EncoderLayer)]
 
     @property
     def pooling(self) -> str:
@@ -356,7 +353,7 @@ class StudentEnsemble(nn.Module):
                     ctx = ctx.transpose(1, 2).reshape(k, b * t, heads * hd)
                     a = torch.baddbmm(st[p + "out_b"][:k], ctx, st[p + "out_w"][:k])
                 else:  # no head left: the output projection's bias alone
-                    a = st[p + "qkv_bias"][:k]
+                    a = st[p + "attn_bias"][:k]
                 h_all = _stacked_layer_norm(
                     h_all + a, st[p + "ln1_w"][:k], st[p + "ln1_b"][:k], eps
                 )  # (k, B*T, H)
@@ -365,7 +362,7 @@ class StudentEnsemble(nn.Module):
                     f = act(torch.baddbmm(st[p + "in_b"][:k], h_all, st[p + "in_w"][:k]))
                     f = torch.baddbmm(st[p + "ff_b"][:k], f, st[p + "ff_w"][:k])
                 else:
-                    f = st[p + "in_bias"][:k]
+                    f = st[p + "ffn_bias"][:k]
                 h_all = _stacked_layer_norm(
                     h_all + f, st[p + "ln2_w"][:k], st[p + "ln2_b"][:k], eps
                 )
@@ -457,26 +454,26 @@ def _student_tensors(s: Student) -> dict[str, torch.Tensor]:
         out[name + "_b"] = m.bias.detach()[None]
 
     def sublayer(
-        p: str, size: int, pair: tuple[str, str], mods: tuple, bias: nn.Parameter | None
+        size: int, pair: tuple[str, str], mods: tuple, bias: nn.Parameter | None, bias_name: str
     ) -> None:
         # a sub-layer whose heads or units are all pruned keeps its output bias alone
         if size:
-            lin(p + pair[0], mods[0])
-            lin(p + pair[1], mods[1])
+            lin(pair[0], mods[0])
+            lin(pair[1], mods[1])
         else:
             assert bias is not None
-            out[p + pair[0] + "_bias"] = bias.detach()[None]
+            out[bias_name] = bias.detach()[None]
 
     for i, layer in enumerate(s.layers):
         assert isinstance(layer, EncoderLayer)
         p = f"l{i}."
         if layer.attn_present:
             qkv = (layer.qkv, layer.attn_out)
-            sublayer(p, layer.num_heads, ("qkv", "out"), qkv, layer.attn_bias)
+            sublayer(layer.num_heads, (p + "qkv", p + "out"), qkv, layer.attn_bias, p + "attn_bias")
             norm(p + "ln1", layer.attn_norm)
         if layer.ffn_present:
             ffn = (layer.ffn_in, layer.ffn_out)
-            sublayer(p, layer.ffn_size, ("in", "ff"), ffn, layer.ffn_bias)
+            sublayer(layer.ffn_size, (p + "in", p + "ff"), ffn, layer.ffn_bias, p + "ffn_bias")
             norm(p + "ln2", layer.ffn_norm)
     lin("pool", s.pooler)
     lin("cls", s.classifier)
