@@ -503,16 +503,15 @@ class ReplayEvaluator:
         on_stage: Any = None,
     ) -> Evaluation:
         sparsity, n = config.sparsity, config.mux
-        base = self.table.baseline_metric
         unpruned = self.table.unpruned_loss(config)
         if on_stage is not None and n > 1 and unpruned is not None:
             mk = model_key(0.0, n, config.mux_layers, config.mux_combiner)
-            on_stage(0, base - (unpruned + self.offset(mk)))
+            on_stage(0, unpruned + self.offset(mk), unpruned + self.offset(mk))
         loss, speed = self.replayed_loss(config), self.table.truth(config)[1]
         if on_stage is not None and sparsity > 0:
             # the step the search treats as the last (a pruned late model reports one)
             last = self.prune_stages if self.recipe is None else last_stage(self.recipe, config)
-            on_stage(last, base - loss)
+            on_stage(last, self.table.truth(config)[0], loss)
         return self._evaluation(config, self.table.truth(config)[0], loss, speed, throughput)
 
     def evaluate_students(self, k: int, depth: int, **kw: Any) -> Evaluation:

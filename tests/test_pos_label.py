@@ -205,10 +205,18 @@ def test_evaluate_names_the_positive_class(tmp_path, tiny_checkpoint, capsys):
         data=src, metric="accuracy", model=tiny_checkpoint, recipe=recipe, cache_dir=cache
     )
     seen: list[tuple[int, float]] = []
-    model = pipe.candidate(Candidate(sparsity=0.5), on_stage=lambda s, m: seen.append((s, m)))
+    model = pipe.candidate(Candidate(sparsity=0.5), on_stage=lambda s, *m: seen.append((s, m)))
     assert sorted((cache / "candidate").iterdir()) == entries  # a cache hit
     accuracy = pipe.dev_metrics(model, pairings=1)["metric"]
-    assert accuracy != recorded and seen == [(1, accuracy)]
+    assert accuracy != recorded
+    # rescored as this pipeline scores (accuracy), and reported as the loss that chooses
+    from autoprumux.pipeline._baseline import validation_metric
+
+    dev = pipe.baseline_metrics()["metric"] - accuracy
+    val = None
+    if pipe.validation_items:
+        val = validation_metric(pipe, pipe.baseline()) - validation_metric(pipe, model)
+    assert seen == [(1, (pytest.approx(dev), val if val is None else pytest.approx(val)))]
 
 
 def test_the_model_card_names_the_positive_class(tiny):

@@ -102,7 +102,7 @@ def test_a_path_is_monotone_in_measured_sparsity_and_its_snapshots_reload_bit_eq
         importance_examples=16,
         seed=0,
         train_cfg=lambda steps: TrainConfig(steps=steps, batch_size=8, distill_weight=0.5),
-        dev_metric=lambda m: 50.0,
+        level_metric=lambda m: 50.0,
         snapshot=snapshot,
         special_ids=(),
         device="cpu",
@@ -222,7 +222,7 @@ def test_a_path_candidate_is_its_snapshot_and_a_search_over_it_never_retrains(
     seen = _watch(monkeypatch)  # counts every path training from here on
     cand = Candidate(sparsity=0.4)
     stages: list[tuple[int, float]] = []
-    model = pipe.trained(cand, on_stage=lambda s, m: stages.append((s, m)))
+    model = pipe.trained(cand, on_stage=lambda s, *m: stages.append((s, m)))
     assert torch.equal(logits(model), logits(pipe.path_snapshot(0.4)))
     assert [s for s, _ in stages] == [last_stage(pipe.recipe, cand)] == [1]
     tp = ThroughputConfig(batch_size=4, seq_len=16, repeats=1, warmup=0)

@@ -88,7 +88,7 @@ class ReplayEvaluator:
         loss, speed = self.truth(config)
         if on_stage is not None:
             for stage in self.stages(config):
-                on_stage(stage, 90.0 - loss)
+                on_stage(stage, loss, None)
         return self._evaluation(config, loss, speed, throughput)
 
     def evaluate_students(

@@ -199,6 +199,68 @@ def test_without_a_split_an_evaluation_chooses_on_dev_and_says_so(tmp_path, tiny
     assert f"({DEV_CHOSEN})" in format_table(ev)
 
 
+def test_a_search_stops_a_trial_on_its_validation_loss_never_its_dev_loss(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    import json
+
+    import autoprumux.pipeline._baseline as baseline_mod
+    from autoprumux._cache import write_manifest
+
+    pipe = pipeline(tmp_path, tiny_checkpoint, prune_stages=2)
+    pipe.baseline()
+    base_val = baseline_mod.baseline_validation_metrics(pipe, 1)["metric"]
+    base_dev = pipe.baseline_metrics()["metric"]
+    # each stage's validation metric, told apart from any dev metric
+    values = iter([41.0, 37.0])
+    monkeypatch.setattr(baseline_mod, "validation_metric", lambda p, m: next(values))
+    built: list[tuple] = []
+    model = pipe.candidate(Candidate(sparsity=0.5), on_stage=lambda *a: built.append(a))
+    (entry,) = (tmp_path / "cache" / "candidate").iterdir()
+    meta = json.loads((entry / "meta.json").read_text())
+    stages = meta["stages"]
+    assert [st["validation_metric"] for st in stages] == [41.0, 37.0]
+    assert stages[-1]["dev_metric"] == pytest.approx(pipe.dev_metrics(model)["metric"])
+    assert built == [
+        (i, pytest.approx(base_dev - st["dev_metric"]), base_val - v)
+        for i, st, v in zip((1, 2), stages, (41.0, 37.0), strict=True)
+    ]
+    # a cache hit reports the recorded losses without scoring again (the spy is spent)
+    again: list[tuple] = []
+    pipe.candidate(Candidate(sparsity=0.5), on_stage=lambda *a: again.append(a))
+    assert again == built
+    # an entry recorded before stages held their validation metric reports its last stage only,
+    # rescored on the split (its recorded dev metric alone never chooses)
+    for st in stages:
+        del st["validation_metric"]
+    (entry / "meta.json").write_text(json.dumps(meta))
+    write_manifest(entry)
+    monkeypatch.setattr(baseline_mod, "validation_metric", lambda p, m: 33.0)
+    old: list[tuple] = []
+    pipe.candidate(Candidate(sparsity=0.5), on_stage=lambda *a: old.append(a))
+    assert old == [(2, pytest.approx(built[-1][1]), base_val - 33.0)]
+    # without a split the dev loss alone is reported
+    dev_pipe = pipeline(tmp_path / "nosplit", tiny_checkpoint, validation_examples=0)
+    seen: list[tuple] = []
+    m = dev_pipe.candidate(Candidate(sparsity=0.5), on_stage=lambda *a: seen.append(a))
+    want = dev_pipe.baseline_metrics()["metric"] - dev_pipe.dev_metrics(m)["metric"]
+    assert seen and seen[-1][1:] == (pytest.approx(want), None)
+
+
+def test_a_trial_stopped_early_records_both_losses_and_its_constraint_reads_validation():
+    from autoprumux.search._record import record_stopped
+
+    trial = optuna.create_study().ask()
+    record_stopped(trial, dev=9.0, val=6.5, budget=1.0)
+    assert trial.user_attrs["accuracy_loss"] == 9.0 and trial.user_attrs["validation_loss"] == 6.5
+    assert trial.user_attrs["chosen_on"] == "validation" and trial_loss(trial) == 6.5
+    assert trial.constraints == {"accuracy_loss": 5.5}
+    alone = optuna.create_study().ask()
+    record_stopped(alone, dev=9.0, val=None, budget=1.0)
+    assert alone.user_attrs["chosen_on"] == "dev" and "validation_loss" not in alone.user_attrs
+    assert alone.constraints == {"accuracy_loss": 8.0} and trial_loss(alone) == 9.0
+
+
 # ---- the export's manifest and card ---------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprumux._paths import new_file_mode
-from autoprumux._selection import DEV_CHOSEN
+from autoprumux._selection import DEV_CHOSEN, describe_losses
 from autoprumux.cli._checks import (
     _check_cache_dir,
     _check_mux_layers_fit,
@@ -243,7 +243,6 @@ def _trial_report(searcher: Searcher, trial: Any) -> str:
     budget = searcher.s.budget
     lines = [head]
     if trial.state.name == "COMPLETE":
-        from autoprumux._selection import describe_losses
         from autoprumux.search._record import trial_loss
 
         within = "within" if (trial_loss(trial) or 0.0) <= budget else "outside"
@@ -257,10 +256,10 @@ def _trial_report(searcher: Searcher, trial: Any) -> str:
         # how each training stage stopped (`search._record.record_evaluation`)
         lines += [f"  {st['line']}" for st in ua.get("stage_training", [])]
     elif trial.state.name == "PRUNED":
+        losses = describe_losses(ua.get("accuracy_loss", float("nan")), ua.get("validation_loss"))
         lines.append(
-            f"  stopped early: dev loss {ua.get('accuracy_loss', float('nan')):.2f} points "
-            f"before its last step, more than {searcher.s.prune_margin:g} above the study's "
-            f"budget of {budget:g}"
+            f"  stopped early before its last step: {losses}, more than "
+            f"{searcher.s.prune_margin:g} above the study's budget of {budget:g}"
         )
     elif trial.state.name == "FAIL":
         lines.append(f"  failed: {trial.system_attrs.get('fail_reason', 'see its MLflow run')}")

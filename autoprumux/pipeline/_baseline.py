@@ -22,13 +22,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from autoprumux.config import Recipe
 from autoprumux.data import Encoded, Example, encode, validation_split
 from autoprumux.evaluation import DevNoise, Measured, dev_noise, paired_dev_metrics
 from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
-from autoprumux.pipeline._context import StageContext
+from autoprumux.pipeline._context import StageContext, StageReport
 from autoprumux.pipeline._keys import cache_key
 from autoprumux.training import (
     PlateauStop,
@@ -189,6 +190,37 @@ def validation_loss(pipe: StageContext, model: AnyModel, pairings: int) -> float
         return None
     base = baseline_validation_metrics(pipe, pairings)["metric"]
     return base - validation_metrics(pipe, model, pairings)["metric"]
+
+
+def stage_scores(pipe: StageContext, model: AnyModel) -> dict[str, float | None]:
+    """What a candidate's intermediate step records (one pairing): ``dev_metric`` (reports) and
+    ``validation_metric`` (chooses; None without a validation split)."""
+    val = validation_metric(pipe, model) if pipe.validation_items else None
+    return {"dev_metric": pipe.dev_metrics(model, pairings=1)["metric"], "validation_metric": val}
+
+
+def stage_losses(pipe: StageContext, scores: dict[str, Any]) -> tuple[float, float | None] | None:
+    """(dev loss, validation loss) of an intermediate step's `stage_scores`, the baseline's
+    metric minus the step's on each split (a search's pruner reads the one that chooses,
+    `_selection`); the validation loss is None without a split. None when the split exists but
+    the step recorded no validation metric (scored before steps recorded one): its dev loss
+    alone must not choose."""
+    dev = float(pipe.baseline_metrics()["metric"] - scores["dev_metric"])
+    if not pipe.validation_items:
+        return dev, None
+    if scores.get("validation_metric") is None:
+        return None
+    return dev, float(baseline_validation_metrics(pipe, 1)["metric"] - scores["validation_metric"])
+
+
+def report_stage(
+    pipe: StageContext, on_stage: StageReport, step: int, scores: dict[str, Any]
+) -> None:
+    """`on_stage(step, dev loss, validation loss)` of a step (`stage_losses`); a step scored
+    without its validation metric is not reported."""
+    losses = stage_losses(pipe, scores)
+    if losses is not None:
+        on_stage(step, *losses)
 
 
 def validated(

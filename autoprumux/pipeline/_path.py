@@ -155,7 +155,7 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         train_cfg=lambda steps: TrainConfig.from_recipe(
             r, steps, distill_weight=r.path_distill_weight, lr=r.path_lr
         ),
-        dev_metric=metric,
+        level_metric=metric,
         snapshot=snapshot,
         special_ids=pipe.special_ids,
         device=pipe.device,

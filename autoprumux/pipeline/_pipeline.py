@@ -60,12 +60,15 @@ from autoprumux.pipeline._baseline import (
     build_baseline,
     measure_baseline,
     noise_of,
+    report_stage,
     resolve_max_seq_len,
     split_train,
+    stage_losses,
+    stage_scores,
     training_record,
     validated,
 )
-from autoprumux.pipeline._context import TeacherTables
+from autoprumux.pipeline._context import StageReport, TeacherTables
 from autoprumux.pipeline._keys import cache_key, candidate_key, mux_key
 from autoprumux.pipeline._mux import (
     early_mux_model,
@@ -160,7 +163,7 @@ class PruMuxPipeline:
         self.corpus_digest: str | None = None
         self._baseline_metrics: dict[str, float] | None = None
         self.tables = TeacherTables()
-        self._mux_metrics: dict[MuxShape, dict[str, float]] = {}
+        self._mux_scores: dict[MuxShape, dict[str, float | None]] = {}
         self._checked_shapes: dict[Candidate, tuple[float, MuxShape]] = {}
         self._warned_short_baseline = False
 
@@ -272,7 +275,7 @@ class PruMuxPipeline:
         sparsity: float,
         *,
         desc: str = "",
-        on_stage: Callable[[int, float], None] | None = None,
+        on_stage: StageReport | None = None,
     ) -> dict:
         """Prune `model` in place to `sparsity` with the recipe's recovery (see
         `_recovery.prune`). Returns per-stage stats."""
@@ -297,7 +300,7 @@ class PruMuxPipeline:
         return self.trained(config)
 
     def trained(
-        self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
+        self, config: Candidate, *, on_stage: StageReport | None = None
     ) -> MuxSequenceClassifier:
         """The configuration's fp32 model, as its precision is converted from: the candidate,
         and for int8 with the recipe's `int8_recovery_steps`, distilled further while computing
@@ -308,12 +311,11 @@ class PruMuxPipeline:
         return int8_recovered(self, config, model)
 
     def candidate(
-        self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
+        self, config: Candidate, *, on_stage: StageReport | None = None
     ) -> MuxSequenceClassifier:
         """The pruned (and, for N > 1, multiplexed) candidate, built or taken from the cache.
-        `on_stage(stage, dev metric)` is called for stage 0 (the unpruned model, N > 1 only) and
-        after each pruning stage, the same way on a cache hit (the stages' metrics are recorded
-        with the entry): a search stops or keeps a configuration, cached or not."""
+        `on_stage(stage, dev loss, validation loss)` for stage 0 (the unpruned model, N > 1 only)
+        and each pruning stage, the same on a cache hit (the entry records the stages' metrics)."""
         (sparsity, shape), r = self.prumux_shape(config), self.recipe
         n = shape.n
         self.check_lengths(shape.prefix_positions)
@@ -327,10 +329,10 @@ class PruMuxPipeline:
             else:
                 model = served_snapshot(self, sparsity)
             if on_stage is not None:
-                on_stage(1, self.dev_metrics(model, pairings=1)["metric"])
+                report_stage(self, on_stage, 1, stage_scores(self, model))
             return model
         if n > 1 and on_stage is not None:
-            on_stage(0, self.mux_metrics(shape)["metric"])
+            report_stage(self, on_stage, 0, self.mux_scores(shape))
         if sparsity == 0.0:
             return self.mux_model(shape)
         key = self.candidate_entry_key(sparsity, shape)
@@ -358,16 +360,14 @@ class PruMuxPipeline:
         if hit and on_stage is not None:
             meta = self.cache.meta(entry)
             stages = meta.get("stages", [])
-            # stage metrics scored another way (metric, f1's positive class) are not this one's;
-            # entries from before this was recorded are trusted
+            # stage metrics scored another way (metric, f1's positive class) are not this one's
             stale = meta.get("scored_by", self.scoring) != self.scoring
             for stage, st in enumerate(stages, start=1):
-                metric = None if stale else st.get("dev_metric")
-                if metric is None:  # stale, or written before stage metrics were recorded
-                    last = stage == len(stages)
-                    metric = self.dev_metrics(model, pairings=1)["metric"] if last else None
-                if metric is not None:
-                    on_stage(stage, float(metric))
+                if stale or "dev_metric" not in st or stage_losses(self, st) is None:
+                    if stage < len(stages):  # scored another way, or before this was recorded
+                        continue
+                    st = stage_scores(self, model)
+                report_stage(self, on_stage, stage, st)
         return model
 
     # ---- Academus students (built in _students) ---------------------------------------------
@@ -407,12 +407,12 @@ class PruMuxPipeline:
             pos_label=self.task.positive,
         )
 
-    def mux_metrics(self, shape: MuxShape) -> dict[str, float]:
-        """Dev metrics (one pairing) of the unpruned multiplexed model, for a search pruner's
-        step 0 (computed once per pipeline and shape)."""
-        if shape not in self._mux_metrics:
-            self._mux_metrics[shape] = self.dev_metrics(self.mux_model(shape), pairings=1)
-        return self._mux_metrics[shape]
+    def mux_scores(self, shape: MuxShape) -> dict[str, float | None]:
+        """`stage_scores` of the unpruned multiplexed model, a search pruner's step 0 (computed
+        once per pipeline and shape)."""
+        if shape not in self._mux_scores:
+            self._mux_scores[shape] = stage_scores(self, self.mux_model(shape))
+        return self._mux_scores[shape]
 
     @property
     def model_id(self) -> str:
@@ -470,9 +470,7 @@ class PruMuxPipeline:
         self.check_lengths(self.prumux_shape(config)[1].prefix_positions)
         check_precision(config.precision, str(self.device))
 
-    def deployable(
-        self, config: Candidate, *, on_stage: Callable[[int, float], None] | None = None
-    ) -> AnyModel:
+    def deployable(self, config: Candidate, *, on_stage: StageReport | None = None) -> AnyModel:
         """The configuration's model as it is scored, timed and served: built (or cached) in
         fp32, then converted to its precision."""
         self.check(config)
@@ -500,7 +498,7 @@ class PruMuxPipeline:
         config: Candidate,
         *,
         throughput: ThroughputConfig | None = None,
-        on_stage: Callable[[int, float], None] | None = None,
+        on_stage: StageReport | None = None,
         active: int | None = None,
     ) -> Evaluation:
         """Any configuration beside the fp32 baseline: built (or cached) in fp32, converted to
@@ -515,7 +513,7 @@ class PruMuxPipeline:
         config: Candidate,
         *,
         throughput: ThroughputConfig | None = None,
-        on_stage: Callable[[int, float], None] | None = None,
+        on_stage: StageReport | None = None,
         active: int | None = None,
     ) -> tuple[Evaluation, AnyModel]:
         """`evaluate`, and the converted model it scored and timed, so an export writes that one

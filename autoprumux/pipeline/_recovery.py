@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from autoprumux.config import Candidate
 from autoprumux.data import Encoded
 from autoprumux.models import MuxSequenceClassifier, fake_int8
-from autoprumux.pipeline._baseline import stage_rule
-from autoprumux.pipeline._context import StageContext
+from autoprumux.pipeline._baseline import report_stage, stage_rule, stage_scores
+from autoprumux.pipeline._context import StageContext, StageReport
 from autoprumux.pipeline._corpus import distils_from_tables, unlabeled_items
 from autoprumux.pipeline._keys import int8_key, teacher_key
 from autoprumux.training import (
@@ -100,12 +99,13 @@ def prune(
     sparsity: float,
     *,
     desc: str = "",
-    on_stage: Callable[[int, float], None] | None = None,
+    on_stage: StageReport | None = None,
 ) -> dict:
     """Prune `model` in place to `sparsity` (see `prune_in_stages`), recovering with
     distillation from the baseline over the recovery set, each stage until the validation split
     plateaus (at most its share of `recovery_steps`, its best weights kept: `stage_rule`); each
-    stage's dev metric (one pairing) is recorded and passed to `on_stage(stage, metric)`.
+    stage's dev and validation metrics (one pairing, `stage_scores`) are recorded, and its losses
+    passed to `on_stage(stage, dev loss, validation loss)` (`stage_losses`).
     Returns per-stage stats (with each stage's ``stopping``)."""
     r = pipe.recipe
     items, logits = recovery_set(pipe)
@@ -127,11 +127,11 @@ def prune(
             retrieval_weight=r.retrieval_weight if model.n > 1 else 0.0,
             layer_distill_weight=r.recovery_layer_distill if model.n == 1 else 0.0,
         ),
-        dev_metric=lambda m: pipe.dev_metrics(m, pairings=1)["metric"],
+        score=lambda m: stage_scores(pipe, m),
         special_ids=pipe.special_ids,
         device=pipe.device,
         desc=desc,
-        on_stage=on_stage,
+        on_stage=None if on_stage is None else lambda s, st: report_stage(pipe, on_stage, s, st),
         teacher_logits=logits,
         teacher_layers=teacher_layers(pipe) if model.n == 1 else None,
         stopping=stage_rule(pipe),

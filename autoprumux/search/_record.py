@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from autoprumux import tracking
-from autoprumux._selection import DEV, recorded_losses
+from autoprumux._selection import chosen_on, recorded_losses, selection_loss
 from autoprumux.errors import ConfigError
 
 log = logging.getLogger("autoprumux")
@@ -84,11 +84,14 @@ def log_stage_training(client: Any, run_id: str, ev: Any) -> None:
         log.warning("could not log the training stages to MLflow run %s: %s", run_id, e)
 
 
-def record_stopped(trial: Any, loss: float, budget: float) -> None:
-    """A trial stopped early: the loss of its last stage (scored on dev by the stages)."""
-    trial.set_user_attr("accuracy_loss", loss)
-    trial.set_user_attr("chosen_on", DEV)
-    trial.set_constraint("accuracy_loss", loss - budget)
+def record_stopped(trial: Any, dev: float, val: float | None, budget: float) -> None:
+    """A trial stopped early: the dev and validation losses of its last step (validation None
+    without a split), its constraint on the one that chooses."""
+    trial.set_user_attr("accuracy_loss", dev)
+    if val is not None:
+        trial.set_user_attr("validation_loss", val)
+    trial.set_user_attr("chosen_on", chosen_on(val))
+    trial.set_constraint("accuracy_loss", selection_loss(dev, val) - budget)
 
 
 def check_recorded(trials: list[Any], study: str) -> None:

@@ -7,10 +7,10 @@
   (TPE's constraint; the dev loss without a split); every finished trial records both losses
   (validation: chosen on; dev: what to expect, see `_record`), speedup, throughput, latency and
   size.
-* early stopping: the accuracy loss of the unpruned N-way model (step 0) and after each pruning
-  stage is reported, the same way whether the candidate was built or cached; a trial stops at an
-  intermediate step when its loss there exceeds the budget by more than `prune_margin` points
-  (more pruning rarely wins accuracy back). The last step is never cut short: a finished
+* early stopping: the loss that chooses (validation; dev without a split) of the unpruned N-way
+  model (step 0) and after each pruning stage is reported, the same way whether the candidate
+  was built or cached; a trial stops at an intermediate step when that loss exceeds the budget
+  by more than `prune_margin` points (more pruning rarely wins accuracy back). The last step is never cut short: a finished
   candidate is measured, feasible or not (the meta-model learns from it).
 * failures (e.g. out of memory) mark the trial failed and the study goes on; a worker killed
   mid-trial leaves a stale RUNNING trial that the heartbeat marks failed and retries once.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from autoprumux import tracking
+from autoprumux._selection import chosen_on, selection_loss
 from autoprumux.config import Candidate, ThroughputConfig
 from autoprumux.errors import ConfigError
 from autoprumux.search._guided import PriorTrial, load_prior, loss_noise
@@ -111,7 +112,7 @@ class TrialEvaluator(Protocol):
         config: Candidate,
         *,
         throughput: ThroughputConfig | None = None,
-        on_stage: Callable[[int, float], None] | None = None,
+        on_stage: Callable[[int, float, float | None], None] | None = None,
     ) -> Any: ...
     def evaluate_students(
         self, k: int, depth: int, *, throughput: ThroughputConfig | None = None
@@ -327,32 +328,38 @@ class Searcher:
             return self._grid[trial.suggest_categorical(GRID_PARAM, list(range(len(self._grid))))]
         return self.space.suggest(trial)
 
-    def _report_loss(self, trial: Any, step: int, loss: float, run_id: str, last: bool) -> None:
-        """Report an intermediate loss; stop the trial when it is beyond the budget by more than
-        the margin at a step that is not the last (see the module docstring)."""
+    def _report_loss(
+        self, trial: Any, step: int, dev: float, val: float | None, run_id: str, last: bool
+    ) -> None:
+        """Report an intermediate step's loss that chooses (validation; dev without a split);
+        stop the trial when it is beyond the budget by more than the margin at a step that is not
+        the last (see the module docstring)."""
         import optuna
 
+        loss = selection_loss(dev, val)
         trial.report(loss, step)
         trial.set_user_attr("intermediate_loss", loss)
-        self.client.log_metric(run_id, "intermediate_accuracy_loss", loss, step=step)
+        self.client.log_metric(run_id, "intermediate_accuracy_loss", dev, step=step)
+        if val is not None:
+            self.client.log_metric(run_id, "intermediate_validation_loss", val, step=step)
         if not last and loss > self.s.budget + self.s.prune_margin:
-            record_stopped(trial, loss, self.s.budget)
+            record_stopped(trial, dev, val, self.s.budget)
             raise optuna.TrialPruned(
-                f"accuracy loss {loss:.2f} at step {step} is more than {self.s.prune_margin:g} "
-                f"points above the budget ({self.s.budget:g})"
+                f"{chosen_on(val)} loss {loss:.2f} at step {step} is more than "
+                f"{self.s.prune_margin:g} points above the budget ({self.s.budget:g})"
             )
 
     def _evaluate(self, trial: Any, cfg: Candidate, run_id: str) -> Any:
-        """One configuration measured beside its baseline, a PruMUX one reporting its loss after
-        each pruning stage (a hopeless one is pruned; students report none)."""
+        """One configuration measured beside its baseline, a PruMUX one reporting its loss that
+        chooses (validation; dev without a split) after each pruning stage (a hopeless one is
+        pruned; students report none)."""
         from autoprumux.pipeline import last_stage
 
         pipe = self.pipeline(cfg.mux_variant)
-        base = pipe.baseline_metrics()["metric"]
         last = last_stage(self.space.recipe, cfg)  # a pruned late model reports one step
 
-        def on_stage(stage: int, metric: float) -> None:
-            self._report_loss(trial, stage, base - metric, run_id, last=stage >= last)
+        def on_stage(stage: int, dev: float, val: float | None) -> None:
+            self._report_loss(trial, stage, dev, val, run_id, last=stage >= last)
 
         return pipe.evaluate(cfg, throughput=self.s.throughput, on_stage=on_stage)
 

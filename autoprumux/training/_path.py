@@ -55,7 +55,7 @@ def prune_path(
     importance_examples: int,
     seed: int,
     train_cfg: Callable[[int], TrainConfig],
-    dev_metric: Callable[[MuxSequenceClassifier], float],
+    level_metric: Callable[[MuxSequenceClassifier], float],
     snapshot: Callable[[float, MuxSequenceClassifier, float], None],
     special_ids: tuple[int, ...],
     device: torch.device | str,
@@ -71,7 +71,7 @@ def prune_path(
     measured sparsity never falls), then the model trains its share of `steps` (`level_steps`
     by `schedule`) plus `settle_steps` (`train_cfg(steps)`, seeded per level, distilling from
     `teacher`; `teacher_logits` / `teacher_layers` spare running it, see `train_classifier`),
-    is scored by `dev_metric`, and is passed to `snapshot(level, model, metric)`, which may
+    is scored by `level_metric`, and is passed to `snapshot(level, model, metric)`, which may
     save it (or raise to stop the path).
     `start` levels are taken as done: `model` is then the snapshot of level `start` (1-based)
     and the path goes on from the next, training and pruning exactly as an unbroken run would
@@ -105,7 +105,7 @@ def prune_path(
             teacher_layers=teacher_layers,
         )
         t0 = time.perf_counter()
-        metric = dev_metric(model)
+        metric = level_metric(model)
         measured = model.sparsity()
         stats.append(
             {

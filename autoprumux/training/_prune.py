@@ -83,11 +83,11 @@ def prune_in_stages(
     importance_examples: int,
     seed: int,
     train_cfg: Callable[[int], TrainConfig],
-    dev_metric: Callable[[MuxSequenceClassifier], float],
+    score: Callable[[MuxSequenceClassifier], dict[str, Any]],
     special_ids: tuple[int, ...],
     device: torch.device | str,
     desc: str = "",
-    on_stage: Callable[[int, float], None] | None = None,
+    on_stage: Callable[[int, dict[str, Any]], None] | None = None,
     teacher_logits: torch.Tensor | None = None,
     teacher_layers: TeacherLayers | None = None,
     recovery_items: Sequence[Encoded] | None = None,
@@ -99,8 +99,8 @@ def prune_in_stages(
     removes the least important down to the stage's target, then recovers with
     `train_cfg(steps)` (the recovery steps split over the stages by `schedule`, see
     `recovery_schedule`) distilling from `teacher`.
-    Each stage's `dev_metric` is recorded in its stats and passed to `on_stage(stage, metric)`,
-    which may raise to abandon the candidate. `teacher_logits` (the teacher's logits for every
+    Each stage's `score(model)` (its metrics) is recorded in its stats, which are passed to
+    `on_stage(stage, stats)`; it may raise to abandon the candidate. `teacher_logits` (the teacher's logits for every
     training item), and `teacher_layers` (its per-layer states) for layer distillation, spare
     running the teacher (see `train_classifier`). The recovery trains on `recovery_items` when
     given (e.g. the training items plus unlabeled ones, which the tables then cover too), the
@@ -140,9 +140,9 @@ def prune_in_stages(
                 "ffn": list(model.encoder.config.ffn),
                 "train": tr,
                 **({"stopping": stopped} if stopped is not None else {}),
-                "dev_metric": dev_metric(model),
+                **score(model),
             }
         )
         if on_stage is not None:
-            on_stage(stage, stats[-1]["dev_metric"])
+            on_stage(stage, stats[-1])
     return {"stages": stats}
