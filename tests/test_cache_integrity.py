@@ -121,6 +121,8 @@ BAD_RECIPES = [
     ("finetune_steps", 1.5),
     ("validation_examples", -1),
     ("validation_examples", 1.5),
+    ("stopping_examples", -1),
+    ("stopping_examples", 2.5),
     ("eval_every", 0),
     ("patience", 0),
     ("patience", True),

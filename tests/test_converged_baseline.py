@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_encoder
 
 from autoprumux.cli import main
-from autoprumux.config import RECIPE_PRESETS, Recipe
+from autoprumux.config import RECIPE_PRESETS, Candidate, Recipe
 from autoprumux.data import DataSource, Example, validation_size, validation_split
 from autoprumux.errors import ConfigError
 from autoprumux.models import MuxConfig, MuxSequenceClassifier
@@ -150,6 +150,45 @@ def test_the_validation_split_is_stratified_fixed_and_never_dev_or_trained_on(
     # the same on every run, whatever the recipe's seed
     again = pipeline(tmp_path / "again", tiny_checkpoint, seed=5)
     assert [tuple(it.input_ids) for it in again.validation_items] == ids
+
+
+def test_a_stopping_split_stands_apart_and_alone_stops_training(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    import autoprumux.pipeline._baseline as baseline_mod
+
+    shared = pipeline(tmp_path / "shared", tiny_checkpoint)
+    assert shared.stopping_items is shared.validation_items  # the default: one split does both
+    pipe = pipeline(
+        tmp_path, tiny_checkpoint, stopping_examples=None, eval_every=3, patience=2,
+        recovery_steps=6, prune_stages=1, importance_examples=16,
+    )  # fmt: skip
+    ids = lambda items: {tuple(it.input_ids) for it in items}  # noqa: E731
+    stop, val = ids(pipe.stopping_items), ids(pipe.validation_items)
+    assert len(pipe.stopping_items) == len(pipe.validation_items) == 40  # as many as it holds
+    assert len(pipe.train_items) == 320 and val == ids(shared.validation_items)
+    assert not stop & val and not stop & ids(pipe.train_items) and not stop & ids(pipe.dev_items)
+    again = pipeline(tmp_path / "again", tiny_checkpoint, stopping_examples=None, seed=5)
+    assert ids(again.stopping_items) == stop  # fixed, whatever the recipe's seed
+    assert "stopping: 40 of the" in pipe.validation_note
+    scored: list[set] = []
+    real = baseline_mod.paired_dev_metrics
+
+    def spy(model, items, *a, **kw):
+        scored.append(ids(items))
+        return real(model, items, *a, **kw)
+
+    monkeypatch.setattr(baseline_mod, "paired_dev_metrics", spy)
+    pipe.baseline()
+    assert len(scored) >= 2 and all(s == stop for s in scored)  # every plateau evaluation
+    scored.clear()
+    pipe.candidate(Candidate(sparsity=0.5))  # recovery stops on it, the stage record chooses
+    assert stop in scored and val in scored and scored[-1] == val
+    assert pipe.entry_key() != shared.entry_key()
+    with pytest.raises(ConfigError, match=r"stopping_examples \(5\) needs a validation split"):
+        Recipe(stopping_examples=5, validation_examples=0)
+    with pytest.raises(ConfigError, match=r"stopping_examples \(355\).*set 0 \(the validation"):
+        pipeline(tmp_path / "big", tiny_checkpoint, stopping_examples=355)
 
 
 def test_the_split_size_rule():

@@ -127,9 +127,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ev = pipe.evaluate(config, throughput=tp, active=active)
     print(format_table(ev))
     r = pipe.recipe
+    stop = [] if pipe.stopping_items is pipe.validation_items else pipe.stopping_items
     print(
-        f"(data: {len(pipe.train_items) + len(pipe.validation_items)} training examples "
-        f"({len(pipe.validation_items)} held out for validation), batch {r.batch_size} "
+        f"(data: {len(pipe.train_items) + len(pipe.validation_items) + len(stop)} training "
+        f"examples ({len(pipe.validation_items)} held out for validation"
+        + (f", {len(stop)} to stop training" if stop else "")
+        + f"), batch {r.batch_size} "
         f"({r.batching}, {pipe.train_autocast} forward); "
         + (
             "baseline: your model, used as is"

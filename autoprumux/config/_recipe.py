@@ -79,6 +79,15 @@ class Recipe:
         "its own; their phrases are not trained on either; default: 10% of train, at most "
         "2,000; 0: none, every stage trains its cap)",
     )
+    stopping_examples: int | None = _field(
+        0,
+        Rule(int, low=0, none="as many as the validation split"),
+        "data",
+        "whole training texts held out apart from the validation split, read only to stop "
+        "training (each stage's plateau and the evaluation whose weights it keeps), so that the "
+        "validation split only chooses: a stage's validation score is then not the best of its "
+        "own evaluations (0: the validation split does both; None: as many as it holds)",
+    )
     batch_size: int = _field(32, COUNT, "data", "examples per step")
     lr: float = _field(1e-4, LR, "finetune", "learning rate of the baseline's fine-tune")
     # ---- the baseline's fine-tune and the stopping rule
@@ -319,6 +328,12 @@ class Recipe:
                 f"recipe field max_train_examples ({self.max_train_examples!r}) must be >= "
                 f"batch_size ({self.batch_size}) or None (all examples); raise it or lower "
                 "batch_size"
+            )
+        if self.validation_examples == 0 and self.stopping_examples != 0:
+            raise ConfigError(
+                f"recipe field stopping_examples ({self.stopping_examples!r}) needs a validation "
+                "split to stand apart from (validation_examples is 0); set stopping_examples 0 "
+                "or validation_examples None or > 0"
             )
         if self.mux_warmup_steps > 0 and self.warmup_corpus_size < self.batch_size:
             raise ConfigError(

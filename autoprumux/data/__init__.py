@@ -55,6 +55,7 @@ __getattr__ = lazy_exports(
         "load_task_data": _SOURCE,
         "resolve_task": _SOURCE,
         "VALIDATION_SEED": _VALIDATION,
+        "STOPPING_SEED": _VALIDATION,
         "validation_size": _VALIDATION,
         "validation_split": _VALIDATION,
     },
@@ -86,7 +87,12 @@ if TYPE_CHECKING:
         resolve_task,
     )
     from autoprumux.data._texts import CHARS_PER_TOKEN, MAX_VALUE_CHARS, clip_text, max_text_chars
-    from autoprumux.data._validation import VALIDATION_SEED, validation_size, validation_split
+    from autoprumux.data._validation import (
+        STOPPING_SEED,
+        VALIDATION_SEED,
+        validation_size,
+        validation_split,
+    )
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -96,6 +102,7 @@ __all__ = [
     "METRICS",
     "TASKS",
     "UNLABELED",
+    "STOPPING_SEED",
     "VALIDATION_SEED",
     "DataSource",
     "Encoded",

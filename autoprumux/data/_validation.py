@@ -13,19 +13,29 @@ from autoprumux.data._overlap import Labelled, WholeTexts
 from autoprumux.errors import ConfigError
 
 VALIDATION_SEED = 7919  # fixed, apart from the recipe's seed: the split is the same on every run
+STOPPING_SEED = 104729  # the stopping split's (carved from the rest), fixed the same way
 VALIDATION_SHARE = 0.1  # of the training examples, when the recipe leaves the size unset
 MAX_VALIDATION = 2000  # enough to rank checkpoints (a binomial SE below 1.2 points)
 MIN_PER_CLASS = 8  # the unset size holds at least this many examples per class
+# what else a refused size of each recipe field may be set to
+OTHER_SIZES = {
+    "validation_examples": "None (10% of train, at most 2,000) or 0 (no validation split)",
+    "stopping_examples": "0 (the validation split stops training too)",
+}
 
 
 def validation_size(
-    labels: Sequence[int], requested: int | None, batch_size: int
+    labels: Sequence[int],
+    requested: int | None,
+    batch_size: int,
+    field: str = "validation_examples",
+    seed: int = VALIDATION_SEED,
 ) -> tuple[int, str]:
     """(whole texts held out, a line saying how many and why); `labels`: one per whole text
     (`WholeTexts`). `requested` None: `VALIDATION_SHARE` of them, at least `MIN_PER_CLASS` per
     class, at most `MAX_VALIDATION`; or 0 when train is too small to spare them and keep a
     batch. 0: no split. A requested size that leaves less than a batch to train on, or that
-    stratification cannot hold, is refused."""
+    stratification cannot hold, is refused, naming the recipe `field` that asked for it."""
     n, counts = len(labels), Counter(labels)
     if requested == 0:
         return 0, "no validation split (validation_examples 0): the baseline trains its cap"
@@ -41,14 +51,14 @@ def validation_size(
         rare = min(counts.values(), default=0)
         if n - size < batch_size or size < len(counts) or rare < 2:
             raise ConfigError(
-                f"recipe field validation_examples ({requested}) must leave at least a batch "
+                f"recipe field {field} ({requested}) must leave at least a batch "
                 f"({batch_size}) of the {n} whole training texts, hold one per class "
-                f"({len(counts)}) and find 2 of each (the rarest has {rare}); lower it, set "
-                "None (10% of train, at most 2,000) or 0 (no validation split)"
+                f"({len(counts)}) and find 2 of each (the rarest has {rare}); lower it or set "
+                f"{OTHER_SIZES[field]}"
             )
     return size, (
         f"validation: {size:,} of the {n:,} whole training texts held out (stratified, seed "
-        f"{VALIDATION_SEED}), never trained on"
+        f"{seed}), never trained on"
     )
 
 
@@ -64,13 +74,17 @@ class ValidationSplit:
 
 
 def validation_split(
-    rows: Sequence[Labelled], requested: int | None, batch_size: int, seed: int = VALIDATION_SEED
+    rows: Sequence[Labelled],
+    requested: int | None,
+    batch_size: int,
+    seed: int = VALIDATION_SEED,
+    field: str = "validation_examples",
 ) -> ValidationSplit:
     """The validation split of `rows`: `validation_size` of their whole texts (`WholeTexts`:
     no text of the split, nor any part of one, is trained on), stratified by label, the same for
     the same rows, size and seed."""
     texts = WholeTexts(rows)
-    size, note = validation_size(texts.whole_labels, requested, batch_size)
+    size, note = validation_size(texts.whole_labels, requested, batch_size, field, seed)
     split = texts.hold_out(size, seed)
     if split.dropped:
         note += (

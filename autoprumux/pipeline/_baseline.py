@@ -22,10 +22,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from autoprumux.config import Recipe
-from autoprumux.data import Encoded, Example, encode, validation_split
+from autoprumux.data import STOPPING_SEED, Encoded, Example, encode, validation_split
 from autoprumux.evaluation import DevNoise, Measured, dev_noise, paired_dev_metrics
 from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
@@ -95,7 +95,7 @@ def build_baseline(pipe: StageContext) -> Path:
             m,
             pipe.train_items,
             cfg,
-            lambda model: validation_metric(pipe, model),
+            lambda model: stopping_metric(pipe, model),
             PlateauStop(r.patience, r.min_delta),
             r.eval_every,
             anneal=r.plateau_anneal,
@@ -140,27 +140,73 @@ def noise_of(pipe: StageContext, metrics: dict[str, float]) -> DevNoise:
     return dev_noise((e.label for e in pipe.data.dev), metrics["accuracy"])
 
 
-def split_train(pipe: StageContext) -> tuple[list[Encoded], list[Encoded], frozenset[str], str]:
-    """(items trained on, the validation split's items, every text side of the rows not trained
-    on, a line saying how many were held out): the training examples encoded, the split carved
-    as `data.validation_split` does."""
-    train = pipe.data.train
-    split = validation_split(train, pipe.recipe.validation_examples, pipe.recipe.batch_size)
-    log.info("%s", split.note)
+class TrainSplit(NamedTuple):
+    """The training examples, encoded and split: `train` (trained on), `validation` (chooses),
+    `stopping` (stops training: the validation items themselves unless the recipe holds out a
+    stopping split), `untrained` (every text side of the rows not trained on) and a line saying
+    how many were held out."""
+
+    train: list[Encoded]
+    validation: list[Encoded]
+    stopping: list[Encoded]
+    untrained: frozenset[str]
+    note: str
+
+
+def split_train(pipe: StageContext) -> TrainSplit:
+    """The training examples split as `data.validation_split` carves them: the validation split,
+    then, with the recipe's `stopping_examples`, a stopping split of the rest (whole texts too,
+    a seed of its own)."""
+    train, r = pipe.data.train, pipe.recipe
+    split = validation_split(train, r.validation_examples, r.batch_size)
+    trained, stop, dropped, note = split.trained, [], list(split.dropped), split.note
+    if split.held and r.stopping_examples != 0:
+        rest = validation_split(
+            [train[i] for i in trained],
+            len(split.held) if r.stopping_examples is None else r.stopping_examples,
+            r.batch_size,
+            seed=STOPPING_SEED,
+            field="stopping_examples",
+        )
+        stop = [trained[i] for i in rest.held]
+        dropped += [trained[i] for i in rest.dropped]
+        trained = [trained[i] for i in rest.trained]
+        note += f"; stopping: {rest.note.removeprefix('validation: ')}, read only to stop"
+    log.info("%s", note)
     items = encode(train, pipe.tokenizer, pipe.max_seq_len)
     untrained = frozenset(
         side
-        for i in split.held + split.dropped
+        for i in split.held + stop + dropped
         for side in (train[i].text_a, train[i].text_b)
         if side is not None
     )
-    return [items[i] for i in split.trained], [items[i] for i in split.held], untrained, split.note
+    held = [items[i] for i in split.held]
+    return TrainSplit(
+        [items[i] for i in trained],
+        held,
+        [items[i] for i in stop] if stop else held,
+        untrained,
+        note,
+    )
 
 
 def validation_metric(pipe: StageContext, model: AnyModel) -> float:
-    """`model`'s metric on the validation split, in points (what stopping reads); a multiplexed
-    model's over one seeded pairing of the split (see `paired_dev_metrics`)."""
+    """`model`'s metric on the validation split, in points; a multiplexed model's over one
+    seeded pairing of the split (see `paired_dev_metrics`)."""
     return validation_metrics(pipe, model, pairings=1)["metric"]
+
+
+def stopping_metric(pipe: StageContext, model: AnyModel) -> float:
+    """`model`'s metric on the stopping split (the validation split unless the recipe holds out
+    one of its own), in points, as `validation_metric` scores: what every plateau reads."""
+    return paired_dev_metrics(
+        model,
+        pipe.stopping_items,
+        pipe.task.metric,
+        pairings=1,
+        device=pipe.device,
+        pos_label=pipe.task.positive,
+    )["metric"]
 
 
 def validation_metrics(pipe: StageContext, model: AnyModel, pairings: int) -> dict[str, float]:
@@ -243,10 +289,10 @@ def validated(
 
 def stage_rule(pipe: StageContext) -> StoppingRule:
     """The baseline's stopping rule for the candidates' stages (pruning recovery, the mux
-    fine-tunes, the students): the validation split's metric every `eval_every` steps, `patience`
+    fine-tunes, the students): the stopping split's metric every `eval_every` steps, `patience`
     and `min_delta`; their step counts are the caps. Without a split they train their caps."""
     r = pipe.recipe
-    validate = (lambda model: validation_metric(pipe, model)) if pipe.validation_items else None
+    validate = (lambda model: stopping_metric(pipe, model)) if pipe.stopping_items else None
     return StoppingRule(validate, r.eval_every, r.patience, r.min_delta, r.plateau_anneal)
 
 

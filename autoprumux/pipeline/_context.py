@@ -53,6 +53,7 @@ class StageContext(Protocol):
     max_seq_len: int
     train_items: list[Encoded]
     validation_items: list[Encoded]
+    stopping_items: list[Encoded]  # the validation items unless the recipe holds out others
     untrained_texts: frozenset[str]  # the validation split's rows' texts, and their parts'
     special_ids: tuple[int, ...]
     head_rows: tuple[int, ...] | None

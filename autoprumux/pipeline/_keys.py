@@ -53,7 +53,7 @@ def stopping_key(pipe: StageContext) -> dict:
     """Whether a candidate stage (pruning recovery, a mux fine-tune, students) stops on the
     validation split's plateau and keeps its best weights (`StoppingRule`), or, without a split,
     trains its cap."""
-    return {"stages_stop": "validation_plateau" if pipe.validation_items else "cap"}
+    return {"stages_stop": "validation_plateau" if pipe.stopping_items else "cap"}
 
 
 def mux_key(pipe: StageContext, shape: MuxShape) -> dict:

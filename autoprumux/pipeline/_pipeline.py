@@ -149,10 +149,11 @@ class PruMuxPipeline:
             self.recipe, self.data.train, self.tokenizer, self.base
         )
         self.recipe = replace(self.recipe, max_seq_len=self.max_seq_len)
-        # the validation split decides when training stops; no stage trains on it
-        self.train_items, self.validation_items, self.untrained_texts, self.validation_note = (
-            split_train(self)
-        )
+        # the validation split chooses, the stopping split (the same one by default) stops
+        # training; no stage trains on either
+        split = split_train(self)
+        self.train_items, self.validation_items, self.stopping_items = split[:3]
+        self.untrained_texts, self.validation_note = split.untrained, split.note
         self.dev_items = encode(self.data.dev, self.tokenizer, self.max_seq_len)
         tok = self.tokenizer
         special = (tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
