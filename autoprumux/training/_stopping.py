@@ -132,7 +132,7 @@ def train_until_plateau(
         model.load_state_dict(best)
     model.eval()
     summary = stop.summary(cfg.steps)
-    log.info("%s", describe_convergence(summary, "validation metric", what, cap_field))
+    log.info("%s", describe_convergence(summary, "metric", what, cap_field))
     return {**stats, "stopping": summary}
 
 
@@ -186,7 +186,7 @@ class StoppingRule:
             "unvalidated": why,
         }
         if cfg.steps:
-            log.info("%s", describe_convergence(summary, "validation metric", what, cap_field))
+            log.info("%s", describe_convergence(summary, "metric", what, cap_field))
         return {**stats, "stopping": summary}
 
 
