@@ -189,12 +189,14 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny_checkpoint, tmp_
 
 
 def _one_strict_trial(space: SearchSpace, tmp_path: Path, name: str) -> Searcher:
-    """One trial at budget 0 and margin 0 against a baseline forced to 100 points: any
-    intermediate step stops it."""
+    """One trial at budget 0 and margin 0 against a baseline forced to 100 points on dev and on
+    the validation split (whose loss a trial is stopped on): any intermediate step stops it."""
     searcher = Searcher(
         settings(space, tmp_path, trials=1, budget=0.0, prune_margin=0.0, study_name=name)
     )
-    searcher.pipeline("gaussian")._baseline_metrics = {"metric": 100.0, "accuracy": 100.0}
+    pipe = searcher.pipeline("gaussian")
+    pipe._baseline_metrics = {"metric": 100.0, "accuracy": 100.0}
+    pipe.tables.baseline_validation = {"metric": 100.0, "accuracy": 100.0}
     searcher.run()
     return searcher
 
