@@ -199,22 +199,22 @@ def validation_metric(pipe: StageContext, model: AnyModel) -> float:
 def stopping_metric(pipe: StageContext, model: AnyModel) -> float:
     """`model`'s metric on the stopping split (the validation split unless the recipe holds out
     one of its own), in points, as `validation_metric` scores: what every plateau reads."""
-    return paired_dev_metrics(
-        model,
-        pipe.stopping_items,
-        pipe.task.metric,
-        pairings=1,
-        device=pipe.device,
-        pos_label=pipe.task.positive,
-    )["metric"]
+    return held_out_metrics(pipe, model, pipe.stopping_items, pairings=1)["metric"]
 
 
 def validation_metrics(pipe: StageContext, model: AnyModel, pairings: int) -> dict[str, float]:
-    """`model`'s metrics on the validation split, in points, scored as `dev_metrics` scores dev
-    (a multiplexed model's: the mean over `pairings` seeded pairings)."""
+    """`model`'s metrics on the validation split (`held_out_metrics`)."""
+    return held_out_metrics(pipe, model, pipe.validation_items, pairings)
+
+
+def held_out_metrics(
+    pipe: StageContext, model: AnyModel, items: Sequence[Encoded], pairings: int
+) -> dict[str, float]:
+    """`model`'s metrics on held-out training `items`, in points, scored as `dev_metrics` scores
+    dev (a multiplexed model's: the mean over `pairings` seeded pairings)."""
     return paired_dev_metrics(
         model,
-        pipe.validation_items,
+        items,
         pipe.task.metric,
         pairings=pairings,
         device=pipe.device,
