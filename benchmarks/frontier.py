@@ -28,6 +28,8 @@ from pathlib import Path
 import reference_grid
 from _results import write_json
 
+from autoprumux._selection import selection_loss
+
 BUDGETS = ("0.5", "1", "2", "3", "5")
 REFERENCES = {
     "int8 of the baseline": lambda r: (
@@ -51,10 +53,12 @@ def _label(row: dict) -> str:
 
 
 def chosen_loss(row: dict) -> float:
-    """The loss a row is chosen on: its validation loss (a split carved from train), or its dev
-    loss for rows measured without a split (their answer is then chosen on dev and says so)."""
-    v = row.get("validation_loss")
-    return row["accuracy_loss"] if v is None else v
+    """The loss a row is chosen on (`autoprumux._selection.selection_loss`): its validation loss
+    (a split carved from train) plus its standard error margin, or its dev loss for rows
+    measured without a split (their answer is then chosen on dev and says so)."""
+    return selection_loss(
+        row["accuracy_loss"], row.get("validation_loss"), row.get("validation_loss_se")
+    )
 
 
 def fastest_within(rows: list[dict], budget: float) -> dict:
@@ -71,6 +75,7 @@ def fastest_within(rows: list[dict], budget: float) -> dict:
         "speedup": r["speedup"],
         "loss": r["accuracy_loss"],
         "validation_loss": r.get("validation_loss"),
+        "validation_loss_se": r.get("validation_loss_se"),
         "chosen_on": "dev" if r.get("validation_loss") is None else "validation",
         "config": _label(r),
     }

@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                 "sparsity": ev.candidate.sparsity,
                 "metric": ev.candidate.metric,
                 "accuracy_loss": ev.accuracy_loss,  # on dev
-                "validation_loss": ev.validation_loss,  # what a search chooses on
+                "validation_loss": ev.validation_loss,
+                "validation_loss_se": ev.validation_loss_se,
+                "selection_loss": ev.selection_loss,  # what a search chooses on
                 "throughput": ev.candidate.throughput,
                 "baseline_throughput": ev.baseline.throughput,
                 "speedup": ev.speedup,

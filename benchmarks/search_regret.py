@@ -82,6 +82,7 @@ from typing import Any
 
 from _results import machine, write_json
 
+from autoprumux._selection import selection_loss
 from autoprumux.config import DEVICE_PRECISIONS, MUX_COMBINERS, PRECISIONS, Candidate, Recipe
 from autoprumux.evaluation import Evaluation, Measured, ThroughputConfig
 from autoprumux.meta import recommend
@@ -249,8 +250,12 @@ class MeasuredTable:
                     "one measurement per configuration"
                 )
             self.points[key] = (float(r["accuracy_loss"]), float(r["speedup"]))
-            if r.get("validation_loss") is not None:
-                self.validation[key] = float(r["validation_loss"])
+            if r.get("validation_loss") is not None:  # what chooses: with its SE margin
+                self.validation[key] = selection_loss(
+                    float(r["accuracy_loss"]),
+                    float(r["validation_loss"]),
+                    r.get("validation_loss_se"),
+                )
             self.sources[key] = path.name
         d0 = docs[0][1]
         self.task = d0["task"]
@@ -276,8 +281,9 @@ class MeasuredTable:
         return self.validation.get(key, self.points[key][0])
 
     def validation_loss(self, cfg: Candidate) -> float:
-        """The row's measured validation loss (what the service chose on), or its dev loss
-        for rows measured without a validation split."""
+        """The row's measured loss that chooses (its validation loss plus its standard error
+        margin, `autoprumux._selection.selection_loss`), or its dev loss for rows measured
+        without a validation split."""
         key = self._key(cfg)
         return self.validation.get(key, self.points[key][0])
 

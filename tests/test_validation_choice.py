@@ -18,13 +18,18 @@ from test_converged_baseline import texts_data as converged_texts
 from test_late_mux_plumbing import _manifest as late_mux_manifest
 from test_recommend_scope import DESCRIPTORS
 
-from autoprumux._selection import DEV_CHOSEN, describe_losses
+from autoprumux._selection import DEV_CHOSEN, SELECTION_STANDARD_ERRORS, describe_losses
 from autoprumux.cli import main
 from autoprumux.cli._evaluate import format_table
 from autoprumux.config import Candidate, Recipe
 from autoprumux.data import DataSource
 from autoprumux.errors import ConfigError
-from autoprumux.evaluation import ThroughputConfig, paired_dev_metrics
+from autoprumux.evaluation import (
+    ThroughputConfig,
+    paired_dev_metrics,
+    paired_loss_se,
+    paired_predictions,
+)
 from autoprumux.meta import build_recommender
 from autoprumux.search._record import check_recorded, trial_loss
 from autoprumux.search._report import trials_table
@@ -35,8 +40,9 @@ S5, S7 = Candidate(sparsity=0.5), Candidate(sparsity=0.7)
 
 def add_study(url: str, name: str, rows, *, validation: bool | None = True) -> optuna.Study:
     """A finished study as a search records it: rows of (config, dev loss, validation loss,
-    speedup); `validation=False`: a recipe without a validation split (chosen on dev); None: as
-    an older autoprumux recorded it (no `chosen_on`)."""
+    speedup[, validation loss's standard error]); `validation=False`: a recipe without a
+    validation split (chosen on dev); None: as an older autoprumux recorded it (no
+    `chosen_on`)."""
     st = optuna.create_study(study_name=name, storage=url, direction="maximize")
     attrs = {
         "space": {"name": "prumux"},
@@ -47,8 +53,10 @@ def add_study(url: str, name: str, rows, *, validation: bool | None = True) -> o
     }
     for k, v in attrs.items():
         st.set_user_attr(k, v)
-    for cfg, dev, val, speedup in rows:
+    for cfg, dev, val, speedup, *se in rows:
         ua = {"config": cfg.to_dict(), "accuracy_loss": dev, "speedup": speedup}
+        if se:
+            ua["validation_loss_se"] = se[0]
         ua["baseline_metric"] = 85.0
         if validation is not None:
             ua["chosen_on"] = "validation" if validation else "dev"
@@ -160,18 +168,20 @@ def test_an_evaluation_scores_the_validation_split_never_dev_or_train(
     assert not held & {tuple(it.input_ids) for it in pipe.dev_items}
     pipe.baseline()  # trained (and stopped on the split) before the spy
     scored: list[tuple[frozenset, int]] = []
-    real = baseline_mod.paired_dev_metrics
+    real = baseline_mod.paired_predictions
 
     def spy(model, items, *a, **kw):
         scored.append((frozenset(tuple(it.input_ids) for it in items), kw["pairings"]))
         return real(model, items, *a, **kw)
 
-    monkeypatch.setattr(baseline_mod, "paired_dev_metrics", spy)
+    monkeypatch.setattr(baseline_mod, "paired_predictions", spy)
     ev = pipe.evaluate(Candidate(sparsity=0.5), throughput=TP)
-    # the baseline's and the candidate's validation scores, over the split only, paired as dev
+    # the baseline's validation predictions (once, not multiplexed) and the candidate's, paired
+    # as dev, over the split only
     from autoprumux.pipeline import DEV_PAIRINGS
 
-    assert [x for x in scored if x[1] == DEV_PAIRINGS] == [(frozenset(held), DEV_PAIRINGS)] * 2
+    assert [x for x in scored if x[1] == DEV_PAIRINGS] == [(frozenset(held), DEV_PAIRINGS)]
+    assert {x[0] for x in scored} == {frozenset(held)}  # recovery stops on the split too
     cand = pipe.deployable(Candidate(sparsity=0.5))
     want = paired_dev_metrics(
         cand, pipe.validation_items, pipe.task.metric, pairings=DEV_PAIRINGS, device="cpu"
@@ -180,10 +190,24 @@ def test_an_evaluation_scores_the_validation_split_never_dev_or_train(
     assert ev.validation_loss == pytest.approx(
         ev.baseline.validation_metric - ev.candidate.validation_metric
     )
-    assert ev.chosen_on == "validation" and ev.selection_loss == ev.validation_loss
+    # the paired standard error of the loss, from both models' predictions on the split
+    gold = [it.label for it in pipe.validation_items]
+    se = paired_loss_se(
+        pipe.task.metric,
+        paired_predictions(pipe.baseline(), pipe.validation_items, pairings=1),
+        paired_predictions(cand, pipe.validation_items, pairings=DEV_PAIRINGS),
+        gold,
+    )
+    assert ev.validation_loss_se == pytest.approx(se)
+    assert ev.chosen_on == "validation"
+    assert ev.selection_loss == pytest.approx(
+        ev.validation_loss + SELECTION_STANDARD_ERRORS * ev.validation_loss_se
+    )
     assert ev.validation_noise.examples == 40 and ev.validation_noise.split == "validation"
     d = ev.to_dict()
     assert d["validation_loss"] == ev.validation_loss and d["chosen_on"] == "validation"
+    assert d["validation_loss_se"] == ev.validation_loss_se
+    assert d["selection_loss"] == ev.selection_loss
     assert d["accuracy_loss"] == pytest.approx(ev.baseline.metric - ev.candidate.metric)
     table = format_table(ev)
     assert "val loss" in table and "dev loss" in table and DEV_CHOSEN not in table

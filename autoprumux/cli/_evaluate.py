@@ -79,6 +79,11 @@ def baseline_lines(ev: Evaluation) -> list[str]:
         out.append(f"({ev.baseline_convergence})")
     if ev.validation_loss is None:
         out.append(f"({DEV_CHOSEN})")
+    elif ev.validation_loss_se is not None:
+        out.append(
+            f"(validation loss {ev.validation_loss:.2f} +-{ev.validation_loss_se:.2f} points (paired "
+            f"standard error); a search compares {ev.selection_loss:.2f} with its budget)"
+        )
     noise = ev.noise
     if noise is None:
         return out
@@ -249,7 +254,9 @@ def _trial_report(searcher: Searcher, trial: Any) -> str:
         from autoprumux.search._record import trial_loss
 
         within = "within" if (trial_loss(trial) or 0.0) <= budget else "outside"
-        losses = describe_losses(ua["accuracy_loss"], ua.get("validation_loss"))
+        losses = describe_losses(
+            ua["accuracy_loss"], ua.get("validation_loss"), ua.get("validation_loss_se")
+        )
         lines += [
             f"  {ua.get('metric_name', 'metric')} {ua['metric']:.2f} on dev (baseline "
             f"{ua['baseline_metric']:.2f}): {losses}, {within} the study's budget of {budget:g}",
@@ -259,7 +266,11 @@ def _trial_report(searcher: Searcher, trial: Any) -> str:
         # how each training stage stopped (`search._record.record_evaluation`)
         lines += [f"  {st['line']}" for st in ua.get("stage_training", [])]
     elif trial.state.name == "PRUNED":
-        losses = describe_losses(ua.get("accuracy_loss", float("nan")), ua.get("validation_loss"))
+        losses = describe_losses(
+            ua.get("accuracy_loss", float("nan")),
+            ua.get("validation_loss"),
+            ua.get("validation_loss_se"),
+        )
         lines.append(
             f"  stopped early before its last step: {losses}, more than "
             f"{searcher.s.prune_margin:g} above the study's budget of {budget:g}"

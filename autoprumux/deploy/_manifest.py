@@ -103,6 +103,7 @@ class Measurement:
     validation_metric: float | None = None
     baseline_validation_metric: float | None = None
     validation_examples: int = 0
+    validation_loss_se: float | None = None  # its paired standard error (None: not recorded)
     # how the model's training stages stopped, in the order they trained (`evaluation.StageRun.
     # brief`: stage, name, stopped, converged, steps, cap, ...; empty: none, or not recorded)
     stage_training: list[dict[str, Any]] = field(default_factory=list)

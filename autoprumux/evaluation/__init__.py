@@ -1,8 +1,15 @@
 """Evaluation: dev metrics, throughput and FLOPs."""
 
-from autoprumux.evaluation._accuracy import paired_dev_metrics, task_metrics
+from autoprumux.evaluation._accuracy import (
+    PairedPredictions,
+    paired_dev_metrics,
+    paired_metrics,
+    paired_predictions,
+    prediction_metrics,
+    task_metrics,
+)
 from autoprumux.evaluation._machine import Machine, this_machine
-from autoprumux.evaluation._noise import NOISE_STANDARD_ERRORS, DevNoise, dev_noise
+from autoprumux.evaluation._noise import NOISE_STANDARD_ERRORS, DevNoise, dev_noise, paired_loss_se
 from autoprumux.evaluation._report import (
     Evaluation,
     Measured,
@@ -28,11 +35,16 @@ __all__ = [
     "Evaluation",
     "Machine",
     "Measured",
+    "PairedPredictions",
     "StageRun",
     "describe_model",
     "dev_noise",
     "measure_side_by_side",
     "paired_dev_metrics",
+    "paired_loss_se",
+    "paired_metrics",
+    "paired_predictions",
+    "prediction_metrics",
     "ThroughputConfig",
     "ThroughputResult",
     "fixed_batch",

@@ -10,7 +10,7 @@ import torch
 
 from autoprumux._selection import chosen_on, selection_loss
 from autoprumux.data import metric_label
-from autoprumux.evaluation._noise import DevNoise
+from autoprumux.evaluation._noise import NOISE_STANDARD_ERRORS, DevNoise
 from autoprumux.evaluation._stages import StageRun, stage_runs
 from autoprumux.evaluation._throughput import (
     ThroughputConfig,
@@ -64,6 +64,8 @@ class Evaluation:
     # how the candidate's training stages stopped (`PruMuxPipeline.stage_training`, see
     # `stages`; empty: none trained, e.g. the baseline's own configuration; None: unknown)
     stage_training: dict | None = None
+    # the paired standard error of `validation_loss` (`paired_loss_se`; None: no split)
+    validation_loss_se: float | None = None
 
     @property
     def metric_label(self) -> str:
@@ -111,14 +113,19 @@ class Evaluation:
 
     @property
     def selection_loss(self) -> float:
-        """The loss a choice reads: on validation, else on dev."""
-        return selection_loss(self.accuracy_loss, self.validation_loss)
+        """The loss a choice reads: on validation plus its standard error margin, else on dev."""
+        return selection_loss(self.accuracy_loss, self.validation_loss, self.validation_loss_se)
 
     @property
     def validation_loss_within_noise(self) -> bool | None:
-        """The validation loss is within the validation split's noise (None: no split)."""
-        v, noise = self.validation_loss, self.validation_noise
-        return None if v is None or noise is None else noise.within_noise(v)
+        """The validation loss is within `NOISE_STANDARD_ERRORS` of its paired standard error
+        (of the split's binomial one when that is unknown; None: no split)."""
+        v, noise, se = self.validation_loss, self.validation_noise, self.validation_loss_se
+        if v is None:
+            return None
+        if se is not None:
+            return abs(v) <= NOISE_STANDARD_ERRORS * se
+        return None if noise is None else noise.within_noise(v)
 
     @property
     def speedup(self) -> float:
@@ -139,6 +146,8 @@ class Evaluation:
             "candidate": asdict(self.candidate),
             "accuracy_loss": self.accuracy_loss,
             "validation_loss": self.validation_loss,
+            "validation_loss_se": self.validation_loss_se,
+            "selection_loss": self.selection_loss,
             "chosen_on": self.chosen_on,
             "speedup": self.speedup,
             "ideal_speedup": self.ideal_speedup,

@@ -232,9 +232,10 @@ def _validation_line(m: ExportManifest) -> str:
     r = m.measurement
     if r.validation_loss is None:
         return f"No validation loss ({DEV_CHOSEN})."
+    se = "" if r.validation_loss_se is None else f" +-{r.validation_loss_se:.2f} (paired SE)"
     return (
         f"On the validation split ({r.validation_examples} training examples held out, never "
-        f"trained on; a search chooses on it): {r.validation_loss:.2f} points "
+        f"trained on; a search chooses on it): {r.validation_loss:.2f} points{se} "
         f"({r.baseline_validation_metric:.2f} -> {r.validation_metric:.2f})."
     )
 

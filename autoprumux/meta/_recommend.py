@@ -28,7 +28,6 @@ from autoprumux._selection import (
     describe_losses,
     dev_chosen_line,
     recorded_losses,
-    selection_loss,
 )
 from autoprumux.config import BASELINE, CANDIDATE_FIELDS, Candidate, check_budget
 from autoprumux.errors import ConfigError
@@ -65,6 +64,7 @@ class MeasuredTrial:
     repeats: int
     mlflow_run_id: str | None
     validation_loss: float | None = None
+    validation_loss_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class Recommendation:
             rep = f", mean of {m.repeats} trials" if m.repeats > 1 else ""
             what = (
                 f"  measured (trial {m.number} of {m.study}{rep}): "
-                f"{describe_losses(m.accuracy_loss, m.validation_loss)}, speedup {m.speedup:.2f}x"
+                f"{describe_losses(m.accuracy_loss, m.validation_loss, m.validation_loss_se)}, speedup {m.speedup:.2f}x"
             )
         else:
             what = (
@@ -269,13 +269,13 @@ def with_losses(recorded: dict[str, Any], record: dict[str, Any]) -> dict[str, A
     got = recorded_losses(recorded)
     if got is None:
         raise ConfigError(f"a trial record without an accuracy_loss: {sorted(recorded)}")
-    dev, val, on = got
     return {
         **record,
-        "accuracy_loss": dev,
-        "validation_loss": val,
-        "chosen_on": on,
-        "selection_loss": selection_loss(dev, val),
+        "accuracy_loss": got.dev,
+        "validation_loss": got.validation,
+        "validation_loss_se": got.validation_se,
+        "chosen_on": got.chosen_on,
+        "selection_loss": got.selection,
     }
 
 
@@ -483,6 +483,7 @@ class Recommender:
                 int(m["repeats"]),
                 m["mlflow_run_id"],
                 _or_none(m.get("validation_loss")),
+                _or_none(m.get("validation_loss_se")),
             )
             if m
             else None,

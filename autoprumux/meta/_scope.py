@@ -114,6 +114,10 @@ def measured_means(rows: list[dict[str, Any]]) -> dict[tuple[Candidate, str], di
             "validation_loss": None
             if any(x.get("validation_loss") is None for x in g)
             else mean(g, "validation_loss"),
+            # the repeats' mean standard error (None when one recorded none)
+            "validation_loss_se": None
+            if any(x.get("validation_loss_se") is None for x in g)
+            else mean(g, "validation_loss_se"),
             "selection_loss": mean(g, "selection_loss"),
             "speedup": mean(g, "speedup"),
             "repeats": len(g),
@@ -297,12 +301,17 @@ def entry_from_dict(e: Any) -> StudyEntry:
                 f"study {e['study']!r}: a measured configuration has no selection_loss"
             )
         # a /4 entry's: the dev loss chose, no validation loss
-        m = {"selection_loss": m["accuracy_loss"], "validation_loss": None, **m}
+        m = {
+            "selection_loss": m["accuracy_loss"],
+            "validation_loss": None,
+            "validation_loss_se": None,
+            **m,
+        }
         losses = ("accuracy_loss", "selection_loss", "speedup")
-        val = m["validation_loss"]
+        optional = [m[k] for k in ("validation_loss", "validation_loss_se") if m[k] is not None]
         if not isinstance(m["config"], dict) or not all(
             isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-            for x in [*(m[k] for k in losses), *([] if val is None else [val])]
+            for x in [*(m[k] for k in losses), *optional]
         ):
             raise ValueError(
                 f"study {e['study']!r}: a measured configuration has a bad config or "

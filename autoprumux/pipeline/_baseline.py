@@ -26,7 +26,15 @@ from typing import Any, NamedTuple
 
 from autoprumux.config import Recipe
 from autoprumux.data import STOPPING_SEED, Encoded, Example, encode, validation_split
-from autoprumux.evaluation import DevNoise, Measured, dev_noise, paired_dev_metrics
+from autoprumux.evaluation import (
+    DevNoise,
+    Measured,
+    PairedPredictions,
+    dev_noise,
+    paired_loss_se,
+    paired_metrics,
+    paired_predictions,
+)
 from autoprumux.models import AnyModel, MuxSequenceClassifier
 from autoprumux.models._loading import BaseModel
 from autoprumux.pipeline._context import StageContext, StageReport
@@ -207,25 +215,45 @@ def validation_metrics(pipe: StageContext, model: AnyModel, pairings: int) -> di
     return held_out_metrics(pipe, model, pipe.validation_items, pairings)
 
 
+def held_out_predictions(
+    pipe: StageContext, model: AnyModel, items: Sequence[Encoded], pairings: int
+) -> PairedPredictions:
+    """`model`'s predicted labels for held-out training `items`, as dev's are predicted (a
+    multiplexed model's under `pairings` seeded pairings)."""
+    return paired_predictions(model, items, pairings=pairings, device=pipe.device)
+
+
 def held_out_metrics(
     pipe: StageContext, model: AnyModel, items: Sequence[Encoded], pairings: int
 ) -> dict[str, float]:
     """`model`'s metrics on held-out training `items`, in points, scored as `dev_metrics` scores
     dev (a multiplexed model's: the mean over `pairings` seeded pairings)."""
-    return paired_dev_metrics(
-        model,
-        items,
-        pipe.task.metric,
-        pairings=pairings,
-        device=pipe.device,
-        pos_label=pipe.task.positive,
-    )
+    predicted = held_out_predictions(pipe, model, items, pairings)
+    return paired_metrics(pipe.task.metric, predicted, [e.label for e in items], pipe.task.positive)
+
+
+def validation_scores(pipe: StageContext, predicted: PairedPredictions) -> dict[str, float]:
+    """The metrics of predicted labels for the validation split, in points."""
+    gold = [e.label for e in pipe.validation_items]
+    return paired_metrics(pipe.task.metric, predicted, gold, pipe.task.positive)
+
+
+def baseline_validation_predictions(pipe: StageContext) -> PairedPredictions:
+    """The baseline's predicted labels on the validation split (predicted once per pipeline;
+    the baseline is not multiplexed, so one pairing)."""
+    if pipe.tables.baseline_validation_predictions is None:
+        pipe.tables.baseline_validation_predictions = held_out_predictions(
+            pipe, pipe.baseline(), pipe.validation_items, 1
+        )
+    return pipe.tables.baseline_validation_predictions
 
 
 def baseline_validation_metrics(pipe: StageContext, pairings: int) -> dict[str, float]:
     """The baseline's metrics on the validation split (scored once per pipeline)."""
     if pipe.tables.baseline_validation is None:
-        pipe.tables.baseline_validation = validation_metrics(pipe, pipe.baseline(), pairings)
+        pipe.tables.baseline_validation = validation_scores(
+            pipe, baseline_validation_predictions(pipe)
+        )
     return pipe.tables.baseline_validation
 
 
@@ -271,20 +299,29 @@ def report_stage(
 
 def validated(
     pipe: StageContext, baseline: Measured, candidate: Measured, model: AnyModel, pairings: int
-) -> tuple[Measured, Measured, DevNoise | None]:
-    """The baseline and the candidate (`model`) with their validation metrics (the baseline's
-    scored once per pipeline), and the validation split's noise at the baseline's validation
-    accuracy; unchanged, and no noise, without a validation split."""
+) -> dict[str, Any]:
+    """`Evaluation`'s fields from the validation split: the baseline and the candidate
+    (`model`) with their validation metrics (the baseline's scored once per pipeline), the
+    split's noise at the baseline's validation accuracy, and the paired standard error of the
+    validation loss (`paired_loss_se`); the two unchanged, and nothing else, without a split."""
     if not pipe.validation_items:
-        return baseline, candidate, None
-    base_v = baseline_validation_metrics(pipe, pairings)
-    cand_v = validation_metrics(pipe, model, pairings)
-    noise = dev_noise((e.label for e in pipe.validation_items), base_v["accuracy"], "validation")
+        return {"baseline": baseline, "candidate": candidate}
+    base_p = baseline_validation_predictions(pipe)
+    cand_p = held_out_predictions(pipe, model, pipe.validation_items, pairings)
+    base_v, cand_v = baseline_validation_metrics(pipe, pairings), validation_scores(pipe, cand_p)
+    gold = [e.label for e in pipe.validation_items]
 
     def scored(m: Measured, v: dict[str, float]) -> Measured:
         return replace(m, validation_metric=v["metric"], validation_accuracy=v["accuracy"])
 
-    return scored(baseline, base_v), scored(candidate, cand_v), noise
+    return {
+        "baseline": scored(baseline, base_v),
+        "candidate": scored(candidate, cand_v),
+        "validation_noise": dev_noise(gold, base_v["accuracy"], "validation"),
+        "validation_loss_se": paired_loss_se(
+            pipe.task.metric, base_p, cand_p, gold, pipe.task.positive
+        ),
+    }
 
 
 def stage_rule(pipe: StageContext) -> StoppingRule:

@@ -16,7 +16,7 @@ import torch
 from autoprumux._cache import ArtifactCache
 from autoprumux.config import Candidate, MuxShape, Recipe
 from autoprumux.data import Encoded, TaskData, TaskSpec
-from autoprumux.evaluation import Evaluation, ThroughputConfig
+from autoprumux.evaluation import Evaluation, PairedPredictions, ThroughputConfig
 from autoprumux.models import AnyModel, Int8Calibration, MuxSequenceClassifier, StudentEnsemble
 from autoprumux.models._loading import BaseModel
 from autoprumux.training import TeacherLayers
@@ -36,6 +36,7 @@ class TeacherTables:
     layers: TeacherLayers | None = None
     unlabeled: tuple[list[Encoded], dict] | None = None
     baseline_validation: dict[str, float] | None = None
+    baseline_validation_predictions: PairedPredictions | None = None
 
 
 class StageContext(Protocol):

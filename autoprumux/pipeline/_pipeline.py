@@ -580,20 +580,15 @@ class PruMuxPipeline:
         measured, _ = self.measure_many(
             {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, None)}, tp
         )
-        base, cand, noise = validated(
-            self, measured["baseline"], measured[name], model, DEV_PAIRINGS
-        )
         return Evaluation(
             task=self.task.name,
             metric_name=self.task.metric,
             pos_label=self.task.pos_label,
             device=str(self.device),
-            baseline=base,
-            candidate=cand,
             throughput_config=tp,
             noise=self.dev_noise(),
             baseline_origin=self.baseline_origin,
             baseline_training=self.baseline_training(),
-            validation_noise=noise,
             stage_training=training,
+            **validated(self, measured["baseline"], measured[name], model, DEV_PAIRINGS),
         )

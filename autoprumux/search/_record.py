@@ -29,10 +29,7 @@ log = logging.getLogger("autoprumux")
 def trial_loss(t: Any) -> float | None:
     """The loss a choice reads for a trial (validation, else dev); None when it has none."""
     got = recorded_losses(t.user_attrs)
-    if got is None:
-        return None
-    dev, val, _ = got
-    return dev if val is None else val
+    return None if got is None else got.selection
 
 
 def record_evaluation(trial: Any, ev: Any, budget: float) -> dict[str, float]:
@@ -55,6 +52,7 @@ def record_evaluation(trial: Any, ev: Any, budget: float) -> dict[str, float]:
     if ev.validation_loss is not None:  # on validation: what chooses
         metrics.update(
             validation_loss=ev.validation_loss,
+            validation_loss_se=ev.validation_loss_se,
             validation_metric=ev.candidate.validation_metric,
             baseline_validation_metric=ev.baseline.validation_metric,
         )

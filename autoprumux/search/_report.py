@@ -22,7 +22,9 @@ def describe_trial(t: Any) -> str:
     head = f"#{t.number} {cfg.describe() if cfg else '-'}"
     got = recorded_losses(t.user_attrs)
     if t.state.name == "COMPLETE" and got is not None:
-        return f"{head} {describe_losses(got[0], got[1])} {t.value:.2f}x"
+        return (
+            f"{head} {describe_losses(got.dev, got.validation, got.validation_se)} {t.value:.2f}x"
+        )
     return f"{head} {t.state.name.lower()}"
 
 
@@ -53,9 +55,9 @@ def trials_table(trials: list[Any], best: Any | None, budget: float) -> str:
     for t, label in zip(trials, labels, strict=True):
         ua = t.user_attrs
         got = recorded_losses(ua)
-        dev, val = (got[0], got[1]) if got else (None, None)
-        if got is not None and t.state.name == "COMPLETE" and got[2] != VALIDATION:
-            dev_chosen.add(got[2])
+        dev, val = (got.dev, got.validation) if got else (None, None)
+        if got is not None and t.state.name == "COMPLETE" and got.chosen_on != VALIDATION:
+            dev_chosen.add(got.chosen_on)
         lines.append(
             f"{t.number:>5} {t.state.name:<9} {label:<{w}}"
             + "".join(f"{x:>9.2f}" if x is not None else f"{'-':>9}" for x in (val, dev))

@@ -1,0 +1,159 @@
+"""A choice reads the validation loss raised by its paired standard error: the standard error
+itself (`paired_loss_se`), and every place that chooses (an evaluation, a trial's constraint,
+`recommend`, the frontier benchmark) or reports (the card, the trials table)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from test_validation_choice import S5, S7, _manifest, add_study
+
+from autoprumux._selection import (
+    SELECTION_STANDARD_ERRORS,
+    describe_losses,
+    recorded_losses,
+    selection_loss,
+)
+from autoprumux.cli import main
+from autoprumux.evaluation import (
+    Evaluation,
+    Measured,
+    PairedPredictions,
+    ThroughputConfig,
+    paired_loss_se,
+)
+from autoprumux.meta import build_recommender
+from autoprumux.search._record import record_evaluation, trial_loss
+
+GOLD = [1, 1, 0, 0]
+
+
+def preds(*runs: list[int]) -> PairedPredictions:
+    return PairedPredictions([list(r) for r in runs], 2)
+
+
+def test_the_accuracy_standard_error_is_the_paired_difference_in_correctness():
+    # the candidate is wrong on 2 of 4: per-example differences 0, 1, 0, 1 (mean 0.5,
+    # sample sd sqrt(1/3)), so the loss's standard error is 100 sqrt(1/3) / 2
+    se = paired_loss_se("accuracy", preds(GOLD), preds([1, 0, 0, 1]), GOLD)
+    assert se == pytest.approx(100 * math.sqrt(1 / 3) / 2)
+    # a multiplexed candidate's correctness is averaged over its pairings first:
+    # differences 0, 0.5, 0, 0.5
+    se_mux = paired_loss_se("accuracy", preds(GOLD), preds([1, 0, 0, 1], GOLD), GOLD)
+    assert se_mux == pytest.approx(100 * math.sqrt(1 / 12) / 2)
+    # the same predictions differ nowhere: no noise in the loss, whatever the metric
+    for metric in ("accuracy", "f1", "mcc"):
+        assert paired_loss_se(metric, preds(GOLD), preds(GOLD), GOLD) == 0.0
+
+
+def test_the_f1_and_mcc_standard_errors_come_from_a_seeded_paired_bootstrap():
+    gold = [i % 2 for i in range(200)]
+    base = [g if i % 10 else 1 - g for i, g in enumerate(gold)]  # 90% right
+
+    def flipped(every: int) -> list[int]:
+        return [1 - b if i % every == 3 else b for i, b in enumerate(base)]
+
+    for metric in ("f1", "mcc"):
+        few = paired_loss_se(metric, preds(base), preds(flipped(10)), gold)
+        many = paired_loss_se(metric, preds(base), preds(flipped(4)), gold)
+        assert few == paired_loss_se(metric, preds(base), preds(flipped(10)), gold)  # seeded
+        # more disagreement with the baseline, a noisier loss
+        assert 0 < few < many
+    # on this balanced set f1's bootstrap SE is of the accuracy's exact one's size
+    acc = paired_loss_se("accuracy", preds(base), preds(flipped(4)), gold)
+    assert 0.5 * acc < paired_loss_se("f1", preds(base), preds(flipped(4)), gold) < 2 * acc
+
+
+def test_the_loss_that_chooses_adds_its_standard_errors():
+    assert selection_loss(3.0, 0.5, 0.7) == pytest.approx(0.5 + SELECTION_STANDARD_ERRORS * 0.7)
+    assert selection_loss(3.0, 0.5, None) == 0.5  # not recorded: the bare validation loss
+    assert selection_loss(3.0, None, 0.7) == 3.0  # no split: the dev loss
+    got = recorded_losses(
+        {
+            "accuracy_loss": 3.0,
+            "validation_loss": 0.5,
+            "validation_loss_se": 0.7,
+            "chosen_on": "validation",
+        }
+    )
+    assert got is not None and got.validation_se == 0.7
+    assert got.selection == pytest.approx(selection_loss(3.0, 0.5, 0.7))
+    assert describe_losses(3.0, 0.5, 0.7) == (
+        f"loss 0.50 pts on validation (+-0.70, chosen on {0.5 + SELECTION_STANDARD_ERRORS * 0.7:.2f}"
+        "), 3.00 on dev (expected)"
+    )
+
+
+def _evaluation(dev_loss: float, val_loss: float, se: float | None) -> Evaluation:
+    def measured(name: str, loss: float, val: float) -> Measured:
+        return Measured(
+            name,
+            0.5,
+            1,
+            90 - loss,
+            90 - loss,
+            100.0,
+            1.0,
+            10,
+            1.0,
+            validation_metric=89 - val,
+            validation_accuracy=89 - val,
+        )
+
+    return Evaluation(
+        task="sst2",
+        metric_name="accuracy",
+        device="cpu",
+        baseline=measured("baseline", 0.0, 0.0),
+        candidate=measured("s=0.5", dev_loss, val_loss),
+        throughput_config=ThroughputConfig(),
+        validation_loss_se=se,
+    )
+
+
+def test_a_trial_records_the_standard_error_and_its_constraint_reads_the_margin():
+    ev = _evaluation(2.0, 0.6, 0.8)
+    assert ev.selection_loss == pytest.approx(0.6 + SELECTION_STANDARD_ERRORS * 0.8)
+    # within 2 standard errors of no loss: in noise
+    assert ev.validation_loss_within_noise
+    assert not _evaluation(2.0, 0.6, 0.2).validation_loss_within_noise
+    trial = optuna.create_study().ask()
+    metrics = record_evaluation(trial, ev, budget=1.0)
+    assert metrics["validation_loss_se"] == 0.8 and trial.user_attrs["validation_loss_se"] == 0.8
+    assert trial_loss(trial) == pytest.approx(ev.selection_loss)
+    assert trial.constraints == {"accuracy_loss": pytest.approx(ev.selection_loss - 1.0)}
+    assert ev.to_dict()["selection_loss"] == pytest.approx(ev.selection_loss)
+
+
+def test_recommend_answers_within_the_budget_plus_the_margin_only(tmp_path, capsys):
+    """s=0.5 is within 1 point on validation (0.5) but not one standard error above it (1.3);
+    s=0.7 predicts as the baseline does (a small error): the answer at 1 point is s=0.7's
+    0.8 +- 0.1, and at 1.5 points s=0.5's, which is faster."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    add_study(url, "se", [(S5, 1.0, 0.5, 5.0, 0.8), (S7, 1.0, 0.8, 3.0, 0.1)])
+    rec = build_recommender(url)
+    at1, at15 = rec.recommend(1.0), rec.recommend(0.5 + SELECTION_STANDARD_ERRORS * 0.8 + 0.01)
+    assert (at1.sparsity, at15.sparsity) == (0.7, 0.5)
+    assert at15.measured is not None and at15.measured.validation_loss_se == 0.8
+    assert "(+-0.80, chosen on" in at15.describe()
+    assert main(["recommend", "--budget", "1", "--storage", url]) == 0
+    assert "(+-0.10, chosen on 0.90)" in capsys.readouterr().out
+
+
+def test_the_card_shows_the_standard_error_beside_the_validation_loss(tiny):
+    from autoprumux.deploy import ExportManifest
+    from autoprumux.export._card import render_card
+    from autoprumux.models import MuxSequenceClassifier
+
+    m = _manifest(
+        validation_metric=86.0,
+        baseline_validation_metric=86.5,
+        validation_examples=40,
+        validation_loss_se=0.35,
+    )
+    again = ExportManifest.from_dict(m.to_dict())
+    assert again.measurement.validation_loss_se == 0.35
+    card = render_card(again, MuxSequenceClassifier(tiny[0], num_labels=2))
+    assert "0.50 points +-0.35 (paired SE)" in card
