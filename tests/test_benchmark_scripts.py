@@ -119,6 +119,7 @@ def test_the_frontier_report_finds_the_fastest_point_within_each_budget(tmp_path
         "speedup": 2.0,
         "loss": 0.4,
         "validation_loss": None,
+        "validation_loss_se": None,
         "chosen_on": "dev",  # rows measured without a validation split
         "config": "s=0.5 N=1 fp32",
     }
@@ -161,6 +162,10 @@ def test_the_frontier_chooses_on_validation_and_reports_dev():
     assert (best["config"], best["loss"], best["validation_loss"]) == ("s=0.5 N=1 fp32", 1.8, 0.6)
     assert best["chosen_on"] == "validation"
     assert frontier.fastest_within(rows, 2.0)["config"] == "s=0.7 N=1 fp32"
+    # a row's standard error raises the loss it is chosen on (`selection_loss`)
+    rows[0]["validation_loss_se"] = 0.8
+    assert frontier.fastest_within(rows, 2.0)["config"] == "s=0.5 N=1 fp32"
+    assert frontier.fastest_within(rows, 2.4)["validation_loss_se"] == 0.8
 
 
 def test_the_transfer_benchmark_compares_searches_with_and_without_a_prior(tmp_path):
@@ -264,14 +269,15 @@ def test_search_regret_chooses_on_a_rows_measured_validation_loss(monkeypatch, t
     for r in doc["rows"]:
         if r["target_sparsity"] == 0.82 and r.get("precision") == "int8":
             r["validation_loss"] = r["accuracy_loss"] + 2.5
+            r["validation_loss_se"] = 0.5  # what chooses is 0.5 (one SE) higher still
     path = tmp_path / "with_validation.json"
     path.write_text(json.dumps(doc))
     table = sr.MeasuredTable([path])
     s82, s70 = sr.Candidate(sparsity=0.82, precision="int8"), sr.Candidate(sparsity=0.7)
-    assert table.validation_loss(s82) == pytest.approx(table.truth(s82)[0] + 2.5)
+    assert table.validation_loss(s82) == pytest.approx(table.truth(s82)[0] + 2.5 + 0.5)
     assert table.validation_loss(s70) == table.truth(s70)[0]
     got = sr.ReplayEvaluator(table, 872, 8000, 2, None, 0).evaluate(s82)
-    assert got.validation_loss == pytest.approx(table.truth(s82)[0] + 2.5)
+    assert got.selection_loss == pytest.approx(table.truth(s82)[0] + 2.5 + 0.5)
     assert got.accuracy_loss == pytest.approx(table.truth(s82)[0])
 
 
