@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import optuna
+import pandas as pd
 import pytest
 from test_validation_choice import S5, S7, _manifest, add_study
 
@@ -26,6 +27,7 @@ from autoprumux.evaluation import (
 )
 from autoprumux.meta import build_recommender
 from autoprumux.search._record import record_evaluation, trial_loss
+from autoprumux.serving._pyfunc import RecommenderModel
 
 GOLD = [1, 1, 0, 0]
 
@@ -138,6 +140,9 @@ def test_recommend_answers_within_the_budget_plus_the_margin_only(tmp_path, caps
     assert (at1.sparsity, at15.sparsity) == (0.7, 0.5)
     assert at15.measured is not None and at15.measured.validation_loss_se == 0.8
     assert "(+-0.80, chosen on" in at15.describe()
+    served = RecommenderModel(rec).predict(None, pd.DataFrame({"budget": [1.0, 1.31]}))
+    assert list(served["sparsity"]) == [0.7, 0.5]
+    assert list(served["measured_validation_loss_se"]) == [0.1, 0.8]
     assert main(["recommend", "--budget", "1", "--storage", url]) == 0
     assert "(+-0.10, chosen on 0.90)" in capsys.readouterr().out
 

@@ -7,7 +7,9 @@ whose filters leave several (task, model, device), or trials measured on several
 refused with the choices listed: the server never picks one for the client, nor takes its own
 machine for the client's. Output: one row per budget with the answer (`source` "measured" or
 "baseline", its measured `validation_loss`, the loss it was chosen on (NaN when `chosen_on` is
-not "validation": the dev loss chose), its `accuracy_loss` on dev, what to expect, and `speedup`),
+not "validation": the dev loss chose), its `accuracy_loss` on dev, what to expect, and `speedup`;
+`measured_validation_loss_se`: the validation loss's standard error, one of which the choice
+added),
 the study and machine it was measured on, the meta-model's predictions for it, and the suggested configuration to measure next
 (`suggested_*`; -1 / NaN when there is none). A bad payload raises an MlflowException with
 INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400; values it echoes are cut
@@ -88,6 +90,7 @@ OUTPUT_COLUMNS = (
     "speedup_high",
     "measured_trial",
     "measured_validation_loss",
+    "measured_validation_loss_se",
     "measured_accuracy_loss",
     "measured_speedup",
     "suggested_sparsity",
@@ -295,6 +298,7 @@ class RecommenderModel(PythonModel):
                     "speedup_high": rec_.speedup_interval.high,
                     "measured_trial": m.number if m else -1,
                     "measured_validation_loss": _nan(m.validation_loss) if m else math.nan,
+                    "measured_validation_loss_se": _nan(m.validation_loss_se) if m else math.nan,
                     "measured_accuracy_loss": m.accuracy_loss if m else math.nan,
                     "measured_speedup": m.speedup if m else math.nan,
                     **_suggestion_columns(rec_.suggestion),
