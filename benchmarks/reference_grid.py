@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sparsity": ev.candidate.sparsity,
                 "metric": ev.candidate.metric,
                 "accuracy_loss": ev.accuracy_loss,  # on dev
+                "accuracy_loss_se": ev.accuracy_loss_se,
                 "validation_loss": ev.validation_loss,
                 "validation_loss_se": ev.validation_loss_se,
                 "selection_loss": ev.selection_loss,  # what a search chooses on

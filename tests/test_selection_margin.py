@@ -115,6 +115,20 @@ def _evaluation(dev_loss: float, val_loss: float, se: float | None) -> Evaluatio
     )
 
 
+def test_a_dev_loss_is_in_noise_within_two_of_its_paired_standard_errors():
+    from dataclasses import replace
+
+    ev = _evaluation(1.5, 0.6, 0.8)
+    assert ev.accuracy_loss_se is None and ev.loss_within_noise is None  # nothing known
+    assert replace(ev, accuracy_loss_se=0.8).loss_within_noise  # 1.5 <= 1.6
+    # int8 of the baseline predicts as it does: 1.5 points is beyond its paired noise
+    assert not replace(ev, accuracy_loss_se=0.4).loss_within_noise
+    assert replace(ev, accuracy_loss_se=0.4).loss_margin == pytest.approx(0.8)
+    trial = optuna.create_study().ask()
+    record_evaluation(trial, replace(ev, accuracy_loss_se=0.4), budget=1.0)
+    assert trial.user_attrs["accuracy_loss_se"] == 0.4
+
+
 def test_a_trial_records_the_standard_error_and_its_constraint_reads_the_margin():
     ev = _evaluation(2.0, 0.6, 0.8)
     assert ev.selection_loss == pytest.approx(0.6 + SELECTION_STANDARD_ERRORS * 0.8)

@@ -180,8 +180,10 @@ def test_an_evaluation_scores_the_validation_split_never_dev_or_train(
     # as dev, over the split only
     from autoprumux.pipeline import DEV_PAIRINGS
 
-    assert [x for x in scored if x[1] == DEV_PAIRINGS] == [(frozenset(held), DEV_PAIRINGS)]
-    assert {x[0] for x in scored} == {frozenset(held)}  # recovery stops on the split too
+    dev = frozenset(tuple(it.input_ids) for it in pipe.dev_items)
+    assert [x for x in scored if x[0] == frozenset(held)][-1] == (frozenset(held), DEV_PAIRINGS)
+    assert [x for x in scored if x[0] != frozenset(held)] == [(dev, DEV_PAIRINGS), (dev, 1)]
+    # recovery stops on the split; the candidate is scored once on dev, the baseline once
     cand = pipe.deployable(Candidate(sparsity=0.5))
     want = paired_dev_metrics(
         cand, pipe.validation_items, pipe.task.metric, pairings=DEV_PAIRINGS, device="cpu"
@@ -199,6 +201,15 @@ def test_an_evaluation_scores_the_validation_split_never_dev_or_train(
         gold,
     )
     assert ev.validation_loss_se == pytest.approx(se)
+    dev_se = paired_loss_se(
+        pipe.task.metric,
+        paired_predictions(pipe.baseline(), pipe.dev_items, pairings=1),
+        paired_predictions(cand, pipe.dev_items, pairings=DEV_PAIRINGS),
+        [it.label for it in pipe.dev_items],
+    )
+    assert (
+        ev.accuracy_loss_se == pytest.approx(dev_se) and ev.to_dict()["accuracy_loss_se"] == dev_se
+    )
     assert ev.chosen_on == "validation"
     assert ev.selection_loss == pytest.approx(
         ev.validation_loss + SELECTION_STANDARD_ERRORS * ev.validation_loss_se

@@ -95,7 +95,7 @@ def baseline_lines(ev: Evaluation) -> list[str]:
         what = "loss" if loss > 0 else "gain"
         out.append(
             f"(the candidate's {what} of {abs(loss):.2f} points is within noise "
-            f"(+-{noise.margin:.2f}): not told apart from the baseline's score)"
+            f"(+-{ev.loss_margin:.2f}): not told apart from the baseline's score)"
         )
     if noise.near_majority:
         out.append(f"WARNING: {noise.warning()}")

@@ -66,6 +66,8 @@ class Evaluation:
     stage_training: dict | None = None
     # the paired standard error of `validation_loss` (`paired_loss_se`; None: no split)
     validation_loss_se: float | None = None
+    # the paired standard error of `accuracy_loss` on dev (None: not measured)
+    accuracy_loss_se: float | None = None
 
     @property
     def metric_label(self) -> str:
@@ -96,9 +98,18 @@ class Evaluation:
         return self.baseline.metric - self.candidate.metric
 
     @property
+    def loss_margin(self) -> float | None:
+        """The largest dev loss (or gain) not told apart from none: `NOISE_STANDARD_ERRORS` of
+        its paired standard error, else of the dev set's binomial one (None: neither known)."""
+        if self.accuracy_loss_se is not None:
+            return NOISE_STANDARD_ERRORS * self.accuracy_loss_se
+        return None if self.noise is None else self.noise.margin
+
+    @property
     def loss_within_noise(self) -> bool | None:
         """The candidate's loss (or gain) is not told apart from none (None: noise unknown)."""
-        return None if self.noise is None else self.noise.within_noise(self.accuracy_loss)
+        margin = self.loss_margin
+        return None if margin is None else abs(self.accuracy_loss) <= margin
 
     @property
     def validation_loss(self) -> float | None:
@@ -145,6 +156,7 @@ class Evaluation:
             "baseline": asdict(self.baseline),
             "candidate": asdict(self.candidate),
             "accuracy_loss": self.accuracy_loss,
+            "accuracy_loss_se": self.accuracy_loss_se,
             "validation_loss": self.validation_loss,
             "validation_loss_se": self.validation_loss_se,
             "selection_loss": self.selection_loss,

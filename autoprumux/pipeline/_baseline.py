@@ -143,6 +143,28 @@ def measure_baseline(pipe: StageContext, model: MuxSequenceClassifier) -> dict[s
     return metrics
 
 
+def baseline_dev_predictions(pipe: StageContext) -> PairedPredictions:
+    """The baseline's predicted labels on dev (predicted once per pipeline; one pairing: the
+    baseline is not multiplexed)."""
+    if pipe.tables.baseline_dev_predictions is None:
+        pipe.tables.baseline_dev_predictions = paired_predictions(
+            pipe.baseline(), pipe.dev_items, pairings=1, device=pipe.device
+        )
+    return pipe.tables.baseline_dev_predictions
+
+
+def dev_scored(
+    pipe: StageContext, model: AnyModel, pairings: int
+) -> tuple[dict[str, float], float]:
+    """`model`'s dev metrics, scored as `dev_metrics` scores them, and the paired standard error
+    of its dev loss against the baseline (`paired_loss_se`), from the same predictions."""
+    predicted = paired_predictions(model, pipe.dev_items, pairings=pairings, device=pipe.device)
+    gold = [e.label for e in pipe.dev_items]
+    metric, pos = pipe.task.metric, pipe.task.positive
+    se = paired_loss_se(metric, baseline_dev_predictions(pipe), predicted, gold, pos)
+    return paired_metrics(metric, predicted, gold, pos), se
+
+
 def noise_of(pipe: StageContext, metrics: dict[str, float]) -> DevNoise:
     """The dev set's majority rate and noise at the baseline's accuracy."""
     return dev_noise((e.label for e in pipe.data.dev), metrics["accuracy"])

@@ -37,6 +37,7 @@ class TeacherTables:
     unlabeled: tuple[list[Encoded], dict] | None = None
     baseline_validation: dict[str, float] | None = None
     baseline_validation_predictions: PairedPredictions | None = None
+    baseline_dev_predictions: PairedPredictions | None = None
 
 
 class StageContext(Protocol):
@@ -53,6 +54,7 @@ class StageContext(Protocol):
     tokenizer: Any
     max_seq_len: int
     train_items: list[Encoded]
+    dev_items: list[Encoded]
     validation_items: list[Encoded]
     stopping_items: list[Encoded]  # the validation items unless the recipe holds out others
     untrained_texts: frozenset[str]  # the validation split's rows' texts, and their parts'

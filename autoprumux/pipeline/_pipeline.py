@@ -58,6 +58,7 @@ from autoprumux.models._classifier import head_rows
 from autoprumux.models._loading import BaseModel
 from autoprumux.pipeline._baseline import (
     build_baseline,
+    dev_scored,
     measure_baseline,
     noise_of,
     report_stage,
@@ -577,8 +578,9 @@ class PruMuxPipeline:
     ) -> Evaluation:
         """Dev and validation metrics of `model` and its throughput timed side by side with the
         baseline; `training`: how its training stages stopped (`stage_training`)."""
+        dev, dev_se = dev_scored(self, model, DEV_PAIRINGS)
         measured, _ = self.measure_many(
-            {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, None)}, tp
+            {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, dev)}, tp
         )
         return Evaluation(
             task=self.task.name,
@@ -587,6 +589,7 @@ class PruMuxPipeline:
             device=str(self.device),
             throughput_config=tp,
             noise=self.dev_noise(),
+            accuracy_loss_se=dev_se,
             baseline_origin=self.baseline_origin,
             baseline_training=self.baseline_training(),
             stage_training=training,

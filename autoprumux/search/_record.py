@@ -49,6 +49,8 @@ def record_evaluation(trial: Any, ev: Any, budget: float) -> dict[str, float]:
         "encoder_params": float(ev.candidate.encoder_params),
         "measured_sparsity": ev.candidate.sparsity,
     }
+    if ev.accuracy_loss_se is not None:  # its spread
+        metrics["accuracy_loss_se"] = ev.accuracy_loss_se
     if ev.validation_loss is not None:  # on validation: what chooses
         metrics.update(
             validation_loss=ev.validation_loss,
