@@ -172,13 +172,13 @@ def test_a_stopping_split_stands_apart_and_alone_stops_training(
     assert ids(again.stopping_items) == stop  # fixed, whatever the recipe's seed
     assert "stopping: 40 of the" in pipe.validation_note
     scored: list[set] = []
-    real = baseline_mod.paired_dev_metrics
+    real = baseline_mod.paired_predictions
 
     def spy(model, items, *a, **kw):
         scored.append(ids(items))
         return real(model, items, *a, **kw)
 
-    monkeypatch.setattr(baseline_mod, "paired_dev_metrics", spy)
+    monkeypatch.setattr(baseline_mod, "paired_predictions", spy)
     pipe.baseline()
     assert len(scored) >= 2 and all(s == stop for s in scored)  # every plateau evaluation
     scored.clear()
