@@ -15,8 +15,8 @@ Without a validation split (the recipe's `validation_examples` 0, or too few tra
 or for trials recorded before validation losses were, the dev loss chooses and every output says
 so in one line (`DEV_CHOSEN`). `selection_loss` is the loss that chose; `chosen_on` names it.
 
-The validation split is small (SST-2's holds 688 sentences), so one validation loss is noisy by
-about a point, and every candidate is scored on the same draw. A choice therefore reads the
+The validation split is small (a few hundred texts), so one validation loss is noisy by about a
+point, and every candidate is scored on the same draw. A choice therefore reads the
 validation loss plus `SELECTION_STANDARD_ERRORS` of its paired standard error
 (`validation_loss_se`, from the examples on which candidate and baseline disagree): a
 configuration is within a budget when its loss is within it with about 84% confidence (one

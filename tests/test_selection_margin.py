@@ -115,6 +115,25 @@ def _evaluation(dev_loss: float, val_loss: float, se: float | None) -> Evaluatio
     )
 
 
+def test_a_study_whose_trials_chose_on_the_bare_validation_loss_is_not_resumed():
+    from types import SimpleNamespace
+
+    from autoprumux.errors import ConfigError
+    from autoprumux.search._record import check_recorded
+
+    bare = {"accuracy_loss": 1.0, "validation_loss": 0.5, "chosen_on": "validation", "speedup": 2}
+    with pytest.raises(ConfigError, match="standard error of their validation loss"):
+        check_recorded([SimpleNamespace(number=0, user_attrs=bare)], "old-study")
+    check_recorded(
+        [SimpleNamespace(number=0, user_attrs={**bare, "validation_loss_se": 0.4})], "new"
+    )
+    # stopped early (no speedup) or chosen on dev: nothing to compare
+    stopped = {k: v for k, v in bare.items() if k != "speedup"}
+    check_recorded([SimpleNamespace(number=0, user_attrs=stopped)], "stopped")
+    dev = {**bare, "chosen_on": "dev", "validation_loss": None}
+    check_recorded([SimpleNamespace(number=0, user_attrs=dev)], "dev")
+
+
 def test_a_dev_loss_is_in_noise_within_two_of_its_paired_standard_errors():
     from dataclasses import replace
 

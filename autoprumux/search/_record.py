@@ -104,3 +104,18 @@ def check_recorded(trials: list[Any], study: str) -> None:
             "split, so their losses cannot be compared; pass another --study-name to start a "
             "new study (`recommend` still answers from the old one, chosen on dev)"
         )
+    # finished trials that chose on a bare validation loss: new ones add its standard error
+    bare = [
+        t
+        for t in trials
+        if t.user_attrs.get("chosen_on") == "validation"
+        and "speedup" in t.user_attrs
+        and "validation_loss_se" not in t.user_attrs
+    ]
+    if bare:
+        raise ConfigError(
+            f"study {study!r} holds {len(bare)} trials measured before trials recorded the "
+            "standard error of their validation loss: they chose on the bare loss, and this "
+            "search adds one standard error, so their losses cannot be compared; pass another "
+            "--study-name to start a new study (`recommend` still answers from the old one)"
+        )
