@@ -68,6 +68,27 @@ def test_the_f1_and_mcc_standard_errors_come_from_a_seeded_paired_bootstrap():
     assert 0.5 * acc < paired_loss_se("f1", preds(base), preds(flipped(4)), gold) < 2 * acc
 
 
+@pytest.mark.parametrize("classes", [2, 4])
+def test_the_resampled_f1_and_mcc_are_scikit_learns_on_each_resample(classes):
+    import numpy as np
+
+    from autoprumux.evaluation import prediction_metrics
+    from autoprumux.evaluation._noise import resampled_metric
+
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, classes, 60)
+    pred = np.where(rng.random(60) < 0.7, gold, rng.integers(0, classes, 60))
+    idx = rng.integers(0, 60, (25, 60))
+    idx[0] = np.flatnonzero(gold == 0)[0]  # one class only: f1 and MCC undefined, scored 0
+    for metric in ("f1", "mcc"):
+        got = resampled_metric(metric, gold, pred, idx, classes, pos_label=1)
+        want = [
+            prediction_metrics(metric, pred[i].tolist(), gold[i].tolist(), classes, 1)["metric"]
+            for i in idx
+        ]
+        assert got == pytest.approx(want)
+
+
 def test_the_loss_that_chooses_adds_its_standard_errors():
     assert selection_loss(3.0, 0.5, 0.7) == pytest.approx(0.5 + SELECTION_STANDARD_ERRORS * 0.7)
     assert selection_loss(3.0, 0.5, None) == 0.5  # not recorded: the bare validation loss

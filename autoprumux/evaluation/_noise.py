@@ -17,8 +17,9 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from autoprumux.evaluation._accuracy import PairedPredictions, prediction_metrics
+from autoprumux.evaluation._accuracy import PairedPredictions
 
 NOISE_STANDARD_ERRORS = 2.0
 BOOTSTRAP_RESAMPLES = 200  # f1 and MCC: enough for a standard error within about 5%
@@ -109,20 +110,40 @@ def paired_loss_se(
     if metric == "accuracy":
         diff = (base == y).mean(0) - (cand == y).mean(0)
         return float(100.0 * diff.std(ddof=1) / math.sqrt(n))
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    idx = np.random.default_rng(BOOTSTRAP_SEED).integers(0, n, (BOOTSTRAP_RESAMPLES, n))
 
-    def score(runs: np.ndarray, classes: int, idx: np.ndarray) -> float:
-        return float(
-            np.mean(
-                [
-                    prediction_metrics(metric, r[idx], y[idx], classes, pos_label)["metric"]
-                    for r in runs
-                ]
-            )
+    def score(runs: np.ndarray, classes: int) -> np.ndarray:
+        # the mean over the pairings of each resample's metric, from its confusion counts
+        return np.mean(
+            [resampled_metric(metric, y, r, idx, classes, pos_label) for r in runs], axis=0
         )
 
-    diffs = []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        idx = rng.integers(0, n, n)
-        diffs.append(score(base, baseline.classes, idx) - score(cand, candidate.classes, idx))
+    diffs = score(base, baseline.classes) - score(cand, candidate.classes)
     return float(np.std(diffs, ddof=1))
+
+
+def resampled_metric(
+    metric: str, gold: Any, pred: Any, idx: Any, classes: int, pos_label: int = 1
+) -> Any:
+    """f1 or MCC (x100, as `prediction_metrics` scores them: binary f1 of `pos_label` for two
+    classes, else macro-F1 over the classes present; 0 where undefined) of every resample of
+    the examples, one per row of `idx`, from its confusion counts: one pass for all rows."""
+    import numpy as np
+
+    k = max(classes, int(gold.max()) + 1, int(pred.max()) + 1)
+    rows = idx.shape[0]
+    codes = (gold * k + pred)[idx] + (np.arange(rows) * k * k)[:, None]
+    conf = np.bincount(codes.ravel(), minlength=rows * k * k).reshape(rows, k, k)
+    true, predicted = conf.sum(2), conf.sum(1)  # per class: gold rows, predicted columns
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "mcc":
+            s, c = idx.shape[1], tp.sum(1)
+            num = c * s - (predicted * true).sum(1)
+            den = np.sqrt((s * s - (predicted**2).sum(1)) * (s * s - (true**2).sum(1)))
+            return 100.0 * np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+        f1 = np.where(true + predicted > 0, 2 * tp / (true + predicted), 0.0)
+        if classes == 2:
+            return 100.0 * f1[:, pos_label]
+        present = (true + predicted) > 0
+        return 100.0 * (f1 * present).sum(1) / present.sum(1)
