@@ -40,6 +40,14 @@ class Measured:
     validation_accuracy: float | None = None
 
 
+def noise_margin(se: float | None, noise: DevNoise | None) -> float | None:
+    """The largest loss (or gain) not told apart from none: `NOISE_STANDARD_ERRORS` of its paired
+    standard error `se`, else of the split's binomial one (`noise`; None: neither known)."""
+    if se is not None:
+        return NOISE_STANDARD_ERRORS * se
+    return None if noise is None else noise.margin
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """A candidate beside its baseline. `accuracy_loss` is on dev (what to expect);
@@ -99,11 +107,8 @@ class Evaluation:
 
     @property
     def loss_margin(self) -> float | None:
-        """The largest dev loss (or gain) not told apart from none: `NOISE_STANDARD_ERRORS` of
-        its paired standard error, else of the dev set's binomial one (None: neither known)."""
-        if self.accuracy_loss_se is not None:
-            return NOISE_STANDARD_ERRORS * self.accuracy_loss_se
-        return None if self.noise is None else self.noise.margin
+        """The largest dev loss (or gain) not told apart from none (`noise_margin`)."""
+        return noise_margin(self.accuracy_loss_se, self.noise)
 
     @property
     def loss_within_noise(self) -> bool | None:
@@ -131,12 +136,9 @@ class Evaluation:
     def validation_loss_within_noise(self) -> bool | None:
         """The validation loss is within `NOISE_STANDARD_ERRORS` of its paired standard error
         (of the split's binomial one when that is unknown; None: no split)."""
-        v, noise, se = self.validation_loss, self.validation_noise, self.validation_loss_se
-        if v is None:
-            return None
-        if se is not None:
-            return abs(v) <= NOISE_STANDARD_ERRORS * se
-        return None if noise is None else noise.within_noise(v)
+        v = self.validation_loss
+        margin = noise_margin(self.validation_loss_se, self.validation_noise)
+        return None if v is None or margin is None else abs(v) <= margin
 
     @property
     def speedup(self) -> float:

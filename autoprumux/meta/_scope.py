@@ -105,19 +105,18 @@ def measured_means(rows: list[dict[str, Any]]) -> dict[tuple[Candidate, str], di
     def mean(g: list[dict[str, Any]], k: str) -> float:
         return sum(x[k] for x in g) / len(g)
 
+    def mean_or_none(g: list[dict[str, Any]], k: str) -> float | None:
+        return None if any(x.get(k) is None for x in g) else mean(g, k)
+
     return {
         k: {
             "config": k[0],
             "number": g[-1]["number"],
             "mlflow_run_id": g[-1].get("mlflow_run_id"),
             "accuracy_loss": mean(g, "accuracy_loss"),
-            "validation_loss": None
-            if any(x.get("validation_loss") is None for x in g)
-            else mean(g, "validation_loss"),
-            # the repeats' mean standard error (None when one recorded none)
-            "validation_loss_se": None
-            if any(x.get("validation_loss_se") is None for x in g)
-            else mean(g, "validation_loss_se"),
+            # None when a repeat recorded none
+            "validation_loss": mean_or_none(g, "validation_loss"),
+            "validation_loss_se": mean_or_none(g, "validation_loss_se"),
             "selection_loss": mean(g, "selection_loss"),
             "speedup": mean(g, "speedup"),
             "repeats": len(g),

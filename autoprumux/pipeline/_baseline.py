@@ -35,7 +35,7 @@ from autoprumux.evaluation import (
     paired_metrics,
     paired_predictions,
 )
-from autoprumux.models import AnyModel, MuxSequenceClassifier
+from autoprumux.models import AnyModel
 from autoprumux.models._loading import BaseModel
 from autoprumux.pipeline._context import StageContext, StageReport
 from autoprumux.pipeline._keys import cache_key
@@ -125,10 +125,11 @@ def build_baseline(pipe: StageContext) -> Path:
     return entry
 
 
-def measure_baseline(pipe: StageContext, model: MuxSequenceClassifier) -> dict[str, float]:
-    """The baseline's dev metrics, logged beside the dev set's majority rate and noise; a
-    baseline within noise of the majority class is warned about."""
-    metrics = pipe.dev_metrics(model)
+def measure_baseline(pipe: StageContext) -> dict[str, float]:
+    """The baseline's dev metrics (from its cached dev predictions, `baseline_predictions`),
+    logged beside the dev set's majority rate and noise; a baseline within noise of the majority
+    class is warned about."""
+    metrics = split_metrics(pipe, baseline_predictions(pipe, "dev"), "dev")
     noise = noise_of(pipe, metrics)
     origin = "given, used as is" if pipe.head_rows is not None else "trained here"
     log.info(
@@ -143,26 +144,37 @@ def measure_baseline(pipe: StageContext, model: MuxSequenceClassifier) -> dict[s
     return metrics
 
 
-def baseline_dev_predictions(pipe: StageContext) -> PairedPredictions:
-    """The baseline's predicted labels on dev (predicted once per pipeline; one pairing: the
-    baseline is not multiplexed)."""
-    if pipe.tables.baseline_dev_predictions is None:
-        pipe.tables.baseline_dev_predictions = paired_predictions(
-            pipe.baseline(), pipe.dev_items, pairings=1, device=pipe.device
-        )
-    return pipe.tables.baseline_dev_predictions
+def split_items(pipe: StageContext, split: str) -> list[Encoded]:
+    """The items of a scored split: "dev" or "validation"."""
+    return pipe.dev_items if split == "dev" else pipe.validation_items
 
 
-def dev_scored(
-    pipe: StageContext, model: AnyModel, pairings: int
+def split_metrics(pipe: StageContext, predicted: PairedPredictions, split: str) -> dict[str, float]:
+    """The metrics, in points, of predicted labels for a split's items (`split_items`)."""
+    gold = [e.label for e in split_items(pipe, split)]
+    return paired_metrics(pipe.task.metric, predicted, gold, pipe.task.positive)
+
+
+def baseline_predictions(pipe: StageContext, split: str) -> PairedPredictions:
+    """The baseline's predicted labels for a split's items (`split_items`), predicted once per
+    pipeline and split (one pairing: the baseline is not multiplexed)."""
+    cached = pipe.tables.baseline_predictions
+    if split not in cached:
+        cached[split] = held_out_predictions(pipe, pipe.baseline(), split_items(pipe, split), 1)
+    return cached[split]
+
+
+def scored_beside_baseline(
+    pipe: StageContext, model: AnyModel, split: str, pairings: int
 ) -> tuple[dict[str, float], float]:
-    """`model`'s dev metrics, scored as `dev_metrics` scores them, and the paired standard error
-    of its dev loss against the baseline (`paired_loss_se`), from the same predictions."""
-    predicted = paired_predictions(model, pipe.dev_items, pairings=pairings, device=pipe.device)
-    gold = [e.label for e in pipe.dev_items]
-    metric, pos = pipe.task.metric, pipe.task.positive
-    se = paired_loss_se(metric, baseline_dev_predictions(pipe), predicted, gold, pos)
-    return paired_metrics(metric, predicted, gold, pos), se
+    """`model`'s metrics on a split (`split_items`; a multiplexed model's over `pairings` seeded
+    pairings) and the paired standard error of its loss against the baseline there
+    (`paired_loss_se`), both from one set of predictions."""
+    predicted = held_out_predictions(pipe, model, split_items(pipe, split), pairings)
+    gold = [e.label for e in split_items(pipe, split)]
+    base = baseline_predictions(pipe, split)
+    se = paired_loss_se(pipe.task.metric, base, predicted, gold, pipe.task.positive)
+    return split_metrics(pipe, predicted, split), se
 
 
 def noise_of(pipe: StageContext, metrics: dict[str, float]) -> DevNoise:
@@ -240,8 +252,8 @@ def validation_metrics(pipe: StageContext, model: AnyModel, pairings: int) -> di
 def held_out_predictions(
     pipe: StageContext, model: AnyModel, items: Sequence[Encoded], pairings: int
 ) -> PairedPredictions:
-    """`model`'s predicted labels for held-out training `items`, as dev's are predicted (a
-    multiplexed model's under `pairings` seeded pairings)."""
+    """`model`'s predicted labels for held-out `items` (dev, or a split of train), as dev's are
+    predicted (a multiplexed model's under `pairings` seeded pairings)."""
     return paired_predictions(model, items, pairings=pairings, device=pipe.device)
 
 
@@ -254,27 +266,11 @@ def held_out_metrics(
     return paired_metrics(pipe.task.metric, predicted, [e.label for e in items], pipe.task.positive)
 
 
-def validation_scores(pipe: StageContext, predicted: PairedPredictions) -> dict[str, float]:
-    """The metrics of predicted labels for the validation split, in points."""
-    gold = [e.label for e in pipe.validation_items]
-    return paired_metrics(pipe.task.metric, predicted, gold, pipe.task.positive)
-
-
-def baseline_validation_predictions(pipe: StageContext) -> PairedPredictions:
-    """The baseline's predicted labels on the validation split (predicted once per pipeline;
-    the baseline is not multiplexed, so one pairing)."""
-    if pipe.tables.baseline_validation_predictions is None:
-        pipe.tables.baseline_validation_predictions = held_out_predictions(
-            pipe, pipe.baseline(), pipe.validation_items, 1
-        )
-    return pipe.tables.baseline_validation_predictions
-
-
-def baseline_validation_metrics(pipe: StageContext, pairings: int) -> dict[str, float]:
+def baseline_validation_metrics(pipe: StageContext) -> dict[str, float]:
     """The baseline's metrics on the validation split (scored once per pipeline)."""
     if pipe.tables.baseline_validation is None:
-        pipe.tables.baseline_validation = validation_scores(
-            pipe, baseline_validation_predictions(pipe)
+        pipe.tables.baseline_validation = split_metrics(
+            pipe, baseline_predictions(pipe, "validation"), "validation"
         )
     return pipe.tables.baseline_validation
 
@@ -284,7 +280,7 @@ def validation_loss(pipe: StageContext, model: AnyModel, pairings: int) -> float
     them (what chooses); None without a validation split (then the dev loss chooses)."""
     if not pipe.validation_items:
         return None
-    base = baseline_validation_metrics(pipe, pairings)["metric"]
+    base = baseline_validation_metrics(pipe)["metric"]
     return base - validation_metrics(pipe, model, pairings)["metric"]
 
 
@@ -306,7 +302,7 @@ def stage_losses(pipe: StageContext, scores: dict[str, Any]) -> tuple[float, flo
         return dev, None
     if scores.get("validation_metric") is None:
         return None
-    return dev, float(baseline_validation_metrics(pipe, 1)["metric"] - scores["validation_metric"])
+    return dev, float(baseline_validation_metrics(pipe)["metric"] - scores["validation_metric"])
 
 
 def report_stage(
@@ -328,10 +324,8 @@ def validated(
     validation loss (`paired_loss_se`); the two unchanged, and nothing else, without a split."""
     if not pipe.validation_items:
         return {"baseline": baseline, "candidate": candidate}
-    base_p = baseline_validation_predictions(pipe)
-    cand_p = held_out_predictions(pipe, model, pipe.validation_items, pairings)
-    base_v, cand_v = baseline_validation_metrics(pipe, pairings), validation_scores(pipe, cand_p)
-    gold = [e.label for e in pipe.validation_items]
+    base_v = baseline_validation_metrics(pipe)
+    cand_v, se = scored_beside_baseline(pipe, model, "validation", pairings)
 
     def scored(m: Measured, v: dict[str, float]) -> Measured:
         return replace(m, validation_metric=v["metric"], validation_accuracy=v["accuracy"])
@@ -339,10 +333,10 @@ def validated(
     return {
         "baseline": scored(baseline, base_v),
         "candidate": scored(candidate, cand_v),
-        "validation_noise": dev_noise(gold, base_v["accuracy"], "validation"),
-        "validation_loss_se": paired_loss_se(
-            pipe.task.metric, base_p, cand_p, gold, pipe.task.positive
+        "validation_noise": dev_noise(
+            (e.label for e in pipe.validation_items), base_v["accuracy"], "validation"
         ),
+        "validation_loss_se": se,
     }
 
 

@@ -7,7 +7,7 @@ reuse lives in one place, `TeacherTables`."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,8 +36,8 @@ class TeacherTables:
     layers: TeacherLayers | None = None
     unlabeled: tuple[list[Encoded], dict] | None = None
     baseline_validation: dict[str, float] | None = None
-    baseline_validation_predictions: PairedPredictions | None = None
-    baseline_dev_predictions: PairedPredictions | None = None
+    # its predicted labels per scored split ("dev", "validation"), for paired standard errors
+    baseline_predictions: dict[str, PairedPredictions] = field(default_factory=dict)
 
 
 class StageContext(Protocol):

@@ -58,11 +58,11 @@ from autoprumux.models._classifier import head_rows
 from autoprumux.models._loading import BaseModel
 from autoprumux.pipeline._baseline import (
     build_baseline,
-    dev_scored,
     measure_baseline,
     noise_of,
     report_stage,
     resolve_max_seq_len,
+    scored_beside_baseline,
     split_train,
     stage_losses,
     stage_scores,
@@ -460,7 +460,7 @@ class PruMuxPipeline:
     def baseline_metrics(self) -> dict[str, float]:
         """Dev metrics of the baseline (computed once per pipeline, logged beside the noise)."""
         if self._baseline_metrics is None:
-            self._baseline_metrics = measure_baseline(self, self.baseline())
+            self._baseline_metrics = measure_baseline(self)
         return self._baseline_metrics
 
     def dev_noise(self) -> DevNoise:
@@ -578,7 +578,7 @@ class PruMuxPipeline:
     ) -> Evaluation:
         """Dev and validation metrics of `model` and its throughput timed side by side with the
         baseline; `training`: how its training stages stopped (`stage_training`)."""
-        dev, dev_se = dev_scored(self, model, DEV_PAIRINGS)
+        dev, dev_se = scored_beside_baseline(self, model, "dev", DEV_PAIRINGS)
         measured, _ = self.measure_many(
             {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, dev)}, tp
         )

@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 from autoprumux import tracking
-from autoprumux._selection import chosen_on, recorded_losses, selection_loss
+from autoprumux._selection import VALIDATION, chosen_on, recorded_losses, selection_loss
 from autoprumux.errors import ConfigError
 
 log = logging.getLogger("autoprumux")
@@ -108,9 +108,10 @@ def check_recorded(trials: list[Any], study: str) -> None:
     bare = [
         t
         for t in trials
-        if t.user_attrs.get("chosen_on") == "validation"
-        and "speedup" in t.user_attrs
-        and "validation_loss_se" not in t.user_attrs
+        if "speedup" in t.user_attrs
+        and (got := recorded_losses(t.user_attrs)) is not None
+        and got.chosen_on == VALIDATION
+        and got.validation_se is None
     ]
     if bare:
         raise ConfigError(
