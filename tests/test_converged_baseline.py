@@ -142,7 +142,8 @@ def test_the_validation_split_is_stratified_fixed_and_never_dev_or_trained_on(
 ):
     pipe = pipeline(tmp_path, tiny_checkpoint)
     held = pipe.validation_items
-    assert len(held) == 40 and len(pipe.train_items) == 360  # 10% of 400
+    assert len(held) == 40 and len(pipe.stopping_items) == 40  # 10% of 400, and as many to stop
+    assert len(pipe.train_items) == 320
     assert sum(it.label == pipe.task.label_names.index("pos") for it in held) == 10  # 1 in 4
     ids = [tuple(it.input_ids) for it in held]
     assert not set(ids) & {tuple(it.input_ids) for it in pipe.train_items}
@@ -157,10 +158,11 @@ def test_a_stopping_split_stands_apart_and_alone_stops_training(
 ):
     import autoprumux.pipeline._baseline as baseline_mod
 
-    shared = pipeline(tmp_path / "shared", tiny_checkpoint)
-    assert shared.stopping_items is shared.validation_items  # the default: one split does both
+    shared = pipeline(tmp_path / "shared", tiny_checkpoint, stopping_examples=0)
+    assert shared.stopping_items is shared.validation_items  # 0: one split does both
+    assert len(shared.train_items) == 360
     pipe = pipeline(
-        tmp_path, tiny_checkpoint, stopping_examples=None, eval_every=3, patience=2,
+        tmp_path, tiny_checkpoint, eval_every=3, patience=2,
         recovery_steps=6, prune_stages=1, importance_examples=16,
     )  # fmt: skip
     ids = lambda items: {tuple(it.input_ids) for it in items}  # noqa: E731
@@ -168,7 +170,7 @@ def test_a_stopping_split_stands_apart_and_alone_stops_training(
     assert len(pipe.stopping_items) == len(pipe.validation_items) == 40  # as many as it holds
     assert len(pipe.train_items) == 320 and val == ids(shared.validation_items)
     assert not stop & val and not stop & ids(pipe.train_items) and not stop & ids(pipe.dev_items)
-    again = pipeline(tmp_path / "again", tiny_checkpoint, stopping_examples=None, seed=5)
+    again = pipeline(tmp_path / "again", tiny_checkpoint, seed=5)
     assert ids(again.stopping_items) == stop  # fixed, whatever the recipe's seed
     assert "stopping: 40 of the" in pipe.validation_note
     scored: list[set] = []
@@ -189,6 +191,12 @@ def test_a_stopping_split_stands_apart_and_alone_stops_training(
         Recipe(stopping_examples=5, validation_examples=0)
     with pytest.raises(ConfigError, match=r"stopping_examples \(355\).*set 0 \(the validation"):
         pipeline(tmp_path / "big", tiny_checkpoint, stopping_examples=355)
+    Recipe(validation_examples=0)  # the default asks for no stopping split then
+    # the default gives way where train cannot spare a second split, and says so
+    small = pipeline(tmp_path / "small", tiny_checkpoint, batch_size=340)  # 360 left
+    assert small.stopping_items is small.validation_items
+    assert "none held out for stopping_examples" in small.validation_note
+    assert "the validation split stops training too" in small.validation_note
 
 
 def test_the_split_size_rule():

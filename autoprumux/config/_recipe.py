@@ -80,13 +80,14 @@ class Recipe:
         "2,000; 0: none, every stage trains its cap)",
     )
     stopping_examples: int | None = _field(
-        0,
-        Rule(int, low=0, none="as many as the validation split"),
+        None,
+        Rule(int, low=0, none="as many as the validation split, when train can spare them"),
         "data",
         "whole training texts held out apart from the validation split, read only to stop "
         "training (each stage's plateau and the evaluation whose weights it keeps), so that the "
         "validation split only chooses: a stage's validation score is then not the best of its "
-        "own evaluations (0: the validation split does both; None: as many as it holds)",
+        "own evaluations (default: as many as the validation split holds, none when train "
+        "cannot spare them; 0: the validation split does both)",
     )
     batch_size: int = _field(32, COUNT, "data", "examples per step")
     lr: float = _field(1e-4, LR, "finetune", "learning rate of the baseline's fine-tune")
@@ -329,7 +330,7 @@ class Recipe:
                 f"batch_size ({self.batch_size}) or None (all examples); raise it or lower "
                 "batch_size"
             )
-        if self.validation_examples == 0 and self.stopping_examples != 0:
+        if self.validation_examples == 0 and self.stopping_examples:
             raise ConfigError(
                 f"recipe field stopping_examples ({self.stopping_examples!r}) needs a validation "
                 "split to stand apart from (validation_examples is 0); set stopping_examples 0 "

@@ -20,7 +20,8 @@ MIN_PER_CLASS = 8  # the unset size holds at least this many examples per class
 # what else a refused size of each recipe field may be set to
 OTHER_SIZES = {
     "validation_examples": "None (10% of train, at most 2,000) or 0 (no validation split)",
-    "stopping_examples": "0 (the validation split stops training too)",
+    "stopping_examples": "0 (the validation split stops training too) or None (as many as the "
+    "validation split, when train can spare them)",
 }
 
 
@@ -30,12 +31,14 @@ def validation_size(
     batch_size: int,
     field: str = "validation_examples",
     seed: int = VALIDATION_SEED,
+    optional: bool = False,
 ) -> tuple[int, str]:
     """(whole texts held out, a line saying how many and why); `labels`: one per whole text
     (`WholeTexts`). `requested` None: `VALIDATION_SHARE` of them, at least `MIN_PER_CLASS` per
     class, at most `MAX_VALIDATION`; or 0 when train is too small to spare them and keep a
     batch. 0: no split. A requested size that leaves less than a batch to train on, or that
-    stratification cannot hold, is refused, naming the recipe `field` that asked for it."""
+    stratification cannot hold, is refused, naming the recipe `field` that asked for it; or,
+    when `optional` (a size the recipe left to its default), gives 0 and says why."""
     n, counts = len(labels), Counter(labels)
     if requested == 0:
         return 0, "no validation split (validation_examples 0): the baseline trains its cap"
@@ -49,6 +52,11 @@ def validation_size(
     else:
         size = requested
         rare = min(counts.values(), default=0)
+        if (n - size < batch_size or size < len(counts) or rare < 2) and optional:
+            return 0, (
+                f"none held out for {field}: {n} whole training texts are too few to hold out "
+                f"{size} and keep a batch of {batch_size}"
+            )
         if n - size < batch_size or size < len(counts) or rare < 2:
             raise ConfigError(
                 f"recipe field {field} ({requested}) must leave at least a batch "
@@ -79,12 +87,15 @@ def validation_split(
     batch_size: int,
     seed: int = VALIDATION_SEED,
     field: str = "validation_examples",
+    optional: bool = False,
 ) -> ValidationSplit:
     """The validation split of `rows`: `validation_size` of their whole texts (`WholeTexts`:
     no text of the split, nor any part of one, is trained on), stratified by label, the same for
     the same rows, size and seed."""
     texts = WholeTexts(rows)
-    size, note = validation_size(texts.whole_labels, requested, batch_size, field, seed)
+    size, note = validation_size(
+        texts.whole_labels, requested, batch_size, field, seed, optional=optional
+    )
     split = texts.hold_out(size, seed)
     if split.dropped:
         note += (

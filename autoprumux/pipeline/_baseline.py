@@ -197,8 +197,8 @@ class TrainSplit(NamedTuple):
 
 def split_train(pipe: StageContext) -> TrainSplit:
     """The training examples split as `data.validation_split` carves them: the validation split,
-    then, with the recipe's `stopping_examples`, a stopping split of the rest (whole texts too,
-    a seed of its own)."""
+    then, with the recipe's `stopping_examples` (by default as many, when the rest can spare
+    them), a stopping split of the rest (whole texts too, a seed of its own)."""
     train, r = pipe.data.train, pipe.recipe
     split = validation_split(train, r.validation_examples, r.batch_size)
     trained, stop, dropped, note = split.trained, [], list(split.dropped), split.note
@@ -209,11 +209,16 @@ def split_train(pipe: StageContext) -> TrainSplit:
             r.batch_size,
             seed=STOPPING_SEED,
             field="stopping_examples",
+            optional=r.stopping_examples is None,
         )
         stop = [trained[i] for i in rest.held]
         dropped += [trained[i] for i in rest.dropped]
         trained = [trained[i] for i in rest.trained]
-        note += f"; stopping: {rest.note.removeprefix('validation: ')}, read only to stop"
+        note += (
+            f"; stopping: {rest.note.removeprefix('validation: ')}, read only to stop"
+            if stop
+            else f"; {rest.note}: the validation split stops training too"
+        )
     log.info("%s", note)
     items = encode(train, pipe.tokenizer, pipe.max_seq_len)
     untrained = frozenset(
