@@ -370,3 +370,77 @@ def test_the_l2l_throughput_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert data["equal_batch"]["l2l_equal"]["batch"] == 8
     assert data["l2l_slowdown_per_example_at_equal_batch"] > 0
     assert data["profile"] is None  # profiled on CUDA only
+
+
+def _fidelity_files(tmp_path: Path, second_machine: bool = False) -> tuple[Path, Path]:
+    """A bare path and its recovered snapshots: bare, only s=0.2 is within 1 point (validation
+    + SE); recovered, s=0.4 and s=0.6 are too, s=0.8 is not."""
+
+    def row(s: float, val: float, dev: float, speed: float, seconds: float, machine: str) -> dict:
+        return {
+            "target_sparsity": s, "n": 1, "precision": "ov-int8", "accuracy_loss": dev,
+            "validation_loss": val, "validation_loss_se": 0.2, "speedup": speed,
+            "seconds": seconds, "machine": machine,
+        }  # fmt: skip
+
+    bare = [row(0.0, 0.0, 0.0, 2.0, 40, "cpu A")] + [
+        row(s, val, val + 0.1, speed, 30, "cpu A")
+        for s, val, speed in ((0.2, 0.5, 3.0), (0.4, 1.5, 4.0), (0.6, 2.5, 5.0), (0.8, 6.0, 8.0))
+    ]
+    other = "cpu B" if second_machine else "cpu A"
+    recovered = [
+        row(s, val, val + 0.3, speed, 200, other)
+        for s, val, speed in ((0.4, 0.3, 4.0), (0.6, 0.7, 5.0), (0.8, 3.0, 8.0))
+    ]
+    paths = []
+    for name, rows in (("bare", bare), ("recovered", recovered)):
+        doc = {"rows": rows, "baseline": {"metric": 90.0}, "recipe": {"snapshot_recovery_steps": 9}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        paths.append(tmp_path / f"{name}.json")
+    return paths[0], paths[1]
+
+
+def test_the_fidelity_replay_prices_each_promotion_strategy(tmp_path, capsys):
+    """benchmarks/fidelity_replay.py: what each strategy recovers, answers and spends; Optuna's
+    successive halving, in a fixed order, promotes only what its rung 0 ranks on top."""
+    spec = importlib.util.spec_from_file_location("fidelity_replay", BENCH / "fidelity_replay.py")
+    assert spec is not None and spec.loader is not None
+    sys.path.insert(0, str(BENCH))
+    try:
+        replay = importlib.util.module_from_spec(spec)
+        sys.modules["fidelity_replay"] = replay  # its dataclass looks its module up
+        spec.loader.exec_module(replay)
+    finally:
+        sys.path.remove(str(BENCH))
+    bare_path, recovered_path = _fidelity_files(tmp_path)
+    bare, _ = replay.load(str(bare_path), "ov-int8", 0)
+    recovered, _ = replay.load(str(recovered_path), "ov-int8", 1)
+    assert sorted(bare) == [0.2, 0.4, 0.6, 0.8]  # the unpruned row is the baseline's
+    rungs = [bare, recovered]
+    # bare answer s=0.2 (3.0x); open above it: 0.4, 0.6, 0.8; bisect: 0.6 fits, then 0.8 misses
+    measured = replay.promote_near_misses(rungs, 1.0)
+    assert [(p.sparsity, p.rung) for p in measured if p.rung == 1] == [(0.6, 1), (0.8, 1)]
+    got = replay.summary(measured, 1.0, replay.answer([*bare.values(), *recovered.values()], 1.0))
+    assert got["answer"] == "s=0.6 rung 1" and got["speedup"] == 5.0 and got["regret"] == 0.0
+    assert got["seconds"] == 4 * 30 + 2 * 200 and got["dev_within_budget"] is True  # 0.9 on dev
+    # halving, eta 2, in the order 0.8, 0.4, 0.6, 0.2: 0.8 first (promoted alone), 0.4 beats it
+    # at rung 0 (-0.7 > -5.2) and is promoted, 0.6 (-1.7) is not the best of three
+    import optuna
+
+    pruner = optuna.pruners.SuccessiveHalvingPruner(1, 2)
+    measured = replay.optuna_replay(pruner, [0.8, 0.4, 0.6, 0.2], rungs, 1.0, 2)
+    assert [p.sparsity for p in measured if p.rung == 1] == [0.8, 0.4]
+    assert replay.answer(measured, 1.0).sparsity == 0.4
+    # the command line: one row per budget and strategy, the JSON beside it
+    out = tmp_path / "replay.json"
+    argv = ["--bare", str(bare_path), "--recovered", str(recovered_path), "--budgets", "1"]
+    assert replay.main([*argv, "--orders", "3", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    row = doc["budgets"]["1"]
+    assert row["recover-all"]["recoveries"] == 3 and row["bare"]["speedup"] == 3.0
+    assert row["halving-eta2"]["dev_within_budget"] == "3/3"
+    assert "| 1 | promote-near-misses | 5.00x | 0.0% | yes | 2 | 520 |" in capsys.readouterr().out
+    # two machines' rows do not compare: refused, naming them
+    bare_path, recovered_path = _fidelity_files(tmp_path, second_machine=True)
+    with pytest.raises(SystemExit, match="2 machines"):
+        replay.main(["--bare", str(bare_path), "--recovered", str(recovered_path)])
