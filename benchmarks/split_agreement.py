@@ -52,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--path", action="store_true", help="the pruning path's snapshots")
     ap.add_argument("--sparsities", type=float, nargs="+", required=True)
     ap.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE", help=RECIPE_HELP)
+    ap.add_argument("--model", default=None, help="default: the packaged MiniLM")
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     overrides = recipe_overrides(args.recipe)
     recipe = Recipe(**{**overrides, **({"recovery": "path"} if args.path else {})})
-    pipe = PruMuxPipeline(task=args.task, recipe=recipe, cache_dir=args.cache_dir)
+    pipe = PruMuxPipeline(task=args.task, model=args.model, recipe=recipe, cache_dir=args.cache_dir)
     if pipe.stopping_items is pipe.validation_items or not pipe.validation_items:
         raise SystemExit(
             "this recipe holds out no stopping split apart from the validation split "
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         model = pipe.fp32_model(Candidate(sparsity=s))
         losses = split_losses(pipe, model, splits)
         v, d = losses["validation"], losses["dev"]
-        gap = (v["loss"] - d["loss"]) / math.hypot(v["se"], d["se"])
+        spread = math.hypot(v["se"], d["se"])
+        gap = (v["loss"] - d["loss"]) / spread if spread else 0.0
         rows.append({"sparsity": s, **losses, "validation_minus_dev_sds": gap})
         cells = " | ".join(f"{losses[k]['loss']:.2f} +-{losses[k]['se']:.2f}" for k in splits)
         print(f"| {s:g} | {cells} | {gap:+.1f} |", flush=True)

@@ -444,3 +444,43 @@ def test_the_fidelity_replay_prices_each_promotion_strategy(tmp_path, capsys):
     bare_path, recovered_path = _fidelity_files(tmp_path, second_machine=True)
     with pytest.raises(SystemExit, match="2 machines"):
         replay.main(["--bare", str(bare_path), "--recovered", str(recovered_path)])
+
+
+def test_split_agreement_scores_the_same_models_on_all_three_splits(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    """benchmarks/split_agreement.py on a tiny model's path: each row's validation loss is the
+    one the pipeline chooses on, its dev loss the one it reports; the baseline against itself
+    loses nothing on any split; a recipe without a stopping split is refused."""
+    from autoprumux.config import Candidate, Recipe
+    from autoprumux.pipeline import PruMuxPipeline, validation_loss
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("split_agreement", BENCH / "split_agreement.py")
+    assert spec is not None and spec.loader is not None
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    fields = {
+        "max_train_examples": 400, "batch_size": 16, "max_seq_len": 32, "finetune_steps": 4,
+        "path_steps": 6, "path_settle_steps": 1, "path_max_sparsity": 0.4, "path_step": 0.2,
+        "path_importance_examples": 16,
+    }  # fmt: skip
+    recipe = [f"{k}={v}" for k, v in fields.items()]
+    out, cache = tmp_path / "agree.json", tmp_path / "cache"
+    argv = ["--path", "--sparsities", "0", "0.4", "--model", tiny_checkpoint]
+    agreement.main([*argv, "--cache-dir", str(cache), "--out", str(out), "--recipe", *recipe])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["sparsity"] for r in rows] == [0.0, 0.4]
+    assert all(rows[0][k] == {"loss": 0.0, "se": 0.0} for k in ("validation", "stopping", "dev"))
+    pipe = PruMuxPipeline(
+        task="sst2", model=tiny_checkpoint, cache_dir=cache,
+        recipe=Recipe(**{**fields, "recovery": "path"}),
+    )  # fmt: skip
+    model = pipe.fp32_model(Candidate(sparsity=0.4))
+    assert rows[1]["validation"]["loss"] == pytest.approx(validation_loss(pipe, model, 1))
+    dev = pipe.baseline_metrics()["metric"] - pipe.dev_metrics(model, pairings=1)["metric"]
+    assert rows[1]["dev"]["loss"] == pytest.approx(dev)
+    with pytest.raises(SystemExit, match="no stopping split"):
+        agreement.main(
+            [*argv, "--cache-dir", str(cache), "--recipe", *recipe, "stopping_examples=0"]
+        )
