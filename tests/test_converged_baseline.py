@@ -100,6 +100,7 @@ def test_training_respects_the_cap_and_says_it_did_not_converge():
     assert s["best_step"] == 10 and s["last_gain"] == 1.0
     line = describe_convergence(s, "accuracy")
     assert "\n" not in line and "NOT converged" in line and "cap of 10 steps" in line
+    assert "accuracy on the stopping split" in line  # the split that stopped it, by its name
     assert "+1.00 points" in line
 
 

@@ -179,7 +179,7 @@ def _training_stages(m: ExportManifest) -> list[str]:
         "",
         "## Training stages",
         "",
-        "Each stage trained until the validation split's metric plateaued, the recipe's step "
+        "Each stage trained until its metric on the stopping split plateaued, the recipe's step "
         "count its cap:",
         "",
         "| stage | stopped | steps / cap |",

@@ -194,8 +194,10 @@ def describe_convergence(
     s: dict[str, Any], metric: str, what: str = "baseline", cap_field: str = "finetune_steps"
 ) -> str:
     """One line: the run (`what`) converged (its plateau, the steps it took), or a cap stopped
-    it and how far its validation metric may still be from a plateau (the latest gain, the steps
-    since; `cap_field` is the recipe field to raise), or it trained without validation."""
+    it and how far its metric on the stopping split (the split that stops training: the
+    validation split unless the recipe holds out its own) may still be from a plateau (the
+    latest gain, the steps since; `cap_field` is the recipe field to raise), or it trained
+    without validation."""
     if not s.get("curve"):
         if s.get("unvalidated"):
             return f"{what}: trained its cap of {s['cap']} steps unvalidated ({s['unvalidated']})"
@@ -203,14 +205,15 @@ def describe_convergence(
     best = f"{s['best_metric']:.2f} at step {s['best_step']}"
     if s["converged"] and s.get("anneal_steps"):
         return (
-            f"{what} converged: validation {metric} plateaued at step {s['plateau_step']} "
+            f"{what} converged: {metric} on the stopping split plateaued at step "
+            f"{s['plateau_step']} "
             f"({s['patience']} evaluations without a gain), then the LR decayed to 0 over "
             f"{s['anneal_steps']} steps; best {best}, stopped at step {s['steps']} of at most "
             f"{s['cap']}"
         )
     if s["converged"]:
         return (
-            f"{what} converged: validation {metric} plateaued at {best}; stopped at step "
+            f"{what} converged: {metric} on the stopping split plateaued at {best}; stopped at step "
             f"{s['steps']} of at most {s['cap']} after {s['patience']} evaluations without a gain"
         )
     gain = s["last_gain"]
@@ -220,7 +223,7 @@ def describe_convergence(
         else f"the last gain +{gain:.2f} points, {s['steps_since_best']} steps before the end"
     )
     return (
-        f"{what} NOT converged: the cap of {s['cap']} steps stopped it before validation "
-        f"{metric} plateaued (best {best}; {rising}); raise {cap_field} to train it to a "
+        f"{what} NOT converged: the cap of {s['cap']} steps stopped it before its {metric} on "
+        f"the stopping split plateaued (best {best}; {rising}); raise {cap_field} to train it to a "
         "plateau"
     )
