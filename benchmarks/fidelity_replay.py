@@ -150,12 +150,12 @@ def promote_near_misses(rungs: list[dict[float, Point]], budget: float) -> list[
 def summary(measured: list[Point], budget: float, best: Point | None) -> dict[str, Any]:
     got = answer(measured, budget)
     best_speed = best.speedup if best else 1.0
-    speed = got.speedup if got else 1.0
+    speed, dev = (got.speedup, got.dev_loss) if got else (1.0, 0.0)  # None: the baseline
     return {
         "answer": None if got is None else f"s={got.sparsity:g} rung {got.rung}",
         "speedup": speed,
-        "dev_loss": got.dev_loss if got else 0.0,
-        "dev_within_budget": (got.dev_loss if got else 0.0) <= budget,
+        "dev_loss": dev,
+        "dev_within_budget": dev <= budget,
         "regret": 1.0 - speed / best_speed,
         "seconds": sum(p.seconds for p in measured),
         "recoveries": sum(p.rung == 1 for p in measured),

@@ -23,24 +23,25 @@ import sys
 from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
 from autoprumux.config import Candidate, Recipe
-from autoprumux.evaluation import paired_loss_se, paired_metrics, paired_predictions
 from autoprumux.pipeline import PruMuxPipeline
+from autoprumux.pipeline._baseline import (
+    baseline_predictions,
+    scored_beside_baseline,
+    split_metrics,
+)
+
+SPLITS = ("validation", "stopping", "dev")
 
 
-def split_losses(pipe: PruMuxPipeline, model, splits: dict[str, list]) -> dict[str, dict]:
-    """{split: {loss, se}} of `model` against the baseline on each split's items."""
-    base = pipe.baseline()
+def split_losses(pipe: PruMuxPipeline, model) -> dict[str, dict]:
+    """{split: {loss, se}} of `model` against the baseline on each of `SPLITS`, scored as the
+    pipeline scores an evaluation (`scored_beside_baseline`; the baseline predicted once per
+    split)."""
     out = {}
-    for name, items in splits.items():
-        gold = [e.label for e in items]
-        b = paired_predictions(base, items, pairings=1, device=pipe.device)
-        c = paired_predictions(model, items, pairings=1, device=pipe.device)
-        metric, positive = pipe.task.metric, pipe.task.positive
-        loss = (
-            paired_metrics(metric, b, gold, positive)["metric"]
-            - paired_metrics(metric, c, gold, positive)["metric"]
-        )
-        out[name] = {"loss": loss, "se": paired_loss_se(metric, b, c, gold, positive)}
+    for split in SPLITS:
+        base = split_metrics(pipe, baseline_predictions(pipe, split), split)["metric"]
+        metrics, se = scored_beside_baseline(pipe, model, split, pairings=1)
+        out[split] = {"loss": base - metrics["metric"], "se": se}
     return out
 
 
@@ -64,11 +65,6 @@ def main(argv: list[str] | None = None) -> int:
             "this recipe holds out no stopping split apart from the validation split "
             f"({pipe.validation_note}); drop stopping_examples=0"
         )
-    splits = {
-        "validation": pipe.validation_items,
-        "stopping": pipe.stopping_items,
-        "dev": pipe.dev_items,
-    }
     rows: list[dict] = []
     doc = {
         "task": args.task,
@@ -81,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for s in args.sparsities:
         model = pipe.fp32_model(Candidate(sparsity=s))
-        losses = split_losses(pipe, model, splits)
+        losses = split_losses(pipe, model)
         v, d = losses["validation"], losses["dev"]
         spread = math.hypot(v["se"], d["se"])
         gap = (v["loss"] - d["loss"]) / spread if spread else 0.0
         rows.append({"sparsity": s, **losses, "validation_minus_dev_sds": gap})
-        cells = " | ".join(f"{losses[k]['loss']:.2f} +-{losses[k]['se']:.2f}" for k in splits)
+        cells = " | ".join(f"{losses[k]['loss']:.2f} +-{losses[k]['se']:.2f}" for k in SPLITS)
         print(f"| {s:g} | {cells} | {gap:+.1f} |", flush=True)
         if args.out:  # after every row: a long run stopped early keeps what it measured
             write_json(args.out, doc)

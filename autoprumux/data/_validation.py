@@ -52,12 +52,13 @@ def validation_size(
     else:
         size = requested
         rare = min(counts.values(), default=0)
-        if (n - size < batch_size or size < len(counts) or rare < 2) and optional:
+        fits = n - size >= batch_size and size >= len(counts) and rare >= 2
+        if not fits and optional:
             return 0, (
                 f"none held out for {field}: {n} whole training texts are too few to hold out "
                 f"{size} and keep a batch of {batch_size}"
             )
-        if n - size < batch_size or size < len(counts) or rare < 2:
+        if not fits:
             raise ConfigError(
                 f"recipe field {field} ({requested}) must leave at least a batch "
                 f"({batch_size}) of the {n} whole training texts, hold one per class "

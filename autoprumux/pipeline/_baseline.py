@@ -145,8 +145,12 @@ def measure_baseline(pipe: StageContext) -> dict[str, float]:
 
 
 def split_items(pipe: StageContext, split: str) -> list[Encoded]:
-    """The items of a scored split: "dev" or "validation"."""
-    return pipe.dev_items if split == "dev" else pipe.validation_items
+    """The items of a scored split: "dev", "validation" or "stopping"."""
+    return {
+        "dev": pipe.dev_items,
+        "validation": pipe.validation_items,
+        "stopping": pipe.stopping_items,
+    }[split]
 
 
 def split_metrics(pipe: StageContext, predicted: PairedPredictions, split: str) -> dict[str, float]:

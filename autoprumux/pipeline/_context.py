@@ -36,7 +36,7 @@ class TeacherTables:
     layers: TeacherLayers | None = None
     unlabeled: tuple[list[Encoded], dict] | None = None
     baseline_validation: dict[str, float] | None = None
-    # its predicted labels per scored split ("dev", "validation"), for paired standard errors
+    # its predicted labels per scored split ("dev", "validation", "stopping"), for paired SEs
     baseline_predictions: dict[str, PairedPredictions] = field(default_factory=dict)
 
 
