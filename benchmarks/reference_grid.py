@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         # the N=1 model's shape: enough to time it again on another machine (`retime.py`)
         shape = pipe.fp32_model(config).encoder.config.to_dict() if n == 1 else None
         data["baseline"] = {"metric": ev.baseline.metric}
+        held = ev.validation_noise
         data["rows"].append(
             {
                 "target_sparsity": s,
@@ -186,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                 "accuracy_loss_se": ev.accuracy_loss_se,
                 "validation_loss": ev.validation_loss,
                 "validation_loss_se": ev.validation_loss_se,
+                # the held-out split that chose: "validation", or "validation+stopping" for a
+                # model that trained nothing of its own (`pipeline._baseline.choosing_split`)
+                "validation_split": None if held is None else held.split,
+                "validation_examples": None if held is None else held.examples,
                 "selection_loss": ev.selection_loss,  # what a search chooses on
                 "throughput": ev.candidate.throughput,
                 "baseline_throughput": ev.baseline.throughput,

@@ -321,3 +321,37 @@ def test_a_snapshot_recovered_at_its_level_trains_once_keyed_by_the_level_and_it
     assert pipe.stage_training(config)["recovery"][0]["steps"] <= 3
     longer = make_pipe(tmp_path, tiny_checkpoint, recovery="path", snapshot_recovery_steps=5)
     assert snapshot_key(longer, 0.4) != key and path_key(longer, 0.4) == path_key(pipe, 0.4)
+
+
+def test_a_snapshot_is_chosen_on_both_held_out_splits_and_a_trained_candidate_on_validation(
+    tmp_path, tiny_checkpoint
+):
+    from autoprumux.config import Candidate
+    from autoprumux.evaluation import ThroughputConfig, paired_loss_se, paired_predictions
+
+    tp = ThroughputConfig(batch_size=4, seq_len=16, repeats=1, warmup=0)
+    pipe = make_pipe(tmp_path, tiny_checkpoint, recovery="path")
+    both = pipe.validation_items + pipe.stopping_items
+    assert len(pipe.validation_items) == len(pipe.stopping_items) == 40
+    gold = [it.label for it in both]
+    for config in (Candidate(sparsity=0.4), Candidate(sparsity=0.0, precision="int8")):
+        ev, model = pipe.evaluate_model(config, throughput=tp)
+        assert ev.validation_noise.split == "validation+stopping"
+        assert ev.validation_noise.examples == 80
+        base = paired_predictions(pipe.baseline(), both, pairings=1)
+        cand = paired_predictions(model, both, pairings=1)
+        hits = [
+            sum(p == g for p, g in zip(pred.labels[0], gold, strict=True)) for pred in (base, cand)
+        ]
+        assert ev.validation_loss == pytest.approx(100.0 * (hits[0] - hits[1]) / len(both))
+        assert ev.validation_loss_se == pytest.approx(
+            paired_loss_se(pipe.task.metric, base, cand, gold)
+        )
+    # a candidate recovered at its own shape stopped on the stopping split: validation alone
+    pipe.recipe = dataclasses.replace(pipe.recipe, recovery="separate", recovery_steps=2)
+    ev = pipe.evaluate(Candidate(sparsity=0.4), throughput=tp)
+    assert (ev.validation_noise.split, ev.validation_noise.examples) == ("validation", 40)
+    # without a stopping split the validation split stopped the baseline: validation alone
+    alone = make_pipe(tmp_path / "alone", tiny_checkpoint, recovery="path", stopping_examples=0)
+    ev = alone.evaluate(Candidate(sparsity=0.4), throughput=tp)
+    assert (ev.validation_noise.split, ev.validation_noise.examples) == ("validation", 40)

@@ -13,6 +13,10 @@
   (`evaluation.dev_noise`); a baseline within noise of the majority class is warned about.
 - Every evaluation also scores the baseline and the candidate on the validation split, the same
   way as dev (`validated`): that loss chooses, the dev loss reports (`autoprumux._selection`).
+  A candidate that trained no stage of its own (`Recipe.trains_own_model` false: the baseline
+  converted, or a path snapshot) never read the stopping split either, so it is chosen on both
+  held-out splits together (`CHOOSING_BOTH`, `choosing_split`): twice the texts, and less
+  exposed to one split's draw.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ log = logging.getLogger("autoprumux")
 
 # the share of training examples an unset max_seq_len keeps whole
 COVERED_SHARE = 0.99
+# the split that chooses a candidate whose weights never read the stopping split
+CHOOSING_BOTH = "validation+stopping"
 
 
 def covering_length(lengths: Sequence[int], limit: int, share: float = COVERED_SHARE) -> int:
@@ -144,13 +150,34 @@ def measure_baseline(pipe: StageContext) -> dict[str, float]:
     return metrics
 
 
+def has_stopping_split(pipe: StageContext) -> bool:
+    """Whether the recipe held out a stopping split of its own (else the validation split stops
+    training too, and `stopping_items` are the validation items)."""
+    return bool(pipe.stopping_items) and pipe.stopping_items is not pipe.validation_items
+
+
 def split_items(pipe: StageContext, split: str) -> list[Encoded]:
-    """The items of a scored split: "dev", "validation" or "stopping"."""
+    """The items of a scored split: "dev", "validation", "stopping", or `CHOOSING_BOTH` (the
+    validation items, then the stopping split's when the recipe holds one out)."""
+    if split == CHOOSING_BOTH:
+        extra = pipe.stopping_items if has_stopping_split(pipe) else []
+        return pipe.validation_items + extra
     return {
         "dev": pipe.dev_items,
         "validation": pipe.validation_items,
         "stopping": pipe.stopping_items,
     }[split]
+
+
+def choosing_split(pipe: StageContext, trains_own_model: bool) -> str:
+    """The held-out split that chooses a candidate: `CHOOSING_BOTH` when it trained no stage of
+    its own (nothing it is made of was stopped, or its checkpoint kept, on the stopping split)
+    and the recipe holds a stopping split out; else "validation". The baseline itself stopped
+    on the stopping split, so there its metric reads, if anything, high: a loss measured there
+    errs toward refusing a candidate, not toward passing one."""
+    if trains_own_model or not has_stopping_split(pipe):
+        return "validation"
+    return CHOOSING_BOTH
 
 
 def split_metrics(pipe: StageContext, predicted: PairedPredictions, split: str) -> dict[str, float]:
@@ -325,16 +352,22 @@ def report_stage(
 
 
 def validated(
-    pipe: StageContext, baseline: Measured, candidate: Measured, model: AnyModel, pairings: int
+    pipe: StageContext,
+    baseline: Measured,
+    candidate: Measured,
+    model: AnyModel,
+    pairings: int,
+    split: str = "validation",
 ) -> dict[str, Any]:
-    """`Evaluation`'s fields from the validation split: the baseline and the candidate
-    (`model`) with their validation metrics (the baseline's scored once per pipeline), the
-    split's noise at the baseline's validation accuracy, and the paired standard error of the
-    validation loss (`paired_loss_se`); the two unchanged, and nothing else, without a split."""
+    """`Evaluation`'s fields from the split that chooses (`split`: "validation", or
+    `CHOOSING_BOTH` from `choosing_split`): the baseline and the candidate (`model`) with their
+    metrics there (the baseline's predicted once per pipeline and split), the split's noise at
+    the baseline's accuracy there (its `split` names the split), and the paired standard error
+    of the loss (`paired_loss_se`); the two unchanged, and nothing else, without a split."""
     if not pipe.validation_items:
         return {"baseline": baseline, "candidate": candidate}
-    base_v = baseline_validation_metrics(pipe)
-    cand_v, se = scored_beside_baseline(pipe, model, "validation", pairings)
+    base_v = split_metrics(pipe, baseline_predictions(pipe, split), split)
+    cand_v, se = scored_beside_baseline(pipe, model, split, pairings)
 
     def scored(m: Measured, v: dict[str, float]) -> Measured:
         return replace(m, validation_metric=v["metric"], validation_accuracy=v["accuracy"])
@@ -343,7 +376,7 @@ def validated(
         "baseline": scored(baseline, base_v),
         "candidate": scored(candidate, cand_v),
         "validation_noise": dev_noise(
-            (e.label for e in pipe.validation_items), base_v["accuracy"], "validation"
+            (e.label for e in split_items(pipe, split)), base_v["accuracy"], split
         ),
         "validation_loss_se": se,
     }

@@ -89,5 +89,10 @@ class StageContext(Protocol):
     def check_lengths(self, n: int, tp: ThroughputConfig | None = None) -> None: ...
     def stage_training(self, config: Candidate) -> dict: ...
     def beside_baseline(
-        self, name: str, model: AnyModel, tp: ThroughputConfig, training: dict | None = None
+        self,
+        name: str,
+        model: AnyModel,
+        tp: ThroughputConfig,
+        training: dict | None = None,
+        split: str = "validation",
     ) -> Evaluation: ...

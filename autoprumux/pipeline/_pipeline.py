@@ -58,6 +58,7 @@ from autoprumux.models._classifier import head_rows
 from autoprumux.models._loading import BaseModel
 from autoprumux.pipeline._baseline import (
     build_baseline,
+    choosing_split,
     measure_baseline,
     noise_of,
     report_stage,
@@ -150,8 +151,8 @@ class PruMuxPipeline:
             self.recipe, self.data.train, self.tokenizer, self.base
         )
         self.recipe = replace(self.recipe, max_seq_len=self.max_seq_len)
-        # the validation split chooses, the stopping split (the same one by default) stops
-        # training; no stage trains on either
+        # the validation split chooses, the stopping split stops training (both choose what
+        # trained nothing of its own: `choosing_split`); no stage trains on either
         split = split_train(self)
         self.train_items, self.validation_items, self.stopping_items = split[:3]
         self.untrained_texts, self.validation_note = split.untrained, split.note
@@ -199,10 +200,8 @@ class PruMuxPipeline:
     def baseline(self) -> MuxSequenceClassifier:
         """The given classifier as is, or the encoder fine-tuned on the task (see _baseline)."""
         if self._baseline is None:
-            self._baseline_entry = build_baseline(self)
-            self._baseline = self.load_model(
-                self._baseline_entry, self.recipe.freeze_word_embeddings
-            )
+            entry = self._baseline_entry = build_baseline(self)
+            self._baseline = self.load_model(entry, self.recipe.freeze_word_embeddings)
         return self._baseline
 
     def baseline_entry(self) -> Path:
@@ -237,10 +236,8 @@ class PruMuxPipeline:
         `data.warmup_texts`). It reads no label and no teacher, so the validation split's texts
         stay in it and every task shares it."""
         if self._warmup_items is None:
-            r = self.recipe
-            texts = warmup_texts(
-                self.warmup_corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed
-            )
+            r, corpus = self.recipe, self.warmup_corpus
+            texts = warmup_texts(corpus, self.data, self.data_dir, r.warmup_corpus_size, r.seed)
             self._warmup_items, self.corpus_digest = encode_corpus(
                 texts, self.tokenizer, self.max_seq_len
             )
@@ -503,10 +500,9 @@ class PruMuxPipeline:
         on_stage: StageReport | None = None,
         active: int | None = None,
     ) -> Evaluation:
-        """Any configuration beside the fp32 baseline: built (or cached) in fp32, converted to
-        its precision, scored and timed as converted. A PruMUX one reports its pruning stages
-        to `on_stage` (see `candidate`); students report none, and run their first `active`
-        (default: all)."""
+        """Any configuration beside the fp32 baseline: built (or cached) in fp32, converted,
+        scored and timed as converted. A PruMUX one reports its pruning stages to `on_stage`
+        (see `candidate`); students report none, and run their first `active` (default: all)."""
         ev, _ = self.evaluate_model(config, throughput=throughput, on_stage=on_stage, active=active)
         return ev
 
@@ -533,7 +529,8 @@ class PruMuxPipeline:
             f",k={shape.layers},{shape.combiner}" if shape.late else ""
         )
         name = precision_name(name, config.precision)
-        return self.beside_baseline(name, cand, tp, training=self.stage_training(config)), cand
+        split = choosing_split(self, self.recipe.trains_own_model(config))
+        return self.beside_baseline(name, cand, tp, self.stage_training(config), split), cand
 
     def prumux_shape(self, config: Candidate) -> tuple[float, MuxShape]:
         """(sparsity, mux shape) of a PruMUX configuration this pipeline builds (its mux
@@ -574,10 +571,15 @@ class PruMuxPipeline:
         return served_sparsity(self, config.sparsity, config.mux_shape), config.mux_shape
 
     def beside_baseline(
-        self, name: str, model: AnyModel, tp: ThroughputConfig, training: dict | None = None
+        self,
+        name: str,
+        model: AnyModel,
+        tp: ThroughputConfig,
+        training: dict | None = None,
+        split: str = "validation",
     ) -> Evaluation:
-        """Dev and validation metrics of `model` and its throughput timed side by side with the
-        baseline; `training`: how its training stages stopped (`stage_training`)."""
+        """Dev and validation metrics of `model`, its throughput timed beside the baseline's;
+        `training`: how its stages stopped (`stage_training`); `split`: `choosing_split`."""
         dev, dev_se = scored_beside_baseline(self, model, "dev", DEV_PAIRINGS)
         measured, _ = self.measure_many(
             {"baseline": (self.baseline(), self.baseline_metrics()), name: (model, dev)}, tp
@@ -593,5 +595,5 @@ class PruMuxPipeline:
             baseline_origin=self.baseline_origin,
             baseline_training=self.baseline_training(),
             stage_training=training,
-            **validated(self, measured["baseline"], measured[name], model, DEV_PAIRINGS),
+            **validated(self, measured["baseline"], measured[name], model, DEV_PAIRINGS, split),
         )
