@@ -4,7 +4,8 @@ Every measured configuration has two accuracy losses (baseline metric minus cand
 points), each scored the same way (a multiplexed model's over the same seeded pairings):
 
 - `validation_loss`: on the validation split (`data.validation_split`: held out of train, never
-  trained on). Everything chosen by measurement reads it: the search's budget constraint and
+  trained on); for a candidate that trained nothing of its own, on the validation and stopping
+  splits together (`pipeline._baseline.choosing_split`). Everything chosen by measurement reads it: the search's budget constraint and
   pruner-free feasibility tests, the guided sampler, the best trial within the budget, the
   meta-model's loss target and `recommend`'s answer.
 - `accuracy_loss`: on the dev set, the figure a user should expect. It only reports: choosing
