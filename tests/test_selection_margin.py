@@ -216,3 +216,21 @@ def test_the_card_shows_the_standard_error_beside_the_validation_loss(tiny):
     assert again.measurement.validation_loss_se == 0.35
     card = render_card(again, MuxSequenceClassifier(tiny[0], num_labels=2))
     assert "0.50 points +-0.35 (paired SE)" in card
+
+
+def test_the_card_names_both_splits_a_snapshot_was_chosen_on(tiny):
+    from autoprumux.deploy import ExportManifest
+    from autoprumux.export._card import render_card
+    from autoprumux.models import MuxSequenceClassifier
+
+    m = _manifest(
+        validation_metric=86.0,
+        baseline_validation_metric=86.5,
+        validation_examples=80,
+        validation_split="validation+stopping",
+        validation_loss_se=0.35,
+    )
+    again = ExportManifest.from_dict(m.to_dict())
+    assert again.measurement.validation_split == "validation+stopping"
+    card = render_card(again, MuxSequenceClassifier(tiny[0], num_labels=2))
+    assert "On the validation and stopping splits (80 training examples held out" in card

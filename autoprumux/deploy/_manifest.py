@@ -103,6 +103,9 @@ class Measurement:
     validation_metric: float | None = None
     baseline_validation_metric: float | None = None
     validation_examples: int = 0
+    # the held-out split(s) those were scored on: "validation", or "validation+stopping" for a
+    # model that trained nothing of its own (chosen on both)
+    validation_split: str = "validation"
     validation_loss_se: float | None = None  # its paired standard error (None: not recorded)
     # how the model's training stages stopped, in the order they trained (`evaluation.StageRun.
     # brief`: stage, name, stopped, converged, steps, cap, ...; empty: none, or not recorded)

@@ -282,6 +282,7 @@ def _measurement(ev: Evaluation, dev_examples: int) -> Measurement:
         validation_metric=c.validation_metric,
         baseline_validation_metric=b.validation_metric,
         validation_examples=0 if ev.validation_noise is None else ev.validation_noise.examples,
+        validation_split="validation" if ev.validation_noise is None else ev.validation_noise.split,
         validation_loss_se=ev.validation_loss_se,
         stage_training=[st.brief(ev.metric_label) for st in ev.stages],
     )

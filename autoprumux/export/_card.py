@@ -233,8 +233,10 @@ def _validation_line(m: ExportManifest) -> str:
     if r.validation_loss is None:
         return f"No validation loss ({DEV_CHOSEN})."
     se = "" if r.validation_loss_se is None else f" +-{r.validation_loss_se:.2f} (paired SE)"
+    where = " and ".join(r.validation_split.split("+"))
+    splits = "split" if where == r.validation_split else "splits"
     return (
-        f"On the validation split ({r.validation_examples} training examples held out, never "
+        f"On the {where} {splits} ({r.validation_examples} training examples held out, never "
         f"trained on; a search chooses on it): {r.validation_loss:.2f} points{se} "
         f"({r.baseline_validation_metric:.2f} -> {r.validation_metric:.2f})."
     )
