@@ -5,9 +5,9 @@ points), each scored the same way (a multiplexed model's over the same seeded pa
 
 - `validation_loss`: on the validation split (`data.validation_split`: held out of train, never
   trained on); for a candidate that trained nothing of its own, on the validation and stopping
-  splits together (`pipeline._baseline.choosing_split`). Everything chosen by measurement reads it: the search's budget constraint and
-  pruner-free feasibility tests, the guided sampler, the best trial within the budget, the
-  meta-model's loss target and `recommend`'s answer.
+  splits together (`pipeline._baseline.choosing_split`). Everything chosen by measurement reads
+  it: the search's budget constraint and pruner-free feasibility tests, the guided sampler, the
+  best trial within the budget, the meta-model's loss target and `recommend`'s answer.
 - `accuracy_loss`: on the dev set, the figure a user should expect. It only reports: choosing
   the fastest configuration whose dev loss is within the budget makes the winner's dev loss
   optimistic (the winner's curse: on SST-2's 872 dev sentences one loss is +-1.5 points).
