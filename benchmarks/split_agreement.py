@@ -24,11 +24,7 @@ from _results import RECIPE_HELP, machine, recipe_overrides, write_json
 
 from autoprumux.config import Candidate, Recipe
 from autoprumux.pipeline import PruMuxPipeline
-from autoprumux.pipeline._baseline import (
-    baseline_predictions,
-    scored_beside_baseline,
-    split_metrics,
-)
+from autoprumux.pipeline._baseline import baseline_split_metrics, scored_beside_baseline
 
 SPLITS = ("validation", "stopping", "dev")
 
@@ -39,7 +35,7 @@ def split_losses(pipe: PruMuxPipeline, model) -> dict[str, dict]:
     split)."""
     out = {}
     for split in SPLITS:
-        base = split_metrics(pipe, baseline_predictions(pipe, split), split)["metric"]
+        base = baseline_split_metrics(pipe, split)["metric"]
         metrics, se = scored_beside_baseline(pipe, model, split, pairings=1)
         out[split] = {"loss": base - metrics["metric"], "se": se}
     return out

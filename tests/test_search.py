@@ -196,7 +196,7 @@ def _one_strict_trial(space: SearchSpace, tmp_path: Path, name: str) -> Searcher
     )
     pipe = searcher.pipeline("gaussian")
     pipe._baseline_metrics = {"metric": 100.0, "accuracy": 100.0}
-    pipe.tables.baseline_validation = {"metric": 100.0, "accuracy": 100.0}
+    pipe.tables.baseline_metrics["validation"] = {"metric": 100.0, "accuracy": 100.0}
     searcher.run()
     return searcher
 

@@ -244,7 +244,7 @@ def test_a_search_stops_a_trial_on_its_validation_loss_never_its_dev_loss(
 
     pipe = pipeline(tmp_path, tiny_checkpoint, prune_stages=2)
     pipe.baseline()
-    base_val = baseline_mod.baseline_validation_metrics(pipe)["metric"]
+    base_val = baseline_mod.baseline_split_metrics(pipe, "validation")["metric"]
     base_dev = pipe.baseline_metrics()["metric"]
     # each stage's validation metric, told apart from any dev metric
     values = iter([41.0, 37.0])

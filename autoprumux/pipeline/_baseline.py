@@ -135,7 +135,7 @@ def measure_baseline(pipe: StageContext) -> dict[str, float]:
     """The baseline's dev metrics (from its cached dev predictions, `baseline_predictions`),
     logged beside the dev set's majority rate and noise; a baseline within noise of the majority
     class is warned about."""
-    metrics = split_metrics(pipe, baseline_predictions(pipe, "dev"), "dev")
+    metrics = baseline_split_metrics(pipe, "dev")
     noise = noise_of(pipe, metrics)
     origin = "given, used as is" if pipe.head_rows is not None else "trained here"
     log.info(
@@ -192,6 +192,15 @@ def baseline_predictions(pipe: StageContext, split: str) -> PairedPredictions:
     cached = pipe.tables.baseline_predictions
     if split not in cached:
         cached[split] = held_out_predictions(pipe, pipe.baseline(), split_items(pipe, split), 1)
+    return cached[split]
+
+
+def baseline_split_metrics(pipe: StageContext, split: str) -> dict[str, float]:
+    """The baseline's metrics on a split (`split_items`), from its predictions there
+    (`baseline_predictions`), computed once per pipeline and split."""
+    cached = pipe.tables.baseline_metrics
+    if split not in cached:
+        cached[split] = split_metrics(pipe, baseline_predictions(pipe, split), split)
     return cached[split]
 
 
@@ -302,21 +311,12 @@ def held_out_metrics(
     return paired_metrics(pipe.task.metric, predicted, [e.label for e in items], pipe.task.positive)
 
 
-def baseline_validation_metrics(pipe: StageContext) -> dict[str, float]:
-    """The baseline's metrics on the validation split (scored once per pipeline)."""
-    if pipe.tables.baseline_validation is None:
-        pipe.tables.baseline_validation = split_metrics(
-            pipe, baseline_predictions(pipe, "validation"), "validation"
-        )
-    return pipe.tables.baseline_validation
-
-
 def validation_loss(pipe: StageContext, model: AnyModel, pairings: int) -> float | None:
     """The baseline's validation metric minus `model`'s, in points, scored as `validated` scores
     them (what chooses); None without a validation split (then the dev loss chooses)."""
     if not pipe.validation_items:
         return None
-    base = baseline_validation_metrics(pipe)["metric"]
+    base = baseline_split_metrics(pipe, "validation")["metric"]
     return base - validation_metrics(pipe, model, pairings)["metric"]
 
 
@@ -338,7 +338,8 @@ def stage_losses(pipe: StageContext, scores: dict[str, Any]) -> tuple[float, flo
         return dev, None
     if scores.get("validation_metric") is None:
         return None
-    return dev, float(baseline_validation_metrics(pipe)["metric"] - scores["validation_metric"])
+    base = baseline_split_metrics(pipe, "validation")["metric"]
+    return dev, float(base - scores["validation_metric"])
 
 
 def report_stage(
@@ -366,7 +367,7 @@ def validated(
     of the loss (`paired_loss_se`); the two unchanged, and nothing else, without a split."""
     if not pipe.validation_items:
         return {"baseline": baseline, "candidate": candidate}
-    base_v = split_metrics(pipe, baseline_predictions(pipe, split), split)
+    base_v = baseline_split_metrics(pipe, split)
     cand_v, se = scored_beside_baseline(pipe, model, split, pairings)
 
     def scored(m: Measured, v: dict[str, float]) -> Measured:

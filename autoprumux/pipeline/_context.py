@@ -30,14 +30,15 @@ StageReport = Callable[[int, float, float | None], None]
 class TeacherTables:
     """The baseline's outputs the stages share, each computed (or read from the cache) once per
     pipeline: its logits for every training item, its per-layer states, the unlabeled corpus
-    items recovery distils on (with their key), and its metrics on the validation split."""
+    items recovery distils on (with their key), and its predictions and metrics per split."""
 
     logits: torch.Tensor | None = None
     layers: TeacherLayers | None = None
     unlabeled: tuple[list[Encoded], dict] | None = None
-    baseline_validation: dict[str, float] | None = None
-    # its predicted labels per scored split ("dev", "validation", "stopping"), for paired SEs
+    # its predicted labels per scored split ("dev", "validation", "stopping", both held-out
+    # splits), for paired SEs, and its metrics from them
     baseline_predictions: dict[str, PairedPredictions] = field(default_factory=dict)
+    baseline_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class StageContext(Protocol):
