@@ -197,6 +197,7 @@ def test_the_paths_key_follows_the_baseline_the_data_and_the_schedule(tmp_path, 
         ({"path_schedule": "linear"}, True),
         ({"path_steps": 7}, True),
         ({"path_max_sparsity": 0.8}, True),
+        ({"path_seed": 3}, True),
         ({"student_steps": 5}, False),
         ({"recovery_steps": 5}, False),
         ({"mux_finetune_steps": 5}, False),
@@ -206,6 +207,21 @@ def test_the_paths_key_follows_the_baseline_the_data_and_the_schedule(tmp_path, 
     pipe.recipe = original
     other = make_pipe(tmp_path, tiny_checkpoint, rows=401)
     assert path_key(other, 0.2) != before
+
+
+def test_a_path_seed_draws_another_path_over_the_same_baseline(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    pipe = make_pipe(tmp_path, tiny_checkpoint)
+    baseline_logits = logits(pipe.baseline())
+    drawn = make_pipe(tmp_path, tiny_checkpoint, path_seed=5)
+    seen = _watch(monkeypatch)
+    assert torch.equal(logits(drawn.baseline()), baseline_logits)  # read, not trained
+    assert not torch.equal(logits(drawn.path_snapshot(0.4)), logits(pipe.path_snapshot(0.4)))
+    assert seen["trained"] == 6  # two paths of three levels, no baseline
+    # the recipe's own seed named as the path's draws the default path, bit for bit
+    same = make_pipe(tmp_path, tiny_checkpoint, path_seed=pipe.recipe.seed)
+    assert torch.equal(logits(same.path_snapshot(0.4)), logits(pipe.path_snapshot(0.4)))
 
 
 # ---- snapshots as candidates (the recipe's recovery "path") ----------------------------------

@@ -275,6 +275,13 @@ class Recipe:
     path_importance_examples: int = _field(
         256, COUNT, "path", "examples that score the heads' and neurons' importance per level"
     )
+    path_seed: int | None = _field(
+        None,
+        Rule(int, low=0, high=2**32 - 1, none="the recipe's seed"),
+        "path",
+        "seed of the path's data order and importance samples alone: another draw of the path "
+        "over the same baseline (default: the recipe's seed)",
+    )
     snapshot_recovery_steps: int = _field(
         0,
         STEPS,
@@ -370,6 +377,11 @@ class Recipe:
                 f"the pruning path: one of {self.path_grid} (path_step {self.path_step}, "
                 f"path_max_sparsity {self.path_max_sparsity})"
             )
+
+    @property
+    def path_draw(self) -> int:
+        """The seed the pruning path draws its data order and importance samples with."""
+        return self.seed if self.path_seed is None else self.path_seed
 
     @property
     def path_grid(self) -> list[float]:

@@ -151,9 +151,9 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         steps=r.path_steps,
         settle_steps=r.path_settle_steps,
         importance_examples=r.path_importance_examples,
-        seed=r.seed,
+        seed=r.path_draw,
         train_cfg=lambda steps: TrainConfig.from_recipe(
-            r, steps, distill_weight=r.path_distill_weight, lr=r.path_lr
+            r, steps, distill_weight=r.path_distill_weight, lr=r.path_lr, seed=r.path_draw
         ),
         level_metric=metric,
         snapshot=snapshot,

@@ -67,12 +67,13 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, r: Recipe, steps: int, **kw: Any) -> TrainConfig:
-        """`steps` of a recipe's task training (its batch, seed, trainer; `lr` unless given)."""
+        """`steps` of a recipe's task training (its batch, trainer; its `lr` and `seed` unless
+        given)."""
         kw.setdefault("lr", r.lr)
+        kw.setdefault("seed", r.seed)
         return cls(
             steps=steps,
             batch_size=r.batch_size,
-            seed=r.seed,
             trainer=r.trainer,
             micro_batches=r.l2l_micro_batches,
             stash=r.l2l_stash,
