@@ -216,3 +216,29 @@ def test_fisher_importance_is_zero_for_a_dead_head_and_positive_elsewhere():
     # gates are removed again and parameters are trainable as before
     assert all(layer.head_gate is None and layer.ffn_gate is None for layer in model.encoder.layers)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_fisher_importance_is_a_mean_over_examples_like_the_sublayer_ablation():
+    # both estimate the mean loss increase of a removal, so the plan can weigh a head or unit
+    # against a whole sub-layer: repeating the examples changes neither
+    model = make(layers=2)
+    batch = random_batch(2, 9, seed=6)
+    labels = torch.tensor([0, 1])
+
+    def loss_fn(b):
+        return F.cross_entropy(model(*b[:3]), b[3])
+
+    fisher = [
+        (batch[0][i : i + 1], batch[1][i : i + 1], batch[2][i : i + 1], labels[i : i + 1])
+        for i in range(2)
+    ]
+    ablation = [(*batch, labels)]
+    once = compute_importance(model.encoder, loss_fn, fisher, ablation)
+    thrice = compute_importance(model.encoder, loss_fn, fisher * 3, ablation * 3)
+    for a, b in [
+        *zip(once.heads, thrice.heads, strict=True),
+        *zip(once.ffn, thrice.ffn, strict=True),
+    ]:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=0.0)  # the values are tiny
+    assert once.attn_sublayer == pytest.approx(thrice.attn_sublayer)
+    assert float(once.heads[0].sum()) > 0

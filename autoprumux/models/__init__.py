@@ -25,6 +25,7 @@ from autoprumux.models._precision import (
     to_precision,
 )
 from autoprumux.models._pruning import (
+    IMPORTANCE_SCORING,
     Importance,
     PruningPlan,
     apply_plan,
@@ -38,6 +39,7 @@ AnyModel = MuxSequenceClassifier | StudentEnsemble
 """What the pipeline measures: a (pruned, multiplexed) classifier or a student ensemble."""
 
 __all__ = [
+    "IMPORTANCE_SCORING",
     "attention_bias",
     "calibrate_int8",
     "calibration_batches",

@@ -6,10 +6,11 @@ hours per configuration on a CPU; the Fisher estimate needs one pass over a few 
 and a greedy search, so a whole sparsity grid fits in minutes, and the accuracy it loses is won
 back by the recovery fine-tune with distillation from the baseline (see `training`).
 
-Importance of a head / FFN unit = 1/2 * empirical Fisher of its gate (sum over examples of the
+Importance of a head / FFN unit = 1/2 * empirical Fisher of its gate (mean over examples of the
 squared gradient of the loss w.r.t. a multiplicative gate held at 1), a second-order estimate of
-the loss increase when it is removed. Importance of a whole sub-layer (attention block or FFN
-block incl. its LayerNorm) = the measured loss increase when it is skipped. The search removes,
+the mean loss increase when it is removed. Importance of a whole sub-layer (attention block or FFN
+block incl. its LayerNorm) = the measured mean loss increase when it is skipped: both on one
+scale, so the search can weigh a head against a sub-layer. The search removes,
 greedily, whatever costs the least estimated loss per parameter saved, until the removed share
 of the encoder's parameters reaches the target. All surgery happens in `apply_plan`.
 """
@@ -28,6 +29,11 @@ from autoprumux.models._encoder import (
     ffn_unit_param_count,
     head_param_count,
 )
+
+# how `compute_importance` scores, part of the cache key of every pruned model: changed when a
+# change of scoring changes what is removed ("mean": the Fisher averaged over its examples, on
+# the sub-layer ablation's scale)
+IMPORTANCE_SCORING = "mean"
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,9 @@ def compute_importance(
     """Fisher importance of heads/units (gates at 1) and ablation importance of sub-layers.
 
     `loss_fn(batch)` runs the full model (which contains `encoder`) and returns a scalar loss.
-    Use small `fisher_batches` (one example, or one mux group): the Fisher is a sum of squared
-    per-sample gradients.
+    Use small `fisher_batches` (one example, or one mux group): the Fisher is a mean of squared
+    per-sample gradients, so a head's or unit's importance estimates the mean loss increase of
+    its removal, on the scale of a sub-layer's measured one.
     """
     layers = [_layer(x) for x in encoder.layers]
     was_training = encoder.training
@@ -105,6 +112,7 @@ def compute_importance(
     head_f = [torch.zeros(x.num_heads) for x in layers]
     ffn_f = [torch.zeros(x.ffn_size) for x in layers]
     dev = next(encoder.parameters()).device  # gates live beside the activations they scale
+    batches = 0
     try:
         for x in layers:
             if x.attn_present and x.num_heads:
@@ -112,6 +120,7 @@ def compute_importance(
             if x.ffn_present and x.ffn_size:
                 x.ffn_gate = torch.ones(x.ffn_size, device=dev, requires_grad=True)
         for batch in fisher_batches:
+            batches += 1
             loss = loss_fn(batch)
             gates = [g for x in layers for g in (x.head_gate, x.ffn_gate) if g is not None]
             grads = torch.autograd.grad(loss, gates, allow_unused=True)
@@ -133,9 +142,11 @@ def compute_importance(
             p.requires_grad_(r)
     attn_abl, ffn_abl = _ablation(encoder, loss_fn, list(ablation_batches))
     encoder.train(was_training)
+    # a mean over the batches, like the ablation's loss change it is weighed against
+    scale = 0.5 / max(batches, 1)
     return Importance(
-        heads=tuple(0.5 * f for f in head_f),
-        ffn=tuple(0.5 * f for f in ffn_f),
+        heads=tuple(scale * f for f in head_f),
+        ffn=tuple(scale * f for f in ffn_f),
         attn_sublayer=attn_abl,
         ffn_sublayer=ffn_abl,
     )

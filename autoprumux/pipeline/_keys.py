@@ -11,7 +11,7 @@ from typing import Any
 from autoprumux._cache import key_hash
 from autoprumux.config import MuxShape, Recipe
 from autoprumux.data import VALIDATION_SEED
-from autoprumux.models import StudentConfig
+from autoprumux.models import IMPORTANCE_SCORING, StudentConfig
 from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._corpus import corpus_items, unlabeled_items
 
@@ -104,9 +104,13 @@ def snapshot_key(pipe: StageContext, level: float) -> dict:
 
 
 def recovery_key(pipe: StageContext) -> dict:
-    """What a pruned candidate's recovery reads: the recipe's recovery part and the unlabeled
-    sentences it adds (their count and content hash)."""
-    return {**recipe_part(pipe.recipe, "recovery"), **unlabeled_items(pipe)[1]}
+    """What a pruned candidate's recovery reads: the recipe's recovery part, the unlabeled
+    sentences it adds (their count and content hash) and how importance is scored."""
+    return {
+        **recipe_part(pipe.recipe, "recovery"),
+        **unlabeled_items(pipe)[1],
+        "importance": IMPORTANCE_SCORING,
+    }
 
 
 def int8_key(pipe: StageContext, sparsity: float, shape: MuxShape) -> dict:
@@ -189,5 +193,11 @@ def teacher_key(pipe: StageContext, of: str, extra: dict) -> dict:
 def path_key(pipe: StageContext, level: float) -> dict:
     """The key of one level of the pruning path (N=1, distilled from the baseline over the
     training items): the baseline's key, the recipe's path part (its schedule, grid and steps:
-    every level's model depends on them all) and the level."""
-    return cache_key(pipe, technique="path", **recipe_part(pipe.recipe, "path"), level=level)
+    every level's model depends on them all), how importance is scored and the level."""
+    return cache_key(
+        pipe,
+        technique="path",
+        **recipe_part(pipe.recipe, "path"),
+        importance=IMPORTANCE_SCORING,
+        level=level,
+    )
