@@ -183,6 +183,8 @@ BAD_RECIPES = [
     ("path_lr", 0),
     ("path_lr", -1.0),
     ("path_importance_examples", 0),
+    ("path_seed", -1),
+    ("path_seed", 1.5),
     ("batching", "sorted"),
     ("train_autocast", "fp16"),
     ("trainer", "fast"),
