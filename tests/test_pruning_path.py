@@ -221,7 +221,9 @@ def test_a_path_seed_draws_another_path_over_the_same_baseline(
     assert seen["trained"] == 6  # two paths of three levels, no baseline
     # the recipe's own seed named as the path's draws the default path, bit for bit
     same = make_pipe(tmp_path, tiny_checkpoint, path_seed=pipe.recipe.seed)
+    assert path_key(same, 0.4) == path_key(pipe, 0.4)  # one entry, never built twice
     assert torch.equal(logits(same.path_snapshot(0.4)), logits(pipe.path_snapshot(0.4)))
+    assert seen["trained"] == 6
 
 
 # ---- snapshots as candidates (the recipe's recovery "path") ----------------------------------
