@@ -145,6 +145,7 @@ BAD_RECIPES = [
     ("int8_recovery_steps", 2.5),
     ("recovery_unlabeled", -1),
     ("recovery_schedule", "front"),
+    ("plan_cost", "flops"),
     ("recovery", "both"),
     ("mux_pooling", "max"),
     ("mux_pooling", None),

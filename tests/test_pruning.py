@@ -20,6 +20,7 @@ from autoprumux.models import (
     search_plan,
 )
 from autoprumux.models._encoder import EncoderLayer
+from autoprumux.models._pruning import sublayer_params
 
 
 def make(n: int = 1, layers: int = 2, seed: int = 0) -> MuxSequenceClassifier:
@@ -159,6 +160,47 @@ def test_whole_layer_removed_when_cheap_and_equals_skipping_it():
     with torch.no_grad():
         torch.testing.assert_close(model(*batch), ref)
     assert model.sparsity() == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_a_time_plan_takes_a_whole_sublayer_that_a_parameter_plan_thins():
+    """A whole FFN sub-layer loses a little more per parameter than its units, so counting
+    parameters thins both layers' units; counting time (`LAYER_TIME`: the sub-layer's fixed
+    cost besides its units) removes layer 0's FFN instead, which saves the same parameters."""
+    model = make(layers=2)
+    cfg = model.encoder.config
+    imp = Importance(
+        heads=tuple(torch.full((4,), 1e9) for _ in range(2)),
+        ffn=tuple(torch.ones(37) for _ in range(2)),
+        attn_sublayer=(1e9, 1e9),
+        ffn_sublayer=(37 * 1.2, 37 * 1.6),  # per parameter dearer than their units
+    )
+    block = sublayer_params(model.encoder.layers[0], "ffn")
+    target = block / model.original_prunable_params - 1e-6
+    by_params = search_plan(model.encoder, imp, target, model.original_prunable_params)
+    by_time = search_plan(model.encoder, imp, target, model.original_prunable_params, "time")
+    assert by_params.drop_ffn == (False, False)
+    assert sum(len(k) for k in by_params.keep_ffn) < 2 * cfg.ffn[0]
+    assert by_time.drop_ffn == (True, False) and by_time.keep_ffn[1] == tuple(range(37))
+    with pytest.raises(ValueError, match="plan cost"):
+        search_plan(model.encoder, imp, target, model.original_prunable_params, "flops")
+
+
+def test_a_time_plan_takes_heads_before_units_of_equal_loss_per_parameter():
+    """A head's time per parameter is `LAYER_TIME.head_per_param` times a unit's: at equal
+    estimated loss per parameter, a time plan removes heads first, a parameter plan units."""
+    model = make(layers=1)
+    hp, up = 1048, 65  # the tiny model's parameters per head and per FFN unit
+    imp = Importance(
+        heads=(torch.full((4,), 0.011 * hp),),
+        ffn=(torch.full((37,), 0.01 * up),),
+        attn_sublayer=(1e9,),
+        ffn_sublayer=(1e9,),
+    )
+    target = 2 * hp / model.original_prunable_params - 1e-6
+    by_params = search_plan(model.encoder, imp, target, model.original_prunable_params)
+    by_time = search_plan(model.encoder, imp, target, model.original_prunable_params, "time")
+    assert by_params.keep_heads == ((0, 1, 2, 3),) and len(by_params.keep_ffn[0]) < 37
+    assert len(by_time.keep_heads[0]) == 2 and by_time.keep_ffn == (tuple(range(37)),)
 
 
 @pytest.mark.parametrize("target", [0.2, 0.5, 0.7, 0.9])

@@ -56,6 +56,9 @@ STUDENT_DEPTHS = (1, 2, 3)
 LOGIT_LOSSES = ("mse", "kl")  # students distil by MSE on the residual or KL around the sum
 STUDENT_INITS = ("bottom", "spread")  # student j's first layer: the teacher's lowest, or spread
 RECOVERY_SCHEDULES = ("even", "rising")  # recovery steps per pruning stage
+# what a pruning plan weighs a structure's estimated loss against: the parameters or the
+# inference time its removal saves
+PLAN_COSTS = ("params", "time")
 # how a pruning path's sparsity rises over its steps (cubic: fast first, slow near the end)
 PATH_SCHEDULES = ("cubic", "linear")
 # where a pruned N=1 model comes from: its own prune-and-recover, or the pruning path's level

@@ -14,6 +14,7 @@ from autoprumux.config._names import (
     BATCHINGS,
     LOGIT_LOSSES,
     PATH_SCHEDULES,
+    PLAN_COSTS,
     POOLINGS,
     RECOVERY_SCHEDULES,
     RECOVERY_SOURCES,
@@ -158,6 +159,13 @@ class Recipe:
         Rule(str, choices=RECOVERY_SCHEDULES),
         "recovery",
         "recovery steps per pruning stage: 'even', or 'rising' with the stage number",
+    )
+    plan_cost: str = _field(
+        "params",
+        Rule(str, choices=PLAN_COSTS),
+        "recovery",
+        "pruning removes what loses least per 'params' saved or per inference 'time' saved "
+        "(the path's and every recovery's)",
     )
     # ---- multiplexing, continued
     mux_pooling: str = _field(

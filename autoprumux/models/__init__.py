@@ -26,7 +26,9 @@ from autoprumux.models._precision import (
 )
 from autoprumux.models._pruning import (
     IMPORTANCE_SCORING,
+    LAYER_TIME,
     Importance,
+    LayerTime,
     PruningPlan,
     apply_plan,
     compute_importance,
@@ -40,6 +42,8 @@ AnyModel = MuxSequenceClassifier | StudentEnsemble
 
 __all__ = [
     "IMPORTANCE_SCORING",
+    "LAYER_TIME",
+    "LayerTime",
     "attention_bias",
     "calibrate_int8",
     "calibration_batches",

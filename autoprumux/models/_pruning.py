@@ -11,8 +11,9 @@ squared gradient of the loss w.r.t. a multiplicative gate held at 1), a second-o
 the mean loss increase when it is removed. Importance of a whole sub-layer (attention block or FFN
 block incl. its LayerNorm) = the measured mean loss increase when it is skipped: both on one
 scale, so the search can weigh a head against a sub-layer. The search removes,
-greedily, whatever costs the least estimated loss per parameter saved, until the removed share
-of the encoder's parameters reaches the target. All surgery happens in `apply_plan`.
+greedily, whatever costs the least estimated loss per parameter saved ("params") or per unit of
+inference time saved ("time", `LayerTime`), until the removed share of the encoder's parameters
+reaches the target. All surgery happens in `apply_plan`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autoprumux.config import PLAN_COSTS
 from autoprumux.models._encoder import (
     Encoder,
     EncoderLayer,
@@ -34,6 +36,26 @@ from autoprumux.models._encoder import (
 # change of scoring changes what is removed ("mean": the Fisher averaged over its examples, on
 # the sub-layer ablation's scale)
 IMPORTANCE_SCORING = "mean"
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """What a structure of an encoder layer costs in inference time, in FFN units' time (an FFN
+    unit's cost grows, like every elementwise op of a sub-layer, with tokens x hidden size).
+
+    Why not parameters: a kept sub-layer costs time its parameters do not count (its LayerNorm,
+    residual and bias over every token, the int8 quantise / dequantise around it), and a head's
+    attention scores grow with the sequence, not with its parameters. So a plan that counts
+    parameters keeps many thin layers, which are slow per parameter. Fitted on uniformly pruned
+    copies of the packaged MiniLM in OpenVINO int8 at 64 x 128 tokens
+    (`benchmarks/layer_latency.py`); part of the key of every pruned model."""
+
+    head_per_param: float  # a head's time per parameter, over an FFN unit's per parameter
+    attn_sublayer_units: float  # an attention sub-layer's time beyond its heads
+    ffn_sublayer_units: float  # an FFN sub-layer's time beyond its units
+
+
+LAYER_TIME = LayerTime(head_per_param=2.9, attn_sublayer_units=80.0, ffn_sublayer_units=500.0)
 
 
 @dataclass(frozen=True)
@@ -182,15 +204,29 @@ def _ablation(
 
 # ---- mask search ------------------------------------------------------------------------------
 def search_plan(
-    encoder: Encoder, importance: Importance, target_sparsity: float, original_params: int
+    encoder: Encoder,
+    importance: Importance,
+    target_sparsity: float,
+    original_params: int,
+    cost: str = "params",
 ) -> PruningPlan:
-    """Greedy: repeatedly remove the structure with the least estimated loss per parameter saved.
+    """Greedy: repeatedly remove the structure with the least estimated loss per parameter
+    saved (`cost` "params") or per unit of time saved ("time": `LAYER_TIME`, in FFN units'
+    parameters), until the removed parameters reach the target.
 
     `target_sparsity` is relative to `original_params` (the unpruned encoder's layer parameters),
     so pruning an already-pruned model towards a higher target works.
     """
+    if cost not in PLAN_COSTS:
+        raise ValueError(f"plan cost {cost!r} is not one of {PLAN_COSTS}")  # checked in Recipe
     cfg = encoder.config
     hp, up = head_param_count(cfg), ffn_unit_param_count(cfg)
+    timed = cost == "time"
+    # time saved, in FFN-unit parameters: a head's parameters weigh more, a whole sub-layer
+    # saves its fixed cost besides what it holds
+    head_time = hp * (LAYER_TIME.head_per_param if timed else 1.0)
+    attn_fixed = up * LAYER_TIME.attn_sublayer_units if timed else 0.0
+    ffn_fixed = up * LAYER_TIME.ffn_sublayer_units if timed else 0.0
     layers = [_layer(x) for x in encoder.layers]
     current = encoder.prunable_parameters()
     need = target_sparsity * original_params - (original_params - current)
@@ -219,18 +255,21 @@ def search_plan(
         cands: list[tuple[float, str, int, int]] = []
         for i in range(len(layers)):
             if not drop_attn[i]:
-                if hpos[i] < len(head_order[i]):
+                heads_left = len(head_order[i]) - hpos[i]
+                if heads_left:
                     h = head_order[i][hpos[i]]
-                    cands.append((float(importance.heads[i][h]) / hp, "head", i, hp))
-                cost = max(importance.attn_sublayer[i] - paid_attn[i], 0.0)
-                cands.append((cost / max(attn_left[i], 1), "attn", i, attn_left[i]))
+                    cands.append((float(importance.heads[i][h]) / head_time, "head", i, hp))
+                loss = max(importance.attn_sublayer[i] - paid_attn[i], 0.0)
+                saved = attn_left[i] - heads_left * hp + heads_left * head_time + attn_fixed
+                cands.append((loss / max(saved, 1.0), "attn", i, attn_left[i]))
             if not drop_ffn[i]:
                 if upos[i] < len(ffn_order[i]):
                     chunk = ffn_order[i][upos[i] : upos[i] + chunk_size]
-                    cost = float(importance.ffn[i][chunk].sum())
-                    cands.append((cost / (up * len(chunk)), "ffn", i, up * len(chunk)))
-                cost = max(importance.ffn_sublayer[i] - paid_ffn[i], 0.0)
-                cands.append((cost / max(ffn_left[i], 1), "ffnblock", i, ffn_left[i]))
+                    loss = float(importance.ffn[i][chunk].sum())
+                    cands.append((loss / (up * len(chunk)), "ffn", i, up * len(chunk)))
+                loss = max(importance.ffn_sublayer[i] - paid_ffn[i], 0.0)
+                saved = ffn_left[i] + ffn_fixed
+                cands.append((loss / max(saved, 1.0), "ffnblock", i, ffn_left[i]))
         if not cands:
             break
         # never overshoot the target by more than the slack when a smaller step exists

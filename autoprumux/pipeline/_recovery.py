@@ -119,6 +119,7 @@ def prune(
         recovery_steps=r.recovery_steps,
         schedule=r.recovery_schedule,
         importance_examples=r.importance_examples,
+        plan_cost=r.plan_cost,
         seed=r.seed,
         train_cfg=lambda steps: TrainConfig.from_recipe(
             r,

@@ -53,6 +53,7 @@ def prune_path(
     steps: int,
     settle_steps: int,
     importance_examples: int,
+    plan_cost: str = "params",
     seed: int,
     train_cfg: Callable[[int], TrainConfig],
     level_metric: Callable[[MuxSequenceClassifier], float],
@@ -67,7 +68,7 @@ def prune_path(
     """Prune `model` in place along the path to `max_sparsity`, one level of `path_levels` at a
     time, in order. At each level the least important heads, FFN units and sub-layers are
     removed down to the level (Fisher importance on `importance_examples` training items drawn
-    with a seed of the level's own, see `prune_to`; a model already there loses nothing, so the
+    with a seed of the level's own, weighed by `plan_cost`, see `prune_to`; a model already there loses nothing, so the
     measured sparsity never falls), then the model trains its share of `steps` (`level_steps`
     by `schedule`) plus `settle_steps` (`train_cfg(steps)`, seeded per level, distilling from
     `teacher`; `teacher_logits` / `teacher_layers` spare running it, see `train_classifier`),
@@ -89,7 +90,7 @@ def prune_path(
         level = levels[i]
         gen = torch.Generator().manual_seed(seed * 1009 + i)
         order = torch.randperm(len(train_items), generator=gen).tolist()
-        prune_to(model, level, train_items, order, importance_examples, device)
+        prune_to(model, level, train_items, order, importance_examples, device, plan_cost)
         trained = shares[i] + settle_steps
         cfg = train_cfg(trained)
         cfg = replace(cfg, seed=cfg.seed + i)

@@ -43,12 +43,15 @@ def prune_to(
     order: Sequence[int],
     importance_examples: int,
     device: torch.device | str,
+    plan_cost: str = "params",
 ) -> None:
     """Remove `model`'s least important heads, FFN units and sub-layers in place until its
     counted sparsity reaches `target` (nothing when it already has): the first
     `importance_examples` items of `order` (indices into `train_items`) score heads and units by
     Fisher importance, in batches of N so a multiplexed model is scored as it runs, the next
-    `ABLATION_EXAMPLES` score whole sub-layers by the loss change of removing them."""
+    `ABLATION_EXAMPLES` score whole sub-layers by the loss change of removing them; the plan
+    weighs each estimated loss against the parameters or time its removal saves (`plan_cost`,
+    see `search_plan`)."""
     n = model.n
     fisher_items = [train_items[i] for i in order[:importance_examples]]
     fisher_batches = [
@@ -67,7 +70,7 @@ def prune_to(
 
     model.to(device)
     imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
-    plan = search_plan(model.encoder, imp, target, model.original_prunable_params)
+    plan = search_plan(model.encoder, imp, target, model.original_prunable_params, plan_cost)
     apply_plan(model.encoder, plan)
 
 
@@ -81,6 +84,7 @@ def prune_in_stages(
     recovery_steps: int,
     schedule: str = "even",
     importance_examples: int,
+    plan_cost: str = "params",
     seed: int,
     train_cfg: Callable[[int], TrainConfig],
     score: Callable[[MuxSequenceClassifier], dict[str, Any]],
@@ -113,7 +117,7 @@ def prune_in_stages(
     for stage in range(1, stages + 1):
         target = sparsity * stage / stages
         order = torch.randperm(len(train_items), generator=gen).tolist()
-        prune_to(model, target, train_items, order, importance_examples, device)
+        prune_to(model, target, train_items, order, importance_examples, device, plan_cost)
         steps = stage_steps[stage - 1]
         items = list(train_items if recovery_items is None else recovery_items)
         kw: dict[str, Any] = {
