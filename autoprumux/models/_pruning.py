@@ -55,7 +55,7 @@ class LayerTime:
     ffn_sublayer_units: float  # an FFN sub-layer's time beyond its units
 
 
-LAYER_TIME = LayerTime(head_per_param=2.9, attn_sublayer_units=80.0, ffn_sublayer_units=500.0)
+LAYER_TIME = LayerTime(head_per_param=2.3, attn_sublayer_units=80.0, ffn_sublayer_units=200.0)
 
 
 @dataclass(frozen=True)
