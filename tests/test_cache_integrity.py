@@ -146,6 +146,7 @@ BAD_RECIPES = [
     ("recovery_unlabeled", -1),
     ("recovery_schedule", "front"),
     ("plan_cost", "flops"),
+    ("path_plan_cost", "latency"),
     ("recovery", "both"),
     ("mux_pooling", "max"),
     ("mux_pooling", None),

@@ -75,6 +75,7 @@ def test_a_recovery_stops_on_a_plateau_and_keeps_its_best_weights():
         stages=1,
         recovery_steps=50,
         importance_examples=16,
+        plan_cost="params",
         seed=0,
         train_cfg=lambda steps: TrainConfig(steps=steps, batch_size=8),
         score=lambda m: {"dev_metric": 0.0},

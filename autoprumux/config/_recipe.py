@@ -164,8 +164,7 @@ class Recipe:
         "params",
         Rule(str, choices=PLAN_COSTS),
         "recovery",
-        "pruning removes what loses least per 'params' saved or per inference 'time' saved "
-        "(the path's and every recovery's)",
+        "pruning removes what loses least per 'params' saved or per inference 'time' saved",
     )
     # ---- multiplexing, continued
     mux_pooling: str = _field(
@@ -282,6 +281,12 @@ class Recipe:
     path_lr: float = _field(1e-4, LR, "path", "peak learning rate of each level of the path")
     path_importance_examples: int = _field(
         256, COUNT, "path", "examples that score the heads' and neurons' importance per level"
+    )
+    path_plan_cost: str = _field(
+        "time",
+        Rule(str, choices=PLAN_COSTS),
+        "path",
+        "each path level removes what loses least per 'params' saved or per inference 'time' saved",
     )
     path_seed: int | None = _field(
         None,

@@ -194,13 +194,11 @@ def path_key(pipe: StageContext, level: float) -> dict:
     """The key of one level of the pruning path (N=1, distilled from the baseline over the
     training items): the baseline's key, the recipe's path part (its schedule, grid and steps:
     every level's model depends on them all; `path_seed` as the seed it draws with, so naming
-    the recipe's own seed reads the default path), how importance is scored and weighed
-    (`plan_cost`, a field of the recovery part that the path prunes by too) and the level."""
+    the recipe's own seed reads the default path), how importance is scored and the level."""
     return cache_key(
         pipe,
         technique="path",
         **{**recipe_part(pipe.recipe, "path"), "path_seed": pipe.recipe.path_draw},
         importance=IMPORTANCE_SCORING,
-        plan_cost=pipe.recipe.plan_cost,
         level=level,
     )

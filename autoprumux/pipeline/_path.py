@@ -151,7 +151,7 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         steps=r.path_steps,
         settle_steps=r.path_settle_steps,
         importance_examples=r.path_importance_examples,
-        plan_cost=r.plan_cost,
+        plan_cost=r.path_plan_cost,
         seed=r.path_draw,
         train_cfg=lambda steps: TrainConfig.from_recipe(
             r, steps, distill_weight=r.path_distill_weight, lr=r.path_lr, seed=r.path_draw

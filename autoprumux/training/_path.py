@@ -53,7 +53,7 @@ def prune_path(
     steps: int,
     settle_steps: int,
     importance_examples: int,
-    plan_cost: str = "params",
+    plan_cost: str,
     seed: int,
     train_cfg: Callable[[int], TrainConfig],
     level_metric: Callable[[MuxSequenceClassifier], float],

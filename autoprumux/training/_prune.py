@@ -43,7 +43,7 @@ def prune_to(
     order: Sequence[int],
     importance_examples: int,
     device: torch.device | str,
-    plan_cost: str = "params",
+    plan_cost: str,
 ) -> None:
     """Remove `model`'s least important heads, FFN units and sub-layers in place until its
     counted sparsity reaches `target` (nothing when it already has): the first
@@ -84,7 +84,7 @@ def prune_in_stages(
     recovery_steps: int,
     schedule: str = "even",
     importance_examples: int,
-    plan_cost: str = "params",
+    plan_cost: str,
     seed: int,
     train_cfg: Callable[[int], TrainConfig],
     score: Callable[[MuxSequenceClassifier], dict[str, Any]],
