@@ -212,6 +212,19 @@ def test_the_paths_key_follows_the_baseline_the_data_and_the_schedule(tmp_path, 
     assert path_key(other, 0.2) != before
 
 
+def test_a_new_time_model_rebuilds_every_pruned_model(tmp_path, tiny_checkpoint, monkeypatch):
+    """`LAYER_TIME` decides what a plan by time removes: the path's levels and the separate
+    recoveries are keyed by it, so a refitted time model never reads a model cut by the old."""
+    import autoprumux.pipeline._keys as keys
+    from autoprumux.models import LayerTime
+
+    pipe = make_pipe(tmp_path, tiny_checkpoint)
+    path_before, recovery_before = path_key(pipe, 0.2), keys.recovery_key(pipe)
+    monkeypatch.setattr(keys, "LAYER_TIME", LayerTime(1.0, 0.0, 0.0))
+    assert path_key(pipe, 0.2) != path_before
+    assert keys.recovery_key(pipe) != recovery_before
+
+
 def test_a_path_seed_draws_another_path_over_the_same_baseline(
     tmp_path, tiny_checkpoint, monkeypatch
 ):

@@ -5,13 +5,13 @@ its stage reads (`config.RECIPE_GROUPS`), plus `KEY_VERSION`."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 from autoprumux._cache import key_hash
 from autoprumux.config import MuxShape, Recipe
 from autoprumux.data import VALIDATION_SEED
-from autoprumux.models import IMPORTANCE_SCORING, StudentConfig
+from autoprumux.models import IMPORTANCE_SCORING, LAYER_TIME, StudentConfig
 from autoprumux.pipeline._context import StageContext
 from autoprumux.pipeline._corpus import corpus_items, unlabeled_items
 
@@ -105,11 +105,13 @@ def snapshot_key(pipe: StageContext, level: float) -> dict:
 
 def recovery_key(pipe: StageContext) -> dict:
     """What a pruned candidate's recovery reads: the recipe's recovery part, the unlabeled
-    sentences it adds (their count and content hash) and how importance is scored."""
+    sentences it adds (their count and content hash), how importance is scored and what a
+    plan by time counts (`LAYER_TIME`)."""
     return {
         **recipe_part(pipe.recipe, "recovery"),
         **unlabeled_items(pipe)[1],
         "importance": IMPORTANCE_SCORING,
+        "layer_time": asdict(LAYER_TIME),
     }
 
 
@@ -194,11 +196,13 @@ def path_key(pipe: StageContext, level: float) -> dict:
     """The key of one level of the pruning path (N=1, distilled from the baseline over the
     training items): the baseline's key, the recipe's path part (its schedule, grid and steps:
     every level's model depends on them all; `path_seed` as the seed it draws with, so naming
-    the recipe's own seed reads the default path), how importance is scored and the level."""
+    the recipe's own seed reads the default path), how importance is scored, what a plan by
+    time counts (`LAYER_TIME`) and the level."""
     return cache_key(
         pipe,
         technique="path",
         **{**recipe_part(pipe.recipe, "path"), "path_seed": pipe.recipe.path_draw},
         importance=IMPORTANCE_SCORING,
+        layer_time=asdict(LAYER_TIME),
         level=level,
     )

@@ -68,12 +68,12 @@ def prune_path(
     """Prune `model` in place along the path to `max_sparsity`, one level of `path_levels` at a
     time, in order. At each level the least important heads, FFN units and sub-layers are
     removed down to the level (Fisher importance on `importance_examples` training items drawn
-    with a seed of the level's own, weighed by `plan_cost`, see `prune_to`; a model already there loses nothing, so the
-    measured sparsity never falls), then the model trains its share of `steps` (`level_steps`
-    by `schedule`) plus `settle_steps` (`train_cfg(steps)`, seeded per level, distilling from
-    `teacher`; `teacher_logits` / `teacher_layers` spare running it, see `train_classifier`),
-    is scored by `level_metric`, and is passed to `snapshot(level, model, metric)`, which may
-    save it (or raise to stop the path).
+    with a seed of the level's own, weighed by `plan_cost`, see `prune_to`; a model already
+    there loses nothing, so the measured sparsity never falls), then the model trains its
+    share of `steps` (`level_steps` by `schedule`) plus `settle_steps` (`train_cfg(steps)`,
+    seeded per level, distilling from `teacher`; `teacher_logits` / `teacher_layers` spare
+    running it, see `train_classifier`), is scored by `level_metric`, and is passed to
+    `snapshot(level, model, metric)`, which may save it (or raise to stop the path).
     `start` levels are taken as done: `model` is then the snapshot of level `start` (1-based)
     and the path goes on from the next, training and pruning exactly as an unbroken run would
     (each level's optimizer, data order and scoring sample depend on the level alone).
