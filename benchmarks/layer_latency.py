@@ -9,14 +9,16 @@ all copies are timed side by side (`time_interleaved`, 64 x 128 tokens). Least s
     batch time = t0 + layers * (a * [attention kept] + b * heads + c * [FFN kept] + d * units)
 
 `a` and `c` are what a sub-layer costs beyond its heads or units (its LayerNorm, residual,
-biases, the quantise / dequantise around it). The file gives them in parameter-equivalents
-(a / (b / head parameters), c / (d / unit parameters)): the figures behind
-`autoprumux.models.SUBLAYER_TIME_PARAMS`, the plan's time model.
+biases, the quantise / dequantise around it). The file gives each precision's fit in the terms
+of `autoprumux.models.LayerTime`, the plan's time model: a head's time per parameter over an
+FFN unit's, (b / head parameters) / (d / unit parameters), and each sub-layer's fixed time in
+FFN units, a / d and c / d.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from autoprumux.models import (
     resolve_model,
     to_openvino,
 )
-from autoprumux.models._encoder import ffn_unit_param_count, head_param_count
+from autoprumux.models._encoder import Encoder, ffn_unit_param_count, head_param_count
 
 # (heads, units, attention kept, FFN kept) of every layer of a copy
 SHAPES = (
@@ -50,9 +52,10 @@ SHAPES = (
 )
 
 
-def build(shape: tuple[int, int, bool, bool]):
+def build(encoder: Encoder, shape: tuple[int, int, bool, bool]):
+    """A copy of `encoder` under a classifier head, every layer pruned to `shape`."""
     heads, units, attn, ffn = shape
-    model = MuxSequenceClassifier(resolve_model(None).build_encoder(), num_labels=2).eval()
+    model = MuxSequenceClassifier(copy.deepcopy(encoder), num_labels=2).eval()
     n = len(model.encoder.layers)
     plan = PruningPlan(
         keep_heads=((tuple(range(heads)),) if attn else ((),)) * n,
@@ -78,10 +81,11 @@ def main() -> int:
     types = torch.zeros_like(ids)
     runners = {}
     rows = []
-    enc_cfg = resolve_model(None).config
-    hp, up = head_param_count(enc_cfg), ffn_unit_param_count(enc_cfg)
+    base = resolve_model(None)
+    encoder = base.build_encoder()
+    hp, up = head_param_count(base.config), ffn_unit_param_count(base.config)
     for shape in SHAPES:
-        model, n = build(shape)
+        model, n = build(encoder, shape)
         for precision in args.precision:
             if precision == "fp32":
                 m = model
@@ -115,9 +119,9 @@ def main() -> int:
             "head_ms": b,
             "ffn_sublayer_ms": c,
             "unit_ms": d,
-            "attn_sublayer_params": a / (b / hp),
-            "ffn_sublayer_params": c / (d / up),
-            "head_time_per_param_over_unit": (b / hp) / (d / up),
+            "head_per_param": (b / hp) / (d / up),
+            "attn_sublayer_units": a / d,
+            "ffn_sublayer_units": c / d,
             "max_residual_pct": float(np.max(np.abs(fitted - y) / np.array(y)) * 100),
         }
         print(precision, out["fits"][precision])

@@ -46,9 +46,10 @@ class LayerTime:
     Why not parameters: a kept sub-layer costs time its parameters do not count (its LayerNorm,
     residual and bias over every token, the int8 quantise / dequantise around it), and a head's
     attention scores grow with the sequence, not with its parameters. So a plan that counts
-    parameters keeps many thin layers, which are slow per parameter. Fitted on uniformly pruned
-    copies of the packaged MiniLM in OpenVINO int8 at 64 x 128 tokens
-    (`benchmarks/layer_latency.py`); part of the key of every pruned model."""
+    parameters keeps many thin layers, which are slow per parameter. From a fit on uniformly
+    pruned copies of the packaged MiniLM in OpenVINO int8 at 64 x 128 tokens
+    (`benchmarks/layer_latency.py`, which reports these three fields; BENCHMARKS.md compares
+    them with it); part of the key of every pruned model."""
 
     head_per_param: float  # a head's time per parameter, over an FFN unit's per parameter
     attn_sublayer_units: float  # an attention sub-layer's time beyond its heads
