@@ -48,15 +48,17 @@ class LayerTime:
     attention scores grow with the sequence, not with its parameters. So a plan that counts
     parameters keeps many thin layers, which are slow per parameter. From a fit on uniformly
     pruned copies of the packaged MiniLM in OpenVINO int8 at 64 x 128 tokens
-    (`benchmarks/layer_latency.py`, which reports these three fields; BENCHMARKS.md compares
-    them with it); part of the key of every pruned model."""
+    (`benchmarks/layer_latency.py`, which reports these three fields). The fits differ by CPU
+    (BENCHMARKS.md), so `LAYER_TIME` lies between them: within about 30% of each, which moves
+    a plan's choice little, since it ranks structures whose costs differ far more. Part of the
+    key of every pruned model."""
 
     head_per_param: float  # a head's time per parameter, over an FFN unit's per parameter
     attn_sublayer_units: float  # an attention sub-layer's time beyond its heads
     ffn_sublayer_units: float  # an FFN sub-layer's time beyond its units
 
 
-LAYER_TIME = LayerTime(head_per_param=2.3, attn_sublayer_units=80.0, ffn_sublayer_units=200.0)
+LAYER_TIME = LayerTime(head_per_param=3.0, attn_sublayer_units=270.0, ffn_sublayer_units=310.0)
 
 
 @dataclass(frozen=True)
