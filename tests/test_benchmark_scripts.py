@@ -484,3 +484,38 @@ def test_split_agreement_scores_the_same_models_on_all_three_splits(
         agreement.main(
             [*argv, "--cache-dir", str(cache), "--recipe", *recipe, "stopping_examples=0"]
         )
+
+
+def test_answer_trust_reads_a_lucky_dip_on_a_path_as_luck(tmp_path):
+    """A deeper snapshot whose held-out loss dips below a shallower one's is answered by the
+    per-row rule and refused by the pooled and monotone rules; its dev loss counts as over."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    import answer_trust
+
+    def row(s, val, dev, speed):
+        return {
+            "target_sparsity": s,
+            "n": 1,
+            "precision": "ov-int8",
+            "speedup": speed,
+            "accuracy_loss": dev,
+            "accuracy_loss_se": 0.5,
+            "validation_loss": val,
+            "validation_loss_se": 0.5,
+        }
+
+    rows = [row(0.0, 0.0, 0.0, 3.0), row(0.5, 2.4, 2.2, 6.0), row(0.7, 1.0, 3.0, 9.0)]
+    got = {rule: answer_trust.answers(rows, rule, 1.0)["2"] for rule in answer_trust.RULES}
+    assert got["raw"]["config"] == "s=0.7 N=1 ov-int8"
+    assert got["raw"]["over"] and got["raw"]["clearly_over"]  # 3.0 > 2 + 0.5
+    for rule in ("pooled", "monotone"):
+        assert got[rule]["config"] == "s=0 N=1 ov-int8" and not got[rule]["over"]
+    pooled = answer_trust.pooled_losses(rows)
+    assert pooled[0] == 0.0 and pooled[1:] == pytest.approx([1.7, 1.7])  # violators averaged
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps({"rows": rows}))
+    out = tmp_path / "trust.json"
+    assert answer_trust.main([str(path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["files"][0]["rules"]["raw, 1 SE"]["over"] >= 1
+    assert answer_trust.main([str(tmp_path / "missing.json")]) == 2
