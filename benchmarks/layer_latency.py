@@ -1,7 +1,7 @@
 """What a kept structure costs in time: a linear latency model of one encoder layer, fitted on
 uniformly pruned copies of the packaged model, in fp32 (torch) and ov-int8 (OpenVINO).
 
-    python benchmarks/layer_latency.py --out benchmarks/results/layer_latency_cpu.json
+    python benchmarks/layer_latency.py --out benchmarks/results/layer_latency_<cpu>.json
 
 Every layer of a copy keeps the same shape (heads h, FFN units u, or a sub-layer removed), and
 all copies are timed side by side (`time_interleaved`, 64 x 128 tokens). Least squares then fits
