@@ -40,7 +40,7 @@ def _group(row: dict) -> tuple:
     return point(row)[1:]
 
 
-def pooled_losses(rows: list[dict]) -> list[float]:
+def pooled_losses(rows: list[dict]) -> list[float | None]:
     """Each row's held-out loss, fitted non-decreasing in sparsity within its precision and
     width (rows without a held-out loss keep None)."""
     out: list[float | None] = [r.get("validation_loss") for r in rows]
