@@ -25,11 +25,22 @@ standard error, one-sided), not merely on this draw. A candidate that predicts a
 does (int8 of it, light pruning) has a small standard error and pays little; a heavily pruned
 one pays most. A record without a standard error (measured before they were recorded) chooses
 on its validation loss alone.
+
+An answer among several measured configurations (the search's best trial, `recommend`) reads
+their validation losses **pooled along sparsity** (`pooled_selection_losses`): within each kind
+of configuration (everything but its sparsity, on one machine), the losses are fitted
+non-decreasing in sparsity (scikit-learn's isotonic regression, weighted by 1 / SE^2). A sparser
+model of one kind holds less of the same model, so a dip in its validation loss below a denser
+one's is the split's luck, not a gain; pooling averages that luck with its neighbours' instead
+of choosing it. Each configuration then pays its own standard-error margin on its pooled loss.
+A single trial's budget constraint (Optuna's, and the pruner's) cannot see its siblings and
+reads the raw loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 VALIDATION = "validation"
@@ -42,6 +53,9 @@ DEV_CHOSEN_OLD = "chosen on dev: no validation loss recorded (measured before tr
 # how many of its paired standard errors a validation loss is raised by before it is compared
 # with a budget (one: about 84% one-sided confidence that the loss is within the budget)
 SELECTION_STANDARD_ERRORS = 1.0
+# the least standard error a pooled loss is weighted by: a configuration that predicts as the
+# baseline does reads SE 0, and an infinite weight would pin the fit to its one draw
+POOLING_MIN_SE = 0.1
 
 
 def chosen_on(validation_loss: float | None) -> str:
@@ -50,13 +64,16 @@ def chosen_on(validation_loss: float | None) -> str:
 
 
 def selection_loss(
-    accuracy_loss: float, validation_loss: float | None, validation_se: float | None = None
+    accuracy_loss: float,
+    validation_loss: float | None,
+    validation_se: float | None = None,
+    standard_errors: float = SELECTION_STANDARD_ERRORS,
 ) -> float:
-    """The loss a choice reads: the validation loss raised by `SELECTION_STANDARD_ERRORS` of its
-    standard error `validation_se` (none when unknown), or the dev loss without a split."""
+    """The loss a choice reads: the validation loss raised by `standard_errors` of its standard
+    error `validation_se` (none when unknown), or the dev loss without a split."""
     if validation_loss is None:
         return accuracy_loss
-    return validation_loss + SELECTION_STANDARD_ERRORS * (validation_se or 0.0)
+    return validation_loss + standard_errors * (validation_se or 0.0)
 
 
 class RecordedLosses(NamedTuple):
@@ -87,6 +104,49 @@ def recorded_losses(attrs: Mapping[str, Any]) -> RecordedLosses | None:
         se = attrs.get("validation_loss_se")
         return RecordedLosses(dev, float(val), VALIDATION, None if se is None else float(se))
     return RecordedLosses(dev, None, on if on in (DEV, DEV_UNRECORDED) else DEV_UNRECORDED)
+
+
+class PathPoint(NamedTuple):
+    """One measured configuration as pooling sees it: its kind (anything hashable that equal
+    configurations but for sparsity share), its sparsity and its losses."""
+
+    kind: Hashable
+    sparsity: float
+    losses: RecordedLosses
+
+
+def pooled_validation_losses(points: Sequence[PathPoint]) -> list[float | None]:
+    """Each point's validation loss fitted non-decreasing in sparsity within its kind (isotonic,
+    weighted by 1 / SE^2); None where the dev loss chose."""
+    from sklearn.isotonic import IsotonicRegression
+
+    out: list[float | None] = [p.losses.validation for p in points]
+    kinds: dict[Hashable, list[int]] = defaultdict(list)
+    for i, p in enumerate(points):
+        if p.losses.validation is not None:
+            kinds[p.kind].append(i)
+    for idx in kinds.values():
+        if len(idx) < 2:
+            continue
+        x = [points[i].sparsity for i in idx]
+        y = [points[i].losses.validation for i in idx]
+        w = [1.0 / max(points[i].losses.validation_se or 0.0, POOLING_MIN_SE) ** 2 for i in idx]
+        fit = IsotonicRegression().fit(x, y, sample_weight=w).predict(x)
+        for i, v in zip(idx, fit, strict=True):
+            out[i] = float(v)
+    return out
+
+
+def pooled_selection_losses(
+    points: Sequence[PathPoint], standard_errors: float = SELECTION_STANDARD_ERRORS
+) -> list[float]:
+    """The loss an answer among `points` reads for each: its pooled validation loss
+    (`pooled_validation_losses`) plus `standard_errors` of its own SE, or its dev loss where
+    the dev loss chose."""
+    return [
+        selection_loss(p.losses.dev, pooled, p.losses.validation_se, standard_errors)
+        for p, pooled in zip(points, pooled_validation_losses(points), strict=True)
+    ]
 
 
 def dev_chosen_line(on: str) -> str | None:

@@ -4,12 +4,13 @@ rule answers within each budget, and whether its dev loss is over the budget.
     python benchmarks/answer_trust.py benchmarks/results/path_time_sst2_emr.json ... \
         --out benchmarks/results/answer_trust_sst2.json
 
-A rule reads a row's held-out loss plus `margin` of its paired standard errors (the product's
-rule is margin 1, `autoprumux._selection`), either per row ("raw") or pooled along a pruning
-path ("pooled": an isotonic, non-decreasing fit of the held-out losses over sparsity, weighted
-by 1 / SE^2, within each precision and width: a deeper snapshot of one path holds less of the
-same model, so a dip in its held-out loss is read as the split's luck, not as a gain), or
-"monotone" (a row is within only when every sparser row of its kind is within too). Dev only
+A rule reads a row's held-out loss plus `margin` of its paired standard errors, either per row
+("raw") or pooled along sparsity ("pooled": an isotonic, non-decreasing fit of the held-out
+losses over sparsity, weighted by 1 / SE^2, within each precision and width: a deeper snapshot
+of one path holds less of the same model, so a dip in its held-out loss is read as the split's
+luck, not as a gain), or "monotone" (a row is within only when every denser row of its kind is
+within too). The service answers with "pooled, 1 SE" (`autoprumux._selection`); the rules come
+from frontier.py's `candidates_within`, which reads the service's functions. Dev only
 reports: an answer is *over* when its dev loss exceeds the budget, and *clearly over* when it
 exceeds the budget by more than dev's own paired SE (dev is one draw of about 1 point's noise,
 so an answer at the budget reads over on dev about half the time).
@@ -22,16 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from _results import write_json
-from frontier import BUDGETS, _is_baseline, _label
+from frontier import BUDGETS, _label, candidates_within, chosen_losses
 from reference_grid import point
-from sklearn.isotonic import IsotonicRegression
 
 RULES = ("raw", "pooled", "monotone")  # see the module docstring
-MIN_SE = 0.1  # a row whose SE reads 0 (it predicts as the baseline does) still gets a weight
 
 
 def _group(row: dict) -> tuple:
@@ -40,54 +38,27 @@ def _group(row: dict) -> tuple:
     return point(row)[1:]
 
 
-def pooled_losses(rows: list[dict]) -> list[float | None]:
-    """Each row's held-out loss, fitted non-decreasing in sparsity within its precision and
-    width (rows without a held-out loss keep None)."""
-    out: list[float | None] = [r.get("validation_loss") for r in rows]
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        if r.get("validation_loss") is not None:
-            groups[_group(r)].append(i)
-    for idx in groups.values():
-        idx.sort(key=lambda i: rows[i]["target_sparsity"])
-        x = [rows[i]["target_sparsity"] for i in idx]
-        y = [rows[i]["validation_loss"] for i in idx]
-        w = [1.0 / max(rows[i].get("validation_loss_se") or 0.0, MIN_SE) ** 2 for i in idx]
-        for i, v in zip(
-            idx, IsotonicRegression().fit(x, y, sample_weight=w).predict(x), strict=True
-        ):
-            out[i] = float(v)
-    return out
+def within(rows: list[dict], rule: str, margin: float, budget: float) -> list[dict]:
+    """The rows `rule` with `margin` SEs may answer within `budget`."""
+    if rule != "monotone":
+        return candidates_within(rows, budget, pooled=rule == "pooled", standard_errors=margin)
+    ok = candidates_within(rows, budget, pooled=False, standard_errors=margin)
+    raw = chosen_losses(rows, pooled=False, standard_errors=margin)
+    over = [
+        (_group(o), o["target_sparsity"])
+        for o, loss in zip(rows, raw, strict=True)
+        if o.get("validation_loss") is not None and loss > budget
+    ]
+    return [r for r in ok if not any(g == _group(r) and s < r["target_sparsity"] for g, s in over)]
 
 
 def answers(rows: list[dict], rule: str, margin: float) -> dict[str, dict]:
-    """Per budget: the fastest row (not the fp32 baseline, faster than it) whose rule loss plus
-    `margin` SEs is within the budget, with its dev loss and whether that is over."""
-    losses = pooled_losses(rows) if rule == "pooled" else [r.get("validation_loss") for r in rows]
+    """Per budget: the fastest row `rule` allows (`within`), with its dev loss and whether that
+    is over."""
     out = {}
     for b in BUDGETS:
         budget = float(b)
-        passes = [
-            loss is not None and loss + margin * (r.get("validation_loss_se") or 0.0) <= budget
-            for r, loss in zip(rows, losses, strict=True)
-        ]
-        if rule == "monotone":
-            passes = [
-                ok
-                and all(
-                    passes[j]
-                    for j, o in enumerate(rows)
-                    if _group(o) == _group(r)
-                    and o["target_sparsity"] < r["target_sparsity"]
-                    and o.get("validation_loss") is not None
-                )
-                for r, ok in zip(rows, passes, strict=True)
-            ]
-        ok = [
-            r
-            for r, p in zip(rows, passes, strict=True)
-            if p and r["speedup"] > 1.0 and not _is_baseline(r)
-        ]
+        ok = within(rows, rule, margin, budget)
         if not ok:
             out[b] = {
                 "config": "baseline",

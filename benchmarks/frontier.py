@@ -24,11 +24,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import reference_grid
 from _results import write_json
 
-from autoprumux._selection import selection_loss
+from autoprumux._selection import (
+    DEV,
+    SELECTION_STANDARD_ERRORS,
+    VALIDATION,
+    PathPoint,
+    RecordedLosses,
+    pooled_selection_losses,
+    selection_loss,
+)
 
 BUDGETS = ("0.5", "1", "2", "3", "5")
 REFERENCES = {
@@ -52,22 +61,61 @@ def _label(row: dict) -> str:
     return reference_grid.label(row)
 
 
-def chosen_loss(row: dict) -> float:
-    """The loss a row is chosen on (`autoprumux._selection.selection_loss`): its validation loss
-    (a split carved from train) plus its standard error margin, or its dev loss for rows
-    measured without a split (their answer is then chosen on dev and says so)."""
-    return selection_loss(
-        row["accuracy_loss"], row.get("validation_loss"), row.get("validation_loss_se")
-    )
-
-
-def fastest_within(rows: list[dict], budget: float) -> dict:
-    """The fastest row whose loss is within `budget` on validation (the baseline, 1.00x, when
-    none is; the baseline's own row, timed against itself, is not a candidate). `loss` is its dev
-    loss: what a user should expect, reported and never chosen on."""
-    ok = [
-        r for r in rows if chosen_loss(r) <= budget and r["speedup"] > 1.0 and not _is_baseline(r)
+def chosen_losses(
+    rows: list[dict], pooled: bool = True, standard_errors: float = SELECTION_STANDARD_ERRORS
+) -> list[float]:
+    """The loss each row is chosen on: its validation loss (a split carved from train), pooled
+    along sparsity within its precision and width as the service's answer reads it
+    (`autoprumux._selection.pooled_selection_losses`; per row when not `pooled`), plus
+    `standard_errors` of its standard error; or its dev loss for rows measured without a split
+    (their answer is then chosen on dev and says so)."""
+    if not pooled:
+        return [
+            selection_loss(
+                r["accuracy_loss"],
+                r.get("validation_loss"),
+                r.get("validation_loss_se"),
+                standard_errors,
+            )
+            for r in rows
+        ]
+    points = [
+        PathPoint(
+            reference_grid.point(r)[1:],
+            r["target_sparsity"],
+            RecordedLosses(
+                r["accuracy_loss"],
+                r.get("validation_loss"),
+                DEV if r.get("validation_loss") is None else VALIDATION,
+                r.get("validation_loss_se"),
+            ),
+        )
+        for r in rows
     ]
+    return pooled_selection_losses(points, standard_errors)
+
+
+def candidates_within(
+    rows: list[dict],
+    budget: float,
+    pooled: bool = True,
+    standard_errors: float = SELECTION_STANDARD_ERRORS,
+) -> list[dict]:
+    """The rows an answer may choose within `budget` (`chosen_losses`): faster than the fp32
+    baseline, and not the baseline's own row (timed against itself)."""
+    losses = chosen_losses(rows, pooled, standard_errors)
+    return [
+        r
+        for r, loss in zip(rows, losses, strict=True)
+        if loss <= budget and r["speedup"] > 1.0 and not _is_baseline(r)
+    ]
+
+
+def fastest_within(rows: list[dict], budget: float, **rule: Any) -> dict:
+    """The fastest row whose loss is within `budget` on validation (`candidates_within`, with
+    `rule` its pooling and margin; the baseline, 1.00x, when none is). `loss` is its dev loss:
+    what a user should expect, reported and never chosen on."""
+    ok = candidates_within(rows, budget, **rule)
     if not ok:
         return {"speedup": 1.0, "loss": 0.0, "validation_loss": 0.0, "config": "baseline"}
     r = max(ok, key=lambda r: r["speedup"])

@@ -29,11 +29,14 @@ COMMAND = [
 BUDGET = 2.0
 
 
-def study_record(workdir: Path) -> tuple[str, list[dict]]:
-    """The machine the study recorded (its own run, not this process) and its trials."""
+def study_record(workdir: Path) -> tuple[str, list[dict], dict | None]:
+    """The machine the study recorded (its own run, not this process), its trials, and the
+    configuration `recommend` answers within the budget (None: the baseline), as the job
+    printed it."""
     import optuna
 
     from autoprumux.evaluation import Machine
+    from autoprumux.meta import recommend
     from autoprumux.meta._recommend import with_losses
 
     storage = f"sqlite:///{workdir / 'autoprumux.db'}"
@@ -41,21 +44,27 @@ def study_record(workdir: Path) -> tuple[str, list[dict]]:
     summary = max(optuna.get_all_study_summaries(storage))  # ordered by creation
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     measured_on = Machine.from_dict(study.user_attrs["machine"]).describe()
+    rec = recommend(BUDGET, storage=storage, study=summary.study_name)
+    answer = None if rec.candidate.is_baseline else rec.candidate.to_dict()
 
-    return measured_on, [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "config": t.user_attrs.get("config"),
-            # both losses, and the one the search chose on (validation; dev without a split)
-            **(with_losses(t.user_attrs, {}) if t.state.name == "COMPLETE" else {}),
-            "speedup": t.value,
-            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete
-            else None,
-        }
-        for t in study.get_trials()
-    ]
+    return (
+        measured_on,
+        [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "config": t.user_attrs.get("config"),
+                # both losses, and the one the search chose on (validation; dev without a split)
+                **(with_losses(t.user_attrs, {}) if t.state.name == "COMPLETE" else {}),
+                "speedup": t.value,
+                "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                if t.datetime_complete
+                else None,
+            }
+            for t in study.get_trials()
+        ],
+        answer,
+    )
 
 
 def main() -> None:
@@ -72,11 +81,10 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run([str(workdir / ".venv/bin/autoprumux"), *command], cwd=workdir, check=True)
         seconds = time.perf_counter() - start
-    measured_on, trials = study_record(workdir)
+    measured_on, trials, answer_config = study_record(workdir)
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    # chosen on the loss the search chose on (validation; dev without a split)
-    within = [t for t in done if t["selection_loss"] is not None and t["selection_loss"] <= BUDGET]
-    answer = max(within, key=lambda t: t["speedup"]) if within else None
+    # the trial that measured what the job answered (`recommend`, as it printed it)
+    answer = next((t for t in done if t["config"] == answer_config), None)
     doc = {
         "command": "autoprumux " + " ".join(command),
         "machine": measured_on,

@@ -82,7 +82,13 @@ from typing import Any
 
 from _results import machine, write_json
 
-from autoprumux._selection import selection_loss
+from autoprumux._selection import (
+    VALIDATION,
+    PathPoint,
+    RecordedLosses,
+    pooled_selection_losses,
+    selection_loss,
+)
 from autoprumux.config import DEVICE_PRECISIONS, MUX_COMBINERS, PRECISIONS, Candidate, Recipe
 from autoprumux.evaluation import Evaluation, Measured, ThroughputConfig
 from autoprumux.meta import recommend
@@ -176,6 +182,10 @@ class GridTable:
         """The grid records dev losses only: its validation loss is the dev loss."""
         return self.truth(cfg)[0]
 
+    def recorded(self, cfg: Candidate) -> tuple[float, float | None]:
+        """(validation loss, its SE): the dev loss, without an SE."""
+        return self.truth(cfg)[0], None
+
     def measured_at(self, cfg: Candidate) -> bool:
         return cfg.is_baseline or any(
             abs(s - cfg.sparsity) < 1e-9 for s, _, _ in self.rows[cfg.mux]
@@ -232,7 +242,8 @@ class MeasuredTable:
                     f"{what}s ({shown}); replay one machine's rows of one recipe"
                 )
         self.points: dict[tuple[ModelKey, str], tuple[float, float]] = {}
-        self.validation: dict[tuple[ModelKey, str], float] = {}
+        # (validation loss, its paired SE) of rows that measured one
+        self.validation: dict[tuple[ModelKey, str], tuple[float, float | None]] = {}
         self.sources: dict[tuple[ModelKey, str], str] = {}
         for path, _, r in rows:
             key = (
@@ -250,11 +261,11 @@ class MeasuredTable:
                     "one measurement per configuration"
                 )
             self.points[key] = (float(r["accuracy_loss"]), float(r["speedup"]))
-            if r.get("validation_loss") is not None:  # what chooses: with its SE margin
-                self.validation[key] = selection_loss(
-                    float(r["accuracy_loss"]),
+            if r.get("validation_loss") is not None:
+                se = r.get("validation_loss_se")
+                self.validation[key] = (
                     float(r["validation_loss"]),
-                    r.get("validation_loss_se"),
+                    None if se is None else float(se),
                 )
             self.sources[key] = path.name
         d0 = docs[0][1]
@@ -278,14 +289,20 @@ class MeasuredTable:
         key = (model_key(0.0, cfg.mux, cfg.mux_layers, cfg.mux_combiner), "fp32")
         if key not in self.points:
             return None
-        return self.validation.get(key, self.points[key][0])
+        return self.validation.get(key, (self.points[key][0], None))[0]
+
+    def recorded(self, cfg: Candidate) -> tuple[float, float | None]:
+        """(validation loss, its SE) of the row, or its dev loss without an SE for rows
+        measured without a validation split."""
+        key = self._key(cfg)
+        return self.validation.get(key, (self.points[key][0], None))
 
     def validation_loss(self, cfg: Candidate) -> float:
-        """The row's measured loss that chooses (its validation loss plus its standard error
-        margin, `autoprumux._selection.selection_loss`), or its dev loss for rows measured
-        without a validation split."""
-        key = self._key(cfg)
-        return self.validation.get(key, self.points[key][0])
+        """The row's measured loss that chooses on its own (its validation loss plus its
+        standard error margin, `autoprumux._selection.selection_loss`), or its dev loss for rows
+        measured without a validation split."""
+        val, se = self.recorded(cfg)
+        return selection_loss(val, val, se)
 
     def measured_at(self, cfg: Candidate) -> bool:
         return self._key(cfg) in self.points
@@ -497,9 +514,9 @@ class ReplayEvaluator:
 
     def replayed_loss(self, cfg: Candidate) -> float:
         """The replayed validation loss: the file's validation loss (its dev loss where it
-        records none) plus this seed's draw."""
+        records none) plus this seed's draw; its SE is the file's (`table.recorded`)."""
         mk = model_key(cfg.sparsity, cfg.mux, cfg.mux_layers, cfg.mux_combiner)
-        return self.table.validation_loss(cfg) + self.offset(mk)
+        return self.table.recorded(cfg)[0] + self.offset(mk)
 
     def evaluate(
         self,
@@ -518,7 +535,8 @@ class ReplayEvaluator:
             # the step the search treats as the last (a pruned late model reports one)
             last = self.prune_stages if self.recipe is None else last_stage(self.recipe, config)
             on_stage(last, self.table.truth(config)[0], loss)
-        return self._evaluation(config, self.table.truth(config)[0], loss, speed, throughput)
+        se = self.table.recorded(config)[1]
+        return self._evaluation(config, self.table.truth(config)[0], loss, speed, throughput, se)
 
     def evaluate_students(self, k: int, depth: int, **kw: Any) -> Evaluation:
         raise RuntimeError("the replayed tables hold no students")
@@ -530,6 +548,7 @@ class ReplayEvaluator:
         validation_loss: float,
         speed: float,
         tp: ThroughputConfig | None,
+        validation_se: float | None = None,
     ) -> Evaluation:
         base = self.table.baseline_metric
 
@@ -561,6 +580,7 @@ class ReplayEvaluator:
                 describe(cfg), cfg.sparsity, cfg.mux, dev_loss, validation_loss, speed
             ),
             throughput_config=tp or ThroughputConfig(),
+            validation_loss_se=validation_se,
         )
 
 
@@ -648,15 +668,26 @@ def run_mode(
 ) -> dict[str, Any]:
     grid = space.grid()
     truth = [(c, *table.truth(c)) for c in grid]
+    chosen = pooled_selection_losses(
+        [
+            PathPoint(
+                dataclasses.replace(c, sparsity=0.0),
+                c.sparsity,
+                RecordedLosses(dev, val, VALIDATION, se),
+            )
+            for (c, dev, _), (val, se) in zip(truth, map(table.recorded, grid), strict=True)
+        ]
+    )
     results = []
     for budget in args.budgets:
         best_cfg, _, best = max(
             ((c, loss, sp) for c, loss, sp in truth if loss <= budget), key=lambda x: x[2]
         )
-        # what measuring every configuration and choosing on validation answers: the search's
-        # own regret is against this, the rest is validation and dev disagreeing
+        # what measuring every configuration and choosing on validation (pooled along
+        # sparsity, as the service's answer reads it) answers: the search's own regret is
+        # against this, the rest is validation and dev disagreeing
         every_cfg, every = max(
-            ((c, sp) for c, _, sp in truth if table.validation_loss(c) <= budget),
+            ((c, sp) for (c, _, sp), loss in zip(truth, chosen, strict=True) if loss <= budget),
             key=lambda x: x[1],
         )
         for sampler in args.samplers:

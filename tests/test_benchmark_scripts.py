@@ -492,6 +492,7 @@ def test_answer_trust_reads_a_lucky_dip_on_a_path_as_luck(tmp_path):
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     import answer_trust
+    import frontier
 
     def row(s, val, dev, speed):
         return {
@@ -511,7 +512,7 @@ def test_answer_trust_reads_a_lucky_dip_on_a_path_as_luck(tmp_path):
     assert got["raw"]["over"] and got["raw"]["clearly_over"]  # 3.0 > 2 + 0.5
     for rule in ("pooled", "monotone"):
         assert got[rule]["config"] == "s=0 N=1 ov-int8" and not got[rule]["over"]
-    pooled = answer_trust.pooled_losses(rows)
+    pooled = frontier.chosen_losses(rows, standard_errors=0.0)
     assert pooled[0] == 0.0 and pooled[1:] == pytest.approx([1.7, 1.7])  # violators averaged
     path = tmp_path / "f.json"
     path.write_text(json.dumps({"rows": rows}))

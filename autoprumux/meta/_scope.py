@@ -19,17 +19,27 @@ on the unknown machine `UNKNOWN_MACHINE`.
 
 Each entry chooses on one split (`chosen_on`, see `autoprumux._selection`): the validation loss
 when every one of its trials measured one, else the dev loss for all of them (a study without a
-validation split, or measured before trials recorded one), never a mix of the two.
+validation split, or measured before trials recorded one), never a mix of the two. An entry's
+`selection_loss` is pooled along sparsity across its configurations (`pooled_measured`, see
+`autoprumux._selection`), so a served recommender reads what the study's own answer read.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from autoprumux._selection import CHOICES, DEV_UNRECORDED, VALIDATION
+from autoprumux._selection import (
+    CHOICES,
+    DEV,
+    DEV_UNRECORDED,
+    VALIDATION,
+    PathPoint,
+    RecordedLosses,
+    pooled_selection_losses,
+)
 from autoprumux.config import BASELINE, Candidate
 from autoprumux.errors import ConfigError
 
@@ -125,6 +135,32 @@ def measured_means(rows: list[dict[str, Any]]) -> dict[tuple[Candidate, str], di
     }
 
 
+def pooled_measured(
+    measured: dict[Candidate, dict[str, Any]], split: str
+) -> dict[Candidate, dict[str, Any]]:
+    """`measured` (one machine's means) with each `selection_loss` read from the validation
+    losses pooled along sparsity within each kind of configuration (`autoprumux._selection`);
+    the dev loss where `split` is not validation."""
+    items = list(measured.items())
+    points = [
+        PathPoint(
+            replace(cfg, sparsity=0.0),
+            cfg.sparsity,
+            RecordedLosses(
+                m["accuracy_loss"],
+                m["validation_loss"] if split == VALIDATION else None,
+                split if split == VALIDATION else DEV,
+                m["validation_loss_se"],
+            ),
+        )
+        for cfg, m in items
+    ]
+    return {
+        cfg: {**m, "selection_loss": loss}
+        for (cfg, m), loss in zip(items, pooled_selection_losses(points), strict=True)
+    }
+
+
 def one_split(rows: list[dict[str, Any]]) -> str:
     """The split an entry of these trial records chooses on: validation when all of them
     measured its loss, else why the dev loss chooses for all (`_selection`)."""
@@ -155,7 +191,9 @@ def entries_from_trials(trials: list[dict[str, Any]], storage: str | None) -> li
                     device=first["device"],
                     context=first["context"],
                     candidates=first["candidates"],
-                    measured={c: m for (c, k), m in means.items() if k == key},
+                    measured=pooled_measured(
+                        {c: m for (c, k), m in means.items() if k == key}, split
+                    ),
                     machine_key=key,
                     machine=first["machine"],
                     storage=storage,

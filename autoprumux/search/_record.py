@@ -3,9 +3,10 @@
 A finished trial stores both losses as user attributes and MLflow metrics: `validation_loss`
 (on the validation split: what the search chooses on, `chosen_on` "validation") and
 `accuracy_loss` (on dev: what to expect), with the metrics they come from. Its budget
-constraint, the best trial within the budget and the guided sampler read `trial_loss`: the
-validation loss, or the dev loss when the recipe has no validation split (see
-`autoprumux._selection`). A trial stopped early records the loss of its last stage, scored on
+constraint and the guided sampler read `trial_loss`: the validation loss, or the dev loss when
+the recipe has no validation split (see `autoprumux._selection`); the best trial within the
+budget reads the same losses pooled along sparsity over the study's finished trials
+(`pooled_trial_losses`). A trial stopped early records the loss of its last stage, scored on
 dev by the pruning stages (`chosen_on` "dev"). A finished trial also records how its training
 stages stopped (`stage_training`: each stage without its curve, and its line; on its MLflow run
 by `log_stage_training`).
@@ -16,11 +17,21 @@ its trials chose on dev and new ones would choose on validation (`check_recorded
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from autoprumux import tracking
-from autoprumux._selection import VALIDATION, chosen_on, recorded_losses, selection_loss
+from autoprumux._selection import (
+    VALIDATION,
+    PathPoint,
+    chosen_on,
+    pooled_selection_losses,
+    recorded_losses,
+    selection_loss,
+)
+from autoprumux.config import Candidate
 from autoprumux.errors import ConfigError
 
 log = logging.getLogger("autoprumux")
@@ -30,6 +41,25 @@ def trial_loss(t: Any) -> float | None:
     """The loss a choice reads for a trial (validation, else dev); None when it has none."""
     got = recorded_losses(t.user_attrs)
     return None if got is None else got.selection
+
+
+def pooled_trial_losses(trials: list[Any]) -> list[float | None]:
+    """The loss an answer reads for each of `trials`: validation losses pooled along sparsity
+    within each kind of configuration measured on one machine (`autoprumux._selection`); None
+    for a trial that records no loss."""
+    points, at = [], []
+    for i, t in enumerate(trials):
+        got = recorded_losses(t.user_attrs)
+        if got is None or t.user_attrs.get("config") is None:
+            continue
+        cfg = Candidate.from_dict(t.user_attrs["config"])
+        machine = json.dumps(t.user_attrs.get("machine"), sort_keys=True, default=str)
+        points.append(PathPoint((replace(cfg, sparsity=0.0), machine), cfg.sparsity, got))
+        at.append(i)
+    out: list[float | None] = [None] * len(trials)
+    for i, loss in zip(at, pooled_selection_losses(points), strict=True):
+        out[i] = loss
+    return out
 
 
 def record_evaluation(trial: Any, ev: Any, budget: float) -> dict[str, float]:

@@ -35,6 +35,7 @@ from autoprumux.search._identity import check_identity, identity, run_settings
 from autoprumux.search._record import (
     check_recorded,
     log_stage_training,
+    pooled_trial_losses,
     record_evaluation,
     record_stopped,
     trial_loss,
@@ -431,12 +432,14 @@ class Searcher:
         return [t for t in trials if t.state.name in FINISHED]
 
     def best_feasible(self, budget: float | None = None) -> Any | None:
-        """The fastest finished trial whose loss that chooses (`trial_loss`) is within budget."""
+        """The fastest finished trial whose loss that chooses, pooled along sparsity over the
+        finished trials (`pooled_trial_losses`), is within budget."""
         b = self.s.budget if budget is None else budget
+        done = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         ok = [
             t
-            for t in self.study.get_trials(deepcopy=False)
-            if t.state.name == "COMPLETE" and (loss := trial_loss(t)) is not None and loss <= b
+            for t, loss in zip(done, pooled_trial_losses(done), strict=True)
+            if loss is not None and loss <= b
         ]
         return max(ok, key=lambda t: float(t.value or 0.0)) if ok else None
 
