@@ -35,7 +35,7 @@ RULES = ("raw", "pooled", "monotone")  # see the module docstring
 def _group(row: dict) -> tuple:
     """What a row shares with the rows it is a sparser or denser version of: all of its point
     but its sparsity."""
-    return point(row)[1:]
+    return (*point(row)[1:], row.get("source"))
 
 
 def within(rows: list[dict], rule: str, margin: float, budget: float) -> list[dict]:

@@ -66,7 +66,8 @@ def chosen_losses(
 ) -> list[float]:
     """The loss each row is chosen on: its validation loss (a split carved from train), pooled
     along sparsity within its precision and width as the service's answer reads it
-    (`autoprumux._selection.pooled_selection_losses`; per row when not `pooled`), plus
+    (`autoprumux._selection.pooled_selection_losses`; per row when not `pooled`; rows of
+    different runs, told apart by a `source` field, are not pooled together), plus
     `standard_errors` of its standard error; or its dev loss for rows measured without a split
     (their answer is then chosen on dev and says so)."""
     if not pooled:
@@ -81,7 +82,8 @@ def chosen_losses(
         ]
     points = [
         PathPoint(
-            reference_grid.point(r)[1:],
+            # rows of one run pool; a file that joins runs names each row's `source`
+            (*reference_grid.point(r)[1:], r.get("source")),
             r["target_sparsity"],
             RecordedLosses(
                 r["accuracy_loss"],

@@ -35,7 +35,7 @@ import torch
 from _results import machine, write_json
 from reference_grid import label, point
 
-from autoprumux.config import DEVICE_PRECISIONS
+from autoprumux.config import DEVICE_PRECISIONS, OPENVINO_PRECISIONS
 from autoprumux.data import Encoded
 from autoprumux.evaluation import ThroughputConfig, fixed_batch, model_runner, time_interleaved
 from autoprumux.models import (
@@ -45,6 +45,7 @@ from autoprumux.models import (
     MuxSequenceClassifier,
     calibrate_int8,
     calibration_batches,
+    to_openvino,
     to_precision,
 )
 
@@ -72,9 +73,14 @@ def model_of_shape(shape: dict, precision: str, num_labels: int, seq_len: int):
     torch.manual_seed(SEED)
     encoder = Encoder(EncoderConfig.from_dict(shape))
     model = MuxSequenceClassifier(encoder, num_labels=num_labels, mux=MuxConfig(n=1)).eval()
-    if precision != "int8":
+    if precision not in ("int8", *OPENVINO_PRECISIONS):
         return to_precision(model, precision)
     items = random_items(encoder.config.vocab_size, seq_len, CALIBRATION_ITEMS)
+    if precision in OPENVINO_PRECISIONS:  # as the pipeline converts: dynamic shapes
+        limit = encoder.config.max_position_embeddings
+        return to_openvino(
+            model, precision, calibration_batches(items, seed=SEED), max_seq_len=limit
+        )
     calibration = calibrate_int8(model, calibration_batches(items, seed=SEED))
     return to_precision(model, precision, calibration=calibration)
 

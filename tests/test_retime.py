@@ -51,7 +51,11 @@ def _frontier(path: Path, rows: list[dict]) -> Path:
 def test_rows_get_this_machines_speedups_and_keep_their_accuracy(tmp_path):
     full = EncoderConfig.from_bert_config(tiny_bert_config())
     pruned = full.with_layers(heads=(2, 1), ffn=(20, 9))
-    rows = [_row(0.0, "fp32", full.to_dict()), _row(0.5, "int8", pruned.to_dict())]
+    rows = [
+        _row(0.0, "fp32", full.to_dict()),
+        _row(0.5, "int8", pruned.to_dict()),
+        _row(0.5, "ov-int8", pruned.to_dict()),  # converted as the pipeline converts it
+    ]
     source = _frontier(tmp_path / "scored.json", rows)
     out = tmp_path / "here.json"
     assert _retime().main(["--from", str(source), "--out", str(out), *FAST]) == 0
