@@ -9,6 +9,10 @@ import pytest
 import torch
 
 os.environ.setdefault("AUTOPRUMUX_PROGRESS", "0")
+# under pytest-xdist each worker computes on one thread: two workers of two threads each would
+# share two cores four ways
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 # the shared GLUE data, beside the project root
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
