@@ -186,6 +186,7 @@ BAD_RECIPES = [
     ("path_lr", -1.0),
     ("path_importance_examples", 0),
     ("path_seed", -1),
+    ("path_sublayers_per_level", 0),
     ("path_seed", 1.5),
     ("batching", "sorted"),
     ("train_autocast", "fp16"),

@@ -284,3 +284,27 @@ def test_fisher_importance_is_a_mean_over_examples_like_the_sublayer_ablation():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=0.0)  # the values are tiny
     assert once.attn_sublayer == pytest.approx(thrice.attn_sublayer)
     assert float(once.heads[0].sum()) > 0
+
+
+def test_a_plan_removes_at_most_max_sublayers_whole_sublayers():
+    """Every sub-layer costs nothing by its own estimate, so an unlimited plan takes whole
+    blocks; capped at one, it takes one block and reaches the target with heads and units,
+    never emptying a second layer's attention head by head."""
+    model = make(layers=3)
+    imp = Importance(
+        heads=tuple(torch.ones(4) for _ in range(3)),
+        ffn=tuple(torch.ones(37) for _ in range(3)),
+        attn_sublayer=(0.0, 0.0, 0.0),
+        ffn_sublayer=(0.0, 0.0, 0.0),
+    )
+    target = 0.5
+    free = search_plan(model.encoder, imp, target, model.original_prunable_params, "time")
+    assert sum(free.drop_attn) + sum(free.drop_ffn) >= 2
+
+    capped = search_plan(model.encoder, imp, target, model.original_prunable_params, "time", 1)
+    whole = sum(capped.drop_attn) + sum(capped.drop_ffn)
+    kept = zip(capped.drop_attn, capped.keep_heads, strict=True)
+    emptied = sum(1 for a, k in kept if not a and not k)
+    assert whole + emptied == 1
+    apply_plan(model.encoder, capped)
+    assert model.sparsity() >= target - 0.01

@@ -288,6 +288,13 @@ class Recipe:
         "path",
         "each path level removes what loses least per 'params' saved or per inference 'time' saved",
     )
+    path_sublayers_per_level: int | None = _field(
+        None,
+        Rule(int, low=1, high=64, none="no limit"),
+        "path",
+        "most whole sub-layers (attention or FFN blocks, a layer's last head included) one path "
+        "level removes; a level that needs more takes heads and FFN units instead",
+    )
     path_seed: int | None = _field(
         None,
         Rule(int, low=0, high=2**32 - 1, none="the recipe's seed"),

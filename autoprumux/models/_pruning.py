@@ -212,10 +212,13 @@ def search_plan(
     target_sparsity: float,
     original_params: int,
     cost: str = "params",
+    max_sublayers: int | None = None,
 ) -> PruningPlan:
     """Greedy: repeatedly remove the structure with the least estimated loss per parameter
     saved (`cost` "params") or per unit of time saved ("time": `LAYER_TIME`, in FFN units'
-    parameters), until the removed parameters reach the target.
+    parameters), until the removed parameters reach the target. At most `max_sublayers` whole
+    sub-layers go in one plan (None: no limit; a layer's last head counts as its attention
+    block): each sub-layer's loss is estimated alone, so several removed at once compound.
 
     `target_sparsity` is relative to `original_params` (the unpruned encoder's layer parameters),
     so pruning an already-pruned model towards a higher target works.
@@ -254,25 +257,29 @@ def search_plan(
     ffn_left = [sublayer_params(x, "ffn") for x in layers]
     # FFN units are many and cheap: take them in chunks of at most 0.25% of the encoder
     chunk_size = max(1, min(8, int(0.0025 * original_params) // up))
+    sublayers_removed = 0
     while removed < need:
+        whole_ok = max_sublayers is None or sublayers_removed < max_sublayers
         cands: list[tuple[float, str, int, int]] = []
         for i in range(len(layers)):
             if not drop_attn[i]:
                 heads_left = len(head_order[i]) - hpos[i]
-                if heads_left:
+                if heads_left > 1 or (heads_left == 1 and whole_ok):
                     h = head_order[i][hpos[i]]
                     cands.append((float(importance.heads[i][h]) / head_time, "head", i, hp))
-                loss = max(importance.attn_sublayer[i] - paid_attn[i], 0.0)
-                saved = attn_left[i] - heads_left * hp + heads_left * head_time + attn_fixed
-                cands.append((loss / max(saved, 1.0), "attn", i, attn_left[i]))
+                if whole_ok:
+                    loss = max(importance.attn_sublayer[i] - paid_attn[i], 0.0)
+                    saved = attn_left[i] - heads_left * hp + heads_left * head_time + attn_fixed
+                    cands.append((loss / max(saved, 1.0), "attn", i, attn_left[i]))
             if not drop_ffn[i]:
                 if upos[i] < len(ffn_order[i]):
                     chunk = ffn_order[i][upos[i] : upos[i] + chunk_size]
                     loss = float(importance.ffn[i][chunk].sum())
                     cands.append((loss / (up * len(chunk)), "ffn", i, up * len(chunk)))
-                loss = max(importance.ffn_sublayer[i] - paid_ffn[i], 0.0)
-                saved = ffn_left[i] + ffn_fixed
-                cands.append((loss / max(saved, 1.0), "ffnblock", i, ffn_left[i]))
+                if whole_ok:
+                    loss = max(importance.ffn_sublayer[i] - paid_ffn[i], 0.0)
+                    saved = ffn_left[i] + ffn_fixed
+                    cands.append((loss / max(saved, 1.0), "ffnblock", i, ffn_left[i]))
         if not cands:
             break
         # never overshoot the target by more than the slack when a smaller step exists
@@ -284,6 +291,7 @@ def search_plan(
             paid_attn[i] += float(importance.heads[i][h])
             hpos[i] += 1
             attn_left[i] -= hp
+            sublayers_removed += hpos[i] == len(head_order[i])  # its last head
         elif kind == "ffn":
             chunk = ffn_order[i][upos[i] : upos[i] + chunk_size]
             paid_ffn[i] += float(importance.ffn[i][chunk].sum())
@@ -292,9 +300,11 @@ def search_plan(
         elif kind == "attn":
             drop_attn[i] = True
             attn_left[i] = 0
+            sublayers_removed += 1
         else:
             drop_ffn[i] = True
             ffn_left[i] = 0
+            sublayers_removed += 1
         removed += params
     keep_heads = tuple(
         () if drop_attn[i] else tuple(sorted(head_order[i][hpos[i] :])) for i in range(len(layers))

@@ -152,6 +152,7 @@ def _train(pipe: StageContext, done: int, grid: list[float]) -> None:
         settle_steps=r.path_settle_steps,
         importance_examples=r.path_importance_examples,
         plan_cost=r.path_plan_cost,
+        sublayers_per_level=r.path_sublayers_per_level,
         seed=r.path_draw,
         train_cfg=lambda steps: TrainConfig.from_recipe(
             r, steps, distill_weight=r.path_distill_weight, lr=r.path_lr, seed=r.path_draw

@@ -64,11 +64,13 @@ def prune_path(
     teacher_logits: torch.Tensor | None = None,
     teacher_layers: TeacherLayers | None = None,
     desc: str = "path",
+    sublayers_per_level: int | None = None,
 ) -> list[dict]:
     """Prune `model` in place along the path to `max_sparsity`, one level of `path_levels` at a
     time, in order. At each level the least important heads, FFN units and sub-layers are
     removed down to the level (Fisher importance on `importance_examples` training items drawn
-    with a seed of the level's own, weighed by `plan_cost`, see `prune_to`; a model already
+    with a seed of the level's own, weighed by `plan_cost`, at most `sublayers_per_level`
+    whole sub-layers a level, see `prune_to`; a model already
     there loses nothing, so the measured sparsity never falls), then the model trains its
     share of `steps` (`level_steps` by `schedule`) plus `settle_steps` (`train_cfg(steps)`,
     seeded per level, distilling from `teacher`; `teacher_logits` / `teacher_layers` spare
@@ -90,7 +92,16 @@ def prune_path(
         level = levels[i]
         gen = torch.Generator().manual_seed(seed * 1009 + i)
         order = torch.randperm(len(train_items), generator=gen).tolist()
-        prune_to(model, level, train_items, order, importance_examples, device, plan_cost)
+        prune_to(
+            model,
+            level,
+            train_items,
+            order,
+            importance_examples,
+            device,
+            plan_cost,
+            sublayers_per_level,
+        )
         trained = shares[i] + settle_steps
         cfg = train_cfg(trained)
         cfg = replace(cfg, seed=cfg.seed + i)

@@ -44,6 +44,7 @@ def prune_to(
     importance_examples: int,
     device: torch.device | str,
     plan_cost: str,
+    max_sublayers: int | None = None,
 ) -> None:
     """Remove `model`'s least important heads, FFN units and sub-layers in place until its
     counted sparsity reaches `target` (nothing when it already has): the first
@@ -51,7 +52,7 @@ def prune_to(
     Fisher importance, in batches of N so a multiplexed model is scored as it runs, the next
     `ABLATION_EXAMPLES` score whole sub-layers by the loss change of removing them; the plan
     weighs each estimated loss against the parameters or time its removal saves (`plan_cost`,
-    see `search_plan`)."""
+    see `search_plan`), removing at most `max_sublayers` whole sub-layers (None: no limit)."""
     n = model.n
     fisher_items = [train_items[i] for i in order[:importance_examples]]
     fisher_batches = [
@@ -70,7 +71,9 @@ def prune_to(
 
     model.to(device)
     imp = compute_importance(model.encoder, loss_fn, fisher_batches, abl_batches)
-    plan = search_plan(model.encoder, imp, target, model.original_prunable_params, plan_cost)
+    plan = search_plan(
+        model.encoder, imp, target, model.original_prunable_params, plan_cost, max_sublayers
+    )
     apply_plan(model.encoder, plan)
 
 
