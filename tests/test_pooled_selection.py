@@ -21,6 +21,7 @@ from autoprumux._selection import (
 from autoprumux.config import Candidate
 from autoprumux.meta import build_recommender
 from autoprumux.search._record import pooled_trial_losses, trial_loss
+from autoprumux.search._report import trials_table
 from autoprumux.serving._pyfunc import RecommenderModel
 
 S3 = Candidate(sparsity=0.3)
@@ -68,8 +69,13 @@ def test_recommend_and_the_served_model_refuse_the_lucky_dip(tmp_path):
     assert rec.validation_loss == 0.2  # the measured loss is reported as measured
     out = RecommenderModel(build_recommender(url)).predict(None, pd.DataFrame({"budget": [2.0]}))
     assert list(out["sparsity"]) == [0.3]
-    # beyond the pooled loss, the fastest answers
+    # beyond the pooled loss, the fastest answers; the table says what it was chosen on
     assert build_recommender(url).recommend(2.5).sparsity == 0.7
+    trials = st.get_trials()
+    table = trials_table(trials, trials[2], 2.5)
+    assert "best within 2.5 points: #2 " in table
+    assert "(pooled along sparsity: chosen on 2.20)" in table
+    assert "pooled" not in trials_table(trials, trials[0], 2.0)
 
 
 def test_trials_of_another_configuration_kind_or_machine_are_not_pooled(tmp_path):

@@ -8,7 +8,7 @@ from typing import Any
 
 from autoprumux._selection import VALIDATION, describe_losses, dev_chosen_line, recorded_losses
 from autoprumux.config import Candidate
-from autoprumux.search._record import trial_loss
+from autoprumux.search._record import pooled_trial_losses, trial_loss
 
 
 def trial_candidate(t: Any) -> Candidate | None:
@@ -26,6 +26,17 @@ def describe_trial(t: Any) -> str:
             f"{head} {describe_losses(got.dev, got.validation, got.validation_se)} {t.value:.2f}x"
         )
     return f"{head} {t.state.name.lower()}"
+
+
+def pooled_note(trials: list[Any], best: Any) -> str:
+    """What the best trial was chosen on when pooling along sparsity moved its loss
+    (`pooled_trial_losses`); empty when it did not."""
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    pooled = dict(zip((t.number for t in done), pooled_trial_losses(done), strict=True))
+    raw, got = trial_loss(best), pooled.get(best.number)
+    if raw is None or got is None or abs(got - raw) < 0.005:
+        return ""
+    return f" (pooled along sparsity: chosen on {got:.2f})"
 
 
 def config_label(cfg: Candidate | None) -> str:
@@ -67,7 +78,11 @@ def trials_table(trials: list[Any], best: Any | None, budget: float) -> str:
         )
     lines.append(
         f"best within {budget:g} points: "
-        + (describe_trial(best) if best else "none (loosen --budget or add trials)")
+        + (
+            describe_trial(best) + pooled_note(trials, best)
+            if best
+            else "none (loosen --budget or add trials)"
+        )
     )
     lines += [f"({line})" for on in sorted(dev_chosen) if (line := dev_chosen_line(on))]
     return "\n".join(lines)
