@@ -26,16 +26,9 @@ import sys
 from pathlib import Path
 
 from _results import write_json
-from frontier import BUDGETS, _label, candidates_within, chosen_losses
-from reference_grid import point
+from frontier import BUDGETS, _label, candidates_within, chosen_losses, row_kind
 
 RULES = ("raw", "pooled", "monotone")  # see the module docstring
-
-
-def _group(row: dict) -> tuple:
-    """What a row shares with the rows it is a sparser or denser version of: all of its point
-    but its sparsity."""
-    return (*point(row)[1:], row.get("source"))
 
 
 def within(rows: list[dict], rule: str, margin: float, budget: float) -> list[dict]:
@@ -45,11 +38,13 @@ def within(rows: list[dict], rule: str, margin: float, budget: float) -> list[di
     ok = candidates_within(rows, budget, pooled=False, standard_errors=margin)
     raw = chosen_losses(rows, pooled=False, standard_errors=margin)
     over = [
-        (_group(o), o["target_sparsity"])
+        (row_kind(o), o["target_sparsity"])
         for o, loss in zip(rows, raw, strict=True)
         if o.get("validation_loss") is not None and loss > budget
     ]
-    return [r for r in ok if not any(g == _group(r) and s < r["target_sparsity"] for g, s in over)]
+    return [
+        r for r in ok if not any(g == row_kind(r) and s < r["target_sparsity"] for g, s in over)
+    ]
 
 
 def answers(rows: list[dict], rule: str, margin: float) -> dict[str, dict]:

@@ -61,6 +61,13 @@ def _label(row: dict) -> str:
     return reference_grid.label(row)
 
 
+def row_kind(row: dict) -> tuple:
+    """What a row shares with the rows it is a sparser or denser version of: all of its point
+    but its sparsity, and the run it came from (a file that joins runs names each row's
+    `source`)."""
+    return (*reference_grid.point(row)[1:], row.get("source"))
+
+
 def chosen_losses(
     rows: list[dict], pooled: bool = True, standard_errors: float = SELECTION_STANDARD_ERRORS
 ) -> list[float]:
@@ -82,8 +89,7 @@ def chosen_losses(
         ]
     points = [
         PathPoint(
-            # rows of one run pool; a file that joins runs names each row's `source`
-            (*reference_grid.point(r)[1:], r.get("source")),
+            row_kind(r),
             r["target_sparsity"],
             RecordedLosses(
                 r["accuracy_loss"],

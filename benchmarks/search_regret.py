@@ -671,7 +671,7 @@ def run_mode(
     chosen = pooled_selection_losses(
         [
             PathPoint(
-                dataclasses.replace(c, sparsity=0.0),
+                c.sparsity_kind,
                 c.sparsity,
                 RecordedLosses(dev, val, VALIDATION, se),
             )

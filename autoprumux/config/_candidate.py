@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from autoprumux.config._names import (
@@ -242,6 +242,12 @@ class Candidate:
             return (-float(self.students), -float(self.student_depth), rank)
         per_instance = -float(self.mux_layers) if self.mux > 1 else -float(MAX_MUX_LAYERS)
         return (self.sparsity, math.log2(self.mux), per_instance, rank)
+
+    @property
+    def sparsity_kind(self) -> Candidate:
+        """What configurations differing only in sparsity share (this one at sparsity 0): an
+        answer pools their validation losses along sparsity (`autoprumux._selection`)."""
+        return replace(self, sparsity=0.0)
 
     def below(self, other: Candidate) -> bool:
         """Same family and no more aggressive than `other` (so it loses no more than `other`)."""

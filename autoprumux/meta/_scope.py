@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from autoprumux._selection import (
@@ -144,7 +144,7 @@ def pooled_measured(
     items = list(measured.items())
     points = [
         PathPoint(
-            replace(cfg, sparsity=0.0),
+            cfg.sparsity_kind,
             cfg.sparsity,
             RecordedLosses(
                 m["accuracy_loss"],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from typing import Any
 
 from autoprumux import tracking
@@ -54,7 +53,7 @@ def pooled_trial_losses(trials: list[Any]) -> list[float | None]:
             continue
         cfg = Candidate.from_dict(t.user_attrs["config"])
         machine = json.dumps(t.user_attrs.get("machine"), sort_keys=True, default=str)
-        points.append(PathPoint((replace(cfg, sparsity=0.0), machine), cfg.sparsity, got))
+        points.append(PathPoint((cfg.sparsity_kind, machine), cfg.sparsity, got))
         at.append(i)
     out: list[float | None] = [None] * len(trials)
     for i, loss in zip(at, pooled_selection_losses(points), strict=True):
