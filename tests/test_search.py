@@ -302,6 +302,8 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, monkeypatch, capsys):
         (["recommend", "--budget", "nan"], "budget"),
         (["recommend", "--budget", "101"], "budget"),
         (["recommend", "--budget", "two"], "not a number"),
+        (["recommend", "--budget", "2", "--margin-se", "-1"], "--margin-se ('-1') must be"),
+        (["recommend", "--budget", "2", "--margin-se", "many"], "--margin-se ('many') must be"),
         (["recommend", "--budget", "2"], "run a search first"),
         (["search", "--space", "missing.yaml"], "does not exist"),
         (["search", "--budget", "-3"], "budget"),

@@ -201,6 +201,29 @@ def test_recommend_answers_within_the_budget_plus_the_margin_only(tmp_path, caps
     assert "(+-0.10, chosen on 0.90)" in capsys.readouterr().out
 
 
+def test_margin_se_sets_how_sure_the_answer_must_be(tmp_path, capsys):
+    """At 1.5 points s=0.5 (0.5 +- 0.8) is within with one standard error (1.3), not with two
+    (2.1): then the answer is s=0.7 (0.8 +- 0.1). The served recommender keeps its margin."""
+    from autoprumux.meta import Recommender
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    add_study(url, "se", [(S5, 1.0, 0.5, 5.0, 0.8), (S7, 1.0, 0.8, 3.0, 0.1)])
+    answers = {}
+    for margin in ("1", "2", "0"):
+        assert main(["recommend", "--budget", "1.5", "--storage", url, "--margin-se", margin]) == 0
+        answers[margin] = capsys.readouterr().out
+    assert "sparsity 0.5" in answers["1"] and "sparsity 0.7" in answers["2"], answers
+    assert "raised by 2 standard errors" in answers["2"] and "raised by" not in answers["1"]
+    # with no margin, 0.5 is within 0.6 points on its loss alone
+    assert build_recommender(url, margin_se=0.0).recommend(0.6).sparsity == 0.5
+    assert build_recommender(url).recommend(0.6).sparsity == 0.0
+    strict = build_recommender(url, margin_se=2.0)
+    again = Recommender.from_dict(strict.to_dict())
+    assert again.margin_se == 2.0 and again.recommend(1.5).sparsity == 0.7
+    served = RecommenderModel(again).predict(None, pd.DataFrame({"budget": [1.5]}))
+    assert list(served["sparsity"]) == [0.7]
+
+
 def test_the_card_shows_the_standard_error_beside_the_validation_loss(tiny):
     from autoprumux.deploy import ExportManifest
     from autoprumux.export._card import render_card

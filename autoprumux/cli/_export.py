@@ -9,17 +9,19 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from autoprumux._selection import SELECTION_STANDARD_ERRORS
 from autoprumux.cli._checks import _check_mux_layers_fit, _mux_shape_args, _student_args
 from autoprumux.cli._flags import (
     DATA_FLAGS,
     _pipeline,
     _recipe,
     add_common,
+    add_margin_se,
     add_mux_shape_flags,
     add_storage,
     add_tracking_uri,
 )
-from autoprumux.config import Recipe
+from autoprumux.config import Recipe, check_margin_se
 from autoprumux.deploy._manifest import MODEL_FORMATS, default_format
 from autoprumux.errors import ConfigError
 
@@ -84,6 +86,7 @@ def add_export_parser(sub: Any) -> None:
         help="with --study: the fastest configuration measured within this accuracy loss "
         "(points), as `autoprumux recommend` answers",
     )
+    add_margin_se(g, default=None)
     add_storage(g)
     g.add_argument("--sparsity", default=None, help="fraction of encoder parameters to remove")
     g.add_argument("--mux", default=None, help="multiplexing width N >= 1 (default: 1)")
@@ -200,10 +203,16 @@ def _export(args: argparse.Namespace, published: list[str]) -> int:
             )
         if (args.trial is None) == (args.budget is None):
             raise ConfigError("with --study, give one of --trial N or --budget B")
+        if args.margin_se is not None and args.budget is None:
+            raise ConfigError(
+                "--margin-se applies to --budget B (how sure the answer must be that it is "
+                "within B); a --trial is exported as it is"
+            )
         if args.trial is not None:
             choice = from_trial(args.storage, args.study, args.trial)
         else:
-            choice = from_budget(args.storage, args.study, args.budget)
+            margin = SELECTION_STANDARD_ERRORS if args.margin_se is None else args.margin_se
+            choice = from_budget(args.storage, args.study, args.budget, check_margin_se(margin))
         config, source, recipe, space = (
             choice.config,
             choice.source,
@@ -220,8 +229,10 @@ def _export(args: argparse.Namespace, published: list[str]) -> int:
             "model": space.model,
         }
     else:
-        if args.trial is not None or args.budget is not None:
-            raise ConfigError("--trial and --budget choose from a study: give --study NAME")
+        if args.trial is not None or args.budget is not None or args.margin_se is not None:
+            raise ConfigError(
+                "--trial, --budget and --margin-se choose from a study: give --study NAME"
+            )
         config, source = _explicit_config(args), ExportSource()
         recipe = _recipe(argparse.Namespace(**{**vars(args), "preset": args.preset or "fast"}))
         study_data = {}

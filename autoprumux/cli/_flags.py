@@ -379,7 +379,20 @@ def add_recommend_flags(p: argparse.ArgumentParser) -> None:
         help="the machine whose measurements answer, by the key recommend lists, when the "
         "trials come from several (default: this machine's, when it is one of them)",
     )
+    add_margin_se(p)
     p.add_argument("--json", dest="json_out", action="store_true", help="print JSON")
+
+
+def add_margin_se(p: Any, default: float | None = 1.0) -> None:
+    """--margin-se: how sure an answer must be that a configuration is within the budget
+    (`default` None: unset unless given, so that a flag that would not apply is refused)."""
+    p.add_argument(
+        "--margin-se",
+        default=default,
+        metavar="K",
+        help="raise each validation loss by K of its standard errors before comparing it with "
+        "the budget (default 1: about 84%% sure it is within; 2: about 98%%; 0: the loss alone)",
+    )
 
 
 def add_serving_group(p: argparse.ArgumentParser) -> None:

@@ -183,10 +183,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from autoprumux.config import check_budget
+    from autoprumux.config import check_budget, check_margin_se
     from autoprumux.meta import recommend
 
     budget = check_budget(args.budget)
+    margin_se = check_margin_se(args.margin_se)
     rec = recommend(
         budget,
         args.task,
@@ -195,6 +196,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         storage=args.storage,
         study=args.study_name,
         machine=args.machine,
+        margin_se=margin_se,
     )
     print(json.dumps(rec.to_dict(), indent=2) if args.json_out else rec.describe())
     return 0

@@ -29,6 +29,7 @@ from autoprumux.config._measure import (
     Budget,
     ThroughputConfig,
     check_budget,
+    check_margin_se,
     check_precision,
 )
 from autoprumux.config._names import (
@@ -119,6 +120,7 @@ __all__ = [
     "TRAIN_AUTOCASTS",
     "ThroughputConfig",
     "check_budget",
+    "check_margin_se",
     "check_precision",
     "level_of",
     "path_levels",

@@ -84,3 +84,27 @@ def check_budget(budget: object) -> Budget:
             f"budget ({budget!r}) must be an accuracy loss in points between 0 and 100, e.g. 2.0"
         )
     return Budget(b)
+
+
+# the most standard errors an answer may ask for: beyond 3 (one-sided 99.9%) a margin refuses
+# nearly every pruned configuration on a validation split of a few hundred texts
+MAX_MARGIN_SE = 3.0
+
+
+def check_margin_se(margin: object) -> float:
+    """How many standard errors of its validation loss a configuration pays before its loss is
+    compared with a budget (`_selection.selection_loss`): a finite number in [0, 3]."""
+    bad = ConfigError(
+        f"--margin-se ({margin!r}) must be a number of standard errors between 0 and "
+        f"{MAX_MARGIN_SE:g}: 1 (the default) is about 84% one-sided confidence, 2 about 98%, "
+        "0 reads the validation loss alone"
+    )
+    if isinstance(margin, bool):
+        raise bad
+    try:
+        m = float(margin)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise bad from None
+    if math.isnan(m) or not 0.0 <= m <= MAX_MARGIN_SE:
+        raise bad
+    return m

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autoprumux import tracking
+from autoprumux._selection import SELECTION_STANDARD_ERRORS
 from autoprumux.config import Candidate, check_budget
 from autoprumux.deploy import ExportSource
 from autoprumux.errors import ConfigError
@@ -58,15 +59,20 @@ def from_trial(storage: str | None, study: str, number: int) -> StudyChoice:
     )
 
 
-def from_budget(storage: str | None, study: str, budget: float) -> StudyChoice:
-    """The configuration `autoprumux recommend --study-name STUDY --budget B` answers: the
-    fastest measured within the budget. The uncompressed baseline is refused (nothing to gain
+def from_budget(
+    storage: str | None,
+    study: str,
+    budget: float,
+    margin_se: float = SELECTION_STANDARD_ERRORS,
+) -> StudyChoice:
+    """The configuration `autoprumux recommend --study-name STUDY --budget B --margin-se K`
+    answers: the fastest measured within the budget. The uncompressed baseline is refused (nothing to gain
     from an export of it through a study; `--sparsity 0 --mux 1` exports it explicitly)."""
     from autoprumux.meta import build_recommender
 
     b = check_budget(budget)
     space = _space(storage, study)  # first: an unknown study is named as such
-    rec = build_recommender(storage, study).recommend(b, space.task)
+    rec = build_recommender(storage, study, margin_se).recommend(b, space.task)
     m = rec.measured
     if m is None:
         raise ConfigError(

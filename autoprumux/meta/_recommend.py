@@ -24,12 +24,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from autoprumux._selection import (
+    SELECTION_STANDARD_ERRORS,
     VALIDATION,
     describe_losses,
     dev_chosen_line,
     recorded_losses,
+    selection_loss,
 )
-from autoprumux.config import BASELINE, CANDIDATE_FIELDS, Candidate, check_budget
+from autoprumux.config import BASELINE, CANDIDATE_FIELDS, Candidate, check_budget, check_margin_se
 from autoprumux.errors import ConfigError
 from autoprumux.meta._model import MetaModel, training_table
 from autoprumux.meta._scope import (
@@ -152,6 +154,8 @@ class Recommendation:
     # the loss on the validation split, which chose (None: the dev loss chose, see chosen_on)
     validation_loss: float | None = None
     chosen_on: str = VALIDATION  # "validation", else why dev chose (`autoprumux._selection`)
+    # standard errors of its validation loss a configuration paid before the budget compared
+    margin_se: float = SELECTION_STANDARD_ERRORS
 
     def __getattr__(self, name: str) -> Any:
         # only called for names the dataclass lacks: the configuration's fields
@@ -200,6 +204,11 @@ class Recommendation:
         dev_line = dev_chosen_line(self.chosen_on)
         if dev_line is not None:
             lines.append(f"  ({dev_line})")
+        elif self.margin_se != SELECTION_STANDARD_ERRORS:
+            lines.append(
+                f"  (each validation loss raised by {self.margin_se:g} standard errors before it "
+                "was compared with the budget)"
+            )
         return "\n".join(lines)
 
 
@@ -262,10 +271,15 @@ def load_trials(storage: str | None, study_names: list[str] | None = None) -> li
     return out
 
 
-def with_losses(recorded: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+def with_losses(
+    recorded: dict[str, Any],
+    record: dict[str, Any],
+    margin_se: float = SELECTION_STANDARD_ERRORS,
+) -> dict[str, Any]:
     """`record` with the losses of `recorded` (a trial's user attributes, or a flat record):
     `accuracy_loss` on dev (what to expect), `validation_loss` (None: the dev loss chose),
-    `chosen_on`, and `selection_loss`, the one that chooses (`autoprumux._selection`)."""
+    `chosen_on`, and `selection_loss`, the one that chooses (`autoprumux._selection`, raised by
+    `margin_se` standard errors)."""
     got = recorded_losses(recorded)
     if got is None:
         raise ConfigError(f"a trial record without an accuracy_loss: {sorted(recorded)}")
@@ -275,7 +289,7 @@ def with_losses(recorded: dict[str, Any], record: dict[str, Any]) -> dict[str, A
         "validation_loss": got.validation,
         "validation_loss_se": got.validation_se,
         "chosen_on": got.chosen_on,
-        "selection_loss": got.selection,
+        "selection_loss": selection_loss(got.dev, got.validation, got.validation_se, margin_se),
     }
 
 
@@ -348,13 +362,22 @@ class Recommender:
     trials (`_scope.StudyEntry`). Stored as data (`to_dict` / `from_dict`: JSON and LightGBM
     text models) for the served MLflow model; still picklable for in-process use."""
 
-    def __init__(self, trials: list[dict[str, Any]], *, storage: str | None = None, **meta_kw: Any):
+    def __init__(
+        self,
+        trials: list[dict[str, Any]],
+        *,
+        storage: str | None = None,
+        margin_se: float = SELECTION_STANDARD_ERRORS,
+        **meta_kw: Any,
+    ):
         if not trials:
             raise ConfigError("no finished trials to build a recommender from; run a search first")
-        trials = [with_losses(t, t) for t in trials]  # records made by hand too
+        # records made by hand too
+        trials = [with_losses(t, t, margin_se) for t in trials]
         self.meta = fit_meta_model(trials, **meta_kw)
         self.trials_used = len(trials)
-        self.entries = entries_from_trials(trials, storage)
+        self.margin_se = margin_se  # checked where it entered (`check_margin_se`)
+        self.entries = entries_from_trials(trials, storage, margin_se)
 
     # ---- serialization as data (no pickle) --------------------------------------------------
     def to_dict(self, *, include_trees: bool = True) -> dict[str, Any]:
@@ -368,6 +391,7 @@ class Recommender:
         return {
             "format": RECOMMENDER_FORMAT,
             "trials_used": int(self.trials_used),
+            "margin_se": float(self.margin_se),
             "meta": meta,
             "entries": [e.to_dict() for e in self.entries],
         }
@@ -390,6 +414,8 @@ class Recommender:
         rec = cls.__new__(cls)
         rec.meta = MetaModel.from_dict(meta_d)
         rec.trials_used = int(d.get("trials_used", 0))
+        # a recommender stored before the margin was a setting used the default
+        rec.margin_se = check_margin_se(d.get("margin_se", SELECTION_STANDARD_ERRORS))
         rec.entries = [entry_from_dict(e) for e in entries]
         return rec
 
@@ -501,6 +527,7 @@ class Recommender:
             if e.chosen_on == VALIDATION
             else None,
             chosen_on=e.chosen_on,
+            margin_se=self.margin_se,
         )
 
 
@@ -514,7 +541,11 @@ RECOMMENDER_FORMAT = "autoprumux.recommender/5"
 OLD_FORMAT = "autoprumux.recommender/4"
 
 
-def build_recommender(storage: str | None = None, study: str | None = None) -> Recommender:
+def build_recommender(
+    storage: str | None = None,
+    study: str | None = None,
+    margin_se: float = SELECTION_STANDARD_ERRORS,
+) -> Recommender:
     url = storage or default_storage()
     trials = load_trials(url, [study] if study else None)
     if not trials:
@@ -524,7 +555,7 @@ def build_recommender(storage: str | None = None, study: str | None = None) -> R
             + "; run a search first, e.g. `autoprumux search --space search_spaces/prumux.yaml "
             "--task sst2 --trials 12`"
         )
-    return Recommender(trials, storage=url)
+    return Recommender(trials, storage=url, margin_se=check_margin_se(margin_se))
 
 
 def recommend(
@@ -536,10 +567,12 @@ def recommend(
     storage: str | None = None,
     study: str | None = None,
     machine: str | None = None,
+    margin_se: float = SELECTION_STANDARD_ERRORS,
 ) -> Recommendation:
     """The fastest configuration measured to stay within `budget` accuracy-loss points (the
     baseline when none is), with the meta-model's view of it and a suggestion of what to measure
-    next.
+    next. Each configuration's validation loss is raised by `margin_se` of its standard errors
+    before it is compared with the budget (1: about 84% one-sided confidence; 2 is stricter).
 
     Trains the meta-model on every finished trial in `storage` (default: ./autoprumux.db) (only
     `study`'s when given). The answer comes from one (task, model, device) and one machine: when
@@ -547,6 +580,6 @@ def recommend(
     machine key)) leave several (task, model, device), or trials from several machines none of
     which is this one, a ConfigError lists them."""
     budget = check_budget(budget)
-    return build_recommender(storage, study).recommend(
+    return build_recommender(storage, study, margin_se).recommend(
         budget, task, model=model, device=device, study=study, machine=machine
     )

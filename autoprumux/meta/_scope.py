@@ -136,7 +136,7 @@ def measured_means(rows: list[dict[str, Any]]) -> dict[tuple[Candidate, str], di
 
 
 def pooled_measured(
-    measured: dict[Candidate, dict[str, Any]], split: str
+    measured: dict[Candidate, dict[str, Any]], split: str, margin_se: float
 ) -> dict[Candidate, dict[str, Any]]:
     """`measured` (one machine's means) with each `selection_loss` read from the validation
     losses pooled along sparsity within each kind of configuration (`autoprumux._selection`);
@@ -157,7 +157,7 @@ def pooled_measured(
     ]
     return {
         cfg: {**m, "selection_loss": loss}
-        for (cfg, m), loss in zip(items, pooled_selection_losses(points), strict=True)
+        for (cfg, m), loss in zip(items, pooled_selection_losses(points, margin_se), strict=True)
     }
 
 
@@ -168,9 +168,12 @@ def one_split(rows: list[dict[str, Any]]) -> str:
     return DEV_UNRECORDED if DEV_UNRECORDED in split else split.pop() if split else VALIDATION
 
 
-def entries_from_trials(trials: list[dict[str, Any]], storage: str | None) -> list[StudyEntry]:
+def entries_from_trials(
+    trials: list[dict[str, Any]], storage: str | None, margin_se: float
+) -> list[StudyEntry]:
     """One entry per (study, machine) of `load_trials`' records (a record without a machine is
-    on the unknown machine)."""
+    on the unknown machine); each choosing loss pooled along sparsity plus `margin_se` standard
+    errors."""
     by_study: dict[str, list[dict[str, Any]]] = {}
     for t in trials:
         key, text = t.get("machine_key", UNKNOWN_MACHINE), t.get("machine", UNKNOWN_MACHINE_TEXT)
@@ -192,7 +195,7 @@ def entries_from_trials(trials: list[dict[str, Any]], storage: str | None) -> li
                     context=first["context"],
                     candidates=first["candidates"],
                     measured=pooled_measured(
-                        {c: m for (c, k), m in means.items() if k == key}, split
+                        {c: m for (c, k), m in means.items() if k == key}, split, margin_se
                     ),
                     machine_key=key,
                     machine=first["machine"],
