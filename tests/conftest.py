@@ -14,8 +14,24 @@ os.environ.setdefault("AUTOPRUMUX_PROGRESS", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-# the shared GLUE data, beside the project root
-GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+# the real GLUE data the integration tests read: $AUTOPRUMUX_DATA, else ../shared/data/glue
+# beside the project root (where autoprumux itself looks)
+GLUE_DIR = Path(
+    os.environ.get("AUTOPRUMUX_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop before any test when the real data is missing: a suite whose integration tests
+    skipped would pass without testing what users run."""
+    if not GLUE_DIR.is_dir():
+        pytest.exit(
+            f"the GLUE data the integration tests read is not at {GLUE_DIR}: clone the project "
+            "beside shared/ (shared/data/glue), or set AUTOPRUMUX_DATA to a GLUE-format "
+            "directory (SST-2/, CoLA/, MRPC/, QNLI/)",
+            returncode=4,
+        )
 
 
 def tiny_bert_config(**kw):

@@ -405,7 +405,6 @@ def test_leftover_of_a_dead_quarantine_is_removed(tmp_path):
     assert not left.exists()
 
 
-@pytest.mark.skipif(not GLUE_DIR.is_dir(), reason="shared GLUE data not found")
 def test_pipeline_rebuilds_a_truncated_baseline(tiny_checkpoint, tmp_path, caplog):
     recipe = Recipe(max_train_examples=64, batch_size=16, max_seq_len=32, finetune_steps=2)
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import GLUE_DIR
 
 from autoprumux.cli import format_table
 from autoprumux.evaluation import Evaluation, Measured, ThroughputConfig
@@ -59,10 +58,6 @@ def test_evaluate_bad_input_exits_2_without_side_effects(
     raise here instead of printing a traceback."""
     from autoprumux.cli import main
 
-    if "--tp-seq-len" in args and not GLUE_DIR.is_dir():
-        pytest.skip(
-            f"the length check runs after the data loads; shared GLUE data not at {GLUE_DIR}"
-        )
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     value = value.replace("{tmp}", str(tmp_path))
     monkeypatch.chdir(tmp_path)

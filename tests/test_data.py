@@ -21,22 +21,13 @@ from autoprumux.data import (
 )
 from autoprumux.errors import AutoPruMuxError, ConfigError, DataNotFoundError
 
-
-def _need_data() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(
-            f"shared GLUE data not found at {DATA} (expected ../shared/data/glue beside the project)"
-        )
-    return DATA
-
-
 _loaded: dict[str, object] = {}
 
 
 def _task(name: str):
     """load_task on the real data, once per task per test session (SST-2 train is 67k rows)."""
     if name not in _loaded:
-        _loaded[name] = load_task(name, data_dir=_need_data())
+        _loaded[name] = load_task(name, data_dir=DATA)
     return _loaded[name]
 
 
@@ -124,7 +115,6 @@ def test_qnli_dev_split_80_20_disjoint_and_seed_independent():
 
 
 def test_max_train_examples_deterministic_and_seeded():
-    _need_data()
     a = load_task("sst2", data_dir=DATA, max_train_examples=100, seed=0)
     b = load_task("sst2", data_dir=DATA, max_train_examples=100, seed=0)
     c = load_task("sst2", data_dir=DATA, max_train_examples=100, seed=1)

@@ -35,12 +35,6 @@ HEAVY = ("optuna", "mlflow", "lightgbm")
 HEAVY_OWN = ("pipeline", "search", "meta", "serving", "tracking", "export", "training")
 
 
-@pytest.fixture(autouse=True)
-def _need_data():
-    if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA}")
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("export_cache")

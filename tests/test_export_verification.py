@@ -41,12 +41,6 @@ RECIPE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _need_data():
-    if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA}")
-
-
 @pytest.fixture(scope="module")
 def export_argv(tiny_checkpoint, tmp_path_factory) -> list[str]:
     """The export command's flags after --out: pruned, N=1, over a shared cache."""

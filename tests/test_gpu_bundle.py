@@ -33,8 +33,6 @@ def _run(*args: str | Path) -> None:
 
 @pytest.mark.slow
 def test_pack_then_unpack_gives_back_the_packaged_model(tmp_path):
-    if not GLUE_DIR.is_dir():
-        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
     bundle, site = tmp_path / "bundle", tmp_path / "site"
     _run("pack", bundle)
     size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())

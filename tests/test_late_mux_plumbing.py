@@ -525,8 +525,6 @@ def test_cli_exports_a_late_model_that_loads_and_says_what_it_is(tiny_checkpoint
     import autoprumux
     from autoprumux.deploy import read_manifest
 
-    if not GLUE_DIR.is_dir():
-        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
     out = tmp_path / "late"
     argv = ["export", "--out", str(out), "--model", tiny_checkpoint, "--no-register"]
     argv += ["--sparsity", "0", "--mux", "2", "--mux-layers", "1", "--mux-combiner", "concat"]
@@ -556,8 +554,6 @@ def test_late_models_under_l2l_are_refused_before_any_training(
     from autoprumux.config import Recipe
     from autoprumux.pipeline import PruMuxPipeline
 
-    if not GLUE_DIR.is_dir():
-        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
     pipe = PruMuxPipeline(
         task="sst2",
         model=tiny_checkpoint,

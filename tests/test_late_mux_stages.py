@@ -4,8 +4,6 @@ pruning stages, instead of stopping it at a step it took for an intermediate one
 
 from __future__ import annotations
 
-import pytest
-from conftest import GLUE_DIR
 from test_search import TINY_RECIPE, mlflow_trial_runs, settings
 
 from autoprumux.config import Candidate, Recipe
@@ -27,8 +25,6 @@ def test_a_pruned_late_model_above_the_budget_is_measured_not_stopped(tiny_check
     """Budget 0, margin 0, a baseline forced to 100 points: any intermediate step would stop
     the trial. The pruned late model reports one step (stage 1) under a two-stage recipe; it is
     its last, so the trial completes with its speedup, built or cached alike."""
-    if not GLUE_DIR.is_dir():
-        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
     space = SearchSpace.from_dict(
         {
             "name": "late-stages",

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from conftest import GLUE_DIR as DATA
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "walkthrough.ipynb"
 
 
 def test_walkthrough_notebook_runs(tiny_checkpoint, tmp_path, monkeypatch):
-    if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA}")
     import nbformat
     from nbclient import NotebookClient
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import GLUE_DIR as DATA
 from conftest import pipelines_per_task, random_batch, tiny_encoder
 from test_export import TINY_RECIPE
 from test_search import TP, TP_ARGS
@@ -30,12 +29,6 @@ from autoprumux.training import predict
 # ONNX Runtime's fused fp32 kernels round differently from torch's (export._onnx)
 TOL = 1e-4
 INSTALL = "pip install 'autoprumux[onnx]'"
-
-
-@pytest.fixture(autouse=True)
-def _need_data():
-    if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA}")
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,6 @@ def test_without_openvino_installed_the_precision_is_refused_with_the_install_li
         check_precision("ov-fp32", "cuda")
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 def test_the_pipeline_calibrates_ov_int8_on_training_texts_never_dev(
     tiny_checkpoint, tmp_path, monkeypatch
 ):
@@ -146,7 +145,6 @@ def test_the_pipeline_calibrates_ov_int8_on_training_texts_never_dev(
 
 
 # ---- the OpenVINO export ----------------------------------------------------------------------
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 @pytest.mark.parametrize(
     "config",
     [
@@ -206,7 +204,6 @@ def test_an_openvino_export_is_the_measured_graph_and_loads_without_torch(
         autoprumux.load(d, precision="fp32")
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 @pytest.mark.parametrize(
     "flags,what",
     [

@@ -16,7 +16,6 @@ from autoprumux.cli import main
 from autoprumux.config import Candidate
 
 # the tiny export of test_export (its fixtures, found by name)
-_need_data = ex._need_data
 cache = ex.cache
 pipes = ex.pipes
 exports = ex.exports

@@ -177,7 +177,6 @@ def test_the_meta_model_learns_that_int8_pays_and_costs():
     assert q0[1] > 1.3 and q0[0] > 0.3
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 def test_the_pipeline_scores_and_times_the_converted_model(tiny_checkpoint, tmp_path):
     pipe = PruMuxPipeline(
         task="sst2",
@@ -198,7 +197,6 @@ def test_the_pipeline_scores_and_times_the_converted_model(tiny_checkpoint, tmp_
     assert set(PRECISIONS) >= {"fp32", "int8"}
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared GLUE data not found at {DATA}")
 def test_a_search_over_precision_records_it_in_each_trial_and_its_mlflow_run(
     tiny_checkpoint, tmp_path
 ):

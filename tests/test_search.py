@@ -42,12 +42,6 @@ TP_ARGS = ["--tp-batch", "8", "--tp-seq-len", "32", "--tp-repeats", "2"]
 AT_CHANCE = ["--force"]
 
 
-@pytest.fixture(autouse=True)
-def _need_data():
-    if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA}")
-
-
 def tiny_space(model: str, **params) -> SearchSpace:
     return SearchSpace.from_dict(
         {

@@ -26,12 +26,6 @@ from autoprumux import tracking
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
-@pytest.fixture(autouse=True)
-def _need_data():
-    if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA}")
-
-
 @pytest.fixture
 def pg_url():
     import psycopg

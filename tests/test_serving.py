@@ -659,8 +659,6 @@ def test_serve_students_rejects_bad_input_before_any_work(tmp_path, capsys, args
 def start_serve_students(tiny_checkpoint: str, tmp_path, *extra: str) -> subprocess.Popen:
     """`autoprumux serve-students` on the tiny model with 2 students of depth 1 and a few
     training steps, on a free loopback port, as a child process."""
-    if not GLUE_DIR.is_dir():
-        pytest.fail(f"shared GLUE data not found at {GLUE_DIR}")
     argv = [sys.executable, "-m", "autoprumux.cli", "serve-students", "--students", "2"]
     argv += ["--depth", "1", "--model", tiny_checkpoint, "--data-dir", str(GLUE_DIR)]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--port", "0", "--max-seq-len", "32"]

@@ -189,8 +189,6 @@ def test_pipeline_students_cached_and_measured_beside_the_baseline(tiny_checkpoi
     from autoprumux import PruMuxPipeline, Recipe
     from autoprumux.evaluation import ThroughputConfig
 
-    if not GLUE_DIR.is_dir():
-        pytest.fail(f"shared GLUE data not found at {GLUE_DIR}")
     recipe = Recipe(
         max_train_examples=64,
         batch_size=16,

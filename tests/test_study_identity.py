@@ -193,8 +193,6 @@ def test_evaluate_study_measures_a_configuration_as_a_new_trial(
     from autoprumux.config import Candidate
     from autoprumux.meta._recommend import evaluate_command
 
-    if not GLUE_DIR.is_dir():
-        pytest.skip(f"shared GLUE data not found at {GLUE_DIR}")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec = {

@@ -31,12 +31,6 @@ RECIPE = Recipe(
 )
 
 
-@pytest.fixture(autouse=True)
-def _need_data():
-    if not DATA.is_dir():
-        pytest.skip(f"shared GLUE data not found at {DATA}")
-
-
 def pipe(tiny_checkpoint, cache, task="sst2", recipe=RECIPE, **kw) -> PruMuxPipeline:
     return PruMuxPipeline(
         task=task, model=tiny_checkpoint, recipe=recipe, data_dir=str(DATA), cache_dir=cache, **kw
