@@ -193,6 +193,16 @@ def test_spaces_across_techniques_load_and_keep_each_techniques_dimensions_apart
     }
 
 
+def test_the_path_space_asks_for_the_levels_of_its_path_and_nothing_else():
+    """search_spaces/path.yaml reads the default recipe's path: every sparsity it asks for is a
+    level of that path (or 0), and every level is asked for."""
+    space = SearchSpace.from_yaml(Path(__file__).resolve().parents[1] / "search_spaces/path.yaml")
+    assert space.recipe.recovery == "path"
+    asked = {round(g.sparsity, 4) for g in space.grid()}
+    assert asked == {0.0, *(round(level, 4) for level in space.recipe.path_grid)}
+    assert {g.mux for g in space.grid()} == {1}
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
