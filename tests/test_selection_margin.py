@@ -18,6 +18,7 @@ from autoprumux._selection import (
     selection_loss,
 )
 from autoprumux.cli import main
+from autoprumux.errors import ConfigError
 from autoprumux.evaluation import (
     Evaluation,
     Measured,
@@ -222,6 +223,11 @@ def test_margin_se_sets_how_sure_the_answer_must_be(tmp_path, capsys):
     assert again.margin_se == 2.0 and again.recommend(1.5).sparsity == 0.7
     served = RecommenderModel(again).predict(None, pd.DataFrame({"budget": [1.5]}))
     assert list(served["sparsity"]) == [0.7]
+    # a bad margin is refused before the store is read (nothing created)
+    empty = tmp_path / "empty.db"
+    with pytest.raises(ConfigError, match=r"--margin-se \(-1\) must be"):
+        build_recommender(f"sqlite:///{empty}", margin_se=-1)
+    assert not empty.exists()
 
 
 def test_the_card_shows_the_standard_error_beside_the_validation_loss(tiny):

@@ -546,6 +546,7 @@ def build_recommender(
     study: str | None = None,
     margin_se: float = SELECTION_STANDARD_ERRORS,
 ) -> Recommender:
+    margin_se = check_margin_se(margin_se)  # before the store is read: bad input does no work
     url = storage or default_storage()
     trials = load_trials(url, [study] if study else None)
     if not trials:
@@ -555,7 +556,7 @@ def build_recommender(
             + "; run a search first, e.g. `autoprumux search --space search_spaces/prumux.yaml "
             "--task sst2 --trials 12`"
         )
-    return Recommender(trials, storage=url, margin_se=check_margin_se(margin_se))
+    return Recommender(trials, storage=url, margin_se=margin_se)
 
 
 def recommend(
